@@ -1,0 +1,14 @@
+//! Compiles the protobuf contract in `proto/` into Rust types at build time.
+//!
+//! `protox` parses the .proto files in pure Rust, so no `protoc` binary is needed on the
+//! machine that builds Colony.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/colony/v1/colony.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    prost_build::Config::new().compile_fds(descriptors)?;
+    Ok(())
+}

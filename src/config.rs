@@ -1,0 +1,395 @@
+//! Colony's configuration: a typed struct loaded once, from a TOML file plus environment
+//! overrides, and validated before anything connects or binds.
+//!
+//! Environment overrides name a path into the TOML document with double underscores after the
+//! `COLONY__` prefix: `COLONY__REDIS__POOL_SIZE=32` sets `redis.pool_size`, and
+//! `COLONY__SHARDS__0__MASTER=10.0.0.5:6379` sets the master of the first shard. The value is
+//! read as a TOML value when it parses as one (`32`, `true`, `["a"]`) and as a string
+//! otherwise. Callers pass the variables in, so tests never touch the process environment.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::Limits;
+use crate::shard_map::ShardMap;
+
+/// Prefix of environment variables that override configuration values.
+pub const ENV_PREFIX: &str = "COLONY__";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped fields.
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    /// An environment override names a path that does not fit the document.
+    #[error("environment override {var}: {reason}")]
+    Override {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("config is not valid: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration. Every field has a default except `shards`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The shards, each a Redis master with its replicas. At least one.
+    pub shards: Vec<ShardConfig>,
+    /// Slot ranges and the shard that owns each. When empty (the default), the 16384 slots
+    /// are split evenly across `shards` in the order listed.
+    #[serde(default)]
+    pub slots: Vec<SlotRangeConfig>,
+    /// Epoch of the slot map: raise it whenever `slots` change, so components can tell two
+    /// maps apart. Default 1.
+    #[serde(default = "default_epoch")]
+    pub epoch: u64,
+    /// Connection and storage settings.
+    #[serde(default)]
+    pub redis: RedisSettings,
+    /// Size and count limits on requests.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_epoch() -> u64 {
+    1
+}
+
+/// One shard: a Redis master and its replicas, fixed addresses. (Sentinel-discovered shards
+/// will add a `sentinel` alternative to `master`.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Unique shard name, 1..=64 bytes of `[A-Za-z0-9_.-]`; slot ranges refer to it.
+    pub name: String,
+    /// The master, as `host:port`.
+    pub master: String,
+    /// Replicas, as `host:port`. Default none. Not used for reads: Colony reads and writes
+    /// the master, so transactions stay linearizable.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Redis ACL user name. Default none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Redis password (`requirepass` or ACL). Default none.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Slots `range` (inclusive, `"start-end"` or a single `"n"`) belong to `shard`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRangeConfig {
+    /// Inclusive range, e.g. `"0-8191"`.
+    pub range: String,
+    /// Name of the owning shard.
+    pub shard: String,
+}
+
+/// How Colony talks to Redis.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Time allowed to open a connection, in milliseconds. Default 1000.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one command or pipeline, in milliseconds. Default 2000. A request
+    /// that times out after it was sent has an UNKNOWN outcome.
+    pub command_timeout_ms: u64,
+    /// Connections per shard. Default 16.
+    pub pool_size: usize,
+    /// How long an idempotency record is kept, in seconds. A retry after this is applied
+    /// again. Default 86400 (one day).
+    pub idempotency_ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            connect_timeout_ms: 1000,
+            command_timeout_ms: 2000,
+            pool_size: 16,
+            idempotency_ttl_secs: 86_400,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// `connect_timeout_ms` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// `command_timeout_ms` as a duration.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the `COLONY__` overrides found in `env`, and validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, env)
+    }
+
+    /// Parses `text`, applies the `COLONY__` overrides found in `env`, and validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        // Sorted so that the result never depends on the environment's iteration order.
+        overrides.sort();
+        for (var, value) in overrides {
+            apply_override(&mut doc, &var, &value)?;
+        }
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: non-empty shard list, unique names, addresses, slot
+    /// coverage, and sane settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.redis.pool_size == 0 {
+            return invalid("redis.pool_size must be at least 1".into());
+        }
+        if self.redis.connect_timeout_ms == 0 || self.redis.command_timeout_ms == 0 {
+            return invalid("redis timeouts must be at least 1 ms".into());
+        }
+        if self.redis.idempotency_ttl_secs == 0 {
+            return invalid("redis.idempotency_ttl_secs must be at least 1".into());
+        }
+        let l = &self.limits;
+        if l.max_value_bytes == 0
+            || l.max_operations_per_transaction == 0
+            || l.max_transactions_per_batch == 0
+            || l.max_transaction_bytes == 0
+        {
+            return invalid("every limit must be at least 1".into());
+        }
+        for shard in &self.shards {
+            parse_address(&shard.master)
+                .map_err(|e| ConfigError::Invalid(format!("shard {}: master {e}", shard.name)))?;
+            for replica in &shard.replicas {
+                parse_address(replica).map_err(|e| {
+                    ConfigError::Invalid(format!("shard {}: replica {e}", shard.name))
+                })?;
+            }
+        }
+        // Building the map checks names, uniqueness and slot coverage.
+        ShardMap::from_config(self).map(|_| ())
+    }
+}
+
+/// Sets the value at the path named by `var` (after the prefix) in `doc`.
+fn apply_override(doc: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::Override {
+        var: var.to_string(),
+        reason,
+    };
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(err("empty path segment".into()));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = path.split_last().ok_or_else(|| err("empty path".into()))?;
+    let mut node = toml::Value::Table(std::mem::take(doc));
+    let result = (|| {
+        let mut cursor = &mut node;
+        for segment in parents {
+            cursor = step(cursor, segment, true).map_err(err)?;
+        }
+        match cursor {
+            toml::Value::Table(t) => {
+                t.insert(last.clone(), value);
+                Ok(())
+            }
+            toml::Value::Array(a) => {
+                let index: usize = last
+                    .parse()
+                    .map_err(|_| err(format!("{last:?} is not an array index")))?;
+                let slot = a
+                    .get_mut(index)
+                    .ok_or_else(|| err(format!("index {index} is past the array's end")))?;
+                *slot = value;
+                Ok(())
+            }
+            _ => Err(err(format!("cannot set {last:?} inside a plain value"))),
+        }
+    })();
+    if let toml::Value::Table(t) = node {
+        *doc = t;
+    }
+    result
+}
+
+/// Walks one path segment down from `node`, creating tables on the way when `create`.
+fn step<'a>(
+    node: &'a mut toml::Value,
+    segment: &str,
+    create: bool,
+) -> Result<&'a mut toml::Value, String> {
+    match node {
+        toml::Value::Table(t) => {
+            if create && !t.contains_key(segment) {
+                t.insert(segment.to_string(), toml::Value::Table(toml::Table::new()));
+            }
+            t.get_mut(segment)
+                .ok_or_else(|| format!("no key {segment:?}"))
+        }
+        toml::Value::Array(a) => {
+            let index: usize = segment
+                .parse()
+                .map_err(|_| format!("{segment:?} is not an array index"))?;
+            a.get_mut(index)
+                .ok_or_else(|| format!("index {index} is past the array's end"))
+        }
+        _ => Err(format!("cannot descend into a plain value at {segment:?}")),
+    }
+}
+
+/// Splits `host:port`, rejecting empty hosts and port 0. IPv6 literals go in brackets.
+pub fn parse_address(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{address:?} has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host.to_string(), p)),
+        _ => Err(format!("{address:?} has no valid port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_SHARDS: &str = r#"
+        [[shards]]
+        name = "a"
+        master = "127.0.0.1:7000"
+        replicas = ["127.0.0.1:7001"]
+
+        [[shards]]
+        name = "b"
+        master = "127.0.0.1:7002"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_shards() {
+        let config = Config::from_toml(TWO_SHARDS, []).expect("valid");
+        assert_eq!(config.redis, RedisSettings::default());
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.epoch, 1);
+        assert_eq!(config.shards[0].replicas, vec!["127.0.0.1:7001"]);
+    }
+
+    #[test]
+    fn environment_overrides_scalars_and_array_items() {
+        let config = Config::from_toml(
+            TWO_SHARDS,
+            env(&[
+                ("COLONY__REDIS__POOL_SIZE", "3"),
+                ("COLONY__SHARDS__1__MASTER", "10.1.2.3:6390"),
+                ("COLONY__LIMITS__MAX_VALUE_BYTES", "100"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.redis.pool_size, 3);
+        assert_eq!(config.shards[1].master, "10.1.2.3:6390");
+        assert_eq!(config.limits.max_value_bytes, 100);
+    }
+
+    #[test]
+    fn bad_overrides_are_named() {
+        for (var, value) in [
+            ("COLONY__SHARDS__9__MASTER", "x:1"),
+            ("COLONY__REDIS__POOL_SIZE", "many"),
+            ("COLONY__REDIS__NOT_A_FIELD", "1"),
+            ("COLONY____X", "1"),
+        ] {
+            let err = Config::from_toml(TWO_SHARDS, env(&[(var, value)]))
+                .expect_err("override must be rejected");
+            let text = err.to_string();
+            assert!(!text.is_empty(), "{var}: {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        let cases = [
+            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\ncolour = \"red\"",
+            "[[shards]]\nname = \"a\"\nmaster = \"nohostport\"",
+            "[[shards]]\nname = \"a\"\nmaster = \"h:0\"",
+            "[[shards]]\nname = \"a\"\nmaster = \":80\"",
+            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nreplicas = [\"h:99999\"]",
+            "shards = []",
+            "[redis]\npool_size = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "not toml at all [",
+        ];
+        for text in cases {
+            assert!(Config::from_toml(text, []).is_err(), "accepted: {text}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("[::1]:6379"), Ok(("::1".into(), 6379)));
+        assert_eq!(
+            parse_address("redis-0.svc:6379"),
+            Ok(("redis-0.svc".into(), 6379))
+        );
+        assert!(parse_address("h:-1").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The library's typed error, and what a caller may do about each kind.
+//!
+//! Every failure a transaction can meet is one variant here, with a [`Code`] that the wire
+//! protocol carries and a [`Retry`] advice. Storage errors are classified where they happen
+//! (`store`), so callers never parse messages to decide whether to retry.
+
+use std::fmt;
+
+/// Result codes shared by the library and the wire protocol (`colony.v1.Code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// The transaction committed (or a read succeeded).
+    Ok,
+    /// A version or field check failed; nothing was applied.
+    Conflict,
+    /// The player does not exist.
+    NotFound,
+    /// A counter increment would leave its bounds; nothing was applied.
+    OutOfBounds,
+    /// The request is malformed.
+    Invalid,
+    /// The connection has not authenticated.
+    Unauthenticated,
+    /// The caller may not do this.
+    Forbidden,
+    /// A configured size or count limit was exceeded.
+    TooLarge,
+    /// The shard could not be reached; nothing was sent.
+    Unavailable,
+    /// The deadline passed before the request was sent.
+    Timeout,
+    /// The request was sent, but whether it applied is unknown.
+    Unknown,
+    /// The idempotency key was already used for a different transaction.
+    IdempotencyMismatch,
+    /// A bug, or a reply from storage that Colony does not understand.
+    Internal,
+}
+
+impl Code {
+    /// The wire name of the code, as in `proto/colony/v1/colony.proto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Conflict => "CONFLICT",
+            Code::NotFound => "NOT_FOUND",
+            Code::OutOfBounds => "OUT_OF_BOUNDS",
+            Code::Invalid => "INVALID",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::TooLarge => "TOO_LARGE",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Timeout => "TIMEOUT",
+            Code::Unknown => "UNKNOWN",
+            Code::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
+            Code::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a caller may do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Sending the same request again cannot succeed.
+    Never,
+    /// Send the same request again, with the same idempotency key: it applies at most once,
+    /// and for [`Code::Unknown`] the retry reveals whether the first attempt applied.
+    SameRequest,
+    /// The player changed: read it again, rebuild the transaction, and send it with a new
+    /// request id.
+    AfterReread,
+}
+
+/// Every way a Colony call can fail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Malformed input: a bad name, a missing idempotency key, an empty transaction.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Input over a configured limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The access mode does not allow the operation.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A check failed; nothing was applied.
+    #[error("conflict at operation {operation_index}; the player is at version {version}")]
+    Conflict {
+        /// The player's current version.
+        version: u64,
+        /// Index of the failed check in the transaction.
+        operation_index: u32,
+    },
+    /// A bounded increment would leave its bounds; nothing was applied.
+    #[error("operation {operation_index} is out of bounds; the player is at version {version}")]
+    OutOfBounds {
+        /// The player's current version.
+        version: u64,
+        /// Index of the failed increment in the transaction.
+        operation_index: u32,
+    },
+    /// The idempotency key was used before for a different transaction; nothing was applied.
+    #[error(
+        "idempotency key already used for a different transaction (player at version {version})"
+    )]
+    IdempotencyMismatch {
+        /// The player's current version.
+        version: u64,
+    },
+    /// The player does not exist.
+    #[error("player not found")]
+    NotFound,
+    /// The shard could not be reached, and nothing was sent to it.
+    #[error("shard {shard} unavailable: {reason}")]
+    Unavailable {
+        /// Name of the shard.
+        shard: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The deadline passed before the request was sent.
+    #[error("timed out before sending to shard {shard}")]
+    Timeout {
+        /// Name of the shard.
+        shard: String,
+    },
+    /// The request reached (or may have reached) the shard, but no answer came back.
+    #[error("outcome unknown on shard {shard}: {reason}")]
+    Unknown {
+        /// Name of the shard.
+        shard: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A bug, or a storage reply Colony does not understand.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The wire code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Invalid(_) => Code::Invalid,
+            Error::TooLarge(_) => Code::TooLarge,
+            Error::Forbidden(_) => Code::Forbidden,
+            Error::Conflict { .. } => Code::Conflict,
+            Error::OutOfBounds { .. } => Code::OutOfBounds,
+            Error::IdempotencyMismatch { .. } => Code::IdempotencyMismatch,
+            Error::NotFound => Code::NotFound,
+            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Timeout { .. } => Code::Timeout,
+            Error::Unknown { .. } => Code::Unknown,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Whether, and how, retrying may help.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::Unknown { .. } => {
+                Retry::SameRequest
+            }
+            Error::Conflict { .. } => Retry::AfterReread,
+            Error::Invalid(_)
+            | Error::TooLarge(_)
+            | Error::Forbidden(_)
+            | Error::OutOfBounds { .. }
+            | Error::IdempotencyMismatch { .. }
+            | Error::NotFound
+            | Error::Internal(_) => Retry::Never,
+        }
+    }
+
+    /// True when sending the very same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retry() == Retry::SameRequest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transport_failures_are_retried_as_is() {
+        let unknown = Error::Unknown {
+            shard: "s0".into(),
+            reason: "reset".into(),
+        };
+        assert!(unknown.is_retryable());
+        assert_eq!(unknown.code(), Code::Unknown);
+        let conflict = Error::Conflict {
+            version: 3,
+            operation_index: 0,
+        };
+        assert_eq!(conflict.retry(), Retry::AfterReread);
+        assert!(!Error::Invalid("x".into()).is_retryable());
+        assert!(!Error::OutOfBounds {
+            version: 1,
+            operation_index: 2
+        }
+        .is_retryable());
+    }
+}

@@ -1,0 +1,525 @@
+//! The player model and transactions as plain data, with the validation that protobuf cannot
+//! express: lengths, character sets, ranges and limits.
+//!
+//! Pure logic: no IO. Every value that reaches the store has passed through here, so the store
+//! and the Lua script may assume names are well-formed and sizes are bounded.
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Longest player id, in bytes.
+pub const MAX_PLAYER_ID_BYTES: usize = 128;
+/// Longest field or counter name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest idempotency client id, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
+/// Counters stay within +-(2^53 - 1): Redis's Lua numbers are doubles, and every integer up
+/// to this magnitude is exact in a double (the same bound as JavaScript's safe integers).
+pub const COUNTER_LIMIT: i64 = (1 << 53) - 1;
+
+/// Size and count limits, checked before anything is sent to Redis. Configurable under
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest value of one field, in bytes. Default 65536.
+    pub max_value_bytes: usize,
+    /// Most operations in one transaction. Default 64.
+    pub max_operations_per_transaction: usize,
+    /// Most transactions in one batch. Default 1024.
+    pub max_transactions_per_batch: usize,
+    /// Largest total payload (names and values) of one transaction, in bytes. Default 1 MiB.
+    pub max_transaction_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 64 * 1024,
+            max_operations_per_transaction: 64,
+            max_transactions_per_batch: 1024,
+            max_transaction_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A player id: 1..=128 bytes of UTF-8, otherwise opaque.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlayerId(String);
+
+impl PlayerId {
+    /// Validates `id`.
+    pub fn new(id: impl Into<String>) -> Result<PlayerId, Error> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(Error::Invalid("player id is empty".into()));
+        }
+        if id.len() > MAX_PLAYER_ID_BYTES {
+            return Err(Error::Invalid(format!(
+                "player id is {} bytes, more than {MAX_PLAYER_ID_BYTES}",
+                id.len()
+            )));
+        }
+        Ok(PlayerId(id))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks that `s` is 1..=`max` bytes of `[A-Za-z0-9_.-]`. Names end up inside Redis keys
+/// and hash fields, so a small fixed alphabet keeps the key layout unambiguous.
+fn check_token(what: &str, s: &str, max: usize) -> Result<(), Error> {
+    if s.is_empty() {
+        return Err(Error::Invalid(format!("{what} is empty")));
+    }
+    if s.len() > max {
+        return Err(Error::Invalid(format!(
+            "{what} is {} bytes, more than {max}",
+            s.len()
+        )));
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(Error::Invalid(format!(
+            "{what} {s:?} contains {bad:?}; allowed are A-Z a-z 0-9 _ . -"
+        )));
+    }
+    Ok(())
+}
+
+/// A field or counter name: 1..=64 bytes of `[A-Za-z0-9_.-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(String);
+
+impl Name {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Name, Error> {
+        let name = name.into();
+        check_token("name", &name, MAX_NAME_BYTES)?;
+        Ok(Name(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who may see a field or counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Visibility {
+    /// Anyone who reads the player.
+    Public,
+    /// The owner only.
+    Private,
+}
+
+/// On whose behalf a transaction runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// The player's own session: reads everything, may write.
+    Owner,
+    /// Anyone else: reads public entries and checks the version, nothing more.
+    Public,
+}
+
+/// Identifies one logical request so that retries apply it at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    client_id: String,
+    request_id: u64,
+}
+
+impl IdempotencyKey {
+    /// Validates `client_id` (1..=64 bytes of `[A-Za-z0-9_.-]`).
+    pub fn new(client_id: impl Into<String>, request_id: u64) -> Result<IdempotencyKey, Error> {
+        let client_id = client_id.into();
+        check_token("client id", &client_id, MAX_CLIENT_ID_BYTES)?;
+        Ok(IdempotencyKey {
+            client_id,
+            request_id,
+        })
+    }
+
+    /// The client's id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The request's id, unique per client.
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+}
+
+/// One step of a transaction. Steps run in order against the transaction's own view of the
+/// player; nothing is stored unless every step succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Reads the named entries (fields and counters), or everything visible when empty.
+    Read {
+        /// Names to read.
+        names: Vec<Name>,
+    },
+    /// Sets a bytes field, replacing a same-named field of the other visibility.
+    SetField {
+        /// Field name.
+        name: Name,
+        /// New value.
+        value: Vec<u8>,
+        /// Who may see it.
+        visibility: Visibility,
+    },
+    /// Deletes a bytes field (a no-op when absent).
+    DeleteField {
+        /// Field name.
+        name: Name,
+    },
+    /// Adds `delta` to a counter (absent counters count as 0). Fails with OUT_OF_BOUNDS,
+    /// applying nothing, when the result leaves `[min, max]` or +-[`COUNTER_LIMIT`].
+    IncrementCounter {
+        /// Counter name.
+        name: Name,
+        /// Amount to add; may be negative.
+        delta: i64,
+        /// Lowest allowed result.
+        min: Option<i64>,
+        /// Highest allowed result.
+        max: Option<i64>,
+        /// Who may see it; a same-named counter of the other visibility is moved.
+        visibility: Visibility,
+    },
+    /// Deletes a counter (a no-op when absent).
+    DeleteCounter {
+        /// Counter name.
+        name: Name,
+    },
+    /// Fails with CONFLICT unless the player is at `expected` (0: does not exist yet).
+    CheckVersion {
+        /// Required version.
+        expected: u64,
+    },
+    /// Fails with CONFLICT unless the field holds `expected` (or is absent, for `None`).
+    CheckField {
+        /// Field name.
+        name: Name,
+        /// Required value, or `None` for "absent".
+        expected: Option<Vec<u8>>,
+    },
+}
+
+impl Operation {
+    /// True for operations that change stored state.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Operation::SetField { .. }
+                | Operation::DeleteField { .. }
+                | Operation::IncrementCounter { .. }
+                | Operation::DeleteCounter { .. }
+        )
+    }
+
+    /// Bytes of names and values this operation carries, for the transaction size limit.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Operation::Read { names } => names.iter().map(|n| n.as_str().len()).sum(),
+            Operation::SetField { name, value, .. } => name.as_str().len() + value.len(),
+            Operation::CheckField { name, expected } => {
+                name.as_str().len() + expected.as_ref().map_or(0, Vec::len)
+            }
+            Operation::DeleteField { name }
+            | Operation::IncrementCounter { name, .. }
+            | Operation::DeleteCounter { name } => name.as_str().len(),
+            Operation::CheckVersion { .. } => 0,
+        }
+    }
+}
+
+/// All-or-nothing operations on one player, applied by one Lua script in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The player it applies to.
+    pub player: PlayerId,
+    /// On whose behalf it runs.
+    pub access: Access,
+    /// Required when any operation writes.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The steps, in order.
+    pub operations: Vec<Operation>,
+}
+
+impl Transaction {
+    /// A transaction made as the player's owner.
+    pub fn owner(player: PlayerId, idempotency_key: Option<IdempotencyKey>) -> Transaction {
+        Transaction {
+            player,
+            access: Access::Owner,
+            idempotency_key,
+            operations: Vec::new(),
+        }
+    }
+
+    /// Appends an operation (builder style).
+    pub fn with(mut self, operation: Operation) -> Transaction {
+        self.operations.push(operation);
+        self
+    }
+
+    /// True when any operation writes.
+    pub fn is_write(&self) -> bool {
+        self.operations.iter().any(Operation::is_write)
+    }
+
+    /// Checks everything the types do not: limits, bounds, and what the access mode allows.
+    pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
+        if self.operations.is_empty() {
+            return Err(Error::Invalid("transaction has no operations".into()));
+        }
+        if self.operations.len() > limits.max_operations_per_transaction {
+            return Err(Error::TooLarge(format!(
+                "transaction has {} operations, more than {}",
+                self.operations.len(),
+                limits.max_operations_per_transaction
+            )));
+        }
+        let mut payload = 0usize;
+        for (index, op) in self.operations.iter().enumerate() {
+            payload = payload.saturating_add(op.payload_bytes());
+            validate_operation(index, op, limits)?;
+            if self.access == Access::Public
+                && !matches!(op, Operation::Read { .. } | Operation::CheckVersion { .. })
+            {
+                return Err(Error::Forbidden(format!(
+                    "operation {index}: public access may only read and check the version"
+                )));
+            }
+        }
+        if payload > limits.max_transaction_bytes {
+            return Err(Error::TooLarge(format!(
+                "transaction carries {payload} bytes, more than {}",
+                limits.max_transaction_bytes
+            )));
+        }
+        if self.is_write() && self.idempotency_key.is_none() {
+            return Err(Error::Invalid(
+                "a transaction that writes needs an idempotency key".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_operation(index: usize, op: &Operation, limits: &Limits) -> Result<(), Error> {
+    let counter_ok = |v: i64| (-COUNTER_LIMIT..=COUNTER_LIMIT).contains(&v);
+    match op {
+        Operation::SetField { value, .. } if value.len() > limits.max_value_bytes => {
+            Err(Error::TooLarge(format!(
+                "operation {index}: value is {} bytes, more than {}",
+                value.len(),
+                limits.max_value_bytes
+            )))
+        }
+        Operation::CheckField {
+            expected: Some(value),
+            ..
+        } if value.len() > limits.max_value_bytes => Err(Error::TooLarge(format!(
+            "operation {index}: expected value is {} bytes, more than {}",
+            value.len(),
+            limits.max_value_bytes
+        ))),
+        Operation::Read { names } if names.len() > limits.max_operations_per_transaction => {
+            Err(Error::TooLarge(format!(
+                "operation {index}: reads {} names, more than {}",
+                names.len(),
+                limits.max_operations_per_transaction
+            )))
+        }
+        Operation::IncrementCounter {
+            delta, min, max, ..
+        } => {
+            for (what, v) in [("delta", Some(*delta)), ("min", *min), ("max", *max)] {
+                if let Some(v) = v {
+                    if !counter_ok(v) {
+                        return Err(Error::Invalid(format!(
+                            "operation {index}: {what} {v} is beyond +-{COUNTER_LIMIT}"
+                        )));
+                    }
+                }
+            }
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo > hi {
+                    return Err(Error::Invalid(format!(
+                        "operation {index}: min {lo} is above max {hi}"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A bytes field.
+    Bytes(Vec<u8>),
+    /// A counter.
+    Counter(i64),
+}
+
+/// One field or counter as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its name.
+    pub name: Name,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// Its value.
+    pub value: Value,
+}
+
+/// What one `Read` operation returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Index of the `Read` in the transaction.
+    pub operation_index: u32,
+    /// Entries found: for named reads in the order asked (a field before a same-named
+    /// counter); for a read of everything, sorted by name, fields before counters.
+    pub entries: Vec<Entry>,
+}
+
+/// A committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The player's version after the transaction. Transactions that only read leave the
+    /// version as it was.
+    pub version: u64,
+    /// One result per `Read` operation, in order.
+    pub reads: Vec<ReadResult>,
+    /// True when this is the stored result of an earlier attempt with the same idempotency key.
+    pub replayed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Option<IdempotencyKey> {
+        IdempotencyKey::new("client-1", 7).ok()
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s).expect("valid name")
+    }
+
+    #[test]
+    fn player_ids_are_1_to_128_bytes_of_anything() {
+        assert!(PlayerId::new("").is_err());
+        assert!(PlayerId::new("é".repeat(64)).is_ok()); // 128 bytes
+        assert!(PlayerId::new("é".repeat(64) + "x").is_err());
+        assert!(PlayerId::new("{weird} id\n\0").is_ok());
+    }
+
+    #[test]
+    fn names_use_a_small_alphabet() {
+        assert!(Name::new("gold.coins-2_x").is_ok());
+        for bad in ["", "a:b", "a b", "ü", "a{b}", &"n".repeat(65)] {
+            assert!(Name::new(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(IdempotencyKey::new("c:1", 1).is_err());
+    }
+
+    #[test]
+    fn writes_need_an_idempotency_key() {
+        let limits = Limits::default();
+        let player = PlayerId::new("p").expect("valid id");
+        let set = Operation::SetField {
+            name: name("a"),
+            value: b"1".to_vec(),
+            visibility: Visibility::Public,
+        };
+        let txn = Transaction::owner(player.clone(), None).with(set.clone());
+        assert!(matches!(txn.validate(&limits), Err(Error::Invalid(_))));
+        let txn = Transaction::owner(player.clone(), key()).with(set);
+        assert!(txn.validate(&limits).is_ok());
+        let read_only = Transaction::owner(player, None).with(Operation::Read { names: vec![] });
+        assert!(read_only.validate(&limits).is_ok());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            max_value_bytes: 4,
+            max_operations_per_transaction: 2,
+            max_transactions_per_batch: 1,
+            max_transaction_bytes: 9,
+        };
+        let player = PlayerId::new("p").expect("valid id");
+        let set = |v: &[u8]| Operation::SetField {
+            name: name("a"),
+            value: v.to_vec(),
+            visibility: Visibility::Private,
+        };
+        let too_big = Transaction::owner(player.clone(), key()).with(set(b"12345"));
+        assert!(matches!(too_big.validate(&limits), Err(Error::TooLarge(_))));
+        let too_many = Transaction::owner(player.clone(), key())
+            .with(set(b"1"))
+            .with(set(b"1"))
+            .with(set(b"1"));
+        assert!(matches!(
+            too_many.validate(&limits),
+            Err(Error::TooLarge(_))
+        ));
+        let empty = Transaction::owner(player.clone(), key());
+        assert!(matches!(empty.validate(&limits), Err(Error::Invalid(_))));
+        let total = Transaction::owner(player, key())
+            .with(set(b"1234"))
+            .with(set(b"1234"));
+        assert!(matches!(total.validate(&limits), Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn counter_arguments_stay_in_the_exact_range() {
+        let limits = Limits::default();
+        let player = PlayerId::new("p").expect("valid id");
+        let incr = |delta, min, max| {
+            Transaction::owner(player.clone(), key()).with(Operation::IncrementCounter {
+                name: name("gold"),
+                delta,
+                min,
+                max,
+                visibility: Visibility::Private,
+            })
+        };
+        assert!(incr(COUNTER_LIMIT, None, None).validate(&limits).is_ok());
+        assert!(incr(COUNTER_LIMIT + 1, None, None)
+            .validate(&limits)
+            .is_err());
+        assert!(incr(i64::MIN, None, None).validate(&limits).is_err());
+        assert!(incr(1, Some(5), Some(4)).validate(&limits).is_err());
+        assert!(incr(1, Some(0), Some(i64::MAX)).validate(&limits).is_err());
+    }
+
+    #[test]
+    fn public_access_only_reads() {
+        let limits = Limits::default();
+        let player = PlayerId::new("p").expect("valid id");
+        let mut txn =
+            Transaction::owner(player, key()).with(Operation::DeleteField { name: name("a") });
+        txn.access = Access::Public;
+        assert!(matches!(txn.validate(&limits), Err(Error::Forbidden(_))));
+        txn.operations = vec![
+            Operation::Read { names: vec![] },
+            Operation::CheckVersion { expected: 1 },
+        ];
+        assert!(txn.validate(&limits).is_ok());
+    }
+}

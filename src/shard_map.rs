@@ -1,0 +1,253 @@
+//! The slot map: which shard owns each of the 16384 slots, and which shard a player lives on.
+//!
+//! Pure: built from validated configuration, then only looked up. Connecting to the shards is
+//! the store's business.
+
+use std::fmt;
+
+use crate::config::{Config, ConfigError};
+use crate::keys;
+use crate::model::PlayerId;
+use crate::slot::{Slot, SLOT_COUNT};
+
+/// Index of a shard in [`ShardMap::shards`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardIndex(pub usize);
+
+impl fmt::Display for ShardIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A shard's identity and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// Unique name.
+    pub name: String,
+    /// The master, `host:port`.
+    pub master: String,
+    /// Replicas, `host:port`.
+    pub replicas: Vec<String>,
+}
+
+/// Slots to shards, with an epoch.
+///
+/// Invariant: every slot has exactly one owner, and owners index into `shards`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    epoch: u64,
+    shards: Vec<Shard>,
+    owner: Vec<u16>,
+}
+
+impl fmt::Debug for ShardMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardMap")
+            .field("epoch", &self.epoch)
+            .field("shards", &self.shards)
+            .field("ranges", &self.ranges())
+            .finish()
+    }
+}
+
+impl ShardMap {
+    /// Builds the map from configuration, rejecting duplicate or malformed shard names,
+    /// unknown shards in slot ranges, malformed ranges, overlaps and gaps.
+    pub fn from_config(config: &Config) -> Result<ShardMap, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        if config.shards.is_empty() {
+            return Err(invalid("at least one shard is required".into()));
+        }
+        if config.shards.len() > usize::from(SLOT_COUNT) {
+            return Err(invalid(format!(
+                "{} shards is more than there are slots",
+                config.shards.len()
+            )));
+        }
+        let mut shards = Vec::with_capacity(config.shards.len());
+        for s in &config.shards {
+            crate::model::Name::new(s.name.clone())
+                .map_err(|e| invalid(format!("shard name {:?}: {e}", s.name)))?;
+            if shards.iter().any(|x: &Shard| x.name == s.name) {
+                return Err(invalid(format!("shard {:?} is listed twice", s.name)));
+            }
+            shards.push(Shard {
+                name: s.name.clone(),
+                master: s.master.clone(),
+                replicas: s.replicas.clone(),
+            });
+        }
+        const UNOWNED: u16 = u16::MAX;
+        let mut owner = vec![UNOWNED; usize::from(SLOT_COUNT)];
+        if config.slots.is_empty() {
+            // Even split: shard i owns a contiguous block, earlier shards take the remainder.
+            let n = shards.len();
+            for (slot, o) in owner.iter_mut().enumerate() {
+                *o = (slot * n / usize::from(SLOT_COUNT)) as u16;
+            }
+        } else {
+            for r in &config.slots {
+                let index = shards
+                    .iter()
+                    .position(|s| s.name == r.shard)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "slot range {} names unknown shard {:?}",
+                            r.range, r.shard
+                        ))
+                    })?;
+                let (start, end) = parse_range(&r.range).map_err(invalid)?;
+                for slot in start..=end {
+                    let o = &mut owner[usize::from(slot)];
+                    if *o != UNOWNED {
+                        return Err(invalid(format!(
+                            "slot {slot} is assigned to both {:?} and {:?}",
+                            shards[usize::from(*o)].name,
+                            r.shard
+                        )));
+                    }
+                    *o = index as u16;
+                }
+            }
+            if let Some(gap) = owner.iter().position(|&o| o == UNOWNED) {
+                let end = owner[gap..]
+                    .iter()
+                    .position(|&o| o != UNOWNED)
+                    .map_or(usize::from(SLOT_COUNT) - 1, |len| gap + len - 1);
+                return Err(invalid(format!("slots {gap}-{end} have no shard")));
+            }
+        }
+        Ok(ShardMap {
+            epoch: config.epoch,
+            shards,
+            owner,
+        })
+    }
+
+    /// The map's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// All shards, indexed by [`ShardIndex`].
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The shard at `index`.
+    pub fn shard(&self, index: ShardIndex) -> &Shard {
+        &self.shards[index.0]
+    }
+
+    /// The shard that owns `slot`.
+    pub fn shard_for_slot(&self, slot: Slot) -> ShardIndex {
+        ShardIndex(usize::from(self.owner[usize::from(slot.get())]))
+    }
+
+    /// The shard a player lives on.
+    pub fn shard_for_player(&self, player: &PlayerId) -> ShardIndex {
+        self.shard_for_slot(keys::player_slot(player))
+    }
+
+    /// Contiguous ranges as `(start, end inclusive, shard)`, in slot order.
+    pub fn ranges(&self) -> Vec<(u16, u16, ShardIndex)> {
+        let mut out: Vec<(u16, u16, ShardIndex)> = Vec::new();
+        for (slot, &o) in self.owner.iter().enumerate() {
+            let slot = slot as u16;
+            match out.last_mut() {
+                Some((_, end, shard)) if shard.0 == usize::from(o) && *end + 1 == slot => {
+                    *end = slot
+                }
+                _ => out.push((slot, slot, ShardIndex(usize::from(o)))),
+            }
+        }
+        out
+    }
+}
+
+/// Parses `"start-end"` or `"n"` into an inclusive range of valid slots.
+fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("slot range {text:?} is not \"start-end\" within 0-16383");
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let start: u16 = a.trim().parse().map_err(|_| bad())?;
+    let end: u16 = b.trim().parse().map_err(|_| bad())?;
+    if start > end || end >= SLOT_COUNT {
+        return Err(bad());
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(slots: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\n[[shards]]\nname = \"b\"\nmaster = \"h:2\"\n{slots}"
+        );
+        Config::from_toml(&text, [])
+    }
+
+    fn slots(pairs: &[(&str, &str)]) -> String {
+        pairs
+            .iter()
+            .map(|(r, s)| format!("[[slots]]\nrange = \"{r}\"\nshard = \"{s}\"\n"))
+            .collect()
+    }
+
+    #[test]
+    fn even_split_covers_every_slot() {
+        let map = ShardMap::from_config(&config("").expect("valid")).expect("valid");
+        assert_eq!(
+            map.ranges(),
+            vec![(0, 8191, ShardIndex(0)), (8192, 16383, ShardIndex(1))]
+        );
+    }
+
+    #[test]
+    fn explicit_ranges() {
+        let c = config(&slots(&[("0-99", "b"), ("100-16383", "a")])).expect("valid");
+        let map = ShardMap::from_config(&c).expect("valid");
+        assert_eq!(
+            map.shard_for_slot(Slot::new(99).expect("slot")),
+            ShardIndex(1)
+        );
+        assert_eq!(
+            map.shard_for_slot(Slot::new(100).expect("slot")),
+            ShardIndex(0)
+        );
+    }
+
+    #[test]
+    fn gaps_overlaps_unknown_shards_and_bad_ranges_are_rejected() {
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (
+                &[("0-100", "a"), ("102-16383", "b")],
+                "slots 101-101 have no shard",
+            ),
+            (
+                &[("0-100", "a"), ("100-16383", "b")],
+                "slot 100 is assigned to both",
+            ),
+            (&[("0-16383", "c")], "unknown shard"),
+            (&[("0-16384", "a")], "not \"start-end\""),
+            (&[("10-5", "a")], "not \"start-end\""),
+            (&[("0-16000", "a")], "slots 16001-16383 have no shard"),
+        ];
+        for (pairs, expected) in cases {
+            let err = config(&slots(pairs))
+                .expect_err("must be rejected")
+                .to_string();
+            assert!(err.contains(expected), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_and_malformed_shard_names_are_rejected() {
+        let dup = "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\n[[shards]]\nname = \"a\"\nmaster = \"h:2\"";
+        assert!(Config::from_toml(dup, []).is_err());
+        let bad = "[[shards]]\nname = \"a b\"\nmaster = \"h:1\"";
+        assert!(Config::from_toml(bad, []).is_err());
+    }
+}
