@@ -1,0 +1,36 @@
+//! Colony: a sharded player-state store for game backends, on Redis.
+//!
+//! The library keeps each player's state on one Redis shard (chosen by the slot of the
+//! player's id) and applies transactions to it all-or-nothing in one round trip, with a Lua
+//! script. Layers, bottom up:
+//!
+//! - pure logic: [`slot`], [`model`], [`error`], [`keys`], [`shard_map`], [`config`],
+//!   [`script`] (encoding and decoding the script's calls);
+//! - IO: [`store`] (pools, pipelines, batches on real Redis);
+//! - the boundary: [`wire`] (the protobuf contract in `proto/`, converted to and from the
+//!   model).
+//!
+//! See ARCHITECTURE.md for the invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod script;
+pub mod shard_map;
+pub mod slot;
+pub mod store;
+pub mod wire;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use config::Config;
+pub use error::{Code, Error, Retry};
+pub use model::{
+    Access, Committed, Entry, IdempotencyKey, Limits, Name, Operation, PlayerId, ReadResult,
+    Transaction, Value, Visibility,
+};
+pub use store::Store;

@@ -1,0 +1,426 @@
+//! The transaction Lua script and its calling convention: how a [`Transaction`] becomes
+//! `EVALSHA` keys and arguments, and how the script's reply becomes a result.
+//!
+//! Pure: encoding and decoding do no IO, so they are unit-tested without Redis. The script
+//! itself (`transaction.lua`) documents its arguments and reply.
+
+use std::sync::LazyLock;
+
+use redis::Value as RedisValue;
+
+use crate::error::Error;
+use crate::keys::{self, PlayerKeys, ACTIVE_SET};
+use crate::model::{
+    Access, Committed, Entry, Name, Operation, ReadResult, Transaction, Value, Visibility,
+};
+
+/// Source of the transaction script.
+pub const SOURCE: &str = include_str!("transaction.lua");
+
+/// The script, with its SHA1 computed once.
+pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SOURCE));
+
+/// Keys and arguments for one `EVALSHA` of the transaction script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The five keys the script declares.
+    pub keys: [Vec<u8>; 5],
+    /// The script's arguments.
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Invocation {
+    /// Appends this invocation as `EVALSHA sha 5 keys.. args..` to `pipe`.
+    pub fn add_to(&self, pipe: &mut redis::Pipeline) {
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(SCRIPT.get_hash())
+            .arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key.as_slice());
+        }
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+    }
+}
+
+fn vis_arg(v: Visibility) -> &'static [u8] {
+    match v {
+        Visibility::Public => b"u",
+        Visibility::Private => b"r",
+    }
+}
+
+/// Encodes a validated transaction. `idempotency_ttl_ms` is how long the record lives.
+pub fn encode(txn: &Transaction, idempotency_ttl_ms: u64) -> Invocation {
+    let keys_of = PlayerKeys::new(&txn.player);
+    let (idem_key, use_idem) = match &txn.idempotency_key {
+        Some(key) => (keys::idempotency_key(&txn.player, key), true),
+        None => (keys_of.meta.clone(), false),
+    };
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + txn.operations.len() * 4);
+    args.push(txn.player.as_str().as_bytes().to_vec());
+    args.push(match txn.access {
+        Access::Owner => b"o".to_vec(),
+        Access::Public => b"p".to_vec(),
+    });
+    args.push(if use_idem {
+        b"1".to_vec()
+    } else {
+        b"0".to_vec()
+    });
+    args.push(idempotency_ttl_ms.to_string().into_bytes());
+    let name = |n: &Name| n.as_str().as_bytes().to_vec();
+    let int = |v: i64| v.to_string().into_bytes();
+    let bound = |v: Option<i64>| v.map(int).unwrap_or_default();
+    for op in &txn.operations {
+        match op {
+            Operation::Read { names } => {
+                args.push(b"R".to_vec());
+                args.push(names.len().to_string().into_bytes());
+                args.extend(names.iter().map(name));
+            }
+            Operation::SetField {
+                name: n,
+                value,
+                visibility,
+            } => {
+                args.push(b"S".to_vec());
+                args.push(name(n));
+                args.push(vis_arg(*visibility).to_vec());
+                args.push(value.clone());
+            }
+            Operation::DeleteField { name: n } => {
+                args.push(b"D".to_vec());
+                args.push(name(n));
+            }
+            Operation::IncrementCounter {
+                name: n,
+                delta,
+                min,
+                max,
+                visibility,
+            } => {
+                args.push(b"I".to_vec());
+                args.push(name(n));
+                args.push(vis_arg(*visibility).to_vec());
+                args.push(int(*delta));
+                args.push(bound(*min));
+                args.push(bound(*max));
+            }
+            Operation::DeleteCounter { name: n } => {
+                args.push(b"X".to_vec());
+                args.push(name(n));
+            }
+            Operation::CheckVersion { expected } => {
+                args.push(b"V".to_vec());
+                args.push(expected.to_string().into_bytes());
+            }
+            Operation::CheckField { name: n, expected } => {
+                args.push(b"F".to_vec());
+                args.push(name(n));
+                match expected {
+                    Some(value) => {
+                        args.push(b"1".to_vec());
+                        args.push(value.clone());
+                    }
+                    None => {
+                        args.push(b"0".to_vec());
+                        args.push(Vec::new());
+                    }
+                }
+            }
+        }
+    }
+    Invocation {
+        keys: [
+            keys_of.meta,
+            keys_of.public,
+            keys_of.private,
+            ACTIVE_SET.as_bytes().to_vec(),
+            idem_key,
+        ],
+        args,
+    }
+}
+
+fn bad(what: &str) -> Error {
+    Error::Internal(format!(
+        "unexpected reply from the transaction script: {what}"
+    ))
+}
+
+fn as_int(v: &RedisValue) -> Result<i64, Error> {
+    match v {
+        RedisValue::Int(n) => Ok(*n),
+        _ => Err(bad("expected an integer")),
+    }
+}
+
+fn as_bytes(v: &RedisValue) -> Result<&[u8], Error> {
+    match v {
+        RedisValue::BulkString(b) => Ok(b),
+        RedisValue::SimpleString(s) => Ok(s.as_bytes()),
+        _ => Err(bad("expected a string")),
+    }
+}
+
+/// Decodes the script's reply to `txn`.
+pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error> {
+    let items = match reply {
+        RedisValue::Array(items) => items.as_slice(),
+        _ => return Err(bad("not an array")),
+    };
+    let [status, version, replayed, failed, rest @ ..] = items else {
+        return Err(bad("short header"));
+    };
+    let version = u64::try_from(as_int(version)?).map_err(|_| bad("negative version"))?;
+    let operation_index = u32::try_from(as_int(failed)?).map_err(|_| bad("bad operation index"))?;
+    match as_bytes(status)? {
+        b"OK" => {}
+        b"CONFLICT" => {
+            return Err(Error::Conflict {
+                version,
+                operation_index,
+            })
+        }
+        b"OUT_OF_BOUNDS" => {
+            return Err(Error::OutOfBounds {
+                version,
+                operation_index,
+            })
+        }
+        b"IDEMPOTENCY_MISMATCH" => return Err(Error::IdempotencyMismatch { version }),
+        b"INVALID" => {
+            return Err(Error::Invalid(format!(
+                "the script refused operation {operation_index}"
+            )))
+        }
+        _ => return Err(bad("unknown status")),
+    }
+    let mut reads = Vec::new();
+    let mut rest = rest;
+    while let [index, count, tail @ ..] = rest {
+        let operation_index = u32::try_from(as_int(index)?).map_err(|_| bad("read index"))?;
+        let count = usize::try_from(as_int(count)?).map_err(|_| bad("read count"))?;
+        let needed = count.checked_mul(3).ok_or_else(|| bad("read count"))?;
+        if tail.len() < needed {
+            return Err(bad("truncated read"));
+        }
+        let mut entries = Vec::with_capacity(count);
+        for triple in tail[..needed].chunks_exact(3) {
+            let name = String::from_utf8(as_bytes(&triple[0])?.to_vec())
+                .ok()
+                .and_then(|n| Name::new(n).ok())
+                .ok_or_else(|| bad("entry name"))?;
+            let (value, visibility) = match as_bytes(&triple[1])? {
+                b"fu" => (
+                    Value::Bytes(as_bytes(&triple[2])?.to_vec()),
+                    Visibility::Public,
+                ),
+                b"fr" => (
+                    Value::Bytes(as_bytes(&triple[2])?.to_vec()),
+                    Visibility::Private,
+                ),
+                b"cu" => (Value::Counter(as_int(&triple[2])?), Visibility::Public),
+                b"cr" => (Value::Counter(as_int(&triple[2])?), Visibility::Private),
+                _ => return Err(bad("entry tag")),
+            };
+            entries.push(Entry {
+                name,
+                visibility,
+                value,
+            });
+        }
+        // A read of everything comes back in hash order; sort it bytewise here rather than in
+        // Lua, whose string comparison follows the server's locale.
+        let read_all = matches!(
+            txn.operations.get(operation_index as usize),
+            Some(Operation::Read { names }) if names.is_empty()
+        );
+        if read_all {
+            entries.sort_by(|a, b| {
+                a.name
+                    .cmp(&b.name)
+                    .then_with(|| is_counter(a).cmp(&is_counter(b)))
+            });
+        }
+        reads.push(ReadResult {
+            operation_index,
+            entries,
+        });
+        rest = &tail[needed..];
+    }
+    if !rest.is_empty() {
+        return Err(bad("trailing items"));
+    }
+    Ok(Committed {
+        version,
+        reads,
+        replayed: as_int(replayed)? != 0,
+    })
+}
+
+fn is_counter(e: &Entry) -> bool {
+    matches!(e.value, Value::Counter(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IdempotencyKey, PlayerId};
+
+    fn bulk(s: &str) -> RedisValue {
+        RedisValue::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn read_all_txn() -> Transaction {
+        Transaction::owner(PlayerId::new("p").expect("valid"), None)
+            .with(Operation::Read { names: vec![] })
+    }
+
+    #[test]
+    fn encodes_keys_and_operations() {
+        let key = IdempotencyKey::new("c", 9).expect("valid");
+        let txn = Transaction::owner(PlayerId::new("p").expect("valid"), Some(key))
+            .with(Operation::IncrementCounter {
+                name: Name::new("gold").expect("valid"),
+                delta: -5,
+                min: Some(0),
+                max: None,
+                visibility: Visibility::Private,
+            })
+            .with(Operation::CheckField {
+                name: Name::new("x").expect("valid"),
+                expected: None,
+            });
+        let inv = encode(&txn, 1000);
+        assert_eq!(inv.keys[4], b"{p}:idem:c:9");
+        let args: Vec<&[u8]> = inv.args.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            args,
+            vec![
+                &b"p"[..],
+                b"o",
+                b"1",
+                b"1000",
+                b"I",
+                b"gold",
+                b"r",
+                b"-5",
+                b"0",
+                b"",
+                b"F",
+                b"x",
+                b"0",
+                b""
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_reads_and_sorts_a_read_of_everything() {
+        let reply = RedisValue::Array(vec![
+            bulk("OK"),
+            RedisValue::Int(4),
+            RedisValue::Int(0),
+            RedisValue::Int(0),
+            RedisValue::Int(0),
+            RedisValue::Int(3),
+            bulk("b"),
+            bulk("fu"),
+            bulk("x"),
+            bulk("a"),
+            bulk("cr"),
+            RedisValue::Int(-7),
+            bulk("a"),
+            bulk("fr"),
+            bulk(""),
+        ]);
+        let committed = decode(&read_all_txn(), &reply).expect("decodes");
+        assert_eq!(committed.version, 4);
+        let entries = &committed.reads[0].entries;
+        let names: Vec<(&str, bool)> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), is_counter(e)))
+            .collect();
+        assert_eq!(names, vec![("a", false), ("a", true), ("b", false)]);
+        assert_eq!(entries[1].value, Value::Counter(-7));
+        assert_eq!(entries[1].visibility, Visibility::Private);
+    }
+
+    #[test]
+    fn failures_map_to_typed_errors() {
+        let reply = |status: &str| {
+            RedisValue::Array(vec![
+                bulk(status),
+                RedisValue::Int(3),
+                RedisValue::Int(0),
+                RedisValue::Int(1),
+            ])
+        };
+        let txn = read_all_txn();
+        assert_eq!(
+            decode(&txn, &reply("CONFLICT")),
+            Err(Error::Conflict {
+                version: 3,
+                operation_index: 1
+            })
+        );
+        assert!(matches!(
+            decode(&txn, &reply("OUT_OF_BOUNDS")),
+            Err(Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            decode(&txn, &reply("IDEMPOTENCY_MISMATCH")),
+            Err(Error::IdempotencyMismatch { version: 3 })
+        ));
+    }
+
+    #[test]
+    fn malformed_replies_are_internal_errors_not_panics() {
+        let txn = read_all_txn();
+        let cases = vec![
+            RedisValue::Nil,
+            RedisValue::Array(vec![]),
+            RedisValue::Array(vec![
+                bulk("OK"),
+                RedisValue::Int(-1),
+                RedisValue::Int(0),
+                RedisValue::Int(0),
+            ]),
+            RedisValue::Array(vec![
+                bulk("WHAT"),
+                RedisValue::Int(1),
+                RedisValue::Int(0),
+                RedisValue::Int(0),
+            ]),
+            RedisValue::Array(vec![
+                bulk("OK"),
+                RedisValue::Int(1),
+                RedisValue::Int(0),
+                RedisValue::Int(0),
+                RedisValue::Int(0),
+                RedisValue::Int(i64::MAX),
+            ]),
+            RedisValue::Array(vec![
+                bulk("OK"),
+                RedisValue::Int(1),
+                RedisValue::Int(0),
+                RedisValue::Int(0),
+                RedisValue::Int(0),
+                RedisValue::Int(1),
+                bulk("bad name!"),
+                bulk("fu"),
+                bulk("v"),
+            ]),
+        ];
+        for reply in cases {
+            assert!(
+                matches!(decode(&txn, &reply), Err(Error::Internal(_))),
+                "{reply:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,227 @@
+-- Colony's transaction script: applies one player's operations all-or-nothing.
+--
+-- KEYS[1] {id}:meta   hash: v = version, t = last-active ms
+-- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
+-- KEYS[3] {id}:priv   hash: private entries, same encoding
+-- KEYS[4] colony:active  zset of player ids by last-active ms (one per shard)
+-- KEYS[5] {id}:idem:<client>:<request>, or KEYS[1] again when there is no idempotency key
+--
+-- ARGV[1] player id
+-- ARGV[2] access: 'o' owner, 'p' public
+-- ARGV[3] '1' when KEYS[5] is an idempotency record, '0' otherwise
+-- ARGV[4] idempotency record TTL in milliseconds
+-- ARGV[5..] operations, each an opcode followed by its arguments:
+--   R n name1..namen        read (n = 0: everything visible)
+--   S name vis value        set field (vis: 'u' public, 'r' private)
+--   D name                  delete field
+--   I name vis delta min max   increment counter (min/max '' when unbounded)
+--   X name                  delete counter
+--   V expected              check version
+--   F name present value    check field (present '0': must be absent)
+--
+-- Reply: { status, version, replayed (0/1), failed operation index (from 0),
+--          then per read: operation index, entry count, then count x (name, tag, value) }
+-- status is OK, CONFLICT, OUT_OF_BOUNDS, IDEMPOTENCY_MISMATCH or INVALID. tag is 'fu', 'fr'
+-- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
+--
+-- Operations run in order against a staged view; Redis is written only after every operation
+-- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
+-- within +-(2^53 - 1), where doubles are exact; the client validates arguments to that range.
+
+local meta, pub, priv, active, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local player, access, use_idem, ttl = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local LIMIT = 9007199254740991
+
+local version = tonumber(redis.call('HGET', meta, 'v') or '0')
+
+local fingerprint
+if use_idem then
+  -- The fingerprint covers the player, access and every operation argument, each
+  -- length-prefixed so that different argument lists can never concatenate alike.
+  local parts = { #player .. ':' .. player, access }
+  for i = 5, #ARGV do
+    parts[#parts + 1] = #ARGV[i] .. ':' .. ARGV[i]
+  end
+  fingerprint = redis.sha1hex(table.concat(parts, '|'))
+  local stored = redis.call('GET', idem)
+  if stored then
+    if string.sub(stored, 1, 40) ~= fingerprint then
+      return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
+    end
+    local reply = cmsgpack.unpack(string.sub(stored, 41))
+    reply[3] = 1
+    return reply
+  end
+end
+
+-- staged[hash][entry] = new value, or false for deleted.
+local staged = { [pub] = {}, [priv] = {} }
+local function lookup(hash, entry)
+  local s = staged[hash][entry]
+  if s ~= nil then
+    if s == false then return nil end
+    return s
+  end
+  local v = redis.call('HGET', hash, entry)
+  if v == false then return nil end
+  return v
+end
+
+-- Returns value, hash of the entry as the caller may see it.
+local function find(entry)
+  local v = lookup(pub, entry)
+  if v ~= nil then return v, pub end
+  if access == 'o' then
+    v = lookup(priv, entry)
+    if v ~= nil then return v, priv end
+  end
+  return nil, nil
+end
+
+local function tag_of(kind, hash)
+  if hash == pub then return kind .. 'u' end
+  return kind .. 'r'
+end
+
+local function emit(out, name, kind, value, hash)
+  out[#out + 1] = name
+  out[#out + 1] = tag_of(kind, hash)
+  if kind == 'c' then
+    out[#out + 1] = tonumber(value)
+  else
+    out[#out + 1] = value
+  end
+end
+
+-- Every visible entry, in no particular order.
+local function read_all(out)
+  local hashes = { pub }
+  if access == 'o' then hashes[2] = priv end
+  local seen, list = {}, {}
+  for _, hash in ipairs(hashes) do
+    local flat = redis.call('HGETALL', hash)
+    for i = 1, #flat, 2 do seen[flat[i]] = true end
+    for entry, _ in pairs(staged[hash]) do seen[entry] = true end
+  end
+  for entry, _ in pairs(seen) do
+    local value, hash = find(entry)
+    if value ~= nil then
+      list[#list + 1] = { string.sub(entry, 3), string.sub(entry, 1, 1), value, hash }
+    end
+  end
+  -- Not sorted here: Lua compares strings with the server's locale (strcoll), so the client
+  -- sorts bytewise instead.
+  for _, e in ipairs(list) do emit(out, e[1], e[2], e[3], e[4]) end
+end
+
+local reads = {}
+local mutated = false
+local i, op = 5, 0
+local function fail(status)
+  return { status, version, 0, op }
+end
+
+while i <= #ARGV do
+  local code = ARGV[i]
+  if code == 'R' then
+    local n = tonumber(ARGV[i + 1])
+    local out = {}
+    if n == 0 then
+      read_all(out)
+    else
+      for k = 1, n do
+        local name = ARGV[i + 1 + k]
+        for _, kind in ipairs({ 'f', 'c' }) do
+          local value, hash = find(kind .. ':' .. name)
+          if value ~= nil then emit(out, name, kind, value, hash) end
+        end
+      end
+    end
+    reads[#reads + 1] = { op, out }
+    i = i + 2 + n
+  elseif code == 'V' then
+    if version ~= tonumber(ARGV[i + 1]) then return fail('CONFLICT') end
+    i = i + 2
+  elseif code == 'F' then
+    local value = find('f:' .. ARGV[i + 1])
+    if ARGV[i + 2] == '0' then
+      if value ~= nil then return fail('CONFLICT') end
+    elseif value ~= ARGV[i + 3] then
+      return fail('CONFLICT')
+    end
+    i = i + 4
+  elseif access ~= 'o' then
+    -- The client never sends writes with public access; refuse rather than trust it.
+    return fail('INVALID')
+  elseif code == 'S' or code == 'I' then
+    local kind = (code == 'S') and 'f' or 'c'
+    local entry = kind .. ':' .. ARGV[i + 1]
+    local target, other = pub, priv
+    if ARGV[i + 2] == 'r' then target, other = priv, pub end
+    local value
+    if code == 'S' then
+      value = ARGV[i + 3]
+      i = i + 4
+    else
+      local current = tonumber(lookup(pub, entry) or lookup(priv, entry) or '0')
+      local new = current + tonumber(ARGV[i + 3])
+      local min, max = ARGV[i + 4], ARGV[i + 5]
+      if (min ~= '' and new < tonumber(min)) or (max ~= '' and new > tonumber(max))
+          or new > LIMIT or new < -LIMIT then
+        return fail('OUT_OF_BOUNDS')
+      end
+      value = string.format('%d', new)
+      i = i + 6
+    end
+    staged[target][entry] = value
+    staged[other][entry] = false
+    mutated = true
+  elseif code == 'D' or code == 'X' then
+    local entry = ((code == 'D') and 'f:' or 'c:') .. ARGV[i + 1]
+    staged[pub][entry] = false
+    staged[priv][entry] = false
+    mutated = true
+    i = i + 2
+  else
+    return fail('INVALID')
+  end
+  op = op + 1
+end
+
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+
+if mutated then
+  for _, hash in ipairs({ pub, priv }) do
+    local sets, dels = {}, {}
+    for entry, value in pairs(staged[hash]) do
+      if value == false then
+        dels[#dels + 1] = entry
+      else
+        sets[#sets + 1] = entry
+        sets[#sets + 1] = value
+      end
+    end
+    if #dels > 0 then redis.call('HDEL', hash, unpack(dels)) end
+    if #sets > 0 then redis.call('HSET', hash, unpack(sets)) end
+  end
+  version = version + 1
+  redis.call('HSET', meta, 'v', version, 't', now)
+  redis.call('ZADD', active, now, player)
+elseif access == 'o' and version > 0 then
+  -- An owner's read is activity too; reads by others are not.
+  redis.call('HSET', meta, 't', now)
+  redis.call('ZADD', active, now, player)
+end
+
+local reply = { 'OK', version, 0, 0 }
+for _, r in ipairs(reads) do
+  reply[#reply + 1] = r[1]
+  reply[#reply + 1] = #r[2] / 3
+  for _, v in ipairs(r[2]) do reply[#reply + 1] = v end
+end
+
+if use_idem and mutated then
+  redis.call('SET', idem, fingerprint .. cmsgpack.pack(reply), 'PX', ttl)
+end
+return reply

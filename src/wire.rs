@@ -1,0 +1,417 @@
+//! The protobuf contract (`proto/colony/v1/colony.proto`) and its conversion to and from the
+//! model.
+//!
+//! Only this module knows prost types. Decoding validates everything protobuf cannot express
+//! (names, lengths, unspecified enums), so what leaves here is a well-formed model value or a
+//! typed error; limits that depend on configuration are checked by
+//! [`Transaction::validate`](crate::model::Transaction::validate).
+
+use crate::error::{Code, Error};
+use crate::model::{
+    Access, Committed, Entry, IdempotencyKey, Name, Operation, PlayerId, ReadResult, Transaction,
+    Value, Visibility,
+};
+
+/// Generated protobuf types of package `colony.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/colony.v1.rs"));
+}
+
+fn visibility_from(v: i32, at: &str) -> Result<Visibility, Error> {
+    match pb::Visibility::try_from(v) {
+        Ok(pb::Visibility::Public) => Ok(Visibility::Public),
+        Ok(pb::Visibility::Private) => Ok(Visibility::Private),
+        _ => Err(Error::Invalid(format!(
+            "{at}: visibility must be PUBLIC or PRIVATE"
+        ))),
+    }
+}
+
+fn visibility_to(v: Visibility) -> pb::Visibility {
+    match v {
+        Visibility::Public => pb::Visibility::Public,
+        Visibility::Private => pb::Visibility::Private,
+    }
+}
+
+fn name_from(name: String, at: &str) -> Result<Name, Error> {
+    Name::new(name).map_err(|e| Error::Invalid(format!("{at}: {e}")))
+}
+
+/// Converts a wire transaction to the model, rejecting anything malformed.
+pub fn transaction_from_pb(t: pb::Transaction) -> Result<Transaction, Error> {
+    let player = PlayerId::new(t.player_id)?;
+    let access = match pb::Access::try_from(t.access) {
+        Ok(pb::Access::Owner) => Access::Owner,
+        Ok(pb::Access::Public) => Access::Public,
+        _ => return Err(Error::Invalid("access must be OWNER or PUBLIC".into())),
+    };
+    let idempotency_key = t
+        .idempotency_key
+        .map(|k| IdempotencyKey::new(k.client_id, k.request_id))
+        .transpose()?;
+    let mut operations = Vec::with_capacity(t.operations.len());
+    for (index, op) in t.operations.into_iter().enumerate() {
+        let at = format!("operation {index}");
+        use pb::operation::Op;
+        let op = match op.op {
+            None => return Err(Error::Invalid(format!("{at}: no operation set"))),
+            Some(Op::Read(r)) => Operation::Read {
+                names: r
+                    .names
+                    .into_iter()
+                    .map(|n| name_from(n, &at))
+                    .collect::<Result<_, _>>()?,
+            },
+            Some(Op::SetField(s)) => Operation::SetField {
+                name: name_from(s.name, &at)?,
+                value: s.value,
+                visibility: visibility_from(s.visibility, &at)?,
+            },
+            Some(Op::DeleteField(d)) => Operation::DeleteField {
+                name: name_from(d.name, &at)?,
+            },
+            Some(Op::IncrementCounter(i)) => Operation::IncrementCounter {
+                name: name_from(i.name, &at)?,
+                delta: i.delta,
+                min: i.min,
+                max: i.max,
+                visibility: visibility_from(i.visibility, &at)?,
+            },
+            Some(Op::DeleteCounter(d)) => Operation::DeleteCounter {
+                name: name_from(d.name, &at)?,
+            },
+            Some(Op::CheckVersion(c)) => Operation::CheckVersion {
+                expected: c.expected,
+            },
+            Some(Op::CheckField(c)) => Operation::CheckField {
+                name: name_from(c.name, &at)?,
+                expected: c.expected,
+            },
+        };
+        operations.push(op);
+    }
+    Ok(Transaction {
+        player,
+        access,
+        idempotency_key,
+        operations,
+    })
+}
+
+/// Converts a model transaction to the wire.
+pub fn transaction_to_pb(t: &Transaction) -> pb::Transaction {
+    use pb::operation::Op;
+    let name = |n: &Name| n.as_str().to_string();
+    let operations = t
+        .operations
+        .iter()
+        .map(|op| {
+            let op = match op {
+                Operation::Read { names } => Op::Read(pb::ReadFields {
+                    names: names.iter().map(name).collect(),
+                }),
+                Operation::SetField {
+                    name: n,
+                    value,
+                    visibility,
+                } => Op::SetField(pb::SetField {
+                    name: name(n),
+                    value: value.clone(),
+                    visibility: visibility_to(*visibility).into(),
+                }),
+                Operation::DeleteField { name: n } => {
+                    Op::DeleteField(pb::DeleteField { name: name(n) })
+                }
+                Operation::IncrementCounter {
+                    name: n,
+                    delta,
+                    min,
+                    max,
+                    visibility,
+                } => Op::IncrementCounter(pb::IncrementCounter {
+                    name: name(n),
+                    delta: *delta,
+                    min: *min,
+                    max: *max,
+                    visibility: visibility_to(*visibility).into(),
+                }),
+                Operation::DeleteCounter { name: n } => {
+                    Op::DeleteCounter(pb::DeleteCounter { name: name(n) })
+                }
+                Operation::CheckVersion { expected } => Op::CheckVersion(pb::CheckVersion {
+                    expected: *expected,
+                }),
+                Operation::CheckField { name: n, expected } => Op::CheckField(pb::CheckField {
+                    name: name(n),
+                    expected: expected.clone(),
+                }),
+            };
+            pb::Operation { op: Some(op) }
+        })
+        .collect();
+    pb::Transaction {
+        player_id: t.player.as_str().to_string(),
+        access: match t.access {
+            Access::Owner => pb::Access::Owner,
+            Access::Public => pb::Access::Public,
+        }
+        .into(),
+        idempotency_key: t.idempotency_key.as_ref().map(|k| pb::IdempotencyKey {
+            client_id: k.client_id().to_string(),
+            request_id: k.request_id(),
+        }),
+        operations,
+    }
+}
+
+/// The wire code for a model code.
+pub fn code_to_pb(code: Code) -> pb::Code {
+    match code {
+        Code::Ok => pb::Code::Ok,
+        Code::Conflict => pb::Code::Conflict,
+        Code::NotFound => pb::Code::NotFound,
+        Code::OutOfBounds => pb::Code::OutOfBounds,
+        Code::Invalid => pb::Code::Invalid,
+        Code::Unauthenticated => pb::Code::Unauthenticated,
+        Code::Forbidden => pb::Code::Forbidden,
+        Code::TooLarge => pb::Code::TooLarge,
+        Code::Unavailable => pb::Code::Unavailable,
+        Code::Timeout => pb::Code::Timeout,
+        Code::Unknown => pb::Code::Unknown,
+        Code::IdempotencyMismatch => pb::Code::IdempotencyMismatch,
+        Code::Internal => pb::Code::Internal,
+    }
+}
+
+fn entry_to_pb(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        name: e.name.as_str().to_string(),
+        visibility: visibility_to(e.visibility).into(),
+        value: Some(match &e.value {
+            Value::Bytes(b) => pb::entry::Value::Bytes(b.clone()),
+            Value::Counter(c) => pb::entry::Value::Counter(*c),
+        }),
+    }
+}
+
+/// Converts one transaction's outcome to the wire.
+pub fn result_to_pb(result: &Result<Committed, Error>) -> pb::TransactionResult {
+    match result {
+        Ok(c) => pb::TransactionResult {
+            code: pb::Code::Ok.into(),
+            message: String::new(),
+            version: c.version,
+            reads: c
+                .reads
+                .iter()
+                .map(|r| pb::ReadResult {
+                    operation_index: r.operation_index,
+                    entries: r.entries.iter().map(entry_to_pb).collect(),
+                })
+                .collect(),
+            replayed: c.replayed,
+            failed_operation: 0,
+        },
+        Err(e) => {
+            let (version, failed_operation) = match e {
+                Error::Conflict {
+                    version,
+                    operation_index,
+                }
+                | Error::OutOfBounds {
+                    version,
+                    operation_index,
+                } => (*version, *operation_index),
+                Error::IdempotencyMismatch { version } => (*version, 0),
+                _ => (0, 0),
+            };
+            pb::TransactionResult {
+                code: code_to_pb(e.code()).into(),
+                message: e.to_string(),
+                version,
+                reads: Vec::new(),
+                replayed: false,
+                failed_operation,
+            }
+        }
+    }
+}
+
+fn entry_from_pb(e: pb::Entry) -> Result<Entry, Error> {
+    Ok(Entry {
+        name: name_from(e.name, "entry")?,
+        visibility: visibility_from(e.visibility, "entry")?,
+        value: match e.value {
+            Some(pb::entry::Value::Bytes(b)) => Value::Bytes(b),
+            Some(pb::entry::Value::Counter(c)) => Value::Counter(c),
+            None => return Err(Error::Invalid("entry without a value".into())),
+        },
+    })
+}
+
+/// Converts a wire result back to the model (for clients). Error codes become [`Error`]s,
+/// carrying the message for codes that have no structured fields.
+pub fn result_from_pb(r: pb::TransactionResult) -> Result<Committed, Error> {
+    let version = r.version;
+    let operation_index = r.failed_operation;
+    let message = r.message;
+    match pb::Code::try_from(r.code) {
+        Ok(pb::Code::Ok) => Ok(Committed {
+            version,
+            reads: r
+                .reads
+                .into_iter()
+                .map(|rr| {
+                    Ok(ReadResult {
+                        operation_index: rr.operation_index,
+                        entries: rr
+                            .entries
+                            .into_iter()
+                            .map(entry_from_pb)
+                            .collect::<Result<_, Error>>()?,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
+            replayed: r.replayed,
+        }),
+        Ok(pb::Code::Conflict) => Err(Error::Conflict {
+            version,
+            operation_index,
+        }),
+        Ok(pb::Code::OutOfBounds) => Err(Error::OutOfBounds {
+            version,
+            operation_index,
+        }),
+        Ok(pb::Code::IdempotencyMismatch) => Err(Error::IdempotencyMismatch { version }),
+        Ok(pb::Code::NotFound) => Err(Error::NotFound),
+        Ok(pb::Code::Invalid) => Err(Error::Invalid(message)),
+        Ok(pb::Code::TooLarge) => Err(Error::TooLarge(message)),
+        Ok(pb::Code::Forbidden) | Ok(pb::Code::Unauthenticated) => Err(Error::Forbidden(message)),
+        Ok(pb::Code::Unavailable) => Err(Error::Unavailable {
+            shard: String::new(),
+            reason: message,
+        }),
+        Ok(pb::Code::Timeout) => Err(Error::Timeout {
+            shard: String::new(),
+        }),
+        Ok(pb::Code::Unknown) => Err(Error::Unknown {
+            shard: String::new(),
+            reason: message,
+        }),
+        Ok(pb::Code::Internal) | Err(_) => Err(Error::Internal(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn sample() -> Transaction {
+        let name = |s: &str| Name::new(s).expect("valid");
+        Transaction {
+            player: PlayerId::new("p-1").expect("valid"),
+            access: Access::Owner,
+            idempotency_key: Some(IdempotencyKey::new("c", u64::MAX).expect("valid")),
+            operations: vec![
+                Operation::Read {
+                    names: vec![name("a")],
+                },
+                Operation::SetField {
+                    name: name("a"),
+                    value: vec![0, 255],
+                    visibility: Visibility::Private,
+                },
+                Operation::DeleteField { name: name("b") },
+                Operation::IncrementCounter {
+                    name: name("gold"),
+                    delta: -3,
+                    min: Some(0),
+                    max: None,
+                    visibility: Visibility::Public,
+                },
+                Operation::DeleteCounter { name: name("x") },
+                Operation::CheckVersion { expected: 9 },
+                Operation::CheckField {
+                    name: name("a"),
+                    expected: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn transactions_round_trip_through_bytes() {
+        let txn = sample();
+        let bytes = transaction_to_pb(&txn).encode_to_vec();
+        let decoded = pb::Transaction::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(transaction_from_pb(decoded).expect("valid"), txn);
+    }
+
+    #[test]
+    fn unspecified_and_malformed_fields_are_invalid() {
+        let mut t = transaction_to_pb(&sample());
+        t.access = 0;
+        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+
+        let mut t = transaction_to_pb(&sample());
+        t.operations.push(pb::Operation { op: None });
+        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+
+        let mut t = transaction_to_pb(&sample());
+        if let Some(pb::operation::Op::SetField(s)) = &mut t.operations[1].op {
+            s.visibility = 0;
+        }
+        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+
+        let mut t = transaction_to_pb(&sample());
+        t.player_id = String::new();
+        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+
+        let mut t = transaction_to_pb(&sample());
+        if let Some(pb::operation::Op::Read(r)) = &mut t.operations[0].op {
+            r.names.push("bad name".into());
+        }
+        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+
+        let mut t = transaction_to_pb(&sample());
+        t.access = 77;
+        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let ok: Result<Committed, Error> = Ok(Committed {
+            version: 5,
+            reads: vec![ReadResult {
+                operation_index: 0,
+                entries: vec![Entry {
+                    name: Name::new("gold").expect("valid"),
+                    visibility: Visibility::Private,
+                    value: Value::Counter(-4),
+                }],
+            }],
+            replayed: true,
+        });
+        assert_eq!(result_from_pb(result_to_pb(&ok)), ok);
+        let conflict: Result<Committed, Error> = Err(Error::Conflict {
+            version: 3,
+            operation_index: 2,
+        });
+        assert_eq!(result_from_pb(result_to_pb(&conflict)), conflict);
+    }
+
+    #[test]
+    fn garbage_bytes_do_not_decode_into_a_transaction() {
+        for bytes in [
+            &b"\xff\xff\xff\xff"[..],
+            b"\x0a\x05ab",
+            b"\x22\x80\x80\x80\x80\x10",
+        ] {
+            let decoded = pb::Transaction::decode(bytes);
+            assert!(decoded.is_err() || transaction_from_pb(decoded.expect("checked")).is_err());
+        }
+    }
+}

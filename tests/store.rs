@@ -1,0 +1,610 @@
+//! The player store against real redis-server processes: transactions, checks, bounds,
+//! idempotency, batches across shards, visibility, limits and failures.
+
+mod common;
+
+use std::collections::HashSet;
+
+use colony::model::COUNTER_LIMIT;
+use colony::testkit::{config_for, free_port, RedisServer};
+use colony::{Access, Error, Operation, Store, Transaction, Value, Visibility};
+use common::{digest, key, name, pid, raw};
+
+fn set(n: &str, v: &[u8], visibility: Visibility) -> Operation {
+    Operation::SetField {
+        name: name(n),
+        value: v.to_vec(),
+        visibility,
+    }
+}
+
+fn incr(n: &str, delta: i64, min: Option<i64>, max: Option<i64>) -> Operation {
+    Operation::IncrementCounter {
+        name: name(n),
+        delta,
+        min,
+        max,
+        visibility: Visibility::Private,
+    }
+}
+
+fn read_all() -> Operation {
+    Operation::Read { names: vec![] }
+}
+
+fn entries(c: &colony::Committed) -> Vec<(String, Visibility, Value)> {
+    c.reads
+        .iter()
+        .flat_map(|r| &r.entries)
+        .map(|e| (e.name.as_str().to_string(), e.visibility, e.value.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transaction_applies_all_operations_and_bumps_the_version_once() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let p = pid("alice");
+    let txn = Transaction::owner(p.clone(), key(1))
+        .with(Operation::CheckVersion { expected: 0 })
+        .with(set("nick", b"Al", Visibility::Public))
+        .with(set("email", b"a@example.org", Visibility::Private))
+        .with(incr("gold", 100, Some(0), None))
+        .with(read_all());
+    let committed = store.execute(txn).await.expect("commits");
+    assert_eq!(committed.version, 1);
+    assert!(!committed.replayed);
+    assert_eq!(
+        entries(&committed),
+        vec![
+            (
+                "email".into(),
+                Visibility::Private,
+                Value::Bytes(b"a@example.org".to_vec())
+            ),
+            ("gold".into(), Visibility::Private, Value::Counter(100)),
+            (
+                "nick".into(),
+                Visibility::Public,
+                Value::Bytes(b"Al".to_vec())
+            ),
+        ]
+    );
+
+    let second = Transaction::owner(p.clone(), key(2))
+        .with(incr("gold", -30, Some(0), None))
+        .with(Operation::Read {
+            names: vec![name("gold"), name("missing")],
+        });
+    let committed = store.execute(second).await.expect("commits");
+    assert_eq!(committed.version, 2);
+    assert_eq!(
+        entries(&committed),
+        vec![("gold".into(), Visibility::Private, Value::Counter(70))]
+    );
+
+    // Reads alone do not move the version.
+    let read = Transaction::owner(p.clone(), None).with(read_all());
+    assert_eq!(store.execute(read).await.expect("reads").version, 2);
+}
+
+#[tokio::test]
+async fn public_access_sees_public_entries_only() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let p = pid("bob");
+    let txn = Transaction::owner(p.clone(), key(1))
+        .with(set("nick", b"Bob", Visibility::Public))
+        .with(set("secret", b"s3cr3t", Visibility::Private))
+        .with(Operation::IncrementCounter {
+            name: name("trophies"),
+            delta: 7,
+            min: None,
+            max: None,
+            visibility: Visibility::Public,
+        })
+        .with(incr("gold", 5, None, None));
+    store.execute(txn).await.expect("commits");
+
+    let public = store
+        .get_player(p.clone(), Access::Public)
+        .await
+        .expect("reads");
+    assert_eq!(
+        entries(&public),
+        vec![
+            (
+                "nick".into(),
+                Visibility::Public,
+                Value::Bytes(b"Bob".to_vec())
+            ),
+            ("trophies".into(), Visibility::Public, Value::Counter(7)),
+        ]
+    );
+    // Naming a private field explicitly does not reveal it either.
+    let named = Transaction {
+        player: p.clone(),
+        access: Access::Public,
+        idempotency_key: None,
+        operations: vec![Operation::Read {
+            names: vec![name("secret"), name("gold"), name("nick")],
+        }],
+    };
+    let named = store.execute(named).await.expect("reads");
+    assert_eq!(
+        entries(&named),
+        vec![(
+            "nick".into(),
+            Visibility::Public,
+            Value::Bytes(b"Bob".to_vec())
+        )]
+    );
+
+    // Making a field private hides it from public reads at once.
+    let hide = Transaction::owner(p.clone(), key(2)).with(set("nick", b"Bob", Visibility::Private));
+    store.execute(hide).await.expect("commits");
+    let public = store
+        .get_player(p.clone(), Access::Public)
+        .await
+        .expect("reads");
+    assert_eq!(
+        entries(&public),
+        vec![("trophies".into(), Visibility::Public, Value::Counter(7))]
+    );
+    let owner = store.get_player(p, Access::Owner).await.expect("reads");
+    assert_eq!(entries(&owner).len(), 4);
+}
+
+#[tokio::test]
+async fn failed_checks_and_bounds_apply_nothing() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let p = pid("carol");
+    store
+        .execute(
+            Transaction::owner(p.clone(), key(1))
+                .with(set("house", b"hut", Visibility::Public))
+                .with(incr("gold", 10, None, None)),
+        )
+        .await
+        .expect("commits");
+    let before = digest(&servers[0]).await;
+
+    let stale = Transaction::owner(p.clone(), key(2))
+        .with(set("house", b"castle", Visibility::Public))
+        .with(Operation::CheckVersion { expected: 0 });
+    assert_eq!(
+        store.execute(stale).await,
+        Err(Error::Conflict {
+            version: 1,
+            operation_index: 1
+        })
+    );
+
+    let wrong_field = Transaction::owner(p.clone(), key(3))
+        .with(incr("gold", 1, None, None))
+        .with(Operation::CheckField {
+            name: name("house"),
+            expected: Some(b"castle".to_vec()),
+        });
+    assert!(matches!(
+        store.execute(wrong_field).await,
+        Err(Error::Conflict {
+            version: 1,
+            operation_index: 1
+        })
+    ));
+
+    let absent = Transaction::owner(p.clone(), key(4))
+        .with(Operation::CheckField {
+            name: name("house"),
+            expected: None,
+        })
+        .with(incr("gold", 1, None, None));
+    assert!(matches!(
+        store.execute(absent).await,
+        Err(Error::Conflict { .. })
+    ));
+
+    let overdraw = Transaction::owner(p.clone(), key(5))
+        .with(set("house", b"castle", Visibility::Public))
+        .with(incr("gold", -11, Some(0), None));
+    assert_eq!(
+        store.execute(overdraw).await,
+        Err(Error::OutOfBounds {
+            version: 1,
+            operation_index: 1
+        })
+    );
+    let cap = Transaction::owner(p.clone(), key(6)).with(incr("gold", 1, None, Some(10)));
+    assert!(matches!(
+        store.execute(cap).await,
+        Err(Error::OutOfBounds { .. })
+    ));
+
+    assert_eq!(
+        digest(&servers[0]).await,
+        before,
+        "a failed transaction wrote something"
+    );
+
+    // The check passes with the right values.
+    let ok = Transaction::owner(p.clone(), key(7))
+        .with(Operation::CheckVersion { expected: 1 })
+        .with(Operation::CheckField {
+            name: name("house"),
+            expected: Some(b"hut".to_vec()),
+        })
+        .with(incr("gold", -10, Some(0), None));
+    assert_eq!(store.execute(ok).await.expect("commits").version, 2);
+}
+
+#[tokio::test]
+async fn counters_are_exact_up_to_the_limit() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let p = pid("dave");
+    let big = Transaction::owner(p.clone(), key(1))
+        .with(incr("n", COUNTER_LIMIT, None, None))
+        .with(Operation::Read {
+            names: vec![name("n")],
+        });
+    let committed = store.execute(big).await.expect("commits");
+    assert_eq!(
+        entries(&committed),
+        vec![(
+            "n".into(),
+            Visibility::Private,
+            Value::Counter(COUNTER_LIMIT)
+        )]
+    );
+    let over = Transaction::owner(p.clone(), key(2)).with(incr("n", 1, None, None));
+    assert!(matches!(
+        store.execute(over).await,
+        Err(Error::OutOfBounds { .. })
+    ));
+    let down = Transaction::owner(p.clone(), key(3))
+        .with(incr("n", -COUNTER_LIMIT, None, None))
+        .with(incr("n", -COUNTER_LIMIT, None, None))
+        .with(Operation::Read {
+            names: vec![name("n")],
+        });
+    let committed = store.execute(down).await.expect("commits");
+    assert_eq!(
+        entries(&committed),
+        vec![(
+            "n".into(),
+            Visibility::Private,
+            Value::Counter(-COUNTER_LIMIT)
+        )]
+    );
+}
+
+#[tokio::test]
+async fn retries_with_the_same_key_apply_once() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let p = pid("erin");
+    let txn = Transaction::owner(p.clone(), key(42))
+        .with(incr("gold", 5, None, None))
+        .with(Operation::Read {
+            names: vec![name("gold")],
+        });
+    let first = store.execute(txn.clone()).await.expect("commits");
+    assert!(!first.replayed);
+    for _ in 0..3 {
+        let again = store.execute(txn.clone()).await.expect("replays");
+        assert!(again.replayed);
+        assert_eq!(again.version, first.version);
+        assert_eq!(again.reads, first.reads);
+    }
+    let state = store
+        .get_player(p.clone(), Access::Owner)
+        .await
+        .expect("reads");
+    assert_eq!(
+        entries(&state),
+        vec![("gold".into(), Visibility::Private, Value::Counter(5))]
+    );
+
+    // Same key, different content: rejected, nothing applied.
+    let before = digest(&servers[0]).await;
+    let different = Transaction::owner(p.clone(), key(42)).with(incr("gold", 6, None, None));
+    assert_eq!(
+        store.execute(different).await,
+        Err(Error::IdempotencyMismatch { version: 1 })
+    );
+    let as_public = Transaction {
+        access: Access::Public,
+        operations: vec![Operation::Read {
+            names: vec![name("gold")],
+        }],
+        ..txn.clone()
+    };
+    assert!(matches!(
+        store.execute(as_public).await,
+        Err(Error::IdempotencyMismatch { .. })
+    ));
+    assert_eq!(digest(&servers[0]).await, before);
+
+    // The record expires after the configured time.
+    let mut conn = raw(&servers[0]).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("{erin}:idem:test-client:42")
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(ttl > 0 && ttl <= 86_400_000, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn idempotency_records_carry_the_configured_ttl() {
+    let server = RedisServer::start().expect("starts");
+    let mut config = config_for(&[&server]);
+    config.redis.idempotency_ttl_secs = 1;
+    let store = Store::new(&config).expect("store");
+    let txn = Transaction::owner(pid("fay"), key(1)).with(incr("gold", 1, None, None));
+    store.execute(txn).await.expect("commits");
+    let mut conn = raw(&server).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("{fay}:idem:test-client:1")
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(ttl > 0 && ttl <= 1000, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn batches_span_shards_and_keep_request_order() {
+    let servers = common::servers(3);
+    let store = common::store(&servers);
+    let players: Vec<_> = (0..60).map(|i| pid(&format!("player-{i}"))).collect();
+    let mut batch: Vec<Transaction> = players
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Transaction::owner(p.clone(), key(1)).with(incr("gold", i as i64, None, None))
+        })
+        .collect();
+    // One malformed and one conflicting transaction in the middle touch nobody else.
+    batch.insert(
+        10,
+        Transaction::owner(pid("bad"), None).with(incr("gold", 1, None, None)),
+    );
+    batch.insert(
+        20,
+        Transaction::owner(pid("conflict"), key(1)).with(Operation::CheckVersion { expected: 9 }),
+    );
+    let results = store.execute_batch(batch).await.expect("batch runs");
+    assert_eq!(results.len(), 62);
+    assert!(matches!(results[10], Err(Error::Invalid(_))));
+    assert!(matches!(results[20], Err(Error::Conflict { .. })));
+    let ok: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 10 && *i != 20)
+        .map(|(_, r)| r.as_ref().expect("commits").version)
+        .collect();
+    assert_eq!(ok, vec![1; 60]);
+
+    // Every player is stored on the shard the map names, and only there.
+    let mut used = HashSet::new();
+    for (i, p) in players.iter().enumerate() {
+        let shard = store.shard_map().shard_for_player(p).0;
+        used.insert(shard);
+        for (s, server) in servers.iter().enumerate() {
+            let mut conn = raw(server).await;
+            let gold: Option<i64> = redis::cmd("HGET")
+                .arg(format!("{{{}}}:priv", p.as_str()))
+                .arg("c:gold")
+                .query_async(&mut conn)
+                .await
+                .expect("hget");
+            if s == shard {
+                assert_eq!(gold, Some(i as i64));
+            } else {
+                assert_eq!(gold, None);
+            }
+        }
+    }
+    assert_eq!(used.len(), 3, "60 players should cover 3 shards");
+
+    let too_many = vec![Transaction::owner(pid("x"), None).with(read_all()); 1025];
+    assert!(matches!(
+        store.execute_batch(too_many).await,
+        Err(Error::TooLarge(_))
+    ));
+}
+
+#[tokio::test]
+async fn owner_transactions_mark_activity_and_public_reads_do_not() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let mut conn = raw(&servers[0]).await;
+    let score = |conn: &mut redis::aio::MultiplexedConnection, id: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let s: Option<f64> = redis::cmd("ZSCORE")
+                .arg("colony:active")
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .expect("zscore");
+            s
+        }
+    };
+    store
+        .get_player(pid("gus"), Access::Public)
+        .await
+        .expect_err("not found");
+    assert_eq!(score(&mut conn, "gus").await, None);
+    store
+        .execute(Transaction::owner(pid("gus"), key(1)).with(incr("xp", 1, None, None)))
+        .await
+        .expect("commits");
+    let first = score(&mut conn, "gus").await.expect("active");
+    let before = digest(&servers[0]).await;
+    store
+        .get_player(pid("gus"), Access::Public)
+        .await
+        .expect("reads");
+    assert_eq!(
+        digest(&servers[0]).await,
+        before,
+        "a public read changed state"
+    );
+    let meta_t: i64 = redis::cmd("HGET")
+        .arg("{gus}:meta")
+        .arg("t")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(meta_t as f64, first);
+}
+
+#[tokio::test]
+async fn a_missing_player_is_not_found_and_reads_create_nothing() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let before = digest(&servers[0]).await;
+    assert_eq!(
+        store.get_player(pid("nobody"), Access::Owner).await,
+        Err(Error::NotFound)
+    );
+    assert_eq!(digest(&servers[0]).await, before);
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_a_flush() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let txn = |r| Transaction::owner(pid("hal"), key(r)).with(incr("gold", 1, None, None));
+    store.execute(txn(1)).await.expect("commits");
+    let mut conn = raw(&servers[0]).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let batch = vec![txn(2), txn(3), txn(2)];
+    let results = store.execute_batch(batch).await.expect("runs");
+    let versions: Vec<_> = results
+        .iter()
+        .map(|r| r.as_ref().expect("commits").version)
+        .collect();
+    assert_eq!(versions, vec![2, 3, 2]);
+    assert!(results[2].as_ref().expect("ok").replayed);
+}
+
+#[tokio::test]
+async fn a_dead_shard_fails_only_its_own_players() {
+    let live = RedisServer::start().expect("starts");
+    let dead_port = free_port().expect("port");
+    let text = format!(
+        "[[shards]]\nname = \"live\"\nmaster = \"{}\"\n[[shards]]\nname = \"dead\"\nmaster = \"127.0.0.1:{dead_port}\"\n[redis]\nconnect_timeout_ms = 300\n",
+        live.address()
+    );
+    let store = Store::new(&colony::Config::from_toml(&text, []).expect("config")).expect("store");
+    let batch: Vec<Transaction> = (0..20)
+        .map(|i| {
+            Transaction::owner(pid(&format!("p{i}")), key(1)).with(incr("gold", 1, None, None))
+        })
+        .collect();
+    let players: Vec<_> = batch.iter().map(|t| t.player.clone()).collect();
+    let results = store.execute_batch(batch).await.expect("runs");
+    let mut saw_dead = false;
+    for (p, result) in players.iter().zip(&results) {
+        if store.shard_map().shard_for_player(p).0 == 0 {
+            assert_eq!(result.as_ref().expect("live shard commits").version, 1);
+        } else {
+            saw_dead = true;
+            let e = result.as_ref().expect_err("dead shard fails");
+            assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+            assert!(e.is_retryable());
+        }
+    }
+    assert!(saw_dead);
+    let pings = store.ping_shards(std::time::Duration::from_secs(1)).await;
+    assert!(pings[0].is_ok() && pings[1].is_err());
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_transactions_change_nothing() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let p = pid("ivy");
+    store
+        .execute(Transaction::owner(p.clone(), key(1)).with(set("a", b"1", Visibility::Public)))
+        .await
+        .expect("commits");
+    let before = digest(&servers[0]).await;
+    let limits = store.limits().clone();
+    let huge = vec![0u8; limits.max_value_bytes + 1];
+    type Expect = fn(&Error) -> bool;
+    let cases: Vec<(Transaction, Expect)> = vec![
+        (
+            Transaction::owner(p.clone(), key(2)).with(set("a", &huge, Visibility::Public)),
+            |e| matches!(e, Error::TooLarge(_)),
+        ),
+        (
+            (0..=limits.max_operations_per_transaction)
+                .fold(Transaction::owner(p.clone(), key(3)), |t, _| {
+                    t.with(set("a", b"x", Visibility::Public))
+                }),
+            |e| matches!(e, Error::TooLarge(_)),
+        ),
+        (Transaction::owner(p.clone(), key(4)), |e| {
+            matches!(e, Error::Invalid(_))
+        }),
+        (
+            Transaction::owner(p.clone(), None).with(set("a", b"2", Visibility::Public)),
+            |e| matches!(e, Error::Invalid(_)),
+        ),
+        (
+            Transaction {
+                access: Access::Public,
+                ..Transaction::owner(p.clone(), key(5)).with(set("a", b"2", Visibility::Public))
+            },
+            |e| matches!(e, Error::Forbidden(_)),
+        ),
+        (
+            Transaction::owner(p.clone(), key(6)).with(incr("g", i64::MAX, None, None)),
+            |e| matches!(e, Error::Invalid(_)),
+        ),
+    ];
+    for (txn, expected) in cases {
+        let e = store.execute(txn).await.expect_err("rejected");
+        assert!(expected(&e), "unexpected error {e:?}");
+    }
+    assert_eq!(digest(&servers[0]).await, before);
+}
+
+#[tokio::test]
+async fn hostile_player_ids_stay_inside_their_own_keys() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let ids = ["}", "{", "{}", "a}:pub", "x\r\nFLUSHALL\r\n", "\0", "ü{ß}"];
+    for (i, id) in ids.iter().enumerate() {
+        let txn = Transaction::owner(pid(id), key(1)).with(set(
+            "v",
+            format!("{i}").as_bytes(),
+            Visibility::Public,
+        ));
+        store.execute(txn).await.expect("commits");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let got = store
+            .get_player(pid(id), Access::Public)
+            .await
+            .expect("reads");
+        assert_eq!(
+            entries(&got),
+            vec![(
+                "v".into(),
+                Visibility::Public,
+                Value::Bytes(format!("{i}").into_bytes())
+            )],
+            "player {id:?}"
+        );
+    }
+}
