@@ -2,7 +2,7 @@
 //! overrides, and validated before anything connects or binds.
 //!
 //! Environment overrides name a path into the TOML document with double underscores after the
-//! `COLONY__` prefix: `COLONY__REDIS__POOL_SIZE=32` sets `redis.pool_size`, and
+//! `COLONY__` prefix: `COLONY__REDIS__CONNECTIONS_PER_SHARD=4` sets `redis.connections_per_shard`, and
 //! `COLONY__SHARDS__0__MASTER=10.0.0.5:6379` sets the master of the first shard. The value is
 //! read as a TOML value when it parses as one (`32`, `true`, `["a"]`) and as a string
 //! otherwise. Callers pass the variables in, so tests never touch the process environment.
@@ -111,8 +111,9 @@ pub struct RedisSettings {
     /// Time allowed for one command or pipeline, in milliseconds. Default 2000. A request
     /// that times out after it was sent has an UNKNOWN outcome.
     pub command_timeout_ms: u64,
-    /// Connections per shard. Default 16.
-    pub pool_size: usize,
+    /// Connections per shard. Each is multiplexed: every request in flight shares it, so a
+    /// few are enough; more spread a shard's load over more server-side reads. Default 2.
+    pub connections_per_shard: usize,
     /// How long an idempotency record is kept, in seconds. A retry after this is applied
     /// again. Default 86400 (one day).
     pub idempotency_ttl_secs: u64,
@@ -123,7 +124,7 @@ impl Default for RedisSettings {
         RedisSettings {
             connect_timeout_ms: 1000,
             command_timeout_ms: 2000,
-            pool_size: 16,
+            connections_per_shard: 2,
             idempotency_ttl_secs: 86_400,
         }
     }
@@ -181,8 +182,8 @@ impl Config {
     /// coverage, and sane settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.redis.pool_size == 0 {
-            return invalid("redis.pool_size must be at least 1".into());
+        if self.redis.connections_per_shard == 0 || self.redis.connections_per_shard > 1024 {
+            return invalid("redis.connections_per_shard must be 1..=1024".into());
         }
         if self.redis.connect_timeout_ms == 0 || self.redis.command_timeout_ms == 0 {
             return invalid("redis timeouts must be at least 1 ms".into());
@@ -191,6 +192,11 @@ impl Config {
             return invalid("redis.idempotency_ttl_secs must be at least 1".into());
         }
         let l = &self.limits;
+        // The script unpacks a transaction's writes into one Redis call, and Lua's stack
+        // holds about 8000 values: 1000 operations stay well inside it.
+        if l.max_operations_per_transaction > 1000 {
+            return invalid("limits.max_operations_per_transaction must be at most 1000".into());
+        }
         if l.max_value_bytes == 0
             || l.max_operations_per_transaction == 0
             || l.max_transactions_per_batch == 0
@@ -339,14 +345,14 @@ mod tests {
         let config = Config::from_toml(
             TWO_SHARDS,
             env(&[
-                ("COLONY__REDIS__POOL_SIZE", "3"),
+                ("COLONY__REDIS__CONNECTIONS_PER_SHARD", "3"),
                 ("COLONY__SHARDS__1__MASTER", "10.1.2.3:6390"),
                 ("COLONY__LIMITS__MAX_VALUE_BYTES", "100"),
                 ("UNRELATED", "x"),
             ]),
         )
         .expect("valid");
-        assert_eq!(config.redis.pool_size, 3);
+        assert_eq!(config.redis.connections_per_shard, 3);
         assert_eq!(config.shards[1].master, "10.1.2.3:6390");
         assert_eq!(config.limits.max_value_bytes, 100);
     }
@@ -355,7 +361,7 @@ mod tests {
     fn bad_overrides_are_named() {
         for (var, value) in [
             ("COLONY__SHARDS__9__MASTER", "x:1"),
-            ("COLONY__REDIS__POOL_SIZE", "many"),
+            ("COLONY__REDIS__CONNECTIONS_PER_SHARD", "many"),
             ("COLONY__REDIS__NOT_A_FIELD", "1"),
             ("COLONY____X", "1"),
         ] {
@@ -375,12 +381,21 @@ mod tests {
             "[[shards]]\nname = \"a\"\nmaster = \":80\"",
             "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nreplicas = [\"h:99999\"]",
             "shards = []",
-            "[redis]\npool_size = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[redis]\nconnections_per_shard = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
             "not toml at all [",
         ];
         for text in cases {
             assert!(Config::from_toml(text, []).is_err(), "accepted: {text}");
         }
+    }
+
+    #[test]
+    fn the_shipped_example_parses_and_states_the_defaults() {
+        let text = include_str!("../deploy/colony.example.toml");
+        let config = Config::from_toml(text, []).expect("example is valid");
+        assert_eq!(config.redis, RedisSettings::default());
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.shards.len(), 2);
     }
 
     #[test]

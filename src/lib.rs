@@ -6,7 +6,7 @@
 //!
 //! - pure logic: [`slot`], [`model`], [`error`], [`keys`], [`shard_map`], [`config`],
 //!   [`script`] (encoding and decoding the script's calls);
-//! - IO: [`store`] (pools, pipelines, batches on real Redis);
+//! - IO: [`store`] (shared connections, pipelines, batches on real Redis);
 //! - the boundary: [`wire`] (the protobuf contract in `proto/`, converted to and from the
 //!   model).
 //!

@@ -25,7 +25,8 @@ pub const COUNTER_LIMIT: i64 = (1 << 53) - 1;
 pub struct Limits {
     /// Largest value of one field, in bytes. Default 65536.
     pub max_value_bytes: usize,
-    /// Most operations in one transaction. Default 64.
+    /// Most operations in one transaction, and most names one `Read` may list. Default 64,
+    /// at most 1000.
     pub max_operations_per_transaction: usize,
     /// Most transactions in one batch. Default 1024.
     pub max_transactions_per_batch: usize,

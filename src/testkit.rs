@@ -20,6 +20,7 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -44,33 +45,24 @@ impl RedisServer {
     fn try_start(extra: &[&str]) -> std::io::Result<RedisServer> {
         let port = free_port()?;
         let dir = tempfile::tempdir()?;
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--protected-mode", "no"])
-            .args(["--daemonize", "no"])
-            // Tests compare `DEBUG DIGEST` before and after rejected input.
-            .args(["--enable-debug-command", "local"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = command.spawn().map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot run redis-server (is it installed? `bash .ci/setup`): {e}"),
-            )
-        })?;
-        let mut server = RedisServer { child, port, dir };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(port, dir.path(), &extra)?;
+        let mut server = RedisServer {
+            child,
+            port,
+            dir,
+            extra,
+        };
         server.wait_ready()?;
         Ok(server)
+    }
+
+    /// Kills the server (SIGKILL) and starts a new one on the same port and directory.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = spawn(self.port, self.dir.path(), &self.extra)?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> std::io::Result<()> {
@@ -122,6 +114,34 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `redis-server` on `port` with its files in `dir`.
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> std::io::Result<Child> {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--protected-mode", "no"])
+        .args(["--daemonize", "no"])
+        // Tests compare `DEBUG DIGEST` before and after rejected input.
+        .args(["--enable-debug-command", "local"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command.spawn().map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot run redis-server (is it installed? `bash .ci/setup`): {e}"),
+        )
+    })
 }
 
 /// Sends an inline `PING` and expects `+PONG`.

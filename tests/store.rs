@@ -608,3 +608,33 @@ async fn hostile_player_ids_stay_inside_their_own_keys() {
         );
     }
 }
+
+#[tokio::test]
+async fn connections_recover_after_the_server_restarts() {
+    let mut servers = common::servers(1);
+    let store = common::store(&servers);
+    let txn = |r| Transaction::owner(pid("jo"), key(r)).with(incr("gold", 1, None, None));
+    store.execute(txn(1)).await.expect("commits");
+    servers[0].restart().expect("restarts");
+    // The old connections are dead. Failures must be typed and retryable, and the store must
+    // reconnect (and reload the script) by itself within a few attempts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut failures = 0;
+    loop {
+        match store.execute(txn(2)).await {
+            Ok(committed) => {
+                // The server restarted empty (no persistence in tests).
+                assert_eq!(committed.version, 1);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e:?}");
+                failures += 1;
+                assert!(std::time::Instant::now() < deadline, "no recovery: {e}");
+            }
+        }
+    }
+    assert!(failures <= 2, "{failures} failures before reconnecting");
+    let stats = store.connection_stats();
+    assert!(stats[0].connects >= 2, "{stats:?}");
+}
