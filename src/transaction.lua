@@ -162,9 +162,16 @@ while i <= #ARGV do
     if code == 'S' then
       value = ARGV[i + 3]
       i = i + 4
+      staged[other][entry] = false
     else
-      local current = tonumber(lookup(pub, entry) or lookup(priv, entry) or '0')
-      local new = current + tonumber(ARGV[i + 3])
+      -- Look in the target hash first: a counter usually keeps its visibility, and then the
+      -- other hash needs neither a lookup nor a delete.
+      local current = lookup(target, entry)
+      if current == nil then
+        current = lookup(other, entry)
+        if current ~= nil then staged[other][entry] = false end
+      end
+      local new = tonumber(current or '0') + tonumber(ARGV[i + 3])
       local min, max = ARGV[i + 4], ARGV[i + 5]
       if (min ~= '' and new < tonumber(min)) or (max ~= '' and new > tonumber(max))
           or new > LIMIT or new < -LIMIT then
@@ -174,7 +181,6 @@ while i <= #ARGV do
       i = i + 6
     end
     staged[target][entry] = value
-    staged[other][entry] = false
     mutated = true
   elseif code == 'D' or code == 'X' then
     local entry = ((code == 'D') and 'f:' or 'c:') .. ARGV[i + 1]
