@@ -1,0 +1,347 @@
+//! Transactions per second through the library on one local shard, against two baselines
+//! measured in the same run on the same redis-server:
+//!
+//! (a) the same transaction done the naive way, WATCH/MULTI/EXEC from the client, both as
+//!     usually written (one round trip per read) and with the reads pipelined;
+//! (b) `redis-benchmark` sending EVALSHA of the same script with the same arguments,
+//!     pipelined, as the ceiling of what Redis itself can do.
+//!
+//! The transaction: increment a bounded private counter by one, with an idempotency key
+//! (so the idempotency record, version bump and last-active update are all included).
+//!
+//! Run: `cargo bench --bench txn_throughput` (options: `--seconds N`, default 3).
+//! Figures are ratios against baselines measured in the same run, because the machine is
+//! shared and absolute numbers drift.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use colony::keys::{idempotency_key, PlayerKeys, ACTIVE_SET};
+use colony::script::SCRIPT;
+use colony::testkit::{config_for, RedisServer};
+use colony::{IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
+
+const CONCURRENCY: u64 = 64;
+const BATCH: u64 = 16;
+const MAX_GOLD: i64 = 1_000_000_000;
+
+fn txn(player: &PlayerId, client: &str, request: u64) -> Transaction {
+    Transaction::owner(
+        player.clone(),
+        Some(IdempotencyKey::new(client, request).unwrap()),
+    )
+    .with(Operation::IncrementCounter {
+        name: Name::new("gold").unwrap(),
+        delta: 1,
+        min: Some(0),
+        max: Some(MAX_GOLD),
+        visibility: Visibility::Private,
+    })
+}
+
+/// Runs `tasks` copies of `work` for `duration` and returns completed transactions per
+/// second. `work(task, iteration)` returns how many transactions it completed.
+async fn measure<F, Fut>(tasks: u64, duration: Duration, work: F) -> f64
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (work, stop, done) = (work.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = work(task, i).await;
+                    done.fetch_add(n, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One naive transaction: WATCH the player's keys, read, compute, MULTI/EXEC; retried
+/// while EXEC reports that a watched key changed.
+async fn naive_once(
+    conn: &mut redis::aio::MultiplexedConnection,
+    player: &PlayerId,
+    request: u64,
+    pipelined_reads: bool,
+) {
+    let keys = PlayerKeys::new(player);
+    let idem = idempotency_key(player, &IdempotencyKey::new("naive", request).unwrap());
+    loop {
+        let (seen, version, gold): (Option<Vec<u8>>, Option<u64>, Option<i64>) = if pipelined_reads
+        {
+            redis::pipe()
+                .cmd("WATCH")
+                .arg(&keys.meta)
+                .arg(&keys.public)
+                .arg(&keys.private)
+                .arg(&idem)
+                .ignore()
+                .cmd("GET")
+                .arg(&idem)
+                .cmd("HGET")
+                .arg(&keys.meta)
+                .arg("v")
+                .cmd("HGET")
+                .arg(&keys.private)
+                .arg("c:gold")
+                .query_async(conn)
+                .await
+                .unwrap()
+        } else {
+            let _: () = redis::cmd("WATCH")
+                .arg(&keys.meta)
+                .arg(&keys.public)
+                .arg(&keys.private)
+                .arg(&idem)
+                .query_async(conn)
+                .await
+                .unwrap();
+            let seen = redis::cmd("GET")
+                .arg(&idem)
+                .query_async(conn)
+                .await
+                .unwrap();
+            let version = redis::cmd("HGET")
+                .arg(&keys.meta)
+                .arg("v")
+                .query_async(conn)
+                .await
+                .unwrap();
+            let gold = redis::cmd("HGET")
+                .arg(&keys.private)
+                .arg("c:gold")
+                .query_async(conn)
+                .await
+                .unwrap();
+            (seen, version, gold)
+        };
+        if seen.is_some() {
+            let _: () = redis::cmd("UNWATCH").query_async(conn).await.unwrap();
+            return;
+        }
+        let new_gold = gold.unwrap_or(0) + 1;
+        assert!((0..=MAX_GOLD).contains(&new_gold));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let result: Option<redis::Value> = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&keys.private)
+            .arg("c:gold")
+            .arg(new_gold)
+            .ignore()
+            .cmd("HDEL")
+            .arg(&keys.public)
+            .arg("c:gold")
+            .ignore()
+            .cmd("HSET")
+            .arg(&keys.meta)
+            .arg("v")
+            .arg(version.unwrap_or(0) + 1)
+            .arg("t")
+            .arg(now_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(ACTIVE_SET)
+            .arg(now_ms)
+            .arg(player.as_str())
+            .ignore()
+            .cmd("SET")
+            .arg(&idem)
+            .arg("result")
+            .arg("PX")
+            .arg(86_400_000)
+            .ignore()
+            .query_async(conn)
+            .await
+            .unwrap();
+        if result.is_some() {
+            return;
+        }
+    }
+}
+
+fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
+    // __rand_int__ is replaced independently per occurrence, so every call touches fresh keys
+    // the way the library run with fresh players does; the cost per call is the same script
+    // path (new player, idempotency record written).
+    let sha = SCRIPT.get_hash().to_string();
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-c", &CONCURRENCY.to_string(), "-P", &BATCH.to_string()])
+        .args(["-n", &requests.to_string(), "-r", "100000000", "-q"])
+        .args(["EVALSHA", &sha, "5"])
+        .args([
+            "{__rand_int__}:meta",
+            "{__rand_int__}:pub",
+            "{__rand_int__}:priv",
+        ])
+        .args([ACTIVE_SET, "{__rand_int__}:idem:bench:__rand_int__"])
+        .args(["__rand_int__", "o", "1", "86400000"])
+        .args(["I", "gold", "r", "1", "0", &MAX_GOLD.to_string()])
+        .output()
+        .expect("redis-benchmark runs (installed with redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests per second"))
+        .unwrap_or_else(|| panic!("no figure in redis-benchmark output: {text}"));
+    line.split(" requests per second")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"))
+}
+
+fn main() {
+    let mut seconds = 3u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--seconds" {
+            seconds = args
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("--seconds N");
+        }
+    }
+    let duration = Duration::from_secs(seconds);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = RedisServer::start().expect("redis-server starts");
+    let mut config = config_for(&[&server]);
+    config.redis.connections_per_shard = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let store = Store::new(&config).unwrap();
+    // The script must be loaded before redis-benchmark sends EVALSHA.
+    runtime
+        .block_on(store.execute(txn(&PlayerId::new("warm").unwrap(), "warm", 0)))
+        .unwrap();
+
+    let players: Arc<Vec<PlayerId>> = Arc::new(
+        (0..CONCURRENCY)
+            .map(|i| PlayerId::new(format!("bench-{i}")).unwrap())
+            .collect(),
+    );
+
+    let single = runtime.block_on({
+        let (store, players) = (store.clone(), players.clone());
+        measure(CONCURRENCY, duration, move |task, i| {
+            let (store, players) = (store.clone(), players.clone());
+            async move {
+                store
+                    .execute(txn(&players[task as usize], "single", i))
+                    .await
+                    .unwrap();
+                1
+            }
+        })
+    });
+
+    let naive = |pipelined: bool| {
+        runtime.block_on(async {
+            let client = redis::Client::open(server.url()).unwrap();
+            let mut conns = Vec::new();
+            for _ in 0..CONCURRENCY {
+                conns.push(client.get_multiplexed_async_connection().await.unwrap());
+            }
+            let conns = Arc::new(conns);
+            let players = players.clone();
+            let offset = if pipelined { 1 << 40 } else { 0 };
+            measure(CONCURRENCY, duration, move |task, i| {
+                let (conns, players) = (conns.clone(), players.clone());
+                async move {
+                    // Each task has a connection of its own: WATCH is per connection.
+                    let mut conn = conns[task as usize].clone();
+                    naive_once(&mut conn, &players[task as usize], offset + i, pipelined).await;
+                    1
+                }
+            })
+            .await
+        })
+    };
+    let naive_sequential = naive(false);
+    let naive_pipelined = naive(true);
+
+    let batched = runtime.block_on({
+        let store = store.clone();
+        measure(CONCURRENCY, duration, move |task, i| {
+            let store = store.clone();
+            async move {
+                let batch: Vec<Transaction> = (0..BATCH)
+                    .map(|k| {
+                        let id = format!("batch-{task}-{i}-{k}");
+                        txn(&PlayerId::new(id).unwrap(), "batched", i)
+                    })
+                    .collect();
+                let results = store.execute_batch(batch).await.unwrap();
+                assert!(results.iter().all(Result::is_ok));
+                BATCH
+            }
+        })
+    });
+    let requests = ((batched * seconds as f64) as u64).max(100_000);
+    let ceiling = redis_benchmark(&server, requests);
+
+    println!("Colony transaction throughput, one redis-server on loopback, {seconds} s per run");
+    println!("transaction: bounded private counter +1 with an idempotency key\n");
+    println!("{:<58} {:>10}", "run", "txn/s");
+    println!(
+        "{:<58} {:>10.0}",
+        "library, 64 players, one transaction per call", single
+    );
+    println!(
+        "{:<58} {:>10.0}",
+        "(a) naive WATCH/MULTI/EXEC, one round trip per read", naive_sequential
+    );
+    println!(
+        "{:<58} {:>10.0}",
+        "(a') naive WATCH/MULTI/EXEC, reads pipelined", naive_pipelined
+    );
+    println!(
+        "{:<58} {:>10.0}",
+        "library, batches of 16, 64 callers", batched
+    );
+    println!(
+        "{:<58} {:>10.0}",
+        "(b) redis-benchmark EVALSHA, -P 16 -c 64", ceiling
+    );
+    println!();
+    println!(
+        "library / (a)  naive:              {:>5.2}x  (target >= 3x)",
+        single / naive_sequential
+    );
+    println!(
+        "library / (a') naive, pipelined:   {:>5.2}x",
+        single / naive_pipelined
+    );
+    println!(
+        "library batched / (b) redis-bench: {:>5.2}x  (target >= 0.7x)",
+        batched / ceiling
+    );
+}
