@@ -65,6 +65,143 @@ pub struct Config {
     /// Size and count limits on requests.
     #[serde(default)]
     pub limits: Limits,
+    /// The gateway: listeners, timeouts, caps and tokens.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+}
+
+/// A role a token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A game server: each transaction acts for one player; it writes only that player and
+    /// reads other players' public entries only.
+    Game,
+    /// Everything.
+    Admin,
+}
+
+/// One accepted authentication token.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name for logs and metrics (never the token itself).
+    pub name: String,
+    /// The secret a client presents in its Hello, at least 16 bytes.
+    pub token: String,
+    /// What the token may do.
+    pub role: Role,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log line.
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway's settings (`[gateway]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address of the protobuf TCP listener. Default `127.0.0.1:7400`.
+    pub listen: String,
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`,
+    /// `/admin/status`). Keep it on a private network. Default `127.0.0.1:7401`.
+    pub admin_listen: String,
+    /// Largest frame body accepted or sent, in bytes. Default 4194304 (4 MiB).
+    pub max_frame_bytes: usize,
+    /// Most requests in flight on one connection; the gateway stops reading from a connection
+    /// at this many (backpressure). Default 256.
+    pub max_in_flight_per_connection: usize,
+    /// Most open client connections; further ones are closed at once. Default 10000.
+    pub max_connections: usize,
+    /// Time a new connection has to send its Hello, in milliseconds. Default 5000.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long, with nothing in flight, is closed, in
+    /// milliseconds. Default 300000 (five minutes).
+    pub idle_timeout_ms: u64,
+    /// On shutdown, time allowed for requests in flight to finish, in milliseconds.
+    /// Default 10000.
+    pub shutdown_grace_ms: u64,
+    /// Accepted tokens. Default none: every Hello is refused until one is configured.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:7400".into(),
+            admin_listen: "127.0.0.1:7401".into(),
+            max_frame_bytes: crate::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_in_flight_per_connection: 256,
+            max_connections: 10_000,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            shutdown_grace_ms: 10_000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks values serde cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (what, address) in [
+            ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
+            if address.parse::<std::net::SocketAddr>().is_err() {
+                return invalid(format!("gateway.{what} {address:?} is not ip:port"));
+            }
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > u32::MAX as usize {
+            return invalid("gateway.max_frame_bytes must be 1024..=4294967295".into());
+        }
+        if self.max_in_flight_per_connection == 0 || self.max_in_flight_per_connection > 65_536 {
+            return invalid("gateway.max_in_flight_per_connection must be 1..=65536".into());
+        }
+        if self.max_connections == 0 {
+            return invalid("gateway.max_connections must be at least 1".into());
+        }
+        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return invalid("gateway timeouts must be at least 1 ms".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for token in &self.tokens {
+            crate::model::Name::new(token.name.clone())
+                .map_err(|e| ConfigError::Invalid(format!("gateway token name: {e}")))?;
+            if !names.insert(token.name.as_str()) {
+                return invalid(format!("gateway token {:?} is listed twice", token.name));
+            }
+            if token.token.len() < 16 {
+                return invalid(format!(
+                    "gateway token {:?} is shorter than 16 bytes",
+                    token.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `handshake_timeout_ms` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// `idle_timeout_ms` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// `shutdown_grace_ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
 }
 
 fn default_epoch() -> u64 {
@@ -213,6 +350,7 @@ impl Config {
                 })?;
             }
         }
+        self.gateway.validate()?;
         // Building the map checks names, uniqueness and slot coverage.
         ShardMap::from_config(self).map(|_| ())
     }

@@ -6,7 +6,8 @@
 //!
 //! - pure logic: [`slot`], [`model`], [`error`], [`keys`], [`shard_map`], [`config`],
 //!   [`script`] (encoding and decoding the script's calls);
-//! - IO: [`store`] (shared connections, pipelines, batches on real Redis);
+//! - IO: [`store`] (shared connections, pipelines, batches on real Redis), [`gateway`]
+//!   (protobuf over TCP, auth, admin HTTP);
 //! - the boundary: [`wire`] (the protobuf contract in `proto/`, converted to and from the
 //!   model).
 //!
@@ -14,8 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod error;
+pub mod frame;
+pub mod gateway;
 pub mod keys;
 pub mod model;
 pub mod script;

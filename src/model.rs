@@ -148,6 +148,14 @@ impl IdempotencyKey {
         })
     }
 
+    /// The same client id with another request id.
+    pub fn with_request_id(&self, request_id: u64) -> IdempotencyKey {
+        IdempotencyKey {
+            client_id: self.client_id.clone(),
+            request_id,
+        }
+    }
+
     /// The client's id.
     pub fn client_id(&self) -> &str {
         &self.client_id
@@ -254,6 +262,9 @@ pub struct Transaction {
     pub idempotency_key: Option<IdempotencyKey>,
     /// The steps, in order.
     pub operations: Vec<Operation>,
+    /// On whose behalf the transaction runs, for a gateway that checks roles (a game server
+    /// acting for one player). The store itself ignores it.
+    pub acting_player: Option<PlayerId>,
 }
 
 impl Transaction {
@@ -264,6 +275,7 @@ impl Transaction {
             access: Access::Owner,
             idempotency_key,
             operations: Vec::new(),
+            acting_player: None,
         }
     }
 

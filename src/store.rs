@@ -113,6 +113,13 @@ impl ShardLinks {
     }
 }
 
+/// Told about every Redis pipeline the store runs, for metrics.
+pub trait ShardObserver: Send + Sync {
+    /// A pipeline (or connection attempt) on `shard` finished after `elapsed`; `error` is the
+    /// first failure of the storage itself (unreachable, unknown outcome, internal), if any.
+    fn pipeline(&self, shard: &str, elapsed: Duration, error: Option<&Error>);
+}
+
 /// Connection statistics of one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionStats {
@@ -139,6 +146,7 @@ struct StoreInner {
     shards: Vec<ShardLinks>,
     settings: RedisSettings,
     limits: Limits,
+    observer: Option<Arc<dyn ShardObserver>>,
 }
 
 impl Store {
@@ -186,7 +194,22 @@ impl Store {
                 shards,
                 settings,
                 limits: config.limits.clone(),
+                observer: None,
             }),
+        })
+    }
+
+    /// Like [`Store::new`], reporting every pipeline to `observer`.
+    pub fn with_observer(
+        config: &Config,
+        observer: Arc<dyn ShardObserver>,
+    ) -> Result<Store, Error> {
+        let store = Store::new(config)?;
+        let mut inner = Arc::try_unwrap(store.inner)
+            .map_err(|_| Error::Internal("store shared before it was built".into()))?;
+        inner.observer = Some(observer);
+        Ok(Store {
+            inner: Arc::new(inner),
         })
     }
 
@@ -221,6 +244,7 @@ impl Store {
             access,
             idempotency_key: None,
             operations: vec![Operation::Read { names: Vec::new() }],
+            acting_player: None,
         };
         let committed = self.execute(txn).await?;
         if committed.version == 0 {
@@ -266,7 +290,18 @@ impl Store {
                 .iter()
                 .map(|&p| (&txns[p], script::encode(&txns[p], ttl_ms)))
                 .collect();
+            let started = std::time::Instant::now();
             let outcomes = self.run_on_shard(shard, &batch).await;
+            if let Some(observer) = &self.inner.observer {
+                let error = outcomes.iter().find_map(|o| match o {
+                    Err(
+                        e
+                        @ (Error::Unavailable { .. } | Error::Unknown { .. } | Error::Internal(_)),
+                    ) => Some(e),
+                    _ => None,
+                });
+                observer.pipeline(&self.inner.shards[shard.0].name, started.elapsed(), error);
+            }
             positions.into_iter().zip(outcomes)
         });
         for (position, outcome) in join_all(runs).await.into_iter().flatten() {

@@ -92,11 +92,20 @@ pub fn transaction_from_pb(t: pb::Transaction) -> Result<Transaction, Error> {
         };
         operations.push(op);
     }
+    let acting_player = if t.acting_player_id.is_empty() {
+        None
+    } else {
+        Some(
+            PlayerId::new(t.acting_player_id)
+                .map_err(|e| Error::Invalid(format!("acting_player_id: {e}")))?,
+        )
+    };
     Ok(Transaction {
         player,
         access,
         idempotency_key,
         operations,
+        acting_player,
     })
 }
 
@@ -163,6 +172,11 @@ pub fn transaction_to_pb(t: &Transaction) -> pb::Transaction {
             request_id: k.request_id(),
         }),
         operations,
+        acting_player_id: t
+            .acting_player
+            .as_ref()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -339,6 +353,7 @@ mod tests {
                     expected: None,
                 },
             ],
+            acting_player: Some(PlayerId::new("p-2").expect("valid")),
         }
     }
 

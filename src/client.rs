@@ -1,0 +1,496 @@
+//! A Rust client for the gateway: connects, authenticates, pipelines many requests on one
+//! connection, reconnects after a failure, and retries what may be retried — with the same
+//! idempotency keys, so a retried write applies at most once — within a deadline.
+//!
+//! Retry rules (see `proto/PROTOCOL.md`): UNAVAILABLE, TIMEOUT and UNKNOWN are retried with
+//! capped exponential backoff and full jitter until the request deadline; everything else is
+//! final. A connection lost after a request was sent makes that request's outcome UNKNOWN,
+//! which the retry settles.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::frame;
+use crate::gateway::PROTOCOL_VERSION;
+use crate::model::{Access, Committed, IdempotencyKey, PlayerId, Transaction};
+use crate::wire::{self, pb};
+
+/// How to reach and talk to a gateway.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The gateway, `host:port`.
+    pub address: String,
+    /// The token to present.
+    pub token: String,
+    /// Shown in the gateway's logs.
+    pub client_name: String,
+    /// Client id of the idempotency keys [`Client::next_key`] makes: unique per process.
+    pub client_id: String,
+    /// Time allowed to connect and authenticate.
+    pub connect_timeout: Duration,
+    /// Time allowed for one call, retries included.
+    pub request_deadline: Duration,
+    /// First retry delay; doubles per attempt up to `backoff_max`, with full jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Largest frame accepted from the gateway.
+    pub max_frame_bytes: usize,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but where and who.
+    pub fn new(address: impl Into<String>, token: impl Into<String>) -> ClientConfig {
+        let unique = RandomState::new().hash_one(std::process::id());
+        ClientConfig {
+            address: address.into(),
+            token: token.into(),
+            client_name: "colony-rust-client".into(),
+            client_id: format!("rs-{}-{unique:016x}", std::process::id()),
+            connect_timeout: Duration::from_secs(2),
+            request_deadline: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
+            max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+type Reply = Result<pb::ServerFrame, Error>;
+
+/// One live, authenticated connection.
+struct Connection {
+    frames: mpsc::Sender<pb::ClientFrame>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    closed: Arc<AtomicBool>,
+    hello: pb::HelloResult,
+}
+
+/// A gateway client. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    config: ClientConfig,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    next_request_id: AtomicU64,
+    next_key: AtomicU64,
+    /// An idempotency key with the configured (validated) client id.
+    key_prototype: IdempotencyKey,
+}
+
+/// Why a call's transport failed.
+fn lost(reason: &str) -> Error {
+    Error::Unknown {
+        shard: String::new(),
+        reason: format!("connection to the gateway lost: {reason}"),
+    }
+}
+
+impl Client {
+    /// Connects and authenticates.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let key_prototype = IdempotencyKey::new(config.client_id.clone(), 0)?;
+        let client = Client {
+            inner: Arc::new(ClientInner {
+                config,
+                connection: tokio::sync::Mutex::new(None),
+                next_request_id: AtomicU64::new(1),
+                next_key: AtomicU64::new(1),
+                key_prototype,
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// A fresh idempotency key: this client's id and the next request number.
+    pub fn next_key(&self) -> IdempotencyKey {
+        let n = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        self.inner.key_prototype.with_request_id(n)
+    }
+
+    /// The gateway's answer to Hello (role and limits) on the current connection.
+    pub async fn hello(&self) -> Result<pb::HelloResult, Error> {
+        Ok(self.connection().await?.hello.clone())
+    }
+
+    /// The live connection, opening one if there is none.
+    async fn connection(&self) -> Result<Arc<Connection>, Error> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if !conn.closed.load(Ordering::Relaxed) {
+                return Ok(conn.clone());
+            }
+        }
+        *slot = None;
+        let config = &self.inner.config;
+        let conn = tokio::time::timeout(config.connect_timeout, open(config))
+            .await
+            .map_err(|_| Error::Unavailable {
+                shard: String::new(),
+                reason: format!("connecting to {} timed out", config.address),
+            })??;
+        let conn = Arc::new(conn);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends one request and waits for its answer (no retry).
+    async fn call(&self, body: pb::client_frame::Body) -> Result<pb::server_frame::Body, Error> {
+        let conn = self.connection().await?;
+        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(request_id, tx);
+        // The reader marks the connection closed before it fails what is pending; a request
+        // registered after that must not wait for an answer that cannot come.
+        if conn.closed.load(Ordering::SeqCst) {
+            lock(&conn.pending).remove(&request_id);
+            return Err(Error::Unavailable {
+                shard: String::new(),
+                reason: "connection closed before sending".into(),
+            });
+        }
+        let frame = pb::ClientFrame {
+            request_id,
+            body: Some(body),
+        };
+        if conn.frames.send(frame).await.is_err() {
+            lock(&conn.pending).remove(&request_id);
+            conn.closed.store(true, Ordering::Relaxed);
+            return Err(Error::Unavailable {
+                shard: String::new(),
+                reason: "connection closed before sending".into(),
+            });
+        }
+        let reply = match tokio::time::timeout(self.inner.config.request_deadline, rx).await {
+            Ok(reply) => reply.unwrap_or_else(|_| Err(lost("no reply")))?,
+            Err(_) => {
+                lock(&conn.pending).remove(&request_id);
+                return Err(Error::Unknown {
+                    shard: String::new(),
+                    reason: "no answer from the gateway in time".into(),
+                });
+            }
+        };
+        match reply.body {
+            Some(pb::server_frame::Body::Error(e)) => Err(error_from(e)),
+            Some(body) => Ok(body),
+            None => Err(Error::Internal("empty reply".into())),
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let c = &self.inner.config;
+        let cap = c
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(c.backoff_max);
+        let random = RandomState::new().hash_one(attempt);
+        cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+    }
+
+    /// Runs transactions through the gateway, retrying the retryable ones with their own
+    /// idempotency keys until they settle or the deadline passes. One result per
+    /// transaction, in order.
+    pub async fn execute_batch(
+        &self,
+        transactions: Vec<Transaction>,
+    ) -> Result<Vec<Result<Committed, Error>>, Error> {
+        let deadline = Instant::now() + self.inner.config.request_deadline;
+        let mut results: Vec<Option<Result<Committed, Error>>> = vec![None; transactions.len()];
+        let mut pending: Vec<usize> = (0..transactions.len()).collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let batch = pb::Batch {
+                transactions: pending
+                    .iter()
+                    .map(|&i| wire::transaction_to_pb(&transactions[i]))
+                    .collect(),
+            };
+            let outcome = self.call(pb::client_frame::Body::Batch(batch)).await;
+            let per_txn: Vec<Result<Committed, Error>> = match outcome {
+                Ok(pb::server_frame::Body::Batch(b)) if b.results.len() == pending.len() => {
+                    b.results.into_iter().map(wire::result_from_pb).collect()
+                }
+                Ok(_) => return Err(Error::Internal("unexpected reply to a batch".into())),
+                Err(e) if e.is_retryable() => pending
+                    .iter()
+                    .map(|&i| Err(for_transaction(&e, &transactions[i])))
+                    .collect(),
+                Err(e) => return Err(e),
+            };
+            let mut again = Vec::new();
+            for (&i, r) in pending.iter().zip(per_txn) {
+                match r {
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        results[i] = Some(Err(e));
+                        again.push(i);
+                    }
+                    r => results[i] = Some(r),
+                }
+            }
+            pending = again;
+            if !pending.is_empty() {
+                let pause = self
+                    .backoff(attempt)
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("no result".into()))))
+            .collect())
+    }
+
+    /// Runs one transaction (see [`Client::execute_batch`]).
+    pub async fn execute(&self, transaction: Transaction) -> Result<Committed, Error> {
+        self.execute_batch(vec![transaction])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("no result".into())))
+    }
+
+    /// Runs a player read, retrying while it fails retryably and time is left.
+    async fn read_with_retries(&self, body: pb::client_frame::Body) -> Result<Committed, Error> {
+        let deadline = Instant::now() + self.inner.config.request_deadline;
+        let mut attempt = 0;
+        loop {
+            let result = match self.call(body.clone()).await {
+                Ok(pb::server_frame::Body::Player(r)) => wire::result_from_pb(r),
+                Ok(_) => Err(Error::Internal(
+                    "unexpected reply to a player request".into(),
+                )),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Reads a whole player, as its owner or as the public; `acting` names the player the
+    /// caller acts for (required for the game role).
+    pub async fn get_player(
+        &self,
+        player: &PlayerId,
+        access: Access,
+        acting: Option<&PlayerId>,
+    ) -> Result<Committed, Error> {
+        let body = pb::client_frame::Body::GetPlayer(pb::GetPlayer {
+            player_id: player.as_str().to_string(),
+            access: match access {
+                Access::Owner => pb::Access::Owner,
+                Access::Public => pb::Access::Public,
+            }
+            .into(),
+            acting_player_id: acting.map(|p| p.as_str().to_string()).unwrap_or_default(),
+        });
+        self.read_with_retries(body).await
+    }
+
+    /// Logs a player in: marks it active and returns everything it owns.
+    pub async fn login(&self, player: &PlayerId) -> Result<Committed, Error> {
+        let body = pb::client_frame::Body::Login(pb::Login {
+            player_id: player.as_str().to_string(),
+        });
+        self.read_with_retries(body).await
+    }
+
+    /// Round trip to the gateway.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let started = Instant::now();
+        let nonce = RandomState::new().hash_one(started);
+        match self
+            .call(pb::client_frame::Body::Ping(pb::Ping { nonce }))
+            .await?
+        {
+            pb::server_frame::Body::Pong(p) if p.nonce == nonce => Ok(started.elapsed()),
+            _ => Err(Error::Internal("unexpected reply to a ping".into())),
+        }
+    }
+}
+
+/// A whole-call failure as seen by one transaction: a lost connection leaves reads merely
+/// unavailable, but writes unknown.
+fn for_transaction(e: &Error, txn: &Transaction) -> Error {
+    match e {
+        Error::Unknown { shard, reason } if !txn.is_write() => Error::Unavailable {
+            shard: shard.clone(),
+            reason: reason.clone(),
+        },
+        e => e.clone(),
+    }
+}
+
+fn error_from(e: pb::RequestError) -> Error {
+    wire::result_from_pb(pb::TransactionResult {
+        code: e.code,
+        message: e.message,
+        ..Default::default()
+    })
+    .err()
+    .unwrap_or_else(|| Error::Internal("error reply with code OK".into()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent: take it anyway.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Connects, says Hello, and starts the reader and writer tasks.
+async fn open(config: &ClientConfig) -> Result<Connection, Error> {
+    let unavailable = |reason: String| Error::Unavailable {
+        shard: String::new(),
+        reason,
+    };
+    let stream = TcpStream::connect(&config.address)
+        .await
+        .map_err(|e| unavailable(format!("cannot connect to {}: {e}", config.address)))?;
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let hello = pb::ClientFrame {
+        request_id: 0,
+        body: Some(pb::client_frame::Body::Hello(pb::Hello {
+            token: config.token.clone(),
+            client_name: config.client_name.clone(),
+            protocol_version: PROTOCOL_VERSION,
+        })),
+    };
+    let mut out = Vec::new();
+    frame::encode(&hello, &mut out, config.max_frame_bytes)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    writer
+        .write_all(&out)
+        .await
+        .map_err(|e| unavailable(format!("sending Hello: {e}")))?;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let answer: pb::ServerFrame = loop {
+        match frame::decode(&mut buf, config.max_frame_bytes) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(e) => return Err(Error::Internal(format!("bad frame from gateway: {e}"))),
+        }
+        buf.reserve(frame::bytes_wanted(&buf, 64 * 1024));
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return Err(unavailable(
+                    "gateway closed the connection during Hello".into(),
+                ))
+            }
+            Ok(_) => {}
+        }
+    };
+    let hello = match answer.body {
+        Some(pb::server_frame::Body::Hello(h)) => h,
+        Some(pb::server_frame::Body::GoAway(g)) => {
+            let e = error_from(pb::RequestError {
+                code: g.code,
+                message: g.reason,
+            });
+            return Err(match e {
+                Error::Forbidden(m) if g.code == pb::Code::Unauthenticated as i32 => {
+                    Error::Forbidden(format!("authentication failed: {m}"))
+                }
+                e => e,
+            });
+        }
+        _ => return Err(Error::Internal("unexpected answer to Hello".into())),
+    };
+
+    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
+    let closed = Arc::new(AtomicBool::new(false));
+    let (frames_tx, mut frames_rx) = mpsc::channel::<pb::ClientFrame>(1024);
+    let max = config.max_frame_bytes;
+
+    // Writer: coalesces queued frames into one write.
+    {
+        let closed = closed.clone();
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::with_capacity(16 * 1024);
+            while let Some(first) = frames_rx.recv().await {
+                let mut next = Some(first);
+                while let Some(f) = next {
+                    let id = f.request_id;
+                    if let Err(e) = frame::encode(&f, &mut out, max) {
+                        if let Some(tx) = lock(&pending).remove(&id) {
+                            let _ = tx.send(Err(Error::TooLarge(format!("request {e}"))));
+                        }
+                    }
+                    next = if out.len() < 256 * 1024 {
+                        frames_rx.try_recv().ok()
+                    } else {
+                        None
+                    };
+                }
+                if writer.write_all(&out).await.is_err() {
+                    closed.store(true, Ordering::Relaxed);
+                    return;
+                }
+                out.clear();
+            }
+        });
+    }
+    // Reader: hands each answer to its caller; on any end, fails everything pending.
+    {
+        let closed = closed.clone();
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match frame::decode::<pb::ServerFrame>(&mut buf, max) {
+                    Ok(Some(f)) => {
+                        if let Some(pb::server_frame::Body::GoAway(g)) = &f.body {
+                            // No new requests go here; answers to sent ones may still come.
+                            closed.store(true, Ordering::Relaxed);
+                            tracing::debug!(reason = %g.reason, "gateway said GoAway");
+                            continue;
+                        }
+                        if let Some(tx) = lock(&pending).remove(&f.request_id) {
+                            let _ = tx.send(Ok(f));
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => break format!("bad frame from gateway: {e}"),
+                }
+                buf.reserve(frame::bytes_wanted(&buf, 64 * 1024));
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => break "closed by the gateway".to_string(),
+                    Err(e) => break e.to_string(),
+                    Ok(_) => {}
+                }
+            };
+            closed.store(true, Ordering::SeqCst);
+            for (_, tx) in lock(&pending).drain() {
+                let _ = tx.send(Err(lost(&reason)));
+            }
+        });
+    }
+    Ok(Connection {
+        frames: frames_tx,
+        pending,
+        closed,
+        hello,
+    })
+}

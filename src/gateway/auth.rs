@@ -1,0 +1,155 @@
+//! Authentication (tokens, compared in constant time) and authorization (what a role may do
+//! to which player).
+//!
+//! Pure: decisions only, no IO. The rules:
+//!
+//! - `admin` may do everything.
+//! - `game` acts for one player per transaction, named by `acting_player`. It may use owner
+//!   access only on that player; on any other player it may only read public entries and
+//!   check the version (public access). Without an acting player nothing is allowed.
+
+use subtle::ConstantTimeEq;
+
+use crate::config::{Role, TokenConfig};
+use crate::error::Error;
+use crate::model::{Access, PlayerId, Transaction};
+
+/// Who a connection authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's configured name.
+    pub name: String,
+    /// The token's role.
+    pub role: Role,
+}
+
+/// The accepted tokens.
+#[derive(Clone)]
+pub struct Tokens {
+    tokens: Vec<TokenConfig>,
+}
+
+impl Tokens {
+    /// The tokens from configuration.
+    pub fn new(tokens: Vec<TokenConfig>) -> Tokens {
+        Tokens { tokens }
+    }
+
+    /// The principal whose token equals `presented`. Every configured token is compared, in
+    /// constant time, so timing reveals neither which token matched nor how much of one did.
+    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        let mut found = None;
+        for token in &self.tokens {
+            let equal: bool = token.token.as_bytes().ct_eq(presented.as_bytes()).into();
+            if equal && found.is_none() {
+                found = Some(Principal {
+                    name: token.name.clone(),
+                    role: token.role,
+                });
+            }
+        }
+        found
+    }
+}
+
+/// May `role` run `txn`? `txn.acting_player` says on whose behalf.
+pub fn authorize_transaction(role: Role, txn: &Transaction) -> Result<(), Error> {
+    authorize(role, &txn.player, txn.access, txn.acting_player.as_ref())
+}
+
+/// May `role`, acting for `acting`, use `access` on `player`?
+pub fn authorize(
+    role: Role,
+    player: &PlayerId,
+    access: Access,
+    acting: Option<&PlayerId>,
+) -> Result<(), Error> {
+    match role {
+        Role::Admin => Ok(()),
+        Role::Game => {
+            let Some(acting) = acting else {
+                return Err(Error::Forbidden(
+                    "the game role must name the acting player".into(),
+                ));
+            };
+            if access == Access::Owner && acting != player {
+                return Err(Error::Forbidden(format!(
+                    "acting for {:?}, owner access to another player is not allowed",
+                    acting.as_str()
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IdempotencyKey, Name, Operation, Visibility};
+
+    fn tokens() -> Tokens {
+        Tokens::new(vec![
+            TokenConfig {
+                name: "game".into(),
+                token: "game-secret-0123456789".into(),
+                role: Role::Game,
+            },
+            TokenConfig {
+                name: "ops".into(),
+                token: "admin-secret-0123456789".into(),
+                role: Role::Admin,
+            },
+        ])
+    }
+
+    #[test]
+    fn only_exact_tokens_authenticate() {
+        let t = tokens();
+        assert_eq!(
+            t.authenticate("admin-secret-0123456789").map(|p| p.role),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            t.authenticate("game-secret-0123456789").map(|p| p.name),
+            Some("game".into())
+        );
+        for wrong in [
+            "",
+            "game-secret-012345678",
+            "game-secret-01234567890",
+            "GAME-secret-0123456789",
+        ] {
+            assert_eq!(t.authenticate(wrong), None, "{wrong:?}");
+        }
+        assert_eq!(Tokens::new(vec![]).authenticate(""), None);
+    }
+
+    #[test]
+    fn the_game_role_owns_only_its_acting_player() {
+        let me = PlayerId::new("me").expect("valid");
+        let other = PlayerId::new("other").expect("valid");
+        let write = |player: &PlayerId, acting: Option<&PlayerId>| Transaction {
+            acting_player: acting.cloned(),
+            ..Transaction::owner(player.clone(), IdempotencyKey::new("c", 1).ok()).with(
+                Operation::SetField {
+                    name: Name::new("x").expect("valid"),
+                    value: vec![],
+                    visibility: Visibility::Public,
+                },
+            )
+        };
+        assert!(authorize_transaction(Role::Game, &write(&me, Some(&me))).is_ok());
+        assert!(matches!(
+            authorize_transaction(Role::Game, &write(&other, Some(&me))),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            authorize_transaction(Role::Game, &write(&me, None)),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(authorize_transaction(Role::Admin, &write(&other, None)).is_ok());
+        assert!(authorize(Role::Game, &other, Access::Public, Some(&me)).is_ok());
+        assert!(authorize(Role::Game, &other, Access::Owner, Some(&me)).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The gateway's Prometheus metrics, served as text on the admin port's `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::error::Error;
+use crate::store::ShardObserver;
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// hello, batch, get_player, login, ping, invalid.
+    pub op: &'static str,
+    /// The result code.
+    pub code: &'static str,
+}
+
+/// Labels of a request latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation.
+    pub op: &'static str,
+}
+
+/// Labels of a per-transaction counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// The result code.
+    pub code: &'static str,
+}
+
+/// Labels of a closed-connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why the connection closed.
+    pub reason: &'static str,
+}
+
+/// Labels of per-shard metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    /// The shard's name.
+    pub shard: String,
+}
+
+/// Labels of per-shard error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardErrorLabels {
+    /// The shard's name.
+    pub shard: String,
+    /// The error code.
+    pub code: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 3.3 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by operation and code.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency by operation, seconds.
+    pub request_seconds: Histograms<OpLabels>,
+    /// Transactions by result code.
+    pub transactions: Family<CodeLabels, Counter>,
+    /// Requests being processed.
+    pub in_flight: Gauge,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_accepted: Counter,
+    /// Connections closed, by reason.
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Redis pipelines per shard that met an error, by code.
+    pub shard_errors: Family<ShardErrorLabels, Counter>,
+    /// Redis pipeline latency per shard, seconds.
+    pub shard_seconds: Histograms<ShardLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("colony");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Gateway requests by operation and result code",
+            requests.clone(),
+        );
+        let request_seconds: Histograms<OpLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Gateway request latency",
+            request_seconds.clone(),
+        );
+        let transactions = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "transactions",
+            "Transactions by result code",
+            transactions.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being processed",
+            in_flight.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            connections_accepted.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections closed, by reason",
+            connections_closed.clone(),
+        );
+        let shard_errors = Family::<ShardErrorLabels, Counter>::default();
+        registry.register(
+            "shard_errors",
+            "Redis pipelines that met an error, by shard and code",
+            shard_errors.clone(),
+        );
+        let shard_seconds: Histograms<ShardLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "shard_pipeline_duration_seconds",
+            "Redis pipeline latency by shard",
+            shard_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            transactions,
+            in_flight,
+            connections,
+            connections_accepted,
+            connections_closed,
+            shard_errors,
+            shard_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, op: &'static str, code: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { op, code })
+            .inc();
+        self.request_seconds
+            .get_or_create(&OpLabels { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a closed connection.
+    pub fn closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
+
+impl ShardObserver for Metrics {
+    fn pipeline(&self, shard: &str, elapsed: Duration, error: Option<&Error>) {
+        self.shard_seconds
+            .get_or_create(&ShardLabels {
+                shard: shard.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(e) = error {
+            self.shard_errors
+                .get_or_create(&ShardErrorLabels {
+                    shard: shard.to_string(),
+                    code: e.code().as_str(),
+                })
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.request("batch", "OK", Duration::from_millis(2));
+        m.pipeline("shard-0", Duration::from_millis(1), Some(&Error::NotFound));
+        let text = m.render();
+        assert!(
+            text.contains("colony_requests_total{op=\"batch\",code=\"OK\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("colony_shard_errors_total{shard=\"shard-0\",code=\"NOT_FOUND\"} 1"));
+        assert!(text.contains("colony_request_duration_seconds_bucket"));
+    }
+}
