@@ -263,6 +263,7 @@ fn build(
             access: Access::Public,
             idempotency_key: None,
             operations: ops,
+            acting_player: None,
         }
     } else {
         Transaction {
@@ -270,6 +271,7 @@ fn build(
             access: Access::Owner,
             idempotency_key: Some(IdempotencyKey::new("model", request).expect("valid")),
             operations: ops,
+            acting_player: None,
         }
     }
 }

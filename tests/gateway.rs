@@ -1,0 +1,524 @@
+//! The gateway end to end: the real server in process on free ports, in front of real
+//! redis-server processes, spoken to by the Rust client and by raw sockets sending hostile
+//! bytes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use colony::client::{Client, ClientConfig};
+use colony::frame;
+use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
+use colony::wire::pb;
+use colony::{Access, Error, Operation, PlayerId, Transaction, Value, Visibility};
+use common::{digest, name, pid};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start(servers: &[RedisServer]) -> TestGateway {
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    TestGateway::start(&gateway_config(&refs))
+        .await
+        .expect("gateway starts")
+}
+
+async fn client(gw: &TestGateway, token: &str) -> Client {
+    Client::connect(ClientConfig::new(gw.address.to_string(), token))
+        .await
+        .expect("client connects")
+}
+
+fn acting(txn: Transaction, player: &PlayerId) -> Transaction {
+    Transaction {
+        acting_player: Some(player.clone()),
+        ..txn
+    }
+}
+
+fn set(n: &str, v: &[u8], visibility: Visibility) -> Operation {
+    Operation::SetField {
+        name: name(n),
+        value: v.to_vec(),
+        visibility,
+    }
+}
+
+/// A raw connection for sending exactly the bytes a test wants.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(gw: &TestGateway) -> Raw {
+        Raw {
+            stream: TcpStream::connect(gw.address).await.expect("connects"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn authenticated(gw: &TestGateway, token: &str) -> Raw {
+        let mut raw = Raw::connect(gw).await;
+        raw.send(&hello(token)).await;
+        match raw.recv().await.and_then(|f| f.body) {
+            Some(pb::server_frame::Body::Hello(_)) => raw,
+            other => panic!("expected HelloResult, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, frame: &pb::ClientFrame) {
+        let mut out = Vec::new();
+        frame::encode(frame, &mut out, usize::MAX).expect("encodes");
+        self.send_bytes(&out).await;
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        // The server may already have closed; a failed write shows up in the next read.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// The next frame, or None once the server has closed the connection.
+    async fn recv(&mut self) -> Option<pb::ServerFrame> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(f) =
+                frame::decode(&mut self.buf, usize::MAX).expect("server frames are valid")
+            {
+                return Some(f);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("no frame and no close within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Expects a GoAway with `code`, then the end of the connection.
+    async fn expect_go_away(&mut self, code: pb::Code) -> String {
+        let reason = match self.recv().await.and_then(|f| f.body) {
+            Some(pb::server_frame::Body::GoAway(g)) => {
+                assert_eq!(g.code, code as i32, "GoAway {g:?}");
+                g.reason
+            }
+            other => panic!("expected GoAway {code:?}, got {other:?}"),
+        };
+        assert!(
+            self.recv().await.is_none(),
+            "connection stays open after GoAway"
+        );
+        reason
+    }
+}
+
+fn hello(token: &str) -> pb::ClientFrame {
+    pb::ClientFrame {
+        request_id: 1,
+        body: Some(pb::client_frame::Body::Hello(pb::Hello {
+            token: token.into(),
+            client_name: "raw-test".into(),
+            protocol_version: 1,
+        })),
+    }
+}
+
+fn ping(id: u64) -> pb::ClientFrame {
+    pb::ClientFrame {
+        request_id: id,
+        body: Some(pb::client_frame::Body::Ping(pb::Ping { nonce: id })),
+    }
+}
+
+/// Another, well-behaved connection must still be served.
+async fn others_still_served(gw: &TestGateway) {
+    let c = client(gw, GAME_TOKEN).await;
+    c.ping().await.expect("other connections keep working");
+}
+
+#[tokio::test]
+async fn game_servers_run_transactions_for_their_player() {
+    let servers = common::servers(2);
+    let gw = start(&servers).await;
+    let game = client(&gw, GAME_TOKEN).await;
+    assert_eq!(
+        game.hello().await.expect("hello").role,
+        pb::Role::Game as i32
+    );
+    let me = pid("hero");
+    let txn = acting(
+        Transaction::owner(me.clone(), Some(game.next_key()))
+            .with(Operation::CheckVersion { expected: 0 })
+            .with(set("nick", b"Hero", Visibility::Public))
+            .with(set("mail", b"h@example.org", Visibility::Private)),
+        &me,
+    );
+    assert_eq!(game.execute(txn.clone()).await.expect("commits").version, 1);
+    // The same request again is a replay, not a second application.
+    let again = game.execute(txn).await.expect("replays");
+    assert!(again.replayed);
+
+    let owner = game.login(&me).await.expect("logs in");
+    assert_eq!(owner.version, 1);
+    assert_eq!(owner.reads[0].entries.len(), 2);
+
+    let friend = pid("friend");
+    let seen = game
+        .get_player(&me, Access::Public, Some(&friend))
+        .await
+        .expect("public read");
+    let names: Vec<_> = seen.reads[0]
+        .entries
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["nick"]);
+    assert!(matches!(
+        game.login(&pid("nobody")).await,
+        Err(Error::NotFound)
+    ));
+    game.ping().await.expect("pong");
+}
+
+#[tokio::test]
+async fn a_game_server_cannot_write_or_see_the_private_part_of_another_player() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let admin = client(&gw, ADMIN_TOKEN).await;
+    let victim = pid("victim");
+    admin
+        .execute(
+            Transaction::owner(victim.clone(), Some(admin.next_key()))
+                .with(set("gems", b"100", Visibility::Private))
+                .with(set("nick", b"V", Visibility::Public)),
+        )
+        .await
+        .expect("admin writes anyone");
+    let before = digest(&servers[0]).await;
+
+    let game = client(&gw, GAME_TOKEN).await;
+    let attacker = pid("attacker");
+    let write = acting(
+        Transaction::owner(victim.clone(), Some(game.next_key())).with(set(
+            "gems",
+            b"0",
+            Visibility::Private,
+        )),
+        &attacker,
+    );
+    let steal_read = Transaction {
+        access: Access::Owner,
+        ..acting(
+            Transaction::owner(victim.clone(), None).with(Operation::Read { names: vec![] }),
+            &attacker,
+        )
+    };
+    let anonymous = Transaction::owner(victim.clone(), Some(game.next_key())).with(set(
+        "gems",
+        b"0",
+        Visibility::Private,
+    ));
+    let results = game
+        .execute_batch(vec![write, steal_read, anonymous])
+        .await
+        .expect("batch answered");
+    for r in &results {
+        assert!(matches!(r, Err(Error::Forbidden(_))), "{r:?}");
+    }
+    assert!(matches!(
+        game.get_player(&victim, Access::Owner, Some(&attacker))
+            .await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        game.get_player(&victim, Access::Public, None).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert_eq!(
+        digest(&servers[0]).await,
+        before,
+        "a forbidden request changed state"
+    );
+}
+
+#[tokio::test]
+async fn oversized_length_prefixes_are_refused_before_the_body_arrives() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let before = digest(&servers[0]).await;
+    // A 4 GiB claim, before authenticating and after.
+    let mut raw = Raw::connect(&gw).await;
+    raw.send_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
+    raw.expect_go_away(pb::Code::TooLarge).await;
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    raw.send_bytes(&[0xff, 0xff, 0xff, 0xff]).await;
+    raw.expect_go_away(pb::Code::TooLarge).await;
+    // One byte over the configured maximum.
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    let over = (gw.gateway.config().max_frame_bytes as u32 + 1).to_be_bytes();
+    raw.send_bytes(&over).await;
+    raw.expect_go_away(pb::Code::TooLarge).await;
+    // HTTP spoken to the gateway: "GET " read as a length is far over the maximum.
+    let mut raw = Raw::connect(&gw).await;
+    raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    raw.expect_go_away(pb::Code::TooLarge).await;
+    others_still_served(&gw).await;
+    assert_eq!(digest(&servers[0]).await, before);
+}
+
+#[tokio::test]
+async fn garbage_truncation_and_bad_protobuf_close_the_connection_with_a_reason() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let before = digest(&servers[0]).await;
+
+    // Garbage that is not a valid message, before and after authenticating.
+    let mut raw = Raw::connect(&gw).await;
+    raw.send_bytes(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).await;
+    raw.expect_go_away(pb::Code::Invalid).await;
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    raw.send_bytes(&[0, 0, 0, 3, 0x0a, 0x05, b'a']).await;
+    raw.expect_go_away(pb::Code::Invalid).await;
+
+    // A valid frame followed by garbage: the valid one is answered, then GoAway.
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    let mut bytes = Vec::new();
+    frame::encode(&ping(7), &mut bytes, usize::MAX).expect("encodes");
+    bytes.extend_from_slice(&[0, 0, 0, 2, 0xff, 0x01]);
+    raw.send_bytes(&bytes).await;
+    match raw.recv().await.and_then(|f| f.body) {
+        Some(pb::server_frame::Body::Pong(p)) => assert_eq!(p.nonce, 7),
+        other => panic!("expected the pong first, got {other:?}"),
+    }
+    raw.expect_go_away(pb::Code::Invalid).await;
+
+    // A truncated frame, then the client closes: the server just closes too.
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    raw.send_bytes(&[0, 0, 0, 50, 1, 2, 3]).await;
+    raw.stream.shutdown().await.expect("half-close");
+    assert!(raw.recv().await.is_none());
+
+    others_still_served(&gw).await;
+    assert_eq!(digest(&servers[0]).await, before);
+}
+
+#[tokio::test]
+async fn unknown_request_types_get_an_error_and_the_connection_stays_open() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    // Field 15 (varint) is no request type this gateway knows; request_id is field 1.
+    raw.send_bytes(&[0, 0, 0, 4, 0x08, 0x09, 0x78, 0x01]).await;
+    match raw.recv().await {
+        Some(pb::ServerFrame {
+            request_id: 9,
+            body: Some(pb::server_frame::Body::Error(e)),
+        }) => assert_eq!(e.code, pb::Code::Invalid as i32),
+        other => panic!("expected an INVALID error for request 9, got {other:?}"),
+    }
+    // A second Hello is an error too, not a new identity.
+    raw.send(&pb::ClientFrame {
+        request_id: 10,
+        ..hello(ADMIN_TOKEN)
+    })
+    .await;
+    match raw.recv().await.and_then(|f| f.body) {
+        Some(pb::server_frame::Body::Error(e)) => assert_eq!(e.code, pb::Code::Invalid as i32),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    raw.send(&ping(11)).await;
+    assert!(matches!(
+        raw.recv().await.and_then(|f| f.body),
+        Some(pb::server_frame::Body::Pong(_))
+    ));
+}
+
+#[tokio::test]
+async fn requests_before_hello_and_wrong_tokens_are_refused() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let before = digest(&servers[0]).await;
+    let mut raw = Raw::connect(&gw).await;
+    raw.send(&ping(1)).await;
+    raw.expect_go_away(pb::Code::Unauthenticated).await;
+
+    let write = pb::ClientFrame {
+        request_id: 2,
+        body: Some(pb::client_frame::Body::Batch(pb::Batch {
+            transactions: vec![colony::wire::transaction_to_pb(
+                &Transaction::owner(pid("x"), common::key(1)).with(set(
+                    "a",
+                    b"1",
+                    Visibility::Public,
+                )),
+            )],
+        })),
+    };
+    let mut raw = Raw::connect(&gw).await;
+    raw.send(&write).await;
+    raw.expect_go_away(pb::Code::Unauthenticated).await;
+
+    for token in [
+        "",
+        "wrong-token-wrong-token",
+        &GAME_TOKEN[..GAME_TOKEN.len() - 1],
+    ] {
+        let mut raw = Raw::connect(&gw).await;
+        raw.send(&hello(token)).await;
+        raw.expect_go_away(pb::Code::Unauthenticated).await;
+    }
+    let mut raw = Raw::connect(&gw).await;
+    raw.send(&pb::ClientFrame {
+        request_id: 1,
+        body: Some(pb::client_frame::Body::Hello(pb::Hello {
+            token: GAME_TOKEN.into(),
+            client_name: String::new(),
+            protocol_version: 99,
+        })),
+    })
+    .await;
+    raw.expect_go_away(pb::Code::Invalid).await;
+    assert!(matches!(
+        Client::connect(ClientConfig::new(
+            gw.address.to_string(),
+            "not-a-valid-token"
+        ))
+        .await,
+        Err(Error::Forbidden(_))
+    ));
+    others_still_served(&gw).await;
+    assert_eq!(digest(&servers[0]).await, before);
+}
+
+#[tokio::test]
+async fn batches_over_the_limits_are_too_large_and_change_nothing() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let before = digest(&servers[0]).await;
+    let admin = client(&gw, ADMIN_TOKEN).await;
+    let limits = gw.gateway.store().limits().clone();
+    let too_many_ops = (0..=limits.max_operations_per_transaction).fold(
+        Transaction::owner(pid("p"), Some(admin.next_key())),
+        |t, _| t.with(set("a", b"x", Visibility::Public)),
+    );
+    let result = admin.execute(too_many_ops).await;
+    assert!(matches!(result, Err(Error::TooLarge(_))), "{result:?}");
+    let too_many_txns: Vec<_> = (0..=limits.max_transactions_per_batch)
+        .map(|i| {
+            Transaction::owner(pid(&format!("p{i}")), None).with(Operation::Read { names: vec![] })
+        })
+        .collect();
+    assert!(matches!(
+        admin.execute_batch(too_many_txns).await,
+        Err(Error::TooLarge(_))
+    ));
+    assert_eq!(digest(&servers[0]).await, before);
+}
+
+#[tokio::test]
+async fn silent_connections_are_reaped_and_the_connection_limit_holds() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.gateway.handshake_timeout_ms = 200;
+    config.gateway.idle_timeout_ms = 300;
+    config.gateway.max_connections = 3;
+    let gw = TestGateway::start(&config).await.expect("starts");
+
+    let mut silent = Raw::connect(&gw).await;
+    silent.expect_go_away(pb::Code::Timeout).await;
+
+    let mut idle = Raw::authenticated(&gw, GAME_TOKEN).await;
+    idle.expect_go_away(pb::Code::Timeout).await;
+
+    // Three connections are allowed; a fourth is told why it is closed.
+    let _a = Raw::authenticated(&gw, GAME_TOKEN).await;
+    let _b = Raw::authenticated(&gw, GAME_TOKEN).await;
+    let _c = Raw::authenticated(&gw, GAME_TOKEN).await;
+    let mut fourth = Raw::connect(&gw).await;
+    let reason = fourth.expect_go_away(pb::Code::Unavailable).await;
+    assert!(reason.contains("too many connections"));
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_then_says_goodbye() {
+    let servers = common::servers(1);
+    let mut gw = start(&servers).await;
+    let mut raw = Raw::authenticated(&gw, ADMIN_TOKEN).await;
+    // Pause Redis so that the next request is certainly in flight when shutdown begins.
+    servers[0].pause().expect("pauses");
+    raw.send(&pb::ClientFrame {
+        request_id: 5,
+        body: Some(pb::client_frame::Body::Batch(pb::Batch {
+            transactions: vec![colony::wire::transaction_to_pb(
+                &Transaction::owner(pid("late"), common::key(1)).with(set(
+                    "a",
+                    b"1",
+                    Visibility::Public,
+                )),
+            )],
+        })),
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while gw.gateway.metrics().in_flight.get() == 0 {
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::task::yield_now().await;
+    }
+    gw.begin_shutdown();
+    servers[0].resume().expect("resumes");
+    match raw.recv().await {
+        Some(pb::ServerFrame {
+            request_id: 5,
+            body: Some(pb::server_frame::Body::Batch(b)),
+        }) => assert_eq!(b.results[0].code, pb::Code::Ok as i32),
+        other => panic!("expected the batch's answer, got {other:?}"),
+    }
+    raw.expect_go_away(pb::Code::Unavailable).await;
+    let address = gw.address;
+    gw.shutdown().await;
+    assert!(
+        TcpStream::connect(address).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn the_client_settles_requests_across_a_lost_connection() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let admin = client(&gw, ADMIN_TOKEN).await;
+    let p = pid("retry");
+    let txn =
+        Transaction::owner(p.clone(), Some(admin.next_key())).with(Operation::IncrementCounter {
+            name: name("gold"),
+            delta: 5,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        });
+    admin.execute(txn.clone()).await.expect("commits");
+    // A new gateway on the same store: the client's connection is gone and it reconnects.
+    let address = gw.address;
+    gw.shutdown().await;
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.gateway.listen = address.to_string();
+    let gw = TestGateway::start(&config)
+        .await
+        .expect("restarts on the same port");
+    let again = admin
+        .execute(txn)
+        .await
+        .expect("retried after reconnecting");
+    assert!(again.replayed, "a retried write must not apply twice");
+    let state = admin
+        .get_player(&p, Access::Owner, None)
+        .await
+        .expect("reads");
+    assert_eq!(state.reads[0].entries[0].value, Value::Counter(5));
+    drop(gw);
+}
