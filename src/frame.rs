@@ -101,7 +101,9 @@ mod tests {
     fn ping(id: u64) -> pb::ClientFrame {
         pb::ClientFrame {
             request_id: id,
-            body: Some(pb::client_frame::Body::Ping(pb::Ping { nonce: id * 10 })),
+            body: Some(pb::client_frame::Body::Ping(pb::Ping {
+                nonce: id.wrapping_mul(10),
+            })),
         }
     }
 

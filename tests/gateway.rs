@@ -522,3 +522,42 @@ async fn the_client_settles_requests_across_a_lost_connection() {
     assert_eq!(state.reads[0].entries[0].value, Value::Counter(5));
     drop(gw);
 }
+
+#[tokio::test]
+async fn a_connection_at_its_in_flight_cap_is_not_read_further() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.gateway.max_in_flight_per_connection = 2;
+    let gw = TestGateway::start(&config).await.expect("starts");
+    let mut raw = Raw::authenticated(&gw, ADMIN_TOKEN).await;
+    servers[0].pause().expect("pauses");
+    for id in 10..16u64 {
+        raw.send(&pb::ClientFrame {
+            request_id: id,
+            body: Some(pb::client_frame::Body::GetPlayer(pb::GetPlayer {
+                player_id: format!("p{id}"),
+                access: pb::Access::Owner as i32,
+                acting_player_id: String::new(),
+            })),
+        })
+        .await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while gw.gateway.metrics().in_flight.get() < 2 {
+        assert!(Instant::now() < deadline, "requests never started");
+        tokio::task::yield_now().await;
+    }
+    // Give the server every chance to read more than it may.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(gw.gateway.metrics().in_flight.get(), 2);
+    servers[0].resume().expect("resumes");
+    let mut answered: Vec<u64> = Vec::new();
+    for _ in 10..16 {
+        answered.push(raw.recv().await.expect("answer").request_id);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, (10..16).collect::<Vec<_>>());
+}
