@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod auth;
 pub mod metrics;
+pub mod untrusted;
 
 use std::future::Future;
 use std::sync::Arc;
