@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Starts a local Colony cluster on this machine and runs the gateway in the foreground:
+# three Redis shards, each a master with one replica, on loopback ports, and the gateway with
+# its admin HTTP endpoint. Prints every address and the development tokens. Ctrl-C stops
+# everything and removes the cluster's files.
+#
+#   bash deploy/local/run.sh
+#
+# Environment: COLONY_LOCAL_BASE_PORT (default 7000): Redis uses BASE..BASE+5, the gateway
+# BASE+400 and its admin endpoint BASE+401. COLONY_LOCAL_SHARDS (default 3).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bash .ci/setup
+cargo build --release --locked --bin colony-gateway
+
+base=${COLONY_LOCAL_BASE_PORT:-7000}
+shards=${COLONY_LOCAL_SHARDS:-3}
+gateway_port=$((base + 400))
+admin_port=$((base + 401))
+dir=$(mktemp -d "${TMPDIR:-/tmp}/colony-local.XXXXXX")
+pids=()
+
+stop() {
+  trap - EXIT INT TERM
+  echo
+  echo "stopping the local cluster"
+  if [ -n "${gateway_pid:-}" ]; then kill -TERM "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap stop EXIT INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_redis() { # port role-args...
+  local port=$1; shift
+  if ! port_free "$port"; then
+    echo "port $port is in use; set COLONY_LOCAL_BASE_PORT to another base" >&2
+    exit 1
+  fi
+  mkdir -p "$dir/redis-$port"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis-$port" \
+    --daemonize no --save "" --appendonly yes --protected-mode no \
+    --logfile "$dir/redis-$port/redis.log" "$@" &
+  pids+=($!)
+}
+
+wait_redis() { # port
+  for _ in $(seq 1 200); do
+    if redis-cli -p "$1" ping >/dev/null 2>&1; then return 0; fi
+    sleep 0.05
+  done
+  echo "redis on port $1 did not start; see $dir/redis-$1/redis.log" >&2
+  exit 1
+}
+
+config="$dir/colony.toml"
+{
+  echo "[gateway]"
+  echo "listen = \"127.0.0.1:$gateway_port\""
+  echo "admin_listen = \"127.0.0.1:$admin_port\""
+  echo "[[gateway.tokens]]"
+  echo "name = \"local-game\""
+  echo "token = \"local-game-token-0001\""
+  echo "role = \"game\""
+  echo "[[gateway.tokens]]"
+  echo "name = \"local-admin\""
+  echo "token = \"local-admin-token-0001\""
+  echo "role = \"admin\""
+} > "$config"
+
+for ((i = 0; i < shards; i++)); do
+  master=$((base + 2 * i))
+  replica=$((master + 1))
+  start_redis "$master"
+  wait_redis "$master"
+  start_redis "$replica" --replicaof 127.0.0.1 "$master"
+  wait_redis "$replica"
+  {
+    echo "[[shards]]"
+    echo "name = \"shard-$i\""
+    echo "master = \"127.0.0.1:$master\""
+    echo "replicas = [\"127.0.0.1:$replica\"]"
+  } >> "$config"
+  echo "shard-$i: master 127.0.0.1:$master, replica 127.0.0.1:$replica"
+done
+
+if ! port_free "$gateway_port" || ! port_free "$admin_port"; then
+  echo "port $gateway_port or $admin_port is in use; set COLONY_LOCAL_BASE_PORT" >&2
+  exit 1
+fi
+target/release/colony-gateway --config "$config" &
+gateway_pid=$!
+for _ in $(seq 1 200); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$admin_port") 2>/dev/null; then break; fi
+  if ! kill -0 "$gateway_pid" 2>/dev/null; then echo "the gateway exited" >&2; exit 1; fi
+  sleep 0.05
+done
+
+cat <<INFO
+
+Colony is running.
+  gateway (protobuf/TCP)  127.0.0.1:$gateway_port
+  admin HTTP              http://127.0.0.1:$admin_port/admin/status  (/metrics /healthz /readyz)
+  tokens                  game: local-game-token-0001   admin: local-admin-token-0001
+  configuration           $config
+Press Ctrl-C to stop.
+INFO
+wait "$gateway_pid"
