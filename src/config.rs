@@ -82,7 +82,7 @@ pub enum Role {
 }
 
 /// One accepted authentication token.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Name for logs and metrics (never the token itself).
@@ -104,7 +104,7 @@ impl std::fmt::Debug for TokenConfig {
 }
 
 /// The gateway's settings (`[gateway]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Address of the protobuf TCP listener. Default `127.0.0.1:7400`.
@@ -520,6 +520,10 @@ mod tests {
             "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nreplicas = [\"h:99999\"]",
             "shards = []",
             "[redis]\nconnections_per_shard = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[gateway]\nlisten = \"nowhere\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[gateway]\nmax_frame_bytes = 10\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[[gateway.tokens]]\nname = \"t\"\ntoken = \"short\"\nrole = \"game\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[[gateway.tokens]]\nname = \"t\"\ntoken = \"long-enough-token-1\"\nrole = \"root\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
             "not toml at all [",
         ];
         for text in cases {
@@ -534,6 +538,12 @@ mod tests {
         assert_eq!(config.redis, RedisSettings::default());
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.shards.len(), 2);
+        let gateway = GatewayConfig {
+            tokens: Vec::new(),
+            ..config.gateway.clone()
+        };
+        assert_eq!(gateway, GatewayConfig::default());
+        assert_eq!(config.gateway.tokens.len(), 2);
     }
 
     #[test]
