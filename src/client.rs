@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,6 +45,18 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Largest frame accepted from the gateway.
     pub max_frame_bytes: usize,
+    /// TLS to the gateway; `None` for plain TCP.
+    pub tls: Option<ClientTls>,
+}
+
+/// How the client checks a TLS gateway.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// PEM text of the certificates to trust (the gateway's CA, or its self-signed
+    /// certificate).
+    pub ca_certificates_pem: Vec<u8>,
+    /// The name the gateway's certificate must carry, e.g. `gateway.example.org`.
+    pub server_name: String,
 }
 
 impl ClientConfig {
@@ -61,6 +73,7 @@ impl ClientConfig {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
             max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+            tls: None,
         }
     }
 }
@@ -368,7 +381,24 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
         .await
         .map_err(|e| unavailable(format!("cannot connect to {}: {e}", config.address)))?;
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    type Reader = Box<dyn AsyncRead + Send + Unpin>;
+    type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+    let (mut reader, mut writer): (Reader, Writer) = match &config.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Some(tls) => {
+            let (connector, name) =
+                crate::tls::connector(&tls.ca_certificates_pem, &tls.server_name)?;
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| unavailable(format!("TLS handshake with {}: {e}", config.address)))?;
+            let (r, w) = tokio::io::split(stream);
+            (Box::new(r), Box::new(w))
+        }
+    };
     let hello = pb::ClientFrame {
         request_id: 0,
         body: Some(pb::client_frame::Body::Hello(pb::Hello {

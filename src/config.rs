@@ -129,6 +129,18 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Accepted tokens. Default none: every Hello is refused until one is configured.
     pub tokens: Vec<TokenConfig>,
+    /// TLS on the protobuf listener. Default none: plain TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate and key files for TLS on the gateway's protobuf listener (`[gateway.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub certificate: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 impl Default for GatewayConfig {
@@ -143,6 +155,7 @@ impl Default for GatewayConfig {
             idle_timeout_ms: 300_000,
             shutdown_grace_ms: 10_000,
             tokens: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod script;
 pub mod shard_map;
 pub mod slot;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "testkit")]

@@ -48,6 +48,7 @@ pub struct Gateway {
 struct GatewayInner {
     store: Store,
     config: GatewayConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
     tokens: Tokens,
     metrics: Arc<Metrics>,
@@ -59,10 +60,17 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Gateway, Error> {
         let metrics = Arc::new(Metrics::new());
         let store = Store::with_observer(config, metrics.clone())?;
+        let tls = config
+            .gateway
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()?;
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 store,
                 config: config.gateway.clone(),
+                tls,
                 limits: config.limits.clone(),
                 tokens: Tokens::new(config.gateway.tokens.clone()),
                 metrics,
@@ -113,7 +121,10 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
             metrics.connections_accepted.inc();
             let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
                 metrics.closed("connection_limit");
-                tokio::spawn(refuse(stream));
+                // A TLS client could not read a plain GoAway: just close.
+                if gateway.inner.tls.is_none() {
+                    tokio::spawn(refuse(stream));
+                }
                 continue;
             };
             let gateway = gateway.clone();
@@ -121,7 +132,25 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
             let done = done_tx.clone();
             tokio::spawn(async move {
                 gateway.inner.metrics.connections.inc();
-                let reason = serve_connection(stream, &gateway, stop).await;
+                let _ = stream.set_nodelay(true);
+                let reason = match gateway.inner.tls.clone() {
+                    None => serve_connection(stream, &gateway, stop).await,
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            gateway.inner.config.handshake_timeout(),
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        match handshake {
+                            Ok(Ok(tls)) => serve_connection(tls, &gateway, stop).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                "tls_handshake"
+                            }
+                            Err(_) => "handshake_timeout",
+                        }
+                    }
+                };
                 gateway.inner.metrics.connections.dec();
                 gateway.inner.metrics.closed(reason);
                 tracing::debug!(%peer, reason, "connection closed");
@@ -226,13 +255,15 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 }
 
 /// Serves one connection to the end; returns why it ended (a metric label).
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     gateway: &Gateway,
     mut stop: broadcast::Receiver<()>,
-) -> &'static str {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
     let config = &gateway.inner.config;
     let max = config.max_frame_bytes;
     let (tx, rx) = mpsc::channel::<pb::ServerFrame>(config.max_in_flight_per_connection + 2);
