@@ -221,23 +221,41 @@ fn default_epoch() -> u64 {
     1
 }
 
-/// One shard: a Redis master and its replicas, fixed addresses. (Sentinel-discovered shards
-/// will add a `sentinel` alternative to `master`.)
+/// One shard: a Redis master and its replicas, given either as a fixed master address
+/// (development) or as a Sentinel master name with the Sentinels to ask (production).
+/// Exactly one of `master` and `sentinel` must be set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     /// Unique shard name, 1..=64 bytes of `[A-Za-z0-9_.-]`; slot ranges refer to it.
     pub name: String,
-    /// The master, as `host:port`.
-    pub master: String,
-    /// Replicas, as `host:port`. Default none. Not used for reads: Colony reads and writes
-    /// the master, so transactions stay linearizable.
+    /// The master, as `host:port`, for a shard without Sentinel.
+    #[serde(default)]
+    pub master: Option<String>,
+    /// Sentinel discovery of the master.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+    /// Replicas, as `host:port`, for operators' reference. Default none. Colony reads and
+    /// writes the master only, so transactions stay linearizable.
     #[serde(default)]
     pub replicas: Vec<String>,
     /// Redis ACL user name. Default none.
     #[serde(default)]
     pub username: Option<String>,
     /// Redis password (`requirepass` or ACL). Default none.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Where a shard's Sentinels are and what they call its master (`[shards.sentinel]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the Sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// Sentinel addresses, `host:port`; at least one, three or more in production.
+    pub addresses: Vec<String>,
+    /// Password of the Sentinels (`requirepass` in sentinel.conf). Default none.
     #[serde(default)]
     pub password: Option<String>,
 }
@@ -267,6 +285,37 @@ pub struct RedisSettings {
     /// How long an idempotency record is kept, in seconds. A retry after this is applied
     /// again. Default 86400 (one day).
     pub idempotency_ttl_secs: u64,
+    /// When a write counts as done: `local` (the master applied it) or `replicated` (and
+    /// `WAIT` saw `replicas_to_wait` replicas acknowledge it within
+    /// `replication_timeout_ms`; otherwise the write is reported UNKNOWN). Default `local`.
+    pub acknowledge: Acknowledge,
+    /// Replicas `WAIT` asks for in `replicated` mode. Default 1.
+    pub replicas_to_wait: u32,
+    /// How long `WAIT` may block, in milliseconds. Default 500.
+    pub replication_timeout_ms: u64,
+    /// Time within which the store retries a transaction that failed retryably (shard
+    /// unreachable, outcome unknown), with capped exponential backoff and jitter, in
+    /// milliseconds. 0 disables retries. Default 3000.
+    pub retry_deadline_ms: u64,
+    /// Consecutive failures of a shard that open its circuit breaker; while open, its players
+    /// fail at once with UNAVAILABLE. Default 5.
+    pub breaker_failures: u32,
+    /// How long a breaker stays open before one probe request is let through, in
+    /// milliseconds. Default 1000.
+    pub breaker_cooldown_ms: u64,
+    /// Time allowed for one Sentinel to answer, in milliseconds. Default 500.
+    pub sentinel_timeout_ms: u64,
+}
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acknowledge {
+    /// The master applied it. A master that dies before its replicas copied the write loses
+    /// it, acknowledged or not.
+    Local,
+    /// The master applied it and `WAIT` saw the configured number of replicas acknowledge it.
+    Replicated,
 }
 
 impl Default for RedisSettings {
@@ -276,6 +325,13 @@ impl Default for RedisSettings {
             command_timeout_ms: 2000,
             connections_per_shard: 2,
             idempotency_ttl_secs: 86_400,
+            acknowledge: Acknowledge::Local,
+            replicas_to_wait: 1,
+            replication_timeout_ms: 500,
+            retry_deadline_ms: 3000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 1000,
+            sentinel_timeout_ms: 500,
         }
     }
 }
@@ -289,6 +345,26 @@ impl RedisSettings {
     /// `command_timeout_ms` as a duration.
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms)
+    }
+
+    /// `replication_timeout_ms` as a duration.
+    pub fn replication_timeout(&self) -> Duration {
+        Duration::from_millis(self.replication_timeout_ms)
+    }
+
+    /// `retry_deadline_ms` as a duration.
+    pub fn retry_deadline(&self) -> Duration {
+        Duration::from_millis(self.retry_deadline_ms)
+    }
+
+    /// `breaker_cooldown_ms` as a duration.
+    pub fn breaker_cooldown(&self) -> Duration {
+        Duration::from_millis(self.breaker_cooldown_ms)
+    }
+
+    /// `sentinel_timeout_ms` as a duration.
+    pub fn sentinel_timeout(&self) -> Duration {
+        Duration::from_millis(self.sentinel_timeout_ms)
     }
 }
 
@@ -341,6 +417,15 @@ impl Config {
         if self.redis.idempotency_ttl_secs == 0 {
             return invalid("redis.idempotency_ttl_secs must be at least 1".into());
         }
+        if self.redis.acknowledge == Acknowledge::Replicated && self.redis.replicas_to_wait == 0 {
+            return invalid("redis.replicas_to_wait must be at least 1 in replicated mode".into());
+        }
+        if self.redis.replication_timeout_ms == 0 || self.redis.sentinel_timeout_ms == 0 {
+            return invalid("redis timeouts must be at least 1 ms".into());
+        }
+        if self.redis.breaker_failures == 0 {
+            return invalid("redis.breaker_failures must be at least 1".into());
+        }
         let l = &self.limits;
         // The script unpacks a transaction's writes into one Redis call, and Lua's stack
         // holds about 8000 values: 1000 operations stay well inside it.
@@ -355,8 +440,36 @@ impl Config {
             return invalid("every limit must be at least 1".into());
         }
         for shard in &self.shards {
-            parse_address(&shard.master)
-                .map_err(|e| ConfigError::Invalid(format!("shard {}: master {e}", shard.name)))?;
+            match (&shard.master, &shard.sentinel) {
+                (Some(master), None) => parse_address(master).map(|_| ()).map_err(|e| {
+                    ConfigError::Invalid(format!("shard {}: master {e}", shard.name))
+                })?,
+                (None, Some(sentinel)) => {
+                    if sentinel.master_name.is_empty() {
+                        return invalid(format!(
+                            "shard {}: sentinel.master_name is empty",
+                            shard.name
+                        ));
+                    }
+                    if sentinel.addresses.is_empty() {
+                        return invalid(format!(
+                            "shard {}: sentinel.addresses is empty",
+                            shard.name
+                        ));
+                    }
+                    for address in &sentinel.addresses {
+                        parse_address(address).map_err(|e| {
+                            ConfigError::Invalid(format!("shard {}: sentinel {e}", shard.name))
+                        })?;
+                    }
+                }
+                _ => {
+                    return invalid(format!(
+                        "shard {}: set exactly one of master and sentinel",
+                        shard.name
+                    ))
+                }
+            }
             for replica in &shard.replicas {
                 parse_address(replica).map_err(|e| {
                     ConfigError::Invalid(format!("shard {}: replica {e}", shard.name))
@@ -504,7 +617,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.redis.connections_per_shard, 3);
-        assert_eq!(config.shards[1].master, "10.1.2.3:6390");
+        assert_eq!(config.shards[1].master.as_deref(), Some("10.1.2.3:6390"));
         assert_eq!(config.limits.max_value_bytes, 100);
     }
 
@@ -527,6 +640,11 @@ mod tests {
     fn unknown_fields_and_bad_values_are_rejected() {
         let cases = [
             "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\ncolour = \"red\"",
+            "[[shards]]\nname = \"a\"",
+            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nsentinel = { master_name = \"m\", addresses = [\"h:2\"] }",
+            "[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [] }",
+            "[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [\"nope\"] }",
+            "[redis]\nacknowledge = \"eventually\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
             "[[shards]]\nname = \"a\"\nmaster = \"nohostport\"",
             "[[shards]]\nname = \"a\"\nmaster = \"h:0\"",
             "[[shards]]\nname = \"a\"\nmaster = \":80\"",

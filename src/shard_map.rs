@@ -20,14 +20,28 @@ impl fmt::Display for ShardIndex {
     }
 }
 
+/// Where a shard's master is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A fixed address, `host:port`.
+    Fixed(String),
+    /// Whatever the Sentinels say the master of `master_name` is.
+    Sentinel {
+        /// The monitored master's name.
+        master_name: String,
+        /// Sentinel addresses, `host:port`.
+        sentinels: Vec<String>,
+    },
+}
+
 /// A shard's identity and addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
     /// Unique name.
     pub name: String,
-    /// The master, `host:port`.
-    pub master: String,
-    /// Replicas, `host:port`.
+    /// How to find its master.
+    pub endpoint: Endpoint,
+    /// Replicas, `host:port`, as configured.
     pub replicas: Vec<String>,
 }
 
@@ -72,9 +86,22 @@ impl ShardMap {
             if shards.iter().any(|x: &Shard| x.name == s.name) {
                 return Err(invalid(format!("shard {:?} is listed twice", s.name)));
             }
+            let endpoint = match (&s.master, &s.sentinel) {
+                (Some(master), None) => Endpoint::Fixed(master.clone()),
+                (None, Some(sentinel)) => Endpoint::Sentinel {
+                    master_name: sentinel.master_name.clone(),
+                    sentinels: sentinel.addresses.clone(),
+                },
+                _ => {
+                    return Err(invalid(format!(
+                        "shard {}: set exactly one of master and sentinel",
+                        s.name
+                    )))
+                }
+            };
             shards.push(Shard {
                 name: s.name.clone(),
-                master: s.master.clone(),
+                endpoint,
                 replicas: s.replicas.clone(),
             });
         }

@@ -50,6 +50,9 @@ if use_idem then
     end
     local reply = cmsgpack.unpack(string.sub(stored, 41))
     reply[3] = 1
+    -- Rewrite the record as it is: that is propagated to the replicas, so a WAIT after this
+    -- call also covers the first write, which may have gone out on another connection.
+    redis.call('SET', idem, stored, 'KEEPTTL')
     return reply
   end
 end

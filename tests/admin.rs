@@ -79,7 +79,7 @@ async fn readiness_fails_while_a_shard_is_down() {
     let mut config = gateway_config(&[&live]);
     let mut dead = config.shards[0].clone();
     dead.name = "dead".into();
-    dead.master = format!("127.0.0.1:{}", free_port().expect("port"));
+    dead.master = Some(format!("127.0.0.1:{}", free_port().expect("port")));
     config.shards.push(dead);
     config.redis.connect_timeout_ms = 200;
     let gw = TestGateway::start(&config).await.expect("starts");

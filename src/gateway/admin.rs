@@ -16,6 +16,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::Gateway;
+use crate::config::Acknowledge;
+use crate::shard_map::Endpoint;
 
 /// How long `/readyz` and `/admin/status` wait for each shard's PING.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -74,6 +76,7 @@ async fn status(State(gateway): State<Gateway>) -> Response {
     let map = store.shard_map();
     let pings = store.ping_shards(PING_TIMEOUT).await;
     let stats = store.connection_stats();
+    let breakers = store.breaker_states();
     let ranges = map.ranges();
     let shards: Vec<_> = map
         .shards()
@@ -85,10 +88,20 @@ async fn status(State(gateway): State<Gateway>) -> Response {
                 .filter(|(_, _, owner)| owner.0 == i)
                 .map(|(start, end, _)| format!("{start}-{end}"))
                 .collect();
-            let conn = stats[i];
+            let conn = &stats[i];
+            let endpoint = match &shard.endpoint {
+                Endpoint::Fixed(address) => json!({ "fixed": address }),
+                Endpoint::Sentinel {
+                    master_name,
+                    sentinels,
+                } => json!({ "sentinel": { "master_name": master_name, "addresses": sentinels } }),
+            };
             json!({
                 "name": shard.name,
-                "master": shard.master,
+                "master": conn.master,
+                "endpoint": endpoint,
+                "failovers": conn.failovers,
+                "breaker": breakers[i].as_str(),
                 "replicas": shard.replicas,
                 "slots": slots,
                 "reachable": pings[i].is_ok(),
@@ -109,6 +122,11 @@ async fn status(State(gateway): State<Gateway>) -> Response {
         "slot_map_epoch": map.epoch(),
         "connections": metrics.connections.get(),
         "requests_in_flight": metrics.in_flight.get(),
+        "acknowledge": match store.settings().acknowledge {
+            Acknowledge::Local => "local",
+            Acknowledge::Replicated => "replicated",
+        },
+        "retries": store.retries(),
         "shards": shards,
     }))
     .into_response()

@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::error::Error;
+use crate::store::breaker::BreakerState;
 use crate::store::ShardObserver;
 
 /// Labels of a request counter.
@@ -49,6 +50,15 @@ pub struct ShardLabels {
     pub shard: String,
 }
 
+/// Labels of the current-master gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MasterLabels {
+    /// The shard's name.
+    pub shard: String,
+    /// The master's address.
+    pub address: String,
+}
+
 /// Labels of per-shard error counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardErrorLabels {
@@ -86,6 +96,14 @@ pub struct Metrics {
     pub shard_errors: Family<ShardErrorLabels, Counter>,
     /// Redis pipeline latency per shard, seconds.
     pub shard_seconds: Histograms<ShardLabels>,
+    /// 1 for each shard's current master, 0 for former ones.
+    pub shard_master: Family<MasterLabels, Gauge>,
+    /// Master changes seen per shard.
+    pub failovers: Family<ShardLabels, Counter>,
+    /// Transactions retried per shard.
+    pub retries: Family<ShardLabels, Counter>,
+    /// Breaker state per shard: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Family<ShardLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -153,8 +171,36 @@ impl Metrics {
             "Redis pipeline latency by shard",
             shard_seconds.clone(),
         );
+        let shard_master = Family::<MasterLabels, Gauge>::default();
+        registry.register(
+            "shard_master",
+            "1 for the current master of each shard",
+            shard_master.clone(),
+        );
+        let failovers = Family::<ShardLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Master changes seen, by shard",
+            failovers.clone(),
+        );
+        let retries = Family::<ShardLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Transactions retried by the store, by shard",
+            retries.clone(),
+        );
+        let breaker_state = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "shard_breaker_state",
+            "Circuit breaker per shard: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
         Metrics {
             registry,
+            shard_master,
+            failovers,
+            retries,
+            breaker_state,
             requests,
             request_seconds,
             transactions,
@@ -194,6 +240,44 @@ impl Metrics {
 }
 
 impl ShardObserver for Metrics {
+    fn master_changed(&self, shard: &str, old: Option<&str>, new: &str) {
+        if let Some(old) = old {
+            self.shard_master
+                .get_or_create(&MasterLabels {
+                    shard: shard.to_string(),
+                    address: old.to_string(),
+                })
+                .set(0);
+            self.failovers
+                .get_or_create(&ShardLabels {
+                    shard: shard.to_string(),
+                })
+                .inc();
+        }
+        self.shard_master
+            .get_or_create(&MasterLabels {
+                shard: shard.to_string(),
+                address: new.to_string(),
+            })
+            .set(1);
+    }
+
+    fn retried(&self, shard: &str, count: u64) {
+        self.retries
+            .get_or_create(&ShardLabels {
+                shard: shard.to_string(),
+            })
+            .inc_by(count);
+    }
+
+    fn breaker_changed(&self, shard: &str, state: BreakerState) {
+        self.breaker_state
+            .get_or_create(&ShardLabels {
+                shard: shard.to_string(),
+            })
+            .set(state.as_gauge());
+    }
+
     fn pipeline(&self, shard: &str, elapsed: Duration, error: Option<&Error>) {
         self.shard_seconds
             .get_or_create(&ShardLabels {

@@ -5,132 +5,43 @@
 //! Every Redis error is classified here into the typed [`Error`], so nobody above parses
 //! messages.
 
+pub mod breaker;
+mod links;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use redis::{ServerErrorKind, Value as RedisValue};
 
-use crate::config::{parse_address, Config, RedisSettings};
+use crate::config::{Acknowledge, Config, RedisSettings};
 use crate::error::Error;
 use crate::model::{Access, Committed, Limits, Operation, PlayerId, Transaction};
 use crate::script::{self, Invocation, SCRIPT};
 use crate::shard_map::{ShardIndex, ShardMap};
 
-/// One multiplexed connection to a shard's master, shared by every caller that picks it.
-#[derive(Clone)]
-struct Link {
-    conn: MultiplexedConnection,
-    /// Set by whoever sees the connection fail, so the next caller reconnects.
-    broken: Arc<AtomicBool>,
-}
+use breaker::{Admit, BreakerState};
+pub use links::ConnectionStats;
+use links::ShardLinks;
 
-impl Link {
-    fn mark_broken(&self) {
-        self.broken.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A shard's connections: a fixed number of multiplexed connections, used round robin and
-/// reopened lazily after a failure.
-///
-/// Why not a checkout pool: a multiplexed connection pipelines every request in flight on it,
-/// and that is what makes concurrent single transactions cheap. A pool that hands a
-/// connection to one caller at a time serialises it (one transaction per round trip per
-/// connection); measured on one shard with 64 callers, exclusive checkout of one connection
-/// gave 10k transactions/s where a shared one gave over 50k.
-struct ShardLinks {
-    name: String,
-    client: redis::Client,
-    connection_config: AsyncConnectionConfig,
-    connect_timeout: Duration,
-    slots: Vec<tokio::sync::Mutex<Option<Link>>>,
-    next: AtomicUsize,
-    connects: AtomicU64,
-    connect_failures: AtomicU64,
-}
-
-impl ShardLinks {
-    /// A healthy connection, opening one if the chosen slot has none.
-    async fn get(&self) -> Result<Link, Error> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        // Callers that pick a slot being reconnected wait for that attempt instead of
-        // starting their own: a dead shard sees one connect per slot, not one per request.
-        let mut slot = self.slots[index].lock().await;
-        if let Some(link) = slot.as_ref() {
-            if !link.broken.load(Ordering::Relaxed) {
-                return Ok(link.clone());
-            }
-        }
-        *slot = None;
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.connection_config);
-        let unavailable = |reason: String| {
-            self.connect_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(shard = %self.name, %reason, "cannot connect to shard");
-            Error::Unavailable {
-                shard: self.name.clone(),
-                reason,
-            }
-        };
-        let conn = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(unavailable(format!("connect failed: {e}"))),
-            Err(_) => return Err(unavailable("connect timed out".into())),
-        };
-        let link = Link {
-            conn,
-            broken: Arc::new(AtomicBool::new(false)),
-        };
-        *slot = Some(link.clone());
-        Ok(link)
-    }
-
-    fn stats(&self) -> ConnectionStats {
-        ConnectionStats {
-            open: self
-                .slots
-                .iter()
-                .filter(|s| {
-                    s.try_lock()
-                        .map(|l| {
-                            l.as_ref()
-                                .is_some_and(|l| !l.broken.load(Ordering::Relaxed))
-                        })
-                        .unwrap_or(false)
-                })
-                .count(),
-            configured: self.slots.len(),
-            connects: self.connects.load(Ordering::Relaxed),
-            connect_failures: self.connect_failures.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Told about every Redis pipeline the store runs, for metrics.
+/// Told about what the store does with each shard, for metrics. Every method but
+/// `pipeline` has an empty default.
 pub trait ShardObserver: Send + Sync {
     /// A pipeline (or connection attempt) on `shard` finished after `elapsed`; `error` is the
     /// first failure of the storage itself (unreachable, unknown outcome, internal), if any.
     fn pipeline(&self, shard: &str, elapsed: Duration, error: Option<&Error>);
-}
 
-/// Connection statistics of one shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionStats {
-    /// Connections open and healthy (a connection being opened right now is not counted).
-    pub open: usize,
-    /// Connections the shard may have (`redis.connections_per_shard`).
-    pub configured: usize,
-    /// Connection attempts so far.
-    pub connects: u64,
-    /// Connection attempts that failed or timed out.
-    pub connect_failures: u64,
+    /// The shard's master is now `new` (it was `old`, if known).
+    fn master_changed(&self, _shard: &str, _old: Option<&str>, _new: &str) {}
+
+    /// `count` transactions on `shard` are being retried.
+    fn retried(&self, _shard: &str, _count: u64) {}
+
+    /// The shard's breaker changed state.
+    fn breaker_changed(&self, _shard: &str, _state: BreakerState) {}
 }
 
 /// Keeps player state on the shards of a [`ShardMap`].
@@ -147,6 +58,7 @@ struct StoreInner {
     settings: RedisSettings,
     limits: Limits,
     observer: Option<Arc<dyn ShardObserver>>,
+    retries: AtomicU64,
 }
 
 impl Store {
@@ -154,40 +66,12 @@ impl Store {
     pub fn new(config: &Config) -> Result<Store, Error> {
         let map = ShardMap::from_config(config).map_err(|e| Error::Invalid(e.to_string()))?;
         let settings = config.redis.clone();
-        let mut shards = Vec::with_capacity(map.shards().len());
-        for (shard, shard_config) in map.shards().iter().zip(&config.shards) {
-            let (host, port) = parse_address(&shard.master).map_err(Error::Invalid)?;
-            let mut redis_info = RedisConnectionInfo::default();
-            if let Some(user) = &shard_config.username {
-                redis_info = redis_info.set_username(user);
-            }
-            if let Some(password) = &shard_config.password {
-                redis_info = redis_info.set_password(password);
-            }
-            let info = ConnectionAddr::Tcp(host, port)
-                .into_connection_info()
-                .map_err(|e| Error::Invalid(format!("shard {}: {e}", shard.name)))?
-                .set_redis_settings(redis_info);
-            let client = redis::Client::open(info)
-                .map_err(|e| Error::Invalid(format!("shard {}: {e}", shard.name)))?;
-            // The response timeout bounds every command and pipeline; a request that hits it
-            // after being sent has an UNKNOWN outcome.
-            let connection_config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout()))
-                .set_response_timeout(Some(settings.command_timeout()));
-            shards.push(ShardLinks {
-                name: shard.name.clone(),
-                client,
-                connection_config,
-                connect_timeout: settings.connect_timeout(),
-                slots: (0..settings.connections_per_shard)
-                    .map(|_| tokio::sync::Mutex::new(None))
-                    .collect(),
-                next: AtomicUsize::new(0),
-                connects: AtomicU64::new(0),
-                connect_failures: AtomicU64::new(0),
-            });
-        }
+        let shards = map
+            .shards()
+            .iter()
+            .zip(&config.shards)
+            .map(|(shard, shard_config)| ShardLinks::new(shard, shard_config, &settings))
+            .collect();
         Ok(Store {
             inner: Arc::new(StoreInner {
                 map,
@@ -195,11 +79,12 @@ impl Store {
                 settings,
                 limits: config.limits.clone(),
                 observer: None,
+                retries: AtomicU64::new(0),
             }),
         })
     }
 
-    /// Like [`Store::new`], reporting every pipeline to `observer`.
+    /// Like [`Store::new`], reporting to `observer`.
     pub fn with_observer(
         config: &Config,
         observer: Arc<dyn ShardObserver>,
@@ -207,15 +92,40 @@ impl Store {
         let store = Store::new(config)?;
         let mut inner = Arc::try_unwrap(store.inner)
             .map_err(|_| Error::Internal("store shared before it was built".into()))?;
+        for links in &inner.shards {
+            let observer = observer.clone();
+            links.set_failover_hook(Arc::new(move |shard, old, new| {
+                observer.master_changed(shard, old, new)
+            }));
+        }
         inner.observer = Some(observer);
         Ok(Store {
             inner: Arc::new(inner),
         })
     }
 
+    /// Transactions retried since start (each retry of each transaction counts).
+    pub fn retries(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
+    }
+
+    /// Each shard's breaker state, in shard order.
+    pub fn breaker_states(&self) -> Vec<BreakerState> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.breaker.state())
+            .collect()
+    }
+
     /// The slot map this store routes by.
     pub fn shard_map(&self) -> &ShardMap {
         &self.inner.map
+    }
+
+    /// The Redis settings in force.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.inner.settings
     }
 
     /// The limits requests are checked against.
@@ -254,8 +164,12 @@ impl Store {
     }
 
     /// Executes transactions for many players: grouped per shard, pipelined, shards run
-    /// concurrently. The outer error is for the batch as a whole (too many transactions);
-    /// each transaction has its own result, in request order.
+    /// concurrently. Transactions that fail retryably (shard unreachable, outcome unknown) are
+    /// sent again, unchanged, with capped exponential backoff and jitter until
+    /// `redis.retry_deadline_ms` has passed: a write carries its idempotency key, so a retry
+    /// applies it at most once and settles an unknown outcome. The outer error is for the
+    /// batch as a whole (too many transactions); each transaction has its own result, in
+    /// request order.
     pub async fn execute_batch(
         &self,
         txns: Vec<Transaction>,
@@ -268,29 +182,80 @@ impl Store {
                 limits.max_transactions_per_batch
             )));
         }
+        let settings = &self.inner.settings;
+        let deadline = Instant::now() + settings.retry_deadline();
+        let mut results: Vec<Option<Result<Committed, Error>>> = vec![None; txns.len()];
+        let mut pending = Vec::with_capacity(txns.len());
+        for (position, txn) in txns.iter().enumerate() {
+            match txn.validate(limits) {
+                Ok(()) => pending.push(position),
+                Err(e) => results[position] = Some(Err(e)),
+            }
+        }
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            let mut again = Vec::new();
+            for (position, outcome) in self.run_once(&txns, &pending).await {
+                if matches!(&outcome, Err(e) if e.is_retryable()) {
+                    again.push(position);
+                }
+                results[position] = Some(outcome);
+            }
+            let now = Instant::now();
+            if again.is_empty() || now >= deadline {
+                break;
+            }
+            self.count_retries(&txns, &again);
+            tokio::time::sleep(backoff(attempt).min(deadline - now)).await;
+            attempt += 1;
+            pending = again;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("transaction not run".into()))))
+            .collect())
+    }
+
+    fn count_retries(&self, txns: &[Transaction], positions: &[usize]) {
+        self.inner
+            .retries
+            .fetch_add(positions.len() as u64, Ordering::Relaxed);
+        if let Some(observer) = &self.inner.observer {
+            let mut per_shard: BTreeMap<ShardIndex, u64> = BTreeMap::new();
+            for &p in positions {
+                *per_shard
+                    .entry(self.inner.map.shard_for_player(&txns[p].player))
+                    .or_default() += 1;
+            }
+            for (shard, count) in per_shard {
+                observer.retried(&self.inner.shards[shard.0].name, count);
+            }
+        }
+    }
+
+    /// One attempt at `positions` of `txns`: grouped by shard, shards concurrently.
+    async fn run_once(
+        &self,
+        txns: &[Transaction],
+        positions: &[usize],
+    ) -> Vec<(usize, Result<Committed, Error>)> {
         let ttl_ms = self
             .inner
             .settings
             .idempotency_ttl_secs
             .saturating_mul(1000);
-        let mut results: Vec<Option<Result<Committed, Error>>> = vec![None; txns.len()];
         let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
-        for (position, txn) in txns.iter().enumerate() {
-            match txn.validate(limits) {
-                Ok(()) => plan
-                    .entry(self.inner.map.shard_for_player(&txn.player))
-                    .or_default()
-                    .push(position),
-                Err(e) => results[position] = Some(Err(e)),
-            }
+        for &p in positions {
+            plan.entry(self.inner.map.shard_for_player(&txns[p].player))
+                .or_default()
+                .push(p);
         }
-        let txns = &txns;
         let runs = plan.into_iter().map(|(shard, positions)| async move {
             let batch: Vec<(&Transaction, Invocation)> = positions
                 .iter()
                 .map(|&p| (&txns[p], script::encode(&txns[p], ttl_ms)))
                 .collect();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let outcomes = self.run_on_shard(shard, &batch).await;
             if let Some(observer) = &self.inner.observer {
                 let error = outcomes.iter().find_map(|o| match o {
@@ -304,17 +269,12 @@ impl Store {
             }
             positions.into_iter().zip(outcomes)
         });
-        for (position, outcome) in join_all(runs).await.into_iter().flatten() {
-            results[position] = Some(outcome);
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("transaction not run".into()))))
-            .collect())
+        join_all(runs).await.into_iter().flatten().collect()
     }
 
-    /// Runs one shard's part of a batch as one pipeline, reloading the script once if the
-    /// server has lost it (after a restart or `SCRIPT FLUSH`).
+    /// Runs one shard's part of a batch as one pipeline (with `WAIT` at its end in
+    /// replicated mode), reloading the script once if the server has lost it (after a
+    /// restart or `SCRIPT FLUSH`). Fails fast while the shard's breaker is open.
     async fn run_on_shard(
         &self,
         shard: ShardIndex,
@@ -322,29 +282,70 @@ impl Store {
     ) -> Vec<Result<Committed, Error>> {
         let links = &self.inner.shards[shard.0];
         let name = &links.name;
+        let all = |e: Error| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
+        let before = links.breaker.state();
+        if links.breaker.admit(Instant::now()) == Admit::No {
+            return all(Error::Unavailable {
+                shard: name.clone(),
+                reason: "circuit breaker open: the shard failed repeatedly".into(),
+            });
+        }
+        let (outcomes, healthy) = self.pipeline_on_shard(links, batch).await;
+        if healthy {
+            links.breaker.success();
+        } else if links.breaker.failure(Instant::now()) {
+            tracing::warn!(shard = %name, "circuit breaker opened");
+        }
+        let after = links.breaker.state();
+        if after != before {
+            if let Some(observer) = &self.inner.observer {
+                observer.breaker_changed(name, after);
+            }
+        }
+        outcomes
+    }
+
+    /// The pipeline itself; also says whether the shard behaved (for the breaker).
+    async fn pipeline_on_shard(
+        &self,
+        links: &ShardLinks,
+        batch: &[(&Transaction, Invocation)],
+    ) -> (Vec<Result<Committed, Error>>, bool) {
+        let name = &links.name;
         let link = match links.get().await {
             Ok(link) => link,
-            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => return (batch.iter().map(|_| Err(e.clone())).collect(), false),
         };
         let mut conn = link.conn.clone();
+        let settings = &self.inner.settings;
         let mut outcomes: Vec<Option<Result<Committed, Error>>> = vec![None; batch.len()];
         let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut healthy = true;
         for attempt in 0..2 {
+            let wait = settings.acknowledge == Acknowledge::Replicated
+                && pending.iter().any(|&i| batch[i].0.is_write());
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &pending {
                 batch[i].1.add_to(&mut pipe);
             }
+            if wait {
+                pipe.cmd("WAIT")
+                    .arg(settings.replicas_to_wait)
+                    .arg(settings.replication_timeout_ms);
+            }
             let replies: Result<Vec<RedisValue>, redis::RedisError> =
                 pipe.query_async(&mut conn).await;
-            let replies = match replies {
-                Ok(replies) if replies.len() == pending.len() => replies,
+            let expected = pending.len() + usize::from(wait);
+            let mut replies = match replies {
+                Ok(replies) if replies.len() == expected => replies,
                 Ok(_) => {
                     let e = Error::Internal("pipeline reply count mismatch".into());
                     for &i in &pending {
                         outcomes[i] = Some(Err(e.clone()));
                     }
-                    link.mark_broken();
+                    links.invalidate(&link);
+                    healthy = false;
                     break;
                 }
                 Err(e) => {
@@ -352,11 +353,13 @@ impl Store {
                     for &i in &pending {
                         outcomes[i] = Some(Err(transport_error(name, batch[i].0, &e)));
                     }
-                    // The connection may be closed or out of step; the next caller reconnects.
-                    link.mark_broken();
+                    // The connection may be closed, out of step, or to a master that is gone.
+                    links.invalidate(&link);
+                    healthy = false;
                     break;
                 }
             };
+            let replicated = if wait { replies.pop() } else { None };
             let mut lost_script = Vec::new();
             for (&i, reply) in pending.iter().zip(&replies) {
                 match reply {
@@ -364,9 +367,22 @@ impl Store {
                         lost_script.push(i)
                     }
                     RedisValue::ServerError(e) => {
+                        if moved_on(e.code()) {
+                            // Writes are refused here: the master has changed or is cut off.
+                            links.invalidate(&link);
+                            healthy = false;
+                        }
                         outcomes[i] = Some(Err(server_error(name, e)));
                     }
-                    reply => outcomes[i] = Some(script::decode(batch[i].0, reply)),
+                    reply => {
+                        let decoded = script::decode(batch[i].0, reply);
+                        outcomes[i] = Some(match (decoded, &replicated) {
+                            (Ok(c), Some(acked)) if batch[i].0.is_write() => {
+                                check_replicated(name, c, acked, settings.replicas_to_wait)
+                            }
+                            (decoded, _) => decoded,
+                        });
+                    }
                 }
             }
             if lost_script.is_empty() {
@@ -391,10 +407,11 @@ impl Store {
                 }
             }
         }
-        outcomes
+        let outcomes = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
-            .collect()
+            .collect();
+        (outcomes, healthy)
     }
 
     /// Sends `PING` to every shard's master; one result per shard, in shard order.
@@ -405,7 +422,7 @@ impl Store {
                 let mut conn = link.conn.clone();
                 let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
                 pong.map(|_| ()).map_err(|e| {
-                    link.mark_broken();
+                    links.invalidate(&link);
                     Error::Unavailable {
                         shard: links.name.clone(),
                         reason: e.to_string(),
@@ -423,6 +440,43 @@ impl Store {
         });
         join_all(pings).await
     }
+}
+
+/// A random delay in `[0, min(500 ms, 10 ms * 2^attempt)]` ("full jitter"), so that clients
+/// retrying after the same failure spread out instead of arriving together.
+fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(10)
+        .saturating_mul(1 << attempt.min(10))
+        .min(Duration::from_millis(500));
+    let random = RandomState::new().hash_one(attempt);
+    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+}
+
+/// In replicated mode, a committed write is OK only when `WAIT` saw enough replicas.
+fn check_replicated(
+    shard: &str,
+    committed: Committed,
+    acked: &RedisValue,
+    wanted: u32,
+) -> Result<Committed, Error> {
+    match acked {
+        RedisValue::Int(n) if *n >= i64::from(wanted) => Ok(committed),
+        RedisValue::Int(n) => Err(Error::Unknown {
+            shard: shard.to_string(),
+            reason: format!(
+                "applied on the master but acknowledged by {n} of {wanted} replicas in time"
+            ),
+        }),
+        other => Err(Error::Unknown {
+            shard: shard.to_string(),
+            reason: format!("applied on the master but WAIT failed: {other:?}"),
+        }),
+    }
+}
+
+/// Error codes meaning "this server no longer takes writes for the shard".
+fn moved_on(code: &str) -> bool {
+    matches!(code, "READONLY" | "NOREPLICAS" | "MASTERDOWN")
 }
 
 /// Classifies a connection-level failure of a pipeline that was (or may have been) sent.
