@@ -20,7 +20,35 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    profile: Profile,
     extra: Vec<String>,
+}
+
+/// Which shipped configuration a server starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// No configuration file: the test defaults only (no persistence).
+    Plain,
+    /// `deploy/redis/redis-safe.conf`.
+    Safe,
+    /// `deploy/redis/redis-naive.conf`.
+    Naive,
+}
+
+impl Profile {
+    fn file(self) -> Option<&'static str> {
+        match self {
+            Profile::Plain => None,
+            Profile::Safe => Some(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/redis/redis-safe.conf"
+            )),
+            Profile::Naive => Some(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/redis/redis-naive.conf"
+            )),
+        }
+    }
 }
 
 impl RedisServer {
@@ -31,10 +59,15 @@ impl RedisServer {
 
     /// Starts a server with extra `--option value` arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with(extra: &[&str]) -> std::io::Result<RedisServer> {
+        RedisServer::start_profile(Profile::Plain, extra)
+    }
+
+    /// Starts a server from a shipped profile, with extra arguments after it.
+    pub fn start_profile(profile: Profile, extra: &[&str]) -> std::io::Result<RedisServer> {
         let mut last_error = None;
         // A port found free can be taken by someone else before redis binds it: try again.
         for _ in 0..5 {
-            match RedisServer::try_start(extra) {
+            match RedisServer::try_start(profile, extra) {
                 Ok(server) => return Ok(server),
                 Err(e) => last_error = Some(e),
             }
@@ -42,15 +75,16 @@ impl RedisServer {
         Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
     }
 
-    fn try_start(extra: &[&str]) -> std::io::Result<RedisServer> {
+    fn try_start(profile: Profile, extra: &[&str]) -> std::io::Result<RedisServer> {
         let port = free_port()?;
         let dir = tempfile::tempdir()?;
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn(port, dir.path(), &extra)?;
+        let child = spawn(port, dir.path(), profile, &extra)?;
         let mut server = RedisServer {
             child,
             port,
             dir,
+            profile,
             extra,
         };
         server.wait_ready()?;
@@ -59,9 +93,25 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and starts a new one on the same port and directory.
     pub fn restart(&mut self) -> std::io::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        self.child = spawn(self.port, self.dir.path(), &self.extra)?;
+        self.kill()?;
+        self.start_again(&[])
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill()?;
+            self.child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed server again on its port and directory, with `more` arguments after
+    /// the original ones (e.g. `--replicaof host port`).
+    pub fn start_again(&mut self, more: &[&str]) -> std::io::Result<()> {
+        let mut extra = self.extra.clone();
+        extra.extend(more.iter().map(|s| s.to_string()));
+        self.child = spawn(self.port, self.dir.path(), self.profile, &extra)?;
         self.wait_ready()
     }
 
@@ -86,6 +136,19 @@ impl RedisServer {
             // Polling interval while waiting for the PING condition above.
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Replicas this server reports as online (0 when it is unreachable).
+    pub fn replicas_online(&self) -> usize {
+        let info: Option<String> = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+            .ok();
+        info.map_or(0, |i| {
+            i.lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count()
+        })
     }
 
     /// The loopback port the server listens on.
@@ -117,17 +180,27 @@ impl Drop for RedisServer {
 }
 
 /// Starts `redis-server` on `port` with its files in `dir`.
-fn spawn(port: u16, dir: &Path, extra: &[String]) -> std::io::Result<Child> {
+fn spawn(port: u16, dir: &Path, profile: Profile, extra: &[String]) -> std::io::Result<Child> {
     let mut command = Command::new("redis-server");
+    // A configuration file must come first; the options after it override it. It is a copy:
+    // Sentinel rewrites the file of a server whose replication it reconfigures.
+    if let Some(file) = profile.file() {
+        let copy = dir.join("redis.conf");
+        if !copy.exists() {
+            std::fs::copy(file, &copy)?;
+        }
+        command.arg(copy);
+    }
     command
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
-        .args(["--appendonly", "no"])
         .args(["--protected-mode", "no"])
         .args(["--daemonize", "no"])
         // Tests compare `DEBUG DIGEST` before and after rejected input.
         .args(["--enable-debug-command", "local"])
+        // Replicas sync at once instead of waiting for others to share the transfer.
+        .args(["--repl-diskless-sync-delay", "0"])
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
@@ -136,6 +209,9 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if profile == Profile::Plain {
+        command.args(["--appendonly", "no"]);
+    }
     command.spawn().map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -293,6 +369,214 @@ impl RedisServer {
             Ok(())
         } else {
             Err(std::io::Error::other(format!("kill {signal} failed")))
+        }
+    }
+}
+
+/// A `redis-sentinel` child process, killed when dropped.
+pub struct SentinelServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelServer {
+    /// Starts a Sentinel from `deploy/redis/sentinel.conf` monitoring `master_name` at
+    /// `127.0.0.1:master_port`.
+    pub fn start(master_name: &str, master_port: u16) -> std::io::Result<SentinelServer> {
+        let template = include_str!("../deploy/redis/sentinel.conf");
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let dir = tempfile::tempdir()?;
+            let rendered = template
+                .replace("{{PORT}}", &port.to_string())
+                .replace("{{DIR}}", &dir.path().display().to_string())
+                .replace("{{MASTER_NAME}}", master_name)
+                .replace("{{MASTER_HOST}}", "127.0.0.1")
+                .replace("{{MASTER_PORT}}", &master_port.to_string());
+            let file = dir.path().join("sentinel.conf");
+            std::fs::write(&file, rendered)?;
+            let child = Command::new("redis-sentinel")
+                .arg(&file)
+                .arg("--logfile")
+                .arg(dir.path().join("sentinel.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let mut sentinel = SentinelServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + START_DEADLINE;
+            loop {
+                if sentinel.child.try_wait()?.is_some() {
+                    last_error = Some(std::io::Error::other("redis-sentinel exited"));
+                    break;
+                }
+                if ping(port).is_ok() {
+                    return Ok(sentinel);
+                }
+                if Instant::now() > deadline {
+                    last_error = Some(std::io::Error::other("redis-sentinel did not answer"));
+                    break;
+                }
+                // Polling interval while waiting for the PING condition above.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = sentinel.child.kill();
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-sentinel did not start")))
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the Sentinel (SIGKILL).
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill()?;
+            self.child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://{}/", self.address()))?
+            .get_connection_with_timeout(Duration::from_secs(1))
+    }
+
+    /// The master's port as this Sentinel reports it.
+    pub fn master_port(&self, master_name: &str) -> Option<u16> {
+        let mut conn = self.connection().ok()?;
+        let answer: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master_name)
+            .query(&mut conn)
+            .ok()?;
+        answer.map(|(_, port)| port)
+    }
+
+    /// True when this Sentinel sees enough Sentinels to authorize a failover.
+    pub fn quorum_ok(&self, master_name: &str) -> bool {
+        self.connection()
+            .and_then(|mut c| {
+                redis::cmd("SENTINEL")
+                    .arg("ckquorum")
+                    .arg(master_name)
+                    .query::<String>(&mut c)
+            })
+            .is_ok()
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Waits for `condition` with a deadline, polling every 20 ms. Returns whether it held.
+pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        // Polling interval of a condition wait with a deadline.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One shard the production way: a master and a replica from a shipped profile, watched by
+/// three Sentinels (quorum 2) from `deploy/redis/sentinel.conf`.
+pub struct SentinelShard {
+    /// The name the Sentinels monitor the master under.
+    pub master_name: String,
+    /// The servers; which one is the master changes with failovers.
+    pub servers: Vec<RedisServer>,
+    /// The Sentinels.
+    pub sentinels: Vec<SentinelServer>,
+}
+
+impl SentinelShard {
+    /// Starts the shard with `replicas` replicas and waits until they are in sync and every
+    /// Sentinel sees a quorum.
+    pub fn start(
+        master_name: &str,
+        profile: Profile,
+        replicas: usize,
+    ) -> std::io::Result<SentinelShard> {
+        let master = RedisServer::start_profile(profile, &[])?;
+        let port = master.port().to_string();
+        let mut servers = vec![master];
+        for _ in 0..replicas {
+            servers.push(RedisServer::start_profile(
+                profile,
+                &["--replicaof", "127.0.0.1", &port],
+            )?);
+        }
+        let shard = SentinelShard {
+            master_name: master_name.to_string(),
+            sentinels: (0..3)
+                .map(|_| SentinelServer::start(master_name, servers[0].port()))
+                .collect::<std::io::Result<_>>()?,
+            servers,
+        };
+        if !wait_until(START_DEADLINE, || shard.replicas_online(0) >= replicas) {
+            return Err(std::io::Error::other("the replicas did not sync"));
+        }
+        if !wait_until(START_DEADLINE * 2, || {
+            shard.sentinels.iter().all(|s| s.quorum_ok(master_name))
+        }) {
+            return Err(std::io::Error::other(
+                "the Sentinels did not reach a quorum",
+            ));
+        }
+        Ok(shard)
+    }
+
+    /// Replicas the server at `index` reports as online (0 when it is unreachable).
+    pub fn replicas_online(&self, index: usize) -> usize {
+        self.servers[index].replicas_online()
+    }
+
+    /// Index into `servers` of the master the Sentinels report.
+    pub fn master_index(&self) -> Option<usize> {
+        let port = self
+            .sentinels
+            .iter()
+            .find_map(|s| s.master_port(&self.master_name))?;
+        self.servers.iter().position(|s| s.port() == port)
+    }
+
+    /// Sentinel addresses.
+    pub fn sentinel_addresses(&self) -> Vec<String> {
+        self.sentinels.iter().map(SentinelServer::address).collect()
+    }
+
+    /// A configuration with this one shard found through the Sentinels.
+    pub fn config(&self) -> Config {
+        let addresses: Vec<String> = self
+            .sentinel_addresses()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        let text = format!(
+            "[[shards]]\nname = \"{name}\"\nsentinel = {{ master_name = \"{name}\", addresses = [{}] }}\n",
+            addresses.join(", "),
+            name = self.master_name,
+        );
+        match Config::from_toml(&text, []) {
+            Ok(config) => config,
+            Err(e) => panic!("test configuration is invalid: {e}"),
         }
     }
 }
