@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Starts a local Colony cluster on this machine and runs the gateway in the foreground:
-# three Redis shards, each a master with one replica, on loopback ports, and the gateway with
-# its admin HTTP endpoint. Prints every address and the development tokens. Ctrl-C stops
-# everything and removes the cluster's files.
+# three Redis shards, each a master with one replica in the safe profile
+# (deploy/redis/redis-safe.conf), three Sentinels watching every shard
+# (deploy/redis/sentinel.conf), and the gateway with its admin HTTP endpoint, finding masters
+# through the Sentinels and acknowledging writes once a replica has them. Prints every address
+# and the development tokens. Ctrl-C stops everything and removes the cluster's files.
 #
 #   bash deploy/local/run.sh
 #
-# Environment: COLONY_LOCAL_BASE_PORT (default 7000): Redis uses BASE..BASE+5, the gateway
-# BASE+400 and its admin endpoint BASE+401. COLONY_LOCAL_SHARDS (default 3).
+# Environment: COLONY_LOCAL_BASE_PORT (default 7000): Redis uses BASE..BASE+2*SHARDS-1, the
+# Sentinels BASE+100..BASE+102, the gateway BASE+400 and its admin endpoint BASE+401.
+# COLONY_LOCAL_SHARDS (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -41,10 +44,17 @@ start_redis() { # port role-args...
     exit 1
   fi
   mkdir -p "$dir/redis-$port"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis-$port" \
-    --daemonize no --save "" --appendonly yes --protected-mode no \
-    --logfile "$dir/redis-$port/redis.log" "$@" &
+  # A copy per server: Sentinel rewrites the file of a server it reconfigures.
+  cp deploy/redis/redis-safe.conf "$dir/redis-$port/redis.conf"
+  redis-server "$dir/redis-$port/redis.conf" --port "$port" --bind 127.0.0.1 \
+    --dir "$dir/redis-$port" --daemonize no --logfile "$dir/redis-$port/redis.log" "$@" &
   pids+=($!)
+}
+
+render_sentinel() { # port master-name master-port [lines-only]
+  sed -e "s|{{PORT}}|$1|g" -e "s|{{DIR}}|$dir/sentinel-$1|g" -e "s|{{MASTER_NAME}}|$2|g" \
+    -e "s|{{MASTER_HOST}}|127.0.0.1|g" -e "s|{{MASTER_PORT}}|$3|g" deploy/redis/sentinel.conf |
+    if [ -n "${4:-}" ]; then grep '^sentinel '; else cat; fi
 }
 
 wait_redis() { # port
@@ -71,6 +81,11 @@ config="$dir/colony.toml"
   echo "role = \"admin\""
 } > "$config"
 
+{
+  echo "[redis]"
+  echo "acknowledge = \"replicated\""
+} >> "$config"
+
 for ((i = 0; i < shards; i++)); do
   master=$((base + 2 * i))
   replica=$((master + 1))
@@ -78,13 +93,33 @@ for ((i = 0; i < shards; i++)); do
   wait_redis "$master"
   start_redis "$replica" --replicaof 127.0.0.1 "$master"
   wait_redis "$replica"
+  echo "shard-$i: master 127.0.0.1:$master, replica 127.0.0.1:$replica"
+done
+
+sentinel_addresses=""
+for ((s = 0; s < 3; s++)); do
+  port=$((base + 100 + s))
+  if ! port_free "$port"; then echo "port $port is in use; set COLONY_LOCAL_BASE_PORT" >&2; exit 1; fi
+  mkdir -p "$dir/sentinel-$port"
+  file="$dir/sentinel-$port/sentinel.conf"
+  render_sentinel "$port" shard-0 "$base" > "$file"
+  for ((i = 1; i < shards; i++)); do
+    render_sentinel "$port" "shard-$i" $((base + 2 * i)) lines-only >> "$file"
+  done
+  redis-sentinel "$file" --logfile "$dir/sentinel-$port/sentinel.log" &
+  pids+=($!)
+  sentinel_addresses+="${sentinel_addresses:+, }\"127.0.0.1:$port\""
+done
+for ((s = 0; s < 3; s++)); do wait_redis $((base + 100 + s)); done
+echo "sentinels: 127.0.0.1:$((base + 100)), 127.0.0.1:$((base + 101)), 127.0.0.1:$((base + 102))"
+
+for ((i = 0; i < shards; i++)); do
   {
     echo "[[shards]]"
     echo "name = \"shard-$i\""
-    echo "master = \"127.0.0.1:$master\""
-    echo "replicas = [\"127.0.0.1:$replica\"]"
+    echo "sentinel = { master_name = \"shard-$i\", addresses = [$sentinel_addresses] }"
+    echo "replicas = [\"127.0.0.1:$((base + 2 * i + 1))\"]"
   } >> "$config"
-  echo "shard-$i: master 127.0.0.1:$master, replica 127.0.0.1:$replica"
 done
 
 if ! port_free "$gateway_port" || ! port_free "$admin_port"; then
