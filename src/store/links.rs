@@ -31,6 +31,77 @@ use super::breaker::Breaker;
 pub(super) struct Link {
     pub(super) conn: MultiplexedConnection,
     generation: u64,
+    waits: Arc<WaitRounds>,
+}
+
+impl Link {
+    /// How many replicas acknowledged every write this connection had answered before the
+    /// call: `WAIT`, shared with whoever else is waiting on the same connection.
+    pub(super) async fn replicated(&self) -> Result<i64, String> {
+        self.waits.wait().await
+    }
+}
+
+/// Group commit for `WAIT`: one `WAIT` at a time per connection, covering every caller whose
+/// writes were answered before it was sent.
+///
+/// `WAIT` blocks the connection it is sent on until the replicas answer, so a `WAIT` per
+/// pipeline would serialise every caller sharing the connection behind one replica round trip
+/// each. Instead a caller whose writes were answered joins the next round; a round's `WAIT` is
+/// sent only after every caller in it joined, so it covers all of their writes (Redis counts
+/// the writes a connection made before the `WAIT`). Rounds run in a task of their own, so a
+/// caller that gives up cannot stall the others.
+pub(super) struct WaitRounds {
+    conn: MultiplexedConnection,
+    replicas: u32,
+    timeout_ms: u64,
+    state: Mutex<Rounds>,
+}
+
+#[derive(Default)]
+struct Rounds {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<i64, String>>>,
+    running: bool,
+}
+
+impl WaitRounds {
+    async fn wait(self: &Arc<Self>) -> Result<i64, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut rounds = lock(&self.state);
+            rounds.waiting.push(tx);
+            !std::mem::replace(&mut rounds.running, true)
+        };
+        if start {
+            let this = self.clone();
+            tokio::spawn(async move { this.run().await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the WAIT round was abandoned".into()))
+    }
+
+    async fn run(&self) {
+        loop {
+            let round = {
+                let mut rounds = lock(&self.state);
+                if rounds.waiting.is_empty() {
+                    rounds.running = false;
+                    return;
+                }
+                std::mem::take(&mut rounds.waiting)
+            };
+            let mut conn = self.conn.clone();
+            let acked: Result<i64, String> = redis::cmd("WAIT")
+                .arg(self.replicas)
+                .arg(self.timeout_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string());
+            for waiter in round {
+                let _ = waiter.send(acked.clone());
+            }
+        }
+    }
 }
 
 /// Connection statistics of one shard.
@@ -62,6 +133,8 @@ pub(super) struct ShardLinks {
     connection_config: AsyncConnectionConfig,
     connect_timeout: Duration,
     sentinel_timeout: Duration,
+    replicas_to_wait: u32,
+    replication_timeout_ms: u64,
     slots: Vec<tokio::sync::Mutex<Option<Link>>>,
     next: AtomicUsize,
     /// Links from an older generation are stale; raising it invalidates them all at once.
@@ -110,6 +183,8 @@ impl ShardLinks {
                 .set_response_timeout(Some(response_timeout)),
             connect_timeout: settings.connect_timeout(),
             sentinel_timeout: settings.sentinel_timeout(),
+            replicas_to_wait: settings.replicas_to_wait,
+            replication_timeout_ms: settings.replication_timeout_ms,
             slots: (0..settings.connections_per_shard)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -164,7 +239,17 @@ impl ShardLinks {
                 )
             }
         };
-        let link = Link { conn, generation };
+        let waits = Arc::new(WaitRounds {
+            conn: conn.clone(),
+            replicas: self.replicas_to_wait,
+            timeout_ms: self.replication_timeout_ms,
+            state: Mutex::new(Rounds::default()),
+        });
+        let link = Link {
+            conn,
+            generation,
+            waits,
+        };
         *slot = Some(link.clone());
         Ok(link)
     }

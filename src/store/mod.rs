@@ -322,23 +322,15 @@ impl Store {
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut healthy = true;
         for attempt in 0..2 {
-            let wait = settings.acknowledge == Acknowledge::Replicated
-                && pending.iter().any(|&i| batch[i].0.is_write());
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &pending {
                 batch[i].1.add_to(&mut pipe);
             }
-            if wait {
-                pipe.cmd("WAIT")
-                    .arg(settings.replicas_to_wait)
-                    .arg(settings.replication_timeout_ms);
-            }
             let replies: Result<Vec<RedisValue>, redis::RedisError> =
                 pipe.query_async(&mut conn).await;
-            let expected = pending.len() + usize::from(wait);
-            let mut replies = match replies {
-                Ok(replies) if replies.len() == expected => replies,
+            let replies = match replies {
+                Ok(replies) if replies.len() == pending.len() => replies,
                 Ok(_) => {
                     let e = Error::Internal("pipeline reply count mismatch".into());
                     for &i in &pending {
@@ -359,7 +351,6 @@ impl Store {
                     break;
                 }
             };
-            let replicated = if wait { replies.pop() } else { None };
             let mut lost_script = Vec::new();
             for (&i, reply) in pending.iter().zip(&replies) {
                 match reply {
@@ -374,15 +365,7 @@ impl Store {
                         }
                         outcomes[i] = Some(Err(server_error(name, e)));
                     }
-                    reply => {
-                        let decoded = script::decode(batch[i].0, reply);
-                        outcomes[i] = Some(match (decoded, &replicated) {
-                            (Ok(c), Some(acked)) if batch[i].0.is_write() => {
-                                check_replicated(name, c, acked, settings.replicas_to_wait)
-                            }
-                            (decoded, _) => decoded,
-                        });
-                    }
+                    reply => outcomes[i] = Some(script::decode(batch[i].0, reply)),
                 }
             }
             if lost_script.is_empty() {
@@ -407,10 +390,24 @@ impl Store {
                 }
             }
         }
-        let outcomes = outcomes
+        let mut outcomes: Vec<Result<Committed, Error>> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
             .collect();
+        // In replicated mode a committed write (or replay) is OK only once enough replicas
+        // have it; the WAIT is shared with the other callers on this connection.
+        let committed_writes: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].0.is_write() && outcomes[i].is_ok())
+            .collect();
+        if settings.acknowledge == Acknowledge::Replicated && !committed_writes.is_empty() {
+            let acked = link.replicated().await;
+            for i in committed_writes {
+                let outcome =
+                    std::mem::replace(&mut outcomes[i], Err(Error::Internal(String::new())));
+                outcomes[i] = outcome
+                    .and_then(|c| check_replicated(name, c, &acked, settings.replicas_to_wait));
+            }
+        }
         (outcomes, healthy)
     }
 
@@ -456,20 +453,20 @@ fn backoff(attempt: u32) -> Duration {
 fn check_replicated(
     shard: &str,
     committed: Committed,
-    acked: &RedisValue,
+    acked: &Result<i64, String>,
     wanted: u32,
 ) -> Result<Committed, Error> {
     match acked {
-        RedisValue::Int(n) if *n >= i64::from(wanted) => Ok(committed),
-        RedisValue::Int(n) => Err(Error::Unknown {
+        Ok(n) if *n >= i64::from(wanted) => Ok(committed),
+        Ok(n) => Err(Error::Unknown {
             shard: shard.to_string(),
             reason: format!(
                 "applied on the master but acknowledged by {n} of {wanted} replicas in time"
             ),
         }),
-        other => Err(Error::Unknown {
+        Err(e) => Err(Error::Unknown {
             shard: shard.to_string(),
-            reason: format!("applied on the master but WAIT failed: {other:?}"),
+            reason: format!("applied on the master but WAIT failed: {e}"),
         }),
     }
 }
