@@ -580,3 +580,184 @@ impl SentinelShard {
         }
     }
 }
+
+/// A record of counter increments, for checking after a fault that nothing acknowledged was
+/// lost and nothing was applied twice.
+///
+/// Each request is one increment of one counter by one, sent until it settles (retries keep
+/// its idempotency key). A request ends acknowledged (OK), failed (definitely not applied), or
+/// unknown (it may have applied). With `acknowledged` and `unknown` per counter, a final value
+/// `v` is correct when `acknowledged <= v <= acknowledged + unknown`.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    counters: std::collections::BTreeMap<String, CounterHistory>,
+    /// When each acknowledgement arrived, in order.
+    pub ack_times: Vec<Instant>,
+    /// Faults injected, with when they happened, in the same timeline.
+    pub faults: Vec<(Instant, String)>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct CounterHistory {
+    acknowledged: u64,
+    unknown: u64,
+    failed: u64,
+}
+
+/// What the checker found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Increments acknowledged.
+    pub acknowledged: u64,
+    /// Increments whose outcome stayed unknown.
+    pub unknown: u64,
+    /// Increments that definitely failed.
+    pub failed: u64,
+    /// Acknowledged increments missing from the final values.
+    pub lost: u64,
+    /// Increments applied beyond what was acknowledged or unknown.
+    pub extra: u64,
+}
+
+impl History {
+    /// Records an acknowledged increment of `counter`.
+    pub fn acknowledged(&mut self, counter: &str) {
+        self.counters
+            .entry(counter.to_string())
+            .or_default()
+            .acknowledged += 1;
+        self.ack_times.push(Instant::now());
+    }
+
+    /// Records an increment whose outcome is unknown.
+    pub fn unknown(&mut self, counter: &str) {
+        self.counters
+            .entry(counter.to_string())
+            .or_default()
+            .unknown += 1;
+    }
+
+    /// Records an increment that was definitely not applied.
+    pub fn failed(&mut self, counter: &str) {
+        self.counters.entry(counter.to_string()).or_default().failed += 1;
+    }
+
+    /// Records a fault.
+    pub fn fault(&mut self, what: impl Into<String>) {
+        self.faults.push((Instant::now(), what.into()));
+    }
+
+    /// The counters that were written.
+    pub fn counters(&self) -> Vec<String> {
+        self.counters.keys().cloned().collect()
+    }
+
+    /// Checks final values (`final_value(counter)`) against the history.
+    pub fn check(&self, mut final_value: impl FnMut(&str) -> u64) -> Verdict {
+        let mut verdict = Verdict::default();
+        for (counter, h) in &self.counters {
+            let value = final_value(counter);
+            verdict.acknowledged += h.acknowledged;
+            verdict.unknown += h.unknown;
+            verdict.failed += h.failed;
+            verdict.lost += h.acknowledged.saturating_sub(value);
+            verdict.extra += value.saturating_sub(h.acknowledged + h.unknown);
+        }
+        verdict
+    }
+
+    /// The longest time without an acknowledgement after `since`.
+    pub fn longest_gap_after(&self, since: Instant) -> Option<Duration> {
+        let mut previous = since;
+        let mut longest = None;
+        for &t in self.ack_times.iter().filter(|t| **t > since) {
+            let gap = t.duration_since(previous);
+            if longest.is_none_or(|l| gap > l) {
+                longest = Some(gap);
+            }
+            previous = t;
+        }
+        longest
+    }
+}
+
+/// A small deterministic generator for seeded fault schedules (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Seeded(u64);
+
+impl Seeded {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Seeded {
+        Seeded(seed)
+    }
+
+    /// A seed from the environment variable `COLONY_FAULT_SEED`, or from the clock.
+    pub fn seed_from_env() -> u64 {
+        std::env::var("COLONY_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+    }
+
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `low..high`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % (high - low).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checker_finds_planted_loss_and_double_applies() {
+        let mut h = History::default();
+        for _ in 0..5 {
+            h.acknowledged("a");
+        }
+        h.unknown("a");
+        h.acknowledged("b");
+        h.failed("b");
+        let fine = h.check(|c| if c == "a" { 6 } else { 1 });
+        assert_eq!((fine.lost, fine.extra), (0, 0));
+        let also_fine = h.check(|c| if c == "a" { 5 } else { 1 });
+        assert_eq!((also_fine.lost, also_fine.extra), (0, 0));
+        let lost = h.check(|c| if c == "a" { 3 } else { 0 });
+        assert_eq!((lost.lost, lost.extra), (3, 0));
+        let doubled = h.check(|c| if c == "a" { 8 } else { 2 });
+        assert_eq!((doubled.lost, doubled.extra), (0, 3));
+        assert_eq!(doubled.acknowledged, 6);
+        assert_eq!(doubled.failed, 1);
+    }
+
+    #[test]
+    fn seeded_schedules_repeat() {
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut s = Seeded::new(7);
+                move |_| s.range(10, 20)
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut s = Seeded::new(7);
+                move |_| s.range(10, 20)
+            })
+            .collect();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|v| (10..20).contains(v)));
+    }
+}
