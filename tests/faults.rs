@@ -19,14 +19,15 @@ use common::{key, name, pid};
 
 const COUNTERS: u64 = 8;
 
-fn store_for(config: &mut Config, acknowledge: Acknowledge) -> Store {
+/// Short timeouts and retries, so that a failover shows up within seconds.
+fn tuned(mut config: Config, acknowledge: Acknowledge) -> Config {
     config.redis.acknowledge = acknowledge;
     config.redis.connect_timeout_ms = 300;
     config.redis.command_timeout_ms = 1000;
     config.redis.replication_timeout_ms = 200;
     config.redis.retry_deadline_ms = 300;
     config.redis.breaker_cooldown_ms = 100;
-    Store::new(config).expect("store")
+    config
 }
 
 /// Increments random counters until stopped; each request is sent until it settles.
@@ -106,8 +107,7 @@ async fn lagging_replica_then_master_death(
 ) -> Verdict {
     let mut random = Seeded::new(seed);
     let mut shard = SentinelShard::start("faults-lag", profile, 1).expect("shard starts");
-    let mut config = shard.config();
-    let store = store_for(&mut config, acknowledge);
+    let store = Store::new(&tuned(shard.config(), acknowledge)).expect("store");
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
     let acked = Arc::new(AtomicU64::new(0));
@@ -209,5 +209,141 @@ async fn naive_profile_loss_is_caught_by_the_checker() {
     assert_eq!(
         verdict.extra, 0,
         "seed {seed}: increments applied twice: {verdict:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
+    let seed = Seeded::seed_from_env();
+    eprintln!("seed {seed}");
+    let mut random = Seeded::new(seed);
+    let shard = SentinelShard::start("faults-pause", Profile::Safe, 2).expect("shard starts");
+    let store = Store::new(&tuned(shard.config(), Acknowledge::Replicated)).expect("store");
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(History::default()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = start_writer(
+        store.clone(),
+        seed,
+        stop.clone(),
+        history.clone(),
+        acked.clone(),
+    );
+    let count = || acked.load(Ordering::Relaxed);
+    let warm_up = random.range(100, 300);
+    assert!(
+        wait_until(Duration::from_secs(20), || count() >= warm_up),
+        "writes never got going"
+    );
+
+    let master = shard.master_index().expect("a master");
+    history.lock().expect("lock").fault("master paused");
+    let paused_at = Instant::now();
+    shard.servers[master].pause().expect("SIGSTOP the master");
+    assert!(
+        wait_until(Duration::from_secs(30), || shard
+            .master_index()
+            .is_some_and(|m| m != master)),
+        "the Sentinels did not promote a replica"
+    );
+    let promoted_after = paused_at.elapsed();
+    // The old master wakes up believing it is the master; the Sentinels demote it.
+    shard.servers[master]
+        .resume()
+        .expect("SIGCONT the old master");
+    history.lock().expect("lock").fault("old master resumed");
+    let at_resume = count();
+    assert!(
+        wait_until(Duration::from_secs(30), || count() >= at_resume + 200),
+        "writes did not resume"
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let history = std::mem::take(&mut *history.lock().expect("lock"));
+    let values = final_values(&store, &history).await;
+    let verdict = history.check(|c| values.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v));
+    eprintln!(
+        "paused master, seed {seed}: {verdict:?}, promotion after {promoted_after:?}, \
+         longest write gap after the pause {:?}",
+        history.longest_gap_after(paused_at)
+    );
+    assert_eq!(
+        verdict.lost, 0,
+        "seed {seed}: acknowledged increments lost: {verdict:?}"
+    );
+    assert_eq!(
+        verdict.extra, 0,
+        "seed {seed}: increments applied twice: {verdict:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_is_down_does_not_disturb_the_others() {
+    use colony::testkit::{config_for, RedisServer};
+    let healthy = RedisServer::start().expect("starts");
+    let mut failing = RedisServer::start().expect("starts");
+    let mut config = tuned(config_for(&[&healthy, &failing]), Acknowledge::Local);
+    // The breaker stays open for the whole outage here.
+    config.redis.breaker_cooldown_ms = 1000;
+    let store = Store::new(&config).expect("store");
+    let on = |shard: usize| {
+        (0..1000)
+            .map(|i| pid(&format!("p{i}")))
+            .filter(|p| store.shard_map().shard_for_player(p).0 == shard)
+            .take(20)
+            .collect::<Vec<_>>()
+    };
+    let (healthy_players, failing_players) = (on(0), on(1));
+    let read =
+        |p: &PlayerId| Transaction::owner(p.clone(), None).with(Operation::Read { names: vec![] });
+    failing.kill().expect("the second shard goes down");
+    let started = Instant::now();
+    let mut failing_errors = 0;
+    let mut rounds = 0;
+    // While it is down, every request to the healthy shard succeeds and every request to the
+    // failing one fails with UNAVAILABLE, and the breaker stops even trying to connect.
+    while rounds < 50 {
+        rounds += 1;
+        let batch: Vec<Transaction> = healthy_players
+            .iter()
+            .chain(&failing_players)
+            .map(read)
+            .collect();
+        let results = store.execute_batch(batch).await.expect("runs");
+        let (ok, failed) = results.split_at(healthy_players.len());
+        assert!(
+            ok.iter().all(Result::is_ok),
+            "the healthy shard failed: {ok:?}"
+        );
+        for r in failed {
+            assert!(matches!(r, Err(Error::Unavailable { .. })), "{r:?}");
+            failing_errors += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = store.connection_stats();
+    eprintln!(
+        "shard down: {rounds} batches in {elapsed:?}, {failing_errors} UNAVAILABLE on the failing \
+         shard, {} connection attempts to it, breaker {:?}",
+        stats[1].connects,
+        store.breaker_states()[1]
+    );
+    assert!(
+        stats[1].connects < rounds,
+        "the breaker should spare most connection attempts ({} for {rounds} batches)",
+        stats[1].connects
+    );
+    // It comes back: its players are served again once the breaker lets a probe through.
+    failing.start_again(&[]).expect("back up");
+    assert!(
+        {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut back = false;
+            while !back && Instant::now() < deadline {
+                back = store.execute(read(&failing_players[0])).await.is_ok();
+            }
+            back
+        },
+        "the shard's players were not served again"
     );
 }

@@ -196,7 +196,11 @@ impl Store {
         while !pending.is_empty() {
             let mut again = Vec::new();
             for (position, outcome) in self.run_once(&txns, &pending).await {
-                if matches!(&outcome, Err(e) if e.is_retryable()) {
+                // No retry into an open breaker: it would fail the same way until the cooldown
+                // ends, and it would hold back the rest of the batch meanwhile.
+                if matches!(&outcome, Err(e) if e.is_retryable())
+                    && !self.breaker_open(&txns[position])
+                {
                     again.push(position);
                 }
                 results[position] = Some(outcome);
@@ -214,6 +218,11 @@ impl Store {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(Error::Internal("transaction not run".into()))))
             .collect())
+    }
+
+    fn breaker_open(&self, txn: &Transaction) -> bool {
+        let shard = self.inner.map.shard_for_player(&txn.player);
+        self.inner.shards[shard.0].breaker.state() == BreakerState::Open
     }
 
     fn count_retries(&self, txns: &[Transaction], positions: &[usize]) {
