@@ -77,13 +77,15 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
                             acknowledged.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        Err(e @ (Error::Unknown { .. } | Error::Unavailable { .. })) => {
-                            let _ = e;
+                        Err(Error::Unknown { .. } | Error::Unavailable { .. }) => {
                             history.lock().expect("lock").retried += 1;
                             if stop.load(Ordering::Relaxed) {
                                 history.lock().expect("lock").unsettled += 1;
                                 break 'requests;
                             }
+                            // A client's pause between attempts (the store fails fast while
+                            // the shard's breaker is open), not a wait for a condition.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         Err(e) => panic!("unexpected error {e}"),
                     }

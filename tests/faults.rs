@@ -71,6 +71,9 @@ fn start_writer(
                             }
                             return;
                         }
+                        // A client's pause between attempts (the store fails fast while the
+                        // shard's breaker is open), not a wait for a condition.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err(e) => panic!("unexpected error {e}"),
                 }

@@ -11,11 +11,16 @@
 //! the Sentinels in turn for the master's address (moving on from one that does not answer
 //! in time, and asking the one that answered first next time), connect, and confirm with
 //! `ROLE` that the server is a master. A `READONLY` reply or a lost connection invalidates
-//! every connection of the shard, so the next request resolves the master again.
+//! every connection of the shard, so the next request resolves the master again. A task
+//! subscribed to one Sentinel's `+switch-master` channel treats an announcement for the
+//! shard's master as a hint: it invalidates the connections and closes the breaker, so the
+//! next request finds the new master at once instead of after its errors.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
@@ -147,6 +152,10 @@ pub(super) struct ShardLinks {
     connect_failures: AtomicU64,
     failovers: AtomicU64,
     on_failover: Mutex<Option<FailoverHook>>,
+    /// Whether the `+switch-master` watcher has been started.
+    watching: AtomicBool,
+    /// Dropped with the links, which tells the watcher to stop.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 fn tcp_info(address: &str, redis: RedisConnectionInfo) -> Result<redis::ConnectionInfo, String> {
@@ -197,7 +206,26 @@ impl ShardLinks {
             connect_failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             on_failover: Mutex::new(None),
+            watching: AtomicBool::new(false),
+            alive: tokio::sync::watch::channel(()).0,
         }
+    }
+
+    /// Starts, once, the task that listens for `+switch-master` (Sentinel shards only).
+    pub(super) fn watch_sentinels(self: &Arc<Self>) {
+        if matches!(self.endpoint, Endpoint::Sentinel { .. })
+            && !self.watching.swap(true, Ordering::SeqCst)
+        {
+            let stopped = self.alive.subscribe();
+            tokio::spawn(watch_switch_master(Arc::downgrade(self), stopped));
+        }
+    }
+
+    /// A Sentinel announced that the master moved to `new`.
+    fn switch_hint(&self, new: &str) {
+        tracing::info!(shard = %self.name, new_master = %new, "Sentinel announced +switch-master");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.breaker.success();
     }
 
     pub(super) fn set_failover_hook(&self, hook: FailoverHook) {
@@ -383,6 +411,74 @@ impl ShardLinks {
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             master: lock(&self.master).clone(),
             failovers: self.failovers.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Follows one Sentinel's `+switch-master` channel at a time, moving to the next Sentinel when
+/// one fails, until the links are dropped.
+async fn watch_switch_master(
+    links: Weak<ShardLinks>,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) {
+    let mut index = 0usize;
+    loop {
+        let (master_name, sentinel, info, timeout) = {
+            let Some(this) = links.upgrade() else { return };
+            let Endpoint::Sentinel {
+                master_name,
+                sentinels,
+            } = &this.endpoint
+            else {
+                return;
+            };
+            let sentinel = sentinels[index % sentinels.len()].clone();
+            let info = tcp_info(&sentinel, this.sentinel_info.clone());
+            (master_name.clone(), sentinel, info, this.sentinel_timeout)
+        };
+        let subscribed = async {
+            let client = redis::Client::open(info?).map_err(|e| e.to_string())?;
+            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| "no answer in time".to_string())?
+                .map_err(|e| e.to_string())?;
+            pubsub
+                .subscribe("+switch-master")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(pubsub.into_on_message())
+        };
+        let mut messages = tokio::select! {
+            subscribed = subscribed => match subscribed {
+                Ok(messages) => Some(messages),
+                Err(e) => {
+                    tracing::debug!(%sentinel, error = %e, "cannot follow +switch-master");
+                    None
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        while let Some(stream) = messages.as_mut() {
+            let message = tokio::select! {
+                message = stream.next() => message,
+                _ = stopped.changed() => return,
+            };
+            let Some(message) = message else { break };
+            // "<master name> <old ip> <old port> <new ip> <new port>"
+            let payload: String = message.get_payload().unwrap_or_default();
+            let words: Vec<&str> = payload.split_whitespace().collect();
+            if let [name, _, _, ip, port] = words.as_slice() {
+                if *name == master_name {
+                    let Some(this) = links.upgrade() else { return };
+                    this.switch_hint(&format!("{ip}:{port}"));
+                }
+            }
+        }
+        index += 1;
+        // Before asking the next Sentinel, so that a dead one is not hammered.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.changed() => return,
         }
     }
 }

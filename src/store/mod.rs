@@ -54,7 +54,7 @@ pub struct Store {
 
 struct StoreInner {
     map: ShardMap,
-    shards: Vec<ShardLinks>,
+    shards: Vec<Arc<ShardLinks>>,
     settings: RedisSettings,
     limits: Limits,
     observer: Option<Arc<dyn ShardObserver>>,
@@ -70,7 +70,7 @@ impl Store {
             .shards()
             .iter()
             .zip(&config.shards)
-            .map(|(shard, shard_config)| ShardLinks::new(shard, shard_config, &settings))
+            .map(|(shard, shard_config)| Arc::new(ShardLinks::new(shard, shard_config, &settings)))
             .collect();
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -135,7 +135,7 @@ impl Store {
 
     /// Connection statistics per shard, in shard order.
     pub fn connection_stats(&self) -> Vec<ConnectionStats> {
-        self.inner.shards.iter().map(ShardLinks::stats).collect()
+        self.inner.shards.iter().map(|s| s.stats()).collect()
     }
 
     /// Executes one transaction.
@@ -317,10 +317,11 @@ impl Store {
     /// The pipeline itself; also says whether the shard behaved (for the breaker).
     async fn pipeline_on_shard(
         &self,
-        links: &ShardLinks,
+        links: &Arc<ShardLinks>,
         batch: &[(&Transaction, Invocation)],
     ) -> (Vec<Result<Committed, Error>>, bool) {
         let name = &links.name;
+        links.watch_sentinels();
         let link = match links.get().await {
             Ok(link) => link,
             Err(e) => return (batch.iter().map(|_| Err(e.clone())).collect(), false),
