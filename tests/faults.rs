@@ -350,3 +350,171 @@ async fn a_shard_that_is_down_does_not_disturb_the_others() {
         "the shard's players were not served again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sentinel_majority_there_is_no_failover_and_no_second_master() {
+    let mut shard =
+        SentinelShard::start("faults-minority", Profile::Safe, 1).expect("shard starts");
+    let store = Store::new(&tuned(shard.config(), Acknowledge::Replicated)).expect("store");
+    let write = |request: u64| {
+        Transaction::owner(pid("minority"), key(request)).with(Operation::IncrementCounter {
+            name: name("n"),
+            delta: 1,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        })
+    };
+    store
+        .execute(write(1))
+        .await
+        .expect("writes before the faults");
+    let master = shard.master_index().expect("a master");
+    shard.sentinels[0].kill().expect("kill a Sentinel");
+    shard.sentinels[1].kill().expect("kill another");
+    shard.servers[master].kill().expect("kill the master");
+    // The last Sentinel alone cannot authorize a failover: well past down-after-milliseconds
+    // (2 s) the replica must still be a replica.
+    let replica = 1 - master;
+    let promoted = wait_until(Duration::from_secs(8), || {
+        shard.sentinels[2].master_port(&shard.master_name) != Some(shard.servers[master].port())
+            || role_of(&shard.servers[replica]).as_deref() == Some("master")
+    });
+    assert!(!promoted, "a failover happened without a Sentinel majority");
+    let during = store.execute(write(2)).await;
+    assert!(
+        matches!(during, Err(Error::Unavailable { .. })),
+        "{during:?}"
+    );
+    // The master comes back: writes resume on it, and the one that failed was not applied.
+    shard.servers[master].start_again(&[]).expect("restarts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resumed = loop {
+        match store.execute(write(3)).await {
+            Ok(c) => break Some(c),
+            Err(_) if Instant::now() < deadline => {
+                // A client's pause between attempts, not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => break None,
+        }
+    };
+    let resumed = resumed.expect("writes resumed on the returning master");
+    let state = store
+        .get_player(pid("minority"), Access::Owner)
+        .await
+        .expect("reads");
+    assert_eq!(
+        state.reads[0].entries[0].value,
+        Value::Counter(2),
+        "{resumed:?}"
+    );
+}
+
+fn role_of(server: &colony::testkit::RedisServer) -> Option<String> {
+    let mut conn = redis::Client::open(server.url())
+        .ok()?
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn).ok()?;
+    match role.first() {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_reordered_batches_apply_once_across_a_gateway_restart() {
+    use colony::client::{Client, ClientConfig};
+    use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
+    let seed = Seeded::seed_from_env();
+    eprintln!("seed {seed}");
+    let mut random = Seeded::new(seed);
+    let servers = [
+        RedisServer::start().expect("starts"),
+        RedisServer::start().expect("starts"),
+    ];
+    let config = gateway_config(&[&servers[0], &servers[1]]);
+    let mut gateway = TestGateway::start(&config).await.expect("gateway");
+    let address = gateway.address;
+    let client = Client::connect(ClientConfig::new(address.to_string(), ADMIN_TOKEN))
+        .await
+        .expect("client");
+    let increment = |player: &str, request: u64, delta: i64| {
+        Transaction::owner(pid(player), key(request)).with(Operation::IncrementCounter {
+            name: name("n"),
+            delta,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        })
+    };
+    let mut expected = std::collections::BTreeMap::<String, i64>::new();
+    let mut sent = 0u64;
+    let mut mismatches = 0u64;
+    let mut previous: Option<Vec<Transaction>> = None;
+    for round in 0..40u64 {
+        if round == 20 {
+            // A gateway restart in the middle: the client reconnects to the new one.
+            gateway.shutdown().await;
+            let mut config = config.clone();
+            config.gateway.listen = address.to_string();
+            gateway = TestGateway::start(&config).await.expect("gateway restarts");
+        }
+        let batch: Vec<Transaction> = (0..8)
+            .map(|k| {
+                let player = format!("replay-{}", random.range(0, 6));
+                increment(&player, round * 100 + k, 1)
+            })
+            .collect();
+        for t in &batch {
+            *expected.entry(t.player.as_str().to_string()).or_default() += 1;
+        }
+        // Send it two or three times, sometimes with the previous batch resent in between.
+        let copies = random.range(2, 4);
+        for copy in 0..copies {
+            let results = client
+                .execute_batch(batch.clone())
+                .await
+                .expect("batch answered");
+            assert!(
+                results.iter().all(Result::is_ok),
+                "round {round} copy {copy}: {results:?}"
+            );
+            sent += batch.len() as u64;
+            if let (Some(old), true) = (&previous, random.range(0, 2) == 0) {
+                let results = client
+                    .execute_batch(old.clone())
+                    .await
+                    .expect("batch answered");
+                assert!(results.iter().all(|r| r.as_ref().is_ok_and(|c| c.replayed)));
+                sent += old.len() as u64;
+            }
+        }
+        // The same key with a different body is rejected and applies nothing.
+        let forged = increment(batch[0].player.as_str(), round * 100, 1000);
+        let result = client.execute(forged).await;
+        assert!(
+            matches!(result, Err(Error::IdempotencyMismatch { .. })),
+            "{result:?}"
+        );
+        mismatches += 1;
+        previous = Some(batch);
+    }
+    for (player, want) in &expected {
+        let state = client
+            .get_player(&pid(player), Access::Owner, None)
+            .await
+            .expect("reads");
+        assert_eq!(
+            state.reads[0].entries[0].value,
+            Value::Counter(*want),
+            "{player}"
+        );
+    }
+    eprintln!(
+        "replays, seed {seed}: {} distinct increments, {sent} sent, {mismatches} forged bodies \
+         rejected, 0 double applies",
+        expected.values().sum::<i64>()
+    );
+}
