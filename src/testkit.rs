@@ -261,7 +261,11 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
 
 /// A configuration for `servers` with a game and an admin token, listening on free ports.
 pub fn gateway_config(servers: &[&RedisServer]) -> Config {
-    let mut config = config_for(servers);
+    with_test_gateway(config_for(servers))
+}
+
+/// `config` with the game and admin test tokens, listening on free loopback ports.
+pub fn with_test_gateway(mut config: Config) -> Config {
     config.gateway.listen = "127.0.0.1:0".into();
     config.gateway.admin_listen = "127.0.0.1:0".into();
     config.gateway.tokens = vec![
