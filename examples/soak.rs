@@ -13,18 +13,13 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
 use colony::config::Acknowledge;
 use colony::testkit::{
-    wait_until, with_test_gateway, History, Profile, Seeded, SentinelShard, TestGateway,
-    ADMIN_TOKEN,
-};
-use colony::{
-    Access, Error, IdempotencyKey, Name, Operation, PlayerId, Transaction, Value, Visibility,
+    wait_until, with_test_gateway, IncrementWriters, Profile, Seeded, SentinelShard, Target,
+    TestGateway, ADMIN_TOKEN,
 };
 
 struct Args {
@@ -96,64 +91,8 @@ async fn main() {
     client_config.request_deadline = Duration::from_millis(500);
     let client = Client::connect(client_config).await.unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(History::default()));
-    let acked = Arc::new(AtomicU64::new(0));
-    let attempts = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..a.writers)
-        .map(|w| {
-            let (client, stop, history, acked, attempts) = (
-                client.clone(),
-                stop.clone(),
-                history.clone(),
-                acked.clone(),
-                attempts.clone(),
-            );
-            tokio::spawn(async move {
-                let counter = format!("soak-{w}");
-                let mut request = 0;
-                'requests: while !stop.load(Ordering::Relaxed) {
-                    request += 1;
-                    let txn = Transaction::owner(
-                        PlayerId::new(counter.clone()).unwrap(),
-                        Some(IdempotencyKey::new(format!("soak-writer-{w}"), request).unwrap()),
-                    )
-                    .with(Operation::IncrementCounter {
-                        name: Name::new("n").unwrap(),
-                        delta: 1,
-                        min: None,
-                        max: None,
-                        visibility: Visibility::Private,
-                    });
-                    let mut maybe_applied = false;
-                    loop {
-                        attempts.fetch_add(1, Ordering::Relaxed);
-                        match client.execute(txn.clone()).await {
-                            Ok(_) => {
-                                history.lock().unwrap().acknowledged(&counter);
-                                acked.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            Err(e) if e.is_retryable() => {
-                                maybe_applied |= matches!(e, Error::Unknown { .. });
-                                if stop.load(Ordering::Relaxed) {
-                                    let mut h = history.lock().unwrap();
-                                    if maybe_applied {
-                                        h.unknown(&counter);
-                                    } else {
-                                        h.failed(&counter);
-                                    }
-                                    break 'requests;
-                                }
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                            Err(e) => panic!("unexpected error {e}"),
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let target = Target::Client(client.clone());
+    let writers = IncrementWriters::start(target.clone(), a.writers, "soak", a.writers, a.seed);
 
     let mut kills = Vec::new();
     for kill in 0..a.kills {
@@ -162,10 +101,7 @@ async fn main() {
         let old = shard.master_index().unwrap();
         let killed_at = Instant::now();
         shard.servers[old].kill().unwrap();
-        history
-            .lock()
-            .unwrap()
-            .fault(format!("kill {kill}: master {}", shard.servers[old].port()));
+        writers.fault(format!("kill {kill}: master {}", shard.servers[old].port()));
         let promoted = wait_until(Duration::from_secs(60), || {
             shard.master_index().is_some_and(|m| m != old)
         });
@@ -176,39 +112,18 @@ async fn main() {
         shard.servers[old]
             .start_again(&["--replicaof", "127.0.0.1", &port])
             .unwrap();
-        let at = acked.load(Ordering::Relaxed);
+        let at = writers.acknowledged();
         assert!(
-            wait_until(Duration::from_secs(60), || acked.load(Ordering::Relaxed)
-                > at + 50),
+            wait_until(Duration::from_secs(60), || writers.acknowledged() > at + 50),
             "writes did not resume after kill {kill}"
         );
         println!("kill {kill}: Sentinel promotion after {promotion:?}");
         kills.push((killed_at, promotion));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-
-    let history = std::mem::take(&mut *history.lock().unwrap());
-    let mut values = Vec::new();
-    for counter in history.counters() {
-        let state = client
-            .get_player(
-                &PlayerId::new(counter.clone()).unwrap(),
-                Access::Owner,
-                None,
-            )
-            .await
-            .unwrap();
-        let v = match state.reads[0].entries.first().map(|e| &e.value) {
-            Some(Value::Counter(v)) => *v as u64,
-            _ => 0,
-        };
-        values.push((counter, v));
-    }
-    let verdict = history.check(|c| values.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v));
+    let attempts = writers.attempts();
+    let history = writers.stop().await;
+    let verdict = history.check_against(&target).await;
     let mut windows: Vec<Duration> = kills
         .iter()
         .map(|(at, _)| history.longest_gap_after(*at).unwrap_or_default())
@@ -225,10 +140,7 @@ async fn main() {
     println!();
     println!(
         "operations: {} acknowledged, {} unknown, {} failed, {} attempts",
-        verdict.acknowledged,
-        verdict.unknown,
-        verdict.failed,
-        attempts.load(Ordering::Relaxed)
+        verdict.acknowledged, verdict.unknown, verdict.failed, attempts
     );
     println!(
         "lost acknowledged: {} ({:.3}%), applied twice: {}",

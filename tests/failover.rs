@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
-use colony::testkit::{wait_until, Profile, SentinelShard};
+use colony::testkit::{wait_until, IncrementWriters, Profile, SentinelShard, Target};
 use colony::{Access, Error, Operation, Store, Transaction, Value, Visibility};
 use common::{key, name, pid};
 
@@ -25,18 +23,6 @@ fn increment(request: u64) -> Transaction {
         max: None,
         visibility: Visibility::Private,
     })
-}
-
-#[derive(Default)]
-struct History {
-    /// Increments acknowledged OK, each request once.
-    acknowledged: u64,
-    /// When each acknowledgement arrived.
-    ack_times: Vec<Instant>,
-    /// Attempts that ended UNKNOWN or UNAVAILABLE (then retried with the same key).
-    retried: u64,
-    /// A request in progress when the writer stopped (its outcome may be either).
-    unsettled: u64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,58 +37,18 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
     config.redis.retry_deadline_ms = 500;
     config.redis.breaker_cooldown_ms = 100;
     let store = Store::new(&config).expect("store");
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 4, "counter", 4, 1);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(History::default()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (store, stop, history, acknowledged) = (
-            store.clone(),
-            stop.clone(),
-            history.clone(),
-            acknowledged.clone(),
-        );
-        tokio::spawn(async move {
-            let mut request = 0;
-            'requests: while !stop.load(Ordering::Relaxed) {
-                request += 1;
-                // Every request is sent until it settles: a retry with the same key applies at
-                // most once, so each request is acknowledged exactly once.
-                loop {
-                    match store.execute(increment(request)).await {
-                        Ok(_) => {
-                            let mut h = history.lock().expect("lock");
-                            h.acknowledged += 1;
-                            h.ack_times.push(Instant::now());
-                            acknowledged.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(Error::Unknown { .. } | Error::Unavailable { .. }) => {
-                            history.lock().expect("lock").retried += 1;
-                            if stop.load(Ordering::Relaxed) {
-                                history.lock().expect("lock").unsettled += 1;
-                                break 'requests;
-                            }
-                            // A client's pause between attempts (the store fails fast while
-                            // the shard's breaker is open), not a wait for a condition.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err(e) => panic!("unexpected error {e}"),
-                    }
-                }
-            }
-        })
-    };
-
-    let acked = || acknowledged.load(Ordering::Relaxed);
     assert!(
-        wait_until(Duration::from_secs(20), || acked() >= 200),
+        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200),
         "writes never got going"
     );
     let old = shard.master_index().expect("a master");
-    let acked_at_kill = acked();
+    let acked_at_kill = writers.acknowledged();
     let killed_at = Instant::now();
     shard.servers[old].kill().expect("kill -9 the master");
+    writers.fault("master killed");
     assert!(
         wait_until(Duration::from_secs(30), || shard
             .master_index()
@@ -117,43 +63,21 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
         .start_again(&["--replicaof", "127.0.0.1", &new_port])
         .expect("restarts");
     assert!(
-        wait_until(Duration::from_secs(30), || acked() >= acked_at_kill + 200),
+        wait_until(Duration::from_secs(30), || writers.acknowledged()
+            >= acked_at_kill + 200),
         "writes did not resume after the failover"
     );
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
-
-    let h = std::mem::take(&mut *history.lock().expect("lock"));
-    let state = store
-        .get_player(pid("counter"), Access::Owner)
-        .await
-        .expect("reads");
-    let Value::Counter(value) = state.reads[0].entries[0].value else {
-        panic!("not a counter");
-    };
-    let value = value as u64;
-    let lost = h.acknowledged.saturating_sub(value);
-    let first_ack_after_kill = h
-        .ack_times
-        .iter()
-        .find(|t| **t > killed_at)
-        .map(|t| t.duration_since(killed_at));
+    let attempts = writers.attempts();
+    let history = writers.stop().await;
+    let verdict = history.check_against(&target).await;
     println!(
-        "failover figures: acknowledged {}, final counter {value}, lost {lost}, retried attempts {}, \
-         unsettled {}, Sentinel promotion seen after {promoted_after:?}, first write acknowledged \
-         after the kill at {first_ack_after_kill:?}, failovers seen by the store {}",
-        h.acknowledged,
-        h.retried,
-        h.unsettled,
+        "failover figures: {verdict:?}, {attempts} attempts, Sentinel promotion seen after \
+         {promoted_after:?}, longest write gap after the kill {:?}, failovers seen by the store {}",
+        history.longest_gap_after(killed_at),
         store.connection_stats()[0].failovers
     );
-    assert_eq!(lost, 0, "acknowledged increments were lost");
-    assert!(
-        value <= h.acknowledged + h.unsettled,
-        "an increment was applied twice: {value} > {} + {}",
-        h.acknowledged,
-        h.unsettled
-    );
+    assert_eq!(verdict.lost, 0, "acknowledged increments were lost");
+    assert_eq!(verdict.extra, 0, "an increment was applied twice");
     assert!(
         store.connection_stats()[0].failovers >= 1,
         "the store never saw the new master"

@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
-use colony::testkit::{wait_until, History, Profile, Seeded, SentinelShard, Verdict};
+use colony::testkit::{
+    wait_until, IncrementWriters, Profile, Seeded, SentinelShard, Target, Verdict,
+};
 use colony::{Access, Config, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
 use common::{key, name, pid};
 
@@ -30,77 +30,6 @@ fn tuned(mut config: Config, acknowledge: Acknowledge) -> Config {
     config
 }
 
-/// Increments random counters until stopped; each request is sent until it settles.
-fn start_writer(
-    store: Store,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<History>>,
-    acknowledged: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut random = Seeded::new(seed);
-        let mut request = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            request += 1;
-            let counter = format!("counter-{}", random.range(0, COUNTERS));
-            let txn =
-                Transaction::owner(pid(&counter), key(request)).with(Operation::IncrementCounter {
-                    name: name("n"),
-                    delta: 1,
-                    min: None,
-                    max: None,
-                    visibility: Visibility::Private,
-                });
-            let mut maybe_applied = false;
-            loop {
-                match store.execute(txn.clone()).await {
-                    Ok(_) => {
-                        history.lock().expect("lock").acknowledged(&counter);
-                        acknowledged.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e @ (Error::Unknown { .. } | Error::Unavailable { .. })) => {
-                        maybe_applied |= matches!(e, Error::Unknown { .. });
-                        if stop.load(Ordering::Relaxed) {
-                            let mut h = history.lock().expect("lock");
-                            if maybe_applied {
-                                h.unknown(&counter);
-                            } else {
-                                h.failed(&counter);
-                            }
-                            return;
-                        }
-                        // A client's pause between attempts (the store fails fast while the
-                        // shard's breaker is open), not a wait for a condition.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err(e) => panic!("unexpected error {e}"),
-                }
-            }
-        }
-    })
-}
-
-async fn final_values(store: &Store, history: &History) -> Vec<(String, u64)> {
-    let mut values = Vec::new();
-    for counter in history.counters() {
-        let value = match store
-            .get_player(PlayerId::new(counter.clone()).expect("id"), Access::Owner)
-            .await
-        {
-            Ok(c) => match c.reads[0].entries.first().map(|e| &e.value) {
-                Some(Value::Counter(v)) => *v as u64,
-                _ => 0,
-            },
-            Err(Error::NotFound) => 0,
-            Err(e) => panic!("final read of {counter}: {e}"),
-        };
-        values.push((counter, value));
-    }
-    values
-}
-
 /// The replica falls behind (paused while more is written than socket buffers hold), then the
 /// master dies and the stale replica is promoted.
 async fn lagging_replica_then_master_death(
@@ -111,17 +40,9 @@ async fn lagging_replica_then_master_death(
     let mut random = Seeded::new(seed);
     let mut shard = SentinelShard::start("faults-lag", profile, 1).expect("shard starts");
     let store = Store::new(&tuned(shard.config(), acknowledge)).expect("store");
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(History::default()));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writer = start_writer(
-        store.clone(),
-        seed,
-        stop.clone(),
-        history.clone(),
-        acked.clone(),
-    );
-    let count = || acked.load(Ordering::Relaxed);
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
+    let count = || writers.acknowledged();
     let warm_up = random.range(100, 300);
     assert!(
         wait_until(Duration::from_secs(20), || count() >= warm_up),
@@ -131,7 +52,7 @@ async fn lagging_replica_then_master_death(
     let master = shard.master_index().expect("a master");
     let replica = 1 - master;
     shard.servers[replica].pause().expect("pause the replica");
-    history.lock().expect("lock").fault("replica paused");
+    writers.fault("replica paused");
     // More than the kernel buffers to a stopped replica hold, so what follows never reaches it.
     // One batch, so that in the safe profile it costs one WAIT timeout rather than 256.
     let big = vec![b'x'; 60 * 1024];
@@ -152,7 +73,7 @@ async fn lagging_replica_then_master_death(
     let more = random.range(20, 60);
     // In the naive profile writes keep being acknowledged; in the safe one they cannot be.
     let _ = wait_until(Duration::from_secs(3), || count() >= after_filler + more);
-    history.lock().expect("lock").fault("master killed");
+    writers.fault("master killed");
     let killed_at = Instant::now();
     shard.servers[master].kill().expect("kill the master");
     shard.servers[replica].resume().expect("resume the replica");
@@ -171,11 +92,8 @@ async fn lagging_replica_then_master_death(
         wait_until(Duration::from_secs(30), || count() >= at_promotion + 100),
         "writes did not resume"
     );
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
-    let history = std::mem::take(&mut *history.lock().expect("lock"));
-    let values = final_values(&store, &history).await;
-    let verdict = history.check(|c| values.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v));
+    let history = writers.stop().await;
+    let verdict = history.check_against(&target).await;
     eprintln!(
         "lagging replica, {profile:?} profile, {acknowledge:?} acknowledgements, seed {seed}: {verdict:?}, \
          promotion after {promoted_after:?}, longest write gap after the kill {:?}",
@@ -222,17 +140,9 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     let mut random = Seeded::new(seed);
     let shard = SentinelShard::start("faults-pause", Profile::Safe, 2).expect("shard starts");
     let store = Store::new(&tuned(shard.config(), Acknowledge::Replicated)).expect("store");
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(History::default()));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writer = start_writer(
-        store.clone(),
-        seed,
-        stop.clone(),
-        history.clone(),
-        acked.clone(),
-    );
-    let count = || acked.load(Ordering::Relaxed);
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
+    let count = || writers.acknowledged();
     let warm_up = random.range(100, 300);
     assert!(
         wait_until(Duration::from_secs(20), || count() >= warm_up),
@@ -240,7 +150,7 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     );
 
     let master = shard.master_index().expect("a master");
-    history.lock().expect("lock").fault("master paused");
+    writers.fault("master paused");
     let paused_at = Instant::now();
     shard.servers[master].pause().expect("SIGSTOP the master");
     assert!(
@@ -254,17 +164,14 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     shard.servers[master]
         .resume()
         .expect("SIGCONT the old master");
-    history.lock().expect("lock").fault("old master resumed");
+    writers.fault("old master resumed");
     let at_resume = count();
     assert!(
         wait_until(Duration::from_secs(30), || count() >= at_resume + 200),
         "writes did not resume"
     );
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
-    let history = std::mem::take(&mut *history.lock().expect("lock"));
-    let values = final_values(&store, &history).await;
-    let verdict = history.check(|c| values.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v));
+    let history = writers.stop().await;
+    let verdict = history.check_against(&target).await;
     eprintln!(
         "paused master, seed {seed}: {verdict:?}, promotion after {promoted_after:?}, \
          longest write gap after the pause {:?}",
