@@ -68,6 +68,46 @@ pub struct Config {
     /// The gateway: listeners, timeouts, caps and tokens.
     #[serde(default)]
     pub gateway: GatewayConfig,
+    /// The archiver: MongoDB and when players move there.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+/// The archiver's settings (`[archive]`). Only the archiver reads them; the gateway shares the
+/// file so that both use the same slot map.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// MongoDB URIs (`mongodb://...`, a replica set or a mongos): one per shard, in shard
+    /// order, so that the slot map decides a player's archive shard too; or a single one for
+    /// every shard. Default none (the archiver refuses to start).
+    pub mongodb_uris: Vec<String>,
+    /// Database name. Default `colony`.
+    pub database: String,
+    /// Collection of archived players. Default `players`.
+    pub collection: String,
+    /// Players inactive this long move to MongoDB, in seconds. Default 5184000 (60 days).
+    pub inactive_after_secs: u64,
+    /// Players moved per batch. Default 500.
+    pub batch_size: usize,
+    /// Most players moved per second, 0 for no limit. Default 0.
+    pub max_players_per_sec: u64,
+    /// Time between archive passes, in seconds. Default 60.
+    pub scan_interval_secs: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            mongodb_uris: Vec::new(),
+            database: "colony".into(),
+            collection: "players".into(),
+            inactive_after_secs: 60 * 24 * 3600,
+            batch_size: 500,
+            max_players_per_sec: 0,
+            scan_interval_secs: 60,
+        }
+    }
 }
 
 /// A role a token grants.
@@ -477,6 +517,33 @@ impl Config {
             }
         }
         self.gateway.validate()?;
+        let archive = &self.archive;
+        if !archive.mongodb_uris.is_empty()
+            && archive.mongodb_uris.len() != 1
+            && archive.mongodb_uris.len() != self.shards.len()
+        {
+            return invalid(format!(
+                "archive.mongodb_uris has {} entries: give one, or one per shard ({})",
+                archive.mongodb_uris.len(),
+                self.shards.len()
+            ));
+        }
+        for uri in &archive.mongodb_uris {
+            if !uri.starts_with("mongodb://") {
+                return invalid(format!(
+                    "archive.mongodb_uris: {uri:?} is not a mongodb:// URI (mongodb+srv:// needs \
+                     a DNS resolver this build leaves out)"
+                ));
+            }
+        }
+        if archive.batch_size == 0 || archive.scan_interval_secs == 0 {
+            return invalid(
+                "archive.batch_size and archive.scan_interval_secs must be at least 1".into(),
+            );
+        }
+        if archive.database.is_empty() || archive.collection.is_empty() {
+            return invalid("archive.database and archive.collection must not be empty".into());
+        }
         // Building the map checks names, uniqueness and slot coverage.
         ShardMap::from_config(self).map(|_| ())
     }
@@ -645,6 +712,8 @@ mod tests {
             "[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [] }",
             "[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [\"nope\"] }",
             "[redis]\nacknowledge = \"eventually\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[archive]\nmongodb_uris = [\"mongodb+srv://x\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            "[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
             "[[shards]]\nname = \"a\"\nmaster = \"nohostport\"",
             "[[shards]]\nname = \"a\"\nmaster = \"h:0\"",
             "[[shards]]\nname = \"a\"\nmaster = \":80\"",
@@ -675,6 +744,11 @@ mod tests {
         };
         assert_eq!(gateway, GatewayConfig::default());
         assert_eq!(config.gateway.tokens.len(), 2);
+        let archive = ArchiveConfig {
+            mongodb_uris: Vec::new(),
+            ..config.archive.clone()
+        };
+        assert_eq!(archive, ArchiveConfig::default());
     }
 
     #[test]

@@ -116,6 +116,14 @@ pub enum Error {
     /// The player does not exist.
     #[error("player not found")]
     NotFound,
+    /// The player is archived in MongoDB and is being restored; the store asks the archiver
+    /// and retries by itself, so callers see this only from the script's decoder. It becomes
+    /// UNAVAILABLE when the archiver does not restore the player in time.
+    #[error("player archived at version {version}; restore requested")]
+    Archived {
+        /// The version the player was archived at.
+        version: u64,
+    },
     /// The shard could not be reached, and nothing was sent to it.
     #[error("shard {shard} unavailable: {reason}")]
     Unavailable {
@@ -154,6 +162,7 @@ impl Error {
             Error::OutOfBounds { .. } => Code::OutOfBounds,
             Error::IdempotencyMismatch { .. } => Code::IdempotencyMismatch,
             Error::NotFound => Code::NotFound,
+            Error::Archived { .. } => Code::Unavailable,
             Error::Unavailable { .. } => Code::Unavailable,
             Error::Timeout { .. } => Code::Timeout,
             Error::Unknown { .. } => Code::Unknown,
@@ -164,9 +173,10 @@ impl Error {
     /// Whether, and how, retrying may help.
     pub fn retry(&self) -> Retry {
         match self {
-            Error::Unavailable { .. } | Error::Timeout { .. } | Error::Unknown { .. } => {
-                Retry::SameRequest
-            }
+            Error::Unavailable { .. }
+            | Error::Timeout { .. }
+            | Error::Unknown { .. }
+            | Error::Archived { .. } => Retry::SameRequest,
             Error::Conflict { .. } => Retry::AfterReread,
             Error::Invalid(_)
             | Error::TooLarge(_)

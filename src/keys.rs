@@ -3,11 +3,12 @@
 //!
 //! | key                                   | type   | holds                                       |
 //! |---------------------------------------|--------|---------------------------------------------|
-//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock) |
+//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |
 //! | `{id}:priv`                           | hash   | private entries, same encoding              |
 //! | `{id}:idem:<client id>:<request id>`  | string | first result of an applied request, with TTL |
 //! | `colony:active` (one per shard)       | zset   | player id scored by last-active ms           |
+//! | `colony:restore` (one per shard)      | list   | restore requests for the archiver            |
 //!
 //! Routing uses the slot of the tag key `{id}` itself, computed once per player. Player ids are
 //! opaque, so one containing `}` gives Redis Cluster a shorter tag than the id; Colony's shards
@@ -21,6 +22,15 @@ use crate::slot::{key_slot, Slot};
 
 /// Per-shard sorted set of player ids scored by last-active time in milliseconds.
 pub const ACTIVE_SET: &str = "colony:active";
+
+/// Per-shard list of restore requests for the archiver: [`restore_request`] entries, pushed
+/// on the left, taken from the right.
+pub const RESTORE_QUEUE: &str = "colony:restore";
+
+/// A restore request: `f:<id>` (everything, for the owner) or `p:<id>` (the public part).
+pub fn restore_request(player: &PlayerId, full: bool) -> String {
+    format!("{}:{}", if full { 'f' } else { 'p' }, player.as_str())
+}
 
 /// Key names of one player.
 #[derive(Debug, Clone, PartialEq, Eq)]

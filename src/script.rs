@@ -192,6 +192,7 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
             })
         }
         b"IDEMPOTENCY_MISMATCH" => return Err(Error::IdempotencyMismatch { version }),
+        b"ARCHIVED" => return Err(Error::Archived { version }),
         b"INVALID" => {
             return Err(Error::Invalid(format!(
                 "the script refused operation {operation_index}"

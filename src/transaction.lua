@@ -1,6 +1,7 @@
 -- Colony's transaction script: applies one player's operations all-or-nothing.
 --
--- KEYS[1] {id}:meta   hash: v = version, t = last-active ms
+-- KEYS[1] {id}:meta   hash: v = version, t = last-active ms, a = archived at version,
+--                      p = 1 when an archived player's public part is back
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:active  zset of player ids by last-active ms (one per shard)
@@ -21,7 +22,7 @@
 --
 -- Reply: { status, version, replayed (0/1), failed operation index (from 0),
 --          then per read: operation index, entry count, then count x (name, tag, value) }
--- status is OK, CONFLICT, OUT_OF_BOUNDS, IDEMPOTENCY_MISMATCH or INVALID. tag is 'fu', 'fr'
+-- status is OK, CONFLICT, OUT_OF_BOUNDS, IDEMPOTENCY_MISMATCH, ARCHIVED or INVALID. tag is 'fu', 'fr'
 -- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
 --
 -- Operations run in order against a staged view; Redis is written only after every operation
@@ -32,7 +33,15 @@ local meta, pub, priv, active, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5
 local player, access, use_idem, ttl = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
 local LIMIT = 9007199254740991
 
-local version = tonumber(redis.call('HGET', meta, 'v') or '0')
+local state = redis.call('HMGET', meta, 'v', 'a', 'p')
+local version = tonumber(state[1] or '0')
+
+-- An archived player (meta field a = the version archived) has its entries in MongoDB only.
+-- Its public part may have been restored (p = 1) for public reads; anything else waits for
+-- the archiver to restore it.
+if state[2] and not (access == 'p' and state[3] == '1') then
+  return { 'ARCHIVED', version, 0, 0 }
+end
 
 local fingerprint
 if use_idem then

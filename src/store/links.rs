@@ -282,6 +282,17 @@ impl ShardLinks {
         Ok(link)
     }
 
+    /// A new connection to the master, used by one caller only (for blocking commands).
+    pub(super) async fn dedicated(&self) -> Result<MultiplexedConnection, Error> {
+        match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(reason)) => Err(self.unavailable(reason)),
+            Err(_) => {
+                Err(self.unavailable("finding and connecting to the master timed out".into()))
+            }
+        }
+    }
+
     fn unavailable(&self, reason: String) -> Error {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(shard = %self.name, %reason, "cannot connect to shard");

@@ -205,6 +205,7 @@ impl Store {
                 }
                 results[position] = Some(outcome);
             }
+            self.request_restores(&txns, &again, &results).await;
             let now = Instant::now();
             if again.is_empty() || now >= deadline {
                 break;
@@ -216,8 +217,56 @@ impl Store {
         }
         Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("transaction not run".into()))))
+            .map(|r| match r {
+                Some(Err(Error::Archived { version })) => Err(Error::Unavailable {
+                    shard: String::new(),
+                    reason: format!(
+                        "the player is archived (version {version}) and the archiver did not \
+                         restore it in time"
+                    ),
+                }),
+                Some(r) => r,
+                None => Err(Error::Internal("transaction not run".into())),
+            })
             .collect())
+    }
+
+    /// Asks the archiver to restore the archived players among `positions`: everything for
+    /// owner access, the public part otherwise.
+    async fn request_restores(
+        &self,
+        txns: &[Transaction],
+        positions: &[usize],
+        results: &[Option<Result<Committed, Error>>],
+    ) {
+        let mut requests: BTreeMap<ShardIndex, std::collections::BTreeSet<String>> =
+            BTreeMap::new();
+        for &p in positions {
+            if let Some(Err(Error::Archived { .. })) = &results[p] {
+                let txn = &txns[p];
+                requests
+                    .entry(self.inner.map.shard_for_player(&txn.player))
+                    .or_default()
+                    .insert(crate::keys::restore_request(
+                        &txn.player,
+                        txn.access == Access::Owner,
+                    ));
+            }
+        }
+        let pushes = requests.into_iter().map(|(shard, requests)| async move {
+            let links = &self.inner.shards[shard.0];
+            let Ok(link) = links.get().await else { return };
+            let mut conn = link.conn.clone();
+            let pushed: Result<i64, redis::RedisError> = redis::cmd("LPUSH")
+                .arg(crate::keys::RESTORE_QUEUE)
+                .arg(requests.into_iter().collect::<Vec<_>>())
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = pushed {
+                tracing::warn!(shard = %links.name, error = %e, "cannot request a restore");
+            }
+        });
+        join_all(pushes).await;
     }
 
     fn breaker_open(&self, txn: &Transaction) -> bool {
@@ -419,6 +468,26 @@ impl Store {
             }
         }
         (outcomes, healthy)
+    }
+
+    /// A connection to `shard`'s master (found and confirmed like any request's), shared with
+    /// the store's own requests: never send blocking commands on it. For tools that keep
+    /// Colony's invariants themselves, i.e. the archiver's scripts.
+    pub async fn master_connection(
+        &self,
+        shard: ShardIndex,
+    ) -> Result<redis::aio::MultiplexedConnection, Error> {
+        let links = &self.inner.shards[shard.0];
+        links.watch_sentinels();
+        Ok(links.get().await?.conn)
+    }
+
+    /// A new connection to `shard`'s master for one user, e.g. for `BLPOP`.
+    pub async fn dedicated_connection(
+        &self,
+        shard: ShardIndex,
+    ) -> Result<redis::aio::MultiplexedConnection, Error> {
+        self.inner.shards[shard.0].dedicated().await
     }
 
     /// Sends `PING` to every shard's master; one result per shard, in shard order.
