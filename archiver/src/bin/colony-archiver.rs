@@ -1,0 +1,68 @@
+//! `colony-archiver`: parses the command line, loads the configuration shared with the
+//! gateway, sets up logging, and runs the archiver until Ctrl-C or SIGTERM — or one pass with
+//! `--once`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use colony::Config;
+use colony_archiver::worker::now;
+use colony_archiver::Archiver;
+
+/// Colony's archiver: moves inactive players to MongoDB and restores them on access.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (the gateway's; the archiver reads [archive] and the shards).
+    #[arg(long, short, default_value = "colony.toml")]
+    config: PathBuf,
+    /// Run one archive pass and exit (no restores are served).
+    #[arg(long)]
+    once: bool,
+    /// With --once: count the players a pass would move, and move nothing.
+    #[arg(long, requires = "once")]
+    dry_run: bool,
+    /// Log filter, e.g. "info", "colony_archiver=debug,info".
+    #[arg(long, default_value = "info", env = "COLONY_LOG")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter: tracing_subscriber::filter::Targets = args
+        .log
+        .parse()
+        .with_context(|| format!("bad --log filter {:?}", args.log))?;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer())
+        .with(filter)
+        .init();
+    let config = Config::load(&args.config, std::env::vars())
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let archiver = Archiver::new(&config)
+        .await
+        .context("starting the archiver")?;
+    if args.once {
+        let report = archiver.archive_pass(now(), args.dry_run).await?;
+        tracing::info!(?report, dry_run = args.dry_run, "archive pass done");
+        return Ok(());
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(shards = config.shards.len(), "colony archiver started");
+    archiver.run(stop_rx).await;
+    tracing::info!("colony archiver stopped");
+    Ok(())
+}

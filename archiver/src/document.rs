@@ -1,0 +1,205 @@
+//! The archived player document and its schema version: how a Redis snapshot becomes a
+//! MongoDB document and back.
+//!
+//! Pure: no IO. A document looks like
+//!
+//! ```text
+//! { _id: "<player id>", v: <version, i64>, schema: 1, archived_at: <date>,
+//!   public:  [ { k: "f:<name>", b: <binary> }, { k: "c:<name>", i: <i64> }, ... ],
+//!   private: [ ... ] }
+//! ```
+//!
+//! `k` is the entry's field in the player's Redis hash (`f:` bytes field, `c:` counter).
+//! Documents carry `schema`; [`from_document`] reads every schema it knows (only 1 so far) and
+//! refuses newer ones, so an old archiver never misreads what a newer one wrote.
+
+use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
+
+use colony::model::{Name, COUNTER_LIMIT};
+
+/// The schema this archiver writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Raw (field, value) pairs of one of a player's Redis hashes.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A player as read from Redis: its version and the raw pairs of its two hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The player id.
+    pub player: String,
+    /// The version the entries belong to.
+    pub version: u64,
+    /// Public hash pairs (`f:<name>` or `c:<name>`, value).
+    pub public: Pairs,
+    /// Private hash pairs.
+    pub private: Pairs,
+}
+
+/// Why a document cannot be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("archived document of {player:?} is unreadable: {reason}")]
+pub struct DocumentError {
+    /// The player, if the id was readable.
+    pub player: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn entries(pairs: &Pairs) -> Result<Vec<Bson>, String> {
+    pairs
+        .iter()
+        .map(|(field, value)| {
+            let field =
+                String::from_utf8(field.clone()).map_err(|_| "non-UTF-8 field".to_string())?;
+            if let Some(_name) = field.strip_prefix("c:") {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| format!("counter {field} is not text"))?;
+                let n: i64 = text
+                    .parse()
+                    .map_err(|_| format!("counter {field} is not a number"))?;
+                Ok(Bson::Document(doc! { "k": field, "i": n }))
+            } else {
+                Ok(Bson::Document(doc! {
+                    "k": field,
+                    "b": Binary { subtype: BinarySubtype::Generic, bytes: value.clone() },
+                }))
+            }
+        })
+        .collect()
+}
+
+/// The document for `snapshot`, archived at `archived_at`.
+pub fn to_document(snapshot: &Snapshot, archived_at: DateTime) -> Result<Document, DocumentError> {
+    let error = |reason: String| DocumentError {
+        player: snapshot.player.clone(),
+        reason,
+    };
+    Ok(doc! {
+        "_id": &snapshot.player,
+        "v": i64::try_from(snapshot.version).map_err(|_| error("version out of range".into()))?,
+        "schema": SCHEMA_VERSION,
+        "archived_at": archived_at,
+        "public": entries(&snapshot.public).map_err(error)?,
+        "private": entries(&snapshot.private).map_err(error)?,
+    })
+}
+
+fn pairs(document: &Document, key: &str) -> Result<Pairs, String> {
+    let list = document
+        .get_array(key)
+        .map_err(|_| format!("{key} is not an array"))?;
+    list.iter()
+        .map(|entry| {
+            let entry = entry
+                .as_document()
+                .ok_or_else(|| format!("{key} holds a non-document"))?;
+            let field = entry
+                .get_str("k")
+                .map_err(|_| format!("{key} entry without k"))?;
+            let (kind, name) = field
+                .split_once(':')
+                .ok_or_else(|| format!("entry {field:?} has no kind"))?;
+            Name::new(name).map_err(|e| format!("entry {field:?}: {e}"))?;
+            let value = match kind {
+                "f" => match entry.get("b") {
+                    Some(Bson::Binary(b)) => b.bytes.clone(),
+                    _ => return Err(format!("field {field:?} without binary b")),
+                },
+                "c" => {
+                    let n = entry
+                        .get_i64("i")
+                        .map_err(|_| format!("counter {field:?} without i"))?;
+                    if !(-COUNTER_LIMIT..=COUNTER_LIMIT).contains(&n) {
+                        return Err(format!("counter {field:?} out of range"));
+                    }
+                    n.to_string().into_bytes()
+                }
+                _ => return Err(format!("entry {field:?} has an unknown kind")),
+            };
+            Ok((field.as_bytes().to_vec(), value))
+        })
+        .collect()
+}
+
+/// Reads a document back into a snapshot, checking everything.
+pub fn from_document(document: &Document) -> Result<Snapshot, DocumentError> {
+    let player = document.get_str("_id").unwrap_or_default().to_string();
+    let error = |reason: String| DocumentError {
+        player: player.clone(),
+        reason,
+    };
+    if player.is_empty() {
+        return Err(error("no string _id".into()));
+    }
+    let schema = document
+        .get_i32("schema")
+        .map_err(|_| error("no schema".into()))?;
+    if schema != SCHEMA_VERSION {
+        // Schema 1 is the only one so far; a migration for an older one goes here.
+        return Err(error(format!(
+            "schema {schema} is not one this archiver reads"
+        )));
+    }
+    let version = document
+        .get_i64("v")
+        .map_err(|_| error("no version".into()))?;
+    let version = u64::try_from(version).map_err(|_| error("negative version".into()))?;
+    Ok(Snapshot {
+        version,
+        public: pairs(document, "public").map_err(error)?,
+        private: pairs(document, "private").map_err(error)?,
+        player,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            player: "p-1".into(),
+            version: 7,
+            public: vec![
+                (b"f:nick".to_vec(), b"Al".to_vec()),
+                (b"c:level".to_vec(), b"12".to_vec()),
+            ],
+            private: vec![
+                (b"f:mail".to_vec(), vec![0, 255]),
+                (b"c:gold".to_vec(), b"-5".to_vec()),
+            ],
+        }
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let document = to_document(&snapshot(), DateTime::from_millis(0)).expect("encodes");
+        assert_eq!(document.get_i64("v"), Ok(7));
+        assert_eq!(from_document(&document), Ok(snapshot()));
+    }
+
+    #[test]
+    fn bad_documents_are_refused() {
+        let good = to_document(&snapshot(), DateTime::from_millis(0)).expect("encodes");
+        let mut newer = good.clone();
+        newer.insert("schema", 2);
+        let mut bad_name = good.clone();
+        bad_name.insert("public", vec![Bson::Document(doc! { "k": "f:bad name", "b": Binary { subtype: BinarySubtype::Generic, bytes: vec![] } })]);
+        let mut huge = good.clone();
+        huge.insert(
+            "private",
+            vec![Bson::Document(doc! { "k": "c:g", "i": i64::MAX })],
+        );
+        let mut no_version = good.clone();
+        no_version.remove("v");
+        for document in [newer, bad_name, huge, no_version, doc! {}] {
+            assert!(from_document(&document).is_err(), "{document}");
+        }
+        let mut not_a_number = snapshot();
+        not_a_number
+            .private
+            .push((b"c:x".to_vec(), b"abc".to_vec()));
+        assert!(to_document(&not_a_number, DateTime::from_millis(0)).is_err());
+    }
+}

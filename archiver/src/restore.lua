@@ -1,0 +1,36 @@
+-- Puts an archived player's entries back from its MongoDB document. Safe to run concurrently
+-- and repeatedly: only a player still marked archived at exactly the document's version is
+-- touched, and the public part is written once.
+-- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:active
+-- ARGV[1] player id, ARGV[2] document version, ARGV[3] '1' for everything, '0' for the
+-- public part, ARGV[4] number of public pairs n, then n public (field, value) pairs, then the
+-- private pairs.
+-- Reply: RESTORED, PUBLIC_RESTORED, NOT_ARCHIVED or VERSION_MISMATCH.
+local m = redis.call('HMGET', KEYS[1], 'a', 'p')
+if not m[1] then return 'NOT_ARCHIVED' end
+if tonumber(m[1]) ~= tonumber(ARGV[2]) then return 'VERSION_MISMATCH' end
+local npub = tonumber(ARGV[4])
+local first_private = 5 + 2 * npub
+
+-- HSET in slices: Lua's stack holds a few thousand values at most.
+local function hset(key, from, to)
+  local i = from
+  while i <= to do
+    local last = math.min(i + 999, to)
+    redis.call('HSET', key, unpack(ARGV, i, last))
+    i = last + 1
+  end
+end
+
+if m[2] ~= '1' and npub > 0 then hset(KEYS[2], 5, first_private - 1) end
+if ARGV[3] == '1' then
+  if #ARGV >= first_private then hset(KEYS[3], first_private, #ARGV) end
+  redis.call('HDEL', KEYS[1], 'a', 'p')
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 't', now)
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  return 'RESTORED'
+end
+redis.call('HSET', KEYS[1], 'p', '1')
+return 'PUBLIC_RESTORED'

@@ -1,0 +1,526 @@
+//! The archiver's work: archive passes (Redis to MongoDB), restores (MongoDB to Redis), and
+//! the loop that runs them.
+//!
+//! ## The move, and why a crash at any step is safe
+//!
+//! 1. Take the inactive players of a shard from `colony:active` (score below the cutoff).
+//! 2. Snapshot each (a read-only script: version and both hashes).
+//! 3. Write the document to MongoDB with write concern `majority`, as an upsert that only
+//!    replaces an older version (`v < version`); a duplicate-key error means a version at
+//!    least as new is already stored, which is success.
+//! 4. Only then, a script removes the player from Redis — if its version is still the one
+//!    written and it has not become active again — and leaves the marker `a = version`.
+//!
+//! A crash before 4 leaves the player in Redis (and maybe a document in MongoDB, overwritten by
+//! the next pass); a crash after 4 leaves it archived. At every instant the player is live in
+//! Redis or durable in MongoDB, and Redis is never cleared without MongoDB's acknowledgement.
+//!
+//! ## Restores
+//!
+//! The store pushes `f:<id>` (everything, for the owner) or `p:<id>` (the public part) to the
+//! shard's `colony:restore` list when a transaction meets an archived player, and retries the
+//! transaction. The archiver takes requests with `BRPOP` on a connection of its own per shard,
+//! reads the document and runs the restore script, which only acts on a player still marked
+//! archived at the document's version: concurrent and repeated restores are harmless.
+//!
+//! ## Worker contract
+//!
+//! On shutdown the archiver stops taking new candidates and restore requests; a player whose
+//! document write has started is finished (written and removed, or left in Redis), never left
+//! half-way in Redis. Interrupting it anywhere is still safe by the argument above; finishing
+//! only saves redoing the work.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::options::{CollectionOptions, WriteConcern};
+use mongodb::Collection;
+use redis::Value as RedisValue;
+use tokio::sync::watch;
+
+use colony::config::ArchiveConfig;
+use colony::keys::{PlayerKeys, ACTIVE_SET, RESTORE_QUEUE};
+use colony::shard_map::ShardIndex;
+use colony::{Config, PlayerId, Store};
+
+use crate::document::{from_document, to_document, Pairs, Snapshot};
+
+static SNAPSHOT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("snapshot.lua")));
+static ARCHIVE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("archive.lua")));
+static RESTORE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("restore.lua")));
+
+/// Everything that can stop a step of the archiver.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Configuration is missing or wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Redis failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// MongoDB failed or could not be reached.
+    #[error("mongodb: {0}")]
+    Mongo(String),
+    /// A stored document cannot be read.
+    #[error(transparent)]
+    Document(#[from] crate::document::DocumentError),
+    /// The player is marked archived but no document exists.
+    #[error("player {0:?} is marked archived but has no document")]
+    MissingDocument(String),
+}
+
+impl From<colony::Error> for ArchiveError {
+    fn from(e: colony::Error) -> Self {
+        ArchiveError::Redis(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for ArchiveError {
+    fn from(e: redis::RedisError) -> Self {
+        ArchiveError::Redis(e.to_string())
+    }
+}
+
+impl From<mongodb::error::Error> for ArchiveError {
+    fn from(e: mongodb::error::Error) -> Self {
+        ArchiveError::Mongo(e.to_string())
+    }
+}
+
+/// What removing one player from Redis found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed; the marker is in place.
+    Archived,
+    /// It was archived already.
+    Already,
+    /// It changed after the snapshot: it stays in Redis.
+    Changed,
+    /// It became active after the snapshot: it stays in Redis.
+    Active,
+}
+
+/// What a restore found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restoral {
+    /// Everything is back.
+    Restored,
+    /// The public part is back.
+    PublicRestored,
+    /// The player was not archived (already restored by someone else).
+    NotArchived,
+}
+
+/// Counts of one archive pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Inactive players looked at.
+    pub candidates: u64,
+    /// Players moved to MongoDB and removed from Redis.
+    pub archived: u64,
+    /// Players that changed or became active during the move and stayed.
+    pub kept: u64,
+    /// Players that failed (and stayed in Redis).
+    pub failed: u64,
+}
+
+/// The archiver: the store's shards, and one MongoDB collection per shard.
+pub struct Archiver {
+    store: Store,
+    config: ArchiveConfig,
+    collections: Vec<Collection<Document>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+impl Archiver {
+    /// Builds the store and the MongoDB clients from `config`. Connections open lazily.
+    pub async fn new(config: &Config) -> Result<Archiver, ArchiveError> {
+        let archive = config.archive.clone();
+        if archive.mongodb_uris.is_empty() {
+            return Err(ArchiveError::Config("archive.mongodb_uris is empty".into()));
+        }
+        let store = Store::new(config).map_err(|e| ArchiveError::Config(e.to_string()))?;
+        let shards = store.shard_map().shards().len();
+        let mut clients = Vec::new();
+        for uri in &archive.mongodb_uris {
+            let mut options = mongodb::options::ClientOptions::parse(uri).await?;
+            options.server_selection_timeout = Some(Duration::from_secs(5));
+            options.connect_timeout = Some(Duration::from_secs(2));
+            options.app_name = Some("colony-archiver".into());
+            clients.push(mongodb::Client::with_options(options)?);
+        }
+        let write_concern = WriteConcern::majority();
+        let collections = (0..shards)
+            .map(|shard| {
+                let client = &clients[if clients.len() == 1 { 0 } else { shard }];
+                client
+                    .database(&archive.database)
+                    .collection_with_options::<Document>(
+                        &archive.collection,
+                        CollectionOptions::builder()
+                            .write_concern(write_concern.clone())
+                            .build(),
+                    )
+            })
+            .collect();
+        Ok(Archiver {
+            store,
+            config: archive,
+            collections,
+        })
+    }
+
+    /// The store the archiver works on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn shards(&self) -> impl Iterator<Item = ShardIndex> {
+        (0..self.collections.len()).map(ShardIndex)
+    }
+
+    /// The last-active time below which players are archived, for `now` (ms).
+    pub fn cutoff(&self, now: u64) -> u64 {
+        now.saturating_sub(self.config.inactive_after_secs.saturating_mul(1000))
+    }
+
+    /// Inactive players of `shard` (last active at or before `cutoff`), at most `limit`.
+    pub async fn candidates(
+        &self,
+        shard: ShardIndex,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, ArchiveError> {
+        let mut conn = self.store.master_connection(shard).await?;
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(ACTIVE_SET)
+            .arg("-inf")
+            .arg(cutoff)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids)
+    }
+
+    /// Reads a player from Redis; `None` when it is already archived or does not exist.
+    pub async fn snapshot(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+    ) -> Result<Option<Snapshot>, ArchiveError> {
+        let keys = PlayerKeys::new(player);
+        let mut conn = self.store.master_connection(shard).await?;
+        let reply: RedisValue = SNAPSHOT
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .invoke_async(&mut conn)
+            .await?;
+        let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
+        let RedisValue::Array(items) = reply else {
+            return Err(bad());
+        };
+        let [RedisValue::Int(version), RedisValue::Int(archived), public, private] =
+            items.as_slice()
+        else {
+            return Err(bad());
+        };
+        if *archived >= 0 || *version <= 0 {
+            return Ok(None);
+        }
+        let flat = |v: &RedisValue| -> Result<Pairs, ArchiveError> {
+            let RedisValue::Array(items) = v else {
+                return Err(bad());
+            };
+            items
+                .chunks_exact(2)
+                .map(|pair| match pair {
+                    [RedisValue::BulkString(k), RedisValue::BulkString(v)] => {
+                        Ok((k.clone(), v.clone()))
+                    }
+                    _ => Err(bad()),
+                })
+                .collect()
+        };
+        Ok(Some(Snapshot {
+            player: player.as_str().to_string(),
+            version: *version as u64,
+            public: flat(public)?,
+            private: flat(private)?,
+        }))
+    }
+
+    /// Writes `snapshot` to MongoDB with write concern majority, never over a newer version.
+    pub async fn write_document(
+        &self,
+        shard: ShardIndex,
+        snapshot: &Snapshot,
+    ) -> Result<(), ArchiveError> {
+        let document = to_document(snapshot, DateTime::now())?;
+        let filter =
+            doc! { "_id": &snapshot.player, "v": { "$lt": document.get_i64("v").unwrap_or(0) } };
+        let written = self.collections[shard.0]
+            .replace_one(filter, document)
+            .upsert(true)
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            // The filter missed because a version at least as new is stored, and the upsert's
+            // insert then collided with it: the archive already has this state or a later one.
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a player from Redis if it is still at `version` and still inactive.
+    pub async fn remove(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+        version: u64,
+        cutoff: u64,
+    ) -> Result<Removal, ArchiveError> {
+        let keys = PlayerKeys::new(player);
+        let mut conn = self.store.master_connection(shard).await?;
+        let outcome: String = ARCHIVE
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .key(ACTIVE_SET)
+            .arg(player.as_str())
+            .arg(version)
+            .arg(cutoff)
+            .invoke_async(&mut conn)
+            .await?;
+        match outcome.as_str() {
+            "ARCHIVED" => Ok(Removal::Archived),
+            "ALREADY" => Ok(Removal::Already),
+            "CHANGED" => Ok(Removal::Changed),
+            "ACTIVE" => Ok(Removal::Active),
+            other => Err(ArchiveError::Redis(format!(
+                "unexpected archive reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Moves one player: snapshot, MongoDB, then Redis.
+    pub async fn archive_player(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+        cutoff: u64,
+    ) -> Result<Removal, ArchiveError> {
+        let Some(snapshot) = self.snapshot(shard, player).await? else {
+            return Ok(Removal::Already);
+        };
+        self.write_document(shard, &snapshot).await?;
+        self.remove(shard, player, snapshot.version, cutoff).await
+    }
+
+    /// One pass over every shard: up to `batch_size` inactive players per shard per round,
+    /// rounds until none are left (or `dry_run`, which only counts candidates).
+    pub async fn archive_pass(&self, now: u64, dry_run: bool) -> Result<PassReport, ArchiveError> {
+        let cutoff = self.cutoff(now);
+        let mut report = PassReport::default();
+        for shard in self.shards() {
+            let mut failed_before = std::collections::HashSet::new();
+            loop {
+                let ids = self
+                    .candidates(shard, cutoff, self.config.batch_size)
+                    .await?;
+                let ids: Vec<String> = ids
+                    .into_iter()
+                    .filter(|id| !failed_before.contains(id))
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
+                report.candidates += ids.len() as u64;
+                if dry_run {
+                    break;
+                }
+                let started = Instant::now();
+                let moves = ids.iter().map(|id| async move {
+                    let player = PlayerId::new(id.clone())
+                        .map_err(|e| ArchiveError::Redis(e.to_string()))?;
+                    self.archive_player(shard, &player, cutoff).await
+                });
+                let mut progressed = false;
+                for (id, outcome) in ids.iter().zip(join_all(moves).await) {
+                    match outcome {
+                        Ok(Removal::Archived) => {
+                            report.archived += 1;
+                            progressed = true;
+                        }
+                        Ok(Removal::Already) => progressed = true,
+                        Ok(Removal::Changed | Removal::Active) => {
+                            report.kept += 1;
+                            failed_before.insert(id.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
+                            report.failed += 1;
+                            failed_before.insert(id.clone());
+                        }
+                    }
+                }
+                if report.failed > 0 && !progressed {
+                    break;
+                }
+                if self.config.max_players_per_sec > 0 {
+                    let budget = Duration::from_secs_f64(
+                        ids.len() as f64 / self.config.max_players_per_sec as f64,
+                    );
+                    if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(rest).await;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Restores a player from MongoDB: everything when `full`, else the public part.
+    pub async fn restore(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+        full: bool,
+    ) -> Result<Restoral, ArchiveError> {
+        let document = self.collections[shard.0]
+            .find_one(doc! { "_id": player.as_str() })
+            .await?
+            .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;
+        let snapshot = from_document(&document)?;
+        let keys = PlayerKeys::new(player);
+        let mut invocation = RESTORE.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .key(ACTIVE_SET)
+            .arg(player.as_str())
+            .arg(snapshot.version)
+            .arg(if full { "1" } else { "0" })
+            .arg(snapshot.public.len());
+        for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
+            invocation.arg(field.as_slice()).arg(value.as_slice());
+        }
+        let mut conn = self.store.master_connection(shard).await?;
+        let outcome: String = invocation.invoke_async(&mut conn).await?;
+        match outcome.as_str() {
+            "RESTORED" => Ok(Restoral::Restored),
+            "PUBLIC_RESTORED" => Ok(Restoral::PublicRestored),
+            "NOT_ARCHIVED" => Ok(Restoral::NotArchived),
+            "VERSION_MISMATCH" => Err(ArchiveError::Document(crate::document::DocumentError {
+                player: player.as_str().to_string(),
+                reason: "the document's version is not the one Redis archived".into(),
+            })),
+            other => Err(ArchiveError::Redis(format!(
+                "unexpected restore reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Serves one shard's restore requests until `stop` turns true.
+    pub async fn serve_restores(&self, shard: ShardIndex, mut stop: watch::Receiver<bool>) {
+        let mut conn = None;
+        while !*stop.borrow() {
+            if conn.is_none() {
+                match self.store.dedicated_connection(shard).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(shard = shard.0, error = %e, "restore queue unreachable");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let mut blpop = redis::cmd("BRPOP");
+            blpop.arg(RESTORE_QUEUE).arg(1);
+            let popped: Result<Option<(String, String)>, redis::RedisError> = tokio::select! {
+                popped = blpop.query_async(c) => popped,
+                _ = stop.changed() => break,
+            };
+            let request = match popped {
+                Ok(Some((_, request))) => request,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(shard = shard.0, error = %e, "restore queue failed");
+                    conn = None;
+                    continue;
+                }
+            };
+            let (full, id) = match request.split_once(':') {
+                Some(("f", id)) => (true, id),
+                Some(("p", id)) => (false, id),
+                _ => {
+                    tracing::warn!(%request, "malformed restore request dropped");
+                    continue;
+                }
+            };
+            let Ok(player) = PlayerId::new(id) else {
+                tracing::warn!(%request, "restore request with an invalid player id dropped");
+                continue;
+            };
+            let started = Instant::now();
+            match self.restore(shard, &player, full).await {
+                Ok(outcome) => {
+                    tracing::debug!(player = %id, ?outcome, elapsed = ?started.elapsed(), "restore")
+                }
+                Err(e) => tracing::warn!(player = %id, error = %e, "restore failed"),
+            }
+        }
+    }
+
+    /// Runs until `stop` turns true: every shard's restore queue, and an archive pass every
+    /// `scan_interval_secs`.
+    pub async fn run(&self, stop: watch::Receiver<bool>) {
+        let restores = self
+            .shards()
+            .map(|shard| self.serve_restores(shard, stop.clone()));
+        let passes = async {
+            let mut stop = stop.clone();
+            while !*stop.borrow() {
+                match self.archive_pass(now_ms(), false).await {
+                    Ok(report) => tracing::info!(?report, "archive pass"),
+                    Err(e) => tracing::warn!(error = %e, "archive pass failed; retrying next time"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(self.config.scan_interval_secs)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        };
+        tokio::join!(join_all(restores), passes);
+    }
+}
+
+/// Milliseconds since the epoch, by this machine's clock (the cutoff for a pass).
+pub fn now() -> u64 {
+    now_ms()
+}

@@ -1,0 +1,330 @@
+//! The archiver against real redis-server and a real MongoDB-wire server (SecantusDB, or the
+//! MongoDB named by COLONY_TEST_MONGODB_URI): moves, restores with the public/private rules,
+//! players that wake up mid-move, MongoDB down, concurrent restores, stale writes.
+
+use std::sync::Arc;
+
+use colony::shard_map::ShardIndex;
+use colony::testkit::{config_for, MongoServer, RedisServer};
+use colony::{
+    Access, Config, Error, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Value,
+    Visibility,
+};
+use colony_archiver::document::Snapshot;
+use colony_archiver::worker::now;
+use colony_archiver::{Archiver, Removal};
+use mongodb::bson::doc;
+
+static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn config(redis: &RedisServer, mongo: &MongoServer) -> Config {
+    let mut config = config_for(&[redis]);
+    config.archive.mongodb_uris = vec![mongo.uri().to_string()];
+    // A database per test, so that a shared real MongoDB keeps tests apart.
+    config.archive.database = format!(
+        "colony_test_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    config.archive.inactive_after_secs = 0;
+    config.redis.retry_deadline_ms = 3000;
+    config
+}
+
+fn pid(s: &str) -> PlayerId {
+    PlayerId::new(s).expect("valid id")
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid name")
+}
+
+async fn create(store: &Store, player: &str, request: u64) {
+    let txn = Transaction::owner(pid(player), IdempotencyKey::new("t", request).ok())
+        .with(Operation::SetField {
+            name: name("nick"),
+            value: player.as_bytes().to_vec(),
+            visibility: Visibility::Public,
+        })
+        .with(Operation::IncrementCounter {
+            name: name("gold"),
+            delta: 50,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        });
+    store.execute(txn).await.expect("creates");
+}
+
+async fn exists(redis: &RedisServer, key: &str) -> bool {
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    n == 1
+}
+
+async fn digest(redis: &RedisServer) -> String {
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    redis::cmd("DEBUG")
+        .arg("DIGEST")
+        .query_async(&mut conn)
+        .await
+        .expect("digest")
+}
+
+/// The restore loop of shard 0, as the archiver process runs it.
+fn serve_restores(archiver: &Arc<Archiver>) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let archiver = archiver.clone();
+    tokio::spawn(async move { archiver.serve_restores(ShardIndex(0), stopped).await });
+    stop
+}
+
+fn names(c: &colony::Committed) -> Vec<(String, Visibility)> {
+    c.reads[0]
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str().to_string(), e.visibility))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_move_to_mongodb_and_come_back_public_first_then_whole() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    create(&store, "alice", 1).await;
+    create(&store, "bob", 2).await;
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!(
+        (report.candidates, report.archived, report.failed),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    assert!(!exists(&redis, "{alice}:pub").await && !exists(&redis, "{alice}:priv").await);
+    assert!(exists(&redis, "{alice}:meta").await, "the marker stays");
+    let stored = mongodb::Client::with_uri_str(mongo.uri())
+        .await
+        .expect("client")
+        .database(&config.archive.database)
+        .collection::<mongodb::bson::Document>(&config.archive.collection)
+        .find_one(doc! { "_id": "alice" })
+        .await
+        .expect("find")
+        .expect("alice is archived");
+    assert_eq!(stored.get_i64("v"), Ok(1));
+    assert_eq!(stored.get_i32("schema"), Ok(1));
+
+    let _restores = serve_restores(&archiver);
+    // A friend's look restores the public part only.
+    let public = store
+        .get_player(pid("alice"), Access::Public)
+        .await
+        .expect("public read");
+    assert_eq!(
+        names(&public),
+        vec![("nick".to_string(), Visibility::Public)]
+    );
+    assert!(exists(&redis, "{alice}:pub").await);
+    assert!(
+        !exists(&redis, "{alice}:priv").await,
+        "private part restored by a public read"
+    );
+    // The owner's login restores everything.
+    let owner = store
+        .get_player(pid("alice"), Access::Owner)
+        .await
+        .expect("owner read");
+    assert_eq!(
+        names(&owner),
+        vec![
+            ("gold".to_string(), Visibility::Private),
+            ("nick".to_string(), Visibility::Public)
+        ]
+    );
+    assert_eq!(owner.version, 1);
+    let write = Transaction::owner(pid("alice"), IdempotencyKey::new("t", 3).ok()).with(
+        Operation::IncrementCounter {
+            name: name("gold"),
+            delta: -10,
+            min: Some(0),
+            max: None,
+            visibility: Visibility::Private,
+        },
+    );
+    assert_eq!(store.execute(write).await.expect("writes").version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_who_changes_or_wakes_up_mid_move_stays_in_redis() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    create(&store, "carol", 1).await;
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    let shard = ShardIndex(0);
+    let cutoff = now() + 1000;
+
+    // Snapshot and MongoDB write happen, then the player writes before the removal.
+    let snapshot = archiver
+        .snapshot(shard, &pid("carol"))
+        .await
+        .expect("snapshot")
+        .expect("live");
+    archiver
+        .write_document(shard, &snapshot)
+        .await
+        .expect("written");
+    create(&store, "carol", 2).await;
+    assert_eq!(
+        archiver
+            .remove(shard, &pid("carol"), snapshot.version, cutoff)
+            .await
+            .expect("runs"),
+        Removal::Changed
+    );
+    // Or it just became active (logged in) at the same version.
+    let snapshot = archiver
+        .snapshot(shard, &pid("carol"))
+        .await
+        .expect("snapshot")
+        .expect("live");
+    assert_eq!(
+        archiver
+            .remove(shard, &pid("carol"), snapshot.version, now() - 60_000)
+            .await
+            .expect("runs"),
+        Removal::Active
+    );
+    let state = store
+        .get_player(pid("carol"), Access::Owner)
+        .await
+        .expect("still in Redis");
+    assert_eq!(state.version, 2);
+    assert_eq!(state.reads[0].entries[0].value, Value::Counter(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mongodb_down_nothing_leaves_redis() {
+    let redis = RedisServer::start().expect("redis");
+    let mut mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    create(&store, "dave", 1).await;
+    create(&store, "erin", 2).await;
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    if std::env::var("COLONY_TEST_MONGODB_URI").is_ok() {
+        return; // A shared real MongoDB is not ours to kill.
+    }
+    mongo.kill().expect("MongoDB goes down");
+    let before = digest(&redis).await;
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("the pass itself runs");
+    assert_eq!((report.archived, report.failed), (0, 2), "{report:?}");
+    assert_eq!(
+        digest(&redis).await,
+        before,
+        "Redis changed although MongoDB never acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_during_a_restore_all_see_the_whole_player() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    create(&store, "fay", 1).await;
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    let _restores = serve_restores(&archiver);
+    let logins = (0..16).map(|_| store.get_player(pid("fay"), Access::Owner));
+    for login in futures_util::future::join_all(logins).await {
+        let login = login.expect("restored");
+        assert_eq!(login.version, 1);
+        assert_eq!(login.reads[0].entries.len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_archiver_an_archived_player_is_unavailable_never_empty() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    config.redis.retry_deadline_ms = 300;
+    let store = Store::new(&config).expect("store");
+    create(&store, "gus", 1).await;
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    for access in [Access::Owner, Access::Public] {
+        let result = store.get_player(pid("gus"), access).await;
+        assert!(
+            matches!(&result, Err(Error::Unavailable { reason, .. }) if reason.contains("archived")),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_never_overwrites_a_newer_document() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    let snapshot = |version: u64, nick: &[u8]| Snapshot {
+        player: "hal".into(),
+        version,
+        public: vec![(b"f:nick".to_vec(), nick.to_vec())],
+        private: vec![],
+    };
+    let shard = ShardIndex(0);
+    archiver
+        .write_document(shard, &snapshot(2, b"new"))
+        .await
+        .expect("newer");
+    archiver
+        .write_document(shard, &snapshot(1, b"old"))
+        .await
+        .expect("stale write is not an error");
+    archiver
+        .write_document(shard, &snapshot(2, b"new"))
+        .await
+        .expect("same version again");
+    let stored = mongodb::Client::with_uri_str(mongo.uri())
+        .await
+        .expect("client")
+        .database(&config.archive.database)
+        .collection::<mongodb::bson::Document>(&config.archive.collection)
+        .find_one(doc! { "_id": "hal" })
+        .await
+        .expect("find")
+        .expect("stored");
+    let back = colony_archiver::document::from_document(&stored).expect("readable");
+    assert_eq!(back, snapshot(2, b"new"));
+}
