@@ -323,6 +323,141 @@ impl Archiver {
         }
     }
 
+    /// Writes many snapshots in one `update` command (unordered, write concern majority),
+    /// each only over an older version. One result per snapshot, in order.
+    pub async fn write_documents(
+        &self,
+        shard: ShardIndex,
+        snapshots: &[Snapshot],
+    ) -> Vec<Result<(), ArchiveError>> {
+        let collection = &self.collections[shard.0];
+        let mut updates = Vec::with_capacity(snapshots.len());
+        let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(snapshots.len());
+        for snapshot in snapshots {
+            match to_document(snapshot, DateTime::now()) {
+                Ok(document) => {
+                    let version = document.get_i64("v").unwrap_or(0);
+                    updates.push(doc! {
+                        "q": { "_id": &snapshot.player, "v": { "$lt": version } },
+                        "u": document,
+                        "upsert": true,
+                    });
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        if updates.is_empty() {
+            return results;
+        }
+        // Positions in `results` of the updates actually sent, in the order sent.
+        let sent: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_ok()).collect();
+        let reply = collection
+            .client()
+            .database(collection.namespace().db.as_str())
+            .run_command(doc! {
+                "update": collection.name(),
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": { "w": "majority" },
+            })
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                let reason = e.to_string();
+                for &i in &sent {
+                    results[i] = Err(ArchiveError::Mongo(reason.clone()));
+                }
+                return results;
+            }
+        };
+        if let Ok(concern) = reply.get_document("writeConcernError") {
+            for &i in &sent {
+                results[i] = Err(ArchiveError::Mongo(format!(
+                    "write concern not met: {concern}"
+                )));
+            }
+            return results;
+        }
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for error in errors.iter().filter_map(|e| e.as_document()) {
+                let index = error.get_i32("index").unwrap_or(-1);
+                let code = error.get_i32("code").unwrap_or(0);
+                // Duplicate key: a version at least as new is stored, which is success.
+                if code == 11000 {
+                    continue;
+                }
+                if let Some(&i) = usize::try_from(index).ok().and_then(|k| sent.get(k)) {
+                    results[i] = Err(ArchiveError::Mongo(format!(
+                        "write error {code}: {}",
+                        error.get_str("errmsg").unwrap_or("")
+                    )));
+                }
+            }
+        }
+        results
+    }
+
+    /// Moves a batch of one shard's players: snapshots, one MongoDB command, then removals.
+    async fn archive_batch(
+        &self,
+        shard: ShardIndex,
+        ids: &[String],
+        cutoff: u64,
+    ) -> Vec<Result<Removal, ArchiveError>> {
+        let players: Vec<Result<PlayerId, String>> = ids
+            .iter()
+            .map(|id| PlayerId::new(id.clone()).map_err(|e| e.to_string()))
+            .collect();
+        let snapshots = join_all(players.iter().map(|p| async move {
+            match p {
+                Ok(player) => self.snapshot(shard, player).await,
+                Err(e) => Err(ArchiveError::Redis(e.clone())),
+            }
+        }))
+        .await;
+        let to_write: Vec<Snapshot> = snapshots
+            .iter()
+            .filter_map(|s| s.as_ref().ok().and_then(Clone::clone))
+            .collect();
+        let mut written = self.write_documents(shard, &to_write).await.into_iter();
+        let mut outcomes: Vec<Option<Result<Removal, ArchiveError>>> =
+            Vec::with_capacity(ids.len());
+        let mut removals = Vec::new();
+        for (i, snapshot) in snapshots.into_iter().enumerate() {
+            match snapshot {
+                Err(e) => outcomes.push(Some(Err(e))),
+                Ok(None) => outcomes.push(Some(Ok(Removal::Already))),
+                Ok(Some(snapshot)) => match written.next() {
+                    Some(Ok(())) => {
+                        outcomes.push(None);
+                        removals.push((i, snapshot.version));
+                    }
+                    Some(Err(e)) => outcomes.push(Some(Err(e))),
+                    None => outcomes.push(Some(Err(ArchiveError::Mongo("no write result".into())))),
+                },
+            }
+        }
+        let removed = join_all(removals.iter().map(|&(i, version)| {
+            let player = &players[i];
+            async move {
+                match player {
+                    Ok(player) => self.remove(shard, player, version, cutoff).await,
+                    Err(e) => Err(ArchiveError::Redis(e.clone())),
+                }
+            }
+        }))
+        .await;
+        for ((i, _), outcome) in removals.iter().zip(removed) {
+            outcomes[*i] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(ArchiveError::Redis("no outcome".into()))))
+            .collect()
+    }
+
     /// Moves one player: snapshot, MongoDB, then Redis.
     pub async fn archive_player(
         &self,
@@ -360,13 +495,11 @@ impl Archiver {
                     break;
                 }
                 let started = Instant::now();
-                let moves = ids.iter().map(|id| async move {
-                    let player = PlayerId::new(id.clone())
-                        .map_err(|e| ArchiveError::Redis(e.to_string()))?;
-                    self.archive_player(shard, &player, cutoff).await
-                });
                 let mut progressed = false;
-                for (id, outcome) in ids.iter().zip(join_all(moves).await) {
+                for (id, outcome) in ids
+                    .iter()
+                    .zip(self.archive_batch(shard, &ids, cutoff).await)
+                {
                     match outcome {
                         Ok(Removal::Archived) => {
                             report.archived += 1;

@@ -328,3 +328,69 @@ async fn an_older_version_never_overwrites_a_newer_document() {
     let back = colony_archiver::document::from_document(&stored).expect("readable");
     assert_eq!(back, snapshot(2, b"new"));
 }
+
+/// Reads everything a player owns, restoring it if needed, as (name, visibility, value).
+async fn owner_view(store: &Store, player: &str) -> (u64, Vec<(String, Visibility, Value)>) {
+    let c = store
+        .get_player(pid(player), Access::Owner)
+        .await
+        .expect("owner read");
+    let entries = c.reads[0]
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str().to_string(), e.visibility, e.value.clone()))
+        .collect();
+    (c.version, entries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archiver_killed_at_any_step_loses_nothing_when_run_again() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let players = ["s0", "s1", "s2", "s3"];
+    for (i, p) in players.iter().enumerate() {
+        create(&store, p, i as u64 + 1).await;
+    }
+    let mut expected = Vec::new();
+    for p in players {
+        expected.push(owner_view(&store, p).await);
+    }
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let shard = ShardIndex(0);
+    let cutoff = now() + 1000;
+    // s0: killed after the snapshot, before MongoDB saw anything.
+    archiver
+        .snapshot(shard, &pid("s0"))
+        .await
+        .expect("snapshot");
+    // s1: killed after MongoDB acknowledged, before Redis was cleared.
+    let s1 = archiver
+        .snapshot(shard, &pid("s1"))
+        .await
+        .expect("snapshot")
+        .expect("live");
+    archiver.write_document(shard, &s1).await.expect("written");
+    // s2: killed after Redis was cleared (the move had finished).
+    assert_eq!(
+        archiver
+            .archive_player(shard, &pid("s2"), cutoff)
+            .await
+            .expect("moves"),
+        Removal::Archived
+    );
+    // s3: untouched. The next run finishes everything, and running it twice changes nothing.
+    let report = archiver.archive_pass(cutoff, false).await.expect("pass");
+    assert_eq!((report.archived, report.failed), (3, 0), "{report:?}");
+    let again = archiver.archive_pass(cutoff, false).await.expect("pass");
+    assert_eq!((again.candidates, again.archived), (0, 0), "{again:?}");
+    let _restores = serve_restores(&archiver);
+    for (p, want) in players.iter().zip(&expected) {
+        assert_eq!(
+            &owner_view(&store, p).await,
+            want,
+            "player {p} came back different"
+        );
+    }
+}

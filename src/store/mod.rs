@@ -211,7 +211,17 @@ impl Store {
                 break;
             }
             self.count_retries(&txns, &again);
-            tokio::time::sleep(backoff(attempt).min(deadline - now)).await;
+            // A restore takes the archiver about a millisecond: poll for it briskly rather
+            // than backing off as from a failing shard.
+            let only_restores = again
+                .iter()
+                .all(|&p| matches!(results[p], Some(Err(Error::Archived { .. }))));
+            let pause = if only_restores {
+                RESTORE_POLL
+            } else {
+                backoff(attempt)
+            };
+            tokio::time::sleep(pause.min(deadline - now)).await;
             attempt += 1;
             pending = again;
         }
@@ -517,6 +527,9 @@ impl Store {
         join_all(pings).await
     }
 }
+
+/// How often a transaction waiting for a restore is tried again.
+const RESTORE_POLL: Duration = Duration::from_millis(2);
 
 /// A random delay in `[0, min(500 ms, 10 ms * 2^attempt)]` ("full jitter"), so that clients
 /// retrying after the same failure spread out instead of arriving together.
