@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use colony::keys::{idempotency_key, PlayerKeys, ACTIVE_SET};
+use colony::keys::{idempotency_key, PlayerKeys, ACTIVE_SET, DIRTY_SET};
 use colony::script::SCRIPT;
 use colony::testkit::{config_for, RedisServer};
 use colony::{IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
@@ -167,6 +167,10 @@ async fn naive_once(
             .arg(now_ms)
             .arg(player.as_str())
             .ignore()
+            .cmd("SADD")
+            .arg(DIRTY_SET)
+            .arg(player.as_str())
+            .ignore()
             .cmd("SET")
             .arg(&idem)
             .arg("result")
@@ -191,13 +195,17 @@ fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
         .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-c", &CONCURRENCY.to_string(), "-P", &BATCH.to_string()])
         .args(["-n", &requests.to_string(), "-r", "100000000", "-q"])
-        .args(["EVALSHA", &sha, "5"])
+        .args(["EVALSHA", &sha, "6"])
         .args([
             "{__rand_int__}:meta",
             "{__rand_int__}:pub",
             "{__rand_int__}:priv",
         ])
-        .args([ACTIVE_SET, "{__rand_int__}:idem:bench:__rand_int__"])
+        .args([
+            ACTIVE_SET,
+            "{__rand_int__}:idem:bench:__rand_int__",
+            DIRTY_SET,
+        ])
         .args(["__rand_int__", "o", "1", "86400000"])
         .args(["I", "gold", "r", "1", "0", &MAX_GOLD.to_string()])
         .output()

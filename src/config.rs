@@ -94,6 +94,10 @@ pub struct ArchiveConfig {
     pub max_players_per_sec: u64,
     /// Time between archive passes, in seconds. Default 60.
     pub scan_interval_secs: u64,
+    /// Time between checkpoints (changed live players copied to MongoDB without leaving
+    /// Redis), in seconds; a lost shard can be rebuilt up to this long ago. 0 turns
+    /// checkpoints off. Default 300.
+    pub checkpoint_interval_secs: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -106,6 +110,7 @@ impl Default for ArchiveConfig {
             batch_size: 500,
             max_players_per_sec: 0,
             scan_interval_secs: 60,
+            checkpoint_interval_secs: 300,
         }
     }
 }

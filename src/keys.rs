@@ -9,6 +9,7 @@
 //! | `{id}:idem:<client id>:<request id>`  | string | first result of an applied request, with TTL |
 //! | `colony:active` (one per shard)       | zset   | player id scored by last-active ms           |
 //! | `colony:restore` (one per shard)      | list   | restore requests for the archiver            |
+//! | `colony:dirty` (one per shard)        | set    | players changed since their last checkpoint  |
 //!
 //! Routing uses the slot of the tag key `{id}` itself, computed once per player. Player ids are
 //! opaque, so one containing `}` gives Redis Cluster a shorter tag than the id; Colony's shards
@@ -22,6 +23,9 @@ use crate::slot::{key_slot, Slot};
 
 /// Per-shard sorted set of player ids scored by last-active time in milliseconds.
 pub const ACTIVE_SET: &str = "colony:active";
+
+/// Per-shard set of players changed since the archiver last checkpointed them.
+pub const DIRTY_SET: &str = "colony:dirty";
 
 /// Per-shard list of restore requests for the archiver: [`restore_request`] entries, pushed
 /// on the left, taken from the right.

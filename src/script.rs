@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use redis::Value as RedisValue;
 
 use crate::error::Error;
-use crate::keys::{self, PlayerKeys, ACTIVE_SET};
+use crate::keys::{self, PlayerKeys, ACTIVE_SET, DIRTY_SET};
 use crate::model::{
     Access, Committed, Entry, Name, Operation, ReadResult, Transaction, Value, Visibility,
 };
@@ -23,14 +23,14 @@ pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new
 /// Keys and arguments for one `EVALSHA` of the transaction script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
-    /// The five keys the script declares.
-    pub keys: [Vec<u8>; 5],
+    /// The six keys the script declares.
+    pub keys: [Vec<u8>; 6],
     /// The script's arguments.
     pub args: Vec<Vec<u8>>,
 }
 
 impl Invocation {
-    /// Appends this invocation as `EVALSHA sha 5 keys.. args..` to `pipe`.
+    /// Appends this invocation as `EVALSHA sha 6 keys.. args..` to `pipe`.
     pub fn add_to(&self, pipe: &mut redis::Pipeline) {
         let cmd = pipe
             .cmd("EVALSHA")
@@ -140,6 +140,7 @@ pub fn encode(txn: &Transaction, idempotency_ttl_ms: u64) -> Invocation {
             keys_of.private,
             ACTIVE_SET.as_bytes().to_vec(),
             idem_key,
+            DIRTY_SET.as_bytes().to_vec(),
         ],
         args,
     }

@@ -6,6 +6,7 @@
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:active  zset of player ids by last-active ms (one per shard)
 -- KEYS[5] {id}:idem:<client>:<request>, or KEYS[1] again when there is no idempotency key
+-- KEYS[6] colony:dirty   set of players changed since their last checkpoint (one per shard)
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public
@@ -226,6 +227,8 @@ if mutated then
   version = version + 1
   redis.call('HSET', meta, 'v', version, 't', now)
   redis.call('ZADD', active, now, player)
+  -- The archiver's checkpoints copy changed players to MongoDB.
+  redis.call('SADD', KEYS[6], player)
 elseif access == 'o' and version > 0 then
   -- An owner's read is activity too; reads by others are not.
   redis.call('HSET', meta, 't', now)

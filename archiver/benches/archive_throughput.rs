@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use colony::shard_map::ShardIndex;
 use colony::testkit::{config_for, MongoServer, RedisServer};
 use colony::{Access, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
-use colony_archiver::document::{to_document, Snapshot};
+use colony_archiver::document::{to_document, DocState, Snapshot};
 use colony_archiver::worker::now;
 use colony_archiver::Archiver;
 use mongodb::bson::DateTime;
@@ -101,6 +101,7 @@ async fn main() {
                     ],
                 },
                 DateTime::now(),
+                DocState::Archived,
             )
             .unwrap()
         })

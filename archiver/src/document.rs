@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! { _id: "<player id>", v: <version, i64>, schema: 1, archived_at: <date>,
+//!   state: "archived" | "checkpoint",
 //!   public:  [ { k: "f:<name>", b: <binary> }, { k: "c:<name>", i: <i64> }, ... ],
 //!   private: [ ... ] }
 //! ```
@@ -19,6 +20,25 @@ use colony::model::{Name, COUNTER_LIMIT};
 
 /// The schema this archiver writes.
 pub const SCHEMA_VERSION: i32 = 1;
+
+/// Whether a document is the archive of a player no longer in Redis, or a checkpoint copy of
+/// a player who still is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocState {
+    /// The player was moved out of Redis at this version.
+    Archived,
+    /// A copy of a live player, for rebuilding a lost shard.
+    Checkpoint,
+}
+
+impl DocState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DocState::Archived => "archived",
+            DocState::Checkpoint => "checkpoint",
+        }
+    }
+}
 
 /// Raw (field, value) pairs of one of a player's Redis hashes.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -69,8 +89,12 @@ fn entries(pairs: &Pairs) -> Result<Vec<Bson>, String> {
         .collect()
 }
 
-/// The document for `snapshot`, archived at `archived_at`.
-pub fn to_document(snapshot: &Snapshot, archived_at: DateTime) -> Result<Document, DocumentError> {
+/// The document for `snapshot`, written at `archived_at`.
+pub fn to_document(
+    snapshot: &Snapshot,
+    archived_at: DateTime,
+    state: DocState,
+) -> Result<Document, DocumentError> {
     let error = |reason: String| DocumentError {
         player: snapshot.player.clone(),
         reason,
@@ -80,6 +104,7 @@ pub fn to_document(snapshot: &Snapshot, archived_at: DateTime) -> Result<Documen
         "v": i64::try_from(snapshot.version).map_err(|_| error("version out of range".into()))?,
         "schema": SCHEMA_VERSION,
         "archived_at": archived_at,
+        "state": state.as_str(),
         "public": entries(&snapshot.public).map_err(error)?,
         "private": entries(&snapshot.private).map_err(error)?,
     })
@@ -122,6 +147,18 @@ fn pairs(document: &Document, key: &str) -> Result<Pairs, String> {
         .collect()
 }
 
+/// Whether `document` is an archive or a checkpoint.
+pub fn document_state(document: &Document) -> Result<DocState, DocumentError> {
+    match document.get_str("state") {
+        Ok("archived") => Ok(DocState::Archived),
+        Ok("checkpoint") => Ok(DocState::Checkpoint),
+        _ => Err(DocumentError {
+            player: document.get_str("_id").unwrap_or_default().to_string(),
+            reason: "no valid state".into(),
+        }),
+    }
+}
+
 /// Reads a document back into a snapshot, checking everything.
 pub fn from_document(document: &Document) -> Result<Snapshot, DocumentError> {
     let player = document.get_str("_id").unwrap_or_default().to_string();
@@ -141,6 +178,7 @@ pub fn from_document(document: &Document) -> Result<Snapshot, DocumentError> {
             "schema {schema} is not one this archiver reads"
         )));
     }
+    document_state(document)?;
     let version = document
         .get_i64("v")
         .map_err(|_| error("no version".into()))?;
@@ -174,14 +212,16 @@ mod tests {
 
     #[test]
     fn snapshots_round_trip() {
-        let document = to_document(&snapshot(), DateTime::from_millis(0)).expect("encodes");
+        let document = to_document(&snapshot(), DateTime::from_millis(0), DocState::Archived)
+            .expect("encodes");
         assert_eq!(document.get_i64("v"), Ok(7));
         assert_eq!(from_document(&document), Ok(snapshot()));
     }
 
     #[test]
     fn bad_documents_are_refused() {
-        let good = to_document(&snapshot(), DateTime::from_millis(0)).expect("encodes");
+        let good = to_document(&snapshot(), DateTime::from_millis(0), DocState::Archived)
+            .expect("encodes");
         let mut newer = good.clone();
         newer.insert("schema", 2);
         let mut bad_name = good.clone();
@@ -193,13 +233,20 @@ mod tests {
         );
         let mut no_version = good.clone();
         no_version.remove("v");
-        for document in [newer, bad_name, huge, no_version, doc! {}] {
+        let mut no_state = good.clone();
+        no_state.insert("state", "lost");
+        for document in [newer, bad_name, huge, no_version, no_state, doc! {}] {
             assert!(from_document(&document).is_err(), "{document}");
         }
         let mut not_a_number = snapshot();
         not_a_number
             .private
             .push((b"c:x".to_vec(), b"abc".to_vec()));
-        assert!(to_document(&not_a_number, DateTime::from_millis(0)).is_err());
+        assert!(to_document(
+            &not_a_number,
+            DateTime::from_millis(0),
+            DocState::Checkpoint
+        )
+        .is_err());
     }
 }

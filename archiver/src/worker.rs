@@ -40,11 +40,11 @@ use redis::Value as RedisValue;
 use tokio::sync::watch;
 
 use colony::config::ArchiveConfig;
-use colony::keys::{PlayerKeys, ACTIVE_SET, RESTORE_QUEUE};
+use colony::keys::{PlayerKeys, ACTIVE_SET, DIRTY_SET, RESTORE_QUEUE};
 use colony::shard_map::ShardIndex;
 use colony::{Config, PlayerId, Store};
 
-use crate::document::{from_document, to_document, Pairs, Snapshot};
+use crate::document::{document_state, from_document, to_document, DocState, Pairs, Snapshot};
 
 static SNAPSHOT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("snapshot.lua")));
@@ -52,6 +52,10 @@ static ARCHIVE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("archive.lua")));
 static RESTORE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("restore.lua")));
+static REBUILD: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("rebuild.lua")));
+static CHECKPOINTED: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("checkpointed.lua")));
 
 /// Everything that can stop a step of the archiver.
 #[derive(Debug, thiserror::Error)]
@@ -270,15 +274,16 @@ impl Archiver {
         }))
     }
 
-    /// Writes `snapshot` to MongoDB with write concern majority, never over a newer version.
+    /// Writes `snapshot` to MongoDB as an archive, with write concern majority, never over a
+    /// newer version (the same version is rewritten: same content, now marked archived).
     pub async fn write_document(
         &self,
         shard: ShardIndex,
         snapshot: &Snapshot,
     ) -> Result<(), ArchiveError> {
-        let document = to_document(snapshot, DateTime::now())?;
+        let document = to_document(snapshot, DateTime::now(), DocState::Archived)?;
         let filter =
-            doc! { "_id": &snapshot.player, "v": { "$lt": document.get_i64("v").unwrap_or(0) } };
+            doc! { "_id": &snapshot.player, "v": { "$lte": document.get_i64("v").unwrap_or(0) } };
         let written = self.collections[shard.0]
             .replace_one(filter, document)
             .upsert(true)
@@ -324,21 +329,29 @@ impl Archiver {
     }
 
     /// Writes many snapshots in one `update` command (unordered, write concern majority),
-    /// each only over an older version. One result per snapshot, in order.
+    /// never over a newer version: an archive also rewrites the same version (same content,
+    /// now marked archived), a checkpoint only replaces older ones. One result per snapshot,
+    /// in order.
     pub async fn write_documents(
         &self,
         shard: ShardIndex,
         snapshots: &[Snapshot],
+        state: DocState,
     ) -> Vec<Result<(), ArchiveError>> {
+        let newer_than = if state == DocState::Archived {
+            "$lte"
+        } else {
+            "$lt"
+        };
         let collection = &self.collections[shard.0];
         let mut updates = Vec::with_capacity(snapshots.len());
         let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots {
-            match to_document(snapshot, DateTime::now()) {
+            match to_document(snapshot, DateTime::now(), state) {
                 Ok(document) => {
                     let version = document.get_i64("v").unwrap_or(0);
                     updates.push(doc! {
-                        "q": { "_id": &snapshot.player, "v": { "$lt": version } },
+                        "q": { "_id": &snapshot.player, "v": { newer_than: version } },
                         "u": document,
                         "upsert": true,
                     });
@@ -421,7 +434,10 @@ impl Archiver {
             .iter()
             .filter_map(|s| s.as_ref().ok().and_then(Clone::clone))
             .collect();
-        let mut written = self.write_documents(shard, &to_write).await.into_iter();
+        let mut written = self
+            .write_documents(shard, &to_write, DocState::Archived)
+            .await
+            .into_iter();
         let mut outcomes: Vec<Option<Result<Removal, ArchiveError>>> =
             Vec::with_capacity(ids.len());
         let mut removals = Vec::new();
@@ -575,6 +591,114 @@ impl Archiver {
         }
     }
 
+    /// Copies the players of every shard that changed since their last checkpoint to MongoDB,
+    /// leaving them in Redis. Returns how many were copied.
+    pub async fn checkpoint_pass(&self) -> Result<u64, ArchiveError> {
+        let mut copied = 0;
+        for shard in self.shards() {
+            let mut conn = self.store.master_connection(shard).await?;
+            // One round over the players dirty now; those that change meanwhile wait.
+            let ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(DIRTY_SET)
+                .query_async(&mut conn)
+                .await?;
+            for chunk in ids.chunks(self.config.batch_size) {
+                let mut snapshots = Vec::new();
+                let mut gone = Vec::new();
+                for id in chunk {
+                    let Ok(player) = PlayerId::new(id.clone()) else {
+                        gone.push(id.clone());
+                        continue;
+                    };
+                    match self.snapshot(shard, &player).await? {
+                        Some(snapshot) => snapshots.push(snapshot),
+                        // Archived since (its archive is newer than any checkpoint) or gone.
+                        None => gone.push(id.clone()),
+                    }
+                }
+                let written = self
+                    .write_documents(shard, &snapshots, DocState::Checkpoint)
+                    .await;
+                for (snapshot, result) in snapshots.iter().zip(written) {
+                    match result {
+                        Ok(()) => {
+                            let keys = PlayerKeys::new(
+                                &PlayerId::new(snapshot.player.clone())
+                                    .map_err(|e| ArchiveError::Redis(e.to_string()))?,
+                            );
+                            let _: i64 = CHECKPOINTED
+                                .key(&keys.meta)
+                                .key(DIRTY_SET)
+                                .arg(&snapshot.player)
+                                .arg(snapshot.version)
+                                .invoke_async(&mut conn)
+                                .await?;
+                            copied += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(player = %snapshot.player, error = %e, "checkpoint failed; it stays dirty")
+                        }
+                    }
+                }
+                if !gone.is_empty() {
+                    let _: i64 = redis::cmd("SREM")
+                        .arg(DIRTY_SET)
+                        .arg(&gone)
+                        .query_async(&mut conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Refills `shard` from MongoDB after its Redis data was lost: every archived player gets
+    /// its marker back, every checkpointed player comes back live. Players present in Redis
+    /// are left alone. Returns (marked, live).
+    pub async fn rebuild(&self, shard: ShardIndex) -> Result<(u64, u64), ArchiveError> {
+        use futures_util::TryStreamExt;
+        let map = self.store.shard_map().clone();
+        let mut cursor = self.collections[shard.0].find(doc! {}).await?;
+        let mut conn = self.store.master_connection(shard).await?;
+        let (mut marked, mut live) = (0, 0);
+        while let Some(document) = cursor.try_next().await? {
+            let snapshot = from_document(&document)?;
+            let state = document_state(&document)?;
+            let Ok(player) = PlayerId::new(snapshot.player.clone()) else {
+                continue;
+            };
+            // With one MongoDB for every shard the collection holds all of them.
+            if map.shard_for_player(&player) != shard {
+                continue;
+            }
+            let keys = PlayerKeys::new(&player);
+            let mut invocation = REBUILD.prepare_invoke();
+            invocation
+                .key(&keys.meta)
+                .key(&keys.public)
+                .key(&keys.private)
+                .key(ACTIVE_SET)
+                .arg(player.as_str())
+                .arg(snapshot.version)
+                .arg(if state == DocState::Archived {
+                    "a"
+                } else {
+                    "c"
+                })
+                .arg(snapshot.public.len());
+            for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
+                invocation.arg(field.as_slice()).arg(value.as_slice());
+            }
+            let outcome: String = invocation.invoke_async(&mut conn).await?;
+            match outcome.as_str() {
+                "MARKED" => marked += 1,
+                "LIVE" => live += 1,
+                _ => {}
+            }
+        }
+        Ok((marked, live))
+    }
+
     /// Serves one shard's restore requests until `stop` turns true.
     pub async fn serve_restores(&self, shard: ShardIndex, mut stop: watch::Receiver<bool>) {
         let mut conn = None;
@@ -638,10 +762,21 @@ impl Archiver {
             .map(|shard| self.serve_restores(shard, stop.clone()));
         let passes = async {
             let mut stop = stop.clone();
+            let mut last_checkpoint = Instant::now();
             while !*stop.borrow() {
                 match self.archive_pass(now_ms(), false).await {
                     Ok(report) => tracing::info!(?report, "archive pass"),
                     Err(e) => tracing::warn!(error = %e, "archive pass failed; retrying next time"),
+                }
+                let every = self.config.checkpoint_interval_secs;
+                if every > 0 && last_checkpoint.elapsed() >= Duration::from_secs(every) {
+                    last_checkpoint = Instant::now();
+                    match self.checkpoint_pass().await {
+                        Ok(copied) => tracing::info!(copied, "checkpoint"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "checkpoint failed; retrying next time")
+                        }
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(self.config.scan_interval_secs)) => {}

@@ -394,3 +394,55 @@ async fn an_archiver_killed_at_any_step_loses_nothing_when_run_again() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_let_a_wiped_shard_be_rebuilt() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    create(&store, "old", 1).await;
+    archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("archives old");
+    create(&store, "live", 2).await;
+    create(&store, "live", 3).await;
+    assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 1);
+    assert_eq!(
+        archiver.checkpoint_pass().await.expect("nothing changed"),
+        0
+    );
+    let (want_version, want) = owner_view(&store, "live").await;
+
+    // The shard loses everything.
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    assert!(matches!(
+        store.get_player(pid("live"), Access::Owner).await,
+        Err(Error::NotFound)
+    ));
+
+    assert_eq!(
+        archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
+        (1, 1)
+    );
+    assert_eq!(owner_view(&store, "live").await, (want_version, want));
+    // The archived player is archived again, and restores as usual.
+    let _restores = serve_restores(&archiver);
+    let (version, entries) = owner_view(&store, "old").await;
+    assert_eq!((version, entries.len()), (1, 2));
+    // Running it again over live data changes nothing.
+    assert_eq!(
+        archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
+        (0, 0)
+    );
+}

@@ -1,6 +1,6 @@
 //! `colony-archiver`: parses the command line, loads the configuration shared with the
 //! gateway, sets up logging, and runs the archiver until Ctrl-C or SIGTERM — or one pass with
-//! `--once`.
+//! `--once`, or `rebuild --shard <name>` to refill a shard whose Redis data was lost.
 
 use std::path::PathBuf;
 
@@ -26,6 +26,19 @@ struct Args {
     /// Log filter, e.g. "info", "colony_archiver=debug,info".
     #[arg(long, default_value = "info", env = "COLONY_LOG")]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Refill a shard whose Redis data was lost from MongoDB: archived players get their
+    /// markers back, checkpointed players come back live; players in Redis are left alone.
+    Rebuild {
+        /// The shard's name, as in the configuration.
+        #[arg(long)]
+        shard: String,
+    },
 }
 
 #[tokio::main]
