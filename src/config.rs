@@ -98,6 +98,9 @@ pub struct ArchiveConfig {
     /// Redis), in seconds; a lost shard can be rebuilt up to this long ago. 0 turns
     /// checkpoints off. Default 300.
     pub checkpoint_interval_secs: u64,
+    /// Address of the archiver's admin HTTP listener (`/metrics`, `/healthz`,
+    /// `/admin/status`). Default `127.0.0.1:7402`.
+    pub admin_listen: String,
 }
 
 impl Default for ArchiveConfig {
@@ -111,6 +114,7 @@ impl Default for ArchiveConfig {
             max_players_per_sec: 0,
             scan_interval_secs: 60,
             checkpoint_interval_secs: 300,
+            admin_listen: "127.0.0.1:7402".into(),
         }
     }
 }
@@ -545,6 +549,16 @@ impl Config {
             return invalid(
                 "archive.batch_size and archive.scan_interval_secs must be at least 1".into(),
             );
+        }
+        if archive
+            .admin_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return invalid(format!(
+                "archive.admin_listen {:?} is not ip:port",
+                archive.admin_listen
+            ));
         }
         if archive.database.is_empty() || archive.collection.is_empty() {
             return invalid("archive.database and archive.collection must not be empty".into());

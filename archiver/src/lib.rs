@@ -3,10 +3,12 @@
 //! the only component that writes to MongoDB.
 //!
 //! - [`document`]: the archived document, its schema version, and conversion (pure).
-//! - [`worker`]: archive passes, restores, and the run loop; the module docs state why a crash
-//!   at any step loses nothing, and what shutdown finishes.
+//! - [`worker`]: archive passes, restores, checkpoints, rebuilds and the run loop; the module
+//!   docs state why a crash at any step loses nothing, and what shutdown finishes.
+//! - [`metrics`]: the archiver's Prometheus metrics and admin endpoint.
 
 pub mod document;
+pub mod metrics;
 pub mod worker;
 
 pub use worker::{ArchiveError, Archiver, PassReport, Removal, Restoral};

@@ -137,6 +137,7 @@ pub struct Archiver {
     store: Store,
     config: ArchiveConfig,
     collections: Vec<Collection<Document>>,
+    metrics: crate::metrics::ArchiverMetrics,
 }
 
 fn now_ms() -> u64 {
@@ -189,7 +190,42 @@ impl Archiver {
             store,
             config: archive,
             collections,
+            metrics: crate::metrics::ArchiverMetrics::new(),
         })
+    }
+
+    /// The archiver's metrics.
+    pub fn metrics(&self) -> &crate::metrics::ArchiverMetrics {
+        &self.metrics
+    }
+
+    /// Inactive players still in Redis per shard (name, count), by this machine's clock; a
+    /// shard that cannot be reached is left out. Also sets the backlog gauge.
+    pub async fn backlog(&self) -> Vec<(String, u64)> {
+        let cutoff = self.cutoff(now_ms());
+        let mut out = Vec::new();
+        for shard in self.shards() {
+            let name = self.store.shard_map().shard(shard).name.clone();
+            let Ok(mut conn) = self.store.master_connection(shard).await else {
+                continue;
+            };
+            let count: Result<u64, _> = redis::cmd("ZCOUNT")
+                .arg(ACTIVE_SET)
+                .arg("-inf")
+                .arg(cutoff)
+                .query_async(&mut conn)
+                .await;
+            if let Ok(count) = count {
+                self.metrics
+                    .backlog
+                    .get_or_create(&crate::metrics::ShardLabels {
+                        shard: name.clone(),
+                    })
+                    .set(count as i64);
+                out.push((name, count));
+            }
+        }
+        out
     }
 
     /// The store the archiver works on.
@@ -491,6 +527,16 @@ impl Archiver {
     /// One pass over every shard: up to `batch_size` inactive players per shard per round,
     /// rounds until none are left (or `dry_run`, which only counts candidates).
     pub async fn archive_pass(&self, now: u64, dry_run: bool) -> Result<PassReport, ArchiveError> {
+        self.archive_pass_reporting(now, dry_run, |_| {}).await
+    }
+
+    /// [`Archiver::archive_pass`], calling `progress` with the running totals after each batch.
+    pub async fn archive_pass_reporting(
+        &self,
+        now: u64,
+        dry_run: bool,
+        progress: impl Fn(&PassReport),
+    ) -> Result<PassReport, ArchiveError> {
         let cutoff = self.cutoff(now);
         let mut report = PassReport::default();
         for shard in self.shards() {
@@ -533,6 +579,7 @@ impl Archiver {
                         }
                     }
                 }
+                progress(&report);
                 if report.failed > 0 && !progressed {
                     break;
                 }
@@ -545,6 +592,9 @@ impl Archiver {
                     }
                 }
             }
+        }
+        if !dry_run {
+            self.metrics.pass(&report, now_ms() / 1000);
         }
         Ok(report)
     }
@@ -745,7 +795,14 @@ impl Archiver {
                 continue;
             };
             let started = Instant::now();
-            match self.restore(shard, &player, full).await {
+            let restored = self.restore(shard, &player, full).await;
+            let outcome = match &restored {
+                Ok(Restoral::NotArchived) => "already",
+                Ok(_) => "restored",
+                Err(_) => "error",
+            };
+            self.metrics.restore(full, outcome, started.elapsed());
+            match restored {
                 Ok(outcome) => {
                     tracing::debug!(player = %id, ?outcome, elapsed = ?started.elapsed(), "restore")
                 }
@@ -765,14 +822,20 @@ impl Archiver {
             let mut last_checkpoint = Instant::now();
             while !*stop.borrow() {
                 match self.archive_pass(now_ms(), false).await {
-                    Ok(report) => tracing::info!(?report, "archive pass"),
+                    Ok(report) => {
+                        self.backlog().await;
+                        tracing::info!(?report, "archive pass");
+                    }
                     Err(e) => tracing::warn!(error = %e, "archive pass failed; retrying next time"),
                 }
                 let every = self.config.checkpoint_interval_secs;
                 if every > 0 && last_checkpoint.elapsed() >= Duration::from_secs(every) {
                     last_checkpoint = Instant::now();
                     match self.checkpoint_pass().await {
-                        Ok(copied) => tracing::info!(copied, "checkpoint"),
+                        Ok(copied) => {
+                            self.metrics.checkpointed.inc_by(copied);
+                            tracing::info!(copied, "checkpoint");
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "checkpoint failed; retrying next time")
                         }

@@ -446,3 +446,81 @@ async fn checkpoints_let_a_wiped_shard_be_rebuilt() {
         (0, 0)
     );
 }
+
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("reads");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_reports_moves_restores_and_the_backlog() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    create(&store, "ivy", 1).await;
+    create(&store, "jay", 2).await;
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(axum_serve(listener, archiver.clone()));
+
+    // Before the pass both players are inactive (the configured period is 0 s).
+    let (_, body) = http_get(address, "/admin/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["backlog"][0]["inactive_in_redis"], 2, "{status}");
+
+    archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    let _restores = serve_restores(&archiver);
+    store
+        .get_player(pid("ivy"), Access::Owner)
+        .await
+        .expect("restored");
+    // The archiver counts a restore just after it ran, so the player may be back a moment
+    // before the count: wait for it, with a deadline.
+    let restored = "colony_archiver_restores_total{part=\"full\",outcome=\"restored\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let (code, metrics) = http_get(address, "/metrics").await;
+        assert_eq!(code, 200);
+        if metrics.contains(restored) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+    };
+    assert!(metrics.contains(restored), "{metrics}");
+    assert!(
+        metrics.contains("colony_archiver_archived_total 2"),
+        "{metrics}"
+    );
+    let (_, body) = http_get(address, "/admin/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["archived"], 2);
+    assert_eq!(status["last_pass"]["archived"], 2);
+    assert_eq!(http_get(address, "/healthz").await, (200, "ok\n".into()));
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, archiver: Arc<Archiver>) {
+    let _ = axum::serve(listener, colony_archiver::metrics::router(archiver)).await;
+}

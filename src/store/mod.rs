@@ -193,6 +193,9 @@ impl Store {
             }
         }
         let mut attempt = 0u32;
+        // Restore requests go out on the first ARCHIVED answer, then again only now and then
+        // (in case the archiver lost one), not on every poll.
+        let mut restore_requested: Option<Instant> = None;
         while !pending.is_empty() {
             let mut again = Vec::new();
             for (position, outcome) in self.run_once(&txns, &pending).await {
@@ -205,7 +208,11 @@ impl Store {
                 }
                 results[position] = Some(outcome);
             }
-            self.request_restores(&txns, &again, &results).await;
+            if restore_requested.is_none_or(|at| at.elapsed() >= RESTORE_REQUEST_AGAIN)
+                && self.request_restores(&txns, &again, &results).await
+            {
+                restore_requested = Some(Instant::now());
+            }
             let now = Instant::now();
             if again.is_empty() || now >= deadline {
                 break;
@@ -242,13 +249,13 @@ impl Store {
     }
 
     /// Asks the archiver to restore the archived players among `positions`: everything for
-    /// owner access, the public part otherwise.
+    /// owner access, the public part otherwise. Returns whether there were any.
     async fn request_restores(
         &self,
         txns: &[Transaction],
         positions: &[usize],
         results: &[Option<Result<Committed, Error>>],
-    ) {
+    ) -> bool {
         let mut requests: BTreeMap<ShardIndex, std::collections::BTreeSet<String>> =
             BTreeMap::new();
         for &p in positions {
@@ -262,6 +269,9 @@ impl Store {
                         txn.access == Access::Owner,
                     ));
             }
+        }
+        if requests.is_empty() {
+            return false;
         }
         let pushes = requests.into_iter().map(|(shard, requests)| async move {
             let links = &self.inner.shards[shard.0];
@@ -277,6 +287,7 @@ impl Store {
             }
         });
         join_all(pushes).await;
+        true
     }
 
     fn breaker_open(&self, txn: &Transaction) -> bool {
@@ -530,6 +541,9 @@ impl Store {
 
 /// How often a transaction waiting for a restore is tried again.
 const RESTORE_POLL: Duration = Duration::from_millis(2);
+
+/// How long a restore request is given before it is sent again.
+const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 
 /// A random delay in `[0, min(500 ms, 10 ms * 2^attempt)]` ("full jitter"), so that clients
 /// retrying after the same failure spread out instead of arriving together.

@@ -2,6 +2,8 @@
 //! gateway, sets up logging, and runs the archiver until Ctrl-C or SIGTERM — or one pass with
 //! `--once`, or `rebuild --shard <name>` to refill a shard whose Redis data was lost.
 
+use std::future::IntoFuture;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -60,10 +62,28 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the archiver")?;
     if args.once {
-        let report = archiver.archive_pass(now(), args.dry_run).await?;
+        // A progress line on a terminal; logs only otherwise.
+        let terminal = std::io::stderr().is_terminal();
+        let report = archiver
+            .archive_pass_reporting(now(), args.dry_run, |r| {
+                if terminal {
+                    eprint!(
+                        "\r{} candidates: {} archived, {} kept, {} failed",
+                        r.candidates, r.archived, r.kept, r.failed
+                    );
+                }
+            })
+            .await?;
+        if terminal {
+            eprintln!();
+        }
         tracing::info!(?report, dry_run = args.dry_run, "archive pass done");
         return Ok(());
     }
+    let admin = tokio::net::TcpListener::bind(&config.archive.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", config.archive.admin_listen))?;
+    let archiver = std::sync::Arc::new(archiver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term =
@@ -74,8 +94,20 @@ async fn main() -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    tracing::info!(shards = config.shards.len(), "colony archiver started");
+    tracing::info!(shards = config.shards.len(), admin = %admin.local_addr()?, "colony archiver started");
+    let admin_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let admin_task = tokio::spawn(
+        axum::serve(admin, colony_archiver::metrics::router(archiver.clone()))
+            .with_graceful_shutdown(admin_stop)
+            .into_future(),
+    );
     archiver.run(stop_rx).await;
+    admin_task.await??;
     tracing::info!("colony archiver stopped");
     Ok(())
 }

@@ -1,0 +1,196 @@
+//! The archiver's metrics and its admin endpoint: `/metrics` (Prometheus text), `/healthz`,
+//! and `/admin/status` (JSON: totals, the last passes, the backlog per shard).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::worker::{Archiver, PassReport};
+
+/// Labels of per-shard metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    /// The shard's name.
+    pub shard: String,
+}
+
+/// Labels of restore counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestoreLabels {
+    /// full or public.
+    pub part: &'static str,
+    /// restored, already (someone restored it first) or error.
+    pub outcome: &'static str,
+}
+
+/// Everything the archiver counts.
+pub struct ArchiverMetrics {
+    registry: Registry,
+    /// Players moved to MongoDB.
+    pub archived: Counter,
+    /// Players that changed or woke up mid-move and stayed.
+    pub kept: Counter,
+    /// Players whose move failed (they stayed in Redis).
+    pub archive_failures: Counter,
+    /// Restores by part and outcome.
+    pub restores: Family<RestoreLabels, Counter>,
+    /// Restore latency, seconds.
+    pub restore_seconds: Histogram,
+    /// Players copied by checkpoints.
+    pub checkpointed: Counter,
+    /// Inactive players still in Redis, per shard, at the last pass.
+    pub backlog: Family<ShardLabels, Gauge>,
+    /// Unix time of the last finished archive pass.
+    pub last_pass: Gauge,
+    /// The last pass's report, for the status page.
+    pub last_report: Mutex<Option<PassReport>>,
+}
+
+impl Default for ArchiverMetrics {
+    fn default() -> Self {
+        ArchiverMetrics::new()
+    }
+}
+
+impl ArchiverMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> ArchiverMetrics {
+        let mut registry = Registry::with_prefix("colony_archiver");
+        let archived = Counter::default();
+        registry.register("archived", "Players moved to MongoDB", archived.clone());
+        let kept = Counter::default();
+        registry.register(
+            "kept",
+            "Players that changed or woke up mid-move and stayed",
+            kept.clone(),
+        );
+        let archive_failures = Counter::default();
+        registry.register(
+            "archive_failures",
+            "Players whose move failed",
+            archive_failures.clone(),
+        );
+        let restores = Family::<RestoreLabels, Counter>::default();
+        registry.register("restores", "Restores by part and outcome", restores.clone());
+        let restore_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        registry.register(
+            "restore_duration_seconds",
+            "Restore latency",
+            restore_seconds.clone(),
+        );
+        let checkpointed = Counter::default();
+        registry.register(
+            "checkpointed",
+            "Players copied by checkpoints",
+            checkpointed.clone(),
+        );
+        let backlog = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "backlog",
+            "Inactive players still in Redis at the last pass",
+            backlog.clone(),
+        );
+        let last_pass = Gauge::default();
+        registry.register(
+            "last_pass_timestamp_seconds",
+            "Unix time of the last archive pass",
+            last_pass.clone(),
+        );
+        ArchiverMetrics {
+            registry,
+            archived,
+            kept,
+            archive_failures,
+            restores,
+            restore_seconds,
+            checkpointed,
+            backlog,
+            last_pass,
+            last_report: Mutex::new(None),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a finished archive pass.
+    pub fn pass(&self, report: &PassReport, now_secs: u64) {
+        self.archived.inc_by(report.archived);
+        self.kept.inc_by(report.kept);
+        self.archive_failures.inc_by(report.failed);
+        self.last_pass.set(now_secs as i64);
+        *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+    }
+
+    /// Counts a restore; `outcome` is restored, already or error.
+    pub fn restore(&self, full: bool, outcome: &'static str, elapsed: Duration) {
+        let part = if full { "full" } else { "public" };
+        self.restores
+            .get_or_create(&RestoreLabels { part, outcome })
+            .inc();
+        self.restore_seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The admin routes.
+pub fn router(archiver: Arc<Archiver>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/admin/status", get(status))
+        .with_state(archiver)
+}
+
+async fn metrics(State(archiver): State<Arc<Archiver>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        archiver.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn status(State(archiver): State<Arc<Archiver>>) -> Response {
+    let m = archiver.metrics();
+    let report = m
+        .last_report
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let backlog = archiver.backlog().await;
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "archived": m.archived.get(),
+        "kept": m.kept.get(),
+        "archive_failures": m.archive_failures.get(),
+        "checkpointed": m.checkpointed.get(),
+        "last_pass_unix": m.last_pass.get(),
+        "last_pass": report.map(|r| json!({
+            "candidates": r.candidates, "archived": r.archived, "kept": r.kept, "failed": r.failed,
+        })),
+        "backlog": backlog
+            .into_iter()
+            .map(|(shard, n)| json!({ "shard": shard, "inactive_in_redis": n }))
+            .collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
