@@ -25,10 +25,12 @@
 //!
 //! ## Worker contract
 //!
-//! On shutdown the archiver stops taking new candidates and restore requests; a player whose
-//! document write has started is finished (written and removed, or left in Redis), never left
-//! half-way in Redis. Interrupting it anywhere is still safe by the argument above; finishing
-//! only saves redoing the work.
+//! On shutdown (SIGTERM, Ctrl-C) the archiver takes no new batch of candidates and no new
+//! restore request; the batch in hand is finished — its documents written and its players
+//! removed or left in Redis — and so is a restore in progress. Interrupting it anywhere
+//! (SIGKILL) is still safe by the argument above; finishing only saves redoing the work.
+//! MongoDB or Redis down: the pass fails, the players stay in Redis, and the next pass (every
+//! `scan_interval_secs`) tries again; restore queues reconnect after a second.
 
 use std::time::{Duration, Instant};
 
@@ -138,6 +140,8 @@ pub struct Archiver {
     config: ArchiveConfig,
     collections: Vec<Collection<Document>>,
     metrics: crate::metrics::ArchiverMetrics,
+    /// Set on shutdown: passes take no new batch after it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -191,7 +195,18 @@ impl Archiver {
             config: archive,
             collections,
             metrics: crate::metrics::ArchiverMetrics::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Asks running passes to finish the batch in hand and take no new one.
+    pub fn stop_passes(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The archiver's metrics.
@@ -541,7 +556,7 @@ impl Archiver {
         let mut report = PassReport::default();
         for shard in self.shards() {
             let mut failed_before = std::collections::HashSet::new();
-            loop {
+            while !self.stopping() {
                 let ids = self
                     .candidates(shard, cutoff, self.config.batch_size)
                     .await?;
@@ -817,6 +832,11 @@ impl Archiver {
         let restores = self
             .shards()
             .map(|shard| self.serve_restores(shard, stop.clone()));
+        let stopper = async {
+            let mut stop = stop.clone();
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            self.stop_passes();
+        };
         let passes = async {
             let mut stop = stop.clone();
             let mut last_checkpoint = Instant::now();
@@ -847,7 +867,7 @@ impl Archiver {
                 }
             }
         };
-        tokio::join!(join_all(restores), passes);
+        tokio::join!(join_all(restores), passes, stopper);
     }
 }
 
