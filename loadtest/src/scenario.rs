@@ -1,0 +1,261 @@
+//! What to simulate: players, sessions, batches, think time, the operation mix, pacing and
+//! duration. Pure: built from the command line (or a test), validated, then only read.
+
+use std::time::Duration;
+
+/// One kind of simulated client request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// The session's player logs in (owner view).
+    Login,
+    /// Reads the public part of a batch of other players ("friends").
+    Friends,
+    /// A batch of bounded coin increments on the session's players (checked at the end).
+    Currency,
+    /// A batch of public field writes on the session's players.
+    Write,
+    /// The player goes quiet for a while (lets the archiver move idle players).
+    Idle,
+}
+
+impl Op {
+    /// Every op, in report order.
+    pub const ALL: [Op; 5] = [Op::Login, Op::Friends, Op::Currency, Op::Write, Op::Idle];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Login => "login",
+            Op::Friends => "friends",
+            Op::Currency => "currency",
+            Op::Write => "write",
+            Op::Idle => "idle",
+        }
+    }
+}
+
+/// Relative weights of the operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    /// Weight of [`Op::Login`].
+    pub login: u32,
+    /// Weight of [`Op::Friends`].
+    pub friends: u32,
+    /// Weight of [`Op::Currency`].
+    pub currency: u32,
+    /// Weight of [`Op::Write`].
+    pub write: u32,
+    /// Weight of [`Op::Idle`].
+    pub idle: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            login: 5,
+            friends: 30,
+            currency: 40,
+            write: 20,
+            idle: 5,
+        }
+    }
+}
+
+impl Mix {
+    fn weights(&self) -> [(Op, u32); 5] {
+        [
+            (Op::Login, self.login),
+            (Op::Friends, self.friends),
+            (Op::Currency, self.currency),
+            (Op::Write, self.write),
+            (Op::Idle, self.idle),
+        ]
+    }
+
+    /// The op a uniformly random `r` picks.
+    pub fn pick(&self, r: u64) -> Op {
+        let total: u64 = self.weights().iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut x = r % total.max(1);
+        for (op, w) in self.weights() {
+            if x < u64::from(w) {
+                return op;
+            }
+            x -= u64::from(w);
+        }
+        Op::Currency
+    }
+
+    /// Parses `login=5,friends=30,currency=40,write=20,idle=5` (missing names weigh 0).
+    pub fn parse(text: &str) -> Result<Mix, String> {
+        let mut mix = Mix {
+            login: 0,
+            friends: 0,
+            currency: 0,
+            write: 0,
+            idle: 0,
+        };
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not name=weight"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("weight {weight:?} is not a number"))?;
+            let slot = match name.trim() {
+                "login" => &mut mix.login,
+                "friends" => &mut mix.friends,
+                "currency" => &mut mix.currency,
+                "write" => &mut mix.write,
+                "idle" => &mut mix.idle,
+                other => return Err(format!("unknown operation {other:?}")),
+            };
+            *slot = weight;
+        }
+        if mix.weights().iter().all(|(_, w)| *w == 0) {
+            return Err("the mix has no operation with a weight".into());
+        }
+        Ok(mix)
+    }
+}
+
+/// A whole load test.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Gateways, `host:port`; sessions are spread across them.
+    pub gateways: Vec<String>,
+    /// Token of the `game` role.
+    pub token: String,
+    /// Players simulated; ids are `<prefix>-<n>`.
+    pub players: u64,
+    /// Prefix of player ids, so runs do not collide.
+    pub prefix: String,
+    /// Concurrent sessions; session `s` owns the players `n` with `n % sessions == s`.
+    pub sessions: u64,
+    /// Transactions per batch.
+    pub batch: u64,
+    /// Pause after each request of a session.
+    pub think: Duration,
+    /// The operation mix.
+    pub mix: Mix,
+    /// Requests per second over all sessions (paced, latency counted from the scheduled
+    /// start), or `None` for a closed loop.
+    pub rate: Option<f64>,
+    /// Measured time, after the warm-up.
+    pub duration: Duration,
+    /// Time before measuring starts (traffic runs, nothing is recorded but the ledger).
+    pub warmup: Duration,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Scenario {
+    /// Checks that the numbers make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.gateways.is_empty() {
+            return Err("at least one gateway is needed".into());
+        }
+        if self.players == 0 || self.sessions == 0 || self.batch == 0 {
+            return Err("players, sessions and batch must be at least 1".into());
+        }
+        if self.sessions > self.players {
+            return Err(format!(
+                "{} sessions for {} players: every session needs a player of its own",
+                self.sessions, self.players
+            ));
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("the rate must be a positive number".into());
+        }
+        if self.duration.is_zero() {
+            return Err("the duration must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64: small, seeded, good enough for choosing operations.
+#[derive(Debug, Clone)]
+pub struct Random(u64);
+
+impl Random {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Random {
+        Random(seed)
+    }
+
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixes_parse_and_pick_by_weight() {
+        let mix = Mix::parse("login=1,currency=3").expect("valid");
+        let picks: Vec<Op> = (0..4).map(|r| mix.pick(r)).collect();
+        assert_eq!(
+            picks,
+            vec![Op::Login, Op::Currency, Op::Currency, Op::Currency]
+        );
+        for bad in ["", "login", "login=x", "dance=1", "login=0"] {
+            assert!(Mix::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scenarios_are_validated() {
+        let good = Scenario {
+            gateways: vec!["127.0.0.1:7400".into()],
+            token: "t".into(),
+            players: 10,
+            prefix: "p".into(),
+            sessions: 2,
+            batch: 4,
+            think: Duration::ZERO,
+            mix: Mix::default(),
+            rate: None,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            seed: 1,
+        };
+        assert!(good.validate().is_ok());
+        for bad in [
+            Scenario {
+                gateways: vec![],
+                ..good.clone()
+            },
+            Scenario {
+                sessions: 11,
+                ..good.clone()
+            },
+            Scenario {
+                batch: 0,
+                ..good.clone()
+            },
+            Scenario {
+                rate: Some(-1.0),
+                ..good.clone()
+            },
+            Scenario {
+                duration: Duration::ZERO,
+                ..good.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! A short load test against a real gateway (in process) and real redis-servers: traffic of
+//! every kind flows, the report has figures, and the checker finds nothing lost.
+
+use std::time::Duration;
+
+use colony::testkit::{gateway_config, RedisServer, TestGateway, GAME_TOKEN};
+use colony_loadtest::runner;
+use colony_loadtest::scenario::{Mix, Scenario};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_reports_figures_and_loses_nothing() {
+    let servers = [
+        RedisServer::start().expect("redis"),
+        RedisServer::start().expect("redis"),
+    ];
+    let gateway = TestGateway::start(&gateway_config(&[&servers[0], &servers[1]]))
+        .await
+        .expect("gateway");
+    let scenario = Scenario {
+        gateways: vec![gateway.address.to_string()],
+        token: GAME_TOKEN.into(),
+        players: 64,
+        prefix: "e2e".into(),
+        sessions: 8,
+        batch: 4,
+        think: Duration::ZERO,
+        mix: Mix::default(),
+        rate: None,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(200),
+        seed: 42,
+    };
+    let report = runner::run(scenario, |_| {}).await.expect("runs");
+    for op in &report.ops {
+        assert!(op.count > 0, "no {} requests: {report:?}", op.op);
+        assert!(op.errors.is_empty(), "{} errors: {:?}", op.op, op.errors);
+        assert!(op.p50 > 0.0 && op.p50 <= op.p99 && op.p99 <= op.max);
+    }
+    assert!(report.transactions_per_sec > 0.0);
+    assert!(report.correctness.players > 0);
+    assert_eq!(report.correctness.lost, 0);
+    assert_eq!(report.correctness.applied_twice, 0);
+    assert!(!report.timeline.is_empty());
+    let json = serde_json::to_string(&report).expect("serializes");
+    assert!(json.contains("\"correctness\""));
+    assert!(report.html().contains("<svg"));
+    gateway.shutdown().await;
+}
