@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# Starts a local Colony cluster on this machine and runs the gateway in the foreground:
-# three Redis shards, each a master with one replica in the safe profile
-# (deploy/redis/redis-safe.conf), three Sentinels watching every shard
-# (deploy/redis/sentinel.conf), and the gateway with its admin HTTP endpoint, finding masters
-# through the Sentinels and acknowledging writes once a replica has them. Prints every address
-# and the development tokens. Ctrl-C stops everything and removes the cluster's files.
+# Starts a local Colony cluster on this machine: three Redis shards, each a master with one
+# replica in the safe profile (deploy/redis/redis-safe.conf), three Sentinels watching every
+# shard (deploy/redis/sentinel.conf), a MongoDB-wire server (SecantusDB, in memory), the
+# gateway with its admin HTTP endpoint (masters found through the Sentinels, writes
+# acknowledged once a replica has them), and the archiver (players idle for a minute move to
+# MongoDB and come back when accessed). Prints every address and the development tokens.
 #
-#   bash deploy/local/run.sh
+#   bash deploy/local/run.sh          # keep it running; Ctrl-C stops everything
+#   bash deploy/local/run.sh --demo   # also run a 30-second load test, print its report, stop
 #
+# Ctrl-C (or the end of the demo) stops everything and removes the cluster's files.
 # Environment: COLONY_LOCAL_BASE_PORT (default 7000): Redis uses BASE..BASE+2*SHARDS-1, the
-# Sentinels BASE+100..BASE+102, the gateway BASE+400 and its admin endpoint BASE+401.
-# COLONY_LOCAL_SHARDS (default 3).
+# Sentinels BASE+100..BASE+102, SecantusDB BASE+300, the gateway BASE+400 and its admin
+# endpoint BASE+401, the archiver's admin endpoint BASE+402. COLONY_LOCAL_SHARDS (default 3),
+# COLONY_LOCAL_IDLE_SECS (default 60: when players count as inactive), COLONY_DEMO_SECONDS
+# (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+demo=false
+if [ "${1:-}" = "--demo" ]; then demo=true; fi
+
 bash .ci/setup
-cargo build --release --locked --bin colony-gateway
+cargo build --release --locked --workspace --bins
+tools=${COLONY_TOOLS_DIR:-$HOME/.cache/colony}
 
 base=${COLONY_LOCAL_BASE_PORT:-7000}
 shards=${COLONY_LOCAL_SHARDS:-3}
 gateway_port=$((base + 400))
 admin_port=$((base + 401))
+archiver_admin_port=$((base + 402))
+mongo_port=$((base + 300))
 dir=$(mktemp -d "${TMPDIR:-/tmp}/colony-local.XXXXXX")
 pids=()
 
@@ -28,7 +38,10 @@ stop() {
   trap - EXIT INT TERM
   echo
   echo "stopping the local cluster"
-  if [ -n "${gateway_pid:-}" ]; then kill -TERM "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
+  for pid in ${archiver_pid:-} ${gateway_pid:-}; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$dir"
@@ -84,7 +97,18 @@ config="$dir/colony.toml"
 {
   echo "[redis]"
   echo "acknowledge = \"replicated\""
+  echo "[archive]"
+  echo "mongodb_uris = [\"mongodb://127.0.0.1:$mongo_port/?directConnection=true\"]"
+  echo "inactive_after_secs = ${COLONY_LOCAL_IDLE_SECS:-60}"
+  echo "scan_interval_secs = 5"
+  echo "checkpoint_interval_secs = 30"
+  echo "admin_listen = \"127.0.0.1:$archiver_admin_port\""
 } >> "$config"
+
+if ! port_free "$mongo_port"; then echo "port $mongo_port is in use; set COLONY_LOCAL_BASE_PORT" >&2; exit 1; fi
+"$tools/secantus/bin/secantusd-py" --host 127.0.0.1 --port "$mongo_port" --storage-path :memory: \
+  --log-level WARNING > "$dir/secantusd.log" 2>&1 &
+pids+=($!)
 
 for ((i = 0; i < shards; i++)); do
   master=$((base + 2 * i))
@@ -134,13 +158,30 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 
+for _ in $(seq 1 200); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$mongo_port") 2>/dev/null; then break; fi
+  sleep 0.05
+done
+target/release/colony-archiver --config "$config" &
+archiver_pid=$!
+
 cat <<INFO
 
 Colony is running.
   gateway (protobuf/TCP)  127.0.0.1:$gateway_port
   admin HTTP              http://127.0.0.1:$admin_port/admin/status  (/metrics /healthz /readyz)
+  archiver admin          http://127.0.0.1:$archiver_admin_port/admin/status  (/metrics /healthz)
+  MongoDB (SecantusDB)    mongodb://127.0.0.1:$mongo_port/?directConnection=true
   tokens                  game: local-game-token-0001   admin: local-admin-token-0001
   configuration           $config
-Press Ctrl-C to stop.
 INFO
+
+if $demo; then
+  echo "Running a ${COLONY_DEMO_SECONDS:-30}-second load test against it."
+  target/release/colony-loadtest --gateway "127.0.0.1:$gateway_port" \
+    --token local-game-token-0001 --duration "${COLONY_DEMO_SECONDS:-30}" --warmup 2 \
+    --out loadtest-report && status=0 || status=$?
+  exit "$status"
+fi
+echo "Press Ctrl-C to stop."
 wait "$gateway_pid"
