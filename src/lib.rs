@@ -22,6 +22,7 @@ pub mod frame;
 pub mod gateway;
 pub mod keys;
 pub mod model;
+pub mod process;
 pub mod script;
 pub mod shard_map;
 pub mod slot;

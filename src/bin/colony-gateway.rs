@@ -25,16 +25,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter: tracing_subscriber::filter::Targets = args
-        .log
-        .parse()
-        .with_context(|| format!("bad --log filter {:?}", args.log))?;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer())
-        .with(filter)
-        .init();
+    colony::process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
 
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
@@ -65,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let admin_task = tokio::spawn(gateway::admin::serve(admin, gateway.clone(), admin_stop));
     let signals = async move {
-        wait_for_signal().await;
+        colony::process::stop_signal().await;
         let _ = stop_tx.send(true);
     };
     gateway::run(listener, gateway, signals).await;
@@ -73,19 +64,4 @@ async fn main() -> anyhow::Result<()> {
     admin_task.await??;
     tracing::info!("colony gateway stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -46,16 +46,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter: tracing_subscriber::filter::Targets = args
-        .log
-        .parse()
-        .with_context(|| format!("bad --log filter {:?}", args.log))?;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer())
-        .with(filter)
-        .init();
+    colony::process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
     let archiver = Archiver::new(&config)
@@ -86,12 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let archiver = std::sync::Arc::new(archiver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
+        colony::process::stop_signal().await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(shards = config.shards.len(), admin = %admin.local_addr()?, "colony archiver started");
