@@ -3,21 +3,12 @@
 -- ARGV[1] player id, ARGV[2] version, ARGV[3] 'a' (archived: the marker only) or 'c'
 -- (checkpoint: the live player), ARGV[4] number of public pairs n, then the public pairs,
 -- then the private pairs.
+-- (write_back.lua, loaded in front, defines hset, npub and first_private.)
 -- Reply: EXISTS (left alone), MARKED or LIVE.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'EXISTS' end
 if ARGV[3] == 'a' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'a', ARGV[2])
   return 'MARKED'
-end
-local npub = tonumber(ARGV[4])
-local first_private = 5 + 2 * npub
-local function hset(key, from, to)
-  local i = from
-  while i <= to do
-    local last = math.min(i + 999, to)
-    redis.call('HSET', key, unpack(ARGV, i, last))
-    i = last + 1
-  end
 end
 if npub > 0 then hset(KEYS[2], 5, first_private - 1) end
 if #ARGV >= first_private then hset(KEYS[3], first_private, #ARGV) end

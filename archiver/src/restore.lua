@@ -5,22 +5,11 @@
 -- ARGV[1] player id, ARGV[2] document version, ARGV[3] '1' for everything, '0' for the
 -- public part, ARGV[4] number of public pairs n, then n public (field, value) pairs, then the
 -- private pairs.
+-- (write_back.lua, loaded in front, defines hset, npub and first_private.)
 -- Reply: RESTORED, PUBLIC_RESTORED, NOT_ARCHIVED or VERSION_MISMATCH.
 local m = redis.call('HMGET', KEYS[1], 'a', 'p')
 if not m[1] then return 'NOT_ARCHIVED' end
 if tonumber(m[1]) ~= tonumber(ARGV[2]) then return 'VERSION_MISMATCH' end
-local npub = tonumber(ARGV[4])
-local first_private = 5 + 2 * npub
-
--- HSET in slices: Lua's stack holds a few thousand values at most.
-local function hset(key, from, to)
-  local i = from
-  while i <= to do
-    local last = math.min(i + 999, to)
-    redis.call('HSET', key, unpack(ARGV, i, last))
-    i = last + 1
-  end
-end
 
 if m[2] ~= '1' and npub > 0 then hset(KEYS[2], 5, first_private - 1) end
 if ARGV[3] == '1' then

@@ -52,10 +52,18 @@ static SNAPSHOT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("snapshot.lua")));
 static ARCHIVE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("archive.lua")));
-static RESTORE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("restore.lua")));
-static REBUILD: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("rebuild.lua")));
+static RESTORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("write_back.lua"),
+        include_str!("restore.lua")
+    ))
+});
+static REBUILD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("write_back.lua"),
+        include_str!("rebuild.lua")
+    ))
+});
 static CHECKPOINTED: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("checkpointed.lua")));
 
@@ -142,6 +150,31 @@ pub struct Archiver {
     metrics: crate::metrics::ArchiverMetrics,
     /// Set on shutdown: passes take no new batch after it.
     stopping: std::sync::atomic::AtomicBool,
+}
+
+/// An invocation of a script loaded with `write_back.lua` in front (restore, rebuild): the
+/// player's keys, then player id, version, `mode`, the number of public pairs, and the pairs.
+fn write_back<'a>(
+    script: &'a redis::Script,
+    player: &PlayerId,
+    snapshot: &Snapshot,
+    mode: &str,
+) -> redis::ScriptInvocation<'a> {
+    let keys = PlayerKeys::new(player);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(&keys.meta)
+        .key(&keys.public)
+        .key(&keys.private)
+        .key(ACTIVE_SET)
+        .arg(player.as_str())
+        .arg(snapshot.version)
+        .arg(mode)
+        .arg(snapshot.public.len());
+    for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
+        invocation.arg(field.as_slice()).arg(value.as_slice());
+    }
+    invocation
 }
 
 fn now_ms() -> u64 {
@@ -626,20 +659,7 @@ impl Archiver {
             .await?
             .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;
         let snapshot = from_document(&document)?;
-        let keys = PlayerKeys::new(player);
-        let mut invocation = RESTORE.prepare_invoke();
-        invocation
-            .key(&keys.meta)
-            .key(&keys.public)
-            .key(&keys.private)
-            .key(ACTIVE_SET)
-            .arg(player.as_str())
-            .arg(snapshot.version)
-            .arg(if full { "1" } else { "0" })
-            .arg(snapshot.public.len());
-        for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
-            invocation.arg(field.as_slice()).arg(value.as_slice());
-        }
+        let invocation = write_back(&RESTORE, player, &snapshot, if full { "1" } else { "0" });
         let mut conn = self.store.master_connection(shard).await?;
         let outcome: String = invocation.invoke_async(&mut conn).await?;
         match outcome.as_str() {
@@ -736,24 +756,12 @@ impl Archiver {
             if map.shard_for_player(&player) != shard {
                 continue;
             }
-            let keys = PlayerKeys::new(&player);
-            let mut invocation = REBUILD.prepare_invoke();
-            invocation
-                .key(&keys.meta)
-                .key(&keys.public)
-                .key(&keys.private)
-                .key(ACTIVE_SET)
-                .arg(player.as_str())
-                .arg(snapshot.version)
-                .arg(if state == DocState::Archived {
-                    "a"
-                } else {
-                    "c"
-                })
-                .arg(snapshot.public.len());
-            for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
-                invocation.arg(field.as_slice()).arg(value.as_slice());
-            }
+            let mode = if state == DocState::Archived {
+                "a"
+            } else {
+                "c"
+            };
+            let invocation = write_back(&REBUILD, &player, &snapshot, mode);
             let outcome: String = invocation.invoke_async(&mut conn).await?;
             match outcome.as_str() {
                 "MARKED" => marked += 1,
