@@ -100,6 +100,70 @@ impl Gateway {
     }
 }
 
+/// Why [`serve`] could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store or the TLS acceptor could not be built from the configuration.
+    #[error("building the gateway: {0}")]
+    Build(#[from] Error),
+    /// A listener could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address in the configuration.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin endpoint failed.
+    #[error("admin endpoint: {0}")]
+    Admin(std::io::Error),
+}
+
+async fn bind(address: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: address.to_string(),
+            source,
+        })
+}
+
+/// The gateway process once its configuration is loaded: builds the gateway, binds the
+/// protobuf listener (`gateway.listen`) and the admin endpoint (`gateway.admin_listen`),
+/// serves both until `stop` completes, then drains (see [`run`]) and returns.
+pub async fn serve(
+    config: &Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let gateway = Gateway::new(config)?;
+    let listener = bind(&config.gateway.listen).await?;
+    let admin = bind(&config.gateway.admin_listen).await?;
+    tracing::info!(
+        listen = ?listener.local_addr().ok(),
+        admin = ?admin.local_addr().ok(),
+        shards = config.shards.len(),
+        tokens = config.gateway.tokens.len(),
+        "colony gateway started"
+    );
+    if config.gateway.tokens.is_empty() {
+        tracing::warn!("no tokens configured: every client will be refused");
+    }
+    // The admin endpoint stops when draining starts: a draining gateway is not ready.
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin, gateway.clone(), async move {
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+    }));
+    run(listener, gateway, async move {
+        stop.await;
+        let _ = stopping_tx.send(true);
+    })
+    .await;
+    match admin_task.await {
+        Ok(result) => result.map_err(ServeError::Admin),
+        Err(e) => Err(ServeError::Admin(std::io::Error::other(e))),
+    }
+}
+
 /// Serves `listener` until `shutdown` completes, then drains and returns.
 pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<Output = ()>) {
     let (stop, _) = broadcast::channel::<()>(1);
