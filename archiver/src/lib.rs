@@ -6,9 +6,69 @@
 //! - [`worker`]: archive passes, restores, checkpoints, rebuilds and the run loop; the module
 //!   docs state why a crash at any step loses nothing, and what shutdown finishes.
 //! - [`metrics`]: the archiver's Prometheus metrics and admin endpoint.
+//! - [`serve`]: the archiver process once its configuration is loaded.
 
 pub mod document;
 pub mod metrics;
 pub mod worker;
 
 pub use worker::{ArchiveError, Archiver, PassReport, Removal, Restoral};
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+/// Why [`serve`] could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The archiver could not reach its stores or read its configuration.
+    #[error("starting the archiver: {0}")]
+    Start(#[from] ArchiveError),
+    /// The admin listener could not be bound, or its server failed.
+    #[error("admin endpoint {address}: {source}")]
+    Admin {
+        /// `archive.admin_listen`.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The archiver process once its configuration is loaded: connects, binds the admin endpoint
+/// (`archive.admin_listen`), and runs passes and restores until `stop` completes (see
+/// [`Archiver::run`] for what stopping finishes).
+pub async fn serve(
+    config: &colony::Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let address = config.archive.admin_listen.clone();
+    let admin_error = |source| ServeError::Admin {
+        address: address.clone(),
+        source,
+    };
+    let archiver = Arc::new(Archiver::new(config).await?);
+    let admin = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(admin_error)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(shards = config.shards.len(), admin = ?admin.local_addr().ok(), "colony archiver started");
+    let admin_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let admin_task = tokio::spawn(
+        axum::serve(admin, metrics::router(archiver.clone()))
+            .with_graceful_shutdown(admin_stop)
+            .into_future(),
+    );
+    archiver.run(stop_rx).await;
+    match admin_task.await {
+        Ok(result) => result.map_err(admin_error),
+        Err(e) => Err(admin_error(std::io::Error::other(e))),
+    }
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use colony::shard_map::ShardIndex;
-use colony::testkit::{config_for, MongoServer, RedisServer};
+use colony::testkit::{config_for, wait_until, MongoServer, RedisServer};
 use colony::{
     Access, Config, Error, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Value,
     Visibility,
@@ -445,6 +445,86 @@ async fn checkpoints_let_a_wiped_shard_be_rebuilt() {
         archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
         (0, 0)
     );
+}
+
+/// `colony-archiver rebuild --shard <name>` is the operator's way in: it refills the named
+/// shard, and an unknown name is refused with the reason and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebuild_command_refills_the_named_shard() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    create(&store, "old", 1).await;
+    archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("archives old");
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("colony.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[shards]]\nname = \"shard-0\"\nmaster = \"{}\"\n[archive]\nmongodb_uris = [\"{}\"]\ndatabase = \"{}\"\n",
+            redis.address(),
+            mongo.uri(),
+            config.archive.database
+        ),
+    )
+    .expect("writes the configuration");
+    let run = |shard: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_colony-archiver"))
+            .arg("--config")
+            .arg(&file)
+            .args(["--log", "warn", "rebuild", "--shard", shard])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs colony-archiver");
+        // A one-shot command must end; a daemon that kept running would fail here.
+        let ended = wait_until(std::time::Duration::from_secs(30), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().expect("collects the output");
+        assert!(ended, "`rebuild --shard {shard}` did not finish");
+        output
+    };
+
+    let refused = run("shard-9");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no shard named \"shard-9\""),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !exists(&redis, "{old}:meta").await,
+        "a refused rebuild wrote"
+    );
+
+    let done = run("shard-0");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(exists(&redis, "{old}:meta").await, "the marker is back");
+    let _restores = serve_restores(&Arc::new(archiver));
+    let (version, entries) = owner_view(&store, "old").await;
+    assert_eq!((version, entries.len()), (1, 2));
 }
 
 async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {

@@ -2,12 +2,12 @@
 //! gateway, sets up logging, and runs the archiver until Ctrl-C or SIGTERM — or one pass with
 //! `--once`, or `rebuild --shard <name>` to refill a shard whose Redis data was lost.
 
-use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use colony::shard_map::ShardIndex;
 use colony::Config;
 use colony_archiver::worker::now;
 use colony_archiver::Archiver;
@@ -49,10 +49,23 @@ async fn main() -> anyhow::Result<()> {
     colony::process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let archiver = Archiver::new(&config)
-        .await
-        .context("starting the archiver")?;
+    if let Some(Command::Rebuild { shard }) = &args.command {
+        let index = config
+            .shards
+            .iter()
+            .position(|s| &s.name == shard)
+            .with_context(|| format!("no shard named {shard:?} in the configuration"))?;
+        let archiver = Archiver::new(&config)
+            .await
+            .context("starting the archiver")?;
+        let (marked, live) = archiver.rebuild(ShardIndex(index)).await?;
+        tracing::info!(shard, marked, live, "rebuild done");
+        return Ok(());
+    }
     if args.once {
+        let archiver = Archiver::new(&config)
+            .await
+            .context("starting the archiver")?;
         // A progress line on a terminal; logs only otherwise.
         let terminal = std::io::stderr().is_terminal();
         let report = archiver
@@ -71,29 +84,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(?report, dry_run = args.dry_run, "archive pass done");
         return Ok(());
     }
-    let admin = tokio::net::TcpListener::bind(&config.archive.admin_listen)
-        .await
-        .with_context(|| format!("binding {}", config.archive.admin_listen))?;
-    let archiver = std::sync::Arc::new(archiver);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        colony::process::stop_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    tracing::info!(shards = config.shards.len(), admin = %admin.local_addr()?, "colony archiver started");
-    let admin_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    };
-    let admin_task = tokio::spawn(
-        axum::serve(admin, colony_archiver::metrics::router(archiver.clone()))
-            .with_graceful_shutdown(admin_stop)
-            .into_future(),
-    );
-    archiver.run(stop_rx).await;
-    admin_task.await??;
+    colony_archiver::serve(&config, colony::process::stop_signal()).await?;
     tracing::info!("colony archiver stopped");
     Ok(())
 }
