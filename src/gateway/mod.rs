@@ -344,6 +344,10 @@ where
     };
 
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
+    // Set once the connection is closing and the grace period is over: requests still running
+    // are abandoned (their callers see the connection close without an answer, which they
+    // must treat as an unknown outcome), so that the connection closes when the docs say.
+    let (abandon, abandoned) = tokio::sync::watch::channel(false);
     let reason = loop {
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => match permit {
@@ -390,12 +394,17 @@ where
         let gateway = gateway.clone();
         let principal = principal.clone();
         let tx = tx.clone();
+        let mut abandoned = abandoned.clone();
         tokio::spawn(async move {
             let metrics = &gateway.inner.metrics;
             metrics.in_flight.inc();
-            let response = handle_request(&gateway, &principal, frame).await;
+            tokio::select! {
+                response = handle_request(&gateway, &principal, frame) => {
+                    let _ = tx.send(response).await;
+                }
+                _ = async { abandoned.wait_for(|abandoned| *abandoned).await.is_ok() } => {}
+            }
             metrics.in_flight.dec();
-            let _ = tx.send(response).await;
             drop(permit);
         });
     };
@@ -411,6 +420,7 @@ where
                 .await;
         }
     }
+    let _ = abandon.send(true);
     drop(tx);
     let _ = writer_task.await;
     reason
