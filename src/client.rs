@@ -237,21 +237,28 @@ impl Client {
                 Ok(pb::server_frame::Body::Batch(b)) if b.results.len() == pending.len() => {
                     b.results.into_iter().map(wire::result_from_pb).collect()
                 }
-                Ok(_) => return Err(Error::Internal("unexpected reply to a batch".into())),
-                Err(e) if e.is_retryable() => pending
+                Ok(_) if attempt == 0 => {
+                    return Err(Error::Internal("unexpected reply to a batch".into()))
+                }
+                Err(e) if attempt == 0 && !e.is_retryable() => return Err(e),
+                // After a first attempt, the batch is no longer the unit: each transaction
+                // keeps what earlier attempts said (an unknown outcome stays unknown).
+                Ok(_) => pending
+                    .iter()
+                    .map(|_| Err(Error::Internal("unexpected reply to a batch".into())))
+                    .collect(),
+                Err(e) => pending
                     .iter()
                     .map(|&i| Err(for_transaction(&e, &transactions[i])))
                     .collect(),
-                Err(e) => return Err(e),
             };
             let mut again = Vec::new();
             for (&i, r) in pending.iter().zip(per_txn) {
-                match r {
-                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                        results[i] = Some(Err(e));
-                        again.push(i);
-                    }
-                    r => results[i] = Some(r),
+                let r = Error::after_attempts(r, results[i].as_ref());
+                let retry = matches!(&r, Err(e) if e.is_retryable());
+                results[i] = Some(r);
+                if retry && Instant::now() < deadline {
+                    again.push(i);
                 }
             }
             pending = again;

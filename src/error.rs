@@ -192,11 +192,79 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         self.retry() == Retry::SameRequest
     }
+
+    /// The outcome of a retried request, from what the latest attempt answered and what the
+    /// earlier ones did. Once an attempt was sent without an answer (UNKNOWN), a later
+    /// attempt that was not sent or did not run (UNAVAILABLE, TIMEOUT, still archived) says
+    /// nothing about the first: the outcome stays UNKNOWN, never "not applied". Any other
+    /// answer settles it (a replay of the same idempotency key answers OK).
+    pub fn after_attempts(
+        latest: Result<crate::Committed, Error>,
+        earlier: Option<&Result<crate::Committed, Error>>,
+    ) -> Result<crate::Committed, Error> {
+        match (latest, earlier) {
+            (
+                Err(Error::Unavailable { .. } | Error::Timeout { .. } | Error::Archived { .. }),
+                Some(Err(unknown @ Error::Unknown { .. })),
+            ) => Err(unknown.clone()),
+            (latest, _) => latest,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_outcome_is_not_settled_by_an_attempt_that_was_not_sent() {
+        let unknown = Error::Unknown {
+            shard: "s".into(),
+            reason: "connection lost after sending".into(),
+        };
+        let not_sent = [
+            Error::Unavailable {
+                shard: "s".into(),
+                reason: "connection refused".into(),
+            },
+            Error::Timeout { shard: "s".into() },
+            Error::Archived { version: 3 },
+        ];
+        for latest in &not_sent {
+            assert_eq!(
+                Error::after_attempts(Err(latest.clone()), Some(&Err(unknown.clone()))),
+                Err(unknown.clone()),
+                "{latest:?}"
+            );
+            // Without an unknown attempt before, the latest answer stands.
+            assert_eq!(
+                Error::after_attempts(Err(latest.clone()), Some(&Err(not_sent[0].clone()))),
+                Err(latest.clone())
+            );
+            assert_eq!(
+                Error::after_attempts(Err(latest.clone()), None),
+                Err(latest.clone())
+            );
+        }
+        // A definite answer settles an unknown one.
+        let ok = Ok(crate::Committed {
+            version: 4,
+            reads: vec![],
+            replayed: true,
+        });
+        assert_eq!(
+            Error::after_attempts(ok.clone(), Some(&Err(unknown.clone()))),
+            ok
+        );
+        let refused = Err(Error::OutOfBounds {
+            version: 4,
+            operation_index: 0,
+        });
+        assert_eq!(
+            Error::after_attempts(refused.clone(), Some(&Err(unknown.clone()))),
+            refused
+        );
+    }
 
     #[test]
     fn only_transport_failures_are_retried_as_is() {

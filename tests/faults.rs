@@ -288,9 +288,12 @@ async fn without_a_sentinel_majority_there_is_no_failover_and_no_second_master()
             || role_of(&shard.servers[replica]).as_deref() == Some("master")
     });
     assert!(!promoted, "a failover happened without a Sentinel majority");
+    // Refused: UNAVAILABLE, or UNKNOWN when the first attempt went out on the connection to
+    // the killed master before its loss was noticed (the retries that could not connect do
+    // not make that one "not applied"; the count below shows it was not).
     let during = store.execute(write(2)).await;
     assert!(
-        matches!(during, Err(Error::Unavailable { .. })),
+        matches!(during, Err(Error::Unavailable { .. } | Error::Unknown { .. })),
         "{during:?}"
     );
     // The master comes back: writes resume on it, and the one that failed was not applied.
@@ -424,4 +427,80 @@ async fn replayed_and_reordered_batches_apply_once_across_a_gateway_restart() {
          rejected, 0 double applies",
         expected.values().sum::<i64>()
     );
+}
+
+/// A write was applied, then the gateway went away before answering, and the client's
+/// retries cannot connect until its deadline: the outcome is UNKNOWN, never UNAVAILABLE
+/// ("nothing was applied"). Found by the load test's chaos mode, where killed gateways made
+/// the checker count such writes as applied twice. The write is held in the gateway after it
+/// applied by a paused replica (replicated acknowledgements wait for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_stays_unknown_when_retries_cannot_connect() {
+    use colony::client::{Client, ClientConfig};
+    use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
+    let master = RedisServer::start().expect("starts");
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).expect("starts");
+    assert!(
+        wait_until(Duration::from_secs(10), || master.replicas_online() == 1),
+        "the replica did not connect"
+    );
+    let mut config = gateway_config(&[&master]);
+    config.gateway.shutdown_grace_ms = 100;
+    config.redis.acknowledge = Acknowledge::Replicated;
+    config.redis.replication_timeout_ms = 10_000;
+    let gateway = TestGateway::start(&config).await.expect("gateway");
+    let address = gateway.address;
+    let served = gateway.gateway.clone();
+    let mut client_config = ClientConfig::new(address.to_string(), ADMIN_TOKEN);
+    client_config.request_deadline = Duration::from_secs(3);
+    let client = Client::connect(client_config).await.expect("client");
+    let increment = |request: u64| {
+        Transaction::owner(pid("lost-answer"), key(request)).with(Operation::IncrementCounter {
+            name: name("n"),
+            delta: 1,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        })
+    };
+    client.execute(increment(1)).await.expect("first write");
+
+    replica.pause().expect("pauses");
+    let pending = tokio::spawn({
+        let client = client.clone();
+        let txn = increment(2);
+        async move { client.execute(txn).await }
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || served.metrics().in_flight.get()
+            == 1),
+        "the write never reached the gateway"
+    );
+    // The master has applied it; the gateway waits for the replica. It stops now: the
+    // client's connection closes without an answer, and nothing listens there any more.
+    gateway.shutdown().await;
+    let result = pending.await.expect("joins");
+    assert!(matches!(result, Err(Error::Unknown { .. })), "{result:?}");
+
+    replica.resume().expect("resumes");
+    let mut config = config.clone();
+    config.gateway.listen = address.to_string();
+    let _gateway = TestGateway::start(&config).await.expect("gateway restarts");
+    let counter = || async {
+        let state = client
+            .get_player(&pid("lost-answer"), Access::Owner, None)
+            .await
+            .expect("reads");
+        state.reads[0].entries[0].value.clone()
+    };
+    assert_eq!(
+        counter().await,
+        Value::Counter(2),
+        "the unanswered write applied"
+    );
+    // Retrying with the same key settles it: OK, replayed, applied once.
+    let settled = client.execute(increment(2)).await.expect("settles");
+    assert!(settled.replayed);
+    assert_eq!(counter().await, Value::Counter(2));
 }

@@ -206,7 +206,8 @@ impl Store {
                 {
                     again.push(position);
                 }
-                results[position] = Some(outcome);
+                results[position] =
+                    Some(Error::after_attempts(outcome, results[position].as_ref()));
             }
             if restore_requested.is_none_or(|at| at.elapsed() >= RESTORE_REQUEST_AGAIN)
                 && self.request_restores(&txns, &again, &results).await
