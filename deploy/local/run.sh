@@ -1,67 +1,147 @@
 #!/usr/bin/env bash
 # Starts a local Colony cluster on this machine: three Redis shards, each a master with one
 # replica in the safe profile (deploy/redis/redis-safe.conf), three Sentinels watching every
-# shard (deploy/redis/sentinel.conf), a MongoDB-wire server (SecantusDB, in memory), the
-# gateway with its admin HTTP endpoint (masters found through the Sentinels, writes
-# acknowledged once a replica has them), and the archiver (players idle for a minute move to
-# MongoDB and come back when accessed). Prints every address and the development tokens.
+# shard (deploy/redis/sentinel.conf), a MongoDB-wire server (SecantusDB, data in the
+# cluster's directory), the gateway(s) with their admin HTTP endpoints (masters found through
+# the Sentinels, writes acknowledged once a replica has them), and the archiver (players idle
+# for a minute move to MongoDB and come back when accessed). Prints every address and the
+# development tokens.
 #
 #   bash deploy/local/run.sh          # keep it running; Ctrl-C stops everything
 #   bash deploy/local/run.sh --demo   # also run a 30-second load test, print its report, stop
+#   bash deploy/local/run.sh --chaos  # a 60-second load test while masters are killed and
+#                                     # paused, a gateway is killed and MongoDB is stopped
 #
 # Ctrl-C (or the end of the demo) stops everything and removes the cluster's files.
+#
+# Every process is started by a script in the cluster's control directory (printed), which
+# chaos mode uses to start a killed process again: <name>.start starts it in the background
+# with its arguments added, <name>.pid holds its process id (see loadtest/src/control.rs).
+#
 # Environment: COLONY_LOCAL_BASE_PORT (default 7000): Redis uses BASE..BASE+2*SHARDS-1, the
-# Sentinels BASE+100..BASE+102, SecantusDB BASE+300, the gateway BASE+400 and its admin
-# endpoint BASE+401, the archiver's admin endpoint BASE+402. COLONY_LOCAL_SHARDS (default 3),
-# COLONY_LOCAL_IDLE_SECS (default 60: when players count as inactive), COLONY_DEMO_SECONDS
-# (default 30).
+# Sentinels BASE+100..BASE+102, SecantusDB BASE+300, gateway g BASE+400+10g and its admin
+# endpoint BASE+401+10g, the archiver's admin endpoint BASE+402. COLONY_LOCAL_SHARDS
+# (default 3), COLONY_LOCAL_GATEWAYS (default 1, 2 with --chaos), COLONY_LOCAL_IDLE_SECS
+# (default 60: when players count as inactive), COLONY_DEMO_SECONDS (default 30, 60 with
+# --chaos), COLONY_CHAOS_EVERY (default 10: seconds between faults), COLONY_LOCAL_BIN_DIR
+# (use the colony-* binaries there instead of building them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-demo=false
-if [ "${1:-}" = "--demo" ]; then demo=true; fi
+mode=${1:-up}
+case "$mode" in
+  up | --demo | --chaos) ;;
+  *)
+    echo "usage: bash deploy/local/run.sh [--demo | --chaos]" >&2
+    exit 2
+    ;;
+esac
 
 bash .ci/setup
-cargo build --release --locked --workspace --bins
+if [ -n "${COLONY_LOCAL_BIN_DIR:-}" ]; then
+  bin=$(cd "$COLONY_LOCAL_BIN_DIR" && pwd)
+else
+  cargo build --release --locked --workspace --bins
+  bin=$(pwd)/target/release
+fi
 tools=${COLONY_TOOLS_DIR:-$HOME/.cache/colony}
 
 base=${COLONY_LOCAL_BASE_PORT:-7000}
 shards=${COLONY_LOCAL_SHARDS:-3}
-gateway_port=$((base + 400))
-admin_port=$((base + 401))
+if [ "$mode" = --chaos ]; then default_gateways=2; else default_gateways=1; fi
+gateways=${COLONY_LOCAL_GATEWAYS:-$default_gateways}
 archiver_admin_port=$((base + 402))
 mongo_port=$((base + 300))
 dir=$(mktemp -d "${TMPDIR:-/tmp}/colony-local.XXXXXX")
-pids=()
+dir=$(cd "$dir" && pwd)
+control=$dir/control
+mkdir -p "$control"
+config=$control/colony.toml
+
+# Stops the processes whose pid files are given: SIGTERM (and SIGCONT, for a paused one),
+# then SIGKILL whatever is still there after ten seconds. The pid files are current:
+# processes restarted by chaos mode rewrote theirs.
+stop_processes() {
+  local pids=() file pid
+  for file in "$@"; do
+    if [ -f "$file" ]; then pids+=("$(cat "$file")"); fi
+  done
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; kill -CONT "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 200); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
 
 stop() {
   trap - EXIT INT TERM
   echo
   echo "stopping the local cluster"
-  for pid in ${archiver_pid:-} ${gateway_pid:-}; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # The gateways and the archiver first, so that they drain while Redis is still there.
+  shopt -s nullglob
+  stop_processes "$control"/gateway-*.pid "$control"/archiver-*.pid
+  stop_processes "$control"/*.pid
   rm -rf "$dir"
 }
 trap stop EXIT INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+need_free() { # port...
+  local port
+  for port in "$@"; do
+    if ! port_free "$port"; then
+      echo "port $port is in use; set COLONY_LOCAL_BASE_PORT to another base" >&2
+      exit 1
+    fi
+  done
+}
+
+# Writes $control/<name>.start, which starts the command in the background (arguments of the
+# script added) with its output appended to <log>, and records its pid in $control/<name>.pid;
+# then runs it.
+launch() { # name log command...
+  local name=$1 log=$2
+  shift 2
+  {
+    echo '#!/usr/bin/env bash'
+    echo "# Starts $name in the background; arguments are added to its command line."
+    printf '%q ' "$@"
+    printf '"$@" >>%q 2>&1 </dev/null &\n' "$log"
+    printf 'echo "$!" >%q\n' "$control/$name.pid"
+  } >"$control/$name.start"
+  bash "$control/$name.start"
+}
+
+wait_port() { # port name
+  local pid
+  for _ in $(seq 1 400); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    pid=$(cat "$control/$2.pid")
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$2 exited; its log is in $dir" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+  echo "$2 did not listen on port $1; its log is in $dir" >&2
+  exit 1
+}
+
 start_redis() { # port role-args...
-  local port=$1; shift
-  if ! port_free "$port"; then
-    echo "port $port is in use; set COLONY_LOCAL_BASE_PORT to another base" >&2
-    exit 1
-  fi
+  local port=$1
+  shift
+  need_free "$port"
   mkdir -p "$dir/redis-$port"
   # A copy per server: Sentinel rewrites the file of a server it reconfigures.
   cp deploy/redis/redis-safe.conf "$dir/redis-$port/redis.conf"
-  redis-server "$dir/redis-$port/redis.conf" --port "$port" --bind 127.0.0.1 \
-    --dir "$dir/redis-$port" --daemonize no --logfile "$dir/redis-$port/redis.log" "$@" &
-  pids+=($!)
+  launch "redis-$port" "$dir/redis-$port/out.log" redis-server "$dir/redis-$port/redis.conf" \
+    --port "$port" --bind 127.0.0.1 --dir "$dir/redis-$port" --daemonize no \
+    --logfile "$dir/redis-$port/redis.log" "$@"
+  wait_port "$port" "redis-$port"
 }
 
 render_sentinel() { # port master-name master-port [lines-only]
@@ -70,20 +150,10 @@ render_sentinel() { # port master-name master-port [lines-only]
     if [ -n "${4:-}" ]; then grep '^sentinel '; else cat; fi
 }
 
-wait_redis() { # port
-  for _ in $(seq 1 200); do
-    if redis-cli -p "$1" ping >/dev/null 2>&1; then return 0; fi
-    sleep 0.05
-  done
-  echo "redis on port $1 did not start; see $dir/redis-$1/redis.log" >&2
-  exit 1
-}
-
-config="$dir/colony.toml"
 {
   echo "[gateway]"
-  echo "listen = \"127.0.0.1:$gateway_port\""
-  echo "admin_listen = \"127.0.0.1:$admin_port\""
+  echo "listen = \"127.0.0.1:$((base + 400))\""
+  echo "admin_listen = \"127.0.0.1:$((base + 401))\""
   echo "[[gateway.tokens]]"
   echo "name = \"local-game\""
   echo "token = \"local-game-token-0001\""
@@ -92,9 +162,6 @@ config="$dir/colony.toml"
   echo "name = \"local-admin\""
   echo "token = \"local-admin-token-0001\""
   echo "role = \"admin\""
-} > "$config"
-
-{
   echo "[redis]"
   echo "acknowledge = \"replicated\""
   echo "[archive]"
@@ -103,38 +170,38 @@ config="$dir/colony.toml"
   echo "scan_interval_secs = 5"
   echo "checkpoint_interval_secs = 30"
   echo "admin_listen = \"127.0.0.1:$archiver_admin_port\""
-} >> "$config"
+} >"$config"
 
-if ! port_free "$mongo_port"; then echo "port $mongo_port is in use; set COLONY_LOCAL_BASE_PORT" >&2; exit 1; fi
-"$tools/secantus/bin/secantusd-py" --host 127.0.0.1 --port "$mongo_port" --storage-path :memory: \
-  --log-level WARNING > "$dir/secantusd.log" 2>&1 &
-pids+=($!)
+need_free "$mongo_port"
+# On disk (in the cluster's directory) and synced on commit, so that a stopped MongoDB comes
+# back with what it acknowledged.
+launch "mongodb-$mongo_port" "$dir/secantusd.log" "$tools/secantus/bin/secantusd-py" \
+  --host 127.0.0.1 --port "$mongo_port" --storage-path "$dir/mongodb" --sync-on-commit \
+  --log-level WARNING
 
 for ((i = 0; i < shards; i++)); do
   master=$((base + 2 * i))
   replica=$((master + 1))
   start_redis "$master"
-  wait_redis "$master"
   start_redis "$replica" --replicaof 127.0.0.1 "$master"
-  wait_redis "$replica"
   echo "shard-$i: master 127.0.0.1:$master, replica 127.0.0.1:$replica"
 done
 
 sentinel_addresses=""
 for ((s = 0; s < 3; s++)); do
   port=$((base + 100 + s))
-  if ! port_free "$port"; then echo "port $port is in use; set COLONY_LOCAL_BASE_PORT" >&2; exit 1; fi
+  need_free "$port"
   mkdir -p "$dir/sentinel-$port"
   file="$dir/sentinel-$port/sentinel.conf"
-  render_sentinel "$port" shard-0 "$base" > "$file"
+  render_sentinel "$port" shard-0 "$base" >"$file"
   for ((i = 1; i < shards; i++)); do
-    render_sentinel "$port" "shard-$i" $((base + 2 * i)) lines-only >> "$file"
+    render_sentinel "$port" "shard-$i" $((base + 2 * i)) lines-only >>"$file"
   done
-  redis-sentinel "$file" --logfile "$dir/sentinel-$port/sentinel.log" &
-  pids+=($!)
+  launch "sentinel-$port" "$dir/sentinel-$port/out.log" redis-sentinel "$file" \
+    --logfile "$dir/sentinel-$port/sentinel.log"
   sentinel_addresses+="${sentinel_addresses:+, }\"127.0.0.1:$port\""
 done
-for ((s = 0; s < 3; s++)); do wait_redis $((base + 100 + s)); done
+for ((s = 0; s < 3; s++)); do wait_port $((base + 100 + s)) "sentinel-$((base + 100 + s))"; done
 echo "sentinels: 127.0.0.1:$((base + 100)), 127.0.0.1:$((base + 101)), 127.0.0.1:$((base + 102))"
 
 for ((i = 0; i < shards; i++)); do
@@ -143,45 +210,56 @@ for ((i = 0; i < shards; i++)); do
     echo "name = \"shard-$i\""
     echo "sentinel = { master_name = \"shard-$i\", addresses = [$sentinel_addresses] }"
     echo "replicas = [\"127.0.0.1:$((base + 2 * i + 1))\"]"
-  } >> "$config"
+  } >>"$config"
 done
 
-if ! port_free "$gateway_port" || ! port_free "$admin_port"; then
-  echo "port $gateway_port or $admin_port is in use; set COLONY_LOCAL_BASE_PORT" >&2
-  exit 1
-fi
-target/release/colony-gateway --config "$config" &
-gateway_pid=$!
-for _ in $(seq 1 200); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$admin_port") 2>/dev/null; then break; fi
-  if ! kill -0 "$gateway_pid" 2>/dev/null; then echo "the gateway exited" >&2; exit 1; fi
-  sleep 0.05
+gateway_list=""
+for ((g = 0; g < gateways; g++)); do
+  port=$((base + 400 + 10 * g))
+  admin_port=$((port + 1))
+  need_free "$port" "$admin_port"
+  # One configuration file; each gateway's addresses come from the environment.
+  launch "gateway-$port" "$dir/gateway-$port.log" env \
+    "COLONY__GATEWAY__LISTEN=127.0.0.1:$port" "COLONY__GATEWAY__ADMIN_LISTEN=127.0.0.1:$admin_port" \
+    "$bin/colony-gateway" --config "$config"
+  wait_port "$admin_port" "gateway-$port"
+  gateway_list+="${gateway_list:+,}127.0.0.1:$port"
 done
 
-for _ in $(seq 1 200); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$mongo_port") 2>/dev/null; then break; fi
-  sleep 0.05
-done
-target/release/colony-archiver --config "$config" &
-archiver_pid=$!
+wait_port "$mongo_port" "mongodb-$mongo_port"
+need_free "$archiver_admin_port"
+launch "archiver-$archiver_admin_port" "$dir/archiver.log" "$bin/colony-archiver" --config "$config"
+wait_port "$archiver_admin_port" "archiver-$archiver_admin_port"
 
 cat <<INFO
 
 Colony is running.
-  gateway (protobuf/TCP)  127.0.0.1:$gateway_port
-  admin HTTP              http://127.0.0.1:$admin_port/admin/status  (/metrics /healthz /readyz)
+  gateways (protobuf/TCP) $gateway_list
+  admin HTTP              http://127.0.0.1:$((base + 401))/admin/status  (/metrics /healthz /readyz; gateway g at port +10g)
   archiver admin          http://127.0.0.1:$archiver_admin_port/admin/status  (/metrics /healthz)
   MongoDB (SecantusDB)    mongodb://127.0.0.1:$mongo_port/?directConnection=true
   tokens                  game: local-game-token-0001   admin: local-admin-token-0001
   configuration           $config
+  control directory       $control  (logs in $dir)
 INFO
 
-if $demo; then
-  echo "Running a ${COLONY_DEMO_SECONDS:-30}-second load test against it."
-  target/release/colony-loadtest --gateway "127.0.0.1:$gateway_port" \
-    --token local-game-token-0001 --duration "${COLONY_DEMO_SECONDS:-30}" --warmup 2 \
-    --out loadtest-report && status=0 || status=$?
-  exit "$status"
-fi
+case "$mode" in
+  --demo)
+    echo "Running a ${COLONY_DEMO_SECONDS:-30}-second load test against it."
+    "$bin/colony-loadtest" --gateway "$gateway_list" --token local-game-token-0001 \
+      --duration "${COLONY_DEMO_SECONDS:-30}" --warmup 2 --out loadtest-report &&
+      status=0 || status=$?
+    exit "$status"
+    ;;
+  --chaos)
+    echo "Running a ${COLONY_DEMO_SECONDS:-60}-second load test with a fault every ${COLONY_CHAOS_EVERY:-10} seconds."
+    "$bin/colony-loadtest" --gateway "$gateway_list" --token local-game-token-0001 \
+      --duration "${COLONY_DEMO_SECONDS:-60}" --warmup 2 --out loadtest-report \
+      --chaos all --control "$control" --chaos-every "${COLONY_CHAOS_EVERY:-10}" &&
+      status=0 || status=$?
+    exit "$status"
+    ;;
+esac
 echo "Press Ctrl-C to stop."
-wait "$gateway_pid"
+# Runs until Ctrl-C, or until the first gateway is gone.
+while kill -0 "$(cat "$control/gateway-$((base + 400)).pid")" 2>/dev/null; do sleep 1; done

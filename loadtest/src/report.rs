@@ -1,5 +1,6 @@
 //! The report: latency per operation (HdrHistogram), throughput, errors by code, the
-//! correctness findings, latency over time — as a table, as JSON, and as an HTML chart.
+//! correctness findings, latency over time, and in chaos mode the faults with their
+//! unavailability windows — as a table, as JSON, and as an HTML chart.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::chaos::FaultReport;
 use crate::checker::Findings;
 use crate::scenario::Op;
 
@@ -127,6 +129,8 @@ pub struct Report {
     pub correctness: Findings,
     /// Latency over time.
     pub timeline: Vec<Point>,
+    /// Chaos mode: the faults injected, in order, with their windows.
+    pub faults: Vec<FaultReport>,
 }
 
 fn ms(micros: u64) -> f64 {
@@ -135,7 +139,12 @@ fn ms(micros: u64) -> f64 {
 
 impl Report {
     /// Builds the report from merged stats.
-    pub fn new(stats: &Stats, measured: Duration, correctness: Findings) -> Report {
+    pub fn new(
+        stats: &Stats,
+        measured: Duration,
+        correctness: Findings,
+        faults: Vec<FaultReport>,
+    ) -> Report {
         let seconds = measured.as_secs_f64().max(1e-9);
         let ops: Vec<OpReport> = Op::ALL
             .iter()
@@ -178,7 +187,13 @@ impl Report {
                     p99: ms(h.value_at_quantile(0.99)),
                 })
                 .collect(),
+            faults,
         }
+    }
+
+    /// Whether some fault could not be injected or the cluster did not recover from it.
+    pub fn chaos_failed(&self) -> bool {
+        self.faults.iter().any(|f| f.error.is_some())
     }
 
     /// The final table.
@@ -220,6 +235,35 @@ impl Report {
             "correctness: {} players checked, {} coins lost ({} players), {} applied twice ({} players), {} increments unknown",
             c.players, c.lost, c.players_with_loss, c.applied_twice, c.players_with_double_applies, c.unknown_ops
         );
+        if !self.faults.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nchaos: {} faults (unavailable = longest time the part hit answered nothing)",
+                self.faults.len()
+            );
+            let _ = writeln!(
+                out,
+                "{:>7}  {:<13} {:<32} {:>14} {:>7} {:>12}  outcome",
+                "at s", "fault", "target", "unavailable ms", "failed", "recovered ms"
+            );
+            for f in &self.faults {
+                let _ = writeln!(
+                    out,
+                    "{:>7.1}  {:<13} {:<32} {:>14.0} {:>7} {:>12}  {}",
+                    f.at_s,
+                    f.kind,
+                    f.target,
+                    f.unavailable_ms,
+                    f.failed,
+                    f.recovered_after_ms
+                        .map_or_else(|| "-".to_string(), |r| format!("{r:.0}")),
+                    match &f.error {
+                        Some(e) => format!("FAILED: {e}"),
+                        None => f.outcome.clone(),
+                    }
+                );
+            }
+        }
         out
     }
 
@@ -246,12 +290,26 @@ impl Report {
              <text x=40 y=15>latency per second (ms): p50 blue, p99 red; top {top:.2} ms</text>\
              <line x1=40 y1={base} x2={right} y2={base} stroke=#999 />\
              <polyline fill=none stroke=#36c stroke-width=2 points='{p50}'/>\
-             <polyline fill=none stroke=#c33 stroke-width=2 points='{p99}'/></svg>",
+             <polyline fill=none stroke=#c33 stroke-width=2 points='{p99}'/>{faults}</svg>",
             table = html_escape(&self.table()),
             base = h - 30.0,
             right = w - 20.0,
             p50 = line(&|p: &Point| p.p50),
             p99 = line(&|p: &Point| p.p99),
+            faults = self
+                .faults
+                .iter()
+                .map(|f| {
+                    let x = 40.0 + (w - 60.0) * f.at_s.max(0.0) / (n - 1.0);
+                    format!(
+                        "<line x1={x:.1} y1=20 x2={x:.1} y2={base} stroke=#e80 stroke-dasharray=4 />\
+                         <text x={tx:.1} y=32 fill=#e80>{kind}</text>",
+                        base = h - 30.0,
+                        tx = x + 3.0,
+                        kind = f.kind
+                    )
+                })
+                .collect::<String>(),
         )
     }
 }

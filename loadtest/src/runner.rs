@@ -1,5 +1,6 @@
 //! Runs a scenario: sets the players up, drives the sessions through the gateways with the
-//! Rust client, shows a progress line, then reads every player back and checks the ledger.
+//! Rust client, shows a progress line, injects the chaos schedule's faults if there is one,
+//! then reads every player back and checks the ledger.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 use colony::client::{Client, ClientConfig};
 use colony::{Access, Error, Name, Operation, PlayerId, Transaction, Value, Visibility};
 
+use crate::chaos::{Availability, FaultReport, PlannedFault, Scope};
 use crate::checker::Ledger;
+use crate::control::{ControlDir, Injected};
 use crate::report::{Report, Stats};
 use crate::scenario::{Op, Random, Scenario};
 
@@ -63,6 +66,53 @@ async fn set_up(scenario: &Scenario, client: &Client) -> anyhow::Result<()> {
 struct Progress {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// The fault being injected, or the last one.
+    fault: Mutex<Option<String>>,
+}
+
+/// Whether the cluster answered: OK or a definite refusal, as opposed to an outcome that
+/// says it could not be reached or did not say.
+fn answered(code: colony::Code) -> bool {
+    use colony::Code;
+    !matches!(
+        code,
+        Code::Unavailable | Code::Timeout | Code::Unknown | Code::Internal
+    )
+}
+
+fn code_of<T>(result: &Result<T, Error>) -> colony::Code {
+    result
+        .as_ref()
+        .map_or_else(Error::code, |_| colony::Code::Ok)
+}
+
+/// Where a session is, for the availability record.
+struct Place {
+    /// When the run started.
+    started: Instant,
+    /// The index of the session's gateway.
+    gateway: usize,
+    /// The shard of every player, when the cluster's slot map is known (chaos mode).
+    shard_of: Arc<Vec<usize>>,
+}
+
+impl Place {
+    fn transaction(&self, seen: &mut Availability, player: u64, code: colony::Code) {
+        let at = self.started.elapsed();
+        let answered = answered(code);
+        if let Some(shard) = self.shard_of.get(player as usize) {
+            seen.record(Scope::Shard(*shard), at, answered);
+        }
+        seen.record(Scope::All, at, answered);
+    }
+
+    fn request(&self, seen: &mut Availability, code: colony::Code) {
+        seen.record(
+            Scope::Gateway(self.gateway),
+            self.started.elapsed(),
+            answered(code),
+        );
+    }
 }
 
 /// What one session does until `stop`.
@@ -70,13 +120,15 @@ async fn session(
     scenario: Arc<Scenario>,
     client: Client,
     index: u64,
+    place: Place,
     measuring_from: Instant,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
-) -> anyhow::Result<(Stats, Ledger)> {
+) -> anyhow::Result<(Stats, Ledger, Availability)> {
     let mut random = Random::new(scenario.seed ^ (index.wrapping_mul(0x9E37_79B9)));
     let mut stats = Stats::default();
     let mut ledger = Ledger::default();
+    let mut seen = Availability::default();
     let own: Vec<u64> = (index..scenario.players)
         .step_by(scenario.sessions as usize)
         .collect();
@@ -86,7 +138,8 @@ async fn session(
     let mut scheduled = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let op = scenario.mix.pick(random.next_u64());
-        let me = player(&scenario, own[random.below(own.len() as u64) as usize])?;
+        let my_number = own[random.below(own.len() as u64) as usize];
+        let me = player(&scenario, my_number)?;
         if let Some(pace) = pace {
             scheduled += pace;
             if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
@@ -102,36 +155,50 @@ async fn session(
                 continue;
             }
             Op::Login => {
-                let r = client.login(&me).await;
-                codes.push(r.as_ref().map_or_else(|e| e.code().as_str(), |_| "OK"));
+                let code = code_of(&client.login(&me).await);
+                place.request(&mut seen, code);
+                place.transaction(&mut seen, my_number, code);
+                codes.push(code.as_str());
             }
             Op::Friends => {
-                let batch: Vec<Transaction> = (0..scenario.batch)
-                    .map(|_| {
-                        let friend = player(&scenario, random.below(scenario.players))?;
+                let friends: Vec<u64> = (0..scenario.batch)
+                    .map(|_| random.below(scenario.players))
+                    .collect();
+                let batch: Vec<Transaction> = friends
+                    .iter()
+                    .map(|n| {
                         Ok(Transaction {
                             access: Access::Public,
                             acting_player: Some(me.clone()),
-                            ..Transaction::owner(friend, None)
+                            ..Transaction::owner(player(&scenario, *n)?, None)
                                 .with(Operation::Read { names: vec![] })
                         })
                     })
                     .collect::<anyhow::Result<_>>()?;
                 stats.transactions += batch.len() as u64;
                 match client.execute_batch(batch).await {
-                    Ok(results) => codes.extend(
-                        results
-                            .iter()
-                            .map(|r| r.as_ref().map_or_else(|e| e.code().as_str(), |_| "OK")),
-                    ),
-                    Err(e) => codes.push(e.code().as_str()),
+                    Ok(results) => {
+                        place.request(&mut seen, colony::Code::Ok);
+                        for (r, n) in results.iter().zip(&friends) {
+                            let code = code_of(r);
+                            place.transaction(&mut seen, *n, code);
+                            codes.push(code.as_str());
+                        }
+                    }
+                    Err(e) => {
+                        place.request(&mut seen, e.code());
+                        codes.push(e.code().as_str());
+                    }
                 }
             }
             Op::Currency | Op::Write => {
                 let mut batch = Vec::new();
                 let mut deltas = Vec::new();
+                let mut numbers = Vec::new();
                 for _ in 0..scenario.batch {
-                    let target = player(&scenario, own[random.below(own.len() as u64) as usize])?;
+                    let number = own[random.below(own.len() as u64) as usize];
+                    numbers.push(number);
+                    let target = player(&scenario, number)?;
                     let delta = 1 + random.below(5) as i64;
                     let operation = if op == Op::Currency {
                         Operation::IncrementCounter {
@@ -158,8 +225,13 @@ async fn session(
                 let results = client.execute_batch(batch).await;
                 match results {
                     Ok(results) => {
-                        for (r, (target, delta)) in results.iter().zip(&deltas) {
-                            codes.push(r.as_ref().map_or_else(|e| e.code().as_str(), |_| "OK"));
+                        place.request(&mut seen, colony::Code::Ok);
+                        for ((r, (target, delta)), number) in
+                            results.iter().zip(&deltas).zip(&numbers)
+                        {
+                            let code = code_of(r);
+                            place.transaction(&mut seen, *number, code);
+                            codes.push(code.as_str());
                             if op == Op::Currency {
                                 match r {
                                     Ok(_) => ledger.acknowledged(target, *delta),
@@ -170,6 +242,7 @@ async fn session(
                         }
                     }
                     Err(e) => {
+                        place.request(&mut seen, e.code());
                         codes.push(e.code().as_str());
                         // A whole-batch failure of a write batch after sending: unknown.
                         if op == Op::Currency && e.code() == colony::Code::Unknown {
@@ -199,7 +272,77 @@ async fn session(
             tokio::time::sleep(scenario.think).await;
         }
     }
-    Ok((stats, ledger))
+    Ok((stats, ledger, seen))
+}
+
+/// Injects the scheduled faults at their times until `stop`; returns each with the time it
+/// was injected (from the start of the run) and what happened.
+async fn inject_faults(
+    control: Arc<ControlDir>,
+    schedule: Vec<PlannedFault>,
+    gateways: Vec<String>,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+) -> Vec<(PlannedFault, Duration, Injected)> {
+    let mut done = Vec::new();
+    for fault in schedule {
+        tokio::time::sleep_until((started + fault.at).into()).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let at = started.elapsed();
+        *progress.fault.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("injecting {}", fault.kind.name()));
+        let injected = control.inject(&fault, &gateways).await;
+        *progress.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "{} {} {}",
+            fault.kind.name(),
+            injected.target,
+            if injected.error.is_some() {
+                "FAILED"
+            } else {
+                "recovered"
+            }
+        ));
+        done.push((fault, at, injected));
+    }
+    done
+}
+
+/// The report lines of the injected faults: each one's window runs until the next fault, or
+/// until the traffic stopped.
+fn fault_reports(
+    injected: &[(PlannedFault, Duration, Injected)],
+    seen: &Availability,
+    warmup: Duration,
+    traffic_end: Duration,
+) -> Vec<FaultReport> {
+    injected
+        .iter()
+        .enumerate()
+        .map(|(i, (fault, at, what))| {
+            let until = injected
+                .get(i + 1)
+                .map_or(traffic_end, |(_, next, _)| *next)
+                .max(*at);
+            let scope = match (what.shard, what.gateway) {
+                (Some(shard), _) => Scope::Shard(shard),
+                (_, Some(gateway)) => Scope::Gateway(gateway),
+                _ => Scope::All,
+            };
+            FaultReport {
+                kind: fault.kind.name(),
+                target: what.target.clone(),
+                at_s: at.as_secs_f64() - warmup.as_secs_f64(),
+                outcome: what.outcome.clone(),
+                recovered_after_ms: what.recovered_after.map(|d| d.as_secs_f64() * 1000.0),
+                unavailable_ms: seen.longest_gap(scope, *at, until).as_secs_f64() * 1000.0,
+                failed: seen.failed(scope, *at, until),
+                error: what.error.clone(),
+            }
+        })
+        .collect()
 }
 
 /// Runs `scenario`; `progress_line` gets a one-line status every second.
@@ -208,6 +351,21 @@ pub async fn run(
     progress_line: impl Fn(&str) + Send + 'static,
 ) -> anyhow::Result<Report> {
     scenario.validate().map_err(anyhow::Error::msg)?;
+    // Chaos mode: the control directory must allow every fault before any traffic runs.
+    let control = match &scenario.chaos {
+        Some(chaos) => {
+            let control = ControlDir::open(&chaos.control)?;
+            control.check(&chaos.faults, &scenario.gateways)?;
+            Some(Arc::new(control))
+        }
+        None => None,
+    };
+    let shard_of: Arc<Vec<usize>> = Arc::new(match &control {
+        Some(control) => (0..scenario.players)
+            .map(|n| Ok(control.shard_of(&player(&scenario, n)?)))
+            .collect::<anyhow::Result<_>>()?,
+        None => Vec::new(),
+    });
     let clients = connect(&scenario).await?;
     set_up(&scenario, &clients[0]).await?;
     let scenario = Arc::new(scenario);
@@ -217,16 +375,32 @@ pub async fn run(
     let measuring_from = started + scenario.warmup;
     let tasks: Vec<_> = (0..scenario.sessions)
         .map(|s| {
+            let gateway = (s as usize) % clients.len();
             tokio::spawn(session(
                 scenario.clone(),
-                clients[(s as usize) % clients.len()].clone(),
+                clients[gateway].clone(),
                 s,
+                Place {
+                    started,
+                    gateway,
+                    shard_of: shard_of.clone(),
+                },
                 measuring_from,
                 stop.clone(),
                 progress.clone(),
             ))
         })
         .collect();
+    let chaos = control.map(|control| {
+        tokio::spawn(inject_faults(
+            control,
+            scenario.schedule(),
+            scenario.gateways.clone(),
+            started,
+            stop.clone(),
+            progress.clone(),
+        ))
+    });
     let ticker = {
         let (progress, stop) = (progress.clone(), stop.clone());
         let total = scenario.warmup + scenario.duration;
@@ -236,7 +410,7 @@ pub async fn run(
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let requests = progress.requests.load(Ordering::Relaxed);
-                let text = format!(
+                let mut text = format!(
                     "{:>4.0}/{:.0} s  {:>7} requests  {:>6}/s  {} with errors",
                     started.elapsed().as_secs_f64().min(total.as_secs_f64()),
                     total.as_secs_f64(),
@@ -244,6 +418,10 @@ pub async fn run(
                     requests - last,
                     progress.errors.load(Ordering::Relaxed)
                 );
+                if let Some(fault) = &*progress.fault.lock().unwrap_or_else(|p| p.into_inner()) {
+                    text.push_str("  chaos: ");
+                    text.push_str(fault);
+                }
                 last = requests;
                 (line.lock().unwrap_or_else(|p| p.into_inner()))(&text);
             }
@@ -251,15 +429,24 @@ pub async fn run(
     };
     tokio::time::sleep(scenario.warmup + scenario.duration).await;
     stop.store(true, Ordering::Relaxed);
+    let traffic_end = started.elapsed();
     let measured = measuring_from.elapsed().min(scenario.duration);
     let mut stats = Stats::default();
     let mut ledger = Ledger::default();
+    let mut seen = Availability::default();
     for task in tasks {
-        let (s, l) = task.await??;
+        let (s, l, a) = task.await??;
         stats.merge(&s);
         ledger.merge(&l);
+        seen.merge(&a);
     }
     let _ = ticker.await;
+    // A fault still under way is seen through (restarts included) before reading back.
+    let injected = match chaos {
+        Some(task) => task.await?,
+        None => Vec::new(),
+    };
+    let faults = fault_reports(&injected, &seen, scenario.warmup, traffic_end);
 
     // Read every checked player back (restoring archived ones) and compare.
     let client = &clients[0];
@@ -278,5 +465,5 @@ pub async fn run(
         stored.insert(p.to_string(), coins);
     }
     let findings = ledger.check(|p| stored.get(p).copied().unwrap_or(0));
-    Ok(Report::new(&stats, measured, findings))
+    Ok(Report::new(&stats, measured, findings, faults))
 }

@@ -147,6 +147,20 @@ pub struct Scenario {
     pub warmup: Duration,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Faults to inject into a local cluster while the traffic runs, if any.
+    pub chaos: Option<Chaos>,
+}
+
+/// Chaos mode: faults on a seeded schedule, through a local cluster's control directory
+/// (see [`crate::control`]).
+#[derive(Debug, Clone)]
+pub struct Chaos {
+    /// The control directory the launcher wrote.
+    pub control: std::path::PathBuf,
+    /// The kinds of fault, taking turns.
+    pub faults: Vec<crate::chaos::FaultKind>,
+    /// One fault in each slot this long.
+    pub every: Duration,
 }
 
 impl Scenario {
@@ -170,7 +184,38 @@ impl Scenario {
         if self.duration.is_zero() {
             return Err("the duration must be positive".into());
         }
+        if let Some(chaos) = &self.chaos {
+            if chaos.faults.is_empty() {
+                return Err("chaos mode needs at least one kind of fault".into());
+            }
+            if chaos.every < Duration::from_secs(1) {
+                return Err("faults need at least a second between them".into());
+            }
+            if self.schedule().is_empty() {
+                return Err(format!(
+                    "a {} s run has no room for a fault every {} s: lengthen --duration or shorten --chaos-every",
+                    self.duration.as_secs(),
+                    chaos.every.as_secs()
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+impl Scenario {
+    /// The faults chaos mode will inject, from the end of the warm-up to the end of the run.
+    pub fn schedule(&self) -> Vec<crate::chaos::PlannedFault> {
+        match &self.chaos {
+            Some(chaos) => crate::chaos::plan(
+                self.seed,
+                &chaos.faults,
+                self.warmup,
+                self.warmup + self.duration,
+                chaos.every,
+            ),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -231,6 +276,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             seed: 1,
+            chaos: None,
         };
         assert!(good.validate().is_ok());
         for bad in [
@@ -252,6 +298,14 @@ mod tests {
             },
             Scenario {
                 duration: Duration::ZERO,
+                ..good.clone()
+            },
+            Scenario {
+                chaos: Some(Chaos {
+                    control: "control".into(),
+                    faults: vec![crate::chaos::FaultKind::KillMaster],
+                    every: Duration::from_secs(10),
+                }),
                 ..good.clone()
             },
         ] {

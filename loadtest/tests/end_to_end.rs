@@ -29,6 +29,7 @@ async fn a_short_run_reports_figures_and_loses_nothing() {
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(200),
         seed: 42,
+        chaos: None,
     };
     let report = runner::run(scenario, |_| {}).await.expect("runs");
     for op in &report.ops {
@@ -41,6 +42,7 @@ async fn a_short_run_reports_figures_and_loses_nothing() {
     assert_eq!(report.correctness.lost, 0);
     assert_eq!(report.correctness.applied_twice, 0);
     assert!(!report.timeline.is_empty());
+    assert!(report.faults.is_empty());
     let json = serde_json::to_string(&report).expect("serializes");
     assert!(json.contains("\"correctness\""));
     assert!(report.html().contains("<svg"));

@@ -1,6 +1,8 @@
 //! `colony-loadtest`: simulates batched game-client traffic against Colony gateways, prints a
 //! live progress line and a final report, writes the report as JSON and an HTML chart, and
-//! exits non-zero if anything acknowledged was lost or applied twice.
+//! exits non-zero if anything acknowledged was lost or applied twice. With `--chaos` it also
+//! injects faults into a local cluster (see `deploy/local/run.sh --chaos`) and reports how
+//! long each part hit was unavailable; it then also fails if the cluster did not recover.
 
 #![allow(clippy::print_stdout)]
 
@@ -10,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use colony_loadtest::chaos::FaultKind;
 use colony_loadtest::runner;
-use colony_loadtest::scenario::{Mix, Scenario};
+use colony_loadtest::scenario::{Chaos, Mix, Scenario};
 
 /// Load test for Colony.
 #[derive(Parser)]
@@ -60,6 +63,16 @@ struct Args {
     /// Directory for report.json and report.html.
     #[arg(long, default_value = "loadtest-report")]
     out: PathBuf,
+    /// Chaos mode: faults to inject, taking turns on a seeded schedule: all, or some of
+    /// kill-master, pause-master, kill-gateway, stop-mongo. Needs --control.
+    #[arg(long, requires = "control")]
+    chaos: Option<String>,
+    /// The local cluster's control directory (printed by deploy/local/run.sh).
+    #[arg(long, requires = "chaos")]
+    control: Option<PathBuf>,
+    /// Chaos mode: one fault in each slot of this many seconds.
+    #[arg(long, default_value_t = 10)]
+    chaos_every: u64,
 }
 
 #[tokio::main]
@@ -83,11 +96,26 @@ async fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration),
         warmup: Duration::from_secs(args.warmup),
         seed,
+        chaos: match (args.chaos, args.control) {
+            (Some(faults), Some(control)) => Some(Chaos {
+                control,
+                faults: FaultKind::parse_list(&faults).map_err(anyhow::Error::msg)?,
+                every: Duration::from_secs(args.chaos_every),
+            }),
+            _ => None,
+        },
     };
     println!(
         "colony-loadtest: {} players, {} sessions, batches of {}, seed {seed}",
         scenario.players, scenario.sessions, scenario.batch
     );
+    for fault in scenario.schedule() {
+        println!(
+            "chaos: {} at {:.1} s",
+            fault.kind.name(),
+            fault.at.as_secs_f64() - scenario.warmup.as_secs_f64()
+        );
+    }
     let terminal = std::io::stderr().is_terminal();
     let report = runner::run(scenario, move |line| {
         if terminal {
@@ -120,6 +148,9 @@ async fn main() -> anyhow::Result<()> {
             c.lost,
             c.applied_twice
         );
+    }
+    if report.chaos_failed() {
+        anyhow::bail!("a fault could not be injected or the cluster did not recover from it");
     }
     Ok(())
 }

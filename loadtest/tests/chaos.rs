@@ -1,0 +1,288 @@
+//! Chaos mode end to end, through the real launcher: `deploy/local/run.sh` starts a one-shard
+//! local cluster (master + replica in the safe profile, three Sentinels, SecantusDB on disk,
+//! two gateways, the archiver); the load test injects every kind of fault through the
+//! cluster's control directory while traffic runs. Every fault must be injected and
+//! recovered from, nothing acknowledged may be lost or applied twice, and stopping the
+//! launcher must stop every process, the ones chaos mode restarted included.
+//!
+//! Cargo builds only this package's binaries for its tests, so the gateway and the archiver
+//! are this test binary itself, started through links named `colony-gateway` and
+//! `colony-archiver`: called by either name it serves as that process (the same library
+//! entry points as the real binaries). Hence `harness = false`.
+//!
+//! Re-run a schedule with `COLONY_FAULT_SEED=<seed> cargo test -p colony-loadtest --test chaos`.
+
+#![allow(clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use colony::testkit::{wait_until, Seeded};
+use colony::Config;
+use colony_loadtest::chaos::FaultKind;
+use colony_loadtest::runner;
+use colony_loadtest::scenario::{Chaos, Mix, Scenario};
+
+fn main() {
+    let called = std::env::args()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_default();
+    match called.as_str() {
+        "colony-gateway" | "colony-archiver" => serve(&called),
+        _ => {
+            chaos_through_the_local_cluster();
+            eprintln!("test chaos_through_the_local_cluster ... ok");
+        }
+    }
+}
+
+/// Runs as the gateway or the archiver: `<name> --config <file>`, stopped by SIGTERM.
+fn serve(process: &str) {
+    let args: Vec<String> = std::env::args().collect();
+    let config = match args.iter().position(|a| a == "--config") {
+        Some(i) if i + 1 < args.len() => PathBuf::from(&args[i + 1]),
+        _ => panic!("{process}: --config <file> is required"),
+    };
+    colony::process::init_logging("info").expect("logging");
+    let config = Config::load(&config, std::env::vars()).expect("configuration");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = colony::process::stop_signal();
+    let outcome = if process == "colony-gateway" {
+        runtime
+            .block_on(colony::gateway::serve(&config, stop))
+            .map_err(|e| e.to_string())
+    } else {
+        runtime
+            .block_on(colony_archiver::serve(&config, stop))
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = outcome {
+        eprintln!("{process}: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Ports the launcher uses for one shard and two gateways, from `base`.
+fn ports(base: u16) -> Vec<u16> {
+    let offsets = [0, 1, 100, 101, 102, 300, 400, 401, 402, 410, 411];
+    offsets.iter().map(|o| base + o).collect()
+}
+
+/// A base whose ports are all free now.
+fn free_base(random: &mut Seeded) -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + (random.range(0, 300) as u16) * 100;
+        if ports(base)
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free range of ports for the local cluster");
+}
+
+/// The launcher, stopped (SIGTERM, as Ctrl-C would) when dropped, also on a failed assertion.
+struct Launcher {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Launcher {
+    fn start(bin: &Path, base: u16) -> Launcher {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut child = Command::new("bash")
+            .arg("deploy/local/run.sh")
+            .current_dir(&root)
+            .env("COLONY_LOCAL_BIN_DIR", bin)
+            .env("COLONY_LOCAL_BASE_PORT", base.to_string())
+            .env("COLONY_LOCAL_SHARDS", "1")
+            .env("COLONY_LOCAL_GATEWAYS", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs deploy/local/run.sh");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        Launcher { child, output }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The control directory, once the launcher says the cluster is running.
+    fn control_dir(&mut self) -> PathBuf {
+        let mut found = None;
+        let ready = wait_until(Duration::from_secs(180), || {
+            found = self.lines().iter().find_map(|l| {
+                l.trim()
+                    .strip_prefix("control directory")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(PathBuf::from)
+            });
+            found.is_some() || self.child.try_wait().ok().flatten().is_some()
+        });
+        match found {
+            Some(dir) if ready => dir,
+            _ => panic!(
+                "the local cluster did not start:\n{}",
+                self.lines().join("\n")
+            ),
+        }
+    }
+
+    /// SIGTERM, then waits for the launcher's clean-up to finish.
+    fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        wait_until(Duration::from_secs(60), || {
+            self.child.try_wait().ok().flatten().is_some()
+        })
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() && !self.stop() {
+            let _ = self.child.kill();
+        }
+    }
+}
+
+fn alive(pid: &str) -> bool {
+    Command::new("kill")
+        .args(["-0", pid])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn chaos_through_the_local_cluster() {
+    let seed = Seeded::seed_from_env();
+    eprintln!("chaos: seed {seed}");
+    let mut random = Seeded::new(seed);
+    let bin = tempfile::tempdir().expect("a directory for the process links");
+    let me = std::env::current_exe().expect("this binary");
+    for name in ["colony-gateway", "colony-archiver"] {
+        std::os::unix::fs::symlink(&me, bin.path().join(name)).expect("links");
+    }
+    let base = free_base(&mut random);
+    let mut launcher = Launcher::start(bin.path(), base);
+    let control = launcher.control_dir();
+
+    let gateways = vec![
+        format!("127.0.0.1:{}", base + 400),
+        format!("127.0.0.1:{}", base + 410),
+    ];
+    // Four slots of 6 s in 26 s (from the end of the 1 s warm-up): one of each fault.
+    let scenario = Scenario {
+        gateways,
+        token: "local-game-token-0001".into(),
+        players: 200,
+        prefix: format!("chaos{seed}"),
+        sessions: 8,
+        batch: 4,
+        think: Duration::from_millis(2),
+        mix: Mix::default(),
+        rate: None,
+        duration: Duration::from_secs(26),
+        warmup: Duration::from_secs(1),
+        seed,
+        chaos: Some(Chaos {
+            control: control.clone(),
+            faults: FaultKind::ALL.to_vec(),
+            every: Duration::from_secs(6),
+        }),
+    };
+    assert_eq!(scenario.schedule().len(), 4);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let started = Instant::now();
+    let report = runtime
+        .block_on(runner::run(scenario, |line| eprintln!("chaos: {line}")))
+        .unwrap_or_else(|e| panic!("the load test failed: {e:#}"));
+    eprintln!("{}", report.table());
+    eprintln!("chaos: the run took {:?}", started.elapsed());
+
+    // Every fault was injected and recovered from, each kind once.
+    let mut kinds: Vec<&str> = report.faults.iter().map(|f| f.kind).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec!["kill-gateway", "kill-master", "pause-master", "stop-mongo"]
+    );
+    for fault in &report.faults {
+        assert!(fault.error.is_none(), "{fault:?}");
+        assert!(fault.recovered_after_ms.is_some(), "{fault:?}");
+        assert!(fault.unavailable_ms < 30_000.0, "{fault:?}");
+    }
+    // A killed master is seen: its shard answers nothing for a while (Sentinel needs its
+    // down-after, 2 s, before it even starts a failover).
+    let killed = report
+        .faults
+        .iter()
+        .find(|f| f.kind == "kill-master")
+        .expect("kill-master");
+    assert!(killed.unavailable_ms >= 1000.0, "{killed:?}");
+    // Nothing acknowledged lost or applied twice, and the traffic came back after the last
+    // fault.
+    let c = &report.correctness;
+    assert!(c.players > 0);
+    assert_eq!((c.lost, c.applied_twice), (0, 0), "{c:?}");
+    let last = report.timeline.last().expect("a timeline");
+    assert!(last.requests > 0, "no traffic at the end: {last:?}");
+
+    // Stopping the launcher stops everything, restarted processes included.
+    let pids: Vec<String> = std::fs::read_dir(&control)
+        .expect("control directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .expect("pid file")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        pids.len(),
+        9,
+        "2 redis, 3 sentinels, mongodb, 2 gateways, archiver"
+    );
+    assert!(launcher.stop(), "the launcher did not stop");
+    for pid in &pids {
+        assert!(!alive(pid), "process {pid} outlived the launcher");
+    }
+    assert!(!control.exists(), "the cluster's files were left behind");
+}
