@@ -293,7 +293,10 @@ async fn without_a_sentinel_majority_there_is_no_failover_and_no_second_master()
     // not make that one "not applied"; the count below shows it was not).
     let during = store.execute(write(2)).await;
     assert!(
-        matches!(during, Err(Error::Unavailable { .. } | Error::Unknown { .. })),
+        matches!(
+            during,
+            Err(Error::Unavailable { .. } | Error::Unknown { .. })
+        ),
         "{during:?}"
     );
     // The master comes back: writes resume on it, and the one that failed was not applied.
