@@ -70,6 +70,19 @@ async fn exists(redis: &RedisServer, key: &str) -> bool {
     n == 1
 }
 
+/// The shard loses everything.
+async fn flushall(redis: &RedisServer) {
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+}
+
 async fn digest(redis: &RedisServer) -> String {
     let mut conn = redis::Client::open(redis.url())
         .expect("client")
@@ -416,16 +429,7 @@ async fn checkpoints_let_a_wiped_shard_be_rebuilt() {
     );
     let (want_version, want) = owner_view(&store, "live").await;
 
-    // The shard loses everything.
-    let mut conn = redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
+    flushall(&redis).await;
     assert!(matches!(
         store.get_player(pid("live"), Access::Owner).await,
         Err(Error::NotFound)
@@ -461,15 +465,7 @@ async fn the_rebuild_command_refills_the_named_shard() {
         .archive_pass(now() + 1000, false)
         .await
         .expect("archives old");
-    let mut conn = redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
+    flushall(&redis).await;
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("colony.toml");
     std::fs::write(
