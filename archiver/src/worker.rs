@@ -48,6 +48,9 @@ use colony::{Config, PlayerId, Store};
 
 use crate::document::{document_state, from_document, to_document, DocState, Pairs, Snapshot};
 
+/// Pause before reading a shard's restore queue again after it failed.
+pub const RESTORE_QUEUE_PAUSE: Duration = Duration::from_millis(250);
+
 static SNAPSHOT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("snapshot.lua")));
 static ARCHIVE: std::sync::LazyLock<redis::Script> =
@@ -772,7 +775,8 @@ impl Archiver {
         Ok((marked, live))
     }
 
-    /// Serves one shard's restore requests until `stop` turns true.
+    /// Serves one shard's restore requests until `stop` turns true. After a failure of the
+    /// queue it reconnects after [`RESTORE_QUEUE_PAUSE`].
     pub async fn serve_restores(&self, shard: ShardIndex, mut stop: watch::Receiver<bool>) {
         let mut conn = None;
         while !*stop.borrow() {
@@ -800,8 +804,16 @@ impl Archiver {
                 Ok(Some((_, request))) => request,
                 Ok(None) => continue,
                 Err(e) => {
+                    // NOREPLICAS (BRPOP writes), READONLY after a failover, a lost connection:
+                    // reconnect (the master may have moved), but pause first. Retrying at once
+                    // opened a connection per attempt, thousands a second, and the load kept
+                    // the master's replicas from counting as good: NOREPLICAS for everyone.
                     tracing::warn!(shard = shard.0, error = %e, "restore queue failed");
                     conn = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(RESTORE_QUEUE_PAUSE) => {}
+                        _ = stop.changed() => {}
+                    }
                     continue;
                 }
             };
