@@ -14,7 +14,8 @@ pub enum Op {
     Currency,
     /// A batch of public field writes on the session's players.
     Write,
-    /// The player goes quiet for a while (lets the archiver move idle players).
+    /// The session pauses (five think times plus 50 ms). Too short for the archiver to move
+    /// anyone: a run does not yet make players inactive long enough to be archived.
     Idle,
 }
 
