@@ -40,6 +40,8 @@ pub struct Findings {
     pub players_with_double_applies: u64,
     /// Increments whose outcome stayed unknown.
     pub unknown_ops: u64,
+    /// Players that could not be read back, so were not checked.
+    pub unreadable: u64,
 }
 
 impl Ledger {
@@ -72,14 +74,18 @@ impl Ledger {
         self.players.keys().map(String::as_str)
     }
 
-    /// Checks the stored counters, `stored(player)` (0 when absent).
-    pub fn check(&self, mut stored: impl FnMut(&str) -> i64) -> Findings {
+    /// Checks the stored counters, `stored(player)` (0 when absent, `None` when it could not
+    /// be read: counted as unreadable, neither correct nor wrong).
+    pub fn check(&self, mut stored: impl FnMut(&str) -> Option<i64>) -> Findings {
         let mut findings = Findings {
             unknown_ops: self.unknown_ops,
             ..Findings::default()
         };
         for (player, e) in &self.players {
-            let value = stored(player);
+            let Some(value) = stored(player) else {
+                findings.unreadable += 1;
+                continue;
+            };
             findings.players += 1;
             if value < e.acknowledged {
                 findings.lost += e.acknowledged - value;
@@ -110,21 +116,28 @@ mod tests {
     #[test]
     fn correct_histories_pass() {
         for a in [7, 8, 10] {
-            let f = ledger().check(|p| if p == "a" { a } else { 1 });
+            let f = ledger().check(|p| Some(if p == "a" { a } else { 1 }));
             assert_eq!((f.lost, f.applied_twice), (0, 0), "a = {a}");
         }
     }
 
     #[test]
     fn planted_loss_is_caught() {
-        let f = ledger().check(|p| if p == "a" { 4 } else { 0 });
+        let f = ledger().check(|p| Some(if p == "a" { 4 } else { 0 }));
         assert_eq!((f.lost, f.players_with_loss), (4, 2));
     }
 
     #[test]
     fn planted_double_applies_are_caught() {
-        let f = ledger().check(|p| if p == "a" { 17 } else { 2 });
+        let f = ledger().check(|p| Some(if p == "a" { 17 } else { 2 }));
         assert_eq!((f.applied_twice, f.players_with_double_applies), (8, 2));
         assert_eq!(f.unknown_ops, 1);
+    }
+
+    #[test]
+    fn unreadable_players_are_counted_not_judged() {
+        let f = ledger().check(|p| if p == "a" { None } else { Some(0) });
+        assert_eq!((f.players, f.unreadable), (1, 1));
+        assert_eq!((f.lost, f.players_with_loss), (1, 1));
     }
 }

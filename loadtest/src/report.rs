@@ -235,6 +235,13 @@ impl Report {
             "correctness: {} players checked, {} coins lost ({} players), {} applied twice ({} players), {} increments unknown",
             c.players, c.lost, c.players_with_loss, c.applied_twice, c.players_with_double_applies, c.unknown_ops
         );
+        if c.unreadable > 0 {
+            let _ = writeln!(
+                out,
+                "NOT CHECKED: {} players could not be read back through any gateway",
+                c.unreadable
+            );
+        }
         if !self.faults.is_empty() {
             let _ = writeln!(
                 out,

@@ -38,9 +38,9 @@ async fn connect(scenario: &Scenario) -> anyhow::Result<Vec<Client>> {
     Ok(clients)
 }
 
-/// Creates every player (acting for itself), so that logins find them.
+/// Creates every player, cold ones included (acting for itself), so that logins find them.
 async fn set_up(scenario: &Scenario, client: &Client) -> anyhow::Result<()> {
-    let ids: Vec<u64> = (0..scenario.players).collect();
+    let ids: Vec<u64> = (0..scenario.players + scenario.cold_players).collect();
     for chunk in ids.chunks(256) {
         let mut batch = Vec::new();
         for &n in chunk {
@@ -159,6 +159,41 @@ async fn session(
                 place.request(&mut seen, code);
                 place.transaction(&mut seen, my_number, code);
                 codes.push(code.as_str());
+            }
+            Op::Return => {
+                let number = scenario.players + random.below(scenario.cold_players);
+                let back = player(&scenario, number)?;
+                let code = code_of(&client.login(&back).await);
+                place.request(&mut seen, code);
+                place.transaction(&mut seen, number, code);
+                codes.push(code.as_str());
+                if code == colony::Code::Ok {
+                    let delta = 1 + random.below(5) as i64;
+                    stats.transactions += 1;
+                    let result = client
+                        .execute(Transaction {
+                            acting_player: Some(back.clone()),
+                            ..Transaction::owner(back.clone(), Some(client.next_key())).with(
+                                Operation::IncrementCounter {
+                                    name: name("coins"),
+                                    delta,
+                                    min: Some(0),
+                                    max: Some(MAX_COINS),
+                                    visibility: Visibility::Private,
+                                },
+                            )
+                        })
+                        .await;
+                    let code = code_of(&result);
+                    place.request(&mut seen, code);
+                    place.transaction(&mut seen, number, code);
+                    codes.push(code.as_str());
+                    match result {
+                        Ok(_) => ledger.acknowledged(back.as_str(), delta),
+                        Err(Error::Unknown { .. }) => ledger.unknown(back.as_str(), delta),
+                        Err(_) => {}
+                    }
+                }
             }
             Op::Friends => {
                 let friends: Vec<u64> = (0..scenario.batch)
@@ -361,7 +396,7 @@ pub async fn run(
         None => None,
     };
     let shard_of: Arc<Vec<usize>> = Arc::new(match &control {
-        Some(control) => (0..scenario.players)
+        Some(control) => (0..scenario.players + scenario.cold_players)
             .map(|n| Ok(control.shard_of(&player(&scenario, n)?)))
             .collect::<anyhow::Result<_>>()?,
         None => Vec::new(),
@@ -448,22 +483,27 @@ pub async fn run(
     };
     let faults = fault_reports(&injected, &seen, scenario.warmup, traffic_end);
 
-    // Read every checked player back (restoring archived ones) and compare.
-    let client = &clients[0];
+    // Read every checked player back (restoring archived ones) and compare. Each gateway is
+    // tried in turn (each with the client's retries): after chaos one may still be down. A
+    // player no gateway could read is reported as unreadable, not judged.
     let mut stored = std::collections::BTreeMap::new();
     for p in ledger.players() {
         let id = PlayerId::new(p)?;
-        let state = client.get_player(&id, Access::Owner, Some(&id)).await?;
-        let coins = state
-            .reads
-            .first()
-            .and_then(|r| r.entries.iter().find(|e| e.name.as_str() == "coins"))
-            .map_or(0, |e| match e.value {
-                Value::Counter(c) => c,
-                _ => 0,
-            });
-        stored.insert(p.to_string(), coins);
+        for client in &clients {
+            if let Ok(state) = client.get_player(&id, Access::Owner, Some(&id)).await {
+                let coins = state
+                    .reads
+                    .first()
+                    .and_then(|r| r.entries.iter().find(|e| e.name.as_str() == "coins"))
+                    .map_or(0, |e| match e.value {
+                        Value::Counter(c) => c,
+                        _ => 0,
+                    });
+                stored.insert(p.to_string(), coins);
+                break;
+            }
+        }
     }
-    let findings = ledger.check(|p| stored.get(p).copied().unwrap_or(0));
+    let findings = ledger.check(|p| stored.get(p).copied());
     Ok(Report::new(&stats, measured, findings, faults))
 }

@@ -14,14 +14,25 @@ pub enum Op {
     Currency,
     /// A batch of public field writes on the session's players.
     Write,
-    /// The session pauses (five think times plus 50 ms). Too short for the archiver to move
-    /// anyone: a run does not yet make players inactive long enough to be archived.
+    /// The session pauses (five think times plus 50 ms); see [`Op::Return`] for players who
+    /// stay away long enough to be archived.
     Idle,
+    /// A player who has been away comes back: a login and a coin change on one of the cold
+    /// players, which no session plays otherwise, so that between visits they stay inactive
+    /// long enough for the archiver to move them (and the login restores them).
+    Return,
 }
 
 impl Op {
     /// Every op, in report order.
-    pub const ALL: [Op; 5] = [Op::Login, Op::Friends, Op::Currency, Op::Write, Op::Idle];
+    pub const ALL: [Op; 6] = [
+        Op::Login,
+        Op::Friends,
+        Op::Currency,
+        Op::Write,
+        Op::Idle,
+        Op::Return,
+    ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -31,6 +42,7 @@ impl Op {
             Op::Currency => "currency",
             Op::Write => "write",
             Op::Idle => "idle",
+            Op::Return => "return",
         }
     }
 }
@@ -48,6 +60,8 @@ pub struct Mix {
     pub write: u32,
     /// Weight of [`Op::Idle`].
     pub idle: u32,
+    /// Weight of [`Op::Return`].
+    pub returning: u32,
 }
 
 impl Default for Mix {
@@ -58,18 +72,20 @@ impl Default for Mix {
             currency: 40,
             write: 20,
             idle: 5,
+            returning: 0,
         }
     }
 }
 
 impl Mix {
-    fn weights(&self) -> [(Op, u32); 5] {
+    fn weights(&self) -> [(Op, u32); 6] {
         [
             (Op::Login, self.login),
             (Op::Friends, self.friends),
             (Op::Currency, self.currency),
             (Op::Write, self.write),
             (Op::Idle, self.idle),
+            (Op::Return, self.returning),
         ]
     }
 
@@ -86,7 +102,8 @@ impl Mix {
         Op::Currency
     }
 
-    /// Parses `login=5,friends=30,currency=40,write=20,idle=5` (missing names weigh 0).
+    /// Parses `login=5,friends=30,currency=40,write=20,idle=5,return=5` (missing names weigh
+    /// 0).
     pub fn parse(text: &str) -> Result<Mix, String> {
         let mut mix = Mix {
             login: 0,
@@ -94,6 +111,7 @@ impl Mix {
             currency: 0,
             write: 0,
             idle: 0,
+            returning: 0,
         };
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
             let (name, weight) = part
@@ -109,6 +127,7 @@ impl Mix {
                 "currency" => &mut mix.currency,
                 "write" => &mut mix.write,
                 "idle" => &mut mix.idle,
+                "return" => &mut mix.returning,
                 other => return Err(format!("unknown operation {other:?}")),
             };
             *slot = weight;
@@ -129,6 +148,8 @@ pub struct Scenario {
     pub token: String,
     /// Players simulated; ids are `<prefix>-<n>`.
     pub players: u64,
+    /// Cold players, ids `<prefix>-<players + k>`: only [`Op::Return`] visits them.
+    pub cold_players: u64,
     /// Prefix of player ids, so runs do not collide.
     pub prefix: String,
     /// Concurrent sessions; session `s` owns the players `n` with `n % sessions == s`.
@@ -178,6 +199,9 @@ impl Scenario {
                 "{} sessions for {} players: every session needs a player of its own",
                 self.sessions, self.players
             ));
+        }
+        if self.mix.returning > 0 && self.cold_players == 0 {
+            return Err("the return operation needs cold players (--cold-players)".into());
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return Err("the rate must be a positive number".into());
@@ -268,6 +292,7 @@ mod tests {
             gateways: vec!["127.0.0.1:7400".into()],
             token: "t".into(),
             players: 10,
+            cold_players: 0,
             prefix: "p".into(),
             sessions: 2,
             batch: 4,
@@ -291,6 +316,10 @@ mod tests {
             },
             Scenario {
                 batch: 0,
+                ..good.clone()
+            },
+            Scenario {
+                mix: Mix::parse("login=1,return=1").expect("valid"),
                 ..good.clone()
             },
             Scenario {

@@ -104,6 +104,8 @@ impl Launcher {
             .env("COLONY_LOCAL_BASE_PORT", base.to_string())
             .env("COLONY_LOCAL_SHARDS", "1")
             .env("COLONY_LOCAL_GATEWAYS", "2")
+            // Cold players idle for 3 s are archived, so that returning ones are restored.
+            .env("COLONY_LOCAL_IDLE_SECS", "3")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -181,6 +183,31 @@ impl Drop for Launcher {
     }
 }
 
+/// The body of an HTTP GET on loopback.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sends");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reads");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The sum of the samples of `metric` whose labels include `label`.
+fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn alive(pid: &str) -> bool {
     Command::new("kill")
         .args(["-0", pid])
@@ -206,19 +233,23 @@ fn chaos_through_the_local_cluster() {
         format!("127.0.0.1:{}", base + 400),
         format!("127.0.0.1:{}", base + 410),
     ];
-    // Four slots of 6 s in 26 s (from the end of the 1 s warm-up): one of each fault.
+    // A 10 s warm-up without faults: the cold players, idle for 3 s, meet an archive pass
+    // (every 5 s) and some return to be restored, whatever the faults do later. Then four
+    // slots of 6 s in 26 s: one of each fault.
     let scenario = Scenario {
         gateways,
         token: "local-game-token-0001".into(),
         players: 200,
+        cold_players: 400,
         prefix: format!("chaos{seed}"),
         sessions: 8,
         batch: 4,
         think: Duration::from_millis(2),
-        mix: Mix::default(),
+        mix: Mix::parse("login=5,friends=30,currency=40,write=20,idle=5,return=5")
+            .expect("valid mix"),
         rate: None,
         duration: Duration::from_secs(26),
-        warmup: Duration::from_secs(1),
+        warmup: Duration::from_secs(10),
         seed,
         chaos: Some(Chaos {
             control: control.clone(),
@@ -259,9 +290,21 @@ fn chaos_through_the_local_cluster() {
     // fault.
     let c = &report.correctness;
     assert!(c.players > 0);
-    assert_eq!((c.lost, c.applied_twice), (0, 0), "{c:?}");
+    assert_eq!((c.lost, c.applied_twice, c.unreadable), (0, 0, 0), "{c:?}");
     let last = report.timeline.last().expect("a timeline");
     assert!(last.requests > 0, "no traffic at the end: {last:?}");
+    // Returning players were archived and restored meanwhile (the ledger covers their coins).
+    let metrics = http_get(base + 402, "/metrics");
+    let archived = metric_sum(&metrics, "colony_archiver_archived_total", "");
+    let restored = metric_sum(
+        &metrics,
+        "colony_archiver_restores_total{",
+        "outcome=\"restored\"",
+    );
+    assert!(
+        archived > 0.0 && restored > 0.0,
+        "archived {archived}, restored {restored}:\n{metrics}"
+    );
 
     // Stopping the launcher stops everything, restarted processes included.
     let pids: Vec<String> = std::fs::read_dir(&control)

@@ -20,11 +20,13 @@ async fn a_short_run_reports_figures_and_loses_nothing() {
         gateways: vec![gateway.address.to_string()],
         token: GAME_TOKEN.into(),
         players: 64,
+        cold_players: 32,
         prefix: "e2e".into(),
         sessions: 8,
         batch: 4,
         think: Duration::ZERO,
-        mix: Mix::default(),
+        mix: Mix::parse("login=5,friends=30,currency=40,write=20,idle=5,return=5")
+            .expect("valid mix"),
         rate: None,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(200),
@@ -41,6 +43,7 @@ async fn a_short_run_reports_figures_and_loses_nothing() {
     assert!(report.correctness.players > 0);
     assert_eq!(report.correctness.lost, 0);
     assert_eq!(report.correctness.applied_twice, 0);
+    assert_eq!(report.correctness.unreadable, 0);
     assert!(!report.timeline.is_empty());
     assert!(report.faults.is_empty());
     let json = serde_json::to_string(&report).expect("serializes");

@@ -33,6 +33,9 @@ struct Args {
     /// Players simulated.
     #[arg(long, default_value_t = 1000)]
     players: u64,
+    /// Cold players, visited only by the return operation (away long enough to be archived).
+    #[arg(long, default_value_t = 0)]
+    cold_players: u64,
     /// Concurrent sessions.
     #[arg(long, default_value_t = 32)]
     sessions: u64,
@@ -42,7 +45,8 @@ struct Args {
     /// Pause after each request of a session, in milliseconds.
     #[arg(long, default_value_t = 0)]
     think_ms: u64,
-    /// Operation mix, e.g. login=5,friends=30,currency=40,write=20,idle=5.
+    /// Operation mix, e.g. login=5,friends=30,currency=40,write=20,idle=5,return=5 (return
+    /// needs --cold-players).
     #[arg(long, default_value = "login=5,friends=30,currency=40,write=20,idle=5")]
     mix: String,
     /// Requests per second over all sessions (paced); closed loop when absent.
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         gateways: args.gateway,
         token: args.token,
         players: args.players,
+        cold_players: args.cold_players,
         prefix: args.prefix,
         sessions: args.sessions,
         batch: args.batch,
@@ -147,6 +152,12 @@ async fn main() -> anyhow::Result<()> {
             "{} coins lost and {} applied twice",
             c.lost,
             c.applied_twice
+        );
+    }
+    if c.unreadable > 0 {
+        anyhow::bail!(
+            "{} players could not be read back and checked",
+            c.unreadable
         );
     }
     if report.chaos_failed() {
