@@ -22,7 +22,8 @@
 # Sentinels BASE+100..BASE+102, SecantusDB BASE+300, gateway g BASE+400+10g and its admin
 # endpoint BASE+401+10g, the archiver's admin endpoint BASE+402. COLONY_LOCAL_SHARDS
 # (default 3), COLONY_LOCAL_GATEWAYS (default 1, 2 with --chaos), COLONY_LOCAL_IDLE_SECS
-# (default 60: when players count as inactive), COLONY_DEMO_SECONDS (default 30, 60 with
+# (when players count as inactive: default 60, 10 with --demo and --chaos so that the load
+# test's returning players are archived and restored), COLONY_DEMO_SECONDS (default 30, 60 with
 # --chaos), COLONY_CHAOS_EVERY (default 10: seconds between faults), COLONY_LOCAL_BIN_DIR
 # (use the colony-* binaries there instead of building them), COLONY_LOCAL_KEEP (keep the
 # cluster's directory, with every log, after stopping).
@@ -50,6 +51,7 @@ tools=${COLONY_TOOLS_DIR:-$HOME/.cache/colony}
 base=${COLONY_LOCAL_BASE_PORT:-7000}
 shards=${COLONY_LOCAL_SHARDS:-3}
 if [ "$mode" = --chaos ]; then default_gateways=2; else default_gateways=1; fi
+if [ "$mode" = up ]; then default_idle=60; else default_idle=10; fi
 gateways=${COLONY_LOCAL_GATEWAYS:-$default_gateways}
 archiver_admin_port=$((base + 402))
 mongo_port=$((base + 300))
@@ -173,7 +175,7 @@ render_sentinel() { # port master-name master-port [lines-only]
   echo "acknowledge = \"replicated\""
   echo "[archive]"
   echo "mongodb_uris = [\"mongodb://127.0.0.1:$mongo_port/?directConnection=true\"]"
-  echo "inactive_after_secs = ${COLONY_LOCAL_IDLE_SECS:-60}"
+  echo "inactive_after_secs = ${COLONY_LOCAL_IDLE_SECS:-$default_idle}"
   echo "scan_interval_secs = 5"
   echo "checkpoint_interval_secs = 30"
   echo "admin_listen = \"127.0.0.1:$archiver_admin_port\""
@@ -250,18 +252,20 @@ Colony is running.
   control directory       $control  (logs in $dir)
 INFO
 
+# The demo's traffic: 1,000 players in play, and 2,000 who come back now and then, long enough
+# after their last visit to have been archived.
+load=(--gateway "$gateway_list" --token local-game-token-0001 --players 1000 --cold-players 2000
+  --mix login=5,friends=30,currency=35,write=20,idle=5,return=5 --warmup 2 --out loadtest-report)
 case "$mode" in
   --demo)
     echo "Running a ${COLONY_DEMO_SECONDS:-30}-second load test against it."
-    "$bin/colony-loadtest" --gateway "$gateway_list" --token local-game-token-0001 \
-      --duration "${COLONY_DEMO_SECONDS:-30}" --warmup 2 --out loadtest-report &&
+    "$bin/colony-loadtest" "${load[@]}" --duration "${COLONY_DEMO_SECONDS:-30}" &&
       status=0 || status=$?
     exit "$status"
     ;;
   --chaos)
     echo "Running a ${COLONY_DEMO_SECONDS:-60}-second load test with a fault every ${COLONY_CHAOS_EVERY:-10} seconds."
-    "$bin/colony-loadtest" --gateway "$gateway_list" --token local-game-token-0001 \
-      --duration "${COLONY_DEMO_SECONDS:-60}" --warmup 2 --out loadtest-report \
+    "$bin/colony-loadtest" "${load[@]}" --duration "${COLONY_DEMO_SECONDS:-60}" \
       --chaos all --control "$control" --chaos-every "${COLONY_CHAOS_EVERY:-10}" &&
       status=0 || status=$?
     exit "$status"
