@@ -61,6 +61,29 @@ async fn set_up(scenario: &Scenario, client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bounded coin change of `player` by `delta`, acting for itself, with a new key.
+fn coin_change(client: &Client, player: PlayerId, delta: i64) -> Transaction {
+    Transaction {
+        acting_player: Some(player.clone()),
+        ..Transaction::owner(player, Some(client.next_key())).with(Operation::IncrementCounter {
+            name: name("coins"),
+            delta,
+            min: Some(0),
+            max: Some(MAX_COINS),
+            visibility: Visibility::Private,
+        })
+    }
+}
+
+/// Records a coin change's outcome: acknowledged, unknown, or (any other error) not applied.
+fn record_coins<T>(ledger: &mut Ledger, player: &str, delta: i64, result: &Result<T, Error>) {
+    match result {
+        Ok(_) => ledger.acknowledged(player, delta),
+        Err(Error::Unknown { .. }) => ledger.unknown(player, delta),
+        Err(_) => {}
+    }
+}
+
 /// Live counters for the progress line.
 #[derive(Default)]
 struct Progress {
@@ -171,28 +194,13 @@ async fn session(
                     let delta = 1 + random.below(5) as i64;
                     stats.transactions += 1;
                     let result = client
-                        .execute(Transaction {
-                            acting_player: Some(back.clone()),
-                            ..Transaction::owner(back.clone(), Some(client.next_key())).with(
-                                Operation::IncrementCounter {
-                                    name: name("coins"),
-                                    delta,
-                                    min: Some(0),
-                                    max: Some(MAX_COINS),
-                                    visibility: Visibility::Private,
-                                },
-                            )
-                        })
+                        .execute(coin_change(&client, back.clone(), delta))
                         .await;
                     let code = code_of(&result);
                     place.request(&mut seen, code);
                     place.transaction(&mut seen, number, code);
                     codes.push(code.as_str());
-                    match result {
-                        Ok(_) => ledger.acknowledged(back.as_str(), delta),
-                        Err(Error::Unknown { .. }) => ledger.unknown(back.as_str(), delta),
-                        Err(_) => {}
-                    }
+                    record_coins(&mut ledger, back.as_str(), delta, &result);
                 }
             }
             Op::Friends => {
@@ -235,25 +243,20 @@ async fn session(
                     numbers.push(number);
                     let target = player(&scenario, number)?;
                     let delta = 1 + random.below(5) as i64;
-                    let operation = if op == Op::Currency {
-                        Operation::IncrementCounter {
-                            name: name("coins"),
-                            delta,
-                            min: Some(0),
-                            max: Some(MAX_COINS),
-                            visibility: Visibility::Private,
-                        }
-                    } else {
-                        Operation::SetField {
-                            name: name("profile"),
-                            value: random.next_u64().to_le_bytes().repeat(8),
-                            visibility: Visibility::Public,
-                        }
-                    };
                     deltas.push((target.as_str().to_string(), delta));
-                    batch.push(Transaction {
-                        acting_player: Some(target.clone()),
-                        ..Transaction::owner(target, Some(client.next_key())).with(operation)
+                    batch.push(if op == Op::Currency {
+                        coin_change(&client, target, delta)
+                    } else {
+                        Transaction {
+                            acting_player: Some(target.clone()),
+                            ..Transaction::owner(target, Some(client.next_key())).with(
+                                Operation::SetField {
+                                    name: name("profile"),
+                                    value: random.next_u64().to_le_bytes().repeat(8),
+                                    visibility: Visibility::Public,
+                                },
+                            )
+                        }
                     });
                 }
                 stats.transactions += batch.len() as u64;
@@ -268,11 +271,7 @@ async fn session(
                             place.transaction(&mut seen, *number, code);
                             codes.push(code.as_str());
                             if op == Op::Currency {
-                                match r {
-                                    Ok(_) => ledger.acknowledged(target, *delta),
-                                    Err(Error::Unknown { .. }) => ledger.unknown(target, *delta),
-                                    Err(_) => {}
-                                }
+                                record_coins(&mut ledger, target, *delta, r);
                             }
                         }
                     }
