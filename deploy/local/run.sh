@@ -153,6 +153,17 @@ start_redis() { # port role-args...
   wait_port "$port" "redis-$port"
 }
 
+wait_synced() { # replica-port
+  for _ in $(seq 1 400); do
+    if redis-cli -p "$1" info replication 2>/dev/null | grep -q '^master_link_status:up'; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "the replica on port $1 did not sync; see $dir/redis-$1/redis.log" >&2
+  exit 1
+}
+
 render_sentinel() { # port master-name master-port [lines-only]
   sed -e "s|{{PORT}}|$1|g" -e "s|{{DIR}}|$dir/sentinel-$1|g" -e "s|{{MASTER_NAME}}|$2|g" \
     -e "s|{{MASTER_HOST}}|127.0.0.1|g" -e "s|{{MASTER_PORT}}|$3|g" deploy/redis/sentinel.conf |
@@ -193,6 +204,8 @@ for ((i = 0; i < shards; i++)); do
   replica=$((master + 1))
   start_redis "$master"
   start_redis "$replica" --replicaof 127.0.0.1 "$master"
+  # In the safe profile a master takes writes only once its replica is in sync.
+  wait_synced "$replica"
   echo "shard-$i: master 127.0.0.1:$master, replica 127.0.0.1:$replica"
 done
 
