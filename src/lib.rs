@@ -24,6 +24,7 @@ pub mod keys;
 pub mod model;
 pub mod process;
 pub mod script;
+pub mod seeded;
 pub mod shard_map;
 pub mod slot;
 pub mod store;

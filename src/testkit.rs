@@ -685,16 +685,10 @@ impl History {
     }
 }
 
-/// A small deterministic generator for seeded fault schedules (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Seeded(u64);
+/// The seeded generator of fault schedules ([`crate::seeded::SplitMix64`]).
+pub use crate::seeded::SplitMix64 as Seeded;
 
 impl Seeded {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Seeded {
-        Seeded(seed)
-    }
-
     /// A seed from the environment variable `COLONY_FAULT_SEED`, or from the clock.
     pub fn seed_from_env() -> u64 {
         std::env::var("COLONY_FAULT_SEED")
@@ -705,20 +699,6 @@ impl Seeded {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             })
-    }
-
-    /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `low..high`.
-    pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low).max(1)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::scenario::Random;
+use colony::seeded::SplitMix64 as Random;
 
 /// Resolution of the availability record.
 pub const BUCKET: Duration = Duration::from_millis(10);

@@ -13,7 +13,8 @@ use crate::chaos::{Availability, FaultReport, PlannedFault, Scope};
 use crate::checker::Ledger;
 use crate::control::{ControlDir, Injected};
 use crate::report::{Report, Stats};
-use crate::scenario::{Op, Random, Scenario};
+use crate::scenario::{Op, Scenario};
+use colony::seeded::SplitMix64 as Random;
 
 /// Most coins a player may hold; increments beyond are OUT_OF_BOUNDS (and not applied).
 const MAX_COINS: i64 = 1_000_000_000_000;
