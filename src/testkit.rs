@@ -623,6 +623,21 @@ pub struct Verdict {
     pub extra: u64,
 }
 
+impl Verdict {
+    /// Panics, naming `context` (the seed, say), unless nothing acknowledged was lost and
+    /// nothing was applied twice.
+    pub fn assert_exact(&self, context: &str) {
+        assert_eq!(
+            self.lost, 0,
+            "{context}: acknowledged increments lost: {self:?}"
+        );
+        assert_eq!(
+            self.extra, 0,
+            "{context}: increments applied twice: {self:?}"
+        );
+    }
+}
+
 impl History {
     /// Records an acknowledged increment of `counter`.
     pub fn acknowledged(&mut self, counter: &str) {
