@@ -8,29 +8,17 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
 use colony::testkit::{config_for, wait_until, RedisServer};
-use colony::{IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
+use colony::Store;
 
 const CALLERS: u64 = 64;
-
-fn txn(player: u64, client: &str, request: u64) -> Transaction {
-    Transaction::owner(
-        PlayerId::new(format!("player-{player}")).unwrap(),
-        Some(IdempotencyKey::new(client, request).unwrap()),
-    )
-    .with(Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta: 1,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    })
-}
 
 async fn measure(store: Store, label: &'static str, batch: u64, duration: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -45,7 +33,7 @@ async fn measure(store: Store, label: &'static str, batch: u64, duration: Durati
                 while !stop.load(Ordering::Relaxed) {
                     request += 1;
                     let txns = (0..batch)
-                        .map(|k| txn(caller * 1000 + k, &client, request))
+                        .map(|k| common::txn(caller * 1000 + k, &client, request))
                         .collect();
                     let results = store.execute_batch(txns).await.unwrap();
                     assert!(
@@ -67,16 +55,7 @@ async fn measure(store: Store, label: &'static str, batch: u64, duration: Durati
 }
 
 fn main() {
-    let mut seconds = 3u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--seconds" {
-            seconds = args
-                .next()
-                .and_then(|s| s.parse().ok())
-                .expect("--seconds N");
-        }
-    }
+    let seconds = common::option("--seconds", 3);
     let duration = Duration::from_secs(seconds);
     let master = RedisServer::start().unwrap();
     let port = master.port().to_string();
@@ -103,8 +82,11 @@ fn main() {
     let replicated = Store::new(&replicated).unwrap();
     // Warm both up (script load, a replica's first acknowledgement).
     runtime.block_on(async {
-        local.execute(txn(0, "warm-l", 0)).await.unwrap();
-        replicated.execute(txn(0, "warm-r", 0)).await.unwrap();
+        local.execute(common::txn(0, "warm-l", 0)).await.unwrap();
+        replicated
+            .execute(common::txn(0, "warm-r", 0))
+            .await
+            .unwrap();
     });
     println!("acknowledgement modes, one master and one replica on loopback, {seconds} s per run, {CALLERS} callers\n");
     println!(

@@ -9,32 +9,18 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
 use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
-use colony::{
-    Committed, Error, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility,
-};
+use colony::{Committed, Error, Store, Transaction};
 use hdrhistogram::Histogram;
 
 const PLAYERS: u64 = 10_000;
-
-fn txn(player: u64, client: &str, request: u64) -> Transaction {
-    Transaction::owner(
-        PlayerId::new(format!("player-{player}")).unwrap(),
-        Some(IdempotencyKey::new(client, request).unwrap()),
-    )
-    .with(Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta: 1,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    })
-}
 
 #[derive(Clone)]
 enum Target {
@@ -84,7 +70,7 @@ async fn measure(
                     request += 1;
                     let txns: Vec<_> = (0..batch)
                         .map(|k| {
-                            txn(
+                            common::txn(
                                 (caller * 7919 + request * 31 + k) % PLAYERS,
                                 &client_id,
                                 request,
@@ -119,26 +105,8 @@ async fn measure(
 }
 
 fn main() {
-    let mut seconds = 3u64;
-    let mut callers = 16u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .expect("--seconds N")
-            }
-            "--callers" => {
-                callers = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .expect("--callers N")
-            }
-            _ => {}
-        }
-    }
+    let callers = common::option("--callers", 16);
+    let seconds = common::option("--seconds", 3);
     let duration = Duration::from_secs(seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -20,28 +20,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use colony::keys::{idempotency_key, PlayerKeys, ACTIVE_SET, DIRTY_SET};
 use colony::script::SCRIPT;
 use colony::testkit::{config_for, RedisServer};
-use colony::{IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
+use colony::{IdempotencyKey, PlayerId, Store, Transaction};
 
 const CONCURRENCY: u64 = 64;
 const BATCH: u64 = 16;
 const MAX_GOLD: i64 = 1_000_000_000;
-
-fn txn(player: &PlayerId, client: &str, request: u64) -> Transaction {
-    Transaction::owner(
-        player.clone(),
-        Some(IdempotencyKey::new(client, request).unwrap()),
-    )
-    .with(Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta: 1,
-        min: Some(0),
-        max: Some(MAX_GOLD),
-        visibility: Visibility::Private,
-    })
-}
 
 /// Runs `tasks` copies of `work` for `duration` and returns completed transactions per
 /// second. `work(task, iteration)` returns how many transactions it completed.
@@ -224,16 +212,7 @@ fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
 }
 
 fn main() {
-    let mut seconds = 3u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--seconds" {
-            seconds = args
-                .next()
-                .and_then(|s| s.parse().ok())
-                .expect("--seconds N");
-        }
-    }
+    let seconds = common::option("--seconds", 3);
     let duration = Duration::from_secs(seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -248,7 +227,12 @@ fn main() {
     let store = Store::new(&config).unwrap();
     // The script must be loaded before redis-benchmark sends EVALSHA.
     runtime
-        .block_on(store.execute(txn(&PlayerId::new("warm").unwrap(), "warm", 0)))
+        .block_on(store.execute(common::increment(
+            &PlayerId::new("warm").unwrap(),
+            "warm",
+            0,
+            Some(MAX_GOLD),
+        )))
         .unwrap();
 
     let players: Arc<Vec<PlayerId>> = Arc::new(
@@ -263,7 +247,12 @@ fn main() {
             let (store, players) = (store.clone(), players.clone());
             async move {
                 store
-                    .execute(txn(&players[task as usize], "single", i))
+                    .execute(common::increment(
+                        &players[task as usize],
+                        "single",
+                        i,
+                        Some(MAX_GOLD),
+                    ))
                     .await
                     .unwrap();
                 1
@@ -304,7 +293,7 @@ fn main() {
                 let batch: Vec<Transaction> = (0..BATCH)
                     .map(|k| {
                         let id = format!("batch-{task}-{i}-{k}");
-                        txn(&PlayerId::new(id).unwrap(), "batched", i)
+                        common::increment(&PlayerId::new(id).unwrap(), "batched", i, Some(MAX_GOLD))
                     })
                     .collect();
                 let results = store.execute_batch(batch).await.unwrap();
