@@ -330,13 +330,18 @@ async fn retries_with_the_same_key_apply_once() {
     assert_eq!(digest(&servers[0]).await, before);
 
     // The record expires after the configured time.
-    let mut conn = raw(&servers[0]).await;
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("{erin}:idem:test-client:42")
+    let ttl = pttl(&servers[0], "{erin}:idem:test-client:42").await;
+    assert!(ttl > 0 && ttl <= 86_400_000, "ttl {ttl}");
+}
+
+/// Milliseconds until `key` expires on `server` (negative: no expiry, or no key).
+async fn pttl(server: &RedisServer, key: &str) -> i64 {
+    let mut conn = raw(server).await;
+    redis::cmd("PTTL")
+        .arg(key)
         .query_async(&mut conn)
         .await
-        .expect("pttl");
-    assert!(ttl > 0 && ttl <= 86_400_000, "ttl {ttl}");
+        .expect("pttl")
 }
 
 #[tokio::test]
@@ -347,12 +352,7 @@ async fn idempotency_records_carry_the_configured_ttl() {
     let store = Store::new(&config).expect("store");
     let txn = Transaction::owner(pid("fay"), key(1)).with(incr("gold", 1, None, None));
     store.execute(txn).await.expect("commits");
-    let mut conn = raw(&server).await;
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("{fay}:idem:test-client:1")
-        .query_async(&mut conn)
-        .await
-        .expect("pttl");
+    let ttl = pttl(&server, "{fay}:idem:test-client:1").await;
     assert!(ttl > 0 && ttl <= 1000, "ttl {ttl}");
 }
 
