@@ -98,7 +98,7 @@ impl ControlDir {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter_map(|f| f.strip_suffix(".start").map(str::to_string))
-            .filter(|n| n.starts_with("mongodb-"))
+            .filter(|n| n.starts_with("mongodb-") && self.has(n))
             .collect();
         names.sort();
         names.into_iter().next()
@@ -156,9 +156,11 @@ impl ControlDir {
         let file = self.file(name, "pid");
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("{} does not hold a process id", file.display()))
+        // 0 would signal our own process group (and -1 everything we may signal): refused.
+        match text.trim().parse::<u32>() {
+            Ok(pid) if pid > 1 => Ok(pid),
+            _ => bail!("{} does not hold a process id", file.display()),
+        }
     }
 
     async fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
@@ -370,5 +372,78 @@ impl ControlDir {
             hit_at.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXED: &str = "[[shards]]\nname = \"s0\"\nmaster = \"127.0.0.1:1\"\n";
+
+    fn dir_with(config: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("dir");
+        if let Some(text) = config {
+            std::fs::write(dir.path().join("colony.toml"), text).expect("writes");
+        }
+        dir
+    }
+
+    #[test]
+    fn a_directory_without_a_valid_configuration_is_refused() {
+        assert!(ControlDir::open(dir_with(None).path()).is_err());
+        assert!(ControlDir::open(dir_with(Some("[[shards]]\nname = 5\n")).path()).is_err());
+        assert!(ControlDir::open(dir_with(Some(FIXED)).path()).is_ok());
+    }
+
+    #[test]
+    fn faults_without_anything_to_act_on_are_refused_before_traffic() {
+        let dir = dir_with(Some(FIXED));
+        let control = ControlDir::open(dir.path()).expect("opens");
+        let gateways = vec!["127.0.0.1:7400".to_string()];
+        for kind in FaultKind::ALL {
+            let refused = control
+                .check(&[kind], &gateways)
+                .expect_err("nothing to act on");
+            assert!(refused.to_string().contains(kind.name()), "{refused}");
+        }
+        // A gateway-<port>.start without its pid file does not count either.
+        std::fs::write(dir.path().join("gateway-7400.start"), "").expect("writes");
+        assert!(control.check(&[FaultKind::KillGateway], &gateways).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_bad_pid_file_fails_the_fault_and_starts_nothing() {
+        let dir = dir_with(Some(FIXED));
+        let marker = dir.path().join("started");
+        std::fs::write(
+            dir.path().join("mongodb-1.start"),
+            format!("touch {}\n", marker.display()),
+        )
+        .expect("writes");
+        let control = ControlDir::open(dir.path()).expect("opens");
+        control
+            .check(&[FaultKind::StopMongo], &[])
+            .expect_err("no pid file yet");
+        for hostile in [
+            "",
+            "not-a-pid",
+            "0",
+            "1",
+            "-1",
+            "1 2",
+            "99999999999999999999",
+        ] {
+            std::fs::write(dir.path().join("mongodb-1.pid"), hostile).expect("writes");
+            let fault = PlannedFault {
+                at: Duration::ZERO,
+                kind: FaultKind::StopMongo,
+                choice: 0,
+            };
+            let injected = control.inject(&fault, &[]).await;
+            let error = injected.error.expect("refused");
+            assert!(error.contains("process id"), "{hostile:?}: {error}");
+            assert!(!marker.exists(), "{hostile:?}: the start script ran");
+        }
     }
 }
