@@ -8,9 +8,10 @@
 //!
 //! A connection is opened lazily and reopened by the next caller after anyone marks it broken.
 //! Opening one finds the master first: a fixed address, or the Sentinel client rules — ask
-//! the Sentinels in turn for the master's address (moving on from one that does not answer
-//! in time, and asking the one that answered first next time), connect, and confirm with
-//! `ROLE` that the server is a master. A `READONLY` reply or a lost connection invalidates
+//! the Sentinels for the master's address (all at once; those that do not answer in time do
+//! not count, none of those that do may be failing the master over, and the newest
+//! configuration wins, see [`agreed_master`]), connect, confirm with `ROLE` that the server is
+//! a master, and ask the Sentinels again now that it answered. A `READONLY` reply or a lost connection invalidates
 //! every connection of the shard, so the next request resolves the master again. A task
 //! subscribed to one Sentinel's `+switch-master` channel treats an announcement for the
 //! shard's master as a hint: it invalidates the connections and closes the breaker, so the
@@ -144,8 +145,6 @@ pub(super) struct ShardLinks {
     next: AtomicUsize,
     /// Links from an older generation are stale; raising it invalidates them all at once.
     generation: AtomicU64,
-    /// The Sentinel to ask first: the one that answered last.
-    preferred_sentinel: AtomicUsize,
     master: Mutex<Option<String>>,
     pub(super) breaker: Breaker,
     connects: AtomicU64,
@@ -199,7 +198,6 @@ impl ShardLinks {
                 .collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
-            preferred_sentinel: AtomicUsize::new(0),
             master: Mutex::new(None),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown()),
             connects: AtomicU64::new(0),
@@ -326,6 +324,23 @@ impl ShardLinks {
         if !is_master {
             return Err(format!("{address} is not a master"));
         }
+        // The Sentinels' answer may be older than the ROLE reply: a master frozen after they
+        // answered replies once it wakes, possibly after a replica was promoted meanwhile.
+        // Asked again now that it has replied, they have seen any failover that began while
+        // it was frozen.
+        if let Endpoint::Sentinel {
+            master_name,
+            sentinels,
+        } = &self.endpoint
+        {
+            let now = self.ask_sentinels(master_name, sentinels).await?;
+            if now != address {
+                return Err(format!(
+                    "the Sentinels moved master {master_name:?} from {address} to {now} \
+                     while it was being confirmed"
+                ));
+            }
+        }
         self.note_master(&address);
         Ok(conn)
     }
@@ -348,38 +363,33 @@ impl ShardLinks {
         }
     }
 
-    /// Asks the Sentinels in turn, starting with the last one that answered.
+    /// Asks every Sentinel at once and names the master only if those that answer in time
+    /// agree on it and none of them is failing it over (see [`agreed_master`]).
     async fn ask_sentinels(
         &self,
         master_name: &str,
         sentinels: &[String],
     ) -> Result<String, String> {
-        let first = self.preferred_sentinel.load(Ordering::Relaxed);
-        let mut errors = Vec::new();
-        for k in 0..sentinels.len() {
-            let i = (first + k) % sentinels.len();
-            let sentinel = &sentinels[i];
-            let asked = tokio::time::timeout(
+        let asked = sentinels.iter().map(|sentinel| async move {
+            let view = tokio::time::timeout(
                 self.sentinel_timeout,
                 self.ask_sentinel(sentinel, master_name),
             )
-            .await;
-            match asked {
-                Ok(Ok(address)) => {
-                    self.preferred_sentinel.store(i, Ordering::Relaxed);
-                    return Ok(address);
-                }
-                Ok(Err(e)) => errors.push(format!("{sentinel}: {e}")),
-                Err(_) => errors.push(format!("{sentinel}: no answer in time")),
-            }
-        }
-        Err(format!(
-            "no Sentinel knows master {master_name:?}: {}",
-            errors.join("; ")
-        ))
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()));
+            (sentinel.clone(), view)
+        });
+        let answers = futures_util::future::join_all(asked).await;
+        agreed_master(master_name, &answers)
     }
 
-    async fn ask_sentinel(&self, sentinel: &str, master_name: &str) -> Result<String, String> {
+    /// One Sentinel's view of the master: where it is and the Sentinel's flags for it, in one
+    /// round trip.
+    async fn ask_sentinel(
+        &self,
+        sentinel: &str,
+        master_name: &str,
+    ) -> Result<SentinelView, String> {
         let info = tcp_info(sentinel, self.sentinel_info.clone())?;
         let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let config = AsyncConnectionConfig::new()
@@ -389,20 +399,40 @@ impl ShardLinks {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| e.to_string())?;
-        let answer: Option<Vec<String>> = redis::cmd("SENTINEL")
+        // `get-master-addr-by-name` already names the promoted replica while the failover is
+        // still reconfiguring the others; `MASTER` carries the flags that say so.
+        let (address, details): (Option<Vec<String>>, Vec<String>) = redis::pipe()
+            .cmd("SENTINEL")
             .arg("get-master-addr-by-name")
+            .arg(master_name)
+            .cmd("SENTINEL")
+            .arg("MASTER")
             .arg(master_name)
             .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        match answer.as_deref() {
-            Some([host, port]) => Ok(if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            }),
-            _ => Err("unknown master name".into()),
-        }
+        let address = match address.as_deref() {
+            Some([host, port]) if host.contains(':') => format!("[{host}]:{port}"),
+            Some([host, port]) => format!("{host}:{port}"),
+            _ => return Err("unknown master name".into()),
+        };
+        let field = |name: &str| {
+            details
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+        };
+        let flags = field("flags")
+            .map(|flags| flags.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let config_epoch = field("config-epoch")
+            .and_then(|epoch| epoch.parse().ok())
+            .unwrap_or(0);
+        Ok(SentinelView {
+            address,
+            flags,
+            config_epoch,
+        })
     }
 
     pub(super) fn stats(&self) -> ConnectionStats {
@@ -497,4 +527,207 @@ async fn watch_switch_master(
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain values behind these locks; a panic elsewhere cannot leave them half-written.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What one Sentinel said about a master.
+#[derive(Debug, Clone, PartialEq)]
+struct SentinelView {
+    /// The address `get-master-addr-by-name` gave.
+    address: String,
+    /// The Sentinel's flags for the master (`s_down`, `o_down`, `failover_in_progress`, ...).
+    flags: Vec<String>,
+    /// The epoch of the Sentinel's configuration for the master; each failover raises it.
+    config_epoch: u64,
+}
+
+/// The master the Sentinels name, if it is safe to write to.
+///
+/// Asking one Sentinel is not enough to keep acknowledged writes. A master that was paused
+/// past `down-after` and wakes up after a replica was promoted still believes it is the
+/// master, and the other replicas are still attached to it until the failover leader
+/// reconfigures them: it takes writes, and `WAIT` counts those replicas' acknowledgements. The
+/// Sentinels that did not lead the failover name the old master until the leader's hello
+/// reaches them (up to two seconds), and `ROLE` confirms it, so a client that believes them
+/// writes into a history the failover is about to throw away. The failover leader knows
+/// better throughout: it flags the master `failover_in_progress` from the moment it starts
+/// until every replica follows the new master, and then names the new master under a higher
+/// configuration epoch than the others.
+///
+/// So the newest configuration wins, as it does between the Sentinels themselves: of the
+/// Sentinels that answered, those at the highest configuration epoch must agree on the
+/// address, and nothing is named while one of them flags a failover of that master (or an
+/// objectively down master). Sentinels that did not answer do not count, so a shard whose
+/// Sentinels are mostly down is still served by the one left (it cannot fail over without a
+/// majority anyway). The caller retries a refusal like any UNAVAILABLE shard.
+fn agreed_master(
+    master_name: &str,
+    answers: &[(String, Result<SentinelView, String>)],
+) -> Result<String, String> {
+    let views: Vec<(&String, &SentinelView)> = answers
+        .iter()
+        .filter_map(|(sentinel, view)| view.as_ref().ok().map(|view| (sentinel, view)))
+        .collect();
+    let Some(newest) = views.iter().map(|(_, view)| view.config_epoch).max() else {
+        let errors: Vec<String> = answers
+            .iter()
+            .filter_map(|(sentinel, view)| view.as_ref().err().map(|e| format!("{sentinel}: {e}")))
+            .collect();
+        return Err(format!(
+            "no Sentinel knows master {master_name:?}: {}",
+            errors.join("; ")
+        ));
+    };
+    // Only the newest configuration counts: a Sentinel still at the old epoch has not heard
+    // that the failover it flags (or the down master it sees) is over.
+    let current: Vec<&(&String, &SentinelView)> = views
+        .iter()
+        .filter(|(_, view)| view.config_epoch == newest)
+        .collect();
+    if let Some((sentinel, view)) = current.iter().find(|(_, view)| {
+        view.flags
+            .iter()
+            .any(|flag| flag == "failover_in_progress" || flag == "o_down")
+    }) {
+        return Err(format!(
+            "Sentinel {sentinel} is failing over master {master_name:?} (flags {}); \
+             waiting for the failover to end",
+            view.flags.join(",")
+        ));
+    }
+    let address = &current[0].1.address;
+    if current.iter().any(|(_, view)| &view.address != address) {
+        let said: Vec<String> = current
+            .iter()
+            .map(|(sentinel, view)| format!("{sentinel} says {}", view.address))
+            .collect();
+        return Err(format!(
+            "the Sentinels disagree on master {master_name:?} at epoch {newest} ({})",
+            said.join(", ")
+        ));
+    }
+    Ok(address.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(address: &str, flags: &str) -> Result<SentinelView, String> {
+        at_epoch(address, flags, 1)
+    }
+
+    fn at_epoch(address: &str, flags: &str, config_epoch: u64) -> Result<SentinelView, String> {
+        Ok(SentinelView {
+            address: address.to_string(),
+            flags: flags.split(',').map(str::to_string).collect(),
+            config_epoch,
+        })
+    }
+
+    fn answers(
+        views: Vec<Result<SentinelView, String>>,
+    ) -> Vec<(String, Result<SentinelView, String>)> {
+        views
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("s{i}:26379"), v))
+            .collect()
+    }
+
+    #[test]
+    fn sentinels_that_agree_name_the_master() {
+        let all = answers(vec![
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master,s_down"),
+        ]);
+        assert_eq!(agreed_master("m", &all), Ok("10.0.0.1:6379".to_string()));
+    }
+
+    #[test]
+    fn sentinels_that_do_not_answer_do_not_count() {
+        let some = answers(vec![
+            Err("connection refused".into()),
+            view("10.0.0.1:6379", "master"),
+            Err("no answer in time".into()),
+        ]);
+        assert_eq!(agreed_master("m", &some), Ok("10.0.0.1:6379".to_string()));
+    }
+
+    #[test]
+    fn no_answer_at_all_is_an_error_naming_each_sentinel() {
+        let none = answers(vec![
+            Err("connection refused".into()),
+            Err("unknown master name".into()),
+        ]);
+        let error = agreed_master("m", &none).expect_err("nobody answered");
+        assert!(error.contains("s0:26379: connection refused"), "{error}");
+        assert!(error.contains("s1:26379: unknown master name"), "{error}");
+    }
+
+    #[test]
+    fn a_failover_in_progress_anywhere_refuses_the_old_master() {
+        // The leader, before it saw the promoted replica answer as a master: everyone still
+        // names the old one.
+        let waiting_for_promotion = answers(vec![
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master,s_down,o_down,failover_in_progress"),
+            view("10.0.0.1:6379", "master"),
+        ]);
+        let error = agreed_master("m", &waiting_for_promotion).expect_err("a failover is running");
+        assert!(error.contains("s1:26379"), "{error}");
+        assert!(error.contains("failover_in_progress"), "{error}");
+        // An objectively down master is being replaced even before a leader is elected.
+        let down = answers(vec![view("10.0.0.1:6379", "master,s_down,o_down")]);
+        assert!(agreed_master("m", &down).is_err());
+    }
+
+    #[test]
+    fn the_newest_configuration_wins_once_the_failover_is_over() {
+        // The leader finished the failover; the others have not had its hello yet.
+        let catching_up = answers(vec![
+            at_epoch("10.0.0.1:6379", "master", 3),
+            at_epoch("10.0.0.2:6379", "master", 4),
+            at_epoch("10.0.0.1:6379", "master", 3),
+        ]);
+        assert_eq!(
+            agreed_master("m", &catching_up),
+            Ok("10.0.0.2:6379".to_string())
+        );
+        // Nor do their flags for the master they still believe in count.
+        let dead_old_master = answers(vec![
+            at_epoch(
+                "10.0.0.1:6379",
+                "master,s_down,o_down,failover_in_progress",
+                3,
+            ),
+            at_epoch("10.0.0.2:6379", "master", 4),
+        ]);
+        assert_eq!(
+            agreed_master("m", &dead_old_master),
+            Ok("10.0.0.2:6379".to_string())
+        );
+        // While the leader is still reconfiguring replicas, its newer epoch flags it.
+        let reconfiguring = answers(vec![
+            at_epoch("10.0.0.1:6379", "master", 3),
+            at_epoch("10.0.0.2:6379", "master,failover_in_progress", 4),
+        ]);
+        assert!(agreed_master("m", &reconfiguring).is_err());
+    }
+
+    #[test]
+    fn disagreement_at_the_same_epoch_names_no_master() {
+        let split = answers(vec![
+            at_epoch("10.0.0.1:6379", "master", 4),
+            at_epoch("10.0.0.2:6379", "master", 4),
+            at_epoch("10.0.0.3:6379", "master", 2),
+        ]);
+        let error = agreed_master("m", &split).expect_err("they disagree");
+        assert!(error.contains("s0:26379 says 10.0.0.1:6379"), "{error}");
+        assert!(error.contains("s1:26379 says 10.0.0.2:6379"), "{error}");
+        assert!(
+            !error.contains("s2:26379"),
+            "a stale Sentinel is not quoted: {error}"
+        );
+    }
 }
