@@ -138,17 +138,27 @@ impl RedisServer {
         }
     }
 
-    /// Replicas this server reports as online (0 when it is unreachable).
-    pub fn replicas_online(&self) -> usize {
-        let info: Option<String> = redis::Client::open(self.url())
+    /// `INFO replication`, or `None` when the server does not answer within a second.
+    fn replication_info(&self) -> Option<String> {
+        redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
             .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
-            .ok();
-        info.map_or(0, |i| {
+            .ok()
+    }
+
+    /// Replicas this server reports as online (0 when it is unreachable).
+    pub fn replicas_online(&self) -> usize {
+        self.replication_info().map_or(0, |i| {
             i.lines()
                 .filter(|l| l.starts_with("slave") && l.contains("state=online"))
                 .count()
         })
+    }
+
+    /// Whether the server answers as a master (false when it is unreachable).
+    pub fn is_master(&self) -> bool {
+        self.replication_info()
+            .is_some_and(|i| i.lines().any(|l| l.trim_end() == "role:master"))
     }
 
     /// The loopback port the server listens on.
