@@ -325,8 +325,11 @@ pub struct SlotRangeConfig {
 pub struct RedisSettings {
     /// Time allowed to open a connection, in milliseconds. Default 1000.
     pub connect_timeout_ms: u64,
-    /// Time allowed for one command or pipeline, in milliseconds. Default 2000. A request
-    /// that times out after it was sent has an UNKNOWN outcome.
+    /// Time allowed for one command or pipeline, in milliseconds. Default 1000. A request
+    /// that times out after it was sent has an UNKNOWN outcome. Keep it plus
+    /// `replication_timeout_ms` below the Sentinels' `down-after-milliseconds` (2000 in
+    /// `deploy/redis/sentinel.conf`): a reply slower than that may come from a master that
+    /// was frozen long enough to be replaced, and is taken as UNKNOWN instead of OK.
     pub command_timeout_ms: u64,
     /// Connections per shard. Each is multiplexed: every request in flight shares it, so a
     /// few are enough; more spread a shard's load over more server-side reads. Default 2.
@@ -371,7 +374,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             connect_timeout_ms: 1000,
-            command_timeout_ms: 2000,
+            command_timeout_ms: 1000,
             connections_per_shard: 2,
             idempotency_ttl_secs: 86_400,
             acknowledge: Acknowledge::Local,
