@@ -11,11 +11,11 @@
 //! the Sentinels for the master's address (all at once; those that do not answer in time do
 //! not count, none of those that do may be failing the master over, and the newest
 //! configuration wins, see [`agreed_master`]), connect, confirm with `ROLE` that the server is
-//! a master, and ask the Sentinels again now that it answered. A `READONLY` reply or a lost connection invalidates
-//! every connection of the shard, so the next request resolves the master again. A task
-//! subscribed to one Sentinel's `+switch-master` channel treats an announcement for the
-//! shard's master as a hint: it invalidates the connections and closes the breaker, so the
-//! next request finds the new master at once instead of after its errors.
+//! a master, and ask the Sentinels again now that it answered. A `READONLY` reply or a lost
+//! connection invalidates every connection of the shard, so the next request resolves the
+//! master again. A task subscribed to one Sentinel's `+switch-master` channel treats an
+//! announcement for the shard's master as a hint: it invalidates the connections and closes
+//! the breaker, so the next request finds the new master at once instead of after its errors.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -363,8 +363,7 @@ impl ShardLinks {
         }
     }
 
-    /// Asks every Sentinel at once and names the master only if those that answer in time
-    /// agree on it and none of them is failing it over (see [`agreed_master`]).
+    /// Asks every Sentinel at once; those that answer in time decide (see [`agreed_master`]).
     async fn ask_sentinels(
         &self,
         master_name: &str,
