@@ -9,13 +9,13 @@
 //! A connection is opened lazily and reopened by the next caller after anyone marks it broken.
 //! Opening one finds the master first: a fixed address, or the Sentinel client rules — ask
 //! the Sentinels for the master's address (all at once; those that do not answer in time do
-//! not count, none of those that do may be failing the master over, and the newest
-//! configuration wins, see [`agreed_master`]), connect, confirm with `ROLE` that the server is
-//! a master, and ask the Sentinels again now that it answered. A `READONLY` reply or a lost
-//! connection invalidates every connection of the shard, so the next request resolves the
-//! master again. A task subscribed to one Sentinel's `+switch-master` channel treats an
-//! announcement for the shard's master as a hint: it invalidates the connections and closes
-//! the breaker, so the next request finds the new master at once instead of after its errors.
+//! not count, the newest configuration wins, and a master being failed over is refused, see
+//! [`agreed_master`]), connect, confirm with `ROLE` that the server is a master, and ask the
+//! Sentinels again now that it answered. A `READONLY` reply or a lost connection invalidates
+//! every connection of the shard, so the next request resolves the master again. A task
+//! subscribed to one Sentinel's `+switch-master` channel treats an announcement for the
+//! shard's master as a hint: it invalidates the connections and closes the breaker, so the
+//! next request finds the new master at once instead of after its errors.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -155,6 +155,15 @@ pub(super) struct ShardLinks {
     watching: AtomicBool,
     /// Dropped with the links, which tells the watcher to stop.
     alive: tokio::sync::watch::Sender<()>,
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn host_port(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn tcp_info(address: &str, redis: RedisConnectionInfo) -> Result<redis::ConnectionInfo, String> {
@@ -399,7 +408,8 @@ impl ShardLinks {
             .await
             .map_err(|e| e.to_string())?;
         // `get-master-addr-by-name` already names the promoted replica while the failover is
-        // still reconfiguring the others; `MASTER` carries the flags that say so.
+        // still reconfiguring the others; `MASTER` carries the flags, the epoch, and the
+        // master being failed over.
         let (address, details): (Option<Vec<String>>, Vec<String>) = redis::pipe()
             .cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -411,8 +421,7 @@ impl ShardLinks {
             .await
             .map_err(|e| e.to_string())?;
         let address = match address.as_deref() {
-            Some([host, port]) if host.contains(':') => format!("[{host}]:{port}"),
-            Some([host, port]) => format!("{host}:{port}"),
+            Some([host, port]) => host_port(host, port),
             _ => return Err("unknown master name".into()),
         };
         let field = |name: &str| {
@@ -427,8 +436,13 @@ impl ShardLinks {
         let config_epoch = field("config-epoch")
             .and_then(|epoch| epoch.parse().ok())
             .unwrap_or(0);
+        let monitored = match (field("ip"), field("port")) {
+            (Some(host), Some(port)) => host_port(host, port),
+            _ => address.clone(),
+        };
         Ok(SentinelView {
             address,
+            monitored,
             flags,
             config_epoch,
         })
@@ -531,8 +545,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What one Sentinel said about a master.
 #[derive(Debug, Clone, PartialEq)]
 struct SentinelView {
-    /// The address `get-master-addr-by-name` gave.
+    /// The address `get-master-addr-by-name` gave: during a failover, the promoted replica
+    /// once it answers as a master.
     address: String,
+    /// The address of the master the Sentinel monitors (`SENTINEL MASTER`): until a failover
+    /// ends, the one being failed over.
+    monitored: String,
     /// The Sentinel's flags for the master (`s_down`, `o_down`, `failover_in_progress`, ...).
     flags: Vec<String>,
     /// The epoch of the Sentinel's configuration for the master; each failover raises it.
@@ -541,23 +559,25 @@ struct SentinelView {
 
 /// The master the Sentinels name, if it is safe to write to.
 ///
-/// Asking one Sentinel is not enough to keep acknowledged writes. A master that was paused
+/// Asking one Sentinel is not enough to keep acknowledged writes. A master that was frozen
 /// past `down-after` and wakes up after a replica was promoted still believes it is the
 /// master, and the other replicas are still attached to it until the failover leader
 /// reconfigures them: it takes writes, and `WAIT` counts those replicas' acknowledgements. The
 /// Sentinels that did not lead the failover name the old master until the leader's hello
 /// reaches them (up to two seconds), and `ROLE` confirms it, so a client that believes them
 /// writes into a history the failover is about to throw away. The failover leader knows
-/// better throughout: it flags the master `failover_in_progress` from the moment it starts
-/// until every replica follows the new master, and then names the new master under a higher
+/// better throughout: it flags the master `failover_in_progress` from the moment it starts,
+/// and once the promoted replica answers as a master it names that replica under a higher
 /// configuration epoch than the others.
 ///
 /// So the newest configuration wins, as it does between the Sentinels themselves: of the
 /// Sentinels that answered, those at the highest configuration epoch must agree on the
-/// address, and nothing is named while one of them flags a failover of that master (or an
-/// objectively down master). Sentinels that did not answer do not count, so a shard whose
-/// Sentinels are mostly down is still served by the one left (it cannot fail over without a
-/// majority anyway). The caller retries a refusal like any UNAVAILABLE shard.
+/// address, and it is refused while one of them flags a failover of that very address
+/// (`failover_in_progress` or `o_down` on the master it names). The promoted replica, named
+/// while the leader still moves the other replicas, is the failover's outcome and is used at
+/// once. Sentinels that did not answer do not count, so a shard whose Sentinels are mostly
+/// down is still served by the one left (it cannot fail over without a majority anyway). The
+/// caller retries a refusal like any UNAVAILABLE shard.
 fn agreed_master(
     master_name: &str,
     answers: &[(String, Result<SentinelView, String>)],
@@ -583,9 +603,11 @@ fn agreed_master(
         .filter(|(_, view)| view.config_epoch == newest)
         .collect();
     if let Some((sentinel, view)) = current.iter().find(|(_, view)| {
-        view.flags
-            .iter()
-            .any(|flag| flag == "failover_in_progress" || flag == "o_down")
+        view.address == view.monitored
+            && view
+                .flags
+                .iter()
+                .any(|flag| flag == "failover_in_progress" || flag == "o_down")
     }) {
         return Err(format!(
             "Sentinel {sentinel} is failing over master {master_name:?} (flags {}); \
@@ -618,7 +640,18 @@ mod tests {
     fn at_epoch(address: &str, flags: &str, config_epoch: u64) -> Result<SentinelView, String> {
         Ok(SentinelView {
             address: address.to_string(),
+            monitored: address.to_string(),
             flags: flags.split(',').map(str::to_string).collect(),
+            config_epoch,
+        })
+    }
+
+    /// The failover leader once the promoted replica answers as a master.
+    fn reconfiguring(promoted: &str, old: &str, config_epoch: u64) -> Result<SentinelView, String> {
+        Ok(SentinelView {
+            address: promoted.to_string(),
+            monitored: old.to_string(),
+            flags: vec!["master".into(), "failover_in_progress".into()],
             config_epoch,
         })
     }
@@ -706,12 +739,19 @@ mod tests {
             agreed_master("m", &dead_old_master),
             Ok("10.0.0.2:6379".to_string())
         );
-        // While the leader is still reconfiguring replicas, its newer epoch flags it.
-        let reconfiguring = answers(vec![
+    }
+
+    #[test]
+    fn the_promoted_replica_is_used_while_the_leader_moves_the_others() {
+        let promoted = answers(vec![
+            at_epoch("10.0.0.1:6379", "master,s_down,o_down", 3),
+            reconfiguring("10.0.0.2:6379", "10.0.0.1:6379", 4),
             at_epoch("10.0.0.1:6379", "master", 3),
-            at_epoch("10.0.0.2:6379", "master,failover_in_progress", 4),
         ]);
-        assert!(agreed_master("m", &reconfiguring).is_err());
+        assert_eq!(
+            agreed_master("m", &promoted),
+            Ok("10.0.0.2:6379".to_string())
+        );
     }
 
     #[test]
