@@ -698,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failover_in_progress_anywhere_refuses_the_old_master() {
+    fn a_failover_of_the_named_master_refuses_it() {
         // The leader, before it saw the promoted replica answer as a master: everyone still
         // names the old one.
         let waiting_for_promotion = answers(vec![
