@@ -329,7 +329,8 @@ pub struct RedisSettings {
     /// that times out after it was sent has an UNKNOWN outcome. Keep it plus
     /// `replication_timeout_ms` below the Sentinels' `down-after-milliseconds` (2000 in
     /// `deploy/redis/sentinel.conf`): a reply slower than that may come from a master that
-    /// was frozen long enough to be replaced, and is taken as UNKNOWN instead of OK.
+    /// was frozen long enough to be replaced, and is taken as UNKNOWN instead of OK. (The
+    /// store logs a warning when the Sentinels report a `down-after` the two do not fit under.)
     pub command_timeout_ms: u64,
     /// Connections per shard. Each is multiplexed: every request in flight shares it, so a
     /// few are enough; more spread a shard's load over more server-side reads. Default 2.

@@ -153,6 +153,11 @@ pub(super) struct ShardLinks {
     on_failover: Mutex<Option<FailoverHook>>,
     /// Whether the `+switch-master` watcher has been started.
     watching: AtomicBool,
+    /// How long a reply may take (command plus `WAIT` timeout).
+    response_timeout: Duration,
+    /// Whether the warning that `response_timeout` outlasts the Sentinels' `down-after` has
+    /// been logged.
+    warned_slow_replies: AtomicBool,
     /// Dropped with the links, which tells the watcher to stop.
     alive: tokio::sync::watch::Sender<()>,
 }
@@ -214,6 +219,8 @@ impl ShardLinks {
             failovers: AtomicU64::new(0),
             on_failover: Mutex::new(None),
             watching: AtomicBool::new(false),
+            response_timeout,
+            warned_slow_replies: AtomicBool::new(false),
             alive: tokio::sync::watch::channel(()).0,
         }
     }
@@ -316,7 +323,11 @@ impl ShardLinks {
             Endpoint::Sentinel {
                 master_name,
                 sentinels,
-            } => self.ask_sentinels(master_name, sentinels).await?,
+            } => {
+                let agreed = self.ask_sentinels(master_name, sentinels).await?;
+                self.warn_if_replies_outlast(agreed.down_after_ms);
+                agreed.address
+            }
         };
         let info = tcp_info(&address, self.redis_info.clone())?;
         let client = redis::Client::open(info).map_err(|e| e.to_string())?;
@@ -342,7 +353,7 @@ impl ShardLinks {
             sentinels,
         } = &self.endpoint
         {
-            let now = self.ask_sentinels(master_name, sentinels).await?;
+            let now = self.ask_sentinels(master_name, sentinels).await?.address;
             if now != address {
                 return Err(format!(
                     "the Sentinels moved master {master_name:?} from {address} to {now} \
@@ -352,6 +363,25 @@ impl ShardLinks {
         }
         self.note_master(&address);
         Ok(conn)
+    }
+
+    /// Logs once if a reply may arrive later than the Sentinels' `down-after`: such a reply
+    /// can come from a master frozen long enough to have been replaced.
+    fn warn_if_replies_outlast(&self, down_after_ms: Option<u64>) {
+        if let Some(down_after_ms) = down_after_ms {
+            if replies_outlast_down_after(self.response_timeout, down_after_ms)
+                && !self.warned_slow_replies.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    shard = %self.name,
+                    reply_timeout_ms = self.response_timeout.as_millis() as u64,
+                    down_after_ms,
+                    "redis.command_timeout_ms + redis.replication_timeout_ms is not below the \
+                     Sentinels' down-after-milliseconds: a late reply from a master that was \
+                     replaced meanwhile can be taken as OK"
+                );
+            }
+        }
     }
 
     fn note_master(&self, address: &str) {
@@ -377,7 +407,7 @@ impl ShardLinks {
         &self,
         master_name: &str,
         sentinels: &[String],
-    ) -> Result<String, String> {
+    ) -> Result<Agreed, String> {
         let asked = sentinels.iter().map(|sentinel| async move {
             let view = tokio::time::timeout(
                 self.sentinel_timeout,
@@ -436,6 +466,7 @@ impl ShardLinks {
         let config_epoch = field("config-epoch")
             .and_then(|epoch| epoch.parse().ok())
             .unwrap_or(0);
+        let down_after_ms = field("down-after-milliseconds").and_then(|ms| ms.parse().ok());
         let monitored = match (field("ip"), field("port")) {
             (Some(host), Some(port)) => host_port(host, port),
             _ => address.clone(),
@@ -445,6 +476,7 @@ impl ShardLinks {
             monitored,
             flags,
             config_epoch,
+            down_after_ms,
         })
     }
 
@@ -555,6 +587,22 @@ struct SentinelView {
     flags: Vec<String>,
     /// The epoch of the Sentinel's configuration for the master; each failover raises it.
     config_epoch: u64,
+    /// How long the master may be silent before this Sentinel deems it down.
+    down_after_ms: Option<u64>,
+}
+
+/// The master the Sentinels agreed on.
+#[derive(Debug, Clone, PartialEq)]
+struct Agreed {
+    address: String,
+    /// The shortest `down-after-milliseconds` among the Sentinels that agreed.
+    down_after_ms: Option<u64>,
+}
+
+/// Whether a reply may take as long as the Sentinels' `down-after`, after which the master
+/// that sends it may have been replaced.
+fn replies_outlast_down_after(response_timeout: Duration, down_after_ms: u64) -> bool {
+    response_timeout >= Duration::from_millis(down_after_ms)
 }
 
 /// The master the Sentinels name, if it is safe to write to.
@@ -581,7 +629,7 @@ struct SentinelView {
 fn agreed_master(
     master_name: &str,
     answers: &[(String, Result<SentinelView, String>)],
-) -> Result<String, String> {
+) -> Result<Agreed, String> {
     let views: Vec<(&String, &SentinelView)> = answers
         .iter()
         .filter_map(|(sentinel, view)| view.as_ref().ok().map(|view| (sentinel, view)))
@@ -626,7 +674,13 @@ fn agreed_master(
             said.join(", ")
         ));
     }
-    Ok(address.clone())
+    Ok(Agreed {
+        address: address.clone(),
+        down_after_ms: current
+            .iter()
+            .filter_map(|(_, view)| view.down_after_ms)
+            .min(),
+    })
 }
 
 #[cfg(test)]
@@ -643,6 +697,7 @@ mod tests {
             monitored: address.to_string(),
             flags: flags.split(',').map(str::to_string).collect(),
             config_epoch,
+            down_after_ms: Some(2000),
         })
     }
 
@@ -653,7 +708,15 @@ mod tests {
             monitored: old.to_string(),
             flags: vec!["master".into(), "failover_in_progress".into()],
             config_epoch,
+            down_after_ms: Some(2000),
         })
+    }
+
+    fn agreed(address: &str) -> Agreed {
+        Agreed {
+            address: address.to_string(),
+            down_after_ms: Some(2000),
+        }
     }
 
     fn answers(
@@ -673,7 +736,7 @@ mod tests {
             view("10.0.0.1:6379", "master"),
             view("10.0.0.1:6379", "master,s_down"),
         ]);
-        assert_eq!(agreed_master("m", &all), Ok("10.0.0.1:6379".to_string()));
+        assert_eq!(agreed_master("m", &all), Ok(agreed("10.0.0.1:6379")));
     }
 
     #[test]
@@ -683,7 +746,7 @@ mod tests {
             view("10.0.0.1:6379", "master"),
             Err("no answer in time".into()),
         ]);
-        assert_eq!(agreed_master("m", &some), Ok("10.0.0.1:6379".to_string()));
+        assert_eq!(agreed_master("m", &some), Ok(agreed("10.0.0.1:6379")));
     }
 
     #[test]
@@ -724,7 +787,7 @@ mod tests {
         ]);
         assert_eq!(
             agreed_master("m", &catching_up),
-            Ok("10.0.0.2:6379".to_string())
+            Ok(agreed("10.0.0.2:6379"))
         );
         // Nor do their flags for the master they still believe in count.
         let dead_old_master = answers(vec![
@@ -737,7 +800,7 @@ mod tests {
         ]);
         assert_eq!(
             agreed_master("m", &dead_old_master),
-            Ok("10.0.0.2:6379".to_string())
+            Ok(agreed("10.0.0.2:6379"))
         );
     }
 
@@ -748,10 +811,7 @@ mod tests {
             reconfiguring("10.0.0.2:6379", "10.0.0.1:6379", 4),
             at_epoch("10.0.0.1:6379", "master", 3),
         ]);
-        assert_eq!(
-            agreed_master("m", &promoted),
-            Ok("10.0.0.2:6379".to_string())
-        );
+        assert_eq!(agreed_master("m", &promoted), Ok(agreed("10.0.0.2:6379")));
     }
 
     #[test]
@@ -768,5 +828,34 @@ mod tests {
             !error.contains("s2:26379"),
             "a stale Sentinel is not quoted: {error}"
         );
+    }
+
+    #[test]
+    fn replies_that_can_outlast_down_after_are_flagged() {
+        // The defaults (1000 + 500 ms) against the shipped Sentinel profile (2000 ms).
+        assert!(!replies_outlast_down_after(
+            Duration::from_millis(1500),
+            2000
+        ));
+        // The old default command timeout (2000 + 500 ms).
+        assert!(replies_outlast_down_after(
+            Duration::from_millis(2500),
+            2000
+        ));
+        assert!(replies_outlast_down_after(
+            Duration::from_millis(2000),
+            2000
+        ));
+    }
+
+    #[test]
+    fn the_shortest_down_after_of_the_agreeing_sentinels_is_reported() {
+        let mut quick = at_epoch("10.0.0.1:6379", "master", 1);
+        if let Ok(view) = quick.as_mut() {
+            view.down_after_ms = Some(1500);
+        }
+        let all = answers(vec![at_epoch("10.0.0.1:6379", "master", 1), quick]);
+        let agreed = agreed_master("m", &all).expect("they agree");
+        assert_eq!(agreed.down_after_ms, Some(1500));
     }
 }
