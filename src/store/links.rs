@@ -450,34 +450,7 @@ impl ShardLinks {
             .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        let address = match address.as_deref() {
-            Some([host, port]) => host_port(host, port),
-            _ => return Err("unknown master name".into()),
-        };
-        let field = |name: &str| {
-            details
-                .chunks(2)
-                .find(|pair| pair[0] == name)
-                .and_then(|pair| pair.get(1))
-        };
-        let flags = field("flags")
-            .map(|flags| flags.split(',').map(str::to_string).collect())
-            .unwrap_or_default();
-        let config_epoch = field("config-epoch")
-            .and_then(|epoch| epoch.parse().ok())
-            .unwrap_or(0);
-        let down_after_ms = field("down-after-milliseconds").and_then(|ms| ms.parse().ok());
-        let monitored = match (field("ip"), field("port")) {
-            (Some(host), Some(port)) => host_port(host, port),
-            _ => address.clone(),
-        };
-        Ok(SentinelView {
-            address,
-            monitored,
-            flags,
-            config_epoch,
-            down_after_ms,
-        })
+        SentinelView::from_replies(address.as_deref(), &details)
     }
 
     pub(super) fn stats(&self) -> ConnectionStats {
@@ -589,6 +562,46 @@ struct SentinelView {
     config_epoch: u64,
     /// How long the master may be silent before this Sentinel deems it down.
     down_after_ms: Option<u64>,
+}
+
+impl SentinelView {
+    /// Reads the replies to `get-master-addr-by-name` and `SENTINEL MASTER` (a flat list of
+    /// field names and values). Fields that are missing or malformed fall back to what is
+    /// safest: no flags, epoch 0 (so any Sentinel with a real epoch outranks it), no
+    /// `down-after`, and the named address as the monitored one (so its flags still count).
+    fn from_replies(
+        address: Option<&[String]>,
+        details: &[String],
+    ) -> Result<SentinelView, String> {
+        let address = match address {
+            Some([host, port]) => host_port(host, port),
+            _ => return Err("unknown master name".into()),
+        };
+        let field = |name: &str| {
+            details
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+        };
+        let flags = field("flags")
+            .map(|flags| flags.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let config_epoch = field("config-epoch")
+            .and_then(|epoch| epoch.parse().ok())
+            .unwrap_or(0);
+        let down_after_ms = field("down-after-milliseconds").and_then(|ms| ms.parse().ok());
+        let monitored = match (field("ip"), field("port")) {
+            (Some(host), Some(port)) => host_port(host, port),
+            _ => address.clone(),
+        };
+        Ok(SentinelView {
+            address,
+            monitored,
+            flags,
+            config_epoch,
+            down_after_ms,
+        })
+    }
 }
 
 /// The master the Sentinels agreed on.
@@ -857,5 +870,82 @@ mod tests {
         let all = answers(vec![at_epoch("10.0.0.1:6379", "master", 1), quick]);
         let agreed = agreed_master("m", &all).expect("they agree");
         assert_eq!(agreed.down_after_ms, Some(1500));
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_sentinel_reply_is_read_field_by_field() {
+        let view = SentinelView::from_replies(
+            Some(&strings(&["10.0.0.2", "6379"])),
+            &strings(&[
+                "name",
+                "m",
+                "ip",
+                "10.0.0.1",
+                "port",
+                "6379",
+                "flags",
+                "master,o_down",
+                "config-epoch",
+                "7",
+                "down-after-milliseconds",
+                "2000",
+            ]),
+        );
+        assert_eq!(
+            view,
+            Ok(SentinelView {
+                address: "10.0.0.2:6379".into(),
+                monitored: "10.0.0.1:6379".into(),
+                flags: strings(&["master", "o_down"]),
+                config_epoch: 7,
+                down_after_ms: Some(2000),
+            })
+        );
+        let ipv6 = SentinelView::from_replies(Some(&strings(&["::1", "6379"])), &[]);
+        assert_eq!(ipv6.map(|v| v.address), Ok("[::1]:6379".to_string()));
+    }
+
+    #[test]
+    fn malformed_sentinel_replies_fall_back_to_the_safe_side() {
+        // No address, or one of the wrong shape: the Sentinel does not count.
+        assert!(SentinelView::from_replies(None, &[]).is_err());
+        assert!(SentinelView::from_replies(Some(&strings(&["10.0.0.1"])), &[]).is_err());
+        assert!(SentinelView::from_replies(Some(&strings(&["a", "1", "b"])), &[]).is_err());
+        // A details list with an odd length, bad numbers and no ip/port.
+        let view = SentinelView::from_replies(
+            Some(&strings(&["10.0.0.1", "6379"])),
+            &strings(&[
+                "config-epoch",
+                "-3",
+                "down-after-milliseconds",
+                "soon",
+                "flags",
+                "failover_in_progress",
+                "port",
+            ]),
+        )
+        .expect("the address is enough");
+        assert_eq!(
+            view.config_epoch, 0,
+            "a bad epoch never outranks a real one"
+        );
+        assert_eq!(view.down_after_ms, None);
+        assert_eq!(
+            view.monitored, view.address,
+            "so its failover flag still refuses it"
+        );
+        let refused = answers(vec![Ok(view)]);
+        assert!(agreed_master("m", &refused).is_err());
+        // A huge list is read without trouble; only the first occurrence of a field counts.
+        let mut long = strings(&["flags", "master"]);
+        long.extend((0..100_000).map(|i| format!("junk-{i}")));
+        long.extend(strings(&["flags", "o_down"]));
+        let view = SentinelView::from_replies(Some(&strings(&["h", "1"])), &long)
+            .expect("the address is enough");
+        assert_eq!(view.flags, strings(&["master"]));
     }
 }
