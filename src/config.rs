@@ -176,6 +176,33 @@ pub struct GatewayConfig {
     /// On shutdown, time allowed for requests in flight to finish, in milliseconds.
     /// Default 10000.
     pub shutdown_grace_ms: u64,
+    /// Most connections that have not yet completed their Hello (or TLS handshake); further
+    /// ones are closed at once. Before Hello a connection may send one frame of at most
+    /// [`PRE_AUTH_MAX_FRAME_BYTES`]. Default 1000, at most `max_connections`.
+    pub max_unauthenticated_connections: usize,
+    /// Bytes one connection may hold in requests in flight: each request holds what its
+    /// decoded structures take and the most its answer can take, from before it runs until
+    /// its answer was written (what the answer did not use is given back once it is built).
+    /// At this many the gateway stops reading from the connection (backpressure), which also
+    /// bounds the Redis work one connection can have queued. A request that could never fit
+    /// is refused with TOO_LARGE. Default 33554432 (32 MiB), at least `max_frame_bytes`.
+    pub max_bytes_in_flight_per_connection: usize,
+    /// The same over all connections together, plus the bodies of large frames being read:
+    /// the bound on the gateway's request and answer memory. A connection that cannot get its
+    /// share waits before reading more. Default 536870912 (512 MiB), at least
+    /// `max_bytes_in_flight_per_connection`.
+    pub max_bytes_in_flight: usize,
+    /// Once a frame has begun, the rest of it must arrive within this long; an answer must be
+    /// taken off the socket within this long. Otherwise the connection is closed, so a client
+    /// that trickles bytes or stops reading cannot hold the gateway's memory. In
+    /// milliseconds. Default 30000.
+    pub io_timeout_ms: u64,
+    /// Most open connections to the admin HTTP listener; further ones are closed at once.
+    /// Default 64.
+    pub admin_max_connections: usize,
+    /// Time an admin HTTP client has to send its request headers, and time allowed for the
+    /// answer, in milliseconds. Each admin connection serves one request. Default 5000.
+    pub admin_request_timeout_ms: u64,
     /// Accepted tokens. Default none: every Hello is refused until one is configured.
     pub tokens: Vec<TokenConfig>,
     /// TLS on the protobuf listener. Default none: plain TCP.
@@ -203,6 +230,12 @@ impl Default for GatewayConfig {
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 300_000,
             shutdown_grace_ms: 10_000,
+            max_unauthenticated_connections: 1_000,
+            max_bytes_in_flight_per_connection: 32 * 1024 * 1024,
+            max_bytes_in_flight: 512 * 1024 * 1024,
+            io_timeout_ms: 30_000,
+            admin_max_connections: 64,
+            admin_request_timeout_ms: 5_000,
             tokens: Vec::new(),
             tls: None,
         }
@@ -221,28 +254,97 @@ impl GatewayConfig {
                 return invalid(format!("gateway.{what} {address:?} is not ip:port"));
             }
         }
-        if self.max_frame_bytes < 1024 || self.max_frame_bytes > u32::MAX as usize {
-            return invalid("gateway.max_frame_bytes must be 1024..=4294967295".into());
-        }
-        if self.max_in_flight_per_connection == 0 || self.max_in_flight_per_connection > 65_536 {
-            return invalid("gateway.max_in_flight_per_connection must be 1..=65536".into());
-        }
-        if self.max_connections == 0 {
-            return invalid("gateway.max_connections must be at least 1".into());
-        }
-        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
-            return invalid("gateway timeouts must be at least 1 ms".into());
-        }
+        within(
+            "gateway.max_frame_bytes",
+            self.max_frame_bytes,
+            1024,
+            MAX_FRAME_BYTES_LIMIT,
+        )?;
+        within(
+            "gateway.max_in_flight_per_connection",
+            self.max_in_flight_per_connection,
+            1,
+            65_536,
+        )?;
+        within(
+            "gateway.max_connections",
+            self.max_connections,
+            1,
+            1_000_000,
+        )?;
+        within(
+            "gateway.max_unauthenticated_connections",
+            self.max_unauthenticated_connections,
+            1,
+            self.max_connections,
+        )?;
+        within(
+            "gateway.max_bytes_in_flight_per_connection",
+            self.max_bytes_in_flight_per_connection,
+            self.max_frame_bytes,
+            1 << 30,
+        )?;
+        within(
+            "gateway.max_bytes_in_flight",
+            self.max_bytes_in_flight,
+            self.max_bytes_in_flight_per_connection,
+            1 << 40,
+        )?;
+        within(
+            "gateway.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "gateway.idle_timeout_ms",
+            self.idle_timeout_ms,
+            1,
+            86_400_000,
+        )?;
+        within(
+            "gateway.io_timeout_ms",
+            self.io_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "gateway.shutdown_grace_ms",
+            self.shutdown_grace_ms,
+            0,
+            MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "gateway.admin_max_connections",
+            self.admin_max_connections,
+            1,
+            10_000,
+        )?;
+        within(
+            "gateway.admin_request_timeout_ms",
+            self.admin_request_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
         let mut names = std::collections::HashSet::new();
+        let mut secrets = std::collections::HashMap::new();
         for token in &self.tokens {
             crate::model::Name::new(token.name.clone())
                 .map_err(|e| ConfigError::Invalid(format!("gateway token name: {e}")))?;
             if !names.insert(token.name.as_str()) {
                 return invalid(format!("gateway token {:?} is listed twice", token.name));
             }
-            if token.token.len() < 16 {
+            if token.token.len() < 16 || token.token.len() > 1024 {
                 return invalid(format!(
-                    "gateway token {:?} is shorter than 16 bytes",
+                    "gateway token {:?} must be 16..=1024 bytes long",
+                    token.name
+                ));
+            }
+            // One secret under two names (and perhaps two roles) would leave the role of a
+            // connection to the order of the list.
+            if let Some(first) = secrets.insert(token.token.as_str(), token.name.as_str()) {
+                return invalid(format!(
+                    "gateway tokens {first:?} and {:?} have the same secret",
                     token.name
                 ));
             }
@@ -264,6 +366,40 @@ impl GatewayConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+
+    /// `io_timeout_ms` as a duration.
+    pub fn io_timeout(&self) -> Duration {
+        Duration::from_millis(self.io_timeout_ms)
+    }
+
+    /// `admin_request_timeout_ms` as a duration.
+    pub fn admin_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.admin_request_timeout_ms)
+    }
+}
+
+/// Largest frame a connection may send before its Hello was accepted, in bytes: a Hello
+/// needs far less, and a connection that has not authenticated gets no more memory than this.
+pub const PRE_AUTH_MAX_FRAME_BYTES: usize = 4096;
+
+/// Upper bound of every timeout in milliseconds that has no tighter one (ten minutes):
+/// longer values are typos, and would overflow nothing but hold resources for hours.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Upper bound of `gateway.max_frame_bytes` (256 MiB).
+const MAX_FRAME_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Fails unless `low <= value <= high`, naming the field and its range.
+fn within<T>(field: &str, value: T, low: T, high: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if value < low || value > high {
+        return Err(ConfigError::Invalid(format!(
+            "{field} = {value} is outside {low}..={high}"
+        )));
+    }
+    Ok(())
 }
 
 fn default_epoch() -> u64 {
@@ -461,36 +597,74 @@ impl Config {
     /// coverage, and sane settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.redis.connections_per_shard == 0 || self.redis.connections_per_shard > 1024 {
-            return invalid("redis.connections_per_shard must be 1..=1024".into());
-        }
-        if self.redis.connect_timeout_ms == 0 || self.redis.command_timeout_ms == 0 {
-            return invalid("redis timeouts must be at least 1 ms".into());
-        }
-        if self.redis.idempotency_ttl_secs == 0 {
-            return invalid("redis.idempotency_ttl_secs must be at least 1".into());
-        }
-        if self.redis.acknowledge == Acknowledge::Replicated && self.redis.replicas_to_wait == 0 {
-            return invalid("redis.replicas_to_wait must be at least 1 in replicated mode".into());
-        }
-        if self.redis.replication_timeout_ms == 0 || self.redis.sentinel_timeout_ms == 0 {
-            return invalid("redis timeouts must be at least 1 ms".into());
-        }
-        if self.redis.breaker_failures == 0 {
-            return invalid("redis.breaker_failures must be at least 1".into());
-        }
-        let l = &self.limits;
-        // The script unpacks a transaction's writes into one Redis call, and Lua's stack
-        // holds about 8000 values: 1000 operations stay well inside it.
-        if l.max_operations_per_transaction > 1000 {
-            return invalid("limits.max_operations_per_transaction must be at most 1000".into());
-        }
-        if l.max_value_bytes == 0
-            || l.max_operations_per_transaction == 0
-            || l.max_transactions_per_batch == 0
-            || l.max_transaction_bytes == 0
-        {
-            return invalid("every limit must be at least 1".into());
+        let r = &self.redis;
+        within(
+            "redis.connections_per_shard",
+            r.connections_per_shard,
+            1,
+            1024,
+        )?;
+        within("redis.connect_timeout_ms", r.connect_timeout_ms, 1, 60_000)?;
+        within("redis.command_timeout_ms", r.command_timeout_ms, 1, 60_000)?;
+        within(
+            "redis.idempotency_ttl_secs",
+            r.idempotency_ttl_secs,
+            1,
+            30 * 86_400,
+        )?;
+        let fewest_replicas = u32::from(r.acknowledge == Acknowledge::Replicated);
+        within(
+            "redis.replicas_to_wait",
+            r.replicas_to_wait,
+            fewest_replicas,
+            64,
+        )?;
+        within(
+            "redis.replication_timeout_ms",
+            r.replication_timeout_ms,
+            1,
+            60_000,
+        )?;
+        within(
+            "redis.sentinel_timeout_ms",
+            r.sentinel_timeout_ms,
+            1,
+            60_000,
+        )?;
+        within(
+            "redis.retry_deadline_ms",
+            r.retry_deadline_ms,
+            0,
+            MAX_TIMEOUT_MS,
+        )?;
+        within("redis.breaker_failures", r.breaker_failures, 1, 1_000_000)?;
+        within(
+            "redis.breaker_cooldown_ms",
+            r.breaker_cooldown_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        // An answer must fit in a frame: the read budget of a request, plus what each
+        // transaction's result costs besides its entries.
+        let frame_needed = self
+            .limits
+            .max_answer_bytes
+            .saturating_add(
+                self.limits
+                    .max_transactions_per_batch
+                    .saturating_mul(crate::model::RESULT_OVERHEAD_BYTES),
+            )
+            .saturating_add(crate::model::RESULT_OVERHEAD_BYTES);
+        if self.gateway.max_frame_bytes < frame_needed {
+            return invalid(format!(
+                "gateway.max_frame_bytes = {} cannot carry an answer of limits.max_answer_bytes \
+                 ({}) for limits.max_transactions_per_batch ({}) transactions: it must be at \
+                 least {frame_needed}",
+                self.gateway.max_frame_bytes,
+                self.limits.max_answer_bytes,
+                self.limits.max_transactions_per_batch,
+            ));
         }
         for shard in &self.shards {
             match (&shard.master, &shard.sentinel) {
@@ -549,11 +723,31 @@ impl Config {
                 ));
             }
         }
-        if archive.batch_size == 0 || archive.scan_interval_secs == 0 {
-            return invalid(
-                "archive.batch_size and archive.scan_interval_secs must be at least 1".into(),
-            );
-        }
+        within("archive.batch_size", archive.batch_size, 1, 100_000)?;
+        within(
+            "archive.scan_interval_secs",
+            archive.scan_interval_secs,
+            1,
+            86_400,
+        )?;
+        within(
+            "archive.checkpoint_interval_secs",
+            archive.checkpoint_interval_secs,
+            0,
+            86_400,
+        )?;
+        within(
+            "archive.inactive_after_secs",
+            archive.inactive_after_secs,
+            0,
+            10 * 365 * 86_400,
+        )?;
+        within(
+            "archive.max_players_per_sec",
+            archive.max_players_per_sec,
+            0,
+            1_000_000,
+        )?;
         if archive
             .admin_listen
             .parse::<std::net::SocketAddr>()
@@ -751,6 +945,54 @@ mod tests {
         ];
         for text in cases {
             assert!(Config::from_toml(text, []).is_err(), "accepted: {text}");
+        }
+    }
+
+    #[test]
+    fn values_out_of_range_and_shared_secrets_are_refused_naming_the_field() {
+        let shard = "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\n";
+        let cases = [
+            ("[gateway]\nmax_connections = 1000000000000\n", "gateway.max_connections"),
+            (
+                "[gateway]\nhandshake_timeout_ms = 9223372036854775807\n",
+                "gateway.handshake_timeout_ms",
+            ),
+            ("[gateway]\nidle_timeout_ms = 0\n", "gateway.idle_timeout_ms"),
+            (
+                "[gateway]\nmax_unauthenticated_connections = 20000\n",
+                "gateway.max_unauthenticated_connections",
+            ),
+            (
+                "[gateway]\nmax_bytes_in_flight = 1024\n",
+                "gateway.max_bytes_in_flight",
+            ),
+            (
+                "[redis]\ncommand_timeout_ms = 9223372036854775807\n",
+                "redis.command_timeout_ms",
+            ),
+            (
+                "[redis]\nretry_deadline_ms = 86400000\n",
+                "redis.retry_deadline_ms",
+            ),
+            ("[limits]\nmax_player_entries = 0\n", "limits.max_player_entries"),
+            ("[limits]\nmax_answer_bytes = 1000\n", "limits.max_answer_bytes"),
+            (
+                "[limits]\nmax_transactions_per_batch = 100000\n",
+                "gateway.max_frame_bytes",
+            ),
+            ("[archive]\nbatch_size = 100000000\n", "archive.batch_size"),
+            (
+                "[[gateway.tokens]]\nname = \"a\"\ntoken = \"same-secret-0000000\"\nrole = \"game\"\n\
+                 [[gateway.tokens]]\nname = \"b\"\ntoken = \"same-secret-0000000\"\nrole = \"admin\"\n",
+                "same secret",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Config::from_toml(&format!("{text}{shard}"), [])
+                .expect_err("must be refused")
+                .to_string();
+            assert!(err.contains(field), "{text:?}: {err}");
+            assert!(!err.contains("same-secret"), "the secret leaked: {err}");
         }
     }
 

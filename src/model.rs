@@ -18,8 +18,17 @@ pub const MAX_CLIENT_ID_BYTES: usize = 64;
 /// to this magnitude is exact in a double (the same bound as JavaScript's safe integers).
 pub const COUNTER_LIMIT: i64 = (1 << 53) - 1;
 
-/// Size and count limits, checked before anything is sent to Redis. Configurable under
-/// `[limits]`.
+/// Bytes a read counts for each entry besides its name and value: what the entry costs in
+/// an answer (tag, lengths, visibility), so that many tiny entries cannot make an answer larger
+/// than its budget says.
+pub const ENTRY_OVERHEAD_BYTES: usize = 16;
+
+/// Bytes of an answer a transaction's result may take besides its entries (code, message,
+/// version, indexes); messages are cut to fit.
+pub const RESULT_OVERHEAD_BYTES: usize = 512;
+
+/// Size and count limits. Those on requests are checked before anything is sent to Redis;
+/// those on players and answers by the transaction script. Configurable under `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -32,6 +41,19 @@ pub struct Limits {
     pub max_transactions_per_batch: usize,
     /// Largest total payload (names and values) of one transaction, in bytes. Default 1 MiB.
     pub max_transaction_bytes: usize,
+    /// Largest total of one player's entries (names and values, public and private), in
+    /// bytes. A write that would make the player larger than this fails with
+    /// PLAYER_TOO_LARGE and applies nothing; a write that shrinks a player already over it
+    /// (after the limit was lowered) is allowed. Default 1048576 (1 MiB).
+    pub max_player_bytes: usize,
+    /// Most entries (fields and counters) of one player, with the same rule. Default 4096.
+    pub max_player_entries: usize,
+    /// Most bytes of entries one request may read: names and values, plus
+    /// [`ENTRY_OVERHEAD_BYTES`] per entry. A transaction alone may read this much; the
+    /// transactions of a batch that read share it evenly. The script stops reading past its
+    /// share and the transaction fails with TOO_LARGE, applying nothing. Default 2097152
+    /// (2 MiB); at least enough to read the largest allowed player whole.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -41,7 +63,86 @@ impl Default for Limits {
             max_operations_per_transaction: 64,
             max_transactions_per_batch: 1024,
             max_transaction_bytes: 1024 * 1024,
+            max_player_bytes: 1024 * 1024,
+            max_player_entries: 4096,
+            max_answer_bytes: 2 * 1024 * 1024,
         }
+    }
+}
+
+impl Limits {
+    /// Checks every limit against its range, and that the largest allowed player can be read
+    /// whole; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        const MIB: usize = 1024 * 1024;
+        // The script unpacks a transaction's writes into one Redis call, and Lua's stack
+        // holds about 8000 values: 1000 operations stay well inside it.
+        let ranges = [
+            ("limits.max_value_bytes", self.max_value_bytes, 1, 64 * MIB),
+            (
+                "limits.max_operations_per_transaction",
+                self.max_operations_per_transaction,
+                1,
+                1000,
+            ),
+            (
+                "limits.max_transactions_per_batch",
+                self.max_transactions_per_batch,
+                1,
+                100_000,
+            ),
+            (
+                "limits.max_transaction_bytes",
+                self.max_transaction_bytes,
+                1,
+                256 * MIB,
+            ),
+            (
+                "limits.max_player_bytes",
+                self.max_player_bytes,
+                1,
+                256 * MIB,
+            ),
+            (
+                "limits.max_player_entries",
+                self.max_player_entries,
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.max_answer_bytes",
+                self.max_answer_bytes,
+                1,
+                1024 * MIB,
+            ),
+        ];
+        for (field, value, low, high) in ranges {
+            if value < low || value > high {
+                return Err(format!("{field} = {value} is outside {low}..={high}"));
+            }
+        }
+        let whole_player = self.whole_player_read_bytes();
+        if self.max_answer_bytes < whole_player {
+            return Err(format!(
+                "limits.max_answer_bytes = {} cannot read a player of limits.max_player_bytes \
+                 ({}) and limits.max_player_entries ({}) whole: it must be at least \
+                 {whole_player}",
+                self.max_answer_bytes, self.max_player_bytes, self.max_player_entries
+            ));
+        }
+        Ok(())
+    }
+
+    /// What reading the largest allowed player whole counts against a read budget.
+    pub fn whole_player_read_bytes(&self) -> usize {
+        self.max_player_bytes
+            .saturating_add(self.max_player_entries.saturating_mul(ENTRY_OVERHEAD_BYTES))
+    }
+
+    /// The read budget of each transaction that reads, when `reading` transactions of one
+    /// request read: [`Limits::max_answer_bytes`] shared evenly.
+    pub fn read_budget(&self, reading: usize) -> usize {
+        self.max_answer_bytes / reading.max(1)
     }
 }
 
@@ -474,6 +575,7 @@ mod tests {
             max_operations_per_transaction: 2,
             max_transactions_per_batch: 1,
             max_transaction_bytes: 9,
+            ..Limits::default()
         };
         let player = PlayerId::new("p").expect("valid id");
         let set = |v: &[u8]| Operation::SetField {
@@ -497,6 +599,30 @@ mod tests {
             .with(set(b"1234"))
             .with(set(b"1234"));
         assert!(matches!(total.validate(&limits), Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn limits_are_checked_against_their_ranges_and_each_other() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let huge = Limits {
+            max_operations_per_transaction: 1001,
+            ..Limits::default()
+        };
+        let message = huge.validate().expect_err("over the range");
+        assert!(
+            message.contains("limits.max_operations_per_transaction"),
+            "{message}"
+        );
+        let unreadable = Limits {
+            max_answer_bytes: Limits::default().whole_player_read_bytes() - 1,
+            ..Limits::default()
+        };
+        let message = unreadable
+            .validate()
+            .expect_err("a player cannot be read whole");
+        assert!(message.contains("limits.max_answer_bytes"), "{message}");
+        assert_eq!(Limits::default().read_budget(0), 2 * 1024 * 1024);
+        assert_eq!(Limits::default().read_budget(4), 512 * 1024);
     }
 
     #[test]

@@ -31,6 +31,19 @@ pub async fn stop_signal() {
     }
 }
 
+/// How a binary ends: `Ok` exits 0; an error prints one line to stderr, `error: ` and every
+/// cause joined by `: ` (a configuration error names its field there), never a backtrace, and
+/// exits 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

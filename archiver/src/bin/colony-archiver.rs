@@ -44,7 +44,11 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    colony::process::exit_code(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     colony::process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
     let config = Config::load(&args.config, std::env::vars())
