@@ -7,7 +7,7 @@
 //! checked before anything is allocated for the body, so a claimed length never makes memory
 //! grow by itself.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 
 /// Bytes in the length prefix.
@@ -46,6 +46,16 @@ pub fn decode<M: Message + Default>(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<M>, FrameError> {
+    match take_body(buf, max)? {
+        Some(body) => decode_body(body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Takes one complete frame's body off the front of `buf` without decoding it, with the same
+/// rules as [`decode`]: `Ok(None)` until the whole frame is there, an error as soon as the
+/// prefix claims more than `max` bytes.
+pub fn take_body(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FrameError> {
     let Some(length) = peek_length(buf) else {
         return Ok(None);
     };
@@ -57,10 +67,12 @@ pub fn decode<M: Message + Default>(
         return Ok(None);
     }
     buf.advance(LENGTH_PREFIX_BYTES);
-    let body = buf.split_to(length);
-    M::decode(body.freeze())
-        .map(Some)
-        .map_err(|e| FrameError::Invalid(e.to_string()))
+    Ok(Some(buf.split_to(length).freeze()))
+}
+
+/// Decodes a body taken by [`take_body`].
+pub fn decode_body<M: Message + Default>(body: Bytes) -> Result<M, FrameError> {
+    M::decode(body).map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
 /// How many more bytes the reader should make room for: the rest of the current frame, capped

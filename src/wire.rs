@@ -210,6 +210,24 @@ fn entry_to_pb(e: &Entry) -> pb::Entry {
     }
 }
 
+/// Longest message a result or error carries, in bytes: longer ones are cut (at a character
+/// boundary), so what a result costs in an answer stays within
+/// [`RESULT_OVERHEAD_BYTES`](crate::model::RESULT_OVERHEAD_BYTES).
+pub const MAX_MESSAGE_BYTES: usize = 256;
+
+/// `e`'s message for the wire, cut to [`MAX_MESSAGE_BYTES`].
+pub fn message_of(e: &Error) -> String {
+    let mut message = e.to_string();
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
 /// Converts one transaction's outcome to the wire.
 pub fn result_to_pb(result: &Result<Committed, Error>) -> pb::TransactionResult {
     match result {
@@ -243,7 +261,7 @@ pub fn result_to_pb(result: &Result<Committed, Error>) -> pb::TransactionResult 
             };
             pb::TransactionResult {
                 code: code_to_pb(e.code()).into(),
-                message: e.to_string(),
+                message: message_of(e),
                 version,
                 reads: Vec::new(),
                 replayed: false,

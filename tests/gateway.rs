@@ -561,3 +561,149 @@ async fn a_connection_at_its_in_flight_cap_is_not_read_further() {
     answered.sort_unstable();
     assert_eq!(answered, (10..16).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn before_hello_only_small_frames_and_few_connections_are_allowed() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.gateway.max_unauthenticated_connections = 2;
+    let gw = TestGateway::start(&config).await.expect("starts");
+
+    // A frame over the pre-authentication limit is refused from its prefix.
+    let mut big = Raw::connect(&gw).await;
+    let claim = (colony::config::PRE_AUTH_MAX_FRAME_BYTES as u32 + 1).to_be_bytes();
+    big.send_bytes(&claim).await;
+    let reason = big.expect_go_away(pb::Code::TooLarge).await;
+    assert!(reason.contains("before Hello"), "{reason}");
+
+    // Two connections may wait for their Hello; a third is refused at once.
+    let mut first = Raw::connect(&gw).await;
+    let _second = Raw::connect(&gw).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut third = Raw::connect(&gw).await;
+        third.send(&hello(GAME_TOKEN)).await;
+        match third.recv().await.and_then(|f| f.body) {
+            Some(pb::server_frame::Body::GoAway(g)) => {
+                assert_eq!(g.code, pb::Code::Unavailable as i32);
+                assert!(g.reason.contains("authenticate"), "{}", g.reason);
+                break;
+            }
+            // The first two may not have been accepted yet: the third took a place.
+            Some(pb::server_frame::Body::Hello(_)) => {
+                assert!(Instant::now() < deadline, "the cap never applied");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Once one of them authenticates, its place is free for the next.
+    first.send(&hello(GAME_TOKEN)).await;
+    assert!(matches!(
+        first.recv().await.and_then(|f| f.body),
+        Some(pb::server_frame::Body::Hello(_))
+    ));
+    let mut next = Raw::authenticated(&gw, GAME_TOKEN).await;
+    next.send(&ping(3)).await;
+    assert!(matches!(
+        next.recv().await.and_then(|f| f.body),
+        Some(pb::server_frame::Body::Pong(_))
+    ));
+}
+
+#[tokio::test]
+async fn frames_that_would_amplify_are_refused_before_decoding_and_the_connection_stays() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let before = digest(&servers[0]).await;
+    let mut raw = Raw::authenticated(&gw, ADMIN_TOKEN).await;
+    // 1 MiB of empty operations in transactions of 64: counts within a raised batch limit
+    // would not help, the default refuses the batch by its transaction count.
+    let txn = pb::Transaction {
+        player_id: "p".into(),
+        operations: vec![pb::Operation::default(); 64],
+        ..pb::Transaction::default()
+    };
+    let batch = |n: usize, id: u64| pb::ClientFrame {
+        request_id: id,
+        body: Some(pb::client_frame::Body::Batch(pb::Batch {
+            transactions: vec![txn.clone(); n],
+        })),
+    };
+    raw.send(&batch(8000, 11)).await;
+    match raw.recv().await {
+        Some(pb::ServerFrame {
+            request_id: 11,
+            body: Some(pb::server_frame::Body::Error(e)),
+        }) => {
+            assert_eq!(e.code, pb::Code::TooLarge as i32);
+            assert!(e.message.contains("transactions"), "{}", e.message);
+        }
+        other => panic!("expected TOO_LARGE for request 11, got {other:?}"),
+    }
+    // A transaction with more operations than the limit, likewise.
+    let mut long = txn.clone();
+    long.operations = vec![pb::Operation::default(); 5000];
+    raw.send(&pb::ClientFrame {
+        request_id: 12,
+        body: Some(pb::client_frame::Body::Batch(pb::Batch {
+            transactions: vec![long],
+        })),
+    })
+    .await;
+    match raw.recv().await {
+        Some(pb::ServerFrame {
+            request_id: 12,
+            body: Some(pb::server_frame::Body::Error(e)),
+        }) => assert_eq!(e.code, pb::Code::TooLarge as i32),
+        other => panic!("expected TOO_LARGE for request 12, got {other:?}"),
+    }
+    raw.send(&ping(13)).await;
+    assert!(matches!(
+        raw.recv().await.and_then(|f| f.body),
+        Some(pb::server_frame::Body::Pong(_))
+    ));
+    assert_eq!(
+        digest(&servers[0]).await,
+        before,
+        "refused frames changed state"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_that_stops_half_way_is_closed_after_the_io_timeout() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.gateway.io_timeout_ms = 200;
+    let gw = TestGateway::start(&config).await.expect("starts");
+    let mut raw = Raw::authenticated(&gw, GAME_TOKEN).await;
+    // The prefix promises 100 bytes; 10 come, then nothing.
+    raw.send_bytes(&[0, 0, 0, 100]).await;
+    raw.send_bytes(&[0; 10]).await;
+    let reason = raw.expect_go_away(pb::Code::Timeout).await;
+    assert!(reason.contains("did not complete"), "{reason}");
+    others_still_served(&gw).await;
+}
+
+#[test]
+fn a_bad_config_stops_the_binary_with_one_line_naming_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("colony.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nmax_connections = 1000000000000\n[[shards]]\nname = \"a\"\nmaster = \"127.0.0.1:1\"\n",
+    )
+    .expect("writes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_colony-gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gateway.max_connections"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

@@ -13,19 +13,21 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod metrics;
+pub mod shape;
 pub mod untrusted;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, GatewayConfig, Role};
+use crate::config::{Config, GatewayConfig, Role, PRE_AUTH_MAX_FRAME_BYTES};
 use crate::error::{Code, Error};
 use crate::frame::{self, FrameError};
 use crate::model::{Access, Limits, PlayerId, Transaction};
@@ -33,6 +35,7 @@ use crate::store::Store;
 use crate::wire::{self, pb};
 
 use auth::{Principal, Tokens};
+use budget::{Budgets, Held};
 use metrics::Metrics;
 
 /// The protocol version this gateway speaks.
@@ -53,6 +56,8 @@ struct GatewayInner {
     tokens: Tokens,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// Bytes of requests and answers all connections hold (`gateway.max_bytes_in_flight`).
+    bytes_in_flight: Arc<Semaphore>,
 }
 
 impl Gateway {
@@ -75,6 +80,7 @@ impl Gateway {
                 tokens: Tokens::new(config.gateway.tokens.clone()),
                 metrics,
                 started: Instant::now(),
+                bytes_in_flight: Arc::new(Semaphore::new(config.gateway.max_bytes_in_flight)),
             }),
         })
     }
@@ -169,7 +175,9 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
     let (stop, _) = broadcast::channel::<()>(1);
     // Each connection task holds a clone of `done_tx`; when all are gone, all have finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let connection_slots = Arc::new(Semaphore::new(gateway.inner.config.max_connections));
+    let config = &gateway.inner.config;
+    let connection_slots = Arc::new(Semaphore::new(config.max_connections));
+    let unauthenticated = Arc::new(Semaphore::new(config.max_unauthenticated_connections));
     let accept = async {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -185,10 +193,16 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
             metrics.connections_accepted.inc();
             let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
                 metrics.closed("connection_limit");
-                // A TLS client could not read a plain GoAway: just close.
-                if gateway.inner.tls.is_none() {
-                    tokio::spawn(refuse(stream));
-                }
+                refuse(&gateway, stream, "too many connections");
+                continue;
+            };
+            let Ok(pre_auth) = unauthenticated.clone().try_acquire_owned() else {
+                metrics.closed("unauthenticated_limit");
+                refuse(
+                    &gateway,
+                    stream,
+                    "too many connections waiting to authenticate",
+                );
                 continue;
             };
             let gateway = gateway.clone();
@@ -198,7 +212,7 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
                 gateway.inner.metrics.connections.inc();
                 let _ = stream.set_nodelay(true);
                 let reason = match gateway.inner.tls.clone() {
-                    None => serve_connection(stream, &gateway, stop).await,
+                    None => serve_connection(stream, &gateway, stop, pre_auth).await,
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout(
                             gateway.inner.config.handshake_timeout(),
@@ -206,7 +220,7 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
                         )
                         .await;
                         match handshake {
-                            Ok(Ok(tls)) => serve_connection(tls, &gateway, stop).await,
+                            Ok(Ok(tls)) => serve_connection(tls, &gateway, stop, pre_auth).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 "tls_handshake"
@@ -233,12 +247,16 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
     let _ = done_rx.recv().await;
 }
 
-/// Tells a connection over the limit why it is closed, without waiting on it for long.
-async fn refuse(mut stream: TcpStream) {
-    let goodbye = go_away(Code::Unavailable, "too many connections");
+/// Tells a connection over a limit why it is closed, if its socket takes the few bytes at
+/// once, and closes it: no task and no waiting per refused connection. (A TLS client could
+/// not read a plain GoAway: it is just closed.)
+fn refuse(gateway: &Gateway, stream: TcpStream, reason: &str) {
+    if gateway.inner.tls.is_some() {
+        return;
+    }
     let mut out = Vec::new();
-    if frame::encode(&goodbye, &mut out, usize::MAX).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    if frame::encode(&go_away(Code::Unavailable, reason), &mut out, usize::MAX).is_ok() {
+        let _ = stream.try_write(&out);
     }
 }
 
@@ -257,7 +275,7 @@ fn request_error(request_id: u64, e: &Error) -> pb::ServerFrame {
         request_id,
         body: Some(pb::server_frame::Body::Error(pb::RequestError {
             code: wire::code_to_pb(e.code()).into(),
-            message: e.to_string(),
+            message: wire::message_of(e),
         })),
     }
 }
@@ -266,63 +284,133 @@ fn request_error(request_id: u64, e: &Error) -> pb::ServerFrame {
 enum ReadError {
     /// The peer closed the connection (cleanly, or mid-frame).
     Closed,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// A frame began but did not complete within the IO timeout.
+    Stalled,
     /// The bytes are not a valid frame.
     Frame(FrameError),
 }
 
-/// Reads one whole frame. Buffer memory grows with the bytes that arrive, in chunks of at
-/// most 64 KiB, never with the length a peer claims.
-async fn read_frame<R: AsyncRead + Unpin>(
+/// A frame body larger than this is counted against the gateway's bytes in flight while it is
+/// read; smaller ones are covered by the connection's own read buffer.
+const LARGE_FRAME_BYTES: u64 = 64 * 1024;
+
+/// Most the read buffer grows by in one read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads one whole frame body. Buffer memory grows with the bytes that arrive, in chunks of
+/// at most 64 KiB, never with the length a peer claims; a large body first takes its length
+/// from the gateway's bytes in flight, given back when the returned [`Held`] is dropped.
+/// Waits up to `idle` for a frame to begin, then up to `io` for the rest of it.
+async fn read_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<pb::ClientFrame, ReadError> {
+    idle: Duration,
+    io: Duration,
+    budgets: Option<&Budgets>,
+) -> Result<(Bytes, Option<Held>), ReadError> {
+    let mut held = None;
+    let mut began = (!buf.is_empty()).then(Instant::now);
     loop {
-        if let Some(frame) = frame::decode(buf, max).map_err(ReadError::Frame)? {
-            return Ok(frame);
+        if let Some(body) = frame::take_body(buf, max).map_err(ReadError::Frame)? {
+            // A buffer grown for a large frame is not kept for the connection's life.
+            if buf.capacity() > 2 * READ_CHUNK_BYTES {
+                *buf = BytesMut::from(&buf[..]);
+            }
+            return Ok((body, held));
         }
-        buf.reserve(frame::bytes_wanted(buf, 64 * 1024));
-        match reader.read_buf(buf).await {
+        if let (Some(budgets), None, Some(length)) = (budgets, &held, frame::peek_length(buf)) {
+            if length > LARGE_FRAME_BYTES {
+                held = Some(budgets.take_shared(length as usize).await);
+            }
+        }
+        buf.reserve(frame::bytes_wanted(buf, READ_CHUNK_BYTES));
+        let read = match began {
+            None => tokio::time::timeout(idle, reader.read_buf(buf))
+                .await
+                .map_err(|_| ReadError::Idle)?,
+            Some(at) => tokio::time::timeout_at((at + io).into(), reader.read_buf(buf))
+                .await
+                .map_err(|_| ReadError::Stalled)?,
+        };
+        match read {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
-            Ok(_) => {}
+            Ok(_) => {
+                began.get_or_insert_with(Instant::now);
+            }
         }
     }
 }
 
-/// Writes frames from `frames` until it closes; coalesces whatever is queued into one write.
+/// One answer on its way to the socket, with the bytes it holds until it is written.
+struct Outgoing {
+    frame: pb::ServerFrame,
+    held: Option<Held>,
+}
+
+impl From<pb::ServerFrame> for Outgoing {
+    fn from(frame: pb::ServerFrame) -> Outgoing {
+        Outgoing { frame, held: None }
+    }
+}
+
+/// Writes frames from `frames` until it closes, or until a write takes longer than `io`;
+/// coalesces whatever is queued into one write. Dropping the receiver on return tells the
+/// connection's reader that the connection is over.
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut frames: mpsc::Receiver<pb::ServerFrame>,
+    mut frames: mpsc::Receiver<Outgoing>,
     max: usize,
+    io: Duration,
 ) {
     let mut out = Vec::with_capacity(16 * 1024);
+    let mut written: Vec<Held> = Vec::new();
     while let Some(first) = frames.recv().await {
         let mut next = Some(first);
-        while let Some(f) = next {
+        while let Some(Outgoing { frame: f, held }) = next {
             if let Err(e) = frame::encode(&f, &mut out, max) {
-                // A response too large for a frame becomes an error for that request.
-                let error = Error::TooLarge(format!("response {e}"));
+                // Budgets keep answers under the frame limit; should one still not fit, the
+                // request may have written: say UNKNOWN, never a code that means "nothing
+                // applied".
+                let error = Error::Unknown {
+                    shard: String::new(),
+                    reason: format!(
+                        "the answer ({e}) cannot be sent; its writes may have applied: send \
+                         them again with the same idempotency keys, in smaller batches"
+                    ),
+                };
                 let _ = frame::encode(&request_error(f.request_id, &error), &mut out, max);
             }
+            written.extend(held);
             next = if out.len() < 256 * 1024 {
                 frames.try_recv().ok()
             } else {
                 None
             };
         }
-        if writer.write_all(&out).await.is_err() {
-            return;
+        match tokio::time::timeout(io, writer.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
         out.clear();
+        written.clear();
+        // A buffer grown for a large answer is not kept for the connection's life.
+        if out.capacity() > 1024 * 1024 {
+            out = Vec::with_capacity(16 * 1024);
+        }
     }
-    let _ = writer.shutdown().await;
+    let _ = tokio::time::timeout(io, writer.shutdown()).await;
 }
 
-/// Serves one connection to the end; returns why it ended (a metric label).
+/// Serves one connection to the end; returns why it ended (a metric label). `pre_auth` is
+/// the connection's place among those not yet authenticated, given back after the Hello.
 async fn serve_connection<S>(
     stream: S,
     gateway: &Gateway,
     mut stop: broadcast::Receiver<()>,
+    pre_auth: OwnedSemaphorePermit,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -330,9 +418,9 @@ where
     let (mut reader, writer) = tokio::io::split(stream);
     let config = &gateway.inner.config;
     let max = config.max_frame_bytes;
-    let (tx, rx) = mpsc::channel::<pb::ServerFrame>(config.max_in_flight_per_connection + 2);
-    let writer_task = tokio::spawn(write_frames(writer, rx, max));
-    let mut buf = BytesMut::with_capacity(4096);
+    let (tx, rx) = mpsc::channel::<Outgoing>(config.max_in_flight_per_connection + 2);
+    let writer_task = tokio::spawn(write_frames(writer, rx, max, config.io_timeout()));
+    let mut buf = BytesMut::new();
 
     let principal = match handshake(&mut reader, &mut buf, gateway, &tx).await {
         Ok(principal) => principal,
@@ -342,7 +430,13 @@ where
             return reason;
         }
     };
+    drop(pre_auth);
 
+    let budgets = Budgets::new(
+        config.max_bytes_in_flight_per_connection,
+        gateway.inner.bytes_in_flight.clone(),
+    );
+    let limits = &gateway.inner.limits;
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
     // Set once the connection is closing and the grace period is over: requests still running
     // are abandoned (their callers see the connection close without an answer, which they
@@ -355,42 +449,99 @@ where
                 Err(_) => break "internal",
             },
             _ = stop.recv() => break "shutdown",
+            _ = tx.closed() => break "write_failed",
         };
         let read = tokio::select! {
-            read = tokio::time::timeout(config.idle_timeout(), read_frame(&mut reader, &mut buf, max)) => read,
+            read = read_body(&mut reader, &mut buf, max, config.idle_timeout(), config.io_timeout(), Some(&budgets)) => read,
             _ = stop.recv() => break "shutdown",
+            _ = tx.closed() => break "write_failed",
         };
-        let frame = match read {
-            Err(_) => {
+        let (body, reading) = match read {
+            Err(ReadError::Idle) => {
                 if in_flight.available_permits() + 1 < config.max_in_flight_per_connection {
                     // Requests are still running: the connection is not idle.
                     drop(permit);
                     continue;
                 }
-                let _ = tx.send(go_away(Code::Timeout, "idle for too long")).await;
+                let _ = tx
+                    .send(go_away(Code::Timeout, "idle for too long").into())
+                    .await;
                 break "idle";
             }
-            Ok(Err(ReadError::Closed)) => break "client_closed",
-            Ok(Err(ReadError::Frame(e))) => {
+            Err(ReadError::Stalled) => {
+                let _ = tx
+                    .send(go_away(Code::Timeout, "a frame did not complete in time").into())
+                    .await;
+                break "stalled";
+            }
+            Err(ReadError::Closed) => break "client_closed",
+            Err(ReadError::Frame(e)) => {
                 let code = match e {
                     FrameError::TooLarge { .. } => Code::TooLarge,
                     FrameError::Invalid(_) => Code::Invalid,
                 };
-                // Let the requests already accepted finish before saying why we close.
-                let _ = tokio::time::timeout(
-                    config.shutdown_grace(),
-                    in_flight.acquire_many(config.max_in_flight_per_connection as u32 - 1),
-                )
-                .await;
-                let _ = tx.send(go_away(code, &e.to_string())).await;
+                close_after_in_flight(&in_flight, config, &tx, go_away(code, &e.to_string())).await;
                 break if code == Code::TooLarge {
                     "frame_too_large"
                 } else {
                     "invalid_frame"
                 };
             }
-            Ok(Ok(frame)) => frame,
+            Ok(read) => read,
         };
+        // The frame's shape, from its bytes, before anything is decoded.
+        let shape = match shape::scan(&body) {
+            Ok(shape) => shape,
+            Err(e) => {
+                close_after_in_flight(
+                    &in_flight,
+                    config,
+                    &tx,
+                    go_away(Code::Invalid, &e.to_string()),
+                )
+                .await;
+                break "invalid_frame";
+            }
+        };
+        let answer = shape.answer_bytes(limits);
+        let holds = shape.decoded_bytes.saturating_add(answer);
+        let refused = shape.check(body.len(), limits).err().or_else(|| {
+            (holds > budgets.cap()).then(|| {
+                Error::TooLarge(format!(
+                    "the request would hold {holds} bytes in the gateway, more than \
+                     gateway.max_bytes_in_flight_per_connection ({})",
+                    budgets.cap()
+                ))
+            })
+        });
+        if let Some(e) = refused {
+            gateway
+                .inner
+                .metrics
+                .request("refused", e.code().as_str(), Duration::ZERO);
+            let _ = tx.send(request_error(shape.request_id, &e).into()).await;
+            continue;
+        }
+        let held = tokio::select! {
+            held = budgets.take(holds) => held,
+            _ = stop.recv() => break "shutdown",
+            _ = tx.closed() => break "write_failed",
+        };
+        let frame = match frame::decode_body::<pb::ClientFrame>(body) {
+            Ok(frame) => frame,
+            Err(e) => {
+                drop(held);
+                close_after_in_flight(
+                    &in_flight,
+                    config,
+                    &tx,
+                    go_away(Code::Invalid, &e.to_string()),
+                )
+                .await;
+                break "invalid_frame";
+            }
+        };
+        drop(reading);
         let gateway = gateway.clone();
         let principal = principal.clone();
         let tx = tx.clone();
@@ -398,9 +549,12 @@ where
         tokio::spawn(async move {
             let metrics = &gateway.inner.metrics;
             metrics.in_flight.inc();
+            let mut held = held;
             tokio::select! {
                 response = handle_request(&gateway, &principal, frame) => {
-                    let _ = tx.send(response).await;
+                    // The decoded request is gone; the answer keeps only what it takes.
+                    held.shrink_to(prost::Message::encoded_len(&response));
+                    let _ = tx.send(Outgoing { frame: response, held: Some(held) }).await;
                 }
                 _ = async { abandoned.wait_for(|abandoned| *abandoned).await.is_ok() } => {}
             }
@@ -416,7 +570,7 @@ where
         .await;
         if reason == "shutdown" {
             let _ = tx
-                .send(go_away(Code::Unavailable, "gateway shutting down"))
+                .send(go_away(Code::Unavailable, "gateway shutting down").into())
                 .await;
         }
     }
@@ -426,40 +580,80 @@ where
     reason
 }
 
+/// Lets the requests already accepted finish (up to the grace period), then says why the
+/// connection closes.
+async fn close_after_in_flight(
+    in_flight: &Semaphore,
+    config: &GatewayConfig,
+    tx: &mpsc::Sender<Outgoing>,
+    goodbye: pb::ServerFrame,
+) {
+    let _ = tokio::time::timeout(
+        config.shutdown_grace(),
+        in_flight.acquire_many(config.max_in_flight_per_connection as u32 - 1),
+    )
+    .await;
+    let _ = tx.send(goodbye.into()).await;
+}
+
 /// Reads and checks the Hello; answers it. On failure, queues a GoAway and returns why.
+/// Before the Hello is accepted a connection may send one frame of at most
+/// [`PRE_AUTH_MAX_FRAME_BYTES`].
 async fn handshake<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     gateway: &Gateway,
-    tx: &mpsc::Sender<pb::ServerFrame>,
+    tx: &mpsc::Sender<Outgoing>,
 ) -> Result<Principal, &'static str> {
     let config = &gateway.inner.config;
     let started = Instant::now();
     let metrics = &gateway.inner.metrics;
-    let refuse = |code: Code, reason: &str| {
+    let refuse = |code: Code, reason: &str| -> Outgoing {
         metrics.request("hello", code.as_str(), started.elapsed());
-        go_away(code, reason)
+        go_away(code, reason).into()
     };
+    let timeout = config.handshake_timeout();
     let first = tokio::time::timeout(
-        config.handshake_timeout(),
-        read_frame(reader, buf, config.max_frame_bytes),
+        timeout,
+        read_body(
+            reader,
+            buf,
+            PRE_AUTH_MAX_FRAME_BYTES,
+            timeout,
+            timeout,
+            None,
+        ),
     )
     .await;
-    let frame = match first {
-        Err(_) => {
+    let body = match first {
+        Err(_) | Ok(Err(ReadError::Idle | ReadError::Stalled)) => {
             let _ = tx.send(refuse(Code::Timeout, "no Hello in time")).await;
             return Err("handshake_timeout");
         }
         Ok(Err(ReadError::Closed)) => return Err("client_closed"),
         Ok(Err(ReadError::Frame(e))) => {
-            let code = match e {
-                FrameError::TooLarge { .. } => Code::TooLarge,
-                FrameError::Invalid(_) => Code::Invalid,
+            let (code, reason) = match e {
+                FrameError::TooLarge { length, .. } => (
+                    Code::TooLarge,
+                    format!(
+                        "a frame of {length} bytes before Hello; at most \
+                         {PRE_AUTH_MAX_FRAME_BYTES} are accepted until the connection is \
+                         authenticated"
+                    ),
+                ),
+                FrameError::Invalid(_) => (Code::Invalid, e.to_string()),
             };
-            let _ = tx.send(refuse(code, &e.to_string())).await;
+            let _ = tx.send(refuse(code, &reason)).await;
             return Err("invalid_frame");
         }
-        Ok(Ok(frame)) => frame,
+        Ok(Ok((body, _))) => body,
+    };
+    let frame = match frame::decode_body::<pb::ClientFrame>(body) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let _ = tx.send(refuse(Code::Invalid, &e.to_string())).await;
+            return Err("invalid_frame");
+        }
     };
     let hello = match frame.body {
         Some(pb::client_frame::Body::Hello(hello)) => hello,
@@ -507,7 +701,7 @@ async fn handshake<R: AsyncRead + Unpin>(
         })),
     };
     metrics.request("hello", Code::Ok.as_str(), started.elapsed());
-    if tx.send(answer).await.is_err() {
+    if tx.send(answer.into()).await.is_err() {
         return Err("internal");
     }
     Ok(principal)
@@ -559,7 +753,7 @@ async fn handle_request(
             e.code(),
             pb::server_frame::Body::Error(pb::RequestError {
                 code: wire::code_to_pb(e.code()).into(),
-                message: e.to_string(),
+                message: wire::message_of(&e),
             }),
         ),
     };

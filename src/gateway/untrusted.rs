@@ -1,5 +1,5 @@
 //! Everything the gateway does with a client's bytes before anything reaches storage, as one
-//! pure function: frame decoding, protobuf decoding, conversion to the model, validation and
+//! pure function: frame decoding, the frame's shape (`shape`), protobuf decoding, conversion to the model, validation and
 //! authorization. The fuzz target (`fuzz/`) drives it with arbitrary bytes, and an ordinary
 //! test replays the saved corpus, so CI on stable Rust covers the same paths.
 
@@ -19,6 +19,8 @@ pub struct Inspection {
     pub accepted: usize,
     /// Transactions rejected with a typed error.
     pub rejected: usize,
+    /// Frames refused from their shape (counts or decoded size over the limits).
+    pub refused_frames: usize,
     /// Why decoding stopped, if it did before the input ended.
     pub stopped: Option<FrameError>,
 }
@@ -30,15 +32,42 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
     let mut buf = BytesMut::from(data);
     let mut seen = Inspection::default();
     loop {
-        let frame = match frame::decode::<pb::ClientFrame>(&mut buf, max_frame_bytes) {
-            Ok(Some(frame)) => frame,
+        let body = match frame::take_body(&mut buf, max_frame_bytes) {
+            Ok(Some(body)) => body,
             Ok(None) => break,
             Err(e) => {
                 seen.stopped = Some(e);
                 break;
             }
         };
+        // As the gateway does: the shape first, from the bytes; decoding only what passed.
+        let shape = match super::shape::scan(&body) {
+            Ok(shape) => shape,
+            Err(e) => {
+                seen.stopped = Some(FrameError::Invalid(e.to_string()));
+                break;
+            }
+        };
+        if shape.check(body.len(), limits).is_err() {
+            seen.refused_frames += 1;
+            continue;
+        }
+        let frame = match frame::decode_body::<pb::ClientFrame>(body) {
+            Ok(frame) => frame,
+            Err(e) => {
+                seen.stopped = Some(e);
+                break;
+            }
+        };
         seen.frames += 1;
+        if let Some(pb::client_frame::Body::Batch(batch)) = &frame.body {
+            // The shape's counts are upper bounds of what was decoded (a body field repeated
+            // after another kind of body counts twice in the shape, once in the decoding).
+            assert!(
+                batch.transactions.len() <= shape.transactions,
+                "shape counted fewer transactions than were decoded"
+            );
+        }
         let transactions = match frame.body {
             Some(pb::client_frame::Body::Batch(batch)) => batch.transactions,
             _ => continue,
