@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_http;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -91,3 +91,65 @@ async fn readiness_fails_while_a_shard_is_down() {
     assert_eq!(json["shards"][0]["reachable"], true);
     assert_eq!(json["shards"][1]["reachable"], false);
 }
+
+/// Reads until the peer closes; the bytes read, or None if it stays open past `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    match tokio::time::timeout(wait, stream.read_to_end(&mut bytes)).await {
+        Ok(_) => Some(bytes),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn stalled_admin_clients_are_capped_and_timed_out() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.gateway.admin_max_connections = 2;
+    config.gateway.admin_request_timeout_ms = 300;
+    let gw = TestGateway::start(&config).await.expect("starts");
+
+    // Two clients send half a request and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.admin_address)
+            .await
+            .expect("connects");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("sends");
+        stalled.push(s);
+    }
+    // The cap holds: a third connection is closed without an answer (it may take a moment
+    // for the first two to be accepted, so retry until one is refused).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut third = TcpStream::connect(gw.admin_address)
+            .await
+            .expect("connects");
+        let _ = third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let answer = closed_within(&mut third, Duration::from_secs(5))
+            .await
+            .expect("the third connection is closed");
+        if answer.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cap never applied"
+        );
+    }
+    // The stalled ones are closed once the header timeout passes...
+    for s in &mut stalled {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await.is_some(),
+            "a stalled admin connection stayed open"
+        );
+    }
+    // ...and the endpoint answers again.
+    let (status, body) = get(gw.admin_address, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}

@@ -14,7 +14,7 @@ pub mod worker;
 
 pub use worker::{ArchiveError, Archiver, PassReport, Removal, Restoral};
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 /// Why [`serve`] could not run.
@@ -61,11 +61,13 @@ pub async fn serve(
             let _ = rx.wait_for(|stopped| *stopped).await;
         }
     };
-    let admin_task = tokio::spawn(
-        axum::serve(admin, metrics::router(archiver.clone()))
-            .with_graceful_shutdown(admin_stop)
-            .into_future(),
-    );
+    // The archiver's admin listener has the gateway's bounds (`gateway.admin_*`).
+    let admin_task = tokio::spawn(colony::admin_http::serve(
+        admin,
+        metrics::router(archiver.clone()),
+        colony::admin_http::limits_of(&config.gateway),
+        admin_stop,
+    ));
     archiver.run(stop_rx).await;
     match admin_task.await {
         Ok(result) => result.map_err(admin_error),

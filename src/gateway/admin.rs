@@ -38,9 +38,8 @@ pub async fn serve(
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = crate::admin_http::limits_of(gateway.config());
+    crate::admin_http::serve(listener, router(gateway), limits, shutdown).await
 }
 
 async fn metrics(State(gateway): State<Gateway>) -> Response {
