@@ -17,6 +17,9 @@ pub enum Code {
     NotFound,
     /// A counter increment would leave its bounds; nothing was applied.
     OutOfBounds,
+    /// A write would grow the player past `limits.max_player_bytes` or
+    /// `limits.max_player_entries`; nothing was applied.
+    PlayerTooLarge,
     /// The request is malformed.
     Invalid,
     /// The connection has not authenticated.
@@ -45,6 +48,7 @@ impl Code {
             Code::Conflict => "CONFLICT",
             Code::NotFound => "NOT_FOUND",
             Code::OutOfBounds => "OUT_OF_BOUNDS",
+            Code::PlayerTooLarge => "PLAYER_TOO_LARGE",
             Code::Invalid => "INVALID",
             Code::Unauthenticated => "UNAUTHENTICATED",
             Code::Forbidden => "FORBIDDEN",
@@ -105,6 +109,17 @@ pub enum Error {
         /// Index of the failed increment in the transaction.
         operation_index: u32,
     },
+    /// A write would grow the player past its configured bounds; nothing was applied.
+    #[error(
+        "operation {operation_index} would grow the player past limits.max_player_bytes or \
+         limits.max_player_entries; the player is at version {version}"
+    )]
+    PlayerTooLarge {
+        /// The player's current version.
+        version: u64,
+        /// Index of the last write of the transaction.
+        operation_index: u32,
+    },
     /// The idempotency key was used before for a different transaction; nothing was applied.
     #[error(
         "idempotency key already used for a different transaction (player at version {version})"
@@ -160,6 +175,7 @@ impl Error {
             Error::Forbidden(_) => Code::Forbidden,
             Error::Conflict { .. } => Code::Conflict,
             Error::OutOfBounds { .. } => Code::OutOfBounds,
+            Error::PlayerTooLarge { .. } => Code::PlayerTooLarge,
             Error::IdempotencyMismatch { .. } => Code::IdempotencyMismatch,
             Error::NotFound => Code::NotFound,
             Error::Archived { .. } => Code::Unavailable,
@@ -182,6 +198,7 @@ impl Error {
             | Error::TooLarge(_)
             | Error::Forbidden(_)
             | Error::OutOfBounds { .. }
+            | Error::PlayerTooLarge { .. }
             | Error::IdempotencyMismatch { .. }
             | Error::NotFound
             | Error::Internal(_) => Retry::Never,

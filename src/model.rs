@@ -391,6 +391,13 @@ impl Transaction {
         self.operations.iter().any(Operation::is_write)
     }
 
+    /// True when any operation reads entries (and so takes a share of the read budget).
+    pub fn reads(&self) -> bool {
+        self.operations
+            .iter()
+            .any(|op| matches!(op, Operation::Read { .. }))
+    }
+
     /// Checks everything the types do not: limits, bounds, and what the access mode allows.
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
         if self.operations.is_empty() {

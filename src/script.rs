@@ -52,8 +52,22 @@ fn vis_arg(v: Visibility) -> &'static [u8] {
     }
 }
 
-/// Encodes a validated transaction. `idempotency_ttl_ms` is how long the record lives.
-pub fn encode(txn: &Transaction, idempotency_ttl_ms: u64) -> Invocation {
+/// The bounds the script enforces on one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// How long an idempotency record lives, in milliseconds.
+    pub idempotency_ttl_ms: u64,
+    /// Most bytes the transaction's reads may return (names, values, and
+    /// [`ENTRY_OVERHEAD_BYTES`](crate::model::ENTRY_OVERHEAD_BYTES) per entry).
+    pub read_budget: usize,
+    /// Most bytes of entries a write may leave the player with.
+    pub max_player_bytes: usize,
+    /// Most entries a write may leave the player with.
+    pub max_player_entries: usize,
+}
+
+/// Encodes a validated transaction, to run within `bounds`.
+pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
     let keys_of = PlayerKeys::new(&txn.player);
     let (idem_key, use_idem) = match &txn.idempotency_key {
         Some(key) => (keys::idempotency_key(&txn.player, key), true),
@@ -70,7 +84,10 @@ pub fn encode(txn: &Transaction, idempotency_ttl_ms: u64) -> Invocation {
     } else {
         b"0".to_vec()
     });
-    args.push(idempotency_ttl_ms.to_string().into_bytes());
+    args.push(bounds.idempotency_ttl_ms.to_string().into_bytes());
+    args.push(bounds.read_budget.to_string().into_bytes());
+    args.push(bounds.max_player_bytes.to_string().into_bytes());
+    args.push(bounds.max_player_entries.to_string().into_bytes());
     let name = |n: &Name| n.as_str().as_bytes().to_vec();
     let int = |v: i64| v.to_string().into_bytes();
     let bound = |v: Option<i64>| v.map(int).unwrap_or_default();
@@ -192,6 +209,19 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
                 operation_index,
             })
         }
+        b"PLAYER_TOO_LARGE" => {
+            return Err(Error::PlayerTooLarge {
+                version,
+                operation_index,
+            })
+        }
+        b"TOO_LARGE" => {
+            return Err(Error::TooLarge(format!(
+                "operation {operation_index} read past the transaction's read budget \
+                 (limits.max_answer_bytes, shared evenly by the request's transactions that \
+                 read); nothing was applied"
+            )))
+        }
         b"IDEMPOTENCY_MISMATCH" => return Err(Error::IdempotencyMismatch { version }),
         b"ARCHIVED" => return Err(Error::Archived { version }),
         b"INVALID" => {
@@ -297,7 +327,13 @@ mod tests {
                 name: Name::new("x").expect("valid"),
                 expected: None,
             });
-        let inv = encode(&txn, 1000);
+        let bounds = Bounds {
+            idempotency_ttl_ms: 1000,
+            read_budget: 5000,
+            max_player_bytes: 600,
+            max_player_entries: 7,
+        };
+        let inv = encode(&txn, &bounds);
         assert_eq!(inv.keys[4], b"{p}:idem:c:9");
         let args: Vec<&[u8]> = inv.args.iter().map(Vec::as_slice).collect();
         assert_eq!(
@@ -307,6 +343,9 @@ mod tests {
                 b"o",
                 b"1",
                 b"1000",
+                b"5000",
+                b"600",
+                b"7",
                 b"I",
                 b"gold",
                 b"r",
@@ -373,6 +412,17 @@ mod tests {
         assert!(matches!(
             decode(&txn, &reply("OUT_OF_BOUNDS")),
             Err(Error::OutOfBounds { .. })
+        ));
+        assert_eq!(
+            decode(&txn, &reply("PLAYER_TOO_LARGE")),
+            Err(Error::PlayerTooLarge {
+                version: 3,
+                operation_index: 1
+            })
+        );
+        assert!(matches!(
+            decode(&txn, &reply("TOO_LARGE")),
+            Err(Error::TooLarge(_))
         ));
         assert!(matches!(
             decode(&txn, &reply("IDEMPOTENCY_MISMATCH")),

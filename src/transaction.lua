@@ -1,7 +1,9 @@
 -- Colony's transaction script: applies one player's operations all-or-nothing.
 --
 -- KEYS[1] {id}:meta   hash: v = version, t = last-active ms, a = archived at version,
---                      p = 1 when an archived player's public part is back
+--                      p = 1 when an archived player's public part is back, b and n = bytes
+--                      (names and values) and number of the player's entries, kept by every
+--                      write (absent: counted afresh by the next write)
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:active  zset of player ids by last-active ms (one per shard)
@@ -12,7 +14,10 @@
 -- ARGV[2] access: 'o' owner, 'p' public
 -- ARGV[3] '1' when KEYS[5] is an idempotency record, '0' otherwise
 -- ARGV[4] idempotency record TTL in milliseconds
--- ARGV[5..] operations, each an opcode followed by its arguments:
+-- ARGV[5] read budget: most bytes the reads may return (names, values, 16 per entry)
+-- ARGV[6] most bytes of the player's entries (names and values) a write may leave
+-- ARGV[7] most entries a write may leave
+-- ARGV[8..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -23,7 +28,10 @@
 --
 -- Reply: { status, version, replayed (0/1), failed operation index (from 0),
 --          then per read: operation index, entry count, then count x (name, tag, value) }
--- status is OK, CONFLICT, OUT_OF_BOUNDS, IDEMPOTENCY_MISMATCH, ARCHIVED or INVALID. tag is 'fu', 'fr'
+-- status is OK, CONFLICT, OUT_OF_BOUNDS, PLAYER_TOO_LARGE (the write would grow the player past
+-- ARGV[6] or ARGV[7]), TOO_LARGE (the reads passed the budget), IDEMPOTENCY_MISMATCH, ARCHIVED
+-- or INVALID; every status but OK writes nothing. A replay returns the stored reply whatever
+-- the budget. tag is 'fu', 'fr'
 -- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
 --
 -- Operations run in order against a staged view; Redis is written only after every operation
@@ -32,9 +40,14 @@
 
 local meta, pub, priv, active, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local player, access, use_idem, ttl = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local read_budget = tonumber(ARGV[5])
+local max_bytes, max_entries = tonumber(ARGV[6]), tonumber(ARGV[7])
+local FIRST_OP = 8
 local LIMIT = 9007199254740991
+-- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
+local ENTRY_OVERHEAD = 16
 
-local state = redis.call('HMGET', meta, 'v', 'a', 'p')
+local state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n')
 local version = tonumber(state[1] or '0')
 
 -- An archived player (meta field a = the version archived) has its entries in MongoDB only.
@@ -49,7 +62,7 @@ if use_idem then
   -- The fingerprint covers the player, access and every operation argument, each
   -- length-prefixed so that different argument lists can never concatenate alike.
   local parts = { #player .. ':' .. player, access }
-  for i = 5, #ARGV do
+  for i = FIRST_OP, #ARGV do
     parts[#parts + 1] = #ARGV[i] .. ':' .. ARGV[i]
   end
   fingerprint = redis.sha1hex(table.concat(parts, '|'))
@@ -96,7 +109,16 @@ local function tag_of(kind, hash)
   return kind .. 'r'
 end
 
+-- Bytes the reads have returned; past the budget the transaction fails with TOO_LARGE.
+local spent = 0
+local over_budget = false
+
 local function emit(out, name, kind, value, hash)
+  spent = spent + #name + #value + ENTRY_OVERHEAD
+  if spent > read_budget then
+    over_budget = true
+    return
+  end
   out[#out + 1] = name
   out[#out + 1] = tag_of(kind, hash)
   if kind == 'c' then
@@ -117,6 +139,7 @@ local function read_all(out)
     for entry, _ in pairs(staged[hash]) do seen[entry] = true end
   end
   for entry, _ in pairs(seen) do
+    if over_budget then return end
     local value, hash = find(entry)
     if value ~= nil then
       list[#list + 1] = { string.sub(entry, 3), string.sub(entry, 1, 1), value, hash }
@@ -129,7 +152,8 @@ end
 
 local reads = {}
 local mutated = false
-local i, op = 5, 0
+local last_write = 0
+local i, op = FIRST_OP, 0
 local function fail(status)
   return { status, version, 0, op }
 end
@@ -150,6 +174,7 @@ while i <= #ARGV do
         end
       end
     end
+    if over_budget then return fail('TOO_LARGE') end
     reads[#reads + 1] = { op, out }
     i = i + 2 + n
   elseif code == 'V' then
@@ -195,11 +220,13 @@ while i <= #ARGV do
     end
     staged[target][entry] = value
     mutated = true
+    last_write = op
   elseif code == 'D' or code == 'X' then
     local entry = ((code == 'D') and 'f:' or 'c:') .. ARGV[i + 1]
     staged[pub][entry] = false
     staged[priv][entry] = false
     mutated = true
+    last_write = op
     i = i + 2
   else
     return fail('INVALID')
@@ -211,6 +238,39 @@ local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 
 if mutated then
+  -- The player's size before and after: the tally in meta (counted afresh when absent, e.g.
+  -- after a rebuild), adjusted by every staged entry's old and new length.
+  local bytes, entries = tonumber(state[4] or ''), tonumber(state[5] or '')
+  if bytes == nil or entries == nil then
+    bytes, entries = 0, 0
+    for _, hash in ipairs({ pub, priv }) do
+      local flat = redis.call('HGETALL', hash)
+      for k = 1, #flat, 2 do
+        bytes = bytes + #flat[k] - 2 + #flat[k + 1]
+        entries = entries + 1
+      end
+    end
+  end
+  local new_bytes, new_entries = bytes, entries
+  for _, hash in ipairs({ pub, priv }) do
+    for entry, value in pairs(staged[hash]) do
+      local old = redis.call('HSTRLEN', hash, entry)
+      if old > 0 or redis.call('HEXISTS', hash, entry) == 1 then
+        new_bytes = new_bytes - (#entry - 2 + old)
+        new_entries = new_entries - 1
+      end
+      if value ~= false then
+        new_bytes = new_bytes + #entry - 2 + #value
+        new_entries = new_entries + 1
+      end
+    end
+  end
+  -- A write may not grow a player past the bounds; one that shrinks a player already over
+  -- them (the bounds were lowered) is allowed.
+  if (new_bytes > max_bytes and new_bytes > bytes)
+      or (new_entries > max_entries and new_entries > entries) then
+    return { 'PLAYER_TOO_LARGE', version, 0, last_write }
+  end
   for _, hash in ipairs({ pub, priv }) do
     local sets, dels = {}, {}
     for entry, value in pairs(staged[hash]) do
@@ -225,7 +285,7 @@ if mutated then
     if #sets > 0 then redis.call('HSET', hash, unpack(sets)) end
   end
   version = version + 1
-  redis.call('HSET', meta, 'v', version, 't', now)
+  redis.call('HSET', meta, 'v', version, 't', now, 'b', new_bytes, 'n', new_entries)
   redis.call('ZADD', active, now, player)
   -- The archiver's checkpoints copy changed players to MongoDB.
   redis.call('SADD', KEYS[6], player)

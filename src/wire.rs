@@ -187,6 +187,7 @@ pub fn code_to_pb(code: Code) -> pb::Code {
         Code::Conflict => pb::Code::Conflict,
         Code::NotFound => pb::Code::NotFound,
         Code::OutOfBounds => pb::Code::OutOfBounds,
+        Code::PlayerTooLarge => pb::Code::PlayerTooLarge,
         Code::Invalid => pb::Code::Invalid,
         Code::Unauthenticated => pb::Code::Unauthenticated,
         Code::Forbidden => pb::Code::Forbidden,
@@ -255,6 +256,10 @@ pub fn result_to_pb(result: &Result<Committed, Error>) -> pb::TransactionResult 
                 | Error::OutOfBounds {
                     version,
                     operation_index,
+                }
+                | Error::PlayerTooLarge {
+                    version,
+                    operation_index,
                 } => (*version, *operation_index),
                 Error::IdempotencyMismatch { version } => (*version, 0),
                 _ => (0, 0),
@@ -313,6 +318,10 @@ pub fn result_from_pb(r: pb::TransactionResult) -> Result<Committed, Error> {
             operation_index,
         }),
         Ok(pb::Code::OutOfBounds) => Err(Error::OutOfBounds {
+            version,
+            operation_index,
+        }),
+        Ok(pb::Code::PlayerTooLarge) => Err(Error::PlayerTooLarge {
             version,
             operation_index,
         }),

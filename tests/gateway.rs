@@ -707,3 +707,59 @@ fn a_bad_config_stops_the_binary_with_one_line_naming_the_field() {
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn an_answer_never_hides_a_committed_write() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = gateway_config(&refs);
+    config.limits.max_player_bytes = 4000;
+    config.limits.max_player_entries = 10;
+    config.limits.max_answer_bytes = 4200;
+    let gw = TestGateway::start(&config).await.expect("starts");
+    let c = client(&gw, ADMIN_TOKEN).await;
+    let p = pid("hoarder");
+    let mut fill = Transaction::owner(p.clone(), common::key(1));
+    for i in 0..8 {
+        fill = fill.with(set(&format!("f{i}"), &[b'v'; 480], Visibility::Public));
+    }
+    c.execute(fill).await.expect("fills");
+    let gold = |request| {
+        Transaction::owner(p.clone(), common::key(request))
+            .with(Operation::IncrementCounter {
+                name: name("gold"),
+                delta: 1,
+                min: None,
+                max: None,
+                visibility: Visibility::Private,
+            })
+            .with(Operation::Read { names: vec![] })
+    };
+    // Two writes that each read the whole player cannot both be answered: each fails before
+    // anything is applied, with a code that says so.
+    let before = digest(&servers[0]).await;
+    let results = c.execute_batch(vec![gold(2), gold(3)]).await.expect("runs");
+    for r in &results {
+        assert!(matches!(r, Err(Error::TooLarge(_))), "{r:?}");
+    }
+    assert_eq!(
+        digest(&servers[0]).await,
+        before,
+        "TOO_LARGE followed a write"
+    );
+    // Alone, the same write commits and its whole answer arrives.
+    let committed = c.execute(gold(4)).await.expect("commits");
+    assert_eq!(committed.version, 2);
+    assert_eq!(committed.reads[0].entries.len(), 9);
+    // A player may not grow past its bounds through the gateway either.
+    let grow = Transaction::owner(p.clone(), common::key(5)).with(set(
+        "more",
+        &[b'v'; 200],
+        Visibility::Public,
+    ));
+    let refused = c.execute(grow).await;
+    assert!(
+        matches!(refused, Err(Error::PlayerTooLarge { .. })),
+        "{refused:?}"
+    );
+}

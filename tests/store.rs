@@ -664,3 +664,201 @@ async fn connections_recover_after_the_server_restarts() {
     let stats = store.connection_stats();
     assert!(stats[0].connects >= 2, "{stats:?}");
 }
+
+/// A store over `servers` with `limits`.
+fn store_with(servers: &[RedisServer], limits: colony::Limits) -> Store {
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = config_for(&refs);
+    config.limits = limits;
+    Store::new(&config).expect("store builds")
+}
+
+/// The size tally the script keeps in `{id}:meta` (b, n), and the size counted from the
+/// player's hashes.
+async fn tally_and_real(server: &RedisServer, player: &str) -> ((i64, i64), (i64, i64)) {
+    let mut conn = raw(server).await;
+    let tally: (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+        .arg(format!("{{{player}}}:meta"))
+        .arg("b")
+        .arg("n")
+        .query_async(&mut conn)
+        .await
+        .expect("meta");
+    let mut real = (0i64, 0i64);
+    for hash in ["pub", "priv"] {
+        let flat: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(format!("{{{player}}}:{hash}"))
+            .query_async(&mut conn)
+            .await
+            .expect("hash");
+        for (entry, value) in flat {
+            real.0 += (entry.len() - 2 + value.len()) as i64;
+            real.1 += 1;
+        }
+    }
+    ((tally.0.unwrap_or(-1), tally.1.unwrap_or(-1)), real)
+}
+
+#[tokio::test]
+async fn a_player_cannot_grow_past_its_bounds_and_the_tally_stays_true() {
+    let servers = common::servers(1);
+    let limits = colony::Limits {
+        max_player_bytes: 100,
+        max_player_entries: 3,
+        max_answer_bytes: 1000,
+        ..colony::Limits::default()
+    };
+    let store = store_with(&servers, limits);
+    let p = pid("grower");
+    let mut request = 0;
+    let mut write = |ops: Vec<Operation>| {
+        request += 1;
+        let mut txn = Transaction::owner(p.clone(), key(request));
+        txn.operations = ops;
+        store.execute(txn)
+    };
+    // 2 entries, 4 + 40 + 4 + 1 = 49 bytes.
+    write(vec![
+        set("name", &[b'x'; 40], Visibility::Public),
+        incr("gold", 5, None, None),
+    ])
+    .await
+    .expect("fits");
+    assert_eq!(
+        tally_and_real(&servers[0], "grower").await,
+        ((49, 2), (49, 2))
+    );
+    // Past the byte bound: refused, nothing applied.
+    let before = digest(&servers[0]).await;
+    let refused = write(vec![
+        incr("gold", 1, None, None),
+        set("bio", &[b'y'; 60], Visibility::Private),
+    ])
+    .await;
+    assert_eq!(
+        refused,
+        Err(Error::PlayerTooLarge {
+            version: 1,
+            operation_index: 1
+        })
+    );
+    assert_eq!(
+        refused.expect_err("refused").code(),
+        colony::Code::PlayerTooLarge
+    );
+    assert_eq!(digest(&servers[0]).await, before);
+    // Past the entry bound: refused too.
+    let refused = write(vec![
+        set("a", b"1", Visibility::Public),
+        set("b", b"1", Visibility::Public),
+    ])
+    .await;
+    assert!(
+        matches!(refused, Err(Error::PlayerTooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(digest(&servers[0]).await, before);
+    // Replacing a value, moving it between visibilities and deleting keep the tally exact.
+    write(vec![
+        set("name", b"short", Visibility::Private),
+        set("bio", &[b'y'; 30], Visibility::Public),
+        Operation::DeleteCounter { name: name("gold") },
+        set("e", b"", Visibility::Public),
+    ])
+    .await
+    .expect("fits");
+    let (tally, real) = tally_and_real(&servers[0], "grower").await;
+    assert_eq!(tally, real);
+    assert_eq!(real, (4 + 5 + 3 + 30 + 1, 3));
+
+    // A tally that is missing (a rebuilt player) is counted afresh by the next write.
+    let mut conn = raw(&servers[0]).await;
+    let _: i64 = redis::cmd("HDEL")
+        .arg("{grower}:meta")
+        .arg("b")
+        .arg("n")
+        .query_async(&mut conn)
+        .await
+        .expect("hdel");
+    write(vec![incr("gold", 1, None, None)])
+        .await
+        .expect_err("a fourth entry is refused after counting afresh");
+    write(vec![set("e", b"12", Visibility::Public)])
+        .await
+        .expect("fits");
+    let (tally, real) = tally_and_real(&servers[0], "grower").await;
+    assert_eq!(tally, real);
+
+    // Lowered bounds: the player is now over them; writes that shrink it still apply.
+    let smaller = store_with(
+        &servers,
+        colony::Limits {
+            max_player_bytes: 10,
+            max_player_entries: 3,
+            max_answer_bytes: 1000,
+            ..colony::Limits::default()
+        },
+    );
+    let shrink =
+        Transaction::owner(p.clone(), key(100)).with(Operation::DeleteField { name: name("bio") });
+    smaller.execute(shrink).await.expect("shrinking is allowed");
+    let grow = Transaction::owner(p.clone(), key(101)).with(set("e", b"123", Visibility::Public));
+    assert!(matches!(
+        smaller.execute(grow).await,
+        Err(Error::PlayerTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn reads_stop_at_their_budget_and_a_failed_read_applies_nothing() {
+    let servers = common::servers(1);
+    let limits = colony::Limits {
+        max_player_bytes: 4000,
+        max_player_entries: 10,
+        max_answer_bytes: 4200,
+        ..colony::Limits::default()
+    };
+    let store = store_with(&servers, limits);
+    let p = pid("big");
+    let mut fill = Transaction::owner(p.clone(), key(1));
+    for i in 0..8 {
+        fill = fill.with(set(&format!("f{i}"), &[b'v'; 480], Visibility::Public));
+    }
+    store.execute(fill).await.expect("fills");
+    // Alone, a transaction may read the whole player (8 x (2 + 480 + 16) = 3984 bytes).
+    let alone = store
+        .get_player(p.clone(), Access::Owner)
+        .await
+        .expect("reads");
+    assert_eq!(entries(&alone).len(), 8);
+    // Two transactions that read share the budget: neither can read everything, and the
+    // write in the first is not applied.
+    let before = digest(&servers[0]).await;
+    let batch = vec![
+        Transaction::owner(p.clone(), key(2))
+            .with(incr("gold", 1, None, None))
+            .with(read_all()),
+        Transaction::owner(p.clone(), None).with(read_all()),
+    ];
+    let results = store.execute_batch(batch).await.expect("runs");
+    for r in &results {
+        assert!(matches!(r, Err(Error::TooLarge(_))), "{r:?}");
+    }
+    assert_eq!(
+        digest(&servers[0]).await,
+        before,
+        "a refused read changed state"
+    );
+    // Named reads within the share still work in the same batch shape.
+    let batch = vec![
+        Transaction::owner(p.clone(), None).with(Operation::Read {
+            names: vec![name("f0"), name("f1")],
+        }),
+        Transaction::owner(p.clone(), None).with(Operation::Read {
+            names: vec![name("f2")],
+        }),
+    ];
+    for r in store.execute_batch(batch).await.expect("runs") {
+        r.expect("within the share");
+    }
+}

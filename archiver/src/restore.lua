@@ -14,7 +14,8 @@ if tonumber(m[1]) ~= tonumber(ARGV[2]) then return 'VERSION_MISMATCH' end
 if m[2] ~= '1' and npub > 0 then hset(KEYS[2], 5, first_private - 1) end
 if ARGV[3] == '1' then
   if #ARGV >= first_private then hset(KEYS[3], first_private, #ARGV) end
-  redis.call('HDEL', KEYS[1], 'a', 'p')
+  -- The size tally (b, n) is counted afresh by the player's next write.
+  redis.call('HDEL', KEYS[1], 'a', 'p', 'b', 'n')
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', KEYS[1], 't', now)

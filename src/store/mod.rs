@@ -319,11 +319,22 @@ impl Store {
         txns: &[Transaction],
         positions: &[usize],
     ) -> Vec<(usize, Result<Committed, Error>)> {
-        let ttl_ms = self
-            .inner
-            .settings
-            .idempotency_ttl_secs
-            .saturating_mul(1000);
+        let limits = &self.inner.limits;
+        // The request's read budget is shared evenly by the transactions that read, counted
+        // over the whole batch, so that a retry of some of them runs with the same budget
+        // (and a replayed result fits as the first one did).
+        let reading = txns.iter().filter(|t| t.reads()).count();
+        let bounds = script::Bounds {
+            idempotency_ttl_ms: self
+                .inner
+                .settings
+                .idempotency_ttl_secs
+                .saturating_mul(1000),
+            read_budget: limits.read_budget(reading),
+            max_player_bytes: limits.max_player_bytes,
+            max_player_entries: limits.max_player_entries,
+        };
+        let bounds = &bounds;
         let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
         for &p in positions {
             plan.entry(self.inner.map.shard_for_player(&txns[p].player))
@@ -333,7 +344,7 @@ impl Store {
         let runs = plan.into_iter().map(|(shard, positions)| async move {
             let batch: Vec<(&Transaction, Invocation)> = positions
                 .iter()
-                .map(|&p| (&txns[p], script::encode(&txns[p], ttl_ms)))
+                .map(|&p| (&txns[p], script::encode(&txns[p], bounds)))
                 .collect();
             let started = Instant::now();
             let outcomes = self.run_on_shard(shard, &batch).await;
