@@ -61,16 +61,6 @@ impl Budgets {
             gateway,
         }
     }
-
-    /// Takes `bytes` from the gateway's budget only (for a frame body being read, which the
-    /// connection's read buffer bounds by itself).
-    pub async fn take_shared(&self, bytes: usize) -> Held {
-        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        Held {
-            connection: None,
-            gateway: self.gateway.clone().acquire_many_owned(bytes).await.ok(),
-        }
-    }
 }
 
 impl Held {

@@ -292,39 +292,45 @@ enum ReadError {
     Frame(FrameError),
 }
 
-/// A frame body larger than this is counted against the gateway's bytes in flight while it is
-/// read; smaller ones are covered by the connection's own read buffer.
-const LARGE_FRAME_BYTES: u64 = 64 * 1024;
-
 /// Most the read buffer grows by in one read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Reads one whole frame body. Buffer memory grows with the bytes that arrive, in chunks of
-/// at most 64 KiB, never with the length a peer claims; a large body first takes its length
-/// from the gateway's bytes in flight, given back when the returned [`Held`] is dropped.
-/// Waits up to `idle` for a frame to begin, then up to `io` for the rest of it.
+/// at most 64 KiB, never with the length a peer claims. With `budgets`, once the prefix is
+/// there and before the body is read, the frame takes the most it can hold — its body, what
+/// it may decode into, and the largest answer (`answer_max`) — clamped to the connection's
+/// cap; the caller shrinks that to what the frame really needs. This is the only place a
+/// request takes bytes, and the reader holds nothing else while it waits, so requests never
+/// wait on each other. Waits up to `idle` for a frame to begin, then up to `io` for the rest.
 async fn read_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     max: usize,
     idle: Duration,
     io: Duration,
-    budgets: Option<&Budgets>,
+    budgets: Option<(&Budgets, usize)>,
 ) -> Result<(Bytes, Option<Held>), ReadError> {
     let mut held = None;
     let mut began = (!buf.is_empty()).then(Instant::now);
     loop {
+        if let (Some((budgets, answer_max)), None, Some(length)) =
+            (budgets, &held, frame::peek_length(buf))
+        {
+            if length <= max as u64 {
+                let length = length as usize;
+                let most = length
+                    .saturating_mul(1 + shape::DECODE_FACTOR)
+                    .saturating_add(shape::DECODE_SLACK_BYTES)
+                    .saturating_add(answer_max);
+                held = Some(budgets.take(most).await);
+            }
+        }
         if let Some(body) = frame::take_body(buf, max).map_err(ReadError::Frame)? {
             // A buffer grown for a large frame is not kept for the connection's life.
             if buf.capacity() > 2 * READ_CHUNK_BYTES {
                 *buf = BytesMut::from(&buf[..]);
             }
             return Ok((body, held));
-        }
-        if let (Some(budgets), None, Some(length)) = (budgets, &held, frame::peek_length(buf)) {
-            if length > LARGE_FRAME_BYTES {
-                held = Some(budgets.take_shared(length as usize).await);
-            }
         }
         buf.reserve(frame::bytes_wanted(buf, READ_CHUNK_BYTES));
         let read = match began {
@@ -437,6 +443,15 @@ where
         gateway.inner.bytes_in_flight.clone(),
     );
     let limits = &gateway.inner.limits;
+    // The largest answer any request can have: its read budget and a result's overhead per
+    // transaction, and never more than a frame.
+    let answer_max = limits
+        .max_answer_bytes
+        .saturating_add(
+            crate::model::RESULT_OVERHEAD_BYTES
+                .saturating_mul(limits.max_transactions_per_batch.saturating_add(1)),
+        )
+        .min(max);
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
     // Set once the connection is closing and the grace period is over: requests still running
     // are abandoned (their callers see the connection close without an answer, which they
@@ -452,11 +467,11 @@ where
             _ = tx.closed() => break "write_failed",
         };
         let read = tokio::select! {
-            read = read_body(&mut reader, &mut buf, max, config.idle_timeout(), config.io_timeout(), Some(&budgets)) => read,
+            read = read_body(&mut reader, &mut buf, max, config.idle_timeout(), config.io_timeout(), Some((&budgets, answer_max))) => read,
             _ = stop.recv() => break "shutdown",
             _ = tx.closed() => break "write_failed",
         };
-        let (body, reading) = match read {
+        let (body, held) = match read {
             Err(ReadError::Idle) => {
                 if in_flight.available_permits() + 1 < config.max_in_flight_per_connection {
                     // Requests are still running: the connection is not idle.
@@ -504,7 +519,10 @@ where
             }
         };
         let answer = shape.answer_bytes(limits);
-        let holds = shape.decoded_bytes.saturating_add(answer);
+        let holds = shape
+            .decoded_bytes
+            .saturating_add(answer)
+            .saturating_add(body.len());
         let refused = shape.check(body.len(), limits).err().or_else(|| {
             (holds > budgets.cap()).then(|| {
                 Error::TooLarge(format!(
@@ -522,11 +540,11 @@ where
             let _ = tx.send(request_error(shape.request_id, &e).into()).await;
             continue;
         }
-        let held = tokio::select! {
-            held = budgets.take(holds) => held,
-            _ = stop.recv() => break "shutdown",
-            _ = tx.closed() => break "write_failed",
+        let Some(mut held) = held else {
+            break "internal";
         };
+        held.shrink_to(holds);
+        let body_len = body.len();
         let frame = match frame::decode_body::<pb::ClientFrame>(body) {
             Ok(frame) => frame,
             Err(e) => {
@@ -541,7 +559,8 @@ where
                 break "invalid_frame";
             }
         };
-        drop(reading);
+        // The body is decoded and gone.
+        held.shrink_to(holds - body_len);
         let gateway = gateway.clone();
         let principal = principal.clone();
         let tx = tx.clone();
