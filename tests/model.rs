@@ -276,34 +276,6 @@ fn build(
     }
 }
 
-/// The tally `{id}:meta` holds (b bytes, n entries), if any, and the size of the player's
-/// entries as stored.
-async fn size_tally(
-    conn: &mut redis::aio::MultiplexedConnection,
-    player: &str,
-) -> (Option<(i64, i64)>, (i64, i64)) {
-    let tally: (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-        .arg(format!("{{{player}}}:meta"))
-        .arg("b")
-        .arg("n")
-        .query_async(conn)
-        .await
-        .expect("meta");
-    let mut real = (0i64, 0i64);
-    for hash in ["pub", "priv"] {
-        let flat: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(format!("{{{player}}}:{hash}"))
-            .query_async(conn)
-            .await
-            .expect("hash");
-        for (entry, value) in flat {
-            real.0 += (entry.len() - 2 + value.len()) as i64;
-            real.1 += 1;
-        }
-    }
-    (tally.0.zip(tally.1), real)
-}
-
 #[test]
 fn redis_agrees_with_the_model() {
     let servers = common::servers(1);
@@ -329,7 +301,7 @@ fn redis_agrees_with_the_model() {
             let actual = runtime.block_on(store.execute(txn.clone()));
             prop_assert_eq!(actual, expected, "transaction {:?}", txn);
             // The size tally the script keeps for the player bounds matches its entries.
-            let (tally, real) = runtime.block_on(size_tally(&mut conn.clone(), txn.player.as_str()));
+            let (tally, real) = runtime.block_on(common::size_tally(&mut conn.clone(), txn.player.as_str()));
             if let Some(tally) = tally {
                 prop_assert_eq!(tally, real, "size tally after {:?}", txn);
             }

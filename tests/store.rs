@@ -673,30 +673,11 @@ fn store_with(servers: &[RedisServer], limits: colony::Limits) -> Store {
     Store::new(&config).expect("store builds")
 }
 
-/// The size tally the script keeps in `{id}:meta` (b, n), and the size counted from the
-/// player's hashes.
+/// The size tally the script keeps in `{id}:meta` (b, n; -1 when absent), and the size
+/// counted from the player's hashes.
 async fn tally_and_real(server: &RedisServer, player: &str) -> ((i64, i64), (i64, i64)) {
-    let mut conn = raw(server).await;
-    let tally: (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-        .arg(format!("{{{player}}}:meta"))
-        .arg("b")
-        .arg("n")
-        .query_async(&mut conn)
-        .await
-        .expect("meta");
-    let mut real = (0i64, 0i64);
-    for hash in ["pub", "priv"] {
-        let flat: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(format!("{{{player}}}:{hash}"))
-            .query_async(&mut conn)
-            .await
-            .expect("hash");
-        for (entry, value) in flat {
-            real.0 += (entry.len() - 2 + value.len()) as i64;
-            real.1 += 1;
-        }
-    }
-    ((tally.0.unwrap_or(-1), tally.1.unwrap_or(-1)), real)
+    let (tally, real) = common::size_tally(&mut raw(server).await, player).await;
+    (tally.unwrap_or((-1, -1)), real)
 }
 
 #[tokio::test]

@@ -504,63 +504,22 @@ where
             }
             Ok(read) => read,
         };
-        // The frame's shape, from its bytes, before anything is decoded.
-        let shape = match shape::scan(&body) {
-            Ok(shape) => shape,
-            Err(e) => {
-                close_after_in_flight(
-                    &in_flight,
-                    config,
-                    &tx,
-                    go_away(Code::Invalid, &e.to_string()),
-                )
-                .await;
+        let (frame, held) = match admit(body, held, limits, budgets.cap()) {
+            Ok(admitted) => admitted,
+            Err(Refusal::Answer { request_id, error }) => {
+                gateway
+                    .inner
+                    .metrics
+                    .request("refused", error.code().as_str(), Duration::ZERO);
+                let _ = tx.send(request_error(request_id, &error).into()).await;
+                continue;
+            }
+            Err(Refusal::Close(reason)) => {
+                close_after_in_flight(&in_flight, config, &tx, go_away(Code::Invalid, &reason))
+                    .await;
                 break "invalid_frame";
             }
         };
-        let answer = shape.answer_bytes(limits);
-        let holds = shape
-            .decoded_bytes
-            .saturating_add(answer)
-            .saturating_add(body.len());
-        let refused = shape.check(body.len(), limits).err().or_else(|| {
-            (holds > budgets.cap()).then(|| {
-                Error::TooLarge(format!(
-                    "the request would hold {holds} bytes in the gateway, more than \
-                     gateway.max_bytes_in_flight_per_connection ({})",
-                    budgets.cap()
-                ))
-            })
-        });
-        if let Some(e) = refused {
-            gateway
-                .inner
-                .metrics
-                .request("refused", e.code().as_str(), Duration::ZERO);
-            let _ = tx.send(request_error(shape.request_id, &e).into()).await;
-            continue;
-        }
-        let Some(mut held) = held else {
-            break "internal";
-        };
-        held.shrink_to(holds);
-        let body_len = body.len();
-        let frame = match frame::decode_body::<pb::ClientFrame>(body) {
-            Ok(frame) => frame,
-            Err(e) => {
-                drop(held);
-                close_after_in_flight(
-                    &in_flight,
-                    config,
-                    &tx,
-                    go_away(Code::Invalid, &e.to_string()),
-                )
-                .await;
-                break "invalid_frame";
-            }
-        };
-        // The body is decoded and gone.
-        held.shrink_to(holds - body_len);
         let gateway = gateway.clone();
         let principal = principal.clone();
         let tx = tx.clone();
@@ -597,6 +556,58 @@ where
     drop(tx);
     let _ = writer_task.await;
     reason
+}
+
+/// Why a frame that was read is not run.
+enum Refusal {
+    /// Its bytes are not a `ClientFrame`: the connection closes with this reason.
+    Close(String),
+    /// It is over a limit: it is answered with `error` and the connection goes on.
+    Answer {
+        /// The frame's request id, from its bytes.
+        request_id: u64,
+        /// Why.
+        error: Error,
+    },
+}
+
+/// Turns a frame's body into a request to run: its shape from the bytes first (counts, the
+/// decoded-size bound, what it will hold against `cap`), decoding only what passed. `held`
+/// is what the frame reserved before its body was read; it comes back shrunk to what the
+/// request holds until its answer is built (its decoded structures and its answer's bound).
+fn admit(
+    body: Bytes,
+    held: Option<Held>,
+    limits: &Limits,
+    cap: usize,
+) -> Result<(pb::ClientFrame, Held), Refusal> {
+    let shape = shape::scan(&body).map_err(|e| Refusal::Close(e.to_string()))?;
+    let holds = shape
+        .decoded_bytes
+        .saturating_add(shape.answer_bytes(limits));
+    let with_body = holds.saturating_add(body.len());
+    let refused = shape.check(body.len(), limits).err().or_else(|| {
+        (with_body > cap).then(|| {
+            Error::TooLarge(format!(
+                "the request would hold {with_body} bytes in the gateway, more than \
+                 gateway.max_bytes_in_flight_per_connection ({cap})"
+            ))
+        })
+    });
+    if let Some(error) = refused {
+        return Err(Refusal::Answer {
+            request_id: shape.request_id,
+            error,
+        });
+    }
+    // A frame read with budgets always reserved before its body.
+    let mut held = held.ok_or_else(|| Refusal::Close("no budget was reserved".into()))?;
+    held.shrink_to(with_body);
+    let frame =
+        frame::decode_body::<pb::ClientFrame>(body).map_err(|e| Refusal::Close(e.to_string()))?;
+    // The body is decoded and gone.
+    held.shrink_to(holds);
+    Ok((frame, held))
 }
 
 /// Lets the requests already accepted finish (up to the grace period), then says why the

@@ -49,3 +49,31 @@ pub fn name(s: &str) -> Name {
 pub fn key(request_id: u64) -> Option<IdempotencyKey> {
     Some(IdempotencyKey::new("test-client", request_id).expect("valid key"))
 }
+
+/// The tally `{id}:meta` holds (b bytes, n entries), if any, and the size of the player's
+/// entries as stored.
+pub async fn size_tally(
+    conn: &mut redis::aio::MultiplexedConnection,
+    player: &str,
+) -> (Option<(i64, i64)>, (i64, i64)) {
+    let tally: (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+        .arg(format!("{{{player}}}:meta"))
+        .arg("b")
+        .arg("n")
+        .query_async(conn)
+        .await
+        .expect("meta");
+    let mut real = (0i64, 0i64);
+    for hash in ["pub", "priv"] {
+        let flat: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(format!("{{{player}}}:{hash}"))
+            .query_async(conn)
+            .await
+            .expect("hash");
+        for (entry, value) in flat {
+            real.0 += (entry.len() - 2 + value.len()) as i64;
+            real.1 += 1;
+        }
+    }
+    (tally.0.zip(tally.1), real)
+}
