@@ -180,17 +180,18 @@ pub struct GatewayConfig {
     /// ones are closed at once. Before Hello a connection may send one frame of at most
     /// [`PRE_AUTH_MAX_FRAME_BYTES`]. Default 1000, at most `max_connections`.
     pub max_unauthenticated_connections: usize,
-    /// Bytes one connection may hold in requests in flight: each request holds what its
-    /// decoded structures take and the most its answer can take, from before it runs until
+    /// Bytes one connection may hold in requests in flight: a frame holds its body as it
+    /// arrives, then what its decoded structures take and the most its answer can take, until
     /// its answer was written (what the answer did not use is given back once it is built).
     /// At this many the gateway stops reading from the connection (backpressure), which also
     /// bounds the Redis work one connection can have queued. A request that could never fit
-    /// is refused with TOO_LARGE. Default 33554432 (32 MiB), at least `max_frame_bytes`.
+    /// is refused with TOO_LARGE. Default 33554432 (32 MiB), at least twice
+    /// `max_frame_bytes`.
     pub max_bytes_in_flight_per_connection: usize,
-    /// The same over all connections together, plus the bodies of large frames being read:
-    /// the bound on the gateway's request and answer memory. A connection that cannot get its
-    /// share waits before reading more. Default 536870912 (512 MiB), at least
-    /// `max_bytes_in_flight_per_connection`.
+    /// The same over all connections together: the bound on the gateway's request and answer
+    /// memory. A connection that cannot get its share waits before reading more; a request
+    /// that cannot get its share within `io_timeout_ms` is answered UNAVAILABLE. Default
+    /// 536870912 (512 MiB), at least `max_bytes_in_flight_per_connection`.
     pub max_bytes_in_flight: usize,
     /// Once a frame has begun, the rest of it must arrive within this long; an answer must be
     /// taken off the socket within this long. Otherwise the connection is closed, so a client
@@ -281,7 +282,7 @@ impl GatewayConfig {
         within(
             "gateway.max_bytes_in_flight_per_connection",
             self.max_bytes_in_flight_per_connection,
-            self.max_frame_bytes,
+            self.max_frame_bytes.saturating_mul(2),
             1 << 30,
         )?;
         within(

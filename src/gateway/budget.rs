@@ -42,6 +42,14 @@ impl Budgets {
         self.connection_cap
     }
 
+    /// Holds nothing yet (see [`Held::grow`]).
+    pub fn none(&self) -> Held {
+        Held {
+            connection: None,
+            gateway: None,
+        }
+    }
+
     /// Waits for `bytes` (at most [`Budgets::cap`]; more is clamped to it) from the
     /// connection's budget, then from the gateway's.
     pub async fn take(&self, bytes: usize) -> Held {
@@ -64,6 +72,21 @@ impl Budgets {
 }
 
 impl Held {
+    /// Takes `bytes` more (as [`Budgets::take`]) and holds them with these.
+    pub async fn grow(&mut self, budgets: &Budgets, bytes: usize) {
+        let more = budgets.take(bytes).await;
+        for (mine, theirs) in [
+            (&mut self.connection, more.connection),
+            (&mut self.gateway, more.gateway),
+        ] {
+            match (mine.as_mut(), theirs) {
+                (Some(mine), Some(theirs)) => mine.merge(theirs),
+                (None, theirs) => *mine = theirs,
+                (Some(_), None) => {}
+            }
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.gateway.as_ref().map_or(0, |p| p.num_permits())

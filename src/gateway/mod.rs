@@ -296,35 +296,22 @@ enum ReadError {
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Reads one whole frame body. Buffer memory grows with the bytes that arrive, in chunks of
-/// at most 64 KiB, never with the length a peer claims. With `budgets`, once the prefix is
-/// there and before the body is read, the frame takes the most it can hold — its body, what
-/// it may decode into, and the largest answer (`answer_max`) — clamped to the connection's
-/// cap; the caller shrinks that to what the frame really needs. This is the only place a
-/// request takes bytes, and the reader holds nothing else while it waits, so requests never
-/// wait on each other. Waits up to `idle` for a frame to begin, then up to `io` for the rest.
+/// at most 64 KiB, never with the length a peer claims. With `budgets`, every chunk of the
+/// body takes its bytes before it is read, so what a frame holds is what really arrived: a
+/// client that claims large frames and stalls holds only what it sent, and only until `io`
+/// runs out. Waits up to `idle` for a frame to begin, then up to `io` for the rest of it
+/// (waiting for bytes in flight included).
 async fn read_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     max: usize,
     idle: Duration,
     io: Duration,
-    budgets: Option<(&Budgets, usize)>,
+    budgets: Option<&Budgets>,
 ) -> Result<(Bytes, Option<Held>), ReadError> {
-    let mut held = None;
+    let mut held = budgets.map(Budgets::none);
     let mut began = (!buf.is_empty()).then(Instant::now);
     loop {
-        if let (Some((budgets, answer_max)), None, Some(length)) =
-            (budgets, &held, frame::peek_length(buf))
-        {
-            if length <= max as u64 {
-                let length = length as usize;
-                let most = length
-                    .saturating_mul(1 + shape::DECODE_FACTOR)
-                    .saturating_add(shape::DECODE_SLACK_BYTES)
-                    .saturating_add(answer_max);
-                held = Some(budgets.take(most).await);
-            }
-        }
         if let Some(body) = frame::take_body(buf, max).map_err(ReadError::Frame)? {
             // A buffer grown for a large frame is not kept for the connection's life.
             if buf.capacity() > 2 * READ_CHUNK_BYTES {
@@ -332,7 +319,14 @@ async fn read_body<R: AsyncRead + Unpin>(
             }
             return Ok((body, held));
         }
-        buf.reserve(frame::bytes_wanted(buf, READ_CHUNK_BYTES));
+        let wanted = frame::bytes_wanted(buf, READ_CHUNK_BYTES);
+        if let (Some(budgets), Some(held), Some(at)) = (budgets, held.as_mut(), began) {
+            let more = (buf.len() + wanted).saturating_sub(held.bytes());
+            tokio::time::timeout_at((at + io).into(), held.grow(budgets, more))
+                .await
+                .map_err(|_| ReadError::Stalled)?;
+        }
+        buf.reserve(wanted);
         let read = match began {
             None => tokio::time::timeout(idle, reader.read_buf(buf))
                 .await
@@ -443,15 +437,6 @@ where
         gateway.inner.bytes_in_flight.clone(),
     );
     let limits = &gateway.inner.limits;
-    // The largest answer any request can have: its read budget and a result's overhead per
-    // transaction, and never more than a frame.
-    let answer_max = limits
-        .max_answer_bytes
-        .saturating_add(
-            crate::model::RESULT_OVERHEAD_BYTES
-                .saturating_mul(limits.max_transactions_per_batch.saturating_add(1)),
-        )
-        .min(max);
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
     // Set once the connection is closing and the grace period is over: requests still running
     // are abandoned (their callers see the connection close without an answer, which they
@@ -467,7 +452,7 @@ where
             _ = tx.closed() => break "write_failed",
         };
         let read = tokio::select! {
-            read = read_body(&mut reader, &mut buf, max, config.idle_timeout(), config.io_timeout(), Some((&budgets, answer_max))) => read,
+            read = read_body(&mut reader, &mut buf, max, config.idle_timeout(), config.io_timeout(), Some(&budgets)) => read,
             _ = stop.recv() => break "shutdown",
             _ = tx.closed() => break "write_failed",
         };
@@ -504,7 +489,8 @@ where
             }
             Ok(read) => read,
         };
-        let (frame, held) = match admit(body, held, limits, budgets.cap()) {
+        let admitted = admit(body, held, &budgets, limits, config.io_timeout()).await;
+        let (frame, held) = match admitted {
             Ok(admitted) => admitted,
             Err(Refusal::Answer { request_id, error }) => {
                 gateway
@@ -572,20 +558,23 @@ enum Refusal {
 }
 
 /// Turns a frame's body into a request to run: its shape from the bytes first (counts, the
-/// decoded-size bound, what it will hold against `cap`), decoding only what passed. `held`
-/// is what the frame reserved before its body was read; it comes back shrunk to what the
-/// request holds until its answer is built (its decoded structures and its answer's bound).
-fn admit(
+/// decoded-size bound, what it will hold against the connection's cap), decoding only what
+/// passed. `held` covers the body; it grows by what decoding and the answer may take (waiting
+/// at most `wait`: a gateway at `gateway.max_bytes_in_flight` answers UNAVAILABLE rather than
+/// queue without end) and comes back covering those two.
+async fn admit(
     body: Bytes,
     held: Option<Held>,
+    budgets: &Budgets,
     limits: &Limits,
-    cap: usize,
+    wait: Duration,
 ) -> Result<(pb::ClientFrame, Held), Refusal> {
     let shape = shape::scan(&body).map_err(|e| Refusal::Close(e.to_string()))?;
     let holds = shape
         .decoded_bytes
         .saturating_add(shape.answer_bytes(limits));
     let with_body = holds.saturating_add(body.len());
+    let cap = budgets.cap();
     let refused = shape.check(body.len(), limits).err().or_else(|| {
         (with_body > cap).then(|| {
             Error::TooLarge(format!(
@@ -594,15 +583,26 @@ fn admit(
             ))
         })
     });
+    let answer = |error| Refusal::Answer {
+        request_id: shape.request_id,
+        error,
+    };
     if let Some(error) = refused {
-        return Err(Refusal::Answer {
-            request_id: shape.request_id,
-            error,
-        });
+        return Err(answer(error));
     }
-    // A frame read with budgets always reserved before its body.
-    let mut held = held.ok_or_else(|| Refusal::Close("no budget was reserved".into()))?;
-    held.shrink_to(with_body);
+    let mut held = held.unwrap_or_else(|| budgets.none());
+    let more = with_body.saturating_sub(held.bytes());
+    if tokio::time::timeout(wait, held.grow(budgets, more))
+        .await
+        .is_err()
+    {
+        return Err(answer(Error::Unavailable {
+            shard: String::new(),
+            reason: "the gateway holds gateway.max_bytes_in_flight; nothing was run, try \
+                     again later or at another gateway"
+                .into(),
+        }));
+    }
     let frame =
         frame::decode_body::<pb::ClientFrame>(body).map_err(|e| Refusal::Close(e.to_string()))?;
     // The body is decoded and gone.
