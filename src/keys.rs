@@ -3,13 +3,20 @@
 //!
 //! | key                                   | type   | holds                                       |
 //! |---------------------------------------|--------|---------------------------------------------|
-//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored |
+//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |
 //! | `{id}:priv`                           | hash   | private entries, same encoding              |
-//! | `{id}:idem:<client id>:<request id>`  | string | first result of an applied request, with TTL |
-//! | `colony:active` (one per shard)       | zset   | player id scored by last-active ms           |
-//! | `colony:restore` (one per shard)      | list   | restore requests for the archiver            |
-//! | `colony:dirty` (one per shard)        | set    | players changed since their last checkpoint  |
+//! | `{id}:idem`                           | hash   | idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
+//! | `{id}:clients`                        | zset   | clients with a window, scored by last write (ms) |
+//! | `colony:{<slot tag>}:active` (per slot) | zset | player ids scored by last-active ms         |
+//! | `colony:{<slot tag>}:dirty` (per slot)  | set  | players changed since their last checkpoint |
+//! | `colony:restore` (per shard)          | list   | restore requests for the archiver           |
+//! | `{id}:idem:<client id>:<request id>`  | string | legacy idempotency record (read, never written) |
+//! | `colony:active`, `colony:dirty` (per shard) | zset, set | legacy bookkeeping, drained by the archiver |
+//!
+//! Every key a script touches lies in the player's slot: the player's own keys by their tag,
+//! the bookkeeping by its slot tag ([`slot_tag`]). So a slot's players are listed from the
+//! slot alone, and the scripts run unchanged on Redis Cluster.
 //!
 //! Routing uses the slot of the tag key `{id}` itself, computed once per player. Player ids are
 //! opaque, so one containing `}` gives Redis Cluster a shorter tag than the id; Colony's shards
@@ -19,13 +26,15 @@
 //! Pure: building names does no IO.
 
 use crate::model::{IdempotencyKey, PlayerId};
-use crate::slot::{key_slot, Slot};
+use crate::slot::{key_slot, Slot, SLOT_COUNT};
 
-/// Per-shard sorted set of player ids scored by last-active time in milliseconds.
-pub const ACTIVE_SET: &str = "colony:active";
+/// The per-shard sorted set of player ids by last-active time that this layout replaced by
+/// [`SlotKeys::active`]; the archiver drains what it still holds.
+pub const LEGACY_ACTIVE_SET: &str = "colony:active";
 
-/// Per-shard set of players changed since the archiver last checkpointed them.
-pub const DIRTY_SET: &str = "colony:dirty";
+/// The per-shard set of changed players that this layout replaced by [`SlotKeys::dirty`];
+/// the archiver drains what it still holds.
+pub const LEGACY_DIRTY_SET: &str = "colony:dirty";
 
 /// Per-shard list of restore requests for the archiver: [`restore_request`] entries, pushed
 /// on the left, taken from the right.
@@ -45,6 +54,10 @@ pub struct PlayerKeys {
     pub public: Vec<u8>,
     /// Private entries.
     pub private: Vec<u8>,
+    /// Idempotency windows: per client its state and remembered requests.
+    pub idempotency: Vec<u8>,
+    /// Clients with a window on this player, scored by their last write.
+    pub clients: Vec<u8>,
 }
 
 fn tagged(player: &PlayerId, suffix: &str) -> Vec<u8> {
@@ -64,12 +77,15 @@ impl PlayerKeys {
             meta: tagged(player, ":meta"),
             public: tagged(player, ":pub"),
             private: tagged(player, ":priv"),
+            idempotency: tagged(player, ":idem"),
+            clients: tagged(player, ":clients"),
         }
     }
 }
 
-/// The idempotency record of one request on one player.
-pub fn idempotency_key(player: &PlayerId, key: &IdempotencyKey) -> Vec<u8> {
+/// The legacy idempotency record of one request on one player (one string key per request,
+/// with a TTL), from before the per-player windows; honoured until it expires.
+pub fn legacy_idempotency_key(player: &PlayerId, key: &IdempotencyKey) -> Vec<u8> {
     tagged(
         player,
         &format!(":idem:{}:{}", key.client_id(), key.request_id()),
@@ -78,7 +94,91 @@ pub fn idempotency_key(player: &PlayerId, key: &IdempotencyKey) -> Vec<u8> {
 
 /// The slot that decides a player's shard.
 pub fn player_slot(player: &PlayerId) -> Slot {
-    key_slot(&tagged(player, ""))
+    id_slot(player.as_str())
+}
+
+/// The slot of the player id `id` as stored in a set (not validated): the slot of `{id}`.
+pub fn id_slot(id: &str) -> Slot {
+    let mut key = Vec::with_capacity(id.len() + 2);
+    key.push(b'{');
+    key.extend_from_slice(id.as_bytes());
+    key.push(b'}');
+    key_slot(&key)
+}
+
+/// Characters slot tags are made of: plain, so that tags read well in `redis-cli`.
+const TAG_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// The tag of every slot, found once: short strings are tried in order (length, then
+/// alphabet) and each slot keeps the first one that hashes to it.
+static SLOT_TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let mut tags: Vec<Option<String>> = vec![None; usize::from(SLOT_COUNT)];
+    let mut missing = tags.len();
+    let mut candidate: Vec<u8> = Vec::new();
+    'search: for len in 1..=5 {
+        candidate.clear();
+        candidate.resize(len, 0);
+        loop {
+            let tag: Vec<u8> = candidate
+                .iter()
+                .map(|&d| TAG_ALPHABET[d as usize])
+                .collect();
+            let slot = usize::from(key_slot(&tag).get());
+            if tags[slot].is_none() {
+                tags[slot] = Some(String::from_utf8_lossy(&tag).into_owned());
+                missing -= 1;
+                if missing == 0 {
+                    break 'search;
+                }
+            }
+            // The next candidate of this length, as an odometer over the alphabet.
+            let mut position = len;
+            loop {
+                if position == 0 {
+                    continue 'search;
+                }
+                position -= 1;
+                candidate[position] += 1;
+                if usize::from(candidate[position]) < TAG_ALPHABET.len() {
+                    break;
+                }
+                candidate[position] = 0;
+            }
+        }
+    }
+    // Five characters over 36 give 60 million candidates; every slot is covered well before
+    // (a unit test checks all of them), so an empty tag here is unreachable.
+    tags.into_iter().map(Option::unwrap_or_default).collect()
+});
+
+/// A short string whose own slot is `slot`: keys tagged `{<it>}` live in `slot`.
+pub fn slot_tag(slot: Slot) -> &'static str {
+    &SLOT_TAGS[usize::from(slot.get())]
+}
+
+/// Key names of one slot's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotKeys {
+    /// Player ids of the slot by last-active time in milliseconds.
+    pub active: String,
+    /// Players of the slot changed since the archiver last checkpointed them.
+    pub dirty: String,
+}
+
+impl SlotKeys {
+    /// The bookkeeping keys of `slot`.
+    pub fn new(slot: Slot) -> SlotKeys {
+        let tag = slot_tag(slot);
+        SlotKeys {
+            active: format!("colony:{{{tag}}}:active"),
+            dirty: format!("colony:{{{tag}}}:dirty"),
+        }
+    }
+
+    /// The bookkeeping keys of `player`'s slot.
+    pub fn of_player(player: &PlayerId) -> SlotKeys {
+        SlotKeys::new(player_slot(player))
+    }
 }
 
 #[cfg(test)]
@@ -89,11 +189,53 @@ mod tests {
     fn all_keys_of_a_player_share_its_slot() {
         let player = PlayerId::new("alice").expect("valid");
         let keys = PlayerKeys::new(&player);
-        let idem = idempotency_key(&player, &IdempotencyKey::new("c", 1).expect("valid"));
-        for key in [&keys.meta, &keys.public, &keys.private, &idem] {
+        let legacy = legacy_idempotency_key(&player, &IdempotencyKey::new("c", 1).expect("valid"));
+        let slot = SlotKeys::of_player(&player);
+        for key in [
+            &keys.meta,
+            &keys.public,
+            &keys.private,
+            &keys.idempotency,
+            &keys.clients,
+            &legacy,
+            slot.active.as_bytes(),
+            slot.dirty.as_bytes(),
+        ] {
             assert_eq!(key_slot(key), player_slot(&player));
         }
         assert_eq!(keys.meta, b"{alice}:meta");
-        assert_eq!(idem, b"{alice}:idem:c:1");
+        assert_eq!(keys.idempotency, b"{alice}:idem");
+        assert_eq!(legacy, b"{alice}:idem:c:1");
+    }
+
+    #[test]
+    fn every_slot_has_a_short_tag_of_its_own() {
+        let mut longest = 0;
+        for n in 0..SLOT_COUNT {
+            let slot = Slot::new(n).expect("in range");
+            let tag = slot_tag(slot);
+            assert!(!tag.is_empty(), "slot {n} has no tag");
+            assert_eq!(key_slot(tag.as_bytes()), slot, "tag {tag:?}");
+            assert!(tag.bytes().all(|b| TAG_ALPHABET.contains(&b)));
+            longest = longest.max(tag.len());
+            let keys = SlotKeys::new(slot);
+            assert_eq!(key_slot(keys.active.as_bytes()), slot);
+            assert_eq!(key_slot(keys.dirty.as_bytes()), slot);
+        }
+        assert!(longest <= 4, "tags up to {longest} characters");
+    }
+
+    #[test]
+    fn a_player_id_with_braces_keeps_every_key_in_its_slot() {
+        for id in ["a}b", "{x}", "p{q", "}"] {
+            let Ok(player) = PlayerId::new(id) else {
+                continue;
+            };
+            let keys = PlayerKeys::new(&player);
+            let slot = SlotKeys::of_player(&player);
+            for key in [&keys.meta, &keys.idempotency, slot.active.as_bytes()] {
+                assert_eq!(key_slot(key), player_slot(&player), "{id}");
+            }
+        }
     }
 }

@@ -146,7 +146,10 @@ impl Limits {
     }
 }
 
-/// A player id: 1..=128 bytes of UTF-8, otherwise opaque.
+/// A player id: 1..=128 bytes of UTF-8 not starting with `}`, otherwise opaque.
+///
+/// The first byte may not be `}`: the keys `{<id>}:...` would then have an empty hash tag,
+/// Redis would hash each whole key, and one player's keys would fall in different slots.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PlayerId(String);
 
@@ -162,6 +165,11 @@ impl PlayerId {
                 "player id is {} bytes, more than {MAX_PLAYER_ID_BYTES}",
                 id.len()
             )));
+        }
+        if id.starts_with('}') {
+            return Err(Error::Invalid(
+                "player id starts with '}', which would spread its keys over several slots".into(),
+            ));
         }
         Ok(PlayerId(id))
     }
@@ -542,8 +550,10 @@ mod tests {
     }
 
     #[test]
-    fn player_ids_are_1_to_128_bytes_of_anything() {
+    fn player_ids_are_1_to_128_bytes_of_anything_but_a_leading_closing_brace() {
         assert!(PlayerId::new("").is_err());
+        assert!(PlayerId::new("}a").is_err());
+        assert!(PlayerId::new("a}").is_ok());
         assert!(PlayerId::new("é".repeat(64)).is_ok()); // 128 bytes
         assert!(PlayerId::new("é".repeat(64) + "x").is_err());
         assert!(PlayerId::new("{weird} id\n\0").is_ok());

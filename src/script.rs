@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use redis::Value as RedisValue;
 
 use crate::error::Error;
-use crate::keys::{self, PlayerKeys, ACTIVE_SET, DIRTY_SET};
+use crate::keys::{self, PlayerKeys, SlotKeys};
 use crate::model::{
     Access, Committed, Entry, Name, Operation, ReadResult, Transaction, Value, Visibility,
 };
@@ -70,7 +70,7 @@ pub struct Bounds {
 pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
     let keys_of = PlayerKeys::new(&txn.player);
     let (idem_key, use_idem) = match &txn.idempotency_key {
-        Some(key) => (keys::idempotency_key(&txn.player, key), true),
+        Some(key) => (keys::legacy_idempotency_key(&txn.player, key), true),
         None => (keys_of.meta.clone(), false),
     };
     let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + txn.operations.len() * 4);
@@ -150,14 +150,15 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
             }
         }
     }
+    let slot_keys = SlotKeys::of_player(&txn.player);
     Invocation {
         keys: [
             keys_of.meta,
             keys_of.public,
             keys_of.private,
-            ACTIVE_SET.as_bytes().to_vec(),
+            slot_keys.active.into_bytes(),
             idem_key,
-            DIRTY_SET.as_bytes().to_vec(),
+            slot_keys.dirty.into_bytes(),
         ],
         args,
     }

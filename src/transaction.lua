@@ -6,9 +6,10 @@
 --                      write (absent: counted afresh by the next write)
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
--- KEYS[4] colony:active  zset of player ids by last-active ms (one per shard)
+-- KEYS[4] colony:{<slot tag>}:active  zset of the slot's player ids by last-active ms
 -- KEYS[5] {id}:idem:<client>:<request>, or KEYS[1] again when there is no idempotency key
--- KEYS[6] colony:dirty   set of players changed since their last checkpoint (one per shard)
+-- KEYS[6] colony:{<slot tag>}:dirty   set of the slot's players changed since their last
+--                      checkpoint
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public

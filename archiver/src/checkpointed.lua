@@ -1,5 +1,5 @@
 -- Clears a player's "changed" flag after its checkpoint, unless it changed again meanwhile.
--- KEYS[1] {id}:meta, KEYS[2] colony:dirty; ARGV[1] player id, ARGV[2] checkpointed version.
+-- KEYS[1] {id}:meta, KEYS[2] colony:{<slot tag>}:dirty; ARGV[1] player id, ARGV[2] checkpointed version.
 -- Reply: 1 when cleared, 0 when it stays dirty.
 local v = redis.call('HGET', KEYS[1], 'v')
 if v and tonumber(v) ~= tonumber(ARGV[2]) and not redis.call('HGET', KEYS[1], 'a') then

@@ -1,5 +1,5 @@
 -- Refills one player of an emptied shard from its MongoDB document, never over live data.
--- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:active
+-- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active
 -- ARGV[1] player id, ARGV[2] version, ARGV[3] 'a' (archived: the marker only) or 'c'
 -- (checkpoint: the live player), ARGV[4] number of public pairs n, then the public pairs,
 -- then the private pairs.

@@ -1,7 +1,7 @@
 -- Puts an archived player's entries back from its MongoDB document. Safe to run concurrently
 -- and repeatedly: only a player still marked archived at exactly the document's version is
 -- touched, and the public part is written once.
--- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:active
+-- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active
 -- ARGV[1] player id, ARGV[2] document version, ARGV[3] '1' for everything, '0' for the
 -- public part, ARGV[4] number of public pairs n, then n public (field, value) pairs, then the
 -- private pairs.

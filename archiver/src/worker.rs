@@ -3,13 +3,27 @@
 //!
 //! ## The move, and why a crash at any step is safe
 //!
-//! 1. Take the inactive players of a shard from `colony:active` (score below the cutoff).
+//! 1. Take the inactive players of a shard from its slots' `colony:{<slot tag>}:active` sets
+//!    (score below the cutoff), walking the shard's slots in order.
 //! 2. Snapshot each (a read-only script: version and both hashes).
 //! 3. Write the document to MongoDB with write concern `majority`, as an upsert that only
 //!    replaces an older version (`v < version`); a duplicate-key error means a version at
 //!    least as new is already stored, which is success.
 //! 4. Only then, a script removes the player from Redis — if its version is still the one
-//!    written and it has not become active again — and leaves the marker `a = version`.
+//!    written and it has not become active again (by `{id}:meta` `t`, whatever the set's
+//!    score says) — and leaves the marker `a = version`.
+//!
+//! ## Work per pass
+//!
+//! A pass visits each slot of each shard at most once, [`SLOTS_PER_ROUND_TRIP`] slots per
+//! pipelined round trip, and archives at most `archive.batch_size` players per batch; a slot
+//! that fills a batch is visited again before the pass moves on, unless everything it
+//! returned was already kept or failed in this pass (those wait for the next pass). So a pass
+//! costs round trips in proportion to the shard's slots and its inactive players, never to
+//! its active ones. Checkpoint passes walk the slots' `dirty` sets the same way. Each pass
+//! also moves a bounded batch of what the legacy per-shard sets (`colony:active`,
+//! `colony:dirty`) still hold into the slot sets, so a cluster upgraded in place loses no
+//! bookkeeping.
 //!
 //! A crash before 4 leaves the player in Redis (and maybe a document in MongoDB, overwritten by
 //! the next pass); a crash after 4 leaves it archived. At every instant the player is live in
@@ -42,11 +56,18 @@ use redis::Value as RedisValue;
 use tokio::sync::watch;
 
 use colony::config::ArchiveConfig;
-use colony::keys::{PlayerKeys, ACTIVE_SET, DIRTY_SET, RESTORE_QUEUE};
+use colony::keys::{PlayerKeys, SlotKeys, LEGACY_ACTIVE_SET, LEGACY_DIRTY_SET, RESTORE_QUEUE};
 use colony::shard_map::ShardIndex;
+use colony::slot::Slot;
 use colony::{Config, PlayerId, Store};
 
 use crate::document::{document_state, from_document, to_document, DocState, Pairs, Snapshot};
+
+/// Slots asked about in one pipelined round trip when a pass walks a shard's slots.
+pub const SLOTS_PER_ROUND_TRIP: usize = 512;
+
+/// Most members moved from each legacy per-shard set into the slot sets per pass.
+pub const LEGACY_MOVES_PER_PASS: usize = 1000;
 
 /// Pause before reading a shard's restore queue again after it failed.
 pub const RESTORE_QUEUE_PAUSE: Duration = Duration::from_millis(250);
@@ -169,7 +190,7 @@ fn write_back<'a>(
         .key(&keys.meta)
         .key(&keys.public)
         .key(&keys.private)
-        .key(ACTIVE_SET)
+        .key(SlotKeys::of_player(player).active)
         .arg(player.as_str())
         .arg(snapshot.version)
         .arg(mode)
@@ -260,12 +281,24 @@ impl Archiver {
             let Ok(mut conn) = self.store.master_connection(shard).await else {
                 continue;
             };
-            let count: Result<u64, _> = redis::cmd("ZCOUNT")
-                .arg(ACTIVE_SET)
-                .arg("-inf")
-                .arg(cutoff)
-                .query_async(&mut conn)
-                .await;
+            let mut count: Result<u64, redis::RedisError> = Ok(0);
+            for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+                let mut pipe = redis::pipe();
+                for &slot in slots {
+                    pipe.cmd("ZCOUNT")
+                        .arg(SlotKeys::new(slot).active)
+                        .arg("-inf")
+                        .arg(cutoff);
+                }
+                let counts: Result<Vec<u64>, _> = pipe.query_async(&mut conn).await;
+                count = match (count, counts) {
+                    (Ok(total), Ok(counts)) => Ok(total + counts.iter().sum::<u64>()),
+                    (_, Err(e)) | (Err(e), _) => Err(e),
+                };
+                if count.is_err() {
+                    break;
+                }
+            }
             if let Ok(count) = count {
                 self.metrics
                     .backlog
@@ -288,29 +321,133 @@ impl Archiver {
         (0..self.collections.len()).map(ShardIndex)
     }
 
+    /// The slots `shard` owns, in order.
+    pub fn slots_of(&self, shard: ShardIndex) -> Vec<Slot> {
+        self.store
+            .shard_map()
+            .ranges()
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == shard)
+            .flat_map(|(start, end, _)| (start..=end).filter_map(Slot::new))
+            .collect()
+    }
+
+    /// Moves up to [`LEGACY_MOVES_PER_PASS`] members of each legacy per-shard set into
+    /// their slots' sets (activity with `ZADD GT`, so a newer score is never lowered), then
+    /// removes them from the legacy set. Returns how many were moved. Gateways of the
+    /// previous layout still running may add members again; the next pass moves those.
+    pub async fn drain_legacy_sets(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
+        let mut conn = self.store.master_connection(shard).await?;
+        let active: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(LEGACY_ACTIVE_SET)
+            .arg(0)
+            .arg(LEGACY_MOVES_PER_PASS - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let dirty: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(LEGACY_DIRTY_SET)
+            .arg(LEGACY_MOVES_PER_PASS)
+            .query_async(&mut conn)
+            .await?;
+        if active.is_empty() && dirty.is_empty() {
+            return Ok(0);
+        }
+        let slot_keys = |id: &str| SlotKeys::new(colony::keys::id_slot(id));
+        let mut pipe = redis::pipe();
+        for (id, score) in &active {
+            pipe.cmd("ZADD")
+                .arg(slot_keys(id).active)
+                .arg("GT")
+                .arg(*score)
+                .arg(id)
+                .ignore()
+                .cmd("ZREM")
+                .arg(LEGACY_ACTIVE_SET)
+                .arg(id)
+                .ignore();
+        }
+        for id in &dirty {
+            pipe.cmd("SADD")
+                .arg(slot_keys(id).dirty)
+                .arg(id)
+                .ignore()
+                .cmd("SREM")
+                .arg(LEGACY_DIRTY_SET)
+                .arg(id)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        Ok((active.len() + dirty.len()) as u64)
+    }
+
     /// The last-active time below which players are archived, for `now` (ms).
     pub fn cutoff(&self, now: u64) -> u64 {
         now.saturating_sub(self.config.inactive_after_secs.saturating_mul(1000))
     }
 
-    /// Inactive players of `shard` (last active at or before `cutoff`), at most `limit`.
+    /// Inactive players of `shard` (last active at or before `cutoff`), at most `limit`,
+    /// from its slots in order.
     pub async fn candidates(
         &self,
         shard: ShardIndex,
         cutoff: u64,
         limit: usize,
     ) -> Result<Vec<String>, ArchiveError> {
-        let mut conn = self.store.master_connection(shard).await?;
-        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(ACTIVE_SET)
-            .arg("-inf")
-            .arg(cutoff)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
+        let slots = self.slots_of(shard);
+        let (ids, _) = self
+            .candidates_from(shard, &slots, 0, cutoff, limit, &Default::default())
             .await?;
         Ok(ids)
+    }
+
+    /// Inactive players of `slots[from..]`, at most `limit`, leaving out `skip`. Returns them
+    /// and where to go on: the index of a slot that may hold more (it filled the batch with
+    /// players not skipped), or past the last slot visited.
+    async fn candidates_from(
+        &self,
+        shard: ShardIndex,
+        slots: &[Slot],
+        from: usize,
+        cutoff: u64,
+        limit: usize,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<(Vec<String>, usize), ArchiveError> {
+        let mut conn = self.store.master_connection(shard).await?;
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < slots.len() {
+            let chunk = &slots[at..(at + SLOTS_PER_ROUND_TRIP).min(slots.len())];
+            let mut pipe = redis::pipe();
+            for &slot in chunk {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(SlotKeys::new(slot).active)
+                    .arg("-inf")
+                    .arg(cutoff)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+            }
+            let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            for ids in replies {
+                let fresh: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !skip.contains(*id))
+                    .cloned()
+                    .collect();
+                let room = limit - out.len();
+                let more_here = fresh.len() > room || (ids.len() == limit && !fresh.is_empty());
+                out.extend(fresh.into_iter().take(room));
+                if more_here {
+                    return Ok((out, at));
+                }
+                at += 1;
+                if out.len() == limit {
+                    return Ok((out, at));
+                }
+            }
+        }
+        Ok((out, at))
     }
 
     /// Reads a player from Redis; `None` when it is already archived or does not exist.
@@ -398,7 +535,7 @@ impl Archiver {
             .key(&keys.meta)
             .key(&keys.public)
             .key(&keys.private)
-            .key(ACTIVE_SET)
+            .key(SlotKeys::of_player(player).active)
             .arg(player.as_str())
             .arg(version)
             .arg(cutoff)
@@ -591,15 +728,31 @@ impl Archiver {
         let cutoff = self.cutoff(now);
         let mut report = PassReport::default();
         for shard in self.shards() {
+            if !dry_run {
+                let moved = self.drain_legacy_sets(shard).await?;
+                if moved > 0 {
+                    tracing::info!(
+                        shard = shard.0,
+                        moved,
+                        "moved legacy bookkeeping into slot sets"
+                    );
+                }
+            }
+            let slots = self.slots_of(shard);
+            let mut next_slot = 0;
             let mut failed_before = std::collections::HashSet::new();
-            while !self.stopping() {
-                let ids = self
-                    .candidates(shard, cutoff, self.config.batch_size)
+            while !self.stopping() && next_slot < slots.len() {
+                let (ids, resume) = self
+                    .candidates_from(
+                        shard,
+                        &slots,
+                        next_slot,
+                        cutoff,
+                        self.config.batch_size,
+                        &failed_before,
+                    )
                     .await?;
-                let ids: Vec<String> = ids
-                    .into_iter()
-                    .filter(|id| !failed_before.contains(id))
-                    .collect();
+                next_slot = resume;
                 if ids.is_empty() {
                     break;
                 }
@@ -685,57 +838,75 @@ impl Archiver {
         let mut copied = 0;
         for shard in self.shards() {
             let mut conn = self.store.master_connection(shard).await?;
-            // One round over the players dirty now; those that change meanwhile wait.
-            let ids: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(DIRTY_SET)
-                .query_async(&mut conn)
-                .await?;
-            for chunk in ids.chunks(self.config.batch_size) {
-                let mut snapshots = Vec::new();
-                let mut gone = Vec::new();
-                for id in chunk {
-                    let Ok(player) = PlayerId::new(id.clone()) else {
-                        gone.push(id.clone());
-                        continue;
-                    };
-                    match self.snapshot(shard, &player).await? {
-                        Some(snapshot) => snapshots.push(snapshot),
-                        // Archived since (its archive is newer than any checkpoint) or gone.
-                        None => gone.push(id.clone()),
-                    }
+            // One round over the players dirty now, slot by slot; those that change meanwhile
+            // wait for the next pass.
+            for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+                let mut pipe = redis::pipe();
+                for &slot in slots {
+                    pipe.cmd("SMEMBERS").arg(SlotKeys::new(slot).dirty);
                 }
-                let written = self
-                    .write_documents(shard, &snapshots, DocState::Checkpoint)
-                    .await;
-                for (snapshot, result) in snapshots.iter().zip(written) {
-                    match result {
-                        Ok(()) => {
-                            let keys = PlayerKeys::new(
-                                &PlayerId::new(snapshot.player.clone())
-                                    .map_err(|e| ArchiveError::Redis(e.to_string()))?,
-                            );
-                            let _: i64 = CHECKPOINTED
-                                .key(&keys.meta)
-                                .key(DIRTY_SET)
-                                .arg(&snapshot.player)
-                                .arg(snapshot.version)
-                                .invoke_async(&mut conn)
-                                .await?;
-                            copied += 1;
-                        }
-                        Err(e) => {
-                            tracing::warn!(player = %snapshot.player, error = %e, "checkpoint failed; it stays dirty")
-                        }
-                    }
-                }
-                if !gone.is_empty() {
-                    let _: i64 = redis::cmd("SREM")
-                        .arg(DIRTY_SET)
-                        .arg(&gone)
-                        .query_async(&mut conn)
-                        .await?;
+                let per_slot: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+                let ids: Vec<String> = per_slot.into_iter().flatten().collect();
+                for chunk in ids.chunks(self.config.batch_size) {
+                    copied += self.checkpoint_batch(shard, &mut conn, chunk).await?;
                 }
             }
+        }
+        Ok(copied)
+    }
+
+    /// Checkpoints one batch of a shard's dirty players; returns how many were copied.
+    async fn checkpoint_batch(
+        &self,
+        shard: ShardIndex,
+        conn: &mut redis::aio::MultiplexedConnection,
+        chunk: &[String],
+    ) -> Result<u64, ArchiveError> {
+        let mut copied = 0;
+        let mut snapshots = Vec::new();
+        let mut gone = Vec::new();
+        for id in chunk {
+            let Ok(player) = PlayerId::new(id.clone()) else {
+                // Not a valid id: nothing can checkpoint it; drop it from its slot's set.
+                gone.push(id.clone());
+                continue;
+            };
+            match self.snapshot(shard, &player).await? {
+                Some(snapshot) => snapshots.push(snapshot),
+                // Archived since (its archive is newer than any checkpoint) or gone.
+                None => gone.push(id.clone()),
+            }
+        }
+        let written = self
+            .write_documents(shard, &snapshots, DocState::Checkpoint)
+            .await;
+        for (snapshot, result) in snapshots.iter().zip(written) {
+            match result {
+                Ok(()) => {
+                    let player = PlayerId::new(snapshot.player.clone())
+                        .map_err(|e| ArchiveError::Redis(e.to_string()))?;
+                    let keys = PlayerKeys::new(&player);
+                    let _: i64 = CHECKPOINTED
+                        .key(&keys.meta)
+                        .key(SlotKeys::of_player(&player).dirty)
+                        .arg(&snapshot.player)
+                        .arg(snapshot.version)
+                        .invoke_async(conn)
+                        .await?;
+                    copied += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(player = %snapshot.player, error = %e, "checkpoint failed; it stays dirty")
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &gone {
+                let dirty = SlotKeys::new(colony::keys::id_slot(id)).dirty;
+                pipe.cmd("SREM").arg(dirty).arg(id).ignore();
+            }
+            let () = pipe.query_async(conn).await?;
         }
         Ok(copied)
     }

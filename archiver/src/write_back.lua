@@ -1,5 +1,5 @@
 -- Shared by restore.lua and rebuild.lua, which are loaded with this text in front of them.
--- Both take KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:active and
+-- Both take KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active and
 -- ARGV[1] player id, ARGV[2] version, ARGV[3] mode, ARGV[4] number of public pairs n, then n
 -- public (field, value) pairs, then the private pairs.
 

@@ -600,3 +600,175 @@ async fn the_admin_endpoint_reports_moves_restores_and_the_backlog() {
 async fn axum_serve(listener: tokio::net::TcpListener, archiver: Arc<Archiver>) {
     let _ = axum::serve(listener, colony_archiver::metrics::router(archiver)).await;
 }
+
+/// A cluster node owning every slot: Redis refuses a script whose declared keys lie in
+/// several slots (CROSSSLOT), and one that touches a key of another slot than its declared
+/// ones while it runs.
+async fn cluster_node() -> RedisServer {
+    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]).expect("cluster node");
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut conn)
+        .await
+        .expect("takes every slot");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .expect("cluster info");
+        if info.contains("cluster_state:ok") {
+            return redis;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster never ok: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_script_runs_on_a_redis_cluster_node_without_crossing_slots() {
+    let redis = cluster_node().await;
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    config.archive.batch_size = 7;
+    let store = Store::new(&config).expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let ids: Vec<String> = (0..40).map(|i| format!("cl-{i}")).collect();
+    let slots: std::collections::HashSet<u16> = ids
+        .iter()
+        .map(|id| colony::keys::player_slot(&pid(id)).get())
+        .collect();
+    assert!(slots.len() > 30, "the players spread over many slots");
+
+    // The transaction script: writes, a replay, reads of both kinds.
+    for (i, id) in ids.iter().enumerate() {
+        create(&store, id, i as u64 + 1).await;
+    }
+    let again = Transaction::owner(pid(&ids[0]), IdempotencyKey::new("t", 1).ok()).with(
+        Operation::SetField {
+            name: name("nick"),
+            value: ids[0].as_bytes().to_vec(),
+            visibility: Visibility::Public,
+        },
+    );
+    assert!(matches!(
+        store.execute(again).await,
+        Err(Error::IdempotencyMismatch { .. })
+    ));
+    store
+        .get_player(pid(&ids[1]), Access::Public)
+        .await
+        .expect("public read");
+
+    // A slot's players are listed from the slot alone.
+    let mut conn = common_raw(&redis).await;
+    let slot = colony::keys::player_slot(&pid(&ids[2]));
+    let listed: Vec<String> = redis::cmd("ZRANGE")
+        .arg(colony::keys::SlotKeys::new(slot).active)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert!(listed.contains(&ids[2]), "{listed:?}");
+    assert!(listed
+        .iter()
+        .all(|id| colony::keys::player_slot(&pid(id)) == slot));
+
+    // The archiver's scripts: checkpoint, snapshot and archive, restore, rebuild.
+    assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 40);
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!((report.archived, report.failed), (40, 0), "{report:?}");
+    let stop = serve_restores(&archiver);
+    let (_, entries) = owner_view(&store, &ids[3]).await;
+    assert_eq!(entries.len(), 2, "restored whole: {entries:?}");
+    let _ = stop.send(true);
+    create(&store, &ids[3], 1000).await;
+    assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 1);
+    flushall(&redis).await;
+    let (marked, live) = archiver.rebuild(ShardIndex(0)).await.expect("rebuild");
+    assert_eq!((marked, live), (39, 1));
+}
+
+async fn common_raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_sets() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    let mut conn = common_raw(&redis).await;
+    // Two players written by a gateway of the previous layout: their activity and their
+    // checkpoint flag sit in the per-shard sets only.
+    for (i, id) in ["old-a", "old-b"].iter().enumerate() {
+        create(&store, id, i as u64 + 1).await;
+        let slot = colony::keys::SlotKeys::of_player(&pid(id));
+        let score: f64 = redis::cmd("ZSCORE")
+            .arg(&slot.active)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .expect("zscore");
+        let () = redis::pipe()
+            .cmd("ZREM")
+            .arg(&slot.active)
+            .arg(id)
+            .ignore()
+            .cmd("SREM")
+            .arg(&slot.dirty)
+            .arg(id)
+            .ignore()
+            .cmd("ZADD")
+            .arg("colony:active")
+            .arg(score)
+            .arg(id)
+            .ignore()
+            .cmd("SADD")
+            .arg("colony:dirty")
+            .arg(id)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .expect("moved back to the legacy sets");
+    }
+    // A pass that archives nobody still moves the bookkeeping.
+    let report = archiver.archive_pass(0, false).await.expect("pass");
+    assert_eq!(report.archived, 0);
+    let left: (u64, u64) = redis::pipe()
+        .cmd("ZCARD")
+        .arg("colony:active")
+        .cmd("SCARD")
+        .arg("colony:dirty")
+        .query_async(&mut conn)
+        .await
+        .expect("cards");
+    assert_eq!(left, (0, 0));
+    assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 2);
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!((report.candidates, report.archived), (2, 2), "{report:?}");
+}
