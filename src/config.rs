@@ -472,9 +472,19 @@ pub struct RedisSettings {
     /// Connections per shard. Each is multiplexed: every request in flight shares it, so a
     /// few are enough; more spread a shard's load over more server-side reads. Default 2.
     pub connections_per_shard: usize,
-    /// How long an idempotency record is kept, in seconds. A retry after this is applied
-    /// again. Default 86400 (one day).
+    /// How long a client's idempotency window on a player is kept after the client's last
+    /// write to it, in seconds. Until then a retry too old for the window is refused with
+    /// REQUEST_TOO_OLD; after it the client is unknown to the player and its requests are
+    /// new, so a client must not retry later than this. Default 86400 (one day).
     pub idempotency_ttl_secs: u64,
+    /// How long an applied request is remembered for retries (answered with its first
+    /// result), in seconds; older ones are forgotten and their retries refused with
+    /// REQUEST_TOO_OLD. Default 300 (five minutes).
+    pub idempotency_window_secs: u64,
+    /// Most applied requests remembered per client and player; past it the oldest are
+    /// forgotten. With the window's age this bounds a player's idempotency memory to
+    /// clients × this many records. Default 32.
+    pub idempotency_window_requests: usize,
     /// When a write counts as done: `local` (the master applied it) or `replicated` (and
     /// `WAIT` saw `replicas_to_wait` replicas acknowledge it within
     /// `replication_timeout_ms`; otherwise the write is reported UNKNOWN). Default `local`.
@@ -515,6 +525,8 @@ impl Default for RedisSettings {
             command_timeout_ms: 1000,
             connections_per_shard: 2,
             idempotency_ttl_secs: 86_400,
+            idempotency_window_secs: 300,
+            idempotency_window_requests: 32,
             acknowledge: Acknowledge::Local,
             replicas_to_wait: 1,
             replication_timeout_ms: 500,
@@ -612,6 +624,18 @@ impl Config {
             r.idempotency_ttl_secs,
             1,
             30 * 86_400,
+        )?;
+        within(
+            "redis.idempotency_window_secs",
+            r.idempotency_window_secs,
+            1,
+            r.idempotency_ttl_secs,
+        )?;
+        within(
+            "redis.idempotency_window_requests",
+            r.idempotency_window_requests,
+            1,
+            10_000,
         )?;
         let fewest_replicas = u32::from(r.acknowledge == Acknowledge::Replicated);
         within(

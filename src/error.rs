@@ -38,6 +38,9 @@ pub enum Code {
     IdempotencyMismatch,
     /// A bug, or a reply from storage that Colony does not understand.
     Internal,
+    /// The request id is older than the client's idempotency window on the player can
+    /// judge: it may have applied before; nothing was applied now.
+    RequestTooOld,
 }
 
 impl Code {
@@ -58,6 +61,7 @@ impl Code {
             Code::Unknown => "UNKNOWN",
             Code::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             Code::Internal => "INTERNAL",
+            Code::RequestTooOld => "REQUEST_TOO_OLD",
         }
     }
 }
@@ -128,6 +132,18 @@ pub enum Error {
         /// The player's current version.
         version: u64,
     },
+    /// The request id is at or below the floor of the client's idempotency window on the
+    /// player: a request that old may or may not have applied, and the window can no longer
+    /// tell. Nothing was applied now. Read the player and decide; never resend it as it is.
+    #[error(
+        "request id older than the client's idempotency window on this player (player at \
+         version {version}); it may have applied before and nothing was applied now: read the \
+         player and decide"
+    )]
+    RequestTooOld {
+        /// The player's current version.
+        version: u64,
+    },
     /// The player does not exist.
     #[error("player not found")]
     NotFound,
@@ -177,6 +193,7 @@ impl Error {
             Error::OutOfBounds { .. } => Code::OutOfBounds,
             Error::PlayerTooLarge { .. } => Code::PlayerTooLarge,
             Error::IdempotencyMismatch { .. } => Code::IdempotencyMismatch,
+            Error::RequestTooOld { .. } => Code::RequestTooOld,
             Error::NotFound => Code::NotFound,
             Error::Archived { .. } => Code::Unavailable,
             Error::Unavailable { .. } => Code::Unavailable,
@@ -200,6 +217,7 @@ impl Error {
             | Error::OutOfBounds { .. }
             | Error::PlayerTooLarge { .. }
             | Error::IdempotencyMismatch { .. }
+            | Error::RequestTooOld { .. }
             | Error::NotFound
             | Error::Internal(_) => Retry::Never,
         }

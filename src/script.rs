@@ -14,6 +14,10 @@ use crate::model::{
     Access, Committed, Entry, Name, Operation, ReadResult, Transaction, Value, Visibility,
 };
 
+/// Index (from 0) of the script's first operation argument; the ones before it are the
+/// player, access, idempotency key, window and bounds.
+pub const FIRST_OPERATION: usize = 10;
+
 /// Source of the transaction script.
 pub const SOURCE: &str = include_str!("transaction.lua");
 
@@ -23,8 +27,8 @@ pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new
 /// Keys and arguments for one `EVALSHA` of the transaction script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
-    /// The six keys the script declares.
-    pub keys: [Vec<u8>; 6],
+    /// The eight keys the script declares.
+    pub keys: [Vec<u8>; 8],
     /// The script's arguments.
     pub args: Vec<Vec<u8>>,
 }
@@ -52,11 +56,33 @@ fn vis_arg(v: Visibility) -> &'static [u8] {
     }
 }
 
+/// The idempotency window's settings, as the script takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Remembered requests older than this (ms) are forgotten.
+    pub age_ms: u64,
+    /// Most requests remembered per client and player.
+    pub length: usize,
+    /// A client without a write to the player for this long (ms) is forgotten.
+    pub client_ttl_ms: u64,
+}
+
+impl Window {
+    /// The window `config` sets.
+    pub fn of(config: &crate::config::RedisSettings) -> Window {
+        Window {
+            age_ms: config.idempotency_window_secs.saturating_mul(1000),
+            length: config.idempotency_window_requests,
+            client_ttl_ms: config.idempotency_ttl_secs.saturating_mul(1000),
+        }
+    }
+}
+
 /// The bounds the script enforces on one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
-    /// How long an idempotency record lives, in milliseconds.
-    pub idempotency_ttl_ms: u64,
+    /// The idempotency window.
+    pub window: Window,
     /// Most bytes the transaction's reads may return (names, values, and
     /// [`ENTRY_OVERHEAD_BYTES`](crate::model::ENTRY_OVERHEAD_BYTES) per entry).
     pub read_budget: usize,
@@ -69,22 +95,29 @@ pub struct Bounds {
 /// Encodes a validated transaction, to run within `bounds`.
 pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
     let keys_of = PlayerKeys::new(&txn.player);
-    let (idem_key, use_idem) = match &txn.idempotency_key {
-        Some(key) => (keys::legacy_idempotency_key(&txn.player, key), true),
-        None => (keys_of.meta.clone(), false),
+    let legacy_record = match &txn.idempotency_key {
+        Some(key) => keys::legacy_idempotency_key(&txn.player, key),
+        None => keys_of.meta.clone(),
     };
-    let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + txn.operations.len() * 4);
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(FIRST_OPERATION + txn.operations.len() * 4);
     args.push(txn.player.as_str().as_bytes().to_vec());
     args.push(match txn.access {
         Access::Owner => b"o".to_vec(),
         Access::Public => b"p".to_vec(),
     });
-    args.push(if use_idem {
-        b"1".to_vec()
-    } else {
-        b"0".to_vec()
-    });
-    args.push(bounds.idempotency_ttl_ms.to_string().into_bytes());
+    match &txn.idempotency_key {
+        Some(key) => {
+            args.push(key.client_id().as_bytes().to_vec());
+            args.push(key.request_id().to_string().into_bytes());
+        }
+        None => {
+            args.push(Vec::new());
+            args.push(Vec::new());
+        }
+    }
+    args.push(bounds.window.age_ms.to_string().into_bytes());
+    args.push(bounds.window.length.to_string().into_bytes());
+    args.push(bounds.window.client_ttl_ms.to_string().into_bytes());
     args.push(bounds.read_budget.to_string().into_bytes());
     args.push(bounds.max_player_bytes.to_string().into_bytes());
     args.push(bounds.max_player_entries.to_string().into_bytes());
@@ -157,8 +190,10 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
             keys_of.public,
             keys_of.private,
             slot_keys.active.into_bytes(),
-            idem_key,
+            keys_of.idempotency,
             slot_keys.dirty.into_bytes(),
+            keys_of.clients,
+            legacy_record,
         ],
         args,
     }
@@ -224,6 +259,7 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
             )))
         }
         b"IDEMPOTENCY_MISMATCH" => return Err(Error::IdempotencyMismatch { version }),
+        b"REQUEST_TOO_OLD" => return Err(Error::RequestTooOld { version }),
         b"ARCHIVED" => return Err(Error::Archived { version }),
         b"INVALID" => {
             return Err(Error::Invalid(format!(
@@ -329,21 +365,31 @@ mod tests {
                 expected: None,
             });
         let bounds = Bounds {
-            idempotency_ttl_ms: 1000,
+            window: Window {
+                age_ms: 1000,
+                length: 3,
+                client_ttl_ms: 2000,
+            },
             read_budget: 5000,
             max_player_bytes: 600,
             max_player_entries: 7,
         };
         let inv = encode(&txn, &bounds);
-        assert_eq!(inv.keys[4], b"{p}:idem:c:9");
+        assert_eq!(inv.keys[4], b"{p}:idem");
+        assert_eq!(inv.keys[6], b"{p}:clients");
+        assert_eq!(inv.keys[7], b"{p}:idem:c:9");
         let args: Vec<&[u8]> = inv.args.iter().map(Vec::as_slice).collect();
+        assert_eq!(args[FIRST_OPERATION], b"I");
         assert_eq!(
             args,
             vec![
                 &b"p"[..],
                 b"o",
-                b"1",
+                b"c",
+                b"9",
                 b"1000",
+                b"3",
+                b"2000",
                 b"5000",
                 b"600",
                 b"7",
@@ -428,6 +474,10 @@ mod tests {
         assert!(matches!(
             decode(&txn, &reply("IDEMPOTENCY_MISMATCH")),
             Err(Error::IdempotencyMismatch { version: 3 })
+        ));
+        assert!(matches!(
+            decode(&txn, &reply("REQUEST_TOO_OLD")),
+            Err(Error::RequestTooOld { version: 3 })
         ));
     }
 

@@ -7,18 +7,24 @@
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:{<slot tag>}:active  zset of the slot's player ids by last-active ms
--- KEYS[5] {id}:idem:<client>:<request>, or KEYS[1] again when there is no idempotency key
+-- KEYS[5] {id}:idem   hash: idempotency windows (see "The idempotency window" below)
 -- KEYS[6] colony:{<slot tag>}:dirty   set of the slot's players changed since their last
 --                      checkpoint
+-- KEYS[7] {id}:clients  zset: clients with a window, scored by last write ms
+-- KEYS[8] {id}:idem:<client>:<request>, a legacy record (read only), or KEYS[1] again when
+--                      there is no idempotency key
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public
--- ARGV[3] '1' when KEYS[5] is an idempotency record, '0' otherwise
--- ARGV[4] idempotency record TTL in milliseconds
--- ARGV[5] read budget: most bytes the reads may return (names, values, 16 per entry)
--- ARGV[6] most bytes of the player's entries (names and values) a write may leave
--- ARGV[7] most entries a write may leave
--- ARGV[8..] operations, each an opcode followed by its arguments:
+-- ARGV[3] client id, '' when the transaction has no idempotency key
+-- ARGV[4] request id, decimal without leading zeros ('' without a key)
+-- ARGV[5] window age in ms: remembered requests older than this are forgotten
+-- ARGV[6] window length: most requests remembered per client
+-- ARGV[7] client TTL in ms: a client without a write for this long is forgotten
+-- ARGV[8] read budget: most bytes the reads may return (names, values, 16 per entry)
+-- ARGV[9] most bytes of the player's entries (names and values) a write may leave
+-- ARGV[10] most entries a write may leave
+-- ARGV[11..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -30,20 +36,33 @@
 -- Reply: { status, version, replayed (0/1), failed operation index (from 0),
 --          then per read: operation index, entry count, then count x (name, tag, value) }
 -- status is OK, CONFLICT, OUT_OF_BOUNDS, PLAYER_TOO_LARGE (the write would grow the player past
--- ARGV[6] or ARGV[7]), TOO_LARGE (the reads passed the budget), IDEMPOTENCY_MISMATCH, ARCHIVED
--- or INVALID; every status but OK writes nothing. A replay returns the stored reply whatever
+-- ARGV[9] or ARGV[10]), TOO_LARGE (the reads passed the budget), IDEMPOTENCY_MISMATCH,
+-- REQUEST_TOO_OLD, ARCHIVED or INVALID; every status but OK writes nothing (a replay's OK
+-- rewrites its record as it is). A replay returns the stored reply whatever
 -- the budget. tag is 'fu', 'fr'
 -- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
 --
 -- Operations run in order against a staged view; Redis is written only after every operation
 -- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
 -- within +-(2^53 - 1), where doubles are exact; the client validates arguments to that range.
+--
+-- The idempotency window (ARCHITECTURE.md has the argument). Per client, KEYS[5] holds
+--   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
+--                         remembered request, oldest first; floor '-' when nothing was
+--                         forgotten, else the largest request id forgotten
+--   r:<client>:<request>  40 hex digits of fingerprint, then the msgpack of the first reply
+-- A request remembered is replayed; one at or below the floor is REQUEST_TOO_OLD; any other
+-- is new. Invariant: every applied request of a known client is remembered or at or below
+-- its floor.
 
 local meta, pub, priv, active, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local player, access, use_idem, ttl = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
-local read_budget = tonumber(ARGV[5])
-local max_bytes, max_entries = tonumber(ARGV[6]), tonumber(ARGV[7])
-local FIRST_OP = 8
+local clients, legacy = KEYS[7], KEYS[8]
+local player, access, client, request = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local use_idem = client ~= ''
+local window_ms, window_length, client_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local read_budget = tonumber(ARGV[8])
+local max_bytes, max_entries = tonumber(ARGV[9]), tonumber(ARGV[10])
+local FIRST_OP = 11
 local LIMIT = 9007199254740991
 -- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
 local ENTRY_OVERHEAD = 16
@@ -58,7 +77,33 @@ if state[2] and not (access == 'p' and state[3] == '1') then
   return { 'ARCHIVED', version, 0, 0 }
 end
 
-local fingerprint
+-- Request ids are u64 in decimal; Lua numbers are doubles, exact only below 2^53, so ids are
+-- compared by length, then as two exact halves.
+local function id_at_most(a, b)
+  if #a ~= #b then return #a < #b end
+  local cut = #a - 10
+  if cut > 0 then
+    local high_a, high_b = tonumber(string.sub(a, 1, cut)), tonumber(string.sub(b, 1, cut))
+    if high_a ~= high_b then return high_a < high_b end
+    return tonumber(string.sub(a, cut + 1)) <= tonumber(string.sub(b, cut + 1))
+  end
+  return tonumber(a) <= tonumber(b)
+end
+
+-- Answers a request found remembered: its first reply, or a mismatch. The record is written
+-- again as it is: that is propagated to the replicas, so a WAIT after this call also covers
+-- the first write, which may have gone out on another connection.
+local function replay(stored, fingerprint, rewrite)
+  if string.sub(stored, 1, 40) ~= fingerprint then
+    return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
+  end
+  local reply = cmsgpack.unpack(string.sub(stored, 41))
+  reply[3] = 1
+  rewrite()
+  return reply
+end
+
+local fingerprint, state_field, record_field, window_state
 if use_idem then
   -- The fingerprint covers the player, access and every operation argument, each
   -- length-prefixed so that different argument lists can never concatenate alike.
@@ -67,17 +112,27 @@ if use_idem then
     parts[#parts + 1] = #ARGV[i] .. ':' .. ARGV[i]
   end
   fingerprint = redis.sha1hex(table.concat(parts, '|'))
-  local stored = redis.call('GET', idem)
+  state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
+  local found = redis.call('HMGET', idem, state_field, record_field)
+  window_state = found[1]
+  local stored = found[2]
   if stored then
-    if string.sub(stored, 1, 40) ~= fingerprint then
-      return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
+    return replay(stored, fingerprint, function()
+      redis.call('HSET', idem, record_field, stored)
+    end)
+  end
+  if window_state then
+    local floor = string.match(window_state, '^(%S+)')
+    if floor ~= '-' and id_at_most(request, floor) then
+      return { 'REQUEST_TOO_OLD', version, 0, 0 }
     end
-    local reply = cmsgpack.unpack(string.sub(stored, 41))
-    reply[3] = 1
-    -- Rewrite the record as it is: that is propagated to the replicas, so a WAIT after this
-    -- call also covers the first write, which may have gone out on another connection.
-    redis.call('SET', idem, stored, 'KEEPTTL')
-    return reply
+  end
+  -- Records of the previous layout, one key per request, are honoured until they expire.
+  local old = redis.call('GET', legacy)
+  if old then
+    return replay(old, fingerprint, function()
+      redis.call('SET', legacy, old, 'KEEPTTL')
+    end)
   end
 end
 
@@ -304,6 +359,49 @@ for _, r in ipairs(reads) do
 end
 
 if use_idem and mutated then
-  redis.call('SET', idem, fingerprint .. cmsgpack.pack(reply), 'PX', ttl)
+  -- Remember this request, then forget from the oldest while the window is too long or its
+  -- head too old; the floor rises to the largest id forgotten.
+  local floor, count, queue = '-', 0, ''
+  if window_state then
+    local f, _, c, q = string.match(window_state, '^(%S+) (%d+) (%d+)(.*)$')
+    floor, count, queue = f, tonumber(c), q
+  end
+  queue = queue .. ' ' .. request .. ':' .. now
+  count = count + 1
+  local forgotten = {}
+  local cutoff = now - window_ms
+  while count > 1 do
+    local id, at, rest = string.match(queue, '^ (%d+):(%d+)(.*)$')
+    if count <= window_length and tonumber(at) >= cutoff then break end
+    forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
+    if floor == '-' or not id_at_most(id, floor) then floor = id end
+    queue, count = rest, count - 1
+  end
+  redis.call('HSET', idem, record_field, fingerprint .. cmsgpack.pack(reply),
+    state_field, floor .. ' ' .. now .. ' ' .. count .. queue)
+  if #forgotten > 0 then redis.call('HDEL', idem, unpack(forgotten)) end
+  if not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
+    -- A new client on this player: forget up to two clients without a write for the TTL
+    -- (their score is when they were added or last found alive; their state says when
+    -- they last wrote).
+    local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
+      'LIMIT', 0, 2)
+    for _, other in ipairs(stale) do
+      local other_state = redis.call('HGET', idem, 'c:' .. other)
+      local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
+      if last and last >= now - client_ttl then
+        redis.call('ZADD', clients, 'XX', last, other)
+      else
+        local fields = { 'c:' .. other }
+        if other_state then
+          for id in string.gmatch(other_state, ' (%d+):%d+') do
+            fields[#fields + 1] = 'r:' .. other .. ':' .. id
+          end
+        end
+        redis.call('HDEL', idem, unpack(fields))
+        redis.call('ZREM', clients, other)
+      end
+    end
+  end
 end
 return reply

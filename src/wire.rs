@@ -196,6 +196,7 @@ pub fn code_to_pb(code: Code) -> pb::Code {
         Code::Timeout => pb::Code::Timeout,
         Code::Unknown => pb::Code::Unknown,
         Code::IdempotencyMismatch => pb::Code::IdempotencyMismatch,
+        Code::RequestTooOld => pb::Code::RequestTooOld,
         Code::Internal => pb::Code::Internal,
     }
 }
@@ -262,6 +263,7 @@ pub fn result_to_pb(result: &Result<Committed, Error>) -> pb::TransactionResult 
                     operation_index,
                 } => (*version, *operation_index),
                 Error::IdempotencyMismatch { version } => (*version, 0),
+                Error::RequestTooOld { version } => (*version, 0),
                 _ => (0, 0),
             };
             pb::TransactionResult {
@@ -326,6 +328,7 @@ pub fn result_from_pb(r: pb::TransactionResult) -> Result<Committed, Error> {
             operation_index,
         }),
         Ok(pb::Code::IdempotencyMismatch) => Err(Error::IdempotencyMismatch { version }),
+        Ok(pb::Code::RequestTooOld) => Err(Error::RequestTooOld { version }),
         Ok(pb::Code::NotFound) => Err(Error::NotFound),
         Ok(pb::Code::Invalid) => Err(Error::Invalid(message)),
         Ok(pb::Code::TooLarge) => Err(Error::TooLarge(message)),

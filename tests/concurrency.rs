@@ -35,9 +35,11 @@ async fn optimistic_increments_are_exact() {
                             .expect("number"),
                         _ => 0,
                     };
-                    // A fresh request id per attempt: a conflicted attempt applied nothing.
-                    let request = (task << 40) | (i << 20) | attempt;
-                    let write = Transaction::owner(player.clone(), common::key(request))
+                    // A fresh request id per attempt (a conflicted attempt applied nothing),
+                    // increasing per client as the protocol asks; each task is a client.
+                    let request = (i << 20) | attempt;
+                    let key = colony::IdempotencyKey::new(format!("task-{task}"), request).ok();
+                    let write = Transaction::owner(player.clone(), key)
                         .with(Operation::CheckVersion {
                             expected: seen.version,
                         })

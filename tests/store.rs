@@ -328,32 +328,6 @@ async fn retries_with_the_same_key_apply_once() {
         Err(Error::IdempotencyMismatch { .. })
     ));
     assert_eq!(digest(&servers[0]).await, before);
-
-    // The record expires after the configured time.
-    let ttl = pttl(&servers[0], "{erin}:idem:test-client:42").await;
-    assert!(ttl > 0 && ttl <= 86_400_000, "ttl {ttl}");
-}
-
-/// Milliseconds until `key` expires on `server` (negative: no expiry, or no key).
-async fn pttl(server: &RedisServer, key: &str) -> i64 {
-    let mut conn = raw(server).await;
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .expect("pttl")
-}
-
-#[tokio::test]
-async fn idempotency_records_carry_the_configured_ttl() {
-    let server = RedisServer::start().expect("starts");
-    let mut config = config_for(&[&server]);
-    config.redis.idempotency_ttl_secs = 1;
-    let store = Store::new(&config).expect("store");
-    let txn = Transaction::owner(pid("fay"), key(1)).with(incr("gold", 1, None, None));
-    store.execute(txn).await.expect("commits");
-    let ttl = pttl(&server, "{fay}:idem:test-client:1").await;
-    assert!(ttl > 0 && ttl <= 1000, "ttl {ttl}");
 }
 
 #[tokio::test]

@@ -325,11 +325,7 @@ impl Store {
         // (and a replayed result fits as the first one did).
         let reading = txns.iter().filter(|t| t.reads()).count();
         let bounds = script::Bounds {
-            idempotency_ttl_ms: self
-                .inner
-                .settings
-                .idempotency_ttl_secs
-                .saturating_mul(1000),
+            window: script::Window::of(&self.inner.settings),
             read_budget: limits.read_budget(reading),
             max_player_bytes: limits.max_player_bytes,
             max_player_entries: limits.max_player_entries,

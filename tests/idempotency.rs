@@ -1,0 +1,332 @@
+//! The idempotency window against a real redis-server: retries inside the window replay,
+//! older ones are refused with REQUEST_TOO_OLD and apply nothing, ids of one client arriving
+//! out of order are all judged right, memory per player stays at clients × window whatever
+//! the number of requests, stale clients are forgotten, and records of the previous layout
+//! are honoured.
+
+mod common;
+
+use std::time::Duration;
+
+use colony::testkit::{config_for, wait_until, RedisServer};
+use colony::{Access, Committed, Error, IdempotencyKey, Operation, Store, Transaction, Value};
+use common::{digest, name, pid, raw};
+
+fn store_with_window(server: &RedisServer, length: usize, age_secs: u64, ttl_secs: u64) -> Store {
+    let mut config = config_for(&[server]);
+    config.redis.idempotency_window_requests = length;
+    config.redis.idempotency_window_secs = age_secs;
+    config.redis.idempotency_ttl_secs = ttl_secs;
+    Store::new(&config).expect("store")
+}
+
+fn add_gold(player: &str, client: &str, request: u64) -> Transaction {
+    Transaction::owner(pid(player), IdempotencyKey::new(client, request).ok()).with(
+        Operation::IncrementCounter {
+            name: name("gold"),
+            delta: 1,
+            min: None,
+            max: None,
+            visibility: colony::Visibility::Private,
+        },
+    )
+}
+
+async fn gold(store: &Store, player: &str) -> i64 {
+    let c = store
+        .get_player(pid(player), Access::Owner)
+        .await
+        .expect("reads");
+    match c.reads[0].entries.first().map(|e| &e.value) {
+        Some(Value::Counter(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// Milliseconds on the server's clock, the one the window ages by.
+async fn server_ms(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("time");
+    secs * 1000 + micros / 1000
+}
+
+/// Waits, with a deadline, until the server's clock has passed `ms`.
+async fn until_server_passes(server: &RedisServer, ms: u64) {
+    let url = server.url();
+    let passed = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(url).expect("client");
+        let mut conn = client.get_connection().expect("connects");
+        wait_until(Duration::from_secs(10), || {
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("time");
+            secs * 1000 + micros / 1000 > ms
+        })
+    })
+    .await
+    .expect("joins");
+    assert!(passed, "the server's clock did not pass {ms}");
+}
+
+fn replayed(result: &Result<Committed, Error>) -> bool {
+    matches!(result, Ok(c) if c.replayed)
+}
+
+#[tokio::test]
+async fn retries_inside_the_window_replay_and_older_ones_are_refused_applying_nothing() {
+    let server = RedisServer::start().expect("redis");
+    let store = store_with_window(&server, 3, 300, 3600);
+    for request in 1..=5 {
+        let c = store
+            .execute(add_gold("ann", "c1", request))
+            .await
+            .expect("applies");
+        assert!(!c.replayed);
+    }
+    // The last three are remembered: their retries replay the first answer.
+    for request in [5, 4, 3] {
+        let again = store.execute(add_gold("ann", "c1", request)).await;
+        assert!(replayed(&again), "request {request}: {again:?}");
+        assert_eq!(again.expect("replay").version, request);
+    }
+    // The first two were forgotten: refused, whatever the body, and nothing changes.
+    let before = digest(&server).await;
+    for request in [2, 1] {
+        assert_eq!(
+            store.execute(add_gold("ann", "c1", request)).await,
+            Err(Error::RequestTooOld { version: 5 })
+        );
+    }
+    assert_eq!(digest(&server).await, before);
+    assert_eq!(gold(&store, "ann").await, 5);
+    // Another client is judged on its own window.
+    assert!(
+        !store
+            .execute(add_gold("ann", "c2", 1))
+            .await
+            .expect("new")
+            .replayed
+    );
+    assert_eq!(gold(&store, "ann").await, 6);
+}
+
+#[tokio::test]
+async fn ids_of_one_client_arriving_out_of_order_are_all_judged_right() {
+    let server = RedisServer::start().expect("redis");
+    let store = store_with_window(&server, 3, 300, 3600);
+    // 10 first, then 8 and 9, which the client sent earlier but arrive later: all new.
+    for request in [10, 8, 9] {
+        let c = store
+            .execute(add_gold("bo", "c", request))
+            .await
+            .expect("applies");
+        assert!(!c.replayed, "request {request}");
+    }
+    // 11 pushes the oldest arrival (10) out: the floor is now 10, and 8 and 9, below it but
+    // still remembered, replay.
+    store
+        .execute(add_gold("bo", "c", 11))
+        .await
+        .expect("applies");
+    for request in [8, 9, 11] {
+        let again = store.execute(add_gold("bo", "c", request)).await;
+        assert!(replayed(&again), "request {request}: {again:?}");
+    }
+    // 10 was forgotten, and 7 — never seen — is below the floor: both refused.
+    for request in [10, 7] {
+        assert!(matches!(
+            store.execute(add_gold("bo", "c", request)).await,
+            Err(Error::RequestTooOld { .. })
+        ));
+    }
+    assert_eq!(gold(&store, "bo").await, 4);
+    // Ids beyond 2^53 are compared exactly, not as doubles.
+    let big = (1u64 << 60) + 1;
+    store
+        .execute(add_gold("bo", "big", big))
+        .await
+        .expect("applies");
+    store
+        .execute(add_gold("bo", "big", big + 1))
+        .await
+        .expect("applies");
+    store
+        .execute(add_gold("bo", "big", big + 2))
+        .await
+        .expect("applies");
+    store
+        .execute(add_gold("bo", "big", u64::MAX))
+        .await
+        .expect("applies");
+    assert!(matches!(
+        store.execute(add_gold("bo", "big", big)).await,
+        Err(Error::RequestTooOld { .. })
+    ));
+    assert!(replayed(
+        &store.execute(add_gold("bo", "big", big + 1)).await
+    ));
+    assert!(replayed(
+        &store.execute(add_gold("bo", "big", u64::MAX)).await
+    ));
+}
+
+#[tokio::test]
+async fn requests_older_than_the_window_age_are_forgotten() {
+    let server = RedisServer::start().expect("redis");
+    let store = store_with_window(&server, 100, 1, 3600);
+    let mut conn = raw(&server).await;
+    store
+        .execute(add_gold("cy", "c", 1))
+        .await
+        .expect("applies");
+    let applied = server_ms(&mut conn).await;
+    assert!(replayed(&store.execute(add_gold("cy", "c", 1)).await));
+    until_server_passes(&server, applied + 1000).await;
+    // The next write of the client forgets what is older than the window.
+    store
+        .execute(add_gold("cy", "c", 2))
+        .await
+        .expect("applies");
+    assert!(matches!(
+        store.execute(add_gold("cy", "c", 1)).await,
+        Err(Error::RequestTooOld { .. })
+    ));
+    assert!(replayed(&store.execute(add_gold("cy", "c", 2)).await));
+}
+
+/// Fields of `{player}:idem` and its bytes as Redis counts them.
+async fn idempotency_footprint(
+    conn: &mut redis::aio::MultiplexedConnection,
+    player: &str,
+) -> (u64, u64) {
+    let key = format!("{{{player}}}:idem");
+    let fields: u64 = redis::cmd("HLEN")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .expect("hlen");
+    let bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&key)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(conn)
+        .await
+        .expect("memory usage");
+    (fields, bytes.unwrap_or(0))
+}
+
+#[tokio::test]
+async fn memory_per_player_stays_at_clients_times_window_whatever_the_requests() {
+    let server = RedisServer::start().expect("redis");
+    const WINDOW: usize = 8;
+    const CLIENTS: u64 = 3;
+    let store = store_with_window(&server, WINDOW, 300, 3600);
+    let mut conn = raw(&server).await;
+    let mut footprints = Vec::new();
+    let mut request = 0;
+    for round in [50u64, 150, 300] {
+        while request < round {
+            request += 1;
+            let batch: Vec<Transaction> = (0..CLIENTS)
+                .map(|c| add_gold("dee", &format!("client-{c}"), request))
+                .collect();
+            for result in store.execute_batch(batch).await.expect("batch") {
+                result.expect("applies");
+            }
+        }
+        footprints.push(idempotency_footprint(&mut conn, "dee").await);
+    }
+    // Per client: its state and WINDOW records, after 50, 150 or 300 requests each.
+    let expected_fields = CLIENTS * (WINDOW as u64 + 1);
+    for (fields, _) in &footprints {
+        assert_eq!(*fields, expected_fields, "{footprints:?}");
+    }
+    // Bytes stay flat too (ids grow by a digit or so, nothing more).
+    let (first, last) = (footprints[0].1, footprints[2].1);
+    assert!(last <= first + first / 10, "{footprints:?}");
+    assert_eq!(gold(&store, "dee").await, (CLIENTS * 300) as i64);
+}
+
+#[tokio::test]
+async fn clients_silent_for_the_ttl_are_forgotten_when_a_new_client_arrives() {
+    let server = RedisServer::start().expect("redis");
+    let store = store_with_window(&server, 4, 1, 1);
+    let mut conn = raw(&server).await;
+    store
+        .execute(add_gold("eve", "old", 1))
+        .await
+        .expect("applies");
+    store
+        .execute(add_gold("eve", "fresh", 1))
+        .await
+        .expect("applies");
+    let written = server_ms(&mut conn).await;
+    until_server_passes(&server, written + 1000).await;
+    store
+        .execute(add_gold("eve", "fresh", 2))
+        .await
+        .expect("applies");
+    // A new client sweeps: "old" has not written for the TTL and goes; "fresh" stays, its
+    // score corrected to its last write.
+    store
+        .execute(add_gold("eve", "new", 1))
+        .await
+        .expect("applies");
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("{eve}:idem")
+        .query_async(&mut conn)
+        .await
+        .expect("hkeys");
+    assert!(!fields.iter().any(|f| f.contains("old")), "{fields:?}");
+    assert!(fields.contains(&"c:fresh".to_string()), "{fields:?}");
+    let clients: Vec<String> = redis::cmd("ZRANGE")
+        .arg("{eve}:clients")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    assert!(!clients.contains(&"old".to_string()));
+}
+
+#[tokio::test]
+async fn records_of_the_previous_layout_are_honoured_until_they_expire() {
+    let server = RedisServer::start().expect("redis");
+    let store = store_with_window(&server, 4, 300, 3600);
+    let mut conn = raw(&server).await;
+    // What the previous version stored for (legacy-client, 7) after applying the
+    // transaction at version 1: the fingerprint of the same arguments, then the reply.
+    let txn = add_gold("fin", "legacy-client", 7);
+    let record: Vec<u8> = redis::cmd("EVAL")
+        .arg(
+            "local parts = { #ARGV[1] .. ':' .. ARGV[1], ARGV[2] } \
+             for i = 3, #ARGV do parts[#parts + 1] = #ARGV[i] .. ':' .. ARGV[i] end \
+             return redis.sha1hex(table.concat(parts, '|')) .. cmsgpack.pack({ 'OK', 1, 0, 0 })",
+        )
+        .arg(0)
+        .arg("fin")
+        .arg("o")
+        .arg(&["I", "gold", "r", "1", "", ""])
+        .query_async(&mut conn)
+        .await
+        .expect("record");
+    let () = redis::cmd("SET")
+        .arg("{fin}:idem:legacy-client:7")
+        .arg(record)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let before = digest(&server).await;
+    let again = store.execute(txn).await.expect("replays");
+    assert!(again.replayed);
+    assert_eq!(again.version, 1);
+    assert_eq!(digest(&server).await, before, "a replay applies nothing");
+    // A different body under that key is a mismatch, as before the upgrade.
+    let other = Transaction::owner(pid("fin"), IdempotencyKey::new("legacy-client", 7).ok())
+        .with(Operation::DeleteCounter { name: name("gold") });
+    assert!(matches!(
+        store.execute(other).await,
+        Err(Error::IdempotencyMismatch { .. })
+    ));
+}
