@@ -230,16 +230,24 @@ impl Error {
 
     /// The outcome of a retried request, from what the latest attempt answered and what the
     /// earlier ones did. Once an attempt was sent without an answer (UNKNOWN), a later
-    /// attempt that was not sent or did not run (UNAVAILABLE, TIMEOUT, still archived) says
-    /// nothing about the first: the outcome stays UNKNOWN, never "not applied". Any other
+    /// attempt that was not sent or did not run (UNAVAILABLE, TIMEOUT, still archived), or
+    /// whose window could no longer judge it (REQUEST_TOO_OLD), says nothing about the
+    /// first: the outcome stays UNKNOWN, never "not applied". Any other
     /// answer settles it (a replay of the same idempotency key answers OK).
     pub fn after_attempts(
         latest: Result<crate::Committed, Error>,
         earlier: Option<&Result<crate::Committed, Error>>,
     ) -> Result<crate::Committed, Error> {
         match (latest, earlier) {
+            // REQUEST_TOO_OLD says the window can no longer tell whether the request applied:
+            // it settles nothing either.
             (
-                Err(Error::Unavailable { .. } | Error::Timeout { .. } | Error::Archived { .. }),
+                Err(
+                    Error::Unavailable { .. }
+                    | Error::Timeout { .. }
+                    | Error::Archived { .. }
+                    | Error::RequestTooOld { .. },
+                ),
                 Some(Err(unknown @ Error::Unknown { .. })),
             ) => Err(unknown.clone()),
             (latest, _) => latest,
@@ -264,6 +272,7 @@ mod tests {
             },
             Error::Timeout { shard: "s".into() },
             Error::Archived { version: 3 },
+            Error::RequestTooOld { version: 3 },
         ];
         for latest in &not_sent {
             assert_eq!(
@@ -315,6 +324,12 @@ mod tests {
         };
         assert_eq!(conflict.retry(), Retry::AfterReread);
         assert!(!Error::Invalid("x".into()).is_retryable());
+        // Too old for the window: resending cannot help; the caller reads and decides.
+        let too_old = Error::RequestTooOld { version: 2 };
+        assert_eq!(
+            (too_old.retry(), too_old.code()),
+            (Retry::Never, Code::RequestTooOld)
+        );
         assert!(!Error::OutOfBounds {
             version: 1,
             operation_index: 2

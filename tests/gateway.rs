@@ -763,3 +763,31 @@ async fn an_answer_never_hides_a_committed_write() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_too_old_for_the_window_comes_back_as_its_own_code_and_applies_nothing() {
+    let servers = common::servers(1);
+    let mut config = gateway_config(&[&servers[0]]);
+    config.redis.idempotency_window_requests = 1;
+    let gw = TestGateway::start(&config).await.expect("gateway starts");
+    let admin = client(&gw, ADMIN_TOKEN).await;
+    let p = pid("late");
+    let txn = |key| {
+        Transaction::owner(p.clone(), Some(key)).with(Operation::IncrementCounter {
+            name: name("gold"),
+            delta: 1,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        })
+    };
+    let first = admin.next_key();
+    admin.execute(txn(first.clone())).await.expect("applies");
+    admin.execute(txn(admin.next_key())).await.expect("applies");
+    let before = digest(&servers[0]).await;
+    assert_eq!(
+        admin.execute(txn(first)).await,
+        Err(Error::RequestTooOld { version: 2 })
+    );
+    assert_eq!(digest(&servers[0]).await, before);
+}

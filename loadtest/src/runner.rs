@@ -76,11 +76,12 @@ fn coin_change(client: &Client, player: PlayerId, delta: i64) -> Transaction {
     }
 }
 
-/// Records a coin change's outcome: acknowledged, unknown, or (any other error) not applied.
+/// Records a coin change's outcome: acknowledged, unknown (also REQUEST_TOO_OLD: it may have
+/// applied), or (any other error) not applied.
 fn record_coins<T>(ledger: &mut Ledger, player: &str, delta: i64, result: &Result<T, Error>) {
     match result {
         Ok(_) => ledger.acknowledged(player, delta),
-        Err(Error::Unknown { .. }) => ledger.unknown(player, delta),
+        Err(Error::Unknown { .. } | Error::RequestTooOld { .. }) => ledger.unknown(player, delta),
         Err(_) => {}
     }
 }
