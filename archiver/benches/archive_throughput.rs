@@ -99,6 +99,7 @@ async fn main() {
                         (b"f:save".to_vec(), private.clone()),
                         (b"c:gold".to_vec(), b"100".to_vec()),
                     ],
+                    clients: vec![],
                 },
                 DateTime::now(),
                 DocState::Archived,

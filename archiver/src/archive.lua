@@ -1,13 +1,16 @@
 -- Removes a player from Redis after MongoDB acknowledged its document, but only if nothing
 -- changed since the snapshot: the version must still be the archived one, and the player must
--- not have become active again. Leaves the marker a = version in {id}:meta.
--- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active
+-- not have become active again. Leaves the marker a = version in {id}:meta. Its idempotency
+-- windows go too: the document keeps each client's floor.
+-- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active,
+-- KEYS[5] {id}:idem, KEYS[6] {id}:clients
 -- ARGV[1] player id, ARGV[2] version written to MongoDB, ARGV[3] cutoff (last-active ms)
 -- Reply: ARCHIVED, ALREADY (already archived), CHANGED (newer version) or ACTIVE.
 --
 -- Activity is judged by meta t, which every write and owner read sets, not by the set's
 -- score: a score moved from the legacy per-shard set may be older than t. An active player
--- gets its score corrected, so it is not picked again before it is inactive.
+-- gets its score corrected, so it is not picked again before it is inactive. A write that
+-- only replayed changes neither the version nor the windows' floors the document holds.
 local m = redis.call('HMGET', KEYS[1], 'v', 'a', 't')
 if m[2] then return 'ALREADY' end
 if tonumber(m[1] or '0') ~= tonumber(ARGV[2]) then return 'CHANGED' end
@@ -15,7 +18,7 @@ if m[3] and tonumber(m[3]) > tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[4], 'GT', m[3], ARGV[1])
   return 'ACTIVE'
 end
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'a', ARGV[2])
 redis.call('HDEL', KEYS[1], 'p')
 redis.call('ZREM', KEYS[4], ARGV[1])

@@ -7,10 +7,14 @@
 //! { _id: "<player id>", v: <version, i64>, schema: 1, archived_at: <date>,
 //!   state: "archived" | "checkpoint",
 //!   public:  [ { k: "f:<name>", b: <binary> }, { k: "c:<name>", i: <i64> }, ... ],
-//!   private: [ ... ] }
+//!   private: [ ... ],
+//!   clients: [ { c: "<client id>", f: "<floor, decimal u64>", t: <last write ms, i64> }, ... ] }
 //! ```
 //!
 //! `k` is the entry's field in the player's Redis hash (`f:` bytes field, `c:` counter).
+//! `clients` (optional: absent in documents of earlier versions, read as empty) keeps each
+//! client's idempotency floor — raised past every request it still remembered — so that a
+//! restored player refuses retries too old to judge; the records themselves are not kept.
 //! Documents carry `schema`; [`from_document`] reads every schema it knows (only 1 so far) and
 //! refuses newer ones, so an old archiver never misreads what a newer one wrote.
 
@@ -54,6 +58,47 @@ pub struct Snapshot {
     pub public: Pairs,
     /// Private hash pairs.
     pub private: Pairs,
+    /// Each client's idempotency floor, as a restore puts it back.
+    pub clients: Vec<ClientFloor>,
+}
+
+/// What survives of one client's idempotency window when its player leaves Redis: every
+/// request of the client at or below `floor` is refused as too old after a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFloor {
+    /// The client id.
+    pub client: String,
+    /// The largest request id the window forgot or still remembered.
+    pub floor: u64,
+    /// When the client last wrote to the player (ms, Redis clock).
+    pub last_write_ms: u64,
+}
+
+impl ClientFloor {
+    /// Reads a window state as the transaction script keeps it (`<floor> <last write ms>
+    /// <count>` then ` <request>:<applied ms>` per remembered request) into a floor raised
+    /// past every remembered request. `None` when the state is malformed or the window has
+    /// neither a floor nor a remembered request.
+    pub fn from_window_state(client: &str, state: &str) -> Option<ClientFloor> {
+        let mut words = state.split(' ');
+        let floor = words.next()?;
+        let last_write_ms: u64 = words.next()?.parse().ok()?;
+        let _count = words.next()?;
+        let mut highest: Option<u64> = match floor {
+            "-" => None,
+            n => Some(n.parse().ok()?),
+        };
+        for remembered in words {
+            let (id, _) = remembered.split_once(':')?;
+            let id: u64 = id.parse().ok()?;
+            highest = Some(highest.map_or(id, |h| h.max(id)));
+        }
+        Some(ClientFloor {
+            client: client.to_string(),
+            floor: highest?,
+            last_write_ms,
+        })
+    }
 }
 
 /// Why a document cannot be read back.
@@ -107,7 +152,44 @@ pub fn to_document(
         "state": state.as_str(),
         "public": entries(&snapshot.public).map_err(error)?,
         "private": entries(&snapshot.private).map_err(error)?,
+        "clients": snapshot.clients.iter().map(|c| Ok(Bson::Document(doc! {
+            "c": &c.client,
+            "f": c.floor.to_string(),
+            "t": i64::try_from(c.last_write_ms).map_err(|_| error("client time out of range".into()))?,
+        }))).collect::<Result<Vec<Bson>, DocumentError>>()?,
     })
+}
+
+fn client_floors(document: &Document) -> Result<Vec<ClientFloor>, String> {
+    let Some(list) = document.get("clients") else {
+        return Ok(Vec::new());
+    };
+    let Bson::Array(list) = list else {
+        return Err("clients is not an array".into());
+    };
+    list.iter()
+        .map(|entry| {
+            let entry = entry.as_document().ok_or("clients holds a non-document")?;
+            let client = entry.get_str("c").map_err(|_| "client without c")?;
+            colony::IdempotencyKey::new(client, 0)
+                .map_err(|e| format!("client {client:?}: {e}"))?;
+            let floor = entry
+                .get_str("f")
+                .ok()
+                .and_then(|f| f.parse::<u64>().ok())
+                .ok_or_else(|| format!("client {client:?} without a decimal floor f"))?;
+            let last_write_ms = entry
+                .get_i64("t")
+                .ok()
+                .and_then(|t| u64::try_from(t).ok())
+                .ok_or_else(|| format!("client {client:?} without a time t"))?;
+            Ok(ClientFloor {
+                client: client.to_string(),
+                floor,
+                last_write_ms,
+            })
+        })
+        .collect()
 }
 
 fn pairs(document: &Document, key: &str) -> Result<Pairs, String> {
@@ -187,6 +269,7 @@ pub fn from_document(document: &Document) -> Result<Snapshot, DocumentError> {
         version,
         public: pairs(document, "public").map_err(error)?,
         private: pairs(document, "private").map_err(error)?,
+        clients: client_floors(document).map_err(error)?,
         player,
     })
 }
@@ -207,7 +290,35 @@ mod tests {
                 (b"f:mail".to_vec(), vec![0, 255]),
                 (b"c:gold".to_vec(), b"-5".to_vec()),
             ],
+            clients: vec![ClientFloor {
+                client: "gs-1".into(),
+                floor: u64::MAX,
+                last_write_ms: 1_700_000_000_000,
+            }],
         }
+    }
+
+    #[test]
+    fn a_window_state_becomes_a_floor_past_everything_it_remembered() {
+        let floor = |state| ClientFloor::from_window_state("c", state).map(|f| f.floor);
+        assert_eq!(floor("- 1700 2 9:1 7:1"), Some(9));
+        assert_eq!(floor("12 1700 1 3:1"), Some(12));
+        assert_eq!(floor("18446744073709551615 5 0"), Some(u64::MAX));
+        assert_eq!(
+            ClientFloor::from_window_state("c", "5 1700 0").map(|f| f.last_write_ms),
+            Some(1700)
+        );
+        for bad in ["- 1700 0", "", "x 1 0", "- y 0", "- 1 1 z:1", "- 1 1 9"] {
+            assert_eq!(floor(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn documents_of_earlier_versions_have_no_client_floors() {
+        let mut document = to_document(&snapshot(), DateTime::from_millis(0), DocState::Archived)
+            .expect("encodes");
+        document.remove("clients");
+        assert_eq!(from_document(&document).expect("reads").clients, vec![]);
     }
 
     #[test]
@@ -235,7 +346,26 @@ mod tests {
         no_version.remove("v");
         let mut no_state = good.clone();
         no_state.insert("state", "lost");
-        for document in [newer, bad_name, huge, no_version, no_state, doc! {}] {
+        let mut bad_client = good.clone();
+        bad_client.insert(
+            "clients",
+            vec![Bson::Document(doc! { "c": "a:b", "f": "1", "t": 1i64 })],
+        );
+        let mut bad_floor = good.clone();
+        bad_floor.insert(
+            "clients",
+            vec![Bson::Document(doc! { "c": "a", "f": "-1", "t": 1i64 })],
+        );
+        for document in [
+            newer,
+            bad_name,
+            huge,
+            no_version,
+            no_state,
+            bad_client,
+            bad_floor,
+            doc! {},
+        ] {
             assert!(from_document(&document).is_err(), "{document}");
         }
         let mut not_a_number = snapshot();

@@ -1,19 +1,18 @@
 -- Puts an archived player's entries back from its MongoDB document. Safe to run concurrently
 -- and repeatedly: only a player still marked archived at exactly the document's version is
 -- touched, and the public part is written once.
--- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active
--- ARGV[1] player id, ARGV[2] document version, ARGV[3] '1' for everything, '0' for the
--- public part, ARGV[4] number of public pairs n, then n public (field, value) pairs, then the
--- private pairs.
--- (write_back.lua, loaded in front, defines hset, npub and first_private.)
+-- KEYS and ARGV as write_back.lua says; ARGV[3] is '1' for everything, '0' for the public
+-- part. The client floors come back with everything.
+-- (write_back.lua, loaded in front, defines hset, put_back_floors and the argument bounds.)
 -- Reply: RESTORED, PUBLIC_RESTORED, NOT_ARCHIVED or VERSION_MISMATCH.
 local m = redis.call('HMGET', KEYS[1], 'a', 'p')
 if not m[1] then return 'NOT_ARCHIVED' end
 if tonumber(m[1]) ~= tonumber(ARGV[2]) then return 'VERSION_MISMATCH' end
 
-if m[2] ~= '1' and npub > 0 then hset(KEYS[2], 5, first_private - 1) end
+if m[2] ~= '1' and npub > 0 then hset(KEYS[2], 6, first_private - 1) end
 if ARGV[3] == '1' then
-  if #ARGV >= first_private then hset(KEYS[3], first_private, #ARGV) end
+  if last_private >= first_private then hset(KEYS[3], first_private, last_private) end
+  put_back_floors()
   -- The size tally (b, n) is counted afresh by the player's next write.
   redis.call('HDEL', KEYS[1], 'a', 'p', 'b', 'n')
   local t = redis.call('TIME')

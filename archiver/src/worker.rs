@@ -61,7 +61,9 @@ use colony::shard_map::ShardIndex;
 use colony::slot::Slot;
 use colony::{Config, PlayerId, Store};
 
-use crate::document::{document_state, from_document, to_document, DocState, Pairs, Snapshot};
+use crate::document::{
+    document_state, from_document, to_document, ClientFloor, DocState, Pairs, Snapshot,
+};
 
 /// Slots asked about in one pipelined round trip when a pass walks a shard's slots.
 pub const SLOTS_PER_ROUND_TRIP: usize = 512;
@@ -177,7 +179,8 @@ pub struct Archiver {
 }
 
 /// An invocation of a script loaded with `write_back.lua` in front (restore, rebuild): the
-/// player's keys, then player id, version, `mode`, the number of public pairs, and the pairs.
+/// player's keys, then player id, version, `mode`, the numbers of public pairs and client
+/// floors, the pairs, and the floors.
 fn write_back<'a>(
     script: &'a redis::Script,
     player: &PlayerId,
@@ -191,12 +194,21 @@ fn write_back<'a>(
         .key(&keys.public)
         .key(&keys.private)
         .key(SlotKeys::of_player(player).active)
+        .key(&keys.idempotency)
+        .key(&keys.clients)
         .arg(player.as_str())
         .arg(snapshot.version)
         .arg(mode)
-        .arg(snapshot.public.len());
+        .arg(snapshot.public.len())
+        .arg(snapshot.clients.len());
     for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
         invocation.arg(field.as_slice()).arg(value.as_slice());
+    }
+    for floor in &snapshot.clients {
+        invocation
+            .arg(&floor.client)
+            .arg(floor.floor)
+            .arg(floor.last_write_ms);
     }
     invocation
 }
@@ -462,13 +474,15 @@ impl Archiver {
             .key(&keys.meta)
             .key(&keys.public)
             .key(&keys.private)
+            .key(&keys.idempotency)
+            .key(&keys.clients)
             .invoke_async(&mut conn)
             .await?;
         let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
         let RedisValue::Array(items) = reply else {
             return Err(bad());
         };
-        let [RedisValue::Int(version), RedisValue::Int(archived), public, private] =
+        let [RedisValue::Int(version), RedisValue::Int(archived), public, private, windows] =
             items.as_slice()
         else {
             return Err(bad());
@@ -490,11 +504,23 @@ impl Archiver {
                 })
                 .collect()
         };
+        let mut clients = Vec::new();
+        for (client, state) in flat(windows)? {
+            let client = String::from_utf8_lossy(&client);
+            let state = String::from_utf8_lossy(&state);
+            match ClientFloor::from_window_state(&client, &state) {
+                Some(floor) => clients.push(floor),
+                None => {
+                    tracing::warn!(player = %player.as_str(), %client, %state, "unreadable idempotency window left out of the snapshot")
+                }
+            }
+        }
         Ok(Some(Snapshot {
             player: player.as_str().to_string(),
             version: *version as u64,
             public: flat(public)?,
             private: flat(private)?,
+            clients,
         }))
     }
 
@@ -536,6 +562,8 @@ impl Archiver {
             .key(&keys.public)
             .key(&keys.private)
             .key(SlotKeys::of_player(player).active)
+            .key(&keys.idempotency)
+            .key(&keys.clients)
             .arg(player.as_str())
             .arg(version)
             .arg(cutoff)

@@ -315,6 +315,7 @@ async fn an_older_version_never_overwrites_a_newer_document() {
         version,
         public: vec![(b"f:nick".to_vec(), nick.to_vec())],
         private: vec![],
+        clients: vec![],
     };
     let shard = ShardIndex(0);
     archiver
@@ -771,4 +772,83 @@ async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_se
         .await
         .expect("pass");
     assert_eq!((report.candidates, report.archived), (2, 2), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_then_restored_player_refuses_retries_too_old_to_judge() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    config.redis.idempotency_window_requests = 2;
+    let store = Store::new(&config).expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let gold = |client: &str, request: u64| {
+        Transaction::owner(pid("ivy"), IdempotencyKey::new(client, request).ok()).with(
+            Operation::IncrementCounter {
+                name: name("gold"),
+                delta: 1,
+                min: None,
+                max: None,
+                visibility: Visibility::Private,
+            },
+        )
+    };
+    for request in 1..=3 {
+        store.execute(gold("gs", request)).await.expect("applies");
+    }
+    store.execute(gold("other", 40)).await.expect("applies");
+    assert!(
+        store
+            .execute(gold("gs", 3))
+            .await
+            .expect("replays")
+            .replayed
+    );
+
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!(report.archived, 1);
+    // The windows left Redis with the player; the document keeps each client's floor.
+    assert!(!exists(&redis, "{ivy}:idem").await);
+    assert!(!exists(&redis, "{ivy}:clients").await);
+
+    let stop = serve_restores(&archiver);
+    let (version, _) = owner_view(&store, "ivy").await;
+    assert_eq!(version, 4);
+    let before = digest(&redis).await;
+    // Every request the window had judged is now too old, the remembered ones included:
+    // records are not archived, and none of them applies again.
+    for (client, request) in [("gs", 1), ("gs", 3), ("other", 40), ("other", 7)] {
+        assert!(
+            matches!(
+                store.execute(gold(client, request)).await,
+                Err(Error::RequestTooOld { version: 4 })
+            ),
+            "{client} {request}"
+        );
+    }
+    assert_eq!(digest(&redis).await, before);
+    // Newer requests apply, and a client the player never saw starts afresh.
+    store.execute(gold("gs", 4)).await.expect("applies");
+    store.execute(gold("new", 1)).await.expect("applies");
+    let _ = stop.send(true);
+
+    // Checkpoints carry the floors too: a rebuilt shard still refuses the old ones.
+    assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 1);
+    flushall(&redis).await;
+    assert_eq!(
+        archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
+        (0, 1)
+    );
+    assert!(matches!(
+        store.execute(gold("gs", 4)).await,
+        Err(Error::RequestTooOld { .. })
+    ));
+    assert!(matches!(
+        store.execute(gold("other", 40)).await,
+        Err(Error::RequestTooOld { .. })
+    ));
+    store.execute(gold("gs", 5)).await.expect("applies");
 }
