@@ -1,9 +1,11 @@
 //! Model-based test: random sequences of transactions run against real Redis and against a
-//! small in-memory model of Colony's semantics; every result must agree.
+//! small in-memory model of Colony's semantics; every result must agree. Two clients send
+//! request ids in any order, retried or not, through a window of two requests, so replays,
+//! mismatches, out-of-order arrivals and REQUEST_TOO_OLD all occur.
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use colony::model::COUNTER_LIMIT;
 use colony::{
@@ -18,8 +20,22 @@ struct ModelPlayer {
     version: u64,
     /// (name, is_counter) -> (visibility, value)
     entries: BTreeMap<(String, bool), (Visibility, Value)>,
+    /// client id -> its idempotency window
+    windows: HashMap<String, ModelWindow>,
+}
+
+/// Requests remembered per client and player, in the model and in the store under test.
+const WINDOW: usize = 2;
+
+/// One client's window on one player: what the protocol promises, written plainly.
+#[derive(Default, Clone)]
+struct ModelWindow {
+    /// Every request at or below it may have been forgotten.
+    floor: Option<u64>,
+    /// Remembered request ids, oldest arrival first.
+    queue: VecDeque<u64>,
     /// request id -> (the transaction, its first result)
-    applied: HashMap<u64, (Transaction, Committed)>,
+    remembered: HashMap<u64, (Transaction, Committed)>,
 }
 
 #[derive(Default)]
@@ -31,8 +47,13 @@ impl Model {
     fn apply(&mut self, txn: &Transaction) -> Result<Committed, Error> {
         let player = self.players.entry(txn.player.clone()).or_default();
         let request = txn.idempotency_key.as_ref().map(|k| k.request_id());
-        if let Some(r) = request {
-            if let Some((first, result)) = player.applied.get(&r) {
+        if let Some(key) = &txn.idempotency_key {
+            let window = player
+                .windows
+                .entry(key.client_id().to_string())
+                .or_default();
+            let r = key.request_id();
+            if let Some((first, result)) = window.remembered.get(&r) {
                 if first.access != txn.access || first.operations != txn.operations {
                     return Err(Error::IdempotencyMismatch {
                         version: player.version,
@@ -41,6 +62,11 @@ impl Model {
                 return Ok(Committed {
                     replayed: true,
                     ..result.clone()
+                });
+            }
+            if window.floor.is_some_and(|floor| r <= floor) {
+                return Err(Error::RequestTooOld {
+                    version: player.version,
                 });
             }
         }
@@ -155,8 +181,21 @@ impl Model {
             reads,
             replayed: false,
         };
-        if let (Some(r), true) = (request, mutated) {
-            player.applied.insert(r, (txn.clone(), committed.clone()));
+        if let (Some(key), Some(r), true) = (&txn.idempotency_key, request, mutated) {
+            let window = player
+                .windows
+                .entry(key.client_id().to_string())
+                .or_default();
+            window.queue.push_back(r);
+            window
+                .remembered
+                .insert(r, (txn.clone(), committed.clone()));
+            while window.queue.len() > WINDOW {
+                if let Some(forgotten) = window.queue.pop_front() {
+                    window.remembered.remove(&forgotten);
+                    window.floor = Some(window.floor.map_or(forgotten, |f| f.max(forgotten)));
+                }
+            }
         }
         Ok(committed)
     }
@@ -230,11 +269,13 @@ fn arb_check_field() -> impl Strategy<Value = Operation> {
 }
 
 /// A transaction on player "p" or "q": owner transactions mix everything, public ones read.
+/// The third value picks an owner transaction's client and how far ahead of that client's
+/// next id its request id lands (see `build`).
 fn arb_txn() -> impl Strategy<Value = (bool, bool, u64, Vec<Operation>)> {
     (
         any::<bool>(),
         any::<bool>(),
-        0u64..4,
+        0u64..6,
         prop::collection::vec(
             prop_oneof![arb_write_op(), arb_read_op(), arb_check_field()],
             1..5,
@@ -242,8 +283,11 @@ fn arb_txn() -> impl Strategy<Value = (bool, bool, u64, Vec<Operation>)> {
     )
 }
 
+/// Builds a transaction of case `prefix`. An owner transaction's client is `m0` or `m1`; its
+/// request id is the client's next id plus 0..=2, so ids arrive out of order.
 fn build(
     prefix: &str,
+    next_ids: &mut HashMap<String, u64>,
     (on_q, public, request, ops): (bool, bool, u64, Vec<Operation>),
 ) -> Transaction {
     let player =
@@ -269,7 +313,13 @@ fn build(
         Transaction {
             player,
             access: Access::Owner,
-            idempotency_key: Some(IdempotencyKey::new("model", request).expect("valid")),
+            idempotency_key: Some({
+                let client = format!("m{}", request % 2);
+                let next = next_ids.entry(client.clone()).or_default();
+                let id = *next + request / 2 % 3;
+                *next = (*next).max(id + 1);
+                IdempotencyKey::new(client, id).expect("valid")
+            }),
             operations: ops,
             acting_player: None,
         }
@@ -279,24 +329,38 @@ fn build(
 #[test]
 fn redis_agrees_with_the_model() {
     let servers = common::servers(1);
-    let store = common::store(&servers);
+    let mut config = colony::testkit::config_for(&[&servers[0]]);
+    config.redis.idempotency_window_requests = WINDOW;
+    let store = colony::Store::new(&config).expect("store");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let conn = runtime.block_on(common::raw(&servers[0]));
     let case = std::cell::Cell::new(0u64);
-    let config = ProptestConfig {
+    let proptest_config = ProptestConfig {
         cases: 96,
         ..ProptestConfig::default()
     };
-    proptest!(config, |(txns in prop::collection::vec(arb_txn(), 1..24))| {
+    // Each step is a new transaction, or (about a third of them) the very same transaction
+    // as an earlier step again: a client's retry.
+    let step = (
+        arb_txn(),
+        prop::option::weighted(0.35, any::<prop::sample::Index>()),
+    );
+    proptest!(proptest_config, |(steps in prop::collection::vec(step, 1..64))| {
         case.set(case.get() + 1);
         // Fresh players per case, so the model can start empty.
         let prefix = format!("case{}", case.get());
         let mut model = Model::default();
-        for raw in txns {
-            let txn = build(&prefix, raw);
+        let mut next_ids = HashMap::new();
+        let mut sent: Vec<Transaction> = Vec::new();
+        for (raw, retry) in steps {
+            let txn = match retry {
+                Some(index) if !sent.is_empty() => sent[index.index(sent.len())].clone(),
+                _ => build(&prefix, &mut next_ids, raw),
+            };
+            sent.push(txn.clone());
             let expected = model.apply(&txn);
             let actual = runtime.block_on(store.execute(txn.clone()));
             prop_assert_eq!(actual, expected, "transaction {:?}", txn);
