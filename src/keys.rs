@@ -3,10 +3,9 @@
 //!
 //! | key                                   | type   | holds                                       |
 //! |---------------------------------------|--------|---------------------------------------------|
-//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally |
+//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |
 //! | `{id}:priv`                           | hash   | private entries, same encoding              |
-//! | `{id}:idem`                           | hash   | idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
 //! | `{id}:clients`                        | zset   | clients with a window, scored by last write (ms) |
 //! | `colony:{<slot tag>}:active` (per slot) | zset | player ids scored by last-active ms         |
 //! | `colony:{<slot tag>}:dirty` (per slot)  | set  | players changed since their last checkpoint |
@@ -48,14 +47,12 @@ pub fn restore_request(player: &PlayerId, full: bool) -> String {
 /// Key names of one player.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlayerKeys {
-    /// Version and last-active time.
+    /// Version, last-active time, size tally, and the idempotency windows.
     pub meta: Vec<u8>,
     /// Public entries.
     pub public: Vec<u8>,
     /// Private entries.
     pub private: Vec<u8>,
-    /// Idempotency windows: per client its state and remembered requests.
-    pub idempotency: Vec<u8>,
     /// Clients with a window on this player, scored by their last write.
     pub clients: Vec<u8>,
 }
@@ -77,7 +74,6 @@ impl PlayerKeys {
             meta: tagged(player, ":meta"),
             public: tagged(player, ":pub"),
             private: tagged(player, ":priv"),
-            idempotency: tagged(player, ":idem"),
             clients: tagged(player, ":clients"),
         }
     }
@@ -195,7 +191,6 @@ mod tests {
             &keys.meta,
             &keys.public,
             &keys.private,
-            &keys.idempotency,
             &keys.clients,
             &legacy,
             slot.active.as_bytes(),
@@ -204,7 +199,6 @@ mod tests {
             assert_eq!(key_slot(key), player_slot(&player));
         }
         assert_eq!(keys.meta, b"{alice}:meta");
-        assert_eq!(keys.idempotency, b"{alice}:idem");
         assert_eq!(legacy, b"{alice}:idem:c:1");
     }
 
@@ -233,7 +227,7 @@ mod tests {
             };
             let keys = PlayerKeys::new(&player);
             let slot = SlotKeys::of_player(&player);
-            for key in [&keys.meta, &keys.idempotency, slot.active.as_bytes()] {
+            for key in [&keys.meta, &keys.clients, slot.active.as_bytes()] {
                 assert_eq!(key_slot(key), player_slot(&player), "{id}");
             }
         }

@@ -16,7 +16,7 @@ use crate::model::{
 
 /// Index (from 0) of the script's first operation argument; the ones before it are the
 /// player, access, idempotency key, window and bounds.
-pub const FIRST_OPERATION: usize = 10;
+pub const FIRST_OPERATION: usize = 11;
 
 /// Source of the transaction script.
 pub const SOURCE: &str = include_str!("transaction.lua");
@@ -27,8 +27,8 @@ pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new
 /// Keys and arguments for one `EVALSHA` of the transaction script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
-    /// The eight keys the script declares.
-    pub keys: [Vec<u8>; 8],
+    /// The seven keys the script declares.
+    pub keys: [Vec<u8>; 7],
     /// The script's arguments.
     pub args: Vec<Vec<u8>>,
 }
@@ -99,7 +99,8 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
         Some(key) => keys::legacy_idempotency_key(&txn.player, key),
         None => keys_of.meta.clone(),
     };
-    let mut args: Vec<Vec<u8>> = Vec::with_capacity(FIRST_OPERATION + txn.operations.len() * 4);
+    let operations = operation_args(txn);
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(FIRST_OPERATION + operations.len());
     args.push(txn.player.as_str().as_bytes().to_vec());
     args.push(match txn.access {
         Access::Owner => b"o".to_vec(),
@@ -109,8 +110,10 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
         Some(key) => {
             args.push(key.client_id().as_bytes().to_vec());
             args.push(key.request_id().to_string().into_bytes());
+            args.push(fingerprint(&args[0], &args[1], &operations).into_bytes());
         }
         None => {
+            args.push(Vec::new());
             args.push(Vec::new());
             args.push(Vec::new());
         }
@@ -121,6 +124,25 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
     args.push(bounds.read_budget.to_string().into_bytes());
     args.push(bounds.max_player_bytes.to_string().into_bytes());
     args.push(bounds.max_player_entries.to_string().into_bytes());
+    args.extend(operations);
+    let slot_keys = SlotKeys::of_player(&txn.player);
+    Invocation {
+        keys: [
+            keys_of.meta,
+            keys_of.public,
+            keys_of.private,
+            slot_keys.active.into_bytes(),
+            slot_keys.dirty.into_bytes(),
+            keys_of.clients,
+            legacy_record,
+        ],
+        args,
+    }
+}
+
+/// The operations of `txn` as script arguments.
+fn operation_args(txn: &Transaction) -> Vec<Vec<u8>> {
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(txn.operations.len() * 4);
     let name = |n: &Name| n.as_str().as_bytes().to_vec();
     let int = |v: i64| v.to_string().into_bytes();
     let bound = |v: Option<i64>| v.map(int).unwrap_or_default();
@@ -183,20 +205,28 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
             }
         }
     }
-    let slot_keys = SlotKeys::of_player(&txn.player);
-    Invocation {
-        keys: [
-            keys_of.meta,
-            keys_of.public,
-            keys_of.private,
-            slot_keys.active.into_bytes(),
-            keys_of.idempotency,
-            slot_keys.dirty.into_bytes(),
-            keys_of.clients,
-            legacy_record,
-        ],
-        args,
+    args
+}
+
+/// The fingerprint a remembered request is recognised by: SHA-1, in hex, over the player,
+/// the access and every operation argument, each length-prefixed so that different argument
+/// lists never concatenate alike. Computed here rather than in the script, where building
+/// and hashing the string cost more Redis time than the rest of the window; the formula is
+/// the one the previous version's script used, so its records still compare.
+fn fingerprint(player: &[u8], access: &[u8], operations: &[Vec<u8>]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(player.len().to_string().as_bytes());
+    sha.update(b":");
+    sha.update(player);
+    sha.update(b"|");
+    sha.update(access);
+    for arg in operations {
+        sha.update(b"|");
+        sha.update(arg.len().to_string().as_bytes());
+        sha.update(b":");
+        sha.update(arg);
     }
+    sha.digest().to_string()
 }
 
 fn bad(what: &str) -> Error {
@@ -375,9 +405,8 @@ mod tests {
             max_player_entries: 7,
         };
         let inv = encode(&txn, &bounds);
-        assert_eq!(inv.keys[4], b"{p}:idem");
-        assert_eq!(inv.keys[6], b"{p}:clients");
-        assert_eq!(inv.keys[7], b"{p}:idem:c:9");
+        assert_eq!(inv.keys[5], b"{p}:clients");
+        assert_eq!(inv.keys[6], b"{p}:idem:c:9");
         let args: Vec<&[u8]> = inv.args.iter().map(Vec::as_slice).collect();
         assert_eq!(args[FIRST_OPERATION], b"I");
         assert_eq!(
@@ -387,6 +416,7 @@ mod tests {
                 b"o",
                 b"c",
                 b"9",
+                fingerprint(b"p", b"o", &inv.args[FIRST_OPERATION..]).as_bytes(),
                 b"1000",
                 b"3",
                 b"2000",

@@ -3,28 +3,31 @@
 -- KEYS[1] {id}:meta   hash: v = version, t = last-active ms, a = archived at version,
 --                      p = 1 when an archived player's public part is back, b and n = bytes
 --                      (names and values) and number of the player's entries, kept by every
---                      write (absent: counted afresh by the next write)
+--                      write (absent: counted afresh by the next write); and the idempotency
+--                      windows (see "The idempotency window" below)
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:{<slot tag>}:active  zset of the slot's player ids by last-active ms
--- KEYS[5] {id}:idem   hash: idempotency windows (see "The idempotency window" below)
--- KEYS[6] colony:{<slot tag>}:dirty   set of the slot's players changed since their last
+-- KEYS[5] colony:{<slot tag>}:dirty   set of the slot's players changed since their last
 --                      checkpoint
--- KEYS[7] {id}:clients  zset: clients with a window, scored by last write ms
--- KEYS[8] {id}:idem:<client>:<request>, a legacy record (read only), or KEYS[1] again when
+-- KEYS[6] {id}:clients  zset: clients with a window, scored by last write ms
+-- KEYS[7] {id}:idem:<client>:<request>, a legacy record (read only), or KEYS[1] again when
 --                      there is no idempotency key
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public
 -- ARGV[3] client id, '' when the transaction has no idempotency key
 -- ARGV[4] request id, decimal without leading zeros ('' without a key)
--- ARGV[5] window age in ms: remembered requests older than this are forgotten
--- ARGV[6] window length: most requests remembered per client
--- ARGV[7] client TTL in ms: a client without a write for this long is forgotten
--- ARGV[8] read budget: most bytes the reads may return (names, values, 16 per entry)
--- ARGV[9] most bytes of the player's entries (names and values) a write may leave
--- ARGV[10] most entries a write may leave
--- ARGV[11..] operations, each an opcode followed by its arguments:
+-- ARGV[5] fingerprint: 40 hex digits of SHA-1 over the player, access and operation
+--         arguments, each length-prefixed ('' without a key); the caller computes it
+-- ARGV[6] window age in ms: remembered requests older than this are forgotten
+-- ARGV[7] window length: requests remembered per client at least (at most a quarter more
+--         before the oldest are forgotten together)
+-- ARGV[8] client TTL in ms: a client without a write for this long is forgotten
+-- ARGV[9] read budget: most bytes the reads may return (names, values, 16 per entry)
+-- ARGV[10] most bytes of the player's entries (names and values) a write may leave
+-- ARGV[11] most entries a write may leave
+-- ARGV[12..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -36,7 +39,7 @@
 -- Reply: { status, version, replayed (0/1), failed operation index (from 0),
 --          then per read: operation index, entry count, then count x (name, tag, value) }
 -- status is OK, CONFLICT, OUT_OF_BOUNDS, PLAYER_TOO_LARGE (the write would grow the player past
--- ARGV[9] or ARGV[10]), TOO_LARGE (the reads passed the budget), IDEMPOTENCY_MISMATCH,
+-- ARGV[10] or ARGV[11]), TOO_LARGE (the reads passed the budget), IDEMPOTENCY_MISMATCH,
 -- REQUEST_TOO_OLD, ARCHIVED or INVALID; every status but OK writes nothing (a replay's OK
 -- rewrites its record as it is). A replay returns the stored reply whatever
 -- the budget. tag is 'fu', 'fr'
@@ -46,28 +49,37 @@
 -- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
 -- within +-(2^53 - 1), where doubles are exact; the client validates arguments to that range.
 --
--- The idempotency window (ARCHITECTURE.md has the argument). Per client, KEYS[5] holds
+-- The idempotency window (ARCHITECTURE.md has the argument). Per client, KEYS[1] holds
 --   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
 --                         remembered request, oldest first; floor '-' when nothing was
 --                         forgotten, else the largest request id forgotten
---   r:<client>:<request>  40 hex digits of fingerprint, then the msgpack of the first reply
+--   r:<client>:<request>  the request's fingerprint, then the msgpack of its first reply
 -- A request remembered is replayed; one at or below the floor is REQUEST_TOO_OLD; any other
 -- is new. Invariant: every applied request of a known client is remembered or at or below
--- its floor.
+-- its floor. The window lives in {id}:meta so that reading and writing it rides on the calls
+-- every transaction makes anyway: Redis time per call is mostly per command.
 
-local meta, pub, priv, active, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local clients, legacy = KEYS[7], KEYS[8]
+local meta, pub, priv, active, dirty = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local clients, legacy = KEYS[6], KEYS[7]
 local player, access, client, request = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fingerprint = ARGV[5]
 local use_idem = client ~= ''
-local window_ms, window_length, client_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local read_budget = tonumber(ARGV[8])
-local max_bytes, max_entries = tonumber(ARGV[9]), tonumber(ARGV[10])
-local FIRST_OP = 11
+local window_ms, window_length, client_ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local read_budget = tonumber(ARGV[9])
+local max_bytes, max_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
+local FIRST_OP = 12
 local LIMIT = 9007199254740991
 -- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
 local ENTRY_OVERHEAD = 16
 
-local state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n')
+local state_field, record_field
+local state
+if use_idem then
+  state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', state_field, record_field)
+else
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n')
+end
 local version = tonumber(state[1] or '0')
 
 -- An archived player (meta field a = the version archived) has its entries in MongoDB only.
@@ -90,39 +102,30 @@ local function id_at_most(a, b)
   return tonumber(a) <= tonumber(b)
 end
 
--- Answers a request found remembered: its first reply, or a mismatch. The record is written
--- again as it is: that is propagated to the replicas, so a WAIT after this call also covers
--- the first write, which may have gone out on another connection.
-local function replay(stored, fingerprint, rewrite)
+-- Answers a request found remembered: its first reply, or a mismatch.
+local function replay(stored)
   if string.sub(stored, 1, 40) ~= fingerprint then
     return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
   end
   local reply = cmsgpack.unpack(string.sub(stored, 41))
   reply[3] = 1
-  rewrite()
   return reply
 end
 
-local fingerprint, state_field, record_field, window_state
+local window_state
 if use_idem then
-  -- The fingerprint covers the player, access and every operation argument, each
-  -- length-prefixed so that different argument lists can never concatenate alike.
-  local parts = { #player .. ':' .. player, access }
-  for i = FIRST_OP, #ARGV do
-    parts[#parts + 1] = #ARGV[i] .. ':' .. ARGV[i]
-  end
-  fingerprint = redis.sha1hex(table.concat(parts, '|'))
-  state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
-  local found = redis.call('HMGET', idem, state_field, record_field)
-  window_state = found[1]
-  local stored = found[2]
+  window_state = state[6]
+  local stored = state[7]
   if stored then
-    return replay(stored, fingerprint, function()
-      redis.call('HSET', idem, record_field, stored)
-    end)
+    local reply = replay(stored)
+    -- The record is written again as it is: that is propagated to the replicas, so a WAIT
+    -- after this call also covers the first write, which may have gone out on another
+    -- connection.
+    if reply[1] == 'OK' then redis.call('HSET', meta, record_field, stored) end
+    return reply
   end
   if window_state then
-    local floor = string.match(window_state, '^(%S+)')
+    local floor = string.sub(window_state, 1, string.find(window_state, ' ', 1, true) - 1)
     if floor ~= '-' and id_at_most(request, floor) then
       return { 'REQUEST_TOO_OLD', version, 0, 0 }
     end
@@ -130,9 +133,9 @@ if use_idem then
   -- Records of the previous layout, one key per request, are honoured until they expire.
   local old = redis.call('GET', legacy)
   if old then
-    return replay(old, fingerprint, function()
-      redis.call('SET', legacy, old, 'KEEPTTL')
-    end)
+    local reply = replay(old)
+    if reply[1] == 'OK' then redis.call('SET', legacy, old, 'KEEPTTL') end
+    return reply
   end
 end
 
@@ -293,6 +296,7 @@ end
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 
+local tally
 if mutated then
   -- The player's size before and after: the tally in meta (counted afresh when absent, e.g.
   -- after a rebuild), adjusted by every staged entry's old and new length.
@@ -341,10 +345,7 @@ if mutated then
     if #sets > 0 then redis.call('HSET', hash, unpack(sets)) end
   end
   version = version + 1
-  redis.call('HSET', meta, 'v', version, 't', now, 'b', new_bytes, 'n', new_entries)
-  redis.call('ZADD', active, now, player)
-  -- The archiver's checkpoints copy changed players to MongoDB.
-  redis.call('SADD', KEYS[6], player)
+  tally = { new_bytes, new_entries }
 elseif access == 'o' and version > 0 then
   -- An owner's read is activity too; reads by others are not.
   redis.call('HSET', meta, 't', now)
@@ -358,49 +359,78 @@ for _, r in ipairs(reads) do
   for _, v in ipairs(r[2]) do reply[#reply + 1] = v end
 end
 
-if use_idem and mutated then
-  -- Remember this request, then forget from the oldest while the window is too long or its
-  -- head too old; the floor rises to the largest id forgotten.
+if not mutated then return reply end
+
+local meta_fields = { 'v', version, 't', now, 'b', tally[1], 'n', tally[2] }
+if use_idem then
+  -- Remember this request. The oldest are forgotten together, once the window holds a
+  -- quarter more than its length or its head is older than its age, down to the length and
+  -- the age; the floor rises to the largest id forgotten. Forgetting in batches keeps most
+  -- writes to one HSET. The state is cut with plain finds: Lua patterns over the whole
+  -- queue cost more Redis time than everything else here.
   local floor, count, queue = '-', 0, ''
   if window_state then
-    local f, _, c, q = string.match(window_state, '^(%S+) (%d+) (%d+)(.*)$')
-    floor, count, queue = f, tonumber(c), q
+    local after_floor = string.find(window_state, ' ', 1, true)
+    local after_last = string.find(window_state, ' ', after_floor + 1, true)
+    local after_count = string.find(window_state, ' ', after_last + 1, true)
+    floor = string.sub(window_state, 1, after_floor - 1)
+    if after_count then
+      count = tonumber(string.sub(window_state, after_last + 1, after_count - 1))
+      queue = string.sub(window_state, after_count)
+    end
   end
   queue = queue .. ' ' .. request .. ':' .. now
   count = count + 1
-  local forgotten = {}
   local cutoff = now - window_ms
-  while count > 1 do
-    local id, at, rest = string.match(queue, '^ (%d+):(%d+)(.*)$')
-    if count <= window_length and tonumber(at) >= cutoff then break end
-    forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
-    if floor == '-' or not id_at_most(id, floor) then floor = id end
-    queue, count = rest, count - 1
+  -- The head entry is ' <id>:<applied ms>'.
+  local function head()
+    local colon = string.find(queue, ':', 1, true)
+    local next_entry = string.find(queue, ' ', colon, true)
+    local at = tonumber(string.sub(queue, colon + 1, (next_entry or 0) - 1))
+    return string.sub(queue, 2, colon - 1), at, next_entry
   end
-  redis.call('HSET', idem, record_field, fingerprint .. cmsgpack.pack(reply),
-    state_field, floor .. ' ' .. now .. ' ' .. count .. queue)
-  if #forgotten > 0 then redis.call('HDEL', idem, unpack(forgotten)) end
-  if not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
-    -- A new client on this player: forget up to two clients without a write for the TTL
-    -- (their score is when they were added or last found alive; their state says when
-    -- they last wrote).
-    local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
-      'LIMIT', 0, 2)
-    for _, other in ipairs(stale) do
-      local other_state = redis.call('HGET', idem, 'c:' .. other)
-      local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
-      if last and last >= now - client_ttl then
-        redis.call('ZADD', clients, 'XX', last, other)
-      else
-        local fields = { 'c:' .. other }
-        if other_state then
-          for id in string.gmatch(other_state, ' (%d+):%d+') do
-            fields[#fields + 1] = 'r:' .. other .. ':' .. id
-          end
+  local _, head_at = head()
+  if count > window_length + math.floor(window_length / 4) or head_at < cutoff then
+    local forgotten = {}
+    while count > 1 do
+      local id, at, next_entry = head()
+      if count <= window_length and at >= cutoff then break end
+      forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
+      if floor == '-' or not id_at_most(id, floor) then floor = id end
+      queue, count = string.sub(queue, next_entry), count - 1
+    end
+    if #forgotten > 0 then redis.call('HDEL', meta, unpack(forgotten)) end
+  end
+  meta_fields[#meta_fields + 1] = record_field
+  meta_fields[#meta_fields + 1] = fingerprint .. cmsgpack.pack(reply)
+  meta_fields[#meta_fields + 1] = state_field
+  meta_fields[#meta_fields + 1] = floor .. ' ' .. now .. ' ' .. count .. queue
+end
+redis.call('HSET', meta, unpack(meta_fields))
+redis.call('ZADD', active, now, player)
+-- The archiver's checkpoints copy changed players to MongoDB.
+redis.call('SADD', dirty, player)
+
+if use_idem and not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
+  -- A new client on this player: forget up to two clients without a write for the TTL
+  -- (their score is when they were added or last found alive; their state says when they
+  -- last wrote).
+  local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
+    'LIMIT', 0, 2)
+  for _, other in ipairs(stale) do
+    local other_state = redis.call('HGET', meta, 'c:' .. other)
+    local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
+    if last and last >= now - client_ttl then
+      redis.call('ZADD', clients, 'XX', last, other)
+    else
+      local fields = { 'c:' .. other }
+      if other_state then
+        for id in string.gmatch(other_state, ' (%d+):%d+') do
+          fields[#fields + 1] = 'r:' .. other .. ':' .. id
         end
-        redis.call('HDEL', idem, unpack(fields))
-        redis.call('ZREM', clients, other)
       end
+      redis.call('HDEL', meta, unpack(fields))
+      redis.call('ZREM', clients, other)
     end
   end
 end

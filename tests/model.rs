@@ -1,6 +1,6 @@
 //! Model-based test: random sequences of transactions run against real Redis and against a
 //! small in-memory model of Colony's semantics; every result must agree. Two clients send
-//! request ids in any order, retried or not, through a window of two requests, so replays,
+//! request ids in any order, retried or not, through a window of four requests, so replays,
 //! mismatches, out-of-order arrivals and REQUEST_TOO_OLD all occur.
 
 mod common;
@@ -25,7 +25,7 @@ struct ModelPlayer {
 }
 
 /// Requests remembered per client and player, in the model and in the store under test.
-const WINDOW: usize = 2;
+const WINDOW: usize = 4;
 
 /// One client's window on one player: what the protocol promises, written plainly.
 #[derive(Default, Clone)]
@@ -190,10 +190,14 @@ impl Model {
             window
                 .remembered
                 .insert(r, (txn.clone(), committed.clone()));
-            while window.queue.len() > WINDOW {
-                if let Some(forgotten) = window.queue.pop_front() {
-                    window.remembered.remove(&forgotten);
-                    window.floor = Some(window.floor.map_or(forgotten, |f| f.max(forgotten)));
+            // The oldest are forgotten together once the window holds a quarter more than
+            // its length (the age never runs out within a case).
+            if window.queue.len() > WINDOW + WINDOW / 4 {
+                while window.queue.len() > WINDOW {
+                    if let Some(forgotten) = window.queue.pop_front() {
+                        window.remembered.remove(&forgotten);
+                        window.floor = Some(window.floor.map_or(forgotten, |f| f.max(forgotten)));
+                    }
                 }
             }
         }

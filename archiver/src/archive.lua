@@ -1,9 +1,9 @@
 -- Removes a player from Redis after MongoDB acknowledged its document, but only if nothing
 -- changed since the snapshot: the version must still be the archived one, and the player must
--- not have become active again. Leaves the marker a = version in {id}:meta. Its idempotency
--- windows go too: the document keeps each client's floor.
+-- not have become active again. Leaves {id}:meta as the marker a = version (with v and t):
+-- its idempotency windows go, and the document keeps each client's floor.
 -- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active,
--- KEYS[5] {id}:idem, KEYS[6] {id}:clients
+-- KEYS[5] {id}:clients
 -- ARGV[1] player id, ARGV[2] version written to MongoDB, ARGV[3] cutoff (last-active ms)
 -- Reply: ARCHIVED, ALREADY (already archived), CHANGED (newer version) or ACTIVE.
 --
@@ -18,8 +18,7 @@ if m[3] and tonumber(m[3]) > tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[4], 'GT', m[3], ARGV[1])
   return 'ACTIVE'
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
-redis.call('HSET', KEYS[1], 'a', ARGV[2])
-redis.call('HDEL', KEYS[1], 'p')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'a', ARGV[2], 't', m[3] or '0')
 redis.call('ZREM', KEYS[4], ARGV[1])
 return 'ARCHIVED'

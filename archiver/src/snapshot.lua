@@ -1,13 +1,12 @@
 -- Reads a player for archiving, without touching it.
--- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] {id}:idem,
--- KEYS[5] {id}:clients
+-- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] {id}:clients
 -- Reply: { version, archived-at version or -1, public hash (flat), private hash (flat),
 --          flat (client, window state) pairs of the clients with a window }
 local m = redis.call('HMGET', KEYS[1], 'v', 'a')
 local windows = {}
-local clients = redis.call('ZRANGE', KEYS[5], 0, -1)
+local clients = redis.call('ZRANGE', KEYS[4], 0, -1)
 for _, client in ipairs(clients) do
-  local state = redis.call('HGET', KEYS[4], 'c:' .. client)
+  local state = redis.call('HGET', KEYS[1], 'c:' .. client)
   if state then
     windows[#windows + 1] = client
     windows[#windows + 1] = state

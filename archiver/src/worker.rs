@@ -194,7 +194,6 @@ fn write_back<'a>(
         .key(&keys.public)
         .key(&keys.private)
         .key(SlotKeys::of_player(player).active)
-        .key(&keys.idempotency)
         .key(&keys.clients)
         .arg(player.as_str())
         .arg(snapshot.version)
@@ -474,7 +473,6 @@ impl Archiver {
             .key(&keys.meta)
             .key(&keys.public)
             .key(&keys.private)
-            .key(&keys.idempotency)
             .key(&keys.clients)
             .invoke_async(&mut conn)
             .await?;
@@ -562,7 +560,6 @@ impl Archiver {
             .key(&keys.public)
             .key(&keys.private)
             .key(SlotKeys::of_player(player).active)
-            .key(&keys.idempotency)
             .key(&keys.clients)
             .arg(player.as_str())
             .arg(version)

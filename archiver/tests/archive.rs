@@ -811,7 +811,15 @@ async fn an_archived_then_restored_player_refuses_retries_too_old_to_judge() {
         .expect("pass");
     assert_eq!(report.archived, 1);
     // The windows left Redis with the player; the document keeps each client's floor.
-    assert!(!exists(&redis, "{ivy}:idem").await);
+    let mut conn = common_raw(&redis).await;
+    let meta: Vec<String> = redis::cmd("HKEYS")
+        .arg("{ivy}:meta")
+        .query_async(&mut conn)
+        .await
+        .expect("hkeys");
+    let mut meta = meta;
+    meta.sort();
+    assert_eq!(meta, vec!["a", "t", "v"]);
     assert!(!exists(&redis, "{ivy}:clients").await);
 
     let stop = serve_restores(&archiver);

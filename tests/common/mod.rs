@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod legacy;
+
 use colony::testkit::{config_for, RedisServer};
 use colony::{IdempotencyKey, Name, PlayerId, Store};
 
