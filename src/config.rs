@@ -481,9 +481,9 @@ pub struct RedisSettings {
     /// result), in seconds; older ones are forgotten and their retries refused with
     /// REQUEST_TOO_OLD. Default 300 (five minutes).
     pub idempotency_window_secs: u64,
-    /// Most applied requests remembered per client and player; past it the oldest are
-    /// forgotten. With the window's age this bounds a player's idempotency memory to
-    /// clients × this many records. Default 32.
+    /// Applied requests remembered per client and player, at least; once a quarter more
+    /// have gathered the oldest are forgotten together. This bounds a player's idempotency
+    /// memory to clients × 1.25 × this many records. Default 32.
     pub idempotency_window_requests: usize,
     /// When a write counts as done: `local` (the master applied it) or `replicated` (and
     /// `WAIT` saw `replicas_to_wait` replicas acknowledge it within
