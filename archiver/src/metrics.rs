@@ -26,6 +26,15 @@ pub struct ShardLabels {
     pub shard: String,
 }
 
+/// Labels of per-shard failure counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardPassLabels {
+    /// The shard's name.
+    pub shard: String,
+    /// archive or checkpoint.
+    pub pass: &'static str,
+}
+
 /// Labels of restore counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RestoreLabels {
@@ -52,6 +61,8 @@ pub struct ArchiverMetrics {
     pub checkpointed: Counter,
     /// Inactive players still in Redis, per shard, at the last pass.
     pub backlog: Family<ShardLabels, Gauge>,
+    /// Passes that stopped on a shard's error, per shard and kind of pass.
+    pub shard_failures: Family<ShardPassLabels, Counter>,
     /// Unix time of the last finished archive pass.
     pub last_pass: Gauge,
     /// The last pass's report, for the status page.
@@ -102,6 +113,12 @@ impl ArchiverMetrics {
             "Inactive players still in Redis at the last pass",
             backlog.clone(),
         );
+        let shard_failures = Family::<ShardPassLabels, Counter>::default();
+        registry.register(
+            "shard_failures",
+            "Archive or checkpoint passes that stopped on this shard's error (the other shards went on)",
+            shard_failures.clone(),
+        );
         let last_pass = Gauge::default();
         registry.register(
             "last_pass_timestamp_seconds",
@@ -117,6 +134,7 @@ impl ArchiverMetrics {
             restore_seconds,
             checkpointed,
             backlog,
+            shard_failures,
             last_pass,
             last_report: Mutex::new(None),
         }
@@ -137,6 +155,16 @@ impl ArchiverMetrics {
         self.archive_failures.inc_by(report.failed);
         self.last_pass.set(now_secs as i64);
         *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+    }
+
+    /// Counts a pass that stopped on `shard`'s error; `pass` is archive or checkpoint.
+    pub fn shard_failure(&self, shard: &str, pass: &'static str) {
+        self.shard_failures
+            .get_or_create(&ShardPassLabels {
+                shard: shard.to_string(),
+                pass,
+            })
+            .inc();
     }
 
     /// Counts a restore; `outcome` is restored, already or error.
@@ -186,10 +214,14 @@ async fn status(State(archiver): State<Arc<Archiver>>) -> Response {
         "last_pass_unix": m.last_pass.get(),
         "last_pass": report.map(|r| json!({
             "candidates": r.candidates, "archived": r.archived, "kept": r.kept, "failed": r.failed,
+            "failed_shards": r.failed_shards,
         })),
         "backlog": backlog
             .into_iter()
-            .map(|(shard, n)| json!({ "shard": shard, "inactive_in_redis": n }))
+            .map(|(shard, n)| match n {
+                Ok(n) => json!({ "shard": shard, "inactive_in_redis": n }),
+                Err(e) => json!({ "shard": shard, "inactive_in_redis": null, "error": e }),
+            })
             .collect::<Vec<_>>(),
     }))
     .into_response()

@@ -45,6 +45,12 @@
 //! (SIGKILL) is still safe by the argument above; finishing only saves redoing the work.
 //! MongoDB or Redis down: the pass fails, the players stay in Redis, and the next pass (every
 //! `scan_interval_secs`) tries again; restore queues reconnect after a second.
+//!
+//! **Shards are apart.** Archive and checkpoint passes run every shard concurrently; a shard
+//! that fails is logged by name, counted (`colony_archiver_shard_failures_total`) and named
+//! in the pass report, and the other shards finish. Each shard has its own restore loop. The
+//! status page asks the shards concurrently and waits at most [`SHARD_QUESTION_TIMEOUT`] for
+//! each.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +73,10 @@ use crate::document::{
 
 /// Slots asked about in one pipelined round trip when a pass walks a shard's slots.
 pub const SLOTS_PER_ROUND_TRIP: usize = 512;
+
+/// How long the status page and the backlog gauge wait for one shard: a shard that is down
+/// is reported as not answering rather than holding the page.
+pub const SHARD_QUESTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most members moved from each legacy per-shard set into the slot sets per pass.
 pub const LEGACY_MOVES_PER_PASS: usize = 1000;
@@ -166,6 +176,8 @@ pub struct PassReport {
     pub kept: u64,
     /// Players that failed (and stayed in Redis).
     pub failed: u64,
+    /// Shards whose pass stopped on an error (by name); the other shards went on.
+    pub failed_shards: Vec<String>,
 }
 
 /// The archiver: the store's shards, and one MongoDB collection per shard.
@@ -283,44 +295,59 @@ impl Archiver {
     }
 
     /// Inactive players still in Redis per shard (name, count), by this machine's clock; a
-    /// shard that cannot be reached is left out. Also sets the backlog gauge.
-    pub async fn backlog(&self) -> Vec<(String, u64)> {
+    /// shard that fails or does not answer within [`SHARD_QUESTION_TIMEOUT`] is reported with
+    /// its error, asked concurrently with the others. Also sets the backlog gauge.
+    pub async fn backlog(&self) -> Vec<(String, Result<u64, String>)> {
         let cutoff = self.cutoff(now_ms());
-        let mut out = Vec::new();
-        for shard in self.shards() {
-            let name = self.store.shard_map().shard(shard).name.clone();
-            let Ok(mut conn) = self.store.master_connection(shard).await else {
-                continue;
-            };
-            let mut count: Result<u64, redis::RedisError> = Ok(0);
-            for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
-                let mut pipe = redis::pipe();
-                for &slot in slots {
-                    pipe.cmd("ZCOUNT")
-                        .arg(SlotKeys::new(slot).active)
-                        .arg("-inf")
-                        .arg(cutoff);
-                }
-                let counts: Result<Vec<u64>, _> = pipe.query_async(&mut conn).await;
-                count = match (count, counts) {
-                    (Ok(total), Ok(counts)) => Ok(total + counts.iter().sum::<u64>()),
-                    (_, Err(e)) | (Err(e), _) => Err(e),
-                };
-                if count.is_err() {
-                    break;
-                }
-            }
+        let counts = join_all(self.shards().map(|shard| async move {
+            let counted =
+                tokio::time::timeout(SHARD_QUESTION_TIMEOUT, self.count_inactive(shard, cutoff))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "no answer within {} ms",
+                            SHARD_QUESTION_TIMEOUT.as_millis()
+                        ))
+                    });
+            (self.shard_name(shard), counted)
+        }))
+        .await;
+        for (name, count) in &counts {
             if let Ok(count) = count {
                 self.metrics
                     .backlog
                     .get_or_create(&crate::metrics::ShardLabels {
                         shard: name.clone(),
                     })
-                    .set(count as i64);
-                out.push((name, count));
+                    .set(*count as i64);
             }
         }
-        out
+        counts
+    }
+
+    /// Players of `shard` last active at or before `cutoff`, over all its slots.
+    async fn count_inactive(&self, shard: ShardIndex, cutoff: u64) -> Result<u64, String> {
+        let mut conn = self
+            .store
+            .master_connection(shard)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut total = 0;
+        for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+            let mut pipe = redis::pipe();
+            for &slot in slots {
+                pipe.cmd("ZCOUNT")
+                    .arg(SlotKeys::new(slot).active)
+                    .arg("-inf")
+                    .arg(cutoff);
+            }
+            let counts: Vec<u64> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            total += counts.iter().sum::<u64>();
+        }
+        Ok(total)
     }
 
     /// The store the archiver works on.
@@ -744,6 +771,10 @@ impl Archiver {
     }
 
     /// [`Archiver::archive_pass`], calling `progress` with the running totals after each batch.
+    ///
+    /// Shards run concurrently and apart: a shard that fails (unreachable, failing over) is
+    /// logged, counted in `colony_archiver_shard_failures_total` and named in
+    /// [`PassReport::failed_shards`], and the others finish their pass.
     pub async fn archive_pass_reporting(
         &self,
         now: u64,
@@ -751,81 +782,122 @@ impl Archiver {
         progress: impl Fn(&PassReport),
     ) -> Result<PassReport, ArchiveError> {
         let cutoff = self.cutoff(now);
-        let mut report = PassReport::default();
-        for shard in self.shards() {
-            if !dry_run {
-                let moved = self.drain_legacy_sets(shard).await?;
-                if moved > 0 {
-                    tracing::info!(
-                        shard = shard.0,
-                        moved,
-                        "moved legacy bookkeeping into slot sets"
-                    );
-                }
-            }
-            let slots = self.slots_of(shard);
-            let mut next_slot = 0;
-            let mut failed_before = std::collections::HashSet::new();
-            while !self.stopping() && next_slot < slots.len() {
-                let (ids, resume) = self
-                    .candidates_from(
-                        shard,
-                        &slots,
-                        next_slot,
-                        cutoff,
-                        self.config.batch_size,
-                        &failed_before,
-                    )
-                    .await?;
-                next_slot = resume;
-                if ids.is_empty() {
-                    break;
-                }
-                report.candidates += ids.len() as u64;
-                if dry_run {
-                    break;
-                }
-                let started = Instant::now();
-                let mut progressed = false;
-                for (id, outcome) in ids
-                    .iter()
-                    .zip(self.archive_batch(shard, &ids, cutoff).await)
-                {
-                    match outcome {
-                        Ok(Removal::Archived) => {
-                            report.archived += 1;
-                            progressed = true;
-                        }
-                        Ok(Removal::Already) => progressed = true,
-                        Ok(Removal::Changed | Removal::Active) => {
-                            report.kept += 1;
-                            failed_before.insert(id.clone());
-                        }
-                        Err(e) => {
-                            tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
-                            report.failed += 1;
-                            failed_before.insert(id.clone());
-                        }
-                    }
-                }
-                progress(&report);
-                if report.failed > 0 && !progressed {
-                    break;
-                }
-                if self.config.max_players_per_sec > 0 {
-                    let budget = Duration::from_secs_f64(
-                        ids.len() as f64 / self.config.max_players_per_sec as f64,
-                    );
-                    if let Some(rest) = budget.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(rest).await;
-                    }
-                }
+        let totals = std::sync::Mutex::new(PassReport::default());
+        let outcomes = join_all(
+            self.shards()
+                .map(|shard| self.archive_shard(shard, cutoff, dry_run, &totals, &progress)),
+        )
+        .await;
+        let mut report = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (shard, outcome) in self.shards().zip(outcomes) {
+            if let Err(e) = outcome {
+                let name = self.shard_name(shard);
+                tracing::warn!(shard = %name, error = %e, "archive pass failed on this shard; the other shards went on");
+                self.metrics.shard_failure(&name, "archive");
+                report.failed_shards.push(name);
             }
         }
         if !dry_run {
             self.metrics.pass(&report, now_ms() / 1000);
         }
         Ok(report)
+    }
+
+    /// The name `shard` has in the configuration.
+    pub fn shard_name(&self, shard: ShardIndex) -> String {
+        self.store.shard_map().shard(shard).name.clone()
+    }
+
+    /// One shard's part of an archive pass, adding its counts to `totals` after each batch.
+    async fn archive_shard(
+        &self,
+        shard: ShardIndex,
+        cutoff: u64,
+        dry_run: bool,
+        totals: &std::sync::Mutex<PassReport>,
+        progress: &impl Fn(&PassReport),
+    ) -> Result<(), ArchiveError> {
+        let add = |f: &dyn Fn(&mut PassReport)| {
+            let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut totals);
+            progress(&totals);
+        };
+        if !dry_run {
+            let moved = self.drain_legacy_sets(shard).await?;
+            if moved > 0 {
+                tracing::info!(
+                    shard = %self.shard_name(shard),
+                    moved,
+                    "moved legacy bookkeeping into slot sets"
+                );
+            }
+        }
+        // The configured rate is for the whole archiver; shards run concurrently.
+        let shards = self.collections.len().max(1) as f64;
+        let slots = self.slots_of(shard);
+        let mut next_slot = 0;
+        let mut failed_before = std::collections::HashSet::new();
+        while !self.stopping() && next_slot < slots.len() {
+            let (ids, resume) = self
+                .candidates_from(
+                    shard,
+                    &slots,
+                    next_slot,
+                    cutoff,
+                    self.config.batch_size,
+                    &failed_before,
+                )
+                .await?;
+            next_slot = resume;
+            if ids.is_empty() {
+                break;
+            }
+            if dry_run {
+                add(&|t| t.candidates += ids.len() as u64);
+                break;
+            }
+            let started = Instant::now();
+            let (mut archived, mut kept, mut failed, mut progressed) = (0, 0, 0, false);
+            for (id, outcome) in ids
+                .iter()
+                .zip(self.archive_batch(shard, &ids, cutoff).await)
+            {
+                match outcome {
+                    Ok(Removal::Archived) => {
+                        archived += 1;
+                        progressed = true;
+                    }
+                    Ok(Removal::Already) => progressed = true,
+                    Ok(Removal::Changed | Removal::Active) => {
+                        kept += 1;
+                        failed_before.insert(id.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
+                        failed += 1;
+                        failed_before.insert(id.clone());
+                    }
+                }
+            }
+            add(&|t| {
+                t.candidates += ids.len() as u64;
+                t.archived += archived;
+                t.kept += kept;
+                t.failed += failed;
+            });
+            if failed > 0 && !progressed {
+                break;
+            }
+            if self.config.max_players_per_sec > 0 {
+                let budget = Duration::from_secs_f64(
+                    ids.len() as f64 * shards / self.config.max_players_per_sec as f64,
+                );
+                if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Restores a player from MongoDB: everything when `full`, else the public part.
@@ -858,23 +930,40 @@ impl Archiver {
     }
 
     /// Copies the players of every shard that changed since their last checkpoint to MongoDB,
-    /// leaving them in Redis. Returns how many were copied.
+    /// leaving them in Redis. Returns how many were copied. Shards run concurrently and apart:
+    /// one that fails is logged and counted (`colony_archiver_shard_failures_total`), and the
+    /// others finish.
     pub async fn checkpoint_pass(&self) -> Result<u64, ArchiveError> {
+        let outcomes = join_all(self.shards().map(|shard| self.checkpoint_shard(shard))).await;
         let mut copied = 0;
-        for shard in self.shards() {
-            let mut conn = self.store.master_connection(shard).await?;
-            // One round over the players dirty now, slot by slot; those that change meanwhile
-            // wait for the next pass.
-            for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
-                let mut pipe = redis::pipe();
-                for &slot in slots {
-                    pipe.cmd("SMEMBERS").arg(SlotKeys::new(slot).dirty);
+        for (shard, outcome) in self.shards().zip(outcomes) {
+            match outcome {
+                Ok(n) => copied += n,
+                Err(e) => {
+                    let name = self.shard_name(shard);
+                    tracing::warn!(shard = %name, error = %e, "checkpoint failed on this shard; the other shards went on");
+                    self.metrics.shard_failure(&name, "checkpoint");
                 }
-                let per_slot: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-                let ids: Vec<String> = per_slot.into_iter().flatten().collect();
-                for chunk in ids.chunks(self.config.batch_size) {
-                    copied += self.checkpoint_batch(shard, &mut conn, chunk).await?;
-                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// One shard's checkpoints: its slots' dirty sets, in bounded chunks of slots.
+    async fn checkpoint_shard(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
+        let mut copied = 0;
+        let mut conn = self.store.master_connection(shard).await?;
+        // One round over the players dirty now, slot by slot; those that change meanwhile
+        // wait for the next pass.
+        for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+            let mut pipe = redis::pipe();
+            for &slot in slots {
+                pipe.cmd("SMEMBERS").arg(SlotKeys::new(slot).dirty);
+            }
+            let per_slot: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            let ids: Vec<String> = per_slot.into_iter().flatten().collect();
+            for chunk in ids.chunks(self.config.batch_size) {
+                copied += self.checkpoint_batch(shard, &mut conn, chunk).await?;
             }
         }
         Ok(copied)

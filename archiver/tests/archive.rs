@@ -860,3 +860,80 @@ async fn an_archived_then_restored_player_refuses_retries_too_old_to_judge() {
     ));
     store.execute(gold("gs", 5)).await.expect("applies");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored() {
+    let healthy = RedisServer::start().expect("redis");
+    let mut down = RedisServer::start().expect("redis");
+    let mut down_replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &down.port().to_string()])
+            .expect("replica");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&healthy, &mongo);
+    let two = colony::testkit::config_for(&[&healthy, &down]);
+    config.shards = two.shards;
+    config.redis.retry_deadline_ms = 500;
+    let store = Store::new(&config).expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let map = store.shard_map().clone();
+    let on = |shard: usize| -> Vec<String> {
+        (0..200)
+            .map(|i| format!("iso-{i}"))
+            .filter(|id| map.shard_for_player(&pid(id)) == ShardIndex(shard))
+            .take(3)
+            .collect()
+    };
+    let (here, there) = (on(0), on(1));
+    for (i, id) in here.iter().chain(&there).enumerate() {
+        create(&store, id, i as u64 + 1).await;
+    }
+    down_replica.kill().expect("replica stops");
+    down.kill().expect("master stops");
+
+    // Checkpoints and archiving go on for the healthy shard, and the pass names the other.
+    assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 3);
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!((report.archived, report.failed), (3, 0), "{report:?}");
+    assert_eq!(report.failed_shards, vec!["shard-1".to_string()]);
+    let failures = archiver.metrics().render();
+    for pass in ["archive", "checkpoint"] {
+        let line =
+            format!("colony_archiver_shard_failures_total{{shard=\"shard-1\",pass=\"{pass}\"}} 1");
+        assert!(failures.contains(&line), "{failures}");
+    }
+
+    // Restores of the healthy shard are served.
+    let stop = serve_restores(&archiver);
+    let (_, entries) = owner_view(&store, &here[0]).await;
+    assert_eq!(entries.len(), 2);
+    let _ = stop.send(true);
+
+    // The status page answers within its bound, naming the shard that does not.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(axum_serve(listener, archiver.clone()));
+    let started = std::time::Instant::now();
+    let (code, body) = http_get(address, "/admin/status").await;
+    assert_eq!(code, 200);
+    assert!(
+        started.elapsed()
+            < colony_archiver::worker::SHARD_QUESTION_TIMEOUT + std::time::Duration::from_secs(1),
+        "status took {:?}",
+        started.elapsed()
+    );
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["backlog"][0]["shard"], "shard-0", "{status}");
+    // The restored player counts again (the test's inactivity period is 0 s).
+    assert_eq!(status["backlog"][0]["inactive_in_redis"], 1, "{status}");
+    assert_eq!(status["backlog"][1]["shard"], "shard-1", "{status}");
+    assert!(status["backlog"][1]["error"].is_string(), "{status}");
+    assert_eq!(
+        status["last_pass"]["failed_shards"][0], "shard-1",
+        "{status}"
+    );
+}

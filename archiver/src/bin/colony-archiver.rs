@@ -86,6 +86,12 @@ async fn run() -> anyhow::Result<()> {
             eprintln!();
         }
         tracing::info!(?report, dry_run = args.dry_run, "archive pass done");
+        // The other shards' work is done; say so in the exit status too, for cron and CI.
+        anyhow::ensure!(
+            report.failed_shards.is_empty(),
+            "the pass failed on shard(s) {}",
+            report.failed_shards.join(", ")
+        );
         return Ok(());
     }
     colony_archiver::serve(&config, colony::process::stop_signal()).await?;
