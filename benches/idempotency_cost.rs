@@ -58,6 +58,7 @@ struct Figures {
 
 fn bounds() -> Bounds {
     Bounds {
+        track_changes: true,
         window: Window {
             length: common::option("--window", 32) as usize,
             ..Window::of(&RedisSettings::default())

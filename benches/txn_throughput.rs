@@ -187,21 +187,29 @@ fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
         .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-c", &CONCURRENCY.to_string(), "-P", &BATCH.to_string()])
         .args(["-n", &requests.to_string(), "-r", "100000000", "-q"])
-        .args(["EVALSHA", &sha, "8"])
+        .args(["EVALSHA", &sha, "7"])
         .args([
             "{__rand_int__}:meta",
             "{__rand_int__}:pub",
             "{__rand_int__}:priv",
             bookkeeping.active.as_str(),
-            "{__rand_int__}:idem",
             bookkeeping.dirty.as_str(),
             "{__rand_int__}:clients",
             "{__rand_int__}:idem:bench:__rand_int__",
         ])
-        // Player, access, client, request, the default window (5 min, 32 requests, one-day
-        // TTL), read budget, player bounds, then the operation.
-        .args(["__rand_int__", "o", "bench", "__rand_int__"])
-        .args(["300000", "32", "86400000", "2097152", "1048576", "4096"])
+        // Player, access, client, request, a fingerprint (every request is new, so it is
+        // never compared), the default window (5 min, 32 requests, one-day TTL), read budget,
+        // player bounds, checkpoints on, then the operation.
+        .args([
+            "__rand_int__",
+            "o",
+            "bench",
+            "__rand_int__",
+            &"0".repeat(40),
+        ])
+        .args([
+            "300000", "32", "86400000", "2097152", "1048576", "4096", "1",
+        ])
         .args(["I", "gold", "r", "1", "0", &MAX_GOLD.to_string()])
         .output()
         .expect("redis-benchmark runs (installed with redis-tools)");

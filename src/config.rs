@@ -96,7 +96,8 @@ pub struct ArchiveConfig {
     pub scan_interval_secs: u64,
     /// Time between checkpoints (changed live players copied to MongoDB without leaving
     /// Redis), in seconds; a lost shard can be rebuilt up to this long ago. 0 turns
-    /// checkpoints off. Default 300.
+    /// checkpoints off, and then the store (gateways included) keeps no set of changed
+    /// players either, so gateways and archiver must agree on it. Default 300.
     pub checkpoint_interval_secs: u64,
     /// Address of the archiver's admin HTTP listener (`/metrics`, `/healthz`,
     /// `/admin/status`). Default `127.0.0.1:7402`.
@@ -497,6 +498,11 @@ pub struct RedisSettings {
     /// unreachable, outcome unknown), with capped exponential backoff and jitter, in
     /// milliseconds. 0 disables retries. Default 3000.
     pub retry_deadline_ms: u64,
+    /// Most restore requests a shard's queue holds. A request already waiting is not queued
+    /// again; past the cap new requests are not queued (their transactions keep retrying,
+    /// and end UNAVAILABLE at the retry deadline if the archiver does not catch up).
+    /// Default 10000.
+    pub max_restore_requests: usize,
     /// Consecutive failures of a shard that open its circuit breaker; while open, its players
     /// fail at once with UNAVAILABLE. Default 5.
     pub breaker_failures: u32,
@@ -531,6 +537,7 @@ impl Default for RedisSettings {
             replicas_to_wait: 1,
             replication_timeout_ms: 500,
             retry_deadline_ms: 3000,
+            max_restore_requests: 10_000,
             breaker_failures: 5,
             breaker_cooldown_ms: 1000,
             sentinel_timeout_ms: 500,
@@ -630,6 +637,12 @@ impl Config {
             r.idempotency_window_secs,
             1,
             r.idempotency_ttl_secs,
+        )?;
+        within(
+            "redis.max_restore_requests",
+            r.max_restore_requests,
+            1,
+            10_000_000,
         )?;
         within(
             "redis.idempotency_window_requests",

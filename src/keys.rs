@@ -9,9 +9,10 @@
 //! | `{id}:clients`                        | zset   | clients with a window, scored by last write (ms) |
 //! | `colony:{<slot tag>}:active` (per slot) | zset | player ids scored by last-active ms         |
 //! | `colony:{<slot tag>}:dirty` (per slot)  | set  | players changed since their last checkpoint |
-//! | `colony:restore` (per shard)          | list   | restore requests for the archiver           |
+//! | `colony:restores` (per shard)         | zset   | restore requests for the archiver, by request time; capped, no duplicates |
 //! | `{id}:idem:<client id>:<request id>`  | string | legacy idempotency record (read, never written) |
 //! | `colony:active`, `colony:dirty` (per shard) | zset, set | legacy bookkeeping, drained by the archiver |
+//! | `colony:restore` (per shard)          | list   | legacy restore queue, still served by the archiver |
 //!
 //! Every key a script touches lies in the player's slot: the player's own keys by their tag,
 //! the bookkeeping by its slot tag ([`slot_tag`]). So a slot's players are listed from the
@@ -35,9 +36,14 @@ pub const LEGACY_ACTIVE_SET: &str = "colony:active";
 /// the archiver drains what it still holds.
 pub const LEGACY_DIRTY_SET: &str = "colony:dirty";
 
-/// Per-shard list of restore requests for the archiver: [`restore_request`] entries, pushed
-/// on the left, taken from the right.
-pub const RESTORE_QUEUE: &str = "colony:restore";
+/// Per-shard queue of restore requests for the archiver: a sorted set of [`restore_request`]
+/// entries by request time, so a request already waiting is not queued twice and the queue's
+/// length can be capped (`redis.max_restore_requests`). The archiver takes the oldest first.
+pub const RESTORE_QUEUE: &str = "colony:restores";
+
+/// The per-shard list of restore requests that [`RESTORE_QUEUE`] replaced; the archiver still
+/// serves what it holds.
+pub const LEGACY_RESTORE_QUEUE: &str = "colony:restore";
 
 /// A restore request: `f:<id>` (everything, for the owner) or `p:<id>` (the public part).
 pub fn restore_request(player: &PlayerId, full: bool) -> String {

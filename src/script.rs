@@ -16,7 +16,7 @@ use crate::model::{
 
 /// Index (from 0) of the script's first operation argument; the ones before it are the
 /// player, access, idempotency key, window and bounds.
-pub const FIRST_OPERATION: usize = 11;
+pub const FIRST_OPERATION: usize = 12;
 
 /// Source of the transaction script.
 pub const SOURCE: &str = include_str!("transaction.lua");
@@ -78,9 +78,13 @@ impl Window {
     }
 }
 
-/// The bounds the script enforces on one call.
+/// The bounds the script enforces on one call, and what it keeps besides the player.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
+    /// Whether a write adds the player to its slot's set of players changed since their last
+    /// checkpoint (only when the archiver takes checkpoints: otherwise nothing reads the set,
+    /// and it would grow with every player ever written).
+    pub track_changes: bool,
     /// The idempotency window.
     pub window: Window,
     /// Most bytes the transaction's reads may return (names, values, and
@@ -124,6 +128,11 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
     args.push(bounds.read_budget.to_string().into_bytes());
     args.push(bounds.max_player_bytes.to_string().into_bytes());
     args.push(bounds.max_player_entries.to_string().into_bytes());
+    args.push(if bounds.track_changes {
+        b"1".to_vec()
+    } else {
+        b"0".to_vec()
+    });
     args.extend(operations);
     let slot_keys = SlotKeys::of_player(&txn.player);
     Invocation {
@@ -395,6 +404,7 @@ mod tests {
                 expected: None,
             });
         let bounds = Bounds {
+            track_changes: true,
             window: Window {
                 age_ms: 1000,
                 length: 3,
@@ -423,6 +433,7 @@ mod tests {
                 b"5000",
                 b"600",
                 b"7",
+                b"1",
                 b"I",
                 b"gold",
                 b"r",

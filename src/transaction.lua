@@ -27,7 +27,9 @@
 -- ARGV[9] read budget: most bytes the reads may return (names, values, 16 per entry)
 -- ARGV[10] most bytes of the player's entries (names and values) a write may leave
 -- ARGV[11] most entries a write may leave
--- ARGV[12..] operations, each an opcode followed by its arguments:
+-- ARGV[12] '1' when writes are recorded in KEYS[5] for the archiver's checkpoints, '0' when
+--          checkpoints are off (then nothing reads the set)
+-- ARGV[13..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -67,7 +69,8 @@ local use_idem = client ~= ''
 local window_ms, window_length, client_ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local read_budget = tonumber(ARGV[9])
 local max_bytes, max_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
-local FIRST_OP = 12
+local track_changes = ARGV[12] == '1'
+local FIRST_OP = 13
 local LIMIT = 9007199254740991
 -- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
 local ENTRY_OVERHEAD = 16
@@ -409,7 +412,7 @@ end
 redis.call('HSET', meta, unpack(meta_fields))
 redis.call('ZADD', active, now, player)
 -- The archiver's checkpoints copy changed players to MongoDB.
-redis.call('SADD', dirty, player)
+if track_changes then redis.call('SADD', dirty, player) end
 
 if use_idem and not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
   -- A new client on this player: forget up to two clients without a write for the TTL

@@ -309,6 +309,7 @@ async fn records_of_the_previous_layout_are_honoured_until_they_expire() {
     // The previous version applies (legacy-client, 7): a record string key with a TTL.
     let txn = add_gold("fin", "legacy-client", 7);
     let bounds = colony::script::Bounds {
+        track_changes: true,
         window: colony::script::Window::of(&config.redis),
         read_budget: 1 << 20,
         max_player_bytes: 1 << 20,

@@ -819,3 +819,79 @@ async fn reads_stop_at_their_budget_and_a_failed_read_applies_nothing() {
         r.expect("within the share");
     }
 }
+
+/// Marks `player` archived at version 1 the way the archiver leaves it, without an archiver.
+async fn mark_archived(conn: &mut redis::aio::MultiplexedConnection, player: &str) {
+    let () = redis::cmd("HSET")
+        .arg(format!("{{{player}}}:meta"))
+        .arg(&["v", "1", "a", "1"])
+        .query_async(conn)
+        .await
+        .expect("marks");
+}
+
+#[tokio::test]
+async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
+    let server = RedisServer::start().expect("starts");
+    let mut config = config_for(&[&server]);
+    config.redis.retry_deadline_ms = 300;
+    config.redis.max_restore_requests = 3;
+    let store = Store::new(&config).expect("store");
+    let mut conn = raw(&server).await;
+    // No archiver runs: every attempt meets the marker until the deadline.
+    for player in ["r0", "r1", "r2", "r3", "r4"] {
+        mark_archived(&mut conn, player).await;
+    }
+    for _ in 0..3 {
+        let read = store.get_player(pid("r0"), Access::Owner).await;
+        assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
+    }
+    let queued: Vec<String> = redis::cmd("ZRANGE")
+        .arg(colony::keys::RESTORE_QUEUE)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(
+        queued,
+        vec!["f:r0".to_string()],
+        "one request, however often asked"
+    );
+    let batch: Vec<Transaction> = ["r1", "r2", "r3", "r4"]
+        .iter()
+        .map(|p| Transaction::owner(pid(p), None).with(Operation::Read { names: vec![] }))
+        .collect();
+    for result in store.execute_batch(batch).await.expect("batch") {
+        assert!(
+            matches!(result, Err(Error::Unavailable { .. })),
+            "{result:?}"
+        );
+    }
+    let length: u64 = redis::cmd("ZCARD")
+        .arg(colony::keys::RESTORE_QUEUE)
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    assert_eq!(length, 3, "capped at redis.max_restore_requests");
+}
+
+#[tokio::test]
+async fn writes_are_recorded_for_checkpoints_only_when_checkpoints_are_on() {
+    let server = RedisServer::start().expect("starts");
+    let mut conn = raw(&server).await;
+    for (interval, expected) in [(0, 0u64), (300, 1)] {
+        let mut config = config_for(&[&server]);
+        config.archive.checkpoint_interval_secs = interval;
+        let store = Store::new(&config).expect("store");
+        let player = format!("dirty-{interval}");
+        let txn = Transaction::owner(pid(&player), key(1)).with(incr("gold", 1, None, None));
+        store.execute(txn).await.expect("commits");
+        let dirty: u64 = redis::cmd("SCARD")
+            .arg(colony::keys::SlotKeys::of_player(&pid(&player)).dirty)
+            .query_async(&mut conn)
+            .await
+            .expect("scard");
+        assert_eq!(dirty, expected, "checkpoint_interval_secs = {interval}");
+    }
+}

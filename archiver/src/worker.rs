@@ -31,9 +31,12 @@
 //!
 //! ## Restores
 //!
-//! The store pushes `f:<id>` (everything, for the owner) or `p:<id>` (the public part) to the
-//! shard's `colony:restore` list when a transaction meets an archived player, and retries the
-//! transaction. The archiver takes requests with `BRPOP` on a connection of its own per shard,
+//! The store queues `f:<id>` (everything, for the owner) or `p:<id>` (the public part) in the
+//! shard's `colony:restores` sorted set (by request time; a request already waiting is not
+//! queued twice, and the set holds at most `redis.max_restore_requests`) when a transaction
+//! meets an archived player, and retries the transaction. The archiver takes the oldest with
+//! `BZPOPMIN` on a connection of its own per shard (after anything left in the previous
+//! version's `colony:restore` list),
 //! reads the document and runs the restore script, which only acts on a player still marked
 //! archived at the document's version: concurrent and repeated restores are harmless.
 //!
@@ -62,7 +65,9 @@ use redis::Value as RedisValue;
 use tokio::sync::watch;
 
 use colony::config::ArchiveConfig;
-use colony::keys::{PlayerKeys, SlotKeys, LEGACY_ACTIVE_SET, LEGACY_DIRTY_SET, RESTORE_QUEUE};
+use colony::keys::{
+    PlayerKeys, SlotKeys, LEGACY_ACTIVE_SET, LEGACY_DIRTY_SET, LEGACY_RESTORE_QUEUE, RESTORE_QUEUE,
+};
 use colony::shard_map::ShardIndex;
 use colony::slot::Slot;
 use colony::{Config, PlayerId, Store};
@@ -949,22 +954,51 @@ impl Archiver {
         Ok(copied)
     }
 
-    /// One shard's checkpoints: its slots' dirty sets, in bounded chunks of slots.
+    /// One shard's checkpoints: its slots' dirty sets, read in bounded chunks — sizes for
+    /// [`SLOTS_PER_ROUND_TRIP`] slots at a time, then `SSCAN` pages of `batch_size` — and
+    /// checkpointed `batch_size` players at a time, so memory stays bounded however many
+    /// players changed.
     async fn checkpoint_shard(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
+        let batch = self.config.batch_size;
         let mut copied = 0;
         let mut conn = self.store.master_connection(shard).await?;
         // One round over the players dirty now, slot by slot; those that change meanwhile
-        // wait for the next pass.
+        // wait for the next pass (or are met again by the scan: a second copy is harmless).
+        let mut pending: Vec<String> = Vec::with_capacity(batch * 2);
         for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
             let mut pipe = redis::pipe();
             for &slot in slots {
-                pipe.cmd("SMEMBERS").arg(SlotKeys::new(slot).dirty);
+                pipe.cmd("SCARD").arg(SlotKeys::new(slot).dirty);
             }
-            let per_slot: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-            let ids: Vec<String> = per_slot.into_iter().flatten().collect();
-            for chunk in ids.chunks(self.config.batch_size) {
-                copied += self.checkpoint_batch(shard, &mut conn, chunk).await?;
+            let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
+            for (&slot, size) in slots.iter().zip(sizes) {
+                if size == 0 {
+                    continue;
+                }
+                let key = SlotKeys::new(slot).dirty;
+                let mut cursor = 0u64;
+                loop {
+                    let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(batch)
+                        .query_async(&mut conn)
+                        .await?;
+                    pending.extend(ids);
+                    while pending.len() >= batch {
+                        let chunk: Vec<String> = pending.drain(..batch).collect();
+                        copied += self.checkpoint_batch(shard, &mut conn, &chunk).await?;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
             }
+        }
+        if !pending.is_empty() {
+            copied += self.checkpoint_batch(shard, &mut conn, &pending).await?;
         }
         Ok(copied)
     }
@@ -1079,17 +1113,33 @@ impl Archiver {
                 }
             }
             let Some(c) = conn.as_mut() else { continue };
-            let mut blpop = redis::cmd("BRPOP");
-            blpop.arg(RESTORE_QUEUE).arg(1);
-            let popped: Result<Option<(String, String)>, redis::RedisError> = tokio::select! {
-                popped = blpop.query_async(c) => popped,
-                _ = stop.changed() => break,
-            };
+            // The oldest request first; what a gateway of the previous version pushed to the
+            // legacy list is served too, ahead of waiting.
+            let popped: Result<Option<String>, redis::RedisError> = async {
+                let legacy: Option<String> = redis::cmd("RPOP")
+                    .arg(LEGACY_RESTORE_QUEUE)
+                    .query_async(c)
+                    .await?;
+                if legacy.is_some() {
+                    return Ok(legacy);
+                }
+                let mut pop = redis::cmd("BZPOPMIN");
+                pop.arg(RESTORE_QUEUE).arg(1);
+                let popped: Option<(String, String, f64)> = tokio::select! {
+                    popped = pop.query_async(c) => popped?,
+                    _ = stop.changed() => None,
+                };
+                Ok(popped.map(|(_, request, _)| request))
+            }
+            .await;
+            if *stop.borrow() {
+                break;
+            }
             let request = match popped {
-                Ok(Some((_, request))) => request,
+                Ok(Some(request)) => request,
                 Ok(None) => continue,
                 Err(e) => {
-                    // NOREPLICAS (BRPOP writes), READONLY after a failover, a lost connection:
+                    // NOREPLICAS (the pops write), READONLY after a failover, a lost connection:
                     // reconnect (the master may have moved), but pause first. Retrying at once
                     // opened a connection per attempt, thousands a second, and the load kept
                     // the master's replicas from counting as good: NOREPLICAS for everyone.

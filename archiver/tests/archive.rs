@@ -772,6 +772,36 @@ async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_se
         .await
         .expect("pass");
     assert_eq!((report.candidates, report.archived), (2, 2), "{report:?}");
+
+    // A restore request a gateway of the previous version pushed to the legacy list is
+    // still served.
+    let archiver = Arc::new(archiver);
+    let () = redis::cmd("LPUSH")
+        .arg("colony:restore")
+        .arg("f:old-a")
+        .query_async(&mut conn)
+        .await
+        .expect("lpush");
+    let stop = serve_restores(&archiver);
+    let url = redis.url();
+    let restored = tokio::task::spawn_blocking(move || {
+        let mut conn = redis::Client::open(url)
+            .expect("client")
+            .get_connection()
+            .expect("connects");
+        wait_until(std::time::Duration::from_secs(10), || {
+            let marker: Option<String> = redis::cmd("HGET")
+                .arg("{old-a}:meta")
+                .arg("a")
+                .query(&mut conn)
+                .expect("hget");
+            marker.is_none()
+        })
+    })
+    .await
+    .expect("joins");
+    assert!(restored, "the legacy request was not served");
+    let _ = stop.send(true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

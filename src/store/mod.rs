@@ -57,6 +57,9 @@ struct StoreInner {
     shards: Vec<Arc<ShardLinks>>,
     settings: RedisSettings,
     limits: Limits,
+    /// Whether writes are recorded for the archiver's checkpoints
+    /// (`archive.checkpoint_interval_secs` > 0).
+    track_changes: bool,
     observer: Option<Arc<dyn ShardObserver>>,
     retries: AtomicU64,
 }
@@ -78,6 +81,7 @@ impl Store {
                 shards,
                 settings,
                 limits: config.limits.clone(),
+                track_changes: config.archive.checkpoint_interval_secs > 0,
                 observer: None,
                 retries: AtomicU64::new(0),
             }),
@@ -278,13 +282,26 @@ impl Store {
             let links = &self.inner.shards[shard.0];
             let Ok(link) = links.get().await else { return };
             let mut conn = link.conn.clone();
-            let pushed: Result<i64, redis::RedisError> = redis::cmd("LPUSH")
-                .arg(crate::keys::RESTORE_QUEUE)
-                .arg(requests.into_iter().collect::<Vec<_>>())
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = pushed {
-                tracing::warn!(shard = %links.name, error = %e, "cannot request a restore");
+            let mut invocation = RESTORE_REQUEST.prepare_invoke();
+            invocation
+                .key(crate::keys::RESTORE_QUEUE)
+                .arg(self.inner.settings.max_restore_requests);
+            for request in requests {
+                invocation.arg(request);
+            }
+            let pushed: Result<(u64, u64, u64), redis::RedisError> =
+                invocation.invoke_async(&mut conn).await;
+            match pushed {
+                Err(e) => {
+                    tracing::warn!(shard = %links.name, error = %e, "cannot request a restore")
+                }
+                Ok((_, _, refused)) if refused > 0 => tracing::warn!(
+                    shard = %links.name,
+                    refused,
+                    cap = self.inner.settings.max_restore_requests,
+                    "restore queue full; requests not queued"
+                ),
+                Ok(_) => {}
             }
         });
         join_all(pushes).await;
@@ -325,6 +342,7 @@ impl Store {
         // (and a replayed result fits as the first one did).
         let reading = txns.iter().filter(|t| t.reads()).count();
         let bounds = script::Bounds {
+            track_changes: self.inner.track_changes,
             window: script::Window::of(&self.inner.settings),
             read_budget: limits.read_budget(reading),
             max_player_bytes: limits.max_player_bytes,
@@ -552,6 +570,10 @@ const RESTORE_POLL: Duration = Duration::from_millis(2);
 
 /// How long a restore request is given before it is sent again.
 const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
+
+/// Queues restore requests on a shard: no duplicates, at most `redis.max_restore_requests`.
+static RESTORE_REQUEST: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../restore_request.lua")));
 
 /// A random delay in `[0, min(500 ms, 10 ms * 2^attempt)]` ("full jitter"), so that clients
 /// retrying after the same failure spread out instead of arriving together.

@@ -41,9 +41,9 @@ pub fn evalsha_v1(txn: &Transaction, bounds: &Bounds) -> redis::Cmd {
             "0"
         })
         .arg(bounds.window.client_ttl_ms)
-        .arg(&today.args[7])
         .arg(&today.args[8])
-        .arg(&today.args[9]);
+        .arg(&today.args[9])
+        .arg(&today.args[10]);
     for arg in &today.args[FIRST_OPERATION..] {
         cmd.arg(arg);
     }
