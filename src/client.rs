@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that deadlines and backoff follow paused time in tests.
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,7 +40,8 @@ pub struct ClientConfig {
     pub client_id: String,
     /// Time allowed to connect and authenticate.
     pub connect_timeout: Duration,
-    /// Time allowed for one call, retries included.
+    /// Time allowed for one call, retries, reconnections and waiting for answers included:
+    /// a call never takes longer.
     pub request_deadline: Duration,
     /// First retry delay; doubles per attempt up to `backoff_max`, with full jitter.
     pub backoff_base: Duration,
@@ -85,6 +89,8 @@ struct Connection {
     frames: mpsc::Sender<pb::ClientFrame>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
     closed: Arc<AtomicBool>,
+    /// Tells the reader and the writer to stop: [`Client::close`].
+    shutdown: tokio::sync::watch::Sender<bool>,
     hello: pb::HelloResult,
 }
 
@@ -101,6 +107,8 @@ struct ClientInner {
     next_key: AtomicU64,
     /// An idempotency key with the configured (validated) client id.
     key_prototype: IdempotencyKey,
+    /// Set by [`Client::close`]: no new connection is opened after it.
+    closed_by_caller: AtomicBool,
 }
 
 /// Why a call's transport failed.
@@ -122,10 +130,22 @@ impl Client {
                 next_request_id: AtomicU64::new(1),
                 next_key: AtomicU64::new(1),
                 key_prototype,
+                closed_by_caller: AtomicBool::new(false),
             }),
         };
-        client.connection().await?;
+        let deadline = Instant::now() + client.inner.config.connect_timeout;
+        client.connection(deadline).await?;
         Ok(client)
+    }
+
+    /// Closes the connection: requests in flight end at once (writes among them UNKNOWN, as
+    /// for any lost connection), and later calls fail UNAVAILABLE without connecting again.
+    pub async fn close(&self) {
+        self.inner.closed_by_caller.store(true, Ordering::SeqCst);
+        if let Some(conn) = self.inner.connection.lock().await.take() {
+            conn.closed.store(true, Ordering::SeqCst);
+            let _ = conn.shutdown.send(true);
+        }
     }
 
     /// A fresh idempotency key: this client's id and the next request number.
@@ -136,11 +156,19 @@ impl Client {
 
     /// The gateway's answer to Hello (role and limits) on the current connection.
     pub async fn hello(&self) -> Result<pb::HelloResult, Error> {
-        Ok(self.connection().await?.hello.clone())
+        let deadline = Instant::now() + self.inner.config.connect_timeout;
+        Ok(self.connection(deadline).await?.hello.clone())
     }
 
-    /// The live connection, opening one if there is none.
-    async fn connection(&self) -> Result<Arc<Connection>, Error> {
+    /// The live connection, opening one if there is none, by `deadline` at the latest (and
+    /// within `connect_timeout`).
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, Error> {
+        if self.inner.closed_by_caller.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                shard: String::new(),
+                reason: "the client was closed".into(),
+            });
+        }
         let mut slot = self.inner.connection.lock().await;
         if let Some(conn) = slot.as_ref() {
             if !conn.closed.load(Ordering::Relaxed) {
@@ -149,7 +177,8 @@ impl Client {
         }
         *slot = None;
         let config = &self.inner.config;
-        let conn = tokio::time::timeout(config.connect_timeout, open(config))
+        let until = deadline.min(Instant::now() + config.connect_timeout);
+        let conn = tokio::time::timeout_at(until, open(config))
             .await
             .map_err(|_| Error::Unavailable {
                 shard: String::new(),
@@ -160,9 +189,18 @@ impl Client {
         Ok(conn)
     }
 
-    /// Sends one request and waits for its answer (no retry).
-    async fn call(&self, body: pb::client_frame::Body) -> Result<pb::server_frame::Body, Error> {
-        let conn = self.connection().await?;
+    /// Sends one request and waits for its answer until `deadline` (no retry).
+    async fn call(
+        &self,
+        body: pb::client_frame::Body,
+        deadline: Instant,
+    ) -> Result<pb::server_frame::Body, Error> {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                shard: String::new(),
+            });
+        }
+        let conn = self.connection(deadline).await?;
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(request_id, tx);
@@ -187,7 +225,7 @@ impl Client {
                 reason: "connection closed before sending".into(),
             });
         }
-        let reply = match tokio::time::timeout(self.inner.config.request_deadline, rx).await {
+        let reply = match tokio::time::timeout_at(deadline, rx).await {
             Ok(reply) => reply.unwrap_or_else(|_| Err(lost("no reply")))?,
             Err(_) => {
                 lock(&conn.pending).remove(&request_id);
@@ -232,7 +270,9 @@ impl Client {
                     .map(|&i| wire::transaction_to_pb(&transactions[i]))
                     .collect(),
             };
-            let outcome = self.call(pb::client_frame::Body::Batch(batch)).await;
+            let outcome = self
+                .call(pb::client_frame::Body::Batch(batch), deadline)
+                .await;
             let per_txn: Vec<Result<Committed, Error>> = match outcome {
                 Ok(pb::server_frame::Body::Batch(b)) if b.results.len() == pending.len() => {
                     b.results.into_iter().map(wire::result_from_pb).collect()
@@ -292,7 +332,7 @@ impl Client {
         let deadline = Instant::now() + self.inner.config.request_deadline;
         let mut attempt = 0;
         loop {
-            let result = match self.call(body.clone()).await {
+            let result = match self.call(body.clone(), deadline).await {
                 Ok(pb::server_frame::Body::Player(r)) => wire::result_from_pb(r),
                 Ok(_) => Err(Error::Internal(
                     "unexpected reply to a player request".into(),
@@ -301,8 +341,14 @@ impl Client {
             };
             match result {
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let pause = self
+                        .backoff(attempt)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
                     attempt += 1;
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
                 }
                 result => return result,
             }
@@ -337,12 +383,15 @@ impl Client {
         self.read_with_retries(body).await
     }
 
-    /// Round trip to the gateway.
+    /// Round trip to the gateway, within `request_deadline`.
     pub async fn ping(&self) -> Result<Duration, Error> {
         let started = Instant::now();
         let nonce = RandomState::new().hash_one(started);
         match self
-            .call(pb::client_frame::Body::Ping(pb::Ping { nonce }))
+            .call(
+                pb::client_frame::Body::Ping(pb::Ping { nonce }),
+                started + self.inner.config.request_deadline,
+            )
             .await?
         {
             pb::server_frame::Body::Pong(p) if p.nonce == nonce => Ok(started.elapsed()),
@@ -457,16 +506,26 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
 
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
     let closed = Arc::new(AtomicBool::new(false));
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let (frames_tx, mut frames_rx) = mpsc::channel::<pb::ClientFrame>(1024);
     let max = config.max_frame_bytes;
 
-    // Writer: coalesces queued frames into one write.
+    // Writer: coalesces queued frames into one write; on close, shuts the socket down.
     {
         let closed = closed.clone();
         let pending = pending.clone();
+        let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             let mut out = Vec::with_capacity(16 * 1024);
-            while let Some(first) = frames_rx.recv().await {
+            loop {
+                let first = tokio::select! {
+                    first = frames_rx.recv() => first,
+                    _ = shutdown.wait_for(|stop| *stop) => None,
+                };
+                let Some(first) = first else {
+                    let _ = writer.shutdown().await;
+                    return;
+                };
                 let mut next = Some(first);
                 while let Some(f) = next {
                     let id = f.request_id;
@@ -493,6 +552,7 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
     {
         let closed = closed.clone();
         let pending = pending.clone();
+        let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             let reason = loop {
                 match frame::decode::<pb::ServerFrame>(&mut buf, max) {
@@ -512,7 +572,11 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
                     Err(e) => break format!("bad frame from gateway: {e}"),
                 }
                 buf.reserve(frame::bytes_wanted(&buf, 64 * 1024));
-                match reader.read_buf(&mut buf).await {
+                let read = tokio::select! {
+                    read = reader.read_buf(&mut buf) => read,
+                    _ = shutdown.wait_for(|stop| *stop) => break "closed by the client".to_string(),
+                };
+                match read {
                     Ok(0) => break "closed by the gateway".to_string(),
                     Err(e) => break e.to_string(),
                     Ok(_) => {}
@@ -528,6 +592,7 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
         frames: frames_tx,
         pending,
         closed,
+        shutdown,
         hello,
     })
 }

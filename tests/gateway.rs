@@ -791,3 +791,103 @@ async fn a_retry_too_old_for_the_window_comes_back_as_its_own_code_and_applies_n
     );
     assert_eq!(digest(&servers[0]).await, before);
 }
+
+/// A gateway stand-in: answers Hello, then the first request with UNAVAILABLE, then nothing.
+async fn gateway_that_goes_silent() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accepts");
+        let mut buf = bytes::BytesMut::new();
+        let mut answered = 0;
+        loop {
+            while let Some(f) =
+                colony::frame::decode::<pb::ClientFrame>(&mut buf, 1 << 20).expect("a client frame")
+            {
+                let body = match f.body {
+                    Some(pb::client_frame::Body::Hello(_)) => {
+                        pb::server_frame::Body::Hello(pb::HelloResult {
+                            role: pb::Role::Admin as i32,
+                            ..Default::default()
+                        })
+                    }
+                    _ if answered == 0 => {
+                        answered += 1;
+                        pb::server_frame::Body::Error(pb::RequestError {
+                            code: pb::Code::Unavailable as i32,
+                            message: "try again".into(),
+                        })
+                    }
+                    _ => continue,
+                };
+                let mut out = Vec::new();
+                colony::frame::encode(
+                    &pb::ServerFrame {
+                        request_id: f.request_id,
+                        body: Some(body),
+                    },
+                    &mut out,
+                    1 << 20,
+                )
+                .expect("encodes");
+                stream.write_all(&out).await.expect("writes");
+            }
+            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    });
+    address
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_never_outlasts_its_deadline_retries_included() {
+    let address = gateway_that_goes_silent().await;
+    let mut config = ClientConfig::new(address.to_string(), "any-token");
+    config.request_deadline = Duration::from_secs(2);
+    config.backoff_base = Duration::from_millis(300);
+    let admin = Client::connect(config).await.expect("connects");
+    let started = tokio::time::Instant::now();
+    // The first attempt fails at once, the retry is sent and never answered: the call ends
+    // at the deadline, not a whole deadline after the retry was sent.
+    let result = admin
+        .execute(
+            Transaction::owner(pid("slow"), Some(admin.next_key()))
+                .with(Operation::DeleteField { name: name("x") }),
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(matches!(result, Err(Error::Unknown { .. })), "{result:?}");
+    assert!(
+        took <= Duration::from_secs(2) + Duration::from_millis(1),
+        "the call took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_client_ends_its_connection_and_refuses_further_calls() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let admin = client(&gw, ADMIN_TOKEN).await;
+    admin.ping().await.expect("pong");
+    admin.close().await;
+    assert!(matches!(admin.ping().await, Err(Error::Unavailable { .. })));
+    // The gateway sees the connection end (polled on this runtime, which also runs the
+    // gateway: a blocking wait would stall it).
+    let deadline = Instant::now() + WAIT;
+    while !gw
+        .gateway
+        .metrics()
+        .render()
+        .contains("colony_connections 0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            gw.gateway.metrics().render()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
