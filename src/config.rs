@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::Limits;
-use crate::shard_map::ShardMap;
+use crate::shard_map::{Endpoint, Shard, ShardMap};
 
 /// Prefix of environment variables that override configuration values.
 pub const ENV_PREFIX: &str = "COLONY__";
@@ -800,7 +800,40 @@ impl Config {
             return invalid("archive.database and archive.collection must not be empty".into());
         }
         // Building the map checks names, uniqueness and slot coverage.
-        ShardMap::from_config(self).map(|_| ())
+        self.shard_map().map(|_| ())
+    }
+
+    /// The slot map this configuration describes: its shards, in order, and its slot ranges
+    /// (an even split when there are none).
+    pub fn shard_map(&self) -> Result<ShardMap, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let mut shards = Vec::with_capacity(self.shards.len());
+        for s in &self.shards {
+            let endpoint = match (&s.master, &s.sentinel) {
+                (Some(master), None) => Endpoint::Fixed(master.clone()),
+                (None, Some(sentinel)) => Endpoint::Sentinel {
+                    master_name: sentinel.master_name.clone(),
+                    sentinels: sentinel.addresses.clone(),
+                },
+                _ => {
+                    return Err(invalid(format!(
+                        "shard {}: set exactly one of master and sentinel",
+                        s.name
+                    )))
+                }
+            };
+            shards.push(Shard {
+                name: s.name.clone(),
+                endpoint,
+                replicas: s.replicas.clone(),
+            });
+        }
+        let ranges: Vec<(String, String)> = self
+            .slots
+            .iter()
+            .map(|r| (r.range.clone(), r.shard.clone()))
+            .collect();
+        ShardMap::new(self.epoch, shards, &ranges).map_err(|e| invalid(e.0))
     }
 }
 

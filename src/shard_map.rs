@@ -5,7 +5,6 @@
 
 use std::fmt;
 
-use crate::config::{Config, ConfigError};
 use crate::keys;
 use crate::model::PlayerId;
 use crate::slot::{Slot, SLOT_COUNT};
@@ -45,6 +44,11 @@ pub struct Shard {
     pub replicas: Vec<String>,
 }
 
+/// Why a shard map cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShardMapError(pub String);
+
 /// Slots to shards, with an epoch.
 ///
 /// Invariant: every slot has exactly one owner, and owners index into `shards`.
@@ -66,72 +70,56 @@ impl fmt::Debug for ShardMap {
 }
 
 impl ShardMap {
-    /// Builds the map from configuration, rejecting duplicate or malformed shard names,
-    /// unknown shards in slot ranges, malformed ranges, overlaps and gaps.
-    pub fn from_config(config: &Config) -> Result<ShardMap, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid(m);
-        if config.shards.is_empty() {
+    /// Builds the map of `shards` (in index order) and slot `ranges` — (`"start-end"` or
+    /// `"n"`, shard name) — rejecting duplicate or malformed shard names, unknown shards in
+    /// slot ranges, malformed ranges, overlaps and gaps. Without ranges the slots are split
+    /// evenly, in shard order. (`Config::shard_map` builds it from a configuration.)
+    pub fn new(
+        epoch: u64,
+        shards: Vec<Shard>,
+        ranges: &[(String, String)],
+    ) -> Result<ShardMap, ShardMapError> {
+        let invalid = ShardMapError;
+        if shards.is_empty() {
             return Err(invalid("at least one shard is required".into()));
         }
-        if config.shards.len() > usize::from(SLOT_COUNT) {
+        if shards.len() > usize::from(SLOT_COUNT) {
             return Err(invalid(format!(
                 "{} shards is more than there are slots",
-                config.shards.len()
+                shards.len()
             )));
         }
-        let mut shards = Vec::with_capacity(config.shards.len());
-        for s in &config.shards {
+        for (i, s) in shards.iter().enumerate() {
             crate::model::Name::new(s.name.clone())
                 .map_err(|e| invalid(format!("shard name {:?}: {e}", s.name)))?;
-            if shards.iter().any(|x: &Shard| x.name == s.name) {
+            if shards[..i].iter().any(|x| x.name == s.name) {
                 return Err(invalid(format!("shard {:?} is listed twice", s.name)));
             }
-            let endpoint = match (&s.master, &s.sentinel) {
-                (Some(master), None) => Endpoint::Fixed(master.clone()),
-                (None, Some(sentinel)) => Endpoint::Sentinel {
-                    master_name: sentinel.master_name.clone(),
-                    sentinels: sentinel.addresses.clone(),
-                },
-                _ => {
-                    return Err(invalid(format!(
-                        "shard {}: set exactly one of master and sentinel",
-                        s.name
-                    )))
-                }
-            };
-            shards.push(Shard {
-                name: s.name.clone(),
-                endpoint,
-                replicas: s.replicas.clone(),
-            });
         }
         const UNOWNED: u16 = u16::MAX;
         let mut owner = vec![UNOWNED; usize::from(SLOT_COUNT)];
-        if config.slots.is_empty() {
+        if ranges.is_empty() {
             // Even split: shard i owns a contiguous block, earlier shards take the remainder.
             let n = shards.len();
             for (slot, o) in owner.iter_mut().enumerate() {
                 *o = (slot * n / usize::from(SLOT_COUNT)) as u16;
             }
         } else {
-            for r in &config.slots {
+            for (range, shard) in ranges {
                 let index = shards
                     .iter()
-                    .position(|s| s.name == r.shard)
+                    .position(|s| &s.name == shard)
                     .ok_or_else(|| {
-                        invalid(format!(
-                            "slot range {} names unknown shard {:?}",
-                            r.range, r.shard
-                        ))
+                        invalid(format!("slot range {range} names unknown shard {shard:?}"))
                     })?;
-                let (start, end) = parse_range(&r.range).map_err(invalid)?;
+                let (start, end) = parse_range(range).map_err(invalid)?;
                 for slot in start..=end {
                     let o = &mut owner[usize::from(slot)];
                     if *o != UNOWNED {
                         return Err(invalid(format!(
                             "slot {slot} is assigned to both {:?} and {:?}",
                             shards[usize::from(*o)].name,
-                            r.shard
+                            shard
                         )));
                     }
                     *o = index as u16;
@@ -146,7 +134,7 @@ impl ShardMap {
             }
         }
         Ok(ShardMap {
-            epoch: config.epoch,
+            epoch,
             shards,
             owner,
         })
@@ -209,23 +197,29 @@ fn parse_range(text: &str) -> Result<(u16, u16), String> {
 mod tests {
     use super::*;
 
-    fn config(slots: &str) -> Result<Config, ConfigError> {
-        let text = format!(
-            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\n[[shards]]\nname = \"b\"\nmaster = \"h:2\"\n{slots}"
-        );
-        Config::from_toml(&text, [])
+    fn shards(names: &[&str]) -> Vec<Shard> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Shard {
+                name: name.to_string(),
+                endpoint: Endpoint::Fixed(format!("h:{i}")),
+                replicas: vec![],
+            })
+            .collect()
     }
 
-    fn slots(pairs: &[(&str, &str)]) -> String {
-        pairs
+    fn map(ranges: &[(&str, &str)]) -> Result<ShardMap, ShardMapError> {
+        let ranges: Vec<(String, String)> = ranges
             .iter()
-            .map(|(r, s)| format!("[[slots]]\nrange = \"{r}\"\nshard = \"{s}\"\n"))
-            .collect()
+            .map(|(r, s)| (r.to_string(), s.to_string()))
+            .collect();
+        ShardMap::new(1, shards(&["a", "b"]), &ranges)
     }
 
     #[test]
     fn even_split_covers_every_slot() {
-        let map = ShardMap::from_config(&config("").expect("valid")).expect("valid");
+        let map = map(&[]).expect("valid");
         assert_eq!(
             map.ranges(),
             vec![(0, 8191, ShardIndex(0)), (8192, 16383, ShardIndex(1))]
@@ -234,8 +228,7 @@ mod tests {
 
     #[test]
     fn explicit_ranges() {
-        let c = config(&slots(&[("0-99", "b"), ("100-16383", "a")])).expect("valid");
-        let map = ShardMap::from_config(&c).expect("valid");
+        let map = map(&[("0-99", "b"), ("100-16383", "a")]).expect("valid");
         assert_eq!(
             map.shard_for_slot(Slot::new(99).expect("slot")),
             ShardIndex(1)
@@ -263,18 +256,15 @@ mod tests {
             (&[("0-16000", "a")], "slots 16001-16383 have no shard"),
         ];
         for (pairs, expected) in cases {
-            let err = config(&slots(pairs))
-                .expect_err("must be rejected")
-                .to_string();
+            let err = map(pairs).expect_err("must be rejected").to_string();
             assert!(err.contains(expected), "{pairs:?}: {err}");
         }
     }
 
     #[test]
     fn duplicate_and_malformed_shard_names_are_rejected() {
-        let dup = "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\n[[shards]]\nname = \"a\"\nmaster = \"h:2\"";
-        assert!(Config::from_toml(dup, []).is_err());
-        let bad = "[[shards]]\nname = \"a b\"\nmaster = \"h:1\"";
-        assert!(Config::from_toml(bad, []).is_err());
+        assert!(ShardMap::new(1, shards(&["a", "a"]), &[]).is_err());
+        assert!(ShardMap::new(1, shards(&["a b"]), &[]).is_err());
+        assert!(ShardMap::new(1, vec![], &[]).is_err());
     }
 }

@@ -426,6 +426,7 @@ async fn silent_connections_are_reaped_and_the_connection_limit_holds() {
     config.gateway.handshake_timeout_ms = 200;
     config.gateway.idle_timeout_ms = 300;
     config.gateway.max_connections = 3;
+    config.gateway.max_unauthenticated_connections = 3;
     let gw = TestGateway::start(&config).await.expect("starts");
 
     let mut silent = Raw::connect(&gw).await;

@@ -895,3 +895,30 @@ async fn writes_are_recorded_for_checkpoints_only_when_checkpoints_are_on() {
         assert_eq!(dirty, expected, "checkpoint_interval_secs = {interval}");
     }
 }
+
+#[test]
+fn a_hand_built_configuration_is_validated_by_the_store() {
+    let server = RedisServer::start().expect("starts");
+    let good = config_for(&[&server]);
+    let mut zero_connections = good.clone();
+    zero_connections.redis.connections_per_shard = 0;
+    let mut huge_timeout = good.clone();
+    huge_timeout.redis.command_timeout_ms = u64::MAX;
+    let mut no_window = good.clone();
+    no_window.redis.idempotency_window_requests = 0;
+    let mut zero_answers = good.clone();
+    zero_answers.limits.max_answer_bytes = 0;
+    for (config, field) in [
+        (zero_connections, "redis.connections_per_shard"),
+        (huge_timeout, "redis.command_timeout_ms"),
+        (no_window, "redis.idempotency_window_requests"),
+        (zero_answers, "limits.max_answer_bytes"),
+    ] {
+        match Store::new(&config) {
+            Err(Error::Invalid(message)) => assert!(message.contains(field), "{message}"),
+            Err(other) => panic!("{field}: {other}"),
+            Ok(_) => panic!("{field}: accepted"),
+        }
+    }
+    assert!(Store::new(&good).is_ok());
+}

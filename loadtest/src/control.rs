@@ -66,7 +66,7 @@ impl ControlDir {
         let file = dir.join("colony.toml");
         let config = Config::load(&file, std::iter::empty::<(String, String)>())
             .with_context(|| format!("loading {}", file.display()))?;
-        let map = ShardMap::from_config(&config).context("the cluster's slot map")?;
+        let map = config.shard_map().context("the cluster's slot map")?;
         Ok(ControlDir {
             dir: dir.to_path_buf(),
             config,

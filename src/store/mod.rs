@@ -66,8 +66,16 @@ struct StoreInner {
 
 impl Store {
     /// Prepares connections for every shard of `config`. They open lazily, on first use.
+    ///
+    /// `config` is validated first, as [`Config::from_toml`] does: a configuration built or
+    /// changed by hand cannot bring a zero limit or an overflowing timeout into the store.
     pub fn new(config: &Config) -> Result<Store, Error> {
-        let map = ShardMap::from_config(config).map_err(|e| Error::Invalid(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| Error::Invalid(format!("configuration: {e}")))?;
+        let map = config
+            .shard_map()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let settings = config.redis.clone();
         let shards = map
             .shards()
