@@ -446,7 +446,8 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
         }
         Some(tls) => {
             let (connector, name) =
-                crate::tls::connector(&tls.ca_certificates_pem, &tls.server_name)?;
+                crate::tls::connector(&tls.ca_certificates_pem, &tls.server_name)
+                    .map_err(|e| Error::Invalid(format!("client configuration: {e}")))?;
             let stream = connector
                 .connect(name, stream)
                 .await
@@ -494,12 +495,7 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
                 code: g.code,
                 message: g.reason,
             });
-            return Err(match e {
-                Error::Forbidden(m) if g.code == pb::Code::Unauthenticated as i32 => {
-                    Error::Forbidden(format!("authentication failed: {m}"))
-                }
-                e => e,
-            });
+            return Err(e);
         }
         _ => return Err(Error::Internal("unexpected answer to Hello".into())),
     };

@@ -97,6 +97,10 @@ pub enum Error {
     /// The access mode does not allow the operation.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The gateway did not accept the connection's credentials (an unknown token, or no
+    /// Hello first). Distinct from [`Error::Forbidden`]: who the caller is, not what it may do.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// A check failed; nothing was applied.
     #[error("conflict at operation {operation_index}; the player is at version {version}")]
     Conflict {
@@ -189,6 +193,7 @@ impl Error {
             Error::Invalid(_) => Code::Invalid,
             Error::TooLarge(_) => Code::TooLarge,
             Error::Forbidden(_) => Code::Forbidden,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Conflict { .. } => Code::Conflict,
             Error::OutOfBounds { .. } => Code::OutOfBounds,
             Error::PlayerTooLarge { .. } => Code::PlayerTooLarge,
@@ -214,6 +219,7 @@ impl Error {
             Error::Invalid(_)
             | Error::TooLarge(_)
             | Error::Forbidden(_)
+            | Error::Unauthenticated(_)
             | Error::OutOfBounds { .. }
             | Error::PlayerTooLarge { .. }
             | Error::IdempotencyMismatch { .. }
@@ -253,6 +259,18 @@ impl Error {
             (latest, _) => latest,
         }
     }
+}
+
+/// Why a component could not be built from its configuration (the store, the gateway, a
+/// TLS endpoint): nothing was served. Distinct from [`Error`], which is about requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration breaks a rule `Config::validate` checks.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A TLS certificate, key or CA could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 #[cfg(test)]

@@ -10,34 +10,34 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::TlsConfig;
-use crate::error::Error;
+use crate::error::StartupError;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Builds the gateway's TLS acceptor from the certificate chain and key files.
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, Error> {
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, StartupError> {
     let certificates: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(&config.certificate)
             .and_then(|certs| certs.collect())
             .map_err(|e| {
-                Error::Invalid(format!("TLS certificate file {}: {e}", config.certificate))
+                StartupError::Tls(format!("certificate file {}: {e}", config.certificate))
             })?;
     if certificates.is_empty() {
-        return Err(Error::Invalid(format!(
-            "TLS certificate file {} holds no certificate",
+        return Err(StartupError::Tls(format!(
+            "certificate file {} holds no certificate",
             config.certificate
         )));
     }
     let key = PrivateKeyDer::from_pem_file(&config.key)
-        .map_err(|e| Error::Invalid(format!("TLS key file {}: {e}", config.key)))?;
+        .map_err(|e| StartupError::Tls(format!("key file {}: {e}", config.key)))?;
     let server = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Invalid(format!("TLS: {e}")))?
+        .map_err(|e| StartupError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certificates, key)
-        .map_err(|e| Error::Invalid(format!("TLS certificate and key do not fit: {e}")))?;
+        .map_err(|e| StartupError::Tls(format!("certificate and key do not fit: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -46,24 +46,24 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, Error> {
 pub fn connector(
     ca_pem: &[u8],
     server_name: &str,
-) -> Result<(TlsConnector, ServerName<'static>), Error> {
+) -> Result<(TlsConnector, ServerName<'static>), StartupError> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(ca_pem) {
         let certificate =
-            certificate.map_err(|e| Error::Invalid(format!("TLS CA certificates: {e}")))?;
+            certificate.map_err(|e| StartupError::Tls(format!("CA certificates: {e}")))?;
         roots
             .add(certificate)
-            .map_err(|e| Error::Invalid(format!("TLS CA certificate: {e}")))?;
+            .map_err(|e| StartupError::Tls(format!("CA certificate: {e}")))?;
     }
     if roots.is_empty() {
-        return Err(Error::Invalid("TLS CA certificates: none found".into()));
+        return Err(StartupError::Tls("CA certificates: none found".into()));
     }
     let client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Invalid(format!("TLS: {e}")))?
+        .map_err(|e| StartupError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let name = ServerName::try_from(server_name.to_string())
-        .map_err(|e| Error::Invalid(format!("TLS server name {server_name:?}: {e}")))?;
+        .map_err(|e| StartupError::Tls(format!("server name {server_name:?}: {e}")))?;
     Ok((TlsConnector::from(Arc::new(client)), name))
 }

@@ -332,7 +332,8 @@ pub fn result_from_pb(r: pb::TransactionResult) -> Result<Committed, Error> {
         Ok(pb::Code::NotFound) => Err(Error::NotFound),
         Ok(pb::Code::Invalid) => Err(Error::Invalid(message)),
         Ok(pb::Code::TooLarge) => Err(Error::TooLarge(message)),
-        Ok(pb::Code::Forbidden) | Ok(pb::Code::Unauthenticated) => Err(Error::Forbidden(message)),
+        Ok(pb::Code::Forbidden) => Err(Error::Forbidden(message)),
+        Ok(pb::Code::Unauthenticated) => Err(Error::Unauthenticated(message)),
         Ok(pb::Code::Unavailable) => Err(Error::Unavailable {
             shard: String::new(),
             reason: message,

@@ -387,7 +387,7 @@ async fn requests_before_hello_and_wrong_tokens_are_refused() {
             "not-a-valid-token"
         ))
         .await,
-        Err(Error::Forbidden(_))
+        Err(Error::Unauthenticated(_))
     ));
     others_still_served(&gw).await;
     assert_eq!(digest(&servers[0]).await, before);

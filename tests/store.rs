@@ -915,7 +915,9 @@ fn a_hand_built_configuration_is_validated_by_the_store() {
         (zero_answers, "limits.max_answer_bytes"),
     ] {
         match Store::new(&config) {
-            Err(Error::Invalid(message)) => assert!(message.contains(field), "{message}"),
+            Err(colony::error::StartupError::Config(message)) => {
+                assert!(message.contains(field), "{message}")
+            }
             Err(other) => panic!("{field}: {other}"),
             Ok(_) => panic!("{field}: accepted"),
         }

@@ -114,7 +114,12 @@ fn bad_certificate_files_stop_the_gateway_from_starting() {
         let mut config = gateway_config(&[&server]);
         config.gateway.tls = Some(tls.clone());
         match Gateway::new(&config) {
-            Err(Error::Invalid(message)) => assert!(message.contains("TLS"), "{message}"),
+            Err(colony::error::StartupError::Tls(message)) => {
+                assert!(
+                    message.contains("certificate") || message.contains("key"),
+                    "{message}"
+                )
+            }
             Err(e) => panic!("{tls:?}: unexpected error {e:?}"),
             Ok(_) => panic!("{tls:?}: accepted"),
         }

@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, GatewayConfig, Role, PRE_AUTH_MAX_FRAME_BYTES};
-use crate::error::{Code, Error};
+use crate::error::{Code, Error, StartupError};
 use crate::frame::{self, FrameError};
 use crate::model::{Access, Limits, PlayerId, Transaction};
 use crate::store::Store;
@@ -62,7 +62,7 @@ struct GatewayInner {
 
 impl Gateway {
     /// Builds the store and everything else from a validated configuration. Opens no socket.
-    pub fn new(config: &Config) -> Result<Gateway, Error> {
+    pub fn new(config: &Config) -> Result<Gateway, StartupError> {
         let metrics = Arc::new(Metrics::new());
         let store = Store::with_observer(config, metrics.clone())?;
         let tls = config
@@ -111,7 +111,7 @@ impl Gateway {
 pub enum ServeError {
     /// The store or the TLS acceptor could not be built from the configuration.
     #[error("building the gateway: {0}")]
-    Build(#[from] Error),
+    Build(#[from] StartupError),
     /// A listener could not be bound.
     #[error("binding {address}: {source}")]
     Bind {

@@ -18,7 +18,7 @@ use futures_util::future::join_all;
 use redis::{ServerErrorKind, Value as RedisValue};
 
 use crate::config::{Acknowledge, Config, RedisSettings};
-use crate::error::Error;
+use crate::error::{Error, StartupError};
 use crate::model::{Access, Committed, Limits, Operation, PlayerId, Transaction};
 use crate::script::{self, Invocation, SCRIPT};
 use crate::shard_map::{ShardIndex, ShardMap};
@@ -69,13 +69,13 @@ impl Store {
     ///
     /// `config` is validated first, as [`Config::from_toml`] does: a configuration built or
     /// changed by hand cannot bring a zero limit or an overflowing timeout into the store.
-    pub fn new(config: &Config) -> Result<Store, Error> {
+    pub fn new(config: &Config) -> Result<Store, StartupError> {
         config
             .validate()
-            .map_err(|e| Error::Invalid(format!("configuration: {e}")))?;
+            .map_err(|e| StartupError::Config(e.to_string()))?;
         let map = config
             .shard_map()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+            .map_err(|e| StartupError::Config(e.to_string()))?;
         let settings = config.redis.clone();
         let shards = map
             .shards()
@@ -100,10 +100,10 @@ impl Store {
     pub fn with_observer(
         config: &Config,
         observer: Arc<dyn ShardObserver>,
-    ) -> Result<Store, Error> {
+    ) -> Result<Store, StartupError> {
         let store = Store::new(config)?;
         let mut inner = Arc::try_unwrap(store.inner)
-            .map_err(|_| Error::Internal("store shared before it was built".into()))?;
+            .map_err(|_| StartupError::Config("store shared before it was built".into()))?;
         for links in &inner.shards {
             let observer = observer.clone();
             links.set_failover_hook(Arc::new(move |shard, old, new| {
