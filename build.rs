@@ -4,6 +4,14 @@
 //! machine that builds Colony.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Only the client and the gateway speak protobuf; an embedded store compiles none.
+    #[cfg(feature = "client")]
+    compile_protos()?;
+    Ok(())
+}
+
+#[cfg(feature = "client")]
+fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/colony/v1/colony.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

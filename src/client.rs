@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::frame;
-use crate::gateway::PROTOCOL_VERSION;
 use crate::model::{Access, Committed, IdempotencyKey, PlayerId, Transaction};
+use crate::wire::PROTOCOL_VERSION;
 use crate::wire::{self, pb};
 
 /// How to reach and talk to a gateway.

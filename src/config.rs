@@ -13,6 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::Limits;
+
+/// Largest frame the gateway accepts by default: 4 MiB (`gateway.max_frame_bytes`).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 use crate::shard_map::{Endpoint, Shard, ShardMap};
 
 /// Prefix of environment variables that override configuration values.
@@ -226,7 +229,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:7400".into(),
             admin_listen: "127.0.0.1:7401".into(),
-            max_frame_bytes: crate::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_in_flight_per_connection: 256,
             max_connections: 10_000,
             handshake_timeout_ms: 5_000,

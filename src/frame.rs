@@ -14,7 +14,7 @@ use prost::Message;
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
 /// Default largest frame body, in bytes (4 MiB).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = crate::config::DEFAULT_MAX_FRAME_BYTES;
 
 /// Why bytes could not be turned into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,25 +11,36 @@
 //! - the boundary: [`wire`] (the protobuf contract in `proto/`, converted to and from the
 //!   model).
 //!
+//! Cargo features: `client` (the Rust client: [`frame`], [`wire`], [`tls`], [`client`]) and
+//! `gateway` (the gateway, [`admin_http`], [`process`]; on by default). With
+//! `default-features = false` a game server embeds the store alone.
+//!
 //! See ARCHITECTURE.md for the invariants.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "gateway")]
 pub mod admin_http;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod config;
 pub mod error;
+#[cfg(feature = "client")]
 pub mod frame;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod keys;
 pub mod model;
+#[cfg(feature = "gateway")]
 pub mod process;
 pub mod script;
 pub mod seeded;
 pub mod shard_map;
 pub mod slot;
 pub mod store;
+#[cfg(feature = "client")]
 pub mod tls;
+#[cfg(feature = "client")]
 pub mod wire;
 
 #[cfg(feature = "testkit")]

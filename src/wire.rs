@@ -12,6 +12,9 @@ use crate::model::{
     Value, Visibility,
 };
 
+/// The protocol version of the contract in `proto/`, sent in Hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// Generated protobuf types of package `colony.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {

@@ -39,7 +39,7 @@ use budget::{Budgets, Held};
 use metrics::Metrics;
 
 /// The protocol version this gateway speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use crate::wire::PROTOCOL_VERSION;
 
 /// Everything a gateway process shares between connections and the admin endpoint. Cloning
 /// is cheap.
