@@ -1010,43 +1010,59 @@ impl Archiver {
         conn: &mut redis::aio::MultiplexedConnection,
         chunk: &[String],
     ) -> Result<u64, ArchiveError> {
-        let mut copied = 0;
-        let mut snapshots = Vec::new();
+        // Every snapshot of the batch is sent at once on the shared connection (one round
+        // trip, not one per player), and so are the flags cleared after MongoDB's answer.
         let mut gone = Vec::new();
+        let mut players = Vec::with_capacity(chunk.len());
         for id in chunk {
-            let Ok(player) = PlayerId::new(id.clone()) else {
+            match PlayerId::new(id.clone()) {
+                Ok(player) => players.push(player),
                 // Not a valid id: nothing can checkpoint it; drop it from its slot's set.
-                gone.push(id.clone());
-                continue;
-            };
-            match self.snapshot(shard, &player).await? {
+                Err(_) => gone.push(id.clone()),
+            }
+        }
+        let taken = join_all(players.iter().map(|p| self.snapshot(shard, p))).await;
+        let mut snapshots = Vec::with_capacity(players.len());
+        for (player, taken) in players.iter().zip(taken) {
+            match taken? {
                 Some(snapshot) => snapshots.push(snapshot),
                 // Archived since (its archive is newer than any checkpoint) or gone.
-                None => gone.push(id.clone()),
+                None => gone.push(player.as_str().to_string()),
             }
         }
         let written = self
             .write_documents(shard, &snapshots, DocState::Checkpoint)
             .await;
+        let mut clears = Vec::new();
         for (snapshot, result) in snapshots.iter().zip(written) {
             match result {
-                Ok(()) => {
-                    let player = PlayerId::new(snapshot.player.clone())
-                        .map_err(|e| ArchiveError::Redis(e.to_string()))?;
-                    let keys = PlayerKeys::new(&player);
-                    let _: i64 = CHECKPOINTED
-                        .key(&keys.meta)
-                        .key(SlotKeys::of_player(&player).dirty)
-                        .arg(&snapshot.player)
-                        .arg(snapshot.version)
-                        .invoke_async(conn)
-                        .await?;
-                    copied += 1;
-                }
+                Ok(()) => clears.push(snapshot),
                 Err(e) => {
                     tracing::warn!(player = %snapshot.player, error = %e, "checkpoint failed; it stays dirty")
                 }
             }
+        }
+        let cleared = join_all(clears.iter().map(|snapshot| {
+            let mut conn = conn.clone();
+            async move {
+                let player = PlayerId::new(snapshot.player.clone())
+                    .map_err(|e| ArchiveError::Redis(e.to_string()))?;
+                let keys = PlayerKeys::new(&player);
+                let _: i64 = CHECKPOINTED
+                    .key(&keys.meta)
+                    .key(SlotKeys::of_player(&player).dirty)
+                    .arg(&snapshot.player)
+                    .arg(snapshot.version)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok::<(), ArchiveError>(())
+            }
+        }))
+        .await;
+        let mut copied = 0;
+        for outcome in cleared {
+            outcome?;
+            copied += 1;
         }
         if !gone.is_empty() {
             let mut pipe = redis::pipe();
