@@ -494,7 +494,25 @@ impl Drop for SentinelServer {
     }
 }
 
-/// Waits for `condition` with a deadline, polling every 20 ms. Returns whether it held.
+/// Waits for `condition` with a deadline, polling every 10 ms without blocking the runtime:
+/// for conditions that tasks on the same runtime must bring about (a gateway in the test's own
+/// runtime, say). Returns whether it held.
+pub async fn wait_for(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for `condition` with a deadline, polling every 20 ms and blocking the thread (for
+/// conditions outside the runtime: processes, servers). Returns whether it held.
 pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     loop {

@@ -232,9 +232,11 @@ impl Metrics {
     }
 
     /// Counts a closed connection.
-    pub fn closed(&self, reason: &'static str) {
+    pub fn closed(&self, reason: super::CloseReason) {
         self.connections_closed
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
             .inc();
     }
 }
@@ -311,5 +313,15 @@ mod tests {
         );
         assert!(text.contains("colony_shard_errors_total{shard=\"shard-0\",code=\"NOT_FOUND\"} 1"));
         assert!(text.contains("colony_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn close_reasons_become_their_labels() {
+        let m = Metrics::new();
+        m.closed(super::super::CloseReason::Idle);
+        m.closed(super::super::CloseReason::ConnectionLimit);
+        let text = m.render();
+        assert!(text.contains("reason=\"idle\"} 1"), "{text}");
+        assert!(text.contains("reason=\"connection_limit\"} 1"), "{text}");
     }
 }

@@ -41,6 +41,62 @@ use metrics::Metrics;
 /// The protocol version this gateway speaks.
 pub use crate::wire::PROTOCOL_VERSION;
 
+/// Why the gateway closed a connection: the `reason` label of
+/// `colony_connections_closed_total`, one value per way a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Refused: `gateway.max_connections` were open.
+    ConnectionLimit,
+    /// Refused: `gateway.max_unauthenticated_connections` were waiting for their Hello.
+    UnauthenticatedLimit,
+    /// The TLS handshake failed.
+    TlsHandshake,
+    /// No TLS handshake or Hello in time.
+    HandshakeTimeout,
+    /// A bug in the gateway.
+    Internal,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// An answer could not be written.
+    WriteFailed,
+    /// Nothing arrived for `gateway.idle_timeout_ms`.
+    Idle,
+    /// A frame began but did not complete within `gateway.io_timeout_ms`.
+    Stalled,
+    /// The client closed the connection.
+    ClientClosed,
+    /// A frame's length prefix passed the limit.
+    FrameTooLarge,
+    /// A frame could not be decoded.
+    InvalidFrame,
+    /// No Hello first, or an unknown token.
+    Unauthenticated,
+    /// A protocol version this gateway does not speak.
+    BadVersion,
+}
+
+impl CloseReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ConnectionLimit => "connection_limit",
+            CloseReason::UnauthenticatedLimit => "unauthenticated_limit",
+            CloseReason::TlsHandshake => "tls_handshake",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Internal => "internal",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::WriteFailed => "write_failed",
+            CloseReason::Idle => "idle",
+            CloseReason::Stalled => "stalled",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::InvalidFrame => "invalid_frame",
+            CloseReason::Unauthenticated => "unauthenticated",
+            CloseReason::BadVersion => "bad_version",
+        }
+    }
+}
+
 /// Everything a gateway process shares between connections and the admin endpoint. Cloning
 /// is cheap.
 #[derive(Clone)]
@@ -192,12 +248,12 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
             let metrics = &gateway.inner.metrics;
             metrics.connections_accepted.inc();
             let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
-                metrics.closed("connection_limit");
+                metrics.closed(CloseReason::ConnectionLimit);
                 refuse(&gateway, stream, "too many connections");
                 continue;
             };
             let Ok(pre_auth) = unauthenticated.clone().try_acquire_owned() else {
-                metrics.closed("unauthenticated_limit");
+                metrics.closed(CloseReason::UnauthenticatedLimit);
                 refuse(
                     &gateway,
                     stream,
@@ -223,15 +279,15 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
                             Ok(Ok(tls)) => serve_connection(tls, &gateway, stop, pre_auth).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                "tls_handshake"
+                                CloseReason::TlsHandshake
                             }
-                            Err(_) => "handshake_timeout",
+                            Err(_) => CloseReason::HandshakeTimeout,
                         }
                     }
                 };
                 gateway.inner.metrics.connections.dec();
                 gateway.inner.metrics.closed(reason);
-                tracing::debug!(%peer, reason, "connection closed");
+                tracing::debug!(%peer, reason = reason.as_str(), "connection closed");
                 drop(slot);
                 drop(done);
             });
@@ -411,7 +467,7 @@ async fn serve_connection<S>(
     gateway: &Gateway,
     mut stop: broadcast::Receiver<()>,
     pre_auth: OwnedSemaphorePermit,
-) -> &'static str
+) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -446,15 +502,15 @@ where
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break "internal",
+                Err(_) => break CloseReason::Internal,
             },
-            _ = stop.recv() => break "shutdown",
-            _ = tx.closed() => break "write_failed",
+            _ = stop.recv() => break CloseReason::Shutdown,
+            _ = tx.closed() => break CloseReason::WriteFailed,
         };
         let read = tokio::select! {
             read = read_body(&mut reader, &mut buf, max, config.idle_timeout(), config.io_timeout(), Some(&budgets)) => read,
-            _ = stop.recv() => break "shutdown",
-            _ = tx.closed() => break "write_failed",
+            _ = stop.recv() => break CloseReason::Shutdown,
+            _ = tx.closed() => break CloseReason::WriteFailed,
         };
         let (body, held) = match read {
             Err(ReadError::Idle) => {
@@ -466,15 +522,15 @@ where
                 let _ = tx
                     .send(go_away(Code::Timeout, "idle for too long").into())
                     .await;
-                break "idle";
+                break CloseReason::Idle;
             }
             Err(ReadError::Stalled) => {
                 let _ = tx
                     .send(go_away(Code::Timeout, "a frame did not complete in time").into())
                     .await;
-                break "stalled";
+                break CloseReason::Stalled;
             }
-            Err(ReadError::Closed) => break "client_closed",
+            Err(ReadError::Closed) => break CloseReason::ClientClosed,
             Err(ReadError::Frame(e)) => {
                 let code = match e {
                     FrameError::TooLarge { .. } => Code::TooLarge,
@@ -482,9 +538,9 @@ where
                 };
                 close_after_in_flight(&in_flight, config, &tx, go_away(code, &e.to_string())).await;
                 break if code == Code::TooLarge {
-                    "frame_too_large"
+                    CloseReason::FrameTooLarge
                 } else {
-                    "invalid_frame"
+                    CloseReason::InvalidFrame
                 };
             }
             Ok(read) => read,
@@ -503,7 +559,7 @@ where
             Err(Refusal::Close(reason)) => {
                 close_after_in_flight(&in_flight, config, &tx, go_away(Code::Invalid, &reason))
                     .await;
-                break "invalid_frame";
+                break CloseReason::InvalidFrame;
             }
         };
         let gateway = gateway.clone();
@@ -526,13 +582,13 @@ where
             drop(permit);
         });
     };
-    if reason == "shutdown" || reason == "client_closed" {
+    if reason == CloseReason::Shutdown || reason == CloseReason::ClientClosed {
         let _ = tokio::time::timeout(
             config.shutdown_grace(),
             in_flight.acquire_many(config.max_in_flight_per_connection as u32),
         )
         .await;
-        if reason == "shutdown" {
+        if reason == CloseReason::Shutdown {
             let _ = tx
                 .send(go_away(Code::Unavailable, "gateway shutting down").into())
                 .await;
@@ -634,7 +690,7 @@ async fn handshake<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     gateway: &Gateway,
     tx: &mpsc::Sender<Outgoing>,
-) -> Result<Principal, &'static str> {
+) -> Result<Principal, CloseReason> {
     let config = &gateway.inner.config;
     let started = Instant::now();
     let metrics = &gateway.inner.metrics;
@@ -658,9 +714,9 @@ async fn handshake<R: AsyncRead + Unpin>(
     let body = match first {
         Err(_) | Ok(Err(ReadError::Idle | ReadError::Stalled)) => {
             let _ = tx.send(refuse(Code::Timeout, "no Hello in time")).await;
-            return Err("handshake_timeout");
+            return Err(CloseReason::HandshakeTimeout);
         }
-        Ok(Err(ReadError::Closed)) => return Err("client_closed"),
+        Ok(Err(ReadError::Closed)) => return Err(CloseReason::ClientClosed),
         Ok(Err(ReadError::Frame(e))) => {
             let (code, reason) = match e {
                 FrameError::TooLarge { length, .. } => (
@@ -674,7 +730,7 @@ async fn handshake<R: AsyncRead + Unpin>(
                 FrameError::Invalid(_) => (Code::Invalid, e.to_string()),
             };
             let _ = tx.send(refuse(code, &reason)).await;
-            return Err("invalid_frame");
+            return Err(CloseReason::InvalidFrame);
         }
         Ok(Ok((body, _))) => body,
     };
@@ -682,7 +738,7 @@ async fn handshake<R: AsyncRead + Unpin>(
         Ok(frame) => frame,
         Err(e) => {
             let _ = tx.send(refuse(Code::Invalid, &e.to_string())).await;
-            return Err("invalid_frame");
+            return Err(CloseReason::InvalidFrame);
         }
     };
     let hello = match frame.body {
@@ -694,7 +750,7 @@ async fn handshake<R: AsyncRead + Unpin>(
                     "the first frame must be Hello",
                 ))
                 .await;
-            return Err("unauthenticated");
+            return Err(CloseReason::Unauthenticated);
         }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -703,14 +759,14 @@ async fn handshake<R: AsyncRead + Unpin>(
             hello.protocol_version
         );
         let _ = tx.send(refuse(Code::Invalid, &reason)).await;
-        return Err("bad_version");
+        return Err(CloseReason::BadVersion);
     }
     let Some(principal) = gateway.inner.tokens.authenticate(&hello.token) else {
         tracing::info!(client = %truncate(&hello.client_name, 64), "authentication failed");
         let _ = tx
             .send(refuse(Code::Unauthenticated, "unknown token"))
             .await;
-        return Err("unauthenticated");
+        return Err(CloseReason::Unauthenticated);
     };
     tracing::debug!(token = %principal.name, client = %truncate(&hello.client_name, 64), "authenticated");
     let role = match principal.role {
@@ -732,7 +788,7 @@ async fn handshake<R: AsyncRead + Unpin>(
     };
     metrics.request("hello", Code::Ok.as_str(), started.elapsed());
     if tx.send(answer.into()).await.is_err() {
-        return Err("internal");
+        return Err(CloseReason::Internal);
     }
     Ok(principal)
 }
