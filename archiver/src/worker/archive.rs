@@ -1,0 +1,424 @@
+//! The archive pass: snapshots, one MongoDB command per batch, compare-on-version removals;
+//! shards concurrently and apart.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use mongodb::bson::{doc, DateTime};
+use redis::Value as RedisValue;
+
+use colony::keys::{PlayerKeys, SlotKeys};
+use colony::shard_map::ShardIndex;
+use colony::PlayerId;
+
+use super::*;
+use crate::document::{to_document, ClientFloor, DocState, Snapshot};
+
+impl Archiver {
+    /// Reads a player from Redis; `None` when it is already archived or does not exist.
+    pub async fn snapshot(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+    ) -> Result<Option<Snapshot>, ArchiveError> {
+        let keys = PlayerKeys::new(player);
+        let mut conn = self.store.master_connection(shard).await?;
+        let reply: RedisValue = SNAPSHOT
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .key(&keys.clients)
+            .invoke_async(&mut conn)
+            .await?;
+        let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
+        let RedisValue::Array(items) = reply else {
+            return Err(bad());
+        };
+        let [RedisValue::Int(version), RedisValue::Int(archived), public, private, windows] =
+            items.as_slice()
+        else {
+            return Err(bad());
+        };
+        if *archived >= 0 || *version <= 0 {
+            return Ok(None);
+        }
+        let flat = |v: &RedisValue| -> Result<Pairs, ArchiveError> {
+            let RedisValue::Array(items) = v else {
+                return Err(bad());
+            };
+            items
+                .chunks_exact(2)
+                .map(|pair| match pair {
+                    [RedisValue::BulkString(k), RedisValue::BulkString(v)] => {
+                        Ok((k.clone(), v.clone()))
+                    }
+                    _ => Err(bad()),
+                })
+                .collect()
+        };
+        let mut clients = Vec::new();
+        for (client, state) in flat(windows)? {
+            let client = String::from_utf8_lossy(&client);
+            let state = String::from_utf8_lossy(&state);
+            match ClientFloor::from_window_state(&client, &state) {
+                Some(floor) => clients.push(floor),
+                None => {
+                    tracing::warn!(player = %player.as_str(), %client, %state, "unreadable idempotency window left out of the snapshot")
+                }
+            }
+        }
+        Ok(Some(Snapshot {
+            player: player.as_str().to_string(),
+            version: *version as u64,
+            public: flat(public)?,
+            private: flat(private)?,
+            clients,
+        }))
+    }
+
+    /// Writes `snapshot` to MongoDB as an archive, with write concern majority, never over a
+    /// newer version (the same version is rewritten: same content, now marked archived).
+    pub async fn write_document(
+        &self,
+        shard: ShardIndex,
+        snapshot: &Snapshot,
+    ) -> Result<(), ArchiveError> {
+        let document = to_document(snapshot, DateTime::now(), DocState::Archived)?;
+        let filter =
+            doc! { "_id": &snapshot.player, "v": { "$lte": document.get_i64("v").unwrap_or(0) } };
+        let written = self.collections[shard.0]
+            .replace_one(filter, document)
+            .upsert(true)
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            // The filter missed because a version at least as new is stored, and the upsert's
+            // insert then collided with it: the archive already has this state or a later one.
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a player from Redis if it is still at `version` and still inactive.
+    pub async fn remove(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+        version: u64,
+        cutoff: u64,
+    ) -> Result<Removal, ArchiveError> {
+        let keys = PlayerKeys::new(player);
+        let mut conn = self.store.master_connection(shard).await?;
+        let outcome: String = ARCHIVE
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .key(SlotKeys::of_player(player).active)
+            .key(&keys.clients)
+            .arg(player.as_str())
+            .arg(version)
+            .arg(cutoff)
+            .invoke_async(&mut conn)
+            .await?;
+        match outcome.as_str() {
+            "ARCHIVED" => Ok(Removal::Archived),
+            "ALREADY" => Ok(Removal::Already),
+            "CHANGED" => Ok(Removal::Changed),
+            "ACTIVE" => Ok(Removal::Active),
+            other => Err(ArchiveError::Redis(format!(
+                "unexpected archive reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Writes many snapshots in one `update` command (unordered, write concern majority),
+    /// never over a newer version: an archive also rewrites the same version (same content,
+    /// now marked archived), a checkpoint only replaces older ones. One result per snapshot,
+    /// in order.
+    pub async fn write_documents(
+        &self,
+        shard: ShardIndex,
+        snapshots: &[Snapshot],
+        state: DocState,
+    ) -> Vec<Result<(), ArchiveError>> {
+        let newer_than = if state == DocState::Archived {
+            "$lte"
+        } else {
+            "$lt"
+        };
+        let collection = &self.collections[shard.0];
+        let mut updates = Vec::with_capacity(snapshots.len());
+        let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(snapshots.len());
+        for snapshot in snapshots {
+            match to_document(snapshot, DateTime::now(), state) {
+                Ok(document) => {
+                    let version = document.get_i64("v").unwrap_or(0);
+                    updates.push(doc! {
+                        "q": { "_id": &snapshot.player, "v": { newer_than: version } },
+                        "u": document,
+                        "upsert": true,
+                    });
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        if updates.is_empty() {
+            return results;
+        }
+        // Positions in `results` of the updates actually sent, in the order sent.
+        let sent: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_ok()).collect();
+        let reply = collection
+            .client()
+            .database(collection.namespace().db.as_str())
+            .run_command(doc! {
+                "update": collection.name(),
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": { "w": "majority" },
+            })
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                let reason = e.to_string();
+                for &i in &sent {
+                    results[i] = Err(ArchiveError::Mongo(reason.clone()));
+                }
+                return results;
+            }
+        };
+        if let Ok(concern) = reply.get_document("writeConcernError") {
+            for &i in &sent {
+                results[i] = Err(ArchiveError::Mongo(format!(
+                    "write concern not met: {concern}"
+                )));
+            }
+            return results;
+        }
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for error in errors.iter().filter_map(|e| e.as_document()) {
+                let index = error.get_i32("index").unwrap_or(-1);
+                let code = error.get_i32("code").unwrap_or(0);
+                // Duplicate key: a version at least as new is stored, which is success.
+                if code == 11000 {
+                    continue;
+                }
+                if let Some(&i) = usize::try_from(index).ok().and_then(|k| sent.get(k)) {
+                    results[i] = Err(ArchiveError::Mongo(format!(
+                        "write error {code}: {}",
+                        error.get_str("errmsg").unwrap_or("")
+                    )));
+                }
+            }
+        }
+        results
+    }
+
+    /// Moves a batch of one shard's players: snapshots, one MongoDB command, then removals.
+    pub(super) async fn archive_batch(
+        &self,
+        shard: ShardIndex,
+        ids: &[String],
+        cutoff: u64,
+    ) -> Vec<Result<Removal, ArchiveError>> {
+        let players: Vec<Result<PlayerId, String>> = ids
+            .iter()
+            .map(|id| PlayerId::new(id.clone()).map_err(|e| e.to_string()))
+            .collect();
+        let snapshots = join_all(players.iter().map(|p| async move {
+            match p {
+                Ok(player) => self.snapshot(shard, player).await,
+                Err(e) => Err(ArchiveError::Redis(e.clone())),
+            }
+        }))
+        .await;
+        let to_write: Vec<Snapshot> = snapshots
+            .iter()
+            .filter_map(|s| s.as_ref().ok().and_then(Clone::clone))
+            .collect();
+        let mut written = self
+            .write_documents(shard, &to_write, DocState::Archived)
+            .await
+            .into_iter();
+        let mut outcomes: Vec<Option<Result<Removal, ArchiveError>>> =
+            Vec::with_capacity(ids.len());
+        let mut removals = Vec::new();
+        for (i, snapshot) in snapshots.into_iter().enumerate() {
+            match snapshot {
+                Err(e) => outcomes.push(Some(Err(e))),
+                Ok(None) => outcomes.push(Some(Ok(Removal::Already))),
+                Ok(Some(snapshot)) => match written.next() {
+                    Some(Ok(())) => {
+                        outcomes.push(None);
+                        removals.push((i, snapshot.version));
+                    }
+                    Some(Err(e)) => outcomes.push(Some(Err(e))),
+                    None => outcomes.push(Some(Err(ArchiveError::Mongo("no write result".into())))),
+                },
+            }
+        }
+        let removed = join_all(removals.iter().map(|&(i, version)| {
+            let player = &players[i];
+            async move {
+                match player {
+                    Ok(player) => self.remove(shard, player, version, cutoff).await,
+                    Err(e) => Err(ArchiveError::Redis(e.clone())),
+                }
+            }
+        }))
+        .await;
+        for ((i, _), outcome) in removals.iter().zip(removed) {
+            outcomes[*i] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(ArchiveError::Redis("no outcome".into()))))
+            .collect()
+    }
+
+    /// Moves one player: snapshot, MongoDB, then Redis.
+    pub async fn archive_player(
+        &self,
+        shard: ShardIndex,
+        player: &PlayerId,
+        cutoff: u64,
+    ) -> Result<Removal, ArchiveError> {
+        let Some(snapshot) = self.snapshot(shard, player).await? else {
+            return Ok(Removal::Already);
+        };
+        self.write_document(shard, &snapshot).await?;
+        self.remove(shard, player, snapshot.version, cutoff).await
+    }
+
+    /// One pass over every shard: up to `batch_size` inactive players per shard per round,
+    /// rounds until none are left (or `dry_run`, which only counts candidates).
+    pub async fn archive_pass(&self, now: u64, dry_run: bool) -> Result<PassReport, ArchiveError> {
+        self.archive_pass_reporting(now, dry_run, |_| {}).await
+    }
+
+    /// [`Archiver::archive_pass`], calling `progress` with the running totals after each batch.
+    ///
+    /// Shards run concurrently and apart: a shard that fails (unreachable, failing over) is
+    /// logged, counted in `colony_archiver_shard_failures_total` and named in
+    /// [`PassReport::failed_shards`], and the others finish their pass.
+    pub async fn archive_pass_reporting(
+        &self,
+        now: u64,
+        dry_run: bool,
+        progress: impl Fn(&PassReport),
+    ) -> Result<PassReport, ArchiveError> {
+        let cutoff = self.cutoff(now);
+        let totals = std::sync::Mutex::new(PassReport::default());
+        let outcomes = join_all(
+            self.shards()
+                .map(|shard| self.archive_shard(shard, cutoff, dry_run, &totals, &progress)),
+        )
+        .await;
+        let mut report = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (shard, outcome) in self.shards().zip(outcomes) {
+            if let Err(e) = outcome {
+                let name = self.shard_name(shard);
+                tracing::warn!(shard = %name, error = %e, "archive pass failed on this shard; the other shards went on");
+                self.metrics.shard_failure(&name, "archive");
+                report.failed_shards.push(name);
+            }
+        }
+        if !dry_run {
+            self.metrics.pass(&report, now_ms() / 1000);
+        }
+        Ok(report)
+    }
+
+    /// One shard's part of an archive pass, adding its counts to `totals` after each batch.
+    pub(super) async fn archive_shard(
+        &self,
+        shard: ShardIndex,
+        cutoff: u64,
+        dry_run: bool,
+        totals: &std::sync::Mutex<PassReport>,
+        progress: &impl Fn(&PassReport),
+    ) -> Result<(), ArchiveError> {
+        let add = |f: &dyn Fn(&mut PassReport)| {
+            let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut totals);
+            progress(&totals);
+        };
+        if !dry_run {
+            let moved = self.drain_legacy_sets(shard).await?;
+            if moved > 0 {
+                tracing::info!(
+                    shard = %self.shard_name(shard),
+                    moved,
+                    "moved legacy bookkeeping into slot sets"
+                );
+            }
+        }
+        // The configured rate is for the whole archiver; shards run concurrently.
+        let shards = self.collections.len().max(1) as f64;
+        let slots = self.slots_of(shard);
+        let mut next_slot = 0;
+        let mut failed_before = std::collections::HashSet::new();
+        while !self.stopping() && next_slot < slots.len() {
+            let (ids, resume) = self
+                .candidates_from(
+                    shard,
+                    &slots,
+                    next_slot,
+                    cutoff,
+                    self.config.batch_size,
+                    &failed_before,
+                )
+                .await?;
+            next_slot = resume;
+            if ids.is_empty() {
+                break;
+            }
+            if dry_run {
+                add(&|t| t.candidates += ids.len() as u64);
+                break;
+            }
+            let started = Instant::now();
+            let (mut archived, mut kept, mut failed, mut progressed) = (0, 0, 0, false);
+            for (id, outcome) in ids
+                .iter()
+                .zip(self.archive_batch(shard, &ids, cutoff).await)
+            {
+                match outcome {
+                    Ok(Removal::Archived) => {
+                        archived += 1;
+                        progressed = true;
+                    }
+                    Ok(Removal::Already) => progressed = true,
+                    Ok(Removal::Changed | Removal::Active) => {
+                        kept += 1;
+                        failed_before.insert(id.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
+                        failed += 1;
+                        failed_before.insert(id.clone());
+                    }
+                }
+            }
+            add(&|t| {
+                t.candidates += ids.len() as u64;
+                t.archived += archived;
+                t.kept += kept;
+                t.failed += failed;
+            });
+            if failed > 0 && !progressed {
+                break;
+            }
+            if self.config.max_players_per_sec > 0 {
+                let budget = Duration::from_secs_f64(
+                    ids.len() as f64 * shards / self.config.max_players_per_sec as f64,
+                );
+                if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}

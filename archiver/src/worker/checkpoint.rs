@@ -1,0 +1,190 @@
+//! Checkpoints (changed live players copied to MongoDB) and rebuilding a lost shard from
+//! MongoDB.
+
+use futures_util::future::join_all;
+use mongodb::bson::doc;
+
+use colony::keys::{PlayerKeys, SlotKeys};
+use colony::shard_map::ShardIndex;
+use colony::PlayerId;
+
+use super::*;
+use crate::document::{document_state, from_document, DocState};
+
+impl Archiver {
+    /// Copies the players of every shard that changed since their last checkpoint to MongoDB,
+    /// leaving them in Redis. Returns how many were copied. Shards run concurrently and apart:
+    /// one that fails is logged and counted (`colony_archiver_shard_failures_total`), and the
+    /// others finish.
+    pub async fn checkpoint_pass(&self) -> Result<u64, ArchiveError> {
+        let outcomes = join_all(self.shards().map(|shard| self.checkpoint_shard(shard))).await;
+        let mut copied = 0;
+        for (shard, outcome) in self.shards().zip(outcomes) {
+            match outcome {
+                Ok(n) => copied += n,
+                Err(e) => {
+                    let name = self.shard_name(shard);
+                    tracing::warn!(shard = %name, error = %e, "checkpoint failed on this shard; the other shards went on");
+                    self.metrics.shard_failure(&name, "checkpoint");
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// One shard's checkpoints: its slots' dirty sets, read in bounded chunks — sizes for
+    /// [`SLOTS_PER_ROUND_TRIP`] slots at a time, then `SSCAN` pages of `batch_size` — and
+    /// checkpointed `batch_size` players at a time, so memory stays bounded however many
+    /// players changed.
+    pub(super) async fn checkpoint_shard(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
+        let batch = self.config.batch_size;
+        let mut copied = 0;
+        let mut conn = self.store.master_connection(shard).await?;
+        // One round over the players dirty now, slot by slot; those that change meanwhile
+        // wait for the next pass (or are met again by the scan: a second copy is harmless).
+        let mut pending: Vec<String> = Vec::with_capacity(batch * 2);
+        for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+            let mut pipe = redis::pipe();
+            for &slot in slots {
+                pipe.cmd("SCARD").arg(SlotKeys::new(slot).dirty);
+            }
+            let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
+            for (&slot, size) in slots.iter().zip(sizes) {
+                if size == 0 {
+                    continue;
+                }
+                let key = SlotKeys::new(slot).dirty;
+                let mut cursor = 0u64;
+                loop {
+                    let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(batch)
+                        .query_async(&mut conn)
+                        .await?;
+                    pending.extend(ids);
+                    while pending.len() >= batch {
+                        let chunk: Vec<String> = pending.drain(..batch).collect();
+                        copied += self.checkpoint_batch(shard, &mut conn, &chunk).await?;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            copied += self.checkpoint_batch(shard, &mut conn, &pending).await?;
+        }
+        Ok(copied)
+    }
+
+    /// Checkpoints one batch of a shard's dirty players; returns how many were copied.
+    pub(super) async fn checkpoint_batch(
+        &self,
+        shard: ShardIndex,
+        conn: &mut redis::aio::MultiplexedConnection,
+        chunk: &[String],
+    ) -> Result<u64, ArchiveError> {
+        // Every snapshot of the batch is sent at once on the shared connection (one round
+        // trip, not one per player), and so are the flags cleared after MongoDB's answer.
+        let mut gone = Vec::new();
+        let mut players = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            match PlayerId::new(id.clone()) {
+                Ok(player) => players.push(player),
+                // Not a valid id: nothing can checkpoint it; drop it from its slot's set.
+                Err(_) => gone.push(id.clone()),
+            }
+        }
+        let taken = join_all(players.iter().map(|p| self.snapshot(shard, p))).await;
+        let mut snapshots = Vec::with_capacity(players.len());
+        for (player, taken) in players.iter().zip(taken) {
+            match taken? {
+                Some(snapshot) => snapshots.push(snapshot),
+                // Archived since (its archive is newer than any checkpoint) or gone.
+                None => gone.push(player.as_str().to_string()),
+            }
+        }
+        let written = self
+            .write_documents(shard, &snapshots, DocState::Checkpoint)
+            .await;
+        let mut clears = Vec::new();
+        for (snapshot, result) in snapshots.iter().zip(written) {
+            match result {
+                Ok(()) => clears.push(snapshot),
+                Err(e) => {
+                    tracing::warn!(player = %snapshot.player, error = %e, "checkpoint failed; it stays dirty")
+                }
+            }
+        }
+        let cleared = join_all(clears.iter().map(|snapshot| {
+            let mut conn = conn.clone();
+            async move {
+                let player = PlayerId::new(snapshot.player.clone())
+                    .map_err(|e| ArchiveError::Redis(e.to_string()))?;
+                let keys = PlayerKeys::new(&player);
+                let _: i64 = CHECKPOINTED
+                    .key(&keys.meta)
+                    .key(SlotKeys::of_player(&player).dirty)
+                    .arg(&snapshot.player)
+                    .arg(snapshot.version)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok::<(), ArchiveError>(())
+            }
+        }))
+        .await;
+        let mut copied = 0;
+        for outcome in cleared {
+            outcome?;
+            copied += 1;
+        }
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &gone {
+                let dirty = SlotKeys::new(colony::keys::id_slot(id)).dirty;
+                pipe.cmd("SREM").arg(dirty).arg(id).ignore();
+            }
+            let () = pipe.query_async(conn).await?;
+        }
+        Ok(copied)
+    }
+
+    /// Refills `shard` from MongoDB after its Redis data was lost: every archived player gets
+    /// its marker back, every checkpointed player comes back live. Players present in Redis
+    /// are left alone. Returns (marked, live).
+    pub async fn rebuild(&self, shard: ShardIndex) -> Result<(u64, u64), ArchiveError> {
+        use futures_util::TryStreamExt;
+        let map = self.store.shard_map().clone();
+        let mut cursor = self.collections[shard.0].find(doc! {}).await?;
+        let mut conn = self.store.master_connection(shard).await?;
+        let (mut marked, mut live) = (0, 0);
+        while let Some(document) = cursor.try_next().await? {
+            let snapshot = from_document(&document)?;
+            let state = document_state(&document)?;
+            let Ok(player) = PlayerId::new(snapshot.player.clone()) else {
+                continue;
+            };
+            // With one MongoDB for every shard the collection holds all of them.
+            if map.shard_for_player(&player) != shard {
+                continue;
+            }
+            let mode = if state == DocState::Archived {
+                "a"
+            } else {
+                "c"
+            };
+            let invocation = write_back(&REBUILD, &player, &snapshot, mode);
+            let outcome: String = invocation.invoke_async(&mut conn).await?;
+            match outcome.as_str() {
+                "MARKED" => marked += 1,
+                "LIVE" => live += 1,
+                _ => {}
+            }
+        }
+        Ok((marked, live))
+    }
+}

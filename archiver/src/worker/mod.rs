@@ -1,0 +1,368 @@
+//! The archiver's work: archive passes (Redis to MongoDB), restores (MongoDB to Redis), and
+//! the loop that runs them.
+//!
+//! ## The move, and why a crash at any step is safe
+//!
+//! 1. Take the inactive players of a shard from its slots' `colony:{<slot tag>}:active` sets
+//!    (score below the cutoff), walking the shard's slots in order.
+//! 2. Snapshot each (a read-only script: version and both hashes).
+//! 3. Write the document to MongoDB with write concern `majority`, as an upsert that only
+//!    replaces an older version (`v < version`); a duplicate-key error means a version at
+//!    least as new is already stored, which is success.
+//! 4. Only then, a script removes the player from Redis — if its version is still the one
+//!    written and it has not become active again (by `{id}:meta` `t`, whatever the set's
+//!    score says) — and leaves the marker `a = version`.
+//!
+//! ## Work per pass
+//!
+//! A pass visits each slot of each shard at most once, [`SLOTS_PER_ROUND_TRIP`] slots per
+//! pipelined round trip, and archives at most `archive.batch_size` players per batch; a slot
+//! that fills a batch is visited again before the pass moves on, unless everything it
+//! returned was already kept or failed in this pass (those wait for the next pass). So a pass
+//! costs round trips in proportion to the shard's slots and its inactive players, never to
+//! its active ones. Checkpoint passes walk the slots' `dirty` sets the same way. Each pass
+//! also moves a bounded batch of what the legacy per-shard sets (`colony:active`,
+//! `colony:dirty`) still hold into the slot sets, so a cluster upgraded in place loses no
+//! bookkeeping.
+//!
+//! A crash before 4 leaves the player in Redis (and maybe a document in MongoDB, overwritten by
+//! the next pass); a crash after 4 leaves it archived. At every instant the player is live in
+//! Redis or durable in MongoDB, and Redis is never cleared without MongoDB's acknowledgement.
+//!
+//! ## Restores
+//!
+//! The store queues `f:<id>` (everything, for the owner) or `p:<id>` (the public part) in the
+//! shard's `colony:restores` sorted set (by request time; a request already waiting is not
+//! queued twice, and the set holds at most `redis.max_restore_requests`) when a transaction
+//! meets an archived player, and retries the transaction. The archiver takes the oldest with
+//! `BZPOPMIN` on a connection of its own per shard (after anything left in the previous
+//! version's `colony:restore` list),
+//! reads the document and runs the restore script, which only acts on a player still marked
+//! archived at the document's version: concurrent and repeated restores are harmless.
+//!
+//! ## Worker contract
+//!
+//! On shutdown (SIGTERM, Ctrl-C) the archiver takes no new batch of candidates and no new
+//! restore request; the batch in hand is finished — its documents written and its players
+//! removed or left in Redis — and so is a restore in progress. Interrupting it anywhere
+//! (SIGKILL) is still safe by the argument above; finishing only saves redoing the work.
+//! MongoDB or Redis down: the pass fails, the players stay in Redis, and the next pass (every
+//! `scan_interval_secs`) tries again; restore queues reconnect after a second.
+//!
+//! **Shards are apart.** Archive and checkpoint passes run every shard concurrently; a shard
+//! that fails is logged by name, counted (`colony_archiver_shard_failures_total`) and named
+//! in the pass report, and the other shards finish. Each shard has its own restore loop. The
+//! status page asks the shards concurrently and waits at most [`SHARD_QUESTION_TIMEOUT`] for
+//! each.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use mongodb::bson::Document;
+use mongodb::options::{CollectionOptions, WriteConcern};
+use mongodb::Collection;
+use tokio::sync::watch;
+
+use colony::config::ArchiveConfig;
+use colony::keys::{PlayerKeys, SlotKeys};
+use colony::shard_map::ShardIndex;
+use colony::{Config, PlayerId, Store};
+
+use crate::document::{Pairs, Snapshot};
+
+mod archive;
+mod checkpoint;
+mod restore;
+mod slots;
+
+/// Slots asked about in one pipelined round trip when a pass walks a shard's slots.
+pub const SLOTS_PER_ROUND_TRIP: usize = 512;
+
+/// How long the status page and the backlog gauge wait for one shard: a shard that is down
+/// is reported as not answering rather than holding the page.
+pub const SHARD_QUESTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most members moved from each legacy per-shard set into the slot sets per pass.
+pub const LEGACY_MOVES_PER_PASS: usize = 1000;
+
+/// Pause before reading a shard's restore queue again after it failed.
+pub const RESTORE_QUEUE_PAUSE: Duration = Duration::from_millis(250);
+
+static SNAPSHOT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../snapshot.lua")));
+static ARCHIVE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../archive.lua")));
+static RESTORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("../write_back.lua"),
+        include_str!("../restore.lua")
+    ))
+});
+static REBUILD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("../write_back.lua"),
+        include_str!("../rebuild.lua")
+    ))
+});
+static CHECKPOINTED: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../checkpointed.lua")));
+
+/// Everything that can stop a step of the archiver.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Configuration is missing or wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Redis failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// MongoDB failed or could not be reached.
+    #[error("mongodb: {0}")]
+    Mongo(String),
+    /// A stored document cannot be read.
+    #[error(transparent)]
+    Document(#[from] crate::document::DocumentError),
+    /// The player is marked archived but no document exists.
+    #[error("player {0:?} is marked archived but has no document")]
+    MissingDocument(String),
+}
+
+impl From<colony::Error> for ArchiveError {
+    fn from(e: colony::Error) -> Self {
+        ArchiveError::Redis(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for ArchiveError {
+    fn from(e: redis::RedisError) -> Self {
+        ArchiveError::Redis(e.to_string())
+    }
+}
+
+impl From<mongodb::error::Error> for ArchiveError {
+    fn from(e: mongodb::error::Error) -> Self {
+        ArchiveError::Mongo(e.to_string())
+    }
+}
+
+/// What removing one player from Redis found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed; the marker is in place.
+    Archived,
+    /// It was archived already.
+    Already,
+    /// It changed after the snapshot: it stays in Redis.
+    Changed,
+    /// It became active after the snapshot: it stays in Redis.
+    Active,
+}
+
+/// What a restore found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restoral {
+    /// Everything is back.
+    Restored,
+    /// The public part is back.
+    PublicRestored,
+    /// The player was not archived (already restored by someone else).
+    NotArchived,
+}
+
+/// Counts of one archive pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Inactive players looked at.
+    pub candidates: u64,
+    /// Players moved to MongoDB and removed from Redis.
+    pub archived: u64,
+    /// Players that changed or became active during the move and stayed.
+    pub kept: u64,
+    /// Players that failed (and stayed in Redis).
+    pub failed: u64,
+    /// Shards whose pass stopped on an error (by name); the other shards went on.
+    pub failed_shards: Vec<String>,
+}
+
+/// The archiver: the store's shards, and one MongoDB collection per shard.
+pub struct Archiver {
+    store: Store,
+    config: ArchiveConfig,
+    collections: Vec<Collection<Document>>,
+    metrics: crate::metrics::ArchiverMetrics,
+    /// Set on shutdown: passes take no new batch after it.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// An invocation of a script loaded with `write_back.lua` in front (restore, rebuild): the
+/// player's keys, then player id, version, `mode`, the numbers of public pairs and client
+/// floors, the pairs, and the floors.
+fn write_back<'a>(
+    script: &'a redis::Script,
+    player: &PlayerId,
+    snapshot: &Snapshot,
+    mode: &str,
+) -> redis::ScriptInvocation<'a> {
+    let keys = PlayerKeys::new(player);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(&keys.meta)
+        .key(&keys.public)
+        .key(&keys.private)
+        .key(SlotKeys::of_player(player).active)
+        .key(&keys.clients)
+        .arg(player.as_str())
+        .arg(snapshot.version)
+        .arg(mode)
+        .arg(snapshot.public.len())
+        .arg(snapshot.clients.len());
+    for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
+        invocation.arg(field.as_slice()).arg(value.as_slice());
+    }
+    for floor in &snapshot.clients {
+        invocation
+            .arg(&floor.client)
+            .arg(floor.floor)
+            .arg(floor.last_write_ms);
+    }
+    invocation
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+impl Archiver {
+    /// Builds the store and the MongoDB clients from `config`. Connections open lazily.
+    pub async fn new(config: &Config) -> Result<Archiver, ArchiveError> {
+        let archive = config.archive.clone();
+        if archive.mongodb_uris.is_empty() {
+            return Err(ArchiveError::Config("archive.mongodb_uris is empty".into()));
+        }
+        let store = Store::new(config).map_err(|e| ArchiveError::Config(e.to_string()))?;
+        let shards = store.shard_map().shards().len();
+        let mut clients = Vec::new();
+        for uri in &archive.mongodb_uris {
+            let mut options = mongodb::options::ClientOptions::parse(uri).await?;
+            options.server_selection_timeout = Some(Duration::from_secs(5));
+            options.connect_timeout = Some(Duration::from_secs(2));
+            options.app_name = Some("colony-archiver".into());
+            clients.push(mongodb::Client::with_options(options)?);
+        }
+        let write_concern = WriteConcern::majority();
+        let collections = (0..shards)
+            .map(|shard| {
+                let client = &clients[if clients.len() == 1 { 0 } else { shard }];
+                client
+                    .database(&archive.database)
+                    .collection_with_options::<Document>(
+                        &archive.collection,
+                        CollectionOptions::builder()
+                            .write_concern(write_concern.clone())
+                            .build(),
+                    )
+            })
+            .collect();
+        Ok(Archiver {
+            store,
+            config: archive,
+            collections,
+            metrics: crate::metrics::ArchiverMetrics::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Asks running passes to finish the batch in hand and take no new one.
+    pub fn stop_passes(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The archiver's metrics.
+    pub fn metrics(&self) -> &crate::metrics::ArchiverMetrics {
+        &self.metrics
+    }
+
+    /// The store the archiver works on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) fn shards(&self) -> impl Iterator<Item = ShardIndex> {
+        (0..self.collections.len()).map(ShardIndex)
+    }
+
+    /// The name `shard` has in the configuration.
+    pub fn shard_name(&self, shard: ShardIndex) -> String {
+        self.store.shard_map().shard(shard).name.clone()
+    }
+
+    /// The last-active time below which players are archived, for `now` (ms).
+    pub fn cutoff(&self, now: u64) -> u64 {
+        now.saturating_sub(self.config.inactive_after_secs.saturating_mul(1000))
+    }
+
+    /// Runs until `stop` turns true: every shard's restore queue, and an archive pass every
+    /// `scan_interval_secs`.
+    pub async fn run(&self, stop: watch::Receiver<bool>) {
+        let restores = self
+            .shards()
+            .map(|shard| self.serve_restores(shard, stop.clone()));
+        let stopper = async {
+            let mut stop = stop.clone();
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            self.stop_passes();
+        };
+        let passes = async {
+            let mut stop = stop.clone();
+            let mut last_checkpoint = Instant::now();
+            while !*stop.borrow() {
+                match self.archive_pass(now_ms(), false).await {
+                    Ok(report) => {
+                        self.backlog().await;
+                        tracing::info!(?report, "archive pass");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "archive pass failed; retrying next time"),
+                }
+                let every = self.config.checkpoint_interval_secs;
+                if every > 0 && last_checkpoint.elapsed() >= Duration::from_secs(every) {
+                    last_checkpoint = Instant::now();
+                    match self.checkpoint_pass().await {
+                        Ok(copied) => {
+                            self.metrics.checkpointed.inc_by(copied);
+                            tracing::info!(copied, "checkpoint");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "checkpoint failed; retrying next time")
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(self.config.scan_interval_secs)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        };
+        tokio::join!(join_all(restores), passes, stopper);
+    }
+}
+
+/// Milliseconds since the epoch, by this machine's clock (the cutoff for a pass).
+pub fn now() -> u64 {
+    now_ms()
+}

@@ -1,0 +1,196 @@
+//! Walking a shard's slots: inactive players by slot, the backlog, and moving what the
+//! legacy per-shard sets still hold into the slot sets.
+
+use futures_util::future::join_all;
+
+use colony::keys::{SlotKeys, LEGACY_ACTIVE_SET, LEGACY_DIRTY_SET};
+use colony::shard_map::ShardIndex;
+use colony::slot::Slot;
+
+use super::*;
+
+impl Archiver {
+    /// Inactive players still in Redis per shard (name, count), by this machine's clock; a
+    /// shard that fails or does not answer within [`SHARD_QUESTION_TIMEOUT`] is reported with
+    /// its error, asked concurrently with the others. Also sets the backlog gauge.
+    pub async fn backlog(&self) -> Vec<(String, Result<u64, String>)> {
+        let cutoff = self.cutoff(now_ms());
+        let counts = join_all(self.shards().map(|shard| async move {
+            let counted =
+                tokio::time::timeout(SHARD_QUESTION_TIMEOUT, self.count_inactive(shard, cutoff))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "no answer within {} ms",
+                            SHARD_QUESTION_TIMEOUT.as_millis()
+                        ))
+                    });
+            (self.shard_name(shard), counted)
+        }))
+        .await;
+        for (name, count) in &counts {
+            if let Ok(count) = count {
+                self.metrics
+                    .backlog
+                    .get_or_create(&crate::metrics::ShardLabels {
+                        shard: name.clone(),
+                    })
+                    .set(*count as i64);
+            }
+        }
+        counts
+    }
+
+    /// Players of `shard` last active at or before `cutoff`, over all its slots.
+    pub(super) async fn count_inactive(
+        &self,
+        shard: ShardIndex,
+        cutoff: u64,
+    ) -> Result<u64, String> {
+        let mut conn = self
+            .store
+            .master_connection(shard)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut total = 0;
+        for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+            let mut pipe = redis::pipe();
+            for &slot in slots {
+                pipe.cmd("ZCOUNT")
+                    .arg(SlotKeys::new(slot).active)
+                    .arg("-inf")
+                    .arg(cutoff);
+            }
+            let counts: Vec<u64> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            total += counts.iter().sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// The slots `shard` owns, in order.
+    pub fn slots_of(&self, shard: ShardIndex) -> Vec<Slot> {
+        self.store
+            .shard_map()
+            .ranges()
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == shard)
+            .flat_map(|(start, end, _)| (start..=end).filter_map(Slot::new))
+            .collect()
+    }
+
+    /// Moves up to [`LEGACY_MOVES_PER_PASS`] members of each legacy per-shard set into
+    /// their slots' sets (activity with `ZADD GT`, so a newer score is never lowered), then
+    /// removes them from the legacy set. Returns how many were moved. Gateways of the
+    /// previous layout still running may add members again; the next pass moves those.
+    pub async fn drain_legacy_sets(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
+        let mut conn = self.store.master_connection(shard).await?;
+        let active: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(LEGACY_ACTIVE_SET)
+            .arg(0)
+            .arg(LEGACY_MOVES_PER_PASS - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let dirty: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(LEGACY_DIRTY_SET)
+            .arg(LEGACY_MOVES_PER_PASS)
+            .query_async(&mut conn)
+            .await?;
+        if active.is_empty() && dirty.is_empty() {
+            return Ok(0);
+        }
+        let slot_keys = |id: &str| SlotKeys::new(colony::keys::id_slot(id));
+        let mut pipe = redis::pipe();
+        for (id, score) in &active {
+            pipe.cmd("ZADD")
+                .arg(slot_keys(id).active)
+                .arg("GT")
+                .arg(*score)
+                .arg(id)
+                .ignore()
+                .cmd("ZREM")
+                .arg(LEGACY_ACTIVE_SET)
+                .arg(id)
+                .ignore();
+        }
+        for id in &dirty {
+            pipe.cmd("SADD")
+                .arg(slot_keys(id).dirty)
+                .arg(id)
+                .ignore()
+                .cmd("SREM")
+                .arg(LEGACY_DIRTY_SET)
+                .arg(id)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        Ok((active.len() + dirty.len()) as u64)
+    }
+
+    /// Inactive players of `shard` (last active at or before `cutoff`), at most `limit`,
+    /// from its slots in order.
+    pub async fn candidates(
+        &self,
+        shard: ShardIndex,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, ArchiveError> {
+        let slots = self.slots_of(shard);
+        let (ids, _) = self
+            .candidates_from(shard, &slots, 0, cutoff, limit, &Default::default())
+            .await?;
+        Ok(ids)
+    }
+
+    /// Inactive players of `slots[from..]`, at most `limit`, leaving out `skip`. Returns them
+    /// and where to go on: the index of a slot that may hold more (it filled the batch with
+    /// players not skipped), or past the last slot visited.
+    pub(super) async fn candidates_from(
+        &self,
+        shard: ShardIndex,
+        slots: &[Slot],
+        from: usize,
+        cutoff: u64,
+        limit: usize,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<(Vec<String>, usize), ArchiveError> {
+        let mut conn = self.store.master_connection(shard).await?;
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < slots.len() {
+            let chunk = &slots[at..(at + SLOTS_PER_ROUND_TRIP).min(slots.len())];
+            let mut pipe = redis::pipe();
+            for &slot in chunk {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(SlotKeys::new(slot).active)
+                    .arg("-inf")
+                    .arg(cutoff)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+            }
+            let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            for ids in replies {
+                let fresh: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !skip.contains(*id))
+                    .cloned()
+                    .collect();
+                let room = limit - out.len();
+                let more_here = fresh.len() > room || (ids.len() == limit && !fresh.is_empty());
+                out.extend(fresh.into_iter().take(room));
+                if more_here {
+                    return Ok((out, at));
+                }
+                at += 1;
+                if out.len() == limit {
+                    return Ok((out, at));
+                }
+            }
+        }
+        Ok((out, at))
+    }
+}
