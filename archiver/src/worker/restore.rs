@@ -51,7 +51,7 @@ impl Archiver {
                 match self.store.dedicated_connection(shard).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
-                        tracing::warn!(shard = shard.0, error = %e, "restore queue unreachable");
+                        tracing::warn!(shard = %self.shard_name(shard), error = %e, "restore queue unreachable");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                             _ = stop.changed() => {}
@@ -91,7 +91,7 @@ impl Archiver {
                     // reconnect (the master may have moved), but pause first. Retrying at once
                     // opened a connection per attempt, thousands a second, and the load kept
                     // the master's replicas from counting as good: NOREPLICAS for everyone.
-                    tracing::warn!(shard = shard.0, error = %e, "restore queue failed");
+                    tracing::warn!(shard = %self.shard_name(shard), error = %e, "restore queue failed");
                     conn = None;
                     tokio::select! {
                         _ = tokio::time::sleep(RESTORE_QUEUE_PAUSE) => {}
@@ -124,7 +124,9 @@ impl Archiver {
                 Ok(outcome) => {
                     tracing::debug!(player = %id, ?outcome, elapsed = ?started.elapsed(), "restore")
                 }
-                Err(e) => tracing::warn!(player = %id, error = %e, "restore failed"),
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard_name(shard), player = %id, error = %e, "restore failed")
+                }
             }
         }
     }
