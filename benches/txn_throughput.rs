@@ -199,7 +199,7 @@ fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
         ])
         // Player, access, client, request, a fingerprint (every request is new, so it is
         // never compared), the default window (5 min, 32 requests, one-day TTL), read budget,
-        // player bounds, checkpoints on, then the operation.
+        // player bounds, checkpoints on, at most 64 clients, then the operation.
         .args([
             "__rand_int__",
             "o",
@@ -208,7 +208,7 @@ fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
             &"0".repeat(40),
         ])
         .args([
-            "300000", "32", "86400000", "2097152", "1048576", "4096", "1",
+            "300000", "32", "86400000", "2097152", "1048576", "4096", "1", "64",
         ])
         .args(["I", "gold", "r", "1", "0", &MAX_GOLD.to_string()])
         .output()

@@ -489,6 +489,11 @@ pub struct RedisSettings {
     /// have gathered the oldest are forgotten together. This bounds a player's idempotency
     /// memory to clients × 1.25 × this many records. Default 32.
     pub idempotency_window_requests: usize,
+    /// Most clients one player keeps idempotency windows for. A client new to a player that
+    /// has this many (not counting those silent for `idempotency_ttl_secs`) is refused with
+    /// TOO_LARGE, so no caller can grow a player's Redis memory by minting client ids.
+    /// Default 64.
+    pub idempotency_max_clients: usize,
     /// When a write counts as done: `local` (the master applied it) or `replicated` (and
     /// `WAIT` saw `replicas_to_wait` replicas acknowledge it within
     /// `replication_timeout_ms`; otherwise the write is reported UNKNOWN). Default `local`.
@@ -536,6 +541,7 @@ impl Default for RedisSettings {
             idempotency_ttl_secs: 86_400,
             idempotency_window_secs: 300,
             idempotency_window_requests: 32,
+            idempotency_max_clients: 64,
             acknowledge: Acknowledge::Local,
             replicas_to_wait: 1,
             replication_timeout_ms: 500,
@@ -646,6 +652,12 @@ impl Config {
             r.max_restore_requests,
             1,
             10_000_000,
+        )?;
+        within(
+            "redis.idempotency_max_clients",
+            r.idempotency_max_clients,
+            1,
+            100_000,
         )?;
         within(
             "redis.idempotency_window_requests",

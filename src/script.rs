@@ -16,7 +16,7 @@ use crate::model::{
 
 /// Index (from 0) of the script's first operation argument; the ones before it are the
 /// player, access, idempotency key, window and bounds.
-pub const FIRST_OPERATION: usize = 12;
+pub const FIRST_OPERATION: usize = 13;
 
 /// Source of the transaction script.
 pub const SOURCE: &str = include_str!("transaction.lua");
@@ -65,6 +65,8 @@ pub struct Window {
     pub length: usize,
     /// A client without a write to the player for this long (ms) is forgotten.
     pub client_ttl_ms: u64,
+    /// Most clients a player keeps windows for; a new client past it is refused.
+    pub max_clients: usize,
 }
 
 impl Window {
@@ -74,6 +76,7 @@ impl Window {
             age_ms: config.idempotency_window_secs.saturating_mul(1000),
             length: config.idempotency_window_requests,
             client_ttl_ms: config.idempotency_ttl_secs.saturating_mul(1000),
+            max_clients: config.idempotency_max_clients,
         }
     }
 }
@@ -133,6 +136,7 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
     } else {
         b"0".to_vec()
     });
+    args.push(bounds.window.max_clients.to_string().into_bytes());
     args.extend(operations);
     let slot_keys = SlotKeys::of_player(&txn.player);
     Invocation {
@@ -290,6 +294,14 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
                 operation_index,
             })
         }
+        b"TOO_LARGE_CLIENTS" => {
+            return Err(Error::TooLarge(
+                "the player already keeps idempotency windows for \
+                 redis.idempotency_max_clients clients; nothing was applied (a client of this \
+                 player frees its place after redis.idempotency_ttl_secs without writing)"
+                    .into(),
+            ))
+        }
         b"TOO_LARGE" => {
             return Err(Error::TooLarge(format!(
                 "operation {operation_index} read past the transaction's read budget \
@@ -409,6 +421,7 @@ mod tests {
                 age_ms: 1000,
                 length: 3,
                 client_ttl_ms: 2000,
+                max_clients: 5,
             },
             read_budget: 5000,
             max_player_bytes: 600,
@@ -434,6 +447,7 @@ mod tests {
                 b"600",
                 b"7",
                 b"1",
+                b"5",
                 b"I",
                 b"gold",
                 b"r",

@@ -29,7 +29,9 @@
 -- ARGV[11] most entries a write may leave
 -- ARGV[12] '1' when writes are recorded in KEYS[5] for the archiver's checkpoints, '0' when
 --          checkpoints are off (then nothing reads the set)
--- ARGV[13..] operations, each an opcode followed by its arguments:
+-- ARGV[13] most clients a player keeps windows for: a new client past it is refused with
+--          TOO_LARGE (after forgetting stale clients), so client ids cannot grow a player
+-- ARGV[14..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -41,7 +43,8 @@
 -- Reply: { status, version, replayed (0/1), failed operation index (from 0),
 --          then per read: operation index, entry count, then count x (name, tag, value) }
 -- status is OK, CONFLICT, OUT_OF_BOUNDS, PLAYER_TOO_LARGE (the write would grow the player past
--- ARGV[10] or ARGV[11]), TOO_LARGE (the reads passed the budget), IDEMPOTENCY_MISMATCH,
+-- ARGV[10] or ARGV[11]), TOO_LARGE (the reads passed the budget), TOO_LARGE_CLIENTS (a new
+-- client, and the player has ARGV[13] clients already), IDEMPOTENCY_MISMATCH,
 -- REQUEST_TOO_OLD, ARCHIVED or INVALID; every status but OK writes nothing (a replay's OK
 -- rewrites its record as it is). A replay returns the stored reply whatever
 -- the budget. tag is 'fu', 'fr'
@@ -70,7 +73,8 @@ local window_ms, window_length, client_ttl = tonumber(ARGV[6]), tonumber(ARGV[7]
 local read_budget = tonumber(ARGV[9])
 local max_bytes, max_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
 local track_changes = ARGV[12] == '1'
-local FIRST_OP = 13
+local max_clients = tonumber(ARGV[13])
+local FIRST_OP = 14
 local LIMIT = 9007199254740991
 -- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
 local ENTRY_OVERHEAD = 16
@@ -115,9 +119,42 @@ local function replay(stored)
   return reply
 end
 
+-- Forgets up to two clients without a write for the TTL (their score is when they were
+-- added or last found alive; their state says when they last wrote), re-scoring those
+-- found alive.
+local function forget_stale_clients(now)
+  local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
+    'LIMIT', 0, 2)
+  for _, other in ipairs(stale) do
+    local other_state = redis.call('HGET', meta, 'c:' .. other)
+    local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
+    if last and last >= now - client_ttl then
+      redis.call('ZADD', clients, 'XX', last, other)
+    else
+      local fields = { 'c:' .. other }
+      if other_state then
+        for id in string.gmatch(other_state, ' (%d+):%d+') do
+          fields[#fields + 1] = 'r:' .. other .. ':' .. id
+        end
+      end
+      redis.call('HDEL', meta, unpack(fields))
+      redis.call('ZREM', clients, other)
+    end
+  end
+end
+
 local window_state
 if use_idem then
   window_state = state[6]
+  -- A client new to this player takes a window only while the player has room for one.
+  -- Forgetting stale clients first is housekeeping, not part of this request.
+  if not window_state and redis.call('ZCARD', clients) >= max_clients then
+    local t = redis.call('TIME')
+    forget_stale_clients(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    if redis.call('ZCARD', clients) >= max_clients then
+      return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
+    end
+  end
   local stored = state[7]
   if stored then
     local reply = replay(stored)
@@ -415,26 +452,6 @@ redis.call('ZADD', active, now, player)
 if track_changes then redis.call('SADD', dirty, player) end
 
 if use_idem and not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
-  -- A new client on this player: forget up to two clients without a write for the TTL
-  -- (their score is when they were added or last found alive; their state says when they
-  -- last wrote).
-  local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
-    'LIMIT', 0, 2)
-  for _, other in ipairs(stale) do
-    local other_state = redis.call('HGET', meta, 'c:' .. other)
-    local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
-    if last and last >= now - client_ttl then
-      redis.call('ZADD', clients, 'XX', last, other)
-    else
-      local fields = { 'c:' .. other }
-      if other_state then
-        for id in string.gmatch(other_state, ' (%d+):%d+') do
-          fields[#fields + 1] = 'r:' .. other .. ':' .. id
-        end
-      end
-      redis.call('HDEL', meta, unpack(fields))
-      redis.call('ZREM', clients, other)
-    end
-  end
+  forget_stale_clients(now)
 end
 return reply

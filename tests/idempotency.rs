@@ -353,3 +353,77 @@ async fn records_of_the_previous_layout_are_honoured_until_they_expire() {
     assert_eq!((next.version, next.replayed), (2, false));
     assert_eq!(gold(&store, "fin").await, 2);
 }
+
+#[tokio::test]
+async fn a_player_keeps_windows_for_at_most_its_clients_and_refused_ones_change_nothing() {
+    let server = RedisServer::start().expect("redis");
+    let mut config = config_for(&[&server]);
+    config.redis.idempotency_max_clients = 3;
+    let store = Store::new(&config).expect("store");
+    for client in ["a", "b", "c"] {
+        store
+            .execute(add_gold("gus", client, 1))
+            .await
+            .expect("applies");
+    }
+    // A fourth client id (a caller minting ids, say) is refused and changes nothing; the
+    // clients the player has go on.
+    let before = digest(&server).await;
+    for minted in 0..20 {
+        let refused = store
+            .execute(add_gold("gus", &format!("minted-{minted}"), 1))
+            .await;
+        assert!(matches!(refused, Err(Error::TooLarge(_))), "{refused:?}");
+    }
+    assert_eq!(digest(&server).await, before);
+    store
+        .execute(add_gold("gus", "b", 2))
+        .await
+        .expect("applies");
+    let mut conn = raw(&server).await;
+    let clients: u64 = redis::cmd("ZCARD")
+        .arg("{gus}:clients")
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    assert_eq!(clients, 3);
+    assert_eq!(gold(&store, "gus").await, 4);
+}
+
+#[tokio::test]
+async fn a_full_player_takes_a_new_client_once_a_silent_one_is_forgotten() {
+    let server = RedisServer::start().expect("redis");
+    let mut config = config_for(&[&server]);
+    config.redis.idempotency_max_clients = 2;
+    config.redis.idempotency_window_secs = 1;
+    config.redis.idempotency_ttl_secs = 1;
+    let store = Store::new(&config).expect("store");
+    let mut conn = raw(&server).await;
+    store
+        .execute(add_gold("hal", "old", 1))
+        .await
+        .expect("applies");
+    store
+        .execute(add_gold("hal", "other", 1))
+        .await
+        .expect("applies");
+    assert!(matches!(
+        store.execute(add_gold("hal", "new", 1)).await,
+        Err(Error::TooLarge(_))
+    ));
+    let written = server_ms(&mut conn).await;
+    until_server_passes(&server, written + 1000).await;
+    // Both clients are silent past the TTL: the new one is taken, the stale ones go.
+    store
+        .execute(add_gold("hal", "new", 1))
+        .await
+        .expect("applies");
+    let clients: Vec<String> = redis::cmd("ZRANGE")
+        .arg("{hal}:clients")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(clients, vec!["new".to_string()]);
+}
