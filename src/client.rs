@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::frame;
 use crate::model::{Access, Committed, IdempotencyKey, PlayerId, Transaction};
 use crate::wire::PROTOCOL_VERSION;
-use crate::wire::{self, pb};
+use crate::wire::{self, pb, Envelope};
 
 /// How to reach and talk to a gateway.
 #[derive(Debug, Clone)]
@@ -255,10 +255,14 @@ impl Client {
     /// Runs transactions through the gateway, retrying the retryable ones with their own
     /// idempotency keys until they settle or the deadline passes. One result per
     /// transaction, in order.
-    pub async fn execute_batch(
+    ///
+    /// A [`Transaction`] converts into an [`Envelope`] without an acting player (what the admin
+    /// role sends); a game server sends `Envelope::acting_for(player, transaction)`.
+    pub async fn execute_batch<T: Into<Envelope>>(
         &self,
-        transactions: Vec<Transaction>,
+        transactions: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Result<Committed, Error>>, Error> {
+        let transactions: Vec<Envelope> = transactions.into_iter().map(Into::into).collect();
         let deadline = Instant::now() + self.inner.config.request_deadline;
         let mut results: Vec<Option<Result<Committed, Error>>> = vec![None; transactions.len()];
         let mut pending: Vec<usize> = (0..transactions.len()).collect();
@@ -267,7 +271,7 @@ impl Client {
             let batch = pb::Batch {
                 transactions: pending
                     .iter()
-                    .map(|&i| wire::transaction_to_pb(&transactions[i]))
+                    .map(|&i| wire::envelope_to_pb(&transactions[i]))
                     .collect(),
             };
             let outcome = self
@@ -289,7 +293,7 @@ impl Client {
                     .collect(),
                 Err(e) => pending
                     .iter()
-                    .map(|&i| Err(for_transaction(&e, &transactions[i])))
+                    .map(|&i| Err(for_transaction(&e, &transactions[i].transaction)))
                     .collect(),
             };
             let mut again = Vec::new();
@@ -320,7 +324,7 @@ impl Client {
     }
 
     /// Runs one transaction (see [`Client::execute_batch`]).
-    pub async fn execute(&self, transaction: Transaction) -> Result<Committed, Error> {
+    pub async fn execute(&self, transaction: impl Into<Envelope>) -> Result<Committed, Error> {
         self.execute_batch(vec![transaction])
             .await?
             .pop()

@@ -53,3 +53,5 @@ pub use model::{
     Transaction, Value, Visibility,
 };
 pub use store::Store;
+#[cfg(feature = "client")]
+pub use wire::Envelope;

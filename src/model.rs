@@ -371,9 +371,6 @@ pub struct Transaction {
     pub idempotency_key: Option<IdempotencyKey>,
     /// The steps, in order.
     pub operations: Vec<Operation>,
-    /// On whose behalf the transaction runs, for a gateway that checks roles (a game server
-    /// acting for one player). The store itself ignores it.
-    pub acting_player: Option<PlayerId>,
 }
 
 impl Transaction {
@@ -384,7 +381,6 @@ impl Transaction {
             access: Access::Owner,
             idempotency_key,
             operations: Vec::new(),
-            acting_player: None,
         }
     }
 

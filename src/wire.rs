@@ -42,8 +42,39 @@ fn name_from(name: String, at: &str) -> Result<Name, Error> {
     Name::new(name).map_err(|e| Error::Invalid(format!("{at}: {e}")))
 }
 
+/// A transaction as a caller sends it to the gateway: the domain transaction, plus the player a
+/// game server acts for. Acting is the gateway's notion (its roles decide what a game server
+/// may do for whom); the store never sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The player the caller acts for; required for the game role, ignored for the admin role.
+    pub acting_player: Option<PlayerId>,
+    /// What to run.
+    pub transaction: Transaction,
+}
+
+impl Envelope {
+    /// `transaction`, sent by a game server acting for `player`.
+    pub fn acting_for(player: PlayerId, transaction: Transaction) -> Envelope {
+        Envelope {
+            acting_player: Some(player),
+            transaction,
+        }
+    }
+}
+
+impl From<Transaction> for Envelope {
+    /// A transaction sent without an acting player (what the admin role sends).
+    fn from(transaction: Transaction) -> Envelope {
+        Envelope {
+            acting_player: None,
+            transaction,
+        }
+    }
+}
+
 /// Converts a wire transaction to the model, rejecting anything malformed.
-pub fn transaction_from_pb(t: pb::Transaction) -> Result<Transaction, Error> {
+pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
     let player = PlayerId::new(t.player_id)?;
     let access = match pb::Access::try_from(t.access) {
         Ok(pb::Access::Owner) => Access::Owner,
@@ -103,18 +134,21 @@ pub fn transaction_from_pb(t: pb::Transaction) -> Result<Transaction, Error> {
                 .map_err(|e| Error::Invalid(format!("acting_player_id: {e}")))?,
         )
     };
-    Ok(Transaction {
-        player,
-        access,
-        idempotency_key,
-        operations,
+    Ok(Envelope {
         acting_player,
+        transaction: Transaction {
+            player,
+            access,
+            idempotency_key,
+            operations,
+        },
     })
 }
 
-/// Converts a model transaction to the wire.
-pub fn transaction_to_pb(t: &Transaction) -> pb::Transaction {
+/// Converts a transaction and its envelope to the wire.
+pub fn envelope_to_pb(envelope: &Envelope) -> pb::Transaction {
     use pb::operation::Op;
+    let t = &envelope.transaction;
     let name = |n: &Name| n.as_str().to_string();
     let operations = t
         .operations
@@ -175,7 +209,7 @@ pub fn transaction_to_pb(t: &Transaction) -> pb::Transaction {
             request_id: k.request_id(),
         }),
         operations,
-        acting_player_id: t
+        acting_player_id: envelope
             .acting_player
             .as_ref()
             .map(|p| p.as_str().to_string())
@@ -357,9 +391,9 @@ mod tests {
     use super::*;
     use prost::Message;
 
-    fn sample() -> Transaction {
+    fn sample() -> Envelope {
         let name = |s: &str| Name::new(s).expect("valid");
-        Transaction {
+        let transaction = Transaction {
             player: PlayerId::new("p-1").expect("valid"),
             access: Access::Owner,
             idempotency_key: Some(IdempotencyKey::new("c", u64::MAX).expect("valid")),
@@ -387,47 +421,59 @@ mod tests {
                     expected: None,
                 },
             ],
-            acting_player: Some(PlayerId::new("p-2").expect("valid")),
-        }
+        };
+        Envelope::acting_for(PlayerId::new("p-2").expect("valid"), transaction)
     }
 
     #[test]
     fn transactions_round_trip_through_bytes() {
         let txn = sample();
-        let bytes = transaction_to_pb(&txn).encode_to_vec();
+        let bytes = envelope_to_pb(&txn).encode_to_vec();
         let decoded = pb::Transaction::decode(bytes.as_slice()).expect("decodes");
-        assert_eq!(transaction_from_pb(decoded).expect("valid"), txn);
+        assert_eq!(envelope_from_pb(decoded).expect("valid"), txn);
     }
 
     #[test]
     fn unspecified_and_malformed_fields_are_invalid() {
-        let mut t = transaction_to_pb(&sample());
+        let mut t = envelope_to_pb(&sample());
         t.access = 0;
-        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
 
-        let mut t = transaction_to_pb(&sample());
+        let mut t = envelope_to_pb(&sample());
         t.operations.push(pb::Operation { op: None });
-        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
 
-        let mut t = transaction_to_pb(&sample());
+        let mut t = envelope_to_pb(&sample());
         if let Some(pb::operation::Op::SetField(s)) = &mut t.operations[1].op {
             s.visibility = 0;
         }
-        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
 
-        let mut t = transaction_to_pb(&sample());
+        let mut t = envelope_to_pb(&sample());
         t.player_id = String::new();
-        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
 
-        let mut t = transaction_to_pb(&sample());
+        let mut t = envelope_to_pb(&sample());
         if let Some(pb::operation::Op::Read(r)) = &mut t.operations[0].op {
             r.names.push("bad name".into());
         }
-        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
 
-        let mut t = transaction_to_pb(&sample());
+        let mut t = envelope_to_pb(&sample());
         t.access = 77;
-        assert!(matches!(transaction_from_pb(t), Err(Error::Invalid(_))));
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
+
+        let mut t = envelope_to_pb(&sample());
+        t.acting_player_id = "}p".into();
+        assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn an_empty_acting_player_means_none() {
+        let envelope = Envelope::from(sample().transaction);
+        let t = envelope_to_pb(&envelope);
+        assert_eq!(t.acting_player_id, "");
+        assert_eq!(envelope_from_pb(t).expect("valid"), envelope);
     }
 
     #[test]
@@ -460,7 +506,7 @@ mod tests {
             b"\x22\x80\x80\x80\x80\x10",
         ] {
             let decoded = pb::Transaction::decode(bytes);
-            assert!(decoded.is_err() || transaction_from_pb(decoded.expect("checked")).is_err());
+            assert!(decoded.is_err() || envelope_from_pb(decoded.expect("checked")).is_err());
         }
     }
 }

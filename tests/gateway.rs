@@ -11,7 +11,7 @@ use colony::client::{Client, ClientConfig};
 use colony::frame;
 use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
 use colony::wire::pb;
-use colony::{Access, Error, Operation, PlayerId, Transaction, Value, Visibility};
+use colony::{Access, Envelope, Error, Operation, PlayerId, Transaction, Value, Visibility};
 use common::{digest, name, pid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,11 +31,8 @@ async fn client(gw: &TestGateway, token: &str) -> Client {
         .expect("client connects")
 }
 
-fn acting(txn: Transaction, player: &PlayerId) -> Transaction {
-    Transaction {
-        acting_player: Some(player.clone()),
-        ..txn
-    }
+fn acting(txn: Transaction, player: &PlayerId) -> Envelope {
+    Envelope::acting_for(player.clone(), txn)
 }
 
 fn set(n: &str, v: &[u8], visibility: Visibility) -> Operation {
@@ -209,20 +206,17 @@ async fn a_game_server_cannot_write_or_see_the_private_part_of_another_player() 
         )),
         &attacker,
     );
-    let steal_read = Transaction {
-        access: Access::Owner,
-        ..acting(
-            Transaction::owner(victim.clone(), None).with(Operation::Read { names: vec![] }),
-            &attacker,
-        )
-    };
+    let steal_read = acting(
+        Transaction::owner(victim.clone(), None).with(Operation::Read { names: vec![] }),
+        &attacker,
+    );
     let anonymous = Transaction::owner(victim.clone(), Some(game.next_key())).with(set(
         "gems",
         b"0",
         Visibility::Private,
     ));
     let results = game
-        .execute_batch(vec![write, steal_read, anonymous])
+        .execute_batch(vec![write, steal_read, Envelope::from(anonymous)])
         .await
         .expect("batch answered");
     for r in &results {
@@ -348,13 +342,13 @@ async fn requests_before_hello_and_wrong_tokens_are_refused() {
     let write = pb::ClientFrame {
         request_id: 2,
         body: Some(pb::client_frame::Body::Batch(pb::Batch {
-            transactions: vec![colony::wire::transaction_to_pb(
-                &Transaction::owner(pid("x"), common::key(1)).with(set(
+            transactions: vec![colony::wire::envelope_to_pb(&Envelope::from(
+                Transaction::owner(pid("x"), common::key(1)).with(set(
                     "a",
                     b"1",
                     Visibility::Public,
                 )),
-            )],
+            ))],
         })),
     };
     let mut raw = Raw::connect(&gw).await;
@@ -454,13 +448,13 @@ async fn shutdown_finishes_requests_in_flight_then_says_goodbye() {
     raw.send(&pb::ClientFrame {
         request_id: 5,
         body: Some(pb::client_frame::Body::Batch(pb::Batch {
-            transactions: vec![colony::wire::transaction_to_pb(
-                &Transaction::owner(pid("late"), common::key(1)).with(set(
+            transactions: vec![colony::wire::envelope_to_pb(&Envelope::from(
+                Transaction::owner(pid("late"), common::key(1)).with(set(
                     "a",
                     b"1",
                     Visibility::Public,
                 )),
-            )],
+            ))],
         })),
     })
     .await;

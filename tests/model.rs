@@ -313,7 +313,6 @@ fn build(
             access: Access::Public,
             idempotency_key: None,
             operations: ops,
-            acting_player: None,
         }
     } else {
         Transaction {
@@ -334,7 +333,6 @@ fn build(
                 IdempotencyKey::new(client, id).expect("valid")
             }),
             operations: ops,
-            acting_player: None,
         }
     }
 }

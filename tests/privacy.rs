@@ -6,7 +6,7 @@ mod common;
 
 use colony::client::{Client, ClientConfig};
 use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
-use colony::{Access, Committed, Error, Operation, PlayerId, Transaction, Visibility};
+use colony::{Access, Committed, Envelope, Error, Operation, PlayerId, Transaction, Visibility};
 use common::name;
 use proptest::prelude::*;
 
@@ -92,12 +92,11 @@ fn no_private_entry_reaches_another_player() {
                 1 => {
                     let txn = Transaction {
                         access,
-                        acting_player: Some(actor.clone()),
                         ..Transaction::owner(target.clone(), None).with(Operation::Read {
                             names: names.iter().map(|&i| name(NAMES[i])).collect(),
                         })
                     };
-                    game.execute(txn).await
+                    game.execute(Envelope::acting_for(actor.clone(), txn)).await
                 }
                 _ => game.login(&target).await,
             }

@@ -130,7 +130,6 @@ async fn public_access_sees_public_entries_only() {
         operations: vec![Operation::Read {
             names: vec![name("secret"), name("gold"), name("nick")],
         }],
-        acting_player: None,
     };
     let named = store.execute(named).await.expect("reads");
     assert_eq!(

@@ -8,7 +8,7 @@ use colony::client::{Client, ClientConfig, ClientTls};
 use colony::config::TlsConfig;
 use colony::gateway::Gateway;
 use colony::testkit::{gateway_config, RedisServer, TestGateway, GAME_TOKEN};
-use colony::{Error, Operation, Transaction, Visibility};
+use colony::{Envelope, Error, Operation, Transaction, Visibility};
 use common::{name, pid};
 
 struct Certificate {
@@ -59,14 +59,14 @@ async fn clients_talk_to_a_tls_gateway_and_plain_or_mistrusting_ones_cannot() {
         .expect("TLS client connects");
     client.ping().await.expect("pong over TLS");
     let me = pid("tls-player");
-    let txn = Transaction {
-        acting_player: Some(me.clone()),
-        ..Transaction::owner(me, Some(client.next_key())).with(Operation::SetField {
+    let txn = Envelope::acting_for(
+        me.clone(),
+        Transaction::owner(me, Some(client.next_key())).with(Operation::SetField {
             name: name("a"),
             value: b"secret".to_vec(),
             visibility: Visibility::Private,
-        })
-    };
+        }),
+    );
     assert_eq!(client.execute(txn).await.expect("commits").version, 1);
 
     let mut plain = ClientConfig::new(gw.address.to_string(), GAME_TOKEN);

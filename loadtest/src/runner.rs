@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
-use colony::{Access, Error, Name, Operation, PlayerId, Transaction, Value, Visibility};
+use colony::{Access, Envelope, Error, Name, Operation, PlayerId, Transaction, Value, Visibility};
 
 use crate::chaos::{Availability, FaultReport, PlannedFault, Scope};
 use crate::checker::Ledger;
@@ -46,14 +46,13 @@ async fn set_up(scenario: &Scenario, client: &Client) -> anyhow::Result<()> {
         let mut batch = Vec::new();
         for &n in chunk {
             let p = player(scenario, n)?;
-            batch.push(Transaction {
-                acting_player: Some(p.clone()),
-                ..Transaction::owner(p, Some(client.next_key())).with(Operation::SetField {
+            let txn =
+                Transaction::owner(p.clone(), Some(client.next_key())).with(Operation::SetField {
                     name: name("nick"),
                     value: format!("player {n}").into_bytes(),
                     visibility: Visibility::Public,
-                })
-            });
+                });
+            batch.push(Envelope::acting_for(p, txn));
         }
         for r in client.execute_batch(batch).await? {
             r?;
@@ -63,17 +62,17 @@ async fn set_up(scenario: &Scenario, client: &Client) -> anyhow::Result<()> {
 }
 
 /// A bounded coin change of `player` by `delta`, acting for itself, with a new key.
-fn coin_change(client: &Client, player: PlayerId, delta: i64) -> Transaction {
-    Transaction {
-        acting_player: Some(player.clone()),
-        ..Transaction::owner(player, Some(client.next_key())).with(Operation::IncrementCounter {
+fn coin_change(client: &Client, player: PlayerId, delta: i64) -> Envelope {
+    Envelope::acting_for(
+        player.clone(),
+        Transaction::owner(player, Some(client.next_key())).with(Operation::IncrementCounter {
             name: name("coins"),
             delta,
             min: Some(0),
             max: Some(MAX_COINS),
             visibility: Visibility::Private,
-        })
-    }
+        }),
+    )
 }
 
 /// Records a coin change's outcome: acknowledged, unknown (also REQUEST_TOO_OLD: it may have
@@ -209,15 +208,15 @@ async fn session(
                 let friends: Vec<u64> = (0..scenario.batch)
                     .map(|_| random.below(scenario.players))
                     .collect();
-                let batch: Vec<Transaction> = friends
+                let batch: Vec<Envelope> = friends
                     .iter()
                     .map(|n| {
-                        Ok(Transaction {
+                        let read = Transaction {
                             access: Access::Public,
-                            acting_player: Some(me.clone()),
                             ..Transaction::owner(player(&scenario, *n)?, None)
                                 .with(Operation::Read { names: vec![] })
-                        })
+                        };
+                        Ok(Envelope::acting_for(me.clone(), read))
                     })
                     .collect::<anyhow::Result<_>>()?;
                 stats.transactions += batch.len() as u64;
@@ -249,16 +248,13 @@ async fn session(
                     batch.push(if op == Op::Currency {
                         coin_change(&client, target, delta)
                     } else {
-                        Transaction {
-                            acting_player: Some(target.clone()),
-                            ..Transaction::owner(target, Some(client.next_key())).with(
-                                Operation::SetField {
-                                    name: name("profile"),
-                                    value: random.next_u64().to_le_bytes().repeat(8),
-                                    visibility: Visibility::Public,
-                                },
-                            )
-                        }
+                        let write = Transaction::owner(target.clone(), Some(client.next_key()))
+                            .with(Operation::SetField {
+                                name: name("profile"),
+                                value: random.next_u64().to_le_bytes().repeat(8),
+                                visibility: Visibility::Public,
+                            });
+                        Envelope::acting_for(target, write)
                     });
                 }
                 stats.transactions += batch.len() as u64;

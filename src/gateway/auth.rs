@@ -4,7 +4,8 @@
 //! Pure: decisions only, no IO. The rules:
 //!
 //! - `admin` may do everything.
-//! - `game` acts for one player per transaction, named by `acting_player`. It may use owner
+//! - `game` acts for one player per transaction, named by the envelope's `acting_player`
+//!   ([`Envelope`]). It may use owner
 //!   access only on that player; on any other player it may only read public entries and
 //!   check the version (public access). Without an acting player nothing is allowed.
 
@@ -12,7 +13,8 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Role, TokenConfig};
 use crate::error::Error;
-use crate::model::{Access, PlayerId, Transaction};
+use crate::model::{Access, PlayerId};
+use crate::wire::Envelope;
 
 /// Who a connection authenticated as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +54,15 @@ impl Tokens {
     }
 }
 
-/// May `role` run `txn`? `txn.acting_player` says on whose behalf.
-pub fn authorize_transaction(role: Role, txn: &Transaction) -> Result<(), Error> {
-    authorize(role, &txn.player, txn.access, txn.acting_player.as_ref())
+/// May `role` run the envelope's transaction, acting for the envelope's player?
+pub fn authorize_envelope(role: Role, envelope: &Envelope) -> Result<(), Error> {
+    let txn = &envelope.transaction;
+    authorize(
+        role,
+        &txn.player,
+        txn.access,
+        envelope.acting_player.as_ref(),
+    )
 }
 
 /// May `role`, acting for `acting`, use `access` on `player`?
@@ -86,7 +94,7 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{IdempotencyKey, Name, Operation, Visibility};
+    use crate::model::{IdempotencyKey, Name, Operation, Transaction, Visibility};
 
     fn tokens() -> Tokens {
         Tokens::new(vec![
@@ -129,26 +137,26 @@ mod tests {
     fn the_game_role_owns_only_its_acting_player() {
         let me = PlayerId::new("me").expect("valid");
         let other = PlayerId::new("other").expect("valid");
-        let write = |player: &PlayerId, acting: Option<&PlayerId>| Transaction {
+        let write = |player: &PlayerId, acting: Option<&PlayerId>| Envelope {
             acting_player: acting.cloned(),
-            ..Transaction::owner(player.clone(), IdempotencyKey::new("c", 1).ok()).with(
+            transaction: Transaction::owner(player.clone(), IdempotencyKey::new("c", 1).ok()).with(
                 Operation::SetField {
                     name: Name::new("x").expect("valid"),
                     value: vec![],
                     visibility: Visibility::Public,
                 },
-            )
+            ),
         };
-        assert!(authorize_transaction(Role::Game, &write(&me, Some(&me))).is_ok());
+        assert!(authorize_envelope(Role::Game, &write(&me, Some(&me))).is_ok());
         assert!(matches!(
-            authorize_transaction(Role::Game, &write(&other, Some(&me))),
+            authorize_envelope(Role::Game, &write(&other, Some(&me))),
             Err(Error::Forbidden(_))
         ));
         assert!(matches!(
-            authorize_transaction(Role::Game, &write(&me, None)),
+            authorize_envelope(Role::Game, &write(&me, None)),
             Err(Error::Forbidden(_))
         ));
-        assert!(authorize_transaction(Role::Admin, &write(&other, None)).is_ok());
+        assert!(authorize_envelope(Role::Admin, &write(&other, None)).is_ok());
         assert!(authorize(Role::Game, &other, Access::Public, Some(&me)).is_ok());
         assert!(authorize(Role::Game, &other, Access::Owner, Some(&me)).is_err());
     }

@@ -870,8 +870,9 @@ async fn handle_batch(
         Vec::with_capacity(batch.transactions.len());
     let mut accepted: Vec<Transaction> = Vec::with_capacity(batch.transactions.len());
     for t in batch.transactions {
-        let txn = wire::transaction_from_pb(t)
-            .and_then(|txn| auth::authorize_transaction(principal.role, &txn).map(|()| txn));
+        let txn = wire::envelope_from_pb(t).and_then(|envelope| {
+            auth::authorize_envelope(principal.role, &envelope).map(|()| envelope.transaction)
+        });
         match txn {
             Ok(txn) => {
                 accepted.push(txn);

@@ -73,15 +73,19 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
             _ => continue,
         };
         for t in transactions {
-            let checked = wire::transaction_from_pb(t).and_then(|txn| {
-                txn.validate(limits)?;
-                super::auth::authorize_transaction(Role::Game, &txn)?;
-                Ok(txn)
+            let checked = wire::envelope_from_pb(t).and_then(|envelope| {
+                envelope.transaction.validate(limits)?;
+                super::auth::authorize_envelope(Role::Game, &envelope)?;
+                Ok(envelope)
             });
             match checked {
-                Ok(txn) => {
-                    let again = wire::transaction_from_pb(wire::transaction_to_pb(&txn));
-                    assert_eq!(again.as_ref(), Ok(&txn), "round trip changed a transaction");
+                Ok(envelope) => {
+                    let again = wire::envelope_from_pb(wire::envelope_to_pb(&envelope));
+                    assert_eq!(
+                        again.as_ref(),
+                        Ok(&envelope),
+                        "round trip changed a transaction"
+                    );
                     seen.accepted += 1;
                 }
                 Err(_) => seen.rejected += 1,
@@ -95,22 +99,23 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
 mod tests {
     use super::*;
     use crate::model::{IdempotencyKey, Name, Operation, PlayerId, Transaction, Visibility};
+    use crate::wire::Envelope;
 
     #[test]
     fn a_valid_batch_is_accepted_and_garbage_stops_decoding() {
         let me = PlayerId::new("me").expect("valid");
-        let txn = Transaction {
-            acting_player: Some(me.clone()),
-            ..Transaction::owner(me, IdempotencyKey::new("c", 1).ok()).with(Operation::SetField {
+        let txn = Envelope::acting_for(
+            me.clone(),
+            Transaction::owner(me, IdempotencyKey::new("c", 1).ok()).with(Operation::SetField {
                 name: Name::new("a").expect("valid"),
                 value: b"x".to_vec(),
                 visibility: Visibility::Public,
-            })
-        };
+            }),
+        );
         let frame = pb::ClientFrame {
             request_id: 1,
             body: Some(pb::client_frame::Body::Batch(pb::Batch {
-                transactions: vec![wire::transaction_to_pb(&txn), pb::Transaction::default()],
+                transactions: vec![wire::envelope_to_pb(&txn), pb::Transaction::default()],
             })),
         };
         let mut bytes = Vec::new();

@@ -166,7 +166,6 @@ impl Store {
             access,
             idempotency_key: None,
             operations: vec![Operation::Read { names: Vec::new() }],
-            acting_player: None,
         };
         let committed = self.execute(txn).await?;
         if committed.version == 0 {
