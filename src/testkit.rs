@@ -467,12 +467,13 @@ impl SentinelServer {
     /// The master's port as this Sentinel reports it.
     pub fn master_port(&self, master_name: &str) -> Option<u16> {
         let mut conn = self.connection().ok()?;
-        let answer: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(master_name)
-            .query(&mut conn)
+        let (address, details): (Option<Vec<String>>, Vec<String>) =
+            crate::store::sentinel::master_query(master_name)
+                .query(&mut conn)
+                .ok()?;
+        let view = crate::store::sentinel::SentinelView::from_replies(address.as_deref(), &details)
             .ok()?;
-        answer.map(|(_, port)| port)
+        view.address.rsplit_once(':')?.1.parse().ok()
     }
 
     /// True when this Sentinel sees enough Sentinels to authorize a failover.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use colony::shard_map::{Endpoint, ShardMap};
+use colony::store::sentinel;
 use colony::{Config, PlayerId};
 use tokio::process::Command;
 
@@ -220,18 +221,16 @@ impl ControlDir {
             bail!("shard {} has no Sentinels", shard.name);
         };
         let timeout = self.config.redis.sentinel_timeout();
+        let password = self
+            .config
+            .shards
+            .iter()
+            .find(|s| s.name == shard.name)
+            .and_then(|s| s.sentinel.as_ref())
+            .and_then(|s| s.password.as_deref());
         for sentinel in sentinels {
-            let ask = async {
-                let client = redis::Client::open(format!("redis://{sentinel}"))?;
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(master_name)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-            };
-            if let Ok(Ok(Some((host, port)))) = tokio::time::timeout(timeout, ask).await {
-                return Ok(format!("{host}:{port}"));
+            if let Ok(view) = sentinel::ask(sentinel, master_name, timeout, password).await {
+                return Ok(view.address);
             }
         }
         bail!("no Sentinel of shard {} answered", shard.name)

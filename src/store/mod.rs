@@ -7,6 +7,8 @@
 
 pub mod breaker;
 mod links;
+pub mod sentinel;
+mod wait;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};

@@ -1,0 +1,556 @@
+//! Asking Redis Sentinel where a shard's master is, and when to believe the answer.
+//!
+//! One way of asking, shared by the store, the test harness and the load test: the two
+//! commands of [`master_query`] in one round trip, read by [`SentinelView::from_replies`].
+//! The store asks every Sentinel of a shard at once and believes them only under the rules
+//! of [`agreed_master`] (newest configuration wins; a master being failed over is refused);
+//! a tool that only wants to know where the master is now uses [`ask`].
+//!
+//! [`watch_switch_master`] follows the `+switch-master` announcements that let the store
+//! find a new master before its requests fail.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
+
+use super::links::tcp_info;
+
+/// The commands that ask a Sentinel about `master_name`, for one round trip:
+/// `get-master-addr-by-name` already names the promoted replica while a failover is still
+/// reconfiguring the others; `MASTER` carries the flags, the epoch, and the master being
+/// failed over. Their replies are read by [`SentinelView::from_replies`].
+pub fn master_query(master_name: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(master_name)
+        .cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(master_name);
+    pipe
+}
+
+/// One Sentinel's view of `master_name` (at `sentinel`, `host:port`), within `timeout`.
+pub async fn ask(
+    sentinel: &str,
+    master_name: &str,
+    timeout: Duration,
+    password: Option<&str>,
+) -> Result<SentinelView, String> {
+    let mut redis = RedisConnectionInfo::default();
+    if let Some(password) = password {
+        redis = redis.set_password(password);
+    }
+    let asking = async {
+        let client = redis::Client::open(tcp_info(sentinel, redis)?).map_err(|e| e.to_string())?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (address, details): (Option<Vec<String>>, Vec<String>) = master_query(master_name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        SentinelView::from_replies(address.as_deref(), &details)
+    };
+    tokio::time::timeout(timeout, asking)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()))
+}
+
+/// Asks every Sentinel at once; those that answer within `timeout` decide (see
+/// [`agreed_master`]).
+pub(super) async fn ask_all(
+    master_name: &str,
+    sentinels: &[String],
+    timeout: Duration,
+    password: Option<&str>,
+) -> Result<Agreed, String> {
+    let asked = sentinels.iter().map(|sentinel| async move {
+        let view = ask(sentinel, master_name, timeout, password).await;
+        (sentinel.clone(), view)
+    });
+    let answers = futures_util::future::join_all(asked).await;
+    agreed_master(master_name, &answers)
+}
+
+/// Follows one Sentinel's `+switch-master` channel at a time, moving to the next Sentinel when
+/// one fails, and calls `on_switch` with the new address of each announced move of
+/// `master_name`, until `stopped` changes or its sender is dropped.
+pub(super) async fn watch_switch_master(
+    master_name: String,
+    sentinels: Vec<String>,
+    timeout: Duration,
+    password: Option<String>,
+    on_switch: impl Fn(&str),
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) {
+    let mut redis = RedisConnectionInfo::default();
+    if let Some(password) = &password {
+        redis = redis.set_password(password);
+    }
+    let mut index = 0usize;
+    loop {
+        let sentinel = &sentinels[index % sentinels.len()];
+        let subscribed = async {
+            let client = redis::Client::open(tcp_info(sentinel, redis.clone())?)
+                .map_err(|e| e.to_string())?;
+            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| "no answer in time".to_string())?
+                .map_err(|e| e.to_string())?;
+            pubsub
+                .subscribe("+switch-master")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(pubsub.into_on_message())
+        };
+        let mut messages = tokio::select! {
+            subscribed = subscribed => match subscribed {
+                Ok(messages) => Some(messages),
+                Err(e) => {
+                    tracing::debug!(%sentinel, error = %e, "cannot follow +switch-master");
+                    None
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        while let Some(stream) = messages.as_mut() {
+            let message = tokio::select! {
+                message = stream.next() => message,
+                _ = stopped.changed() => return,
+            };
+            let Some(message) = message else { break };
+            // "<master name> <old ip> <old port> <new ip> <new port>"
+            let payload: String = message.get_payload().unwrap_or_default();
+            let words: Vec<&str> = payload.split_whitespace().collect();
+            if let [name, _, _, ip, port] = words.as_slice() {
+                if *name == master_name {
+                    on_switch(&host_port(ip, port));
+                }
+            }
+        }
+        index += 1;
+        // Before asking the next Sentinel, so that a dead one is not hammered.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn host_port(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// What one Sentinel said about a master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelView {
+    /// The address `get-master-addr-by-name` gave: during a failover, the promoted replica
+    /// once it answers as a master.
+    pub address: String,
+    /// The address of the master the Sentinel monitors (`SENTINEL MASTER`): until a failover
+    /// ends, the one being failed over.
+    pub monitored: String,
+    /// The Sentinel's flags for the master (`s_down`, `o_down`, `failover_in_progress`, ...).
+    pub flags: Vec<String>,
+    /// The epoch of the Sentinel's configuration for the master; each failover raises it.
+    pub config_epoch: u64,
+    /// How long the master may be silent before this Sentinel deems it down.
+    pub down_after_ms: Option<u64>,
+}
+
+impl SentinelView {
+    /// Reads the replies to `get-master-addr-by-name` and `SENTINEL MASTER` (a flat list of
+    /// field names and values). Fields that are missing or malformed fall back to what is
+    /// safest: no flags, epoch 0 (so any Sentinel with a real epoch outranks it), no
+    /// `down-after`, and the named address as the monitored one (so its flags still count).
+    pub fn from_replies(
+        address: Option<&[String]>,
+        details: &[String],
+    ) -> Result<SentinelView, String> {
+        let address = match address {
+            Some([host, port]) => host_port(host, port),
+            _ => return Err("unknown master name".into()),
+        };
+        let field = |name: &str| {
+            details
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+        };
+        let flags = field("flags")
+            .map(|flags| flags.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let config_epoch = field("config-epoch")
+            .and_then(|epoch| epoch.parse().ok())
+            .unwrap_or(0);
+        let down_after_ms = field("down-after-milliseconds").and_then(|ms| ms.parse().ok());
+        let monitored = match (field("ip"), field("port")) {
+            (Some(host), Some(port)) => host_port(host, port),
+            _ => address.clone(),
+        };
+        Ok(SentinelView {
+            address,
+            monitored,
+            flags,
+            config_epoch,
+            down_after_ms,
+        })
+    }
+}
+
+/// The master the Sentinels agreed on.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Agreed {
+    pub(super) address: String,
+    /// The shortest `down-after-milliseconds` among the Sentinels that agreed.
+    pub(super) down_after_ms: Option<u64>,
+}
+
+/// Whether a reply may take as long as the Sentinels' `down-after`, after which the master
+/// that sends it may have been replaced.
+pub(super) fn replies_outlast_down_after(response_timeout: Duration, down_after_ms: u64) -> bool {
+    response_timeout >= Duration::from_millis(down_after_ms)
+}
+
+/// The master the Sentinels name, if it is safe to write to.
+///
+/// Asking one Sentinel is not enough to keep acknowledged writes. A master that was frozen
+/// past `down-after` and wakes up after a replica was promoted still believes it is the
+/// master, and the other replicas are still attached to it until the failover leader
+/// reconfigures them: it takes writes, and `WAIT` counts those replicas' acknowledgements. The
+/// Sentinels that did not lead the failover name the old master until the leader's hello
+/// reaches them (up to two seconds), and `ROLE` confirms it, so a client that believes them
+/// writes into a history the failover is about to throw away. The failover leader knows
+/// better throughout: it flags the master `failover_in_progress` from the moment it starts,
+/// and once the promoted replica answers as a master it names that replica under a higher
+/// configuration epoch than the others.
+///
+/// So the newest configuration wins, as it does between the Sentinels themselves: of the
+/// Sentinels that answered, those at the highest configuration epoch must agree on the
+/// address, and it is refused while one of them flags a failover of that very address
+/// (`failover_in_progress` or `o_down` on the master it names). The promoted replica, named
+/// while the leader still moves the other replicas, is the failover's outcome and is used at
+/// once. Sentinels that did not answer do not count, so a shard whose Sentinels are mostly
+/// down is still served by the one left (it cannot fail over without a majority anyway). The
+/// caller retries a refusal like any UNAVAILABLE shard.
+fn agreed_master(
+    master_name: &str,
+    answers: &[(String, Result<SentinelView, String>)],
+) -> Result<Agreed, String> {
+    let views: Vec<(&String, &SentinelView)> = answers
+        .iter()
+        .filter_map(|(sentinel, view)| view.as_ref().ok().map(|view| (sentinel, view)))
+        .collect();
+    let Some(newest) = views.iter().map(|(_, view)| view.config_epoch).max() else {
+        let errors: Vec<String> = answers
+            .iter()
+            .filter_map(|(sentinel, view)| view.as_ref().err().map(|e| format!("{sentinel}: {e}")))
+            .collect();
+        return Err(format!(
+            "no Sentinel knows master {master_name:?}: {}",
+            errors.join("; ")
+        ));
+    };
+    // Only the newest configuration counts: a Sentinel still at the old epoch has not heard
+    // that the failover it flags (or the down master it sees) is over.
+    let current: Vec<&(&String, &SentinelView)> = views
+        .iter()
+        .filter(|(_, view)| view.config_epoch == newest)
+        .collect();
+    if let Some((sentinel, view)) = current.iter().find(|(_, view)| {
+        view.address == view.monitored
+            && view
+                .flags
+                .iter()
+                .any(|flag| flag == "failover_in_progress" || flag == "o_down")
+    }) {
+        return Err(format!(
+            "Sentinel {sentinel} is failing over master {master_name:?} (flags {}); \
+             waiting for the failover to end",
+            view.flags.join(",")
+        ));
+    }
+    let address = &current[0].1.address;
+    if current.iter().any(|(_, view)| &view.address != address) {
+        let said: Vec<String> = current
+            .iter()
+            .map(|(sentinel, view)| format!("{sentinel} says {}", view.address))
+            .collect();
+        return Err(format!(
+            "the Sentinels disagree on master {master_name:?} at epoch {newest} ({})",
+            said.join(", ")
+        ));
+    }
+    Ok(Agreed {
+        address: address.clone(),
+        down_after_ms: current
+            .iter()
+            .filter_map(|(_, view)| view.down_after_ms)
+            .min(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(address: &str, flags: &str) -> Result<SentinelView, String> {
+        at_epoch(address, flags, 1)
+    }
+
+    fn at_epoch(address: &str, flags: &str, config_epoch: u64) -> Result<SentinelView, String> {
+        Ok(SentinelView {
+            address: address.to_string(),
+            monitored: address.to_string(),
+            flags: flags.split(',').map(str::to_string).collect(),
+            config_epoch,
+            down_after_ms: Some(2000),
+        })
+    }
+
+    /// The failover leader once the promoted replica answers as a master.
+    fn reconfiguring(promoted: &str, old: &str, config_epoch: u64) -> Result<SentinelView, String> {
+        Ok(SentinelView {
+            address: promoted.to_string(),
+            monitored: old.to_string(),
+            flags: vec!["master".into(), "failover_in_progress".into()],
+            config_epoch,
+            down_after_ms: Some(2000),
+        })
+    }
+
+    fn agreed(address: &str) -> Agreed {
+        Agreed {
+            address: address.to_string(),
+            down_after_ms: Some(2000),
+        }
+    }
+
+    fn answers(
+        views: Vec<Result<SentinelView, String>>,
+    ) -> Vec<(String, Result<SentinelView, String>)> {
+        views
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("s{i}:26379"), v))
+            .collect()
+    }
+
+    #[test]
+    fn sentinels_that_agree_name_the_master() {
+        let all = answers(vec![
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master,s_down"),
+        ]);
+        assert_eq!(agreed_master("m", &all), Ok(agreed("10.0.0.1:6379")));
+    }
+
+    #[test]
+    fn sentinels_that_do_not_answer_do_not_count() {
+        let some = answers(vec![
+            Err("connection refused".into()),
+            view("10.0.0.1:6379", "master"),
+            Err("no answer in time".into()),
+        ]);
+        assert_eq!(agreed_master("m", &some), Ok(agreed("10.0.0.1:6379")));
+    }
+
+    #[test]
+    fn no_answer_at_all_is_an_error_naming_each_sentinel() {
+        let none = answers(vec![
+            Err("connection refused".into()),
+            Err("unknown master name".into()),
+        ]);
+        let error = agreed_master("m", &none).expect_err("nobody answered");
+        assert!(error.contains("s0:26379: connection refused"), "{error}");
+        assert!(error.contains("s1:26379: unknown master name"), "{error}");
+    }
+
+    #[test]
+    fn a_failover_of_the_named_master_refuses_it() {
+        // The leader, before it saw the promoted replica answer as a master: everyone still
+        // names the old one.
+        let waiting_for_promotion = answers(vec![
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master,s_down,o_down,failover_in_progress"),
+            view("10.0.0.1:6379", "master"),
+        ]);
+        let error = agreed_master("m", &waiting_for_promotion).expect_err("a failover is running");
+        assert!(error.contains("s1:26379"), "{error}");
+        assert!(error.contains("failover_in_progress"), "{error}");
+        // An objectively down master is being replaced even before a leader is elected.
+        let down = answers(vec![view("10.0.0.1:6379", "master,s_down,o_down")]);
+        assert!(agreed_master("m", &down).is_err());
+    }
+
+    #[test]
+    fn the_newest_configuration_wins_once_the_failover_is_over() {
+        // The leader finished the failover; the others have not had its hello yet.
+        let catching_up = answers(vec![
+            at_epoch("10.0.0.1:6379", "master", 3),
+            at_epoch("10.0.0.2:6379", "master", 4),
+            at_epoch("10.0.0.1:6379", "master", 3),
+        ]);
+        assert_eq!(
+            agreed_master("m", &catching_up),
+            Ok(agreed("10.0.0.2:6379"))
+        );
+        // Nor do their flags for the master they still believe in count.
+        let dead_old_master = answers(vec![
+            at_epoch(
+                "10.0.0.1:6379",
+                "master,s_down,o_down,failover_in_progress",
+                3,
+            ),
+            at_epoch("10.0.0.2:6379", "master", 4),
+        ]);
+        assert_eq!(
+            agreed_master("m", &dead_old_master),
+            Ok(agreed("10.0.0.2:6379"))
+        );
+    }
+
+    #[test]
+    fn the_promoted_replica_is_used_while_the_leader_moves_the_others() {
+        let promoted = answers(vec![
+            at_epoch("10.0.0.1:6379", "master,s_down,o_down", 3),
+            reconfiguring("10.0.0.2:6379", "10.0.0.1:6379", 4),
+            at_epoch("10.0.0.1:6379", "master", 3),
+        ]);
+        assert_eq!(agreed_master("m", &promoted), Ok(agreed("10.0.0.2:6379")));
+    }
+
+    #[test]
+    fn disagreement_at_the_same_epoch_names_no_master() {
+        let split = answers(vec![
+            at_epoch("10.0.0.1:6379", "master", 4),
+            at_epoch("10.0.0.2:6379", "master", 4),
+            at_epoch("10.0.0.3:6379", "master", 2),
+        ]);
+        let error = agreed_master("m", &split).expect_err("they disagree");
+        assert!(error.contains("s0:26379 says 10.0.0.1:6379"), "{error}");
+        assert!(error.contains("s1:26379 says 10.0.0.2:6379"), "{error}");
+        assert!(
+            !error.contains("s2:26379"),
+            "a stale Sentinel is not quoted: {error}"
+        );
+    }
+
+    #[test]
+    fn replies_that_can_outlast_down_after_are_flagged() {
+        // The defaults (1000 + 500 ms) against the shipped Sentinel profile (2000 ms).
+        assert!(!replies_outlast_down_after(
+            Duration::from_millis(1500),
+            2000
+        ));
+        // The old default command timeout (2000 + 500 ms).
+        assert!(replies_outlast_down_after(
+            Duration::from_millis(2500),
+            2000
+        ));
+        assert!(replies_outlast_down_after(
+            Duration::from_millis(2000),
+            2000
+        ));
+    }
+
+    #[test]
+    fn the_shortest_down_after_of_the_agreeing_sentinels_is_reported() {
+        let mut quick = at_epoch("10.0.0.1:6379", "master", 1);
+        if let Ok(view) = quick.as_mut() {
+            view.down_after_ms = Some(1500);
+        }
+        let all = answers(vec![at_epoch("10.0.0.1:6379", "master", 1), quick]);
+        let agreed = agreed_master("m", &all).expect("they agree");
+        assert_eq!(agreed.down_after_ms, Some(1500));
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_sentinel_reply_is_read_field_by_field() {
+        let view = SentinelView::from_replies(
+            Some(&strings(&["10.0.0.2", "6379"])),
+            &strings(&[
+                "name",
+                "m",
+                "ip",
+                "10.0.0.1",
+                "port",
+                "6379",
+                "flags",
+                "master,o_down",
+                "config-epoch",
+                "7",
+                "down-after-milliseconds",
+                "2000",
+            ]),
+        );
+        assert_eq!(
+            view,
+            Ok(SentinelView {
+                address: "10.0.0.2:6379".into(),
+                monitored: "10.0.0.1:6379".into(),
+                flags: strings(&["master", "o_down"]),
+                config_epoch: 7,
+                down_after_ms: Some(2000),
+            })
+        );
+        let ipv6 = SentinelView::from_replies(Some(&strings(&["::1", "6379"])), &[]);
+        assert_eq!(ipv6.map(|v| v.address), Ok("[::1]:6379".to_string()));
+    }
+
+    #[test]
+    fn malformed_sentinel_replies_fall_back_to_the_safe_side() {
+        // No address, or one of the wrong shape: the Sentinel does not count.
+        assert!(SentinelView::from_replies(None, &[]).is_err());
+        assert!(SentinelView::from_replies(Some(&strings(&["10.0.0.1"])), &[]).is_err());
+        assert!(SentinelView::from_replies(Some(&strings(&["a", "1", "b"])), &[]).is_err());
+        // A details list with an odd length, bad numbers and no ip/port.
+        let view = SentinelView::from_replies(
+            Some(&strings(&["10.0.0.1", "6379"])),
+            &strings(&[
+                "config-epoch",
+                "-3",
+                "down-after-milliseconds",
+                "soon",
+                "flags",
+                "failover_in_progress",
+                "port",
+            ]),
+        )
+        .expect("the address is enough");
+        assert_eq!(
+            view.config_epoch, 0,
+            "a bad epoch never outranks a real one"
+        );
+        assert_eq!(view.down_after_ms, None);
+        assert_eq!(
+            view.monitored, view.address,
+            "so its failover flag still refuses it"
+        );
+        let refused = answers(vec![Ok(view)]);
+        assert!(agreed_master("m", &refused).is_err());
+        // A huge list is read without trouble; only the first occurrence of a field counts.
+        let mut long = strings(&["flags", "master"]);
+        long.extend((0..100_000).map(|i| format!("junk-{i}")));
+        long.extend(strings(&["flags", "o_down"]));
+        let view = SentinelView::from_replies(Some(&strings(&["h", "1"])), &long)
+            .expect("the address is enough");
+        assert_eq!(view.flags, strings(&["master"]));
+    }
+}

@@ -1,0 +1,84 @@
+//! Replicated acknowledgements: `WAIT`, grouped per connection.
+
+use std::sync::{Arc, Mutex};
+
+use redis::aio::MultiplexedConnection;
+
+/// Group commit for `WAIT`: one `WAIT` at a time per connection, covering every caller whose
+/// writes were answered before it was sent.
+///
+/// `WAIT` blocks the connection it is sent on until the replicas answer, so a `WAIT` per
+/// pipeline would serialise every caller sharing the connection behind one replica round trip
+/// each. Instead a caller whose writes were answered joins the next round; a round's `WAIT` is
+/// sent only after every caller in it joined, so it covers all of their writes (Redis counts
+/// the writes a connection made before the `WAIT`). Rounds run in a task of their own, so a
+/// caller that gives up cannot stall the others.
+pub(super) struct WaitRounds {
+    conn: MultiplexedConnection,
+    replicas: u32,
+    timeout_ms: u64,
+    state: Mutex<Rounds>,
+}
+
+#[derive(Default)]
+struct Rounds {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<i64, String>>>,
+    running: bool,
+}
+
+impl WaitRounds {
+    /// Rounds on `conn`, each a `WAIT replicas timeout_ms`.
+    pub(super) fn new(conn: MultiplexedConnection, replicas: u32, timeout_ms: u64) -> WaitRounds {
+        WaitRounds {
+            conn,
+            replicas,
+            timeout_ms,
+            state: Mutex::new(Rounds::default()),
+        }
+    }
+
+    /// Joins the next round and returns what its `WAIT` answered: how many replicas
+    /// acknowledged every write this connection had answered before the call.
+    pub(super) async fn wait(self: &Arc<Self>) -> Result<i64, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut rounds = lock(&self.state);
+            rounds.waiting.push(tx);
+            !std::mem::replace(&mut rounds.running, true)
+        };
+        if start {
+            let this = self.clone();
+            tokio::spawn(async move { this.run().await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the WAIT round was abandoned".into()))
+    }
+
+    async fn run(&self) {
+        loop {
+            let round = {
+                let mut rounds = lock(&self.state);
+                if rounds.waiting.is_empty() {
+                    rounds.running = false;
+                    return;
+                }
+                std::mem::take(&mut rounds.waiting)
+            };
+            let mut conn = self.conn.clone();
+            let acked: Result<i64, String> = redis::cmd("WAIT")
+                .arg(self.replicas)
+                .arg(self.timeout_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string());
+            for waiter in round {
+                let _ = waiter.send(acked.clone());
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values behind this lock; a panic elsewhere cannot leave them half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
