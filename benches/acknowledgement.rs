@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
-use colony::testkit::{config_for, wait_until, RedisServer};
 use colony::Store;
+use colony_testkit::{config_for, wait_until_blocking, RedisServer};
 
 const CALLERS: u64 = 64;
 
@@ -60,7 +60,7 @@ fn main() {
     let master = RedisServer::start().unwrap();
     let port = master.port().to_string();
     let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
-    assert!(wait_until(Duration::from_secs(15), || master
+    assert!(wait_until_blocking(Duration::from_secs(15), || master
         .replicas_online()
         >= 1));
     let mut local = config_for(&[&master]);

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
-use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
 use colony::{Committed, Error, Store, Transaction};
+use colony_testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
 use hdrhistogram::Histogram;
 
 const PLAYERS: u64 = 10_000;

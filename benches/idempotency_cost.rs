@@ -23,8 +23,8 @@
 
 use colony::config::RedisSettings;
 use colony::script::{encode, Bounds, Window};
-use colony::testkit::RedisServer;
 use colony::{PlayerId, Transaction};
+use colony_testkit::RedisServer;
 
 mod common;
 #[path = "../tests/common/legacy.rs"]

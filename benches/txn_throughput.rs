@@ -24,8 +24,8 @@ mod common;
 
 use colony::keys::{legacy_idempotency_key, PlayerKeys, SlotKeys};
 use colony::script::SCRIPT;
-use colony::testkit::{config_for, RedisServer};
 use colony::{IdempotencyKey, PlayerId, Store, Transaction};
+use colony_testkit::{config_for, RedisServer};
 
 const CONCURRENCY: u64 = 64;
 const BATCH: u64 = 16;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
 use colony::config::Acknowledge;
-use colony::testkit::{
+use colony_testkit::{
     wait_until, with_test_gateway, IncrementWriters, Profile, Seeded, SentinelShard, Target,
     TestGateway, ADMIN_TOKEN,
 };
@@ -36,7 +36,7 @@ fn args() -> Args {
         interval: 20,
         writers: 8,
         profile: Profile::Safe,
-        seed: Seeded::seed_from_env(),
+        seed: colony_testkit::seed_from_env(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,7 +104,8 @@ async fn main() {
         writers.fault(format!("kill {kill}: master {}", shard.servers[old].port()));
         let promoted = wait_until(Duration::from_secs(60), || {
             shard.master_index().is_some_and(|m| m != old)
-        });
+        })
+        .await;
         assert!(promoted, "no promotion after kill {kill}");
         let promotion = killed_at.elapsed();
         let new = shard.master_index().unwrap();
@@ -114,7 +115,7 @@ async fn main() {
             .unwrap();
         let at = writers.acknowledged();
         assert!(
-            wait_until(Duration::from_secs(60), || writers.acknowledged() > at + 50),
+            wait_until(Duration::from_secs(60), || writers.acknowledged() > at + 50).await,
             "writes did not resume after kill {kill}"
         );
         println!("kill {kill}: Sentinel promotion after {promotion:?}");
@@ -140,13 +141,13 @@ async fn main() {
     println!();
     println!(
         "operations: {} acknowledged, {} unknown, {} failed, {} attempts",
-        verdict.acknowledged, verdict.unknown, verdict.failed, attempts
+        verdict.acknowledged_ops, verdict.unknown_ops, verdict.failed_ops, attempts
     );
     println!(
         "lost acknowledged: {} ({:.3}%), applied twice: {}",
         verdict.lost,
-        100.0 * verdict.lost as f64 / verdict.acknowledged.max(1) as f64,
-        verdict.extra
+        100.0 * verdict.lost as f64 / verdict.acknowledged_ops.max(1) as f64,
+        verdict.applied_twice
     );
     println!("failovers: {}", kills.len());
     println!(
@@ -165,7 +166,7 @@ async fn main() {
         percentile(&added, 0.99)
     );
     gateway.shutdown().await;
-    if a.profile == Profile::Safe && (verdict.lost > 0 || verdict.extra > 0) {
+    if a.profile == Profile::Safe && (verdict.lost > 0 || verdict.applied_twice > 0) {
         std::process::exit(1);
     }
 }

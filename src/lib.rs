@@ -43,9 +43,6 @@ pub mod tls;
 #[cfg(feature = "client")]
 pub mod wire;
 
-#[cfg(feature = "testkit")]
-pub mod testkit;
-
 pub use config::Config;
 pub use error::{Code, Error, Retry};
 pub use model::{

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use colony::testkit::{free_port, gateway_config, RedisServer, TestGateway, GAME_TOKEN};
+use colony_testkit::{free_port, gateway_config, RedisServer, TestGateway, GAME_TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -11,8 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
-use colony::testkit::{wait_until, IncrementWriters, Profile, SentinelShard, Target};
 use colony::{Access, Error, Operation, Store, Transaction, Value, Visibility};
+use colony_testkit::{wait_until, IncrementWriters, Profile, SentinelShard, Target};
 use common::{key, name, pid};
 
 fn increment(request: u64) -> Transaction {
@@ -41,7 +41,7 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
     let writers = IncrementWriters::start(target.clone(), 4, "counter", 4, 1);
 
     assert!(
-        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200),
+        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200).await,
         "writes never got going"
     );
     let old = shard.master_index().expect("a master");
@@ -52,7 +52,8 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
     assert!(
         wait_until(Duration::from_secs(30), || shard
             .master_index()
-            .is_some_and(|m| m != old)),
+            .is_some_and(|m| m != old))
+        .await,
         "the Sentinels did not promote a replica"
     );
     let promoted_after = killed_at.elapsed();
@@ -64,7 +65,8 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
         .expect("restarts");
     assert!(
         wait_until(Duration::from_secs(30), || writers.acknowledged()
-            >= acked_at_kill + 200),
+            >= acked_at_kill + 200)
+        .await,
         "writes did not resume after the failover"
     );
     let attempts = writers.attempts();
@@ -85,12 +87,12 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
 
 #[tokio::test]
 async fn a_write_no_replica_acknowledged_is_unknown_until_a_retry_settles_it() {
-    use colony::testkit::{config_for, RedisServer};
+    use colony_testkit::{config_for, RedisServer};
     let master = RedisServer::start().expect("master");
     let port = master.port().to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).expect("replica");
     assert!(
-        wait_until(Duration::from_secs(15), || master.replicas_online() >= 1),
+        wait_until(Duration::from_secs(15), || master.replicas_online() >= 1).await,
         "the replica did not sync"
     );
     let mut config = config_for(&[&master]);

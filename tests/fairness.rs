@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
-use colony::testkit::{with_test_gateway, Profile, SentinelShard, TestGateway, ADMIN_TOKEN};
 use colony::{Access, Error, Operation, Transaction, Visibility};
+use colony_testkit::{with_test_gateway, Profile, SentinelShard, TestGateway, ADMIN_TOKEN};
 use common::{key, name, pid};
 
 /// The other client's p99 while the shard is hammered: under a sixth of Sentinel's

@@ -11,10 +11,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
-use colony::testkit::{
-    wait_until, IncrementWriters, Profile, Seeded, SentinelShard, Target, Verdict,
-};
 use colony::{Access, Config, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
+use colony_testkit::{
+    wait_until, Findings, IncrementWriters, Profile, Seeded, SentinelShard, Target,
+};
 use common::{key, name, pid};
 
 const COUNTERS: u64 = 8;
@@ -36,7 +36,7 @@ async fn lagging_replica_then_master_death(
     profile: Profile,
     acknowledge: Acknowledge,
     seed: u64,
-) -> Verdict {
+) -> Findings {
     let mut random = Seeded::new(seed);
     let mut shard = SentinelShard::start("faults-lag", profile, 1).expect("shard starts");
     let store = Store::new(&tuned(shard.config(), acknowledge)).expect("store");
@@ -45,7 +45,7 @@ async fn lagging_replica_then_master_death(
     let count = || writers.acknowledged();
     let warm_up = random.range(100, 300);
     assert!(
-        wait_until(Duration::from_secs(20), || count() >= warm_up),
+        wait_until(Duration::from_secs(20), || count() >= warm_up).await,
         "writes never got going"
     );
 
@@ -72,14 +72,15 @@ async fn lagging_replica_then_master_death(
     let after_filler = count();
     let more = random.range(20, 60);
     // In the naive profile writes keep being acknowledged; in the safe one they cannot be.
-    let _ = wait_until(Duration::from_secs(3), || count() >= after_filler + more);
+    let _ = wait_until(Duration::from_secs(3), || count() >= after_filler + more).await;
     writers.fault("master killed");
     let killed_at = Instant::now();
     shard.servers[master].kill().expect("kill the master");
     shard.servers[replica].resume().expect("resume the replica");
     assert!(
         wait_until(Duration::from_secs(30), || shard.master_index()
-            == Some(replica)),
+            == Some(replica))
+        .await,
         "the Sentinels did not promote the replica"
     );
     let promoted_after = killed_at.elapsed();
@@ -89,7 +90,7 @@ async fn lagging_replica_then_master_death(
         .expect("the old master returns as a replica");
     let at_promotion = count();
     assert!(
-        wait_until(Duration::from_secs(30), || count() >= at_promotion + 100),
+        wait_until(Duration::from_secs(30), || count() >= at_promotion + 100).await,
         "writes did not resume"
     );
     let history = writers.stop().await;
@@ -104,7 +105,7 @@ async fn lagging_replica_then_master_death(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safe_profile_loses_nothing_when_a_lagging_replica_is_promoted() {
-    let seed = Seeded::seed_from_env();
+    let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
     let verdict =
         lagging_replica_then_master_death(Profile::Safe, Acknowledge::Replicated, seed).await;
@@ -113,7 +114,7 @@ async fn safe_profile_loses_nothing_when_a_lagging_replica_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_profile_loss_is_caught_by_the_checker() {
-    let seed = Seeded::seed_from_env();
+    let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
     let verdict = lagging_replica_then_master_death(Profile::Naive, Acknowledge::Local, seed).await;
     assert!(
@@ -121,14 +122,14 @@ async fn naive_profile_loss_is_caught_by_the_checker() {
         "seed {seed}: the naive profile lost nothing, so the fault was not exercised: {verdict:?}"
     );
     assert_eq!(
-        verdict.extra, 0,
+        verdict.applied_twice, 0,
         "seed {seed}: increments applied twice: {verdict:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
-    let seed = Seeded::seed_from_env();
+    let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
     let mut random = Seeded::new(seed);
     let shard = SentinelShard::start("faults-pause", Profile::Safe, 2).expect("shard starts");
@@ -138,7 +139,7 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     let count = || writers.acknowledged();
     let warm_up = random.range(100, 300);
     assert!(
-        wait_until(Duration::from_secs(20), || count() >= warm_up),
+        wait_until(Duration::from_secs(20), || count() >= warm_up).await,
         "writes never got going"
     );
 
@@ -158,7 +159,8 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
             .servers
             .iter()
             .enumerate()
-            .any(|(i, server)| i != master && server.is_master())),
+            .any(|(i, server)| i != master && server.is_master()))
+        .await,
         "the Sentinels did not promote a replica"
     );
     let promoted_after = paused_at.elapsed();
@@ -168,19 +170,20 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     writers.fault("old master resumed");
     let at_resume = count();
     assert!(
-        wait_until(Duration::from_secs(30), || count() >= at_resume + 200),
+        wait_until(Duration::from_secs(30), || count() >= at_resume + 200).await,
         "writes did not resume"
     );
     // Only once the old master has been demoted is anything it took thrown away: check after.
     assert!(
         wait_until(Duration::from_secs(30), || !shard.servers[master]
             .is_master()
-            && shard.master_index().is_some_and(|m| m != master)),
+            && shard.master_index().is_some_and(|m| m != master))
+        .await,
         "the Sentinels did not demote the old master"
     );
     let at_demotion = count();
     assert!(
-        wait_until(Duration::from_secs(30), || count() >= at_demotion + 100),
+        wait_until(Duration::from_secs(30), || count() >= at_demotion + 100).await,
         "writes did not go on after the old master was demoted"
     );
     let history = writers.stop().await;
@@ -195,7 +198,7 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_is_down_does_not_disturb_the_others() {
-    use colony::testkit::{config_for, RedisServer};
+    use colony_testkit::{config_for, RedisServer};
     let healthy = RedisServer::start().expect("starts");
     let mut failing = RedisServer::start().expect("starts");
     let mut config = tuned(config_for(&[&healthy, &failing]), Acknowledge::Local);
@@ -292,7 +295,8 @@ async fn without_a_sentinel_majority_there_is_no_failover_and_no_second_master()
     let promoted = wait_until(Duration::from_secs(8), || {
         shard.sentinels[2].master_port(&shard.master_name) != Some(shard.servers[master].port())
             || role_of(&shard.servers[replica]).as_deref() == Some("master")
-    });
+    })
+    .await;
     assert!(!promoted, "a failover happened without a Sentinel majority");
     // Refused: UNAVAILABLE, or UNKNOWN when the first attempt went out on the connection to
     // the killed master before its loss was noticed (the retries that could not connect do
@@ -330,7 +334,7 @@ async fn without_a_sentinel_majority_there_is_no_failover_and_no_second_master()
     );
 }
 
-fn role_of(server: &colony::testkit::RedisServer) -> Option<String> {
+fn role_of(server: &colony_testkit::RedisServer) -> Option<String> {
     let mut conn = redis::Client::open(server.url())
         .ok()?
         .get_connection_with_timeout(Duration::from_millis(500))
@@ -345,8 +349,8 @@ fn role_of(server: &colony::testkit::RedisServer) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_and_reordered_batches_apply_once_across_a_gateway_restart() {
     use colony::client::{Client, ClientConfig};
-    use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
-    let seed = Seeded::seed_from_env();
+    use colony_testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
+    let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
     let mut random = Seeded::new(seed);
     let servers = [
@@ -446,12 +450,12 @@ async fn replayed_and_reordered_batches_apply_once_across_a_gateway_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_was_lost_stays_unknown_when_retries_cannot_connect() {
     use colony::client::{Client, ClientConfig};
-    use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
+    use colony_testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN};
     let master = RedisServer::start().expect("starts");
     let port = master.port().to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).expect("starts");
     assert!(
-        wait_until(Duration::from_secs(10), || master.replicas_online() == 1),
+        wait_until(Duration::from_secs(10), || master.replicas_online() == 1).await,
         "the replica did not connect"
     );
     let mut config = gateway_config(&[&master]);
@@ -483,7 +487,8 @@ async fn a_write_whose_answer_was_lost_stays_unknown_when_retries_cannot_connect
     });
     assert!(
         wait_until(Duration::from_secs(5), || served.metrics().in_flight.get()
-            == 1),
+            == 1)
+        .await,
         "the write never reached the gateway"
     );
     // The master has applied it; the gateway waits for the replica. It stops now: the

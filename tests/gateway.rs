@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use colony::client::{Client, ClientConfig};
 use colony::frame;
-use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
 use colony::wire::pb;
 use colony::{Access, Envelope, Error, Operation, PlayerId, Transaction, Value, Visibility};
+use colony_testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
 use common::{digest, name, pid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -871,7 +871,7 @@ async fn a_closed_client_ends_its_connection_and_refuses_further_calls() {
     assert!(matches!(admin.ping().await, Err(Error::Unavailable { .. })));
     // The gateway sees the connection end (it runs on this test's runtime: the wait must not
     // block it).
-    let gone = colony::testkit::wait_for(WAIT, || {
+    let gone = colony_testkit::wait_until(WAIT, || {
         gw.gateway
             .metrics()
             .render()

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
 use colony::frame;
-use colony::testkit::{free_port, RedisServer, ADMIN_TOKEN, GAME_TOKEN};
 use colony::wire::pb;
 use colony::{Access, Error, Operation, Transaction, Visibility};
+use colony_testkit::{free_port, RedisServer, ADMIN_TOKEN, GAME_TOKEN};
 use common::{digest, key, name, pid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

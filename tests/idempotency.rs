@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use colony::testkit::{config_for, wait_until, RedisServer};
 use colony::{Access, Committed, Error, IdempotencyKey, Operation, Store, Transaction, Value};
+use colony_testkit::{config_for, wait_until_blocking, RedisServer};
 use common::{digest, name, pid, raw};
 
 fn store_with_window(server: &RedisServer, length: usize, age_secs: u64, ttl_secs: u64) -> Store {
@@ -55,7 +55,7 @@ async fn until_server_passes(server: &RedisServer, ms: u64) {
     let passed = tokio::task::spawn_blocking(move || {
         let client = redis::Client::open(url).expect("client");
         let mut conn = client.get_connection().expect("connects");
-        wait_until(Duration::from_secs(10), || {
+        wait_until_blocking(Duration::from_secs(10), || {
             let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("time");
             secs * 1000 + micros / 1000 > ms
         })

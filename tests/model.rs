@@ -340,7 +340,7 @@ fn build(
 #[test]
 fn redis_agrees_with_the_model() {
     let servers = common::servers(1);
-    let mut config = colony::testkit::config_for(&[&servers[0]]);
+    let mut config = colony_testkit::config_for(&[&servers[0]]);
     config.redis.idempotency_window_requests = WINDOW;
     let store = colony::Store::new(&config).expect("store");
     let runtime = tokio::runtime::Builder::new_current_thread()

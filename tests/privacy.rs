@@ -5,8 +5,8 @@
 mod common;
 
 use colony::client::{Client, ClientConfig};
-use colony::testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
 use colony::{Access, Committed, Envelope, Error, Operation, PlayerId, Transaction, Visibility};
+use colony_testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
 use common::name;
 use proptest::prelude::*;
 

@@ -5,7 +5,7 @@
 mod common;
 
 use colony::slot::key_slot;
-use colony::testkit::RedisServer;
+use colony_testkit::RedisServer;
 
 fn keys() -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = vec![

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use colony::model::COUNTER_LIMIT;
 use colony::store::breaker::BreakerState;
-use colony::testkit::{config_for, free_port, RedisServer};
 use colony::{Access, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
+use colony_testkit::{config_for, free_port, RedisServer};
 use common::{digest, key, name, pid, raw};
 
 fn set(n: &str, v: &[u8], visibility: Visibility) -> Operation {

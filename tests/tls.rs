@@ -7,8 +7,8 @@ use std::time::Duration;
 use colony::client::{Client, ClientConfig, ClientTls};
 use colony::config::TlsConfig;
 use colony::gateway::Gateway;
-use colony::testkit::{gateway_config, RedisServer, TestGateway, GAME_TOKEN};
 use colony::{Envelope, Error, Operation, Transaction, Visibility};
+use colony_testkit::{gateway_config, RedisServer, TestGateway, GAME_TOKEN};
 use common::{name, pid};
 
 struct Certificate {

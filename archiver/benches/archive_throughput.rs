@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colony::shard_map::ShardIndex;
-use colony::testkit::{config_for, MongoServer, RedisServer};
 use colony::{Access, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
 use colony_archiver::document::{to_document, DocState, Snapshot};
 use colony_archiver::worker::now;
 use colony_archiver::Archiver;
+use colony_testkit::{config_for, MongoServer, RedisServer};
 use mongodb::bson::DateTime;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use colony::shard_map::ShardIndex;
-use colony::testkit::{config_for, wait_until, MongoServer, RedisServer};
 use colony::{
     Access, Config, Error, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Value,
     Visibility,
@@ -13,6 +12,7 @@ use colony::{
 use colony_archiver::document::Snapshot;
 use colony_archiver::worker::now;
 use colony_archiver::{Archiver, Removal};
+use colony_testkit::{config_for, wait_until_blocking, MongoServer, RedisServer};
 use mongodb::bson::doc;
 
 static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -489,7 +489,7 @@ async fn the_rebuild_command_refills_the_named_shard() {
             .spawn()
             .expect("runs colony-archiver");
         // A one-shot command must end; a daemon that kept running would fail here.
-        let ended = wait_until(std::time::Duration::from_secs(30), || {
+        let ended = wait_until_blocking(std::time::Duration::from_secs(30), || {
             child.try_wait().ok().flatten().is_some()
         });
         if !ended {
@@ -789,7 +789,7 @@ async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_se
             .expect("client")
             .get_connection()
             .expect("connects");
-        wait_until(std::time::Duration::from_secs(10), || {
+        wait_until_blocking(std::time::Duration::from_secs(10), || {
             let marker: Option<String> = redis::cmd("HGET")
                 .arg("{old-a}:meta")
                 .arg("a")
@@ -900,7 +900,7 @@ async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored()
             .expect("replica");
     let mongo = MongoServer::start().expect("mongodb-wire server");
     let mut config = config(&healthy, &mongo);
-    let two = colony::testkit::config_for(&[&healthy, &down]);
+    let two = colony_testkit::config_for(&[&healthy, &down]);
     config.shards = two.shards;
     config.redis.retry_deadline_ms = 500;
     let store = Store::new(&config).expect("store");

@@ -5,13 +5,13 @@
 //! - [`chaos`]: chaos mode's fault schedule and unavailability windows (pure).
 //! - [`control`]: process control of a local cluster through its control directory, and the
 //!   faults injected through it.
-//! - [`checker`]: the ledger of coin increments and the final check (pure).
+//! - The ledger of coin increments and the final check are `colony_testkit::ledger`, the
+//!   same record the fault tests keep.
 //! - [`report`]: latency per operation, errors, correctness, latency over time; table, JSON,
 //!   HTML.
 //! - [`runner`]: sets players up, drives sessions through the Rust client, reads back.
 
 pub mod chaos;
-pub mod checker;
 pub mod control;
 pub mod report;
 pub mod runner;

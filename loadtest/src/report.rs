@@ -10,8 +10,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::chaos::FaultReport;
-use crate::checker::Findings;
 use crate::scenario::Op;
+use colony_testkit::ledger::Findings;
 
 /// What one session (or the whole run, once merged) measured.
 #[derive(Debug, Clone)]

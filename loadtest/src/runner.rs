@@ -10,11 +10,11 @@ use colony::client::{Client, ClientConfig};
 use colony::{Access, Envelope, Error, Name, Operation, PlayerId, Transaction, Value, Visibility};
 
 use crate::chaos::{Availability, FaultReport, PlannedFault, Scope};
-use crate::checker::Ledger;
 use crate::control::{ControlDir, Injected};
 use crate::report::{Report, Stats};
 use crate::scenario::{Op, Scenario};
 use colony::seeded::SplitMix64 as Random;
+use colony_testkit::ledger::Ledger;
 
 /// Most coins a player may hold; increments beyond are OUT_OF_BOUNDS (and not applied).
 const MAX_COINS: i64 = 1_000_000_000_000;
@@ -81,7 +81,7 @@ fn record_coins<T>(ledger: &mut Ledger, player: &str, delta: i64, result: &Resul
     match result {
         Ok(_) => ledger.acknowledged(player, delta),
         Err(Error::Unknown { .. } | Error::RequestTooOld { .. }) => ledger.unknown(player, delta),
-        Err(_) => {}
+        Err(_) => ledger.failed(player),
     }
 }
 

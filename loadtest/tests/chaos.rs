@@ -21,11 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use colony::testkit::{wait_until, Seeded};
 use colony::Config;
 use colony_loadtest::chaos::FaultKind;
 use colony_loadtest::runner;
 use colony_loadtest::scenario::{Chaos, Mix, Scenario};
+use colony_testkit::{wait_until_blocking, Seeded};
 
 fn main() {
     let called = std::env::args()
@@ -145,7 +145,7 @@ impl Launcher {
     /// The control directory, once the launcher says the cluster is running.
     fn control_dir(&mut self) -> PathBuf {
         let mut found = None;
-        let ready = wait_until(Duration::from_secs(180), || {
+        let ready = wait_until_blocking(Duration::from_secs(180), || {
             found = self.lines().iter().find_map(|l| {
                 l.trim()
                     .strip_prefix("control directory")
@@ -169,7 +169,7 @@ impl Launcher {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        wait_until(Duration::from_secs(60), || {
+        wait_until_blocking(Duration::from_secs(60), || {
             self.child.try_wait().ok().flatten().is_some()
         })
     }
@@ -217,7 +217,7 @@ fn alive(pid: &str) -> bool {
 }
 
 fn chaos_through_the_local_cluster() {
-    let seed = Seeded::seed_from_env();
+    let seed = colony_testkit::seed_from_env();
     eprintln!("chaos: seed {seed}");
     let mut random = Seeded::new(seed);
     let bin = tempfile::tempdir().expect("a directory for the process links");

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use colony::testkit::{gateway_config, RedisServer, TestGateway, GAME_TOKEN};
 use colony_loadtest::runner;
 use colony_loadtest::scenario::{Mix, Scenario};
+use colony_testkit::{gateway_config, RedisServer, TestGateway, GAME_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_reports_figures_and_loses_nothing() {

@@ -5,8 +5,8 @@
 
 pub mod legacy;
 
-use colony::testkit::{config_for, RedisServer};
 use colony::{IdempotencyKey, Name, PlayerId, Store};
+use colony_testkit::{config_for, RedisServer};
 
 /// Starts `n` redis-server processes.
 pub fn servers(n: usize) -> Vec<RedisServer> {

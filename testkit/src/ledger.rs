@@ -1,0 +1,279 @@
+//! The one record of what was acknowledged, used by the fault tests and the load test alike:
+//! every increment of a player's counter with its outcome, and the check of stored values
+//! against it.
+//!
+//! Pure. An increment ends acknowledged (it applied exactly once), unknown (it may have
+//! applied), or failed (it did not apply). A final value `v` of a player whose acknowledged
+//! increments sum to `a` and unknown ones to `u` is correct when `a <= v <= a + u`; below is
+//! lost, above is applied twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Increments recorded for one player.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Expected {
+    acknowledged: i64,
+    unknown: i64,
+}
+
+/// The record of every increment, per player.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    players: BTreeMap<String, Expected>,
+    acknowledged_ops: u64,
+    unknown_ops: u64,
+    failed_ops: u64,
+}
+
+/// What the check found.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Findings {
+    /// Players checked.
+    pub players: u64,
+    /// Increments acknowledged.
+    pub acknowledged_ops: u64,
+    /// Increments whose outcome stayed unknown.
+    pub unknown_ops: u64,
+    /// Increments that definitely did not apply.
+    pub failed_ops: u64,
+    /// Acknowledged amounts missing from the stored values.
+    pub lost: i64,
+    /// Players with something missing.
+    pub players_with_loss: u64,
+    /// Amounts stored beyond what was acknowledged or unknown.
+    pub applied_twice: i64,
+    /// Players with something applied twice.
+    pub players_with_double_applies: u64,
+    /// Players that could not be read back, so were not checked.
+    pub unreadable: u64,
+}
+
+impl Findings {
+    /// True when nothing acknowledged was lost and nothing was applied twice.
+    pub fn is_exact(&self) -> bool {
+        self.lost == 0 && self.applied_twice == 0
+    }
+
+    /// Panics, naming `context` (the seed, say), unless nothing acknowledged was lost and
+    /// nothing was applied twice.
+    pub fn assert_exact(&self, context: &str) {
+        assert_eq!(
+            self.lost, 0,
+            "{context}: acknowledged increments lost: {self:?}"
+        );
+        assert_eq!(
+            self.applied_twice, 0,
+            "{context}: increments applied twice: {self:?}"
+        );
+    }
+}
+
+impl Ledger {
+    /// An increment of `player`'s counter by `delta` was acknowledged.
+    pub fn acknowledged(&mut self, player: &str, delta: i64) {
+        self.players
+            .entry(player.to_string())
+            .or_default()
+            .acknowledged += delta;
+        self.acknowledged_ops += 1;
+    }
+
+    /// An increment's outcome is unknown: it may have applied.
+    pub fn unknown(&mut self, player: &str, delta: i64) {
+        self.players.entry(player.to_string()).or_default().unknown += delta;
+        self.unknown_ops += 1;
+    }
+
+    /// An increment definitely did not apply.
+    pub fn failed(&mut self, player: &str) {
+        self.players.entry(player.to_string()).or_default();
+        self.failed_ops += 1;
+    }
+
+    /// Increments whose outcome stayed unknown so far.
+    pub fn unknown_ops(&self) -> u64 {
+        self.unknown_ops
+    }
+
+    /// Adds another ledger's records.
+    pub fn merge(&mut self, other: &Ledger) {
+        for (player, e) in &other.players {
+            let mine = self.players.entry(player.clone()).or_default();
+            mine.acknowledged += e.acknowledged;
+            mine.unknown += e.unknown;
+        }
+        self.acknowledged_ops += other.acknowledged_ops;
+        self.unknown_ops += other.unknown_ops;
+        self.failed_ops += other.failed_ops;
+    }
+
+    /// The players with recorded increments.
+    pub fn players(&self) -> impl Iterator<Item = &str> {
+        self.players.keys().map(String::as_str)
+    }
+
+    /// Checks the stored values, `stored(player)` (0 when absent, `None` when it could not be
+    /// read: counted as unreadable, neither correct nor wrong).
+    pub fn check(&self, mut stored: impl FnMut(&str) -> Option<i64>) -> Findings {
+        let mut findings = Findings {
+            acknowledged_ops: self.acknowledged_ops,
+            unknown_ops: self.unknown_ops,
+            failed_ops: self.failed_ops,
+            ..Findings::default()
+        };
+        for (player, e) in &self.players {
+            let Some(value) = stored(player) else {
+                findings.unreadable += 1;
+                continue;
+            };
+            findings.players += 1;
+            if value < e.acknowledged {
+                findings.lost += e.acknowledged - value;
+                findings.players_with_loss += 1;
+            }
+            if value > e.acknowledged + e.unknown {
+                findings.applied_twice += value - (e.acknowledged + e.unknown);
+                findings.players_with_double_applies += 1;
+            }
+        }
+        findings
+    }
+}
+
+/// A [`Ledger`] of increments by one, with the timeline a fault test reads availability from:
+/// when each acknowledgement arrived and when each fault was injected.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    /// The increments and their outcomes.
+    pub ledger: Ledger,
+    /// When each acknowledgement arrived, in order.
+    pub ack_times: Vec<Instant>,
+    /// Faults injected, with when they happened, in the same timeline.
+    pub faults: Vec<(Instant, String)>,
+}
+
+impl History {
+    /// Records an acknowledged increment of `counter` by one.
+    pub fn acknowledged(&mut self, counter: &str) {
+        self.ledger.acknowledged(counter, 1);
+        self.ack_times.push(Instant::now());
+    }
+
+    /// Records an increment by one whose outcome is unknown.
+    pub fn unknown(&mut self, counter: &str) {
+        self.ledger.unknown(counter, 1);
+    }
+
+    /// Records an increment that was definitely not applied.
+    pub fn failed(&mut self, counter: &str) {
+        self.ledger.failed(counter);
+    }
+
+    /// Records a fault.
+    pub fn fault(&mut self, what: impl Into<String>) {
+        self.faults.push((Instant::now(), what.into()));
+    }
+
+    /// The counters that were written.
+    pub fn counters(&self) -> Vec<String> {
+        self.ledger.players().map(str::to_string).collect()
+    }
+
+    /// Checks final values (`final_value(counter)`) against the history.
+    pub fn check(&self, mut final_value: impl FnMut(&str) -> u64) -> Findings {
+        self.ledger
+            .check(|c| Some(i64::try_from(final_value(c)).unwrap_or(i64::MAX)))
+    }
+
+    /// The longest time without an acknowledgement after `since`.
+    pub fn longest_gap_after(&self, since: Instant) -> Option<Duration> {
+        let mut previous = since;
+        let mut longest = None;
+        for &t in self.ack_times.iter().filter(|t| **t > since) {
+            let gap = t.duration_since(previous);
+            if longest.is_none_or(|l| gap > l) {
+                longest = Some(gap);
+            }
+            previous = t;
+        }
+        longest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        let mut l = Ledger::default();
+        l.acknowledged("a", 5);
+        l.acknowledged("a", 2);
+        l.unknown("a", 3);
+        l.acknowledged("b", 1);
+        l.failed("b");
+        l
+    }
+
+    #[test]
+    fn correct_histories_pass() {
+        for a in [7, 8, 10] {
+            let f = ledger().check(|p| Some(if p == "a" { a } else { 1 }));
+            assert!(f.is_exact(), "a = {a}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn planted_loss_is_caught() {
+        let f = ledger().check(|p| Some(if p == "a" { 4 } else { 0 }));
+        assert_eq!((f.lost, f.players_with_loss), (4, 2));
+        assert!(!f.is_exact());
+    }
+
+    #[test]
+    fn planted_double_applies_are_caught() {
+        let f = ledger().check(|p| Some(if p == "a" { 17 } else { 2 }));
+        assert_eq!((f.applied_twice, f.players_with_double_applies), (8, 2));
+        assert_eq!((f.acknowledged_ops, f.unknown_ops, f.failed_ops), (3, 1, 1));
+    }
+
+    #[test]
+    fn unreadable_players_are_counted_not_judged() {
+        let f = ledger().check(|p| if p == "a" { None } else { Some(0) });
+        assert_eq!((f.players, f.unreadable), (1, 1));
+        assert_eq!((f.lost, f.players_with_loss), (1, 1));
+    }
+
+    #[test]
+    fn merged_ledgers_check_as_one() {
+        let mut merged = Ledger::default();
+        merged.merge(&ledger());
+        merged.merge(&ledger());
+        let f = merged.check(|p| Some(if p == "a" { 14 } else { 2 }));
+        assert!(f.is_exact(), "{f:?}");
+        assert_eq!((f.acknowledged_ops, f.unknown_ops), (6, 2));
+        let f = merged.check(|p| Some(if p == "a" { 13 } else { 2 }));
+        assert_eq!(f.lost, 1);
+    }
+
+    #[test]
+    fn a_history_counts_increments_by_one() {
+        let mut h = History::default();
+        for _ in 0..5 {
+            h.acknowledged("a");
+        }
+        h.unknown("a");
+        h.acknowledged("b");
+        h.failed("b");
+        assert!(h.check(|c| if c == "a" { 6 } else { 1 }).is_exact());
+        assert!(h.check(|c| if c == "a" { 5 } else { 1 }).is_exact());
+        let lost = h.check(|c| if c == "a" { 3 } else { 0 });
+        assert_eq!((lost.lost, lost.applied_twice), (3, 0));
+        let doubled = h.check(|c| if c == "a" { 8 } else { 2 });
+        assert_eq!((doubled.lost, doubled.applied_twice), (0, 3));
+        assert_eq!((doubled.acknowledged_ops, doubled.failed_ops), (6, 1));
+        assert_eq!(h.ack_times.len(), 6);
+    }
+}

@@ -1,0 +1,33 @@
+//! The test harness of Colony's tests, benchmarks and load test: real processes, never mocks.
+//!
+//! - [`RedisServer`] and [`SentinelShard`]: `redis-server` and `redis-sentinel` on free
+//!   loopback ports, from the shipped profiles (`deploy/redis/`), killed on drop; kill,
+//!   restart as a replica, pause and resume for fault tests.
+//! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`).
+//! - [`TestGateway`]: the real gateway in process, on port 0, with the test tokens.
+//! - [`wait_until`] (async) and [`wait_until_blocking`]: conditions with deadlines.
+//! - [`Ledger`] and [`History`]: the one record of acknowledged, unknown and failed
+//!   increments and the check against stored values, shared with the load test;
+//!   [`IncrementWriters`] produce one under faults.
+//!
+//! It is a crate of its own so that none of this is part of the library's public API.
+
+pub mod gateway;
+pub mod ledger;
+pub mod mongo;
+pub mod redis_server;
+pub mod seed;
+pub mod sentinel;
+pub mod wait;
+pub mod writers;
+
+pub use gateway::{
+    config_for, gateway_config, with_test_gateway, TestGateway, ADMIN_TOKEN, GAME_TOKEN,
+};
+pub use ledger::{Findings, History, Ledger};
+pub use mongo::MongoServer;
+pub use redis_server::{free_port, Profile, RedisServer};
+pub use seed::{seed_from_env, Seeded};
+pub use sentinel::{SentinelServer, SentinelShard};
+pub use wait::{wait_until, wait_until_blocking};
+pub use writers::{final_counters, IncrementWriters, Target};
