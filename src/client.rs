@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::frame;
 use crate::model::{Access, Committed, IdempotencyKey, PlayerId, Transaction};
@@ -242,14 +243,14 @@ impl Client {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The wait before retry `attempt`, never past `deadline`.
+    fn backoff(&self, attempt: u32, deadline: Instant) -> Duration {
         let c = &self.inner.config;
-        let cap = c
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(c.backoff_max);
-        let random = RandomState::new().hash_one(attempt);
-        cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+        Backoff {
+            base: c.backoff_base,
+            max: c.backoff_max,
+        }
+        .delay_within(attempt, deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Runs transactions through the gateway, retrying the retryable ones with their own
@@ -307,9 +308,7 @@ impl Client {
             }
             pending = again;
             if !pending.is_empty() {
-                let pause = self
-                    .backoff(attempt)
-                    .min(deadline.saturating_duration_since(Instant::now()));
+                let pause = self.backoff(attempt, deadline);
                 tokio::time::sleep(pause).await;
                 attempt += 1;
                 if Instant::now() >= deadline {
@@ -345,9 +344,7 @@ impl Client {
             };
             match result {
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    let pause = self
-                        .backoff(attempt)
-                        .min(deadline.saturating_duration_since(Instant::now()));
+                    let pause = self.backoff(attempt, deadline);
                     tokio::time::sleep(pause).await;
                     attempt += 1;
                     if Instant::now() >= deadline {

@@ -21,6 +21,7 @@
 
 #[cfg(feature = "gateway")]
 pub mod admin_http;
+pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;

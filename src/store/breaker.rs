@@ -2,10 +2,13 @@
 //! requests fail at once (no connection attempt, no waiting on a timeout) for `cooldown`; then
 //! one probe request is let through, and its outcome closes or reopens the breaker.
 //!
-//! Pure state and time arithmetic; the caller passes `now`, so tests need no clock.
+//! Pure state and time arithmetic; the caller passes `now`, so tests need no clock. Times are
+//! tokio's, as the store's are, so that a cooldown follows paused time in tests.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// What the breaker says about sending a request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

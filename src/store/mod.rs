@@ -11,14 +11,18 @@ pub mod sentinel;
 mod wait;
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that deadlines, backoff and the breaker's cooldown follow paused time in
+// tests.
+use tokio::time::Instant;
 
 use futures_util::future::join_all;
 use redis::{ServerErrorKind, Value as RedisValue};
 
+use crate::backoff::Backoff;
 use crate::config::{Acknowledge, Config, RedisSettings};
 use crate::error::{Error, StartupError};
 use crate::model::{Access, Committed, Limits, Operation, PlayerId, Transaction};
@@ -240,7 +244,7 @@ impl Store {
             let pause = if only_restores {
                 RESTORE_POLL
             } else {
-                backoff(attempt)
+                RETRY_BACKOFF.delay(attempt)
             };
             tokio::time::sleep(pause.min(deadline - now)).await;
             attempt += 1;
@@ -584,15 +588,12 @@ const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 static RESTORE_REQUEST: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("../restore_request.lua")));
 
-/// A random delay in `[0, min(500 ms, 10 ms * 2^attempt)]` ("full jitter"), so that clients
-/// retrying after the same failure spread out instead of arriving together.
-fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(10)
-        .saturating_mul(1 << attempt.min(10))
-        .min(Duration::from_millis(500));
-    let random = RandomState::new().hash_one(attempt);
-    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
-}
+/// How the store waits between attempts at a failing shard: up to 10 ms, doubling to at most
+/// 500 ms, with full jitter, so that callers failed by the same fault spread out.
+const RETRY_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(10),
+    max: Duration::from_millis(500),
+};
 
 /// In replicated mode, a committed write is OK only when `WAIT` saw enough replicas.
 fn check_replicated(
