@@ -17,13 +17,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::frame;
+use crate::framed::{self, ReadFrameError, WriteBatch};
 use crate::model::{Access, Committed, IdempotencyKey, PlayerId, Transaction};
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::{self, pb, Envelope};
@@ -465,30 +466,25 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
             protocol_version: PROTOCOL_VERSION,
         })),
     };
-    let mut out = Vec::new();
-    frame::encode(&hello, &mut out, config.max_frame_bytes)
+    let mut batch = WriteBatch::new();
+    batch
+        .push(&hello, config.max_frame_bytes)
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    writer
-        .write_all(&out)
+    batch
+        .write_to(&mut writer)
         .await
         .map_err(|e| unavailable(format!("sending Hello: {e}")))?;
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let answer: pb::ServerFrame = loop {
-        match frame::decode(&mut buf, config.max_frame_bytes) {
-            Ok(Some(f)) => break f,
-            Ok(None) => {}
-            Err(e) => return Err(Error::Internal(format!("bad frame from gateway: {e}"))),
-        }
-        buf.reserve(frame::bytes_wanted(&buf, 64 * 1024));
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
+    let answer: pb::ServerFrame =
+        match framed::read_frame(&mut reader, &mut buf, config.max_frame_bytes).await {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(ReadFrameError::Io(_)) => {
                 return Err(unavailable(
                     "gateway closed the connection during Hello".into(),
                 ))
             }
-            Ok(_) => {}
-        }
-    };
+            Err(e) => return Err(Error::Internal(format!("from the gateway: {e}"))),
+        };
     let hello = match answer.body {
         Some(pb::server_frame::Body::Hello(h)) => h,
         Some(pb::server_frame::Body::GoAway(g)) => {
@@ -513,7 +509,7 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
         let pending = pending.clone();
         let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
-            let mut out = Vec::with_capacity(16 * 1024);
+            let mut batch = WriteBatch::new();
             loop {
                 let first = tokio::select! {
                     first = frames_rx.recv() => first,
@@ -526,22 +522,21 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
                 let mut next = Some(first);
                 while let Some(f) = next {
                     let id = f.request_id;
-                    if let Err(e) = frame::encode(&f, &mut out, max) {
+                    if let Err(e) = batch.push(&f, max) {
                         if let Some(tx) = lock(&pending).remove(&id) {
                             let _ = tx.send(Err(Error::TooLarge(format!("request {e}"))));
                         }
                     }
-                    next = if out.len() < 256 * 1024 {
+                    next = if batch.has_room() {
                         frames_rx.try_recv().ok()
                     } else {
                         None
                     };
                 }
-                if writer.write_all(&out).await.is_err() {
+                if batch.write_to(&mut writer).await.is_err() {
                     closed.store(true, Ordering::Relaxed);
                     return;
                 }
-                out.clear();
             }
         });
     }
@@ -552,31 +547,25 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
         let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             let reason = loop {
-                match frame::decode::<pb::ServerFrame>(&mut buf, max) {
-                    Ok(Some(f)) => {
-                        if let Some(pb::server_frame::Body::GoAway(g)) = &f.body {
-                            // No new requests go here; answers to sent ones may still come.
-                            closed.store(true, Ordering::Relaxed);
-                            tracing::debug!(reason = %g.reason, "gateway said GoAway");
-                            continue;
-                        }
-                        if let Some(tx) = lock(&pending).remove(&f.request_id) {
-                            let _ = tx.send(Ok(f));
-                        }
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => break format!("bad frame from gateway: {e}"),
-                }
-                buf.reserve(frame::bytes_wanted(&buf, 64 * 1024));
+                // `read_frame` is cancel-safe: a frame half read when the client closes is
+                // simply dropped with the connection.
                 let read = tokio::select! {
-                    read = reader.read_buf(&mut buf) => read,
+                    read = framed::read_frame::<pb::ServerFrame, _>(&mut reader, &mut buf, max) => read,
                     _ = shutdown.wait_for(|stop| *stop) => break "closed by the client".to_string(),
                 };
-                match read {
-                    Ok(0) => break "closed by the gateway".to_string(),
-                    Err(e) => break e.to_string(),
-                    Ok(_) => {}
+                let f = match read {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break "closed by the gateway".to_string(),
+                    Err(e) => break format!("from the gateway: {e}"),
+                };
+                if let Some(pb::server_frame::Body::GoAway(g)) = &f.body {
+                    // No new requests go here; answers to sent ones may still come.
+                    closed.store(true, Ordering::Relaxed);
+                    tracing::debug!(reason = %g.reason, "gateway said GoAway");
+                    continue;
+                }
+                if let Some(tx) = lock(&pending).remove(&f.request_id) {
+                    let _ = tx.send(Ok(f));
                 }
             };
             closed.store(true, Ordering::SeqCst);

@@ -28,6 +28,8 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "client")]
 pub mod frame;
+#[cfg(feature = "client")]
+pub mod framed;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod keys;

@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, GatewayConfig, Role, PRE_AUTH_MAX_FRAME_BYTES};
 use crate::error::{Code, Error, StartupError};
 use crate::frame::{self, FrameError};
+use crate::framed::{self, WriteBatch};
 use crate::model::{Access, Limits, PlayerId, Transaction};
 use crate::store::Store;
 use crate::wire::{self, pb};
@@ -348,9 +349,6 @@ enum ReadError {
     Frame(FrameError),
 }
 
-/// Most the read buffer grows by in one read.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-
 /// Reads one whole frame body. Buffer memory grows with the bytes that arrive, in chunks of
 /// at most 64 KiB, never with the length a peer claims. With `budgets`, every chunk of the
 /// body takes its bytes before it is read, so what a frame holds is what really arrived: a
@@ -369,13 +367,10 @@ async fn read_body<R: AsyncRead + Unpin>(
     let mut began = (!buf.is_empty()).then(Instant::now);
     loop {
         if let Some(body) = frame::take_body(buf, max).map_err(ReadError::Frame)? {
-            // A buffer grown for a large frame is not kept for the connection's life.
-            if buf.capacity() > 2 * READ_CHUNK_BYTES {
-                *buf = BytesMut::from(&buf[..]);
-            }
+            framed::shrink_read_buffer(buf);
             return Ok((body, held));
         }
-        let wanted = frame::bytes_wanted(buf, READ_CHUNK_BYTES);
+        let wanted = framed::next_read(buf);
         if let (Some(budgets), Some(held), Some(at)) = (budgets, held.as_mut(), began) {
             let more = (buf.len() + wanted).saturating_sub(held.bytes());
             tokio::time::timeout_at((at + io).into(), held.grow(budgets, more))
@@ -421,12 +416,12 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     max: usize,
     io: Duration,
 ) {
-    let mut out = Vec::with_capacity(16 * 1024);
+    let mut batch = WriteBatch::new();
     let mut written: Vec<Held> = Vec::new();
     while let Some(first) = frames.recv().await {
         let mut next = Some(first);
         while let Some(Outgoing { frame: f, held }) = next {
-            if let Err(e) = frame::encode(&f, &mut out, max) {
+            if let Err(e) = batch.push(&f, max) {
                 // Budgets keep answers under the frame limit; should one still not fit, the
                 // request may have written: say UNKNOWN, never a code that means "nothing
                 // applied".
@@ -437,25 +432,21 @@ async fn write_frames<W: AsyncWrite + Unpin>(
                          them again with the same idempotency keys, in smaller batches"
                     ),
                 };
-                let _ = frame::encode(&request_error(f.request_id, &error), &mut out, max);
+                let _ = batch.push(&request_error(f.request_id, &error), max);
             }
             written.extend(held);
-            next = if out.len() < 256 * 1024 {
+            next = if batch.has_room() {
                 frames.try_recv().ok()
             } else {
                 None
             };
         }
-        match tokio::time::timeout(io, writer.write_all(&out)).await {
+        match tokio::time::timeout(io, batch.write_to(&mut writer)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return,
         }
-        out.clear();
+        // The answers are on the wire: their bytes go back to the budgets.
         written.clear();
-        // A buffer grown for a large answer is not kept for the connection's life.
-        if out.capacity() > 1024 * 1024 {
-            out = Vec::with_capacity(16 * 1024);
-        }
     }
     let _ = tokio::time::timeout(io, writer.shutdown()).await;
 }
