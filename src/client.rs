@@ -238,7 +238,7 @@ impl Client {
             }
         };
         match reply.body {
-            Some(pb::server_frame::Body::Error(e)) => Err(error_from(e)),
+            Some(pb::server_frame::Body::Error(e)) => Err(wire::error_from_pb(e)),
             Some(body) => Ok(body),
             None => Err(Error::Internal("empty reply".into())),
         }
@@ -365,23 +365,17 @@ impl Client {
         access: Access,
         acting: Option<&PlayerId>,
     ) -> Result<Committed, Error> {
-        let body = pb::client_frame::Body::GetPlayer(pb::GetPlayer {
-            player_id: player.as_str().to_string(),
-            access: match access {
-                Access::Owner => pb::Access::Owner,
-                Access::Public => pb::Access::Public,
-            }
-            .into(),
-            acting_player_id: acting.map(|p| p.as_str().to_string()).unwrap_or_default(),
-        });
+        let body = pb::client_frame::Body::GetPlayer(wire::player_read_to_pb(&wire::PlayerRead {
+            player: player.clone(),
+            access,
+            acting_player: acting.cloned(),
+        }));
         self.read_with_retries(body).await
     }
 
     /// Logs a player in: marks it active and returns everything it owns.
     pub async fn login(&self, player: &PlayerId) -> Result<Committed, Error> {
-        let body = pb::client_frame::Body::Login(pb::Login {
-            player_id: player.as_str().to_string(),
-        });
+        let body = pb::client_frame::Body::Login(wire::login_to_pb(player));
         self.read_with_retries(body).await
     }
 
@@ -412,16 +406,6 @@ fn for_transaction(e: &Error, txn: &Transaction) -> Error {
         },
         e => e.clone(),
     }
-}
-
-fn error_from(e: pb::RequestError) -> Error {
-    wire::result_from_pb(pb::TransactionResult {
-        code: e.code,
-        message: e.message,
-        ..Default::default()
-    })
-    .err()
-    .unwrap_or_else(|| Error::Internal("error reply with code OK".into()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -488,7 +472,7 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
     let hello = match answer.body {
         Some(pb::server_frame::Body::Hello(h)) => h,
         Some(pb::server_frame::Body::GoAway(g)) => {
-            let e = error_from(pb::RequestError {
+            let e = wire::error_from_pb(pb::RequestError {
                 code: g.code,
                 message: g.reason,
             });

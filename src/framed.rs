@@ -163,9 +163,8 @@ mod tests {
             assert_eq!(frame, ping(n));
         }
         writer.await.expect("writer");
-        let end: Option<pb::ClientFrame> = read_frame(&mut far, &mut buf, 1024)
-            .await
-            .expect("reads");
+        let end: Option<pb::ClientFrame> =
+            read_frame(&mut far, &mut buf, 1024).await.expect("reads");
         assert_eq!(end, None, "a closed peer ends the stream");
     }
 
@@ -178,7 +177,10 @@ mod tests {
         let mut buf = BytesMut::new();
         let read: Result<Option<pb::ClientFrame>, _> = read_frame(&mut far, &mut buf, 1024).await;
         assert!(matches!(read, Err(ReadFrameError::Frame(_))), "{read:?}");
-        assert!(buf.capacity() <= READ_CHUNK_BYTES, "the claim did not allocate");
+        assert!(
+            buf.capacity() <= READ_CHUNK_BYTES,
+            "the claim did not allocate"
+        );
     }
 
     #[test]

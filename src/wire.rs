@@ -1,11 +1,14 @@
 //! The protobuf contract (`proto/colony/v1/colony.proto`) and its conversion to and from the
 //! model.
 //!
-//! Only this module knows prost types. Decoding validates everything protobuf cannot express
+//! Only this module converts between prost types and the model (transactions and their
+//! envelopes, whole-player reads, logins, results, errors, roles): the gateway and the client
+//! only build and match frames. Decoding validates everything protobuf cannot express
 //! (names, lengths, unspecified enums), so what leaves here is a well-formed model value or a
 //! typed error; limits that depend on configuration are checked by
 //! [`Transaction::validate`](crate::model::Transaction::validate).
 
+use crate::config::Role;
 use crate::error::{Code, Error};
 use crate::model::{
     Access, Committed, Entry, IdempotencyKey, Name, Operation, PlayerId, ReadResult, Transaction,
@@ -73,14 +76,112 @@ impl From<Transaction> for Envelope {
     }
 }
 
+/// A whole-player read as a caller sends it (`GetPlayer`): whose, with which access, and the
+/// player a game server acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayerRead {
+    /// The player to read.
+    pub player: PlayerId,
+    /// Everything (owner) or public entries only.
+    pub access: Access,
+    /// The player the caller acts for (required for the game role).
+    pub acting_player: Option<PlayerId>,
+}
+
+fn access_from(access: i32) -> Result<Access, Error> {
+    match pb::Access::try_from(access) {
+        Ok(pb::Access::Owner) => Ok(Access::Owner),
+        Ok(pb::Access::Public) => Ok(Access::Public),
+        _ => Err(Error::Invalid("access must be OWNER or PUBLIC".into())),
+    }
+}
+
+fn access_to(access: Access) -> pb::Access {
+    match access {
+        Access::Owner => pb::Access::Owner,
+        Access::Public => pb::Access::Public,
+    }
+}
+
+/// A player id from the wire; `field` names it in the error.
+fn player_from(id: String, field: &str) -> Result<PlayerId, Error> {
+    PlayerId::new(id).map_err(|e| Error::Invalid(format!("{field}: {e}")))
+}
+
+/// An optional player id from the wire: empty means none.
+fn acting_from(id: String) -> Result<Option<PlayerId>, Error> {
+    if id.is_empty() {
+        Ok(None)
+    } else {
+        player_from(id, "acting_player_id").map(Some)
+    }
+}
+
+/// Converts a wire `GetPlayer` to the model, rejecting anything malformed.
+pub fn player_read_from_pb(get: pb::GetPlayer) -> Result<PlayerRead, Error> {
+    Ok(PlayerRead {
+        player: player_from(get.player_id, "player_id")?,
+        access: access_from(get.access)?,
+        acting_player: acting_from(get.acting_player_id)?,
+    })
+}
+
+/// Converts a whole-player read to the wire.
+pub fn player_read_to_pb(read: &PlayerRead) -> pb::GetPlayer {
+    pb::GetPlayer {
+        player_id: read.player.as_str().to_string(),
+        access: access_to(read.access).into(),
+        acting_player_id: read
+            .acting_player
+            .as_ref()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The player a wire `Login` names.
+pub fn login_from_pb(login: pb::Login) -> Result<PlayerId, Error> {
+    player_from(login.player_id, "player_id")
+}
+
+/// A `Login` of `player` for the wire.
+pub fn login_to_pb(player: &PlayerId) -> pb::Login {
+    pb::Login {
+        player_id: player.as_str().to_string(),
+    }
+}
+
+/// A token's role for the wire (in `HelloResult`).
+pub fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Game => pb::Role::Game,
+        Role::Admin => pb::Role::Admin,
+    }
+}
+
+/// A request-level error for the wire.
+pub fn error_to_pb(e: &Error) -> pb::RequestError {
+    pb::RequestError {
+        code: code_to_pb(e.code()).into(),
+        message: message_of(e),
+    }
+}
+
+/// A request-level error (or a GoAway's code and reason) from the wire.
+pub fn error_from_pb(e: pb::RequestError) -> Error {
+    result_from_pb(pb::TransactionResult {
+        code: e.code,
+        message: e.message,
+        ..Default::default()
+    })
+    .err()
+    .unwrap_or_else(|| Error::Internal("error reply with code OK".into()))
+}
+
 /// Converts a wire transaction to the model, rejecting anything malformed.
 pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
     let player = PlayerId::new(t.player_id)?;
-    let access = match pb::Access::try_from(t.access) {
-        Ok(pb::Access::Owner) => Access::Owner,
-        Ok(pb::Access::Public) => Access::Public,
-        _ => return Err(Error::Invalid("access must be OWNER or PUBLIC".into())),
-    };
+    let access = access_from(t.access)?;
     let idempotency_key = t
         .idempotency_key
         .map(|k| IdempotencyKey::new(k.client_id, k.request_id))
@@ -126,14 +227,7 @@ pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
         };
         operations.push(op);
     }
-    let acting_player = if t.acting_player_id.is_empty() {
-        None
-    } else {
-        Some(
-            PlayerId::new(t.acting_player_id)
-                .map_err(|e| Error::Invalid(format!("acting_player_id: {e}")))?,
-        )
-    };
+    let acting_player = acting_from(t.acting_player_id)?;
     Ok(Envelope {
         acting_player,
         transaction: Transaction {
@@ -199,11 +293,7 @@ pub fn envelope_to_pb(envelope: &Envelope) -> pb::Transaction {
         .collect();
     pb::Transaction {
         player_id: t.player.as_str().to_string(),
-        access: match t.access {
-            Access::Owner => pb::Access::Owner,
-            Access::Public => pb::Access::Public,
-        }
-        .into(),
+        access: access_to(t.access).into(),
         idempotency_key: t.idempotency_key.as_ref().map(|k| pb::IdempotencyKey {
             client_id: k.client_id().to_string(),
             request_id: k.request_id(),
@@ -466,6 +556,52 @@ mod tests {
         let mut t = envelope_to_pb(&sample());
         t.acting_player_id = "}p".into();
         assert!(matches!(envelope_from_pb(t), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn player_reads_and_logins_round_trip_and_reject_what_is_malformed() {
+        let read = PlayerRead {
+            player: PlayerId::new("p-1").expect("valid"),
+            access: Access::Public,
+            acting_player: Some(PlayerId::new("p-2").expect("valid")),
+        };
+        let bytes = player_read_to_pb(&read).encode_to_vec();
+        let decoded = pb::GetPlayer::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(player_read_from_pb(decoded).expect("valid"), read);
+
+        let mut get = player_read_to_pb(&read);
+        get.access = 0;
+        assert!(matches!(player_read_from_pb(get), Err(Error::Invalid(m)) if m.contains("access")));
+        let mut get = player_read_to_pb(&read);
+        get.player_id = String::new();
+        assert!(
+            matches!(player_read_from_pb(get), Err(Error::Invalid(m)) if m.contains("player_id"))
+        );
+        let mut get = player_read_to_pb(&read);
+        get.acting_player_id = "}x".into();
+        assert!(
+            matches!(player_read_from_pb(get), Err(Error::Invalid(m)) if m.contains("acting_player_id"))
+        );
+
+        let player = PlayerId::new("p-3").expect("valid");
+        assert_eq!(login_from_pb(login_to_pb(&player)).expect("valid"), player);
+        assert!(matches!(
+            login_from_pb(pb::Login::default()),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn request_errors_round_trip_by_code() {
+        for e in [
+            Error::Forbidden("no".into()),
+            Error::Unauthenticated("who".into()),
+            Error::TooLarge("big".into()),
+            Error::NotFound,
+        ] {
+            let back = error_from_pb(error_to_pb(&e));
+            assert_eq!(back.code(), e.code(), "{e:?} came back as {back:?}");
+        }
     }
 
     #[test]

@@ -27,11 +27,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, GatewayConfig, Role, PRE_AUTH_MAX_FRAME_BYTES};
+use crate::config::{Config, GatewayConfig, PRE_AUTH_MAX_FRAME_BYTES};
 use crate::error::{Code, Error, StartupError};
 use crate::frame::{self, FrameError};
 use crate::framed::{self, WriteBatch};
-use crate::model::{Access, Limits, PlayerId, Transaction};
+use crate::model::{Access, Limits, Transaction};
 use crate::store::Store;
 use crate::wire::{self, pb};
 
@@ -330,10 +330,7 @@ fn go_away(code: Code, reason: &str) -> pb::ServerFrame {
 fn request_error(request_id: u64, e: &Error) -> pb::ServerFrame {
     pb::ServerFrame {
         request_id,
-        body: Some(pb::server_frame::Body::Error(pb::RequestError {
-            code: wire::code_to_pb(e.code()).into(),
-            message: wire::message_of(e),
-        })),
+        body: Some(pb::server_frame::Body::Error(wire::error_to_pb(e))),
     }
 }
 
@@ -760,14 +757,10 @@ async fn handshake<R: AsyncRead + Unpin>(
         return Err(CloseReason::Unauthenticated);
     };
     tracing::debug!(token = %principal.name, client = %truncate(&hello.client_name, 64), "authenticated");
-    let role = match principal.role {
-        Role::Game => pb::Role::Game,
-        Role::Admin => pb::Role::Admin,
-    };
     let answer = pb::ServerFrame {
         request_id: frame.request_id,
         body: Some(pb::server_frame::Body::Hello(pb::HelloResult {
-            role: role.into(),
+            role: wire::role_to_pb(principal.role).into(),
             max_frame_bytes: u32::try_from(config.max_frame_bytes).unwrap_or(u32::MAX),
             max_in_flight: u32::try_from(config.max_in_flight_per_connection).unwrap_or(u32::MAX),
             max_transactions_per_batch: u32::try_from(
@@ -790,10 +783,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn player_from(id: String, what: &str) -> Result<PlayerId, Error> {
-    PlayerId::new(id).map_err(|e| Error::Invalid(format!("{what}: {e}")))
 }
 
 /// Answers one authenticated request.
@@ -903,19 +892,18 @@ async fn handle_get(
     principal: &Principal,
     get: pb::GetPlayer,
 ) -> Result<pb::server_frame::Body, Error> {
-    let player = player_from(get.player_id, "player_id")?;
-    let access = match pb::Access::try_from(get.access) {
-        Ok(pb::Access::Owner) => Access::Owner,
-        Ok(pb::Access::Public) => Access::Public,
-        _ => return Err(Error::Invalid("access must be OWNER or PUBLIC".into())),
-    };
-    let acting = if get.acting_player_id.is_empty() {
-        None
-    } else {
-        Some(player_from(get.acting_player_id, "acting_player_id")?)
-    };
-    auth::authorize(principal.role, &player, access, acting.as_ref())?;
-    let result = gateway.inner.store.get_player(player, access).await;
+    let read = wire::player_read_from_pb(get)?;
+    auth::authorize(
+        principal.role,
+        &read.player,
+        read.access,
+        read.acting_player.as_ref(),
+    )?;
+    let result = gateway
+        .inner
+        .store
+        .get_player(read.player, read.access)
+        .await;
     Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
 }
 
@@ -924,7 +912,7 @@ async fn handle_login(
     principal: &Principal,
     login: pb::Login,
 ) -> Result<pb::server_frame::Body, Error> {
-    let player = player_from(login.player_id, "player_id")?;
+    let player = wire::login_from_pb(login)?;
     // Logging in is the player acting for itself.
     auth::authorize(principal.role, &player, Access::Owner, Some(&player))?;
     // An owner read marks the player active (the store updates last-active for owners).
