@@ -1,0 +1,148 @@
+//! The requests of an authenticated connection: batches of transactions, whole-player
+//! reads and logins, each converted by `wire`, authorized by `auth` for the connection's
+//! role, run on the store, and counted in the metrics.
+
+use std::time::Instant;
+
+use crate::error::{Code, Error};
+use crate::model::{Access, Transaction};
+use crate::wire::{self, pb};
+
+use super::auth::{self, Principal};
+use super::metrics;
+use super::Gateway;
+
+/// Answers one authenticated request.
+pub(super) async fn handle_request(
+    gateway: &Gateway,
+    principal: &Principal,
+    frame: pb::ClientFrame,
+) -> pb::ServerFrame {
+    use pb::client_frame::Body;
+    let started = Instant::now();
+    let request_id = frame.request_id;
+    let (op, result) = match frame.body {
+        Some(Body::Batch(batch)) => ("batch", handle_batch(gateway, principal, batch).await),
+        Some(Body::GetPlayer(get)) => ("get_player", handle_get(gateway, principal, get).await),
+        Some(Body::Login(login)) => ("login", handle_login(gateway, principal, login).await),
+        Some(Body::Ping(ping)) => (
+            "ping",
+            Ok(pb::server_frame::Body::Pong(pb::Pong { nonce: ping.nonce })),
+        ),
+        Some(Body::Hello(_)) => (
+            "hello",
+            Err(Error::Invalid(
+                "the connection is already authenticated".into(),
+            )),
+        ),
+        None => (
+            "invalid",
+            Err(Error::Invalid("unknown or missing request body".into())),
+        ),
+    };
+    let (code, body) = match result {
+        Ok(body) => (Code::Ok, body),
+        Err(e) => (
+            e.code(),
+            pb::server_frame::Body::Error(pb::RequestError {
+                code: wire::code_to_pb(e.code()).into(),
+                message: wire::message_of(&e),
+            }),
+        ),
+    };
+    gateway
+        .inner
+        .metrics
+        .request(op, code.as_str(), started.elapsed());
+    pb::ServerFrame {
+        request_id,
+        body: Some(body),
+    }
+}
+
+async fn handle_batch(
+    gateway: &Gateway,
+    principal: &Principal,
+    batch: pb::Batch,
+) -> Result<pb::server_frame::Body, Error> {
+    let limits = &gateway.inner.limits;
+    if batch.transactions.len() > limits.max_transactions_per_batch {
+        return Err(Error::TooLarge(format!(
+            "batch has {} transactions, more than {}",
+            batch.transactions.len(),
+            limits.max_transactions_per_batch
+        )));
+    }
+    let mut results: Vec<Option<Result<crate::model::Committed, Error>>> =
+        Vec::with_capacity(batch.transactions.len());
+    let mut accepted: Vec<Transaction> = Vec::with_capacity(batch.transactions.len());
+    for t in batch.transactions {
+        let txn = wire::envelope_from_pb(t).and_then(|envelope| {
+            auth::authorize_envelope(principal.role, &envelope).map(|()| envelope.transaction)
+        });
+        match txn {
+            Ok(txn) => {
+                accepted.push(txn);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let mut ran = gateway
+        .inner
+        .store
+        .execute_batch(accepted)
+        .await?
+        .into_iter();
+    let metrics = &gateway.inner.metrics;
+    let results = results
+        .into_iter()
+        .map(|r| {
+            let r = r
+                .or_else(|| ran.next())
+                .unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
+            let code = r.as_ref().map_or_else(Error::code, |_| Code::Ok);
+            metrics
+                .transactions
+                .get_or_create(&metrics::CodeLabels {
+                    code: code.as_str(),
+                })
+                .inc();
+            wire::result_to_pb(&r)
+        })
+        .collect();
+    Ok(pb::server_frame::Body::Batch(pb::BatchResult { results }))
+}
+
+async fn handle_get(
+    gateway: &Gateway,
+    principal: &Principal,
+    get: pb::GetPlayer,
+) -> Result<pb::server_frame::Body, Error> {
+    let read = wire::player_read_from_pb(get)?;
+    auth::authorize(
+        principal.role,
+        &read.player,
+        read.access,
+        read.acting_player.as_ref(),
+    )?;
+    let result = gateway
+        .inner
+        .store
+        .get_player(read.player, read.access)
+        .await;
+    Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
+}
+
+async fn handle_login(
+    gateway: &Gateway,
+    principal: &Principal,
+    login: pb::Login,
+) -> Result<pb::server_frame::Body, Error> {
+    let player = wire::login_from_pb(login)?;
+    // Logging in is the player acting for itself.
+    auth::authorize(principal.role, &player, Access::Owner, Some(&player))?;
+    // An owner read marks the player active (the store updates last-active for owners).
+    let result = gateway.inner.store.get_player(player, Access::Owner).await;
+    Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
+}
