@@ -9,9 +9,9 @@ use colony::{
     Access, Config, Error, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Value,
     Visibility,
 };
-use colony_archiver::document::Snapshot;
+use colony_archiver::document::{DocState, Snapshot};
 use colony_archiver::worker::now;
-use colony_archiver::{Archiver, Removal};
+use colony_archiver::{ArchiveError, Archiver, Removal};
 use colony_testkit::{config_for, wait_until_blocking, MongoServer, RedisServer};
 use mongodb::bson::doc;
 
@@ -202,8 +202,7 @@ async fn a_player_who_changes_or_wakes_up_mid_move_stays_in_redis() {
         .await
         .expect("snapshot")
         .expect("live");
-    archiver
-        .write_document(shard, &snapshot)
+    write_archive(&archiver, shard, &snapshot)
         .await
         .expect("written");
     create(&store, "carol", 2).await;
@@ -318,29 +317,67 @@ async fn an_older_version_never_overwrites_a_newer_document() {
         clients: vec![],
     };
     let shard = ShardIndex(0);
-    archiver
-        .write_document(shard, &snapshot(2, b"new"))
+    write_archive(&archiver, shard, &snapshot(2, b"new"))
         .await
         .expect("newer");
-    archiver
-        .write_document(shard, &snapshot(1, b"old"))
+    write_archive(&archiver, shard, &snapshot(1, b"old"))
         .await
         .expect("stale write is not an error");
-    archiver
-        .write_document(shard, &snapshot(2, b"new"))
+    write_archive(&archiver, shard, &snapshot(2, b"new"))
         .await
         .expect("same version again");
-    let stored = mongodb::Client::with_uri_str(mongo.uri())
+    // A checkpoint of an older version does not replace it either.
+    let checkpointed = archiver
+        .write_documents(shard, &[snapshot(1, b"older")], DocState::Checkpoint)
+        .await;
+    assert!(checkpointed.iter().all(Result::is_ok), "{checkpointed:?}");
+    let collection = mongodb::Client::with_uri_str(mongo.uri())
         .await
         .expect("client")
         .database(&config.archive.database)
-        .collection::<mongodb::bson::Document>(&config.archive.collection)
-        .find_one(doc! { "_id": "hal" })
+        .collection::<mongodb::bson::Document>(&config.archive.collection);
+    let stored = |id: &'static str| {
+        let collection = collection.clone();
+        async move {
+            let document = collection
+                .find_one(doc! { "_id": id })
+                .await
+                .expect("find")
+                .expect("stored");
+            colony_archiver::document::from_document(&document).expect("readable")
+        }
+    };
+    assert_eq!(stored("hal").await, snapshot(2, b"new"));
+
+    // One batch mixing a new player (inserted), a newer version of a stored one (inserted,
+    // collides, upserted) and a stale one (collides, left alone).
+    let other = Snapshot {
+        player: "ivy".into(),
+        ..snapshot(1, b"ivy")
+    };
+    let results = archiver
+        .write_documents(
+            shard,
+            &[other.clone(), snapshot(3, b"newest"), snapshot(1, b"stale")],
+            DocState::Archived,
+        )
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(stored("ivy").await, other);
+    assert_eq!(stored("hal").await, snapshot(3, b"newest"));
+}
+
+/// Writes one archive document the way an archive pass does (`write_documents`).
+async fn write_archive(
+    archiver: &Archiver,
+    shard: ShardIndex,
+    snapshot: &Snapshot,
+) -> Result<(), ArchiveError> {
+    archiver
+        .write_documents(shard, std::slice::from_ref(snapshot), DocState::Archived)
         .await
-        .expect("find")
-        .expect("stored");
-    let back = colony_archiver::document::from_document(&stored).expect("readable");
-    assert_eq!(back, snapshot(2, b"new"));
+        .pop()
+        .expect("one result per snapshot")
 }
 
 /// Reads everything a player owns, restoring it if needed, as (name, visibility, value).
@@ -385,13 +422,19 @@ async fn an_archiver_killed_at_any_step_loses_nothing_when_run_again() {
         .await
         .expect("snapshot")
         .expect("live");
-    archiver.write_document(shard, &s1).await.expect("written");
+    write_archive(&archiver, shard, &s1).await.expect("written");
     // s2: killed after Redis was cleared (the move had finished).
+    let s2 = archiver
+        .snapshot(shard, &pid("s2"))
+        .await
+        .expect("snapshot")
+        .expect("live");
+    write_archive(&archiver, shard, &s2).await.expect("written");
     assert_eq!(
         archiver
-            .archive_player(shard, &pid("s2"), cutoff)
+            .remove(shard, &pid("s2"), s2.version, cutoff)
             .await
-            .expect("moves"),
+            .expect("removes"),
         Removal::Archived
     );
     // s3: untouched. The next run finishes everything, and running it twice changes nothing.
@@ -934,6 +977,21 @@ async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored()
             format!("colony_archiver_shard_failures_total{{shard=\"shard-1\",pass=\"{pass}\"}} 1");
         assert!(failures.contains(&line), "{failures}");
     }
+
+    // An error of the down shard's work names the shard.
+    let failed = archiver
+        .snapshot(ShardIndex(1), &pid(&there[0]))
+        .await
+        .expect_err("the shard is down");
+    assert_eq!(failed.shard(), Some("shard-1"), "{failed}");
+    assert!(
+        matches!(failed.cause(), ArchiveError::Redis(_)),
+        "{failed:?}"
+    );
+    assert!(
+        failed.to_string().starts_with("shard shard-1: "),
+        "{failed}"
+    );
 
     // Restores of the healthy shard are served.
     let stop = serve_restores(&archiver);

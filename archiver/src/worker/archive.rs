@@ -14,6 +14,17 @@ use colony::PlayerId;
 use super::*;
 use crate::document::{to_document, ClientFloor, DocState, Snapshot};
 
+/// MongoDB's error code for a duplicate key.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// What one write of a write command did.
+enum WriteOutcome {
+    Written,
+    /// A document with that `_id` exists (and, for an upsert, at a version at least as new).
+    Duplicate,
+    Failed(ArchiveError),
+}
+
 impl Archiver {
     /// Reads a player from Redis; `None` when it is already archived or does not exist.
     pub async fn snapshot(
@@ -21,82 +32,63 @@ impl Archiver {
         shard: ShardIndex,
         player: &PlayerId,
     ) -> Result<Option<Snapshot>, ArchiveError> {
-        let keys = PlayerKeys::new(player);
-        let mut conn = self.store.master_connection(shard).await?;
-        let reply: RedisValue = SNAPSHOT
-            .key(&keys.meta)
-            .key(&keys.public)
-            .key(&keys.private)
-            .key(&keys.clients)
-            .invoke_async(&mut conn)
-            .await?;
-        let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
-        let RedisValue::Array(items) = reply else {
-            return Err(bad());
-        };
-        let [RedisValue::Int(version), RedisValue::Int(archived), public, private, windows] =
-            items.as_slice()
-        else {
-            return Err(bad());
-        };
-        if *archived >= 0 || *version <= 0 {
-            return Ok(None);
-        }
-        let flat = |v: &RedisValue| -> Result<Pairs, ArchiveError> {
-            let RedisValue::Array(items) = v else {
+        async {
+            let keys = PlayerKeys::new(player);
+            let mut conn = self.store.master_connection(shard).await?;
+            let reply: RedisValue = SNAPSHOT
+                .key(&keys.meta)
+                .key(&keys.public)
+                .key(&keys.private)
+                .key(&keys.clients)
+                .invoke_async(&mut conn)
+                .await?;
+            let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
+            let RedisValue::Array(items) = reply else {
                 return Err(bad());
             };
-            items
-                .chunks_exact(2)
-                .map(|pair| match pair {
-                    [RedisValue::BulkString(k), RedisValue::BulkString(v)] => {
-                        Ok((k.clone(), v.clone()))
+            let [RedisValue::Int(version), RedisValue::Int(archived), public, private, windows] =
+                items.as_slice()
+            else {
+                return Err(bad());
+            };
+            if *archived >= 0 || *version <= 0 {
+                return Ok(None);
+            }
+            let flat = |v: &RedisValue| -> Result<Pairs, ArchiveError> {
+                let RedisValue::Array(items) = v else {
+                    return Err(bad());
+                };
+                items
+                    .chunks_exact(2)
+                    .map(|pair| match pair {
+                        [RedisValue::BulkString(k), RedisValue::BulkString(v)] => {
+                            Ok((k.clone(), v.clone()))
+                        }
+                        _ => Err(bad()),
+                    })
+                    .collect()
+            };
+            let mut clients = Vec::new();
+            for (client, state) in flat(windows)? {
+                let client = String::from_utf8_lossy(&client);
+                let state = String::from_utf8_lossy(&state);
+                match ClientFloor::from_window_state(&client, &state) {
+                    Some(floor) => clients.push(floor),
+                    None => {
+                        tracing::warn!(player = %player.as_str(), %client, %state, "unreadable idempotency window left out of the snapshot")
                     }
-                    _ => Err(bad()),
-                })
-                .collect()
-        };
-        let mut clients = Vec::new();
-        for (client, state) in flat(windows)? {
-            let client = String::from_utf8_lossy(&client);
-            let state = String::from_utf8_lossy(&state);
-            match ClientFloor::from_window_state(&client, &state) {
-                Some(floor) => clients.push(floor),
-                None => {
-                    tracing::warn!(player = %player.as_str(), %client, %state, "unreadable idempotency window left out of the snapshot")
                 }
             }
+            Ok(Some(Snapshot {
+                player: player.as_str().to_string(),
+                version: *version as u64,
+                public: flat(public)?,
+                private: flat(private)?,
+                clients,
+            }))
         }
-        Ok(Some(Snapshot {
-            player: player.as_str().to_string(),
-            version: *version as u64,
-            public: flat(public)?,
-            private: flat(private)?,
-            clients,
-        }))
-    }
-
-    /// Writes `snapshot` to MongoDB as an archive, with write concern majority, never over a
-    /// newer version (the same version is rewritten: same content, now marked archived).
-    pub async fn write_document(
-        &self,
-        shard: ShardIndex,
-        snapshot: &Snapshot,
-    ) -> Result<(), ArchiveError> {
-        let document = to_document(snapshot, DateTime::now(), DocState::Archived)?;
-        let filter =
-            doc! { "_id": &snapshot.player, "v": { "$lte": document.get_i64("v").unwrap_or(0) } };
-        let written = self.collections[shard.0]
-            .replace_one(filter, document)
-            .upsert(true)
-            .await;
-        match written {
-            Ok(_) => Ok(()),
-            // The filter missed because a version at least as new is stored, and the upsert's
-            // insert then collided with it: the archive already has this state or a later one.
-            Err(e) if is_duplicate_key(&e) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        .await
+        .map_err(self.on(shard))
     }
 
     /// Removes a player from Redis if it is still at `version` and still inactive.
@@ -107,112 +99,176 @@ impl Archiver {
         version: u64,
         cutoff: u64,
     ) -> Result<Removal, ArchiveError> {
-        let keys = PlayerKeys::new(player);
-        let mut conn = self.store.master_connection(shard).await?;
-        let outcome: String = ARCHIVE
-            .key(&keys.meta)
-            .key(&keys.public)
-            .key(&keys.private)
-            .key(SlotKeys::of_player(player).active)
-            .key(&keys.clients)
-            .arg(player.as_str())
-            .arg(version)
-            .arg(cutoff)
-            .invoke_async(&mut conn)
-            .await?;
-        match outcome.as_str() {
-            "ARCHIVED" => Ok(Removal::Archived),
-            "ALREADY" => Ok(Removal::Already),
-            "CHANGED" => Ok(Removal::Changed),
-            "ACTIVE" => Ok(Removal::Active),
-            other => Err(ArchiveError::Redis(format!(
-                "unexpected archive reply {other:?}"
-            ))),
+        async {
+            let keys = PlayerKeys::new(player);
+            let mut conn = self.store.master_connection(shard).await?;
+            let outcome: String = ARCHIVE
+                .key(&keys.meta)
+                .key(&keys.public)
+                .key(&keys.private)
+                .key(SlotKeys::of_player(player).active)
+                .key(&keys.clients)
+                .arg(player.as_str())
+                .arg(version)
+                .arg(cutoff)
+                .invoke_async(&mut conn)
+                .await?;
+            match outcome.as_str() {
+                "ARCHIVED" => Ok(Removal::Archived),
+                "ALREADY" => Ok(Removal::Already),
+                "CHANGED" => Ok(Removal::Changed),
+                "ACTIVE" => Ok(Removal::Active),
+                other => Err(ArchiveError::Redis(format!(
+                    "unexpected archive reply {other:?}"
+                ))),
+            }
         }
+        .await
+        .map_err(self.on(shard))
     }
 
-    /// Writes many snapshots in one `update` command (unordered, write concern majority),
-    /// never over a newer version: an archive also rewrites the same version (same content,
-    /// now marked archived), a checkpoint only replaces older ones. One result per snapshot,
-    /// in order.
+    /// Writes many snapshots to MongoDB (write concern majority, unordered), never over a
+    /// newer version: an archive also rewrites the same version (same content, now marked
+    /// archived), a checkpoint only replaces older ones. One result per snapshot, in order.
+    ///
+    /// An archive first inserts the whole batch (`insert`), which is all a player archived
+    /// for the first time needs; only the players that already have a document (a duplicate
+    /// key: archived before, or checkpointed) go through the compare-on-version upsert
+    /// (`update`). A checkpoint mostly replaces documents it wrote before, so it goes straight
+    /// to the upsert. Either way a document is written only where none exists or an older
+    /// version does, so the two commands cannot lose a newer version.
     pub async fn write_documents(
         &self,
         shard: ShardIndex,
         snapshots: &[Snapshot],
         state: DocState,
     ) -> Vec<Result<(), ArchiveError>> {
+        self.write_documents_unnamed(shard, snapshots, state)
+            .await
+            .into_iter()
+            .map(|result| result.map_err(self.on(shard)))
+            .collect()
+    }
+
+    async fn write_documents_unnamed(
+        &self,
+        shard: ShardIndex,
+        snapshots: &[Snapshot],
+        state: DocState,
+    ) -> Vec<Result<(), ArchiveError>> {
+        let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(snapshots.len());
+        let mut documents = Vec::with_capacity(snapshots.len());
+        for snapshot in snapshots {
+            match to_document(snapshot, DateTime::now(), state) {
+                Ok(document) => {
+                    results.push(Ok(()));
+                    documents.push((results.len() - 1, document));
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        let upserts = if state == DocState::Archived {
+            let inserts: Vec<Document> = documents.iter().map(|(_, d)| d.clone()).collect();
+            let inserted = self.run_writes(shard, "insert", "documents", inserts).await;
+            let mut duplicates = Vec::new();
+            for ((position, document), outcome) in documents.into_iter().zip(inserted) {
+                match outcome {
+                    WriteOutcome::Written => {}
+                    WriteOutcome::Duplicate => duplicates.push((position, document)),
+                    WriteOutcome::Failed(e) => results[position] = Err(e),
+                }
+            }
+            duplicates
+        } else {
+            documents
+        };
+        if upserts.is_empty() {
+            return results;
+        }
         let newer_than = if state == DocState::Archived {
             "$lte"
         } else {
             "$lt"
         };
-        let collection = &self.collections[shard.0];
-        let mut updates = Vec::with_capacity(snapshots.len());
-        let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(snapshots.len());
-        for snapshot in snapshots {
-            match to_document(snapshot, DateTime::now(), state) {
-                Ok(document) => {
-                    let version = document.get_i64("v").unwrap_or(0);
-                    updates.push(doc! {
-                        "q": { "_id": &snapshot.player, "v": { newer_than: version } },
-                        "u": document,
-                        "upsert": true,
-                    });
-                    results.push(Ok(()));
-                }
-                Err(e) => results.push(Err(e.into())),
+        let (positions, updates): (Vec<usize>, Vec<Document>) = upserts
+            .into_iter()
+            .map(|(position, document)| {
+                let version = document.get_i64("v").unwrap_or(0);
+                let update = doc! {
+                    "q": { "_id": document.get_str("_id").unwrap_or_default(), "v": { newer_than: version } },
+                    "u": document,
+                    "upsert": true,
+                };
+                (position, update)
+            })
+            .unzip();
+        let updated = self.run_writes(shard, "update", "updates", updates).await;
+        for (position, outcome) in positions.into_iter().zip(updated) {
+            match outcome {
+                // The filter missed because a version at least as new is stored, and the
+                // upsert's insert then collided with it: the archive already has this state
+                // or a later one.
+                WriteOutcome::Written | WriteOutcome::Duplicate => {}
+                WriteOutcome::Failed(e) => results[position] = Err(e),
             }
         }
-        if updates.is_empty() {
-            return results;
-        }
-        // Positions in `results` of the updates actually sent, in the order sent.
-        let sent: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_ok()).collect();
+        results
+    }
+
+    /// Runs one unordered write command (`insert` or `update`) with write concern majority
+    /// over `items` (its `field`), and says what happened to each item, in order.
+    async fn run_writes(
+        &self,
+        shard: ShardIndex,
+        command: &str,
+        field: &str,
+        items: Vec<Document>,
+    ) -> Vec<WriteOutcome> {
+        let count = items.len();
+        let failed_all = |reason: String| {
+            (0..count)
+                .map(|_| WriteOutcome::Failed(ArchiveError::Mongo(reason.clone())))
+                .collect::<Vec<_>>()
+        };
+        let collection = &self.collections[shard.0];
         let reply = collection
             .client()
             .database(collection.namespace().db.as_str())
             .run_command(doc! {
-                "update": collection.name(),
-                "updates": updates,
+                command: collection.name(),
+                field: items,
                 "ordered": false,
                 "writeConcern": { "w": "majority" },
             })
             .await;
         let reply = match reply {
             Ok(reply) => reply,
-            Err(e) => {
-                let reason = e.to_string();
-                for &i in &sent {
-                    results[i] = Err(ArchiveError::Mongo(reason.clone()));
-                }
-                return results;
-            }
+            Err(e) => return failed_all(e.to_string()),
         };
         if let Ok(concern) = reply.get_document("writeConcernError") {
-            for &i in &sent {
-                results[i] = Err(ArchiveError::Mongo(format!(
-                    "write concern not met: {concern}"
-                )));
-            }
-            return results;
+            return failed_all(format!("write concern not met: {concern}"));
         }
+        let mut outcomes: Vec<WriteOutcome> = (0..count).map(|_| WriteOutcome::Written).collect();
         if let Ok(errors) = reply.get_array("writeErrors") {
             for error in errors.iter().filter_map(|e| e.as_document()) {
                 let index = error.get_i32("index").unwrap_or(-1);
                 let code = error.get_i32("code").unwrap_or(0);
-                // Duplicate key: a version at least as new is stored, which is success.
-                if code == 11000 {
-                    continue;
-                }
-                if let Some(&i) = usize::try_from(index).ok().and_then(|k| sent.get(k)) {
-                    results[i] = Err(ArchiveError::Mongo(format!(
-                        "write error {code}: {}",
-                        error.get_str("errmsg").unwrap_or("")
-                    )));
+                if let Some(outcome) = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| outcomes.get_mut(i))
+                {
+                    *outcome = if code == DUPLICATE_KEY {
+                        WriteOutcome::Duplicate
+                    } else {
+                        WriteOutcome::Failed(ArchiveError::Mongo(format!(
+                            "write error {code}: {}",
+                            error.get_str("errmsg").unwrap_or("")
+                        )))
+                    };
                 }
             }
         }
-        results
+        outcomes
     }
 
     /// Moves a batch of one shard's players: snapshots, one MongoDB command, then removals.
@@ -277,20 +333,6 @@ impl Archiver {
             .collect()
     }
 
-    /// Moves one player: snapshot, MongoDB, then Redis.
-    pub async fn archive_player(
-        &self,
-        shard: ShardIndex,
-        player: &PlayerId,
-        cutoff: u64,
-    ) -> Result<Removal, ArchiveError> {
-        let Some(snapshot) = self.snapshot(shard, player).await? else {
-            return Ok(Removal::Already);
-        };
-        self.write_document(shard, &snapshot).await?;
-        self.remove(shard, player, snapshot.version, cutoff).await
-    }
-
     /// One pass over every shard: up to `batch_size` inactive players per shard per round,
     /// rounds until none are left (or `dry_run`, which only counts candidates).
     pub async fn archive_pass(&self, now: u64, dry_run: bool) -> Result<PassReport, ArchiveError> {
@@ -319,7 +361,7 @@ impl Archiver {
         for (shard, outcome) in self.shards().zip(outcomes) {
             if let Err(e) = outcome {
                 let name = self.shard_name(shard);
-                tracing::warn!(shard = %name, error = %e, "archive pass failed on this shard; the other shards went on");
+                tracing::warn!(shard = %name, error = %e.cause(), "archive pass failed on this shard; the other shards went on");
                 self.metrics.shard_failure(&name, "archive");
                 report.failed_shards.push(name);
             }
@@ -339,86 +381,90 @@ impl Archiver {
         totals: &std::sync::Mutex<PassReport>,
         progress: &impl Fn(&PassReport),
     ) -> Result<(), ArchiveError> {
-        let add = |f: &dyn Fn(&mut PassReport)| {
-            let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut totals);
-            progress(&totals);
-        };
-        if !dry_run {
-            let moved = self.drain_legacy_sets(shard).await?;
-            if moved > 0 {
-                tracing::info!(
-                    shard = %self.shard_name(shard),
-                    moved,
-                    "moved legacy bookkeeping into slot sets"
-                );
+        async {
+            let add = |f: &dyn Fn(&mut PassReport)| {
+                let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut totals);
+                progress(&totals);
+            };
+            if !dry_run {
+                let moved = self.drain_legacy_sets(shard).await?;
+                if moved > 0 {
+                    tracing::info!(
+                        shard = %self.shard_name(shard),
+                        moved,
+                        "moved legacy bookkeeping into slot sets"
+                    );
+                }
             }
-        }
-        // The configured rate is for the whole archiver; shards run concurrently.
-        let shards = self.collections.len().max(1) as f64;
-        let slots = self.slots_of(shard);
-        let mut next_slot = 0;
-        let mut failed_before = std::collections::HashSet::new();
-        while !self.stopping() && next_slot < slots.len() {
-            let (ids, resume) = self
-                .candidates_from(
-                    shard,
-                    &slots,
-                    next_slot,
-                    cutoff,
-                    self.config.batch_size,
-                    &failed_before,
-                )
-                .await?;
-            next_slot = resume;
-            if ids.is_empty() {
-                break;
-            }
-            if dry_run {
-                add(&|t| t.candidates += ids.len() as u64);
-                break;
-            }
-            let started = Instant::now();
-            let (mut archived, mut kept, mut failed, mut progressed) = (0, 0, 0, false);
-            for (id, outcome) in ids
-                .iter()
-                .zip(self.archive_batch(shard, &ids, cutoff).await)
-            {
-                match outcome {
-                    Ok(Removal::Archived) => {
-                        archived += 1;
-                        progressed = true;
+            // The configured rate is for the whole archiver; shards run concurrently.
+            let shards = self.collections.len().max(1) as f64;
+            let slots = self.slots_of(shard);
+            let mut next_slot = 0;
+            let mut failed_before = std::collections::HashSet::new();
+            while !self.stopping() && next_slot < slots.len() {
+                let (ids, resume) = self
+                    .candidates_from(
+                        shard,
+                        &slots,
+                        next_slot,
+                        cutoff,
+                        self.config.batch_size,
+                        &failed_before,
+                    )
+                    .await?;
+                next_slot = resume;
+                if ids.is_empty() {
+                    break;
+                }
+                if dry_run {
+                    add(&|t| t.candidates += ids.len() as u64);
+                    break;
+                }
+                let started = Instant::now();
+                let (mut archived, mut kept, mut failed, mut progressed) = (0, 0, 0, false);
+                for (id, outcome) in ids
+                    .iter()
+                    .zip(self.archive_batch(shard, &ids, cutoff).await)
+                {
+                    match outcome {
+                        Ok(Removal::Archived) => {
+                            archived += 1;
+                            progressed = true;
+                        }
+                        Ok(Removal::Already) => progressed = true,
+                        Ok(Removal::Changed | Removal::Active) => {
+                            kept += 1;
+                            failed_before.insert(id.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
+                            failed += 1;
+                            failed_before.insert(id.clone());
+                        }
                     }
-                    Ok(Removal::Already) => progressed = true,
-                    Ok(Removal::Changed | Removal::Active) => {
-                        kept += 1;
-                        failed_before.insert(id.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
-                        failed += 1;
-                        failed_before.insert(id.clone());
+                }
+                add(&|t| {
+                    t.candidates += ids.len() as u64;
+                    t.archived += archived;
+                    t.kept += kept;
+                    t.failed += failed;
+                });
+                if failed > 0 && !progressed {
+                    break;
+                }
+                if self.config.max_players_per_sec > 0 {
+                    let budget = Duration::from_secs_f64(
+                        ids.len() as f64 * shards / self.config.max_players_per_sec as f64,
+                    );
+                    if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(rest).await;
                     }
                 }
             }
-            add(&|t| {
-                t.candidates += ids.len() as u64;
-                t.archived += archived;
-                t.kept += kept;
-                t.failed += failed;
-            });
-            if failed > 0 && !progressed {
-                break;
-            }
-            if self.config.max_players_per_sec > 0 {
-                let budget = Duration::from_secs_f64(
-                    ids.len() as f64 * shards / self.config.max_players_per_sec as f64,
-                );
-                if let Some(rest) = budget.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(rest).await;
-                }
-            }
+            Ok(())
         }
-        Ok(())
+        .await
+        .map_err(self.on(shard))
     }
 }

@@ -24,7 +24,7 @@ impl Archiver {
                 Ok(n) => copied += n,
                 Err(e) => {
                     let name = self.shard_name(shard);
-                    tracing::warn!(shard = %name, error = %e, "checkpoint failed on this shard; the other shards went on");
+                    tracing::warn!(shard = %name, error = %e.cause(), "checkpoint failed on this shard; the other shards went on");
                     self.metrics.shard_failure(&name, "checkpoint");
                 }
             }
@@ -37,48 +37,52 @@ impl Archiver {
     /// checkpointed `batch_size` players at a time, so memory stays bounded however many
     /// players changed.
     pub(super) async fn checkpoint_shard(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
-        let batch = self.config.batch_size;
-        let mut copied = 0;
-        let mut conn = self.store.master_connection(shard).await?;
-        // One round over the players dirty now, slot by slot; those that change meanwhile
-        // wait for the next pass (or are met again by the scan: a second copy is harmless).
-        let mut pending: Vec<String> = Vec::with_capacity(batch * 2);
-        for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
-            let mut pipe = redis::pipe();
-            for &slot in slots {
-                pipe.cmd("SCARD").arg(SlotKeys::new(slot).dirty);
-            }
-            let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
-            for (&slot, size) in slots.iter().zip(sizes) {
-                if size == 0 {
-                    continue;
+        async {
+            let batch = self.config.batch_size;
+            let mut copied = 0;
+            let mut conn = self.store.master_connection(shard).await?;
+            // One round over the players dirty now, slot by slot; those that change meanwhile
+            // wait for the next pass (or are met again by the scan: a second copy is harmless).
+            let mut pending: Vec<String> = Vec::with_capacity(batch * 2);
+            for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+                let mut pipe = redis::pipe();
+                for &slot in slots {
+                    pipe.cmd("SCARD").arg(SlotKeys::new(slot).dirty);
                 }
-                let key = SlotKeys::new(slot).dirty;
-                let mut cursor = 0u64;
-                loop {
-                    let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                        .arg(&key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(batch)
-                        .query_async(&mut conn)
-                        .await?;
-                    pending.extend(ids);
-                    while pending.len() >= batch {
-                        let chunk: Vec<String> = pending.drain(..batch).collect();
-                        copied += self.checkpoint_batch(shard, &mut conn, &chunk).await?;
+                let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
+                for (&slot, size) in slots.iter().zip(sizes) {
+                    if size == 0 {
+                        continue;
                     }
-                    if next == 0 {
-                        break;
+                    let key = SlotKeys::new(slot).dirty;
+                    let mut cursor = 0u64;
+                    loop {
+                        let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                            .arg(&key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(batch)
+                            .query_async(&mut conn)
+                            .await?;
+                        pending.extend(ids);
+                        while pending.len() >= batch {
+                            let chunk: Vec<String> = pending.drain(..batch).collect();
+                            copied += self.checkpoint_batch(shard, &mut conn, &chunk).await?;
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
                     }
-                    cursor = next;
                 }
             }
+            if !pending.is_empty() {
+                copied += self.checkpoint_batch(shard, &mut conn, &pending).await?;
+            }
+            Ok(copied)
         }
-        if !pending.is_empty() {
-            copied += self.checkpoint_batch(shard, &mut conn, &pending).await?;
-        }
-        Ok(copied)
+        .await
+        .map_err(self.on(shard))
     }
 
     /// Checkpoints one batch of a shard's dirty players; returns how many were copied.
@@ -157,34 +161,38 @@ impl Archiver {
     /// its marker back, every checkpointed player comes back live. Players present in Redis
     /// are left alone. Returns (marked, live).
     pub async fn rebuild(&self, shard: ShardIndex) -> Result<(u64, u64), ArchiveError> {
-        use futures_util::TryStreamExt;
-        let map = self.store.shard_map().clone();
-        let mut cursor = self.collections[shard.0].find(doc! {}).await?;
-        let mut conn = self.store.master_connection(shard).await?;
-        let (mut marked, mut live) = (0, 0);
-        while let Some(document) = cursor.try_next().await? {
-            let snapshot = from_document(&document)?;
-            let state = document_state(&document)?;
-            let Ok(player) = PlayerId::new(snapshot.player.clone()) else {
-                continue;
-            };
-            // With one MongoDB for every shard the collection holds all of them.
-            if map.shard_for_player(&player) != shard {
-                continue;
+        async {
+            use futures_util::TryStreamExt;
+            let map = self.store.shard_map().clone();
+            let mut cursor = self.collections[shard.0].find(doc! {}).await?;
+            let mut conn = self.store.master_connection(shard).await?;
+            let (mut marked, mut live) = (0, 0);
+            while let Some(document) = cursor.try_next().await? {
+                let snapshot = from_document(&document)?;
+                let state = document_state(&document)?;
+                let Ok(player) = PlayerId::new(snapshot.player.clone()) else {
+                    continue;
+                };
+                // With one MongoDB for every shard the collection holds all of them.
+                if map.shard_for_player(&player) != shard {
+                    continue;
+                }
+                let mode = if state == DocState::Archived {
+                    "a"
+                } else {
+                    "c"
+                };
+                let invocation = write_back(&REBUILD, &player, &snapshot, mode);
+                let outcome: String = invocation.invoke_async(&mut conn).await?;
+                match outcome.as_str() {
+                    "MARKED" => marked += 1,
+                    "LIVE" => live += 1,
+                    _ => {}
+                }
             }
-            let mode = if state == DocState::Archived {
-                "a"
-            } else {
-                "c"
-            };
-            let invocation = write_back(&REBUILD, &player, &snapshot, mode);
-            let outcome: String = invocation.invoke_async(&mut conn).await?;
-            match outcome.as_str() {
-                "MARKED" => marked += 1,
-                "LIVE" => live += 1,
-                _ => {}
-            }
+            Ok((marked, live))
         }
-        Ok((marked, live))
+        .await
+        .map_err(self.on(shard))
     }
 }

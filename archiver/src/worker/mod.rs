@@ -125,6 +125,43 @@ pub enum ArchiveError {
     /// The player is marked archived but no document exists.
     #[error("player {0:?} is marked archived but has no document")]
     MissingDocument(String),
+    /// What went wrong on one shard: every error of a shard's work names its shard.
+    #[error("shard {shard}: {source}")]
+    OnShard {
+        /// The shard's configured name.
+        shard: String,
+        /// What went wrong there.
+        source: Box<ArchiveError>,
+    },
+}
+
+impl ArchiveError {
+    /// This error, naming `shard` (an error that names one already keeps it).
+    pub fn on_shard(self, shard: &str) -> ArchiveError {
+        match self {
+            e @ ArchiveError::OnShard { .. } => e,
+            e => ArchiveError::OnShard {
+                shard: shard.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// The shard the error happened on, when it names one.
+    pub fn shard(&self) -> Option<&str> {
+        match self {
+            ArchiveError::OnShard { shard, .. } => Some(shard),
+            _ => None,
+        }
+    }
+
+    /// The error itself, without the shard it happened on.
+    pub fn cause(&self) -> &ArchiveError {
+        match self {
+            ArchiveError::OnShard { source, .. } => source.cause(),
+            e => e,
+        }
+    }
 }
 
 impl From<colony::Error> for ArchiveError {
@@ -234,15 +271,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => e.to_string().contains("E11000"),
-    }
-}
-
 impl Archiver {
     /// Builds the store and the MongoDB clients from `config`. Connections open lazily.
     pub async fn new(config: &Config) -> Result<Archiver, ArchiveError> {
@@ -307,6 +335,11 @@ impl Archiver {
         (0..self.collections.len()).map(ShardIndex)
     }
 
+    /// Names `shard` in an error (for `map_err`).
+    pub(super) fn on(&self, shard: ShardIndex) -> impl Fn(ArchiveError) -> ArchiveError + '_ {
+        move |e| e.on_shard(&self.shard_name(shard))
+    }
+
     /// The name `shard` has in the configuration.
     pub fn shard_name(&self, shard: ShardIndex) -> String {
         self.store.shard_map().shard(shard).name.clone()
@@ -365,4 +398,20 @@ impl Archiver {
 /// Milliseconds since the epoch, by this machine's clock (the cutoff for a pass).
 pub fn now() -> u64 {
     now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_shard_once() {
+        let e = ArchiveError::Mongo("timed out".into()).on_shard("eu-1");
+        assert_eq!(e.shard(), Some("eu-1"));
+        assert_eq!(e.to_string(), "shard eu-1: mongodb: timed out");
+        let again = e.on_shard("eu-2");
+        assert_eq!(again.shard(), Some("eu-1"), "the first shard named stays");
+        assert!(matches!(again.cause(), ArchiveError::Mongo(m) if m == "timed out"));
+        assert_eq!(ArchiveError::Config("x".into()).shard(), None);
+    }
 }

@@ -20,26 +20,30 @@ impl Archiver {
         player: &PlayerId,
         full: bool,
     ) -> Result<Restoral, ArchiveError> {
-        let document = self.collections[shard.0]
-            .find_one(doc! { "_id": player.as_str() })
-            .await?
-            .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;
-        let snapshot = from_document(&document)?;
-        let invocation = write_back(&RESTORE, player, &snapshot, if full { "1" } else { "0" });
-        let mut conn = self.store.master_connection(shard).await?;
-        let outcome: String = invocation.invoke_async(&mut conn).await?;
-        match outcome.as_str() {
-            "RESTORED" => Ok(Restoral::Restored),
-            "PUBLIC_RESTORED" => Ok(Restoral::PublicRestored),
-            "NOT_ARCHIVED" => Ok(Restoral::NotArchived),
-            "VERSION_MISMATCH" => Err(ArchiveError::Document(crate::document::DocumentError {
-                player: player.as_str().to_string(),
-                reason: "the document's version is not the one Redis archived".into(),
-            })),
-            other => Err(ArchiveError::Redis(format!(
-                "unexpected restore reply {other:?}"
-            ))),
+        async {
+            let document = self.collections[shard.0]
+                .find_one(doc! { "_id": player.as_str() })
+                .await?
+                .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;
+            let snapshot = from_document(&document)?;
+            let invocation = write_back(&RESTORE, player, &snapshot, if full { "1" } else { "0" });
+            let mut conn = self.store.master_connection(shard).await?;
+            let outcome: String = invocation.invoke_async(&mut conn).await?;
+            match outcome.as_str() {
+                "RESTORED" => Ok(Restoral::Restored),
+                "PUBLIC_RESTORED" => Ok(Restoral::PublicRestored),
+                "NOT_ARCHIVED" => Ok(Restoral::NotArchived),
+                "VERSION_MISMATCH" => Err(ArchiveError::Document(crate::document::DocumentError {
+                    player: player.as_str().to_string(),
+                    reason: "the document's version is not the one Redis archived".into(),
+                })),
+                other => Err(ArchiveError::Redis(format!(
+                    "unexpected restore reply {other:?}"
+                ))),
+            }
         }
+        .await
+        .map_err(self.on(shard))
     }
 
     /// Serves one shard's restore requests until `stop` turns true. After a failure of the
@@ -125,7 +129,7 @@ impl Archiver {
                     tracing::debug!(player = %id, ?outcome, elapsed = ?started.elapsed(), "restore")
                 }
                 Err(e) => {
-                    tracing::warn!(shard = %self.shard_name(shard), player = %id, error = %e, "restore failed")
+                    tracing::warn!(shard = %self.shard_name(shard), player = %id, error = %e.cause(), "restore failed")
                 }
             }
         }

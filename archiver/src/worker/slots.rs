@@ -86,48 +86,52 @@ impl Archiver {
     /// removes them from the legacy set. Returns how many were moved. Gateways of the
     /// previous layout still running may add members again; the next pass moves those.
     pub async fn drain_legacy_sets(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
-        let mut conn = self.store.master_connection(shard).await?;
-        let active: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(LEGACY_ACTIVE_SET)
-            .arg(0)
-            .arg(LEGACY_MOVES_PER_PASS - 1)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        let dirty: Vec<String> = redis::cmd("SRANDMEMBER")
-            .arg(LEGACY_DIRTY_SET)
-            .arg(LEGACY_MOVES_PER_PASS)
-            .query_async(&mut conn)
-            .await?;
-        if active.is_empty() && dirty.is_empty() {
-            return Ok(0);
-        }
-        let slot_keys = |id: &str| SlotKeys::new(colony::keys::id_slot(id));
-        let mut pipe = redis::pipe();
-        for (id, score) in &active {
-            pipe.cmd("ZADD")
-                .arg(slot_keys(id).active)
-                .arg("GT")
-                .arg(*score)
-                .arg(id)
-                .ignore()
-                .cmd("ZREM")
+        async {
+            let mut conn = self.store.master_connection(shard).await?;
+            let active: Vec<(String, f64)> = redis::cmd("ZRANGE")
                 .arg(LEGACY_ACTIVE_SET)
-                .arg(id)
-                .ignore();
-        }
-        for id in &dirty {
-            pipe.cmd("SADD")
-                .arg(slot_keys(id).dirty)
-                .arg(id)
-                .ignore()
-                .cmd("SREM")
+                .arg(0)
+                .arg(LEGACY_MOVES_PER_PASS - 1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            let dirty: Vec<String> = redis::cmd("SRANDMEMBER")
                 .arg(LEGACY_DIRTY_SET)
-                .arg(id)
-                .ignore();
+                .arg(LEGACY_MOVES_PER_PASS)
+                .query_async(&mut conn)
+                .await?;
+            if active.is_empty() && dirty.is_empty() {
+                return Ok(0);
+            }
+            let slot_keys = |id: &str| SlotKeys::new(colony::keys::id_slot(id));
+            let mut pipe = redis::pipe();
+            for (id, score) in &active {
+                pipe.cmd("ZADD")
+                    .arg(slot_keys(id).active)
+                    .arg("GT")
+                    .arg(*score)
+                    .arg(id)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(LEGACY_ACTIVE_SET)
+                    .arg(id)
+                    .ignore();
+            }
+            for id in &dirty {
+                pipe.cmd("SADD")
+                    .arg(slot_keys(id).dirty)
+                    .arg(id)
+                    .ignore()
+                    .cmd("SREM")
+                    .arg(LEGACY_DIRTY_SET)
+                    .arg(id)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+            Ok((active.len() + dirty.len()) as u64)
         }
-        let () = pipe.query_async(&mut conn).await?;
-        Ok((active.len() + dirty.len()) as u64)
+        .await
+        .map_err(self.on(shard))
     }
 
     /// Inactive players of `shard` (last active at or before `cutoff`), at most `limit`,
@@ -138,11 +142,15 @@ impl Archiver {
         cutoff: u64,
         limit: usize,
     ) -> Result<Vec<String>, ArchiveError> {
-        let slots = self.slots_of(shard);
-        let (ids, _) = self
-            .candidates_from(shard, &slots, 0, cutoff, limit, &Default::default())
-            .await?;
-        Ok(ids)
+        async {
+            let slots = self.slots_of(shard);
+            let (ids, _) = self
+                .candidates_from(shard, &slots, 0, cutoff, limit, &Default::default())
+                .await?;
+            Ok(ids)
+        }
+        .await
+        .map_err(self.on(shard))
     }
 
     /// Inactive players of `slots[from..]`, at most `limit`, leaving out `skip`. Returns them
