@@ -6,9 +6,10 @@
 //! 1. Take the inactive players of a shard from its slots' `colony:{<slot tag>}:active` sets
 //!    (score below the cutoff), walking the shard's slots in order.
 //! 2. Snapshot each (a read-only script: version and both hashes).
-//! 3. Write the document to MongoDB with write concern `majority`, as an upsert that only
-//!    replaces an older version (`v < version`); a duplicate-key error means a version at
-//!    least as new is already stored, which is success.
+//! 3. Write the document to MongoDB with write concern `majority`: inserted when the player
+//!    has no document, else as an upsert that only replaces an older version
+//!    (`v <= version`); a duplicate-key error of that upsert means a version at least as
+//!    new is already stored, which is success.
 //! 4. Only then, a script removes the player from Redis — if its version is still the one
 //!    written and it has not become active again (by `{id}:meta` `t`, whatever the set's
 //!    score says) — and leaves the marker `a = version`.
