@@ -547,11 +547,12 @@ mod tests {
 
     #[test]
     fn player_ids_are_1_to_128_bytes_of_anything_but_a_leading_closing_brace() {
-        assert!(PlayerId::new("").is_err());
-        assert!(PlayerId::new("}a").is_err());
+        let invalid = |r: Result<PlayerId, Error>| matches!(r, Err(Error::Invalid(_)));
+        assert!(invalid(PlayerId::new("")));
+        assert!(invalid(PlayerId::new("}a")));
         assert!(PlayerId::new("a}").is_ok());
         assert!(PlayerId::new("é".repeat(64)).is_ok()); // 128 bytes
-        assert!(PlayerId::new("é".repeat(64) + "x").is_err());
+        assert!(invalid(PlayerId::new("é".repeat(64) + "x")));
         assert!(PlayerId::new("{weird} id\n\0").is_ok());
     }
 
@@ -559,9 +560,15 @@ mod tests {
     fn names_use_a_small_alphabet() {
         assert!(Name::new("gold.coins-2_x").is_ok());
         for bad in ["", "a:b", "a b", "ü", "a{b}", &"n".repeat(65)] {
-            assert!(Name::new(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                matches!(Name::new(bad), Err(Error::Invalid(_))),
+                "{bad:?} should be rejected as INVALID"
+            );
         }
-        assert!(IdempotencyKey::new("c:1", 1).is_err());
+        assert!(matches!(
+            IdempotencyKey::new("c:1", 1),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
@@ -652,12 +659,17 @@ mod tests {
             })
         };
         assert!(incr(COUNTER_LIMIT, None, None).validate(&limits).is_ok());
-        assert!(incr(COUNTER_LIMIT + 1, None, None)
-            .validate(&limits)
-            .is_err());
-        assert!(incr(i64::MIN, None, None).validate(&limits).is_err());
-        assert!(incr(1, Some(5), Some(4)).validate(&limits).is_err());
-        assert!(incr(1, Some(0), Some(i64::MAX)).validate(&limits).is_err());
+        for bad in [
+            incr(COUNTER_LIMIT + 1, None, None),
+            incr(i64::MIN, None, None),
+            incr(1, Some(5), Some(4)),
+            incr(1, Some(0), Some(i64::MAX)),
+        ] {
+            assert!(
+                matches!(bad.validate(&limits), Err(Error::Invalid(_))),
+                "{bad:?} must be INVALID"
+            );
+        }
     }
 
     #[test]

@@ -158,6 +158,9 @@ mod tests {
         ));
         assert!(authorize_envelope(Role::Admin, &write(&other, None)).is_ok());
         assert!(authorize(Role::Game, &other, Access::Public, Some(&me)).is_ok());
-        assert!(authorize(Role::Game, &other, Access::Owner, Some(&me)).is_err());
+        assert!(matches!(
+            authorize(Role::Game, &other, Access::Owner, Some(&me)),
+            Err(Error::Forbidden(_))
+        ));
     }
 }
