@@ -408,10 +408,8 @@ async fn owner_transactions_mark_activity_and_public_reads_do_not() {
             s
         }
     };
-    store
-        .get_player(pid("gus"), Access::Public)
-        .await
-        .expect_err("not found");
+    let missing = store.get_player(pid("gus"), Access::Public).await;
+    assert!(matches!(missing, Err(Error::NotFound)), "{missing:?}");
     assert_eq!(score(&mut conn, "gus").await, None);
     store
         .execute(Transaction::owner(pid("gus"), key(1)).with(incr("xp", 1, None, None)))
@@ -741,9 +739,11 @@ async fn a_player_cannot_grow_past_its_bounds_and_the_tally_stays_true() {
         .query_async(&mut conn)
         .await
         .expect("hdel");
-    write(vec![incr("gold", 1, None, None)])
-        .await
-        .expect_err("a fourth entry is refused after counting afresh");
+    let refused = write(vec![incr("gold", 1, None, None)]).await;
+    assert!(
+        matches!(refused, Err(Error::PlayerTooLarge { .. })),
+        "a fourth entry is refused after counting afresh: {refused:?}"
+    );
     write(vec![set("e", b"12", Visibility::Public)])
         .await
         .expect("fits");
