@@ -17,6 +17,20 @@ use crate::document::{to_document, ClientFloor, DocState, Snapshot};
 /// MongoDB's error code for a duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// A batch snapshotted and waiting for MongoDB.
+pub(super) struct Snapshotted {
+    ids: Vec<String>,
+    snapshots: Vec<Result<Option<Snapshot>, ArchiveError>>,
+}
+
+/// A batch written to MongoDB and waiting for its removals: the outcome of each player known
+/// so far, and the players (by position) to remove at the version written.
+pub(super) struct Written {
+    ids: Vec<String>,
+    outcomes: Vec<Option<Result<Removal, ArchiveError>>>,
+    removals: Vec<(usize, u64)>,
+}
+
 /// What one write of a write command did.
 enum WriteOutcome {
     Written,
@@ -271,25 +285,27 @@ impl Archiver {
         outcomes
     }
 
-    /// Moves a batch of one shard's players: snapshots, one MongoDB command, then removals.
-    pub(super) async fn archive_batch(
+    /// Snapshots a batch of one shard's players (step 2 of the move), concurrently on the
+    /// shard's multiplexed connections. One result per id, in order: `None` when the player
+    /// is archived already or gone.
+    pub(super) async fn snapshot_batch(
         &self,
         shard: ShardIndex,
         ids: &[String],
-        cutoff: u64,
-    ) -> Vec<Result<Removal, ArchiveError>> {
-        let players: Vec<Result<PlayerId, String>> = ids
-            .iter()
-            .map(|id| PlayerId::new(id.clone()).map_err(|e| e.to_string()))
-            .collect();
-        let snapshots = join_all(players.iter().map(|p| async move {
-            match p {
-                Ok(player) => self.snapshot(shard, player).await,
-                Err(e) => Err(ArchiveError::Redis(e.clone())),
+    ) -> Vec<Result<Option<Snapshot>, ArchiveError>> {
+        join_all(ids.iter().map(|id| async move {
+            match PlayerId::new(id.clone()) {
+                Ok(player) => self.snapshot(shard, &player).await,
+                Err(e) => Err(ArchiveError::Redis(e.to_string()).on_shard(&self.shard_name(shard))),
             }
         }))
-        .await;
-        let to_write: Vec<Snapshot> = snapshots
+        .await
+    }
+
+    /// Writes a snapshotted batch to MongoDB in one go (step 3 of the move).
+    pub(super) async fn write_batch(&self, shard: ShardIndex, batch: Snapshotted) -> Written {
+        let to_write: Vec<Snapshot> = batch
+            .snapshots
             .iter()
             .filter_map(|s| s.as_ref().ok().and_then(Clone::clone))
             .collect();
@@ -297,10 +313,9 @@ impl Archiver {
             .write_documents(shard, &to_write, DocState::Archived)
             .await
             .into_iter();
-        let mut outcomes: Vec<Option<Result<Removal, ArchiveError>>> =
-            Vec::with_capacity(ids.len());
+        let mut outcomes = Vec::with_capacity(batch.ids.len());
         let mut removals = Vec::new();
-        for (i, snapshot) in snapshots.into_iter().enumerate() {
+        for (i, snapshot) in batch.snapshots.into_iter().enumerate() {
             match snapshot {
                 Err(e) => outcomes.push(Some(Err(e))),
                 Ok(None) => outcomes.push(Some(Ok(Removal::Already))),
@@ -314,12 +329,33 @@ impl Archiver {
                 },
             }
         }
+        Written {
+            ids: batch.ids,
+            outcomes,
+            removals,
+        }
+    }
+
+    /// Removes the players of a written batch that MongoDB acknowledged, each only if still at
+    /// the version written and still inactive (step 4 of the move). One outcome per player of
+    /// the batch, in order.
+    pub(super) async fn remove_batch(
+        &self,
+        shard: ShardIndex,
+        batch: Written,
+        cutoff: u64,
+    ) -> (Vec<String>, Vec<Result<Removal, ArchiveError>>) {
+        let Written {
+            ids,
+            mut outcomes,
+            removals,
+        } = batch;
         let removed = join_all(removals.iter().map(|&(i, version)| {
-            let player = &players[i];
+            let id = &ids[i];
             async move {
-                match player {
-                    Ok(player) => self.remove(shard, player, version, cutoff).await,
-                    Err(e) => Err(ArchiveError::Redis(e.clone())),
+                match PlayerId::new(id.clone()) {
+                    Ok(player) => self.remove(shard, &player, version, cutoff).await,
+                    Err(e) => Err(ArchiveError::Redis(e.to_string())),
                 }
             }
         }))
@@ -327,10 +363,11 @@ impl Archiver {
         for ((i, _), outcome) in removals.iter().zip(removed) {
             outcomes[*i] = Some(outcome);
         }
-        outcomes
+        let outcomes = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(ArchiveError::Redis("no outcome".into()))))
-            .collect()
+            .collect();
+        (ids, outcomes)
     }
 
     /// One pass over every shard: up to `batch_size` inactive players per shard per round,
@@ -373,6 +410,12 @@ impl Archiver {
     }
 
     /// One shard's part of an archive pass, adding its counts to `totals` after each batch.
+    ///
+    /// Batches are pipelined in three stages: while one batch's players are removed, the
+    /// next is written to MongoDB and the one after is found and snapshotted. Each player
+    /// still goes snapshot, write, acknowledged, removal, in that order; batches in flight
+    /// never share a player (they are skipped when looking for the next, and slots are read
+    /// deep enough that the skipped players cannot hide the others).
     pub(super) async fn archive_shard(
         &self,
         shard: ShardIndex,
@@ -397,72 +440,142 @@ impl Archiver {
                     );
                 }
             }
+            let slots = self.slots_of(shard);
+            if dry_run {
+                let found = self
+                    .candidates_from(shard, &slots, 0, cutoff, self.config.batch_size, &Default::default(), 0)
+                    .await?;
+                add(&|t| t.candidates += found.ids.len() as u64);
+                return Ok(());
+            }
             // The configured rate is for the whole archiver; shards run concurrently.
             let shards = self.collections.len().max(1) as f64;
-            let slots = self.slots_of(shard);
             let mut next_slot = 0;
-            let mut failed_before = std::collections::HashSet::new();
-            while !self.stopping() && next_slot < slots.len() {
-                let (ids, resume) = self
-                    .candidates_from(
-                        shard,
-                        &slots,
-                        next_slot,
-                        cutoff,
-                        self.config.batch_size,
-                        &failed_before,
-                    )
-                    .await?;
-                next_slot = resume;
-                if ids.is_empty() {
-                    break;
-                }
-                if dry_run {
-                    add(&|t| t.candidates += ids.len() as u64);
-                    break;
-                }
+            // Players this pass must not pick again: kept or failed ones (they wait for the
+            // next pass) and the batch in flight.
+            let mut skip = std::collections::HashSet::new();
+            // The batch snapshotted and waiting for MongoDB, and the one written and waiting
+            // for its removals.
+            let mut snapshotted: Option<Snapshotted> = None;
+            let mut written: Option<Written> = None;
+            let mut walk_error = None;
+            loop {
                 let started = Instant::now();
-                let (mut archived, mut kept, mut failed, mut progressed) = (0, 0, 0, false);
-                for (id, outcome) in ids
-                    .iter()
-                    .zip(self.archive_batch(shard, &ids, cutoff).await)
-                {
-                    match outcome {
-                        Ok(Removal::Archived) => {
-                            archived += 1;
-                            progressed = true;
+                // Look for the next batch unless stopping or the walk is over.
+                let look = !self.stopping() && next_slot < slots.len();
+                let to_write = snapshotted.take();
+                let to_remove = written.take();
+                let in_flight = to_write.as_ref().map_or(0, |b| b.ids.len())
+                    + to_remove.as_ref().map_or(0, |b| b.ids.len());
+                let skip_now = &skip;
+                let slots_now = &slots;
+                let next = async move {
+                    if !look {
+                        return Ok(None);
+                    }
+                    let found = self
+                        .candidates_from(
+                            shard,
+                            slots_now,
+                            next_slot,
+                            cutoff,
+                            self.config.batch_size,
+                            skip_now,
+                            in_flight,
+                        )
+                        .await?;
+                    let snapshots = if found.ids.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.snapshot_batch(shard, &found.ids).await
+                    };
+                    Ok::<_, ArchiveError>(Some((found, snapshots)))
+                };
+                let write = async {
+                    match to_write {
+                        Some(batch) => Some(self.write_batch(shard, batch).await),
+                        None => None,
+                    }
+                };
+                let remove = async {
+                    match to_remove {
+                        Some(batch) => Some(self.remove_batch(shard, batch, cutoff).await),
+                        None => None,
+                    }
+                };
+                let (next, wrote, removed) = tokio::join!(next, write, remove);
+                written = wrote;
+                let mut stalled = false;
+                if let Some((ids, outcomes)) = removed {
+                    let (mut archived, mut kept, mut failed, mut progressed) = (0, 0, 0, false);
+                    for (id, outcome) in ids.iter().zip(outcomes) {
+                        match outcome {
+                            Ok(Removal::Archived) => {
+                                archived += 1;
+                                progressed = true;
+                                skip.remove(id);
+                            }
+                            Ok(Removal::Already) => {
+                                progressed = true;
+                                skip.remove(id);
+                            }
+                            // Kept and failed players stay skipped until the next pass.
+                            Ok(Removal::Changed | Removal::Active) => kept += 1,
+                            Err(e) => {
+                                tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
+                                failed += 1;
+                            }
                         }
-                        Ok(Removal::Already) => progressed = true,
-                        Ok(Removal::Changed | Removal::Active) => {
-                            kept += 1;
-                            failed_before.insert(id.clone());
-                        }
-                        Err(e) => {
-                            tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
-                            failed += 1;
-                            failed_before.insert(id.clone());
+                    }
+                    add(&|t| {
+                        t.candidates += ids.len() as u64;
+                        t.archived += archived;
+                        t.kept += kept;
+                        t.failed += failed;
+                    });
+                    stalled = failed > 0 && !progressed;
+                    if self.config.max_players_per_sec > 0 {
+                        let budget = Duration::from_secs_f64(
+                            ids.len() as f64 * shards / self.config.max_players_per_sec as f64,
+                        );
+                        if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(rest).await;
                         }
                     }
                 }
-                add(&|t| {
-                    t.candidates += ids.len() as u64;
-                    t.archived += archived;
-                    t.kept += kept;
-                    t.failed += failed;
-                });
-                if failed > 0 && !progressed {
+                match next {
+                    Ok(Some((found, snapshots))) => {
+                        next_slot = found.resume;
+                        if !found.ids.is_empty() {
+                            skip.extend(found.ids.iter().cloned());
+                            snapshotted = Some(Snapshotted {
+                                ids: found.ids,
+                                snapshots,
+                            });
+                        }
+                    }
+                    Ok(None) => {}
+                    // The walk stops; the batches in hand are still finished, then the
+                    // shard's pass reports the error.
+                    Err(e) => {
+                        walk_error.get_or_insert(e);
+                        next_slot = slots.len();
+                    }
+                }
+                // A batch that failed entirely (MongoDB down, say) ends the shard's walk; the
+                // batches in hand are still finished.
+                if stalled {
+                    next_slot = slots.len();
+                }
+                let idle = snapshotted.is_none() && written.is_none();
+                if idle && (next_slot >= slots.len() || self.stopping()) {
                     break;
-                }
-                if self.config.max_players_per_sec > 0 {
-                    let budget = Duration::from_secs_f64(
-                        ids.len() as f64 * shards / self.config.max_players_per_sec as f64,
-                    );
-                    if let Some(rest) = budget.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(rest).await;
-                    }
                 }
             }
-            Ok(())
+            match walk_error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         }
         .await
         .map_err(self.on(shard))

@@ -144,18 +144,19 @@ impl Archiver {
     ) -> Result<Vec<String>, ArchiveError> {
         async {
             let slots = self.slots_of(shard);
-            let (ids, _) = self
-                .candidates_from(shard, &slots, 0, cutoff, limit, &Default::default())
+            let found = self
+                .candidates_from(shard, &slots, 0, cutoff, limit, &Default::default(), 0)
                 .await?;
-            Ok(ids)
+            Ok(found.ids)
         }
         .await
         .map_err(self.on(shard))
     }
 
-    /// Inactive players of `slots[from..]`, at most `limit`, leaving out `skip`. Returns them
-    /// and where to go on: the index of a slot that may hold more (it filled the batch with
-    /// players not skipped), or past the last slot visited.
+    /// Inactive players of `slots[from..]`, at most `limit`, leaving out `skip`, and where to
+    /// go on (see [`Candidates`]). Each slot is read `limit + in_flight` deep, so that
+    /// `in_flight` skipped players (a batch still being moved) cannot hide the rest of a slot.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn candidates_from(
         &self,
         shard: ShardIndex,
@@ -164,7 +165,9 @@ impl Archiver {
         cutoff: u64,
         limit: usize,
         skip: &std::collections::HashSet<String>,
-    ) -> Result<(Vec<String>, usize), ArchiveError> {
+        in_flight: usize,
+    ) -> Result<Candidates, ArchiveError> {
+        let depth = limit + in_flight;
         let mut conn = self.store.master_connection(shard).await?;
         let mut out = Vec::new();
         let mut at = from;
@@ -178,7 +181,7 @@ impl Archiver {
                     .arg(cutoff)
                     .arg("LIMIT")
                     .arg(0)
-                    .arg(limit);
+                    .arg(depth);
             }
             let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
             for ids in replies {
@@ -188,17 +191,36 @@ impl Archiver {
                     .cloned()
                     .collect();
                 let room = limit - out.len();
-                let more_here = fresh.len() > room || (ids.len() == limit && !fresh.is_empty());
+                let more_here = fresh.len() > room || (ids.len() == depth && !fresh.is_empty());
                 out.extend(fresh.into_iter().take(room));
                 if more_here {
-                    return Ok((out, at));
+                    return Ok(Candidates {
+                        ids: out,
+                        resume: at,
+                    });
                 }
                 at += 1;
                 if out.len() == limit {
-                    return Ok((out, at));
+                    return Ok(Candidates {
+                        ids: out,
+                        resume: at,
+                    });
                 }
             }
         }
-        Ok((out, at))
+        Ok(Candidates {
+            ids: out,
+            resume: at,
+        })
     }
+}
+
+/// A batch of inactive players from a walk over a shard's slots.
+#[derive(Debug, Default)]
+pub(super) struct Candidates {
+    /// The players, at most the limit asked for.
+    pub(super) ids: Vec<String>,
+    /// Where the walk goes on: a slot that may hold more (read again from its start, so
+    /// its players already taken must be skipped), or the first slot not visited yet.
+    pub(super) resume: usize,
 }
