@@ -515,11 +515,10 @@ impl Archiver {
                                 progressed = true;
                                 skip.remove(id);
                             }
-                            Ok(Removal::Already) => {
-                                progressed = true;
-                                skip.remove(id);
-                            }
-                            // Kept and failed players stay skipped until the next pass.
+                            // Skipped for the rest of the pass, as kept and failed players are
+                            // (until the next pass): a stale entry of the active set left
+                            // behind is not met again and again.
+                            Ok(Removal::Already) => progressed = true,
                             Ok(Removal::Changed | Removal::Active) => kept += 1,
                             Err(e) => {
                                 tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
