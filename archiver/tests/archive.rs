@@ -1025,3 +1025,52 @@ async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored()
         "{status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_pass_meets_every_player_of_a_crowded_slot_once() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    // Batches far smaller than the crowded slot, so several are in flight inside it at once.
+    config.archive.batch_size = 3;
+    let store = Store::new(&config).expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    // Eleven players in one slot (found by trying ids), and a few spread elsewhere.
+    let crowded_slot = colony::keys::player_slot(&pid("crowd-0"));
+    let crowded: Vec<String> = (0..)
+        .map(|i| format!("crowd-{i}"))
+        .filter(|id| colony::keys::player_slot(&pid(id)) == crowded_slot)
+        .take(11)
+        .collect();
+    let spread: Vec<String> = (0..5).map(|i| format!("spread-{i}")).collect();
+    for (i, id) in crowded.iter().chain(&spread).enumerate() {
+        create(&store, id, i as u64 + 1).await;
+    }
+
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!(
+        (
+            report.candidates,
+            report.archived,
+            report.kept,
+            report.failed
+        ),
+        (16, 16, 0, 0),
+        "each player met once and archived: {report:?}"
+    );
+    let again = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!(again.candidates, 0, "{again:?}");
+
+    let stop = serve_restores(&archiver);
+    for id in crowded.iter().chain(&spread) {
+        let (_, entries) = owner_view(&store, id).await;
+        assert_eq!(entries.len(), 2, "{id} came back whole: {entries:?}");
+    }
+    let _ = stop.send(true);
+}
