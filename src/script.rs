@@ -18,8 +18,9 @@ use crate::model::{
 /// player, access, idempotency key, window and bounds.
 pub const FIRST_OPERATION: usize = 13;
 
-/// Source of the transaction script.
-pub const SOURCE: &str = include_str!("transaction.lua");
+/// Source of the transaction script: the idempotency window's functions (`window.lua`), then
+/// the script itself.
+pub const SOURCE: &str = concat!(include_str!("window.lua"), include_str!("transaction.lua"));
 
 /// The script, with its SHA1 computed once.
 pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SOURCE));

@@ -54,7 +54,8 @@
 -- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
 -- within +-(2^53 - 1), where doubles are exact; the client validates arguments to that range.
 --
--- The idempotency window (ARCHITECTURE.md has the argument). Per client, KEYS[1] holds
+-- The idempotency window (ARCHITECTURE.md has the argument; window.lua, loaded in front of
+-- this script, judges and records requests). Per client, KEYS[1] holds
 --   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
 --                         remembered request, oldest first; floor '-' when nothing was
 --                         forgotten, else the largest request id forgotten
@@ -96,19 +97,6 @@ if state[2] and not (access == 'p' and state[3] == '1') then
   return { 'ARCHIVED', version, 0, 0 }
 end
 
--- Request ids are u64 in decimal; Lua numbers are doubles, exact only below 2^53, so ids are
--- compared by length, then as two exact halves.
-local function id_at_most(a, b)
-  if #a ~= #b then return #a < #b end
-  local cut = #a - 10
-  if cut > 0 then
-    local high_a, high_b = tonumber(string.sub(a, 1, cut)), tonumber(string.sub(b, 1, cut))
-    if high_a ~= high_b then return high_a < high_b end
-    return tonumber(string.sub(a, cut + 1)) <= tonumber(string.sub(b, cut + 1))
-  end
-  return tonumber(a) <= tonumber(b)
-end
-
 -- Answers a request found remembered: its first reply, or a mismatch.
 local function replay(stored)
   if string.sub(stored, 1, 40) ~= fingerprint then
@@ -119,56 +107,22 @@ local function replay(stored)
   return reply
 end
 
--- Forgets up to two clients without a write for the TTL (their score is when they were
--- added or last found alive; their state says when they last wrote), re-scoring those
--- found alive.
-local function forget_stale_clients(now)
-  local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
-    'LIMIT', 0, 2)
-  for _, other in ipairs(stale) do
-    local other_state = redis.call('HGET', meta, 'c:' .. other)
-    local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
-    if last and last >= now - client_ttl then
-      redis.call('ZADD', clients, 'XX', last, other)
-    else
-      local fields = { 'c:' .. other }
-      if other_state then
-        for id in string.gmatch(other_state, ' (%d+):%d+') do
-          fields[#fields + 1] = 'r:' .. other .. ':' .. id
-        end
-      end
-      redis.call('HDEL', meta, unpack(fields))
-      redis.call('ZREM', clients, other)
-    end
-  end
-end
-
 local window_state
 if use_idem then
   window_state = state[6]
-  -- A client new to this player takes a window only while the player has room for one.
-  -- Forgetting stale clients first is housekeeping, not part of this request.
-  if not window_state and redis.call('ZCARD', clients) >= max_clients then
-    local t = redis.call('TIME')
-    forget_stale_clients(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-    if redis.call('ZCARD', clients) >= max_clients then
-      return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
-    end
-  end
-  local stored = state[7]
-  if stored then
+  local verdict, stored = judge_request(meta, clients, client_ttl, max_clients, request,
+    window_state, state[7])
+  if verdict == 'CLIENTS_FULL' then
+    return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
+  elseif verdict == 'REQUEST_TOO_OLD' then
+    return { 'REQUEST_TOO_OLD', version, 0, 0 }
+  elseif verdict == 'REPLAY' then
     local reply = replay(stored)
     -- The record is written again as it is: that is propagated to the replicas, so a WAIT
     -- after this call also covers the first write, which may have gone out on another
     -- connection.
     if reply[1] == 'OK' then redis.call('HSET', meta, record_field, stored) end
     return reply
-  end
-  if window_state then
-    local floor = string.sub(window_state, 1, string.find(window_state, ' ', 1, true) - 1)
-    if floor ~= '-' and id_at_most(request, floor) then
-      return { 'REQUEST_TOO_OLD', version, 0, 0 }
-    end
   end
   -- Records of the previous layout, one key per request, are honoured until they expire.
   local old = redis.call('GET', legacy)
@@ -403,48 +357,9 @@ if not mutated then return reply end
 
 local meta_fields = { 'v', version, 't', now, 'b', tally[1], 'n', tally[2] }
 if use_idem then
-  -- Remember this request. The oldest are forgotten together, once the window holds a
-  -- quarter more than its length or its head is older than its age, down to the length and
-  -- the age; the floor rises to the largest id forgotten. Forgetting in batches keeps most
-  -- writes to one HSET. The state is cut with plain finds: Lua patterns over the whole
-  -- queue cost more Redis time than everything else here.
-  local floor, count, queue = '-', 0, ''
-  if window_state then
-    local after_floor = string.find(window_state, ' ', 1, true)
-    local after_last = string.find(window_state, ' ', after_floor + 1, true)
-    local after_count = string.find(window_state, ' ', after_last + 1, true)
-    floor = string.sub(window_state, 1, after_floor - 1)
-    if after_count then
-      count = tonumber(string.sub(window_state, after_last + 1, after_count - 1))
-      queue = string.sub(window_state, after_count)
-    end
-  end
-  queue = queue .. ' ' .. request .. ':' .. now
-  count = count + 1
-  local cutoff = now - window_ms
-  -- The head entry is ' <id>:<applied ms>'.
-  local function head()
-    local colon = string.find(queue, ':', 1, true)
-    local next_entry = string.find(queue, ' ', colon, true)
-    local at = tonumber(string.sub(queue, colon + 1, (next_entry or 0) - 1))
-    return string.sub(queue, 2, colon - 1), at, next_entry
-  end
-  local _, head_at = head()
-  if count > window_length + math.floor(window_length / 4) or head_at < cutoff then
-    local forgotten = {}
-    while count > 1 do
-      local id, at, next_entry = head()
-      if count <= window_length and at >= cutoff then break end
-      forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
-      if floor == '-' or not id_at_most(id, floor) then floor = id end
-      queue, count = string.sub(queue, next_entry), count - 1
-    end
-    if #forgotten > 0 then redis.call('HDEL', meta, unpack(forgotten)) end
-  end
-  meta_fields[#meta_fields + 1] = record_field
-  meta_fields[#meta_fields + 1] = fingerprint .. cmsgpack.pack(reply)
-  meta_fields[#meta_fields + 1] = state_field
-  meta_fields[#meta_fields + 1] = floor .. ' ' .. now .. ' ' .. count .. queue
+  local remembered = remember_request(meta, client, request, window_state, window_ms,
+    window_length, now, fingerprint .. cmsgpack.pack(reply))
+  for _, field in ipairs(remembered) do meta_fields[#meta_fields + 1] = field end
 end
 redis.call('HSET', meta, unpack(meta_fields))
 redis.call('ZADD', active, now, player)
@@ -452,6 +367,6 @@ redis.call('ZADD', active, now, player)
 if track_changes then redis.call('SADD', dirty, player) end
 
 if use_idem and not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
-  forget_stale_clients(now)
+  forget_stale_clients(meta, clients, client_ttl, now)
 end
 return reply

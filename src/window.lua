@@ -1,0 +1,123 @@
+-- The idempotency window of a player, shared by the scripts that judge and record requests
+-- (loaded in front of them). ARCHITECTURE.md, "The idempotency window", has the argument.
+-- Per client, the player's meta hash holds
+--   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
+--                         remembered request, oldest first; floor '-' when nothing was
+--                         forgotten, else the largest request id forgotten
+--   r:<client>:<request>  the request's fingerprint (40 hex digits), then its stored reply
+-- and the clients zset lists the clients with a window, scored by last write ms.
+
+-- Request ids are u64 in decimal; Lua numbers are doubles, exact only below 2^53, so ids are
+-- compared by length, then as two exact halves.
+local function id_at_most(a, b)
+  if #a ~= #b then return #a < #b end
+  local cut = #a - 10
+  if cut > 0 then
+    local high_a, high_b = tonumber(string.sub(a, 1, cut)), tonumber(string.sub(b, 1, cut))
+    if high_a ~= high_b then return high_a < high_b end
+    return tonumber(string.sub(a, cut + 1)) <= tonumber(string.sub(b, cut + 1))
+  end
+  return tonumber(a) <= tonumber(b)
+end
+
+-- Forgets up to two clients without a write for client_ttl ms (their score is when they were
+-- added or last found alive; their state says when they last wrote), re-scoring those found
+-- alive.
+local function forget_stale_clients(meta, clients, client_ttl, now)
+  local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
+    'LIMIT', 0, 2)
+  for _, other in ipairs(stale) do
+    local other_state = redis.call('HGET', meta, 'c:' .. other)
+    local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
+    if last and last >= now - client_ttl then
+      redis.call('ZADD', clients, 'XX', last, other)
+    else
+      local fields = { 'c:' .. other }
+      if other_state then
+        for id in string.gmatch(other_state, ' (%d+):%d+') do
+          fields[#fields + 1] = 'r:' .. other .. ':' .. id
+        end
+      end
+      redis.call('HDEL', meta, unpack(fields))
+      redis.call('ZREM', clients, other)
+    end
+  end
+end
+
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Judges a request of `client` before anything runs, given its window state and stored
+-- record (both nil when absent). Returns nil for a new request, or one of
+--   'CLIENTS_FULL'            the client is new and the player keeps max_clients windows
+--   'REQUEST_TOO_OLD'         not remembered, and at or below the client's floor
+--   'REPLAY', stored          remembered: the stored record (fingerprint, then reply)
+local function judge_request(meta, clients, client_ttl, max_clients, request, window_state,
+    stored)
+  -- A client new to this player takes a window only while the player has room for one.
+  -- Forgetting stale clients first is housekeeping, not part of this request.
+  if not window_state and redis.call('ZCARD', clients) >= max_clients then
+    forget_stale_clients(meta, clients, client_ttl, server_now())
+    if redis.call('ZCARD', clients) >= max_clients then
+      return 'CLIENTS_FULL'
+    end
+  end
+  if stored then return 'REPLAY', stored end
+  if window_state then
+    local floor = string.sub(window_state, 1, string.find(window_state, ' ', 1, true) - 1)
+    if floor ~= '-' and id_at_most(request, floor) then
+      return 'REQUEST_TOO_OLD'
+    end
+  end
+  return nil
+end
+
+-- Remembers an applied request of `client`: appends it to the window and forgets the oldest
+-- together once the window holds a quarter more than its length or its head is older than
+-- its age, down to the length and the age; the floor rises to the largest id forgotten.
+-- Forgetting in batches keeps most writes to one HSET. Returns the meta fields to set (the
+-- record and the client's state), for the caller's own HSET of meta. The state is cut with
+-- plain finds: Lua patterns over the whole queue cost more Redis time than everything else.
+local function remember_request(meta, client, request, window_state, window_ms,
+    window_length, now, record)
+  local floor, count, queue = '-', 0, ''
+  if window_state then
+    local after_floor = string.find(window_state, ' ', 1, true)
+    local after_last = string.find(window_state, ' ', after_floor + 1, true)
+    local after_count = string.find(window_state, ' ', after_last + 1, true)
+    floor = string.sub(window_state, 1, after_floor - 1)
+    if after_count then
+      count = tonumber(string.sub(window_state, after_last + 1, after_count - 1))
+      queue = string.sub(window_state, after_count)
+    end
+  end
+  queue = queue .. ' ' .. request .. ':' .. now
+  count = count + 1
+  local cutoff = now - window_ms
+  -- The head entry is ' <id>:<applied ms>'.
+  local function head()
+    local colon = string.find(queue, ':', 1, true)
+    local next_entry = string.find(queue, ' ', colon, true)
+    local at = tonumber(string.sub(queue, colon + 1, (next_entry or 0) - 1))
+    return string.sub(queue, 2, colon - 1), at, next_entry
+  end
+  local _, head_at = head()
+  if count > window_length + math.floor(window_length / 4) or head_at < cutoff then
+    local forgotten = {}
+    while count > 1 do
+      local id, at, next_entry = head()
+      if count <= window_length and at >= cutoff then break end
+      forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
+      if floor == '-' or not id_at_most(id, floor) then floor = id end
+      queue, count = string.sub(queue, next_entry), count - 1
+    end
+    if #forgotten > 0 then redis.call('HDEL', meta, unpack(forgotten)) end
+  end
+  return {
+    'r:' .. client .. ':' .. request, record,
+    'c:' .. client, floor .. ' ' .. now .. ' ' .. count .. queue,
+  }
+end
+
