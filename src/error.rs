@@ -41,6 +41,9 @@ pub enum Code {
     /// The request id is older than the client's idempotency window on the player can
     /// judge: it may have applied before; nothing was applied now.
     RequestTooOld,
+    /// A player holds the intent of a multi-player transaction in progress; nothing was
+    /// applied. Send the same request again after a pause.
+    Locked,
 }
 
 impl Code {
@@ -62,6 +65,7 @@ impl Code {
             Code::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             Code::Internal => "INTERNAL",
             Code::RequestTooOld => "REQUEST_TOO_OLD",
+            Code::Locked => "LOCKED",
         }
     }
 }
@@ -181,6 +185,25 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A player holds the intent of a multi-player transaction that is in progress (its
+    /// lease has not passed); nothing was applied. The store and the client send the same
+    /// request again after a pause; an intent whose lease passed is resolved, never waited on.
+    #[error("player {player:?} is locked by a multi-player transaction in progress: {reason}")]
+    Locked {
+        /// The player holding the intent.
+        player: String,
+        /// Which transaction, and until when.
+        reason: String,
+    },
+    /// What went wrong with one participant of a multi-player transaction (by position, from
+    /// 0); its code is the inner error's.
+    #[error("participant {participant}: {error}")]
+    InParticipant {
+        /// The participant's position in the transaction.
+        participant: u32,
+        /// What went wrong there.
+        error: Box<Error>,
+    },
     /// A bug, or a storage reply Colony does not understand.
     #[error("internal error: {0}")]
     Internal(String),
@@ -204,6 +227,8 @@ impl Error {
             Error::Unavailable { .. } => Code::Unavailable,
             Error::Timeout { .. } => Code::Timeout,
             Error::Unknown { .. } => Code::Unknown,
+            Error::Locked { .. } => Code::Locked,
+            Error::InParticipant { error, .. } => error.code(),
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -214,7 +239,9 @@ impl Error {
             Error::Unavailable { .. }
             | Error::Timeout { .. }
             | Error::Unknown { .. }
-            | Error::Archived { .. } => Retry::SameRequest,
+            | Error::Archived { .. }
+            | Error::Locked { .. } => Retry::SameRequest,
+            Error::InParticipant { error, .. } => error.retry(),
             Error::Conflict { .. } => Retry::AfterReread,
             Error::Invalid(_)
             | Error::TooLarge(_)
@@ -252,6 +279,7 @@ impl Error {
                     Error::Unavailable { .. }
                     | Error::Timeout { .. }
                     | Error::Archived { .. }
+                    | Error::Locked { .. }
                     | Error::RequestTooOld { .. },
                 ),
                 Some(Err(unknown @ Error::Unknown { .. })),
@@ -291,6 +319,10 @@ mod tests {
             Error::Timeout { shard: "s".into() },
             Error::Archived { version: 3 },
             Error::RequestTooOld { version: 3 },
+            Error::Locked {
+                player: "p".into(),
+                reason: "attempt a1".into(),
+            },
         ];
         for latest in &not_sent {
             assert_eq!(

@@ -3,12 +3,16 @@
 //!
 //! | key                                   | type   | holds                                       |
 //! |---------------------------------------|--------|---------------------------------------------|
-//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
+//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; `x` attempt of the intent held, `y` last attempt applied; idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
+//! | `{id}:intent`                         | hash   | a multi-player transaction's intent on the player: `a` attempt, `p` primary, `k` key, `l` lease expiry (ms, this shard's clock), `w` staged writes, `r` prepared reply |
+//! | `{primary}:decision:<attempt>`        | string | the decision of one attempt of a multi-player transaction: `C` (commit, with its participants) or `A` (abort) |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |
 //! | `{id}:priv`                           | hash   | private entries, same encoding              |
 //! | `{id}:clients`                        | zset   | clients with a window, scored by last write (ms) |
 //! | `colony:{<slot tag>}:active` (per slot) | zset | player ids scored by last-active ms         |
 //! | `colony:{<slot tag>}:dirty` (per slot)  | set  | players changed since their last checkpoint |
+//! | `colony:{<slot tag>}:intents` (per slot) | zset | players holding an intent, scored by lease expiry |
+//! | `colony:{<slot tag>}:decisions` (per slot) | zset | commit records of the slot's primaries, scored by when written |
 //! | `colony:restores` (per shard)         | zset   | restore requests for the archiver, by request time; capped, no duplicates |
 //! | `{id}:idem:<client id>:<request id>`  | string | legacy idempotency record (read, never written) |
 //! | `colony:active`, `colony:dirty` (per shard) | zset, set | legacy bookkeeping, drained by the archiver |
@@ -61,6 +65,8 @@ pub struct PlayerKeys {
     pub private: Vec<u8>,
     /// Clients with a window on this player, scored by their last write.
     pub clients: Vec<u8>,
+    /// The intent of a multi-player transaction the player holds, if any.
+    pub intent: Vec<u8>,
 }
 
 fn tagged(player: &PlayerId, suffix: &str) -> Vec<u8> {
@@ -81,8 +87,15 @@ impl PlayerKeys {
             public: tagged(player, ":pub"),
             private: tagged(player, ":priv"),
             clients: tagged(player, ":clients"),
+            intent: tagged(player, ":intent"),
         }
     }
+}
+
+/// The decision record of attempt `attempt` of a multi-player transaction whose primary
+/// participant is `primary`: in the primary's slot, so the primary's scripts can read it.
+pub fn decision_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
+    tagged(primary, &format!(":decision:{attempt}"))
 }
 
 /// The legacy idempotency record of one request on one player (one string key per request,
@@ -165,6 +178,10 @@ pub struct SlotKeys {
     pub active: String,
     /// Players of the slot changed since the archiver last checkpointed them.
     pub dirty: String,
+    /// Players of the slot holding an intent, scored by lease expiry (ms, the shard's clock).
+    pub intents: String,
+    /// Commit records of the slot's primaries, scored by when they were written.
+    pub decisions: String,
 }
 
 impl SlotKeys {
@@ -174,6 +191,8 @@ impl SlotKeys {
         SlotKeys {
             active: format!("colony:{{{tag}}}:active"),
             dirty: format!("colony:{{{tag}}}:dirty"),
+            intents: format!("colony:{{{tag}}}:intents"),
+            decisions: format!("colony:{{{tag}}}:decisions"),
         }
     }
 
@@ -198,9 +217,13 @@ mod tests {
             &keys.public,
             &keys.private,
             &keys.clients,
+            &keys.intent,
             &legacy,
+            &decision_key(&player, "0123abcd"),
             slot.active.as_bytes(),
             slot.dirty.as_bytes(),
+            slot.intents.as_bytes(),
+            slot.decisions.as_bytes(),
         ] {
             assert_eq!(key_slot(key), player_slot(&player));
         }

@@ -49,8 +49,8 @@ pub mod wire;
 pub use config::Config;
 pub use error::{Code, Error, Retry};
 pub use model::{
-    Access, Committed, Entry, IdempotencyKey, Limits, Name, Operation, PlayerId, ReadResult,
-    Transaction, Value, Visibility,
+    Access, Committed, Entry, IdempotencyKey, Limits, MultiCommitted, MultiTransaction, Name,
+    Operation, Participant, PlayerId, ReadResult, Transaction, Value, Visibility,
 };
 pub use store::Store;
 #[cfg(feature = "client")]

@@ -54,6 +54,8 @@ pub struct Limits {
     /// share and the transaction fails with TOO_LARGE, applying nothing. Default 2097152
     /// (2 MiB); at least enough to read the largest allowed player whole.
     pub max_answer_bytes: usize,
+    /// Most participants of one multi-player transaction. Default 16, at most 64.
+    pub max_participants: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +68,7 @@ impl Default for Limits {
             max_player_bytes: 1024 * 1024,
             max_player_entries: 4096,
             max_answer_bytes: 2 * 1024 * 1024,
+            max_participants: 16,
         }
     }
 }
@@ -115,6 +118,7 @@ impl Limits {
                 1,
                 1024 * MIB,
             ),
+            ("limits.max_participants", self.max_participants, 2, 64),
         ];
         for (field, value, low, high) in ranges {
             if value < low || value > high {
@@ -533,6 +537,137 @@ pub struct Committed {
     pub replayed: bool,
 }
 
+/// One player's part of a multi-player transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    /// The player.
+    pub player: PlayerId,
+    /// What its reads and checks see: everything (owner) or public entries only, a private
+    /// entry then looking absent. Unlike a transaction on its own, writes are allowed under
+    /// either: who may write whom is the gateway's role rules' business.
+    pub access: Access,
+    /// The steps, in order, as a transaction on its own has them.
+    pub operations: Vec<Operation>,
+}
+
+impl Participant {
+    /// A participant using owner access.
+    pub fn owner(player: PlayerId) -> Participant {
+        Participant {
+            player,
+            access: Access::Owner,
+            operations: Vec::new(),
+        }
+    }
+
+    /// Appends an operation (builder style).
+    pub fn with(mut self, operation: Operation) -> Participant {
+        self.operations.push(operation);
+        self
+    }
+}
+
+/// All-or-nothing operations on several players, usually on different shards: a trade, a
+/// gift. Every participant's operations apply, or none do (ARCHITECTURE.md, "Transactions
+/// across shards"). The first participant is the primary: its shard holds the decision, and
+/// its idempotency window remembers the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiTransaction {
+    /// Required: a retry with the same key applies at most once and answers as the first.
+    pub idempotency_key: IdempotencyKey,
+    /// 2..=`limits.max_participants` distinct players.
+    pub participants: Vec<Participant>,
+}
+
+impl MultiTransaction {
+    /// A transaction with no participants yet.
+    pub fn new(idempotency_key: IdempotencyKey) -> MultiTransaction {
+        MultiTransaction {
+            idempotency_key,
+            participants: Vec::new(),
+        }
+    }
+
+    /// Appends a participant (builder style).
+    pub fn with(mut self, participant: Participant) -> MultiTransaction {
+        self.participants.push(participant);
+        self
+    }
+
+    /// Checks everything the types do not: the number of participants, that no player is
+    /// named twice, and each participant's operations as a transaction's (limits, bounds);
+    /// the payload limit counts all participants together. Errors about one participant
+    /// name it ([`Error::InParticipant`]).
+    pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
+        let count = self.participants.len();
+        if count < 2 {
+            return Err(Error::Invalid(format!(
+                "a multi-player transaction needs at least 2 participants, not {count}"
+            )));
+        }
+        if count > limits.max_participants {
+            return Err(Error::TooLarge(format!(
+                "{count} participants, more than limits.max_participants ({})",
+                limits.max_participants
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut payload = 0usize;
+        for (index, participant) in self.participants.iter().enumerate() {
+            let in_participant = |error: Error| Error::InParticipant {
+                participant: index as u32,
+                error: Box::new(error),
+            };
+            if !seen.insert(&participant.player) {
+                return Err(in_participant(Error::Invalid(format!(
+                    "player {:?} is named twice",
+                    participant.player.as_str()
+                ))));
+            }
+            let operations = &participant.operations;
+            if operations.is_empty() {
+                return Err(in_participant(Error::Invalid("no operations".into())));
+            }
+            if operations.len() > limits.max_operations_per_transaction {
+                return Err(in_participant(Error::TooLarge(format!(
+                    "{} operations, more than {}",
+                    operations.len(),
+                    limits.max_operations_per_transaction
+                ))));
+            }
+            for (op_index, op) in operations.iter().enumerate() {
+                payload = payload.saturating_add(op.payload_bytes());
+                validate_operation(op_index, op, limits).map_err(in_participant)?;
+            }
+        }
+        if payload > limits.max_transaction_bytes {
+            return Err(Error::TooLarge(format!(
+                "the transaction carries {payload} bytes, more than {}",
+                limits.max_transaction_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when any participant reads entries (and so takes a share of the read budget).
+    pub fn reads(&self) -> bool {
+        self.participants.iter().any(|p| {
+            p.operations
+                .iter()
+                .any(|op| matches!(op, Operation::Read { .. }))
+        })
+    }
+}
+
+/// A committed multi-player transaction: one result per participant, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiCommitted {
+    /// Each participant's version after the transaction and its reads.
+    pub participants: Vec<Committed>,
+    /// True when this is the stored result of an earlier attempt with the same key.
+    pub replayed: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +678,63 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::new(s).expect("valid name")
+    }
+
+    #[test]
+    fn multi_player_transactions_name_2_to_max_distinct_players_with_valid_operations() {
+        let limits = Limits::default();
+        let gift = |players: &[&str]| {
+            let mut txn = MultiTransaction::new(IdempotencyKey::new("c", 1).expect("valid"));
+            for p in players {
+                txn = txn.with(Participant::owner(PlayerId::new(*p).expect("valid")).with(
+                    Operation::IncrementCounter {
+                        name: name("gold"),
+                        delta: 1,
+                        min: None,
+                        max: None,
+                        visibility: Visibility::Private,
+                    },
+                ));
+            }
+            txn
+        };
+        assert!(gift(&["a", "b"]).validate(&limits).is_ok());
+        assert!(matches!(
+            gift(&["a"]).validate(&limits),
+            Err(Error::Invalid(_))
+        ));
+        let many: Vec<String> = (0..17).map(|i| format!("p{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(
+            gift(&many).validate(&limits),
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            gift(&["a", "b", "a"]).validate(&limits),
+            Err(Error::InParticipant { participant: 2, ref error }) if matches!(**error, Error::Invalid(_))
+        ));
+        let mut empty = gift(&["a", "b"]);
+        empty.participants[1].operations.clear();
+        assert!(matches!(
+            empty.validate(&limits),
+            Err(Error::InParticipant { participant: 1, ref error }) if matches!(**error, Error::Invalid(_))
+        ));
+        let mut unbounded = gift(&["a", "b"]);
+        unbounded.participants[0].operations[0] = Operation::IncrementCounter {
+            name: name("gold"),
+            delta: COUNTER_LIMIT + 1,
+            min: None,
+            max: None,
+            visibility: Visibility::Private,
+        };
+        assert_eq!(
+            unbounded.validate(&limits).map_err(|e| e.code()),
+            Err(crate::error::Code::Invalid)
+        );
+        // Public access may write in a multi-player transaction (the roles decide who).
+        let mut public = gift(&["a", "b"]);
+        public.participants[1].access = Access::Public;
+        assert!(public.validate(&limits).is_ok());
     }
 
     #[test]

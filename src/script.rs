@@ -11,12 +11,13 @@ use redis::Value as RedisValue;
 use crate::error::Error;
 use crate::keys::{self, PlayerKeys, SlotKeys};
 use crate::model::{
-    Access, Committed, Entry, Name, Operation, ReadResult, Transaction, Value, Visibility,
+    Access, Committed, Entry, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
+    PlayerId, ReadResult, Transaction, Value, Visibility,
 };
 
 /// Index (from 0) of the script's first operation argument; the ones before it are the
 /// player, access, idempotency key, window and bounds.
-pub const FIRST_OPERATION: usize = 13;
+pub const FIRST_OPERATION: usize = 16;
 
 /// Source of the transaction script: the idempotency window's functions (`window.lua`), then
 /// the script itself.
@@ -28,8 +29,8 @@ pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new
 /// Keys and arguments for one `EVALSHA` of the transaction script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
-    /// The seven keys the script declares.
-    pub keys: [Vec<u8>; 7],
+    /// The nine keys the script declares.
+    pub keys: [Vec<u8>; 9],
     /// The script's arguments.
     pub args: Vec<Vec<u8>>,
 }
@@ -102,23 +103,78 @@ pub struct Bounds {
 
 /// Encodes a validated transaction, to run within `bounds`.
 pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
-    let keys_of = PlayerKeys::new(&txn.player);
-    let legacy_record = match &txn.idempotency_key {
-        Some(key) => keys::legacy_idempotency_key(&txn.player, key),
-        None => keys_of.meta.clone(),
-    };
-    let operations = operation_args(txn);
-    let mut args: Vec<Vec<u8>> = Vec::with_capacity(FIRST_OPERATION + operations.len());
-    args.push(txn.player.as_str().as_bytes().to_vec());
-    args.push(match txn.access {
-        Access::Owner => b"o".to_vec(),
-        Access::Public => b"p".to_vec(),
+    let operations = operation_args(&txn.operations);
+    let key = txn.idempotency_key.as_ref().map(|key| {
+        let print = fingerprint(
+            txn.player.as_str().as_bytes(),
+            access_arg(txn.access),
+            &operations,
+        );
+        (key, print)
     });
-    match &txn.idempotency_key {
-        Some(key) => {
+    encode_call(&txn.player, txn.access, key, operations, bounds, None)
+}
+
+/// What a participant's prepare call carries besides the participant.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepare<'a> {
+    /// The attempt's id.
+    pub attempt: &'a str,
+    /// The primary participant.
+    pub primary: &'a PlayerId,
+    /// How long the intent holds the player, in ms.
+    pub lease_ms: u64,
+    /// The transaction's key and fingerprint: for the primary participant only, whose window
+    /// judges the key.
+    pub key: Option<(&'a IdempotencyKey, &'a str)>,
+}
+
+/// Encodes the prepare of one participant of a validated multi-player transaction.
+pub fn encode_prepare(
+    participant: &Participant,
+    prepare: &Prepare<'_>,
+    bounds: &Bounds,
+) -> Invocation {
+    let operations = operation_args(&participant.operations);
+    let key = prepare.key.map(|(key, print)| (key, print.to_string()));
+    encode_call(
+        &participant.player,
+        participant.access,
+        key,
+        operations,
+        bounds,
+        Some(prepare),
+    )
+}
+
+fn access_arg(access: Access) -> &'static [u8] {
+    match access {
+        Access::Owner => b"o",
+        Access::Public => b"p",
+    }
+}
+
+fn encode_call(
+    player: &PlayerId,
+    access: Access,
+    key: Option<(&IdempotencyKey, String)>,
+    operations: Vec<Vec<u8>>,
+    bounds: &Bounds,
+    prepare: Option<&Prepare<'_>>,
+) -> Invocation {
+    let keys_of = PlayerKeys::new(player);
+    let legacy_record = match key {
+        Some((key, _)) if prepare.is_none() => keys::legacy_idempotency_key(player, key),
+        _ => keys_of.meta.clone(),
+    };
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(FIRST_OPERATION + operations.len());
+    args.push(player.as_str().as_bytes().to_vec());
+    args.push(access_arg(access).to_vec());
+    match key {
+        Some((key, print)) => {
             args.push(key.client_id().as_bytes().to_vec());
             args.push(key.request_id().to_string().into_bytes());
-            args.push(fingerprint(&args[0], &args[1], &operations).into_bytes());
+            args.push(print.into_bytes());
         }
         None => {
             args.push(Vec::new());
@@ -138,8 +194,20 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
         b"0".to_vec()
     });
     args.push(bounds.window.max_clients.to_string().into_bytes());
+    match prepare {
+        Some(prepare) => {
+            args.push(prepare.attempt.as_bytes().to_vec());
+            args.push(prepare.primary.as_str().as_bytes().to_vec());
+            args.push(prepare.lease_ms.to_string().into_bytes());
+        }
+        None => {
+            args.push(Vec::new());
+            args.push(Vec::new());
+            args.push(Vec::new());
+        }
+    }
     args.extend(operations);
-    let slot_keys = SlotKeys::of_player(&txn.player);
+    let slot_keys = SlotKeys::of_player(player);
     Invocation {
         keys: [
             keys_of.meta,
@@ -149,18 +217,38 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
             slot_keys.dirty.into_bytes(),
             keys_of.clients,
             legacy_record,
+            keys_of.intent,
+            slot_keys.intents.into_bytes(),
         ],
         args,
     }
 }
 
-/// The operations of `txn` as script arguments.
-fn operation_args(txn: &Transaction) -> Vec<Vec<u8>> {
-    let mut args: Vec<Vec<u8>> = Vec::with_capacity(txn.operations.len() * 4);
+/// The fingerprint of a multi-player transaction, by which its key is recognised in the
+/// primary's window: SHA-1 over every participant's player, access and operation arguments,
+/// length-prefixed, after a marker no transaction on its own starts with.
+pub fn multi_fingerprint(txn: &MultiTransaction) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(b"multi");
+    for p in &txn.participants {
+        let print = fingerprint(
+            p.player.as_str().as_bytes(),
+            access_arg(p.access),
+            &operation_args(&p.operations),
+        );
+        sha.update(b"|");
+        sha.update(print.as_bytes());
+    }
+    sha.digest().to_string()
+}
+
+/// Operations as script arguments.
+fn operation_args(operations: &[Operation]) -> Vec<Vec<u8>> {
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(operations.len() * 4);
     let name = |n: &Name| n.as_str().as_bytes().to_vec();
     let int = |v: i64| v.to_string().into_bytes();
     let bound = |v: Option<i64>| v.map(int).unwrap_or_default();
-    for op in &txn.operations {
+    for op in operations {
         match op {
             Operation::Read { names } => {
                 args.push(b"R".to_vec());
@@ -264,8 +352,103 @@ fn as_bytes(v: &RedisValue) -> Result<&[u8], Error> {
     }
 }
 
-/// Decodes the script's reply to `txn`.
-pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error> {
+/// An intent a call met: the attempt holding the player, its primary participant, and
+/// whether its lease had passed by the shard's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentRef {
+    /// The attempt's id.
+    pub attempt: String,
+    /// The attempt's primary participant (its shard holds the decision).
+    pub primary: String,
+    /// Whether the lease had passed: then whoever meets the intent resolves it.
+    pub expired: bool,
+}
+
+/// What the script answered a transaction on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed (or read).
+    Done(Committed),
+    /// A write to a player holding an intent: nothing applied.
+    Locked(IntentRef),
+    /// A read of a player holding an intent: the last applied state, to be returned unless
+    /// the intent's decision is a commit still to be applied.
+    ReadWithIntent(Committed, IntentRef),
+}
+
+/// What the script answered a participant's prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The intent is in place: the participant's result once applied, and that result as the
+    /// script packed it (for the primary's window).
+    Staged {
+        /// The result the participant will have.
+        committed: Committed,
+        /// The same, packed by the script.
+        packed: Vec<u8>,
+    },
+    /// Another attempt's intent holds the player.
+    Locked(IntentRef),
+    /// The key was applied before: every participant's stored result.
+    Replay(Vec<Committed>),
+}
+
+fn intent_ref(items: &[RedisValue]) -> Result<IntentRef, Error> {
+    let [attempt, primary, expired] = items else {
+        return Err(bad("short intent header"));
+    };
+    Ok(IntentRef {
+        attempt: String::from_utf8_lossy(as_bytes(attempt)?).into_owned(),
+        primary: String::from_utf8_lossy(as_bytes(primary)?).into_owned(),
+        expired: as_int(expired)? != 0,
+    })
+}
+
+/// The error a status other than OK stands for.
+fn status_error(status: &[u8], version: u64, operation_index: u32) -> Error {
+    match status {
+        b"CONFLICT" => Error::Conflict {
+            version,
+            operation_index,
+        },
+        b"OUT_OF_BOUNDS" => Error::OutOfBounds {
+            version,
+            operation_index,
+        },
+        b"PLAYER_TOO_LARGE" => Error::PlayerTooLarge {
+            version,
+            operation_index,
+        },
+        b"TOO_LARGE_CLIENTS" => Error::TooLarge(
+            "the player already keeps idempotency windows for \
+             redis.idempotency_max_clients clients; nothing was applied (a client of this \
+             player frees its place after redis.idempotency_ttl_secs without writing)"
+                .into(),
+        ),
+        b"TOO_LARGE" => Error::TooLarge(format!(
+            "operation {operation_index} read past the transaction's read budget \
+             (limits.max_answer_bytes, shared evenly by the request's transactions that \
+             read); nothing was applied"
+        )),
+        b"IDEMPOTENCY_MISMATCH" => Error::IdempotencyMismatch { version },
+        b"REQUEST_TOO_OLD" => Error::RequestTooOld { version },
+        b"ARCHIVED" => Error::Archived { version },
+        b"INVALID" => Error::Invalid(format!("the script refused operation {operation_index}")),
+        _ => bad("unknown status"),
+    }
+}
+
+/// A reply's header (status, version, replayed, failed operation index) and what follows.
+struct Header<'a> {
+    status: &'a [u8],
+    version: u64,
+    replayed: bool,
+    operation_index: u32,
+    rest: &'a [RedisValue],
+}
+
+/// Splits a reply into its header and the rest.
+fn header(reply: &RedisValue) -> Result<Header<'_>, Error> {
     let items = match reply {
         RedisValue::Array(items) => items.as_slice(),
         _ => return Err(bad("not an array")),
@@ -275,51 +458,92 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
     };
     let version = u64::try_from(as_int(version)?).map_err(|_| bad("negative version"))?;
     let operation_index = u32::try_from(as_int(failed)?).map_err(|_| bad("bad operation index"))?;
-    match as_bytes(status)? {
-        b"OK" => {}
-        b"CONFLICT" => {
-            return Err(Error::Conflict {
-                version,
-                operation_index,
-            })
-        }
-        b"OUT_OF_BOUNDS" => {
-            return Err(Error::OutOfBounds {
-                version,
-                operation_index,
-            })
-        }
-        b"PLAYER_TOO_LARGE" => {
-            return Err(Error::PlayerTooLarge {
-                version,
-                operation_index,
-            })
-        }
-        b"TOO_LARGE_CLIENTS" => {
-            return Err(Error::TooLarge(
-                "the player already keeps idempotency windows for \
-                 redis.idempotency_max_clients clients; nothing was applied (a client of this \
-                 player frees its place after redis.idempotency_ttl_secs without writing)"
-                    .into(),
-            ))
-        }
-        b"TOO_LARGE" => {
-            return Err(Error::TooLarge(format!(
-                "operation {operation_index} read past the transaction's read budget \
-                 (limits.max_answer_bytes, shared evenly by the request's transactions that \
-                 read); nothing was applied"
-            )))
-        }
-        b"IDEMPOTENCY_MISMATCH" => return Err(Error::IdempotencyMismatch { version }),
-        b"REQUEST_TOO_OLD" => return Err(Error::RequestTooOld { version }),
-        b"ARCHIVED" => return Err(Error::Archived { version }),
-        b"INVALID" => {
-            return Err(Error::Invalid(format!(
-                "the script refused operation {operation_index}"
-            )))
-        }
-        _ => return Err(bad("unknown status")),
+    Ok(Header {
+        status: as_bytes(status)?,
+        version,
+        replayed: as_int(replayed)? != 0,
+        operation_index,
+        rest,
+    })
+}
+
+/// Decodes the script's reply to `txn`.
+pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Outcome, Error> {
+    let Header {
+        status,
+        version,
+        replayed,
+        operation_index,
+        rest,
+    } = header(reply)?;
+    let committed = |rest: &[RedisValue]| -> Result<Committed, Error> {
+        Ok(Committed {
+            version,
+            reads: decode_reads(&txn.operations, rest)?,
+            replayed,
+        })
+    };
+    match status {
+        b"OK" => Ok(Outcome::Done(committed(rest)?)),
+        b"LOCKED" => Ok(Outcome::Locked(intent_ref(rest)?)),
+        b"OK_INTENT" if rest.len() >= 3 => Ok(Outcome::ReadWithIntent(
+            committed(&rest[3..])?,
+            intent_ref(&rest[..3])?,
+        )),
+        status => Err(status_error(status, version, operation_index)),
     }
+}
+
+/// Decodes the script's reply to the prepare of a participant with `operations`.
+pub fn decode_prepare(
+    operations: &[Operation],
+    participants: &[Participant],
+    reply: &RedisValue,
+) -> Result<Prepared, Error> {
+    let Header {
+        status,
+        version,
+        operation_index,
+        rest,
+        ..
+    } = header(reply)?;
+    match status {
+        b"PREPARED" => {
+            let [packed, reads @ ..] = rest else {
+                return Err(bad("prepared without its packed reply"));
+            };
+            Ok(Prepared::Staged {
+                committed: Committed {
+                    version,
+                    reads: decode_reads(operations, reads)?,
+                    replayed: false,
+                },
+                packed: as_bytes(packed)?.to_vec(),
+            })
+        }
+        b"LOCKED" => Ok(Prepared::Locked(intent_ref(rest)?)),
+        b"REPLAY" => {
+            if rest.len() != participants.len() {
+                return Err(bad("a replay of another number of participants"));
+            }
+            let mut results = Vec::with_capacity(rest.len());
+            for (participant, stored) in participants.iter().zip(rest) {
+                let stored = header(stored)?;
+                results.push(Committed {
+                    version: stored.version,
+                    reads: decode_reads(&participant.operations, stored.rest)?,
+                    replayed: true,
+                });
+            }
+            Ok(Prepared::Replay(results))
+        }
+        status => Err(status_error(status, version, operation_index)),
+    }
+}
+
+/// The reads after a reply's header: per read, its operation index, its entry count, then
+/// (name, tag, value) per entry.
+fn decode_reads(operations: &[Operation], rest: &[RedisValue]) -> Result<Vec<ReadResult>, Error> {
     let mut reads = Vec::new();
     let mut rest = rest;
     while let [index, count, tail @ ..] = rest {
@@ -357,7 +581,7 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
         // A read of everything comes back in hash order; sort it bytewise here rather than in
         // Lua, whose string comparison follows the server's locale.
         let read_all = matches!(
-            txn.operations.get(operation_index as usize),
+            operations.get(operation_index as usize),
             Some(Operation::Read { names }) if names.is_empty()
         );
         if read_all {
@@ -376,11 +600,7 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Committed, Error>
     if !rest.is_empty() {
         return Err(bad("trailing items"));
     }
-    Ok(Committed {
-        version,
-        reads,
-        replayed: as_int(replayed)? != 0,
-    })
+    Ok(reads)
 }
 
 fn is_counter(e: &Entry) -> bool {
@@ -431,6 +651,7 @@ mod tests {
         let inv = encode(&txn, &bounds);
         assert_eq!(inv.keys[5], b"{p}:clients");
         assert_eq!(inv.keys[6], b"{p}:idem:c:9");
+        assert_eq!(inv.keys[7], b"{p}:intent");
         let args: Vec<&[u8]> = inv.args.iter().map(Vec::as_slice).collect();
         assert_eq!(args[FIRST_OPERATION], b"I");
         assert_eq!(
@@ -449,6 +670,9 @@ mod tests {
                 b"7",
                 b"1",
                 b"5",
+                b"",
+                b"",
+                b"",
                 b"I",
                 b"gold",
                 b"r",
@@ -482,7 +706,9 @@ mod tests {
             bulk("fr"),
             bulk(""),
         ]);
-        let committed = decode(&read_all_txn(), &reply).expect("decodes");
+        let Outcome::Done(committed) = decode(&read_all_txn(), &reply).expect("decodes") else {
+            panic!("not done");
+        };
         assert_eq!(committed.version, 4);
         let entries = &committed.reads[0].entries;
         let names: Vec<(&str, bool)> = entries
@@ -535,6 +761,42 @@ mod tests {
             decode(&txn, &reply("REQUEST_TOO_OLD")),
             Err(Error::RequestTooOld { version: 3 })
         ));
+    }
+
+    #[test]
+    fn intents_met_are_named_in_the_outcome() {
+        let txn = read_all_txn();
+        let locked = RedisValue::Array(vec![
+            bulk("LOCKED"),
+            RedisValue::Int(3),
+            RedisValue::Int(0),
+            RedisValue::Int(0),
+            bulk("a1"),
+            bulk("prim"),
+            RedisValue::Int(1),
+        ]);
+        let intent = IntentRef {
+            attempt: "a1".into(),
+            primary: "prim".into(),
+            expired: true,
+        };
+        assert_eq!(decode(&txn, &locked), Ok(Outcome::Locked(intent.clone())));
+        let read = RedisValue::Array(vec![
+            bulk("OK_INTENT"),
+            RedisValue::Int(3),
+            RedisValue::Int(0),
+            RedisValue::Int(0),
+            bulk("a1"),
+            bulk("prim"),
+            RedisValue::Int(1),
+            RedisValue::Int(0),
+            RedisValue::Int(0),
+        ]);
+        let Ok(Outcome::ReadWithIntent(committed, met)) = decode(&txn, &read) else {
+            panic!("not a read with an intent");
+        };
+        assert_eq!((committed.version, met), (3, intent));
+        assert_eq!(committed.reads.len(), 1);
     }
 
     #[test]

@@ -165,6 +165,15 @@ impl ShardMap {
         self.shard_for_slot(keys::player_slot(player))
     }
 
+    /// The slots `shard` owns, in order.
+    pub fn slots_of(&self, shard: ShardIndex) -> Vec<Slot> {
+        self.ranges()
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == shard)
+            .flat_map(|(start, end, _)| (start..=end).filter_map(Slot::new))
+            .collect()
+    }
+
     /// Contiguous ranges as `(start, end inclusive, shard)`, in slot order.
     pub fn ranges(&self) -> Vec<(u16, u16, ShardIndex)> {
         let mut out: Vec<(u16, u16, ShardIndex)> = Vec::new();

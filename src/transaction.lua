@@ -13,6 +13,10 @@
 -- KEYS[6] {id}:clients  zset: clients with a window, scored by last write ms
 -- KEYS[7] {id}:idem:<client>:<request>, a legacy record (read only), or KEYS[1] again when
 --                      there is no idempotency key
+-- KEYS[8] {id}:intent  hash: the intent of a multi-player transaction the player holds
+--                      (meta field x names its attempt); see "Prepare" below
+-- KEYS[9] colony:{<slot tag>}:intents  zset of the slot's players holding an intent, by
+--                      lease expiry
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public
@@ -31,7 +35,11 @@
 --          checkpoints are off (then nothing reads the set)
 -- ARGV[13] most clients a player keeps windows for: a new client past it is refused with
 --          TOO_LARGE (after forgetting stale clients), so client ids cannot grow a player
--- ARGV[14..] operations, each an opcode followed by its arguments:
+-- ARGV[14] '' for a transaction on its own; else the attempt id of a multi-player
+--          transaction this call prepares (see "Prepare")
+-- ARGV[15] the primary participant's player id (prepare only)
+-- ARGV[16] the intent's lease in ms (prepare only)
+-- ARGV[17..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -50,6 +58,24 @@
 -- the budget. tag is 'fu', 'fr'
 -- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
 --
+-- A player holding an intent (meta x) takes no write of a transaction on its own: it answers
+-- { 'LOCKED', version, 0, 0, attempt, primary, expired (0/1) } and writes nothing. A
+-- read-only transaction runs and answers 'OK_INTENT' with the same three extra header
+-- fields before its reads: its state is the last applied one, and the caller asks the
+-- intent's decision whether a commit is waiting to be applied.
+--
+-- Prepare (ARGV[14] = attempt): the operations are staged exactly as above, with writes
+-- allowed under public access (the gateway's roles decide who may write whom), but instead of
+-- being written they are kept as the intent (KEYS[8]: a attempt, p primary, l lease expiry by
+-- this server's clock, v version, m 1 when it writes, w staged writes, r the reply the
+-- transaction will have once applied), meta x = attempt, and the player in KEYS[9]. The
+-- answer is { 'PREPARED', version after the apply, 0, 0, packed reply, reads... }; a
+-- prepare repeated for the same attempt answers the same. Another attempt's intent answers
+-- LOCKED. An archived player waits for a whole restore, whatever the access. With an
+-- idempotency key (the primary participant only), the key is judged in the player's window
+-- first: a remembered key answers { 'REPLAY', version, 1, 0, then the stored reply of every
+-- participant }.
+--
 -- Operations run in order against a staged view; Redis is written only after every operation
 -- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
 -- within +-(2^53 - 1), where doubles are exact; the client validates arguments to that range.
@@ -66,7 +92,7 @@
 -- every transaction makes anyway: Redis time per call is mostly per command.
 
 local meta, pub, priv, active, dirty = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local clients, legacy = KEYS[6], KEYS[7]
+local clients, legacy, intent, intents = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local player, access, client, request = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local fingerprint = ARGV[5]
 local use_idem = client ~= ''
@@ -75,7 +101,9 @@ local read_budget = tonumber(ARGV[9])
 local max_bytes, max_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
 local track_changes = ARGV[12] == '1'
 local max_clients = tonumber(ARGV[13])
-local FIRST_OP = 14
+local attempt = ARGV[14]
+local preparing = attempt ~= ''
+local FIRST_OP = 17
 local LIMIT = 9007199254740991
 -- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
 local ENTRY_OVERHEAD = 16
@@ -84,17 +112,36 @@ local state_field, record_field
 local state
 if use_idem then
   state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', state_field, record_field)
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', state_field, record_field)
 else
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n')
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x')
 end
 local version = tonumber(state[1] or '0')
+local holder = state[6]
 
 -- An archived player (meta field a = the version archived) has its entries in MongoDB only.
 -- Its public part may have been restored (p = 1) for public reads; anything else waits for
 -- the archiver to restore it.
-if state[2] and not (access == 'p' and state[3] == '1') then
+if state[2] and not (access == 'p' and not preparing and state[3] == '1') then
   return { 'ARCHIVED', version, 0, 0 }
+end
+
+-- The intent's attempt, primary, and whether its lease has passed (by this server's clock).
+local function intent_header(status)
+  local info = redis.call('HMGET', intent, 'p', 'l')
+  local expired = 0
+  if tonumber(info[2] or '0') <= server_now() then expired = 1 end
+  return { status, version, 0, 0, holder, info[1] or '', expired }
+end
+
+if preparing and holder then
+  if holder ~= attempt then return intent_header('LOCKED') end
+  -- A prepare repeated: the answer it had.
+  local packed = redis.call('HGET', intent, 'r')
+  local reply = cmsgpack.unpack(packed)
+  local answer = { 'PREPARED', reply[2], 0, 0, packed }
+  for k = 5, #reply do answer[#answer + 1] = reply[k] end
+  return answer
 end
 
 -- Answers a request found remembered: its first reply, or a mismatch.
@@ -109,13 +156,24 @@ end
 
 local window_state
 if use_idem then
-  window_state = state[6]
+  window_state = state[7]
   local verdict, stored = judge_request(meta, clients, client_ttl, max_clients, request,
-    window_state, state[7])
+    window_state, state[8])
   if verdict == 'CLIENTS_FULL' then
     return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
   elseif verdict == 'REQUEST_TOO_OLD' then
     return { 'REQUEST_TOO_OLD', version, 0, 0 }
+  elseif verdict == 'REPLAY' and preparing then
+    -- A multi-player transaction applied before: every participant's stored reply.
+    if string.sub(stored, 1, 40) ~= fingerprint then
+      return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
+    end
+    redis.call('HSET', meta, record_field, stored)
+    local reply = { 'REPLAY', version, 1, 0 }
+    for _, packed in ipairs(cmsgpack.unpack(string.sub(stored, 41))) do
+      reply[#reply + 1] = cmsgpack.unpack(packed)
+    end
+    return reply
   elseif verdict == 'REPLAY' then
     local reply = replay(stored)
     -- The record is written again as it is: that is propagated to the replicas, so a WAIT
@@ -125,7 +183,7 @@ if use_idem then
     return reply
   end
   -- Records of the previous layout, one key per request, are honoured until they expire.
-  local old = redis.call('GET', legacy)
+  local old = not preparing and redis.call('GET', legacy)
   if old then
     local reply = replay(old)
     if reply[1] == 'OK' then redis.call('SET', legacy, old, 'KEEPTTL') end
@@ -241,7 +299,7 @@ while i <= #ARGV do
       return fail('CONFLICT')
     end
     i = i + 4
-  elseif access ~= 'o' then
+  elseif access ~= 'o' and not preparing then
     -- The client never sends writes with public access; refuse rather than trust it.
     return fail('INVALID')
   elseif code == 'S' or code == 'I' then
@@ -290,7 +348,7 @@ end
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
 
-local tally
+local tally, writes
 if mutated then
   -- The player's size before and after: the tally in meta (counted afresh when absent, e.g.
   -- after a rebuild), adjusted by every staged entry's old and new length.
@@ -325,6 +383,8 @@ if mutated then
       or (new_entries > max_entries and new_entries > entries) then
     return { 'PLAYER_TOO_LARGE', version, 0, last_write }
   end
+  -- The writes, per hash: flat (entry, value) pairs to set, and entries to delete.
+  writes = {}
   for _, hash in ipairs({ pub, priv }) do
     local sets, dels = {}, {}
     for entry, value in pairs(staged[hash]) do
@@ -335,23 +395,61 @@ if mutated then
         sets[#sets + 1] = value
       end
     end
+    writes[#writes + 1] = sets
+    writes[#writes + 1] = dels
+  end
+  tally = { new_bytes, new_entries }
+end
+
+local function reply_with_reads(header)
+  for _, r in ipairs(reads) do
+    header[#header + 1] = r[1]
+    header[#header + 1] = #r[2] / 3
+    for _, v in ipairs(r[2]) do header[#header + 1] = v end
+  end
+  return header
+end
+
+if preparing then
+  -- Kept as the intent instead of written; the apply writes it as staged.
+  local after = version
+  if mutated then after = version + 1 end
+  local packed = cmsgpack.pack(reply_with_reads({ 'OK', after, 0, 0 }))
+  local lease_end = now + tonumber(ARGV[16])
+  local staged_writes = ''
+  if mutated then
+    staged_writes = cmsgpack.pack({ writes[1], writes[2], writes[3], writes[4], tally[1],
+      tally[2] })
+  end
+  redis.call('HSET', intent, 'a', attempt, 'p', ARGV[15], 'l', lease_end, 'v', version,
+    'm', mutated and 1 or 0, 'w', staged_writes, 'r', packed)
+  redis.call('HSET', meta, 'x', attempt)
+  redis.call('ZADD', intents, lease_end, player)
+  return reply_with_reads({ 'PREPARED', after, 0, 0, packed })
+end
+
+-- Another transaction's intent: no write until it is applied or rolled back.
+if holder and mutated then return intent_header('LOCKED') end
+
+if mutated then
+  for k, hash in ipairs({ pub, priv }) do
+    local sets, dels = writes[2 * k - 1], writes[2 * k]
     if #dels > 0 then redis.call('HDEL', hash, unpack(dels)) end
     if #sets > 0 then redis.call('HSET', hash, unpack(sets)) end
   end
   version = version + 1
-  tally = { new_bytes, new_entries }
 elseif access == 'o' and version > 0 then
   -- An owner's read is activity too; reads by others are not.
   redis.call('HSET', meta, 't', now)
   redis.call('ZADD', active, now, player)
 end
 
-local reply = { 'OK', version, 0, 0 }
-for _, r in ipairs(reads) do
-  reply[#reply + 1] = r[1]
-  reply[#reply + 1] = #r[2] / 3
-  for _, v in ipairs(r[2]) do reply[#reply + 1] = v end
+if holder then
+  -- Read-only, on a player holding an intent: the state as it is, with the intent named.
+  return reply_with_reads(intent_header('OK_INTENT'))
 end
+
+local reply = reply_with_reads({ 'OK', version, 0, 0 })
 
 if not mutated then return reply end
 

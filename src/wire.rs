@@ -324,6 +324,7 @@ pub fn code_to_pb(code: Code) -> pb::Code {
         Code::Unknown => pb::Code::Unknown,
         Code::IdempotencyMismatch => pb::Code::IdempotencyMismatch,
         Code::RequestTooOld => pb::Code::RequestTooOld,
+        Code::Locked => pb::Code::Locked,
         Code::Internal => pb::Code::Internal,
     }
 }
@@ -470,6 +471,10 @@ pub fn result_from_pb(r: pb::TransactionResult) -> Result<Committed, Error> {
         }),
         Ok(pb::Code::Unknown) => Err(Error::Unknown {
             shard: String::new(),
+            reason: message,
+        }),
+        Ok(pb::Code::Locked) => Err(Error::Locked {
+            player: String::new(),
             reason: message,
         }),
         Ok(pb::Code::Internal) | Err(_) => Err(Error::Internal(message)),

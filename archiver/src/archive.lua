@@ -5,14 +5,16 @@
 -- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] colony:{<slot tag>}:active,
 -- KEYS[5] {id}:clients
 -- ARGV[1] player id, ARGV[2] version written to MongoDB, ARGV[3] cutoff (last-active ms)
--- Reply: ARCHIVED, ALREADY (already archived), CHANGED (newer version) or ACTIVE.
+-- Reply: ARCHIVED, ALREADY (already archived), CHANGED (newer version), ACTIVE, or LOCKED
+-- (the player holds a multi-player transaction's intent, meta x: never archived then).
 --
 -- Activity is judged by meta t, which every write and owner read sets, not by the set's
 -- score: a score moved from the legacy per-shard set may be older than t. An active player
 -- gets its score corrected, so it is not picked again before it is inactive. A write that
 -- only replayed changes neither the version nor the windows' floors the document holds.
-local m = redis.call('HMGET', KEYS[1], 'v', 'a', 't')
+local m = redis.call('HMGET', KEYS[1], 'v', 'a', 't', 'x')
 if m[2] then return 'ALREADY' end
+if m[4] then return 'LOCKED' end
 if tonumber(m[1] or '0') ~= tonumber(ARGV[2]) then return 'CHANGED' end
 if m[3] and tonumber(m[3]) > tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[4], 'GT', m[3], ARGV[1])

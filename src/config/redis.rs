@@ -153,6 +153,11 @@ pub struct RedisSettings {
     pub breaker_cooldown_ms: u64,
     /// Time allowed for one Sentinel to answer, in milliseconds. Default 500.
     pub sentinel_timeout_ms: u64,
+    /// How long the intent of a multi-player transaction holds a player before whoever meets
+    /// it may abort the transaction, in milliseconds (judged by the player's shard's clock).
+    /// Meanwhile writes to the player answer LOCKED. Default 5000; keep it well above the
+    /// time a multi-player transaction takes, retries included.
+    pub intent_lease_ms: u64,
 }
 
 /// When a write counts as done.
@@ -184,6 +189,7 @@ impl Default for RedisSettings {
             breaker_failures: 5,
             breaker_cooldown_ms: 1000,
             sentinel_timeout_ms: 500,
+            intent_lease_ms: 5000,
         }
     }
 }
@@ -256,6 +262,12 @@ impl RedisSettings {
             MAX_TIMEOUT_MS,
         )?;
         within("redis.breaker_failures", r.breaker_failures, 1, 1_000_000)?;
+        within(
+            "redis.intent_lease_ms",
+            r.intent_lease_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
         within(
             "redis.breaker_cooldown_ms",
             r.breaker_cooldown_ms,

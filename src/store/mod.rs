@@ -7,6 +7,7 @@
 
 pub mod breaker;
 mod links;
+pub mod multi;
 pub mod sentinel;
 mod wait;
 
@@ -26,7 +27,7 @@ use crate::backoff::Backoff;
 use crate::config::{Acknowledge, Config, RedisSettings};
 use crate::error::{Error, StartupError};
 use crate::model::{Access, Committed, Limits, Operation, PlayerId, Transaction};
-use crate::script::{self, Invocation, SCRIPT};
+use crate::script::{self, Invocation, Outcome, SCRIPT};
 use crate::shard_map::{ShardIndex, ShardMap};
 
 use breaker::{Admit, BreakerState};
@@ -215,7 +216,9 @@ impl Store {
         let mut restore_requested: Option<Instant> = None;
         while !pending.is_empty() {
             let mut again = Vec::new();
-            for (position, outcome) in self.run_once(&txns, &pending).await {
+            let answered = self.run_once(&txns, &pending).await;
+            let answered = self.settle_intents(&txns, answered).await;
+            for (position, outcome) in answered {
                 // No retry into an open breaker: it would fail the same way until the cooldown
                 // ends, and it would hold back the rest of the batch meanwhile.
                 if matches!(&outcome, Err(e) if e.is_retryable())
@@ -348,7 +351,7 @@ impl Store {
         &self,
         txns: &[Transaction],
         positions: &[usize],
-    ) -> Vec<(usize, Result<Committed, Error>)> {
+    ) -> Vec<(usize, Result<Outcome, Error>)> {
         let limits = &self.inner.limits;
         // The request's read budget is shared evenly by the transactions that read, counted
         // over the whole batch, so that a retry of some of them runs with the same budget
@@ -397,7 +400,7 @@ impl Store {
         &self,
         shard: ShardIndex,
         batch: &[(&Transaction, Invocation)],
-    ) -> Vec<Result<Committed, Error>> {
+    ) -> Vec<Result<Outcome, Error>> {
         let links = &self.inner.shards[shard.0];
         let name = &links.name;
         let all = |e: Error| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
@@ -428,7 +431,7 @@ impl Store {
         &self,
         links: &Arc<ShardLinks>,
         batch: &[(&Transaction, Invocation)],
-    ) -> (Vec<Result<Committed, Error>>, bool) {
+    ) -> (Vec<Result<Outcome, Error>>, bool) {
         let name = &links.name;
         links.watch_sentinels();
         let link = match links.get().await {
@@ -437,7 +440,7 @@ impl Store {
         };
         let mut conn = link.conn.clone();
         let settings = &self.inner.settings;
-        let mut outcomes: Vec<Option<Result<Committed, Error>>> = vec![None; batch.len()];
+        let mut outcomes: Vec<Option<Result<Outcome, Error>>> = vec![None; batch.len()];
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut healthy = true;
         for attempt in 0..2 {
@@ -509,22 +512,27 @@ impl Store {
                 }
             }
         }
-        let mut outcomes: Vec<Result<Committed, Error>> = outcomes
+        let mut outcomes: Vec<Result<Outcome, Error>> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
             .collect();
         // In replicated mode a committed write (or replay) is OK only once enough replicas
         // have it; the WAIT is shared with the other callers on this connection.
         let committed_writes: Vec<usize> = (0..batch.len())
-            .filter(|&i| batch[i].0.is_write() && outcomes[i].is_ok())
+            .filter(|&i| batch[i].0.is_write() && matches!(outcomes[i], Ok(Outcome::Done(_))))
             .collect();
         if settings.acknowledge == Acknowledge::Replicated && !committed_writes.is_empty() {
             let acked = link.replicated().await;
             for i in committed_writes {
                 let outcome =
                     std::mem::replace(&mut outcomes[i], Err(Error::Internal(String::new())));
-                outcomes[i] = outcome
-                    .and_then(|c| check_replicated(name, c, &acked, settings.replicas_to_wait));
+                outcomes[i] = outcome.and_then(|o| match o {
+                    Outcome::Done(c) => {
+                        check_replicated(name, c, &acked, settings.replicas_to_wait)
+                            .map(Outcome::Done)
+                    }
+                    other => Ok(other),
+                });
             }
         }
         (outcomes, healthy)

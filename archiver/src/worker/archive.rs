@@ -132,6 +132,7 @@ impl Archiver {
                 "ALREADY" => Ok(Removal::Already),
                 "CHANGED" => Ok(Removal::Changed),
                 "ACTIVE" => Ok(Removal::Active),
+                "LOCKED" => Ok(Removal::Locked),
                 other => Err(ArchiveError::Redis(format!(
                     "unexpected archive reply {other:?}"
                 ))),
@@ -519,7 +520,7 @@ impl Archiver {
                             // (until the next pass): a stale entry of the active set left
                             // behind is not met again and again.
                             Ok(Removal::Already) => progressed = true,
-                            Ok(Removal::Changed | Removal::Active) => kept += 1,
+                            Ok(Removal::Changed | Removal::Active | Removal::Locked) => kept += 1,
                             Err(e) => {
                                 tracing::warn!(player = %id, error = %e, "archiving failed; the player stays in Redis");
                                 failed += 1;

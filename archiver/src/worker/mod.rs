@@ -194,6 +194,8 @@ pub enum Removal {
     Changed,
     /// It became active after the snapshot: it stays in Redis.
     Active,
+    /// It holds a multi-player transaction's intent: it stays in Redis.
+    Locked,
 }
 
 /// What a restore found.

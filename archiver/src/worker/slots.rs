@@ -72,13 +72,7 @@ impl Archiver {
 
     /// The slots `shard` owns, in order.
     pub fn slots_of(&self, shard: ShardIndex) -> Vec<Slot> {
-        self.store
-            .shard_map()
-            .ranges()
-            .into_iter()
-            .filter(|&(_, _, owner)| owner == shard)
-            .flat_map(|(start, end, _)| (start..=end).filter_map(Slot::new))
-            .collect()
+        self.store.shard_map().slots_of(shard)
     }
 
     /// Moves up to [`LEGACY_MOVES_PER_PASS`] members of each legacy per-shard set into

@@ -1,0 +1,829 @@
+//! Transactions across players on different shards: the coordinator's steps, the one
+//! resolver of intents left behind, and what a transaction on its own does when it meets an
+//! intent. ARCHITECTURE.md, "Transactions across shards", has the protocol and its
+//! invariants; the scripts are `multi/apply.lua`, `multi/decide.lua` and `multi/forget.lua`,
+//! with the prepare in the transaction script.
+//!
+//! [`MultiAttempt`] runs one attempt step by step — [`MultiAttempt::prepare`],
+//! [`MultiAttempt::decide`], [`MultiAttempt::finish`], [`MultiAttempt::forget`] — so a test
+//! can stop it between any two (as a coordinator that dies would) and check that resolvers
+//! finish the work. [`Store::execute_multi`] runs attempts to the end, retrying within the
+//! store's retry deadline.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
+
+use futures_util::future::join_all;
+use redis::Value as RedisValue;
+use tokio::time::Instant;
+
+use crate::config::Acknowledge;
+use crate::error::Error;
+use crate::keys::{decision_key, PlayerKeys, SlotKeys};
+use crate::model::{Committed, MultiCommitted, MultiTransaction, PlayerId, Transaction};
+use crate::script::{self, IntentRef, Outcome, Prepared};
+use crate::shard_map::ShardIndex;
+
+use super::{Store, RETRY_BACKOFF};
+
+/// Applies or rolls back one participant (`window.lua` in front, for the primary's window).
+static APPLY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("../window.lua"),
+        include_str!("../multi/apply.lua")
+    ))
+});
+/// Writes an attempt's decision once.
+static DECIDE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../multi/decide.lua")));
+/// Forgets a commit record.
+static FORGET: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../multi/forget.lua")));
+
+/// How long an abort record is kept: a resolver that finds none writes it again, so this
+/// only saves work.
+const ABORT_RECORD_MS: u64 = 86_400_000;
+
+/// An attempt's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Every participant applies.
+    Commit,
+    /// No participant applies.
+    Abort,
+}
+
+/// What finishing one participant found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The staged writes applied now.
+    Applied,
+    /// The intent was dropped now.
+    RolledBack,
+    /// This attempt was applied to the player before.
+    AlreadyApplied,
+    /// The player holds no intent of this attempt (never prepared, or rolled back before).
+    NoIntent,
+}
+
+/// What the resolver did with an intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The player holds no intent (of that attempt).
+    NotHeld,
+    /// The intent's lease has not passed and no decision exists: left alone.
+    Live,
+    /// Finished by the decision read (or written, as an abort).
+    Finished(Decision, Finished),
+}
+
+/// A `GET` or script reply as a string, if it is one.
+fn text(v: &RedisValue) -> Option<String> {
+    match v {
+        RedisValue::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        RedisValue::SimpleString(s) => Some(s.clone()),
+        RedisValue::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+/// The decision a stored value stands for.
+fn decision_of(value: &str) -> Option<Decision> {
+    match value.as_bytes().first() {
+        Some(b'C') => Some(Decision::Commit),
+        Some(b'A') => Some(Decision::Abort),
+        _ => None,
+    }
+}
+
+/// Classifies a failed call to `shard`: refused before running (nothing applied), lost on
+/// the way (`sent`: it may have run), or a bug.
+fn call_error(shard: &str, e: &redis::RedisError, sent: bool) -> Error {
+    let refused = matches!(
+        e.code(),
+        Some("READONLY" | "OOM" | "BUSY" | "LOADING" | "MASTERDOWN" | "NOREPLICAS" | "TRYAGAIN")
+    );
+    if refused || !sent {
+        return Error::Unavailable {
+            shard: shard.to_string(),
+            reason: e.to_string(),
+        };
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    {
+        return Error::Unknown {
+            shard: shard.to_string(),
+            reason: e.to_string(),
+        };
+    }
+    Error::Internal(format!("shard {shard}: {e}"))
+}
+
+impl Store {
+    /// The shard of `player` and its name.
+    fn shard_of(&self, player: &PlayerId) -> (ShardIndex, String) {
+        let shard = self.inner.map.shard_for_player(player);
+        (shard, self.inner.shards[shard.0].name.clone())
+    }
+
+    /// In replicated mode, waits until `shard`'s replicas have every write this store sent
+    /// it before; an answer short of `redis.replicas_to_wait` is UNKNOWN.
+    async fn replicated(&self, shard: ShardIndex) -> Result<(), Error> {
+        let settings = &self.inner.settings;
+        if settings.acknowledge != Acknowledge::Replicated {
+            return Ok(());
+        }
+        let links = &self.inner.shards[shard.0];
+        let link = links.get().await?;
+        match link.replicated().await {
+            Ok(n) if n >= i64::from(settings.replicas_to_wait) => Ok(()),
+            Ok(n) => Err(Error::Unknown {
+                shard: links.name.clone(),
+                reason: format!(
+                    "applied on the master but acknowledged by {n} of {} replicas in time",
+                    settings.replicas_to_wait
+                ),
+            }),
+            Err(e) => Err(Error::Unknown {
+                shard: links.name.clone(),
+                reason: format!("WAIT failed: {e}"),
+            }),
+        }
+    }
+
+    /// The decision of `attempt` (primary `primary`), if one was written.
+    pub async fn multi_decision(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+    ) -> Result<Option<Decision>, Error> {
+        let (shard, name) = self.shard_of(primary);
+        let mut conn = self.master_connection(shard).await?;
+        let value: RedisValue = redis::cmd("GET")
+            .arg(decision_key(primary, attempt))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, false))?;
+        Ok(text(&value).as_deref().and_then(decision_of))
+    }
+
+    /// Writes `decision` for `attempt` unless one exists; returns the one that holds.
+    async fn decide_once(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+        decision: Decision,
+        participants: &[PlayerId],
+    ) -> Result<Decision, Error> {
+        let (shard, name) = self.shard_of(primary);
+        let mut value = match decision {
+            Decision::Commit => String::from("C"),
+            Decision::Abort => String::from("A"),
+        };
+        if decision == Decision::Commit {
+            for p in participants {
+                value.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
+            }
+        }
+        let mut conn = self.master_connection(shard).await?;
+        let held: RedisValue = DECIDE
+            .key(decision_key(primary, attempt))
+            .key(SlotKeys::of_player(primary).decisions)
+            .arg(value)
+            .arg(ABORT_RECORD_MS)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, true))?;
+        let held = text(&held)
+            .as_deref()
+            .and_then(decision_of)
+            .ok_or_else(|| Error::Internal("the decision script answered no decision".into()))?;
+        self.replicated(shard).await?;
+        Ok(held)
+    }
+
+    /// Applies (a commit) or rolls back (an abort) `attempt` on `player`. `record` is the
+    /// primary's: the transaction's key, fingerprint and every participant's packed result.
+    async fn finish_participant(
+        &self,
+        player: &PlayerId,
+        attempt: &str,
+        decision: Decision,
+        record: Option<(&MultiTransaction, &str, &[Vec<u8>])>,
+    ) -> Result<Finished, Error> {
+        let (shard, name) = self.shard_of(player);
+        let keys = PlayerKeys::new(player);
+        let slot = SlotKeys::of_player(player);
+        let settings = &self.inner.settings;
+        let mut invocation = APPLY.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .key(&keys.intent)
+            .key(&slot.active)
+            .key(&slot.dirty)
+            .key(&keys.clients)
+            .key(&slot.intents)
+            .arg(player.as_str())
+            .arg(attempt)
+            .arg(match decision {
+                Decision::Commit => "c",
+                Decision::Abort => "a",
+            })
+            .arg(if self.inner.track_changes { "1" } else { "0" });
+        match record {
+            Some((txn, fingerprint, packed)) => {
+                let window = script::Window::of(settings);
+                invocation
+                    .arg(txn.idempotency_key.client_id())
+                    .arg(txn.idempotency_key.request_id().to_string())
+                    .arg(fingerprint)
+                    .arg(window.age_ms)
+                    .arg(window.length)
+                    .arg(window.client_ttl_ms);
+                for reply in packed {
+                    invocation.arg(reply.as_slice());
+                }
+            }
+            None => {
+                invocation.arg("").arg("").arg("").arg(0).arg(0).arg(0);
+            }
+        }
+        let mut conn = self.master_connection(shard).await?;
+        let outcome: RedisValue = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, true))?;
+        let finished = match text(&outcome).as_deref() {
+            Some("APPLIED") => Finished::Applied,
+            Some("ROLLED_BACK") => Finished::RolledBack,
+            Some("ALREADY") => Finished::AlreadyApplied,
+            Some("NO_INTENT") => Finished::NoIntent,
+            _ => {
+                return Err(Error::Internal(
+                    "unexpected reply from the apply script".into(),
+                ))
+            }
+        };
+        if matches!(finished, Finished::Applied | Finished::RolledBack) {
+            self.replicated(shard).await?;
+        }
+        Ok(finished)
+    }
+
+    /// The one resolver of intents: finishes `intent` on `player` by its attempt's decision.
+    /// With no decision written, it aborts the attempt only if the intent's lease has passed
+    /// (`intent.expired`, judged by the player's shard's clock); a live intent is left alone.
+    /// Never writes a commit.
+    pub async fn resolve_intent(
+        &self,
+        player: &PlayerId,
+        intent: &IntentRef,
+    ) -> Result<Resolution, Error> {
+        let primary = PlayerId::new(intent.primary.clone())
+            .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
+        let decision = match self.multi_decision(&primary, &intent.attempt).await? {
+            Some(decision) => decision,
+            None if intent.expired => {
+                self.decide_once(&primary, &intent.attempt, Decision::Abort, &[])
+                    .await?
+            }
+            None => return Ok(Resolution::Live),
+        };
+        let finished = self
+            .finish_participant(player, &intent.attempt, decision, None)
+            .await?;
+        if finished == Finished::NoIntent {
+            return Ok(Resolution::NotHeld);
+        }
+        Ok(Resolution::Finished(decision, finished))
+    }
+
+    /// Resolves every intent of `shard` whose lease has passed (by the shard's clock), slot
+    /// by slot: what the sweeper does. Returns how many it finished.
+    pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<u64, Error> {
+        let name = self.inner.shards[shard.0].name.clone();
+        let mut conn = self.master_connection(shard).await?;
+        let now: (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, false))?;
+        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let slots = self.inner.map.slots_of(shard);
+        let mut finished = 0;
+        for chunk in slots.chunks(512) {
+            let mut pipe = redis::pipe();
+            for &slot in chunk {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(SlotKeys::new(slot).intents)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1000);
+            }
+            let expired: Vec<Vec<String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| call_error(&name, &e, false))?;
+            for id in expired.into_iter().flatten() {
+                let Ok(player) = PlayerId::new(id) else {
+                    continue;
+                };
+                let held: (Option<String>, Option<String>) = redis::cmd("HMGET")
+                    .arg(PlayerKeys::new(&player).intent)
+                    .arg("a")
+                    .arg("p")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| call_error(&name, &e, false))?;
+                let (Some(attempt), Some(primary)) = held else {
+                    // The set names a player whose intent is gone: drop the stale entry.
+                    let _: Result<i64, _> = redis::cmd("ZREM")
+                        .arg(SlotKeys::of_player(&player).intents)
+                        .arg(player.as_str())
+                        .query_async(&mut conn)
+                        .await;
+                    continue;
+                };
+                let intent = IntentRef {
+                    attempt,
+                    primary,
+                    expired: true,
+                };
+                if let Resolution::Finished(..) = self.resolve_intent(&player, &intent).await? {
+                    finished += 1;
+                }
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Turns what the script answered transactions on their own into results, settling the
+    /// intents they met: a write that met a decided or expired intent resolves it (and is
+    /// retried); a
+    /// read that met an intent whose attempt committed applies it first (and is retried);
+    /// any other read of a player with an intent returns the state it read, the last one
+    /// committed.
+    pub(super) async fn settle_intents(
+        &self,
+        txns: &[Transaction],
+        answered: Vec<(usize, Result<Outcome, Error>)>,
+    ) -> Vec<(usize, Result<Committed, Error>)> {
+        let settled = answered.into_iter().map(|(position, outcome)| async move {
+            let player = &txns[position].player;
+            let locked = |intent: &IntentRef, why: &str| Error::Locked {
+                player: player.as_str().to_string(),
+                reason: format!("attempt {} (primary {:?}) {why}", intent.attempt, intent.primary),
+            };
+            let result = match outcome {
+                Ok(Outcome::Done(committed)) => Ok(committed),
+                Err(e) => Err(e),
+                Ok(Outcome::Locked(intent)) => {
+                    // Decided (or expired) intents are finished at once; a live undecided one
+                    // is waited out by the retry.
+                    match self.resolve_intent(player, &intent).await {
+                        Ok(Resolution::Live) => Err(locked(&intent, "is in progress")),
+                        Ok(_) => Err(locked(&intent, "was resolved")),
+                        Err(e) => {
+                            tracing::warn!(player = %player.as_str(), error = %e, "cannot resolve an intent");
+                            Err(locked(&intent, "could not be resolved"))
+                        }
+                    }
+                }
+                Ok(Outcome::ReadWithIntent(committed, intent)) => {
+                    let primary = PlayerId::new(intent.primary.clone());
+                    let decision = match &primary {
+                        Ok(primary) => self.multi_decision(primary, &intent.attempt).await,
+                        Err(e) => Err(Error::Internal(e.to_string())),
+                    };
+                    match decision {
+                        Ok(Some(Decision::Commit)) => {
+                            if let Err(e) = self.resolve_intent(player, &intent).await {
+                                tracing::warn!(player = %player.as_str(), error = %e, "cannot apply a committed intent");
+                            }
+                            Err(locked(&intent, "committed and is being applied"))
+                        }
+                        Ok(None) if intent.expired => {
+                            if let Err(e) = self.resolve_intent(player, &intent).await {
+                                tracing::warn!(player = %player.as_str(), error = %e, "cannot resolve an expired intent");
+                            }
+                            Ok(committed)
+                        }
+                        Ok(_) => Ok(committed),
+                        Err(e) => Err(Error::Unavailable {
+                            shard: String::new(),
+                            reason: format!(
+                                "the player holds an intent whose decision cannot be read: {e}"
+                            ),
+                        }),
+                    }
+                }
+            };
+            (position, result)
+        });
+        join_all(settled).await
+    }
+
+    /// Runs a multi-player transaction to the end: every participant's operations apply, or
+    /// none do. Attempts that end with nothing applied for a retryable reason (a participant
+    /// locked or unreachable, the attempt aborted by a resolver) are tried again, as new
+    /// attempts with the same key, with backoff until `redis.retry_deadline_ms`. An attempt
+    /// whose outcome is unknown is also tried again: the key is judged at the primary, so a
+    /// committed one is replayed, never applied twice.
+    pub async fn execute_multi(&self, txn: MultiTransaction) -> Result<MultiCommitted, Error> {
+        txn.validate(&self.inner.limits)?;
+        let deadline = Instant::now() + self.inner.settings.retry_deadline();
+        let mut attempt_number = 0u32;
+        let mut last: Option<Result<MultiCommitted, Error>> = None;
+        loop {
+            let mut attempt = MultiAttempt::new(self, txn.clone())?;
+            let result = attempt.run().await;
+            let result = Error::after_attempts(result, last.as_ref());
+            let retry = matches!(&result, Err(e) if e.is_retryable());
+            let now = Instant::now();
+            if !retry || now >= deadline {
+                return result;
+            }
+            last = Some(result);
+            self.count_multi_retry(&txn);
+            tokio::time::sleep(RETRY_BACKOFF.delay_within(attempt_number, deadline - now)).await;
+            attempt_number += 1;
+        }
+    }
+
+    fn count_multi_retry(&self, txn: &MultiTransaction) {
+        self.inner
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(observer), Some(first)) = (&self.inner.observer, txn.participants.first()) {
+            let (_, name) = self.shard_of(&first.player);
+            observer.retried(&name, 1);
+        }
+    }
+}
+
+/// What preparing every participant found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareOutcome {
+    /// Every participant holds this attempt's intent: decide next.
+    AllStaged,
+    /// The key was applied before: the stored result. The other participants may have
+    /// staged intents of this attempt meanwhile: abort next (which rolls them back), then
+    /// answer the stored result.
+    Replayed(MultiCommitted),
+    /// A participant refused or could not be reached: abort next. The error is the answer.
+    Refused(Error),
+}
+
+/// One attempt of a multi-player transaction, run step by step.
+pub struct MultiAttempt<'s> {
+    store: &'s Store,
+    txn: MultiTransaction,
+    id: String,
+    fingerprint: String,
+    /// Per participant, what its prepare answered, once it did.
+    staged: Vec<Option<(Committed, Vec<u8>)>>,
+    decision: Option<Decision>,
+}
+
+impl<'s> MultiAttempt<'s> {
+    /// A new attempt at `txn` (validated here), with a fresh random id.
+    pub fn new(store: &'s Store, txn: MultiTransaction) -> Result<MultiAttempt<'s>, Error> {
+        txn.validate(&store.inner.limits)?;
+        let random = RandomState::new().hash_one(Instant::now());
+        let id = format!("{random:016x}");
+        let fingerprint = script::multi_fingerprint(&txn);
+        let staged = vec![None; txn.participants.len()];
+        Ok(MultiAttempt {
+            store,
+            txn,
+            id,
+            fingerprint,
+            staged,
+            decision: None,
+        })
+    }
+
+    /// The attempt's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The primary participant.
+    pub fn primary(&self) -> &PlayerId {
+        &self.txn.participants[0].player
+    }
+
+    /// Step 1: prepares every participant, the participants of one shard concurrently on
+    /// its connection (so in one round trip), the shards concurrently.
+    pub async fn prepare(&mut self) -> PrepareOutcome {
+        let store = self.store;
+        let limits = &store.inner.limits;
+        let reading = usize::from(self.txn.reads()).max(1);
+        let bounds = script::Bounds {
+            track_changes: store.inner.track_changes,
+            window: script::Window::of(&store.inner.settings),
+            read_budget: limits.read_budget(reading),
+            max_player_bytes: limits.max_player_bytes,
+            max_player_entries: limits.max_player_entries,
+        };
+        let primary = self.primary().clone();
+        let lease_ms = store.inner.settings.intent_lease_ms;
+        let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
+        for (i, p) in self.txn.participants.iter().enumerate() {
+            plan.entry(store.inner.map.shard_for_player(&p.player))
+                .or_default()
+                .push(i);
+        }
+        let (txn, id, fingerprint) = (&self.txn, self.id.as_str(), self.fingerprint.as_str());
+        let runs = plan.into_iter().map(|(shard, positions)| {
+            let bounds = &bounds;
+            let primary = &primary;
+            async move {
+                let name = store.inner.shards[shard.0].name.clone();
+                let conn = match store.master_connection(shard).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        return positions
+                            .into_iter()
+                            .map(|i| (i, Err(e.clone())))
+                            .collect::<Vec<_>>()
+                    }
+                };
+                let calls = positions.iter().map(|&i| {
+                    let participant = &txn.participants[i];
+                    let prepare = script::Prepare {
+                        attempt: id,
+                        primary,
+                        lease_ms,
+                        key: (i == 0).then_some((&txn.idempotency_key, fingerprint)),
+                    };
+                    let invocation = script::encode_prepare(participant, &prepare, bounds);
+                    let mut conn = conn.clone();
+                    let name = name.clone();
+                    async move {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(script::SCRIPT.get_hash()).arg(invocation.keys.len());
+                        for key in &invocation.keys {
+                            cmd.arg(key.as_slice());
+                        }
+                        for arg in &invocation.args {
+                            cmd.arg(arg.as_slice());
+                        }
+                        let mut reply: Result<RedisValue, redis::RedisError> =
+                            cmd.query_async(&mut conn).await;
+                        if matches!(&reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+                        {
+                            let loaded: Result<String, _> = redis::cmd("SCRIPT")
+                                .arg("LOAD")
+                                .arg(script::SOURCE)
+                                .query_async(&mut conn)
+                                .await;
+                            if loaded.is_ok() {
+                                reply = cmd.query_async(&mut conn).await;
+                            }
+                        }
+                        let outcome = match reply {
+                            Ok(reply) => script::decode_prepare(
+                                &participant.operations,
+                                &txn.participants,
+                                &reply,
+                            ),
+                            Err(e) => Err(call_error(&name, &e, true)),
+                        };
+                        (i, outcome)
+                    }
+                });
+                let mut outcomes = join_all(calls).await;
+                if outcomes
+                    .iter()
+                    .any(|(_, o)| matches!(o, Ok(Prepared::Staged { .. })))
+                {
+                    if let Err(e) = store.replicated(shard).await {
+                        for (_, outcome) in outcomes.iter_mut() {
+                            if matches!(outcome, Ok(Prepared::Staged { .. })) {
+                                *outcome = Err(e.clone());
+                            }
+                        }
+                    }
+                }
+                outcomes
+            }
+        });
+        let mut refused: Option<(usize, Error)> = None;
+        let mut replayed = None;
+        for (i, outcome) in join_all(runs).await.into_iter().flatten() {
+            match outcome {
+                Ok(Prepared::Staged { committed, packed }) => {
+                    self.staged[i] = Some((committed, packed))
+                }
+                Ok(Prepared::Replay(results)) => {
+                    replayed = Some(MultiCommitted {
+                        participants: results,
+                        replayed: true,
+                    })
+                }
+                Ok(Prepared::Locked(intent)) => {
+                    let player = &self.txn.participants[i].player;
+                    if intent.expired {
+                        if let Err(e) = store.resolve_intent(player, &intent).await {
+                            tracing::warn!(player = %player.as_str(), error = %e, "cannot resolve an expired intent");
+                        }
+                    }
+                    let e = Error::Locked {
+                        player: player.as_str().to_string(),
+                        reason: format!(
+                            "by attempt {} (primary {:?})",
+                            intent.attempt, intent.primary
+                        ),
+                    };
+                    refused.get_or_insert((i, e));
+                }
+                Err(e) => {
+                    // Keep the most telling refusal: one of a participant's operations over
+                    // a transport failure.
+                    let replace = match &refused {
+                        None => true,
+                        Some((_, previous)) => previous.is_retryable() && !e.is_retryable(),
+                    };
+                    if replace {
+                        refused = Some((i, e));
+                    }
+                }
+            }
+        }
+        match (replayed, refused) {
+            (Some(result), _) => PrepareOutcome::Replayed(result),
+            (None, None) => PrepareOutcome::AllStaged,
+            (None, Some((i, e))) => PrepareOutcome::Refused(in_participant(i, e)),
+        }
+    }
+
+    /// Step 2: writes the decision — commit when `commit`, else abort — unless one exists,
+    /// and returns the one that holds.
+    pub async fn decide(&mut self, commit: bool) -> Result<Decision, Error> {
+        let wanted = if commit {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
+        let players: Vec<PlayerId> = self
+            .txn
+            .participants
+            .iter()
+            .map(|p| p.player.clone())
+            .collect();
+        let primary = self.primary().clone();
+        let held = self
+            .store
+            .decide_once(&primary, &self.id, wanted, &players)
+            .await?;
+        self.decision = Some(held);
+        Ok(held)
+    }
+
+    /// Step 3: applies (a commit) or rolls back (an abort) every participant, the
+    /// participants concurrently. A commit answers the whole result; an abort answers
+    /// UNAVAILABLE (nothing applied).
+    pub async fn finish(&mut self) -> Result<MultiCommitted, Error> {
+        let Some(decision) = self.decision else {
+            return Err(Error::Internal("finish before a decision".into()));
+        };
+        let packed: Vec<Vec<u8>> = self
+            .staged
+            .iter()
+            .map(|s| s.as_ref().map(|(_, p)| p.clone()).unwrap_or_default())
+            .collect();
+        let record = (&self.txn, self.fingerprint.as_str(), packed.as_slice());
+        let finishes = self.txn.participants.iter().enumerate().map(|(i, p)| {
+            let record = (i == 0 && decision == Decision::Commit).then_some(record);
+            self.store
+                .finish_participant(&p.player, &self.id, decision, record)
+        });
+        let finished = join_all(finishes).await;
+        if decision == Decision::Abort {
+            return Err(Error::Unavailable {
+                shard: String::new(),
+                reason: format!(
+                    "attempt {} of the multi-player transaction was aborted; nothing applied",
+                    self.id
+                ),
+            });
+        }
+        let mut participants = Vec::with_capacity(finished.len());
+        for (i, outcome) in finished.into_iter().enumerate() {
+            match (outcome, &self.staged[i]) {
+                (Ok(Finished::Applied | Finished::AlreadyApplied), Some((committed, _))) => {
+                    participants.push(committed.clone())
+                }
+                (Ok(_), _) => {
+                    return Err(in_participant(
+                        i,
+                        Error::Unknown {
+                            shard: String::new(),
+                            reason: format!(
+                                "attempt {} committed, but the participant held no intent to \
+                                 apply (lost in a failover?)",
+                                self.id
+                            ),
+                        },
+                    ))
+                }
+                (Err(e), _) => {
+                    // Committed: a resolver applies it; the outcome is only unknown to us.
+                    return Err(in_participant(
+                        i,
+                        Error::Unknown {
+                            shard: String::new(),
+                            reason: format!("attempt {} committed; applying failed: {e}", self.id),
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(MultiCommitted {
+            participants,
+            replayed: false,
+        })
+    }
+
+    /// Step 4: forgets the commit record once every participant was applied.
+    pub async fn forget(&self) -> Result<(), Error> {
+        let primary = self.primary();
+        let (shard, name) = self.store.shard_of(primary);
+        let mut conn = self.store.master_connection(shard).await?;
+        let _: RedisValue = FORGET
+            .key(decision_key(primary, &self.id))
+            .key(SlotKeys::of_player(primary).decisions)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, true))?;
+        Ok(())
+    }
+
+    /// Every step in order: prepare; a commit when every participant staged, else an abort;
+    /// apply or roll back; forget a commit record once applied everywhere.
+    pub async fn run(&mut self) -> Result<MultiCommitted, Error> {
+        let (refused, replayed) = match self.prepare().await {
+            PrepareOutcome::Replayed(result) => (None, Some(result)),
+            PrepareOutcome::AllStaged => (None, None),
+            PrepareOutcome::Refused(e) => (Some(e), None),
+        };
+        if let Some(result) = replayed {
+            // Nothing of this attempt may apply: abort it, rolling back what the other
+            // participants staged, and answer the first result.
+            if self.decide(false).await == Ok(Decision::Abort) {
+                let _ = self.finish().await;
+            }
+            return Ok(result);
+        }
+        let decided = match self.decide(refused.is_none()).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                // Whether the decision was written is unknown: ask once more.
+                match self.store.multi_decision(self.primary(), &self.id).await {
+                    Ok(Some(decision)) => {
+                        self.decision = Some(decision);
+                        decision
+                    }
+                    Ok(None) if refused.is_some() => return Err(refused.unwrap_or(e)),
+                    _ => {
+                        return Err(Error::Unknown {
+                            shard: String::new(),
+                            reason: format!("the decision of attempt {} is unknown: {e}", self.id),
+                        })
+                    }
+                }
+            }
+        };
+        let result = self.finish().await;
+        match (decided, &result) {
+            (Decision::Commit, Ok(_)) => {
+                if let Err(e) = self.forget().await {
+                    tracing::debug!(error = %e, "the commit record stays for the sweeper");
+                }
+                result
+            }
+            // Aborted because a participant refused: that refusal is the answer.
+            (Decision::Abort, _) => Err(refused.unwrap_or_else(|| {
+                result
+                    .err()
+                    .unwrap_or_else(|| Error::Internal("abort answered OK".into()))
+            })),
+            (Decision::Commit, Err(_)) => result,
+        }
+    }
+}
+
+fn in_participant(index: usize, error: Error) -> Error {
+    match error {
+        e @ Error::InParticipant { .. } => e,
+        error => Error::InParticipant {
+            participant: index as u32,
+            error: Box::new(error),
+        },
+    }
+}

@@ -1,0 +1,511 @@
+//! Transactions across players on different shards, against three real `redis-server`s:
+//! all or nothing, replays, refusals that store nothing, intents that block writes but not
+//! reads, and — in seeded random interleavings of many concurrent attempts whose coordinator
+//! stops after a random step while resolvers run at random points — conservation of the
+//! currency moved, each transaction applied everywhere or nowhere, and no intent left after
+//! its lease and one sweep.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use colony::shard_map::ShardIndex;
+use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome};
+use colony::{
+    Access, Code, Config, Error, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
+    PlayerId, Store, Transaction, Value, Visibility,
+};
+use colony_testkit::{config_for, seed_from_env, RedisServer, Seeded};
+
+mod common;
+
+const START_GOLD: i64 = 1000;
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid name")
+}
+
+fn pid(s: &str) -> PlayerId {
+    PlayerId::new(s).expect("valid id")
+}
+
+struct Cluster {
+    servers: Vec<RedisServer>,
+    store: Store,
+}
+
+fn cluster(lease_ms: u64, retry_deadline_ms: u64) -> Cluster {
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start().expect("redis starts"))
+        .collect();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config: Config = config_for(&refs);
+    config.redis.intent_lease_ms = lease_ms;
+    config.redis.retry_deadline_ms = retry_deadline_ms;
+    let store = Store::new(&config).expect("store");
+    Cluster { servers, store }
+}
+
+/// `count` player ids on each shard, in shard order.
+fn players_per_shard(store: &Store, prefix: &str, count: usize) -> Vec<Vec<PlayerId>> {
+    let shards = store.shard_map().shards().len();
+    let mut out = vec![Vec::new(); shards];
+    for i in 0.. {
+        let player = pid(&format!("{prefix}-{i}"));
+        let shard = store.shard_map().shard_for_player(&player).0;
+        if out[shard].len() < count {
+            out[shard].push(player);
+        }
+        if out.iter().all(|v| v.len() == count) {
+            return out;
+        }
+    }
+    unreachable!()
+}
+
+fn gold(delta: i64) -> Operation {
+    Operation::IncrementCounter {
+        name: name("gold"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: Visibility::Private,
+    }
+}
+
+async fn create(store: &Store, player: &PlayerId) {
+    let txn = Transaction::owner(
+        player.clone(),
+        Some(IdempotencyKey::new("setup", 1).expect("valid")),
+    )
+    .with(gold(START_GOLD));
+    store.execute(txn).await.expect("created");
+}
+
+/// The player's gold, and which marker fields it has.
+async fn state(store: &Store, player: &PlayerId) -> (i64, Vec<String>, u64) {
+    let c = store
+        .get_player(player.clone(), Access::Owner)
+        .await
+        .expect("owner read");
+    let mut coins = 0;
+    let mut markers = Vec::new();
+    for e in &c.reads[0].entries {
+        match (&e.value, e.name.as_str()) {
+            (Value::Counter(n), "gold") => coins = *n,
+            (_, marker) => markers.push(marker.to_string()),
+        }
+    }
+    (coins, markers, c.version)
+}
+
+/// A transfer of `amount` gold from the first player to the others (split evenly), each
+/// participant also marking the transaction with a field of its number.
+fn transfer(
+    key: (&str, u64),
+    tag: &str,
+    from: &PlayerId,
+    to: &[PlayerId],
+    amount: i64,
+) -> MultiTransaction {
+    let marker = || Operation::SetField {
+        name: name(tag),
+        value: b"1".to_vec(),
+        visibility: Visibility::Public,
+    };
+    let each = amount / to.len() as i64;
+    let mut txn = MultiTransaction::new(IdempotencyKey::new(key.0, key.1).expect("valid")).with(
+        Participant::owner(from.clone())
+            .with(gold(-each * to.len() as i64))
+            .with(marker()),
+    );
+    for p in to {
+        txn = txn.with(
+            Participant::owner(p.clone())
+                .with(gold(each))
+                .with(marker()),
+        );
+    }
+    txn
+}
+
+async fn digests(servers: &[RedisServer]) -> Vec<String> {
+    let mut out = Vec::new();
+    for server in servers {
+        out.push(common::digest(server).await);
+    }
+    out
+}
+
+/// Whether every intent listed on every server has a lease that passed by that server's
+/// clock.
+async fn leases_passed(cluster: &Cluster) -> bool {
+    for server in &cluster.servers {
+        let mut conn = common::raw(server).await;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("time");
+        let now = secs * 1000 + micros / 1000;
+        let lists: Vec<String> = redis::cmd("KEYS")
+            .arg("colony:*:intents")
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        for list in lists {
+            let live: u64 = redis::cmd("ZCOUNT")
+                .arg(&list)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await
+                .expect("zcount");
+            if live > 0 {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Whether any player of any server holds an intent, or any slot lists one.
+async fn intents_left(cluster: &Cluster) -> Vec<String> {
+    let mut left = Vec::new();
+    for server in &cluster.servers {
+        let mut conn = common::raw(server).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:intent*")
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("type");
+            let size: i64 = if kind == "zset" {
+                redis::cmd("ZCARD")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("zcard")
+            } else {
+                1
+            };
+            if size > 0 {
+                left.push(key);
+            }
+        }
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_between_shards_applies_everywhere_or_nowhere_and_replays() {
+    let c = cluster(5000, 1000);
+    let players = players_per_shard(&c.store, "trade", 1);
+    let (a, b, d) = (&players[0][0], &players[1][0], &players[2][0]);
+    for p in [a, b, d] {
+        create(&c.store, p).await;
+    }
+
+    let txn = transfer(("shop", 1), "t1", a, &[b.clone(), d.clone()], 300);
+    let done = c.store.execute_multi(txn.clone()).await.expect("commits");
+    assert!(!done.replayed);
+    assert_eq!(
+        done.participants
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 300);
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 150);
+    assert_eq!(state(&c.store, d).await.0, START_GOLD + 150);
+    assert!(intents_left(&c).await.is_empty());
+
+    // The same key again: the first result, applied once.
+    let again = c.store.execute_multi(txn.clone()).await.expect("replays");
+    assert!(again.replayed);
+    assert_eq!(
+        again
+            .participants
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 300);
+    // The same key for something else is refused.
+    let other = transfer(("shop", 1), "t1", a, std::slice::from_ref(b), 10);
+    let refused = c.store.execute_multi(other).await;
+    assert_eq!(
+        refused.as_ref().map_err(Error::code).err(),
+        Some(Code::IdempotencyMismatch),
+        "{refused:?}"
+    );
+
+    // A check failing on one participant applies nothing anywhere.
+    let mut stale = transfer(("shop", 2), "t2", a, std::slice::from_ref(b), 10);
+    stale.participants[1]
+        .operations
+        .insert(0, Operation::CheckVersion { expected: 1 });
+    let refused = c.store.execute_multi(stale).await;
+    assert!(
+        matches!(&refused, Err(Error::InParticipant { participant: 1, error }) if matches!(**error, Error::Conflict { version: 2, operation_index: 0 })),
+        "{refused:?}"
+    );
+    // A bound crossed on the primary applies nothing either.
+    let broke = transfer(("shop", 3), "t3", a, std::slice::from_ref(b), 5000);
+    let refused = c.store.execute_multi(broke).await;
+    assert!(
+        matches!(&refused, Err(Error::InParticipant { participant: 0, error }) if matches!(**error, Error::OutOfBounds { .. })),
+        "{refused:?}"
+    );
+    for (p, coins) in [(a, START_GOLD - 300), (b, START_GOLD + 150)] {
+        let (now, markers, version) = state(&c.store, p).await;
+        assert_eq!((now, version), (coins, 2), "{p:?}");
+        assert_eq!(markers, vec!["t1".to_string()]);
+    }
+    assert!(
+        intents_left(&c).await.is_empty(),
+        "{:?}",
+        intents_left(&c).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_intent_refuses_writes_but_reads_see_the_last_committed_state() {
+    let c = cluster(60_000, 300);
+    let players = players_per_shard(&c.store, "live", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    let txn = transfer(("gift", 1), "g1", a, std::slice::from_ref(b), 100);
+    let mut attempt = MultiAttempt::new(&c.store, txn).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+
+    // Prepared, undecided: a write waits (LOCKED at the deadline), a read sees the old state.
+    let write = Transaction::owner(b.clone(), Some(IdempotencyKey::new("w", 1).expect("valid")))
+        .with(gold(1));
+    let refused = c.store.execute(write.clone()).await;
+    assert!(matches!(refused, Err(Error::Locked { .. })), "{refused:?}");
+    assert_eq!(state(&c.store, b).await.0, START_GOLD);
+
+    // Committed, not applied: a read applies it first, then sees it.
+    assert_eq!(
+        attempt.decide(true).await.expect("decides"),
+        Decision::Commit
+    );
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
+    // A write to the primary finds the decision and applies it too, then goes through.
+    let write_a = Transaction::owner(a.clone(), Some(IdempotencyKey::new("w", 2).expect("valid")))
+        .with(gold(1));
+    c.store
+        .execute(write_a)
+        .await
+        .expect("applies after resolving");
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100 + 1);
+    c.store.execute(write).await.expect("b takes writes again");
+    // The coordinator, coming back, finds everything applied and answers the result.
+    let done = attempt.finish().await.expect("finishes");
+    assert_eq!(done.participants.len(), 2);
+    assert!(intents_left(&c).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_multi_player_transactions_are_refused_and_store_nothing() {
+    let c = cluster(5000, 300);
+    let players = players_per_shard(&c.store, "bad", 2);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    let before = digests(&c.servers).await;
+    let key = || IdempotencyKey::new("bad", 1).expect("valid");
+    let one = |p: &PlayerId| Participant::owner(p.clone()).with(gold(1));
+    let cases: Vec<(MultiTransaction, Code)> = vec![
+        (MultiTransaction::new(key()).with(one(a)), Code::Invalid),
+        (
+            MultiTransaction::new(key())
+                .with(one(a))
+                .with(one(b))
+                .with(one(a)),
+            Code::Invalid,
+        ),
+        (
+            MultiTransaction::new(key())
+                .with(one(a))
+                .with(Participant::owner(b.clone())),
+            Code::Invalid,
+        ),
+        (
+            (0..17).fold(MultiTransaction::new(key()), |t, i| {
+                t.with(one(&pid(&format!("many-{i}"))))
+            }),
+            Code::TooLarge,
+        ),
+        (
+            MultiTransaction::new(key())
+                .with(one(a))
+                .with(Participant::owner(b.clone()).with(Operation::SetField {
+                    name: name("huge"),
+                    value: vec![0; 70_000],
+                    visibility: Visibility::Public,
+                })),
+            Code::TooLarge,
+        ),
+    ];
+    for (txn, code) in cases {
+        let refused = c.store.execute_multi(txn.clone()).await;
+        assert_eq!(
+            refused.as_ref().map_err(Error::code).err(),
+            Some(code),
+            "{txn:?}: {refused:?}"
+        );
+    }
+    assert_eq!(digests(&c.servers).await, before);
+}
+
+/// How far a test's coordinator gets before it stops.
+#[derive(Debug, Clone, Copy)]
+enum StopAfter {
+    Nothing,
+    Prepare,
+    Decide,
+    Finish,
+    Everything,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_stopped_after_any_step_are_finished_by_resolvers_in_seeded_interleavings() {
+    let seed = seed_from_env();
+    eprintln!("seed {seed} (COLONY_FAULT_SEED={seed} repeats this run)");
+    let mut random = Seeded::new(seed);
+    let lease = Duration::from_millis(200);
+    let c = cluster(lease.as_millis() as u64, 200);
+    let players: Vec<PlayerId> = players_per_shard(&c.store, "conserve", 6)
+        .into_iter()
+        .flatten()
+        .collect();
+    for p in &players {
+        create(&c.store, p).await;
+    }
+    let total = START_GOLD * players.len() as i64;
+
+    let mut trades: Vec<(String, Vec<PlayerId>, MultiTransaction)> = Vec::new();
+    let mut number = 0u64;
+    for round in 0..8 {
+        // A handful of trades at once, each stopping after a random step, while resolvers run.
+        let mut attempts = Vec::new();
+        for _ in 0..5 {
+            number += 1;
+            let size = 2 + random.below(2) as usize;
+            let mut chosen: Vec<PlayerId> = Vec::new();
+            while chosen.len() < size {
+                let p = players[random.below(players.len() as u64) as usize].clone();
+                if !chosen.contains(&p) {
+                    chosen.push(p);
+                }
+            }
+            let tag = format!("t{number}");
+            let amount = 10 * (1 + random.below(20) as i64) * (size as i64 - 1);
+            let txn = transfer(("trader", number), &tag, &chosen[0], &chosen[1..], amount);
+            trades.push((tag, chosen, txn.clone()));
+            let stop = match random.below(5) {
+                0 => StopAfter::Nothing,
+                1 => StopAfter::Prepare,
+                2 => StopAfter::Decide,
+                3 => StopAfter::Finish,
+                _ => StopAfter::Everything,
+            };
+            attempts.push((txn, stop));
+        }
+        let store = &c.store;
+        let runs = attempts.into_iter().map(|(txn, stop)| async move {
+            let mut attempt = MultiAttempt::new(store, txn).expect("valid");
+            if matches!(stop, StopAfter::Nothing) {
+                return;
+            }
+            let staged = attempt.prepare().await;
+            if matches!(stop, StopAfter::Prepare) {
+                return;
+            }
+            let commit = staged == PrepareOutcome::AllStaged;
+            if attempt.decide(commit).await.is_err() || matches!(stop, StopAfter::Decide) {
+                return;
+            }
+            let finished = attempt.finish().await;
+            if matches!(stop, StopAfter::Finish) {
+                return;
+            }
+            if finished.is_ok() {
+                let _ = attempt.forget().await;
+            }
+        });
+        let resolvers = async {
+            for _ in 0..3 {
+                let shard = ShardIndex(random.below(3) as usize);
+                let _ = c.store.sweep_intents(shard).await;
+                let reader = &players[random.below(players.len() as u64) as usize];
+                let _ = c.store.get_player(reader.clone(), Access::Public).await;
+            }
+        };
+        tokio::join!(futures_util::future::join_all(runs), resolvers);
+        eprintln!("round {round} done");
+    }
+
+    // Every lease passes; then one sweep of each shard leaves no intent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leases_passed(&c).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: leases never passed"
+        );
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for shard in 0..3 {
+        c.store
+            .sweep_intents(ShardIndex(shard))
+            .await
+            .expect("sweeps");
+    }
+    let left = intents_left(&c).await;
+    assert!(left.is_empty(), "seed {seed}: intents left {left:?}");
+
+    // Conservation, and each trade everywhere or nowhere.
+    let mut coins = 0;
+    let mut marked: BTreeMap<PlayerId, Vec<String>> = BTreeMap::new();
+    for p in &players {
+        let (g, markers, _) = state(&c.store, p).await;
+        assert!(g >= 0, "seed {seed}: {p:?} has {g}");
+        coins += g;
+        marked.insert(p.clone(), markers);
+    }
+    assert_eq!(coins, total, "seed {seed}: gold not conserved");
+    let mut applied = 0;
+    for (tag, participants, _) in &trades {
+        let with: Vec<bool> = participants
+            .iter()
+            .map(|p| marked[p].contains(tag))
+            .collect();
+        assert!(
+            with.iter().all(|&m| m) || with.iter().all(|&m| !m),
+            "seed {seed}: trade {tag} applied to some participants only: {participants:?} {with:?}"
+        );
+        if with[0] {
+            applied += 1;
+        }
+    }
+    eprintln!("seed {seed}: {applied} of {} trades applied", trades.len());
+
+    // Replaying every trade's key applies nothing twice: a committed one replays, one that
+    // never committed may run now — conservation still holds either way.
+    for (_, _, txn) in &trades {
+        let _ = c.store.execute_multi(txn.clone()).await;
+    }
+    let mut after = 0;
+    for p in &players {
+        after += state(&c.store, p).await.0;
+    }
+    assert_eq!(after, total, "seed {seed}: a replay broke conservation");
+}
