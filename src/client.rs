@@ -25,9 +25,9 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::frame;
 use crate::framed::{self, ReadFrameError, WriteBatch};
-use crate::model::{Access, Committed, IdempotencyKey, PlayerId, Transaction};
+use crate::model::{Access, Committed, IdempotencyKey, MultiCommitted, MultiTransaction, PlayerId};
 use crate::wire::PROTOCOL_VERSION;
-use crate::wire::{self, pb, Envelope};
+use crate::wire::{self, pb, Envelope, Item, ItemResult};
 
 /// How to reach and talk to a gateway.
 #[derive(Debug, Clone)]
@@ -264,24 +264,94 @@ impl Client {
         &self,
         transactions: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Result<Committed, Error>>, Error> {
-        let transactions: Vec<Envelope> = transactions.into_iter().map(Into::into).collect();
+        let items: Vec<Item> = transactions
+            .into_iter()
+            .map(|t| Item::Single(t.into()))
+            .collect();
+        let results = self.run_batch(items, false).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                ItemResult::Single(r) => r,
+                ItemResult::Multi(_) => {
+                    Err(Error::Internal("a multi result for a transaction".into()))
+                }
+            })
+            .collect())
+    }
+
+    /// Runs a batch that may mix transactions on one player and multi-player transactions
+    /// ([`Item`]), retrying each retryable one as [`Client::execute_batch`] does. One result
+    /// per item, in order.
+    pub async fn execute_items<T: Into<Item>>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<ItemResult>, Error> {
+        self.run_batch(items.into_iter().map(Into::into).collect(), true)
+            .await
+    }
+
+    /// Runs one multi-player transaction: every participant's operations apply, or none do.
+    /// A [`MultiTransaction`] converts into an envelope without an acting player (admin); a
+    /// game server sends `Envelope::acting_for(player, transaction)`.
+    pub async fn execute_multi(
+        &self,
+        transaction: impl Into<Envelope<MultiTransaction>>,
+    ) -> Result<MultiCommitted, Error> {
+        match self
+            .run_batch(vec![Item::Multi(transaction.into())], true)
+            .await?
+            .pop()
+        {
+            Some(ItemResult::Multi(r)) => r,
+            _ => Err(Error::Internal("no result".into())),
+        }
+    }
+
+    /// The batch loop: sends what is pending (as `Batch.items` when `as_items`, else as
+    /// `Batch.transactions`), keeps each item's latest outcome, retries the retryable ones.
+    async fn run_batch(&self, items: Vec<Item>, as_items: bool) -> Result<Vec<ItemResult>, Error> {
         let deadline = Instant::now() + self.inner.config.request_deadline;
-        let mut results: Vec<Option<Result<Committed, Error>>> = vec![None; transactions.len()];
-        let mut pending: Vec<usize> = (0..transactions.len()).collect();
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
         let mut attempt = 0;
         while !pending.is_empty() {
-            let batch = pb::Batch {
-                transactions: pending
-                    .iter()
-                    .map(|&i| wire::envelope_to_pb(&transactions[i]))
-                    .collect(),
+            let batch = if as_items {
+                pb::Batch {
+                    transactions: Vec::new(),
+                    items: pending
+                        .iter()
+                        .map(|&i| wire::item_to_pb(&items[i]))
+                        .collect(),
+                }
+            } else {
+                pb::Batch {
+                    transactions: pending
+                        .iter()
+                        .filter_map(|&i| match &items[i] {
+                            Item::Single(envelope) => Some(wire::envelope_to_pb(envelope)),
+                            Item::Multi(_) => None,
+                        })
+                        .collect(),
+                    items: Vec::new(),
+                }
             };
             let outcome = self
                 .call(pb::client_frame::Body::Batch(batch), deadline)
                 .await;
-            let per_txn: Vec<Result<Committed, Error>> = match outcome {
-                Ok(pb::server_frame::Body::Batch(b)) if b.results.len() == pending.len() => {
-                    b.results.into_iter().map(wire::result_from_pb).collect()
+            let per_item: Vec<ItemResult> = match outcome {
+                Ok(pb::server_frame::Body::Batch(b))
+                    if as_items && b.items.len() == pending.len() =>
+                {
+                    b.items.into_iter().map(wire::item_result_from_pb).collect()
+                }
+                Ok(pb::server_frame::Body::Batch(b))
+                    if !as_items && b.results.len() == pending.len() =>
+                {
+                    b.results
+                        .into_iter()
+                        .map(|r| ItemResult::Single(wire::result_from_pb(r)))
+                        .collect()
                 }
                 Ok(_) if attempt == 0 => {
                     return Err(Error::Internal("unexpected reply to a batch".into()))
@@ -291,17 +361,22 @@ impl Client {
                 // keeps what earlier attempts said (an unknown outcome stays unknown).
                 Ok(_) => pending
                     .iter()
-                    .map(|_| Err(Error::Internal("unexpected reply to a batch".into())))
+                    .map(|&i| {
+                        for_item(
+                            &Error::Internal("unexpected reply to a batch".into()),
+                            &items[i],
+                        )
+                    })
                     .collect(),
-                Err(e) => pending
-                    .iter()
-                    .map(|&i| Err(for_transaction(&e, &transactions[i].transaction)))
-                    .collect(),
+                Err(e) => pending.iter().map(|&i| for_item(&e, &items[i])).collect(),
             };
             let mut again = Vec::new();
-            for (&i, r) in pending.iter().zip(per_txn) {
-                let r = Error::after_attempts(r, results[i].as_ref());
-                let retry = matches!(&r, Err(e) if e.is_retryable());
+            for (&i, r) in pending.iter().zip(per_item) {
+                let r = after_attempts(r, results[i].as_ref());
+                let retry = match &r {
+                    ItemResult::Single(Err(e)) | ItemResult::Multi(Err(e)) => e.is_retryable(),
+                    _ => false,
+                };
                 results[i] = Some(r);
                 if retry && Instant::now() < deadline {
                     again.push(i);
@@ -319,7 +394,9 @@ impl Client {
         }
         Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("no result".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| ItemResult::Single(Err(Error::Internal("no result".into()))))
+            })
             .collect())
     }
 
@@ -396,15 +473,33 @@ impl Client {
     }
 }
 
-/// A whole-call failure as seen by one transaction: a lost connection leaves reads merely
-/// unavailable, but writes unknown.
-fn for_transaction(e: &Error, txn: &Transaction) -> Error {
-    match e {
-        Error::Unknown { shard, reason } if !txn.is_write() => Error::Unavailable {
-            shard: shard.clone(),
-            reason: reason.clone(),
-        },
-        e => e.clone(),
+/// A whole-call failure as seen by one item: a lost connection leaves a transaction that only
+/// reads merely unavailable, but writes unknown.
+fn for_item(e: &Error, item: &Item) -> ItemResult {
+    match item {
+        Item::Single(envelope) => ItemResult::Single(Err(match e {
+            Error::Unknown { shard, reason } if !envelope.transaction.is_write() => {
+                Error::Unavailable {
+                    shard: shard.clone(),
+                    reason: reason.clone(),
+                }
+            }
+            e => e.clone(),
+        })),
+        Item::Multi(_) => ItemResult::Multi(Err(e.clone())),
+    }
+}
+
+/// An item's outcome over its attempts (see [`Error::after_attempts`]).
+fn after_attempts(latest: ItemResult, earlier: Option<&ItemResult>) -> ItemResult {
+    match (latest, earlier) {
+        (ItemResult::Single(r), Some(ItemResult::Single(e))) => {
+            ItemResult::Single(Error::after_attempts(r, Some(e)))
+        }
+        (ItemResult::Multi(r), Some(ItemResult::Multi(e))) => {
+            ItemResult::Multi(Error::after_attempts(r, Some(e)))
+        }
+        (latest, _) => latest,
     }
 }
 

@@ -54,4 +54,4 @@ pub use model::{
 };
 pub use store::Store;
 #[cfg(feature = "client")]
-pub use wire::Envelope;
+pub use wire::{Envelope, Item, ItemResult};

@@ -11,8 +11,8 @@
 use crate::config::Role;
 use crate::error::{Code, Error};
 use crate::model::{
-    Access, Committed, Entry, IdempotencyKey, Name, Operation, PlayerId, ReadResult, Transaction,
-    Value, Visibility,
+    Access, Committed, Entry, IdempotencyKey, MultiCommitted, MultiTransaction, Name, Operation,
+    Participant, PlayerId, ReadResult, Transaction, Value, Visibility,
 };
 
 /// The protocol version of the contract in `proto/`, sent in Hello.
@@ -48,17 +48,19 @@ fn name_from(name: String, at: &str) -> Result<Name, Error> {
 /// A transaction as a caller sends it to the gateway: the domain transaction, plus the player a
 /// game server acts for. Acting is the gateway's notion (its roles decide what a game server
 /// may do for whom); the store never sees it.
+///
+/// `T` is a [`Transaction`] (on one player) or a [`MultiTransaction`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub struct Envelope<T = Transaction> {
     /// The player the caller acts for; required for the game role, ignored for the admin role.
     pub acting_player: Option<PlayerId>,
     /// What to run.
-    pub transaction: Transaction,
+    pub transaction: T,
 }
 
-impl Envelope {
+impl<T> Envelope<T> {
     /// `transaction`, sent by a game server acting for `player`.
-    pub fn acting_for(player: PlayerId, transaction: Transaction) -> Envelope {
+    pub fn acting_for(player: PlayerId, transaction: T) -> Envelope<T> {
         Envelope {
             acting_player: Some(player),
             transaction,
@@ -74,6 +76,58 @@ impl From<Transaction> for Envelope {
             transaction,
         }
     }
+}
+
+impl From<MultiTransaction> for Envelope<MultiTransaction> {
+    /// A multi-player transaction sent without an acting player (what the admin role sends).
+    fn from(transaction: MultiTransaction) -> Envelope<MultiTransaction> {
+        Envelope {
+            acting_player: None,
+            transaction,
+        }
+    }
+}
+
+/// One entry of a batch: a transaction on one player, or a multi-player transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// On one player.
+    Single(Envelope),
+    /// On several players.
+    Multi(Envelope<MultiTransaction>),
+}
+
+impl From<Envelope> for Item {
+    fn from(envelope: Envelope) -> Item {
+        Item::Single(envelope)
+    }
+}
+
+impl From<Transaction> for Item {
+    fn from(transaction: Transaction) -> Item {
+        Item::Single(transaction.into())
+    }
+}
+
+impl From<Envelope<MultiTransaction>> for Item {
+    fn from(envelope: Envelope<MultiTransaction>) -> Item {
+        Item::Multi(envelope)
+    }
+}
+
+impl From<MultiTransaction> for Item {
+    fn from(transaction: MultiTransaction) -> Item {
+        Item::Multi(transaction.into())
+    }
+}
+
+/// The result of one batch entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemResult {
+    /// Of a transaction on one player.
+    Single(Result<Committed, Error>),
+    /// Of a multi-player transaction.
+    Multi(Result<MultiCommitted, Error>),
 }
 
 /// A whole-player read as a caller sends it (`GetPlayer`): whose, with which access, and the
@@ -178,16 +232,10 @@ pub fn error_from_pb(e: pb::RequestError) -> Error {
     .unwrap_or_else(|| Error::Internal("error reply with code OK".into()))
 }
 
-/// Converts a wire transaction to the model, rejecting anything malformed.
-pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
-    let player = PlayerId::new(t.player_id)?;
-    let access = access_from(t.access)?;
-    let idempotency_key = t
-        .idempotency_key
-        .map(|k| IdempotencyKey::new(k.client_id, k.request_id))
-        .transpose()?;
-    let mut operations = Vec::with_capacity(t.operations.len());
-    for (index, op) in t.operations.into_iter().enumerate() {
+/// Converts wire operations to the model, rejecting anything malformed.
+fn operations_from_pb(ops: Vec<pb::Operation>) -> Result<Vec<Operation>, Error> {
+    let mut operations = Vec::with_capacity(ops.len());
+    for (index, op) in ops.into_iter().enumerate() {
         let at = format!("operation {index}");
         use pb::operation::Op;
         let op = match op.op {
@@ -227,6 +275,18 @@ pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
         };
         operations.push(op);
     }
+    Ok(operations)
+}
+
+/// Converts a wire transaction to the model, rejecting anything malformed.
+pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
+    let player = PlayerId::new(t.player_id)?;
+    let access = access_from(t.access)?;
+    let idempotency_key = t
+        .idempotency_key
+        .map(|k| IdempotencyKey::new(k.client_id, k.request_id))
+        .transpose()?;
+    let operations = operations_from_pb(t.operations)?;
     let acting_player = acting_from(t.acting_player_id)?;
     Ok(Envelope {
         acting_player,
@@ -241,11 +301,32 @@ pub fn envelope_from_pb(t: pb::Transaction) -> Result<Envelope, Error> {
 
 /// Converts a transaction and its envelope to the wire.
 pub fn envelope_to_pb(envelope: &Envelope) -> pb::Transaction {
-    use pb::operation::Op;
     let t = &envelope.transaction;
+    pb::Transaction {
+        player_id: t.player.as_str().to_string(),
+        access: access_to(t.access).into(),
+        idempotency_key: t.idempotency_key.as_ref().map(key_to_pb),
+        operations: operations_to_pb(&t.operations),
+        acting_player_id: acting_to(envelope.acting_player.as_ref()),
+    }
+}
+
+fn key_to_pb(k: &IdempotencyKey) -> pb::IdempotencyKey {
+    pb::IdempotencyKey {
+        client_id: k.client_id().to_string(),
+        request_id: k.request_id(),
+    }
+}
+
+fn acting_to(acting: Option<&PlayerId>) -> String {
+    acting.map(|p| p.as_str().to_string()).unwrap_or_default()
+}
+
+/// Converts model operations to the wire.
+fn operations_to_pb(operations: &[Operation]) -> Vec<pb::Operation> {
+    use pb::operation::Op;
     let name = |n: &Name| n.as_str().to_string();
-    let operations = t
-        .operations
+    operations
         .iter()
         .map(|op| {
             let op = match op {
@@ -290,20 +371,177 @@ pub fn envelope_to_pb(envelope: &Envelope) -> pb::Transaction {
             };
             pb::Operation { op: Some(op) }
         })
-        .collect();
-    pb::Transaction {
-        player_id: t.player.as_str().to_string(),
-        access: access_to(t.access).into(),
-        idempotency_key: t.idempotency_key.as_ref().map(|k| pb::IdempotencyKey {
-            client_id: k.client_id().to_string(),
-            request_id: k.request_id(),
+        .collect()
+}
+
+/// Converts a wire multi-player transaction to the model, rejecting anything malformed
+/// (limits are checked by [`MultiTransaction::validate`]).
+pub fn multi_from_pb(t: pb::MultiTransaction) -> Result<Envelope<MultiTransaction>, Error> {
+    let key = t.idempotency_key.ok_or_else(|| {
+        Error::Invalid("a multi-player transaction needs an idempotency key".into())
+    })?;
+    let mut participants = Vec::with_capacity(t.participants.len());
+    for (index, p) in t.participants.into_iter().enumerate() {
+        let in_participant = |error: Error| Error::InParticipant {
+            participant: index as u32,
+            error: Box::new(error),
+        };
+        participants.push(Participant {
+            player: player_from(p.player_id, "player_id").map_err(in_participant)?,
+            access: access_from(p.access).map_err(in_participant)?,
+            operations: operations_from_pb(p.operations).map_err(in_participant)?,
+        });
+    }
+    Ok(Envelope {
+        acting_player: acting_from(t.acting_player_id)?,
+        transaction: MultiTransaction {
+            idempotency_key: IdempotencyKey::new(key.client_id, key.request_id)?,
+            participants,
+        },
+    })
+}
+
+/// Converts a multi-player transaction and its envelope to the wire.
+pub fn multi_to_pb(envelope: &Envelope<MultiTransaction>) -> pb::MultiTransaction {
+    let t = &envelope.transaction;
+    pb::MultiTransaction {
+        idempotency_key: Some(key_to_pb(&t.idempotency_key)),
+        participants: t
+            .participants
+            .iter()
+            .map(|p| pb::Participant {
+                player_id: p.player.as_str().to_string(),
+                access: access_to(p.access).into(),
+                operations: operations_to_pb(&p.operations),
+            })
+            .collect(),
+        acting_player_id: acting_to(envelope.acting_player.as_ref()),
+    }
+}
+
+/// Converts a batch entry to the wire.
+pub fn item_to_pb(item: &Item) -> pb::BatchItem {
+    pb::BatchItem {
+        item: Some(match item {
+            Item::Single(envelope) => pb::batch_item::Item::Transaction(envelope_to_pb(envelope)),
+            Item::Multi(envelope) => pb::batch_item::Item::Multi(multi_to_pb(envelope)),
         }),
-        operations,
-        acting_player_id: envelope
-            .acting_player
-            .as_ref()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
+    }
+}
+
+/// Converts a wire batch entry to the model.
+pub fn item_from_pb(item: pb::BatchItem) -> Result<Item, Error> {
+    match item.item {
+        Some(pb::batch_item::Item::Transaction(t)) => envelope_from_pb(t).map(Item::Single),
+        Some(pb::batch_item::Item::Multi(t)) => multi_from_pb(t).map(Item::Multi),
+        None => Err(Error::Invalid("a batch item holds no transaction".into())),
+    }
+}
+
+/// Converts a multi-player transaction's outcome to the wire.
+pub fn multi_result_to_pb(result: &Result<MultiCommitted, Error>) -> pb::MultiTransactionResult {
+    match result {
+        Ok(done) => pb::MultiTransactionResult {
+            code: pb::Code::Ok.into(),
+            message: String::new(),
+            participants: done
+                .participants
+                .iter()
+                .map(|c| {
+                    let single = result_to_pb(&Ok(c.clone()));
+                    pb::ParticipantResult {
+                        version: single.version,
+                        reads: single.reads,
+                    }
+                })
+                .collect(),
+            replayed: done.replayed,
+            failed_participant: 0,
+            version: 0,
+            failed_operation: 0,
+        },
+        Err(Error::InParticipant { participant, error }) => {
+            let inner = result_to_pb(&Err((**error).clone()));
+            pb::MultiTransactionResult {
+                code: inner.code,
+                message: message_of(&Error::InParticipant {
+                    participant: *participant,
+                    error: error.clone(),
+                }),
+                participants: Vec::new(),
+                replayed: false,
+                failed_participant: participant.saturating_add(1),
+                version: inner.version,
+                failed_operation: inner.failed_operation,
+            }
+        }
+        Err(e) => pb::MultiTransactionResult {
+            code: code_to_pb(e.code()).into(),
+            message: message_of(e),
+            participants: Vec::new(),
+            replayed: false,
+            failed_participant: 0,
+            version: 0,
+            failed_operation: 0,
+        },
+    }
+}
+
+/// Converts a wire multi-player result back to the model (for clients).
+pub fn multi_result_from_pb(r: pb::MultiTransactionResult) -> Result<MultiCommitted, Error> {
+    if r.code == i32::from(pb::Code::Ok) {
+        let participants = r
+            .participants
+            .into_iter()
+            .map(|p| {
+                result_from_pb(pb::TransactionResult {
+                    code: pb::Code::Ok.into(),
+                    version: p.version,
+                    reads: p.reads,
+                    replayed: r.replayed,
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        return Ok(MultiCommitted {
+            participants,
+            replayed: r.replayed,
+        });
+    }
+    let error = result_from_pb(pb::TransactionResult {
+        code: r.code,
+        message: r.message,
+        version: r.version,
+        failed_operation: r.failed_operation,
+        ..Default::default()
+    })
+    .err()
+    .unwrap_or_else(|| Error::Internal("an error result with code OK".into()));
+    match r.failed_participant.checked_sub(1) {
+        Some(participant) => Err(Error::InParticipant {
+            participant,
+            error: Box::new(error),
+        }),
+        None => Err(error),
+    }
+}
+
+/// Converts a batch entry's result to the wire.
+pub fn item_result_to_pb(result: &ItemResult) -> pb::BatchItemResult {
+    pb::BatchItemResult {
+        item: Some(match result {
+            ItemResult::Single(r) => pb::batch_item_result::Item::Transaction(result_to_pb(r)),
+            ItemResult::Multi(r) => pb::batch_item_result::Item::Multi(multi_result_to_pb(r)),
+        }),
+    }
+}
+
+/// Converts a wire batch entry's result back to the model (for clients).
+pub fn item_result_from_pb(result: pb::BatchItemResult) -> ItemResult {
+    match result.item {
+        Some(pb::batch_item_result::Item::Transaction(r)) => ItemResult::Single(result_from_pb(r)),
+        Some(pb::batch_item_result::Item::Multi(r)) => ItemResult::Multi(multi_result_from_pb(r)),
+        None => ItemResult::Single(Err(Error::Internal("an empty batch item result".into()))),
     }
 }
 

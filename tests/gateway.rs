@@ -349,6 +349,7 @@ async fn requests_before_hello_and_wrong_tokens_are_refused() {
                     Visibility::Public,
                 )),
             ))],
+            ..Default::default()
         })),
     };
     let mut raw = Raw::connect(&gw).await;
@@ -455,6 +456,7 @@ async fn shutdown_finishes_requests_in_flight_then_says_goodbye() {
                     Visibility::Public,
                 )),
             ))],
+            ..Default::default()
         })),
     })
     .await;
@@ -623,6 +625,7 @@ async fn frames_that_would_amplify_are_refused_before_decoding_and_the_connectio
         request_id: id,
         body: Some(pb::client_frame::Body::Batch(pb::Batch {
             transactions: vec![txn.clone(); n],
+            ..Default::default()
         })),
     };
     raw.send(&batch(8000, 11)).await;
@@ -643,6 +646,7 @@ async fn frames_that_would_amplify_are_refused_before_decoding_and_the_connectio
         request_id: 12,
         body: Some(pb::client_frame::Body::Batch(pb::Batch {
             transactions: vec![long],
+            ..Default::default()
         })),
     })
     .await;

@@ -250,6 +250,7 @@ async fn the_gateway_stays_bounded_and_serving_under_attack() {
             request_id: 9,
             body: Some(pb::client_frame::Body::Batch(pb::Batch {
                 transactions: transactions.clone(),
+                ..Default::default()
             })),
         });
     }

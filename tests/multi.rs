@@ -509,3 +509,118 @@ async fn coordinators_stopped_after_any_step_are_finished_by_resolvers_in_seeded
     }
     assert_eq!(after, total, "seed {seed}: a replay broke conservation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_server_trades_through_the_gateway_owning_only_its_acting_player() {
+    use colony::client::{Client, ClientConfig};
+    use colony::{Envelope, Item, ItemResult};
+    use colony_testkit::{gateway_config, TestGateway, GAME_TOKEN};
+
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start().expect("redis starts"))
+        .collect();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let gw = TestGateway::start(&gateway_config(&refs))
+        .await
+        .expect("gateway starts");
+    let store = gw.gateway.store();
+    let players = players_per_shard(store, "gw", 1);
+    let (me, them) = (&players[0][0], &players[1][0]);
+    create(store, me).await;
+    create(store, them).await;
+    let secret = Transaction::owner(
+        them.clone(),
+        Some(IdempotencyKey::new("setup", 2).expect("valid")),
+    )
+    .with(Operation::SetField {
+        name: name("secret"),
+        value: b"hidden".to_vec(),
+        visibility: Visibility::Private,
+    });
+    store.execute(secret).await.expect("secret stored");
+    let game = Client::connect(ClientConfig::new(gw.address.to_string(), GAME_TOKEN))
+        .await
+        .expect("connects");
+
+    // My gold to them; their part under public access: written, but its reads and checks
+    // see public entries only (their private `secret` looks absent, and no read shows it).
+    let trade = |request: u64, them_access: Access| {
+        MultiTransaction::new(IdempotencyKey::new("game", request).expect("valid"))
+            .with(Participant::owner(me.clone()).with(gold(-40)))
+            .with(Participant {
+                access: them_access,
+                ..Participant::owner(them.clone())
+                    .with(Operation::CheckField {
+                        name: name("secret"),
+                        expected: None,
+                    })
+                    .with(gold(40))
+                    .with(Operation::Read { names: vec![] })
+            })
+    };
+    let done = game
+        .execute_multi(Envelope::acting_for(me.clone(), trade(1, Access::Public)))
+        .await
+        .expect("trades");
+    let their_view = &done.participants[1].reads[0].entries;
+    assert!(
+        their_view
+            .iter()
+            .all(|e| e.visibility == Visibility::Public),
+        "a private entry reached a game server acting for another player: {their_view:?}"
+    );
+    assert_eq!(state(store, me).await.0, START_GOLD - 40);
+    assert_eq!(state(store, them).await.0, START_GOLD + 40);
+    let again = game
+        .execute_multi(Envelope::acting_for(me.clone(), trade(1, Access::Public)))
+        .await
+        .expect("replays");
+    assert!(again.replayed);
+    assert_eq!(state(store, them).await.0, START_GOLD + 40);
+
+    // Owner access to the other player, or acting for nobody in it, is refused.
+    let refused = game
+        .execute_multi(Envelope::acting_for(me.clone(), trade(2, Access::Owner)))
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::InParticipant { participant: 1, error }) if matches!(**error, Error::Forbidden(_))),
+        "{refused:?}"
+    );
+    let stranger = pid("stranger");
+    let refused = game
+        .execute_multi(Envelope::acting_for(stranger, trade(3, Access::Public)))
+        .await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))), "{refused:?}");
+
+    // A batch mixes both kinds; each item answers for itself.
+    let single = Envelope::acting_for(
+        me.clone(),
+        Transaction::owner(
+            me.clone(),
+            Some(IdempotencyKey::new("game", 4).expect("valid")),
+        )
+        .with(gold(1)),
+    );
+    let results = game
+        .execute_items(vec![
+            Item::from(single),
+            Item::from(Envelope::acting_for(me.clone(), trade(5, Access::Public))),
+            Item::from(Envelope::acting_for(me.clone(), trade(6, Access::Owner))),
+        ])
+        .await
+        .expect("batch answered");
+    assert!(
+        matches!(&results[0], ItemResult::Single(Ok(c)) if c.version >= 3),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], ItemResult::Multi(Ok(_))),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[2], ItemResult::Multi(Err(e)) if e.code() == Code::Forbidden),
+        "{results:?}"
+    );
+    assert_eq!(state(store, me).await.0, START_GOLD - 80 + 1);
+    assert_eq!(state(store, them).await.0, START_GOLD + 80);
+}

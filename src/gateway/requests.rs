@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::{Code, Error};
 use crate::model::{Access, Transaction};
-use crate::wire::{self, pb};
+use crate::wire::{self, pb, Item, ItemResult};
 
 use super::auth::{self, Principal};
 use super::metrics;
@@ -66,6 +66,14 @@ async fn handle_batch(
     batch: pb::Batch,
 ) -> Result<pb::server_frame::Body, Error> {
     let limits = &gateway.inner.limits;
+    if !batch.items.is_empty() {
+        if !batch.transactions.is_empty() {
+            return Err(Error::Invalid(
+                "a batch lists its transactions in `transactions` or in `items`, not both".into(),
+            ));
+        }
+        return handle_items(gateway, principal, batch.items).await;
+    }
     if batch.transactions.len() > limits.max_transactions_per_batch {
         return Err(Error::TooLarge(format!(
             "batch has {} transactions, more than {}",
@@ -111,7 +119,95 @@ async fn handle_batch(
             wire::result_to_pb(&r)
         })
         .collect();
-    Ok(pb::server_frame::Body::Batch(pb::BatchResult { results }))
+    Ok(pb::server_frame::Body::Batch(pb::BatchResult {
+        results,
+        items: Vec::new(),
+    }))
+}
+
+/// A batch of items: transactions on one player and multi-player transactions, decoded and
+/// authorized one by one (a refused one gets its own error), then run together.
+async fn handle_items(
+    gateway: &Gateway,
+    principal: &Principal,
+    items: Vec<pb::BatchItem>,
+) -> Result<pb::server_frame::Body, Error> {
+    let limits = &gateway.inner.limits;
+    if items.len() > limits.max_transactions_per_batch {
+        return Err(Error::TooLarge(format!(
+            "batch has {} transactions, more than {}",
+            items.len(),
+            limits.max_transactions_per_batch
+        )));
+    }
+    /// Where an item's result comes from.
+    enum Slot {
+        Refused(ItemResult),
+        Single,
+        Multi,
+    }
+    let mut slots = Vec::with_capacity(items.len());
+    let (mut singles, mut multis) = (Vec::new(), Vec::new());
+    for item in items {
+        match wire::item_from_pb(item) {
+            Ok(Item::Single(envelope)) => {
+                match auth::authorize_envelope(principal.role, &envelope) {
+                    Ok(()) => {
+                        singles.push(envelope.transaction);
+                        slots.push(Slot::Single);
+                    }
+                    Err(e) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
+                }
+            }
+            Ok(Item::Multi(envelope)) => {
+                let checked = auth::authorize_multi(principal.role, &envelope)
+                    .and_then(|()| envelope.transaction.validate(limits));
+                match checked {
+                    Ok(()) => {
+                        multis.push(envelope.transaction);
+                        slots.push(Slot::Multi);
+                    }
+                    Err(e) => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
+                }
+            }
+            // A malformed multi-player item answers as one, so the client can tell.
+            Err(e) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
+        }
+    }
+    let (singles, multis) = gateway.inner.store.execute_mixed(singles, multis).await?;
+    let (mut singles, mut multis) = (singles.into_iter(), multis.into_iter());
+    let metrics = &gateway.inner.metrics;
+    let results =
+        slots
+            .into_iter()
+            .map(|slot| {
+                let result =
+                    match slot {
+                        Slot::Refused(result) => result,
+                        Slot::Single => ItemResult::Single(singles.next().unwrap_or_else(|| {
+                            Err(Error::Internal("batch result missing".into()))
+                        })),
+                        Slot::Multi => ItemResult::Multi(multis.next().unwrap_or_else(|| {
+                            Err(Error::Internal("batch result missing".into()))
+                        })),
+                    };
+                let code = match &result {
+                    ItemResult::Single(r) => r.as_ref().map_or_else(Error::code, |_| Code::Ok),
+                    ItemResult::Multi(r) => r.as_ref().map_or_else(Error::code, |_| Code::Ok),
+                };
+                metrics
+                    .transactions
+                    .get_or_create(&metrics::CodeLabels {
+                        code: code.as_str(),
+                    })
+                    .inc();
+                wire::item_result_to_pb(&result)
+            })
+            .collect();
+    Ok(pb::server_frame::Body::Batch(pb::BatchResult {
+        results: Vec::new(),
+        items: results,
+    }))
 }
 
 async fn handle_get(

@@ -32,8 +32,13 @@ pub struct Shape {
     pub body: u64,
     /// `ReadFields` operations in it.
     pub reads: usize,
-    /// Transactions in its batch (summed over repeated `batch` fields, which protobuf merges).
+    /// Transactions in its batch (summed over repeated `batch` fields, which protobuf merges):
+    /// its `transactions` and its `items`, a multi-player transaction counting as one.
     pub transactions: usize,
+    /// Participants of its multi-player transactions, all together.
+    pub participants: usize,
+    /// Most participants in one multi-player transaction.
+    pub max_participants: usize,
     /// Most operations in one transaction.
     pub max_operations: usize,
     /// Most names in one `ReadFields`.
@@ -48,7 +53,11 @@ impl Shape {
     /// The most the answer to this frame can take: a result's overhead per transaction, and
     /// the request's whole read budget when anything in it reads.
     pub fn answer_bytes(&self, limits: &Limits) -> usize {
-        let results = RESULT_OVERHEAD_BYTES.saturating_mul(self.transactions.saturating_add(1));
+        let results = RESULT_OVERHEAD_BYTES.saturating_mul(
+            self.transactions
+                .saturating_add(self.participants)
+                .saturating_add(1),
+        );
         let reads_player = matches!(self.body, 4 | 5) || self.reads > 0;
         if reads_player {
             results.saturating_add(limits.max_answer_bytes)
@@ -64,6 +73,12 @@ impl Shape {
             return Err(Error::TooLarge(format!(
                 "batch has {} transactions, more than {}",
                 self.transactions, limits.max_transactions_per_batch
+            )));
+        }
+        if self.max_participants > limits.max_participants {
+            return Err(Error::TooLarge(format!(
+                "a multi-player transaction has {} participants, more than {}",
+                self.max_participants, limits.max_participants
             )));
         }
         if self.max_operations > limits.max_operations_per_transaction {
@@ -102,7 +117,10 @@ pub struct Malformed(&'static str);
 enum Kind {
     ClientFrame,
     Batch,
+    BatchItem,
     Transaction,
+    MultiTransaction,
+    Participant,
     Operation,
     ReadFields,
 }
@@ -165,10 +183,33 @@ fn walk(bytes: &[u8], kind: Kind, shape: &mut Shape) -> Result<usize, Malformed>
                     (Kind::ClientFrame, 3) => {
                         shape.transactions += walk(inner, Kind::Batch, shape)?;
                     }
-                    (Kind::Batch, 1) => {
+                    (Kind::Batch, 1) | (Kind::BatchItem, 1) => {
                         add(shape, 2 * size_of::<pb::Transaction>());
                         let operations = walk(inner, Kind::Transaction, shape)?;
                         shape.max_operations = shape.max_operations.max(operations);
+                        count += 1;
+                    }
+                    (Kind::Batch, 2) => {
+                        add(shape, 2 * size_of::<pb::BatchItem>());
+                        // An item holding both kinds (a repeated oneof) counts both.
+                        walk(inner, Kind::BatchItem, shape)?;
+                        count += 1;
+                    }
+                    (Kind::BatchItem, 2) => {
+                        add(shape, size_of::<pb::MultiTransaction>());
+                        let participants = walk(inner, Kind::MultiTransaction, shape)?;
+                        shape.participants = shape.participants.saturating_add(participants);
+                        shape.max_participants = shape.max_participants.max(participants);
+                    }
+                    (Kind::MultiTransaction, 2) => {
+                        add(shape, 2 * size_of::<pb::Participant>());
+                        let operations = walk(inner, Kind::Participant, shape)?;
+                        shape.max_operations = shape.max_operations.max(operations);
+                        count += 1;
+                    }
+                    (Kind::Participant, 3) => {
+                        add(shape, 2 * size_of::<pb::Operation>());
+                        walk(inner, Kind::Operation, shape)?;
                         count += 1;
                     }
                     (Kind::Transaction, 4) => {
@@ -211,7 +252,10 @@ mod tests {
     fn batch(transactions: Vec<pb::Transaction>) -> Vec<u8> {
         pb::ClientFrame {
             request_id: 77,
-            body: Some(pb::client_frame::Body::Batch(pb::Batch { transactions })),
+            body: Some(pb::client_frame::Body::Batch(pb::Batch {
+                transactions,
+                items: Vec::new(),
+            })),
         }
         .encode_to_vec()
     }
@@ -361,5 +405,56 @@ mod tests {
             // And prost agrees that they are not a frame.
             assert!(pb::ClientFrame::decode(bytes).is_err(), "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn counts_items_and_the_participants_of_multi_player_transactions() {
+        let participant = |ops: usize| pb::Participant {
+            player_id: "p".into(),
+            access: pb::Access::Owner.into(),
+            operations: (0..ops).map(|_| read(2)).collect(),
+        };
+        let multi = |participants: Vec<pb::Participant>| pb::BatchItem {
+            item: Some(pb::batch_item::Item::Multi(pb::MultiTransaction {
+                participants,
+                ..Default::default()
+            })),
+        };
+        let single = pb::BatchItem {
+            item: Some(pb::batch_item::Item::Transaction(pb::Transaction {
+                player_id: "q".into(),
+                operations: vec![read(1)],
+                ..Default::default()
+            })),
+        };
+        let body = pb::ClientFrame {
+            request_id: 5,
+            body: Some(pb::client_frame::Body::Batch(pb::Batch {
+                transactions: Vec::new(),
+                items: vec![
+                    multi(vec![participant(2), participant(4)]),
+                    single,
+                    multi((0..3).map(|_| participant(1)).collect()),
+                ],
+            })),
+        }
+        .encode_to_vec();
+        let shape = scan(&body).expect("valid protobuf");
+        assert_eq!(shape.transactions, 3);
+        assert_eq!((shape.participants, shape.max_participants), (5, 3));
+        assert_eq!(shape.max_operations, 4);
+        assert_eq!(shape.reads, 10);
+        assert_eq!(shape.check(body.len(), &Limits::default()), Ok(()));
+        let two = Limits {
+            max_participants: 2,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            shape.check(body.len(), &two),
+            Err(Error::TooLarge(m)) if m.contains("participants")
+        ));
+        // Every participant is owed a result's overhead in the answer.
+        let limits = Limits::default();
+        assert!(shape.answer_bytes(&limits) >= RESULT_OVERHEAD_BYTES * 8);
     }
 }

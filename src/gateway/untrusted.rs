@@ -64,14 +64,37 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
             // The shape's counts are upper bounds of what was decoded (a body field repeated
             // after another kind of body counts twice in the shape, once in the decoding).
             assert!(
-                batch.transactions.len() <= shape.transactions,
+                batch.transactions.len() + batch.items.len() <= shape.transactions,
                 "shape counted fewer transactions than were decoded"
             );
         }
-        let transactions = match frame.body {
-            Some(pb::client_frame::Body::Batch(batch)) => batch.transactions,
+        let (transactions, items) = match frame.body {
+            Some(pb::client_frame::Body::Batch(batch)) => (batch.transactions, batch.items),
             _ => continue,
         };
+        for item in items {
+            let checked = wire::item_from_pb(item).and_then(|item| {
+                match &item {
+                    wire::Item::Single(envelope) => {
+                        envelope.transaction.validate(limits)?;
+                        super::auth::authorize_envelope(Role::Game, envelope)?;
+                    }
+                    wire::Item::Multi(envelope) => {
+                        envelope.transaction.validate(limits)?;
+                        super::auth::authorize_multi(Role::Game, envelope)?;
+                    }
+                }
+                Ok(item)
+            });
+            match checked {
+                Ok(item) => {
+                    let again = wire::item_from_pb(wire::item_to_pb(&item));
+                    assert_eq!(again.as_ref(), Ok(&item), "round trip changed an item");
+                    seen.accepted += 1;
+                }
+                Err(_) => seen.rejected += 1,
+            }
+        }
         for t in transactions {
             let checked = wire::envelope_from_pb(t).and_then(|envelope| {
                 envelope.transaction.validate(limits)?;
@@ -116,6 +139,7 @@ mod tests {
             request_id: 1,
             body: Some(pb::client_frame::Body::Batch(pb::Batch {
                 transactions: vec![wire::envelope_to_pb(&txn), pb::Transaction::default()],
+                items: Vec::new(),
             })),
         };
         let mut bytes = Vec::new();

@@ -26,7 +26,9 @@ use redis::{ServerErrorKind, Value as RedisValue};
 use crate::backoff::Backoff;
 use crate::config::{Acknowledge, Config, RedisSettings};
 use crate::error::{Error, StartupError};
-use crate::model::{Access, Committed, Limits, Operation, PlayerId, Transaction};
+use crate::model::{
+    Access, Committed, Limits, MultiCommitted, MultiTransaction, Operation, PlayerId, Transaction,
+};
 use crate::script::{self, Invocation, Outcome, SCRIPT};
 use crate::shard_map::{ShardIndex, ShardMap};
 
@@ -192,6 +194,52 @@ impl Store {
         &self,
         txns: Vec<Transaction>,
     ) -> Result<Vec<Result<Committed, Error>>, Error> {
+        self.execute_batch_sharing(txns, 0).await
+    }
+
+    /// Runs a batch that mixes transactions on one player with multi-player transactions:
+    /// the first through [`Store::execute_batch`], each of the others through
+    /// [`Store::execute_multi`], all concurrently, every one that reads taking an even share
+    /// of the request's read budget. The outer error is for the batch as a whole (too many
+    /// entries); each entry has its own result, in order per kind.
+    pub async fn execute_mixed(
+        &self,
+        singles: Vec<Transaction>,
+        multis: Vec<MultiTransaction>,
+    ) -> Result<
+        (
+            Vec<Result<Committed, Error>>,
+            Vec<Result<MultiCommitted, Error>>,
+        ),
+        Error,
+    > {
+        let limits = &self.inner.limits;
+        let entries = singles.len() + multis.len();
+        if entries > limits.max_transactions_per_batch {
+            return Err(Error::TooLarge(format!(
+                "batch has {entries} transactions, more than {}",
+                limits.max_transactions_per_batch
+            )));
+        }
+        let multi_readers = multis.iter().filter(|m| m.reads()).count();
+        let readers = singles.iter().filter(|t| t.reads()).count() + multi_readers;
+        let runs = multis
+            .into_iter()
+            .map(|m| self.execute_multi_sharing(m, readers));
+        let (singles, multis) = tokio::join!(
+            self.execute_batch_sharing(singles, multi_readers),
+            join_all(runs)
+        );
+        Ok((singles?, multis))
+    }
+
+    /// [`Store::execute_batch`], with `other_readers` more entries of the same request
+    /// sharing the read budget.
+    async fn execute_batch_sharing(
+        &self,
+        txns: Vec<Transaction>,
+        other_readers: usize,
+    ) -> Result<Vec<Result<Committed, Error>>, Error> {
         let limits = &self.inner.limits;
         if txns.len() > limits.max_transactions_per_batch {
             return Err(Error::TooLarge(format!(
@@ -216,7 +264,7 @@ impl Store {
         let mut restore_requested: Option<Instant> = None;
         while !pending.is_empty() {
             let mut again = Vec::new();
-            let answered = self.run_once(&txns, &pending).await;
+            let answered = self.run_once(&txns, &pending, other_readers).await;
             let answered = self.settle_intents(&txns, answered).await;
             for (position, outcome) in answered {
                 // No retry into an open breaker: it would fail the same way until the cooldown
@@ -351,12 +399,13 @@ impl Store {
         &self,
         txns: &[Transaction],
         positions: &[usize],
+        other_readers: usize,
     ) -> Vec<(usize, Result<Outcome, Error>)> {
         let limits = &self.inner.limits;
         // The request's read budget is shared evenly by the transactions that read, counted
         // over the whole batch, so that a retry of some of them runs with the same budget
         // (and a replayed result fits as the first one did).
-        let reading = txns.iter().filter(|t| t.reads()).count();
+        let reading = txns.iter().filter(|t| t.reads()).count() + other_readers;
         let bounds = script::Bounds {
             track_changes: self.inner.track_changes,
             window: script::Window::of(&self.inner.settings),

@@ -434,12 +434,23 @@ impl Store {
     /// whose outcome is unknown is also tried again: the key is judged at the primary, so a
     /// committed one is replayed, never applied twice.
     pub async fn execute_multi(&self, txn: MultiTransaction) -> Result<MultiCommitted, Error> {
+        self.execute_multi_sharing(txn, 1).await
+    }
+
+    /// [`Store::execute_multi`], its reads taking a share of the read budget as one of
+    /// `readers` entries of a request that read.
+    pub(super) async fn execute_multi_sharing(
+        &self,
+        txn: MultiTransaction,
+        readers: usize,
+    ) -> Result<MultiCommitted, Error> {
         txn.validate(&self.inner.limits)?;
         let deadline = Instant::now() + self.inner.settings.retry_deadline();
         let mut attempt_number = 0u32;
         let mut last: Option<Result<MultiCommitted, Error>> = None;
         loop {
             let mut attempt = MultiAttempt::new(self, txn.clone())?;
+            attempt.readers = readers.max(1);
             let result = attempt.run().await;
             let result = Error::after_attempts(result, last.as_ref());
             let retry = matches!(&result, Err(e) if e.is_retryable());
@@ -487,6 +498,8 @@ pub struct MultiAttempt<'s> {
     /// Per participant, what its prepare answered, once it did.
     staged: Vec<Option<(Committed, Vec<u8>)>>,
     decision: Option<Decision>,
+    /// Entries of the request that read, sharing its read budget evenly.
+    readers: usize,
 }
 
 impl<'s> MultiAttempt<'s> {
@@ -504,6 +517,7 @@ impl<'s> MultiAttempt<'s> {
             fingerprint,
             staged,
             decision: None,
+            readers: 1,
         })
     }
 
@@ -522,7 +536,7 @@ impl<'s> MultiAttempt<'s> {
     pub async fn prepare(&mut self) -> PrepareOutcome {
         let store = self.store;
         let limits = &store.inner.limits;
-        let reading = usize::from(self.txn.reads()).max(1);
+        let reading = self.readers.max(1);
         let bounds = script::Bounds {
             track_changes: store.inner.track_changes,
             window: script::Window::of(&store.inner.settings),
