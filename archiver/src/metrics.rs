@@ -59,6 +59,8 @@ pub struct ArchiverMetrics {
     pub restore_seconds: Histogram,
     /// Players copied by checkpoints.
     pub checkpointed: Counter,
+    /// Intents of multi-player transactions the sweep finished (their coordinator stopped).
+    pub intents_resolved: Counter,
     /// Inactive players still in Redis, per shard, at the last pass.
     pub backlog: Family<ShardLabels, Gauge>,
     /// Passes that stopped on a shard's error, per shard and kind of pass.
@@ -107,6 +109,12 @@ impl ArchiverMetrics {
             "Players copied by checkpoints",
             checkpointed.clone(),
         );
+        let intents_resolved = Counter::default();
+        registry.register(
+            "intents_resolved",
+            "Intents of multi-player transactions the sweep applied or rolled back after their coordinator stopped",
+            intents_resolved.clone(),
+        );
         let backlog = Family::<ShardLabels, Gauge>::default();
         registry.register(
             "backlog",
@@ -116,7 +124,7 @@ impl ArchiverMetrics {
         let shard_failures = Family::<ShardPassLabels, Counter>::default();
         registry.register(
             "shard_failures",
-            "Archive or checkpoint passes that stopped on this shard's error (the other shards went on)",
+            "Archive, checkpoint or sweep passes that stopped on this shard's error (the other shards went on)",
             shard_failures.clone(),
         );
         let last_pass = Gauge::default();
@@ -133,6 +141,7 @@ impl ArchiverMetrics {
             restores,
             restore_seconds,
             checkpointed,
+            intents_resolved,
             backlog,
             shard_failures,
             last_pass,

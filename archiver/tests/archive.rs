@@ -1074,3 +1074,79 @@ async fn a_pipelined_pass_meets_every_player_of_a_crowded_slot_once() {
     }
     let _ = stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_holding_an_intent_is_never_archived_and_the_sweep_finishes_the_intent() {
+    use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome};
+    use colony::{MultiTransaction, Participant};
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    config.redis.intent_lease_ms = 100;
+    let store = Store::new(&config).expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    create(&store, "giver", 1).await;
+    create(&store, "taker", 2).await;
+    let gold = |delta: i64| Operation::IncrementCounter {
+        name: name("gold"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: Visibility::Private,
+    };
+    let gift = MultiTransaction::new(IdempotencyKey::new("gift", 1).expect("valid"))
+        .with(Participant::owner(pid("giver")).with(gold(-20)))
+        .with(Participant::owner(pid("taker")).with(gold(20)));
+    // The coordinator commits, then stops before applying anything.
+    let mut attempt = MultiAttempt::new(&store, gift).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    assert_eq!(
+        attempt.decide(true).await.expect("decides"),
+        Decision::Commit
+    );
+
+    // Both players are inactive (the test's period is 0 s) but hold the intent: kept.
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!((report.archived, report.kept), (0, 2), "{report:?}");
+
+    // After the lease, the sweep applies the commit to both; then they archive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut resolved = 0;
+    while resolved < 2 {
+        resolved += archiver.sweep_pass().await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never finished the intents"
+        );
+        // Polling interval of a condition wait with a deadline (the lease is 100 ms).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!((report.archived, report.kept), (2, 0), "{report:?}");
+    let _restores = serve_restores(&archiver);
+    let gold_of = |view: &(u64, Vec<(String, Visibility, Value)>)| {
+        view.1
+            .iter()
+            .find(|(n, _, _)| n == "gold")
+            .map(|(_, _, v)| v.clone())
+    };
+    assert_eq!(
+        gold_of(&owner_view(&store, "giver").await),
+        Some(Value::Counter(30))
+    );
+    assert_eq!(
+        gold_of(&owner_view(&store, "taker").await),
+        Some(Value::Counter(70))
+    );
+    let rendered = archiver.metrics().render();
+    assert!(
+        rendered.contains("colony_archiver_intents_resolved_total 2"),
+        "{rendered}"
+    );
+}

@@ -97,6 +97,27 @@ fn decision_of(value: &str) -> Option<Decision> {
     }
 }
 
+/// The participants a commit record names (`C` then `<length>:<player id>` each).
+fn commit_participants(value: &str) -> Vec<PlayerId> {
+    let mut out = Vec::new();
+    let Some(mut rest) = value.strip_prefix('C') else {
+        return out;
+    };
+    while let Some((length, tail)) = rest.split_once(':') {
+        let Ok(length) = length.parse::<usize>() else {
+            break;
+        };
+        let Some(id) = tail.get(..length) else {
+            break;
+        };
+        if let Ok(player) = PlayerId::new(id) {
+            out.push(player);
+        }
+        rest = &tail[length..];
+    }
+    out
+}
+
 /// Classifies a failed call to `shard`: refused before running (nothing applied), lost on
 /// the way (`sent`: it may have run), or a bug.
 fn call_error(shard: &str, e: &redis::RedisError, sent: bool) -> Error {
@@ -301,8 +322,89 @@ impl Store {
         Ok(Resolution::Finished(decision, finished))
     }
 
+    /// The sweep of one shard: resolves every intent whose lease has passed, then forgets
+    /// the commit records older than a lease whose participants were all applied (applying
+    /// any that were not). Returns how many intents it finished.
+    pub async fn sweep(&self, shard: ShardIndex) -> Result<u64, Error> {
+        let finished = self.sweep_intents(shard).await?;
+        self.sweep_decisions(shard).await?;
+        Ok(finished)
+    }
+
+    /// Commit records of `shard`'s primaries older than a lease: each participant still
+    /// holding the attempt's intent is applied, then the record is forgotten.
+    async fn sweep_decisions(&self, shard: ShardIndex) -> Result<u64, Error> {
+        let name = self.inner.shards[shard.0].name.clone();
+        let mut conn = self.master_connection(shard).await?;
+        let now: (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, false))?;
+        let old = (now.0 * 1000 + now.1 / 1000).saturating_sub(self.inner.settings.intent_lease_ms);
+        let mut forgotten = 0;
+        for chunk in self.inner.map.slots_of(shard).chunks(512) {
+            let mut pipe = redis::pipe();
+            for &slot in chunk {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(SlotKeys::new(slot).decisions)
+                    .arg("-inf")
+                    .arg(old)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1000);
+            }
+            let records: Vec<Vec<Vec<u8>>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| call_error(&name, &e, false))?;
+            for (&slot, keys) in chunk.iter().zip(records) {
+                let index = SlotKeys::new(slot).decisions;
+                for key in keys {
+                    let value: Option<String> = redis::cmd("GET")
+                        .arg(key.as_slice())
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| call_error(&name, &e, false))?;
+                    let attempt = String::from_utf8_lossy(&key)
+                        .rsplit(":decision:")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let participants = value
+                        .as_deref()
+                        .map(commit_participants)
+                        .unwrap_or_default();
+                    // A commit record names its primary first.
+                    let mut all_applied = true;
+                    if let Some(primary) = participants.first() {
+                        for player in &participants {
+                            let intent = IntentRef {
+                                attempt: attempt.clone(),
+                                primary: primary.as_str().to_string(),
+                                expired: true,
+                            };
+                            if self.resolve_intent(player, &intent).await.is_err() {
+                                all_applied = false;
+                            }
+                        }
+                    }
+                    if all_applied {
+                        let _: RedisValue = FORGET
+                            .key(key.as_slice())
+                            .key(&index)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(|e| call_error(&name, &e, true))?;
+                        forgotten += 1;
+                    }
+                }
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Resolves every intent of `shard` whose lease has passed (by the shard's clock), slot
-    /// by slot: what the sweeper does. Returns how many it finished.
+    /// by slot. Returns how many it finished.
     pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<u64, Error> {
         let name = self.inner.shards[shard.0].name.clone();
         let mut conn = self.master_connection(shard).await?;

@@ -314,6 +314,28 @@ impl Archiver {
         })
     }
 
+    /// The sweep of multi-player transactions on every shard, concurrently and apart:
+    /// intents whose lease passed are applied or rolled back by their decision, and commit
+    /// records of finished transactions are forgotten. Returns how many intents it finished.
+    pub async fn sweep_pass(&self) -> u64 {
+        let sweeps = self
+            .shards()
+            .map(|shard| async move { (shard, self.store.sweep(shard).await) });
+        let mut resolved = 0;
+        for (shard, outcome) in join_all(sweeps).await {
+            match outcome {
+                Ok(n) => resolved += n,
+                Err(e) => {
+                    let name = self.shard_name(shard);
+                    tracing::warn!(shard = %name, error = %e, "sweep failed on this shard; the other shards went on");
+                    self.metrics.shard_failure(&name, "sweep");
+                }
+            }
+        }
+        self.metrics.intents_resolved.inc_by(resolved);
+        resolved
+    }
+
     /// Asks running passes to finish the batch in hand and take no new one.
     pub fn stop_passes(&self) {
         self.stopping
@@ -374,6 +396,13 @@ impl Archiver {
                         tracing::info!(?report, "archive pass");
                     }
                     Err(e) => tracing::warn!(error = %e, "archive pass failed; retrying next time"),
+                }
+                let resolved = self.sweep_pass().await;
+                if resolved > 0 {
+                    tracing::info!(
+                        resolved,
+                        "sweep finished intents left by stopped coordinators"
+                    );
                 }
                 let every = self.config.checkpoint_interval_secs;
                 if every > 0 && last_checkpoint.elapsed() >= Duration::from_secs(every) {
