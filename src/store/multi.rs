@@ -294,6 +294,20 @@ impl Store {
         Ok(finished)
     }
 
+    /// Forgets the commit record of `attempt` (primary `primary`): only once every
+    /// participant was applied.
+    async fn forget_decision(&self, primary: &PlayerId, attempt: &str) -> Result<(), Error> {
+        let (shard, name) = self.shard_of(primary);
+        let mut conn = self.master_connection(shard).await?;
+        let _: RedisValue = FORGET
+            .key(decision_key(primary, attempt))
+            .key(SlotKeys::of_player(primary).decisions)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| call_error(&name, &e, true))?;
+        Ok(())
+    }
+
     /// The one resolver of intents: finishes `intent` on `player` by its attempt's decision.
     /// With no decision written, it aborts the attempt only if the intent's lease has passed
     /// (`intent.expired`, judged by the player's shard's clock); a live intent is left alone.
@@ -868,16 +882,7 @@ impl<'s> MultiAttempt<'s> {
 
     /// Step 4: forgets the commit record once every participant was applied.
     pub async fn forget(&self) -> Result<(), Error> {
-        let primary = self.primary();
-        let (shard, name) = self.store.shard_of(primary);
-        let mut conn = self.store.master_connection(shard).await?;
-        let _: RedisValue = FORGET
-            .key(decision_key(primary, &self.id))
-            .key(SlotKeys::of_player(primary).decisions)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| call_error(&name, &e, true))?;
-        Ok(())
+        self.store.forget_decision(self.primary(), &self.id).await
     }
 
     /// Every step in order: prepare; a commit when every participant staged, else an abort;
@@ -918,9 +923,15 @@ impl<'s> MultiAttempt<'s> {
         let result = self.finish().await;
         match (decided, &result) {
             (Decision::Commit, Ok(_)) => {
-                if let Err(e) = self.forget().await {
-                    tracing::debug!(error = %e, "the commit record stays for the sweeper");
-                }
+                // Forgetting the record is housekeeping (the sweep does it otherwise): the
+                // caller does not wait for it.
+                let (store, primary, id) =
+                    (self.store.clone(), self.primary().clone(), self.id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = store.forget_decision(&primary, &id).await {
+                        tracing::debug!(error = %e, "the commit record stays for the sweep");
+                    }
+                });
                 result
             }
             // Aborted because a participant refused: that refusal is the answer.

@@ -1,0 +1,193 @@
+//! Multi-player transactions against single-player ones, on the same local cluster in the same
+//! run: two-shard trades per second as a ratio of single-player transactions per second (both
+//! from `CONCURRENCY` callers through the library), p50/p99 of a trade, and how both change
+//! with 2, 4 and 8 participants (spread over every shard).
+//!
+//! The single-player transaction: a bounded increment of a private counter with an idempotency
+//! key. A trade: every participant's counter moves (one gives, the others take), each with
+//! its bound. Callers pick disjoint players, so the figures measure the protocol, not
+//! contention (the interleaving tests cover contention).
+//!
+//! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N]` (defaults 3, 4).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use colony::{
+    IdempotencyKey, MultiTransaction, Name, Operation, Participant, PlayerId, Store, Transaction,
+    Visibility,
+};
+use colony_testkit::{config_for, RedisServer};
+use hdrhistogram::Histogram;
+
+const CONCURRENCY: u64 = 32;
+
+fn gold(delta: i64) -> Operation {
+    Operation::IncrementCounter {
+        name: Name::new("gold").unwrap(),
+        delta,
+        min: Some(0),
+        max: Some(1_000_000_000_000),
+        visibility: Visibility::Private,
+    }
+}
+
+/// Runs `CONCURRENCY` callers of `work` for `duration`; returns completed transactions per
+/// second and the latency histogram (µs).
+async fn measure<F, Fut>(duration: Duration, work: F) -> (f64, Histogram<u64>)
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..CONCURRENCY)
+        .map(|task| {
+            let (work, stop, done, latencies) =
+                (work.clone(), stop.clone(), done.clone(), latencies.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                let mut mine = Histogram::<u64>::new(3).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if work(task, i).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        mine.record(t.elapsed().as_micros() as u64).unwrap();
+                    }
+                    i += 1;
+                }
+                latencies.lock().unwrap().add(&mine).unwrap();
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let latencies = latencies.lock().unwrap().clone();
+    (rate, latencies)
+}
+
+/// Player ids, `per_shard` on each shard, as `[shard][n]`.
+fn players(store: &Store, shards: usize, per_shard: usize) -> Vec<Vec<PlayerId>> {
+    let mut out = vec![Vec::new(); shards];
+    for i in 0.. {
+        let p = PlayerId::new(format!("bench-{i}")).unwrap();
+        let s = store.shard_map().shard_for_player(&p).0;
+        if out[s].len() < per_shard {
+            out[s].push(p);
+        }
+        if out.iter().all(|v| v.len() == per_shard) {
+            return out;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::main]
+async fn main() {
+    let mut seconds = 3u64;
+    let mut shards = 4usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap(),
+            "--shards" => shards = args.next().and_then(|s| s.parse().ok()).unwrap(),
+            _ => {}
+        }
+    }
+    let duration = Duration::from_secs(seconds);
+    let servers: Vec<RedisServer> = (0..shards).map(|_| RedisServer::start().unwrap()).collect();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let config = config_for(&refs);
+    let store = Arc::new(Store::new(&config).unwrap());
+    // Each caller owns 8 players per shard; every player starts rich.
+    let per_caller = 8usize;
+    let all = players(&store, shards, CONCURRENCY as usize * per_caller);
+    for shard in &all {
+        for chunk in shard.chunks(256) {
+            let batch: Vec<Transaction> = chunk
+                .iter()
+                .map(|p| {
+                    Transaction::owner(p.clone(), Some(IdempotencyKey::new("setup", 1).unwrap()))
+                        .with(gold(1_000_000))
+                })
+                .collect();
+            for r in store.execute_batch(batch).await.unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+    let all = Arc::new(all);
+    let player = move |all: &Vec<Vec<PlayerId>>, task: u64, shard: usize, n: u64| {
+        let base = task as usize * per_caller;
+        all[shard % all.len()][base + (n as usize % per_caller)].clone()
+    };
+
+    // Baseline: single-player transactions.
+    let (s, a) = (store.clone(), all.clone());
+    let (single_rate, single_latency) = measure(duration, move |task, i| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            let txn = Transaction::owner(
+                player(&a, task, i as usize, i),
+                Some(IdempotencyKey::new(format!("single-{task}"), i + 1).unwrap()),
+            )
+            .with(gold(1));
+            s.execute(txn).await.is_ok()
+        }
+    })
+    .await;
+    println!(
+        "single-player transactions: {single_rate:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  ({CONCURRENCY} callers, {shards} shards)",
+        single_latency.value_at_quantile(0.5),
+        single_latency.value_at_quantile(0.99)
+    );
+
+    for participants in [2usize, 4, 8] {
+        let (s, a) = (store.clone(), all.clone());
+        let (rate, latency) = measure(duration, move |task, i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                // One participant per shard, round robin from a shard that moves each time.
+                let mut txn = MultiTransaction::new(
+                    IdempotencyKey::new(format!("multi-{participants}-{task}"), i + 1).unwrap(),
+                );
+                let start = i as usize;
+                let mut used = Vec::new();
+                for k in 0..participants {
+                    let mut p = player(&a, task, start + k, i + (k / a.len()) as u64);
+                    let mut bump = 1;
+                    while used.contains(&p) {
+                        p = player(&a, task, start + k, i + bump);
+                        bump += 1;
+                    }
+                    used.push(p.clone());
+                    let delta = if k == 0 {
+                        -(participants as i64 - 1)
+                    } else {
+                        1
+                    };
+                    txn = txn.with(Participant::owner(p).with(gold(delta)));
+                }
+                s.execute_multi(txn).await.is_ok()
+            }
+        })
+        .await;
+        println!(
+            "{participants}-participant trades:        {rate:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  ({:.2}x single-player; target >= 0.25 for 2)",
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+            rate / single_rate
+        );
+    }
+    println!("retries taken by the store: {}", store.retries());
+}
