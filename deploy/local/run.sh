@@ -268,7 +268,7 @@ INFO
 # The demo's traffic: 1,000 players in play, and 2,000 who come back now and then, long enough
 # after their last visit to have been archived.
 load=(--gateway "$gateway_list" --token local-game-token-0001 --players 1000 --cold-players 2000
-  --mix login=5,friends=30,currency=35,write=20,idle=5,return=5 --warmup 2 --out loadtest-report)
+  --mix login=5,friends=30,currency=30,write=15,trade=10,idle=5,return=5 --warmup 2 --out loadtest-report)
 case "$mode" in
   --demo)
     echo "Running a ${COLONY_DEMO_SECONDS:-30}-second load test against it."

@@ -7,14 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
-use colony::{Access, Envelope, Error, Name, Operation, PlayerId, Transaction, Value, Visibility};
+use colony::{
+    Access, Envelope, Error, MultiTransaction, Name, Operation, Participant, PlayerId, Transaction,
+    Value, Visibility,
+};
 
 use crate::chaos::{Availability, FaultReport, PlannedFault, Scope};
 use crate::control::{ControlDir, Injected};
 use crate::report::{Report, Stats};
 use crate::scenario::{Op, Scenario};
 use colony::seeded::SplitMix64 as Random;
-use colony_testkit::ledger::Ledger;
+use colony_testkit::ledger::{Ledger, TransferOutcome};
 
 /// Most coins a player may hold; increments beyond are OUT_OF_BOUNDS (and not applied).
 const MAX_COINS: i64 = 1_000_000_000_000;
@@ -234,6 +237,52 @@ async fn session(
                         codes.push(e.code().as_str());
                     }
                 }
+            }
+            Op::Trade => {
+                let mut other = random.below(scenario.players);
+                if other == my_number {
+                    other = (other + 1) % scenario.players;
+                }
+                let them = player(&scenario, other)?;
+                let amount = 1 + random.below(5) as i64;
+                let coins = |delta: i64, min: Option<i64>| Operation::IncrementCounter {
+                    name: name("coins"),
+                    delta,
+                    min,
+                    max: Some(MAX_COINS),
+                    visibility: Visibility::Private,
+                };
+                let trade = MultiTransaction::new(client.next_key())
+                    .with(Participant::owner(me.clone()).with(coins(-amount, Some(0))))
+                    .with(Participant {
+                        access: Access::Public,
+                        ..Participant::owner(them.clone()).with(coins(amount, None))
+                    });
+                stats.transactions += 1;
+                let result = client
+                    .execute_multi(Envelope::acting_for(me.clone(), trade))
+                    .await;
+                let code = code_of(&result);
+                place.request(&mut seen, code);
+                place.transaction(&mut seen, my_number, code);
+                place.transaction(&mut seen, other, code);
+                codes.push(code.as_str());
+                let outcome = match &result {
+                    Ok(_) => TransferOutcome::Acknowledged,
+                    Err(Error::InParticipant { error, .. })
+                        if matches!(
+                            **error,
+                            Error::Unknown { .. } | Error::RequestTooOld { .. }
+                        ) =>
+                    {
+                        TransferOutcome::Unknown
+                    }
+                    Err(Error::Unknown { .. } | Error::RequestTooOld { .. }) => {
+                        TransferOutcome::Unknown
+                    }
+                    Err(_) => TransferOutcome::Failed,
+                };
+                ledger.transfer(me.as_str(), them.as_str(), amount, outcome);
             }
             Op::Currency | Op::Write => {
                 let mut batch = Vec::new();

@@ -21,15 +21,20 @@ pub enum Op {
     /// players, which no session plays otherwise, so that between visits they stay inactive
     /// long enough for the archiver to move them (and the login restores them).
     Return,
+    /// The session's player gives a few coins to a random other player, usually on another
+    /// shard: a multi-player transaction, checked at the end (both sides or neither, and the
+    /// total conserved).
+    Trade,
 }
 
 impl Op {
     /// Every op, in report order.
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Login,
         Op::Friends,
         Op::Currency,
         Op::Write,
+        Op::Trade,
         Op::Idle,
         Op::Return,
     ];
@@ -43,6 +48,7 @@ impl Op {
             Op::Write => "write",
             Op::Idle => "idle",
             Op::Return => "return",
+            Op::Trade => "trade",
         }
     }
 }
@@ -62,6 +68,8 @@ pub struct Mix {
     pub idle: u32,
     /// Weight of [`Op::Return`].
     pub returning: u32,
+    /// Weight of [`Op::Trade`].
+    pub trade: u32,
 }
 
 impl Default for Mix {
@@ -73,17 +81,19 @@ impl Default for Mix {
             write: 20,
             idle: 5,
             returning: 0,
+            trade: 0,
         }
     }
 }
 
 impl Mix {
-    fn weights(&self) -> [(Op, u32); 6] {
+    fn weights(&self) -> [(Op, u32); 7] {
         [
             (Op::Login, self.login),
             (Op::Friends, self.friends),
             (Op::Currency, self.currency),
             (Op::Write, self.write),
+            (Op::Trade, self.trade),
             (Op::Idle, self.idle),
             (Op::Return, self.returning),
         ]
@@ -102,8 +112,8 @@ impl Mix {
         Op::Currency
     }
 
-    /// Parses `login=5,friends=30,currency=40,write=20,idle=5,return=5` (missing names weigh
-    /// 0).
+    /// Parses `login=5,friends=30,currency=40,write=20,trade=10,idle=5,return=5` (missing
+    /// names weigh 0).
     pub fn parse(text: &str) -> Result<Mix, String> {
         let mut mix = Mix {
             login: 0,
@@ -112,6 +122,7 @@ impl Mix {
             write: 0,
             idle: 0,
             returning: 0,
+            trade: 0,
         };
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
             let (name, weight) = part
@@ -128,6 +139,7 @@ impl Mix {
                 "write" => &mut mix.write,
                 "idle" => &mut mix.idle,
                 "return" => &mut mix.returning,
+                "trade" => &mut mix.trade,
                 other => return Err(format!("unknown operation {other:?}")),
             };
             *slot = weight;

@@ -5,27 +5,67 @@
 //! Pure. An increment ends acknowledged (it applied exactly once), unknown (it may have
 //! applied), or failed (it did not apply). A final value `v` of a player whose acknowledged
 //! increments sum to `a` and unknown ones to `u` is correct when `a <= v <= a + u`; below is
-//! lost, above is applied twice.
+//! lost, above is applied twice. An unknown decrement widens the window downwards the same way.
+//!
+//! Transfers (a multi-player transaction moving an amount from one player to another) are
+//! recorded on both players, and are zero-sum: the total of every stored value must lie in
+//! the window the increments alone allow, whatever happened to the transfers — a transfer
+//! applied on one side only shows up there (`conservation_gap`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Increments recorded for one player.
+/// Changes recorded for one player (or for the total).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Expected {
     acknowledged: i64,
-    unknown: i64,
+    /// Unknown increments: the value may be this much above `acknowledged`.
+    unknown_up: i64,
+    /// Unknown decrements: the value may be this much below `acknowledged` (a negative sum).
+    unknown_down: i64,
+}
+
+impl Expected {
+    fn add(&mut self, delta: i64, known: bool) {
+        if known {
+            self.acknowledged += delta;
+        } else if delta >= 0 {
+            self.unknown_up += delta;
+        } else {
+            self.unknown_down += delta;
+        }
+    }
+
+    fn merge(&mut self, other: &Expected) {
+        self.acknowledged += other.acknowledged;
+        self.unknown_up += other.unknown_up;
+        self.unknown_down += other.unknown_down;
+    }
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// Applied on both players.
+    Acknowledged,
+    /// May have applied (on both players, or neither).
+    Unknown,
+    /// Applied on neither.
+    Failed,
 }
 
 /// The record of every increment, per player.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
     players: BTreeMap<String, Expected>,
+    /// What the increments alone (not the transfers) allow the total to be.
+    total: Expected,
     acknowledged_ops: u64,
     unknown_ops: u64,
     failed_ops: u64,
+    transfers: [u64; 3],
 }
 
 /// What the check found.
@@ -49,12 +89,21 @@ pub struct Findings {
     pub players_with_double_applies: u64,
     /// Players that could not be read back, so were not checked.
     pub unreadable: u64,
+    /// Transfers acknowledged, unknown and failed.
+    pub transfers_acknowledged: u64,
+    /// Transfers whose outcome stayed unknown.
+    pub transfers_unknown: u64,
+    /// Transfers that did not apply.
+    pub transfers_failed: u64,
+    /// How far the total of the stored values lies outside what the increments allow (0:
+    /// conserved; transfers never change it). Checked only when every player was read.
+    pub conservation_gap: i64,
 }
 
 impl Findings {
     /// True when nothing acknowledged was lost and nothing was applied twice.
     pub fn is_exact(&self) -> bool {
-        self.lost == 0 && self.applied_twice == 0
+        self.lost == 0 && self.applied_twice == 0 && self.conservation_gap == 0
     }
 
     /// Panics, naming `context` (the seed, say), unless nothing acknowledged was lost and
@@ -68,6 +117,10 @@ impl Findings {
             self.applied_twice, 0,
             "{context}: increments applied twice: {self:?}"
         );
+        assert_eq!(
+            self.conservation_gap, 0,
+            "{context}: the total is not conserved: {self:?}"
+        );
     }
 }
 
@@ -77,14 +130,42 @@ impl Ledger {
         self.players
             .entry(player.to_string())
             .or_default()
-            .acknowledged += delta;
+            .add(delta, true);
+        self.total.add(delta, true);
         self.acknowledged_ops += 1;
     }
 
     /// An increment's outcome is unknown: it may have applied.
     pub fn unknown(&mut self, player: &str, delta: i64) {
-        self.players.entry(player.to_string()).or_default().unknown += delta;
+        self.players
+            .entry(player.to_string())
+            .or_default()
+            .add(delta, false);
+        self.total.add(delta, false);
         self.unknown_ops += 1;
+    }
+
+    /// A transfer of `amount` from `from` to `to` ended with `outcome`.
+    pub fn transfer(&mut self, from: &str, to: &str, amount: i64, outcome: TransferOutcome) {
+        let known = match outcome {
+            TransferOutcome::Acknowledged => true,
+            TransferOutcome::Unknown => false,
+            TransferOutcome::Failed => {
+                self.players.entry(from.to_string()).or_default();
+                self.players.entry(to.to_string()).or_default();
+                self.transfers[2] += 1;
+                return;
+            }
+        };
+        self.players
+            .entry(from.to_string())
+            .or_default()
+            .add(-amount, known);
+        self.players
+            .entry(to.to_string())
+            .or_default()
+            .add(amount, known);
+        self.transfers[usize::from(!known)] += 1;
     }
 
     /// An increment definitely did not apply.
@@ -101,9 +182,11 @@ impl Ledger {
     /// Adds another ledger's records.
     pub fn merge(&mut self, other: &Ledger) {
         for (player, e) in &other.players {
-            let mine = self.players.entry(player.clone()).or_default();
-            mine.acknowledged += e.acknowledged;
-            mine.unknown += e.unknown;
+            self.players.entry(player.clone()).or_default().merge(e);
+        }
+        self.total.merge(&other.total);
+        for (mine, theirs) in self.transfers.iter_mut().zip(other.transfers) {
+            *mine += theirs;
         }
         self.acknowledged_ops += other.acknowledged_ops;
         self.unknown_ops += other.unknown_ops;
@@ -122,22 +205,45 @@ impl Ledger {
             acknowledged_ops: self.acknowledged_ops,
             unknown_ops: self.unknown_ops,
             failed_ops: self.failed_ops,
+            transfers_acknowledged: self.transfers[0],
+            transfers_unknown: self.transfers[1],
+            transfers_failed: self.transfers[2],
             ..Findings::default()
         };
+        let mut total = 0i64;
         for (player, e) in &self.players {
             let Some(value) = stored(player) else {
                 findings.unreadable += 1;
                 continue;
             };
             findings.players += 1;
-            if value < e.acknowledged {
-                findings.lost += e.acknowledged - value;
+            total += value;
+            let (low, high) = (
+                e.acknowledged + e.unknown_down,
+                e.acknowledged + e.unknown_up,
+            );
+            if value < low {
+                findings.lost += low - value;
                 findings.players_with_loss += 1;
             }
-            if value > e.acknowledged + e.unknown {
-                findings.applied_twice += value - (e.acknowledged + e.unknown);
+            if value > high {
+                findings.applied_twice += value - high;
                 findings.players_with_double_applies += 1;
             }
+        }
+        if findings.unreadable == 0 {
+            let t = &self.total;
+            let (low, high) = (
+                t.acknowledged + t.unknown_down,
+                t.acknowledged + t.unknown_up,
+            );
+            findings.conservation_gap = if total < low {
+                total - low
+            } else if total > high {
+                total - high
+            } else {
+                0
+            };
         }
         findings
     }
@@ -256,6 +362,33 @@ mod tests {
         assert_eq!((f.acknowledged_ops, f.unknown_ops), (6, 2));
         let f = merged.check(|p| Some(if p == "a" { 13 } else { 2 }));
         assert_eq!(f.lost, 1);
+    }
+
+    #[test]
+    fn transfers_are_zero_sum_and_a_one_sided_one_breaks_conservation() {
+        let mut l = Ledger::default();
+        l.acknowledged("a", 100);
+        l.transfer("a", "b", 30, TransferOutcome::Acknowledged);
+        l.transfer("a", "b", 5, TransferOutcome::Unknown);
+        l.transfer("b", "a", 7, TransferOutcome::Failed);
+        // Either outcome of the unknown transfer is fine.
+        for (a, b) in [(70, 30), (65, 35)] {
+            let f = l.check(|p| Some(if p == "a" { a } else { b }));
+            assert!(f.is_exact(), "{a} {b}: {f:?}");
+        }
+        // Applied on one side only: each player is inside its window, the total is not.
+        let f = l.check(|p| Some(if p == "a" { 65 } else { 30 }));
+        assert_eq!((f.lost, f.applied_twice), (0, 0));
+        assert_eq!(f.conservation_gap, -5);
+        assert!(!f.is_exact());
+        assert_eq!(
+            (
+                f.transfers_acknowledged,
+                f.transfers_unknown,
+                f.transfers_failed
+            ),
+            (1, 1, 1)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod writers;
 pub use gateway::{
     config_for, gateway_config, with_test_gateway, TestGateway, ADMIN_TOKEN, GAME_TOKEN,
 };
-pub use ledger::{Findings, History, Ledger};
+pub use ledger::{Findings, History, Ledger, TransferOutcome};
 pub use mongo::MongoServer;
 pub use redis_server::{free_port, Profile, RedisServer};
 pub use seed::{seed_from_env, Seeded};

@@ -45,9 +45,12 @@ struct Args {
     /// Pause after each request of a session, in milliseconds.
     #[arg(long, default_value_t = 0)]
     think_ms: u64,
-    /// Operation mix, e.g. login=5,friends=30,currency=40,write=20,idle=5,return=5 (return
+    /// Operation mix, e.g. login=5,friends=30,currency=35,write=15,trade=10,idle=5,return=5 (return
     /// needs --cold-players).
-    #[arg(long, default_value = "login=5,friends=30,currency=40,write=20,idle=5")]
+    #[arg(
+        long,
+        default_value = "login=5,friends=30,currency=35,write=15,trade=10,idle=5"
+    )]
     mix: String,
     /// Requests per second over all sessions (paced); closed loop when absent.
     #[arg(long)]
@@ -151,11 +154,12 @@ async fn run() -> anyhow::Result<()> {
         args.out.display()
     );
     let c = &report.correctness;
-    if c.lost > 0 || c.applied_twice > 0 {
+    if c.lost > 0 || c.applied_twice > 0 || c.conservation_gap != 0 {
         anyhow::bail!(
-            "{} coins lost and {} applied twice",
+            "{} coins lost, {} applied twice, total off by {}",
             c.lost,
-            c.applied_twice
+            c.applied_twice,
+            c.conservation_gap
         );
     }
     if c.unreadable > 0 {
