@@ -68,7 +68,8 @@
 -- allowed under public access (the gateway's roles decide who may write whom), but instead of
 -- being written they are kept as the intent (KEYS[8]: a attempt, p primary, l lease expiry by
 -- this server's clock, v version, m 1 when it writes, w staged writes, r the reply the
--- transaction will have once applied), meta x = attempt, and the player in KEYS[9]. The
+-- transaction will have once applied; on the primary also c, q, f: the key's client, request
+-- and fingerprint), meta x = attempt, and the player in KEYS[9]. The
 -- answer is { 'PREPARED', version after the apply, 0, 0, packed reply, reads... }; a
 -- prepare repeated for the same attempt answers the same. Another attempt's intent answers
 -- LOCKED. An archived player waits for a whole restore, whatever the access. With an
@@ -423,6 +424,10 @@ if preparing then
   end
   redis.call('HSET', intent, 'a', attempt, 'p', ARGV[15], 'l', lease_end, 'v', version,
     'm', mutated and 1 or 0, 'w', staged_writes, 'r', packed)
+  if use_idem then
+    -- The primary: whoever applies it records the key in its window (apply.lua).
+    redis.call('HSET', intent, 'c', client, 'q', request, 'f', fingerprint)
+  end
   redis.call('HSET', meta, 'x', attempt)
   redis.call('ZADD', intents, lease_end, player)
   return reply_with_reads({ 'PREPARED', after, 0, 0, packed })

@@ -624,3 +624,38 @@ async fn a_game_server_trades_through_the_gateway_owning_only_its_acting_player(
     assert_eq!(state(store, me).await.0, START_GOLD - 80 + 1);
     assert_eq!(state(store, them).await.0, START_GOLD + 80);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_applied_by_resolvers_alone_is_replayed_not_applied_again() {
+    let c = cluster(100, 2000);
+    let players = players_per_shard(&c.store, "orphan", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    let txn = transfer(("orphan", 1), "o1", a, std::slice::from_ref(b), 100);
+    // The coordinator commits and dies: nothing of it is applied by the coordinator.
+    let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    assert_eq!(
+        attempt.decide(true).await.expect("decides"),
+        Decision::Commit
+    );
+    drop(attempt);
+    // Readers apply it, each on the player it meets (the primary included).
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
+    // The client, never having had an answer, sends the same key again: the primary's
+    // window remembers it, so it is a replay, not a second transfer.
+    let again = c.store.execute_multi(txn).await.expect("replays");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(
+        again
+            .participants
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>(),
+        vec![2, 2]
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
+}

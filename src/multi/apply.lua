@@ -4,18 +4,20 @@
 -- KEYS[1] {id}:meta  KEYS[2] {id}:pub  KEYS[3] {id}:priv  KEYS[4] {id}:intent
 -- KEYS[5] colony:{<slot tag>}:active  KEYS[6] colony:{<slot tag>}:dirty
 -- KEYS[7] {id}:clients  KEYS[8] colony:{<slot tag>}:intents
+-- KEYS[9] the attempt's decision record when this player is the primary (same slot), else
+--         KEYS[1] again
 -- ARGV[1] player id  ARGV[2] attempt  ARGV[3] 'c' apply (committed) or 'a' roll back
 -- ARGV[4] '1' when writes are recorded in KEYS[6] for checkpoints
--- ARGV[5] client id of the transaction's key on the primary participant, else ''
--- ARGV[6] request id  ARGV[7] fingerprint  ARGV[8] window age ms  ARGV[9] window length
--- ARGV[10] client TTL ms  ARGV[11..] every participant's packed reply, in order (primary)
+-- ARGV[5] window age ms  ARGV[6] window length  ARGV[7] client TTL ms
 --
--- Acts only while the player holds this attempt's intent (meta x). Reply: APPLIED,
--- ROLLED_BACK, ALREADY (this attempt was applied before: meta y), or NO_INTENT (the player
--- holds no intent of this attempt, and none was applied).
+-- Acts only while the player holds this attempt's intent (meta x). The primary's apply also
+-- records the transaction's key in its window with every participant's reply (from the
+-- decision record), whoever runs it — the coordinator or a resolver — so a replay of the key
+-- finds it. Reply: APPLIED, ROLLED_BACK, ALREADY (this attempt was applied before: meta y),
+-- or NO_INTENT (the player holds no intent of this attempt, and none was applied).
 
 local meta, pub, priv, intent = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local active, dirty, clients, intents = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local active, dirty, clients, intents, decision = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local player, attempt, action = ARGV[1], ARGV[2], ARGV[3]
 
 local marks = redis.call('HMGET', meta, 'x', 'y')
@@ -35,7 +37,7 @@ if action == 'a' then
   return 'ROLLED_BACK'
 end
 
-local staged = redis.call('HMGET', intent, 'm', 'w', 'v')
+local staged = redis.call('HMGET', intent, 'm', 'w', 'v', 'c', 'q', 'f')
 local now = server_now()
 local fields = { 'y', attempt }
 if staged[1] == '1' then
@@ -54,18 +56,16 @@ if staged[1] == '1' then
   if ARGV[4] == '1' then redis.call('SADD', dirty, player) end
 end
 
-local client = ARGV[5]
-if client ~= '' then
-  -- The primary remembers the transaction's key with every participant's reply, so a
-  -- replay of the key answers as the commit did.
+local client = staged[4]
+if client and decision ~= meta then
+  -- The primary remembers the transaction's key with every participant's reply.
+  local replies = redis.call('HGET', decision, 'r') or cmsgpack.pack({})
   local window_state = redis.call('HGET', meta, 'c:' .. client)
-  local replies = {}
-  for k = 11, #ARGV do replies[#replies + 1] = ARGV[k] end
-  local remembered = remember_request(meta, client, ARGV[6], window_state, tonumber(ARGV[8]),
-    tonumber(ARGV[9]), now, ARGV[7] .. cmsgpack.pack(replies))
+  local remembered = remember_request(meta, client, staged[5], window_state, tonumber(ARGV[5]),
+    tonumber(ARGV[6]), now, staged[6] .. replies)
   for _, f in ipairs(remembered) do fields[#fields + 1] = f end
   if not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
-    forget_stale_clients(meta, clients, tonumber(ARGV[10]), now)
+    forget_stale_clients(meta, clients, tonumber(ARGV[7]), now)
   end
 end
 

@@ -97,12 +97,24 @@ fn decision_of(value: &str) -> Option<Decision> {
     }
 }
 
-/// The participants a commit record names (`C` then `<length>:<player id>` each).
+/// Stops the process at `step` (`multi:after-prepare`, `multi:after-decide`,
+/// `multi:after-first-apply`, `multi:after-finish`) when built with the `failpoints` feature
+/// and the environment variable `COLONY_FAILPOINT` names it: how fault tests kill a
+/// coordinating gateway exactly between two steps. Without the feature it does nothing.
+fn failpoint(step: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("COLONY_FAILPOINT").is_ok_and(|named| named == step) {
+        tracing::error!(step, "failpoint: stopping the process");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = step;
+}
+
+/// The participants a commit record names (`<length>:<player id>` each, primary first).
 fn commit_participants(value: &str) -> Vec<PlayerId> {
     let mut out = Vec::new();
-    let Some(mut rest) = value.strip_prefix('C') else {
-        return out;
-    };
+    let mut rest = value;
     while let Some((length, tail)) = rest.split_once(':') {
         let Ok(length) = length.parse::<usize>() else {
             break;
@@ -181,8 +193,9 @@ impl Store {
     ) -> Result<Option<Decision>, Error> {
         let (shard, name) = self.shard_of(primary);
         let mut conn = self.master_connection(shard).await?;
-        let value: RedisValue = redis::cmd("GET")
+        let value: RedisValue = redis::cmd("HGET")
             .arg(decision_key(primary, attempt))
+            .arg("d")
             .query_async(&mut conn)
             .await
             .map_err(|e| call_error(&name, &e, false))?;
@@ -196,23 +209,30 @@ impl Store {
         attempt: &str,
         decision: Decision,
         participants: &[PlayerId],
+        replies: &[Vec<u8>],
     ) -> Result<Decision, Error> {
         let (shard, name) = self.shard_of(primary);
-        let mut value = match decision {
-            Decision::Commit => String::from("C"),
-            Decision::Abort => String::from("A"),
-        };
-        if decision == Decision::Commit {
-            for p in participants {
-                value.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
-            }
+        let mut listed = String::new();
+        for p in participants {
+            listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
         }
         let mut conn = self.master_connection(shard).await?;
-        let held: RedisValue = DECIDE
+        let mut invocation = DECIDE.prepare_invoke();
+        invocation
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions)
-            .arg(value)
-            .arg(ABORT_RECORD_MS)
+            .arg(match decision {
+                Decision::Commit => "C",
+                Decision::Abort => "A",
+            })
+            .arg(ABORT_RECORD_MS);
+        if decision == Decision::Commit {
+            invocation.arg(listed);
+            for reply in replies {
+                invocation.arg(reply.as_slice());
+            }
+        }
+        let held: RedisValue = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| call_error(&name, &e, true))?;
@@ -224,19 +244,24 @@ impl Store {
         Ok(held)
     }
 
-    /// Applies (a commit) or rolls back (an abort) `attempt` on `player`. `record` is the
-    /// primary's: the transaction's key, fingerprint and every participant's packed result.
+    /// Applies (a commit) or rolls back (an abort) `attempt` on `player`; `primary` says
+    /// whether it is the attempt's primary (whose apply records the key in its window).
     async fn finish_participant(
         &self,
         player: &PlayerId,
         attempt: &str,
         decision: Decision,
-        record: Option<(&MultiTransaction, &str, &[Vec<u8>])>,
+        primary: bool,
     ) -> Result<Finished, Error> {
         let (shard, name) = self.shard_of(player);
         let keys = PlayerKeys::new(player);
         let slot = SlotKeys::of_player(player);
-        let settings = &self.inner.settings;
+        let window = script::Window::of(&self.inner.settings);
+        let record = if primary {
+            decision_key(player, attempt)
+        } else {
+            keys.meta.clone()
+        };
         let mut invocation = APPLY.prepare_invoke();
         invocation
             .key(&keys.meta)
@@ -247,31 +272,17 @@ impl Store {
             .key(&slot.dirty)
             .key(&keys.clients)
             .key(&slot.intents)
+            .key(record)
             .arg(player.as_str())
             .arg(attempt)
             .arg(match decision {
                 Decision::Commit => "c",
                 Decision::Abort => "a",
             })
-            .arg(if self.inner.track_changes { "1" } else { "0" });
-        match record {
-            Some((txn, fingerprint, packed)) => {
-                let window = script::Window::of(settings);
-                invocation
-                    .arg(txn.idempotency_key.client_id())
-                    .arg(txn.idempotency_key.request_id().to_string())
-                    .arg(fingerprint)
-                    .arg(window.age_ms)
-                    .arg(window.length)
-                    .arg(window.client_ttl_ms);
-                for reply in packed {
-                    invocation.arg(reply.as_slice());
-                }
-            }
-            None => {
-                invocation.arg("").arg("").arg("").arg(0).arg(0).arg(0);
-            }
-        }
+            .arg(if self.inner.track_changes { "1" } else { "0" })
+            .arg(window.age_ms)
+            .arg(window.length)
+            .arg(window.client_ttl_ms);
         let mut conn = self.master_connection(shard).await?;
         let outcome: RedisValue = invocation
             .invoke_async(&mut conn)
@@ -322,13 +333,13 @@ impl Store {
         let decision = match self.multi_decision(&primary, &intent.attempt).await? {
             Some(decision) => decision,
             None if intent.expired => {
-                self.decide_once(&primary, &intent.attempt, Decision::Abort, &[])
+                self.decide_once(&primary, &intent.attempt, Decision::Abort, &[], &[])
                     .await?
             }
             None => return Ok(Resolution::Live),
         };
         let finished = self
-            .finish_participant(player, &intent.attempt, decision, None)
+            .finish_participant(player, &intent.attempt, decision, player == &primary)
             .await?;
         if finished == Finished::NoIntent {
             return Ok(Resolution::NotHeld);
@@ -374,8 +385,9 @@ impl Store {
             for (&slot, keys) in chunk.iter().zip(records) {
                 let index = SlotKeys::new(slot).decisions;
                 for key in keys {
-                    let value: Option<String> = redis::cmd("GET")
+                    let value: Option<String> = redis::cmd("HGET")
                         .arg(key.as_slice())
+                        .arg("p")
                         .query_async(&mut conn)
                         .await
                         .map_err(|e| call_error(&name, &e, false))?;
@@ -807,9 +819,18 @@ impl<'s> MultiAttempt<'s> {
             .map(|p| p.player.clone())
             .collect();
         let primary = self.primary().clone();
+        let replies: Vec<Vec<u8>> = self
+            .staged
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|(_, packed)| packed.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
         let held = self
             .store
-            .decide_once(&primary, &self.id, wanted, &players)
+            .decide_once(&primary, &self.id, wanted, &players, &replies)
             .await?;
         self.decision = Some(held);
         Ok(held)
@@ -822,16 +843,9 @@ impl<'s> MultiAttempt<'s> {
         let Some(decision) = self.decision else {
             return Err(Error::Internal("finish before a decision".into()));
         };
-        let packed: Vec<Vec<u8>> = self
-            .staged
-            .iter()
-            .map(|s| s.as_ref().map(|(_, p)| p.clone()).unwrap_or_default())
-            .collect();
-        let record = (&self.txn, self.fingerprint.as_str(), packed.as_slice());
         let finishes = self.txn.participants.iter().enumerate().map(|(i, p)| {
-            let record = (i == 0 && decision == Decision::Commit).then_some(record);
             self.store
-                .finish_participant(&p.player, &self.id, decision, record)
+                .finish_participant(&p.player, &self.id, decision, i == 0)
         });
         let finished = join_all(finishes).await;
         if decision == Decision::Abort {
@@ -888,7 +902,9 @@ impl<'s> MultiAttempt<'s> {
     /// Every step in order: prepare; a commit when every participant staged, else an abort;
     /// apply or roll back; forget a commit record once applied everywhere.
     pub async fn run(&mut self) -> Result<MultiCommitted, Error> {
-        let (refused, replayed) = match self.prepare().await {
+        let prepared = self.prepare().await;
+        failpoint("multi:after-prepare");
+        let (refused, replayed) = match prepared {
             PrepareOutcome::Replayed(result) => (None, Some(result)),
             PrepareOutcome::AllStaged => (None, None),
             PrepareOutcome::Refused(e) => (Some(e), None),
@@ -920,7 +936,20 @@ impl<'s> MultiAttempt<'s> {
                 }
             }
         };
+        failpoint("multi:after-decide");
+        #[cfg(feature = "failpoints")]
+        if std::env::var("COLONY_FAILPOINT").is_ok_and(|named| named == "multi:after-first-apply") {
+            // Applies the primary alone, then stops: a coordinator that died half-way through
+            // the applies.
+            let first = &self.txn.participants[0].player;
+            let _ = self
+                .store
+                .finish_participant(first, &self.id, decided, true)
+                .await;
+            failpoint("multi:after-first-apply");
+        }
         let result = self.finish().await;
+        failpoint("multi:after-finish");
         match (decided, &result) {
             (Decision::Commit, Ok(_)) => {
                 // Forgetting the record is housekeeping (the sweep does it otherwise): the

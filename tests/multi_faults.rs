@@ -1,0 +1,259 @@
+//! A coordinating gateway killed mid-trade, at every step (RELIABILITY.md scenario 8): the
+//! gateway binary, built with failpoints, stops itself (abort) exactly after the named step of
+//! a multi-player transaction. Afterwards the trade is applied on every participant or on none,
+//! the currency is conserved, no intent is left once the lease has passed and the sweep ran,
+//! and the client's retry with the same key settles the outcome without applying it twice.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use colony::client::{Client, ClientConfig};
+use colony::shard_map::ShardIndex;
+use colony::{
+    Access, Config, Envelope, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
+    PlayerId, Store, Transaction, Value, Visibility,
+};
+use colony_testkit::{free_port, RedisServer, ADMIN_TOKEN};
+use tokio::net::TcpStream;
+
+const LEASE_MS: u64 = 300;
+const START: i64 = 1000;
+
+fn gold(delta: i64) -> Operation {
+    Operation::IncrementCounter {
+        name: Name::new("gold").expect("valid"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: Visibility::Private,
+    }
+}
+
+fn shards_toml(servers: &[RedisServer]) -> String {
+    let mut text = String::new();
+    for (i, s) in servers.iter().enumerate() {
+        text.push_str(&format!(
+            "[[shards]]\nname = \"s{i}\"\nmaster = \"{}\"\n",
+            s.address()
+        ));
+    }
+    text.push_str(&format!(
+        "[redis]\nintent_lease_ms = {LEASE_MS}\nretry_deadline_ms = 500\n"
+    ));
+    text
+}
+
+/// The gateway binary, stopping itself at `failpoint`.
+struct Gateway {
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    async fn start(servers: &[RedisServer], failpoint: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, admin) = (free_port().expect("port"), free_port().expect("port"));
+        let config = format!(
+            "{}\n[gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             tokens = [ {{ name = \"admin\", token = \"{ADMIN_TOKEN}\", role = \"admin\" }} ]\n",
+            shards_toml(servers)
+        )
+        .replace("[redis]", "\n[redis]");
+        let path = dir.path().join("colony.toml");
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .expect("writes the config");
+        let child = Command::new(env!("CARGO_BIN_EXE_colony-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--log")
+            .arg("error")
+            .env("COLONY_FAILPOINT", failpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gateway starts");
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(address).await.is_err() {
+            assert!(Instant::now() < deadline, "the gateway never listened");
+            // Polling interval of a condition wait with a deadline.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Gateway {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects")
+}
+
+/// Whether the players' intents (if any) have leases that passed by their shards' clocks.
+async fn leases_passed(servers: &[RedisServer], players: [&PlayerId; 2]) -> bool {
+    for (server, player) in servers.iter().zip(players) {
+        let mut conn = raw(server).await;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("time");
+        let lease: Option<u64> = redis::cmd("HGET")
+            .arg(colony::keys::PlayerKeys::new(player).intent)
+            .arg("l")
+            .query_async(&mut conn)
+            .await
+            .expect("hget");
+        if lease.is_some_and(|l| l > secs * 1000 + micros / 1000) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn coins(store: &Store, player: &PlayerId) -> i64 {
+    let c = store
+        .get_player(player.clone(), Access::Owner)
+        .await
+        .expect("owner read");
+    c.reads[0]
+        .entries
+        .iter()
+        .find_map(|e| match (&e.value, e.name.as_str()) {
+            (Value::Counter(n), "gold") => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_after_any_step_of_a_trade_leaves_it_whole_or_undone() {
+    let servers: Vec<RedisServer> = (0..2)
+        .map(|_| RedisServer::start().expect("redis starts"))
+        .collect();
+    let config = Config::from_toml(&shards_toml(&servers), []).expect("valid");
+    let store = Store::new(&config).expect("store");
+    // One player on each shard.
+    let mut on: Vec<Option<PlayerId>> = vec![None, None];
+    for i in 0.. {
+        let p = PlayerId::new(format!("kill-{i}")).expect("valid");
+        let shard = store.shard_map().shard_for_player(&p).0;
+        on[shard].get_or_insert(p);
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let (giver, taker) = (on[0].clone().expect("one"), on[1].clone().expect("one"));
+    for p in [&giver, &taker] {
+        let txn = Transaction::owner(
+            p.clone(),
+            Some(IdempotencyKey::new("setup", 1).expect("valid")),
+        )
+        .with(gold(START));
+        store.execute(txn).await.expect("created");
+    }
+
+    let steps = [
+        ("multi:after-prepare", false),
+        ("multi:after-decide", true),
+        ("multi:after-first-apply", true),
+        ("multi:after-finish", true),
+    ];
+    let mut moved = 0;
+    for (n, (step, commits)) in steps.into_iter().enumerate() {
+        let gateway = Gateway::start(&servers, step).await;
+        let mut client_config = ClientConfig::new(gateway.address.to_string(), ADMIN_TOKEN);
+        client_config.request_deadline = Duration::from_secs(2);
+        let client = Client::connect(client_config).await.expect("connects");
+        let trade =
+            MultiTransaction::new(IdempotencyKey::new("killed", n as u64 + 1).expect("valid"))
+                .with(Participant::owner(giver.clone()).with(gold(-10)))
+                .with(Participant::owner(taker.clone()).with(gold(10)));
+        let answer = client.execute_multi(Envelope::from(trade.clone())).await;
+        // The gateway died after the step: the client cannot know the outcome.
+        assert!(
+            matches!(&answer, Err(e) if e.is_retryable()),
+            "{step}: {answer:?}"
+        );
+        let status = tokio::task::spawn_blocking({
+            let mut gateway = gateway;
+            move || {
+                let status = gateway.child.wait().expect("waits");
+                drop(gateway);
+                status
+            }
+        })
+        .await
+        .expect("joins");
+        assert!(
+            !status.success(),
+            "{step}: the gateway stopped at its failpoint"
+        );
+
+        // The lease passes (by the shards' clocks); then one sweep per shard finishes what
+        // the gateway left, and neither player holds an intent.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !leases_passed(&servers, [&giver, &taker]).await {
+            assert!(Instant::now() < deadline, "{step}: the lease never passed");
+            // Polling interval of a condition wait with a deadline (the lease is 300 ms).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for shard in 0..2 {
+            store.sweep(ShardIndex(shard)).await.expect("sweeps");
+        }
+        for (server, player) in servers.iter().zip([&giver, &taker]) {
+            let mut conn = raw(server).await;
+            let held: bool = redis::cmd("HEXISTS")
+                .arg(colony::keys::PlayerKeys::new(player).meta)
+                .arg("x")
+                .query_async(&mut conn)
+                .await
+                .expect("hexists");
+            assert!(
+                !held,
+                "{step}: {player:?} still holds an intent after the sweep"
+            );
+        }
+        let (g, t) = (coins(&store, &giver).await, coins(&store, &taker).await);
+        assert_eq!(g + t, 2 * START, "{step}: currency not conserved");
+        let applied = g == START - moved - 10;
+        assert_eq!(
+            applied, commits,
+            "{step}: gold {g}/{t}, moved before {moved}"
+        );
+        assert!(
+            applied || g == START - moved,
+            "{step}: applied on one side only: {g}/{t}"
+        );
+        if commits {
+            moved += 10;
+        }
+
+        // The client retries the same key: a committed trade replays, an aborted one runs
+        // now — never twice.
+        let retried = store.execute_multi(trade).await.expect("settles");
+        if commits {
+            assert!(retried.replayed, "{step}: {retried:?}");
+        } else {
+            moved += 10;
+        }
+        assert_eq!(coins(&store, &giver).await, START - moved, "{step}");
+        assert_eq!(coins(&store, &taker).await, START + moved, "{step}");
+    }
+}
