@@ -111,6 +111,42 @@ fn failpoint(step: &str) {
     let _ = step;
 }
 
+/// The server's clock, in ms.
+async fn server_ms(
+    conn: &mut redis::aio::MultiplexedConnection,
+    shard: &str,
+) -> Result<u64, Error> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .map_err(|e| call_error(shard, &e, false))?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// Up to 1000 members of each of `slots`' sorted sets (`key` names it) scored at most `upto`,
+/// in one pipelined round trip; one list per slot, in order.
+async fn scored_up_to(
+    conn: &mut redis::aio::MultiplexedConnection,
+    shard: &str,
+    slots: &[crate::slot::Slot],
+    key: impl Fn(crate::slot::Slot) -> String,
+    upto: u64,
+) -> Result<Vec<Vec<Vec<u8>>>, Error> {
+    let mut pipe = redis::pipe();
+    for &slot in slots {
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(key(slot))
+            .arg("-inf")
+            .arg(upto)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1000);
+    }
+    pipe.query_async(conn)
+        .await
+        .map_err(|e| call_error(shard, &e, false))
+}
+
 /// The participants a commit record names (`<length>:<player id>` each, primary first).
 fn commit_participants(value: &str) -> Vec<PlayerId> {
     let mut out = Vec::new();
@@ -361,27 +397,19 @@ impl Store {
     async fn sweep_decisions(&self, shard: ShardIndex) -> Result<u64, Error> {
         let name = self.inner.shards[shard.0].name.clone();
         let mut conn = self.master_connection(shard).await?;
-        let now: (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| call_error(&name, &e, false))?;
-        let old = (now.0 * 1000 + now.1 / 1000).saturating_sub(self.inner.settings.intent_lease_ms);
+        let old = server_ms(&mut conn, &name)
+            .await?
+            .saturating_sub(self.inner.settings.intent_lease_ms);
         let mut forgotten = 0;
         for chunk in self.inner.map.slots_of(shard).chunks(512) {
-            let mut pipe = redis::pipe();
-            for &slot in chunk {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(SlotKeys::new(slot).decisions)
-                    .arg("-inf")
-                    .arg(old)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(1000);
-            }
-            let records: Vec<Vec<Vec<u8>>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| call_error(&name, &e, false))?;
+            let records = scored_up_to(
+                &mut conn,
+                &name,
+                chunk,
+                |slot| SlotKeys::new(slot).decisions,
+                old,
+            )
+            .await?;
             for (&slot, keys) in chunk.iter().zip(records) {
                 let index = SlotKeys::new(slot).decisions;
                 for key in keys {
@@ -434,30 +462,20 @@ impl Store {
     pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<u64, Error> {
         let name = self.inner.shards[shard.0].name.clone();
         let mut conn = self.master_connection(shard).await?;
-        let now: (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| call_error(&name, &e, false))?;
-        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let now_ms = server_ms(&mut conn, &name).await?;
         let slots = self.inner.map.slots_of(shard);
         let mut finished = 0;
         for chunk in slots.chunks(512) {
-            let mut pipe = redis::pipe();
-            for &slot in chunk {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(SlotKeys::new(slot).intents)
-                    .arg("-inf")
-                    .arg(now_ms)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(1000);
-            }
-            let expired: Vec<Vec<String>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| call_error(&name, &e, false))?;
+            let expired = scored_up_to(
+                &mut conn,
+                &name,
+                chunk,
+                |slot| SlotKeys::new(slot).intents,
+                now_ms,
+            )
+            .await?;
             for id in expired.into_iter().flatten() {
-                let Ok(player) = PlayerId::new(id) else {
+                let Ok(player) = PlayerId::new(String::from_utf8_lossy(&id).into_owned()) else {
                     continue;
                 };
                 let held: (Option<String>, Option<String>) = redis::cmd("HMGET")
