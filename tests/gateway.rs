@@ -884,3 +884,67 @@ async fn a_closed_client_ends_its_connection_and_refuses_further_calls() {
     .await;
     assert!(gone, "{}", gw.gateway.metrics().render());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_batch_items_answer_in_their_own_kind_and_store_nothing() {
+    let servers = common::servers(1);
+    let gw = start(&servers).await;
+    let before = digest(&servers[0]).await;
+    let mut raw = Raw::authenticated(&gw, ADMIN_TOKEN).await;
+    let participant = |id: &str| pb::Participant {
+        player_id: id.into(),
+        access: pb::Access::Owner.into(),
+        operations: vec![pb::Operation {
+            op: Some(pb::operation::Op::Read(pb::ReadFields { names: vec![] })),
+        }],
+    };
+    let items = vec![
+        // No idempotency key.
+        pb::BatchItem {
+            item: Some(pb::batch_item::Item::Multi(pb::MultiTransaction {
+                participants: vec![participant("a"), participant("b")],
+                ..Default::default()
+            })),
+        },
+        // A player id no player may have.
+        pb::BatchItem {
+            item: Some(pb::batch_item::Item::Multi(pb::MultiTransaction {
+                idempotency_key: Some(pb::IdempotencyKey {
+                    client_id: "c".into(),
+                    request_id: 1,
+                }),
+                participants: vec![participant("a"), participant("}b")],
+                acting_player_id: String::new(),
+            })),
+        },
+        // Neither kind.
+        pb::BatchItem { item: None },
+    ];
+    raw.send(&pb::ClientFrame {
+        request_id: 9,
+        body: Some(pb::client_frame::Body::Batch(pb::Batch {
+            items,
+            ..Default::default()
+        })),
+    })
+    .await;
+    let answer = match raw.recv().await.and_then(|f| f.body) {
+        Some(pb::server_frame::Body::Batch(b)) => b.items,
+        other => panic!("expected a batch answer, got {other:?}"),
+    };
+    use pb::batch_item_result::Item as Kind;
+    let invalid = pb::Code::Invalid as i32;
+    assert!(
+        matches!(&answer[0].item, Some(Kind::Multi(r)) if r.code == invalid && r.failed_participant == 0),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(&answer[1].item, Some(Kind::Multi(r)) if r.code == invalid && r.failed_participant == 2),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(&answer[2].item, Some(Kind::Transaction(r)) if r.code == invalid),
+        "{answer:?}"
+    );
+    assert_eq!(digest(&servers[0]).await, before);
+}

@@ -149,6 +149,7 @@ async fn handle_items(
     let mut slots = Vec::with_capacity(items.len());
     let (mut singles, mut multis) = (Vec::new(), Vec::new());
     for item in items {
+        let multi = matches!(item.item, Some(pb::batch_item::Item::Multi(_)));
         match wire::item_from_pb(item) {
             Ok(Item::Single(envelope)) => {
                 match auth::authorize_envelope(principal.role, &envelope) {
@@ -170,7 +171,8 @@ async fn handle_items(
                     Err(e) => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
                 }
             }
-            // A malformed multi-player item answers as one, so the client can tell.
+            // A malformed item answers in its own kind, so the client can tell.
+            Err(e) if multi => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
             Err(e) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
         }
     }
