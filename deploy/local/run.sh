@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts a local Colony cluster on this machine: three Redis shards, each a master with one
-# replica in the safe profile (deploy/redis/redis-safe.conf), three Sentinels watching every
+# Starts a local Colony cluster on this machine: three Redis shards, each a master with two
+# replicas in the safe profile (deploy/redis/redis-safe.conf: a master takes writes only while
+# a replica is in sync, so with two the promoted master of a failover keeps one and writes go
+# on; with one they stop until the old master rejoins), three Sentinels watching every
 # shard (deploy/redis/sentinel.conf), a MongoDB-wire server (SecantusDB, data in the
 # cluster's directory), the gateway(s) with their admin HTTP endpoints (masters found through
 # the Sentinels, writes acknowledged once a replica has them), and the archiver (players idle
@@ -18,7 +20,8 @@
 # chaos mode uses to start a killed process again: <name>.start starts it in the background
 # with its arguments added, <name>.pid holds its process id (see loadtest/src/control.rs).
 #
-# Environment: COLONY_LOCAL_BASE_PORT (default 7000): Redis uses BASE..BASE+2*SHARDS-1, the
+# Environment: COLONY_LOCAL_REPLICAS (replicas per shard, default 2), COLONY_LOCAL_BASE_PORT
+# (default 7000): shard i's Redis servers use BASE+(REPLICAS+1)*i onwards (master first), the
 # Sentinels BASE+100..BASE+102, SecantusDB BASE+300, gateway g BASE+400+10g and its admin
 # endpoint BASE+401+10g, the archiver's admin endpoint BASE+402. COLONY_LOCAL_SHARDS
 # (default 3), COLONY_LOCAL_GATEWAYS (default 1, 2 with --chaos), COLONY_LOCAL_IDLE_SECS
@@ -50,6 +53,8 @@ tools=${COLONY_TOOLS_DIR:-$HOME/.cache/colony}
 
 base=${COLONY_LOCAL_BASE_PORT:-7000}
 shards=${COLONY_LOCAL_SHARDS:-3}
+replicas=${COLONY_LOCAL_REPLICAS:-2}
+per_shard=$((replicas + 1))
 if [ "$mode" = --chaos ]; then default_gateways=2; else default_gateways=1; fi
 if [ "$mode" = up ]; then default_idle=60; else default_idle=10; fi
 gateways=${COLONY_LOCAL_GATEWAYS:-$default_gateways}
@@ -200,13 +205,16 @@ launch "mongodb-$mongo_port" "$dir/secantusd.log" "$tools/secantus/bin/secantusd
   --log-level WARNING
 
 for ((i = 0; i < shards; i++)); do
-  master=$((base + 2 * i))
-  replica=$((master + 1))
+  master=$((base + per_shard * i))
   start_redis "$master"
-  start_redis "$replica" --replicaof 127.0.0.1 "$master"
-  # In the safe profile a master takes writes only once its replica is in sync.
-  wait_synced "$replica"
-  echo "shard-$i: master 127.0.0.1:$master, replica 127.0.0.1:$replica"
+  listed=""
+  for ((r = 1; r <= replicas; r++)); do
+    start_redis $((master + r)) --replicaof 127.0.0.1 "$master"
+    listed+="${listed:+, }127.0.0.1:$((master + r))"
+  done
+  # In the safe profile a master takes writes only once a replica is in sync.
+  for ((r = 1; r <= replicas; r++)); do wait_synced $((master + r)); done
+  echo "shard-$i: master 127.0.0.1:$master, replicas $listed"
 done
 
 sentinel_addresses=""
@@ -217,7 +225,7 @@ for ((s = 0; s < 3; s++)); do
   file="$dir/sentinel-$port/sentinel.conf"
   render_sentinel "$port" shard-0 "$base" >"$file"
   for ((i = 1; i < shards; i++)); do
-    render_sentinel "$port" "shard-$i" $((base + 2 * i)) lines-only >>"$file"
+    render_sentinel "$port" "shard-$i" $((base + per_shard * i)) lines-only >>"$file"
   done
   launch "sentinel-$port" "$dir/sentinel-$port/out.log" redis-sentinel "$file" \
     --logfile "$dir/sentinel-$port/sentinel.log"
@@ -231,7 +239,11 @@ for ((i = 0; i < shards; i++)); do
     echo "[[shards]]"
     echo "name = \"shard-$i\""
     echo "sentinel = { master_name = \"shard-$i\", addresses = [$sentinel_addresses] }"
-    echo "replicas = [\"127.0.0.1:$((base + 2 * i + 1))\"]"
+    listed=""
+    for ((r = 1; r <= replicas; r++)); do
+      listed+="${listed:+, }\"127.0.0.1:$((base + per_shard * i + r))\""
+    done
+    echo "replicas = [$listed]"
   } >>"$config"
 done
 

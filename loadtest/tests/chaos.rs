@@ -70,7 +70,9 @@ fn serve(process: &str) {
 
 /// Ports the launcher uses for one shard and two gateways, from `base`.
 fn ports(base: u16) -> Vec<u16> {
-    let offsets = [0, 1, 100, 101, 102, 300, 400, 401, 402, 410, 411];
+    // One shard: a master and two replicas; three Sentinels; MongoDB; two gateways and their
+    // admin ports; the archiver's admin port.
+    let offsets = [0, 1, 2, 100, 101, 102, 300, 400, 401, 402, 410, 411];
     offsets.iter().map(|o| base + o).collect()
 }
 
