@@ -1,5 +1,5 @@
 //! Chaos mode end to end, through the real launcher: `deploy/local/run.sh` starts a one-shard
-//! local cluster (master + replica in the safe profile, three Sentinels, SecantusDB on disk,
+//! local cluster (a master and two replicas in the safe profile, three Sentinels, SecantusDB on disk,
 //! two gateways, the archiver); the load test injects every kind of fault through the
 //! cluster's control directory while traffic runs. Every fault must be injected and
 //! recovered from, nothing acknowledged may be lost or applied twice, and stopping the
@@ -326,8 +326,8 @@ fn chaos_through_the_local_cluster() {
         .collect();
     assert_eq!(
         pids.len(),
-        9,
-        "2 redis, 3 sentinels, mongodb, 2 gateways, archiver"
+        10,
+        "3 redis (a master, two replicas), 3 sentinels, mongodb, 2 gateways, archiver"
     );
     assert!(launcher.stop(), "the launcher did not stop");
     for pid in &pids {
