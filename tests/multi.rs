@@ -712,3 +712,63 @@ async fn many_trades_over_few_players_all_finish() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the_sweep() {
+    use colony::store::multi::Swept;
+    let mut c = cluster(100, 200);
+    let players = players_per_shard(&c.store, "stuck", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    let txn = transfer(("stuck", 1), "s1", a, std::slice::from_ref(b), 10);
+    let mut attempt = MultiAttempt::new(&c.store, txn).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    drop(attempt);
+    // The primary's shard goes down: b's intent cannot be decided, so it waits.
+    c.servers[0].kill().expect("kill shard 0");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let swept = loop {
+        let swept = c
+            .store
+            .sweep_intents(ShardIndex(1))
+            .await
+            .expect("shard 1 answers");
+        if swept.unresolved > 0 || tokio::time::Instant::now() > deadline {
+            break swept;
+        }
+        // Polling interval of a condition wait with a deadline (the lease is 100 ms).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        swept,
+        Swept {
+            finished: 0,
+            unresolved: 1
+        }
+    );
+    // Back (empty: the plain profile keeps nothing): no decision exists, so the sweep aborts
+    // the attempt and b is free again.
+    c.servers[0].start_again(&[]).expect("shard 0 back");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let swept = c.store.sweep_intents(ShardIndex(1)).await;
+        if matches!(
+            swept,
+            Ok(Swept {
+                finished: 1,
+                unresolved: 0
+            })
+        ) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the intent was never resolved: {swept:?}"
+        );
+        // Polling interval of a condition wait with a deadline (shard 0's breaker cools down).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state(&c.store, b).await.0, START_GOLD);
+    assert!(intents_left(&c).await.is_empty());
+}

@@ -61,6 +61,9 @@ pub struct ArchiverMetrics {
     pub checkpointed: Counter,
     /// Intents of multi-player transactions the sweep finished (their coordinator stopped).
     pub intents_resolved: Counter,
+    /// Expired intents the last sweep of each shard could not resolve (their decision could
+    /// not be read or written): players locked past their lease.
+    pub intents_unresolved: Family<ShardLabels, Gauge>,
     /// Inactive players still in Redis, per shard, at the last pass.
     pub backlog: Family<ShardLabels, Gauge>,
     /// Passes that stopped on a shard's error, per shard and kind of pass.
@@ -115,6 +118,12 @@ impl ArchiverMetrics {
             "Intents of multi-player transactions the sweep applied or rolled back after their coordinator stopped",
             intents_resolved.clone(),
         );
+        let intents_unresolved = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "intents_unresolved",
+            "Expired intents the last sweep of the shard could not resolve: players locked past their lease, usually because a primary's shard refuses writes",
+            intents_unresolved.clone(),
+        );
         let backlog = Family::<ShardLabels, Gauge>::default();
         registry.register(
             "backlog",
@@ -142,6 +151,7 @@ impl ArchiverMetrics {
             restore_seconds,
             checkpointed,
             intents_resolved,
+            intents_unresolved,
             backlog,
             shard_failures,
             last_pass,
@@ -166,7 +176,16 @@ impl ArchiverMetrics {
         *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
     }
 
-    /// Counts a pass that stopped on `shard`'s error; `pass` is archive or checkpoint.
+    /// Records how many expired intents the last sweep of `shard` could not resolve.
+    pub fn intents_unresolved(&self, shard: &str, count: u64) {
+        self.intents_unresolved
+            .get_or_create(&ShardLabels {
+                shard: shard.to_string(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a pass that stopped on `shard`'s error; `pass` is archive, checkpoint or sweep.
     pub fn shard_failure(&self, shard: &str, pass: &'static str) {
         self.shard_failures
             .get_or_create(&ShardPassLabels {

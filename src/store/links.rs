@@ -204,6 +204,11 @@ impl ShardLinks {
         );
     }
 
+    /// Makes every connection of the shard stale, whatever its generation.
+    pub(super) fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// A current connection, opening one (and finding the master) if the chosen slot has none.
     pub(super) async fn get(&self) -> Result<Link, Error> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();

@@ -67,6 +67,15 @@ pub enum Finished {
     NoIntent,
 }
 
+/// What one sweep of a shard did with the intents whose lease had passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Applied or rolled back by their decision.
+    pub finished: u64,
+    /// Left for the next sweep: their decision could not be read or written now.
+    pub unresolved: u64,
+}
+
 /// What the resolver did with an intent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
@@ -113,21 +122,23 @@ fn failpoint(step: &str) {
 
 /// The server's clock, in ms.
 async fn server_ms(
+    store: &Store,
     conn: &mut redis::aio::MultiplexedConnection,
-    shard: &str,
+    shard: ShardIndex,
 ) -> Result<u64, Error> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME")
         .query_async(conn)
         .await
-        .map_err(|e| call_error(shard, &e, false))?;
+        .map_err(|e| store.call_failed(shard, &e, false))?;
     Ok(secs * 1000 + micros / 1000)
 }
 
 /// Up to 1000 members of each of `slots`' sorted sets (`key` names it) scored at most `upto`,
 /// in one pipelined round trip; one list per slot, in order.
 async fn scored_up_to(
+    store: &Store,
     conn: &mut redis::aio::MultiplexedConnection,
-    shard: &str,
+    shard: ShardIndex,
     slots: &[crate::slot::Slot],
     key: impl Fn(crate::slot::Slot) -> String,
     upto: u64,
@@ -144,7 +155,7 @@ async fn scored_up_to(
     }
     pipe.query_async(conn)
         .await
-        .map_err(|e| call_error(shard, &e, false))
+        .map_err(|e| store.call_failed(shard, &e, false))
 }
 
 /// The participants a commit record names (`<length>:<player id>` each, primary first).
@@ -190,6 +201,18 @@ fn call_error(shard: &str, e: &redis::RedisError, sent: bool) -> Error {
 }
 
 impl Store {
+    /// A failed call to `shard`, classified ([`call_error`]); a failure of the connection
+    /// itself, or a master that moved on, makes every connection of the shard stale, so the
+    /// next call finds the master again (as a failed pipeline does).
+    fn call_failed(&self, shard: ShardIndex, e: &redis::RedisError, sent: bool) -> Error {
+        let links = &self.inner.shards[shard.0];
+        let moved_on = matches!(e.code(), Some("READONLY" | "NOREPLICAS" | "MASTERDOWN"));
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || moved_on {
+            links.invalidate_all();
+        }
+        call_error(&links.name, e, sent)
+    }
+
     /// The shard of `player` and its name.
     fn shard_of(&self, player: &PlayerId) -> (ShardIndex, String) {
         let shard = self.inner.map.shard_for_player(player);
@@ -227,14 +250,14 @@ impl Store {
         primary: &PlayerId,
         attempt: &str,
     ) -> Result<Option<Decision>, Error> {
-        let (shard, name) = self.shard_of(primary);
+        let shard = self.inner.map.shard_for_player(primary);
         let mut conn = self.master_connection(shard).await?;
         let value: RedisValue = redis::cmd("HGET")
             .arg(decision_key(primary, attempt))
             .arg("d")
             .query_async(&mut conn)
             .await
-            .map_err(|e| call_error(&name, &e, false))?;
+            .map_err(|e| self.call_failed(shard, &e, false))?;
         Ok(text(&value).as_deref().and_then(decision_of))
     }
 
@@ -247,7 +270,7 @@ impl Store {
         participants: &[PlayerId],
         replies: &[Vec<u8>],
     ) -> Result<Decision, Error> {
-        let (shard, name) = self.shard_of(primary);
+        let shard = self.inner.map.shard_for_player(primary);
         let mut listed = String::new();
         for p in participants {
             listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
@@ -271,7 +294,7 @@ impl Store {
         let held: RedisValue = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| call_error(&name, &e, true))?;
+            .map_err(|e| self.call_failed(shard, &e, true))?;
         let held = text(&held)
             .as_deref()
             .and_then(decision_of)
@@ -289,7 +312,7 @@ impl Store {
         decision: Decision,
         primary: bool,
     ) -> Result<Finished, Error> {
-        let (shard, name) = self.shard_of(player);
+        let shard = self.inner.map.shard_for_player(player);
         let keys = PlayerKeys::new(player);
         let slot = SlotKeys::of_player(player);
         let window = script::Window::of(&self.inner.settings);
@@ -323,7 +346,7 @@ impl Store {
         let outcome: RedisValue = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| call_error(&name, &e, true))?;
+            .map_err(|e| self.call_failed(shard, &e, true))?;
         let finished = match text(&outcome).as_deref() {
             Some("APPLIED") => Finished::Applied,
             Some("ROLLED_BACK") => Finished::RolledBack,
@@ -344,14 +367,14 @@ impl Store {
     /// Forgets the commit record of `attempt` (primary `primary`): only once every
     /// participant was applied.
     async fn forget_decision(&self, primary: &PlayerId, attempt: &str) -> Result<(), Error> {
-        let (shard, name) = self.shard_of(primary);
+        let shard = self.inner.map.shard_for_player(primary);
         let mut conn = self.master_connection(shard).await?;
         let _: RedisValue = FORGET
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| call_error(&name, &e, true))?;
+            .map_err(|e| self.call_failed(shard, &e, true))?;
         Ok(())
     }
 
@@ -386,25 +409,25 @@ impl Store {
     /// The sweep of one shard: resolves every intent whose lease has passed, then forgets
     /// the commit records older than a lease whose participants were all applied (applying
     /// any that were not). Returns how many intents it finished.
-    pub async fn sweep(&self, shard: ShardIndex) -> Result<u64, Error> {
-        let finished = self.sweep_intents(shard).await?;
+    pub async fn sweep(&self, shard: ShardIndex) -> Result<Swept, Error> {
+        let swept = self.sweep_intents(shard).await?;
         self.sweep_decisions(shard).await?;
-        Ok(finished)
+        Ok(swept)
     }
 
     /// Commit records of `shard`'s primaries older than a lease: each participant still
     /// holding the attempt's intent is applied, then the record is forgotten.
     async fn sweep_decisions(&self, shard: ShardIndex) -> Result<u64, Error> {
-        let name = self.inner.shards[shard.0].name.clone();
         let mut conn = self.master_connection(shard).await?;
-        let old = server_ms(&mut conn, &name)
+        let old = server_ms(self, &mut conn, shard)
             .await?
             .saturating_sub(self.inner.settings.intent_lease_ms);
         let mut forgotten = 0;
         for chunk in self.inner.map.slots_of(shard).chunks(512) {
             let records = scored_up_to(
+                self,
                 &mut conn,
-                &name,
+                shard,
                 chunk,
                 |slot| SlotKeys::new(slot).decisions,
                 old,
@@ -418,7 +441,7 @@ impl Store {
                         .arg("p")
                         .query_async(&mut conn)
                         .await
-                        .map_err(|e| call_error(&name, &e, false))?;
+                        .map_err(|e| self.call_failed(shard, &e, false))?;
                     let attempt = String::from_utf8_lossy(&key)
                         .rsplit(":decision:")
                         .next()
@@ -448,7 +471,7 @@ impl Store {
                             .key(&index)
                             .invoke_async(&mut conn)
                             .await
-                            .map_err(|e| call_error(&name, &e, true))?;
+                            .map_err(|e| self.call_failed(shard, &e, true))?;
                         forgotten += 1;
                     }
                 }
@@ -458,17 +481,19 @@ impl Store {
     }
 
     /// Resolves every intent of `shard` whose lease has passed (by the shard's clock), slot
-    /// by slot. Returns how many it finished.
-    pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<u64, Error> {
+    /// by slot. An intent that cannot be resolved now (its primary's shard refuses writes,
+    /// say) is counted and left for the next sweep; the others go on.
+    pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<Swept, Error> {
         let name = self.inner.shards[shard.0].name.clone();
         let mut conn = self.master_connection(shard).await?;
-        let now_ms = server_ms(&mut conn, &name).await?;
+        let now_ms = server_ms(self, &mut conn, shard).await?;
         let slots = self.inner.map.slots_of(shard);
-        let mut finished = 0;
+        let (mut finished, mut unresolved) = (0, 0);
         for chunk in slots.chunks(512) {
             let expired = scored_up_to(
+                self,
                 &mut conn,
-                &name,
+                shard,
                 chunk,
                 |slot| SlotKeys::new(slot).intents,
                 now_ms,
@@ -484,7 +509,7 @@ impl Store {
                     .arg("p")
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| call_error(&name, &e, false))?;
+                    .map_err(|e| self.call_failed(shard, &e, false))?;
                 let (Some(attempt), Some(primary)) = held else {
                     // The set names a player whose intent is gone: drop the stale entry.
                     let _: Result<i64, _> = redis::cmd("ZREM")
@@ -499,12 +524,22 @@ impl Store {
                     primary,
                     expired: true,
                 };
-                if let Resolution::Finished(..) = self.resolve_intent(&player, &intent).await? {
-                    finished += 1;
+                match self.resolve_intent(&player, &intent).await {
+                    Ok(Resolution::Finished(..)) => finished += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if unresolved == 0 {
+                            tracing::warn!(shard = %name, player = %player.as_str(), error = %e, "cannot resolve an expired intent yet");
+                        }
+                        unresolved += 1;
+                    }
                 }
             }
         }
-        Ok(finished)
+        Ok(Swept {
+            finished,
+            unresolved,
+        })
     }
 
     /// Turns what the script answered transactions on their own into results, settling the
@@ -703,7 +738,6 @@ impl<'s> MultiAttempt<'s> {
             let bounds = &bounds;
             let primary = &primary;
             async move {
-                let name = store.inner.shards[shard.0].name.clone();
                 let conn = match store.master_connection(shard).await {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -723,7 +757,6 @@ impl<'s> MultiAttempt<'s> {
                     };
                     let invocation = script::encode_prepare(participant, &prepare, bounds);
                     let mut conn = conn.clone();
-                    let name = name.clone();
                     async move {
                         let mut cmd = redis::cmd("EVALSHA");
                         cmd.arg(script::SCRIPT.get_hash()).arg(invocation.keys.len());
@@ -752,7 +785,7 @@ impl<'s> MultiAttempt<'s> {
                                 &txn.participants,
                                 &reply,
                             ),
-                            Err(e) => Err(call_error(&name, &e, true)),
+                            Err(e) => Err(store.call_failed(shard, &e, true)),
                         };
                         (i, outcome)
                     }

@@ -323,10 +323,13 @@ impl Archiver {
             .map(|shard| async move { (shard, self.store.sweep(shard).await) });
         let mut resolved = 0;
         for (shard, outcome) in join_all(sweeps).await {
+            let name = self.shard_name(shard);
             match outcome {
-                Ok(n) => resolved += n,
+                Ok(swept) => {
+                    resolved += swept.finished;
+                    self.metrics.intents_unresolved(&name, swept.unresolved);
+                }
                 Err(e) => {
-                    let name = self.shard_name(shard);
                     tracing::warn!(shard = %name, error = %e, "sweep failed on this shard; the other shards went on");
                     self.metrics.shard_failure(&name, "sweep");
                 }
