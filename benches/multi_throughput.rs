@@ -8,6 +8,10 @@
 //! its bound. Callers pick disjoint players, so the figures measure the protocol, not
 //! contention (the interleaving tests cover contention).
 //!
+//! Then the same two (single-player and 2-participant) through a gateway in process, over
+//! loopback TCP, with the Rust client (one connection, requests pipelined), as the ratio a
+//! game server sees.
+//!
 //! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N]` (defaults 3, 4).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -190,4 +194,54 @@ async fn main() {
         );
     }
     println!("retries taken by the store: {}", store.retries());
+
+    // Through the gateway.
+    let gateway = colony_testkit::TestGateway::start(&colony_testkit::with_test_gateway(config))
+        .await
+        .unwrap();
+    let client = Arc::new(
+        colony::client::Client::connect(colony::client::ClientConfig::new(
+            gateway.address.to_string(),
+            colony_testkit::ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap(),
+    );
+    let (c, a) = (client.clone(), all.clone());
+    let (single_gw, single_gw_latency) = measure(duration, move |task, i| {
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            let txn = Transaction::owner(
+                player(&a, task, i as usize, i),
+                Some(IdempotencyKey::new(format!("gw-single-{task}"), i + 1).unwrap()),
+            )
+            .with(gold(1));
+            c.execute(txn).await.is_ok()
+        }
+    })
+    .await;
+    let (c, a) = (client.clone(), all.clone());
+    let (trade_gw, trade_gw_latency) = measure(duration, move |task, i| {
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            let start = i as usize;
+            let giver = player(&a, task, start, i);
+            let taker = player(&a, task, start + 1, i);
+            let txn = MultiTransaction::new(
+                IdempotencyKey::new(format!("gw-multi-{task}"), i + 1).unwrap(),
+            )
+            .with(Participant::owner(giver).with(gold(-1)))
+            .with(Participant::owner(taker).with(gold(1)));
+            c.execute_multi(txn).await.is_ok()
+        }
+    })
+    .await;
+    println!(
+        "through the gateway: single-player {single_gw:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {trade_gw:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",
+        single_gw_latency.value_at_quantile(0.5),
+        single_gw_latency.value_at_quantile(0.99),
+        trade_gw_latency.value_at_quantile(0.5),
+        trade_gw_latency.value_at_quantile(0.99),
+        trade_gw / single_gw
+    );
 }
