@@ -5,14 +5,38 @@ mod common;
 
 use std::time::Duration;
 
-use colony_testkit::{free_port, gateway_config, RedisServer, TestGateway, GAME_TOKEN};
+use colony_testkit::{
+    free_port, gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A plain HTTP/1.1 GET; returns the status code and body.
+/// A plain HTTP/1.1 GET without credentials; returns the status code and body.
 async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = request(address, path, None).await;
+    (status, body)
+}
+
+/// A GET with the admin token.
+async fn get_admin(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, body) = request(address, path, Some(&authorization)).await;
+    (status, body)
+}
+
+/// A plain HTTP/1.1 GET with an optional `Authorization` value; returns the status code, the
+/// head and the body.
+async fn request(
+    address: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(address).await.expect("connects");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let authorization = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("sends");
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
@@ -25,11 +49,8 @@ async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 #[tokio::test]
@@ -62,7 +83,7 @@ async fn health_readiness_metrics_and_status() {
     assert!(metrics.contains("colony_requests_total{op=\"hello\",code=\"OK\"} 1"));
     assert!(metrics.contains("colony_connections 1"));
 
-    let (status, body) = get(gw.admin_address, "/admin/status").await;
+    let (status, body) = get_admin(gw.admin_address, "/admin/status").await;
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
     let shards = json["shards"].as_array().expect("shards");
@@ -86,10 +107,55 @@ async fn readiness_fails_while_a_shard_is_down() {
     let (status, body) = get(gw.admin_address, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("dead"), "{body}");
-    let (_, body) = get(gw.admin_address, "/admin/status").await;
+    let (_, body) = get_admin(gw.admin_address, "/admin/status").await;
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(json["shards"][0]["reachable"], true);
     assert_eq!(json["shards"][1]["reachable"], false);
+}
+
+#[tokio::test]
+async fn everything_but_health_and_metrics_answers_only_to_the_admin_token() {
+    use base64::Engine;
+    let server = RedisServer::start().expect("starts");
+    let gw = TestGateway::start(&gateway_config(&[&server]))
+        .await
+        .expect("starts");
+    let at = gw.admin_address;
+    // Open: what scrapers and orchestrators call.
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(request(at, open, None).await.0, 200, "{open}");
+    }
+    // Without a token, or with a wrong one: 401 and a challenge a browser answers.
+    for refused in [
+        None,
+        Some("Bearer wrong-token-for-tests-0001".to_string()),
+        Some(format!("Bearer {ADMIN_TOKEN}x")),
+        Some(format!("Token {ADMIN_TOKEN}")),
+        Some("Basic %%%".to_string()),
+    ] {
+        let (status, head, body) = request(at, "/admin/status", refused.as_deref()).await;
+        assert_eq!(status, 401, "{refused:?}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic realm=\"colony admin\""),
+            "{head}"
+        );
+        assert!(!body.contains("shards"), "{body}");
+    }
+    // A game server's token is known but not enough.
+    let (status, _, body) =
+        request(at, "/admin/status", Some(&format!("Bearer {GAME_TOKEN}"))).await;
+    assert_eq!(status, 403);
+    assert!(!body.contains("shards"), "{body}");
+    // The admin token, as Bearer or as a Basic password (what a browser sends).
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("ops:{ADMIN_TOKEN}"));
+    for accepted in [format!("Bearer {ADMIN_TOKEN}"), format!("Basic {basic}")] {
+        let (status, _, body) = request(at, "/admin/status", Some(&accepted)).await;
+        assert_eq!(status, 200, "{accepted}");
+        assert!(body.contains("shards"), "{body}");
+    }
+    // An unknown admin path is not found, with or without a token.
+    assert_eq!(request(at, "/admin/nope", None).await.0, 404);
 }
 
 /// Reads until the peer closes; the bytes read, or None if it stays open past `wait`.

@@ -64,7 +64,10 @@ pub async fn serve(
     // The archiver's admin listener has the gateway's bounds (`gateway.admin_*`).
     let admin_task = tokio::spawn(colony::admin_http::serve(
         admin,
-        metrics::router(archiver.clone()),
+        metrics::router(
+            archiver.clone(),
+            colony::gateway::auth::Tokens::new(config.gateway.tokens.clone()),
+        ),
         colony::admin_http::limits_of(&config.gateway),
         admin_stop,
     ));

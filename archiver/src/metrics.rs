@@ -205,13 +205,20 @@ impl ArchiverMetrics {
     }
 }
 
-/// The admin routes.
-pub fn router(archiver: Arc<Archiver>) -> Router {
+/// The admin routes: `/metrics` and `/healthz` open, `/admin/status` only with an admin token
+/// of `tokens` (the gateway's, `gateway.tokens`).
+pub fn router(archiver: Arc<Archiver>, tokens: colony::gateway::auth::Tokens) -> Router {
+    let admin = colony::admin_http::admin_only(
+        Router::new()
+            .route("/admin/status", get(status))
+            .with_state(archiver.clone()),
+        tokens,
+    );
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/admin/status", get(status))
         .with_state(archiver)
+        .merge(admin)
 }
 
 async fn metrics(State(archiver): State<Arc<Archiver>>) -> Response {

@@ -567,12 +567,25 @@ async fn the_rebuild_command_refills_the_named_shard() {
     assert_eq!((version, entries.len()), (1, 2));
 }
 
+/// A GET of the archiver's admin port, with the admin token (as `axum_serve` configures it).
 async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(address, path, Some(colony_testkit::ADMIN_TOKEN)).await
+}
+
+async fn http_get_as(
+    address: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connects");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("sends");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("reads");
@@ -639,10 +652,41 @@ async fn the_admin_endpoint_reports_moves_restores_and_the_backlog() {
     assert_eq!(status["archived"], 2);
     assert_eq!(status["last_pass"]["archived"], 2);
     assert_eq!(http_get(address, "/healthz").await, (200, "ok\n".into()));
+    // The status answers only to the admin token; metrics and health are open.
+    assert_eq!(http_get_as(address, "/admin/status", None).await.0, 401);
+    assert_eq!(
+        http_get_as(address, "/admin/status", Some(colony_testkit::GAME_TOKEN))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        http_get_as(address, "/admin/status", Some("not-a-token-at-all"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(http_get_as(address, "/metrics", None).await.0, 200);
 }
 
+/// Serves the archiver's admin routes with the test tokens, as the gateway's tests have them.
 async fn axum_serve(listener: tokio::net::TcpListener, archiver: Arc<Archiver>) {
-    let _ = axum::serve(listener, colony_archiver::metrics::router(archiver)).await;
+    use colony::config::{Role, TokenConfig};
+    let tokens = vec![
+        TokenConfig {
+            name: "game".into(),
+            token: colony_testkit::GAME_TOKEN.into(),
+            role: Role::Game,
+        },
+        TokenConfig {
+            name: "admin".into(),
+            token: colony_testkit::ADMIN_TOKEN.into(),
+            role: Role::Admin,
+        },
+    ];
+    let router =
+        colony_archiver::metrics::router(archiver, colony::gateway::auth::Tokens::new(tokens));
+    let _ = axum::serve(listener, router).await;
 }
 
 /// A cluster node owning every slot: Redis refuses a script whose declared keys lie in

@@ -269,8 +269,8 @@ cat <<INFO
 
 Colony is running.
   gateways (protobuf/TCP) $gateway_list
-  admin HTTP              http://127.0.0.1:$((base + 401))/admin/status  (/metrics /healthz /readyz; gateway g at port +10g)
-  archiver admin          http://127.0.0.1:$archiver_admin_port/admin/status  (/metrics /healthz)
+  admin HTTP              http://127.0.0.1:$((base + 401))/admin/status  (admin token; /metrics /healthz /readyz open; gateway g at port +10g)
+  archiver admin          http://127.0.0.1:$archiver_admin_port/admin/status  (admin token; /metrics /healthz open)
   MongoDB (SecantusDB)    mongodb://127.0.0.1:$mongo_port/?directConnection=true
   tokens                  game: local-game-token-0001   admin: local-admin-token-0001
   configuration           $config

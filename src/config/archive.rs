@@ -31,7 +31,7 @@ pub struct ArchiveConfig {
     /// players either, so gateways and archiver must agree on it. Default 300.
     pub checkpoint_interval_secs: u64,
     /// Address of the archiver's admin HTTP listener (`/metrics`, `/healthz`,
-    /// `/admin/status`). Default `127.0.0.1:7402`.
+    /// `/admin/status`, which needs an admin token of `gateway.tokens`). Default `127.0.0.1:7402`.
     pub admin_listen: String,
 }
 

@@ -56,7 +56,7 @@ pub struct GatewayConfig {
     /// Address of the protobuf TCP listener. Default `127.0.0.1:7400`.
     pub listen: String,
     /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`,
-    /// `/admin/status`). Keep it on a private network. Default `127.0.0.1:7401`.
+    /// `/admin/status`, which needs an admin token). Keep it on a private network. Default `127.0.0.1:7401`.
     pub admin_listen: String,
     /// Largest frame body accepted or sent, in bytes. Default 4194304 (4 MiB).
     pub max_frame_bytes: usize,

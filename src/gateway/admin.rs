@@ -1,8 +1,10 @@
 //! The admin HTTP endpoint, on its own port: `/metrics` (Prometheus text), `/healthz`
 //! (the process answers), `/readyz` (every shard answers PING), `/admin/status` (JSON).
 //!
-//! It has no authentication: bind it to loopback or a private network (the default is
-//! `127.0.0.1:7401`).
+//! The first three are open, for scrapers and orchestrators; everything under `/admin/`
+//! answers only to an admin token ([`crate::admin_http::admin_only`]). Keep the port on a
+//! private network all the same (the default is `127.0.0.1:7401`): `/metrics` names shards
+//! and masters.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,12 +26,18 @@ const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The admin routes.
 pub fn router(gateway: Gateway) -> Router {
+    let admin = crate::admin_http::admin_only(
+        Router::new()
+            .route("/admin/status", get(status))
+            .with_state(gateway.clone()),
+        gateway.tokens().clone(),
+    );
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/admin/status", get(status))
         .with_state(gateway)
+        .merge(admin)
 }
 
 /// Serves the admin routes on `listener` until `shutdown` completes.

@@ -164,6 +164,11 @@ impl Gateway {
     pub fn config(&self) -> &GatewayConfig {
         &self.inner.config
     }
+
+    /// The accepted tokens (the protobuf listener's Hello and the admin routes).
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
 }
 
 /// Why [`serve`] could not run.
