@@ -101,6 +101,11 @@ pub struct GatewayConfig {
     /// Time an admin HTTP client has to send its request headers, and time allowed for the
     /// answer, in milliseconds. Each admin connection serves one request. Default 5000.
     pub admin_request_timeout_ms: u64,
+    /// Players whose highest acknowledged version the gateway remembers for the rollback
+    /// alarm (`colony_version_rollbacks_total`); the oldest is forgotten first. Each costs its
+    /// id and a version (about 200 bytes with the map's overhead). 0 turns the alarm off.
+    /// Default 65536.
+    pub rollback_watch_players: usize,
     /// Accepted tokens. Default none: every Hello is refused until one is configured.
     pub tokens: Vec<TokenConfig>,
     /// TLS on the protobuf listener. Default none: plain TCP.
@@ -133,6 +138,7 @@ impl Default for GatewayConfig {
             max_bytes_in_flight: 512 * 1024 * 1024,
             io_timeout_ms: 30_000,
             admin_max_connections: 64,
+            rollback_watch_players: 65_536,
             admin_request_timeout_ms: 5_000,
             tokens: Vec::new(),
             tls: None,
@@ -217,6 +223,12 @@ impl GatewayConfig {
             self.admin_max_connections,
             1,
             10_000,
+        )?;
+        within(
+            "gateway.rollback_watch_players",
+            self.rollback_watch_players,
+            0,
+            10_000_000,
         )?;
         within(
             "gateway.admin_request_timeout_ms",

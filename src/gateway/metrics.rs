@@ -104,6 +104,9 @@ pub struct Metrics {
     pub retries: Family<ShardLabels, Counter>,
     /// Breaker state per shard: 0 closed, 1 half-open, 2 open.
     pub breaker_state: Family<ShardLabels, Gauge>,
+    /// Answers that showed a player's version below one this gateway acknowledged (the
+    /// rollback alarm), per shard.
+    pub version_rollbacks: Family<ShardLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -195,8 +198,15 @@ impl Metrics {
             "Circuit breaker per shard: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
+        let version_rollbacks = Family::<ShardLabels, Counter>::default();
+        registry.register(
+            "version_rollbacks",
+            "Answers showing a player's version below one this gateway acknowledged, by shard",
+            version_rollbacks.clone(),
+        );
         Metrics {
             registry,
+            version_rollbacks,
             shard_master,
             failovers,
             retries,

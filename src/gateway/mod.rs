@@ -18,6 +18,7 @@ pub mod admin;
 pub mod auth;
 pub mod budget;
 pub mod metrics;
+pub mod rollback;
 pub mod shape;
 pub mod untrusted;
 
@@ -118,12 +119,23 @@ struct GatewayInner {
     started: Instant,
     /// Bytes of requests and answers all connections hold (`gateway.max_bytes_in_flight`).
     bytes_in_flight: Arc<Semaphore>,
+    /// The rollback alarm's memory (`gateway.rollback_watch_players`).
+    acknowledged: rollback::AcknowledgedVersions,
 }
 
 impl Gateway {
     /// Builds the store and everything else from a validated configuration. Opens no socket.
     pub fn new(config: &Config) -> Result<Gateway, StartupError> {
         let metrics = Arc::new(Metrics::new());
+        // Every shard's alarm counter exists from the start, at 0, so an alert on its
+        // increase sees the first rollback.
+        for shard in &config.shards {
+            let _ = metrics
+                .version_rollbacks
+                .get_or_create(&metrics::ShardLabels {
+                    shard: shard.name.clone(),
+                });
+        }
         let store = Store::with_observer(config, metrics.clone())?;
         let tls = config
             .gateway
@@ -141,6 +153,9 @@ impl Gateway {
                 metrics,
                 started: Instant::now(),
                 bytes_in_flight: Arc::new(Semaphore::new(config.gateway.max_bytes_in_flight)),
+                acknowledged: rollback::AcknowledgedVersions::new(
+                    config.gateway.rollback_watch_players,
+                ),
             }),
         })
     }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::error::{Code, Error};
-use crate::model::{Access, Transaction};
+use crate::model::{Access, Committed, PlayerId, Transaction};
 use crate::wire::{self, pb, Item, ItemResult};
 
 use super::auth::{self, Principal};
@@ -84,12 +84,14 @@ async fn handle_batch(
     let mut results: Vec<Option<Result<crate::model::Committed, Error>>> =
         Vec::with_capacity(batch.transactions.len());
     let mut accepted: Vec<Transaction> = Vec::with_capacity(batch.transactions.len());
+    let mut accepted_players: Vec<PlayerId> = Vec::with_capacity(batch.transactions.len());
     for t in batch.transactions {
         let txn = wire::envelope_from_pb(t).and_then(|envelope| {
             auth::authorize_envelope(principal.role, &envelope).map(|()| envelope.transaction)
         });
         match txn {
             Ok(txn) => {
+                accepted_players.push(txn.player.clone());
                 accepted.push(txn);
                 results.push(None);
             }
@@ -102,13 +104,19 @@ async fn handle_batch(
         .execute_batch(accepted)
         .await?
         .into_iter();
+    let mut accepted_players = accepted_players.into_iter();
     let metrics = &gateway.inner.metrics;
     let results = results
         .into_iter()
         .map(|r| {
-            let r = r
-                .or_else(|| ran.next())
-                .unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
+            let r = r.or_else(|| {
+                let ran = ran.next()?;
+                if let (Ok(committed), Some(player)) = (&ran, accepted_players.next()) {
+                    acknowledged(gateway, &player, committed);
+                }
+                Some(ran)
+            });
+            let r = r.unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
             let code = r.as_ref().map_or_else(Error::code, |_| Code::Ok);
             metrics
                 .transactions
@@ -143,8 +151,8 @@ async fn handle_items(
     /// Where an item's result comes from.
     enum Slot {
         Refused(ItemResult),
-        Single,
-        Multi,
+        Single(PlayerId),
+        Multi(Vec<PlayerId>),
     }
     let mut slots = Vec::with_capacity(items.len());
     let (mut singles, mut multis) = (Vec::new(), Vec::new());
@@ -154,8 +162,8 @@ async fn handle_items(
             Ok(Item::Single(envelope)) => {
                 match auth::authorize_envelope(principal.role, &envelope) {
                     Ok(()) => {
+                        slots.push(Slot::Single(envelope.transaction.player.clone()));
                         singles.push(envelope.transaction);
-                        slots.push(Slot::Single);
                     }
                     Err(e) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
                 }
@@ -165,8 +173,9 @@ async fn handle_items(
                     .and_then(|()| envelope.transaction.validate(limits));
                 match checked {
                     Ok(()) => {
+                        let players = envelope.transaction.participants.iter();
+                        slots.push(Slot::Multi(players.map(|p| p.player.clone()).collect()));
                         multis.push(envelope.transaction);
-                        slots.push(Slot::Multi);
                     }
                     Err(e) => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
                 }
@@ -179,33 +188,47 @@ async fn handle_items(
     let (singles, multis) = gateway.inner.store.execute_mixed(singles, multis).await?;
     let (mut singles, mut multis) = (singles.into_iter(), multis.into_iter());
     let metrics = &gateway.inner.metrics;
-    let results =
-        slots
-            .into_iter()
-            .map(|slot| {
-                let result =
-                    match slot {
-                        Slot::Refused(result) => result,
-                        Slot::Single => ItemResult::Single(singles.next().unwrap_or_else(|| {
-                            Err(Error::Internal("batch result missing".into()))
-                        })),
-                        Slot::Multi => ItemResult::Multi(multis.next().unwrap_or_else(|| {
-                            Err(Error::Internal("batch result missing".into()))
-                        })),
-                    };
-                let code = match &result {
-                    ItemResult::Single(r) => r.as_ref().map_or_else(Error::code, |_| Code::Ok),
-                    ItemResult::Multi(r) => r.as_ref().map_or_else(Error::code, |_| Code::Ok),
-                };
-                metrics
-                    .transactions
-                    .get_or_create(&metrics::CodeLabels {
-                        code: code.as_str(),
-                    })
-                    .inc();
-                wire::item_result_to_pb(&result)
-            })
-            .collect();
+    let results = slots
+        .into_iter()
+        .map(|slot| {
+            let result = match slot {
+                Slot::Refused(result) => result,
+                Slot::Single(player) => {
+                    let result = singles
+                        .next()
+                        .unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
+                    if let Ok(committed) = &result {
+                        acknowledged(gateway, &player, committed);
+                    }
+                    ItemResult::Single(result)
+                }
+                Slot::Multi(players) => {
+                    let result = multis
+                        .next()
+                        .unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
+                    if let Ok(multi) = &result {
+                        if !multi.replayed {
+                            for (player, committed) in players.iter().zip(&multi.participants) {
+                                acknowledged(gateway, player, committed);
+                            }
+                        }
+                    }
+                    ItemResult::Multi(result)
+                }
+            };
+            let code = match &result {
+                ItemResult::Single(r) => r.as_ref().map_or_else(Error::code, |_| Code::Ok),
+                ItemResult::Multi(r) => r.as_ref().map_or_else(Error::code, |_| Code::Ok),
+            };
+            metrics
+                .transactions
+                .get_or_create(&metrics::CodeLabels {
+                    code: code.as_str(),
+                })
+                .inc();
+            wire::item_result_to_pb(&result)
+        })
+        .collect();
     Ok(pb::server_frame::Body::Batch(pb::BatchResult {
         results: Vec::new(),
         items: results,
@@ -227,8 +250,11 @@ async fn handle_get(
     let result = gateway
         .inner
         .store
-        .get_player(read.player, read.access)
+        .get_player(read.player.clone(), read.access)
         .await;
+    if let Ok(committed) = &result {
+        acknowledged(gateway, &read.player, committed);
+    }
     Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
 }
 
@@ -241,6 +267,46 @@ async fn handle_login(
     // Logging in is the player acting for itself.
     auth::authorize(principal.role, &player, Access::Owner, Some(&player))?;
     // An owner read marks the player active (the store updates last-active for owners).
-    let result = gateway.inner.store.get_player(player, Access::Owner).await;
+    let result = gateway
+        .inner
+        .store
+        .get_player(player.clone(), Access::Owner)
+        .await;
+    if let Ok(committed) = &result {
+        acknowledged(gateway, &player, committed);
+    }
     Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
+}
+
+/// Feeds an OK answer to the rollback alarm ([`super::rollback`]): a replay carries its first
+/// attempt's version and is left out. A version lower than one acknowledged before is counted
+/// per shard and logged with both versions.
+fn acknowledged(gateway: &Gateway, player: &PlayerId, committed: &Committed) {
+    if committed.replayed {
+        return;
+    }
+    let Some(rollback) = gateway
+        .inner
+        .acknowledged
+        .observe(player, committed.version)
+    else {
+        return;
+    };
+    let map = gateway.inner.store.shard_map();
+    let shard = &map.shards()[map.shard_for_player(player).0].name;
+    gateway
+        .inner
+        .metrics
+        .version_rollbacks
+        .get_or_create(&metrics::ShardLabels {
+            shard: shard.clone(),
+        })
+        .inc();
+    tracing::error!(
+        shard = %shard,
+        player = %player.as_str(),
+        acknowledged_version = rollback.acknowledged,
+        version = rollback.seen,
+        "acknowledged writes rolled back: the player's version went down (a failover lost them?)"
+    );
 }
