@@ -159,6 +159,33 @@ impl ArchiverMetrics {
         }
     }
 
+    /// The failure and intent metrics of `shards` at 0, and every restore outcome at 0, before
+    /// anything happens: an alert on `increase()` sees the first failure only if the series existed
+    /// before it, and dashboards and rules can rely on every family being exported.
+    pub fn with_shards(self, shards: &[String]) -> ArchiverMetrics {
+        for shard in shards {
+            for pass in ["archive", "checkpoint", "sweep"] {
+                let _ = self.shard_failures.get_or_create(&ShardPassLabels {
+                    shard: shard.clone(),
+                    pass,
+                });
+            }
+            // The backlog is left out: 0 before the first pass counted anything would be a
+            // claim, not a measurement.
+            let _ = self.intents_unresolved.get_or_create(&ShardLabels {
+                shard: shard.clone(),
+            });
+        }
+        for part in ["full", "public"] {
+            for outcome in ["restored", "already", "error"] {
+                let _ = self
+                    .restores
+                    .get_or_create(&RestoreLabels { part, outcome });
+            }
+        }
+        self
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

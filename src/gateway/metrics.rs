@@ -231,6 +231,27 @@ impl Metrics {
         out
     }
 
+    /// Every per-shard counter and gauge of `shards` at 0 (the breaker closed), and
+    /// UNAVAILABLE among the shard errors, before anything happens: an alert on `increase()`
+    /// sees the first failover, retry, rollback or outage only if the series existed before
+    /// it, and dashboards and rules can rely on every family being exported.
+    pub fn with_shards<'a>(self, shards: impl IntoIterator<Item = &'a str>) -> Metrics {
+        for shard in shards {
+            let labels = ShardLabels {
+                shard: shard.to_string(),
+            };
+            let _ = self.failovers.get_or_create(&labels);
+            let _ = self.retries.get_or_create(&labels);
+            let _ = self.version_rollbacks.get_or_create(&labels);
+            let _ = self.breaker_state.get_or_create(&labels);
+            let _ = self.shard_errors.get_or_create(&ShardErrorLabels {
+                shard: shard.to_string(),
+                code: "UNAVAILABLE",
+            });
+        }
+        self
+    }
+
     /// Counts one finished request.
     pub fn request(&self, op: &'static str, code: &'static str, elapsed: Duration) {
         self.requests

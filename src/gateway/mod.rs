@@ -126,16 +126,8 @@ struct GatewayInner {
 impl Gateway {
     /// Builds the store and everything else from a validated configuration. Opens no socket.
     pub fn new(config: &Config) -> Result<Gateway, StartupError> {
-        let metrics = Arc::new(Metrics::new());
-        // Every shard's alarm counter exists from the start, at 0, so an alert on its
-        // increase sees the first rollback.
-        for shard in &config.shards {
-            let _ = metrics
-                .version_rollbacks
-                .get_or_create(&metrics::ShardLabels {
-                    shard: shard.name.clone(),
-                });
-        }
+        let metrics =
+            Arc::new(Metrics::new().with_shards(config.shards.iter().map(|s| s.name.as_str())));
         let store = Store::with_observer(config, metrics.clone())?;
         let tls = config
             .gateway

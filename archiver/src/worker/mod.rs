@@ -282,7 +282,13 @@ impl Archiver {
             return Err(ArchiveError::Config("archive.mongodb_uris is empty".into()));
         }
         let store = Store::new(config).map_err(|e| ArchiveError::Config(e.to_string()))?;
-        let shards = store.shard_map().shards().len();
+        let shard_names: Vec<String> = store
+            .shard_map()
+            .shards()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let shards = shard_names.len();
         let mut clients = Vec::new();
         for uri in &archive.mongodb_uris {
             let mut options = mongodb::options::ClientOptions::parse(uri).await?;
@@ -309,7 +315,7 @@ impl Archiver {
             store,
             config: archive,
             collections,
-            metrics: crate::metrics::ArchiverMetrics::new(),
+            metrics: crate::metrics::ArchiverMetrics::new().with_shards(&shard_names),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
