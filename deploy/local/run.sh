@@ -23,7 +23,8 @@
 # Environment: COLONY_LOCAL_REPLICAS (replicas per shard, default 2), COLONY_LOCAL_BASE_PORT
 # (default 7000): shard i's Redis servers use BASE+(REPLICAS+1)*i onwards (master first), the
 # Sentinels BASE+100..BASE+102, SecantusDB BASE+300, gateway g BASE+400+10g and its admin
-# endpoint BASE+401+10g, the archiver's admin endpoint BASE+402. COLONY_LOCAL_SHARDS
+# endpoint BASE+401+10g, the archiver's admin endpoint BASE+402, Prometheus BASE+500 (when
+# installed; COLONY_LOCAL_PROMETHEUS=0 leaves it out). COLONY_LOCAL_SHARDS
 # (default 3), COLONY_LOCAL_GATEWAYS (default 1, 2 with --chaos), COLONY_LOCAL_IDLE_SECS
 # (when players count as inactive: default 60, 10 with --demo and --chaos so that the load
 # test's returning players are archived and restored), COLONY_DEMO_SECONDS (default 30, 60 with
@@ -248,6 +249,7 @@ for ((i = 0; i < shards; i++)); do
 done
 
 gateway_list=""
+admin_targets=""
 for ((g = 0; g < gateways; g++)); do
   port=$((base + 400 + 10 * g))
   admin_port=$((port + 1))
@@ -258,12 +260,40 @@ for ((g = 0; g < gateways; g++)); do
     "$bin/colony-gateway" --config "$config"
   wait_port "$admin_port" "gateway-$port"
   gateway_list+="${gateway_list:+,}127.0.0.1:$port"
+  admin_targets+="${admin_targets:+, }\"127.0.0.1:$admin_port\""
 done
 
 wait_port "$mongo_port" "mongodb-$mongo_port"
 need_free "$archiver_admin_port"
 launch "archiver-$archiver_admin_port" "$dir/archiver.log" "$bin/colony-archiver" --config "$config"
 wait_port "$archiver_admin_port" "archiver-$archiver_admin_port"
+
+# A real Prometheus scraping every gateway and the archiver, with Colony's alert rules, when it
+# is installed (`.ci/setup` installs it) and not turned off.
+prometheus_info="not started (install Debian's prometheus, or COLONY_LOCAL_PROMETHEUS was 0)"
+if [ "${COLONY_LOCAL_PROMETHEUS:-1}" != 0 ] && command -v prometheus >/dev/null 2>&1; then
+  prometheus_port=$((base + 500))
+  need_free "$prometheus_port"
+  cat >"$dir/prometheus.yml" <<PROMETHEUS
+global:
+  scrape_interval: 2s
+  evaluation_interval: 5s
+rule_files:
+  - $PWD/deploy/prometheus/colony.rules.yml
+scrape_configs:
+  - job_name: colony-gateway
+    static_configs:
+      - targets: [$admin_targets]
+  - job_name: colony-archiver
+    static_configs:
+      - targets: ["127.0.0.1:$archiver_admin_port"]
+PROMETHEUS
+  launch "prometheus-$prometheus_port" "$dir/prometheus.log" prometheus \
+    "--config.file=$dir/prometheus.yml" "--storage.tsdb.path=$dir/prometheus-data" \
+    "--web.listen-address=127.0.0.1:$prometheus_port"
+  wait_port "$prometheus_port" "prometheus-$prometheus_port"
+  prometheus_info="http://127.0.0.1:$prometheus_port  (alerts: /alerts)"
+fi
 
 cat <<INFO
 
@@ -272,6 +302,7 @@ Colony is running.
   admin HTTP              http://127.0.0.1:$((base + 401))/admin/status  (admin token; /metrics /healthz /readyz open; gateway g at port +10g)
   archiver admin          http://127.0.0.1:$archiver_admin_port/admin/status  (admin token; /metrics /healthz open)
   MongoDB (SecantusDB)    mongodb://127.0.0.1:$mongo_port/?directConnection=true
+  Prometheus              $prometheus_info
   tokens                  game: local-game-token-0001   admin: local-admin-token-0001
   configuration           $config
   control directory       $control  (logs in $dir)

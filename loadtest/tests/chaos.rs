@@ -312,6 +312,33 @@ fn chaos_through_the_local_cluster() {
         "archived {archived}, restored {restored}:\n{metrics}"
     );
 
+    // No gateway saw an acknowledged version go back (the safe profile loses nothing).
+    for gateway in 0..2 {
+        let metrics = http_get(base + 401 + 10 * gateway, "/metrics");
+        let rollbacks = metric_sum(&metrics, "colony_version_rollbacks_total{", "");
+        assert_eq!(rollbacks, 0.0, "gateway {gateway} rolled back:\n{metrics}");
+    }
+    // The cluster's Prometheus, when installed, scrapes both gateways and the archiver and
+    // has loaded Colony's rules.
+    let prometheus = Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if prometheus {
+        let mut up = String::new();
+        let scraped = wait_until_blocking(Duration::from_secs(30), || {
+            up = http_get(base + 500, "/api/v1/query?query=up");
+            up.matches("\"colony-gateway\"").count() == 2
+                && up.matches("\"colony-archiver\"").count() == 1
+                && up.matches(",\"1\"]").count() == 3
+        });
+        assert!(scraped, "Prometheus does not see every process up: {up}");
+        let rules = http_get(base + 500, "/api/v1/rules");
+        assert!(rules.contains("ColonyVersionRollback"), "{rules}");
+    }
+
     // Stopping the launcher stops everything, restarted processes included.
     let pids: Vec<String> = std::fs::read_dir(&control)
         .expect("control directory")
@@ -326,8 +353,9 @@ fn chaos_through_the_local_cluster() {
         .collect();
     assert_eq!(
         pids.len(),
-        10,
-        "3 redis (a master, two replicas), 3 sentinels, mongodb, 2 gateways, archiver"
+        10 + usize::from(prometheus),
+        "3 redis (a master, two replicas), 3 sentinels, mongodb, 2 gateways, archiver, and \
+         Prometheus when installed"
     );
     assert!(launcher.stop(), "the launcher did not stop");
     for pid in &pids {
