@@ -10,6 +10,7 @@ use crate::wire::{self, pb, Item, ItemResult};
 
 use super::auth::{self, Principal};
 use super::metrics;
+use super::rollback::Ticket;
 use super::Gateway;
 
 /// Answers one authenticated request.
@@ -20,11 +21,23 @@ pub(super) async fn handle_request(
 ) -> pb::ServerFrame {
     use pb::client_frame::Body;
     let started = Instant::now();
+    // Before anything reaches a shard: the rollback alarm judges answers by when their
+    // request began.
+    let ticket = gateway.inner.acknowledged.begin();
     let request_id = frame.request_id;
     let (op, result) = match frame.body {
-        Some(Body::Batch(batch)) => ("batch", handle_batch(gateway, principal, batch).await),
-        Some(Body::GetPlayer(get)) => ("get_player", handle_get(gateway, principal, get).await),
-        Some(Body::Login(login)) => ("login", handle_login(gateway, principal, login).await),
+        Some(Body::Batch(batch)) => (
+            "batch",
+            handle_batch(gateway, principal, ticket, batch).await,
+        ),
+        Some(Body::GetPlayer(get)) => (
+            "get_player",
+            handle_get(gateway, principal, ticket, get).await,
+        ),
+        Some(Body::Login(login)) => (
+            "login",
+            handle_login(gateway, principal, ticket, login).await,
+        ),
         Some(Body::Ping(ping)) => (
             "ping",
             Ok(pb::server_frame::Body::Pong(pb::Pong { nonce: ping.nonce })),
@@ -63,6 +76,7 @@ pub(super) async fn handle_request(
 async fn handle_batch(
     gateway: &Gateway,
     principal: &Principal,
+    ticket: Ticket,
     batch: pb::Batch,
 ) -> Result<pb::server_frame::Body, Error> {
     let limits = &gateway.inner.limits;
@@ -72,7 +86,7 @@ async fn handle_batch(
                 "a batch lists its transactions in `transactions` or in `items`, not both".into(),
             ));
         }
-        return handle_items(gateway, principal, batch.items).await;
+        return handle_items(gateway, principal, ticket, batch.items).await;
     }
     if batch.transactions.len() > limits.max_transactions_per_batch {
         return Err(Error::TooLarge(format!(
@@ -112,7 +126,7 @@ async fn handle_batch(
             let r = r.or_else(|| {
                 let ran = ran.next()?;
                 if let (Ok(committed), Some(player)) = (&ran, accepted_players.next()) {
-                    acknowledged(gateway, &player, committed);
+                    acknowledged(gateway, ticket, &player, committed);
                 }
                 Some(ran)
             });
@@ -138,6 +152,7 @@ async fn handle_batch(
 async fn handle_items(
     gateway: &Gateway,
     principal: &Principal,
+    ticket: Ticket,
     items: Vec<pb::BatchItem>,
 ) -> Result<pb::server_frame::Body, Error> {
     let limits = &gateway.inner.limits;
@@ -198,7 +213,7 @@ async fn handle_items(
                         .next()
                         .unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
                     if let Ok(committed) = &result {
-                        acknowledged(gateway, &player, committed);
+                        acknowledged(gateway, ticket, &player, committed);
                     }
                     ItemResult::Single(result)
                 }
@@ -209,7 +224,7 @@ async fn handle_items(
                     if let Ok(multi) = &result {
                         if !multi.replayed {
                             for (player, committed) in players.iter().zip(&multi.participants) {
-                                acknowledged(gateway, player, committed);
+                                acknowledged(gateway, ticket, player, committed);
                             }
                         }
                     }
@@ -238,6 +253,7 @@ async fn handle_items(
 async fn handle_get(
     gateway: &Gateway,
     principal: &Principal,
+    ticket: Ticket,
     get: pb::GetPlayer,
 ) -> Result<pb::server_frame::Body, Error> {
     let read = wire::player_read_from_pb(get)?;
@@ -253,7 +269,7 @@ async fn handle_get(
         .get_player(read.player.clone(), read.access)
         .await;
     if let Ok(committed) = &result {
-        acknowledged(gateway, &read.player, committed);
+        acknowledged(gateway, ticket, &read.player, committed);
     }
     Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
 }
@@ -261,6 +277,7 @@ async fn handle_get(
 async fn handle_login(
     gateway: &Gateway,
     principal: &Principal,
+    ticket: Ticket,
     login: pb::Login,
 ) -> Result<pb::server_frame::Body, Error> {
     let player = wire::login_from_pb(login)?;
@@ -273,23 +290,23 @@ async fn handle_login(
         .get_player(player.clone(), Access::Owner)
         .await;
     if let Ok(committed) = &result {
-        acknowledged(gateway, &player, committed);
+        acknowledged(gateway, ticket, &player, committed);
     }
     Ok(pb::server_frame::Body::Player(wire::result_to_pb(&result)))
 }
 
-/// Feeds an OK answer to the rollback alarm ([`super::rollback`]): a replay carries its first
-/// attempt's version and is left out. A version lower than one acknowledged before is counted
+/// Feeds an OK answer to the rollback alarm ([`super::rollback`]), with the ticket its request
+/// took as it began: a replay carries its first attempt's version and is left out. A version lower than one acknowledged before is counted
 /// per shard and logged with both versions.
-fn acknowledged(gateway: &Gateway, player: &PlayerId, committed: &Committed) {
+fn acknowledged(gateway: &Gateway, ticket: Ticket, player: &PlayerId, committed: &Committed) {
     if committed.replayed {
         return;
     }
-    let Some(rollback) = gateway
+    let observed = gateway
         .inner
         .acknowledged
-        .observe(player, committed.version)
-    else {
+        .observe(ticket, player, committed.version);
+    let Some(rollback) = observed else {
         return;
     };
     let map = gateway.inner.store.shard_map();
