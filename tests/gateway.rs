@@ -707,6 +707,57 @@ fn a_bad_config_stops_the_binary_with_one_line_naming_the_field() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
+#[test]
+fn the_binary_logs_one_json_object_per_line_when_asked() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("colony.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [[shards]]\nname = \"a\"\nmaster = \"127.0.0.1:1\"\n",
+    )
+    .expect("writes");
+    // An unknown format is refused before anything starts.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_colony-gateway"))
+        .args(["--log-format", "yaml", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not text or json"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_colony-gateway"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    // The start-up lines: the listener addresses, then the warning that no token is set.
+    let lines: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .take(2)
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["message"].is_string(), "{line}");
+        assert!(object["timestamp"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"tokens\":0")),
+        "the event's fields are top-level keys: {lines:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_answer_never_hides_a_committed_write() {
     let servers = common::servers(1);

@@ -49,7 +49,7 @@ fn serve(process: &str) {
         Some(i) if i + 1 < args.len() => PathBuf::from(&args[i + 1]),
         _ => panic!("{process}: --config <file> is required"),
     };
-    colony::process::init_logging("info").expect("logging");
+    colony::process::init_logging("info", colony::process::LogFormat::Text).expect("logging");
     let config = Config::load(&config, std::env::vars()).expect("configuration");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let stop = colony::process::stop_signal();

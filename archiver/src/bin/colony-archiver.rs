@@ -28,6 +28,10 @@ struct Args {
     /// Log filter, e.g. "info", "colony_archiver=debug,info".
     #[arg(long, default_value = "info", env = "COLONY_LOG")]
     log: String,
+    /// Log line format: "text", or "json" (one object per line, with the event's fields —
+    /// shard, player, version — at the top level).
+    #[arg(long, default_value = "text", env = "COLONY_LOG_FORMAT")]
+    log_format: colony::process::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -50,7 +54,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    colony::process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
+    colony::process::init_logging(&args.log, args.log_format).map_err(anyhow::Error::msg)?;
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
     if let Some(Command::Rebuild { shard }) = &args.command {

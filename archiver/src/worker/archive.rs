@@ -361,7 +361,20 @@ impl Archiver {
             }
         }))
         .await;
-        for ((i, _), outcome) in removals.iter().zip(removed) {
+        for ((i, version), outcome) in removals.iter().zip(removed) {
+            // A line per player whose move ended, with the version written to MongoDB.
+            match &outcome {
+                Ok(Removal::Archived) => {
+                    tracing::debug!(shard = %self.shard_name(shard), player = %ids[*i], version, "archived")
+                }
+                Ok(kept @ (Removal::Changed | Removal::Active | Removal::Locked)) => {
+                    tracing::debug!(shard = %self.shard_name(shard), player = %ids[*i], version, reason = ?kept, "kept in Redis")
+                }
+                Ok(Removal::Already) => {}
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard_name(shard), player = %ids[*i], version, error = %e, "removal after the archive write failed; the player stays in Redis")
+                }
+            }
             outcomes[*i] = Some(outcome);
         }
         let outcomes = outcomes

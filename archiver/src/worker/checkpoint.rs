@@ -120,7 +120,7 @@ impl Archiver {
             match result {
                 Ok(()) => clears.push(snapshot),
                 Err(e) => {
-                    tracing::warn!(player = %snapshot.player, error = %e, "checkpoint failed; it stays dirty")
+                    tracing::warn!(player = %snapshot.player, version = snapshot.version, error = %e, "checkpoint failed; it stays dirty")
                 }
             }
         }

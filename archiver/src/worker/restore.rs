@@ -29,6 +29,14 @@ impl Archiver {
             let invocation = write_back(&RESTORE, player, &snapshot, if full { "1" } else { "0" });
             let mut conn = self.store.master_connection(shard).await?;
             let outcome: String = invocation.invoke_async(&mut conn).await?;
+            tracing::debug!(
+                shard = %self.shard_name(shard),
+                player = %player.as_str(),
+                version = snapshot.version,
+                full,
+                %outcome,
+                "restore written back"
+            );
             match outcome.as_str() {
                 "RESTORED" => Ok(Restoral::Restored),
                 "PUBLIC_RESTORED" => Ok(Restoral::PublicRestored),
