@@ -133,8 +133,9 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
-        // Sorted so that the result never depends on the environment's iteration order.
-        overrides.sort();
+        // Sorted so that the result never depends on the environment's iteration order, with
+        // array indexes as numbers, so that items are added in order (2 before 10).
+        overrides.sort_by(|(a, _), (b, _)| env::path_order(a, b));
         for (var, value) in overrides {
             env::apply_override(&mut doc, &var, &value)?;
         }
@@ -279,6 +280,47 @@ mod tests {
         assert_eq!(config.redis.connections_per_shard, 3);
         assert_eq!(config.shards[1].master.as_deref(), Some("10.1.2.3:6390"));
         assert_eq!(config.limits.max_value_bytes, 100);
+    }
+
+    #[test]
+    fn whole_lists_can_come_from_the_environment_in_index_order() {
+        let mut vars = vec![("COLONY__ARCHIVE__MONGODB_URIS__0", "mongodb://a:1")];
+        // Twelve tokens, listed out of order (10 and 11 sort before 2 as text).
+        let names: Vec<(String, String, String)> = (0..12)
+            .rev()
+            .map(|i| {
+                (
+                    format!("COLONY__GATEWAY__TOKENS__{i}__NAME"),
+                    format!("COLONY__GATEWAY__TOKENS__{i}__TOKEN"),
+                    format!("COLONY__GATEWAY__TOKENS__{i}__ROLE"),
+                )
+            })
+            .collect();
+        let secrets: Vec<String> = (0..12)
+            .rev()
+            .map(|i| format!("secret-token-number-{i:02}"))
+            .collect();
+        let labels: Vec<String> = (0..12).rev().map(|i| format!("t{i}")).collect();
+        for (i, (name, token, role)) in names.iter().enumerate() {
+            vars.push((name.as_str(), labels[i].as_str()));
+            vars.push((token.as_str(), secrets[i].as_str()));
+            vars.push((role.as_str(), "game"));
+        }
+        let config = Config::from_toml(TWO_SHARDS, env(&vars)).expect("valid");
+        assert_eq!(config.archive.mongodb_uris, vec!["mongodb://a:1"]);
+        assert_eq!(config.gateway.tokens.len(), 12);
+        assert_eq!(config.gateway.tokens[10].name, "t10");
+        assert_eq!(config.gateway.tokens[2].token, "secret-token-number-02");
+        // A gap is refused, naming the variable and the index to add next.
+        let err = Config::from_toml(
+            TWO_SHARDS,
+            env(&[("COLONY__ARCHIVE__MONGODB_URIS__1", "mongodb://a:1")]),
+        )
+        .expect_err("a gap");
+        assert!(
+            err.to_string().contains("MONGODB_URIS__1") && err.to_string().contains("from 0"),
+            "{err}"
+        );
     }
 
     #[test]
