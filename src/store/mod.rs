@@ -6,6 +6,7 @@
 //! messages.
 
 pub mod breaker;
+pub mod inspect;
 mod links;
 pub mod multi;
 pub mod sentinel;
