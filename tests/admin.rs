@@ -219,3 +219,117 @@ async fn stalled_admin_clients_are_capped_and_timed_out() {
     let (status, body) = get(gw.admin_address, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
+
+#[tokio::test]
+async fn the_player_lookup_shows_a_player_as_stored_and_changes_nothing() {
+    use colony::{Operation, Transaction, Visibility};
+    let servers = common::servers(2);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let gw = TestGateway::start(&gateway_config(&refs))
+        .await
+        .expect("starts");
+    let store = gw.gateway.store().clone();
+    let ann = common::pid("ann");
+    store
+        .execute(
+            Transaction::owner(ann.clone(), common::key(1))
+                .with(Operation::SetField {
+                    name: common::name("nick"),
+                    value: b"Ann".to_vec(),
+                    visibility: Visibility::Public,
+                })
+                .with(Operation::SetField {
+                    name: common::name("blob"),
+                    value: vec![0xff, 0x00, 0xfe],
+                    visibility: Visibility::Private,
+                })
+                .with(Operation::IncrementCounter {
+                    name: common::name("gold"),
+                    delta: 50,
+                    min: None,
+                    max: None,
+                    visibility: Visibility::Private,
+                }),
+        )
+        .await
+        .expect("creates");
+    let shard = store.shard_map().shard_for_player(&ann).0;
+    let before = common::digest(&servers[shard]).await;
+    let (status, body) = get_admin(gw.admin_address, "/admin/player?id=ann").await;
+    assert_eq!(status, 200, "{body}");
+    let player: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(player["version"], 1);
+    assert_eq!(player["shard"], format!("shard-{shard}"));
+    assert_eq!(player["master"], servers[shard].address());
+    assert_eq!(player["archived"], false);
+    assert_eq!(player["public"][0]["name"], "nick");
+    assert_eq!(player["public"][0]["value"], "Ann");
+    assert_eq!(player["private"][0]["name"], "blob");
+    assert_eq!(player["private"][0]["base64"], "/wD+");
+    assert_eq!(player["private"][1]["kind"], "counter");
+    assert_eq!(player["private"][1]["value"], "50");
+    // A lookup is not activity: nothing stored changed, not even the last-active time.
+    assert_eq!(common::digest(&servers[shard]).await, before);
+
+    assert_eq!(
+        get_admin(gw.admin_address, "/admin/player?id=nobody")
+            .await
+            .0,
+        404
+    );
+    for bad in [
+        "/admin/player",
+        "/admin/player?id=",
+        "/admin/player?id=%7Dbad",
+    ] {
+        assert_eq!(get_admin(gw.admin_address, bad).await.0, 400, "{bad}");
+    }
+    assert_eq!(
+        request(gw.admin_address, "/admin/player?id=ann", None)
+            .await
+            .0,
+        401
+    );
+    let game = format!("Bearer {GAME_TOKEN}");
+    assert_eq!(
+        request(gw.admin_address, "/admin/player?id=ann", Some(&game))
+            .await
+            .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn the_console_is_one_offline_page_behind_the_admin_token() {
+    let server = RedisServer::start().expect("starts");
+    let gw = TestGateway::start(&gateway_config(&[&server]))
+        .await
+        .expect("starts");
+    let (status, head, body) = request(
+        gw.admin_address,
+        "/admin/console",
+        Some(&format!("Bearer {ADMIN_TOKEN}")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(body.contains("<title>Colony console</title>"));
+    // Nothing is fetched from elsewhere: the page works offline.
+    for external in ["http://", "https://", "//cdn", "<link ", "src=\""] {
+        assert!(!body.contains(external), "the page refers to {external}");
+    }
+    assert_eq!(
+        request(gw.admin_address, "/admin/console", None).await.0,
+        401
+    );
+    // The status it reads has each shard's replication, and no archiver unless configured.
+    let (_, status) = get_admin(gw.admin_address, "/admin/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["shards"][0]["replicas_connected"], 0);
+    assert_eq!(status["shards"][0]["replicas_in_sync"], 0);
+    assert!(status["archiver"].is_null());
+}

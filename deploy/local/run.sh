@@ -180,6 +180,7 @@ render_sentinel() { # port master-name master-port [lines-only]
   echo "[gateway]"
   echo "listen = \"127.0.0.1:$((base + 400))\""
   echo "admin_listen = \"127.0.0.1:$((base + 401))\""
+  echo "archiver_admin = \"127.0.0.1:$archiver_admin_port\""
   echo "[[gateway.tokens]]"
   echo "name = \"local-game\""
   echo "token = \"local-game-token-0001\""
@@ -299,7 +300,8 @@ cat <<INFO
 
 Colony is running.
   gateways (protobuf/TCP) $gateway_list
-  admin HTTP              http://127.0.0.1:$((base + 401))/admin/status  (admin token; /metrics /healthz /readyz open; gateway g at port +10g)
+  console                 http://127.0.0.1:$((base + 401))/admin/console  (admin token as the password; gateway g at port +10g)
+  admin HTTP              http://127.0.0.1:$((base + 401))/admin/status  (admin token; /metrics /healthz /readyz open)
   archiver admin          http://127.0.0.1:$archiver_admin_port/admin/status  (admin token; /metrics /healthz open)
   MongoDB (SecantusDB)    mongodb://127.0.0.1:$mongo_port/?directConnection=true
   Prometheus              $prometheus_info

@@ -106,6 +106,9 @@ pub struct GatewayConfig {
     /// id and a version (about 200 bytes with the map's overhead). 0 turns the alarm off.
     /// Default 65536.
     pub rollback_watch_players: usize,
+    /// The archiver's admin address (`host:port`), so `/admin/status` and the console show
+    /// its backlog and last pass (asked with the first admin token). Default none.
+    pub archiver_admin: Option<String>,
     /// Accepted tokens. Default none: every Hello is refused until one is configured.
     pub tokens: Vec<TokenConfig>,
     /// TLS on the protobuf listener. Default none: plain TCP.
@@ -139,6 +142,7 @@ impl Default for GatewayConfig {
             io_timeout_ms: 30_000,
             admin_max_connections: 64,
             rollback_watch_players: 65_536,
+            archiver_admin: None,
             admin_request_timeout_ms: 5_000,
             tokens: Vec::new(),
             tls: None,

@@ -1,5 +1,8 @@
 //! The admin HTTP endpoint, on its own port: `/metrics` (Prometheus text), `/healthz`
-//! (the process answers), `/readyz` (every shard answers PING), `/admin/status` (JSON).
+//! (the process answers), `/readyz` (every shard answers PING), `/admin/status` (JSON: the
+//! gateway, every shard with its replication, and the archiver's status when
+//! `gateway.archiver_admin` names it), `/admin/player?id=` (one player as stored, read without
+//! touching it) and `/admin/console` (the operations page, `console.html`).
 //!
 //! The first three are open, for scrapers and orchestrators; everything under `/admin/`
 //! answers only to an admin token ([`crate::admin_http::admin_only`]). Keep the port on a
@@ -29,6 +32,8 @@ pub fn router(gateway: Gateway) -> Router {
     let admin = crate::admin_http::admin_only(
         Router::new()
             .route("/admin/status", get(status))
+            .route("/admin/player", get(player))
+            .route("/admin/console", get(console))
             .with_state(gateway.clone()),
         gateway.tokens().clone(),
     );
@@ -78,10 +83,98 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     }
 }
 
+/// The operations page: one self-contained HTML file (no build step, nothing fetched from
+/// elsewhere) that polls `/admin/status` and `/metrics` and looks players up.
+async fn console() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("console.html"),
+    )
+        .into_response()
+}
+
+/// `?id=<player>`.
+#[derive(serde::Deserialize)]
+struct PlayerQuery {
+    id: String,
+}
+
+/// One player as stored: where it lives, its version, archived or not, an intent, and its
+/// public and private entries (bytes as UTF-8 when they are, else base64). Reads without
+/// touching: no last-active update, no restore.
+async fn player(
+    State(gateway): State<Gateway>,
+    query: Result<axum::extract::Query<PlayerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use base64::Engine;
+    let Ok(axum::extract::Query(query)) = query else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "usage: /admin/player?id=<player id>\n",
+        )
+            .into_response();
+    };
+    let player = match crate::model::PlayerId::new(query.id) {
+        Ok(player) => player,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let store = gateway.store();
+    match store.inspect_player(&player).await {
+        Ok(found) => {
+            let entries = |list: &[crate::store::inspect::InspectedEntry]| {
+                list.iter()
+                    .map(|e| match std::str::from_utf8(&e.value) {
+                        Ok(text) => json!({ "name": e.name, "kind": e.kind, "value": text }),
+                        Err(_) => json!({
+                            "name": e.name,
+                            "kind": e.kind,
+                            "base64": base64::engine::general_purpose::STANDARD.encode(&e.value),
+                        }),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let index = store.shard_map().shard_for_player(&player);
+            let master = store.connection_stats()[index.0].master.clone();
+            Json(json!({
+                "id": player.as_str(),
+                "shard": found.shard,
+                "master": master,
+                "slot": found.slot,
+                "version": found.version,
+                "last_active_ms": found.last_active_ms,
+                "archived": found.archived_at_version.is_some(),
+                "archived_at_version": found.archived_at_version,
+                "public_restored": found.public_restored,
+                "intent": found.intent,
+                "public": entries(&found.public),
+                "private": entries(&found.private),
+            }))
+            .into_response()
+        }
+        Err(crate::error::Error::NotFound) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "id": player.as_str(), "found": false })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "id": player.as_str(), "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 async fn status(State(gateway): State<Gateway>) -> Response {
     let store = gateway.store();
     let map = store.shard_map();
-    let pings = store.ping_shards(PING_TIMEOUT).await;
+    let (pings, replication, archiver) = tokio::join!(
+        store.ping_shards(PING_TIMEOUT),
+        store.replication(PING_TIMEOUT),
+        archiver_status(&gateway),
+    );
     let stats = store.connection_stats();
     let breakers = store.breaker_states();
     let ranges = map.ranges();
@@ -112,6 +205,8 @@ async fn status(State(gateway): State<Gateway>) -> Response {
                 "replicas": shard.replicas,
                 "slots": slots,
                 "reachable": pings[i].is_ok(),
+                "replicas_connected": replication[i].as_ref().ok().map(|r| r.connected),
+                "replicas_in_sync": replication[i].as_ref().ok().map(|r| r.in_sync),
                 "error": pings[i].as_ref().err().map(ToString::to_string),
                 "connections": {
                     "open": conn.open,
@@ -135,6 +230,67 @@ async fn status(State(gateway): State<Gateway>) -> Response {
         },
         "retries": store.retries(),
         "shards": shards,
+        "archiver": archiver,
     }))
     .into_response()
+}
+
+/// The archiver's `/admin/status`, asked with this gateway's first admin token, when
+/// `gateway.archiver_admin` names it; `null` when it does not, `{"error": ...}` when it does
+/// not answer within the ping timeout.
+async fn archiver_status(gateway: &Gateway) -> serde_json::Value {
+    let Some(address) = gateway.config().archiver_admin.clone() else {
+        return serde_json::Value::Null;
+    };
+    let Some(token) = gateway.tokens().first_admin() else {
+        return json!({ "error": "no admin token to ask the archiver with" });
+    };
+    match tokio::time::timeout(
+        PING_TIMEOUT,
+        http_get_json(&address, "/admin/status", &token),
+    )
+    .await
+    {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => json!({ "address": address, "error": e }),
+        Err(_) => json!({ "address": address, "error": "no answer in time" }),
+    }
+}
+
+/// Most bytes read of the archiver's status.
+const ARCHIVER_STATUS_MAX_BYTES: u64 = 1 << 20;
+
+/// A plain HTTP/1.1 GET of JSON on a private network (one request, `Connection: close`, at
+/// most [`ARCHIVER_STATUS_MAX_BYTES`]).
+async fn http_get_json(
+    address: &str,
+    path: &str,
+    token: &str,
+) -> Result<serde_json::Value, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(ARCHIVER_STATUS_MAX_BYTES)
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "no HTTP answer".to_string())?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!("the archiver answered {status}"));
+    }
+    serde_json::from_str(body).map_err(|e| format!("the archiver's status is not JSON: {e}"))
 }

@@ -37,6 +37,14 @@ impl Tokens {
         Tokens { tokens }
     }
 
+    /// The first token of the `admin` role, for the gateway's own calls to the archiver.
+    pub fn first_admin(&self) -> Option<String> {
+        self.tokens
+            .iter()
+            .find(|t| t.role == Role::Admin)
+            .map(|t| t.token.clone())
+    }
+
     /// The principal whose token equals `presented`. Every configured token is compared, in
     /// constant time, so timing reveals neither which token matched nor how much of one did.
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
