@@ -12,6 +12,7 @@
 //! - [`runner`]: sets players up, drives sessions through the Rust client, reads back.
 
 pub mod chaos;
+pub mod charts;
 pub mod control;
 pub mod report;
 pub mod runner;

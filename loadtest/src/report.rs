@@ -24,6 +24,70 @@ pub struct Stats {
     pub transactions: u64,
     /// Latency of every request per second of the run, for the chart.
     pub timeline: Vec<Histogram<u64>>,
+    /// Latency per operation per second, coarse (see [`Buckets`]), for the charts.
+    pub op_timeline: BTreeMap<Op, Vec<Buckets>>,
+    /// Requests that did not end OK, per second.
+    pub failed_timeline: Vec<u64>,
+}
+
+/// A coarse latency histogram for one operation's second: four buckets per doubling from
+/// 1 µs to about an hour (128 counters, half a kilobyte), so every session can keep one per
+/// operation per second. Quantiles are a bucket's upper bound: within 19% — enough for a
+/// chart; the tables use the exact HdrHistograms.
+#[derive(Debug, Clone)]
+pub struct Buckets(Box<[u32; 128]>);
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets(Box::new([0; 128]))
+    }
+}
+
+impl Buckets {
+    fn index(micros: u64) -> usize {
+        let micros = micros.max(1) as f64;
+        ((micros.log2() * 4.0).floor() as usize).min(127)
+    }
+
+    /// Counts one request of `micros`.
+    pub fn record(&mut self, micros: u64) {
+        let i = Buckets::index(micros);
+        self.0[i] = self.0[i].saturating_add(1);
+    }
+
+    /// Adds another second's counts.
+    pub fn add(&mut self, other: &Buckets) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0.iter()) {
+            *mine = mine.saturating_add(*theirs);
+        }
+    }
+
+    /// Requests counted.
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|n| u64::from(*n)).sum()
+    }
+
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `q` quantile in milliseconds (the upper bound of its bucket); `None` when empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.len();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, n) in self.0.iter().enumerate() {
+            seen += u64::from(*n);
+            if seen >= rank {
+                return Some(2f64.powf((i + 1) as f64 / 4.0) / 1000.0);
+            }
+        }
+        None
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -38,6 +102,8 @@ impl Default for Stats {
             codes: BTreeMap::new(),
             transactions: 0,
             timeline: Vec::new(),
+            op_timeline: BTreeMap::new(),
+            failed_timeline: Vec::new(),
         }
     }
 }
@@ -53,6 +119,19 @@ impl Stats {
             self.timeline.push(histogram());
         }
         let _ = self.timeline[second].record(micros);
+        let seconds = self.op_timeline.entry(op).or_default();
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Buckets::default);
+        }
+        seconds[second].record(micros);
+    }
+
+    /// Counts a request that did not end OK, `second` seconds into the run.
+    pub fn failed_at(&mut self, second: usize) {
+        if self.failed_timeline.len() <= second {
+            self.failed_timeline.resize(second + 1, 0);
+        }
+        self.failed_timeline[second] += 1;
     }
 
     /// Counts a result code of `op`.
@@ -76,6 +155,21 @@ impl Stats {
         }
         for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
             let _ = mine.add(theirs);
+        }
+        for (op, theirs) in &other.op_timeline {
+            let mine = self.op_timeline.entry(*op).or_default();
+            if mine.len() < theirs.len() {
+                mine.resize_with(theirs.len(), Buckets::default);
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                m.add(t);
+            }
+        }
+        if self.failed_timeline.len() < other.failed_timeline.len() {
+            self.failed_timeline.resize(other.failed_timeline.len(), 0);
+        }
+        for (m, t) in self.failed_timeline.iter_mut().zip(&other.failed_timeline) {
+            *m += t;
         }
     }
 }
@@ -108,11 +202,38 @@ pub struct Point {
     pub second: usize,
     /// Requests finished in that second.
     pub requests: u64,
+    /// Of those, the ones that did not end OK.
+    pub errors: u64,
     /// p50 latency in ms.
     pub p50: f64,
     /// p99 latency in ms.
     pub p99: f64,
 }
+
+/// One operation's latency per second.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpTimeline {
+    /// The operation.
+    pub op: &'static str,
+    /// Median per second, ms.
+    pub p50: Vec<Option<f64>>,
+    /// 99th percentile per second, ms.
+    pub p99: Vec<Option<f64>>,
+}
+
+/// One operation's latency distribution.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpDistribution {
+    /// The operation.
+    pub op: &'static str,
+    /// (percentile, latency in ms), from 50% to the maximum.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Percentiles of the distribution chart.
+const DISTRIBUTION: [f64; 11] = [
+    50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999,
+];
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +250,11 @@ pub struct Report {
     pub correctness: Findings,
     /// Latency over time.
     pub timeline: Vec<Point>,
+    /// Latency over time per operation (p50 and p99 per second; `None` in a second without
+    /// requests of it).
+    pub op_timeline: Vec<OpTimeline>,
+    /// The latency distribution per operation: (percentile, ms) from the exact histograms.
+    pub distribution: Vec<OpDistribution>,
     /// Chaos mode: the faults injected, in order, with their windows.
     pub faults: Vec<FaultReport>,
 }
@@ -183,8 +309,39 @@ impl Report {
                 .map(|(second, h)| Point {
                     second,
                     requests: h.len(),
+                    errors: stats.failed_timeline.get(second).copied().unwrap_or(0),
                     p50: ms(h.value_at_quantile(0.5)),
                     p99: ms(h.value_at_quantile(0.99)),
+                })
+                .collect(),
+            op_timeline: Op::ALL
+                .iter()
+                .filter_map(|op| {
+                    let seconds = stats.op_timeline.get(op)?;
+                    let at = |q: f64| -> Vec<Option<f64>> {
+                        (0..stats.timeline.len())
+                            .map(|s| seconds.get(s).and_then(|b| b.quantile_ms(q)))
+                            .collect()
+                    };
+                    Some(OpTimeline {
+                        op: op.name(),
+                        p50: at(0.5),
+                        p99: at(0.99),
+                    })
+                })
+                .collect(),
+            distribution: Op::ALL
+                .iter()
+                .filter(|op| **op != Op::Idle && !stats.latency[op].is_empty())
+                .map(|op| {
+                    let h = &stats.latency[op];
+                    OpDistribution {
+                        op: op.name(),
+                        points: DISTRIBUTION
+                            .iter()
+                            .map(|p| (*p, ms(h.value_at_quantile(p / 100.0))))
+                            .collect(),
+                    }
                 })
                 .collect(),
             faults,
@@ -276,55 +433,59 @@ impl Report {
         out
     }
 
-    /// A self-contained HTML page with the latency-over-time chart (inline SVG).
+    /// The report as one offline HTML page: summary, charts, tables ([`crate::charts`]).
     pub fn html(&self) -> String {
-        let (w, h) = (800.0, 300.0);
-        let top = self.timeline.iter().map(|p| p.p99).fold(1.0f64, f64::max);
-        let n = self.timeline.len().max(2) as f64;
-        let line = |f: &dyn Fn(&Point) -> f64| -> String {
-            self.timeline
-                .iter()
-                .map(|p| {
-                    let x = 40.0 + (w - 60.0) * p.second as f64 / (n - 1.0);
-                    let y = h - 30.0 - (h - 50.0) * f(p) / top;
-                    format!("{x:.1},{y:.1}")
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        format!(
-            "<!doctype html><meta charset=utf-8><title>Colony load test</title>\
-             <h1>Colony load test</h1><pre>{table}</pre>\
-             <svg width={w} height={h} style='font:12px sans-serif'>\
-             <text x=40 y=15>latency per second (ms): p50 blue, p99 red; top {top:.2} ms</text>\
-             <line x1=40 y1={base} x2={right} y2={base} stroke=#999 />\
-             <polyline fill=none stroke=#36c stroke-width=2 points='{p50}'/>\
-             <polyline fill=none stroke=#c33 stroke-width=2 points='{p99}'/>{faults}</svg>",
-            table = html_escape(&self.table()),
-            base = h - 30.0,
-            right = w - 20.0,
-            p50 = line(&|p: &Point| p.p50),
-            p99 = line(&|p: &Point| p.p99),
-            faults = self
-                .faults
-                .iter()
-                .map(|f| {
-                    let x = 40.0 + (w - 60.0) * f.at_s.max(0.0) / (n - 1.0);
-                    format!(
-                        "<line x1={x:.1} y1=20 x2={x:.1} y2={base} stroke=#e80 stroke-dasharray=4 />\
-                         <text x={tx:.1} y=32 fill=#e80>{kind}</text>",
-                        base = h - 30.0,
-                        tx = x + 3.0,
-                        kind = f.kind
-                    )
-                })
-                .collect::<String>(),
-        )
+        crate::charts::page(self)
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coarse_buckets_give_quantiles_within_a_fifth() {
+        let mut b = Buckets::default();
+        assert_eq!(b.quantile_ms(0.5), None);
+        for ms in 1..=1000u64 {
+            b.record(ms * 1000);
+        }
+        let mut other = Buckets::default();
+        other.record(3_600_000_000_000); // far past the last bucket: counted there
+        b.add(&other);
+        assert_eq!(b.len(), 1001);
+        for (q, exact) in [(0.5, 500.0), (0.9, 900.0), (0.99, 990.0)] {
+            let got = b.quantile_ms(q).expect("a value");
+            assert!(got >= exact && got <= exact * 1.2, "{q}: {got} for {exact}");
+        }
+    }
+
+    #[test]
+    fn the_report_has_a_line_per_operation_and_the_failures_per_second() {
+        let mut stats = Stats::default();
+        stats.record(Op::Login, Duration::from_millis(3), 0);
+        stats.record(Op::Login, Duration::from_millis(5), 2);
+        stats.record(Op::Trade, Duration::from_millis(20), 1);
+        stats.failed_at(1);
+        let report = Report::new(
+            &stats,
+            Duration::from_secs(3),
+            Findings::default(),
+            Vec::new(),
+        );
+        assert_eq!(report.timeline.len(), 3);
+        assert_eq!(report.timeline[1].errors, 1);
+        let login = report
+            .op_timeline
+            .iter()
+            .find(|o| o.op == "login")
+            .expect("login");
+        assert!(login.p99[0].is_some() && login.p99[1].is_none() && login.p99[2].is_some());
+        assert_eq!(report.distribution.len(), 2);
+        let html = report.html();
+        for chart in ["throughput", "latency", "distribution"] {
+            assert!(html.contains(&format!("data-chart='{chart}'")), "{chart}");
+        }
+        assert!(html.contains("data-series='trade p99'"));
+    }
 }

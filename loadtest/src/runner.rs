@@ -345,6 +345,9 @@ async fn session(
         if Instant::now() >= measuring_from {
             let second = measuring_from.elapsed().as_secs() as usize;
             stats.record(op, elapsed, second);
+            if codes.iter().any(|c| *c != "OK") {
+                stats.failed_at(second);
+            }
             for code in codes {
                 stats.code(op, code);
             }
