@@ -71,15 +71,18 @@ fn serve(process: &str) {
 /// Ports the launcher uses for one shard and two gateways, from `base`.
 fn ports(base: u16) -> Vec<u16> {
     // One shard: a master and two replicas; three Sentinels; MongoDB; two gateways and their
-    // admin ports; the archiver's admin port.
-    let offsets = [0, 1, 2, 100, 101, 102, 300, 400, 401, 402, 410, 411];
+    // admin ports; the archiver's admin port; Prometheus.
+    let offsets = [0, 1, 2, 100, 101, 102, 300, 400, 401, 402, 410, 411, 500];
     offsets.iter().map(|o| base + o).collect()
 }
 
 /// A base whose ports are all free now.
 fn free_base(random: &mut Seeded) -> u16 {
     for _ in 0..100 {
-        let base = 20_000 + (random.range(0, 300) as u16) * 100;
+        // Below the kernel's ephemeral range (32768 and up on Linux): a port there can be
+        // taken at any moment by some process's outgoing connection, and a server started
+        // later (Prometheus, last) would fail to bind it.
+        let base = 20_000 + (random.range(0, 120) as u16) * 100;
         if ports(base)
             .iter()
             .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
