@@ -5,7 +5,8 @@
 //! `--callers N`, default 16). Each caller sends one batch at a time (closed loop); latency is
 //! per call. The gateway runs in this process on loopback, spoken to by the Rust client over
 //! TCP, exactly as in the tests. Targets: gateway >= 0.5x library throughput at batch 16;
-//! gateway adds <= 150 µs to p50 latency.
+//! gateway adds <= 150 µs to p50 latency. Last, the rollback alarm's cost: a gateway with it
+//! on against one with it off (`gateway.rollback_watch_players = 0`), at batch 16.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -187,5 +188,44 @@ fn main() {
         gw.p50_us,
         gw.p50_us as i64 - lib.p50_us as i64
     );
+    // The rollback alarm's cost: the same gateway configuration with the alarm on (the
+    // default) and off, at batch 16, alternating on, off, on, off so drift hits both alike.
+    let mut off_config = config.clone();
+    off_config.gateway.rollback_watch_players = 0;
+    let (gateway_off, client_off) = runtime.block_on(async {
+        let gateway = TestGateway::start(&off_config).await.unwrap();
+        let mut client_config = ClientConfig::new(gateway.address.to_string(), ADMIN_TOKEN);
+        client_config.request_deadline = Duration::from_secs(30);
+        let client = Client::connect(client_config).await.unwrap();
+        (gateway, client)
+    });
+    let (mut on_tps, mut off_tps) = (0.0, 0.0);
+    for _ in 0..2 {
+        on_tps += runtime
+            .block_on(measure(
+                Target::Gateway(client.clone()),
+                "alarm on",
+                16,
+                callers,
+                duration,
+            ))
+            .tps;
+        off_tps += runtime
+            .block_on(measure(
+                Target::Gateway(client_off.clone()),
+                "alarm off",
+                16,
+                callers,
+                duration,
+            ))
+            .tps;
+    }
+    println!(
+        "rollback alarm (batch 16): on {:.0} txn/s, off {:.0} txn/s, on/off {:.2}x",
+        on_tps / 2.0,
+        off_tps / 2.0,
+        on_tps / off_tps
+    );
+    runtime.block_on(gateway_off.shutdown());
     runtime.block_on(gateway.shutdown());
 }
