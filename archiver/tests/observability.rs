@@ -27,6 +27,21 @@ async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A GET with an admin token: the body of a 200 answer.
+async fn http_get_with(address: &str, path: &str, token: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
+}
+
 /// The sample names an exposition can carry, from its `# TYPE` lines (a family with no label
 /// set yet exports nothing at all, so the processes create their per-shard series at 0 and
 /// the test drives some traffic): counters as `_total`, histograms as `_bucket`, `_sum` and
@@ -123,8 +138,13 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     config.archive.database = format!("colony_observability_{}", std::process::id());
     let archiver_admin = format!("127.0.0.1:{}", free_port().expect("port"));
     config.archive.admin_listen = archiver_admin.clone();
+    // One configuration for both processes, as deployed: the archiver knows the tokens too.
+    let config = colony_testkit::with_test_gateway(config);
 
-    let gateway = TestGateway::start(&colony_testkit::with_test_gateway(config.clone()))
+    // The gateway's status (and so its console) includes the archiver's.
+    let mut gateway_config = config.clone();
+    gateway_config.gateway.archiver_admin = Some(archiver_admin.clone());
+    let gateway = TestGateway::start(&gateway_config)
         .await
         .expect("gateway starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -185,6 +205,23 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
         // Polling interval while the archiver binds its admin port.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The gateway asks the archiver for its status with its admin token.
+    let status = http_get_with(
+        &gateway.admin_address.to_string(),
+        "/admin/status",
+        colony_testkit::ADMIN_TOKEN,
+    )
+    .await
+    .expect("the gateway's status answers");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(
+        status["archiver"]["backlog"][0]["shard"], "shard-0",
+        "{status}"
+    );
+    assert!(
+        status["archiver"]["last_pass_unix"].as_u64() > Some(0),
+        "{status}"
+    );
     let mut exported = exported_names(&gateway_metrics);
     exported.extend(exported_names(&archiver_metrics.unwrap_or_default()));
     assert!(exported.contains("colony_requests_total"), "{exported:?}");
