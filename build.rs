@@ -17,6 +17,13 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
+    // The descriptors themselves too, for reflection: the shared test vectors are checked
+    // against the canonical JSON of the contract with them (tests/vectors.rs).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("colony.v1.descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     prost_build::Config::new().compile_fds(descriptors)?;
     Ok(())
 }

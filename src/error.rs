@@ -256,6 +256,13 @@ impl Error {
         }
     }
 
+    /// True when the request may have applied although this error answered it: only
+    /// [`Code::Unknown`] and [`Code::Internal`]. Every other error means this attempt applied
+    /// nothing (PROTOCOL.md, "Which codes may follow a write that applied").
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self.code(), Code::Unknown | Code::Internal)
+    }
+
     /// True when sending the very same request again may succeed.
     pub fn is_retryable(&self) -> bool {
         self.retry() == Retry::SameRequest

@@ -22,6 +22,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/colony.v1.rs"));
+
+    /// The contract's `FileDescriptorSet`, encoded: for reflection, e.g. converting frames to
+    /// and from the canonical protobuf JSON (the shared test vectors in `proto/testdata/`).
+    pub const DESCRIPTORS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/colony.v1.descriptors.bin"));
 }
 
 fn visibility_from(v: i32, at: &str) -> Result<Visibility, Error> {
