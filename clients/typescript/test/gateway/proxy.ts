@@ -1,0 +1,54 @@
+// A TCP proxy between the client and the gateway that a test can break: drop every
+// connection, or forward requests while swallowing the answers (so a write reaches the
+// gateway and its answer is lost).
+import * as net from "node:net";
+
+export class Proxy {
+  private readonly sockets = new Set<net.Socket>();
+  /** While true, the gateway's answers are thrown away. */
+  swallowAnswers = false;
+  /** Called with each chunk the client sends, after it is forwarded. */
+  onRequest: (() => void) | undefined;
+  private server: net.Server | undefined;
+
+  constructor(private readonly target: { host: string; port: number }) {}
+
+  async start(): Promise<string> {
+    this.server = net.createServer((client) => {
+      const upstream = net.connect(this.target);
+      this.sockets.add(client);
+      this.sockets.add(upstream);
+      client.on("data", (chunk) => {
+        upstream.write(chunk);
+        this.onRequest?.();
+      });
+      upstream.on("data", (chunk) => {
+        if (!this.swallowAnswers) client.write(chunk);
+      });
+      const end = () => {
+        client.destroy();
+        upstream.destroy();
+        this.sockets.delete(client);
+        this.sockets.delete(upstream);
+      };
+      client.on("close", end);
+      upstream.on("close", end);
+      client.on("error", end);
+      upstream.on("error", end);
+    });
+    await new Promise<void>((resolve) => this.server!.listen(0, "127.0.0.1", resolve));
+    const address = this.server.address() as net.AddressInfo;
+    return `127.0.0.1:${address.port}`;
+  }
+
+  /** Breaks every connection through the proxy. */
+  dropAll(): void {
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+  }
+
+  async stop(): Promise<void> {
+    this.dropAll();
+    await new Promise<void>((resolve) => this.server?.close(() => resolve()) ?? resolve());
+  }
+}
