@@ -66,6 +66,13 @@ def test_every_code_has_the_number_and_retry_class_of_the_table(vectors: Dict[st
             assert error.may_have_applied == entry["may_have_applied"]
 
 
+def test_a_code_from_a_newer_gateway_reads_as_internal() -> None:
+    assert Code.of(99) == Code.INTERNAL
+    with pytest.raises(ColonyError) as newer:
+        committed_of(pb.TransactionResult(code=99, message="newer"))  # type: ignore[arg-type]
+    assert newer.value.code == Code.INTERNAL and newer.value.may_have_applied and not newer.value.retryable
+
+
 def test_the_builder_makes_the_bytes_of_batch_every_operation() -> None:
     from colony_client import IdempotencyKey
 

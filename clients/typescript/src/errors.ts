@@ -39,10 +39,12 @@ export function retryClassOf(code: Code): RetryClass | "none" {
 
 /**
  * Whether an answer with this code may follow a write that applied: only OK, UNKNOWN and
- * INTERNAL. Every other code means this attempt applied nothing.
+ * INTERNAL (and a code this client does not know). Every other code means this attempt
+ * applied nothing.
  */
 export function mayHaveApplied(code: Code): boolean {
-  return code === Code.OK || code === Code.UNKNOWN || code === Code.INTERNAL;
+  // A code this client does not know (a newer gateway) counts as INTERNAL.
+  return code === Code.OK || code === Code.UNKNOWN || code === Code.INTERNAL || Code[code] === undefined;
 }
 
 /** Where a refused transaction failed, when the answer says. */

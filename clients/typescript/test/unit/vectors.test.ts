@@ -80,6 +80,13 @@ test("every code has the number and retry class of the table", () => {
   }
 });
 
+test("a code from a newer gateway is final and may have applied, like INTERNAL", () => {
+  const newer = 99 as Code;
+  assert.equal(retryClassOf(newer), "never");
+  assert.equal(mayHaveApplied(newer), true);
+  assert.equal(new ColonyError(newer, "newer").codeName, "CODE_99");
+});
+
 test("the builder makes the bytes of batch_every_operation", () => {
   const t = new Transaction("player-1")
     .actingFor("player-1")
