@@ -141,13 +141,19 @@ impl Client {
     }
 
     /// Closes the connection: requests in flight end at once (writes among them UNKNOWN, as
-    /// for any lost connection), and later calls fail UNAVAILABLE without connecting again.
+    /// for any lost connection, and are not retried), and later calls fail UNAVAILABLE at once,
+    /// without connecting again.
     pub async fn close(&self) {
         self.inner.closed_by_caller.store(true, Ordering::SeqCst);
         if let Some(conn) = self.inner.connection.lock().await.take() {
             conn.closed.store(true, Ordering::SeqCst);
             let _ = conn.shutdown.send(true);
         }
+    }
+
+    /// True once [`Client::close`] was called: nothing is retried after it.
+    fn closed_by_caller(&self) -> bool {
+        self.inner.closed_by_caller.load(Ordering::SeqCst)
     }
 
     /// A fresh idempotency key: this client's id and the next request number.
@@ -378,7 +384,7 @@ impl Client {
                     _ => false,
                 };
                 results[i] = Some(r);
-                if retry && Instant::now() < deadline {
+                if retry && Instant::now() < deadline && !self.closed_by_caller() {
                     again.push(i);
                 }
             }
@@ -421,7 +427,11 @@ impl Client {
                 Err(e) => Err(e),
             };
             match result {
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                Err(e)
+                    if e.is_retryable()
+                        && Instant::now() < deadline
+                        && !self.closed_by_caller() =>
+                {
                     let pause = self.backoff(attempt, deadline);
                     tokio::time::sleep(pause).await;
                     attempt += 1;

@@ -924,6 +924,19 @@ async fn a_closed_client_ends_its_connection_and_refuses_further_calls() {
     admin.ping().await.expect("pong");
     admin.close().await;
     assert!(matches!(admin.ping().await, Err(Error::Unavailable { .. })));
+    // Not retried until the deadline either: refused at once.
+    let started = Instant::now();
+    let write = Transaction::owner(pid("closed-client"), Some(admin.next_key()))
+        .with(Operation::DeleteField { name: name("a") });
+    assert!(matches!(
+        admin.execute(write).await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a closed client retried for {:?}",
+        started.elapsed()
+    );
     // The gateway sees the connection end (it runs on this test's runtime: the wait must not
     // block it).
     let gone = colony_testkit::wait_until(WAIT, || {

@@ -5,12 +5,15 @@ and its answer is lost)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Callable, Optional, Set
 
 
 class Proxy:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: Optional[ssl.SSLContext] = None) -> None:
+        """With `tls` the proxy ends TLS (a server context) and forwards plain TCP."""
         self._target = (host, port)
+        self._tls = tls
         self._writers: Set[asyncio.StreamWriter] = set()
         self._server: Optional[asyncio.base_events.Server] = None
         self.swallow_answers = False
@@ -19,7 +22,7 @@ class Proxy:
         """Called with each chunk the client sends, after it is forwarded."""
 
     async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._tls)
         port = self._server.sockets[0].getsockname()[1]
         return f"127.0.0.1:{port}"
 

@@ -6,6 +6,11 @@ connection breaks with a write in flight."""
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
+import subprocess
+import tempfile
+import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, List
 
@@ -231,4 +236,37 @@ async def test_an_outcome_once_unknown_stays_unknown_when_retries_are_not_answer
 async def test_a_closed_client_fails_at_once_without_connecting_again() -> None:
     client = await Client.connect(GATEWAY, ADMIN_TOKEN)
     client.close()
+    started = time.monotonic()
     await refused(client.execute(Transaction(player("gone")).increment("n", 1, "public")), Code.UNAVAILABLE)
+    await refused(client.get_player(player("gone")), Code.UNAVAILABLE)
+    assert time.monotonic() - started < 1.0, "refused at once, not retried until the deadline"
+
+
+async def test_over_tls_the_client_checks_the_certificate_and_works_as_over_tcp(connect: Any) -> None:
+    # A self-signed certificate for "localhost", and a proxy that ends TLS in front of the gateway.
+    with tempfile.TemporaryDirectory() as d:
+        key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost"],
+            check=True, capture_output=True,
+        )
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(cert, key)
+        with open(cert, encoding="ascii") as f:
+            pem = f.read()
+    host, port = GATEWAY.rsplit(":", 1)
+    proxy = Proxy(host, int(port), tls=server)
+    address = await proxy.start()
+    try:
+        client = await connect(address=address, tls_ca=pem, tls_server_name="localhost")
+        gus = player("gus")
+        assert (await client.execute(Transaction(gus).increment("n", 2, "public").read("n"))).counter("n") == 2
+        # A certificate the client does not trust, or a name it does not carry: no connection.
+        await refused(Client.connect(address, ADMIN_TOKEN, tls=True), Code.UNAVAILABLE)
+        await refused(
+            Client.connect(address, ADMIN_TOKEN, tls_ca=pem, tls_server_name="gateway.example"), Code.UNAVAILABLE
+        )
+    finally:
+        await proxy.stop()

@@ -119,7 +119,13 @@ class Connection {
   static open(o: Options, timeoutMs: number): Promise<Connection> {
     const { host, port } = splitAddress(o.address);
     const socket = o.tls
-      ? tls.connect({ host, port, ca: o.tls.ca, servername: o.tls.serverName ?? host })
+      ? tls.connect({
+          host,
+          port,
+          ca: o.tls.ca,
+          // SNI carries names only; an IP address is still checked against the certificate.
+          ...(o.tls.serverName !== undefined || net.isIP(host) === 0 ? { servername: o.tls.serverName ?? host } : {}),
+        })
       : net.connect({ host, port });
     socket.setNoDelay(true);
     const conn = new Connection(socket, o.maxFrameBytes);
@@ -306,7 +312,8 @@ export class Client {
 
   /**
    * Closes the connection: requests in flight end at once (writes among them UNKNOWN, as
-   * for any lost connection), and later calls fail UNAVAILABLE without connecting again.
+   * for any lost connection, and are not retried), and later calls fail UNAVAILABLE at once,
+   * without connecting again.
    */
   close(): void {
     this.closedByCaller = true;
@@ -498,7 +505,7 @@ export class Client {
         const latest = perItem[k]!;
         const settled = afterAttempts(latest as Outcome<unknown>, results[i] as Outcome<unknown> | undefined);
         results[i] = settled as ItemOutcome;
-        if (!settled.ok && settled.error.retryable && now() < deadline) again.push(i);
+        if (!settled.ok && settled.error.retryable && now() < deadline && !this.closedByCaller) again.push(i);
       });
       pending = again;
       if (pending.length > 0) {
@@ -521,7 +528,7 @@ export class Client {
         let error = asColonyError(e);
         // A read applies nothing: a lost answer leaves it merely unavailable.
         if (error.code === Code.UNKNOWN) error = unavailable(error.message);
-        if (!error.retryable || now() >= deadline) throw error;
+        if (!error.retryable || now() >= deadline || this.closedByCaller) throw error;
         await sleep(this.backoff(attempt, deadline));
         if (now() >= deadline) throw error;
       }

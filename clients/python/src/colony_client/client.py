@@ -257,7 +257,8 @@ class Client:
 
     def close(self) -> None:
         """Closes the connection: requests in flight end at once (writes among them UNKNOWN, as
-        for any lost connection), and later calls fail UNAVAILABLE without connecting again."""
+        for any lost connection, and are not retried), and later calls fail UNAVAILABLE at once,
+        without connecting again."""
         self._closed_by_caller = True
         if self._conn is not None:
             self._conn.stop()
@@ -410,7 +411,12 @@ class Client:
             for i, latest in zip(pending, per_item):
                 settled = after_attempts(latest, results[i])
                 results[i] = settled
-                if isinstance(settled, ColonyError) and settled.retryable and time.monotonic() < deadline:
+                if (
+                    isinstance(settled, ColonyError)
+                    and settled.retryable
+                    and time.monotonic() < deadline
+                    and not self._closed_by_caller
+                ):
                     again.append(i)
             pending = again
             if pending:
@@ -434,7 +440,7 @@ class Client:
                 # A read applies nothing: a lost answer leaves it merely unavailable.
                 if error.code == Code.UNKNOWN:
                     error = _unavailable(error.detail)
-                if not error.retryable or time.monotonic() >= deadline:
+                if not error.retryable or time.monotonic() >= deadline or self._closed_by_caller:
                     raise error from None
                 await asyncio.sleep(self._backoff(attempt, deadline))
                 attempt += 1

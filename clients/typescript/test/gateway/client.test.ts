@@ -5,6 +5,10 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Client, Code, ColonyError, MultiTransaction, Transaction, type ClientOptions } from "../../src/index.js";
 import { Proxy } from "./proxy.js";
 
@@ -235,5 +239,37 @@ test("an outcome once unknown stays unknown when the retries are not answered", 
 test("a closed client fails at once without connecting again", async () => {
   const client = await Client.connect({ address: gateway, token: adminToken });
   client.close();
+  const started = performance.now();
   await rejectsWith(client.execute(new Transaction(player("gone")).increment("n", 1, "public")), Code.UNAVAILABLE);
+  await rejectsWith(client.getPlayer(player("gone")), Code.UNAVAILABLE);
+  assert.ok(performance.now() - started < 1000, "refused at once, not retried until the deadline");
+});
+
+test("over TLS the client checks the gateway's certificate and works as over TCP", async () => {
+  // A self-signed certificate for "localhost", and a proxy that ends TLS in front of the gateway.
+  const dir = mkdtempSync(join(tmpdir(), "colony-ts-tls-"));
+  const [key, cert] = [join(dir, "key.pem"), join(dir, "cert.pem")];
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost",
+  ], { stdio: "ignore" });
+  const credentials = { key: readFileSync(key, "utf8"), cert: readFileSync(cert, "utf8") };
+  rmSync(dir, { recursive: true });
+  const [host, port] = gateway.split(":");
+  const proxy = new Proxy({ host: host!, port: Number(port) }, credentials);
+  const address = await proxy.start();
+  try {
+    const client = await connect({ address, tls: { ca: credentials.cert, serverName: "localhost" } });
+    const gus = player("gus");
+    assert.equal((await client.execute(new Transaction(gus).increment("n", 2, "public").read("n"))).counter("n"), 2);
+    // A certificate the client does not trust, or a name it does not carry: no connection.
+    await rejectsWith(Client.connect({ address, token: adminToken, tls: {} }), Code.UNAVAILABLE);
+    await rejectsWith(
+      Client.connect({ address, token: adminToken, tls: { ca: credentials.cert, serverName: "gateway.example" } }),
+      Code.UNAVAILABLE,
+    );
+  } finally {
+    await proxy.stop();
+  }
 });

@@ -2,6 +2,7 @@
 // connection, or forward requests while swallowing the answers (so a write reaches the
 // gateway and its answer is lost).
 import * as net from "node:net";
+import * as tls from "node:tls";
 
 export class Proxy {
   private readonly sockets = new Set<net.Socket>();
@@ -11,10 +12,14 @@ export class Proxy {
   onRequest: (() => void) | undefined;
   private server: net.Server | undefined;
 
-  constructor(private readonly target: { host: string; port: number }) {}
+  /** With `tlsCredentials` the proxy ends TLS (PEM key and certificate) and forwards plain TCP. */
+  constructor(
+    private readonly target: { host: string; port: number },
+    private readonly tlsCredentials?: { key: string; cert: string },
+  ) {}
 
   async start(): Promise<string> {
-    this.server = net.createServer((client) => {
+    const serve = (client: net.Socket) => {
       const upstream = net.connect(this.target);
       this.sockets.add(client);
       this.sockets.add(upstream);
@@ -35,7 +40,10 @@ export class Proxy {
       upstream.on("close", end);
       client.on("error", end);
       upstream.on("error", end);
-    });
+    };
+    this.server = this.tlsCredentials ? tls.createServer(this.tlsCredentials, serve) : net.createServer(serve);
+    // A client that refuses the certificate ends the handshake; nothing to forward then.
+    this.server.on("tlsClientError", () => {});
     await new Promise<void>((resolve) => this.server!.listen(0, "127.0.0.1", resolve));
     const address = this.server.address() as net.AddressInfo;
     return `127.0.0.1:${address.port}`;
