@@ -365,7 +365,7 @@ class Client:
             conn.pending.pop(request_id, None)
             raise _unavailable(f"connection closed before sending: {e}") from e
         try:
-            answer = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            answer = await asyncio.wait_for(_sent_then(conn, future), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError as e:
             conn.pending.pop(request_id, None)
             raise ColonyError(Code.UNKNOWN, "no answer from the gateway in time") from e
@@ -446,6 +446,16 @@ class Client:
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise error from None
+
+
+async def _sent_then(conn: _Connection, future: "asyncio.Future[pb.ServerFrame]") -> pb.ServerFrame:
+    """Waits while the socket's buffer is full (the gateway applies backpressure by not
+    reading), then for the answer."""
+    try:
+        await conn.writer.drain()
+    except (OSError, RuntimeError):
+        pass  # The reader fails everything pending on a lost connection.
+    return await future
 
 
 def _outcome(r: pb.TransactionResult) -> ItemOutcome:
