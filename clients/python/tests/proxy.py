@@ -20,6 +20,8 @@ class Proxy:
         """While true, the gateway's answers are thrown away."""
         self.on_request: Optional[Callable[[], None]] = None
         """Called with each chunk the client sends, after it is forwarded."""
+        self.on_swallowed: Optional[Callable[[], None]] = None
+        """Called with each chunk of answers thrown away (the gateway has answered)."""
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._tls)
@@ -38,6 +40,8 @@ class Proxy:
             try:
                 while chunk := await r.read(65536):
                     if answers and self.swallow_answers:
+                        if self.on_swallowed is not None:
+                            self.on_swallowed()
                         continue
                     w.write(chunk)
                     if not answers and self.on_request is not None:

@@ -186,21 +186,17 @@ async def test_a_write_whose_answer_is_lost_is_retried_with_its_key_and_applies_
         client = await connect(address=address, request_deadline=10.0)
         erin = player("erin")
         await client.execute(Transaction(erin).increment("gold", 1, "public"))
-        # The next request reaches the gateway, its answer is thrown away and the connection
-        # breaks: the client must send it again, unchanged, on a new connection.
+        # The next request reaches the gateway, which applies and answers it; the answer is
+        # thrown away and the connection breaks: the client must send it again, unchanged, on a
+        # new connection.
         proxy.swallow_answers = True
-        loop = asyncio.get_running_loop()
 
-        def break_after_request() -> None:
-            proxy.on_request = None
+        def break_after_answer() -> None:
+            proxy.on_swallowed = None
+            proxy.swallow_answers = False
+            proxy.drop_all()
 
-            def drop() -> None:
-                proxy.swallow_answers = False
-                proxy.drop_all()
-
-            loop.call_later(0.2, drop)
-
-        proxy.on_request = break_after_request
+        proxy.on_swallowed = break_after_answer
         retried = await client.execute(Transaction(erin).increment("gold", 10, "public").read("gold"))
         assert retried.replayed, "the retry found the first attempt applied"
         assert retried.counter("gold") == 11

@@ -195,15 +195,14 @@ test("a write whose answer is lost is retried with its key and applies once", as
     const client = await connect({ address, requestDeadlineMs: 10_000 });
     const erin = player("erin");
     await client.execute(new Transaction(erin).increment("gold", 1, "public"));
-    // The next request reaches the gateway, its answer is thrown away and the connection
-    // breaks: the client must send it again, unchanged, on a new connection.
+    // The next request reaches the gateway, which applies and answers it; the answer is thrown
+    // away and the connection breaks: the client must send it again, unchanged, on a new
+    // connection.
     proxy.swallowAnswers = true;
-    proxy.onRequest = () => {
-      proxy.onRequest = undefined;
-      setTimeout(() => {
-        proxy.swallowAnswers = false;
-        proxy.dropAll();
-      }, 200);
+    proxy.onSwallowed = () => {
+      proxy.onSwallowed = undefined;
+      proxy.swallowAnswers = false;
+      proxy.dropAll();
     };
     const retried = await client.execute(new Transaction(erin).increment("gold", 10, "public").read("gold"));
     assert.equal(retried.replayed, true, "the retry found the first attempt applied");

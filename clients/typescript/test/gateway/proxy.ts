@@ -10,6 +10,8 @@ export class Proxy {
   swallowAnswers = false;
   /** Called with each chunk the client sends, after it is forwarded. */
   onRequest: (() => void) | undefined;
+  /** Called with each chunk of answers thrown away (the gateway has answered). */
+  onSwallowed: (() => void) | undefined;
   private server: net.Server | undefined;
 
   /** With `tlsCredentials` the proxy ends TLS (PEM key and certificate) and forwards plain TCP. */
@@ -29,6 +31,7 @@ export class Proxy {
       });
       upstream.on("data", (chunk) => {
         if (!this.swallowAnswers) client.write(chunk);
+        else this.onSwallowed?.();
       });
       const end = () => {
         client.destroy();
