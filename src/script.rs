@@ -362,6 +362,9 @@ pub struct IntentRef {
     pub primary: String,
     /// Whether the lease had passed: then whoever meets the intent resolves it.
     pub expired: bool,
+    /// The player's committed version when the intent was met (for logs), when known: a
+    /// script's answer carries it, the sweep reads it from the intent.
+    pub version: Option<u64>,
 }
 
 /// What the script answered a transaction on its own.
@@ -393,7 +396,7 @@ pub enum Prepared {
     Replay(Vec<Committed>),
 }
 
-fn intent_ref(items: &[RedisValue]) -> Result<IntentRef, Error> {
+fn intent_ref(items: &[RedisValue], version: u64) -> Result<IntentRef, Error> {
     let [attempt, primary, expired] = items else {
         return Err(bad("short intent header"));
     };
@@ -401,6 +404,7 @@ fn intent_ref(items: &[RedisValue]) -> Result<IntentRef, Error> {
         attempt: String::from_utf8_lossy(as_bytes(attempt)?).into_owned(),
         primary: String::from_utf8_lossy(as_bytes(primary)?).into_owned(),
         expired: as_int(expired)? != 0,
+        version: Some(version),
     })
 }
 
@@ -485,10 +489,10 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Outcome, Error> {
     };
     match status {
         b"OK" => Ok(Outcome::Done(committed(rest)?)),
-        b"LOCKED" => Ok(Outcome::Locked(intent_ref(rest)?)),
+        b"LOCKED" => Ok(Outcome::Locked(intent_ref(rest, version)?)),
         b"OK_INTENT" if rest.len() >= 3 => Ok(Outcome::ReadWithIntent(
             committed(&rest[3..])?,
-            intent_ref(&rest[..3])?,
+            intent_ref(&rest[..3], version)?,
         )),
         status => Err(status_error(status, version, operation_index)),
     }
@@ -521,7 +525,7 @@ pub fn decode_prepare(
                 packed: as_bytes(packed)?.to_vec(),
             })
         }
-        b"LOCKED" => Ok(Prepared::Locked(intent_ref(rest)?)),
+        b"LOCKED" => Ok(Prepared::Locked(intent_ref(rest, version)?)),
         b"REPLAY" => {
             if rest.len() != participants.len() {
                 return Err(bad("a replay of another number of participants"));
@@ -779,6 +783,7 @@ mod tests {
             attempt: "a1".into(),
             primary: "prim".into(),
             expired: true,
+            version: Some(3),
         };
         assert_eq!(decode(&txn, &locked), Ok(Outcome::Locked(intent.clone())));
         let read = RedisValue::Array(vec![

@@ -459,6 +459,7 @@ impl Store {
                                 attempt: attempt.clone(),
                                 primary: primary.as_str().to_string(),
                                 expired: true,
+                                version: None,
                             };
                             if self.resolve_intent(player, &intent).await.is_err() {
                                 all_applied = false;
@@ -503,14 +504,15 @@ impl Store {
                 let Ok(player) = PlayerId::new(String::from_utf8_lossy(&id).into_owned()) else {
                     continue;
                 };
-                let held: (Option<String>, Option<String>) = redis::cmd("HMGET")
+                let held: (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
                     .arg(PlayerKeys::new(&player).intent)
                     .arg("a")
                     .arg("p")
+                    .arg("v")
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| self.call_failed(shard, &e, false))?;
-                let (Some(attempt), Some(primary)) = held else {
+                let (Some(attempt), Some(primary), version) = held else {
                     // The set names a player whose intent is gone: drop the stale entry.
                     let _: Result<i64, _> = redis::cmd("ZREM")
                         .arg(SlotKeys::of_player(&player).intents)
@@ -523,13 +525,14 @@ impl Store {
                     attempt,
                     primary,
                     expired: true,
+                    version,
                 };
                 match self.resolve_intent(&player, &intent).await {
                     Ok(Resolution::Finished(..)) => finished += 1,
                     Ok(_) => {}
                     Err(e) => {
                         if unresolved == 0 {
-                            tracing::warn!(shard = %name, player = %player.as_str(), error = %e, "cannot resolve an expired intent yet");
+                            tracing::warn!(shard = %name, player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an expired intent yet");
                         }
                         unresolved += 1;
                     }
@@ -569,7 +572,7 @@ impl Store {
                         Ok(Resolution::Live) => Err(locked(&intent, "is in progress")),
                         Ok(_) => Err(locked(&intent, "was resolved")),
                         Err(e) => {
-                            tracing::warn!(player = %player.as_str(), error = %e, "cannot resolve an intent");
+                            tracing::warn!(player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an intent");
                             Err(locked(&intent, "could not be resolved"))
                         }
                     }
@@ -583,13 +586,13 @@ impl Store {
                     match decision {
                         Ok(Some(Decision::Commit)) => {
                             if let Err(e) = self.resolve_intent(player, &intent).await {
-                                tracing::warn!(player = %player.as_str(), error = %e, "cannot apply a committed intent");
+                                tracing::warn!(player = %player.as_str(), version = committed.version, error = %e, "cannot apply a committed intent");
                             }
                             Err(locked(&intent, "committed and is being applied"))
                         }
                         Ok(None) if intent.expired => {
                             if let Err(e) = self.resolve_intent(player, &intent).await {
-                                tracing::warn!(player = %player.as_str(), error = %e, "cannot resolve an expired intent");
+                                tracing::warn!(player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an expired intent");
                             }
                             Ok(committed)
                         }
@@ -823,7 +826,7 @@ impl<'s> MultiAttempt<'s> {
                     let player = &self.txn.participants[i].player;
                     if intent.expired {
                         if let Err(e) = store.resolve_intent(player, &intent).await {
-                            tracing::warn!(player = %player.as_str(), error = %e, "cannot resolve an expired intent");
+                            tracing::warn!(player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an expired intent");
                         }
                     }
                     let e = Error::Locked {
