@@ -13,7 +13,7 @@ import pytest
 from colony_client import Client, Code, ColonyError, FrameDecoder, Transaction, encode_frame
 from colony_client._gen.colony.v1 import colony_pb2 as pb
 
-Reply = Callable[[int, asyncio.StreamWriter], None]
+Reply = Callable[[pb.ClientFrame, asyncio.StreamWriter], None]
 
 
 class StandIn:
@@ -37,7 +37,8 @@ class StandIn:
         try:
             while chunk := await reader.read(65536):
                 for message in decoder.push(chunk):
-                    request_id = pb.ClientFrame.FromString(message).request_id
+                    request = pb.ClientFrame.FromString(message)
+                    request_id = request.request_id
                     if hello:
                         hello = False
                         answer = pb.ServerFrame(
@@ -48,7 +49,7 @@ class StandIn:
                         )
                         writer.write(encode_frame(answer.SerializeToString()))
                     else:
-                        self.reply(request_id, writer)
+                        self.reply(request, writer)
         except (OSError, asyncio.CancelledError):
             pass
 
@@ -101,7 +102,8 @@ async def test_bytes_that_are_not_protobuf_end_the_connection(stand_in: Any) -> 
 
 
 async def test_an_answer_to_no_request_is_ignored_and_the_right_one_still_arrives(stand_in: Any) -> None:
-    def reply(request_id: int, w: asyncio.StreamWriter) -> None:
+    def reply(request: pb.ClientFrame, w: asyncio.StreamWriter) -> None:
+        request_id = request.request_id
         stray = pb.ServerFrame(request_id=request_id + 1000, error=pb.RequestError(code=pb.CODE_INVALID, message="stray"))
         w.write(encode_frame(stray.SerializeToString()))
         right = pb.ServerFrame(request_id=request_id, batch=pb.BatchResult(results=[pb.TransactionResult(version=1)]))
@@ -113,16 +115,35 @@ async def test_an_answer_to_no_request_is_ignored_and_the_right_one_still_arrive
 
 
 async def test_a_batch_answered_with_the_wrong_number_of_results_is_internal(stand_in: Any) -> None:
-    def reply(request_id: int, w: asyncio.StreamWriter) -> None:
-        w.write(encode_frame(pb.ServerFrame(request_id=request_id, batch=pb.BatchResult()).SerializeToString()))
+    def reply(request: pb.ClientFrame, w: asyncio.StreamWriter) -> None:
+        w.write(encode_frame(pb.ServerFrame(request_id=request.request_id, batch=pb.BatchResult()).SerializeToString()))
 
     _, client = await stand_in(reply)
     await fails_with(client.execute(write()), Code.INTERNAL)
 
 
 async def test_a_request_over_the_announced_frame_limit_is_refused_before_it_is_sent(stand_in: Any) -> None:
-    def reply(request_id: int, w: asyncio.StreamWriter) -> None:
+    def reply(request: pb.ClientFrame, w: asyncio.StreamWriter) -> None:
         raise AssertionError("nothing may be sent")
 
     _, client = await stand_in(reply)
     await fails_with(client.execute(Transaction("p").set("big", b"\x00" * (2 << 20), "public")), Code.TOO_LARGE)
+
+
+async def test_answers_in_any_order_reach_their_own_callers(stand_in: Any) -> None:
+    # Holds three requests, then answers them last first, each with a version taken from its
+    # own player id ("p-7" gets version 7).
+    held: List[pb.ClientFrame] = []
+
+    def reply(request: pb.ClientFrame, w: asyncio.StreamWriter) -> None:
+        held.append(request)
+        if len(held) < 3:
+            return
+        for r in reversed(held):
+            version = int(r.batch.transactions[0].player_id.split("-")[1])
+            answer = pb.ServerFrame(request_id=r.request_id, batch=pb.BatchResult(results=[pb.TransactionResult(version=version)]))
+            w.write(encode_frame(answer.SerializeToString()))
+
+    _, client = await stand_in(reply)
+    answers = await asyncio.gather(*(client.execute(Transaction(f"p-{n}").increment("g", 1, "public")) for n in (5, 6, 7)))
+    assert [a.version for a in answers] == [5, 6, 7]

@@ -5,11 +5,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { Code, Role, ServerFrameSchema } from "../../src/gen/colony/v1/colony_pb.js";
+import { ClientFrameSchema, Code, Role, ServerFrameSchema } from "../../src/gen/colony/v1/colony_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
 import { encodeFrame, FrameDecoder } from "../../src/framing.js";
 import { Client, ColonyError, Transaction } from "../../src/index.js";
 
-type Reply = (requestId: bigint, socket: net.Socket) => void;
+type Reply = (requestId: bigint, socket: net.Socket, request: Uint8Array) => void;
 
 /** A server that accepts the Hello, then answers each request with `reply`. */
 async function standIn(reply: Reply): Promise<{ address: string; connections: () => number; close: () => void }> {
@@ -33,7 +34,7 @@ async function standIn(reply: Reply): Promise<{ address: string; connections: ()
           });
           socket.write(encodeFrame(toBinary(ServerFrameSchema, answer)));
         } else {
-          reply(requestId, socket);
+          reply(requestId, socket, message);
         }
       }
     });
@@ -136,6 +137,34 @@ test("a request over the announced frame limit is refused before it is sent", as
   try {
     const client = await Client.connect(options(server.address));
     await failsWith(client.execute(new Transaction("p").set("big", new Uint8Array(2 << 20), "public")), [Code.TOO_LARGE]);
+    client.close();
+  } finally {
+    server.close();
+  }
+});
+
+test("answers in any order reach their own callers", async () => {
+  // Holds three requests, then answers them last first, each with a version taken from its
+  // own player id ("p-7" gets version 7).
+  const held: [bigint, Uint8Array][] = [];
+  const server = await standIn((requestId, socket, request) => {
+    held.push([requestId, request]);
+    if (held.length < 3) return;
+    for (const [id, bytes] of held.reverse()) {
+      const frame = fromBinary(ClientFrameSchema, bytes);
+      const player = frame.body.case === "batch" ? frame.body.value.transactions[0]?.playerId ?? "" : "";
+      const version = BigInt(player.split("-")[1] ?? "0");
+      socket.write(
+        encodeFrame(
+          toBinary(ServerFrameSchema, create(ServerFrameSchema, { requestId: id, body: { case: "batch", value: { results: [{ version }] } } })),
+        ),
+      );
+    }
+  });
+  try {
+    const client = await Client.connect(options(server.address));
+    const answers = await Promise.all([5, 6, 7].map((n) => client.execute(new Transaction(`p-${n}`).increment("g", 1, "public"))));
+    assert.deepEqual(answers.map((a) => a.version), [5n, 6n, 7n]);
     client.close();
   } finally {
     server.close();
