@@ -2,7 +2,8 @@
 # Checks every deploy file that can be checked without a cluster, with the real tools: the
 # Prometheus configuration and rules (promtool, with the rules' unit tests), the systemd units
 # (systemd-analyze verify), the compose file (docker-compose config), and the Kubernetes
-# manifests (structural checks, deploy/kubernetes/check.py). The Colony configurations inside
+# manifests (structural checks, deploy/kubernetes/check.py, and kubernetes-validate against
+# the API's schemas). The Colony configurations inside
 # the compose and Kubernetes files are loaded by a Rust test (tests/deploy_files.rs). Part of
 # the README's test command; .ci/setup installs the tools.
 set -euo pipefail
@@ -16,3 +17,10 @@ else
   echo "compose file: not checked (docker-compose is missing)"
 fi
 /usr/bin/python3 kubernetes/check.py
+# The manifests against the Kubernetes API's own schemas (unknown fields fail), for the oldest
+# version the manifests are meant for and the newest the tool knows.
+validator=${COLONY_TOOLS_DIR:-$HOME/.cache/colony}/kubernetes-validate/bin/kubernetes-validate
+for version in 1.29.0 1.37.0; do
+  "$validator" --strict --quiet -k "$version" kubernetes/*.yaml
+done
+echo "kubernetes manifests: valid against the API schemas of 1.29 and 1.37 ($("$validator" --version))"
