@@ -320,9 +320,21 @@ enum MasterFault {
     Pause,
 }
 
+/// After which step of a trade a participant's master fails, and whose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultAfter {
+    /// Every participant staged; the taker's master (not the primary's) fails.
+    Prepare,
+    /// The primary's shard holds the decision; its master fails.
+    Decide,
+    /// Applied everywhere and answered; the taker's master fails. With local
+    /// acknowledgements the taker's apply may not have reached a replica yet.
+    Finish,
+}
+
 /// Kills or pauses a participant's master after a step of a trade — the taker's after the
-/// prepare, the primary's after the decide — lets the Sentinels promote a replica and the
-/// coordinator go on, then resolves and checks.
+/// prepare, the primary's after the decide, the taker's again after the apply — lets the
+/// Sentinels promote a replica and the coordinator go on, then resolves and checks.
 async fn participant_master_fault(
     tag: &str,
     fault: MasterFault,
@@ -333,6 +345,26 @@ async fn participant_master_fault(
     use colony::store::multi::{MultiAttempt, PrepareOutcome};
     use colony_testkit::wait_until;
     let (mut shards, store) = sentinel_cluster(tag, profile, replicas, acknowledge);
+    // A Sentinel starts another failover of a master only 2 x failover-timeout after the
+    // last one (20 s with deploy/redis/sentinel.conf's 10 s); the taker's shard fails over
+    // twice here, a few seconds apart.
+    for shard in &shards {
+        for address in shard.sentinel_addresses() {
+            let mut sentinel = redis::Client::open(format!("redis://{address}"))
+                .expect("address")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("the Sentinel answers");
+            let _: () = redis::cmd("SENTINEL")
+                .arg("SET")
+                .arg(&shard.master_name)
+                .arg("failover-timeout")
+                .arg(3000)
+                .query_async(&mut sentinel)
+                .await
+                .expect("SENTINEL SET");
+        }
+    }
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
@@ -352,20 +384,24 @@ async fn participant_master_fault(
     }
     let mut damage = Damage::default();
     let mut moved = 0;
-    for (n, decided_first) in [false, true].into_iter().enumerate() {
+    let steps = [FaultAfter::Prepare, FaultAfter::Decide, FaultAfter::Finish];
+    for (n, step) in steps.into_iter().enumerate() {
         let trade = MultiTransaction::new(IdempotencyKey::new(tag, n as u64 + 1).expect("valid"))
             .with(Participant::owner(giver.clone()).with(gold(-10)))
             .with(Participant::owner(taker.clone()).with(gold(10)));
         let mut attempt = MultiAttempt::new(&store, trade).expect("valid");
         assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged, "{tag}");
-        if decided_first {
+        if step != FaultAfter::Prepare {
             attempt.decide(true).await.expect("decides");
         }
-        // A participant's master dies or stops — the taker's after the prepare, the primary's
-        // (holding the decision) after the decide; the Sentinels promote a replica, and the
-        // old master comes back as a replica of the new one (a paused one is demoted by the
-        // Sentinels when it wakes).
-        let shard = &mut shards[if decided_first { 0 } else { 1 }];
+        if step == FaultAfter::Finish {
+            attempt.finish().await.expect("applied everywhere");
+        }
+        // A participant's master dies or stops — the taker's after the prepare and after the
+        // apply, the primary's (holding the decision) after the decide; the Sentinels promote
+        // a replica, and the old master comes back as a replica of the new one (a paused one
+        // is demoted by the Sentinels when it wakes).
+        let shard = &mut shards[if step == FaultAfter::Decide { 0 } else { 1 }];
         let old = shard.master_index().expect("a master");
         match fault {
             MasterFault::Kill => shard.servers[old].kill().expect("kill the master"),
@@ -389,10 +425,12 @@ async fn participant_master_fault(
             MasterFault::Pause => shard.servers[old].resume().expect("wake the old master"),
         }
         // The coordinator goes on: decide (if not yet) and apply, through the failover.
-        if !decided_first {
+        if step == FaultAfter::Prepare {
             let _ = attempt.decide(true).await;
         }
-        let _ = attempt.finish().await;
+        if step != FaultAfter::Finish {
+            let _ = attempt.finish().await;
+        }
         drop(attempt);
         // Once the lease has passed, sweeps finish what is left (the shard may still be
         // settling: sweep until both shards answer).
@@ -413,7 +451,10 @@ async fn participant_master_fault(
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "{tag}: never settled");
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: never settled after {step:?}: sweeps {swept:?}, giver {g:?}, taker {t:?}"
+            );
             // Polling interval of a condition wait with a deadline.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -427,7 +468,7 @@ async fn participant_master_fault(
         if gave {
             moved += 10;
         }
-        eprintln!("{tag} step {n}: giver {g}, taker {t}");
+        eprintln!("{tag} after {step:?} (trade {n}): giver {g}, taker {t}");
     }
     damage
 }
