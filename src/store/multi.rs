@@ -532,7 +532,7 @@ impl Store {
                     Ok(_) => {}
                     Err(e) => {
                         if unresolved == 0 {
-                            tracing::warn!(shard = %name, player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an expired intent yet");
+                            tracing::warn!(shard = %name, player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent yet");
                         }
                         unresolved += 1;
                     }
@@ -572,7 +572,7 @@ impl Store {
                         Ok(Resolution::Live) => Err(locked(&intent, "is in progress")),
                         Ok(_) => Err(locked(&intent, "was resolved")),
                         Err(e) => {
-                            tracing::warn!(player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an intent");
+                            tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an intent");
                             Err(locked(&intent, "could not be resolved"))
                         }
                     }
@@ -592,7 +592,7 @@ impl Store {
                         }
                         Ok(None) if intent.expired => {
                             if let Err(e) = self.resolve_intent(player, &intent).await {
-                                tracing::warn!(player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an expired intent");
+                                tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent");
                             }
                             Ok(committed)
                         }
@@ -826,7 +826,7 @@ impl<'s> MultiAttempt<'s> {
                     let player = &self.txn.participants[i].player;
                     if intent.expired {
                         if let Err(e) = store.resolve_intent(player, &intent).await {
-                            tracing::warn!(player = %player.as_str(), version = ?intent.version, error = %e, "cannot resolve an expired intent");
+                            tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent");
                         }
                     }
                     let e = Error::Locked {
