@@ -364,11 +364,21 @@ class Client:
         except (OSError, RuntimeError) as e:
             conn.pending.pop(request_id, None)
             raise _unavailable(f"connection closed before sending: {e}") from e
+        # The deadline as a timer on the future itself: cheaper than a task per request, which
+        # is what asyncio.wait_for would make.
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()), _expire, conn, request_id, future
+        )
         try:
-            answer = await asyncio.wait_for(_sent_then(conn, future), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError as e:
+            if conn.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+                # The gateway is not reading (backpressure): wait for the buffer to drain.
+                await asyncio.wait_for(conn.writer.drain(), max(0.0, deadline - time.monotonic()))
+            answer = await future
+        except (asyncio.TimeoutError, OSError, RuntimeError) as e:
             conn.pending.pop(request_id, None)
-            raise ColonyError(Code.UNKNOWN, "no answer from the gateway in time") from e
+            raise ColonyError(Code.UNKNOWN, f"no answer from the gateway in time: {e}") from e
+        finally:
+            timer.cancel()
         if answer.WhichOneof("body") == "error":
             raise ColonyError(Code.of(answer.error.code), answer.error.message)
         if answer.WhichOneof("body") is None:
@@ -448,14 +458,15 @@ class Client:
                     raise error from None
 
 
-async def _sent_then(conn: _Connection, future: "asyncio.Future[pb.ServerFrame]") -> pb.ServerFrame:
-    """Waits while the socket's buffer is full (the gateway applies backpressure by not
-    reading), then for the answer."""
-    try:
-        await conn.writer.drain()
-    except (OSError, RuntimeError):
-        pass  # The reader fails everything pending on a lost connection.
-    return await future
+_WRITE_BUFFER_HIGH = 1024 * 1024
+"""Bytes queued on the socket past which a call waits for them to drain."""
+
+
+def _expire(conn: _Connection, request_id: int, future: "asyncio.Future[pb.ServerFrame]") -> None:
+    """A request's deadline passed without an answer: its outcome is unknown."""
+    conn.pending.pop(request_id, None)
+    if not future.done():
+        future.set_exception(ColonyError(Code.UNKNOWN, "no answer from the gateway in time"))
 
 
 def _outcome(r: pb.TransactionResult) -> ItemOutcome:
