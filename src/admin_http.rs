@@ -173,22 +173,7 @@ pub fn limits_of(config: &crate::config::GatewayConfig) -> AdminLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TokenConfig;
-
-    fn tokens() -> Tokens {
-        Tokens::new(vec![
-            TokenConfig {
-                name: "game".into(),
-                token: "game-secret-0123456789".into(),
-                role: Role::Game,
-            },
-            TokenConfig {
-                name: "ops".into(),
-                token: "admin-secret-0123456789".into(),
-                role: Role::Admin,
-            },
-        ])
-    }
+    use crate::gateway::auth::tests::tokens;
 
     fn with(authorization: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -15,16 +15,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use colony::client::{Client, ClientConfig};
 use colony::frame;
 use colony::wire::pb;
 use colony::{Access, Error, Operation, Transaction, Visibility};
-use colony_testkit::{free_port, RedisServer, ADMIN_TOKEN, GAME_TOKEN};
+use colony_testkit::{RedisServer, ADMIN_TOKEN, GAME_TOKEN};
 use common::{digest, key, name, pid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,48 +36,24 @@ const SLACK: u64 = 32 * MIB;
 const SUITE_PEAK_BOUND: u64 = 256 * MIB;
 
 /// The gateway binary as its own process, so that its memory is its own.
-struct GatewayProcess {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+type GatewayProcess = common::GatewayBinary;
 
 impl GatewayProcess {
     /// Starts the gateway in front of `redis` with the default configuration.
-    async fn start(redis: &RedisServer) -> GatewayProcess {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port().expect("free port");
-        let admin = free_port().expect("free port");
-        let config = format!(
-            "[[shards]]\nname = \"s0\"\nmaster = \"{}\"\n\n[gateway]\nlisten = \
-             \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ntokens = [\n  {{ name \
-             = \"game\", token = \"{GAME_TOKEN}\", role = \"game\" }},\n  {{ name = \"admin\", \
-             token = \"{ADMIN_TOKEN}\", role = \"admin\" }},\n]\n",
-            redis.address()
-        );
-        let path = dir.path().join("colony.toml");
-        std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(config.as_bytes()))
-            .expect("writes the config");
-        let child = Command::new(env!("CARGO_BIN_EXE_colony-gateway"))
-            .arg("--config")
-            .arg(&path)
-            .arg("--log")
-            .arg("error")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the gateway starts");
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(address).await.is_err() {
-            assert!(Instant::now() < deadline, "the gateway never listened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        GatewayProcess {
-            child,
-            address,
-            _dir: dir,
-        }
+    async fn with_defaults(redis: &RedisServer) -> GatewayProcess {
+        GatewayProcess::start(
+            |port, admin| {
+                format!(
+                    "[[shards]]\nname = \"s0\"\nmaster = \"{}\"\n\n[gateway]\nlisten = \
+                     \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ntokens = [\n  {{ name \
+                     = \"game\", token = \"{GAME_TOKEN}\", role = \"game\" }},\n  {{ name = \"admin\", \
+                     token = \"{ADMIN_TOKEN}\", role = \"admin\" }},\n]\n",
+                    redis.address()
+                )
+            },
+            &[],
+        )
+        .await
     }
 
     fn status(&self, field: &str) -> u64 {
@@ -130,13 +103,6 @@ impl GatewayProcess {
         tokio::time::timeout(Duration::from_secs(10), work)
             .await
             .expect("a well-behaved client is served during the attack");
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -190,7 +156,7 @@ fn report(gw: &GatewayProcess, attack: &str, start_kib: u64, allowance_kib: u64)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_stays_bounded_and_serving_under_attack() {
     let redis = RedisServer::start().expect("redis starts");
-    let gw = GatewayProcess::start(&redis).await;
+    let gw = GatewayProcess::with_defaults(&redis).await;
     gw.still_serves(1).await;
     let mut peaks = Vec::new();
 

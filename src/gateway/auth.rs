@@ -134,11 +134,12 @@ pub fn authorize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{IdempotencyKey, Name, Operation, Transaction, Visibility};
 
-    fn tokens() -> Tokens {
+    /// A game token and an admin token, for the tests here and in `admin_http`.
+    pub(crate) fn tokens() -> Tokens {
         Tokens::new(vec![
             TokenConfig {
                 name: "game".into(),

@@ -79,3 +79,55 @@ pub async fn size_tally(
     }
     (tally.0.zip(tally.1), real)
 }
+
+/// The gateway binary as its own process (its memory is its own; it can be killed, or stop at
+/// a failpoint), with the configuration `config` writes for its listen and admin ports and
+/// the environment `env`. It listens once `start` returns and is killed when dropped.
+pub struct GatewayBinary {
+    pub child: std::process::Child,
+    pub address: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayBinary {
+    pub async fn start(
+        config: impl FnOnce(u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> GatewayBinary {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = colony_testkit::free_port().expect("free port");
+        let admin = colony_testkit::free_port().expect("free port");
+        let path = dir.path().join("colony.toml");
+        std::fs::write(&path, config(port, admin)).expect("writes the config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_colony-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--log")
+            .arg("error")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the gateway starts");
+        let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            assert!(Instant::now() < deadline, "the gateway never listened");
+            // Polling interval of a condition wait with a deadline.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        GatewayBinary {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for GatewayBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
