@@ -5,16 +5,10 @@
 // Prints, one per line: "LOOKUP <version>" once the player lookup rendered; "READY" once every
 // shard shows up (the test then kills the master); "DOWN <ms>" once the page shows the shard
 // unreachable, <ms> after READY; then it saves the screenshot. Exits non-zero on a timeout.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, token, player, shard, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.COLONY_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 try {
   // The admin token as the password of HTTP Basic, as a person's browser would send it.
   const context = await browser.newContext({

@@ -2,17 +2,11 @@
 // loadtest/tests/report_browser.rs. Arguments: the report's path, where to save the
 // screenshot. Prints one JSON line with what the page shows: the charts, the lines of each,
 // their axis labels, the shaded fault windows, and the verdict.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import { pathToFileURL } from "node:url";
 
 const [report, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.COLONY_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   const requests = [];
