@@ -6,13 +6,14 @@ connection breaks with a write in flight."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
 import tempfile
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, List
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Optional, Tuple
 
 import pytest
 
@@ -45,6 +46,17 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
     yield make
     for c in clients:
         c.close()
+
+
+@contextlib.asynccontextmanager
+async def proxied(tls: Optional[ssl.SSLContext] = None) -> AsyncIterator[Tuple[Proxy, str]]:
+    """A proxy in front of the gateway (ending TLS with `tls`), and its address."""
+    host, port = GATEWAY.rsplit(":", 1)
+    proxy = Proxy(host, int(port), tls=tls)
+    try:
+        yield proxy, await proxy.start()
+    finally:
+        await proxy.stop()
 
 
 async def refused(awaitable: Awaitable[Any], code: Code) -> ColonyError:
@@ -179,10 +191,7 @@ async def test_a_trade_moves_gold_between_players_all_or_nothing(connect: Any) -
 
 
 async def test_a_write_whose_answer_is_lost_is_retried_with_its_key_and_applies_once(connect: Any) -> None:
-    host, port = GATEWAY.rsplit(":", 1)
-    proxy = Proxy(host, int(port))
-    address = await proxy.start()
-    try:
+    async with proxied() as (proxy, address):
         client = await connect(address=address, request_deadline=10.0)
         erin = player("erin")
         await client.execute(Transaction(erin).increment("gold", 1, "public"))
@@ -201,15 +210,10 @@ async def test_a_write_whose_answer_is_lost_is_retried_with_its_key_and_applies_
         assert retried.replayed, "the retry found the first attempt applied"
         assert retried.counter("gold") == 11
         assert (await client.get_player(erin)).version == 2
-    finally:
-        await proxy.stop()
 
 
 async def test_an_outcome_once_unknown_stays_unknown_when_retries_are_not_answered(connect: Any) -> None:
-    host, port = GATEWAY.rsplit(":", 1)
-    proxy = Proxy(host, int(port))
-    address = await proxy.start()
-    try:
+    async with proxied() as (proxy, address):
         client = await connect(address=address, request_deadline=0.6)
         fay = player("fay")
         proxy.swallow_answers = True
@@ -225,8 +229,6 @@ async def test_an_outcome_once_unknown_stays_unknown_when_retries_are_not_answer
         # A read whose answer is lost applied nothing: it is merely unavailable.
         (read,) = await client.execute_batch([Transaction(fay, "public").read("gold")])
         assert isinstance(read, ColonyError) and read.code in (Code.UNAVAILABLE, Code.TIMEOUT)
-    finally:
-        await proxy.stop()
 
 
 async def test_a_closed_client_fails_at_once_without_connecting_again() -> None:
@@ -252,10 +254,7 @@ async def test_over_tls_the_client_checks_the_certificate_and_works_as_over_tcp(
         server.load_cert_chain(cert, key)
         with open(cert, encoding="ascii") as f:
             pem = f.read()
-    host, port = GATEWAY.rsplit(":", 1)
-    proxy = Proxy(host, int(port), tls=server)
-    address = await proxy.start()
-    try:
+    async with proxied(tls=server) as (proxy, address):
         client = await connect(address=address, tls_ca=pem, tls_server_name="localhost")
         gus = player("gus")
         assert (await client.execute(Transaction(gus).increment("n", 2, "public").read("n"))).counter("n") == 2
@@ -264,5 +263,3 @@ async def test_over_tls_the_client_checks_the_certificate_and_works_as_over_tcp(
         await refused(
             Client.connect(address, ADMIN_TOKEN, tls_ca=pem, tls_server_name="gateway.example"), Code.UNAVAILABLE
         )
-    finally:
-        await proxy.stop()

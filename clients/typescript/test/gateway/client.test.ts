@@ -33,6 +33,21 @@ after(() => {
   for (const c of clients) c.close();
 });
 
+/** Runs `body` with a proxy in front of the gateway (ending TLS with `credentials`), then stops it. */
+async function throughProxy(
+  body: (proxy: Proxy, address: string) => Promise<void>,
+  credentials?: { key: string; cert: string },
+): Promise<void> {
+  const [host, port] = gateway.split(":");
+  const proxy = new Proxy({ host: host!, port: Number(port) }, credentials);
+  const address = await proxy.start();
+  try {
+    await body(proxy, address);
+  } finally {
+    await proxy.stop();
+  }
+}
+
 async function rejectsWith(promise: Promise<unknown>, code: Code): Promise<ColonyError> {
   try {
     await promise;
@@ -187,11 +202,8 @@ test("a trade moves gold between players all or nothing", async () => {
   );
 });
 
-test("a write whose answer is lost is retried with its key and applies once", async () => {
-  const [host, port] = gateway.split(":");
-  const proxy = new Proxy({ host: host!, port: Number(port) });
-  const address = await proxy.start();
-  try {
+test("a write whose answer is lost is retried with its key and applies once", () =>
+  throughProxy(async (proxy, address) => {
     const client = await connect({ address, requestDeadlineMs: 10_000 });
     const erin = player("erin");
     await client.execute(new Transaction(erin).increment("gold", 1, "public"));
@@ -208,16 +220,10 @@ test("a write whose answer is lost is retried with its key and applies once", as
     assert.equal(retried.replayed, true, "the retry found the first attempt applied");
     assert.equal(retried.counter("gold"), 11);
     assert.equal((await client.getPlayer(erin)).version, 2n);
-  } finally {
-    await proxy.stop();
-  }
-});
+  }));
 
-test("an outcome once unknown stays unknown when the retries are not answered", async () => {
-  const [host, port] = gateway.split(":");
-  const proxy = new Proxy({ host: host!, port: Number(port) });
-  const address = await proxy.start();
-  try {
+test("an outcome once unknown stays unknown when the retries are not answered", () =>
+  throughProxy(async (proxy, address) => {
     const client = await connect({ address, requestDeadlineMs: 600 });
     const fay = player("fay");
     proxy.swallowAnswers = true;
@@ -230,10 +236,7 @@ test("an outcome once unknown stays unknown when the retries are not answered", 
     // A read whose answer is lost applied nothing: it is merely unavailable.
     const reads = await client.executeBatch([new Transaction(fay, "public").read("gold")]);
     assert.ok(!reads[0]!.ok && [Code.UNAVAILABLE, Code.TIMEOUT].includes(reads[0]!.error.code));
-  } finally {
-    await proxy.stop();
-  }
-});
+  }));
 
 test("a closed client fails at once without connecting again", async () => {
   const client = await Client.connect({ address: gateway, token: adminToken });
@@ -255,10 +258,7 @@ test("over TLS the client checks the gateway's certificate and works as over TCP
   ], { stdio: "ignore" });
   const credentials = { key: readFileSync(key, "utf8"), cert: readFileSync(cert, "utf8") };
   rmSync(dir, { recursive: true });
-  const [host, port] = gateway.split(":");
-  const proxy = new Proxy({ host: host!, port: Number(port) }, credentials);
-  const address = await proxy.start();
-  try {
+  await throughProxy(async (proxy, address) => {
     const client = await connect({ address, tls: { ca: credentials.cert, serverName: "localhost" } });
     const gus = player("gus");
     assert.equal((await client.execute(new Transaction(gus).increment("n", 2, "public").read("n"))).counter("n"), 2);
@@ -268,7 +268,5 @@ test("over TLS the client checks the gateway's certificate and works as over TCP
       Client.connect({ address, token: adminToken, tls: { ca: credentials.cert, serverName: "gateway.example" } }),
       Code.UNAVAILABLE,
     );
-  } finally {
-    await proxy.stop();
-  }
+  }, credentials);
 });
