@@ -36,6 +36,19 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// This invocation as a command on the store's road.
+    pub(crate) fn command(
+        &self,
+        effect: crate::store::road::Effect,
+    ) -> crate::store::road::Command {
+        crate::store::road::Command::encoded(
+            &crate::store::road::TRANSACTION,
+            self.keys.to_vec(),
+            self.args.clone(),
+            effect,
+        )
+    }
+
     /// Appends this invocation as `EVALSHA sha 6 keys.. args..` to `pipe`.
     pub fn add_to(&self, pipe: &mut redis::Pipeline) {
         let cmd = pipe
@@ -374,9 +387,10 @@ pub enum Outcome {
     Done(Committed),
     /// A write to a player holding an intent: nothing applied.
     Locked(IntentRef),
-    /// A read of a player holding an intent: the last applied state, to be returned unless
-    /// the intent's decision is a commit still to be applied.
-    ReadWithIntent(Committed, IntentRef),
+    /// A transaction that wrote nothing, on a player holding an intent: its answer (a read of
+    /// the last applied state, or a refusal judged against it), to be returned unless the
+    /// intent's decision is a commit still to be applied.
+    AnsweredWithIntent(Result<Committed, Error>, IntentRef),
 }
 
 /// What the script answered a participant's prepare.
@@ -490,8 +504,13 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Outcome, Error> {
     match status {
         b"OK" => Ok(Outcome::Done(committed(rest)?)),
         b"LOCKED" => Ok(Outcome::Locked(intent_ref(rest, version)?)),
-        b"OK_INTENT" if rest.len() >= 3 => Ok(Outcome::ReadWithIntent(
-            committed(&rest[3..])?,
+        b"OK_INTENT" if rest.len() >= 3 => Ok(Outcome::AnsweredWithIntent(
+            Ok(committed(&rest[3..])?),
+            intent_ref(&rest[..3], version)?,
+        )),
+        // A refusal on a player holding an intent names the intent after its header.
+        status if rest.len() >= 3 => Ok(Outcome::AnsweredWithIntent(
+            Err(status_error(status, version, operation_index)),
             intent_ref(&rest[..3], version)?,
         )),
         status => Err(status_error(status, version, operation_index)),
@@ -797,7 +816,7 @@ mod tests {
             RedisValue::Int(0),
             RedisValue::Int(0),
         ]);
-        let Ok(Outcome::ReadWithIntent(committed, met)) = decode(&txn, &read) else {
+        let Ok(Outcome::AnsweredWithIntent(Ok(committed), met)) = decode(&txn, &read) else {
             panic!("not a read with an intent");
         };
         assert_eq!((committed.version, met), (3, intent));

@@ -62,7 +62,9 @@
 -- { 'LOCKED', version, 0, 0, attempt, primary, expired (0/1) } and writes nothing. A
 -- read-only transaction runs and answers 'OK_INTENT' with the same three extra header
 -- fields before its reads: its state is the last applied one, and the caller asks the
--- intent's decision whether a commit is waiting to be applied.
+-- intent's decision whether a commit is waiting to be applied. A refusal (CONFLICT,
+-- OUT_OF_BOUNDS, PLAYER_TOO_LARGE, TOO_LARGE, INVALID) on such a player carries the same three
+-- fields after its header, for the same reason.
 --
 -- Prepare (ARGV[14] = attempt): the operations are staged exactly as above, with writes
 -- allowed under public access (the gateway's roles decide who may write whom), but instead of
@@ -137,8 +139,10 @@ end
 
 if preparing and holder then
   if holder ~= attempt then return intent_header('LOCKED') end
-  -- A prepare repeated: the answer it had.
+  -- A prepare repeated: the answer it had. The staged reply is written again as it is, so a
+  -- WAIT after this call covers the intent, which may have gone out on another connection.
   local packed = redis.call('HGET', intent, 'r')
+  redis.call('HSET', intent, 'r', packed)
   local reply = cmsgpack.unpack(packed)
   local answer = { 'PREPARED', reply[2], 0, 0, packed }
   for k = 5, #reply do answer[#answer + 1] = reply[k] end
@@ -266,8 +270,19 @@ local reads = {}
 local mutated = false
 local last_write = 0
 local i, op = FIRST_OP, 0
+-- A refusal. On a player holding an intent it names the intent after its header (as
+-- OK_INTENT does), so the caller can tell whether a commit waits to be applied first: the
+-- refusal was judged against the last applied state.
+local function refusal(status, index)
+  local reply = { status, version, 0, index }
+  if holder and not preparing then
+    local named = intent_header(status)
+    reply[5], reply[6], reply[7] = named[5], named[6], named[7]
+  end
+  return reply
+end
 local function fail(status)
-  return { status, version, 0, op }
+  return refusal(status, op)
 end
 
 while i <= #ARGV do
@@ -382,7 +397,7 @@ if mutated then
   -- them (the bounds were lowered) is allowed.
   if (new_bytes > max_bytes and new_bytes > bytes)
       or (new_entries > max_entries and new_entries > entries) then
-    return { 'PLAYER_TOO_LARGE', version, 0, last_write }
+    return refusal('PLAYER_TOO_LARGE', last_write)
   end
   -- The writes, per hash: flat (entry, value) pairs to set, and entries to delete.
   writes = {}

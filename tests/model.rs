@@ -2,6 +2,11 @@
 //! small in-memory model of Colony's semantics; every result must agree. Two clients send
 //! request ids in any order, retried or not, through a window of four requests, so replays,
 //! mismatches, out-of-order arrivals and REQUEST_TOO_OLD all occur.
+//!
+//! The second test adds multi-player transactions between the same two players, retried
+//! with their keys, interleaved with transactions on one player, with coordinators that stop
+//! after the prepare or after deciding a commit (their intents finished by whoever meets
+//! them: the next transaction, a read, the resolver or the sweep), and with sweeps.
 
 mod common;
 
@@ -9,8 +14,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use colony::model::COUNTER_LIMIT;
 use colony::{
-    Access, Committed, Entry, Error, IdempotencyKey, Name, Operation, PlayerId, ReadResult,
-    Transaction, Value, Visibility,
+    Access, Committed, Entry, Error, IdempotencyKey, MultiCommitted, MultiTransaction, Name,
+    Operation, Participant, PlayerId, ReadResult, Transaction, Value, Visibility,
 };
 use proptest::prelude::*;
 
@@ -34,11 +39,35 @@ struct ModelWindow {
     floor: Option<u64>,
     /// Remembered request ids, oldest arrival first.
     queue: VecDeque<u64>,
-    /// request id -> (the transaction, its first result)
-    remembered: HashMap<u64, (Transaction, Committed)>,
+    /// request id -> the request and its first result
+    remembered: HashMap<u64, Remembered>,
 }
 
-#[derive(Default)]
+/// A request a window remembers with its first result.
+#[derive(Clone)]
+enum Remembered {
+    Single(Transaction, Committed),
+    Multi(MultiTransaction, MultiCommitted),
+}
+
+impl ModelWindow {
+    /// Remembers request `r`, forgetting the oldest together once the window holds a quarter
+    /// more than its length (the age never runs out within a case).
+    fn remember(&mut self, r: u64, what: Remembered) {
+        self.queue.push_back(r);
+        self.remembered.insert(r, what);
+        if self.queue.len() > WINDOW + WINDOW / 4 {
+            while self.queue.len() > WINDOW {
+                if let Some(forgotten) = self.queue.pop_front() {
+                    self.remembered.remove(&forgotten);
+                    self.floor = Some(self.floor.map_or(forgotten, |f| f.max(forgotten)));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default, Clone)]
 struct Model {
     players: HashMap<PlayerId, ModelPlayer>,
 }
@@ -53,16 +82,21 @@ impl Model {
                 .entry(key.client_id().to_string())
                 .or_default();
             let r = key.request_id();
-            if let Some((first, result)) = window.remembered.get(&r) {
-                if first.access != txn.access || first.operations != txn.operations {
-                    return Err(Error::IdempotencyMismatch {
-                        version: player.version,
+            match window.remembered.get(&r) {
+                Some(Remembered::Single(first, result))
+                    if first.access == txn.access && first.operations == txn.operations =>
+                {
+                    return Ok(Committed {
+                        replayed: true,
+                        ..result.clone()
                     });
                 }
-                return Ok(Committed {
-                    replayed: true,
-                    ..result.clone()
-                });
+                Some(_) => {
+                    return Err(Error::IdempotencyMismatch {
+                        version: player.version,
+                    })
+                }
+                None => {}
             }
             if window.floor.is_some_and(|floor| r <= floor) {
                 return Err(Error::RequestTooOld {
@@ -70,12 +104,128 @@ impl Model {
                 });
             }
         }
-        let owner = txn.access == Access::Owner;
+        let (staged, mutated, reads) = stage(player, txn.access, &txn.operations)?;
+        if mutated {
+            player.version += 1;
+            player.entries = staged;
+        }
+        let committed = Committed {
+            version: player.version,
+            reads,
+            replayed: false,
+        };
+        if let (Some(key), Some(r), true) = (&txn.idempotency_key, request, mutated) {
+            player
+                .windows
+                .entry(key.client_id().to_string())
+                .or_default()
+                .remember(r, Remembered::Single(txn.clone(), committed.clone()));
+        }
+        Ok(committed)
+    }
+
+    /// A multi-player transaction: judged in the primary's window, every participant staged
+    /// as a transaction on its own is, all applied or none (the first participant that
+    /// refuses names the refusal), and the key remembered in the primary's window with every
+    /// participant's result.
+    fn apply_multi(&mut self, txn: &MultiTransaction) -> Result<MultiCommitted, Error> {
+        let in_participant = |participant: usize, error: Error| Error::InParticipant {
+            participant: participant as u32,
+            error: Box::new(error),
+        };
+        let key = &txn.idempotency_key;
+        let primary = self
+            .players
+            .entry(txn.participants[0].player.clone())
+            .or_default();
+        let window = primary
+            .windows
+            .entry(key.client_id().to_string())
+            .or_default();
+        let r = key.request_id();
+        match window.remembered.get(&r) {
+            Some(Remembered::Multi(first, result)) if first == txn => {
+                // A replay marks the whole result and every participant's.
+                return Ok(MultiCommitted {
+                    participants: result
+                        .participants
+                        .iter()
+                        .map(|c| Committed {
+                            replayed: true,
+                            ..c.clone()
+                        })
+                        .collect(),
+                    replayed: true,
+                });
+            }
+            Some(_) => {
+                let version = primary.version;
+                return Err(in_participant(0, Error::IdempotencyMismatch { version }));
+            }
+            None => {}
+        }
+        if window.floor.is_some_and(|floor| r <= floor) {
+            let version = primary.version;
+            return Err(in_participant(0, Error::RequestTooOld { version }));
+        }
+        let mut staged = Vec::new();
+        for (i, participant) in txn.participants.iter().enumerate() {
+            let player = self.players.entry(participant.player.clone()).or_default();
+            staged.push(
+                stage(player, participant.access, &participant.operations)
+                    .map_err(|e| in_participant(i, e))?,
+            );
+        }
+        let mut results = Vec::new();
+        for (participant, (entries, mutated, reads)) in txn.participants.iter().zip(staged) {
+            let player = self.players.entry(participant.player.clone()).or_default();
+            if mutated {
+                player.version += 1;
+                player.entries = entries;
+            }
+            results.push(Committed {
+                version: player.version,
+                reads,
+                replayed: false,
+            });
+        }
+        let committed = MultiCommitted {
+            participants: results,
+            replayed: false,
+        };
+        self.players
+            .entry(txn.participants[0].player.clone())
+            .or_default()
+            .windows
+            .entry(key.client_id().to_string())
+            .or_default()
+            .remember(r, Remembered::Multi(txn.clone(), committed.clone()));
+        Ok(committed)
+    }
+}
+
+/// Runs `operations` against `player`'s state under `access` without changing it: the new
+/// entries, whether anything was written, and the reads; or the refusal.
+#[allow(clippy::type_complexity)]
+fn stage(
+    player: &ModelPlayer,
+    access: Access,
+    operations: &[Operation],
+) -> Result<
+    (
+        BTreeMap<(String, bool), (Visibility, Value)>,
+        bool,
+        Vec<ReadResult>,
+    ),
+    Error,
+> {
+    {
+        let owner = access == Access::Owner;
         let visible = |v: Visibility| owner || v == Visibility::Public;
         let mut staged = player.entries.clone();
         let mut reads = Vec::new();
         let mut mutated = false;
-        for (index, op) in txn.operations.iter().enumerate() {
+        for (index, op) in operations.iter().enumerate() {
             let index = index as u32;
             let fail_conflict = Error::Conflict {
                 version: player.version,
@@ -172,36 +322,7 @@ impl Model {
                 }
             }
         }
-        if mutated {
-            player.version += 1;
-            player.entries = staged;
-        }
-        let committed = Committed {
-            version: player.version,
-            reads,
-            replayed: false,
-        };
-        if let (Some(key), Some(r), true) = (&txn.idempotency_key, request, mutated) {
-            let window = player
-                .windows
-                .entry(key.client_id().to_string())
-                .or_default();
-            window.queue.push_back(r);
-            window
-                .remembered
-                .insert(r, (txn.clone(), committed.clone()));
-            // The oldest are forgotten together once the window holds a quarter more than
-            // its length (the age never runs out within a case).
-            if window.queue.len() > WINDOW + WINDOW / 4 {
-                while window.queue.len() > WINDOW {
-                    if let Some(forgotten) = window.queue.pop_front() {
-                        window.remembered.remove(&forgotten);
-                        window.floor = Some(window.floor.map_or(forgotten, |f| f.max(forgotten)));
-                    }
-                }
-            }
-        }
-        Ok(committed)
+        Ok((staged, mutated, reads))
     }
 }
 
@@ -380,6 +501,196 @@ fn redis_agrees_with_the_model() {
             if let Some(tally) = tally {
                 prop_assert_eq!(tally, real, "size tally after {:?}", txn);
             }
+        }
+    });
+}
+
+/// One step of the second test.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A transaction on one player.
+    Single((bool, bool, u64, Vec<Operation>)),
+    /// A trade run to the end.
+    Trade(TradeParts),
+    /// A trade whose coordinator stops after every participant prepared.
+    StopAfterPrepare(TradeParts),
+    /// A trade whose coordinator stops after writing the commit.
+    StopAfterCommit(TradeParts),
+    /// The sweep of the shard.
+    Sweep,
+}
+
+/// A trade between the case's two players: which is the primary, how its request id is
+/// picked, and each participant's operations.
+type TradeParts = (bool, u64, Vec<Operation>, Vec<Operation>);
+
+fn arb_ops() -> impl Strategy<Value = Vec<Operation>> {
+    prop::collection::vec(
+        prop_oneof![6 => arb_write_op(), 2 => arb_read_op(), 1 => arb_check_field()],
+        1..4,
+    )
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    let trade = || (any::<bool>(), 0u64..6, arb_ops(), arb_ops());
+    prop_oneof![
+        4 => arb_txn().prop_map(Step::Single),
+        4 => trade().prop_map(Step::Trade),
+        1 => trade().prop_map(Step::StopAfterPrepare),
+        1 => trade().prop_map(Step::StopAfterCommit),
+        1 => Just(Step::Sweep),
+    ]
+}
+
+/// The trade of `parts` in case `prefix`, its key from client `t`, ids picked as `build`
+/// picks them.
+fn build_trade(
+    prefix: &str,
+    next_ids: &mut HashMap<String, u64>,
+    (p_first, request, ops_a, ops_b): TradeParts,
+) -> MultiTransaction {
+    let p = PlayerId::new(format!("{prefix}-p")).expect("valid");
+    let q = PlayerId::new(format!("{prefix}-q")).expect("valid");
+    let (a, b) = if p_first { (p, q) } else { (q, p) };
+    let next = next_ids.entry("t".to_string()).or_default();
+    let id = match request % 3 {
+        0 => *next,
+        1 => *next + 1,
+        _ => next.saturating_sub(2),
+    };
+    *next = (*next).max(id + 1);
+    let participant = |player: PlayerId, ops: Vec<Operation>| {
+        ops.into_iter()
+            .fold(Participant::owner(player), Participant::with)
+    };
+    MultiTransaction::new(IdempotencyKey::new("t", id).expect("valid"))
+        .with(participant(a, ops_a))
+        .with(participant(b, ops_b))
+}
+
+#[test]
+fn trades_interleaved_with_singles_stops_and_sweeps_agree_with_the_model() {
+    use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome};
+    let servers = common::servers(1);
+    let mut config = colony_testkit::config_for(&[&servers[0]]);
+    config.redis.idempotency_window_requests = WINDOW;
+    // A stopped coordinator's intents expire quickly, well within the store's retry
+    // deadline: what meets them waits for the lease, then the resolver finishes them.
+    config.redis.intent_lease_ms = 40;
+    config.redis.retry_deadline_ms = 2000;
+    let store = colony::Store::new(&config).expect("store");
+    let shard = colony::shard_map::ShardIndex(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let case = std::cell::Cell::new(0u64);
+    let proptest_config = ProptestConfig {
+        cases: 32,
+        ..ProptestConfig::default()
+    };
+    let step = (
+        arb_step(),
+        prop::option::weighted(0.3, any::<prop::sample::Index>()),
+    );
+    proptest!(proptest_config, |(steps in prop::collection::vec(step, 1..48))| {
+        case.set(case.get() + 1);
+        let prefix = format!("trades{}", case.get());
+        let mut model = Model::default();
+        let mut next_ids = HashMap::new();
+        let mut sent: Vec<Transaction> = Vec::new();
+        let mut traded: Vec<MultiTransaction> = Vec::new();
+        for (step, retry) in steps {
+            match step {
+                Step::Sweep => {
+                    let swept = runtime.block_on(store.sweep(shard));
+                    prop_assert!(swept.is_ok(), "sweep: {:?}", swept);
+                }
+                Step::Single(raw) => {
+                    let txn = match retry {
+                        Some(index) if !sent.is_empty() => sent[index.index(sent.len())].clone(),
+                        _ => build(&prefix, &mut next_ids, raw),
+                    };
+                    sent.push(txn.clone());
+                    let expected = model.apply(&txn);
+                    let actual = runtime.block_on(store.execute(txn.clone()));
+                    prop_assert_eq!(actual, expected, "transaction {:?}", txn);
+                }
+                step => {
+                    let (parts, stop) = match step {
+                        Step::Trade(parts) => (parts, None),
+                        Step::StopAfterPrepare(parts) => (parts, Some(false)),
+                        Step::StopAfterCommit(parts) => (parts, Some(true)),
+                        _ => unreachable!("matched above"),
+                    };
+                    let txn = match retry {
+                        Some(index) if !traded.is_empty() => {
+                            traded[index.index(traded.len())].clone()
+                        }
+                        _ => build_trade(&prefix, &mut next_ids, parts),
+                    };
+                    traded.push(txn.clone());
+                    let mut after = model.clone();
+                    let expected = after.apply_multi(&txn);
+                    let applies_now = matches!(&expected, Ok(c) if !c.replayed);
+                    match stop {
+                        Some(commit) if applies_now => {
+                            // The coordinator stops: after the prepare (nothing applies, the
+                            // intents are aborted once their lease passed), or after writing
+                            // the commit (whoever meets an intent applies it).
+                            let mut attempt = MultiAttempt::new(&store, txn.clone()).expect("valid");
+                            // A stopped attempt of an earlier step may still hold a
+                            // participant: its lease passes, the prepare is tried again.
+                            let mut prepared = runtime.block_on(attempt.prepare());
+                            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                            while prepared != PrepareOutcome::AllStaged && std::time::Instant::now() < deadline {
+                                let _ = runtime.block_on(attempt.decide(false));
+                                let _ = runtime.block_on(attempt.finish());
+                                // Retry pause of a condition wait with a deadline (lease 40 ms).
+                                runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(10)).await });
+                                attempt = MultiAttempt::new(&store, txn.clone()).expect("valid");
+                                prepared = runtime.block_on(attempt.prepare());
+                            }
+                            prop_assert_eq!(&prepared, &PrepareOutcome::AllStaged, "{:?}", txn);
+                            if commit {
+                                let decided = runtime.block_on(attempt.decide(true));
+                                prop_assert_eq!(decided, Ok(Decision::Commit), "{:?}", txn);
+                                model = after;
+                            }
+                        }
+                        _ => {
+                            let actual = runtime.block_on(store.execute_multi(txn.clone()));
+                            prop_assert_eq!(actual, expected, "trade {:?}", txn);
+                            model = after;
+                        }
+                    }
+                }
+            }
+        }
+        // Everything left is finished: after the lease, one sweep leaves no intent, and
+        // both players read as the model says.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for id in ["p", "q"] {
+            let player = PlayerId::new(format!("{prefix}-{id}")).expect("valid");
+            loop {
+                let _ = runtime.block_on(store.sweep(shard));
+                let looked = runtime.block_on(store.inspect_player(&player));
+                if !matches!(&looked, Ok(l) if l.intent.is_some()) {
+                    break;
+                }
+                prop_assert!(std::time::Instant::now() < deadline, "{:?} keeps an intent", player);
+                // Polling interval of a condition wait with a deadline (lease 40 ms).
+                runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(10)).await });
+            }
+            let read = Transaction {
+                player: player.clone(),
+                access: Access::Owner,
+                idempotency_key: None,
+                operations: vec![Operation::Read { names: vec![] }],
+            };
+            let expected = model.clone().apply(&read);
+            let actual = runtime.block_on(store.execute(read.clone()));
+            prop_assert_eq!(actual, expected, "final read of {:?}", player);
         }
     });
 }

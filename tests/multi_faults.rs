@@ -438,17 +438,9 @@ async fn participant_master_fault(
 /// True when neither player holds an intent (read through the store's own connections).
 async fn leases_gone(store: &Store, players: [&PlayerId; 2]) -> bool {
     for p in players {
-        let shard = store.shard_map().shard_for_player(p);
-        let Ok(mut conn) = store.master_connection(shard).await else {
-            return false;
-        };
-        let held: Result<bool, _> = redis::cmd("HEXISTS")
-            .arg(colony::keys::PlayerKeys::new(p).meta)
-            .arg("x")
-            .query_async(&mut conn)
-            .await;
-        if !matches!(held, Ok(false)) {
-            return false;
+        match store.inspect_player(p).await {
+            Ok(looked) if looked.intent.is_none() => {}
+            _ => return false,
         }
     }
     true
@@ -496,4 +488,163 @@ async fn a_participant_master_paused_mid_trade_breaks_nothing_in_the_safe_profil
     // connections open, until the Sentinels demote it. In the safe profile it has no replica
     // left to acknowledge a write, so nothing it takes after the promotion is acknowledged.
     safe_then_naive("mp", MasterFault::Pause).await;
+}
+
+/// Whether every replica of `master` has acknowledged its whole replication stream.
+async fn caught_up(master: &RedisServer) -> bool {
+    let mut conn = raw(master).await;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split([',', ':'])
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut offset = None;
+    let mut acked = Vec::new();
+    for line in info.lines() {
+        if let Some(v) = line.strip_prefix("master_repl_offset:") {
+            offset = v.trim().parse::<u64>().ok();
+        } else if line.starts_with("slave") && line.contains("ip=") {
+            acked.push(field(line, "offset"));
+        }
+    }
+    !acked.is_empty() && acked.iter().all(|a| a.is_some() && *a == offset)
+}
+
+/// The replicas of the taker's shard are stopped (SIGSTOP) and the replication link filled
+/// before the trade is sent, so the trade's writes exist on the master alone; then the master
+/// is killed and the replicas resumed. A fault that strikes *before* replication caught up:
+/// the trade must not be answered OK (its acknowledgement waited for nothing), and after the
+/// promotion nothing is applied on one side only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_sided() {
+    use colony::config::Acknowledge;
+    use colony_testkit::{wait_until, Profile};
+    let tag = "stall";
+    let (mut shards, store) = sentinel_cluster(tag, Profile::Safe, 2, Acknowledge::Replicated);
+    let mut on: Vec<Option<PlayerId>> = vec![None, None];
+    for i in 0.. {
+        let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
+        on[store.shard_map().shard_for_player(&p).0].get_or_insert(p);
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let (giver, taker) = (on[0].clone().expect("one"), on[1].clone().expect("one"));
+    for p in [&giver, &taker] {
+        let txn = Transaction::owner(
+            p.clone(),
+            Some(IdempotencyKey::new("setup", 1).expect("valid")),
+        )
+        .with(gold(START));
+        store.execute(txn).await.expect("created");
+    }
+    // Warm every connection of both shards, so the trade's steps do not open new ones.
+    for _ in 0..4 {
+        for p in [&giver, &taker] {
+            store
+                .get_player(p.clone(), Access::Owner)
+                .await
+                .expect("reads");
+        }
+    }
+    let shard = &mut shards[1];
+    let master = shard.master_index().expect("a master");
+    let replicas: Vec<usize> = (0..shard.servers.len()).filter(|&i| i != master).collect();
+    // Every replica has acknowledged everything before it stops: no connection has a write
+    // the replicas lack, as on a quiet shard.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !caught_up(&shard.servers[master]).await {
+        assert!(Instant::now() < deadline, "the replicas never caught up");
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &r in &replicas {
+        shard.servers[r].pause().expect("stop a replica");
+    }
+    // 32 MiB more than the stopped replicas' socket buffers hold: what is written after it
+    // stays in the master's output buffers.
+    let mut conn = redis::Client::open(shard.servers[master].url())
+        .expect("client")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("connects");
+    let ballast = vec![b'x'; 32 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("ballast")
+        .arg(ballast)
+        .query_async(&mut conn)
+        .await
+        .expect("ballast written");
+    let trade = MultiTransaction::new(IdempotencyKey::new(tag, 1).expect("valid"))
+        .with(Participant::owner(giver.clone()).with(gold(-10)))
+        .with(Participant::owner(taker.clone()).with(gold(10)));
+    let connects = store.connection_stats()[1].connects;
+    let answer = store.execute_multi(trade).await;
+    assert!(
+        answer.is_err(),
+        "a trade whose taker's replicas were stopped was acknowledged: {answer:?}"
+    );
+    assert!(
+        answer.as_ref().is_err_and(|e| e.may_have_applied()),
+        "a trade that may have applied was answered with a code that says nothing applied: \
+         {answer:?}"
+    );
+    // Retries into a stalled shard reuse its connections: no connect per retry.
+    let opened = store.connection_stats()[1].connects - connects;
+    assert!(
+        opened <= 2,
+        "{opened} connections opened to the stalled shard"
+    );
+    shard.servers[master].kill().expect("kill the master");
+    for &r in &replicas {
+        shard.servers[r].resume().expect("resume a replica");
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || shard
+            .master_index()
+            .is_some_and(|m| m != master))
+        .await,
+        "no promotion"
+    );
+    let new = shard.master_index().expect("a master");
+    let port = shard.servers[new].port().to_string();
+    shard.servers[master]
+        .start_again(&["--replicaof", "127.0.0.1", &port])
+        .expect("the old master rejoins");
+    // Sweep until both shards answer and neither player holds an intent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let swept = [
+            store.sweep(ShardIndex(0)).await,
+            store.sweep(ShardIndex(1)).await,
+        ];
+        let (g, t) = (
+            store.get_player(giver.clone(), Access::Owner).await,
+            store.get_player(taker.clone(), Access::Owner).await,
+        );
+        if swept.iter().all(Result::is_ok)
+            && g.is_ok()
+            && t.is_ok()
+            && leases_gone(&store, [&giver, &taker]).await
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: sweeps {swept:?}, giver {g:?}, taker {t:?}"
+        );
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (g, t) = (coins(&store, &giver).await, coins(&store, &taker).await);
+    eprintln!("answer {answer:?}; giver {g}, taker {t}");
+    assert_eq!(g + t, 2 * START, "one-sided: giver {g}, taker {t}");
 }

@@ -14,7 +14,8 @@
 -- records the transaction's key in its window with every participant's reply (from the
 -- decision record), whoever runs it — the coordinator or a resolver — so a replay of the key
 -- finds it. Reply: APPLIED, ROLLED_BACK, ALREADY (this attempt was applied before: meta y),
--- or NO_INTENT (the player holds no intent of this attempt, and none was applied).
+-- or NO_INTENT (the player holds no intent of this attempt, and none was applied; nothing
+-- written).
 
 local meta, pub, priv, intent = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local active, dirty, clients, intents, decision = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -22,7 +23,12 @@ local player, attempt, action = ARGV[1], ARGV[2], ARGV[3]
 
 local marks = redis.call('HMGET', meta, 'x', 'y')
 if marks[1] ~= attempt then
-  if marks[2] == attempt then return 'ALREADY' end
+  if marks[2] == attempt then
+    -- Applied before, perhaps on another connection: written again as it is, so a WAIT
+    -- after this call covers the apply.
+    redis.call('HSET', meta, 'y', attempt)
+    return 'ALREADY'
+  end
   return 'NO_INTENT'
 end
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::road::Command;
 use super::Store;
 use crate::error::Error;
 use crate::keys::PlayerKeys;
@@ -62,21 +63,26 @@ impl Store {
         let shard = map.shard_for_player(player);
         let name = map.shards()[shard.0].name.clone();
         let keys = PlayerKeys::new(player);
-        let mut conn = self.master_connection(shard).await?;
         type Hash = Vec<(Vec<u8>, Vec<u8>)>;
-        let (meta, public, private): (Hash, Hash, Hash) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(&keys.meta)
-            .cmd("HGETALL")
-            .arg(&keys.public)
-            .cmd("HGETALL")
-            .arg(&keys.private)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| Error::Unavailable {
+        let commands = [&keys.meta, &keys.public, &keys.private]
+            .into_iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(key);
+                Command::read(cmd)
+            })
+            .collect();
+        let mut hashes = Vec::with_capacity(3);
+        for reply in self.send(shard, commands).await.replies {
+            let hash: Hash = redis::from_redis_value(reply?).map_err(|e| Error::Unavailable {
                 shard: name.clone(),
                 reason: e.to_string(),
             })?;
+            hashes.push(hash);
+        }
+        let [meta, public, private]: [Hash; 3] = hashes
+            .try_into()
+            .map_err(|_| Error::Internal("a look answered too few hashes".into()))?;
         if meta.is_empty() && public.is_empty() && private.is_empty() {
             return Err(Error::NotFound);
         }
@@ -109,12 +115,14 @@ impl Store {
         let shards = (0..self.shard_map().shards().len()).map(|i| async move {
             let name = self.shard_map().shards()[i].name.clone();
             let work = async {
-                let mut conn = self.master_connection(ShardIndex(i)).await?;
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
+                let mut info = redis::cmd("INFO");
+                info.arg("replication");
+                let reply = self
+                    .send(ShardIndex(i), vec![Command::read(info)])
                     .await
-                    .map_err(|e| Error::Unavailable {
+                    .into_acknowledged_reply()?;
+                let info: String =
+                    redis::from_redis_value(reply).map_err(|e| Error::Unavailable {
                         shard: name.clone(),
                         reason: e.to_string(),
                     })?;

@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::shard_map::{Endpoint, Shard};
 
 use super::breaker::Breaker;
+use super::road::NOREPLICAS_RECHECK;
 use super::sentinel::{self, replies_outlast_down_after};
 use super::wait::WaitRounds;
 
@@ -96,6 +97,8 @@ pub(super) struct ShardLinks {
     /// Whether the warning that `response_timeout` outlasts the Sentinels' `down-after` has
     /// been logged.
     warned_slow_replies: AtomicBool,
+    /// When a NOREPLICAS refusal last made the links stale.
+    last_recheck: Mutex<Option<tokio::time::Instant>>,
     /// Dropped with the links, which tells the watcher to stop.
     alive: tokio::sync::watch::Sender<()>,
 }
@@ -150,6 +153,7 @@ impl ShardLinks {
             watching: AtomicBool::new(false),
             response_timeout,
             warned_slow_replies: AtomicBool::new(false),
+            last_recheck: Mutex::new(None),
             alive: tokio::sync::watch::channel(()).0,
         }
     }
@@ -193,20 +197,41 @@ impl ShardLinks {
         *lock(&self.on_failover) = Some(hook);
     }
 
-    /// Makes every connection of the shard stale: the master may have moved.
-    pub(super) fn invalidate(&self, link: &Link) {
+    /// Makes every connection of the shard stale: the master may have moved. Says whether
+    /// this call did it (not someone before it for the same generation).
+    pub(super) fn invalidate(&self, link: &Link) -> bool {
         // Only the first caller to see a failure of this generation raises it.
-        let _ = self.generation.compare_exchange(
-            link.generation,
-            link.generation + 1,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        self.generation
+            .compare_exchange(
+                link.generation,
+                link.generation + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
     }
 
-    /// Makes every connection of the shard stale, whatever its generation.
-    pub(super) fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    /// A server refused a write because it is no longer the master, or is cut off from its
+    /// replicas (`short_of_replicas`: NOREPLICAS). The first makes every link stale at once;
+    /// the second at most once per [`NOREPLICAS_RECHECK`]: a master short of replicas is
+    /// usually still the master (a replica stalled), and finding it again on every refusal
+    /// opened a connection per retry, while a master cut off by a failover is still found
+    /// again within the interval (and at once by the `+switch-master` hint).
+    pub(super) fn master_may_have_moved(&self, link: &Link, short_of_replicas: bool) {
+        if short_of_replicas {
+            let now = tokio::time::Instant::now();
+            let mut last = lock(&self.last_recheck);
+            if last.is_some_and(|at| now.duration_since(at) < NOREPLICAS_RECHECK) {
+                return;
+            }
+            // Counted only when it made the links stale: a refusal on a link already stale
+            // must not mute the next one on a current link.
+            if self.invalidate(link) {
+                *last = Some(now);
+            }
+            return;
+        }
+        self.invalidate(link);
     }
 
     /// A current connection, opening one (and finding the master) if the chosen slot has none.

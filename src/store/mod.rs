@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod inspect;
 mod links;
 pub mod multi;
+pub mod road;
 pub mod sentinel;
 mod wait;
 
@@ -22,20 +23,20 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::future::join_all;
-use redis::{ServerErrorKind, Value as RedisValue};
 
 use crate::backoff::Backoff;
-use crate::config::{Acknowledge, Config, RedisSettings};
+use crate::config::{Config, RedisSettings};
 use crate::error::{Error, StartupError};
 use crate::model::{
     Access, Committed, Limits, MultiCommitted, MultiTransaction, Operation, PlayerId, Transaction,
 };
-use crate::script::{self, Invocation, Outcome, SCRIPT};
+use crate::script::{self, Invocation, Outcome};
 use crate::shard_map::{ShardIndex, ShardMap};
 
-use breaker::{Admit, BreakerState};
+use breaker::BreakerState;
 pub use links::ConnectionStats;
 use links::ShardLinks;
+use road::{Command, Effect, LuaScript};
 
 /// Told about what the store does with each shard, for metrics. Every method but
 /// `pipeline` has an empty default.
@@ -72,6 +73,8 @@ struct StoreInner {
     track_changes: bool,
     observer: Option<Arc<dyn ShardObserver>>,
     retries: AtomicU64,
+    /// Permits of the detached tasks that forget decision records (`multi.rs`).
+    forgetting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Store {
@@ -102,6 +105,7 @@ impl Store {
                 track_changes: config.archive.checkpoint_interval_secs > 0,
                 observer: None,
                 retries: AtomicU64::new(0),
+                forgetting: Arc::new(tokio::sync::Semaphore::new(multi::FORGETTING_AT_ONCE)),
             }),
         })
     }
@@ -344,24 +348,24 @@ impl Store {
             return false;
         }
         let pushes = requests.into_iter().map(|(shard, requests)| async move {
-            let links = &self.inner.shards[shard.0];
-            let Ok(link) = links.get().await else { return };
-            let mut conn = link.conn.clone();
-            let mut invocation = RESTORE_REQUEST.prepare_invoke();
-            invocation
+            let name = &self.inner.shards[shard.0].name;
+            // A request lost in a failover is sent again (RESTORE_REQUEST_AGAIN): not waited.
+            let mut push = Command::script(&RESTORE_REQUEST, Effect::Housekeeping)
                 .key(crate::keys::RESTORE_QUEUE)
                 .arg(self.inner.settings.max_restore_requests);
             for request in requests {
-                invocation.arg(request);
+                push = push.arg(request);
             }
-            let pushed: Result<(u64, u64, u64), redis::RedisError> =
-                invocation.invoke_async(&mut conn).await;
-            match pushed {
+            let pushed = self.send(shard, vec![push]).await.into_acknowledged_reply();
+            match pushed.and_then(|reply| {
+                redis::from_redis_value::<(u64, u64, u64)>(reply)
+                    .map_err(|e| Error::Internal(e.to_string()))
+            }) {
                 Err(e) => {
-                    tracing::warn!(shard = %links.name, error = %e, "cannot request a restore")
+                    tracing::warn!(shard = %name, error = %e, "cannot request a restore")
                 }
                 Ok((_, _, refused)) if refused > 0 => tracing::warn!(
-                    shard = %links.name,
+                    shard = %name,
                     refused,
                     cap = self.inner.settings.max_restore_requests,
                     "restore queue full; requests not queued"
@@ -426,178 +430,47 @@ impl Store {
                 .iter()
                 .map(|&p| (&txns[p], script::encode(&txns[p], bounds)))
                 .collect();
-            let started = Instant::now();
             let outcomes = self.run_on_shard(shard, &batch).await;
-            if let Some(observer) = &self.inner.observer {
-                let error = outcomes.iter().find_map(|o| match o {
-                    Err(
-                        e
-                        @ (Error::Unavailable { .. } | Error::Unknown { .. } | Error::Internal(_)),
-                    ) => Some(e),
-                    _ => None,
-                });
-                observer.pipeline(&self.inner.shards[shard.0].name, started.elapsed(), error);
-            }
             positions.into_iter().zip(outcomes)
         });
         join_all(runs).await.into_iter().flatten().collect()
     }
 
-    /// Runs one shard's part of a batch as one pipeline (with `WAIT` at its end in
-    /// replicated mode), reloading the script once if the server has lost it (after a
-    /// restart or `SCRIPT FLUSH`). Fails fast while the shard's breaker is open.
+    /// Runs one shard's part of a batch as one call on the road (one pipeline, with `WAIT`
+    /// on the same link in replicated mode, the script reloaded if the server lost it, the
+    /// breaker and the shard's metrics): a committed write (or replay) is OK only once the
+    /// replicas acknowledged the link's writes.
     async fn run_on_shard(
         &self,
         shard: ShardIndex,
         batch: &[(&Transaction, Invocation)],
     ) -> Vec<Result<Outcome, Error>> {
-        let links = &self.inner.shards[shard.0];
-        let name = &links.name;
-        let all = |e: Error| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
-        let before = links.breaker.state();
-        if links.breaker.admit(Instant::now()) == Admit::No {
-            return all(Error::Unavailable {
-                shard: name.clone(),
-                reason: "circuit breaker open: the shard failed repeatedly".into(),
-            });
-        }
-        let (outcomes, healthy) = self.pipeline_on_shard(links, batch).await;
-        if healthy {
-            links.breaker.success();
-        } else if links.breaker.failure(Instant::now()) {
-            tracing::warn!(shard = %name, "circuit breaker opened");
-        }
-        let after = links.breaker.state();
-        if after != before {
-            if let Some(observer) = &self.inner.observer {
-                observer.breaker_changed(name, after);
-            }
-        }
-        outcomes
-    }
-
-    /// The pipeline itself; also says whether the shard behaved (for the breaker).
-    async fn pipeline_on_shard(
-        &self,
-        links: &Arc<ShardLinks>,
-        batch: &[(&Transaction, Invocation)],
-    ) -> (Vec<Result<Outcome, Error>>, bool) {
-        let name = &links.name;
-        links.watch_sentinels();
-        let link = match links.get().await {
-            Ok(link) => link,
-            Err(e) => return (batch.iter().map(|_| Err(e.clone())).collect(), false),
-        };
-        let mut conn = link.conn.clone();
-        let settings = &self.inner.settings;
-        let mut outcomes: Vec<Option<Result<Outcome, Error>>> = vec![None; batch.len()];
-        let mut pending: Vec<usize> = (0..batch.len()).collect();
-        let mut healthy = true;
-        for attempt in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &pending {
-                batch[i].1.add_to(&mut pipe);
-            }
-            let replies: Result<Vec<RedisValue>, redis::RedisError> =
-                pipe.query_async(&mut conn).await;
-            let replies = match replies {
-                Ok(replies) if replies.len() == pending.len() => replies,
-                Ok(_) => {
-                    let e = Error::Internal("pipeline reply count mismatch".into());
-                    for &i in &pending {
-                        outcomes[i] = Some(Err(e.clone()));
-                    }
-                    links.invalidate(&link);
-                    healthy = false;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(shard = %name, error = %e, "pipeline failed");
-                    for &i in &pending {
-                        outcomes[i] = Some(Err(transport_error(name, batch[i].0, &e)));
-                    }
-                    // The connection may be closed, out of step, or to a master that is gone.
-                    links.invalidate(&link);
-                    healthy = false;
-                    break;
-                }
-            };
-            let mut lost_script = Vec::new();
-            for (&i, reply) in pending.iter().zip(&replies) {
-                match reply {
-                    RedisValue::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
-                        lost_script.push(i)
-                    }
-                    RedisValue::ServerError(e) => {
-                        if moved_on(e.code()) {
-                            // Writes are refused here: the master has changed or is cut off.
-                            links.invalidate(&link);
-                            healthy = false;
-                        }
-                        outcomes[i] = Some(Err(server_error(name, e)));
-                    }
-                    reply => outcomes[i] = Some(script::decode(batch[i].0, reply)),
-                }
-            }
-            if lost_script.is_empty() {
-                break;
-            }
-            // NOSCRIPT means the script did not run, so sending those again is safe.
-            let loaded: Result<String, redis::RedisError> = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(script::SOURCE)
-                .query_async(&mut conn)
-                .await;
-            match loaded {
-                Ok(sha) if sha == SCRIPT.get_hash() && attempt == 0 => pending = lost_script,
-                Ok(_) | Err(_) => {
-                    for i in lost_script {
-                        outcomes[i] = Some(Err(Error::Unavailable {
-                            shard: name.clone(),
-                            reason: "could not load the transaction script".into(),
-                        }));
-                    }
-                    break;
-                }
-            }
-        }
-        let mut outcomes: Vec<Result<Outcome, Error>> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
+        let commands = batch
+            .iter()
+            .map(|(txn, invocation)| {
+                let effect = if txn.is_write() {
+                    Effect::Writes
+                } else {
+                    Effect::Reads
+                };
+                invocation.command(effect)
+            })
             .collect();
-        // In replicated mode a committed write (or replay) is OK only once enough replicas
-        // have it; the WAIT is shared with the other callers on this connection.
-        let committed_writes: Vec<usize> = (0..batch.len())
-            .filter(|&i| batch[i].0.is_write() && matches!(outcomes[i], Ok(Outcome::Done(_))))
-            .collect();
-        if settings.acknowledge == Acknowledge::Replicated && !committed_writes.is_empty() {
-            let acked = link.replicated().await;
-            for i in committed_writes {
-                let outcome =
-                    std::mem::replace(&mut outcomes[i], Err(Error::Internal(String::new())));
-                outcomes[i] = outcome.and_then(|o| match o {
-                    Outcome::Done(c) => {
-                        check_replicated(name, c, &acked, settings.replicas_to_wait)
-                            .map(Outcome::Done)
+        let answer = self.send(shard, commands).await;
+        let acknowledged = answer.acknowledgement();
+        batch
+            .iter()
+            .zip(answer.replies)
+            .map(|((txn, _), reply)| {
+                let outcome = script::decode(txn, &reply?)?;
+                match outcome {
+                    Outcome::Done(committed) if txn.is_write() => {
+                        acknowledged.clone().map(|()| Outcome::Done(committed))
                     }
                     other => Ok(other),
-                });
-            }
-        }
-        (outcomes, healthy)
-    }
-
-    /// A connection to `shard`'s master (found and confirmed like any request's), shared with
-    /// the store's own requests: never send blocking commands on it. For tools that keep
-    /// Colony's invariants themselves, i.e. the archiver's scripts.
-    pub async fn master_connection(
-        &self,
-        shard: ShardIndex,
-    ) -> Result<redis::aio::MultiplexedConnection, Error> {
-        let links = &self.inner.shards[shard.0];
-        links.watch_sentinels();
-        Ok(links.get().await?.conn)
+                }
+            })
+            .collect()
     }
 
     /// A new connection to `shard`'s master for one user, e.g. for `BLPOP`.
@@ -610,28 +483,21 @@ impl Store {
 
     /// Sends `PING` to every shard's master; one result per shard, in shard order.
     pub async fn ping_shards(&self, timeout: Duration) -> Vec<Result<(), Error>> {
-        let pings = self.inner.shards.iter().map(|links| async move {
-            let work = async {
-                let link = links.get().await?;
-                let mut conn = link.conn.clone();
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-                pong.map(|_| ()).map_err(|e| {
-                    links.invalidate(&link);
-                    Error::Unavailable {
-                        shard: links.name.clone(),
-                        reason: e.to_string(),
-                    }
-                })
-            };
-            tokio::time::timeout(timeout, work)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::Unavailable {
+        let pings = self
+            .inner
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, links)| async move {
+                let ping = self.send(ShardIndex(i), vec![Command::read(redis::cmd("PING"))]);
+                match tokio::time::timeout(timeout, ping).await {
+                    Ok(answer) => answer.into_acknowledged_reply().map(|_| ()),
+                    Err(_) => Err(Error::Unavailable {
                         shard: links.name.clone(),
                         reason: "ping timed out".into(),
-                    })
-                })
-        });
+                    }),
+                }
+            });
         join_all(pings).await
     }
 }
@@ -643,8 +509,8 @@ const RESTORE_POLL: Duration = Duration::from_millis(2);
 const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 
 /// Queues restore requests on a shard: no duplicates, at most `redis.max_restore_requests`.
-static RESTORE_REQUEST: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../restore_request.lua")));
+static RESTORE_REQUEST: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(include_str!("../restore_request.lua")));
 
 /// How the store waits between attempts at a failing shard: up to 10 ms, doubling to at most
 /// 500 ms, with full jitter, so that callers failed by the same fault spread out.
@@ -652,74 +518,3 @@ const RETRY_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(10),
     max: Duration::from_millis(500),
 };
-
-/// In replicated mode, a committed write is OK only when `WAIT` saw enough replicas.
-fn check_replicated(
-    shard: &str,
-    committed: Committed,
-    acked: &Result<i64, String>,
-    wanted: u32,
-) -> Result<Committed, Error> {
-    match acked {
-        Ok(n) if *n >= i64::from(wanted) => Ok(committed),
-        Ok(n) => Err(Error::Unknown {
-            shard: shard.to_string(),
-            reason: format!(
-                "applied on the master but acknowledged by {n} of {wanted} replicas in time"
-            ),
-        }),
-        Err(e) => Err(Error::Unknown {
-            shard: shard.to_string(),
-            reason: format!("applied on the master but WAIT failed: {e}"),
-        }),
-    }
-}
-
-/// Error codes meaning "this server no longer takes writes for the shard".
-fn moved_on(code: &str) -> bool {
-    matches!(code, "READONLY" | "NOREPLICAS" | "MASTERDOWN")
-}
-
-/// Classifies a connection-level failure of a pipeline that was (or may have been) sent.
-fn transport_error(shard: &str, txn: &Transaction, e: &redis::RedisError) -> Error {
-    if txn.is_write() {
-        // The script may have run before the connection failed: only a retry with the same
-        // idempotency key can tell.
-        Error::Unknown {
-            shard: shard.to_string(),
-            reason: e.to_string(),
-        }
-    } else {
-        Error::Unavailable {
-            shard: shard.to_string(),
-            reason: e.to_string(),
-        }
-    }
-}
-
-/// Classifies an error reply to one script call. Redis refuses these before the script runs
-/// (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS...), so nothing was applied and a
-/// retry is safe; anything else is a failure inside the script, which is a bug.
-fn server_error(shard: &str, e: &redis::ServerError) -> Error {
-    let code = e.code();
-    let refused = matches!(
-        code,
-        "READONLY"
-            | "OOM"
-            | "BUSY"
-            | "LOADING"
-            | "MASTERDOWN"
-            | "NOREPLICAS"
-            | "TRYAGAIN"
-            | "CLUSTERDOWN"
-    );
-    if refused {
-        Error::Unavailable {
-            shard: shard.to_string(),
-            reason: e.to_string(),
-        }
-    } else {
-        tracing::error!(shard, error = %e, "transaction script failed");
-        Error::Internal(format!("shard {shard}: {e}"))
-    }
-}

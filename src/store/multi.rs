@@ -18,28 +18,32 @@ use futures_util::future::join_all;
 use redis::Value as RedisValue;
 use tokio::time::Instant;
 
-use crate::config::Acknowledge;
 use crate::error::Error;
 use crate::keys::{decision_key, PlayerKeys, SlotKeys};
 use crate::model::{Committed, MultiCommitted, MultiTransaction, PlayerId, Transaction};
 use crate::script::{self, IntentRef, Outcome, Prepared};
 use crate::shard_map::ShardIndex;
 
+use super::road::{Command, Effect, LuaScript};
 use super::{Store, RETRY_BACKOFF};
 
 /// Applies or rolls back one participant (`window.lua` in front, for the primary's window).
-static APPLY: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(concat!(
+static APPLY: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(concat!(
         include_str!("../window.lua"),
         include_str!("../multi/apply.lua")
     ))
 });
-/// Writes an attempt's decision once.
-static DECIDE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../multi/decide.lua")));
-/// Forgets a commit record.
-static FORGET: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../multi/forget.lua")));
+/// Writes an attempt's decision once, or reads it back (writing it again).
+static DECIDE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../multi/decide.lua")));
+/// Forgets a decision record.
+static FORGET: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../multi/forget.lua")));
+
+/// How many records may be waiting to be forgotten by detached tasks at once; past it, the
+/// sweep forgets them (commit records) or they expire (abort records).
+pub(super) const FORGETTING_AT_ONCE: usize = 256;
 
 /// How long an abort record is kept: a resolver that finds none writes it again, so this
 /// only saves work.
@@ -65,6 +69,13 @@ pub enum Finished {
     AlreadyApplied,
     /// The player holds no intent of this attempt (never prepared, or rolled back before).
     NoIntent,
+}
+
+/// Who writes a decision: the attempt's coordinator, or a resolver of an intent it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decider {
+    Coordinator,
+    Resolver,
 }
 
 /// What one sweep of a shard did with the intents whose lease had passed.
@@ -121,41 +132,49 @@ fn failpoint(step: &str) {
 }
 
 /// The server's clock, in ms.
-async fn server_ms(
-    store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
-    shard: ShardIndex,
-) -> Result<u64, Error> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME")
-        .query_async(conn)
+async fn server_ms(store: &Store, shard: ShardIndex) -> Result<u64, Error> {
+    let reply = store
+        .send(shard, vec![Command::read(redis::cmd("TIME"))])
         .await
-        .map_err(|e| store.call_failed(shard, &e, false))?;
+        .into_acknowledged_reply()?;
+    let (secs, micros): (u64, u64) = redis::from_redis_value(reply).map_err(unexpected)?;
     Ok(secs * 1000 + micros / 1000)
+}
+
+/// A reply of an unexpected shape.
+fn unexpected(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("unexpected reply: {e}"))
 }
 
 /// Up to 1000 members of each of `slots`' sorted sets (`key` names it) scored at most `upto`,
 /// in one pipelined round trip; one list per slot, in order.
 async fn scored_up_to(
     store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
     shard: ShardIndex,
     slots: &[crate::slot::Slot],
     key: impl Fn(crate::slot::Slot) -> String,
     upto: u64,
 ) -> Result<Vec<Vec<Vec<u8>>>, Error> {
-    let mut pipe = redis::pipe();
-    for &slot in slots {
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(key(slot))
-            .arg("-inf")
-            .arg(upto)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(1000);
-    }
-    pipe.query_async(conn)
+    let commands = slots
+        .iter()
+        .map(|&slot| {
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(key(slot))
+                .arg("-inf")
+                .arg(upto)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1000);
+            Command::read(cmd)
+        })
+        .collect();
+    store
+        .send(shard, commands)
         .await
-        .map_err(|e| store.call_failed(shard, &e, false))
+        .replies
+        .into_iter()
+        .map(|reply| redis::from_redis_value(reply?).map_err(unexpected))
+        .collect()
 }
 
 /// The participants a commit record names (`<length>:<player id>` each, primary first).
@@ -177,93 +196,50 @@ fn commit_participants(value: &str) -> Vec<PlayerId> {
     out
 }
 
-/// Classifies a failed call to `shard`: refused before running (nothing applied), lost on
-/// the way (`sent`: it may have run), or a bug.
-fn call_error(shard: &str, e: &redis::RedisError, sent: bool) -> Error {
-    let refused = matches!(
-        e.code(),
-        Some("READONLY" | "OOM" | "BUSY" | "LOADING" | "MASTERDOWN" | "NOREPLICAS" | "TRYAGAIN")
-    );
-    if refused || !sent {
-        return Error::Unavailable {
-            shard: shard.to_string(),
-            reason: e.to_string(),
-        };
-    }
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
-    {
-        return Error::Unknown {
-            shard: shard.to_string(),
-            reason: e.to_string(),
-        };
-    }
-    Error::Internal(format!("shard {shard}: {e}"))
-}
-
 impl Store {
-    /// A failed call to `shard`, classified ([`call_error`]); a failure of the connection
-    /// itself, or a master that moved on, makes every connection of the shard stale, so the
-    /// next call finds the master again (as a failed pipeline does).
-    fn call_failed(&self, shard: ShardIndex, e: &redis::RedisError, sent: bool) -> Error {
-        let links = &self.inner.shards[shard.0];
-        let moved_on = matches!(e.code(), Some("READONLY" | "NOREPLICAS" | "MASTERDOWN"));
-        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || moved_on {
-            links.invalidate_all();
-        }
-        call_error(&links.name, e, sent)
-    }
-
     /// The shard of `player` and its name.
     fn shard_of(&self, player: &PlayerId) -> (ShardIndex, String) {
         let shard = self.inner.map.shard_for_player(player);
         (shard, self.inner.shards[shard.0].name.clone())
     }
 
-    /// In replicated mode, waits until `shard`'s replicas have every write this store sent
-    /// it before; an answer short of `redis.replicas_to_wait` is UNKNOWN.
-    async fn replicated(&self, shard: ShardIndex) -> Result<(), Error> {
-        let settings = &self.inner.settings;
-        if settings.acknowledge != Acknowledge::Replicated {
-            return Ok(());
-        }
-        let links = &self.inner.shards[shard.0];
-        let link = links.get().await?;
-        match link.replicated().await {
-            Ok(n) if n >= i64::from(settings.replicas_to_wait) => Ok(()),
-            Ok(n) => Err(Error::Unknown {
-                shard: links.name.clone(),
-                reason: format!(
-                    "applied on the master but acknowledged by {n} of {} replicas in time",
-                    settings.replicas_to_wait
-                ),
-            }),
-            Err(e) => Err(Error::Unknown {
-                shard: links.name.clone(),
-                reason: format!("WAIT failed: {e}"),
-            }),
-        }
-    }
-
-    /// The decision of `attempt` (primary `primary`), if one was written.
+    /// The decision of `attempt` (primary `primary`), if one was written — and, in replicated
+    /// mode, known replicated: the decision script writes a decision it finds again, and the
+    /// call is acknowledged on the link that carried that write, so whoever acts on the
+    /// answer acts on a decision a failover keeps.
     pub async fn multi_decision(
         &self,
         primary: &PlayerId,
         attempt: &str,
     ) -> Result<Option<Decision>, Error> {
         let shard = self.inner.map.shard_for_player(primary);
-        let mut conn = self.master_connection(shard).await?;
-        let value: RedisValue = redis::cmd("HGET")
-            .arg(decision_key(primary, attempt))
-            .arg("d")
-            .query_async(&mut conn)
+        let read = Command::script(&DECIDE, Effect::Writes)
+            .key(decision_key(primary, attempt))
+            .key(SlotKeys::of_player(primary).decisions)
+            .key(PlayerKeys::new(primary).meta)
+            .key(PlayerKeys::new(primary).intent)
+            .arg("R")
+            .arg(ABORT_RECORD_MS);
+        let value = self
+            .send(shard, vec![read])
             .await
-            .map_err(|e| self.call_failed(shard, &e, false))?;
+            .into_acknowledged_reply()?;
         Ok(text(&value).as_deref().and_then(decision_of))
     }
 
-    /// Writes `decision` for `attempt` unless one exists; returns the one that holds.
+    /// Writes `decision` for `attempt` unless one exists; returns the one that holds, once it
+    /// is acknowledged (replicated mode). A commit is written only while the primary holds
+    /// the attempt's intent, within its lease; otherwise the attempt aborts.
+    ///
+    /// The attempt's coordinator may act on an abort that is not acknowledged yet: only the
+    /// coordinator ever writes a commit, and it has decided not to, so nothing a failover does
+    /// to the record can make the attempt commit; its participants are rolled back at once
+    /// rather than kept locked while the primary's shard cannot replicate. A resolver needs
+    /// its abort acknowledged before it rolls anything back: a lost abort record would let a
+    /// slow coordinator's commit win.
     async fn decide_once(
         &self,
+        by: Decider,
         primary: &PlayerId,
         attempt: &str,
         decision: Decision,
@@ -275,36 +251,57 @@ impl Store {
         for p in participants {
             listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
         }
-        let mut conn = self.master_connection(shard).await?;
-        let mut invocation = DECIDE.prepare_invoke();
-        invocation
+        let mut decide = Command::script(&DECIDE, Effect::Writes)
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions)
+            .key(PlayerKeys::new(primary).meta)
+            .key(PlayerKeys::new(primary).intent)
             .arg(match decision {
                 Decision::Commit => "C",
                 Decision::Abort => "A",
             })
             .arg(ABORT_RECORD_MS);
         if decision == Decision::Commit {
-            invocation.arg(listed);
+            decide = decide.arg(listed);
             for reply in replies {
-                invocation.arg(reply.as_slice());
+                decide = decide.arg(reply.as_slice());
             }
+            decide = decide.arg(attempt);
         }
-        let held: RedisValue = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.call_failed(shard, &e, true))?;
+        let mut answer = self.send(shard, vec![decide]).await;
+        let held = answer
+            .replies
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("the decision answered nothing".into())))?;
         let held = text(&held)
             .as_deref()
             .and_then(decision_of)
             .ok_or_else(|| Error::Internal("the decision script answered no decision".into()))?;
-        self.replicated(shard).await?;
+        if !(by == Decider::Coordinator && held == Decision::Abort) {
+            answer.acknowledgement()?;
+        }
         Ok(held)
     }
 
+    /// The decision of `attempt`, read without writing or waiting: for a reader, which acts
+    /// on a commit only through the resolver (which reads it again, acknowledged), and
+    /// otherwise reads the last committed state.
+    async fn peek_decision(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+    ) -> Result<Option<Decision>, Error> {
+        let shard = self.inner.map.shard_for_player(primary);
+        let mut read = redis::cmd("HGET");
+        read.arg(decision_key(primary, attempt)).arg("d");
+        let value: RedisValue = self.call(shard, Command::read(read)).await?;
+        Ok(text(&value).as_deref().and_then(decision_of))
+    }
+
     /// Applies (a commit) or rolls back (an abort) `attempt` on `player`; `primary` says
-    /// whether it is the attempt's primary (whose apply records the key in its window).
+    /// whether it is the attempt's primary (whose apply records the key in its window). An
+    /// apply, a roll back or an apply found done before is answered once acknowledged
+    /// (replicated mode), on the link that carried it.
     async fn finish_participant(
         &self,
         player: &PlayerId,
@@ -321,8 +318,7 @@ impl Store {
         } else {
             keys.meta.clone()
         };
-        let mut invocation = APPLY.prepare_invoke();
-        invocation
+        let apply = Command::script(&APPLY, Effect::Writes)
             .key(&keys.meta)
             .key(&keys.public)
             .key(&keys.private)
@@ -342,40 +338,56 @@ impl Store {
             .arg(window.age_ms)
             .arg(window.length)
             .arg(window.client_ttl_ms);
-        let mut conn = self.master_connection(shard).await?;
-        let outcome: RedisValue = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.call_failed(shard, &e, true))?;
+        let mut answer = self.send(shard, vec![apply]).await;
+        let outcome = answer
+            .replies
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("the apply answered nothing".into())))?;
         let finished = match text(&outcome).as_deref() {
             Some("APPLIED") => Finished::Applied,
             Some("ROLLED_BACK") => Finished::RolledBack,
             Some("ALREADY") => Finished::AlreadyApplied,
-            Some("NO_INTENT") => Finished::NoIntent,
+            // Nothing was written: nothing to acknowledge.
+            Some("NO_INTENT") => return Ok(Finished::NoIntent),
             _ => {
                 return Err(Error::Internal(
                     "unexpected reply from the apply script".into(),
                 ))
             }
         };
-        if matches!(finished, Finished::Applied | Finished::RolledBack) {
-            self.replicated(shard).await?;
-        }
+        answer.acknowledgement()?;
         Ok(finished)
     }
 
-    /// Forgets the commit record of `attempt` (primary `primary`): only once every
-    /// participant was applied.
+    /// Forgets the decision record of `attempt` (primary `primary`): a commit record only once
+    /// every participant's apply was acknowledged, an abort record once every participant
+    /// was rolled back. Housekeeping: not waited for (a record a failover brings back is
+    /// forgotten by the sweep, or expires).
     async fn forget_decision(&self, primary: &PlayerId, attempt: &str) -> Result<(), Error> {
         let shard = self.inner.map.shard_for_player(primary);
-        let mut conn = self.master_connection(shard).await?;
-        let _: RedisValue = FORGET
+        let forget = Command::script(&FORGET, Effect::Housekeeping)
             .key(decision_key(primary, attempt))
-            .key(SlotKeys::of_player(primary).decisions)
-            .invoke_async(&mut conn)
+            .key(SlotKeys::of_player(primary).decisions);
+        self.send(shard, vec![forget])
             .await
-            .map_err(|e| self.call_failed(shard, &e, true))?;
-        Ok(())
+            .into_acknowledged_reply()
+            .map(|_| ())
+    }
+
+    /// Forgets a decision record in a detached task, so the caller does not wait for it; at
+    /// most [`FORGETTING_AT_ONCE`] at a time, past which the record is left to the sweep (a
+    /// commit) or to its expiry (an abort).
+    fn forget_later(&self, primary: &PlayerId, attempt: &str) {
+        let Ok(permit) = self.inner.forgetting.clone().try_acquire_owned() else {
+            return;
+        };
+        let (store, primary, attempt) = (self.clone(), primary.clone(), attempt.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store.forget_decision(&primary, &attempt).await {
+                tracing::debug!(error = %e, "the decision record stays for the sweep");
+            }
+            drop(permit);
+        });
     }
 
     /// The one resolver of intents: finishes `intent` on `player` by its attempt's decision.
@@ -387,16 +399,63 @@ impl Store {
         player: &PlayerId,
         intent: &IntentRef,
     ) -> Result<Resolution, Error> {
+        self.resolve(player, intent, intent.expired).await
+    }
+
+    /// The resolver; it writes an abort only when `may_abort` (the lease has passed) and no
+    /// decision exists.
+    async fn resolve(
+        &self,
+        player: &PlayerId,
+        intent: &IntentRef,
+        may_abort: bool,
+    ) -> Result<Resolution, Error> {
         let primary = PlayerId::new(intent.primary.clone())
             .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
         let decision = match self.multi_decision(&primary, &intent.attempt).await? {
             Some(decision) => decision,
-            None if intent.expired => {
-                self.decide_once(&primary, &intent.attempt, Decision::Abort, &[], &[])
-                    .await?
+            None if may_abort => {
+                self.decide_once(
+                    Decider::Resolver,
+                    &primary,
+                    &intent.attempt,
+                    Decision::Abort,
+                    &[],
+                    &[],
+                )
+                .await?
             }
             None => return Ok(Resolution::Live),
         };
+        let finished = self
+            .finish_participant(player, &intent.attempt, decision, player == &primary)
+            .await?;
+        if finished == Finished::NoIntent {
+            return Ok(Resolution::NotHeld);
+        }
+        Ok(Resolution::Finished(decision, finished))
+    }
+
+    /// Finishes `player`'s intent of an earlier attempt of the caller's own, which nobody
+    /// runs any more: aborted (the caller is its coordinator, so it may) unless it committed,
+    /// in which case it is applied and the next attempt replays it.
+    async fn settle_own_attempt(
+        &self,
+        player: &PlayerId,
+        intent: &IntentRef,
+    ) -> Result<Resolution, Error> {
+        let primary = PlayerId::new(intent.primary.clone())
+            .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
+        let decision = self
+            .decide_once(
+                Decider::Coordinator,
+                &primary,
+                &intent.attempt,
+                Decision::Abort,
+                &[],
+                &[],
+            )
+            .await?;
         let finished = self
             .finish_participant(player, &intent.attempt, decision, player == &primary)
             .await?;
@@ -418,15 +477,13 @@ impl Store {
     /// Commit records of `shard`'s primaries older than a lease: each participant still
     /// holding the attempt's intent is applied, then the record is forgotten.
     async fn sweep_decisions(&self, shard: ShardIndex) -> Result<u64, Error> {
-        let mut conn = self.master_connection(shard).await?;
-        let old = server_ms(self, &mut conn, shard)
+        let old = server_ms(self, shard)
             .await?
             .saturating_sub(self.inner.settings.intent_lease_ms);
         let mut forgotten = 0;
         for chunk in self.inner.map.slots_of(shard).chunks(512) {
             let records = scored_up_to(
                 self,
-                &mut conn,
                 shard,
                 chunk,
                 |slot| SlotKeys::new(slot).decisions,
@@ -436,18 +493,18 @@ impl Store {
             for (&slot, keys) in chunk.iter().zip(records) {
                 let index = SlotKeys::new(slot).decisions;
                 for key in keys {
-                    let value: Option<String> = redis::cmd("HGET")
-                        .arg(key.as_slice())
-                        .arg("p")
-                        .query_async(&mut conn)
+                    let mut read = redis::cmd("HGET");
+                    read.arg(key.as_slice()).arg("p");
+                    let value = self
+                        .send(shard, vec![Command::read(read)])
                         .await
-                        .map_err(|e| self.call_failed(shard, &e, false))?;
+                        .into_acknowledged_reply()?;
                     let attempt = String::from_utf8_lossy(&key)
                         .rsplit(":decision:")
                         .next()
                         .unwrap_or_default()
                         .to_string();
-                    let participants = value
+                    let participants = text(&value)
                         .as_deref()
                         .map(commit_participants)
                         .unwrap_or_default();
@@ -461,18 +518,21 @@ impl Store {
                                 expired: true,
                                 version: None,
                             };
-                            if self.resolve_intent(player, &intent).await.is_err() {
+                            // Apply only: the record was read as a commit, and one that
+                            // vanished since (forgotten by its coordinator) must not turn
+                            // into an abort record for a committed attempt.
+                            if self.resolve(player, &intent, false).await.is_err() {
                                 all_applied = false;
                             }
                         }
                     }
                     if all_applied {
-                        let _: RedisValue = FORGET
+                        let forget = Command::script(&FORGET, Effect::Housekeeping)
                             .key(key.as_slice())
-                            .key(&index)
-                            .invoke_async(&mut conn)
+                            .key(&index);
+                        self.send(shard, vec![forget])
                             .await
-                            .map_err(|e| self.call_failed(shard, &e, true))?;
+                            .into_acknowledged_reply()?;
                         forgotten += 1;
                     }
                 }
@@ -484,16 +544,19 @@ impl Store {
     /// Resolves every intent of `shard` whose lease has passed (by the shard's clock), slot
     /// by slot. An intent that cannot be resolved now (its primary's shard refuses writes,
     /// say) is counted and left for the next sweep; the others go on.
+    ///
+    /// The set of intents is read first and each intent after: between the two the player
+    /// may have been finished and taken a new attempt's intent, with a lease of its own. So
+    /// the intent's attempt and lease are read together (one `HMGET`; an attempt's lease never
+    /// changes) and an intent whose lease has not passed is left alone.
     pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<Swept, Error> {
         let name = self.inner.shards[shard.0].name.clone();
-        let mut conn = self.master_connection(shard).await?;
-        let now_ms = server_ms(self, &mut conn, shard).await?;
+        let now_ms = server_ms(self, shard).await?;
         let slots = self.inner.map.slots_of(shard);
         let (mut finished, mut unresolved) = (0, 0);
         for chunk in slots.chunks(512) {
             let expired = scored_up_to(
                 self,
-                &mut conn,
                 shard,
                 chunk,
                 |slot| SlotKeys::new(slot).intents,
@@ -504,23 +567,38 @@ impl Store {
                 let Ok(player) = PlayerId::new(String::from_utf8_lossy(&id).into_owned()) else {
                     continue;
                 };
-                let held: (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
-                    .arg(PlayerKeys::new(&player).intent)
+                let mut read = redis::cmd("HMGET");
+                read.arg(PlayerKeys::new(&player).intent)
                     .arg("a")
                     .arg("p")
                     .arg("v")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.call_failed(shard, &e, false))?;
-                let (Some(attempt), Some(primary), version) = held else {
+                    .arg("l");
+                type Held = (Option<String>, Option<String>, Option<u64>, Option<u64>);
+                let held = match self.call::<Held>(shard, Command::read(read)).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // One unreadable intent does not stop the sweep of the others.
+                        if unresolved == 0 {
+                            tracing::warn!(shard = %name, player = %player.as_str(), error = %e, "cannot read an intent yet");
+                        }
+                        unresolved += 1;
+                        continue;
+                    }
+                };
+                let (Some(attempt), Some(primary), version, lease) = held else {
                     // The set names a player whose intent is gone: drop the stale entry.
-                    let _: Result<i64, _> = redis::cmd("ZREM")
-                        .arg(SlotKeys::of_player(&player).intents)
-                        .arg(player.as_str())
-                        .query_async(&mut conn)
+                    let mut drop = redis::cmd("ZREM");
+                    drop.arg(SlotKeys::of_player(&player).intents)
+                        .arg(player.as_str());
+                    let _ = self
+                        .send(shard, vec![Command::plain(drop, Effect::Housekeeping)])
                         .await;
                     continue;
                 };
+                if lease.is_some_and(|lease| lease > now_ms) {
+                    // A newer attempt's intent, still live.
+                    continue;
+                }
                 let intent = IntentRef {
                     attempt,
                     primary,
@@ -577,16 +655,16 @@ impl Store {
                         }
                     }
                 }
-                Ok(Outcome::ReadWithIntent(committed, intent)) => {
+                Ok(Outcome::AnsweredWithIntent(answer, intent)) => {
                     let primary = PlayerId::new(intent.primary.clone());
                     let decision = match &primary {
-                        Ok(primary) => self.multi_decision(primary, &intent.attempt).await,
+                        Ok(primary) => self.peek_decision(primary, &intent.attempt).await,
                         Err(e) => Err(Error::Internal(e.to_string())),
                     };
                     match decision {
                         Ok(Some(Decision::Commit)) => {
                             if let Err(e) = self.resolve_intent(player, &intent).await {
-                                tracing::warn!(player = %player.as_str(), version = committed.version, error = %e, "cannot apply a committed intent");
+                                tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot apply a committed intent");
                             }
                             Err(locked(&intent, "committed and is being applied"))
                         }
@@ -594,9 +672,9 @@ impl Store {
                             if let Err(e) = self.resolve_intent(player, &intent).await {
                                 tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent");
                             }
-                            Ok(committed)
+                            answer
                         }
-                        Ok(_) => Ok(committed),
+                        Ok(_) => answer,
                         Err(e) => Err(Error::Unavailable {
                             shard: String::new(),
                             reason: format!(
@@ -632,10 +710,13 @@ impl Store {
         let deadline = Instant::now() + self.inner.settings.retry_deadline();
         let mut attempt_number = 0u32;
         let mut last: Option<Result<MultiCommitted, Error>> = None;
+        let mut earlier = Vec::new();
         loop {
             let mut attempt = MultiAttempt::new(self, txn.clone())?;
             attempt.readers = readers.max(1);
+            attempt.earlier = earlier.clone();
             let result = attempt.run().await;
+            earlier.push(attempt.id.clone());
             let result = Error::after_attempts(result, last.as_ref());
             let retry = matches!(&result, Err(e) if e.is_retryable());
             let now = Instant::now();
@@ -684,6 +765,11 @@ pub struct MultiAttempt<'s> {
     decision: Option<Decision>,
     /// Entries of the request that read, sharing its read budget evenly.
     readers: usize,
+    /// The ids of the attempts of the same call before this one.
+    earlier: Vec<String>,
+    /// Per participant, whether its prepare got a definite answer (not one that may still
+    /// run: a prepare lost on the way can stage an intent later).
+    definite: Vec<bool>,
 }
 
 impl<'s> MultiAttempt<'s> {
@@ -694,6 +780,7 @@ impl<'s> MultiAttempt<'s> {
         let id = format!("{random:016x}");
         let fingerprint = script::multi_fingerprint(&txn);
         let staged = vec![None; txn.participants.len()];
+        let staged_len = staged.len();
         Ok(MultiAttempt {
             store,
             txn,
@@ -702,6 +789,8 @@ impl<'s> MultiAttempt<'s> {
             staged,
             decision: None,
             readers: 1,
+            earlier: Vec::new(),
+            definite: vec![false; staged_len],
         })
     }
 
@@ -741,77 +830,51 @@ impl<'s> MultiAttempt<'s> {
             let bounds = &bounds;
             let primary = &primary;
             async move {
-                let conn = match store.master_connection(shard).await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        return positions
-                            .into_iter()
-                            .map(|i| (i, Err(e.clone())))
-                            .collect::<Vec<_>>()
-                    }
-                };
-                let calls = positions.iter().map(|&i| {
-                    let participant = &txn.participants[i];
-                    let prepare = script::Prepare {
-                        attempt: id,
-                        primary,
-                        lease_ms,
-                        key: (i == 0).then_some((&txn.idempotency_key, fingerprint)),
-                    };
-                    let invocation = script::encode_prepare(participant, &prepare, bounds);
-                    let mut conn = conn.clone();
-                    async move {
-                        let mut cmd = redis::cmd("EVALSHA");
-                        cmd.arg(script::SCRIPT.get_hash()).arg(invocation.keys.len());
-                        for key in &invocation.keys {
-                            cmd.arg(key.as_slice());
-                        }
-                        for arg in &invocation.args {
-                            cmd.arg(arg.as_slice());
-                        }
-                        let mut reply: Result<RedisValue, redis::RedisError> =
-                            cmd.query_async(&mut conn).await;
-                        if matches!(&reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-                        {
-                            let loaded: Result<String, _> = redis::cmd("SCRIPT")
-                                .arg("LOAD")
-                                .arg(script::SOURCE)
-                                .query_async(&mut conn)
-                                .await;
-                            if loaded.is_ok() {
-                                reply = cmd.query_async(&mut conn).await;
-                            }
-                        }
-                        let outcome = match reply {
-                            Ok(reply) => script::decode_prepare(
-                                &participant.operations,
+                // The shard's participants in one call: one round trip, and the intents
+                // acknowledged on the link that wrote them.
+                let commands = positions
+                    .iter()
+                    .map(|&i| {
+                        let prepare = script::Prepare {
+                            attempt: id,
+                            primary,
+                            lease_ms,
+                            key: (i == 0).then_some((&txn.idempotency_key, fingerprint)),
+                        };
+                        script::encode_prepare(&txn.participants[i], &prepare, bounds)
+                            .command(Effect::Writes)
+                    })
+                    .collect();
+                let answer = store.send(shard, commands).await;
+                let acknowledged = answer.acknowledgement();
+                positions
+                    .into_iter()
+                    .zip(answer.replies)
+                    .map(|(i, reply)| {
+                        let outcome = reply.and_then(|reply| {
+                            script::decode_prepare(
+                                &txn.participants[i].operations,
                                 &txn.participants,
                                 &reply,
-                            ),
-                            Err(e) => Err(store.call_failed(shard, &e, true)),
+                            )
+                        });
+                        let outcome = match outcome {
+                            Ok(written @ (Prepared::Staged { .. } | Prepared::Replay(_))) => {
+                                acknowledged.clone().map(|()| written)
+                            }
+                            other => other,
                         };
                         (i, outcome)
-                    }
-                });
-                let mut outcomes = join_all(calls).await;
-                if outcomes
-                    .iter()
-                    .any(|(_, o)| matches!(o, Ok(Prepared::Staged { .. })))
-                {
-                    if let Err(e) = store.replicated(shard).await {
-                        for (_, outcome) in outcomes.iter_mut() {
-                            if matches!(outcome, Ok(Prepared::Staged { .. })) {
-                                *outcome = Err(e.clone());
-                            }
-                        }
-                    }
-                }
-                outcomes
+                    })
+                    .collect::<Vec<_>>()
             }
         });
         let mut refused: Option<(usize, Error)> = None;
         let mut replayed = None;
+        // Why the primary could not judge the key, if it could not.
+        let mut primary_unjudged: Option<Error> = None;
         for (i, outcome) in join_all(runs).await.into_iter().flatten() {
+            self.definite[i] = !matches!(&outcome, Err(e) if e.may_have_applied());
             match outcome {
                 Ok(Prepared::Staged { committed, packed }) => {
                     self.staged[i] = Some((committed, packed))
@@ -824,10 +887,16 @@ impl<'s> MultiAttempt<'s> {
                 }
                 Ok(Prepared::Locked(intent)) => {
                     let player = &self.txn.participants[i].player;
-                    if intent.expired {
-                        if let Err(e) = store.resolve_intent(player, &intent).await {
-                            tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent");
-                        }
+                    // A decided intent is finished now, so the next attempt need not wait
+                    // for its lease; so is one of this key's own earlier attempts, which
+                    // nobody else is running any more (aborted unless it committed).
+                    let settled = if self.earlier.contains(&intent.attempt) {
+                        store.settle_own_attempt(player, &intent).await
+                    } else {
+                        store.resolve_intent(player, &intent).await
+                    };
+                    if let Err(e) = settled {
+                        tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an intent");
                     }
                     let e = Error::Locked {
                         player: player.as_str().to_string(),
@@ -836,9 +905,15 @@ impl<'s> MultiAttempt<'s> {
                             intent.attempt, intent.primary
                         ),
                     };
+                    if i == 0 {
+                        primary_unjudged = Some(e.clone());
+                    }
                     refused.get_or_insert((i, e));
                 }
                 Err(e) => {
+                    if i == 0 && e.is_retryable() {
+                        primary_unjudged = Some(e.clone());
+                    }
                     // Keep the most telling refusal: one of a participant's operations over
                     // a transport failure.
                     let replace = match &refused {
@@ -849,6 +924,14 @@ impl<'s> MultiAttempt<'s> {
                         refused = Some((i, e));
                     }
                 }
+            }
+        }
+        // The primary judges the key before anything else. While it could not (locked, or not
+        // reached), the key may be one applied before, whose replay is the answer whatever
+        // the other participants say now: no other refusal is final yet.
+        if let (None, Some(unjudged)) = (&replayed, primary_unjudged) {
+            if refused.as_ref().is_some_and(|(_, e)| !e.is_retryable()) {
+                refused = Some((0, unjudged));
             }
         }
         match (replayed, refused) {
@@ -884,7 +967,14 @@ impl<'s> MultiAttempt<'s> {
             .collect();
         let held = self
             .store
-            .decide_once(&primary, &self.id, wanted, &players, &replies)
+            .decide_once(
+                Decider::Coordinator,
+                &primary,
+                &self.id,
+                wanted,
+                &players,
+                &replies,
+            )
             .await?;
         self.decision = Some(held);
         Ok(held)
@@ -903,6 +993,13 @@ impl<'s> MultiAttempt<'s> {
         });
         let finished = join_all(finishes).await;
         if decision == Decision::Abort {
+            // Every participant rolled back, acknowledged, and no prepare of this attempt can
+            // still arrive: no intent of it is left for a resolver to look up, and only this
+            // coordinator could ever have written a commit, so the abort record is no longer
+            // needed. (One left behind expires.)
+            if finished.iter().all(Result::is_ok) && self.definite.iter().all(|d| *d) {
+                self.store.forget_later(self.primary(), &self.id);
+            }
             return Err(Error::Unavailable {
                 shard: String::new(),
                 reason: format!(
@@ -948,7 +1045,8 @@ impl<'s> MultiAttempt<'s> {
         })
     }
 
-    /// Step 4: forgets the commit record once every participant was applied.
+    /// Step 4: forgets the decision record once every participant was applied (or rolled
+    /// back).
     pub async fn forget(&self) -> Result<(), Error> {
         self.store.forget_decision(self.primary(), &self.id).await
     }
@@ -1006,15 +1104,10 @@ impl<'s> MultiAttempt<'s> {
         failpoint("multi:after-finish");
         match (decided, &result) {
             (Decision::Commit, Ok(_)) => {
-                // Forgetting the record is housekeeping (the sweep does it otherwise): the
-                // caller does not wait for it.
-                let (store, primary, id) =
-                    (self.store.clone(), self.primary().clone(), self.id.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = store.forget_decision(&primary, &id).await {
-                        tracing::debug!(error = %e, "the commit record stays for the sweep");
-                    }
-                });
+                // Every apply was acknowledged: the commit record is no longer needed.
+                // Forgetting it is housekeeping (the sweep does it otherwise): the caller
+                // does not wait for it.
+                self.store.forget_later(self.primary(), &self.id);
                 result
             }
             // Aborted because a participant refused: that refusal is the answer.

@@ -48,14 +48,12 @@ impl Archiver {
     ) -> Result<Option<Snapshot>, ArchiveError> {
         async {
             let keys = PlayerKeys::new(player);
-            let mut conn = self.store.master_connection(shard).await?;
-            let reply: RedisValue = SNAPSHOT
+            let snapshot = Command::script(&SNAPSHOT, Effect::Reads)
                 .key(&keys.meta)
                 .key(&keys.public)
                 .key(&keys.private)
-                .key(&keys.clients)
-                .invoke_async(&mut conn)
-                .await?;
+                .key(&keys.clients);
+            let reply: RedisValue = self.store.call(shard, snapshot).await?;
             let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
             let RedisValue::Array(items) = reply else {
                 return Err(bad());
@@ -115,8 +113,7 @@ impl Archiver {
     ) -> Result<Removal, ArchiveError> {
         async {
             let keys = PlayerKeys::new(player);
-            let mut conn = self.store.master_connection(shard).await?;
-            let outcome: String = ARCHIVE
+            let archive = Command::script(&ARCHIVE, Effect::Writes)
                 .key(&keys.meta)
                 .key(&keys.public)
                 .key(&keys.private)
@@ -124,9 +121,8 @@ impl Archiver {
                 .key(&keys.clients)
                 .arg(player.as_str())
                 .arg(version)
-                .arg(cutoff)
-                .invoke_async(&mut conn)
-                .await?;
+                .arg(cutoff);
+            let outcome: String = self.store.call(shard, archive).await?;
             match outcome.as_str() {
                 "ARCHIVED" => Ok(Removal::Archived),
                 "ALREADY" => Ok(Removal::Already),

@@ -40,16 +40,19 @@ impl Archiver {
         async {
             let batch = self.config.batch_size;
             let mut copied = 0;
-            let mut conn = self.store.master_connection(shard).await?;
             // One round over the players dirty now, slot by slot; those that change meanwhile
             // wait for the next pass (or are met again by the scan: a second copy is harmless).
             let mut pending: Vec<String> = Vec::with_capacity(batch * 2);
             for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
-                let mut pipe = redis::pipe();
-                for &slot in slots {
-                    pipe.cmd("SCARD").arg(SlotKeys::new(slot).dirty);
-                }
-                let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
+                let sizes = slots
+                    .iter()
+                    .map(|&slot| {
+                        let mut size = redis::cmd("SCARD");
+                        size.arg(SlotKeys::new(slot).dirty);
+                        Command::read(size)
+                    })
+                    .collect();
+                let sizes: Vec<u64> = self.store.call_all(shard, sizes).await?;
                 for (&slot, size) in slots.iter().zip(sizes) {
                     if size == 0 {
                         continue;
@@ -57,17 +60,14 @@ impl Archiver {
                     let key = SlotKeys::new(slot).dirty;
                     let mut cursor = 0u64;
                     loop {
-                        let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                            .arg(&key)
-                            .arg(cursor)
-                            .arg("COUNT")
-                            .arg(batch)
-                            .query_async(&mut conn)
-                            .await?;
+                        let mut scan = redis::cmd("SSCAN");
+                        scan.arg(&key).arg(cursor).arg("COUNT").arg(batch);
+                        let (next, ids): (u64, Vec<String>) =
+                            self.store.call(shard, Command::read(scan)).await?;
                         pending.extend(ids);
                         while pending.len() >= batch {
                             let chunk: Vec<String> = pending.drain(..batch).collect();
-                            copied += self.checkpoint_batch(shard, &mut conn, &chunk).await?;
+                            copied += self.checkpoint_batch(shard, &chunk).await?;
                         }
                         if next == 0 {
                             break;
@@ -77,7 +77,7 @@ impl Archiver {
                 }
             }
             if !pending.is_empty() {
-                copied += self.checkpoint_batch(shard, &mut conn, &pending).await?;
+                copied += self.checkpoint_batch(shard, &pending).await?;
             }
             Ok(copied)
         }
@@ -89,11 +89,10 @@ impl Archiver {
     pub(super) async fn checkpoint_batch(
         &self,
         shard: ShardIndex,
-        conn: &mut redis::aio::MultiplexedConnection,
         chunk: &[String],
     ) -> Result<u64, ArchiveError> {
-        // Every snapshot of the batch is sent at once on the shared connection (one round
-        // trip, not one per player), and so are the flags cleared after MongoDB's answer.
+        // Every snapshot of the batch is sent at once on the store's shared links (pipelined,
+        // not a round trip per player), and so are the flags cleared after MongoDB's answer.
         let mut gone = Vec::new();
         let mut players = Vec::with_capacity(chunk.len());
         for id in chunk {
@@ -124,21 +123,19 @@ impl Archiver {
                 }
             }
         }
-        let cleared = join_all(clears.iter().map(|snapshot| {
-            let mut conn = conn.clone();
-            async move {
-                let player = PlayerId::new(snapshot.player.clone())
-                    .map_err(|e| ArchiveError::Redis(e.to_string()))?;
-                let keys = PlayerKeys::new(&player);
-                let _: i64 = CHECKPOINTED
-                    .key(&keys.meta)
-                    .key(SlotKeys::of_player(&player).dirty)
-                    .arg(&snapshot.player)
-                    .arg(snapshot.version)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok::<(), ArchiveError>(())
-            }
+        // A flag cleared and then undone by a failover only makes the player copied again:
+        // housekeeping, not waited for.
+        let cleared = join_all(clears.iter().map(|snapshot| async move {
+            let player = PlayerId::new(snapshot.player.clone())
+                .map_err(|e| ArchiveError::Redis(e.to_string()))?;
+            let keys = PlayerKeys::new(&player);
+            let clear = Command::script(&CHECKPOINTED, Effect::Housekeeping)
+                .key(&keys.meta)
+                .key(SlotKeys::of_player(&player).dirty)
+                .arg(&snapshot.player)
+                .arg(snapshot.version);
+            let _: i64 = self.store.call(shard, clear).await?;
+            Ok::<(), ArchiveError>(())
         }))
         .await;
         let mut copied = 0;
@@ -147,12 +144,16 @@ impl Archiver {
             copied += 1;
         }
         if !gone.is_empty() {
-            let mut pipe = redis::pipe();
-            for id in &gone {
-                let dirty = SlotKeys::new(colony::keys::id_slot(id)).dirty;
-                pipe.cmd("SREM").arg(dirty).arg(id).ignore();
-            }
-            let () = pipe.query_async(conn).await?;
+            let drops = gone
+                .iter()
+                .map(|id| {
+                    let mut drop = redis::cmd("SREM");
+                    drop.arg(SlotKeys::new(colony::keys::id_slot(id)).dirty)
+                        .arg(id);
+                    Command::plain(drop, Effect::Housekeeping)
+                })
+                .collect();
+            let _: Vec<redis::Value> = self.store.call_all(shard, drops).await?;
         }
         Ok(copied)
     }
@@ -165,7 +166,6 @@ impl Archiver {
             use futures_util::TryStreamExt;
             let map = self.store.shard_map().clone();
             let mut cursor = self.collections[shard.0].find(doc! {}).await?;
-            let mut conn = self.store.master_connection(shard).await?;
             let (mut marked, mut live) = (0, 0);
             while let Some(document) = cursor.try_next().await? {
                 let snapshot = from_document(&document)?;
@@ -182,8 +182,8 @@ impl Archiver {
                 } else {
                     "c"
                 };
-                let invocation = write_back(&REBUILD, &player, &snapshot, mode);
-                let outcome: String = invocation.invoke_async(&mut conn).await?;
+                let command = write_back(&REBUILD, &player, &snapshot, mode);
+                let outcome: String = self.store.call(shard, command).await?;
                 match outcome.as_str() {
                     "MARKED" => marked += 1,
                     "LIVE" => live += 1,

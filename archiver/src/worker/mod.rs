@@ -67,6 +67,7 @@ use tokio::sync::watch;
 use colony::config::ArchiveConfig;
 use colony::keys::{PlayerKeys, SlotKeys};
 use colony::shard_map::ShardIndex;
+use colony::store::road::{Command, Effect, LuaScript};
 use colony::{Config, PlayerId, Store};
 
 use crate::document::{Pairs, Snapshot};
@@ -89,24 +90,26 @@ pub const LEGACY_MOVES_PER_PASS: usize = 1000;
 /// Pause before reading a shard's restore queue again after it failed.
 pub const RESTORE_QUEUE_PAUSE: Duration = Duration::from_millis(250);
 
-static SNAPSHOT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../snapshot.lua")));
-static ARCHIVE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../archive.lua")));
-static RESTORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(concat!(
+// The archiver's scripts run on the store's one road (`Store::call`): the store's links, its
+// breaker and metrics, NOSCRIPT reload, and in replicated mode `WAIT` on the link that wrote.
+static SNAPSHOT: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(include_str!("../snapshot.lua")));
+static ARCHIVE: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(include_str!("../archive.lua")));
+static RESTORE: std::sync::LazyLock<LuaScript> = std::sync::LazyLock::new(|| {
+    LuaScript::new(concat!(
         include_str!("../write_back.lua"),
         include_str!("../restore.lua")
     ))
 });
-static REBUILD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(concat!(
+static REBUILD: std::sync::LazyLock<LuaScript> = std::sync::LazyLock::new(|| {
+    LuaScript::new(concat!(
         include_str!("../write_back.lua"),
         include_str!("../rebuild.lua")
     ))
 });
-static CHECKPOINTED: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../checkpointed.lua")));
+static CHECKPOINTED: std::sync::LazyLock<LuaScript> =
+    std::sync::LazyLock::new(|| LuaScript::new(include_str!("../checkpointed.lua")));
 
 /// Everything that can stop a step of the archiver.
 #[derive(Debug, thiserror::Error)]
@@ -237,15 +240,14 @@ pub struct Archiver {
 /// An invocation of a script loaded with `write_back.lua` in front (restore, rebuild): the
 /// player's keys, then player id, version, `mode`, the numbers of public pairs and client
 /// floors, the pairs, and the floors.
-fn write_back<'a>(
-    script: &'a redis::Script,
+fn write_back(
+    script: &'static LuaScript,
     player: &PlayerId,
     snapshot: &Snapshot,
     mode: &str,
-) -> redis::ScriptInvocation<'a> {
+) -> Command {
     let keys = PlayerKeys::new(player);
-    let mut invocation = script.prepare_invoke();
-    invocation
+    let mut command = Command::script(script, Effect::Writes)
         .key(&keys.meta)
         .key(&keys.public)
         .key(&keys.private)
@@ -257,15 +259,15 @@ fn write_back<'a>(
         .arg(snapshot.public.len())
         .arg(snapshot.clients.len());
     for (field, value) in snapshot.public.iter().chain(&snapshot.private) {
-        invocation.arg(field.as_slice()).arg(value.as_slice());
+        command = command.arg(field.as_slice()).arg(value.as_slice());
     }
     for floor in &snapshot.clients {
-        invocation
+        command = command
             .arg(&floor.client)
             .arg(floor.floor)
             .arg(floor.last_write_ms);
     }
-    invocation
+    command
 }
 
 fn now_ms() -> u64 {

@@ -26,9 +26,8 @@ impl Archiver {
                 .await?
                 .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;
             let snapshot = from_document(&document)?;
-            let invocation = write_back(&RESTORE, player, &snapshot, if full { "1" } else { "0" });
-            let mut conn = self.store.master_connection(shard).await?;
-            let outcome: String = invocation.invoke_async(&mut conn).await?;
+            let command = write_back(&RESTORE, player, &snapshot, if full { "1" } else { "0" });
+            let outcome: String = self.store.call(shard, command).await?;
             tracing::debug!(
                 shard = %self.shard_name(shard),
                 player = %player.as_str(),

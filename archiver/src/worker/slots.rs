@@ -47,22 +47,22 @@ impl Archiver {
         shard: ShardIndex,
         cutoff: u64,
     ) -> Result<u64, String> {
-        let mut conn = self
-            .store
-            .master_connection(shard)
-            .await
-            .map_err(|e| e.to_string())?;
         let mut total = 0;
         for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
-            let mut pipe = redis::pipe();
-            for &slot in slots {
-                pipe.cmd("ZCOUNT")
-                    .arg(SlotKeys::new(slot).active)
-                    .arg("-inf")
-                    .arg(cutoff);
-            }
-            let counts: Vec<u64> = pipe
-                .query_async(&mut conn)
+            let counts = slots
+                .iter()
+                .map(|&slot| {
+                    let mut count = redis::cmd("ZCOUNT");
+                    count
+                        .arg(SlotKeys::new(slot).active)
+                        .arg("-inf")
+                        .arg(cutoff);
+                    Command::read(count)
+                })
+                .collect();
+            let counts: Vec<u64> = self
+                .store
+                .call_all(shard, counts)
                 .await
                 .map_err(|e| e.to_string())?;
             total += counts.iter().sum::<u64>();
@@ -81,47 +81,38 @@ impl Archiver {
     /// previous layout still running may add members again; the next pass moves those.
     pub async fn drain_legacy_sets(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
         async {
-            let mut conn = self.store.master_connection(shard).await?;
-            let active: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            let mut range = redis::cmd("ZRANGE");
+            range
                 .arg(LEGACY_ACTIVE_SET)
                 .arg(0)
                 .arg(LEGACY_MOVES_PER_PASS - 1)
-                .arg("WITHSCORES")
-                .query_async(&mut conn)
-                .await?;
-            let dirty: Vec<String> = redis::cmd("SRANDMEMBER")
-                .arg(LEGACY_DIRTY_SET)
-                .arg(LEGACY_MOVES_PER_PASS)
-                .query_async(&mut conn)
-                .await?;
+                .arg("WITHSCORES");
+            let active: Vec<(String, f64)> = self.store.call(shard, Command::read(range)).await?;
+            let mut sample = redis::cmd("SRANDMEMBER");
+            sample.arg(LEGACY_DIRTY_SET).arg(LEGACY_MOVES_PER_PASS);
+            let dirty: Vec<String> = self.store.call(shard, Command::read(sample)).await?;
             if active.is_empty() && dirty.is_empty() {
                 return Ok(0);
             }
             let slot_keys = |id: &str| SlotKeys::new(colony::keys::id_slot(id));
-            let mut pipe = redis::pipe();
+            // Bookkeeping that a failover may undo is moved again by the next pass: not waited.
+            let mut moves = Vec::new();
+            let plain = |cmd: &mut redis::Cmd| Command::plain(cmd.clone(), Effect::Housekeeping);
             for (id, score) in &active {
-                pipe.cmd("ZADD")
-                    .arg(slot_keys(id).active)
-                    .arg("GT")
-                    .arg(*score)
-                    .arg(id)
-                    .ignore()
-                    .cmd("ZREM")
-                    .arg(LEGACY_ACTIVE_SET)
-                    .arg(id)
-                    .ignore();
+                moves.push(plain(
+                    redis::cmd("ZADD")
+                        .arg(slot_keys(id).active)
+                        .arg("GT")
+                        .arg(*score)
+                        .arg(id),
+                ));
+                moves.push(plain(redis::cmd("ZREM").arg(LEGACY_ACTIVE_SET).arg(id)));
             }
             for id in &dirty {
-                pipe.cmd("SADD")
-                    .arg(slot_keys(id).dirty)
-                    .arg(id)
-                    .ignore()
-                    .cmd("SREM")
-                    .arg(LEGACY_DIRTY_SET)
-                    .arg(id)
-                    .ignore();
+                moves.push(plain(redis::cmd("SADD").arg(slot_keys(id).dirty).arg(id)));
+                moves.push(plain(redis::cmd("SREM").arg(LEGACY_DIRTY_SET).arg(id)));
             }
-            let () = pipe.query_async(&mut conn).await?;
+            let _: Vec<redis::Value> = self.store.call_all(shard, moves).await?;
             Ok((active.len() + dirty.len()) as u64)
         }
         .await
@@ -162,22 +153,25 @@ impl Archiver {
         in_flight: usize,
     ) -> Result<Candidates, ArchiveError> {
         let depth = limit + in_flight;
-        let mut conn = self.store.master_connection(shard).await?;
         let mut out = Vec::new();
         let mut at = from;
         while at < slots.len() {
             let chunk = &slots[at..(at + SLOTS_PER_ROUND_TRIP).min(slots.len())];
-            let mut pipe = redis::pipe();
-            for &slot in chunk {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(SlotKeys::new(slot).active)
-                    .arg("-inf")
-                    .arg(cutoff)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(depth);
-            }
-            let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            let ranges = chunk
+                .iter()
+                .map(|&slot| {
+                    let mut range = redis::cmd("ZRANGEBYSCORE");
+                    range
+                        .arg(SlotKeys::new(slot).active)
+                        .arg("-inf")
+                        .arg(cutoff)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(depth);
+                    Command::read(range)
+                })
+                .collect();
+            let replies: Vec<Vec<String>> = self.store.call_all(shard, ranges).await?;
             for ids in replies {
                 let fresh: Vec<String> = ids
                     .iter()

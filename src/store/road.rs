@@ -1,0 +1,539 @@
+//! The one road to Redis: every command the library sends to a shard goes through
+//! [`Store::send`], which owns everything a call needs to be right and observable.
+//!
+//! - **One connection per call.** A call's commands go out as one pipeline on one of the
+//!   shard's links; a `NOSCRIPT` reload and the resend of what it refused use the same link.
+//! - **The acknowledgement covers the call's own writes.** In `replicated` mode a call that
+//!   wrote is acknowledged by `WAIT` on *the link that carried its writes* (Redis counts only
+//!   the writes of the connection `WAIT` is sent on), and the acknowledgement comes back only
+//!   inside the call's [`Answer`]: there is no other way to ask for one, so no write can be
+//!   acknowledged on a connection that did not carry it.
+//! - **The breaker**: an open breaker fails the call before anything is sent.
+//! - **Shard metrics**: every call is reported to the store's observer.
+//! - **One classifier** of Redis failures into [`Error`] ([`server_error`],
+//!   [`transport_error`]), with its retry advice, and the rule for when a failure means the
+//!   master may have moved (the shard's links are invalidated, at most once per cooldown for
+//!   a master that is merely short of replicas, so a stalled shard does not see a connect per
+//!   retry).
+//!
+//! The only exception is [`Store::dedicated_connection`], a connection of its own for one
+//! blocking reader (the archiver's restore queue), which carries no writes that need an
+//! acknowledgement.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{ServerErrorKind, ToRedisArgs, Value as RedisValue};
+use tokio::time::Instant;
+
+use crate::config::Acknowledge;
+use crate::error::Error;
+use crate::shard_map::ShardIndex;
+
+use super::breaker::Admit;
+use super::Store;
+
+/// A Lua script the road can run: its source and its SHA1, reloaded when a server has lost
+/// it (after a restart or `SCRIPT FLUSH`).
+pub struct LuaScript {
+    script: redis::Script,
+    source: &'static str,
+}
+
+impl LuaScript {
+    /// The script with `source`; its SHA1 is computed here, once.
+    pub fn new(source: &'static str) -> LuaScript {
+        LuaScript {
+            script: redis::Script::new(source),
+            source,
+        }
+    }
+
+    /// The script's SHA1, as `EVALSHA` names it.
+    pub fn hash(&self) -> &str {
+        self.script.get_hash()
+    }
+
+    /// The script's source.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+}
+
+/// What a command does to the shard, which decides how a failure is classified and whether
+/// the call is acknowledged by the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Reads only: a failure after sending is UNAVAILABLE (nothing changed), and no `WAIT`.
+    Reads,
+    /// May write: a failure after sending is UNKNOWN, and in `replicated` mode the call is
+    /// acknowledged by `WAIT` on its own link once this command answered. A script that
+    /// answers nil declares that it wrote nothing (no `WAIT` for it).
+    Writes,
+    /// Writes whose loss in a failover is harmless (housekeeping that is redone, hints):
+    /// classified as a write, never waited for.
+    Housekeeping,
+}
+
+/// One command of a call: a script (keys and arguments) or a plain command.
+pub struct Command {
+    body: Body,
+    effect: Effect,
+}
+
+enum Body {
+    Script {
+        script: &'static LuaScript,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    },
+    Plain(redis::Cmd),
+}
+
+impl Command {
+    /// Runs `script` (add its keys and arguments with [`Command::key`] and [`Command::arg`]).
+    pub fn script(script: &'static LuaScript, effect: Effect) -> Command {
+        Command {
+            body: Body::Script {
+                script,
+                keys: Vec::new(),
+                args: Vec::new(),
+            },
+            effect,
+        }
+    }
+
+    /// A script call with its keys and arguments already encoded.
+    pub(crate) fn encoded(
+        script: &'static LuaScript,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        effect: Effect,
+    ) -> Command {
+        Command {
+            body: Body::Script { script, keys, args },
+            effect,
+        }
+    }
+
+    /// A plain command.
+    pub fn plain(cmd: redis::Cmd, effect: Effect) -> Command {
+        Command {
+            body: Body::Plain(cmd),
+            effect,
+        }
+    }
+
+    /// A plain command that only reads.
+    pub fn read(cmd: redis::Cmd) -> Command {
+        Command::plain(cmd, Effect::Reads)
+    }
+
+    /// Adds a key (scripts) or an argument (plain commands).
+    pub fn key(mut self, key: impl ToRedisArgs) -> Command {
+        match &mut self.body {
+            Body::Script { keys, .. } => keys.extend(key.to_redis_args()),
+            Body::Plain(cmd) => {
+                cmd.arg(key);
+            }
+        }
+        self
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl ToRedisArgs) -> Command {
+        match &mut self.body {
+            Body::Script { args, .. } => args.extend(arg.to_redis_args()),
+            Body::Plain(cmd) => {
+                cmd.arg(arg);
+            }
+        }
+        self
+    }
+
+    fn add_to(&self, pipe: &mut redis::Pipeline) {
+        match &self.body {
+            Body::Script { script, keys, args } => {
+                let cmd = pipe.cmd("EVALSHA").arg(script.hash()).arg(keys.len());
+                for key in keys {
+                    cmd.arg(key.as_slice());
+                }
+                for arg in args {
+                    cmd.arg(arg.as_slice());
+                }
+            }
+            Body::Plain(cmd) => {
+                pipe.add_command(cmd.clone());
+            }
+        }
+    }
+
+    fn lua(&self) -> Option<&'static LuaScript> {
+        match &self.body {
+            Body::Script { script, .. } => Some(script),
+            Body::Plain(_) => None,
+        }
+    }
+}
+
+/// What a call answered: each command's reply (or why it failed), and the acknowledgement of
+/// the call's writes.
+#[derive(Debug)]
+pub struct Answer {
+    /// One per command, in order. A Redis error reply is already classified.
+    pub replies: Vec<Result<RedisValue, Error>>,
+    /// `None` when no acknowledgement was asked for (`local` mode, or no command that
+    /// writes answered); else whether `WAIT` on the link that carried the writes counted
+    /// `redis.replicas_to_wait` replicas (a shortfall or a failed `WAIT` is UNKNOWN).
+    pub acknowledged: Option<Result<(), Error>>,
+}
+
+impl Answer {
+    /// The acknowledgement, as a result: `Ok` when none was needed or it was given.
+    pub fn acknowledgement(&self) -> Result<(), Error> {
+        self.acknowledged.clone().unwrap_or(Ok(()))
+    }
+
+    /// The only reply of a one-command call, failed by a missing acknowledgement if the
+    /// command wrote.
+    pub fn into_acknowledged_reply(mut self) -> Result<RedisValue, Error> {
+        let reply = self
+            .replies
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("a call answered nothing".into())))?;
+        self.acknowledgement()?;
+        Ok(reply)
+    }
+}
+
+/// Scripts the road runs for the store itself, with their sources, so a reload knows them.
+pub(crate) static TRANSACTION: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(crate::script::SOURCE));
+
+impl Store {
+    /// Sends `commands` to `shard`'s master as one pipeline on one link: the one road every
+    /// command of the library takes (see the module docs).
+    ///
+    /// Fails every command at once, sending nothing, while the shard's breaker is open or no
+    /// master can be reached.
+    pub async fn send(&self, shard: ShardIndex, commands: Vec<Command>) -> Answer {
+        let links = &self.inner.shards[shard.0];
+        let started = Instant::now();
+        let before = links.breaker.state();
+        let answer = if links.breaker.admit(started) == Admit::No {
+            let e = Error::Unavailable {
+                shard: links.name.clone(),
+                reason: "circuit breaker open: the shard failed repeatedly".into(),
+            };
+            Answer {
+                replies: commands.iter().map(|_| Err(e.clone())).collect(),
+                acknowledged: None,
+            }
+        } else {
+            let (answer, healthy) = self.send_on_link(shard, &commands).await;
+            if healthy {
+                links.breaker.success();
+            } else if links.breaker.failure(Instant::now()) {
+                tracing::warn!(shard = %links.name, "circuit breaker opened");
+            }
+            answer
+        };
+        if let Some(observer) = &self.inner.observer {
+            let error = answer
+                .replies
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .chain(answer.acknowledged.iter().filter_map(|a| a.as_ref().err()))
+                .find(|e| {
+                    matches!(
+                        e,
+                        Error::Unavailable { .. } | Error::Unknown { .. } | Error::Internal(_)
+                    )
+                });
+            observer.pipeline(&links.name, started.elapsed(), error);
+            let after = links.breaker.state();
+            if after != before {
+                observer.breaker_changed(&links.name, after);
+            }
+        }
+        answer
+    }
+
+    /// One command on the road, its reply converted: failed by a missing acknowledgement if
+    /// it wrote.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        shard: ShardIndex,
+        command: Command,
+    ) -> Result<T, Error> {
+        let reply = self
+            .send(shard, vec![command])
+            .await
+            .into_acknowledged_reply()?;
+        redis::from_redis_value(reply).map_err(|e| self.unexpected(shard, e))
+    }
+
+    /// Several commands in one call (one pipeline, one link), their replies converted: every
+    /// reply, or the first failure (a missing acknowledgement included).
+    pub async fn call_all<T: redis::FromRedisValue>(
+        &self,
+        shard: ShardIndex,
+        commands: Vec<Command>,
+    ) -> Result<Vec<T>, Error> {
+        let answer = self.send(shard, commands).await;
+        answer.acknowledgement()?;
+        answer
+            .replies
+            .into_iter()
+            .map(|reply| redis::from_redis_value(reply?).map_err(|e| self.unexpected(shard, e)))
+            .collect()
+    }
+
+    fn unexpected(&self, shard: ShardIndex, e: impl std::fmt::Display) -> Error {
+        Error::Internal(format!(
+            "shard {}: unexpected reply: {e}",
+            self.inner.shards[shard.0].name
+        ))
+    }
+
+    /// The call on one link; also says whether the shard behaved (for the breaker).
+    async fn send_on_link(&self, shard: ShardIndex, commands: &[Command]) -> (Answer, bool) {
+        let links = &self.inner.shards[shard.0];
+        let name = &links.name;
+        links.watch_sentinels();
+        let link = match links.get().await {
+            Ok(link) => link,
+            Err(e) => {
+                return (
+                    Answer {
+                        replies: commands.iter().map(|_| Err(e.clone())).collect(),
+                        acknowledged: None,
+                    },
+                    false,
+                )
+            }
+        };
+        let mut conn = link.conn.clone();
+        let mut replies: Vec<Option<Result<RedisValue, Error>>> = vec![None; commands.len()];
+        let mut pending: Vec<usize> = (0..commands.len()).collect();
+        let mut healthy = true;
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &pending {
+                commands[i].add_to(&mut pipe);
+            }
+            let answered: Result<Vec<RedisValue>, redis::RedisError> =
+                pipe.query_async(&mut conn).await;
+            let answered = match answered {
+                Ok(answered) if answered.len() == pending.len() => answered,
+                Ok(_) => {
+                    for &i in &pending {
+                        replies[i] = Some(Err(Error::Internal(format!(
+                            "shard {name}: pipeline reply count mismatch"
+                        ))));
+                    }
+                    let _ = links.invalidate(&link);
+                    healthy = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %name, error = %e, "call failed");
+                    for &i in &pending {
+                        replies[i] = Some(Err(transport_error(name, commands[i].effect, &e)));
+                    }
+                    // The connection may be closed, out of step, or to a master that is gone.
+                    let _ = links.invalidate(&link);
+                    healthy = false;
+                    break;
+                }
+            };
+            let mut lost_script = Vec::new();
+            for (&i, reply) in pending.iter().zip(answered) {
+                match reply {
+                    RedisValue::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                        lost_script.push(i)
+                    }
+                    RedisValue::ServerError(e) => {
+                        if moved_on(e.code()) {
+                            links.master_may_have_moved(&link, e.code() == "NOREPLICAS");
+                            healthy = false;
+                        }
+                        replies[i] = Some(Err(server_error(name, e.code(), &e)));
+                    }
+                    reply => replies[i] = Some(Ok(reply)),
+                }
+            }
+            if lost_script.is_empty() {
+                break;
+            }
+            // NOSCRIPT means the script did not run, so sending those again is safe.
+            let mut sources: Vec<&'static LuaScript> = Vec::new();
+            for &i in &lost_script {
+                if let Some(script) = commands[i].lua() {
+                    if !sources.iter().any(|s| s.hash() == script.hash()) {
+                        sources.push(script);
+                    }
+                }
+            }
+            let mut load = redis::pipe();
+            for script in &sources {
+                load.cmd("SCRIPT").arg("LOAD").arg(script.source());
+            }
+            let loaded: Result<Vec<String>, redis::RedisError> = load.query_async(&mut conn).await;
+            let loaded_all = matches!(&loaded, Ok(hashes)
+                if hashes.iter().zip(&sources).all(|(h, s)| h == s.hash()));
+            if loaded_all && round == 0 {
+                pending = lost_script;
+            } else {
+                for i in lost_script {
+                    replies[i] = Some(Err(Error::Unavailable {
+                        shard: name.clone(),
+                        reason: "could not load a script".into(),
+                    }));
+                }
+                break;
+            }
+        }
+        let replies: Vec<Result<RedisValue, Error>> = replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
+            .collect();
+        // A write that answered is acknowledged by WAIT on this very link (shared with the
+        // other callers of the link, see `wait.rs`): never on another.
+        let wrote = commands.iter().zip(&replies).any(|(c, r)| {
+            c.effect == Effect::Writes && matches!(r, Ok(v) if *v != RedisValue::Nil)
+        });
+        let settings = &self.inner.settings;
+        let acknowledged = if !wrote || settings.acknowledge != Acknowledge::Replicated {
+            None
+        } else {
+            Some(match link.replicated().await {
+                Ok(n) if n >= i64::from(settings.replicas_to_wait) => Ok(()),
+                Ok(n) => Err(Error::Unknown {
+                    shard: name.clone(),
+                    reason: format!(
+                        "applied on the master but acknowledged by {n} of {} replicas in time",
+                        settings.replicas_to_wait
+                    ),
+                }),
+                Err(e) => {
+                    let _ = links.invalidate(&link);
+                    Err(Error::Unknown {
+                        shard: name.clone(),
+                        reason: format!("applied on the master but WAIT failed: {e}"),
+                    })
+                }
+            })
+        };
+        (
+            Answer {
+                replies,
+                acknowledged,
+            },
+            healthy,
+        )
+    }
+}
+
+/// How long a master that answers NOREPLICAS keeps its links before they are dropped to find
+/// the master again: a master short of replicas is usually still the master, and dropping
+/// its links on every refusal opened a connection per retry while a shard was stalled.
+pub(super) const NOREPLICAS_RECHECK: Duration = Duration::from_secs(1);
+
+/// Error codes meaning "this server no longer takes writes for the shard".
+fn moved_on(code: &str) -> bool {
+    matches!(code, "READONLY" | "NOREPLICAS" | "MASTERDOWN")
+}
+
+/// Classifies a connection-level failure of a pipeline that was (or may have been) sent: a
+/// command that may write may have run before the connection failed, so only a retry with
+/// the same idempotency key can tell (UNKNOWN); a read changed nothing (UNAVAILABLE).
+pub(crate) fn transport_error(shard: &str, effect: Effect, e: &redis::RedisError) -> Error {
+    match effect {
+        Effect::Writes | Effect::Housekeeping => Error::Unknown {
+            shard: shard.to_string(),
+            reason: e.to_string(),
+        },
+        Effect::Reads => Error::Unavailable {
+            shard: shard.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Classifies an error reply to one command. Redis refuses these before a script or command
+/// runs (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS, TRYAGAIN, CLUSTERDOWN), so
+/// nothing was applied and a retry is safe; anything else is a failure inside a script, which
+/// is a bug.
+pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -> Error {
+    let refused = matches!(
+        code,
+        "READONLY"
+            | "OOM"
+            | "BUSY"
+            | "LOADING"
+            | "MASTERDOWN"
+            | "NOREPLICAS"
+            | "TRYAGAIN"
+            | "CLUSTERDOWN"
+    );
+    if refused {
+        Error::Unavailable {
+            shard: shard.to_string(),
+            reason: e.to_string(),
+        }
+    } else {
+        tracing::error!(shard, error = %e, "a script or command failed");
+        Error::Internal(format!("shard {shard}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_unavailable_and_other_error_replies_are_internal() {
+        for code in [
+            "READONLY",
+            "OOM",
+            "BUSY",
+            "LOADING",
+            "MASTERDOWN",
+            "NOREPLICAS",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+        ] {
+            assert!(
+                matches!(server_error("s", code, &code), Error::Unavailable { .. }),
+                "{code}"
+            );
+        }
+        for code in ["ERR", "WRONGTYPE", "NOSCRIPT"] {
+            assert!(
+                matches!(server_error("s", code, &code), Error::Internal(_)),
+                "{code}"
+            );
+        }
+        assert!(moved_on("READONLY") && moved_on("NOREPLICAS") && moved_on("MASTERDOWN"));
+        assert!(!moved_on("BUSY") && !moved_on("OOM"));
+    }
+
+    #[test]
+    fn a_failed_write_is_unknown_and_a_failed_read_unavailable() {
+        let e = redis::RedisError::from(std::io::Error::other("reset"));
+        assert!(matches!(
+            transport_error("s", Effect::Writes, &e),
+            Error::Unknown { .. }
+        ));
+        assert!(matches!(
+            transport_error("s", Effect::Housekeeping, &e),
+            Error::Unknown { .. }
+        ));
+        assert!(matches!(
+            transport_error("s", Effect::Reads, &e),
+            Error::Unavailable { .. }
+        ));
+    }
+}
