@@ -280,17 +280,18 @@ impl Error {
     ) -> Result<T, Error> {
         match (latest, earlier) {
             // REQUEST_TOO_OLD says the window can no longer tell whether the request applied:
-            // it settles nothing either.
-            (
-                Err(
-                    Error::Unavailable { .. }
-                    | Error::Timeout { .. }
-                    | Error::Archived { .. }
-                    | Error::Locked { .. }
-                    | Error::RequestTooOld { .. },
-                ),
-                Some(Err(unknown @ Error::Unknown { .. })),
-            ) => Err(unknown.clone()),
+            // it settles nothing either. Codes are compared, not variants, so an error about
+            // one participant of a multi-player transaction (`InParticipant`) is judged by
+            // what it says.
+            (Err(latest), Some(Err(unknown)))
+                if unknown.code() == Code::Unknown
+                    && matches!(
+                        latest.code(),
+                        Code::Unavailable | Code::Timeout | Code::Locked | Code::RequestTooOld
+                    ) =>
+            {
+                Err(unknown.clone())
+            }
             (latest, _) => latest,
         }
     }
@@ -345,6 +346,29 @@ mod tests {
             assert_eq!(
                 Error::after_attempts::<u64>(Err(latest.clone()), None),
                 Err(latest.clone())
+            );
+        }
+        // The same when either is about one participant of a multi-player transaction.
+        let in_participant = |error: &Error| Error::InParticipant {
+            participant: 1,
+            error: Box::new(error.clone()),
+        };
+        for latest in &not_sent {
+            assert_eq!(
+                Error::after_attempts::<u64>(
+                    Err(in_participant(latest)),
+                    Some(&Err(in_participant(&unknown)))
+                ),
+                Err(in_participant(&unknown)),
+                "{latest:?}"
+            );
+            assert_eq!(
+                Error::after_attempts::<u64>(
+                    Err(latest.clone()),
+                    Some(&Err(in_participant(&unknown)))
+                ),
+                Err(in_participant(&unknown)),
+                "{latest:?}"
             );
         }
         // A definite answer settles an unknown one.

@@ -619,10 +619,12 @@ impl MultiTransaction {
                 error: Box::new(error),
             };
             if !seen.insert(&participant.player) {
-                return Err(in_participant(Error::Invalid(format!(
+                // A refusal of the transaction as a whole (PROTOCOL.md: failed_participant 0),
+                // not of one participant.
+                return Err(Error::Invalid(format!(
                     "player {:?} is named twice",
                     participant.player.as_str()
-                ))));
+                )));
             }
             let operations = &participant.operations;
             if operations.is_empty() {
@@ -711,7 +713,7 @@ mod tests {
         ));
         assert!(matches!(
             gift(&["a", "b", "a"]).validate(&limits),
-            Err(Error::InParticipant { participant: 2, ref error }) if matches!(**error, Error::Invalid(_))
+            Err(Error::Invalid(_))
         ));
         let mut empty = gift(&["a", "b"]);
         empty.participants[1].operations.clear();

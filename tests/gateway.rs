@@ -983,6 +983,29 @@ async fn malformed_batch_items_answer_in_their_own_kind_and_store_nothing() {
         },
         // Neither kind.
         pb::BatchItem { item: None },
+        // More participants than limits.max_participants (16): refused on its own, not the
+        // whole batch.
+        pb::BatchItem {
+            item: Some(pb::batch_item::Item::Multi(pb::MultiTransaction {
+                idempotency_key: Some(pb::IdempotencyKey {
+                    client_id: "c".into(),
+                    request_id: 2,
+                }),
+                participants: (0..17).map(|i| participant(&format!("p{i}"))).collect(),
+                acting_player_id: String::new(),
+            })),
+        },
+        // A player named twice: the transaction as a whole is refused (participant 0).
+        pb::BatchItem {
+            item: Some(pb::batch_item::Item::Multi(pb::MultiTransaction {
+                idempotency_key: Some(pb::IdempotencyKey {
+                    client_id: "c".into(),
+                    request_id: 3,
+                }),
+                participants: vec![participant("a"), participant("b"), participant("a")],
+                acting_player_id: String::new(),
+            })),
+        },
     ];
     raw.send(&pb::ClientFrame {
         request_id: 9,
@@ -1008,6 +1031,15 @@ async fn malformed_batch_items_answer_in_their_own_kind_and_store_nothing() {
     );
     assert!(
         matches!(&answer[2].item, Some(Kind::Transaction(r)) if r.code == invalid),
+        "{answer:?}"
+    );
+    let too_large = pb::Code::TooLarge as i32;
+    assert!(
+        matches!(&answer[3].item, Some(Kind::Multi(r)) if r.code == too_large && r.failed_participant == 0),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(&answer[4].item, Some(Kind::Multi(r)) if r.code == invalid && r.failed_participant == 0),
         "{answer:?}"
     );
     assert_eq!(digest(&servers[0]).await, before);

@@ -75,10 +75,17 @@ impl Shape {
                 self.transactions, limits.max_transactions_per_batch
             )));
         }
-        if self.max_participants > limits.max_participants {
+        // One multi-player transaction over `limits.max_participants` is refused on its own
+        // (TOO_LARGE in its result, by `MultiTransaction::validate`): one entry's failure
+        // never affects another's. The frame as a whole is refused only past what a full
+        // batch of the largest transactions could carry.
+        let participants_allowed = limits
+            .max_transactions_per_batch
+            .saturating_mul(limits.max_participants);
+        if self.participants > participants_allowed {
             return Err(Error::TooLarge(format!(
-                "a multi-player transaction has {} participants, more than {}",
-                self.max_participants, limits.max_participants
+                "the batch's multi-player transactions have {} participants, more than {}",
+                self.participants, participants_allowed
             )));
         }
         if self.max_operations > limits.max_operations_per_transaction {
@@ -445,12 +452,20 @@ mod tests {
         assert_eq!(shape.max_operations, 4);
         assert_eq!(shape.reads, 10);
         assert_eq!(shape.check(body.len(), &Limits::default()), Ok(()));
+        // One transaction over the participant limit is its own entry's refusal, not the
+        // frame's; only more participants than a whole batch could carry refuse the frame.
         let two = Limits {
             max_participants: 2,
             ..Limits::default()
         };
+        assert_eq!(shape.check(body.len(), &two), Ok(()));
+        let tiny = Limits {
+            max_participants: 1,
+            max_transactions_per_batch: 3,
+            ..Limits::default()
+        };
         assert!(matches!(
-            shape.check(body.len(), &two),
+            shape.check(body.len(), &tiny),
             Err(Error::TooLarge(m)) if m.contains("participants")
         ));
         // Every participant is owed a result's overhead in the answer.
