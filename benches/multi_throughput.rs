@@ -8,9 +8,11 @@
 //! its bound. Callers pick disjoint players, so the figures measure the protocol, not
 //! contention (the interleaving tests cover contention).
 //!
-//! Then the same two (single-player and 2-participant) through a gateway in process, over
-//! loopback TCP, with the Rust client (one connection, requests pipelined), as the ratio a
-//! game server sees.
+//! Then single writes on one player that a stream of trades keeps locking (their p99 and
+//! failures), the single-player and 2-participant figures again with `replicated`
+//! acknowledgements (a replica per shard, every `WAIT` on the link that wrote), and the same
+//! two through a gateway in process, over loopback TCP, with the Rust client (one connection,
+//! requests pipelined), as the ratio a game server sees.
 //!
 //! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N]` (defaults 3, 4).
 
@@ -194,6 +196,134 @@ async fn main() {
         );
     }
     println!("retries taken by the store: {}", store.retries());
+
+    // A player under a stream of trades: `TRADERS` callers each trade with the same hot
+    // player (alternately giving to it and taking from it) while one caller writes to it
+    // alone. The single writes meet the trades' intents (LOCKED, retried by the store within
+    // its deadline): their p99 and failures are the price of the lock.
+    {
+        const TRADERS: u64 = 8;
+        let hot = all[0][0].clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let trades = Arc::new(AtomicU64::new(0));
+        let traders: Vec<_> = (0..TRADERS)
+            .map(|t| {
+                let (s, a, stop, trades, hot) = (
+                    store.clone(),
+                    all.clone(),
+                    stop.clone(),
+                    trades.clone(),
+                    hot.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let other = a[1 % a.len()][(t as usize + 1) * per_caller - 1].clone();
+                        let (from, to) = if i % 2 == 0 {
+                            (&hot, &other)
+                        } else {
+                            (&other, &hot)
+                        };
+                        let txn = MultiTransaction::new(
+                            IdempotencyKey::new(format!("hot-trade-{t}"), i).unwrap(),
+                        )
+                        .with(Participant::owner(from.clone()).with(gold(-1)))
+                        .with(Participant::owner(to.clone()).with(gold(1)));
+                        if s.execute_multi(txn).await.is_ok() {
+                            trades.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut latency = Histogram::<u64>::new(3).unwrap();
+        let (mut writes, mut failed) = (0u64, 0u64);
+        let started = Instant::now();
+        while started.elapsed() < duration {
+            writes += 1;
+            let txn = Transaction::owner(
+                hot.clone(),
+                Some(IdempotencyKey::new("hot-single", writes).unwrap()),
+            )
+            .with(gold(1));
+            let at = Instant::now();
+            if store.execute(txn).await.is_err() {
+                failed += 1;
+            }
+            latency.record(at.elapsed().as_micros() as u64).unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for t in traders {
+            t.await.unwrap();
+        }
+        println!(
+            "single writes on a player receiving {:.0} trades/s ({TRADERS} traders): {:.0}/s, p50 {} µs, p99 {} µs, {failed} of {writes} failed",
+            trades.load(Ordering::Relaxed) as f64 / elapsed,
+            writes as f64 / elapsed,
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+        );
+    }
+
+    // The same single-player transactions and 2-participant trades with every
+    // acknowledgement really waited: a replica per shard, `replicated` acknowledgements.
+    {
+        let replicas: Vec<RedisServer> = servers
+            .iter()
+            .map(|m| {
+                let port = m.port().to_string();
+                RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap()
+            })
+            .collect();
+        for m in &servers {
+            assert!(colony_testkit::wait_until_blocking(
+                Duration::from_secs(15),
+                || m.replicas_online() >= 1
+            ));
+        }
+        let mut replicated = config.clone();
+        replicated.redis.acknowledge = colony::config::Acknowledge::Replicated;
+        replicated.redis.replicas_to_wait = 1;
+        let store = Arc::new(Store::new(&replicated).unwrap());
+        let (s, a) = (store.clone(), all.clone());
+        let (single_rate, single_latency) = measure(duration, move |task, i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let txn = Transaction::owner(
+                    player(&a, task, i as usize, i),
+                    Some(IdempotencyKey::new(format!("r-single-{task}"), i + 1).unwrap()),
+                )
+                .with(gold(1));
+                s.execute(txn).await.is_ok()
+            }
+        })
+        .await;
+        let (s, a) = (store.clone(), all.clone());
+        let (trade_rate, trade_latency) = measure(duration, move |task, i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let start = i as usize;
+                let txn = MultiTransaction::new(
+                    IdempotencyKey::new(format!("r-multi-{task}"), i + 1).unwrap(),
+                )
+                .with(Participant::owner(player(&a, task, start, i)).with(gold(-1)))
+                .with(Participant::owner(player(&a, task, start + 1, i)).with(gold(1)));
+                s.execute_multi(txn).await.is_ok()
+            }
+        })
+        .await;
+        println!(
+            "replicated acknowledgements (1 replica per shard, every WAIT on the link that wrote): single-player {single_rate:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {trade_rate:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",
+            single_latency.value_at_quantile(0.5),
+            single_latency.value_at_quantile(0.99),
+            trade_latency.value_at_quantile(0.5),
+            trade_latency.value_at_quantile(0.99),
+            trade_rate / single_rate
+        );
+        drop(replicas);
+    }
 
     // Through the gateway.
     let gateway = colony_testkit::TestGateway::start(&colony_testkit::with_test_gateway(config))
