@@ -3,8 +3,10 @@
 -- KEYS[1] {id}:meta   hash: v = version, t = last-active ms, a = archived at version,
 --                      p = 1 when an archived player's public part is back, b and n = bytes
 --                      (names and values) and number of the player's entries, kept by every
---                      write (absent: counted afresh by the next write); and the idempotency
---                      windows (see "The idempotency window" below)
+--                      write (absent: counted afresh by the next write); x and y = the
+--                      multi-player intent held and the last applied (apply.lua), w = until
+--                      when a write on its own waits (see WRITER_WAITING); and the
+--                      idempotency windows (see "The idempotency window" below)
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:{<slot tag>}:active  zset of the slot's player ids by last-active ms
@@ -59,12 +61,16 @@
 -- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
 --
 -- A player holding an intent (meta x) takes no write of a transaction on its own: it answers
--- { 'LOCKED', version, 0, 0, attempt, primary, expired (0/1) } and writes nothing. A
+-- { 'LOCKED', version, 0, 0, attempt, primary, expired (0/1) } and writes nothing of the
+-- player's state; it only marks the player (meta w = until when, now + 1 s) so that no
+-- prepare stages a new intent on it (they answer WRITER_WAITING) until a write on its own
+-- went through (which clears the mark) or the mark passed. A
 -- read-only transaction runs and answers 'OK_INTENT' with the same three extra header
 -- fields before its reads: its state is the last applied one, and the caller asks the
 -- intent's decision whether a commit is waiting to be applied. A refusal (CONFLICT,
--- OUT_OF_BOUNDS, PLAYER_TOO_LARGE, TOO_LARGE, INVALID) on such a player carries the same three
--- fields after its header, for the same reason.
+-- OUT_OF_BOUNDS, PLAYER_TOO_LARGE, TOO_LARGE, INVALID, IDEMPOTENCY_MISMATCH, REQUEST_TOO_OLD,
+-- TOO_LARGE_CLIENTS) on such a player carries the same three fields after its header, for the
+-- same reason.
 --
 -- Prepare (ARGV[14] = attempt): the operations are staged exactly as above, with writes
 -- allowed under public access (the gateway's roles decide who may write whom), but instead of
@@ -115,10 +121,15 @@ local state_field, record_field
 local state
 if use_idem then
   state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', state_field, record_field)
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', state_field,
+    record_field)
 else
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x')
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w')
 end
+-- How long a transaction on its own that met an intent keeps new intents off the player
+-- (meta w), in ms: longer than the store's longest pause between two attempts (500 ms).
+local WRITER_WAIT_MS = 1000
+local writer_waiting = state[7]
 local version = tonumber(state[1] or '0')
 local holder = state[6]
 
@@ -137,6 +148,17 @@ local function intent_header(status)
   return { status, version, 0, 0, holder, info[1] or '', expired }
 end
 
+-- A refusal. On a player holding an intent it names the intent after its header (as
+-- OK_INTENT does), so the caller can tell whether a commit waits to be applied first: the
+-- refusal was judged against the last applied state.
+local function refusal(status, index)
+  local reply = { status, version, 0, index }
+  if holder and not preparing then
+    local named = intent_header(status)
+    reply[5], reply[6], reply[7] = named[5], named[6], named[7]
+  end
+  return reply
+end
 if preparing and holder then
   if holder ~= attempt then return intent_header('LOCKED') end
   -- A prepare repeated: the answer it had. The staged reply is written again as it is, so a
@@ -152,7 +174,7 @@ end
 -- Answers a request found remembered: its first reply, or a mismatch.
 local function replay(stored)
   if string.sub(stored, 1, 40) ~= fingerprint then
-    return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
+    return refusal('IDEMPOTENCY_MISMATCH', 0)
   end
   local reply = cmsgpack.unpack(string.sub(stored, 41))
   reply[3] = 1
@@ -161,13 +183,13 @@ end
 
 local window_state
 if use_idem then
-  window_state = state[7]
+  window_state = state[8]
   local verdict, stored = judge_request(meta, clients, client_ttl, max_clients, request,
-    window_state, state[8])
+    window_state, state[9])
   if verdict == 'CLIENTS_FULL' then
-    return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
+    return refusal('TOO_LARGE_CLIENTS', 0)
   elseif verdict == 'REQUEST_TOO_OLD' then
-    return { 'REQUEST_TOO_OLD', version, 0, 0 }
+    return refusal('REQUEST_TOO_OLD', 0)
   elseif verdict == 'REPLAY' and preparing then
     -- A multi-player transaction applied before: every participant's stored reply.
     if string.sub(stored, 1, 40) ~= fingerprint then
@@ -194,6 +216,14 @@ if use_idem then
     if reply[1] == 'OK' then redis.call('SET', legacy, old, 'KEEPTTL') end
     return reply
   end
+end
+
+-- A transaction on its own that met an intent marked the player (meta w = until when): no new
+-- intent is staged until that write went through or the mark passed, so a player that a
+-- stream of trades keeps locked still takes its own writes. Judged after the key, so a
+-- replay never waits.
+if preparing and writer_waiting and tonumber(writer_waiting) > server_now() then
+  return { 'WRITER_WAITING', version, 0, 0 }
 end
 
 -- staged[hash][entry] = new value, or false for deleted.
@@ -270,17 +300,6 @@ local reads = {}
 local mutated = false
 local last_write = 0
 local i, op = FIRST_OP, 0
--- A refusal. On a player holding an intent it names the intent after its header (as
--- OK_INTENT does), so the caller can tell whether a commit waits to be applied first: the
--- refusal was judged against the last applied state.
-local function refusal(status, index)
-  local reply = { status, version, 0, index }
-  if holder and not preparing then
-    local named = intent_header(status)
-    reply[5], reply[6], reply[7] = named[5], named[6], named[7]
-  end
-  return reply
-end
 local function fail(status)
   return refusal(status, op)
 end
@@ -448,8 +467,12 @@ if preparing then
   return reply_with_reads({ 'PREPARED', after, 0, 0, packed })
 end
 
--- Another transaction's intent: no write until it is applied or rolled back.
-if holder and mutated then return intent_header('LOCKED') end
+-- Another transaction's intent: no write until it is applied or rolled back. The player is
+-- marked so that no new intent is staged before this write's retry (see WRITER_WAITING).
+if holder and mutated then
+  redis.call('HSET', meta, 'w', server_now() + WRITER_WAIT_MS)
+  return intent_header('LOCKED')
+end
 
 if mutated then
   for k, hash in ipairs({ pub, priv }) do
@@ -480,6 +503,7 @@ if use_idem then
   for _, field in ipairs(remembered) do meta_fields[#meta_fields + 1] = field end
 end
 redis.call('HSET', meta, unpack(meta_fields))
+if writer_waiting then redis.call('HDEL', meta, 'w') end
 redis.call('ZADD', active, now, player)
 -- The archiver's checkpoints copy changed players to MongoDB.
 if track_changes then redis.call('SADD', dirty, player) end
