@@ -451,6 +451,11 @@ fn status_error(status: &[u8], version: u64, operation_index: u32) -> Error {
         b"IDEMPOTENCY_MISMATCH" => Error::IdempotencyMismatch { version },
         b"REQUEST_TOO_OLD" => Error::RequestTooOld { version },
         b"ARCHIVED" => Error::Archived { version },
+        // A prepare on a player a transaction on its own waits to write: retried like LOCKED.
+        b"WRITER_WAITING" => Error::Locked {
+            player: String::new(),
+            reason: "a transaction on its own is waiting to write the player".into(),
+        },
         b"INVALID" => Error::Invalid(format!("the script refused operation {operation_index}")),
         _ => bad("unknown status"),
     }

@@ -706,11 +706,38 @@ async fn many_trades_over_few_players_all_finish() {
         total += state(&c.store, p).await.0;
     }
     assert_eq!(total, 4 * START_GOLD);
+    let retries = c.store.retries() - before;
     eprintln!(
-        "24 contended trades over 4 players: {} retries, {:?}",
-        c.store.retries() - before,
+        "24 contended trades over 4 players: {retries} retries, {:?}",
         started.elapsed()
     );
+    // Contention leaves no decision records behind: every commit record is forgotten once
+    // its applies were acknowledged, and every abort record its coordinator acted on once its
+    // roll backs were (a day's worth of abort records per conflict, before). The forgets run
+    // detached: wait for them, with a deadline.
+    assert!(retries > 0, "the trades did not contend");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut records = 0usize;
+        for server in &c.servers {
+            let mut conn = common::raw(server).await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*:decision:*")
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+            records += keys.len();
+        }
+        if records == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{records} decision records left after {retries} contended retries"
+        );
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -771,4 +798,96 @@ async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the
     }
     assert_eq!(state(&c.store, b).await.0, START_GOLD);
     assert!(intents_left(&c).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_under_a_stream_of_trades_still_takes_its_own_writes() {
+    // Eight traders keep trading with one hot player, so an intent holds it nearly all the
+    // time; its own writes must still get through within the store's deadline: a write that
+    // meets an intent marks the player, and no new trade locks it until that write went
+    // through.
+    // Half a second of retries: without the mark, writes met the next trade's intent at
+    // every retry and some were still LOCKED at the deadline (slowest 1.27 s in a run with
+    // 1.5 s); with it the slowest took 13 ms.
+    let c = cluster(5000, 500);
+    let players: Vec<PlayerId> = players_per_shard(&c.store, "hot", 3)
+        .into_iter()
+        .flatten()
+        .collect();
+    for p in &players {
+        create(&c.store, p).await;
+    }
+    let hot = players[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traders: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (store, stop, traded) = (c.store.clone(), stop.clone(), traded.clone());
+            let (hot, other) = (
+                hot.clone(),
+                players[1 + t as usize % (players.len() - 1)].clone(),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let (from, to) = if n % 2 == 0 {
+                        (&hot, &other)
+                    } else {
+                        (&other, &hot)
+                    };
+                    let txn = transfer(
+                        (&format!("stream{t}"), n),
+                        "s",
+                        from,
+                        std::slice::from_ref(to),
+                        1,
+                    );
+                    if store.execute_multi(txn).await.is_ok() {
+                        traded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the stream start before writing.
+    assert!(
+        colony_testkit::wait_until(Duration::from_secs(10), || traded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 20)
+        .await,
+        "the trades did not start"
+    );
+    let mut slowest = Duration::ZERO;
+    let mut failed = Vec::new();
+    for n in 1..=30u64 {
+        let write = Transaction::owner(
+            hot.clone(),
+            Some(IdempotencyKey::new("own", n).expect("valid")),
+        )
+        .with(gold(1));
+        let started = std::time::Instant::now();
+        if let Err(e) = c.store.execute(write).await {
+            failed.push(e);
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in traders {
+        t.await.expect("trader");
+    }
+    eprintln!(
+        "30 own writes under {} trades: slowest {slowest:?}, {} failed",
+        traded.load(std::sync::atomic::Ordering::Relaxed),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "own writes failed under the trade stream: {failed:?}"
+    );
+    let mut total = 0;
+    for p in &players {
+        total += state(&c.store, p).await.0;
+    }
+    assert_eq!(total, players.len() as i64 * START_GOLD + 30);
 }

@@ -911,9 +911,18 @@ impl<'s> MultiAttempt<'s> {
                     refused.get_or_insert((i, e));
                 }
                 Err(e) => {
-                    if i == 0 && e.is_retryable() {
+                    // Refused before the key was judged (not reached, or the answer lost);
+                    // a writer waiting on the primary is met after the key was judged.
+                    if i == 0 && e.is_retryable() && !matches!(e, Error::Locked { .. }) {
                         primary_unjudged = Some(e.clone());
                     }
+                    let e = match e {
+                        Error::Locked { player, reason } if player.is_empty() => Error::Locked {
+                            player: self.txn.participants[i].player.as_str().to_string(),
+                            reason,
+                        },
+                        e => e,
+                    };
                     // Keep the most telling refusal: one of a participant's operations over
                     // a transport failure.
                     let replace = match &refused {
