@@ -14,7 +14,11 @@
 //! two through a gateway in process, over loopback TCP, with the Rust client (one connection,
 //! requests pipelined), as the ratio a game server sees.
 //!
-//! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N]` (defaults 3, 4).
+//! Then every caller trading among the same four players for `--contended` seconds: the
+//! decision records left behind and the servers' memory growth.
+//!
+//! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N --contended N]`
+//! (defaults 3, 4, 5).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -102,11 +106,13 @@ fn players(store: &Store, shards: usize, per_shard: usize) -> Vec<Vec<PlayerId>>
 async fn main() {
     let mut seconds = 3u64;
     let mut shards = 4usize;
+    let mut contended = 5u64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap(),
             "--shards" => shards = args.next().and_then(|s| s.parse().ok()).unwrap(),
+            "--contended" => contended = args.next().and_then(|s| s.parse().ok()).unwrap(),
             _ => {}
         }
     }
@@ -196,6 +202,80 @@ async fn main() {
         );
     }
     println!("retries taken by the store: {}", store.retries());
+
+    // Contention and the decision records it leaves: every caller trades among the same four
+    // players for `--contended` seconds, so attempts meet each other's intents (LOCKED, or a
+    // writer's mark) and abort. Each aborted attempt once left an abort record for a day; now
+    // the coordinator forgets it once its roll backs were acknowledged. Counted after the
+    // detached forgets finished, with the servers' memory.
+    {
+        let hot: Vec<PlayerId> = (0..4).map(|k| all[k % all.len()][0].clone()).collect();
+        let memory = |servers: &[RedisServer]| {
+            servers
+                .iter()
+                .map(|s| {
+                    let mut conn = redis::Client::open(s.url())
+                        .unwrap()
+                        .get_connection()
+                        .unwrap();
+                    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("used_memory:"))
+                        .and_then(|v| v.trim().parse::<i64>().ok())
+                        .unwrap()
+                })
+                .sum::<i64>()
+        };
+        let records = |servers: &[RedisServer]| {
+            servers
+                .iter()
+                .map(|s| {
+                    let mut conn = redis::Client::open(s.url())
+                        .unwrap()
+                        .get_connection()
+                        .unwrap();
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg("*:decision:*")
+                        .query(&mut conn)
+                        .unwrap();
+                    keys.len()
+                })
+                .sum::<usize>()
+        };
+        let before_memory = memory(&servers);
+        let before_retries = store.retries();
+        let (s, h) = (store.clone(), hot.clone());
+        let (rate, _) = measure(Duration::from_secs(contended), move |task, i| {
+            let (s, h) = (s.clone(), h.clone());
+            async move {
+                let from = &h[(task + i) as usize % h.len()];
+                let to = &h[(task + i + 1 + i / 4) as usize % h.len()];
+                let to = if to == from {
+                    &h[(task + i + 2) as usize % h.len()]
+                } else {
+                    to
+                };
+                let txn = MultiTransaction::new(
+                    IdempotencyKey::new(format!("contended-{task}"), i + 1).unwrap(),
+                )
+                .with(Participant::owner(from.clone()).with(gold(-1)))
+                .with(Participant::owner(to.clone()).with(gold(1)));
+                s.execute_multi(txn).await.is_ok()
+            }
+        })
+        .await;
+        let retries = store.retries() - before_retries;
+        let settled = Instant::now();
+        let mut left = records(&servers);
+        while left > 0 && settled.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = records(&servers);
+        }
+        println!(
+            "{contended} s of trades among 4 players ({CONCURRENCY} callers): {rate:.0} trades/s, {retries} retried attempts; decision records left: {left}; used_memory {:+} bytes over the run",
+            memory(&servers) - before_memory
+        );
+    }
 
     // A player under a stream of trades: `TRADERS` callers each trade with the same hot
     // player (alternately giving to it and taking from it) while one caller writes to it

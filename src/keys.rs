@@ -3,7 +3,7 @@
 //!
 //! | key                                   | type   | holds                                       |
 //! |---------------------------------------|--------|---------------------------------------------|
-//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; `x` attempt of the intent held, `y` last attempt applied; idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
+//! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; `x` attempt of the intent held, `y` last attempt applied, `w` until when a write on its own waits for the player (no new intent before it); idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
 //! | `{id}:intent`                         | hash   | a multi-player transaction's intent on the player: `a` attempt, `p` primary, `l` lease expiry (ms, this shard's clock), `v` version, `m`/`w` staged writes, `r` prepared reply; on the primary `c`/`q`/`f` the key and fingerprint |
 //! | `{primary}:decision:<attempt>`        | hash   | the decision of one attempt of a multi-player transaction: `d` = `C` (commit) or `A` (abort), written once; for a commit `p` its participants and `r` their packed results |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |

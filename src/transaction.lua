@@ -56,7 +56,7 @@
 -- ARGV[10] or ARGV[11]), TOO_LARGE (the reads passed the budget), TOO_LARGE_CLIENTS (a new
 -- client, and the player has ARGV[13] clients already), IDEMPOTENCY_MISMATCH,
 -- REQUEST_TOO_OLD, ARCHIVED or INVALID; every status but OK writes nothing (a replay's OK
--- rewrites its record as it is). A replay returns the stored reply whatever
+-- rewrites its record as it is; LOCKED marks the player, see below). A replay returns the stored reply whatever
 -- the budget. tag is 'fu', 'fr'
 -- (field public/private) or 'cu', 'cr' (counter); counters come back as integers.
 --
@@ -127,8 +127,9 @@ else
   state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w')
 end
 -- How long a transaction on its own that met an intent keeps new intents off the player
--- (meta w), in ms: longer than the store's longest pause between two attempts (500 ms).
-local WRITER_WAIT_MS = 1000
+-- (meta w), in ms: longer than the store's longest pause between two attempts (500 ms) plus
+-- a replicated acknowledgement of the LOCKED answer (replication_timeout_ms, 500 by default).
+local WRITER_WAIT_MS = 2000
 local writer_waiting = state[7]
 local version = tonumber(state[1] or '0')
 local holder = state[6]
@@ -470,7 +471,8 @@ end
 -- Another transaction's intent: no write until it is applied or rolled back. The player is
 -- marked so that no new intent is staged before this write's retry (see WRITER_WAITING).
 if holder and mutated then
-  redis.call('HSET', meta, 'w', server_now() + WRITER_WAIT_MS)
+  -- Only a priority: a server that refuses writes now (NOREPLICAS, OOM) still answers LOCKED.
+  redis.pcall('HSET', meta, 'w', server_now() + WRITER_WAIT_MS)
   return intent_header('LOCKED')
 end
 

@@ -40,6 +40,8 @@ end
 
 if action == 'a' then
   drop_intent()
+  -- A player that never existed keeps no meta for a waiting writer's mark alone.
+  if redis.call('HEXISTS', meta, 'v') == 0 then redis.call('HDEL', meta, 'w') end
   return 'ROLLED_BACK'
 end
 

@@ -283,6 +283,15 @@ impl Store {
         Ok(held)
     }
 
+    /// Whether `player` still holds the intent of `attempt`.
+    async fn holds(&self, player: &PlayerId, attempt: &str) -> Result<bool, Error> {
+        let shard = self.inner.map.shard_for_player(player);
+        let mut read = redis::cmd("HGET");
+        read.arg(PlayerKeys::new(player).meta).arg("x");
+        let held: Option<String> = self.call(shard, Command::read(read)).await?;
+        Ok(held.as_deref() == Some(attempt))
+    }
+
     /// The decision of `attempt`, read without writing or waiting: for a reader, which acts
     /// on a commit only through the resolver (which reads it again, acknowledged), and
     /// otherwise reads the last committed state.
@@ -668,13 +677,25 @@ impl Store {
                             }
                             Err(locked(&intent, "committed and is being applied"))
                         }
-                        Ok(None) if intent.expired => {
-                            if let Err(e) = self.resolve_intent(player, &intent).await {
-                                tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent");
+                        // Aborted: nothing of it applies, the answer stands.
+                        Ok(Some(Decision::Abort)) => answer,
+                        // No decision: the answer was judged against the last applied state,
+                        // which is still the player's while it holds the intent (a commit
+                        // written after the look is ordered after the answer). If the intent
+                        // is gone since, its commit may have been applied and its record
+                        // forgotten: judged again.
+                        Ok(None) => match self.holds(player, &intent.attempt).await {
+                            Ok(true) => {
+                                if intent.expired {
+                                    if let Err(e) = self.resolve_intent(player, &intent).await {
+                                        tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent");
+                                    }
+                                }
+                                answer
                             }
-                            answer
-                        }
-                        Ok(_) => answer,
+                            Ok(false) => Err(locked(&intent, "finished meanwhile")),
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(Error::Unavailable {
                             shard: String::new(),
                             reason: format!(

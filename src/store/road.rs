@@ -463,7 +463,7 @@ pub(crate) fn transport_error(shard: &str, effect: Effect, e: &redis::RedisError
 }
 
 /// Classifies an error reply to one command. Redis refuses these before a script or command
-/// runs (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS, TRYAGAIN, CLUSTERDOWN), so
+/// runs (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS, TRYAGAIN, CLUSTERDOWN, MISCONF), so
 /// nothing was applied and a retry is safe; anything else is a failure inside a script, which
 /// is a bug.
 pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -> Error {
@@ -477,6 +477,7 @@ pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -
             | "NOREPLICAS"
             | "TRYAGAIN"
             | "CLUSTERDOWN"
+            | "MISCONF"
     );
     if refused {
         Error::Unavailable {
@@ -504,6 +505,7 @@ mod tests {
             "NOREPLICAS",
             "TRYAGAIN",
             "CLUSTERDOWN",
+            "MISCONF",
         ] {
             assert!(
                 matches!(server_error("s", code, &code), Error::Unavailable { .. }),
