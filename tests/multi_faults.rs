@@ -233,6 +233,17 @@ fn sentinel_cluster(
     replicas: usize,
     acknowledge: colony::config::Acknowledge,
 ) -> (Vec<colony_testkit::SentinelShard>, Store) {
+    sentinel_cluster_leasing(tag, profile, replicas, acknowledge, LEASE_MS)
+}
+
+/// [`sentinel_cluster`] with intents leased for `lease_ms`.
+fn sentinel_cluster_leasing(
+    tag: &str,
+    profile: colony_testkit::Profile,
+    replicas: usize,
+    acknowledge: colony::config::Acknowledge,
+    lease_ms: u64,
+) -> (Vec<colony_testkit::SentinelShard>, Store) {
     let shards: Vec<colony_testkit::SentinelShard> = (0..2)
         .map(|i| {
             colony_testkit::SentinelShard::start(&format!("{tag}-{i}"), profile, replicas)
@@ -260,7 +271,7 @@ fn sentinel_cluster(
     config.redis.replication_timeout_ms = 1000;
     config.redis.retry_deadline_ms = 300;
     config.redis.breaker_cooldown_ms = 100;
-    config.redis.intent_lease_ms = LEASE_MS;
+    config.redis.intent_lease_ms = lease_ms;
     let store = Store::new(&config).expect("store");
     (shards, store)
 }
@@ -515,17 +526,22 @@ async fn caught_up(master: &RedisServer) -> bool {
     !acked.is_empty() && acked.iter().all(|a| a.is_some() && *a == offset)
 }
 
-/// The replicas of the taker's shard are stopped (SIGSTOP) and the replication link filled
-/// before the trade is sent, so the trade's writes exist on the master alone; then the master
-/// is killed and the replicas resumed. A fault that strikes *before* replication caught up:
-/// the trade must not be answered OK (its acknowledgement waited for nothing), and after the
-/// promotion nothing is applied on one side only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_sided() {
+/// Two safe-profile shards (two replicas each) with a player created on each: (shards,
+/// store, giver on shard 0 and the trades' primary, taker on shard 1). Every connection is
+/// warmed, so a trade's steps open none.
+async fn stall_cluster(
+    tag: &str,
+    lease_ms: u64,
+) -> (
+    Vec<colony_testkit::SentinelShard>,
+    Store,
+    PlayerId,
+    PlayerId,
+) {
     use colony::config::Acknowledge;
-    use colony_testkit::{wait_until, Profile};
-    let tag = "stall";
-    let (mut shards, store) = sentinel_cluster(tag, Profile::Safe, 2, Acknowledge::Replicated);
+    use colony_testkit::Profile;
+    let (shards, store) =
+        sentinel_cluster_leasing(tag, Profile::Safe, 2, Acknowledge::Replicated, lease_ms);
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
@@ -543,7 +559,6 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
         .with(gold(START));
         store.execute(txn).await.expect("created");
     }
-    // Warm every connection of both shards, so the trade's steps do not open new ones.
     for _ in 0..4 {
         for p in [&giver, &taker] {
             store
@@ -552,11 +567,16 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
                 .expect("reads");
         }
     }
-    let shard = &mut shards[1];
+    (shards, store, giver, taker)
+}
+
+/// Stops (SIGSTOP) every replica of `shard` once they have acknowledged everything (no
+/// connection has a write they lack, as on a quiet shard), then fills the replication link:
+/// 32 MiB more than the stopped replicas' socket buffers hold, so what the master takes next
+/// stays in its output buffers. Returns the master's index and the replicas'.
+async fn stall_replicas(shard: &mut colony_testkit::SentinelShard) -> (usize, Vec<usize>) {
     let master = shard.master_index().expect("a master");
     let replicas: Vec<usize> = (0..shard.servers.len()).filter(|&i| i != master).collect();
-    // Every replica has acknowledged everything before it stops: no connection has a write
-    // the replicas lack, as on a quiet shard.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !caught_up(&shard.servers[master]).await {
         assert!(Instant::now() < deadline, "the replicas never caught up");
@@ -566,8 +586,6 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
     for &r in &replicas {
         shard.servers[r].pause().expect("stop a replica");
     }
-    // 32 MiB more than the stopped replicas' socket buffers hold: what is written after it
-    // stays in the master's output buffers.
     let mut conn = redis::Client::open(shard.servers[master].url())
         .expect("client")
         .get_multiplexed_async_connection_with_config(
@@ -583,7 +601,75 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
         .query_async(&mut conn)
         .await
         .expect("ballast written");
-    let trade = MultiTransaction::new(IdempotencyKey::new(tag, 1).expect("valid"))
+    (master, replicas)
+}
+
+/// Kills the stalled shard's master, resumes its replicas, waits for the Sentinels to promote
+/// one, and starts the old master again as its replica.
+async fn kill_master_and_resume(
+    shard: &mut colony_testkit::SentinelShard,
+    master: usize,
+    replicas: &[usize],
+) {
+    shard.servers[master].kill().expect("kill the master");
+    for &r in replicas {
+        shard.servers[r].resume().expect("resume a replica");
+    }
+    assert!(
+        colony_testkit::wait_until(Duration::from_secs(30), || shard
+            .master_index()
+            .is_some_and(|m| m != master))
+        .await,
+        "no promotion"
+    );
+    let new = shard.master_index().expect("a master");
+    let port = shard.servers[new].port().to_string();
+    shard.servers[master]
+        .start_again(&["--replicaof", "127.0.0.1", &port])
+        .expect("the old master rejoins");
+}
+
+/// Sweeps until both shards answer and neither player holds an intent; their coins.
+async fn settled_coins(store: &Store, giver: &PlayerId, taker: &PlayerId) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let swept = [
+            store.sweep(ShardIndex(0)).await,
+            store.sweep(ShardIndex(1)).await,
+        ];
+        let (g, t) = (
+            store.get_player(giver.clone(), Access::Owner).await,
+            store.get_player(taker.clone(), Access::Owner).await,
+        );
+        if swept.iter().all(Result::is_ok)
+            && g.is_ok()
+            && t.is_ok()
+            && leases_gone(store, [giver, taker]).await
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: sweeps {swept:?}, giver {g:?}, taker {t:?}"
+        );
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (coins(store, giver).await, coins(store, taker).await)
+}
+
+/// The replicas of the taker's shard are stopped and the replication link filled before the
+/// trade is sent, so the trade's writes exist on the master alone; then the master is killed
+/// and the replicas resumed. A fault that strikes *before* replication caught up: the trade
+/// must not be answered OK (its acknowledgement waited for nothing), no code saying nothing
+/// applied may answer it, retries open no connection each, and after the promotion nothing is
+/// applied on one side only. (On the code that sent `WAIT` on another connection, the trade
+/// ended one-sided: giver 990, taker 1000.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_sided() {
+    let (mut shards, store, giver, taker) = stall_cluster("stall", LEASE_MS).await;
+    let (master, replicas) = stall_replicas(&mut shards[1]).await;
+    let trade = MultiTransaction::new(IdempotencyKey::new("stall", 1).expect("valid"))
         .with(Participant::owner(giver.clone()).with(gold(-10)))
         .with(Participant::owner(taker.clone()).with(gold(10)));
     let connects = store.connection_stats()[1].connects;
@@ -603,48 +689,62 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
         opened <= 2,
         "{opened} connections opened to the stalled shard"
     );
-    shard.servers[master].kill().expect("kill the master");
-    for &r in &replicas {
-        shard.servers[r].resume().expect("resume a replica");
-    }
-    assert!(
-        wait_until(Duration::from_secs(30), || shard
-            .master_index()
-            .is_some_and(|m| m != master))
-        .await,
-        "no promotion"
-    );
-    let new = shard.master_index().expect("a master");
-    let port = shard.servers[new].port().to_string();
-    shard.servers[master]
-        .start_again(&["--replicaof", "127.0.0.1", &port])
-        .expect("the old master rejoins");
-    // Sweep until both shards answer and neither player holds an intent.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let swept = [
-            store.sweep(ShardIndex(0)).await,
-            store.sweep(ShardIndex(1)).await,
-        ];
-        let (g, t) = (
-            store.get_player(giver.clone(), Access::Owner).await,
-            store.get_player(taker.clone(), Access::Owner).await,
-        );
-        if swept.iter().all(Result::is_ok)
-            && g.is_ok()
-            && t.is_ok()
-            && leases_gone(&store, [&giver, &taker]).await
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never settled: sweeps {swept:?}, giver {g:?}, taker {t:?}"
-        );
-        // Polling interval of a condition wait with a deadline.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (g, t) = (coins(&store, &giver).await, coins(&store, &taker).await);
+    kill_master_and_resume(&mut shards[1], master, &replicas).await;
+    let (g, t) = settled_coins(&store, &giver, &taker).await;
     eprintln!("answer {answer:?}; giver {g}, taker {t}");
     assert_eq!(g + t, 2 * START, "one-sided: giver {g}, taker {t}");
+}
+
+/// The primary's replicas are stopped after every participant prepared, so the commit record
+/// exists on the primary's master alone: the coordinator must not take it as decided, and a
+/// resolver that meets the taker's intent must not apply it from that record. Then the
+/// primary's master is killed (the commit record dies with it) and the replicas resumed: the
+/// attempt aborts, nothing one-sided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreplicated_commit_record_is_acted_on_by_nobody() {
+    use colony::script::IntentRef;
+    use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome, Resolution};
+    // A lease long enough that the commit is not refused for a passed lease meanwhile.
+    let (mut shards, store, giver, taker) = stall_cluster("undecided", 10_000).await;
+    let trade = MultiTransaction::new(IdempotencyKey::new("undecided", 1).expect("valid"))
+        .with(Participant::owner(giver.clone()).with(gold(-10)))
+        .with(Participant::owner(taker.clone()).with(gold(10)));
+    let mut attempt = MultiAttempt::new(&store, trade).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    let (master, replicas) = stall_replicas(&mut shards[0]).await;
+    let decided = attempt.decide(true).await;
+    assert!(
+        decided != Ok(Decision::Commit),
+        "a commit the replicas never saw was taken as decided"
+    );
+    // The commit is on the primary's master, unreplicated.
+    let mut conn = raw(&shards[0].servers[master]).await;
+    let record: Option<String> = redis::cmd("HGET")
+        .arg(colony::keys::decision_key(&giver, attempt.id()))
+        .arg("d")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(
+        record.as_deref(),
+        Some("C"),
+        "the test needs the commit written"
+    );
+    let met = IntentRef {
+        attempt: attempt.id().to_string(),
+        primary: giver.as_str().to_string(),
+        expired: false,
+        version: None,
+    };
+    let resolved = store.resolve_intent(&taker, &met).await;
+    assert!(
+        !matches!(resolved, Ok(Resolution::Finished(Decision::Commit, _))),
+        "a resolver applied an unreplicated commit: {resolved:?}"
+    );
+    drop(attempt);
+    kill_master_and_resume(&mut shards[0], master, &replicas).await;
+    let (g, t) = settled_coins(&store, &giver, &taker).await;
+    eprintln!("decided {decided:?}, resolver {resolved:?}; giver {g}, taker {t}");
+    assert_eq!(g + t, 2 * START, "one-sided: giver {g}, taker {t}");
+    assert!(g == START || g == START - 10, "giver {g}");
 }
