@@ -891,3 +891,85 @@ async fn a_player_under_a_stream_of_trades_still_takes_its_own_writes() {
     }
     assert_eq!(total, players.len() as i64 * START_GOLD + 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_over_its_size_bound_refuses_the_whole_trade_and_nothing_applies() {
+    // Hostile: the second participant's write would grow it past limits.max_player_bytes.
+    // Both prepares run (the first stages an intent); the refusal aborts the attempt, and
+    // nothing applies anywhere, nor is any intent or decision record left.
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start().expect("redis starts"))
+        .collect();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config: Config = config_for(&refs);
+    config.limits.max_player_bytes = 4000;
+    let c = Cluster {
+        store: Store::new(&config).expect("store"),
+        servers,
+    };
+    let players = players_per_shard(&c.store, "big", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    let field = |bytes: usize| Operation::SetField {
+        name: name("blob"),
+        value: vec![7; bytes],
+        visibility: Visibility::Public,
+    };
+    c.store
+        .execute(
+            Transaction::owner(
+                b.clone(),
+                Some(IdempotencyKey::new("fill", 1).expect("valid")),
+            )
+            .with(field(3000)),
+        )
+        .await
+        .expect("b is near its bound");
+    let (before_a, before_b) = (state(&c.store, a).await, state(&c.store, b).await);
+    let trade = MultiTransaction::new(IdempotencyKey::new("big", 1).expect("valid"))
+        .with(Participant::owner(a.clone()).with(gold(-5)))
+        .with(
+            Participant::owner(b.clone())
+                .with(gold(5))
+                .with(Operation::SetField {
+                    name: name("more"),
+                    value: vec![7; 2000],
+                    visibility: Visibility::Public,
+                }),
+        );
+    let refused = c.store.execute_multi(trade).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::InParticipant { participant: 1, error }) if matches!(**error, Error::PlayerTooLarge { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(state(&c.store, a).await, before_a);
+    assert_eq!(state(&c.store, b).await, before_b);
+    assert!(intents_left(&c).await.is_empty());
+    // The abort record is forgotten once both roll backs were acknowledged (detached).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut records = 0;
+        for server in &c.servers {
+            let mut conn = common::raw(server).await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*:decision:*")
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+            records += keys.len();
+        }
+        if records == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{records} decision records left"
+        );
+        // Polling interval of a condition wait with a deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
