@@ -381,6 +381,12 @@ impl Store {
                 load.cmd("SCRIPT").arg("LOAD").arg(script.source());
             }
             let loaded: Result<Vec<String>, redis::RedisError> = load.query_async(&mut conn).await;
+            if let Err(e) = &loaded {
+                // The connection failed under the reload: it may be closed or out of step.
+                tracing::warn!(shard = %name, error = %e, "script reload failed");
+                let _ = links.invalidate(&link);
+                healthy = false;
+            }
             let loaded_all = matches!(&loaded, Ok(hashes)
                 if hashes.iter().zip(&sources).all(|(h, s)| h == s.hash()));
             if loaded_all && round == 0 {
