@@ -86,7 +86,7 @@ fn send(conn: &mut redis::Connection, txns: &[Transaction], layout: Layout) {
                 pipe.add_command(legacy::evalsha_v1(txn, &bounds)).ignore();
             }
             Layout::Bare | Layout::Window => {
-                encode(txn, &bounds).add_to(&mut pipe);
+                encode(txn, colony::keys::player_slot(&txn.player), &bounds).add_to(&mut pipe);
                 pipe.ignore();
             }
         }

@@ -91,7 +91,7 @@ fn players(store: &Store, shards: usize, per_shard: usize) -> Vec<Vec<PlayerId>>
     let mut out = vec![Vec::new(); shards];
     for i in 0.. {
         let p = PlayerId::new(format!("bench-{i}")).unwrap();
-        let s = store.shard_map().shard_for_player(&p).0;
+        let s = store.shard_map().shard_for_player(&p).get();
         if out[s].len() < per_shard {
             out[s].push(p);
         }

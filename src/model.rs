@@ -74,6 +74,19 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Refuses a batch of more than `max_transactions_per_batch` entries (transactions on one
+    /// player and multi-player transactions alike): the one check every path that takes a
+    /// batch makes.
+    pub fn check_batch(&self, entries: usize) -> Result<(), Error> {
+        if entries > self.max_transactions_per_batch {
+            return Err(Error::TooLarge(format!(
+                "batch has {entries} transactions, more than {}",
+                self.max_transactions_per_batch
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks every limit against its range, and that the largest allowed player can be read
     /// whole; the message names the field.
     pub fn validate(&self) -> Result<(), String> {

@@ -14,6 +14,7 @@ use crate::model::{
     Access, Committed, Entry, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, ReadResult, Transaction, Value, Visibility,
 };
+use crate::slot::Slot;
 
 /// Index (from 0) of the script's first operation argument; the ones before it are the
 /// player, access, idempotency key, window and bounds.
@@ -36,19 +37,6 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// This invocation as a command on the store's road.
-    pub(crate) fn command(
-        &self,
-        effect: crate::store::road::Effect,
-    ) -> crate::store::road::Command {
-        crate::store::road::Command::encoded(
-            &crate::store::road::TRANSACTION,
-            self.keys.to_vec(),
-            self.args.clone(),
-            effect,
-        )
-    }
-
     /// Appends this invocation as `EVALSHA sha 6 keys.. args..` to `pipe`.
     pub fn add_to(&self, pipe: &mut redis::Pipeline) {
         let cmd = pipe
@@ -114,8 +102,9 @@ pub struct Bounds {
     pub max_player_entries: usize,
 }
 
-/// Encodes a validated transaction, to run within `bounds`.
-pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
+/// Encodes a validated transaction, to run within `bounds`; `slot` is its player's slot
+/// ([`keys::player_slot`]), found once by the caller, who routes by it too.
+pub fn encode(txn: &Transaction, slot: Slot, bounds: &Bounds) -> Invocation {
     let operations = operation_args(&txn.operations);
     let key = txn.idempotency_key.as_ref().map(|key| {
         let print = fingerprint(
@@ -125,7 +114,7 @@ pub fn encode(txn: &Transaction, bounds: &Bounds) -> Invocation {
         );
         (key, print)
     });
-    encode_call(&txn.player, txn.access, key, operations, bounds, None)
+    encode_call(&txn.player, slot, txn.access, key, operations, bounds, None)
 }
 
 /// What a participant's prepare call carries besides the participant.
@@ -152,6 +141,7 @@ pub fn encode_prepare(
     let key = prepare.key.map(|(key, print)| (key, print.to_string()));
     encode_call(
         &participant.player,
+        keys::player_slot(&participant.player),
         participant.access,
         key,
         operations,
@@ -169,6 +159,7 @@ fn access_arg(access: Access) -> &'static [u8] {
 
 fn encode_call(
     player: &PlayerId,
+    slot: Slot,
     access: Access,
     key: Option<(&IdempotencyKey, String)>,
     operations: Vec<Vec<u8>>,
@@ -220,7 +211,7 @@ fn encode_call(
         }
     }
     args.extend(operations);
-    let slot_keys = SlotKeys::of_player(player);
+    let slot_keys = SlotKeys::new(slot);
     Invocation {
         keys: [
             keys_of.meta,
@@ -676,7 +667,7 @@ mod tests {
             max_player_bytes: 600,
             max_player_entries: 7,
         };
-        let inv = encode(&txn, &bounds);
+        let inv = encode(&txn, keys::player_slot(&txn.player), &bounds);
         assert_eq!(inv.keys[5], b"{p}:clients");
         assert_eq!(inv.keys[6], b"{p}:idem:c:9");
         assert_eq!(inv.keys[7], b"{p}:intent");

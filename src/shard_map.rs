@@ -9,9 +9,18 @@ use crate::keys;
 use crate::model::PlayerId;
 use crate::slot::{Slot, SLOT_COUNT};
 
-/// Index of a shard in [`ShardMap::shards`].
+/// Index of a shard in [`ShardMap::shards`]. Only a [`ShardMap`] makes one ([`ShardMap::index`],
+/// [`ShardMap::indices`], the lookups), so an index always names a shard of the map it came
+/// from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShardIndex(pub usize);
+pub struct ShardIndex(usize);
+
+impl ShardIndex {
+    /// The index as a number, from 0, in the order of [`ShardMap::shards`].
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
 
 impl fmt::Display for ShardIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,6 +162,24 @@ impl ShardMap {
     /// The shard at `index`.
     pub fn shard(&self, index: ShardIndex) -> &Shard {
         &self.shards[index.0]
+    }
+
+    /// The index of the `n`th shard (from 0), if the map has that many.
+    pub fn index(&self, n: usize) -> Option<ShardIndex> {
+        (n < self.shards.len()).then_some(ShardIndex(n))
+    }
+
+    /// Every shard's index, in order.
+    pub fn indices(&self) -> impl Iterator<Item = ShardIndex> {
+        (0..self.shards.len()).map(ShardIndex)
+    }
+
+    /// The index of the shard named `name`, if there is one.
+    pub fn index_of(&self, name: &str) -> Option<ShardIndex> {
+        self.shards
+            .iter()
+            .position(|s| s.name == name)
+            .map(ShardIndex)
     }
 
     /// The shard that owns `slot`.

@@ -253,7 +253,7 @@ async fn the_player_lookup_shows_a_player_as_stored_and_changes_nothing() {
         )
         .await
         .expect("creates");
-    let shard = store.shard_map().shard_for_player(&ann).0;
+    let shard = store.shard_map().shard_for_player(&ann).get();
     let before = common::digest(&servers[shard]).await;
     let (status, body) = get_admin(gw.admin_address, "/admin/player?id=ann").await;
     assert_eq!(status, 200, "{body}");

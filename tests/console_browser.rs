@@ -23,7 +23,7 @@ async fn the_console_renders_the_cluster_and_sees_a_killed_master_within_seconds
     // A player on the shard that stays up, so the lookup works after the kill too.
     let player = (0..)
         .map(|i| common::pid(&format!("looked-up-{i}")))
-        .find(|p| store.shard_map().shard_for_player(p).0 == 0)
+        .find(|p| store.shard_map().shard_for_player(p).get() == 0)
         .expect("a player on shard 0");
     store
         .execute(

@@ -208,7 +208,7 @@ async fn a_shard_that_is_down_does_not_disturb_the_others() {
     let on = |shard: usize| {
         (0..1000)
             .map(|i| pid(&format!("p{i}")))
-            .filter(|p| store.shard_map().shard_for_player(p).0 == shard)
+            .filter(|p| store.shard_map().shard_for_player(p).get() == shard)
             .take(20)
             .collect::<Vec<_>>()
     };

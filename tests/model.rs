@@ -570,7 +570,8 @@ fn build_trade(
 
 #[test]
 fn trades_interleaved_with_singles_stops_and_sweeps_agree_with_the_model() {
-    use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome};
+    use colony::store::intents::Decision;
+    use colony::store::multi::{MultiAttempt, PrepareOutcome};
     let servers = common::servers(1);
     let mut config = colony_testkit::config_for(&[&servers[0]]);
     config.redis.idempotency_window_requests = WINDOW;
@@ -579,7 +580,7 @@ fn trades_interleaved_with_singles_stops_and_sweeps_agree_with_the_model() {
     config.redis.intent_lease_ms = 40;
     config.redis.retry_deadline_ms = 2000;
     let store = colony::Store::new(&config).expect("store");
-    let shard = colony::shard_map::ShardIndex(0);
+    let shard = store.shard_map().index(0).expect("shard 0");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

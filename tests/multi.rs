@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use colony::shard_map::ShardIndex;
-use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome};
+use colony::store::intents::Decision;
+use colony::store::multi::{MultiAttempt, PrepareOutcome};
 use colony::{
     Access, Code, Config, Error, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, Store, Transaction, Value, Visibility,
@@ -51,7 +51,7 @@ fn players_per_shard(store: &Store, prefix: &str, count: usize) -> Vec<Vec<Playe
     let mut out = vec![Vec::new(); shards];
     for i in 0.. {
         let player = pid(&format!("{prefix}-{i}"));
-        let shard = store.shard_map().shard_for_player(&player).0;
+        let shard = store.shard_map().shard_for_player(&player).get();
         if out[shard].len() < count {
             out[shard].push(player);
         }
@@ -443,7 +443,11 @@ async fn coordinators_stopped_after_any_step_are_finished_by_resolvers_in_seeded
         });
         let resolvers = async {
             for _ in 0..3 {
-                let shard = ShardIndex(random.below(3) as usize);
+                let shard = c
+                    .store
+                    .shard_map()
+                    .index(random.below(3) as usize)
+                    .expect("a shard of the map");
                 let _ = c.store.sweep_intents(shard).await;
                 let reader = &players[random.below(players.len() as u64) as usize];
                 let _ = c.store.get_player(reader.clone(), Access::Public).await;
@@ -465,7 +469,12 @@ async fn coordinators_stopped_after_any_step_are_finished_by_resolvers_in_seeded
     }
     for shard in 0..3 {
         c.store
-            .sweep_intents(ShardIndex(shard))
+            .sweep_intents(
+                c.store
+                    .shard_map()
+                    .index(shard)
+                    .expect("a shard of the map"),
+            )
             .await
             .expect("sweeps");
     }
@@ -742,7 +751,7 @@ async fn many_trades_over_few_players_all_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the_sweep() {
-    use colony::store::multi::Swept;
+    use colony::store::sweep::Swept;
     let mut c = cluster(100, 200);
     let players = players_per_shard(&c.store, "stuck", 1);
     let (a, b) = (&players[0][0], &players[1][0]);
@@ -758,7 +767,7 @@ async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the
     let swept = loop {
         let swept = c
             .store
-            .sweep_intents(ShardIndex(1))
+            .sweep_intents(c.store.shard_map().index(1).expect("a shard of the map"))
             .await
             .expect("shard 1 answers");
         if swept.unresolved > 0 || tokio::time::Instant::now() > deadline {
@@ -779,7 +788,10 @@ async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the
     c.servers[0].start_again(&[]).expect("shard 0 back");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let swept = c.store.sweep_intents(ShardIndex(1)).await;
+        let swept = c
+            .store
+            .sweep_intents(c.store.shard_map().index(1).expect("a shard of the map"))
+            .await;
         if matches!(
             swept,
             Ok(Swept {

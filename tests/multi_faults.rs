@@ -16,7 +16,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use colony::client::{Client, ClientConfig};
-use colony::shard_map::ShardIndex;
 use colony::{
     Access, Config, Envelope, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, Store, Transaction, Value, Visibility,
@@ -121,7 +120,7 @@ async fn a_gateway_killed_after_any_step_of_a_trade_leaves_it_whole_or_undone() 
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("kill-{i}")).expect("valid");
-        let shard = store.shard_map().shard_for_player(&p).0;
+        let shard = store.shard_map().shard_for_player(&p).get();
         on[shard].get_or_insert(p);
         if on.iter().all(Option::is_some) {
             break;
@@ -183,7 +182,10 @@ async fn a_gateway_killed_after_any_step_of_a_trade_leaves_it_whole_or_undone() 
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for shard in 0..2 {
-            store.sweep(ShardIndex(shard)).await.expect("sweeps");
+            store
+                .sweep(store.shard_map().index(shard).expect("a shard of the map"))
+                .await
+                .expect("sweeps");
         }
         for (server, player) in servers.iter().zip([&giver, &taker]) {
             let mut conn = raw(server).await;
@@ -341,7 +343,7 @@ async fn participant_master_fault(
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
-        on[store.shard_map().shard_for_player(&p).0].get_or_insert(p);
+        on[store.shard_map().shard_for_player(&p).get()].get_or_insert(p);
         if on.iter().all(Option::is_some) {
             break;
         }
@@ -410,8 +412,12 @@ async fn participant_master_fault(
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let swept = [
-                store.sweep(ShardIndex(0)).await,
-                store.sweep(ShardIndex(1)).await,
+                store
+                    .sweep(store.shard_map().index(0).expect("a shard of the map"))
+                    .await,
+                store
+                    .sweep(store.shard_map().index(1).expect("a shard of the map"))
+                    .await,
             ];
             let (g, t) = (
                 store.get_player(giver.clone(), Access::Owner).await,
@@ -545,7 +551,7 @@ async fn stall_cluster(
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
-        on[store.shard_map().shard_for_player(&p).0].get_or_insert(p);
+        on[store.shard_map().shard_for_player(&p).get()].get_or_insert(p);
         if on.iter().all(Option::is_some) {
             break;
         }
@@ -634,8 +640,12 @@ async fn settled_coins(store: &Store, giver: &PlayerId, taker: &PlayerId) -> (i6
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let swept = [
-            store.sweep(ShardIndex(0)).await,
-            store.sweep(ShardIndex(1)).await,
+            store
+                .sweep(store.shard_map().index(0).expect("a shard of the map"))
+                .await,
+            store
+                .sweep(store.shard_map().index(1).expect("a shard of the map"))
+                .await,
         ];
         let (g, t) = (
             store.get_player(giver.clone(), Access::Owner).await,
@@ -703,7 +713,8 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreplicated_commit_record_is_acted_on_by_nobody() {
     use colony::script::IntentRef;
-    use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome, Resolution};
+    use colony::store::intents::{Decision, Resolution};
+    use colony::store::multi::{MultiAttempt, PrepareOutcome};
     // A lease long enough that the commit is not refused for a passed lease meanwhile.
     let (mut shards, store, giver, taker) = stall_cluster("undecided", 10_000).await;
     let trade = MultiTransaction::new(IdempotencyKey::new("undecided", 1).expect("valid"))

@@ -365,7 +365,7 @@ async fn batches_span_shards_and_keep_request_order() {
     // Every player is stored on the shard the map names, and only there.
     let mut used = HashSet::new();
     for (i, p) in players.iter().enumerate() {
-        let shard = store.shard_map().shard_for_player(p).0;
+        let shard = store.shard_map().shard_for_player(p).get();
         used.insert(shard);
         for (s, server) in servers.iter().enumerate() {
             let mut conn = raw(server).await;
@@ -492,7 +492,7 @@ async fn a_dead_shard_fails_only_its_own_players_and_then_fails_fast() {
         let results = store.execute_batch(batch(request)).await.expect("runs");
         let mut saw_dead = false;
         for (p, result) in players.iter().zip(&results) {
-            if store.shard_map().shard_for_player(p).0 == 0 {
+            if store.shard_map().shard_for_player(p).get() == 0 {
                 assert_eq!(
                     result.as_ref().expect("live shard commits").version,
                     request
@@ -516,7 +516,7 @@ async fn a_dead_shard_fails_only_its_own_players_and_then_fails_fast() {
     let results = store.execute_batch(batch(3)).await.expect("runs");
     assert_eq!(store.connection_stats()[1].connects, connects);
     for (p, result) in players.iter().zip(&results) {
-        if store.shard_map().shard_for_player(p).0 == 1 {
+        if store.shard_map().shard_for_player(p).get() == 1 {
             assert!(
                 matches!(result, Err(Error::Unavailable { reason, .. }) if reason.contains("breaker")),
                 "{result:?}"

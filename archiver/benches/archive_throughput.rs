@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use colony::shard_map::ShardIndex;
 use colony::{Access, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
 use colony_archiver::document::{to_document, DocState, Snapshot};
 use colony_archiver::worker::now;
@@ -127,14 +126,15 @@ async fn main() {
         let player = PlayerId::new(format!("bench-{i}")).unwrap();
         let t = Instant::now();
         archiver
-            .restore(ShardIndex(0), &player, true)
+            .restore(store.shard_map().index(0).expect("shard 0"), &player, true)
             .await
             .unwrap();
         direct.push(t.elapsed());
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let serving = archiver.clone();
-    tokio::spawn(async move { serving.serve_restores(ShardIndex(0), stopped).await });
+    let first = store.shard_map().index(0).expect("shard 0");
+    tokio::spawn(async move { serving.serve_restores(first, stopped).await });
     let mut login = Vec::new();
     for i in sample / 2..sample {
         let player = PlayerId::new(format!("bench-{i}")).unwrap();

@@ -96,11 +96,24 @@ async fn digest(redis: &RedisServer) -> String {
         .expect("digest")
 }
 
+/// The `n`th shard of `archiver`'s map.
+fn shard_index(archiver: &Archiver, n: usize) -> ShardIndex {
+    archiver
+        .store()
+        .shard_map()
+        .index(n)
+        .expect("the map has that shard")
+}
+
 /// The restore loop of shard 0, as the archiver process runs it.
 fn serve_restores(archiver: &Arc<Archiver>) -> tokio::sync::watch::Sender<bool> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let archiver = archiver.clone();
-    tokio::spawn(async move { archiver.serve_restores(ShardIndex(0), stopped).await });
+    tokio::spawn(async move {
+        archiver
+            .serve_restores(shard_index(&archiver, 0), stopped)
+            .await
+    });
     stop
 }
 
@@ -193,7 +206,7 @@ async fn a_player_who_changes_or_wakes_up_mid_move_stays_in_redis() {
     let store = Store::new(&config).expect("store");
     create(&store, "carol", 1).await;
     let archiver = Archiver::new(&config).await.expect("archiver");
-    let shard = ShardIndex(0);
+    let shard = shard_index(&archiver, 0);
     let cutoff = now() + 1000;
 
     // Snapshot and MongoDB write happen, then the player writes before the removal.
@@ -316,7 +329,7 @@ async fn an_older_version_never_overwrites_a_newer_document() {
         private: vec![],
         clients: vec![],
     };
-    let shard = ShardIndex(0);
+    let shard = shard_index(&archiver, 0);
     write_archive(&archiver, shard, &snapshot(2, b"new"))
         .await
         .expect("newer");
@@ -409,7 +422,7 @@ async fn an_archiver_killed_at_any_step_loses_nothing_when_run_again() {
         expected.push(owner_view(&store, p).await);
     }
     let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
-    let shard = ShardIndex(0);
+    let shard = shard_index(&archiver, 0);
     let cutoff = now() + 1000;
     // s0: killed after the snapshot, before MongoDB saw anything.
     archiver
@@ -480,7 +493,10 @@ async fn checkpoints_let_a_wiped_shard_be_rebuilt() {
     ));
 
     assert_eq!(
-        archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
+        archiver
+            .rebuild(shard_index(&archiver, 0))
+            .await
+            .expect("rebuild"),
         (1, 1)
     );
     assert_eq!(owner_view(&store, "live").await, (want_version, want));
@@ -490,7 +506,10 @@ async fn checkpoints_let_a_wiped_shard_be_rebuilt() {
     assert_eq!((version, entries.len()), (1, 2));
     // Running it again over live data changes nothing.
     assert_eq!(
-        archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
+        archiver
+            .rebuild(shard_index(&archiver, 0))
+            .await
+            .expect("rebuild"),
         (0, 0)
     );
 }
@@ -788,7 +807,10 @@ async fn every_script_runs_on_a_redis_cluster_node_without_crossing_slots() {
     create(&store, &ids[3], 1000).await;
     assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 1);
     flushall(&redis).await;
-    let (marked, live) = archiver.rebuild(ShardIndex(0)).await.expect("rebuild");
+    let (marked, live) = archiver
+        .rebuild(shard_index(&archiver, 0))
+        .await
+        .expect("rebuild");
     assert_eq!((marked, live), (39, 1));
 }
 
@@ -964,7 +986,10 @@ async fn an_archived_then_restored_player_refuses_retries_too_old_to_judge() {
     assert_eq!(archiver.checkpoint_pass().await.expect("checkpoint"), 1);
     flushall(&redis).await;
     assert_eq!(
-        archiver.rebuild(ShardIndex(0)).await.expect("rebuild"),
+        archiver
+            .rebuild(shard_index(&archiver, 0))
+            .await
+            .expect("rebuild"),
         (0, 1)
     );
     assert!(matches!(
@@ -996,7 +1021,7 @@ async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored()
     let on = |shard: usize| -> Vec<String> {
         (0..200)
             .map(|i| format!("iso-{i}"))
-            .filter(|id| map.shard_for_player(&pid(id)) == ShardIndex(shard))
+            .filter(|id| map.shard_for_player(&pid(id)) == shard_index(&archiver, shard))
             .take(3)
             .collect()
     };
@@ -1024,7 +1049,7 @@ async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored()
 
     // An error of the down shard's work names the shard.
     let failed = archiver
-        .snapshot(ShardIndex(1), &pid(&there[0]))
+        .snapshot(shard_index(&archiver, 1), &pid(&there[0]))
         .await
         .expect_err("the shard is down");
     assert_eq!(failed.shard(), Some("shard-1"), "{failed}");
@@ -1121,7 +1146,8 @@ async fn a_pipelined_pass_meets_every_player_of_a_crowded_slot_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_holding_an_intent_is_never_archived_and_the_sweep_finishes_the_intent() {
-    use colony::store::multi::{Decision, MultiAttempt, PrepareOutcome};
+    use colony::store::intents::Decision;
+    use colony::store::multi::{MultiAttempt, PrepareOutcome};
     use colony::{MultiTransaction, Participant};
     let redis = RedisServer::start().expect("redis");
     let mongo = MongoServer::start().expect("mongodb-wire server");

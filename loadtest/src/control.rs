@@ -82,7 +82,7 @@ impl ControlDir {
 
     /// The index of the shard `player` lives on.
     pub fn shard_of(&self, player: &PlayerId) -> usize {
-        self.map.shard_for_player(player).0
+        self.map.shard_for_player(player).get()
     }
 
     fn file(&self, name: &str, extension: &str) -> PathBuf {

@@ -137,7 +137,7 @@ async fn player(
                     .collect::<Vec<_>>()
             };
             let index = store.shard_map().shard_for_player(&player);
-            let master = store.connection_stats()[index.0].master.clone();
+            let master = store.connection_stats()[index.get()].master.clone();
             Json(json!({
                 "id": player.as_str(),
                 "shard": found.shard,
@@ -185,7 +185,7 @@ async fn status(State(gateway): State<Gateway>) -> Response {
         .map(|(i, shard)| {
             let slots: Vec<String> = ranges
                 .iter()
-                .filter(|(_, _, owner)| owner.0 == i)
+                .filter(|(_, _, owner)| owner.get() == i)
                 .map(|(start, end, _)| format!("{start}-{end}"))
                 .collect();
             let conn = &stats[i];

@@ -88,13 +88,8 @@ async fn handle_batch(
         }
         return handle_items(gateway, principal, ticket, batch.items).await;
     }
-    if batch.transactions.len() > limits.max_transactions_per_batch {
-        return Err(Error::TooLarge(format!(
-            "batch has {} transactions, more than {}",
-            batch.transactions.len(),
-            limits.max_transactions_per_batch
-        )));
-    }
+    // Refused before anything is decoded (the store checks again, the same way).
+    limits.check_batch(batch.transactions.len())?;
     let mut results: Vec<Option<Result<crate::model::Committed, Error>>> =
         Vec::with_capacity(batch.transactions.len());
     let mut accepted: Vec<Transaction> = Vec::with_capacity(batch.transactions.len());
@@ -156,13 +151,7 @@ async fn handle_items(
     items: Vec<pb::BatchItem>,
 ) -> Result<pb::server_frame::Body, Error> {
     let limits = &gateway.inner.limits;
-    if items.len() > limits.max_transactions_per_batch {
-        return Err(Error::TooLarge(format!(
-            "batch has {} transactions, more than {}",
-            items.len(),
-            limits.max_transactions_per_batch
-        )));
-    }
+    limits.check_batch(items.len())?;
     /// Where an item's result comes from.
     enum Slot {
         Refused(ItemResult),
@@ -310,7 +299,7 @@ fn acknowledged(gateway: &Gateway, ticket: Ticket, player: &PlayerId, committed:
         return;
     };
     let map = gateway.inner.store.shard_map();
-    let shard = &map.shards()[map.shard_for_player(player).0].name;
+    let shard = &map.shard(map.shard_for_player(player)).name;
     gateway
         .inner
         .metrics

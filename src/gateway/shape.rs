@@ -69,12 +69,7 @@ impl Shape {
     /// Refuses a frame whose counts are over `limits`, or whose decoding would amplify past
     /// [`DECODE_FACTOR`]; `body_len` is the length of the frame's body.
     pub fn check(&self, body_len: usize, limits: &Limits) -> Result<(), Error> {
-        if self.transactions > limits.max_transactions_per_batch {
-            return Err(Error::TooLarge(format!(
-                "batch has {} transactions, more than {}",
-                self.transactions, limits.max_transactions_per_batch
-            )));
-        }
+        limits.check_batch(self.transactions)?;
         // One multi-player transaction over `limits.max_participants` is refused on its own
         // (TOO_LARGE in its result, by `MultiTransaction::validate`): one entry's failure
         // never affects another's. The frame as a whole is refused only past what a full

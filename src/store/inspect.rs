@@ -10,7 +10,6 @@ use super::Store;
 use crate::error::Error;
 use crate::keys::PlayerKeys;
 use crate::model::PlayerId;
-use crate::shard_map::ShardIndex;
 
 /// One entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +60,7 @@ impl Store {
     pub async fn inspect_player(&self, player: &PlayerId) -> Result<InspectedPlayer, Error> {
         let map = self.shard_map();
         let shard = map.shard_for_player(player);
-        let name = map.shards()[shard.0].name.clone();
+        let name = map.shard(shard).name.clone();
         let keys = PlayerKeys::new(player);
         type Hash = Vec<(Vec<u8>, Vec<u8>)>;
         let commands = [&keys.meta, &keys.public, &keys.private]
@@ -112,13 +111,13 @@ impl Store {
     /// Each shard's replication from `INFO replication` on its master, within `timeout`; one
     /// result per shard, in shard order.
     pub async fn replication(&self, timeout: Duration) -> Vec<Result<Replication, Error>> {
-        let shards = (0..self.shard_map().shards().len()).map(|i| async move {
-            let name = self.shard_map().shards()[i].name.clone();
+        let shards = self.shard_map().indices().map(|shard| async move {
+            let name = self.shard_name(shard).to_string();
             let work = async {
                 let mut info = redis::cmd("INFO");
                 info.arg("replication");
                 let reply = self
-                    .send(ShardIndex(i), vec![Command::read(info)])
+                    .send(shard, vec![Command::read(info)])
                     .await
                     .into_acknowledged_reply()?;
                 let info: String =

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::Acknowledge;
 use crate::error::Error;
+use crate::script::Invocation;
 use crate::shard_map::ShardIndex;
 
 use super::breaker::Admit;
@@ -103,15 +104,14 @@ impl Command {
         }
     }
 
-    /// A script call with its keys and arguments already encoded.
-    pub(crate) fn encoded(
-        script: &'static LuaScript,
-        keys: Vec<Vec<u8>>,
-        args: Vec<Vec<u8>>,
-        effect: Effect,
-    ) -> Command {
+    /// A call of the transaction script, encoded by [`crate::script`].
+    pub(crate) fn transaction(invocation: Invocation, effect: Effect) -> Command {
         Command {
-            body: Body::Script { script, keys, args },
+            body: Body::Script {
+                script: &TRANSACTION,
+                keys: invocation.keys.into(),
+                args: invocation.args,
+            },
             effect,
         }
     }
@@ -217,7 +217,14 @@ impl Store {
     /// Fails every command at once, sending nothing, while the shard's breaker is open or no
     /// master can be reached.
     pub async fn send(&self, shard: ShardIndex, commands: Vec<Command>) -> Answer {
-        let links = &self.inner.shards[shard.0];
+        let commands: Vec<&Command> = commands.iter().collect();
+        self.send_borrowed(shard, &commands).await
+    }
+
+    /// [`Store::send`] for commands the caller keeps, e.g. to send them again on a retry
+    /// without encoding them again.
+    pub(super) async fn send_borrowed(&self, shard: ShardIndex, commands: &[&Command]) -> Answer {
+        let links = &self.inner.shards[shard.get()];
         let started = Instant::now();
         let before = links.breaker.state();
         let answer = if links.breaker.admit(started) == Admit::No {
@@ -230,7 +237,7 @@ impl Store {
                 acknowledged: None,
             }
         } else {
-            let (answer, healthy) = self.send_on_link(shard, &commands).await;
+            let (answer, healthy) = self.send_on_link(shard, commands).await;
             if healthy {
                 links.breaker.success();
             } else if links.breaker.failure(Instant::now()) {
@@ -292,13 +299,13 @@ impl Store {
     fn unexpected(&self, shard: ShardIndex, e: impl std::fmt::Display) -> Error {
         Error::Internal(format!(
             "shard {}: unexpected reply: {e}",
-            self.inner.shards[shard.0].name
+            self.shard_name(shard)
         ))
     }
 
     /// The call on one link; also says whether the shard behaved (for the breaker).
-    async fn send_on_link(&self, shard: ShardIndex, commands: &[Command]) -> (Answer, bool) {
-        let links = &self.inner.shards[shard.0];
+    async fn send_on_link(&self, shard: ShardIndex, commands: &[&Command]) -> (Answer, bool) {
+        let links = &self.inner.shards[shard.get()];
         let name = &links.name;
         links.watch_sentinels();
         let link = match links.get().await {

@@ -18,7 +18,7 @@ pub static SCRIPT_V1: std::sync::LazyLock<redis::Script> =
 /// idempotency record — and its arguments: a flag for the key and the record TTL, then the
 /// bounds and operations as today.
 pub fn evalsha_v1(txn: &Transaction, bounds: &Bounds) -> redis::Cmd {
-    let today = encode(txn, bounds);
+    let today = encode(txn, colony::keys::player_slot(&txn.player), bounds);
     let keys = PlayerKeys::new(&txn.player);
     let record = match &txn.idempotency_key {
         Some(key) => legacy_idempotency_key(&txn.player, key),

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use colony::shard_map::ShardIndex;
 use colony::Config;
 use colony_archiver::worker::now;
 use colony_archiver::Archiver;
@@ -58,15 +57,15 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
     if let Some(Command::Rebuild { shard }) = &args.command {
-        let index = config
-            .shards
-            .iter()
-            .position(|s| &s.name == shard)
-            .with_context(|| format!("no shard named {shard:?} in the configuration"))?;
         let archiver = Archiver::new(&config)
             .await
             .context("starting the archiver")?;
-        let (marked, live) = archiver.rebuild(ShardIndex(index)).await?;
+        let index = archiver
+            .store()
+            .shard_map()
+            .index_of(shard)
+            .with_context(|| format!("no shard named {shard:?} in the configuration"))?;
+        let (marked, live) = archiver.rebuild(index).await?;
         tracing::info!(shard, marked, live, "rebuild done");
         return Ok(());
     }

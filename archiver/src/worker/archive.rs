@@ -241,7 +241,7 @@ impl Archiver {
                 .map(|_| WriteOutcome::Failed(ArchiveError::Mongo(reason.clone())))
                 .collect::<Vec<_>>()
         };
-        let collection = &self.collections[shard.0];
+        let collection = &self.collections[shard.get()];
         let reply = collection
             .client()
             .database(collection.namespace().db.as_str())

@@ -165,7 +165,7 @@ impl Archiver {
         async {
             use futures_util::TryStreamExt;
             let map = self.store.shard_map().clone();
-            let mut cursor = self.collections[shard.0].find(doc! {}).await?;
+            let mut cursor = self.collections[shard.get()].find(doc! {}).await?;
             let (mut marked, mut live) = (0, 0);
             while let Some(document) = cursor.try_next().await? {
                 let snapshot = from_document(&document)?;

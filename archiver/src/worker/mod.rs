@@ -367,8 +367,9 @@ impl Archiver {
         &self.store
     }
 
-    pub(super) fn shards(&self) -> impl Iterator<Item = ShardIndex> {
-        (0..self.collections.len()).map(ShardIndex)
+    /// Every shard of the store's map (one archive collection each).
+    pub(super) fn shards(&self) -> impl Iterator<Item = ShardIndex> + '_ {
+        self.store.shard_map().indices()
     }
 
     /// Names `shard` in an error (for `map_err`).

@@ -21,7 +21,7 @@ impl Archiver {
         full: bool,
     ) -> Result<Restoral, ArchiveError> {
         async {
-            let document = self.collections[shard.0]
+            let document = self.collections[shard.get()]
                 .find_one(doc! { "_id": player.as_str() })
                 .await?
                 .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;

@@ -1,0 +1,381 @@
+//! Intent resolution: the layer below both the single-player path ([`super::batch`]) and the
+//! trade coordinator ([`super::multi`]). It reads and writes an attempt's decision record,
+//! finishes one participant by a decision (apply or roll back), and resolves an intent left
+//! behind — the one resolver every path uses. ARCHITECTURE.md's trade design
+//! (`docs/design/trades.md`) has the rules these functions keep; the scripts are
+//! `multi/decide.lua`, `multi/apply.lua` and `multi/forget.lua`.
+
+use std::sync::LazyLock;
+
+use redis::Value as RedisValue;
+
+use crate::error::Error;
+use crate::keys::{decision_key, PlayerKeys, SlotKeys};
+use crate::model::PlayerId;
+use crate::script::{self, IntentRef};
+
+use super::road::{Command, Effect, LuaScript};
+use super::Store;
+
+/// Applies or rolls back one participant (`window.lua` in front, for the primary's window).
+static APPLY: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(concat!(
+        include_str!("../window.lua"),
+        include_str!("../multi/apply.lua")
+    ))
+});
+/// Writes an attempt's decision once, or reads it back (writing it again).
+static DECIDE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../multi/decide.lua")));
+/// Forgets a decision record.
+pub(super) static FORGET: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../multi/forget.lua")));
+
+/// How many records may be waiting to be forgotten by detached tasks at once; past it, the
+/// sweep forgets them (commit records) or they expire (abort records).
+pub(super) const FORGETTING_AT_ONCE: usize = 256;
+
+/// How long an abort record is kept: a resolver that finds none writes it again, so this
+/// only saves work.
+const ABORT_RECORD_MS: u64 = 86_400_000;
+
+/// An attempt's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Every participant applies.
+    Commit,
+    /// No participant applies.
+    Abort,
+}
+
+/// What finishing one participant found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The staged writes applied now.
+    Applied,
+    /// The intent was dropped now.
+    RolledBack,
+    /// This attempt was applied to the player before.
+    AlreadyApplied,
+    /// The player holds no intent of this attempt (never prepared, or rolled back before).
+    NoIntent,
+}
+
+/// Who writes a decision: the attempt's coordinator, or a resolver of an intent it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decider {
+    Coordinator,
+    Resolver,
+}
+
+/// What the resolver did with an intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The player holds no intent (of that attempt).
+    NotHeld,
+    /// The intent's lease has not passed and no decision exists: left alone.
+    Live,
+    /// Finished by the decision read (or written, as an abort).
+    Finished(Decision, Finished),
+}
+
+/// A `GET` or script reply as a string, if it is one.
+pub(super) fn text(v: &RedisValue) -> Option<String> {
+    match v {
+        RedisValue::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        RedisValue::SimpleString(s) => Some(s.clone()),
+        RedisValue::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+/// The decision a stored value stands for.
+fn decision_of(value: &str) -> Option<Decision> {
+    match value.as_bytes().first() {
+        Some(b'C') => Some(Decision::Commit),
+        Some(b'A') => Some(Decision::Abort),
+        _ => None,
+    }
+}
+
+/// A reply of an unexpected shape.
+pub(super) fn unexpected(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("unexpected reply: {e}"))
+}
+
+impl Store {
+    /// The decision of `attempt` (primary `primary`), if one was written — and, in replicated
+    /// mode, known replicated: the decision script writes a decision it finds again, and the
+    /// call is acknowledged on the link that carried that write, so whoever acts on the
+    /// answer acts on a decision a failover keeps.
+    pub async fn multi_decision(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+    ) -> Result<Option<Decision>, Error> {
+        let shard = self.inner.map.shard_for_player(primary);
+        let read = Command::script(&DECIDE, Effect::Writes)
+            .key(decision_key(primary, attempt))
+            .key(SlotKeys::of_player(primary).decisions)
+            .key(PlayerKeys::new(primary).meta)
+            .key(PlayerKeys::new(primary).intent)
+            .arg("R")
+            .arg(ABORT_RECORD_MS);
+        let value = self
+            .send(shard, vec![read])
+            .await
+            .into_acknowledged_reply()?;
+        Ok(text(&value).as_deref().and_then(decision_of))
+    }
+
+    /// Writes `decision` for `attempt` unless one exists; returns the one that holds, once it
+    /// is acknowledged (replicated mode). A commit is written only while the primary holds
+    /// the attempt's intent, within its lease; otherwise the attempt aborts.
+    ///
+    /// The attempt's coordinator may act on an abort that is not acknowledged yet: only the
+    /// coordinator ever writes a commit, and it has decided not to, so nothing a failover does
+    /// to the record can make the attempt commit; its participants are rolled back at once
+    /// rather than kept locked while the primary's shard cannot replicate. A resolver needs
+    /// its abort acknowledged before it rolls anything back: a lost abort record would let a
+    /// slow coordinator's commit win.
+    pub(super) async fn decide_once(
+        &self,
+        by: Decider,
+        primary: &PlayerId,
+        attempt: &str,
+        decision: Decision,
+        participants: &[PlayerId],
+        replies: &[Vec<u8>],
+    ) -> Result<Decision, Error> {
+        let shard = self.inner.map.shard_for_player(primary);
+        let mut listed = String::new();
+        for p in participants {
+            listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
+        }
+        let mut decide = Command::script(&DECIDE, Effect::Writes)
+            .key(decision_key(primary, attempt))
+            .key(SlotKeys::of_player(primary).decisions)
+            .key(PlayerKeys::new(primary).meta)
+            .key(PlayerKeys::new(primary).intent)
+            .arg(match decision {
+                Decision::Commit => "C",
+                Decision::Abort => "A",
+            })
+            .arg(ABORT_RECORD_MS);
+        if decision == Decision::Commit {
+            decide = decide.arg(listed);
+            for reply in replies {
+                decide = decide.arg(reply.as_slice());
+            }
+            decide = decide.arg(attempt);
+        }
+        let mut answer = self.send(shard, vec![decide]).await;
+        let held = answer
+            .replies
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("the decision answered nothing".into())))?;
+        let held = text(&held)
+            .as_deref()
+            .and_then(decision_of)
+            .ok_or_else(|| Error::Internal("the decision script answered no decision".into()))?;
+        if !(by == Decider::Coordinator && held == Decision::Abort) {
+            answer.acknowledgement()?;
+        }
+        Ok(held)
+    }
+
+    /// Whether `player` still holds the intent of `attempt`.
+    pub(super) async fn holds(&self, player: &PlayerId, attempt: &str) -> Result<bool, Error> {
+        let shard = self.inner.map.shard_for_player(player);
+        let mut read = redis::cmd("HGET");
+        read.arg(PlayerKeys::new(player).meta).arg("x");
+        let held: Option<String> = self.call(shard, Command::read(read)).await?;
+        Ok(held.as_deref() == Some(attempt))
+    }
+
+    /// The decision of `attempt`, read without writing or waiting: for a reader, which acts
+    /// on a commit only through the resolver (which reads it again, acknowledged), and
+    /// otherwise reads the last committed state.
+    pub(super) async fn peek_decision(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+    ) -> Result<Option<Decision>, Error> {
+        let shard = self.inner.map.shard_for_player(primary);
+        let mut read = redis::cmd("HGET");
+        read.arg(decision_key(primary, attempt)).arg("d");
+        let value: RedisValue = self.call(shard, Command::read(read)).await?;
+        Ok(text(&value).as_deref().and_then(decision_of))
+    }
+
+    /// Applies (a commit) or rolls back (an abort) `attempt` on `player`; `primary` says
+    /// whether it is the attempt's primary (whose apply records the key in its window). An
+    /// apply, a roll back or an apply found done before is answered once acknowledged
+    /// (replicated mode), on the link that carried it.
+    pub(super) async fn finish_participant(
+        &self,
+        player: &PlayerId,
+        attempt: &str,
+        decision: Decision,
+        primary: bool,
+    ) -> Result<Finished, Error> {
+        let shard = self.inner.map.shard_for_player(player);
+        let keys = PlayerKeys::new(player);
+        let slot = SlotKeys::of_player(player);
+        let window = script::Window::of(&self.inner.settings);
+        let record = if primary {
+            decision_key(player, attempt)
+        } else {
+            keys.meta.clone()
+        };
+        let apply = Command::script(&APPLY, Effect::Writes)
+            .key(&keys.meta)
+            .key(&keys.public)
+            .key(&keys.private)
+            .key(&keys.intent)
+            .key(&slot.active)
+            .key(&slot.dirty)
+            .key(&keys.clients)
+            .key(&slot.intents)
+            .key(record)
+            .arg(player.as_str())
+            .arg(attempt)
+            .arg(match decision {
+                Decision::Commit => "c",
+                Decision::Abort => "a",
+            })
+            .arg(if self.inner.track_changes { "1" } else { "0" })
+            .arg(window.age_ms)
+            .arg(window.length)
+            .arg(window.client_ttl_ms);
+        let mut answer = self.send(shard, vec![apply]).await;
+        let outcome = answer
+            .replies
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("the apply answered nothing".into())))?;
+        let finished = match text(&outcome).as_deref() {
+            Some("APPLIED") => Finished::Applied,
+            Some("ROLLED_BACK") => Finished::RolledBack,
+            Some("ALREADY") => Finished::AlreadyApplied,
+            // Nothing was written: nothing to acknowledge.
+            Some("NO_INTENT") => return Ok(Finished::NoIntent),
+            _ => {
+                return Err(Error::Internal(
+                    "unexpected reply from the apply script".into(),
+                ))
+            }
+        };
+        answer.acknowledgement()?;
+        Ok(finished)
+    }
+
+    /// Forgets the decision record of `attempt` (primary `primary`): a commit record only once
+    /// every participant's apply was acknowledged, an abort record once every participant
+    /// was rolled back. Housekeeping: not waited for (a record a failover brings back is
+    /// forgotten by the sweep, or expires).
+    pub(super) async fn forget_decision(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+    ) -> Result<(), Error> {
+        let shard = self.inner.map.shard_for_player(primary);
+        let forget = Command::script(&FORGET, Effect::Housekeeping)
+            .key(decision_key(primary, attempt))
+            .key(SlotKeys::of_player(primary).decisions);
+        self.send(shard, vec![forget])
+            .await
+            .into_acknowledged_reply()
+            .map(|_| ())
+    }
+
+    /// Forgets a decision record in a detached task, so the caller does not wait for it; at
+    /// most [`FORGETTING_AT_ONCE`] at a time, past which the record is left to the sweep (a
+    /// commit) or to its expiry (an abort).
+    pub(super) fn forget_later(&self, primary: &PlayerId, attempt: &str) {
+        let Ok(permit) = self.inner.forgetting.clone().try_acquire_owned() else {
+            return;
+        };
+        let (store, primary, attempt) = (self.clone(), primary.clone(), attempt.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store.forget_decision(&primary, &attempt).await {
+                tracing::debug!(error = %e, "the decision record stays for the sweep");
+            }
+            drop(permit);
+        });
+    }
+
+    /// The one resolver of intents: finishes `intent` on `player` by its attempt's decision.
+    /// With no decision written, it aborts the attempt only if the intent's lease has passed
+    /// (`intent.expired`, judged by the player's shard's clock); a live intent is left alone.
+    /// Never writes a commit.
+    pub async fn resolve_intent(
+        &self,
+        player: &PlayerId,
+        intent: &IntentRef,
+    ) -> Result<Resolution, Error> {
+        self.resolve(player, intent, intent.expired).await
+    }
+
+    /// The resolver; it writes an abort only when `may_abort` (the lease has passed) and no
+    /// decision exists.
+    pub(super) async fn resolve(
+        &self,
+        player: &PlayerId,
+        intent: &IntentRef,
+        may_abort: bool,
+    ) -> Result<Resolution, Error> {
+        let primary = PlayerId::new(intent.primary.clone())
+            .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
+        let decision = match self.multi_decision(&primary, &intent.attempt).await? {
+            Some(decision) => decision,
+            None if may_abort => {
+                self.decide_once(
+                    Decider::Resolver,
+                    &primary,
+                    &intent.attempt,
+                    Decision::Abort,
+                    &[],
+                    &[],
+                )
+                .await?
+            }
+            None => return Ok(Resolution::Live),
+        };
+        let finished = self
+            .finish_participant(player, &intent.attempt, decision, player == &primary)
+            .await?;
+        if finished == Finished::NoIntent {
+            return Ok(Resolution::NotHeld);
+        }
+        Ok(Resolution::Finished(decision, finished))
+    }
+
+    /// Finishes `player`'s intent of an earlier attempt of the caller's own, which nobody
+    /// runs any more: aborted (the caller is its coordinator, so it may) unless it committed,
+    /// in which case it is applied and the next attempt replays it.
+    pub(super) async fn settle_own_attempt(
+        &self,
+        player: &PlayerId,
+        intent: &IntentRef,
+    ) -> Result<Resolution, Error> {
+        let primary = PlayerId::new(intent.primary.clone())
+            .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
+        let decision = self
+            .decide_once(
+                Decider::Coordinator,
+                &primary,
+                &intent.attempt,
+                Decision::Abort,
+                &[],
+                &[],
+            )
+            .await?;
+        let finished = self
+            .finish_participant(player, &intent.attempt, decision, player == &primary)
+            .await?;
+        if finished == Finished::NoIntent {
+            return Ok(Resolution::NotHeld);
+        }
+        Ok(Resolution::Finished(decision, finished))
+    }
+}

@@ -1,0 +1,242 @@
+//! The sweeper: finds the intents whose lease has passed and the commit records older than a
+//! lease on one shard, and hands each to the resolver ([`super::intents`]). The gateway runs
+//! it periodically; tests run it when they need it.
+
+use crate::error::Error;
+use crate::keys::{PlayerKeys, SlotKeys};
+use crate::model::PlayerId;
+use crate::script::IntentRef;
+use crate::shard_map::ShardIndex;
+
+use super::intents::{text, unexpected, Resolution, FORGET};
+use super::road::{Command, Effect};
+use super::Store;
+
+/// What one sweep of a shard did with the intents whose lease had passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Applied or rolled back by their decision.
+    pub finished: u64,
+    /// Left for the next sweep: their decision could not be read or written now.
+    pub unresolved: u64,
+}
+
+/// The server's clock, in ms.
+async fn server_ms(store: &Store, shard: ShardIndex) -> Result<u64, Error> {
+    let reply = store
+        .send(shard, vec![Command::read(redis::cmd("TIME"))])
+        .await
+        .into_acknowledged_reply()?;
+    let (secs, micros): (u64, u64) = redis::from_redis_value(reply).map_err(unexpected)?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// Up to 1000 members of each of `slots`' sorted sets (`key` names it) scored at most `upto`,
+/// in one pipelined round trip; one list per slot, in order.
+async fn scored_up_to(
+    store: &Store,
+    shard: ShardIndex,
+    slots: &[crate::slot::Slot],
+    key: impl Fn(crate::slot::Slot) -> String,
+    upto: u64,
+) -> Result<Vec<Vec<Vec<u8>>>, Error> {
+    let commands = slots
+        .iter()
+        .map(|&slot| {
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(key(slot))
+                .arg("-inf")
+                .arg(upto)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1000);
+            Command::read(cmd)
+        })
+        .collect();
+    store
+        .send(shard, commands)
+        .await
+        .replies
+        .into_iter()
+        .map(|reply| redis::from_redis_value(reply?).map_err(unexpected))
+        .collect()
+}
+
+/// The participants a commit record names (`<length>:<player id>` each, primary first).
+fn commit_participants(value: &str) -> Vec<PlayerId> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some((length, tail)) = rest.split_once(':') {
+        let Ok(length) = length.parse::<usize>() else {
+            break;
+        };
+        let Some(id) = tail.get(..length) else {
+            break;
+        };
+        if let Ok(player) = PlayerId::new(id) {
+            out.push(player);
+        }
+        rest = &tail[length..];
+    }
+    out
+}
+
+impl Store {
+    /// The sweep of one shard: resolves every intent whose lease has passed, then forgets
+    /// the commit records older than a lease whose participants were all applied (applying
+    /// any that were not). Returns how many intents it finished.
+    pub async fn sweep(&self, shard: ShardIndex) -> Result<Swept, Error> {
+        let swept = self.sweep_intents(shard).await?;
+        self.sweep_decisions(shard).await?;
+        Ok(swept)
+    }
+
+    /// Commit records of `shard`'s primaries older than a lease: each participant still
+    /// holding the attempt's intent is applied, then the record is forgotten.
+    async fn sweep_decisions(&self, shard: ShardIndex) -> Result<u64, Error> {
+        let old = server_ms(self, shard)
+            .await?
+            .saturating_sub(self.inner.settings.intent_lease_ms);
+        let mut forgotten = 0;
+        for chunk in self.inner.map.slots_of(shard).chunks(512) {
+            let records = scored_up_to(
+                self,
+                shard,
+                chunk,
+                |slot| SlotKeys::new(slot).decisions,
+                old,
+            )
+            .await?;
+            for (&slot, keys) in chunk.iter().zip(records) {
+                let index = SlotKeys::new(slot).decisions;
+                for key in keys {
+                    let mut read = redis::cmd("HGET");
+                    read.arg(key.as_slice()).arg("p");
+                    let value = self
+                        .send(shard, vec![Command::read(read)])
+                        .await
+                        .into_acknowledged_reply()?;
+                    let attempt = String::from_utf8_lossy(&key)
+                        .rsplit(":decision:")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let participants = text(&value)
+                        .as_deref()
+                        .map(commit_participants)
+                        .unwrap_or_default();
+                    // A commit record names its primary first.
+                    let mut all_applied = true;
+                    if let Some(primary) = participants.first() {
+                        for player in &participants {
+                            let intent = IntentRef {
+                                attempt: attempt.clone(),
+                                primary: primary.as_str().to_string(),
+                                expired: true,
+                                version: None,
+                            };
+                            // Apply only: the record was read as a commit, and one that
+                            // vanished since (forgotten by its coordinator) must not turn
+                            // into an abort record for a committed attempt.
+                            if self.resolve(player, &intent, false).await.is_err() {
+                                all_applied = false;
+                            }
+                        }
+                    }
+                    if all_applied {
+                        let forget = Command::script(&FORGET, Effect::Housekeeping)
+                            .key(key.as_slice())
+                            .key(&index);
+                        self.send(shard, vec![forget])
+                            .await
+                            .into_acknowledged_reply()?;
+                        forgotten += 1;
+                    }
+                }
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// Resolves every intent of `shard` whose lease has passed (by the shard's clock), slot
+    /// by slot. An intent that cannot be resolved now (its primary's shard refuses writes,
+    /// say) is counted and left for the next sweep; the others go on.
+    ///
+    /// The set of intents is read first and each intent after: between the two the player
+    /// may have been finished and taken a new attempt's intent, with a lease of its own. So
+    /// the intent's attempt and lease are read together (one `HMGET`; an attempt's lease never
+    /// changes) and an intent whose lease has not passed is left alone.
+    pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<Swept, Error> {
+        let name = self.shard_name(shard).to_string();
+        let now_ms = server_ms(self, shard).await?;
+        let slots = self.inner.map.slots_of(shard);
+        let (mut finished, mut unresolved) = (0, 0);
+        for chunk in slots.chunks(512) {
+            let expired = scored_up_to(
+                self,
+                shard,
+                chunk,
+                |slot| SlotKeys::new(slot).intents,
+                now_ms,
+            )
+            .await?;
+            for id in expired.into_iter().flatten() {
+                let Ok(player) = PlayerId::new(String::from_utf8_lossy(&id).into_owned()) else {
+                    continue;
+                };
+                let mut read = redis::cmd("HMGET");
+                read.arg(PlayerKeys::new(&player).intent)
+                    .arg("a")
+                    .arg("p")
+                    .arg("v")
+                    .arg("l");
+                type Held = (Option<String>, Option<String>, Option<u64>, Option<u64>);
+                let held = match self.call::<Held>(shard, Command::read(read)).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // One unreadable intent does not stop the sweep of the others.
+                        if unresolved == 0 {
+                            tracing::warn!(shard = %name, player = %player.as_str(), error = %e, "cannot read an intent yet");
+                        }
+                        unresolved += 1;
+                        continue;
+                    }
+                };
+                let (Some(attempt), Some(primary), version, lease) = held else {
+                    // The set names a player whose intent is gone: drop the stale entry.
+                    let mut drop = redis::cmd("ZREM");
+                    drop.arg(SlotKeys::of_player(&player).intents)
+                        .arg(player.as_str());
+                    let _ = self
+                        .send(shard, vec![Command::plain(drop, Effect::Housekeeping)])
+                        .await;
+                    continue;
+                };
+                if lease.is_some_and(|lease| lease > now_ms) {
+                    // A newer attempt's intent, still live.
+                    continue;
+                }
+                let intent = IntentRef {
+                    attempt,
+                    primary,
+                    expired: true,
+                    version,
+                };
+                match self.resolve_intent(&player, &intent).await {
+                    Ok(Resolution::Finished(..)) => finished += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if unresolved == 0 {
+                            tracing::warn!(shard = %name, player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an expired intent yet");
+                        }
+                        unresolved += 1;
+                    }
+                }
+            }
+        }
+        Ok(Swept {
+            finished,
+            unresolved,
+        })
+    }
+}
