@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::Role;
-use crate::gateway::auth::Tokens;
+use crate::auth::Role;
+use crate::auth::Tokens;
 
 /// The challenge a refused request gets: Basic first, so a browser opening the console asks
 /// for the token (any user name, the token as password); scripts send `Bearer <token>`.
@@ -173,7 +173,7 @@ pub fn limits_of(config: &crate::config::GatewayConfig) -> AdminLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::auth::tests::tokens;
+    use crate::auth::tests::tokens;
 
     fn with(authorization: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -21,12 +21,12 @@
 
 #[cfg(feature = "gateway")]
 pub mod admin_http;
+pub mod auth;
 pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;
 pub mod error;
-#[cfg(feature = "client")]
 pub mod frame;
 #[cfg(feature = "client")]
 pub mod framed;

@@ -8,7 +8,7 @@
 //! typed error; limits that depend on configuration are checked by
 //! [`Transaction::validate`](crate::model::Transaction::validate).
 
-use crate::config::Role;
+use crate::auth::Role;
 use crate::error::{Code, Error};
 use crate::model::{
     Access, Committed, Entry, IdempotencyKey, MultiCommitted, MultiTransaction, Name, Operation,

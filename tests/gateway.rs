@@ -569,7 +569,7 @@ async fn before_hello_only_small_frames_and_few_connections_are_allowed() {
 
     // A frame over the pre-authentication limit is refused from its prefix.
     let mut big = Raw::connect(&gw).await;
-    let claim = (colony::config::PRE_AUTH_MAX_FRAME_BYTES as u32 + 1).to_be_bytes();
+    let claim = (colony::frame::PRE_AUTH_MAX_FRAME_BYTES as u32 + 1).to_be_bytes();
     big.send_bytes(&claim).await;
     let reason = big.expect_go_away(pb::Code::TooLarge).await;
     assert!(reason.contains("before Hello"), "{reason}");

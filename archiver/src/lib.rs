@@ -8,11 +8,13 @@
 //! - [`metrics`]: the archiver's Prometheus metrics and admin endpoint.
 //! - [`serve`]: the archiver process once its configuration is loaded.
 
+pub mod admin;
 pub mod document;
 pub mod metrics;
 pub mod worker;
 
-pub use worker::{ArchiveError, Archiver, PassReport, Removal, Restoral};
+pub use metrics::PassReport;
+pub use worker::{ArchiveError, Archiver, Removal, Restoral};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,9 +66,9 @@ pub async fn serve(
     // The archiver's admin listener has the gateway's bounds (`gateway.admin_*`).
     let admin_task = tokio::spawn(colony::admin_http::serve(
         admin,
-        metrics::router(
+        admin::router(
             archiver.clone(),
-            colony::gateway::auth::Tokens::new(config.gateway.tokens.clone()),
+            colony::auth::Tokens::new(config.gateway.tokens.clone()),
         ),
         colony::admin_http::limits_of(&config.gateway),
         admin_stop,

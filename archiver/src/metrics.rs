@@ -1,23 +1,30 @@
-//! The archiver's metrics and its admin endpoint: `/metrics` (Prometheus text), `/healthz`,
-//! and `/admin/status` (JSON: totals, the last passes, the backlog per shard).
+//! The archiver's metrics, and the report of one archive pass they are fed from. The admin
+//! endpoint that serves them is [`crate::admin`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 
-use crate::worker::{Archiver, PassReport};
+/// Counts of one archive pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Inactive players looked at.
+    pub candidates: u64,
+    /// Players moved to MongoDB and removed from Redis.
+    pub archived: u64,
+    /// Players that changed or became active during the move and stayed.
+    pub kept: u64,
+    /// Players that failed (and stayed in Redis).
+    pub failed: u64,
+    /// Shards whose pass stopped on an error (by name); the other shards went on.
+    pub failed_shards: Vec<String>,
+}
 
 /// Labels of per-shard metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -230,61 +237,4 @@ impl ArchiverMetrics {
             .inc();
         self.restore_seconds.observe(elapsed.as_secs_f64());
     }
-}
-
-/// The admin routes: `/metrics` and `/healthz` open, `/admin/status` only with an admin token
-/// of `tokens` (the gateway's, `gateway.tokens`).
-pub fn router(archiver: Arc<Archiver>, tokens: colony::gateway::auth::Tokens) -> Router {
-    let admin = colony::admin_http::admin_only(
-        Router::new()
-            .route("/admin/status", get(status))
-            .with_state(archiver.clone()),
-        tokens,
-    );
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(archiver)
-        .merge(admin)
-}
-
-async fn metrics(State(archiver): State<Arc<Archiver>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        archiver.metrics().render(),
-    )
-        .into_response()
-}
-
-async fn status(State(archiver): State<Arc<Archiver>>) -> Response {
-    let m = archiver.metrics();
-    let report = m
-        .last_report
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let backlog = archiver.backlog().await;
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "archived": m.archived.get(),
-        "kept": m.kept.get(),
-        "archive_failures": m.archive_failures.get(),
-        "checkpointed": m.checkpointed.get(),
-        "last_pass_unix": m.last_pass.get(),
-        "last_pass": report.map(|r| json!({
-            "candidates": r.candidates, "archived": r.archived, "kept": r.kept, "failed": r.failed,
-            "failed_shards": r.failed_shards,
-        })),
-        "backlog": backlog
-            .into_iter()
-            .map(|(shard, n)| match n {
-                Ok(n) => json!({ "shard": shard, "inactive_in_redis": n }),
-                Err(e) => json!({ "shard": shard, "inactive_in_redis": null, "error": e }),
-            })
-            .collect::<Vec<_>>(),
-    }))
-    .into_response()
 }

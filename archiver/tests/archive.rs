@@ -690,7 +690,7 @@ async fn the_admin_endpoint_reports_moves_restores_and_the_backlog() {
 
 /// Serves the archiver's admin routes with the test tokens, as the gateway's tests have them.
 async fn axum_serve(listener: tokio::net::TcpListener, archiver: Arc<Archiver>) {
-    use colony::config::{Role, TokenConfig};
+    use colony::auth::{Role, TokenConfig};
     let tokens = vec![
         TokenConfig {
             name: "game".into(),
@@ -703,8 +703,7 @@ async fn axum_serve(listener: tokio::net::TcpListener, archiver: Arc<Archiver>) 
             role: Role::Admin,
         },
     ];
-    let router =
-        colony_archiver::metrics::router(archiver, colony::gateway::auth::Tokens::new(tokens));
+    let router = colony_archiver::admin::router(archiver, colony::auth::Tokens::new(tokens));
     let _ = axum::serve(listener, router).await;
 }
 

@@ -412,6 +412,27 @@ pub fn page(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Stats;
+    use crate::scenario::Op;
+    use std::time::Duration;
+
+    #[test]
+    fn the_page_has_every_chart_and_a_series_per_operation() {
+        let mut stats = Stats::default();
+        stats.record(Op::Login, Duration::from_millis(3), 0);
+        stats.record(Op::Trade, Duration::from_millis(20), 1);
+        let report = Report::new(
+            &stats,
+            Duration::from_secs(3),
+            colony_testkit::ledger::Findings::default(),
+            Vec::new(),
+        );
+        let html = page(&report);
+        for chart in ["throughput", "latency", "distribution"] {
+            assert!(html.contains(&format!("data-chart='{chart}'")), "{chart}");
+        }
+        assert!(html.contains("data-series='trade p99'"));
+    }
 
     #[test]
     fn ticks_and_numbers_read_well() {

@@ -432,11 +432,6 @@ impl Report {
         }
         out
     }
-
-    /// The report as one offline HTML page: summary, charts, tables ([`crate::charts`]).
-    pub fn html(&self) -> String {
-        crate::charts::page(self)
-    }
 }
 
 #[cfg(test)]
@@ -482,10 +477,5 @@ mod tests {
             .expect("login");
         assert!(login.p99[0].is_some() && login.p99[1].is_none() && login.p99[2].is_some());
         assert_eq!(report.distribution.len(), 2);
-        let html = report.html();
-        for chart in ["throughput", "latency", "distribution"] {
-            assert!(html.contains(&format!("data-chart='{chart}'")), "{chart}");
-        }
-        assert!(html.contains("data-series='trade p99'"));
     }
 }

@@ -63,7 +63,7 @@ fn the_report_renders_its_charts_in_chromium() {
     let artifacts = std::path::Path::new(root).join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifact directory");
     let html = artifacts.join("report.html");
-    std::fs::write(&html, report.html()).expect("writes the report");
+    std::fs::write(&html, colony_loadtest::charts::page(&report)).expect("writes the report");
     let screenshot = artifacts.join("report.png");
     let out = std::process::Command::new("node")
         .arg(format!("{root}/tests/browser/report.mjs"))

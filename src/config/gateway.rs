@@ -5,49 +5,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{within, ConfigError, MAX_TIMEOUT_MS};
-
-/// Largest frame the gateway accepts by default: 4 MiB (`gateway.max_frame_bytes`).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
-
-/// Largest frame a connection may send before its Hello was accepted, in bytes: a Hello
-/// needs far less, and a connection that has not authenticated gets no more memory than this.
-pub const PRE_AUTH_MAX_FRAME_BYTES: usize = 4096;
-
-/// Upper bound of `gateway.max_frame_bytes` (256 MiB).
-const MAX_FRAME_BYTES_LIMIT: usize = 256 * 1024 * 1024;
-
-/// A role a token grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// A game server: each transaction acts for one player; it writes only that player and
-    /// reads other players' public entries only.
-    Game,
-    /// Everything.
-    Admin,
-}
-
-/// One accepted authentication token.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// Name for logs and metrics (never the token itself).
-    pub name: String,
-    /// The secret a client presents in its Hello, at least 16 bytes.
-    pub token: String,
-    /// What the token may do.
-    pub role: Role,
-}
-
-impl std::fmt::Debug for TokenConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The secret never reaches a log line.
-        f.debug_struct("TokenConfig")
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .finish_non_exhaustive()
-    }
-}
+use crate::auth::TokenConfig;
+use crate::frame::{DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT};
 
 /// The gateway's settings (`[gateway]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -75,7 +34,7 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Most connections that have not yet completed their Hello (or TLS handshake); further
     /// ones are closed at once. Before Hello a connection may send one frame of at most
-    /// [`PRE_AUTH_MAX_FRAME_BYTES`]. Default 1000, at most `max_connections`.
+    /// [`PRE_AUTH_MAX_FRAME_BYTES`](crate::frame::PRE_AUTH_MAX_FRAME_BYTES). Default 1000, at most `max_connections`.
     pub max_unauthenticated_connections: usize,
     /// Bytes one connection may hold in requests in flight: a frame holds its body as it
     /// arrives, then what its decoded structures take and the most its answer can take, until

@@ -25,9 +25,7 @@ use crate::model::Limits;
 use crate::shard_map::{Endpoint, Shard, ShardMap};
 
 pub use archive::ArchiveConfig;
-pub use gateway::{
-    GatewayConfig, Role, TlsConfig, TokenConfig, DEFAULT_MAX_FRAME_BYTES, PRE_AUTH_MAX_FRAME_BYTES,
-};
+pub use gateway::{GatewayConfig, TlsConfig};
 pub use redis::{Acknowledge, RedisSettings, SentinelConfig, ShardConfig, SlotRangeConfig};
 
 /// Prefix of environment variables that override configuration values.

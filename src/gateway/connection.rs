@@ -14,17 +14,18 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{GatewayConfig, PRE_AUTH_MAX_FRAME_BYTES};
+use crate::config::GatewayConfig;
 use crate::error::{Code, Error};
+use crate::frame::PRE_AUTH_MAX_FRAME_BYTES;
 use crate::frame::{self, FrameError};
 use crate::framed::{self, WriteBatch};
 use crate::model::Limits;
 use crate::wire::{self, pb};
 
-use super::auth::Principal;
 use super::budget::{Budgets, Held};
 use super::shape;
 use super::{CloseReason, Gateway, PROTOCOL_VERSION};
+use crate::auth::Principal;
 
 use super::requests::handle_request;
 

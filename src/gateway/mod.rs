@@ -15,7 +15,7 @@
 //! connection (handshake, reader, writer, drain), `requests.rs` answers its requests.
 
 pub mod admin;
-pub mod auth;
+pub mod authorize;
 pub mod budget;
 pub mod metrics;
 pub mod rollback;
@@ -40,7 +40,7 @@ use crate::frame;
 use crate::model::Limits;
 use crate::store::Store;
 
-use auth::Tokens;
+use crate::auth::Tokens;
 use metrics::Metrics;
 
 /// The protocol version this gateway speaks.

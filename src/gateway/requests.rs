@@ -8,10 +8,11 @@ use crate::error::{Code, Error};
 use crate::model::{Access, Committed, PlayerId, Transaction};
 use crate::wire::{self, pb, Item, ItemResult};
 
-use super::auth::{self, Principal};
+use super::authorize;
 use super::metrics;
 use super::rollback::Ticket;
 use super::Gateway;
+use crate::auth::Principal;
 
 /// Answers one authenticated request.
 pub(super) async fn handle_request(
@@ -96,7 +97,7 @@ async fn handle_batch(
     let mut accepted_players: Vec<PlayerId> = Vec::with_capacity(batch.transactions.len());
     for t in batch.transactions {
         let txn = wire::envelope_from_pb(t).and_then(|envelope| {
-            auth::authorize_envelope(principal.role, &envelope).map(|()| envelope.transaction)
+            authorize::authorize_envelope(principal.role, &envelope).map(|()| envelope.transaction)
         });
         match txn {
             Ok(txn) => {
@@ -164,7 +165,7 @@ async fn handle_items(
         let multi = matches!(item.item, Some(pb::batch_item::Item::Multi(_)));
         match wire::item_from_pb(item) {
             Ok(Item::Single(envelope)) => {
-                match auth::authorize_envelope(principal.role, &envelope) {
+                match authorize::authorize_envelope(principal.role, &envelope) {
                     Ok(()) => {
                         slots.push(Slot::Single(envelope.transaction.player.clone()));
                         singles.push(envelope.transaction);
@@ -173,7 +174,7 @@ async fn handle_items(
                 }
             }
             Ok(Item::Multi(envelope)) => {
-                let checked = auth::authorize_multi(principal.role, &envelope)
+                let checked = authorize::authorize_multi(principal.role, &envelope)
                     .and_then(|()| envelope.transaction.validate(limits));
                 match checked {
                     Ok(()) => {
@@ -246,7 +247,7 @@ async fn handle_get(
     get: pb::GetPlayer,
 ) -> Result<pb::server_frame::Body, Error> {
     let read = wire::player_read_from_pb(get)?;
-    auth::authorize(
+    authorize::authorize(
         principal.role,
         &read.player,
         read.access,
@@ -271,7 +272,7 @@ async fn handle_login(
 ) -> Result<pb::server_frame::Body, Error> {
     let player = wire::login_from_pb(login)?;
     // Logging in is the player acting for itself.
-    auth::authorize(principal.role, &player, Access::Owner, Some(&player))?;
+    authorize::authorize(principal.role, &player, Access::Owner, Some(&player))?;
     // An owner read marks the player active (the store updates last-active for owners).
     let result = gateway
         .inner

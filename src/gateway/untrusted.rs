@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 
-use crate::config::Role;
+use crate::auth::Role;
 use crate::frame::{self, FrameError};
 use crate::model::Limits;
 use crate::wire::{self, pb};
@@ -77,11 +77,11 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
                 match &item {
                     wire::Item::Single(envelope) => {
                         envelope.transaction.validate(limits)?;
-                        super::auth::authorize_envelope(Role::Game, envelope)?;
+                        super::authorize::authorize_envelope(Role::Game, envelope)?;
                     }
                     wire::Item::Multi(envelope) => {
                         envelope.transaction.validate(limits)?;
-                        super::auth::authorize_multi(Role::Game, envelope)?;
+                        super::authorize::authorize_multi(Role::Game, envelope)?;
                     }
                 }
                 Ok(item)
@@ -98,7 +98,7 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
         for t in transactions {
             let checked = wire::envelope_from_pb(t).and_then(|envelope| {
                 envelope.transaction.validate(limits)?;
-                super::auth::authorize_envelope(Role::Game, &envelope)?;
+                super::authorize::authorize_envelope(Role::Game, &envelope)?;
                 Ok(envelope)
             });
             match checked {

@@ -34,15 +34,15 @@ pub fn with_test_gateway(mut config: Config) -> Config {
     config.gateway.listen = "127.0.0.1:0".into();
     config.gateway.admin_listen = "127.0.0.1:0".into();
     config.gateway.tokens = vec![
-        colony::config::TokenConfig {
+        colony::auth::TokenConfig {
             name: "game".into(),
             token: GAME_TOKEN.into(),
-            role: colony::config::Role::Game,
+            role: colony::auth::Role::Game,
         },
-        colony::config::TokenConfig {
+        colony::auth::TokenConfig {
             name: "admin".into(),
             token: ADMIN_TOKEN.into(),
-            role: colony::config::Role::Admin,
+            role: colony::auth::Role::Admin,
         },
     ];
     config

@@ -13,6 +13,7 @@ use colony::PlayerId;
 
 use super::*;
 use crate::document::{to_document, ClientFloor, DocState, Snapshot};
+use crate::metrics::PassReport;
 
 /// MongoDB's error code for a duplicate key.
 const DUPLICATE_KEY: i32 = 11000;

@@ -212,21 +212,6 @@ pub enum Restoral {
     NotArchived,
 }
 
-/// Counts of one archive pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PassReport {
-    /// Inactive players looked at.
-    pub candidates: u64,
-    /// Players moved to MongoDB and removed from Redis.
-    pub archived: u64,
-    /// Players that changed or became active during the move and stayed.
-    pub kept: u64,
-    /// Players that failed (and stayed in Redis).
-    pub failed: u64,
-    /// Shards whose pass stopped on an error (by name); the other shards went on.
-    pub failed_shards: Vec<String>,
-}
-
 /// The archiver: the store's shards, and one MongoDB collection per shard.
 pub struct Archiver {
     store: Store,

@@ -147,7 +147,10 @@ async fn run() -> anyhow::Result<()> {
         args.out.join("report.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    std::fs::write(args.out.join("report.html"), report.html())?;
+    std::fs::write(
+        args.out.join("report.html"),
+        colony_loadtest::charts::page(&report),
+    )?;
     println!(
         "report: {}/report.json, {}/report.html",
         args.out.display(),

@@ -1,5 +1,4 @@
-//! Length-prefixed protobuf frames: a 4-byte big-endian length, then that many bytes of one
-//! message.
+//! Encoding and decoding frames (the `client` feature: it needs `prost`).
 //!
 //! Pure: works on byte buffers, so the decoder is unit-tested and fuzzed without sockets.
 //! "Need more bytes" (`Ok(None)`) is not an error; a length over the maximum or bytes that do
@@ -10,11 +9,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 
-/// Bytes in the length prefix.
-pub const LENGTH_PREFIX_BYTES: usize = 4;
-
-/// Default largest frame body, in bytes (4 MiB).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = crate::config::DEFAULT_MAX_FRAME_BYTES;
+use super::LENGTH_PREFIX_BYTES;
 
 /// Why bytes could not be turned into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +103,7 @@ pub fn encode<M: Message>(message: &M, out: &mut Vec<u8>, max: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::DEFAULT_MAX_FRAME_BYTES;
     use crate::wire::pb;
 
     fn ping(id: u64) -> pb::ClientFrame {

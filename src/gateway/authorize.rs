@@ -1,5 +1,4 @@
-//! Authentication (tokens, compared in constant time) and authorization (what a role may do
-//! to which player).
+//! Authorization: what a role may do to which player (authentication is [`crate::auth`]).
 //!
 //! Pure: decisions only, no IO. The rules:
 //!
@@ -9,58 +8,10 @@
 //!   access only on that player; on any other player it may only read public entries and
 //!   check the version (public access). Without an acting player nothing is allowed.
 
-use subtle::ConstantTimeEq;
-
-use crate::config::{Role, TokenConfig};
+use crate::auth::Role;
 use crate::error::Error;
 use crate::model::{Access, MultiTransaction, PlayerId};
 use crate::wire::Envelope;
-
-/// Who a connection authenticated as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The token's configured name.
-    pub name: String,
-    /// The token's role.
-    pub role: Role,
-}
-
-/// The accepted tokens.
-#[derive(Clone)]
-pub struct Tokens {
-    tokens: Vec<TokenConfig>,
-}
-
-impl Tokens {
-    /// The tokens from configuration.
-    pub fn new(tokens: Vec<TokenConfig>) -> Tokens {
-        Tokens { tokens }
-    }
-
-    /// The first token of the `admin` role, for the gateway's own calls to the archiver.
-    pub fn first_admin(&self) -> Option<String> {
-        self.tokens
-            .iter()
-            .find(|t| t.role == Role::Admin)
-            .map(|t| t.token.clone())
-    }
-
-    /// The principal whose token equals `presented`. Every configured token is compared, in
-    /// constant time, so timing reveals neither which token matched nor how much of one did.
-    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
-        let mut found = None;
-        for token in &self.tokens {
-            let equal: bool = token.token.as_bytes().ct_eq(presented.as_bytes()).into();
-            if equal && found.is_none() {
-                found = Some(Principal {
-                    name: token.name.clone(),
-                    role: token.role,
-                });
-            }
-        }
-        found
-    }
-}
 
 /// May `role` run the envelope's transaction, acting for the envelope's player?
 pub fn authorize_envelope(role: Role, envelope: &Envelope) -> Result<(), Error> {
@@ -137,44 +88,6 @@ pub fn authorize(
 pub(crate) mod tests {
     use super::*;
     use crate::model::{IdempotencyKey, Name, Operation, Transaction, Visibility};
-
-    /// A game token and an admin token, for the tests here and in `admin_http`.
-    pub(crate) fn tokens() -> Tokens {
-        Tokens::new(vec![
-            TokenConfig {
-                name: "game".into(),
-                token: "game-secret-0123456789".into(),
-                role: Role::Game,
-            },
-            TokenConfig {
-                name: "ops".into(),
-                token: "admin-secret-0123456789".into(),
-                role: Role::Admin,
-            },
-        ])
-    }
-
-    #[test]
-    fn only_exact_tokens_authenticate() {
-        let t = tokens();
-        assert_eq!(
-            t.authenticate("admin-secret-0123456789").map(|p| p.role),
-            Some(Role::Admin)
-        );
-        assert_eq!(
-            t.authenticate("game-secret-0123456789").map(|p| p.name),
-            Some("game".into())
-        );
-        for wrong in [
-            "",
-            "game-secret-012345678",
-            "game-secret-01234567890",
-            "GAME-secret-0123456789",
-        ] {
-            assert_eq!(t.authenticate(wrong), None, "{wrong:?}");
-        }
-        assert_eq!(Tokens::new(vec![]).authenticate(""), None);
-    }
 
     #[test]
     fn the_game_role_owns_only_its_acting_player() {
