@@ -21,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Role;
 use crate::backoff::Backoff;
+use crate::config::{parse_address, within, ConfigError, MAX_TIMEOUT_MS};
 use crate::error::Error;
 use crate::frame;
 use crate::framed::{self, ReadFrameError, WriteBatch};
@@ -55,6 +57,43 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
 }
 
+/// What the gateway said about this connection when it accepted the client's Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The role the token was granted.
+    pub role: Role,
+    /// The gateway's largest frame, in bytes.
+    pub max_frame_bytes: u32,
+    /// Requests the gateway lets one connection have in flight.
+    pub max_in_flight: u32,
+    /// Transactions (and multi-player transactions) one batch may carry.
+    pub max_transactions_per_batch: u32,
+    /// The gateway's version.
+    pub server_version: String,
+}
+
+impl Session {
+    fn from_pb(hello: pb::HelloResult) -> Result<Session, Error> {
+        let role = match pb::Role::try_from(hello.role) {
+            Ok(pb::Role::Game) => Role::Game,
+            Ok(pb::Role::Admin) => Role::Admin,
+            _ => {
+                return Err(Error::Internal(format!(
+                    "the gateway granted an unknown role {}",
+                    hello.role
+                )))
+            }
+        };
+        Ok(Session {
+            role,
+            max_frame_bytes: hello.max_frame_bytes,
+            max_in_flight: hello.max_in_flight,
+            max_transactions_per_batch: hello.max_transactions_per_batch,
+            server_version: hello.server_version,
+        })
+    }
+}
+
 /// How the client checks a TLS gateway.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
@@ -82,6 +121,53 @@ impl ClientConfig {
             tls: None,
         }
     }
+
+    /// Checks every field as [`Config`](crate::Config) checks the gateway's: the message
+    /// names the field. [`Client::connect`] refuses a configuration that fails it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if let Err(e) = parse_address(&self.address) {
+            return invalid(format!("client.address: {e}"));
+        }
+        if self.token.is_empty() {
+            return invalid("client.token is empty".into());
+        }
+        if let Err(e) = IdempotencyKey::new(self.client_id.clone(), 0) {
+            return invalid(format!("client.client_id: {e}"));
+        }
+        let max = Duration::from_millis(MAX_TIMEOUT_MS);
+        for (field, value) in [
+            ("client.connect_timeout", self.connect_timeout),
+            ("client.request_deadline", self.request_deadline),
+            ("client.backoff_base", self.backoff_base),
+            ("client.backoff_max", self.backoff_max),
+        ] {
+            if value.is_zero() || value > max {
+                return invalid(format!("{field} = {value:?} is outside 1ms..={max:?}"));
+            }
+        }
+        if self.backoff_base > self.backoff_max {
+            return invalid(format!(
+                "client.backoff_base ({:?}) is longer than client.backoff_max ({:?})",
+                self.backoff_base, self.backoff_max
+            ));
+        }
+        within(
+            "client.max_frame_bytes",
+            self.max_frame_bytes,
+            frame::PRE_AUTH_MAX_FRAME_BYTES,
+            frame::MAX_FRAME_BYTES_LIMIT,
+        )?;
+        if let Some(tls) = &self.tls {
+            if tls.server_name.is_empty() {
+                return invalid("client.tls.server_name is empty".into());
+            }
+            if tls.ca_certificates_pem.is_empty() {
+                return invalid("client.tls.ca_certificates_pem is empty".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 type Reply = Result<pb::ServerFrame, Error>;
@@ -93,7 +179,7 @@ struct Connection {
     closed: Arc<AtomicBool>,
     /// Tells the reader and the writer to stop: [`Client::close`].
     shutdown: tokio::sync::watch::Sender<bool>,
-    hello: pb::HelloResult,
+    session: Session,
 }
 
 /// A gateway client. Cloning is cheap and shares the connection.
@@ -116,7 +202,7 @@ struct ClientInner {
 /// Why a call's transport failed.
 fn lost(reason: &str) -> Error {
     Error::Unknown {
-        shard: String::new(),
+        shard: None,
         reason: format!("connection to the gateway lost: {reason}"),
     }
 }
@@ -124,6 +210,9 @@ fn lost(reason: &str) -> Error {
 impl Client {
     /// Connects and authenticates.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        config
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let key_prototype = IdempotencyKey::new(config.client_id.clone(), 0)?;
         let client = Client {
             inner: Arc::new(ClientInner {
@@ -163,9 +252,9 @@ impl Client {
     }
 
     /// The gateway's answer to Hello (role and limits) on the current connection.
-    pub async fn hello(&self) -> Result<pb::HelloResult, Error> {
+    pub async fn session(&self) -> Result<Session, Error> {
         let deadline = Instant::now() + self.inner.config.connect_timeout;
-        Ok(self.connection(deadline).await?.hello.clone())
+        Ok(self.connection(deadline).await?.session.clone())
     }
 
     /// The live connection, opening one if there is none, by `deadline` at the latest (and
@@ -173,7 +262,7 @@ impl Client {
     async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, Error> {
         if self.inner.closed_by_caller.load(Ordering::SeqCst) {
             return Err(Error::Unavailable {
-                shard: String::new(),
+                shard: None,
                 reason: "the client was closed".into(),
             });
         }
@@ -189,7 +278,7 @@ impl Client {
         let conn = tokio::time::timeout_at(until, open(config))
             .await
             .map_err(|_| Error::Unavailable {
-                shard: String::new(),
+                shard: None,
                 reason: format!("connecting to {} timed out", config.address),
             })??;
         let conn = Arc::new(conn);
@@ -204,9 +293,7 @@ impl Client {
         deadline: Instant,
     ) -> Result<pb::server_frame::Body, Error> {
         if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                shard: String::new(),
-            });
+            return Err(Error::Timeout { shard: None });
         }
         let conn = self.connection(deadline).await?;
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +304,7 @@ impl Client {
         if conn.closed.load(Ordering::SeqCst) {
             lock(&conn.pending).remove(&request_id);
             return Err(Error::Unavailable {
-                shard: String::new(),
+                shard: None,
                 reason: "connection closed before sending".into(),
             });
         }
@@ -229,7 +316,7 @@ impl Client {
             lock(&conn.pending).remove(&request_id);
             conn.closed.store(true, Ordering::Relaxed);
             return Err(Error::Unavailable {
-                shard: String::new(),
+                shard: None,
                 reason: "connection closed before sending".into(),
             });
         }
@@ -238,7 +325,7 @@ impl Client {
             Err(_) => {
                 lock(&conn.pending).remove(&request_id);
                 return Err(Error::Unknown {
-                    shard: String::new(),
+                    shard: None,
                     reason: "no answer from the gateway in time".into(),
                 });
             }
@@ -521,7 +608,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Connects, says Hello, and starts the reader and writer tasks.
 async fn open(config: &ClientConfig) -> Result<Connection, Error> {
     let unavailable = |reason: String| Error::Unavailable {
-        shard: String::new(),
+        shard: None,
         reason,
     };
     let stream = TcpStream::connect(&config.address)
@@ -574,8 +661,8 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
             }
             Err(e) => return Err(Error::Internal(format!("from the gateway: {e}"))),
         };
-    let hello = match answer.body {
-        Some(pb::server_frame::Body::Hello(h)) => h,
+    let session = match answer.body {
+        Some(pb::server_frame::Body::Hello(h)) => Session::from_pb(h)?,
         Some(pb::server_frame::Body::GoAway(g)) => {
             let e = wire::error_from_pb(pb::RequestError {
                 code: g.code,
@@ -668,6 +755,48 @@ async fn open(config: &ClientConfig) -> Result<Connection, Error> {
         pending,
         closed,
         shutdown,
-        hello,
+        session,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_configuration_is_checked_field_by_field() {
+        let good = ClientConfig::new("127.0.0.1:7400", "game-secret-0123456789");
+        assert!(good.validate().is_ok());
+        let refused = |change: &dyn Fn(&mut ClientConfig), field: &str| {
+            let mut config = good.clone();
+            change(&mut config);
+            let message = config.validate().expect_err(field).to_string();
+            assert!(message.contains(field), "{field}: {message}");
+        };
+        refused(&|c| c.address = "no-port".into(), "client.address");
+        refused(&|c| c.token.clear(), "client.token");
+        refused(&|c| c.client_id = "bad id\n".into(), "client.client_id");
+        refused(
+            &|c| c.connect_timeout = Duration::ZERO,
+            "client.connect_timeout",
+        );
+        refused(
+            &|c| c.request_deadline = Duration::from_secs(3600),
+            "client.request_deadline",
+        );
+        refused(
+            &|c| c.backoff_base = Duration::from_secs(2),
+            "client.backoff_base",
+        );
+        refused(&|c| c.max_frame_bytes = 10, "client.max_frame_bytes");
+        refused(
+            &|c| {
+                c.tls = Some(ClientTls {
+                    ca_certificates_pem: b"pem".to_vec(),
+                    server_name: String::new(),
+                })
+            },
+            "client.tls.server_name",
+        );
+    }
 }

@@ -164,24 +164,25 @@ pub enum Error {
         version: u64,
     },
     /// The shard could not be reached, and nothing was sent to it.
-    #[error("shard {shard} unavailable: {reason}")]
+    #[error("{}unavailable: {reason}", on_shard(.shard))]
     Unavailable {
-        /// Name of the shard.
-        shard: String,
+        /// Name of the shard, when the error was met on one (the store's errors name it; an
+        /// error read from the wire, or met before any shard was chosen, does not).
+        shard: Option<String>,
         /// What went wrong.
         reason: String,
     },
     /// The deadline passed before the request was sent.
-    #[error("timed out before sending to shard {shard}")]
+    #[error("{}timed out before sending", on_shard(.shard))]
     Timeout {
-        /// Name of the shard.
-        shard: String,
+        /// Name of the shard, when one was chosen.
+        shard: Option<String>,
     },
     /// The request reached (or may have reached) the shard, but no answer came back.
-    #[error("outcome unknown on shard {shard}: {reason}")]
+    #[error("{}outcome unknown: {reason}", on_shard(.shard))]
     Unknown {
-        /// Name of the shard.
-        shard: String,
+        /// Name of the shard, when the error was met on one.
+        shard: Option<String>,
         /// What went wrong.
         reason: String,
     },
@@ -309,6 +310,14 @@ pub enum StartupError {
     Tls(String),
 }
 
+/// `shard <name>: ` for an error met on a shard, nothing otherwise.
+fn on_shard(shard: &Option<String>) -> String {
+    match shard {
+        Some(name) => format!("shard {name}: "),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,15 +325,17 @@ mod tests {
     #[test]
     fn an_unknown_outcome_is_not_settled_by_an_attempt_that_was_not_sent() {
         let unknown = Error::Unknown {
-            shard: "s".into(),
+            shard: Some("s".into()),
             reason: "connection lost after sending".into(),
         };
         let not_sent = [
             Error::Unavailable {
-                shard: "s".into(),
+                shard: Some("s".into()),
                 reason: "connection refused".into(),
             },
-            Error::Timeout { shard: "s".into() },
+            Error::Timeout {
+                shard: Some("s".into()),
+            },
             Error::Archived { version: 3 },
             Error::RequestTooOld { version: 3 },
             Error::Locked {
@@ -390,7 +401,7 @@ mod tests {
     #[test]
     fn only_transport_failures_are_retried_as_is() {
         let unknown = Error::Unknown {
-            shard: "s0".into(),
+            shard: Some("s0".into()),
             reason: "reset".into(),
         };
         assert!(unknown.is_retryable());

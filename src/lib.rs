@@ -2,20 +2,22 @@
 //!
 //! The library keeps each player's state on one Redis shard (chosen by the slot of the
 //! player's id) and applies transactions to it all-or-nothing in one round trip, with a Lua
-//! script. Layers, bottom up:
+//! script. Layers, bottom up (ARCHITECTURE.md states them as rules, and `tests/tidy.rs`
+//! checks every import against them):
 //!
-//! - pure logic: [`slot`], [`model`], [`error`], [`keys`], [`shard_map`], [`config`],
-//!   [`script`] (encoding and decoding the script's calls);
-//! - IO: [`store`] (shared connections, pipelines, batches on real Redis), [`gateway`]
-//!   (protobuf over TCP, auth, admin HTTP);
+//! - pure logic: [`slot`], [`error`], [`backoff`], [`seeded`], [`auth`], [`model`], [`keys`],
+//!   [`shard_map`], [`frame`] (limits; the codec with `client`), [`config`], [`script`]
+//!   (encoding and decoding the script's calls);
+//! - IO: [`store`] (connections, the one road to Redis, transactions and trades on real
+//!   Redis);
 //! - the boundary: [`wire`] (the protobuf contract in `proto/`, converted to and from the
-//!   model).
+//!   model), [`framed`], [`tls`], [`client`];
+//! - the service: [`gateway`] (protobuf over TCP, authorization), [`admin_http`],
+//!   [`process`].
 //!
-//! Cargo features: `client` (the Rust client: [`frame`], [`wire`], [`tls`], [`client`]) and
-//! `gateway` (the gateway, [`admin_http`], [`process`]; on by default). With
-//! `default-features = false` a game server embeds the store alone.
-//!
-//! See ARCHITECTURE.md for the invariants.
+//! Cargo features: `client` (the Rust client: the frame codec, [`framed`], [`wire`],
+//! [`tls`], [`client`]) and `gateway` (the gateway, [`admin_http`], [`process`]; on by
+//! default). With `default-features = false` a game server embeds the store alone.
 
 #![forbid(unsafe_code)]
 

@@ -581,8 +581,8 @@ impl Participant {
 }
 
 /// All-or-nothing operations on several players, usually on different shards: a trade, a
-/// gift. Every participant's operations apply, or none do (ARCHITECTURE.md, "Transactions
-/// across shards"). The first participant is the primary: its shard holds the decision, and
+/// gift. Every participant's operations apply, or none do (`docs/design/trades.md`). The
+/// first participant is the primary: its shard holds the decision, and
 /// its idempotency window remembers the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultiTransaction {

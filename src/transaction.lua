@@ -89,7 +89,7 @@
 -- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
 -- within +-(2^53 - 1), where doubles are exact; the client validates arguments to that range.
 --
--- The idempotency window (ARCHITECTURE.md has the argument; window.lua, loaded in front of
+-- The idempotency window (docs/design/idempotency-window.md has the argument; window.lua, loaded in front of
 -- this script, judges and records requests). Per client, KEYS[1] holds
 --   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
 --                         remembered request, oldest first; floor '-' when nothing was

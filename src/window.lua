@@ -1,5 +1,5 @@
 -- The idempotency window of a player, shared by the scripts that judge and record requests
--- (loaded in front of them). ARCHITECTURE.md, "The idempotency window", has the argument.
+-- (loaded in front of them). docs/design/idempotency-window.md has the argument.
 -- Per client, the player's meta hash holds
 --   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
 --                         remembered request, oldest first; floor '-' when nothing was

@@ -706,14 +706,12 @@ pub fn result_from_pb(r: pb::TransactionResult) -> Result<Committed, Error> {
         Ok(pb::Code::Forbidden) => Err(Error::Forbidden(message)),
         Ok(pb::Code::Unauthenticated) => Err(Error::Unauthenticated(message)),
         Ok(pb::Code::Unavailable) => Err(Error::Unavailable {
-            shard: String::new(),
+            shard: None,
             reason: message,
         }),
-        Ok(pb::Code::Timeout) => Err(Error::Timeout {
-            shard: String::new(),
-        }),
+        Ok(pb::Code::Timeout) => Err(Error::Timeout { shard: None }),
         Ok(pb::Code::Unknown) => Err(Error::Unknown {
-            shard: String::new(),
+            shard: None,
             reason: message,
         }),
         Ok(pb::Code::Locked) => Err(Error::Locked {

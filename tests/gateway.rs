@@ -142,8 +142,8 @@ async fn game_servers_run_transactions_for_their_player() {
     let gw = start(&servers).await;
     let game = client(&gw, GAME_TOKEN).await;
     assert_eq!(
-        game.hello().await.expect("hello").role,
-        pb::Role::Game as i32
+        game.session().await.expect("hello").role,
+        colony::auth::Role::Game
     );
     let me = pid("hero");
     let txn = acting(

@@ -135,7 +135,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
                 // request may have written: say UNKNOWN, never a code that means "nothing
                 // applied".
                 let error = Error::Unknown {
-                    shard: String::new(),
+                    shard: None,
                     reason: format!(
                         "the answer ({e}) cannot be sent; its writes may have applied: send \
                          them again with the same idempotency keys, in smaller batches"
@@ -353,7 +353,7 @@ async fn admit(
         .is_err()
     {
         return Err(answer(Error::Unavailable {
-            shard: String::new(),
+            shard: None,
             reason: "the gateway holds gateway.max_bytes_in_flight; nothing was run, try \
                      again later or at another gateway"
                 .into(),

@@ -1,5 +1,5 @@
 -- Applies (a commit) or rolls back (an abort) one participant of a multi-player transaction.
--- Loaded behind window.lua. ARCHITECTURE.md, "Transactions across shards", has the protocol.
+-- Loaded behind window.lua. docs/design/trades.md has the protocol.
 --
 -- KEYS[1] {id}:meta  KEYS[2] {id}:pub  KEYS[3] {id}:priv  KEYS[4] {id}:intent
 -- KEYS[5] colony:{<slot tag>}:active  KEYS[6] colony:{<slot tag>}:dirty

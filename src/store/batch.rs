@@ -201,9 +201,7 @@ impl Store {
             .enumerate()
             .map(|(position, r)| match r {
                 Some(Err(Error::Archived { version })) => Err(Error::Unavailable {
-                    shard: shard_of(position)
-                        .map(|shard| self.shard_name(shard).to_string())
-                        .unwrap_or_default(),
+                    shard: shard_of(position).map(|shard| self.shard_name(shard).to_string()),
                     reason: format!(
                         "the player is archived (version {version}) and the archiver did not \
                          restore it in time"
@@ -399,7 +397,7 @@ impl Store {
                             Err(e) => Err(e),
                         },
                         Err(e) => Err(Error::Unavailable {
-                            shard: String::new(),
+                            shard: None,
                             reason: format!(
                                 "the player holds an intent whose decision cannot be read: {e}"
                             ),

@@ -74,7 +74,7 @@ impl Store {
         let mut hashes = Vec::with_capacity(3);
         for reply in self.send(shard, commands).await.replies {
             let hash: Hash = redis::from_redis_value(reply?).map_err(|e| Error::Unavailable {
-                shard: name.clone(),
+                shard: Some(name.clone()),
                 reason: e.to_string(),
             })?;
             hashes.push(hash);
@@ -122,7 +122,7 @@ impl Store {
                     .into_acknowledged_reply()?;
                 let info: String =
                     redis::from_redis_value(reply).map_err(|e| Error::Unavailable {
-                        shard: name.clone(),
+                        shard: Some(name.clone()),
                         reason: e.to_string(),
                     })?;
                 Ok(parse_replication(&info))
@@ -131,7 +131,7 @@ impl Store {
                 .await
                 .unwrap_or_else(|_| {
                     Err(Error::Unavailable {
-                        shard: name.clone(),
+                        shard: Some(name.clone()),
                         reason: "INFO replication timed out".into(),
                     })
                 })

@@ -1,8 +1,8 @@
 //! Intent resolution: the layer below both the single-player path ([`super::batch`]) and the
 //! trade coordinator ([`super::multi`]). It reads and writes an attempt's decision record,
 //! finishes one participant by a decision (apply or roll back), and resolves an intent left
-//! behind — the one resolver every path uses. ARCHITECTURE.md's trade design
-//! (`docs/design/trades.md`) has the rules these functions keep; the scripts are
+//! behind — the one resolver every path uses. The trade design (`docs/design/trades.md`)
+//! has the rules these functions keep; the scripts are
 //! `multi/decide.lua`, `multi/apply.lua` and `multi/forget.lua`.
 
 use std::sync::LazyLock;

@@ -22,14 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
-use crate::config::{parse_address, RedisSettings, ShardConfig};
+use crate::config::{RedisSettings, ShardConfig};
 use crate::error::Error;
 use crate::shard_map::{Endpoint, Shard};
 
 use super::breaker::Breaker;
-use super::road::NOREPLICAS_RECHECK;
+use super::connect::{tcp_info, ConnectError};
 use super::sentinel::{self, replies_outlast_down_after};
 use super::wait::WaitRounds;
 
@@ -44,7 +44,7 @@ pub(super) struct Link {
 impl Link {
     /// How many replicas acknowledged every write this connection had answered before the
     /// call: `WAIT`, shared with whoever else is waiting on the same connection.
-    pub(super) async fn replicated(&self) -> Result<i64, String> {
+    pub(super) async fn replicated(&self) -> Result<i64, ConnectError> {
         self.waits.wait().await
     }
 }
@@ -65,6 +65,11 @@ pub struct ConnectionStats {
     /// Times the resolved master changed (failovers seen).
     pub failovers: u64,
 }
+
+/// How long a master that answers NOREPLICAS keeps its links before they are dropped to find
+/// the master again: a master short of replicas is usually still the master, and dropping
+/// its links on every refusal opened a connection per retry while a shard was stalled.
+pub(super) const NOREPLICAS_RECHECK: Duration = Duration::from_secs(1);
 
 /// Told when a shard's master changes.
 pub(super) type FailoverHook = Arc<dyn Fn(&str, Option<&str>, &str) + Send + Sync>;
@@ -101,18 +106,6 @@ pub(super) struct ShardLinks {
     last_recheck: Mutex<Option<tokio::time::Instant>>,
     /// Dropped with the links, which tells the watcher to stop.
     alive: tokio::sync::watch::Sender<()>,
-}
-
-/// Connection details for `address` (`host:port`) with `redis`'s credentials.
-pub(super) fn tcp_info(
-    address: &str,
-    redis: RedisConnectionInfo,
-) -> Result<redis::ConnectionInfo, String> {
-    let (host, port) = parse_address(address)?;
-    Ok(ConnectionAddr::Tcp(host, port)
-        .into_connection_info()
-        .map_err(|e| e.to_string())?
-        .set_redis_settings(redis))
 }
 
 impl ShardLinks {
@@ -251,12 +244,8 @@ impl ShardLinks {
         let conn = match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await
         {
             Ok(Ok(conn)) => conn,
-            Ok(Err(reason)) => return Err(self.unavailable(reason)),
-            Err(_) => {
-                return Err(
-                    self.unavailable("finding and connecting to the master timed out".into())
-                )
-            }
+            Ok(Err(e)) => return Err(self.unavailable(e)),
+            Err(_) => return Err(self.unavailable(self.connect_timed_out())),
         };
         let waits = Arc::new(WaitRounds::new(
             conn.clone(),
@@ -276,24 +265,29 @@ impl ShardLinks {
     pub(super) async fn dedicated(&self) -> Result<MultiplexedConnection, Error> {
         match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(reason)) => Err(self.unavailable(reason)),
-            Err(_) => {
-                Err(self.unavailable("finding and connecting to the master timed out".into()))
-            }
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(self.unavailable(self.connect_timed_out())),
         }
     }
 
-    fn unavailable(&self, reason: String) -> Error {
+    fn connect_timed_out(&self) -> ConnectError {
+        ConnectError::Timeout {
+            step: "find and connect to the master of",
+            address: self.name.clone(),
+        }
+    }
+
+    fn unavailable(&self, cause: ConnectError) -> Error {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(shard = %self.name, %reason, "cannot connect to shard");
+        tracing::warn!(shard = %self.name, error = %cause, "cannot connect to shard");
         Error::Unavailable {
-            shard: self.name.clone(),
-            reason,
+            shard: Some(self.name.clone()),
+            reason: cause.to_string(),
         }
     }
 
     /// Finds the master, connects to it and confirms its role.
-    async fn connect_master(&self) -> Result<MultiplexedConnection, String> {
+    async fn connect_master(&self) -> Result<MultiplexedConnection, ConnectError> {
         let address = match &self.endpoint {
             Endpoint::Fixed(address) => address.clone(),
             Endpoint::Sentinel {
@@ -306,19 +300,20 @@ impl ShardLinks {
             }
         };
         let info = tcp_info(&address, self.redis_info.clone())?;
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let connect_failed = |e| ConnectError::redis("connect to", &address, e);
+        let client = redis::Client::open(info).map_err(connect_failed)?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.connection_config)
             .await
-            .map_err(|e| format!("connect to {address} failed: {e}"))?;
+            .map_err(connect_failed)?;
         let role: redis::Value = redis::cmd("ROLE")
             .query_async(&mut conn)
             .await
-            .map_err(|e| format!("ROLE on {address} failed: {e}"))?;
+            .map_err(|e| ConnectError::redis("ROLE on", &address, e))?;
         let is_master = matches!(&role, redis::Value::Array(items)
             if matches!(items.first(), Some(redis::Value::BulkString(b)) if b == b"master"));
         if !is_master {
-            return Err(format!("{address} is not a master"));
+            return Err(ConnectError::NotMaster { address });
         }
         // The Sentinels' answer may be older than the ROLE reply: a master frozen after they
         // answered replies once it wakes, possibly after a replica was promoted meanwhile.
@@ -331,10 +326,11 @@ impl ShardLinks {
         {
             let now = self.ask_sentinels(master_name, sentinels).await?.address;
             if now != address {
-                return Err(format!(
-                    "the Sentinels moved master {master_name:?} from {address} to {now} \
-                     while it was being confirmed"
-                ));
+                return Err(ConnectError::MovedWhileConfirming {
+                    master: master_name.clone(),
+                    from: address,
+                    to: now,
+                });
             }
         }
         self.note_master(&address);
@@ -365,7 +361,7 @@ impl ShardLinks {
         &self,
         master_name: &str,
         sentinels: &[String],
-    ) -> Result<sentinel::Agreed, String> {
+    ) -> Result<sentinel::Agreed, ConnectError> {
         sentinel::ask_all(
             master_name,
             sentinels,

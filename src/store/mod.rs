@@ -2,8 +2,9 @@
 //!
 //! Layers, bottom up (each file calls only the ones below it):
 //!
-//! - [`breaker`], [`sentinel`], `links`, `wait`: a shard's connections, its master found
-//!   through Sentinel, its breaker, and `WAIT` shared by the callers of one link;
+//! - [`connect`] (the connection code's error type), [`breaker`], [`sentinel`], `links`,
+//!   `wait`: a shard's connections, its master found through Sentinel, its breaker, and
+//!   `WAIT` shared by the callers of one link;
 //! - [`road`]: the one way any command reaches a shard — one pipeline on one link, the
 //!   acknowledgement on that link, the breaker, the metrics, one Redis-error classifier;
 //! - [`intents`]: a trade's decision record, finishing a participant, the one resolver of
@@ -16,6 +17,7 @@
 
 pub mod batch;
 pub mod breaker;
+pub mod connect;
 pub mod inspect;
 pub mod intents;
 mod links;
@@ -207,7 +209,7 @@ impl Store {
                     match tokio::time::timeout(timeout, ping).await {
                         Ok(answer) => answer.into_acknowledged_reply().map(|_| ()),
                         Err(_) => Err(Error::Unavailable {
-                            shard: links.name.clone(),
+                            shard: Some(links.name.clone()),
                             reason: "ping timed out".into(),
                         }),
                     }

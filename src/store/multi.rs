@@ -354,7 +354,7 @@ impl<'s> MultiAttempt<'s> {
                 self.store.forget_later(self.primary(), &self.id);
             }
             return Err(Error::Unavailable {
-                shard: String::new(),
+                shard: None,
                 reason: format!(
                     "attempt {} of the multi-player transaction was aborted; nothing applied",
                     self.id
@@ -371,7 +371,7 @@ impl<'s> MultiAttempt<'s> {
                     return Err(in_participant(
                         i,
                         Error::Unknown {
-                            shard: String::new(),
+                            shard: None,
                             reason: format!(
                                 "attempt {} committed, but the participant held no intent to \
                                  apply (lost in a failover?)",
@@ -385,7 +385,7 @@ impl<'s> MultiAttempt<'s> {
                     return Err(in_participant(
                         i,
                         Error::Unknown {
-                            shard: String::new(),
+                            shard: None,
                             reason: format!("attempt {} committed; applying failed: {e}", self.id),
                         },
                     ));
@@ -434,7 +434,7 @@ impl<'s> MultiAttempt<'s> {
                     Ok(None) if refused.is_some() => return Err(refused.unwrap_or(e)),
                     _ => {
                         return Err(Error::Unknown {
-                            shard: String::new(),
+                            shard: None,
                             reason: format!("the decision of attempt {} is unknown: {e}", self.id),
                         })
                     }

@@ -21,7 +21,6 @@
 //! acknowledgement.
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use redis::{ServerErrorKind, ToRedisArgs, Value as RedisValue};
 use tokio::time::Instant;
@@ -229,7 +228,7 @@ impl Store {
         let before = links.breaker.state();
         let answer = if links.breaker.admit(started) == Admit::No {
             let e = Error::Unavailable {
-                shard: links.name.clone(),
+                shard: Some(links.name.clone()),
                 reason: "circuit breaker open: the shard failed repeatedly".into(),
             };
             Answer {
@@ -401,7 +400,7 @@ impl Store {
             } else {
                 for i in lost_script {
                     replies[i] = Some(Err(Error::Unavailable {
-                        shard: name.clone(),
+                        shard: Some(name.clone()),
                         reason: "could not load a script".into(),
                     }));
                 }
@@ -424,7 +423,7 @@ impl Store {
             Some(match link.replicated().await {
                 Ok(n) if n >= i64::from(settings.replicas_to_wait) => Ok(()),
                 Ok(n) => Err(Error::Unknown {
-                    shard: name.clone(),
+                    shard: Some(name.clone()),
                     reason: format!(
                         "applied on the master but acknowledged by {n} of {} replicas in time",
                         settings.replicas_to_wait
@@ -433,7 +432,7 @@ impl Store {
                 Err(e) => {
                     let _ = links.invalidate(&link);
                     Err(Error::Unknown {
-                        shard: name.clone(),
+                        shard: Some(name.clone()),
                         reason: format!("applied on the master but WAIT failed: {e}"),
                     })
                 }
@@ -449,11 +448,6 @@ impl Store {
     }
 }
 
-/// How long a master that answers NOREPLICAS keeps its links before they are dropped to find
-/// the master again: a master short of replicas is usually still the master, and dropping
-/// its links on every refusal opened a connection per retry while a shard was stalled.
-pub(super) const NOREPLICAS_RECHECK: Duration = Duration::from_secs(1);
-
 /// Error codes meaning "this server no longer takes writes for the shard".
 fn moved_on(code: &str) -> bool {
     matches!(code, "READONLY" | "NOREPLICAS" | "MASTERDOWN")
@@ -465,11 +459,11 @@ fn moved_on(code: &str) -> bool {
 pub(crate) fn transport_error(shard: &str, effect: Effect, e: &redis::RedisError) -> Error {
     match effect {
         Effect::Writes | Effect::Housekeeping => Error::Unknown {
-            shard: shard.to_string(),
+            shard: Some(shard.to_string()),
             reason: e.to_string(),
         },
         Effect::Reads => Error::Unavailable {
-            shard: shard.to_string(),
+            shard: Some(shard.to_string()),
             reason: e.to_string(),
         },
     }
@@ -494,7 +488,7 @@ pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -
     );
     if refused {
         Error::Unavailable {
-            shard: shard.to_string(),
+            shard: Some(shard.to_string()),
             reason: e.to_string(),
         }
     } else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
-use super::links::tcp_info;
+use super::connect::{tcp_info, ConnectError};
 
 /// The commands that ask a Sentinel about `master_name`, for one round trip:
 /// `get-master-addr-by-name` already names the promoted replica while a failover is still
@@ -37,29 +37,35 @@ pub async fn ask(
     master_name: &str,
     timeout: Duration,
     password: Option<&str>,
-) -> Result<SentinelView, String> {
+) -> Result<SentinelView, ConnectError> {
     let mut redis = RedisConnectionInfo::default();
     if let Some(password) = password {
         redis = redis.set_password(password);
     }
+    let failed = |e| ConnectError::redis("ask Sentinel", sentinel, e);
     let asking = async {
-        let client = redis::Client::open(tcp_info(sentinel, redis)?).map_err(|e| e.to_string())?;
+        let client = redis::Client::open(tcp_info(sentinel, redis)?).map_err(failed)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
         let (address, details): (Option<Vec<String>>, Vec<String>) = master_query(master_name)
             .query_async(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
         SentinelView::from_replies(address.as_deref(), &details)
     };
     tokio::time::timeout(timeout, asking)
         .await
-        .unwrap_or_else(|_| Err("no answer in time".into()))
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Timeout {
+                step: "ask Sentinel",
+                address: sentinel.to_string(),
+            })
+        })
 }
 
 /// Asks every Sentinel at once; those that answer within `timeout` decide (see
@@ -69,7 +75,7 @@ pub(super) async fn ask_all(
     sentinels: &[String],
     timeout: Duration,
     password: Option<&str>,
-) -> Result<Agreed, String> {
+) -> Result<Agreed, ConnectError> {
     let asked = sentinels.iter().map(|sentinel| async move {
         let view = ask(sentinel, master_name, timeout, password).await;
         (sentinel.clone(), view)
@@ -97,17 +103,17 @@ pub(super) async fn watch_switch_master(
     loop {
         let sentinel = &sentinels[index % sentinels.len()];
         let subscribed = async {
-            let client = redis::Client::open(tcp_info(sentinel, redis.clone())?)
-                .map_err(|e| e.to_string())?;
+            let failed = |e| ConnectError::redis("subscribe to Sentinel", sentinel, e);
+            let client = redis::Client::open(tcp_info(sentinel, redis.clone())?).map_err(failed)?;
             let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
                 .await
-                .map_err(|_| "no answer in time".to_string())?
-                .map_err(|e| e.to_string())?;
-            pubsub
-                .subscribe("+switch-master")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(pubsub.into_on_message())
+                .map_err(|_| ConnectError::Timeout {
+                    step: "subscribe to Sentinel",
+                    address: sentinel.clone(),
+                })?
+                .map_err(failed)?;
+            pubsub.subscribe("+switch-master").await.map_err(failed)?;
+            Ok::<_, ConnectError>(pubsub.into_on_message())
         };
         let mut messages = tokio::select! {
             subscribed = subscribed => match subscribed {
@@ -177,10 +183,10 @@ impl SentinelView {
     pub fn from_replies(
         address: Option<&[String]>,
         details: &[String],
-    ) -> Result<SentinelView, String> {
+    ) -> Result<SentinelView, ConnectError> {
         let address = match address {
             Some([host, port]) => host_port(host, port),
-            _ => return Err("unknown master name".into()),
+            _ => return Err(ConnectError::UnknownMaster),
         };
         let field = |name: &str| {
             details
@@ -246,21 +252,22 @@ pub(super) fn replies_outlast_down_after(response_timeout: Duration, down_after_
 /// caller retries a refusal like any UNAVAILABLE shard.
 fn agreed_master(
     master_name: &str,
-    answers: &[(String, Result<SentinelView, String>)],
-) -> Result<Agreed, String> {
+    answers: &[(String, Result<SentinelView, ConnectError>)],
+) -> Result<Agreed, ConnectError> {
     let views: Vec<(&String, &SentinelView)> = answers
         .iter()
         .filter_map(|(sentinel, view)| view.as_ref().ok().map(|view| (sentinel, view)))
         .collect();
     let Some(newest) = views.iter().map(|(_, view)| view.config_epoch).max() else {
-        let errors: Vec<String> = answers
-            .iter()
-            .filter_map(|(sentinel, view)| view.as_ref().err().map(|e| format!("{sentinel}: {e}")))
-            .collect();
-        return Err(format!(
-            "no Sentinel knows master {master_name:?}: {}",
-            errors.join("; ")
-        ));
+        return Err(ConnectError::NoSentinelAnswered {
+            master: master_name.to_string(),
+            answers: answers
+                .iter()
+                .filter_map(|(sentinel, view)| {
+                    view.as_ref().err().map(|e| (sentinel.clone(), e.clone()))
+                })
+                .collect(),
+        });
     };
     // Only the newest configuration counts: a Sentinel still at the old epoch has not heard
     // that the failover it flags (or the down master it sees) is over.
@@ -275,22 +282,22 @@ fn agreed_master(
                 .iter()
                 .any(|flag| flag == "failover_in_progress" || flag == "o_down")
     }) {
-        return Err(format!(
-            "Sentinel {sentinel} is failing over master {master_name:?} (flags {}); \
-             waiting for the failover to end",
-            view.flags.join(",")
-        ));
+        return Err(ConnectError::FailingOver {
+            sentinel: sentinel.to_string(),
+            master: master_name.to_string(),
+            flags: view.flags.join(","),
+        });
     }
     let address = &current[0].1.address;
     if current.iter().any(|(_, view)| &view.address != address) {
-        let said: Vec<String> = current
-            .iter()
-            .map(|(sentinel, view)| format!("{sentinel} says {}", view.address))
-            .collect();
-        return Err(format!(
-            "the Sentinels disagree on master {master_name:?} at epoch {newest} ({})",
-            said.join(", ")
-        ));
+        return Err(ConnectError::Disagree {
+            master: master_name.to_string(),
+            epoch: newest,
+            said: current
+                .iter()
+                .map(|(sentinel, view)| format!("{sentinel} says {}", view.address))
+                .collect(),
+        });
     }
     Ok(Agreed {
         address: address.clone(),
@@ -305,11 +312,15 @@ fn agreed_master(
 mod tests {
     use super::*;
 
-    fn view(address: &str, flags: &str) -> Result<SentinelView, String> {
+    fn view(address: &str, flags: &str) -> Result<SentinelView, ConnectError> {
         at_epoch(address, flags, 1)
     }
 
-    fn at_epoch(address: &str, flags: &str, config_epoch: u64) -> Result<SentinelView, String> {
+    fn at_epoch(
+        address: &str,
+        flags: &str,
+        config_epoch: u64,
+    ) -> Result<SentinelView, ConnectError> {
         Ok(SentinelView {
             address: address.to_string(),
             monitored: address.to_string(),
@@ -320,7 +331,11 @@ mod tests {
     }
 
     /// The failover leader once the promoted replica answers as a master.
-    fn reconfiguring(promoted: &str, old: &str, config_epoch: u64) -> Result<SentinelView, String> {
+    fn reconfiguring(
+        promoted: &str,
+        old: &str,
+        config_epoch: u64,
+    ) -> Result<SentinelView, ConnectError> {
         Ok(SentinelView {
             address: promoted.to_string(),
             monitored: old.to_string(),
@@ -328,6 +343,14 @@ mod tests {
             config_epoch,
             down_after_ms: Some(2000),
         })
+    }
+
+    fn refused() -> ConnectError {
+        ConnectError::redis(
+            "ask Sentinel",
+            "s0:26379",
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        )
     }
 
     fn agreed(address: &str) -> Agreed {
@@ -338,8 +361,8 @@ mod tests {
     }
 
     fn answers(
-        views: Vec<Result<SentinelView, String>>,
-    ) -> Vec<(String, Result<SentinelView, String>)> {
+        views: Vec<Result<SentinelView, ConnectError>>,
+    ) -> Vec<(String, Result<SentinelView, ConnectError>)> {
         views
             .into_iter()
             .enumerate()
@@ -354,27 +377,35 @@ mod tests {
             view("10.0.0.1:6379", "master"),
             view("10.0.0.1:6379", "master,s_down"),
         ]);
-        assert_eq!(agreed_master("m", &all), Ok(agreed("10.0.0.1:6379")));
+        assert_eq!(agreed_master("m", &all).ok(), Some(agreed("10.0.0.1:6379")));
     }
 
     #[test]
     fn sentinels_that_do_not_answer_do_not_count() {
         let some = answers(vec![
-            Err("connection refused".into()),
+            Err(refused()),
             view("10.0.0.1:6379", "master"),
-            Err("no answer in time".into()),
+            Err(ConnectError::Timeout {
+                step: "ask Sentinel",
+                address: "s2:26379".into(),
+            }),
         ]);
-        assert_eq!(agreed_master("m", &some), Ok(agreed("10.0.0.1:6379")));
+        assert_eq!(
+            agreed_master("m", &some).ok(),
+            Some(agreed("10.0.0.1:6379"))
+        );
     }
 
     #[test]
     fn no_answer_at_all_is_an_error_naming_each_sentinel() {
-        let none = answers(vec![
-            Err("connection refused".into()),
-            Err("unknown master name".into()),
-        ]);
-        let error = agreed_master("m", &none).expect_err("nobody answered");
-        assert!(error.contains("s0:26379: connection refused"), "{error}");
+        let none = answers(vec![Err(refused()), Err(ConnectError::UnknownMaster)]);
+        let error = agreed_master("m", &none)
+            .expect_err("nobody answered")
+            .to_string();
+        assert!(
+            error.contains("s0:26379: ask Sentinel s0:26379 failed"),
+            "{error}"
+        );
         assert!(error.contains("s1:26379: unknown master name"), "{error}");
     }
 
@@ -387,7 +418,9 @@ mod tests {
             view("10.0.0.1:6379", "master,s_down,o_down,failover_in_progress"),
             view("10.0.0.1:6379", "master"),
         ]);
-        let error = agreed_master("m", &waiting_for_promotion).expect_err("a failover is running");
+        let error = agreed_master("m", &waiting_for_promotion)
+            .expect_err("a failover is running")
+            .to_string();
         assert!(error.contains("s1:26379"), "{error}");
         assert!(error.contains("failover_in_progress"), "{error}");
         // An objectively down master is being replaced even before a leader is elected.
@@ -404,8 +437,8 @@ mod tests {
             at_epoch("10.0.0.1:6379", "master", 3),
         ]);
         assert_eq!(
-            agreed_master("m", &catching_up),
-            Ok(agreed("10.0.0.2:6379"))
+            agreed_master("m", &catching_up).ok(),
+            Some(agreed("10.0.0.2:6379"))
         );
         // Nor do their flags for the master they still believe in count.
         let dead_old_master = answers(vec![
@@ -417,8 +450,8 @@ mod tests {
             at_epoch("10.0.0.2:6379", "master", 4),
         ]);
         assert_eq!(
-            agreed_master("m", &dead_old_master),
-            Ok(agreed("10.0.0.2:6379"))
+            agreed_master("m", &dead_old_master).ok(),
+            Some(agreed("10.0.0.2:6379"))
         );
     }
 
@@ -429,7 +462,10 @@ mod tests {
             reconfiguring("10.0.0.2:6379", "10.0.0.1:6379", 4),
             at_epoch("10.0.0.1:6379", "master", 3),
         ]);
-        assert_eq!(agreed_master("m", &promoted), Ok(agreed("10.0.0.2:6379")));
+        assert_eq!(
+            agreed_master("m", &promoted).ok(),
+            Some(agreed("10.0.0.2:6379"))
+        );
     }
 
     #[test]
@@ -439,7 +475,9 @@ mod tests {
             at_epoch("10.0.0.2:6379", "master", 4),
             at_epoch("10.0.0.3:6379", "master", 2),
         ]);
-        let error = agreed_master("m", &split).expect_err("they disagree");
+        let error = agreed_master("m", &split)
+            .expect_err("they disagree")
+            .to_string();
         assert!(error.contains("s0:26379 says 10.0.0.1:6379"), "{error}");
         assert!(error.contains("s1:26379 says 10.0.0.2:6379"), "{error}");
         assert!(
@@ -501,8 +539,8 @@ mod tests {
             ]),
         );
         assert_eq!(
-            view,
-            Ok(SentinelView {
+            view.ok(),
+            Some(SentinelView {
                 address: "10.0.0.2:6379".into(),
                 monitored: "10.0.0.1:6379".into(),
                 flags: strings(&["master", "o_down"]),
@@ -511,13 +549,16 @@ mod tests {
             })
         );
         let ipv6 = SentinelView::from_replies(Some(&strings(&["::1", "6379"])), &[]);
-        assert_eq!(ipv6.map(|v| v.address), Ok("[::1]:6379".to_string()));
+        assert_eq!(ipv6.ok().map(|v| v.address), Some("[::1]:6379".to_string()));
     }
 
     #[test]
     fn malformed_sentinel_replies_fall_back_to_the_safe_side() {
         // No address, or one of the wrong shape: the Sentinel does not count.
-        assert!(SentinelView::from_replies(None, &[]).is_err());
+        assert!(matches!(
+            SentinelView::from_replies(None, &[]),
+            Err(ConnectError::UnknownMaster)
+        ));
         assert!(SentinelView::from_replies(Some(&strings(&["10.0.0.1"])), &[]).is_err());
         assert!(SentinelView::from_replies(Some(&strings(&["a", "1", "b"])), &[]).is_err());
         // A details list with an odd length, bad numbers and no ip/port.

@@ -1,6 +1,6 @@
 //! The sweeper: finds the intents whose lease has passed and the commit records older than a
-//! lease on one shard, and hands each to the resolver ([`super::intents`]). The gateway runs
-//! it periodically; tests run it when they need it.
+//! lease on one shard, and hands each to the resolver ([`super::intents`]). The archiver runs
+//! it on every pass (`Archiver::sweep_pass`); tests run it when they need it.
 
 use crate::error::Error;
 use crate::keys::{PlayerKeys, SlotKeys};

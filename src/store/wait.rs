@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
 
+use super::connect::ConnectError;
+
 /// Group commit for `WAIT`: one `WAIT` at a time per connection, covering every caller whose
 /// writes were answered before it was sent.
 ///
@@ -22,7 +24,7 @@ pub(super) struct WaitRounds {
 
 #[derive(Default)]
 struct Rounds {
-    waiting: Vec<tokio::sync::oneshot::Sender<Result<i64, String>>>,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<i64, ConnectError>>>,
     running: bool,
 }
 
@@ -39,7 +41,7 @@ impl WaitRounds {
 
     /// Joins the next round and returns what its `WAIT` answered: how many replicas
     /// acknowledged every write this connection had answered before the call.
-    pub(super) async fn wait(self: &Arc<Self>) -> Result<i64, String> {
+    pub(super) async fn wait(self: &Arc<Self>) -> Result<i64, ConnectError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut rounds = lock(&self.state);
@@ -51,7 +53,7 @@ impl WaitRounds {
             tokio::spawn(async move { this.run().await });
         }
         rx.await
-            .unwrap_or_else(|_| Err("the WAIT round was abandoned".into()))
+            .unwrap_or_else(|_| Err(ConnectError::WaitAbandoned))
     }
 
     async fn run(&self) {
@@ -65,12 +67,12 @@ impl WaitRounds {
                 std::mem::take(&mut rounds.waiting)
             };
             let mut conn = self.conn.clone();
-            let acked: Result<i64, String> = redis::cmd("WAIT")
+            let acked: Result<i64, ConnectError> = redis::cmd("WAIT")
                 .arg(self.replicas)
                 .arg(self.timeout_ms)
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(|e| ConnectError::redis("WAIT on", "the link", e));
             for waiter in round {
                 let _ = waiter.send(acked.clone());
             }

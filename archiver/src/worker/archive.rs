@@ -55,7 +55,7 @@ impl Archiver {
                 .key(&keys.private)
                 .key(&keys.clients);
             let reply: RedisValue = self.store.call(shard, snapshot).await?;
-            let bad = || ArchiveError::Redis("unexpected snapshot reply".into());
+            let bad = || ArchiveError::UnexpectedReply("a snapshot that is not a list".into());
             let RedisValue::Array(items) = reply else {
                 return Err(bad());
             };
@@ -130,8 +130,8 @@ impl Archiver {
                 "CHANGED" => Ok(Removal::Changed),
                 "ACTIVE" => Ok(Removal::Active),
                 "LOCKED" => Ok(Removal::Locked),
-                other => Err(ArchiveError::Redis(format!(
-                    "unexpected archive reply {other:?}"
+                other => Err(ArchiveError::UnexpectedReply(format!(
+                    "archive script answered {other:?}"
                 ))),
             }
         }
@@ -239,7 +239,7 @@ impl Archiver {
         let count = items.len();
         let failed_all = |reason: String| {
             (0..count)
-                .map(|_| WriteOutcome::Failed(ArchiveError::Mongo(reason.clone())))
+                .map(|_| WriteOutcome::Failed(ArchiveError::MongoReply(reason.clone())))
                 .collect::<Vec<_>>()
         };
         let collection = &self.collections[shard.get()];
@@ -272,10 +272,10 @@ impl Archiver {
                     *outcome = if code == DUPLICATE_KEY {
                         WriteOutcome::Duplicate
                     } else {
-                        WriteOutcome::Failed(ArchiveError::Mongo(format!(
-                            "write error {code}: {}",
-                            error.get_str("errmsg").unwrap_or("")
-                        )))
+                        WriteOutcome::Failed(ArchiveError::MongoWrite {
+                            code,
+                            message: error.get_str("errmsg").unwrap_or("").to_string(),
+                        })
                     };
                 }
             }
@@ -294,7 +294,9 @@ impl Archiver {
         join_all(ids.iter().map(|id| async move {
             match PlayerId::new(id.clone()) {
                 Ok(player) => self.snapshot(shard, &player).await,
-                Err(e) => Err(ArchiveError::Redis(e.to_string()).on_shard(&self.shard_name(shard))),
+                Err(e) => {
+                    Err(ArchiveError::BadPlayerId(e.to_string()).on_shard(&self.shard_name(shard)))
+                }
             }
         }))
         .await
@@ -323,7 +325,9 @@ impl Archiver {
                         removals.push((i, snapshot.version));
                     }
                     Some(Err(e)) => outcomes.push(Some(Err(e))),
-                    None => outcomes.push(Some(Err(ArchiveError::Mongo("no write result".into())))),
+                    None => outcomes.push(Some(Err(ArchiveError::MongoReply(
+                        "no write result".into(),
+                    )))),
                 },
             }
         }
@@ -353,7 +357,7 @@ impl Archiver {
             async move {
                 match PlayerId::new(id.clone()) {
                     Ok(player) => self.remove(shard, &player, version, cutoff).await,
-                    Err(e) => Err(ArchiveError::Redis(e.to_string())),
+                    Err(e) => Err(ArchiveError::BadPlayerId(e.to_string())),
                 }
             }
         }))
@@ -376,7 +380,7 @@ impl Archiver {
         }
         let outcomes = outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(ArchiveError::Redis("no outcome".into()))))
+            .map(|o| o.unwrap_or_else(|| Err(ArchiveError::UnexpectedReply("no outcome".into()))))
             .collect();
         (ids, outcomes)
     }

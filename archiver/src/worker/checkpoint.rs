@@ -127,7 +127,7 @@ impl Archiver {
         // housekeeping, not waited for.
         let cleared = join_all(clears.iter().map(|snapshot| async move {
             let player = PlayerId::new(snapshot.player.clone())
-                .map_err(|e| ArchiveError::Redis(e.to_string()))?;
+                .map_err(|e| ArchiveError::BadPlayerId(e.to_string()))?;
             let keys = PlayerKeys::new(&player);
             let clear = Command::script(&CHECKPOINTED, Effect::Housekeeping)
                 .key(&keys.meta)

@@ -111,18 +111,39 @@ static REBUILD: std::sync::LazyLock<LuaScript> = std::sync::LazyLock::new(|| {
 static CHECKPOINTED: std::sync::LazyLock<LuaScript> =
     std::sync::LazyLock::new(|| LuaScript::new(include_str!("../checkpointed.lua")));
 
-/// Everything that can stop a step of the archiver.
+/// Everything that can stop a step of the archiver. Each variant keeps its cause, and
+/// [`ArchiveError::is_retryable`] says whether the same step may succeed later.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// Configuration is missing or wrong.
     #[error("configuration: {0}")]
     Config(String),
-    /// Redis failed or could not be reached.
+    /// The store refused or failed a call; its error says whether a retry may help.
     #[error("redis: {0}")]
-    Redis(String),
+    Store(#[from] colony::Error),
+    /// The archiver's own Redis connection (the restore queue's blocking pop) failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A script or Redis answered what the archiver does not understand.
+    #[error("redis: unexpected reply: {0}")]
+    UnexpectedReply(String),
+    /// A set of players named an id that is not a valid player id.
+    #[error("redis: a stored player id is not valid: {0}")]
+    BadPlayerId(String),
     /// MongoDB failed or could not be reached.
     #[error("mongodb: {0}")]
-    Mongo(String),
+    Mongo(#[from] mongodb::error::Error),
+    /// MongoDB refused one document of a batched write.
+    #[error("mongodb: write error {code}: {message}")]
+    MongoWrite {
+        /// MongoDB's error code.
+        code: i32,
+        /// MongoDB's message.
+        message: String,
+    },
+    /// A batched write answered without a result for a document.
+    #[error("mongodb: {0}")]
+    MongoReply(String),
     /// A stored document cannot be read.
     #[error(transparent)]
     Document(#[from] crate::document::DocumentError),
@@ -140,6 +161,23 @@ pub enum ArchiveError {
 }
 
 impl ArchiveError {
+    /// Whether the same step may succeed if tried again later: a shard or MongoDB that is
+    /// unreachable or failing over may come back; a bad document, a bad id or a wrong
+    /// configuration will not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ArchiveError::Store(e) => e.is_retryable(),
+            ArchiveError::Redis(_) | ArchiveError::Mongo(_) | ArchiveError::MongoReply(_) => true,
+            ArchiveError::MongoWrite { .. }
+            | ArchiveError::Config(_)
+            | ArchiveError::UnexpectedReply(_)
+            | ArchiveError::BadPlayerId(_)
+            | ArchiveError::Document(_)
+            | ArchiveError::MissingDocument(_) => false,
+            ArchiveError::OnShard { source, .. } => source.is_retryable(),
+        }
+    }
+
     /// This error, naming `shard` (an error that names one already keeps it).
     pub fn on_shard(self, shard: &str) -> ArchiveError {
         match self {
@@ -165,24 +203,6 @@ impl ArchiveError {
             ArchiveError::OnShard { source, .. } => source.cause(),
             e => e,
         }
-    }
-}
-
-impl From<colony::Error> for ArchiveError {
-    fn from(e: colony::Error) -> Self {
-        ArchiveError::Redis(e.to_string())
-    }
-}
-
-impl From<redis::RedisError> for ArchiveError {
-    fn from(e: redis::RedisError) -> Self {
-        ArchiveError::Redis(e.to_string())
-    }
-}
-
-impl From<mongodb::error::Error> for ArchiveError {
-    fn from(e: mongodb::error::Error) -> Self {
-        ArchiveError::Mongo(e.to_string())
     }
 }
 
@@ -435,12 +455,22 @@ mod tests {
 
     #[test]
     fn an_error_names_its_shard_once() {
-        let e = ArchiveError::Mongo("timed out".into()).on_shard("eu-1");
+        let e = ArchiveError::MongoReply("no write result".into()).on_shard("eu-1");
         assert_eq!(e.shard(), Some("eu-1"));
-        assert_eq!(e.to_string(), "shard eu-1: mongodb: timed out");
+        assert_eq!(e.to_string(), "shard eu-1: mongodb: no write result");
         let again = e.on_shard("eu-2");
         assert_eq!(again.shard(), Some("eu-1"), "the first shard named stays");
-        assert!(matches!(again.cause(), ArchiveError::Mongo(m) if m == "timed out"));
+        assert!(matches!(again.cause(), ArchiveError::MongoReply(m) if m == "no write result"));
+        assert!(again.is_retryable());
+        assert!(!ArchiveError::BadPlayerId("x".into())
+            .on_shard("eu-1")
+            .is_retryable());
+        let unavailable = colony::Error::Unavailable {
+            shard: Some("eu-1".into()),
+            reason: "down".into(),
+        };
+        assert!(ArchiveError::from(unavailable).is_retryable());
+        assert!(!ArchiveError::from(colony::Error::NotFound).is_retryable());
         assert_eq!(ArchiveError::Config("x".into()).shard(), None);
     }
 }

@@ -44,8 +44,8 @@ impl Archiver {
                     player: player.as_str().to_string(),
                     reason: "the document's version is not the one Redis archived".into(),
                 })),
-                other => Err(ArchiveError::Redis(format!(
-                    "unexpected restore reply {other:?}"
+                other => Err(ArchiveError::UnexpectedReply(format!(
+                    "restore script answered {other:?}"
                 ))),
             }
         }
@@ -135,8 +135,13 @@ impl Archiver {
                 Ok(outcome) => {
                     tracing::debug!(player = %id, ?outcome, elapsed = ?started.elapsed(), "restore")
                 }
+                // The store asks again while its caller waits: a passing failure is retried
+                // that way; one that will fail again needs an operator.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(shard = %self.shard_name(shard), player = %id, error = %e.cause(), "restore failed; the next request retries it")
+                }
                 Err(e) => {
-                    tracing::warn!(shard = %self.shard_name(shard), player = %id, error = %e.cause(), "restore failed")
+                    tracing::error!(shard = %self.shard_name(shard), player = %id, error = %e.cause(), "restore failed and will fail again")
                 }
             }
         }
