@@ -8,7 +8,10 @@
 //! answer that was written gave its bytes back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: the handshake, idle and IO timers follow paused time in tests.
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -82,7 +85,7 @@ async fn read_body<R: AsyncRead + Unpin>(
         let wanted = framed::next_read(buf);
         if let (Some(budgets), Some(held), Some(at)) = (budgets, held.as_mut(), began) {
             let more = (buf.len() + wanted).saturating_sub(held.bytes());
-            tokio::time::timeout_at((at + io).into(), held.grow(budgets, more))
+            tokio::time::timeout_at(at + io, held.grow(budgets, more))
                 .await
                 .map_err(|_| ReadError::Stalled)?;
         }
@@ -91,7 +94,7 @@ async fn read_body<R: AsyncRead + Unpin>(
             None => tokio::time::timeout(idle, reader.read_buf(buf))
                 .await
                 .map_err(|_| ReadError::Idle)?,
-            Some(at) => tokio::time::timeout_at((at + io).into(), reader.read_buf(buf))
+            Some(at) => tokio::time::timeout_at(at + io, reader.read_buf(buf))
                 .await
                 .map_err(|_| ReadError::Stalled)?,
         };
@@ -495,4 +498,109 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection's timers on tokio's paused clock: each fires after exactly its
+    //! configured time, with no real waiting. The store is never reached (its connections
+    //! open lazily, and these connections never get past reading).
+
+    use super::*;
+    use crate::config::Config;
+    use tokio::io::DuplexStream;
+
+    const TOKEN: &str = "game-secret-0123456789";
+
+    fn gateway(handshake_ms: u64, idle_ms: u64, io_ms: u64) -> Gateway {
+        let toml = format!(
+            "[gateway]\nhandshake_timeout_ms = {handshake_ms}\nidle_timeout_ms = {idle_ms}\n\
+             io_timeout_ms = {io_ms}\n\
+             [[gateway.tokens]]\nname = \"game\"\ntoken = \"{TOKEN}\"\nrole = \"game\"\n\
+             [[shards]]\nname = \"a\"\nmaster = \"127.0.0.1:1\"\n"
+        );
+        let config = Config::from_toml(&toml, []).expect("a valid configuration");
+        Gateway::new(&config).expect("a gateway")
+    }
+
+    /// Serves the server end of an in-memory connection; returns the client end and the
+    /// task that answers why the connection closed and when.
+    fn serve(
+        gateway: &Gateway,
+    ) -> (
+        DuplexStream,
+        tokio::task::JoinHandle<(CloseReason, Instant)>,
+        broadcast::Sender<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (stop, stopped) = broadcast::channel(1);
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a permit");
+        let gateway = gateway.clone();
+        let task = tokio::spawn(async move {
+            let reason = serve_connection(server, &gateway, stopped, permit).await;
+            (reason, Instant::now())
+        });
+        (client, task, stop)
+    }
+
+    async fn say_hello(client: &mut DuplexStream) {
+        let hello = pb::ClientFrame {
+            request_id: 1,
+            body: Some(pb::client_frame::Body::Hello(pb::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                token: TOKEN.into(),
+                client_name: "timers".into(),
+            })),
+        };
+        let mut out = Vec::new();
+        frame::encode(&hello, &mut out, usize::MAX).expect("encodes");
+        client.write_all(&out).await.expect("sent");
+        let mut buf = BytesMut::new();
+        let answer: pb::ServerFrame = framed::read_frame(client, &mut buf, 1 << 20)
+            .await
+            .expect("an answer")
+            .expect("a frame");
+        assert!(
+            matches!(answer.body, Some(pb::server_frame::Body::Hello(_))),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_hello_closes_at_the_handshake_timeout() {
+        let gateway = gateway(5_000, 300_000, 30_000);
+        let started = Instant::now();
+        let (_client, task, _stop) = serve(&gateway);
+        let (reason, at) = task.await.expect("served");
+        assert_eq!(reason, CloseReason::HandshakeTimeout);
+        assert_eq!(at - started, Duration::from_millis(5_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_closes_at_the_idle_timeout() {
+        let gateway = gateway(5_000, 300_000, 30_000);
+        let (mut client, task, _stop) = serve(&gateway);
+        say_hello(&mut client).await;
+        let quiet_from = Instant::now();
+        let (reason, at) = task.await.expect("served");
+        assert_eq!(reason, CloseReason::Idle);
+        assert_eq!(at - quiet_from, Duration::from_millis(300_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stalls_half_way_closes_at_the_io_timeout() {
+        let gateway = gateway(5_000, 300_000, 30_000);
+        let (mut client, task, _stop) = serve(&gateway);
+        say_hello(&mut client).await;
+        // A length prefix announcing 100 bytes, and 10 of them.
+        let mut partial = 100u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0u8; 10]);
+        client.write_all(&partial).await.expect("sent");
+        let stalled_from = Instant::now();
+        let (reason, at) = task.await.expect("served");
+        assert_eq!(reason, CloseReason::Stalled);
+        assert_eq!(at - stalled_from, Duration::from_millis(30_000));
+    }
 }

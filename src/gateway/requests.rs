@@ -2,7 +2,7 @@
 //! reads and logins, each converted by `wire`, authorized by `auth` for the connection's
 //! role, run on the store, and counted in the metrics.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::error::{Code, Error};
 use crate::model::{Access, Committed, PlayerId, Transaction};

@@ -29,5 +29,5 @@ pub use mongo::MongoServer;
 pub use redis_server::{free_port, Profile, RedisServer};
 pub use seed::{seed_from_env, Seeded};
 pub use sentinel::{SentinelServer, SentinelShard};
-pub use wait::{wait_until, wait_until_blocking};
+pub use wait::{wait_for, wait_until, wait_until_blocking};
 pub use writers::{final_counters, IncrementWriters, Target};
