@@ -26,7 +26,7 @@ use crate::model::Limits;
 use crate::wire::{self, pb};
 
 use super::budget::{Budgets, Held};
-use super::shape;
+use super::untrusted::{self, Judged, Refusal};
 use super::{CloseReason, Gateway, PROTOCOL_VERSION};
 use crate::auth::Principal;
 
@@ -303,19 +303,6 @@ where
     reason
 }
 
-/// Why a frame that was read is not run.
-enum Refusal {
-    /// Its bytes are not a `ClientFrame`: the connection closes with this reason.
-    Close(String),
-    /// It is over a limit: it is answered with `error` and the connection goes on.
-    Answer {
-        /// The frame's request id, from its bytes.
-        request_id: u64,
-        /// Why.
-        error: Error,
-    },
-}
-
 /// Turns a frame's body into a request to run: its shape from the bytes first (counts, the
 /// decoded-size bound, what it will hold against the connection's cap), decoding only what
 /// passed. `held` covers the body; it grows by what decoding and the answer may take (waiting
@@ -328,27 +315,15 @@ async fn admit(
     limits: &Limits,
     wait: Duration,
 ) -> Result<(pb::ClientFrame, Held), Refusal> {
-    let shape = shape::scan(&body).map_err(|e| Refusal::Close(e.to_string()))?;
-    let holds = shape
-        .decoded_bytes
-        .saturating_add(shape.answer_bytes(limits));
-    let with_body = holds.saturating_add(body.len());
-    let cap = budgets.cap();
-    let refused = shape.check(body.len(), limits).err().or_else(|| {
-        (with_body > cap).then(|| {
-            Error::TooLarge(format!(
-                "the request would hold {with_body} bytes in the gateway, more than \
-                 gateway.max_bytes_in_flight_per_connection ({cap})"
-            ))
-        })
-    });
+    let Judged {
+        shape,
+        holds,
+        with_body,
+    } = untrusted::judge(&body, limits, budgets.cap())?;
     let answer = |error| Refusal::Answer {
         request_id: shape.request_id,
         error,
     };
-    if let Some(error) = refused {
-        return Err(answer(error));
-    }
     let mut held = held.unwrap_or_else(|| budgets.none());
     let more = with_body.saturating_sub(held.bytes());
     if tokio::time::timeout(wait, held.grow(budgets, more))
@@ -362,8 +337,7 @@ async fn admit(
                 .into(),
         }));
     }
-    let frame =
-        frame::decode_body::<pb::ClientFrame>(body).map_err(|e| Refusal::Close(e.to_string()))?;
+    let frame = untrusted::decode(body)?;
     // The body is decoded and gone.
     held.shrink_to(holds);
     Ok((frame, held))

@@ -5,12 +5,13 @@
 use tokio::time::Instant;
 
 use crate::error::{Code, Error};
-use crate::model::{Access, Committed, PlayerId, Transaction};
-use crate::wire::{self, pb, Item, ItemResult};
+use crate::model::{Access, Committed, PlayerId};
+use crate::wire::{self, pb, ItemResult};
 
 use super::authorize;
 use super::metrics;
 use super::rollback::Ticket;
+use super::untrusted::{self, Admitted, BatchForm};
 use super::Gateway;
 use crate::auth::Principal;
 
@@ -74,126 +75,43 @@ pub(super) async fn handle_request(
     }
 }
 
+/// A batch: its entries decoded, validated and authorized one by one
+/// ([`untrusted::admit_batch`], the function the fuzz target drives), a refused one
+/// answered with its own error, the others run together.
 async fn handle_batch(
     gateway: &Gateway,
     principal: &Principal,
     ticket: Ticket,
     batch: pb::Batch,
 ) -> Result<pb::server_frame::Body, Error> {
-    let limits = &gateway.inner.limits;
-    if !batch.items.is_empty() {
-        if !batch.transactions.is_empty() {
-            return Err(Error::Invalid(
-                "a batch lists its transactions in `transactions` or in `items`, not both".into(),
-            ));
-        }
-        return handle_items(gateway, principal, ticket, batch.items).await;
-    }
-    // Refused before anything is decoded (the store checks again, the same way).
-    limits.check_batch(batch.transactions.len())?;
-    let mut results: Vec<Option<Result<crate::model::Committed, Error>>> =
-        Vec::with_capacity(batch.transactions.len());
-    let mut accepted: Vec<Transaction> = Vec::with_capacity(batch.transactions.len());
-    let mut accepted_players: Vec<PlayerId> = Vec::with_capacity(batch.transactions.len());
-    for t in batch.transactions {
-        let txn = wire::envelope_from_pb(t).and_then(|envelope| {
-            authorize::authorize_envelope(principal.role, &envelope).map(|()| envelope.transaction)
-        });
-        match txn {
-            Ok(txn) => {
-                accepted_players.push(txn.player.clone());
-                accepted.push(txn);
-                results.push(None);
-            }
-            Err(e) => results.push(Some(Err(e))),
-        }
-    }
-    let mut ran = gateway
-        .inner
-        .store
-        .execute_batch(accepted)
-        .await?
-        .into_iter();
-    let mut accepted_players = accepted_players.into_iter();
-    let metrics = &gateway.inner.metrics;
-    let results = results
-        .into_iter()
-        .map(|r| {
-            let r = r.or_else(|| {
-                let ran = ran.next()?;
-                if let (Ok(committed), Some(player)) = (&ran, accepted_players.next()) {
-                    acknowledged(gateway, ticket, &player, committed);
-                }
-                Some(ran)
-            });
-            let r = r.unwrap_or_else(|| Err(Error::Internal("batch result missing".into())));
-            let code = r.as_ref().map_or_else(Error::code, |_| Code::Ok);
-            metrics
-                .transactions
-                .get_or_create(&metrics::CodeLabels {
-                    code: code.as_str(),
-                })
-                .inc();
-            wire::result_to_pb(&r)
-        })
-        .collect();
-    Ok(pb::server_frame::Body::Batch(pb::BatchResult {
-        results,
-        items: Vec::new(),
-    }))
-}
-
-/// A batch of items: transactions on one player and multi-player transactions, decoded and
-/// authorized one by one (a refused one gets its own error), then run together.
-async fn handle_items(
-    gateway: &Gateway,
-    principal: &Principal,
-    ticket: Ticket,
-    items: Vec<pb::BatchItem>,
-) -> Result<pb::server_frame::Body, Error> {
-    let limits = &gateway.inner.limits;
-    limits.check_batch(items.len())?;
-    /// Where an item's result comes from.
+    let (form, admitted) = untrusted::admit_batch(principal.role, batch, &gateway.inner.limits)?;
+    /// Where an entry's result comes from.
     enum Slot {
         Refused(ItemResult),
         Single(PlayerId),
         Multi(Vec<PlayerId>),
     }
-    let mut slots = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(admitted.len());
     let (mut singles, mut multis) = (Vec::new(), Vec::new());
-    for item in items {
-        let multi = matches!(item.item, Some(pb::batch_item::Item::Multi(_)));
-        match wire::item_from_pb(item) {
-            Ok(Item::Single(envelope)) => {
-                match authorize::authorize_envelope(principal.role, &envelope) {
-                    Ok(()) => {
-                        slots.push(Slot::Single(envelope.transaction.player.clone()));
-                        singles.push(envelope.transaction);
-                    }
-                    Err(e) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
-                }
+    for entry in admitted {
+        match entry {
+            Admitted::Single(Ok(txn)) => {
+                slots.push(Slot::Single(txn.player.clone()));
+                singles.push(txn);
             }
-            Ok(Item::Multi(envelope)) => {
-                let checked = authorize::authorize_multi(principal.role, &envelope)
-                    .and_then(|()| envelope.transaction.validate(limits));
-                match checked {
-                    Ok(()) => {
-                        let players = envelope.transaction.participants.iter();
-                        slots.push(Slot::Multi(players.map(|p| p.player.clone()).collect()));
-                        multis.push(envelope.transaction);
-                    }
-                    Err(e) => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
-                }
+            Admitted::Multi(Ok(txn)) => {
+                let players = txn.participants.iter().map(|p| p.player.clone());
+                slots.push(Slot::Multi(players.collect()));
+                multis.push(txn);
             }
-            // A malformed item answers in its own kind, so the client can tell.
-            Err(e) if multi => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
-            Err(e) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
+            Admitted::Single(Err(e)) => slots.push(Slot::Refused(ItemResult::Single(Err(e)))),
+            Admitted::Multi(Err(e)) => slots.push(Slot::Refused(ItemResult::Multi(Err(e)))),
         }
     }
     let (singles, multis) = gateway.inner.store.execute_mixed(singles, multis).await?;
     let (mut singles, mut multis) = (singles.into_iter(), multis.into_iter());
     let metrics = &gateway.inner.metrics;
-    let results = slots
+    let results: Vec<ItemResult> = slots
         .into_iter()
         .map(|slot| {
             let result = match slot {
@@ -231,12 +149,27 @@ async fn handle_items(
                     code: code.as_str(),
                 })
                 .inc();
-            wire::item_result_to_pb(&result)
+            result
         })
         .collect();
-    Ok(pb::server_frame::Body::Batch(pb::BatchResult {
-        results: Vec::new(),
-        items: results,
+    Ok(pb::server_frame::Body::Batch(match form {
+        // The older form lists plain results: every entry there is a single transaction.
+        BatchForm::Transactions => pb::BatchResult {
+            results: results
+                .iter()
+                .map(|result| match result {
+                    ItemResult::Single(r) => wire::result_to_pb(r),
+                    ItemResult::Multi(_) => wire::result_to_pb(&Err(Error::Internal(
+                        "a multi-player result in a batch of transactions".into(),
+                    ))),
+                })
+                .collect(),
+            items: Vec::new(),
+        },
+        BatchForm::Items => pb::BatchResult {
+            results: Vec::new(),
+            items: results.iter().map(wire::item_result_to_pb).collect(),
+        },
     }))
 }
 
