@@ -337,30 +337,35 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_and_bad_values_are_rejected() {
+    fn unknown_fields_and_bad_values_are_rejected_naming_what_is_wrong() {
+        // Each case, and what its error must name: the field, or the value at fault.
         let cases = [
-            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\ncolour = \"red\"",
-            "[[shards]]\nname = \"a\"",
-            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nsentinel = { master_name = \"m\", addresses = [\"h:2\"] }",
-            "[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [] }",
-            "[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [\"nope\"] }",
-            "[redis]\nacknowledge = \"eventually\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[archive]\nmongodb_uris = [\"mongodb+srv://x\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[[shards]]\nname = \"a\"\nmaster = \"nohostport\"",
-            "[[shards]]\nname = \"a\"\nmaster = \"h:0\"",
-            "[[shards]]\nname = \"a\"\nmaster = \":80\"",
-            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nreplicas = [\"h:99999\"]",
-            "shards = []",
-            "[redis]\nconnections_per_shard = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[gateway]\nlisten = \"nowhere\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[gateway]\nmax_frame_bytes = 10\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[[gateway.tokens]]\nname = \"t\"\ntoken = \"short\"\nrole = \"game\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "[[gateway.tokens]]\nname = \"t\"\ntoken = \"long-enough-token-1\"\nrole = \"root\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
-            "not toml at all [",
+            ("[[shards]]\nname = \"a\"\nmaster = \"h:1\"\ncolour = \"red\"", "unknown field `colour`"),
+            ("[[shards]]\nname = \"a\"", "shard a: set exactly one of master and sentinel"),
+            ("[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nsentinel = { master_name = \"m\", addresses = [\"h:2\"] }", "shard a: set exactly one of master and sentinel"),
+            ("[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [] }", "shard a: sentinel.addresses"),
+            ("[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [\"nope\"] }", "shard a: sentinel \"nope\""),
+            ("[redis]\nacknowledge = \"eventually\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "unknown variant `eventually`"),
+            ("[archive]\nmongodb_uris = [\"mongodb+srv://x\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "archive.mongodb_uris: \"mongodb+srv://x\""),
+            ("[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "archive.mongodb_uris has 2 entries"),
+            ("[[shards]]\nname = \"a\"\nmaster = \"nohostport\"", "shard a: master \"nohostport\""),
+            ("[[shards]]\nname = \"a\"\nmaster = \"h:0\"", "shard a: master \"h:0\" has no valid port"),
+            ("[[shards]]\nname = \"a\"\nmaster = \":80\"", "shard a: master \":80\" has no valid host"),
+            ("[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nreplicas = [\"h:99999\"]", "shard a: replica \"h:99999\""),
+            ("shards = []", "at least one shard"),
+            ("[redis]\nconnections_per_shard = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "redis.connections_per_shard = 0"),
+            ("[gateway]\nlisten = \"nowhere\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway.listen \"nowhere\""),
+            ("[gateway]\nmax_frame_bytes = 10\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway.max_frame_bytes = 10"),
+            ("[[gateway.tokens]]\nname = \"t\"\ntoken = \"short\"\nrole = \"game\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway token \"t\" must be 16..=1024 bytes"),
+            ("[[gateway.tokens]]\nname = \"t\"\ntoken = \"long-enough-token-1\"\nrole = \"root\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "unknown variant `root`"),
+            ("not toml at all [", "TOML parse error at line 1"),
         ];
-        for text in cases {
-            assert!(Config::from_toml(text, []).is_err(), "accepted: {text}");
+        for (text, named) in cases {
+            let message = Config::from_toml(text, []).expect_err(text).to_string();
+            assert!(
+                message.contains(named),
+                "{text:?}: {message:?} does not name {named:?}"
+            );
         }
     }
 
@@ -439,6 +444,9 @@ mod tests {
             parse_address("redis-0.svc:6379"),
             Ok(("redis-0.svc".into(), 6379))
         );
-        assert!(parse_address("h:-1").is_err());
+        assert_eq!(
+            parse_address("h:-1"),
+            Err("\"h:-1\" has no valid port".into())
+        );
     }
 }

@@ -307,12 +307,12 @@ mod tests {
             operations: vec![pb::Operation::default(); 64],
             ..pb::Transaction::default()
         };
-        let mut transactions = Vec::new();
-        let mut body = Vec::new();
-        while body.len() < 4 * 1024 * 1024 {
-            transactions.extend(std::iter::repeat_n(txn.clone(), 1024));
-            body = batch(transactions.clone());
-        }
+        // Sized from one chunk's bytes and built once (growing it chunk by chunk, encoding
+        // the whole batch each time, took seconds).
+        let chunk = batch(vec![txn.clone(); 1024]).len();
+        let chunks = (4 * 1024 * 1024usize).div_ceil(chunk);
+        let body = batch(vec![txn; 1024 * chunks]);
+        assert!(body.len() >= 4 * 1024 * 1024, "{} bytes", body.len());
         let shape = scan(&body).expect("valid protobuf");
         let generous = Limits {
             max_transactions_per_batch: 100_000,
