@@ -1052,10 +1052,15 @@ async fn with_one_shard_down_the_others_are_archived_checkpointed_and_restored()
         .await
         .expect_err("the shard is down");
     assert_eq!(failed.shard(), Some("shard-1"), "{failed}");
+    // The store's error, kept whole: UNAVAILABLE, and worth retrying once the shard is back.
     assert!(
-        matches!(failed.cause(), ArchiveError::Redis(_)),
+        matches!(
+            failed.cause(),
+            ArchiveError::Store(Error::Unavailable { shard: Some(name), .. }) if name == "shard-1"
+        ),
         "{failed:?}"
     );
+    assert!(failed.is_retryable(), "{failed:?}");
     assert!(
         failed.to_string().starts_with("shard shard-1: "),
         "{failed}"
