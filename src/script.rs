@@ -131,9 +131,11 @@ pub struct Prepare<'a> {
     pub key: Option<(&'a IdempotencyKey, &'a str)>,
 }
 
-/// Encodes the prepare of one participant of a validated multi-player transaction.
+/// Encodes the prepare of one participant of a validated multi-player transaction; `slot`
+/// is the participant's slot, found once per call by the caller.
 pub fn encode_prepare(
     participant: &Participant,
+    slot: Slot,
     prepare: &Prepare<'_>,
     bounds: &Bounds,
 ) -> Invocation {
@@ -141,7 +143,7 @@ pub fn encode_prepare(
     let key = prepare.key.map(|(key, print)| (key, print.to_string()));
     encode_call(
         &participant.player,
-        keys::player_slot(&participant.player),
+        slot,
         participant.access,
         key,
         operations,

@@ -11,14 +11,17 @@
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::keys;
 use crate::model::{Committed, MultiCommitted, MultiTransaction, PlayerId};
 use crate::script::{self, Prepared};
 use crate::shard_map::ShardIndex;
+use crate::slot::Slot;
 
 use super::intents::{Decider, Decision, Finished};
 use super::road::{Command, Effect};
@@ -56,13 +59,13 @@ impl Store {
         txn: MultiTransaction,
         readers: usize,
     ) -> Result<MultiCommitted, Error> {
-        txn.validate(&self.inner.limits)?;
+        let call = Arc::new(MultiCall::new(self, txn)?);
         let deadline = Instant::now() + self.inner.settings.retry_deadline();
         let mut attempt_number = 0u32;
         let mut last: Option<Result<MultiCommitted, Error>> = None;
         let mut earlier = Vec::new();
         loop {
-            let mut attempt = MultiAttempt::new(self, txn.clone())?;
+            let mut attempt = MultiAttempt::of(self, call.clone());
             attempt.readers = readers.max(1);
             attempt.earlier = earlier.clone();
             let result = attempt.run().await;
@@ -74,18 +77,17 @@ impl Store {
                 return result;
             }
             last = Some(result);
-            self.count_multi_retry(&txn);
+            self.count_multi_retry(&call);
             tokio::time::sleep(RETRY_BACKOFF.delay_within(attempt_number, deadline - now)).await;
             attempt_number += 1;
         }
     }
 
-    fn count_multi_retry(&self, txn: &MultiTransaction) {
+    fn count_multi_retry(&self, call: &MultiCall) {
         self.inner
             .retries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let (Some(observer), Some(first)) = (&self.inner.observer, txn.participants.first()) {
-            let shard = self.inner.map.shard_for_player(&first.player);
+        if let (Some(observer), Some(&(_, shard))) = (&self.inner.observer, call.places.first()) {
             observer.retried(self.shard_name(shard), 1);
         }
     }
@@ -104,12 +106,39 @@ pub enum PrepareOutcome {
     Refused(Error),
 }
 
+/// A multi-player transaction as every attempt of one call shares it: validated, each
+/// participant's slot and shard found, and its fingerprint taken, once.
+struct MultiCall {
+    txn: MultiTransaction,
+    fingerprint: String,
+    /// Per participant, in order: its slot and the shard that owns it.
+    places: Vec<(Slot, ShardIndex)>,
+}
+
+impl MultiCall {
+    fn new(store: &Store, txn: MultiTransaction) -> Result<MultiCall, Error> {
+        txn.validate(&store.inner.limits)?;
+        let places = txn
+            .participants
+            .iter()
+            .map(|p| {
+                let slot = keys::player_slot(&p.player);
+                (slot, store.inner.map.shard_for_slot(slot))
+            })
+            .collect();
+        Ok(MultiCall {
+            fingerprint: script::multi_fingerprint(&txn),
+            txn,
+            places,
+        })
+    }
+}
+
 /// One attempt of a multi-player transaction, run step by step.
 pub struct MultiAttempt<'s> {
     store: &'s Store,
-    txn: MultiTransaction,
+    call: Arc<MultiCall>,
     id: String,
-    fingerprint: String,
     /// Per participant, what its prepare answered, once it did.
     staged: Vec<Option<(Committed, Vec<u8>)>>,
     decision: Option<Decision>,
@@ -125,23 +154,26 @@ pub struct MultiAttempt<'s> {
 impl<'s> MultiAttempt<'s> {
     /// A new attempt at `txn` (validated here), with a fresh random id.
     pub fn new(store: &'s Store, txn: MultiTransaction) -> Result<MultiAttempt<'s>, Error> {
-        txn.validate(&store.inner.limits)?;
-        let random = RandomState::new().hash_one(Instant::now());
-        let id = format!("{random:016x}");
-        let fingerprint = script::multi_fingerprint(&txn);
-        let staged = vec![None; txn.participants.len()];
-        let staged_len = staged.len();
-        Ok(MultiAttempt {
+        Ok(MultiAttempt::of(
             store,
-            txn,
-            id,
-            fingerprint,
-            staged,
+            Arc::new(MultiCall::new(store, txn)?),
+        ))
+    }
+
+    /// The next attempt of `call`, with a fresh random id.
+    fn of(store: &'s Store, call: Arc<MultiCall>) -> MultiAttempt<'s> {
+        let random = RandomState::new().hash_one(Instant::now());
+        let participants = call.txn.participants.len();
+        MultiAttempt {
+            store,
+            call,
+            id: format!("{random:016x}"),
+            staged: vec![None; participants],
             decision: None,
             readers: 1,
             earlier: Vec::new(),
-            definite: vec![false; staged_len],
-        })
+            definite: vec![false; participants],
+        }
     }
 
     /// The attempt's id.
@@ -151,7 +183,7 @@ impl<'s> MultiAttempt<'s> {
 
     /// The primary participant.
     pub fn primary(&self) -> &PlayerId {
-        &self.txn.participants[0].player
+        &self.call.txn.participants[0].player
     }
 
     /// Step 1: prepares every participant, the participants of one shard concurrently on
@@ -162,12 +194,11 @@ impl<'s> MultiAttempt<'s> {
         let primary = self.primary().clone();
         let lease_ms = store.inner.settings.intent_lease_ms;
         let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
-        for (i, p) in self.txn.participants.iter().enumerate() {
-            plan.entry(store.inner.map.shard_for_player(&p.player))
-                .or_default()
-                .push(i);
+        for (i, &(_, shard)) in self.call.places.iter().enumerate() {
+            plan.entry(shard).or_default().push(i);
         }
-        let (txn, id, fingerprint) = (&self.txn, self.id.as_str(), self.fingerprint.as_str());
+        let call = &*self.call;
+        let (txn, id) = (&call.txn, self.id.as_str());
         let runs = plan.into_iter().map(|(shard, positions)| {
             let bounds = &bounds;
             let primary = &primary;
@@ -181,10 +212,16 @@ impl<'s> MultiAttempt<'s> {
                             attempt: id,
                             primary,
                             lease_ms,
-                            key: (i == 0).then_some((&txn.idempotency_key, fingerprint)),
+                            key: (i == 0)
+                                .then_some((&txn.idempotency_key, call.fingerprint.as_str())),
                         };
                         Command::transaction(
-                            script::encode_prepare(&txn.participants[i], &prepare, bounds),
+                            script::encode_prepare(
+                                &txn.participants[i],
+                                call.places[i].0,
+                                &prepare,
+                                bounds,
+                            ),
                             Effect::Writes,
                         )
                     })
@@ -230,7 +267,7 @@ impl<'s> MultiAttempt<'s> {
                     })
                 }
                 Ok(Prepared::Locked(intent)) => {
-                    let player = &self.txn.participants[i].player;
+                    let player = &self.call.txn.participants[i].player;
                     // A decided intent is finished now, so the next attempt need not wait
                     // for its lease; so is one of this key's own earlier attempts, which
                     // nobody else is running any more (aborted unless it committed).
@@ -262,7 +299,7 @@ impl<'s> MultiAttempt<'s> {
                     }
                     let e = match e {
                         Error::Locked { player, reason } if player.is_empty() => Error::Locked {
-                            player: self.txn.participants[i].player.as_str().to_string(),
+                            player: self.call.txn.participants[i].player.as_str().to_string(),
                             reason,
                         },
                         e => e,
@@ -303,6 +340,7 @@ impl<'s> MultiAttempt<'s> {
             Decision::Abort
         };
         let players: Vec<PlayerId> = self
+            .call
             .txn
             .participants
             .iter()
@@ -340,7 +378,7 @@ impl<'s> MultiAttempt<'s> {
         let Some(decision) = self.decision else {
             return Err(Error::Internal("finish before a decision".into()));
         };
-        let finishes = self.txn.participants.iter().enumerate().map(|(i, p)| {
+        let finishes = self.call.txn.participants.iter().enumerate().map(|(i, p)| {
             self.store
                 .finish_participant(&p.player, &self.id, decision, i == 0)
         });
@@ -446,7 +484,7 @@ impl<'s> MultiAttempt<'s> {
         if std::env::var("COLONY_FAILPOINT").is_ok_and(|named| named == "multi:after-first-apply") {
             // Applies the primary alone, then stops: a coordinator that died half-way through
             // the applies.
-            let first = &self.txn.participants[0].player;
+            let first = &self.call.txn.participants[0].player;
             let _ = self
                 .store
                 .finish_participant(first, &self.id, decided, true)
