@@ -213,13 +213,18 @@ async fn writes_behind_a_paused_replica(
         .start_again(&["--replicaof", "127.0.0.1", &port])
         .expect("the old master rejoins");
     // Read through the gateway until it has found the new master.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after_failover = loop {
+    let last_error = std::cell::RefCell::new(String::new());
+    let after_failover = colony_testkit::wait_for(Duration::from_secs(30), || async {
         match client.get_player(&player, Access::Owner, None).await {
-            Ok(state) => break state.version,
-            Err(e) => assert!(Instant::now() < deadline, "{tag}: never readable: {e}"),
+            Ok(state) => Some(state.version),
+            Err(e) => {
+                *last_error.borrow_mut() = e.to_string();
+                None
+            }
         }
-    };
+    })
+    .await
+    .unwrap_or_else(|| panic!("{tag}: never readable: {}", last_error.borrow()));
     let alarms = gw
         .gateway
         .metrics()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use colony::config::Acknowledge;
 use colony::{Access, Config, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
 use colony_testkit::{
-    wait_until, Findings, IncrementWriters, Profile, Seeded, SentinelShard, Target,
+    wait_for, wait_until, Findings, IncrementWriters, Profile, Seeded, SentinelShard, Target,
 };
 use common::{key, name, pid};
 
@@ -254,17 +254,11 @@ async fn a_shard_that_is_down_does_not_disturb_the_others() {
     );
     // It comes back: its players are served again once the breaker lets a probe through.
     failing.start_again(&[]).expect("back up");
-    assert!(
-        {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut back = false;
-            while !back && Instant::now() < deadline {
-                back = store.execute(read(&failing_players[0])).await.is_ok();
-            }
-            back
-        },
-        "the shard's players were not served again"
-    );
+    let back = wait_for(Duration::from_secs(10), || async {
+        store.execute(read(&failing_players[0])).await.ok()
+    })
+    .await;
+    assert!(back.is_some(), "the shard's players were not served again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,18 +305,12 @@ async fn without_a_sentinel_majority_there_is_no_failover_and_no_second_master()
     );
     // The master comes back: writes resume on it, and the one that failed was not applied.
     shard.servers[master].start_again(&[]).expect("restarts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let resumed = loop {
-        match store.execute(write(3)).await {
-            Ok(c) => break Some(c),
-            Err(_) if Instant::now() < deadline => {
-                // A client's pause between attempts, not a wait for a condition.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(_) => break None,
-        }
-    };
-    let resumed = resumed.expect("writes resumed on the returning master");
+    // The same write (same key) is retried until the returning master takes it.
+    let resumed = wait_for(Duration::from_secs(20), || async {
+        store.execute(write(3)).await.ok()
+    })
+    .await
+    .expect("writes resumed on the returning master");
     let state = store
         .get_player(pid("minority"), Access::Owner)
         .await

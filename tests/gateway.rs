@@ -11,7 +11,7 @@ use colony::client::{Client, ClientConfig};
 use colony::frame;
 use colony::wire::pb;
 use colony::{Access, Envelope, Error, Operation, PlayerId, Transaction, Value, Visibility};
-use colony_testkit::{gateway_config, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
+use colony_testkit::{gateway_config, wait_for, RedisServer, TestGateway, ADMIN_TOKEN, GAME_TOKEN};
 use common::{digest, name, pid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -460,11 +460,11 @@ async fn shutdown_finishes_requests_in_flight_then_says_goodbye() {
         })),
     })
     .await;
-    let deadline = Instant::now() + WAIT;
-    while gw.gateway.metrics().in_flight.get() == 0 {
-        assert!(Instant::now() < deadline, "the request never started");
-        tokio::task::yield_now().await;
-    }
+    wait_for(WAIT, || async {
+        (gw.gateway.metrics().in_flight.get() > 0).then_some(())
+    })
+    .await
+    .expect("the request starts");
     gw.begin_shutdown();
     servers[0].resume().expect("resumes");
     match raw.recv().await {
@@ -540,11 +540,11 @@ async fn a_connection_at_its_in_flight_cap_is_not_read_further() {
         })
         .await;
     }
-    let deadline = Instant::now() + WAIT;
-    while gw.gateway.metrics().in_flight.get() < 2 {
-        assert!(Instant::now() < deadline, "requests never started");
-        tokio::task::yield_now().await;
-    }
+    wait_for(WAIT, || async {
+        (gw.gateway.metrics().in_flight.get() >= 2).then_some(())
+    })
+    .await
+    .expect("two requests start");
     // Give the server every chance to read more than it may.
     for _ in 0..100 {
         tokio::task::yield_now().await;
@@ -577,23 +577,24 @@ async fn before_hello_only_small_frames_and_few_connections_are_allowed() {
     // Two connections may wait for their Hello; a third is refused at once.
     let mut first = Raw::connect(&gw).await;
     let _second = Raw::connect(&gw).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let refused = wait_for(WAIT, || async {
         let mut third = Raw::connect(&gw).await;
         third.send(&hello(GAME_TOKEN)).await;
         match third.recv().await.and_then(|f| f.body) {
-            Some(pb::server_frame::Body::GoAway(g)) => {
-                assert_eq!(g.code, pb::Code::Unavailable as i32);
-                assert!(g.reason.contains("authenticate"), "{}", g.reason);
-                break;
-            }
+            Some(pb::server_frame::Body::GoAway(g)) => Some(g),
             // The first two may not have been accepted yet: the third took a place.
-            Some(pb::server_frame::Body::Hello(_)) => {
-                assert!(Instant::now() < deadline, "the cap never applied");
-            }
+            Some(pb::server_frame::Body::Hello(_)) => None,
             other => panic!("unexpected {other:?}"),
         }
-    }
+    })
+    .await
+    .expect("the cap applies to a third connection");
+    assert_eq!(refused.code, pb::Code::Unavailable as i32);
+    assert!(
+        refused.reason.contains("authenticate"),
+        "{}",
+        refused.reason
+    );
     // Once one of them authenticates, its place is free for the next.
     first.send(&hello(GAME_TOKEN)).await;
     assert!(matches!(

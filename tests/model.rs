@@ -641,20 +641,32 @@ fn trades_interleaved_with_singles_stops_and_sweeps_agree_with_the_model() {
                             // The coordinator stops: after the prepare (nothing applies, the
                             // intents are aborted once their lease passed), or after writing
                             // the commit (whoever meets an intent applies it).
-                            let mut attempt = MultiAttempt::new(&store, txn.clone()).expect("valid");
                             // A stopped attempt of an earlier step may still hold a
-                            // participant: its lease passes, the prepare is tried again.
-                            let mut prepared = runtime.block_on(attempt.prepare());
-                            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                            while prepared != PrepareOutcome::AllStaged && std::time::Instant::now() < deadline {
-                                let _ = runtime.block_on(attempt.decide(false));
-                                let _ = runtime.block_on(attempt.finish());
-                                // Retry pause of a condition wait with a deadline (lease 40 ms).
-                                runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(10)).await });
-                                attempt = MultiAttempt::new(&store, txn.clone()).expect("valid");
-                                prepared = runtime.block_on(attempt.prepare());
-                            }
-                            prop_assert_eq!(&prepared, &PrepareOutcome::AllStaged, "{:?}", txn);
+                            // participant: its lease (40 ms) passes, the prepare is tried
+                            // again, the failed attempt aborted first.
+                            let last_prepared = std::cell::RefCell::new(None);
+                            let staged = runtime.block_on(colony_testkit::wait_for(
+                                std::time::Duration::from_secs(2),
+                                || async {
+                                    let mut attempt =
+                                        MultiAttempt::new(&store, txn.clone()).expect("valid");
+                                    let prepared = attempt.prepare().await;
+                                    if prepared == PrepareOutcome::AllStaged {
+                                        return Some(attempt);
+                                    }
+                                    let _ = attempt.decide(false).await;
+                                    let _ = attempt.finish().await;
+                                    *last_prepared.borrow_mut() = Some(prepared);
+                                    None
+                                },
+                            ));
+                            prop_assert!(
+                                staged.is_some(),
+                                "{:?}: the prepare never staged every intent, the last one: {:?}",
+                                txn,
+                                last_prepared.borrow()
+                            );
+                            let mut attempt = staged.expect("asserted above");
                             if commit {
                                 let decided = runtime.block_on(attempt.decide(true));
                                 prop_assert_eq!(decided, Ok(Decision::Commit), "{:?}", txn);
@@ -675,16 +687,16 @@ fn trades_interleaved_with_singles_stops_and_sweeps_agree_with_the_model() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         for id in ["p", "q"] {
             let player = PlayerId::new(format!("{prefix}-{id}")).expect("valid");
-            loop {
-                let _ = runtime.block_on(store.sweep(shard));
-                let looked = runtime.block_on(store.inspect_player(&player));
-                if !matches!(&looked, Ok(l) if l.intent.is_some()) {
-                    break;
-                }
-                prop_assert!(std::time::Instant::now() < deadline, "{:?} keeps an intent", player);
-                // Polling interval of a condition wait with a deadline (lease 40 ms).
-                runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(10)).await });
-            }
+            // One deadline for both players (leases of 40 ms).
+            let cleared = runtime.block_on(colony_testkit::wait_for(
+                deadline.saturating_duration_since(std::time::Instant::now()),
+                || async {
+                    let _ = store.sweep(shard).await;
+                    let looked = store.inspect_player(&player).await;
+                    (!matches!(&looked, Ok(l) if l.intent.is_some())).then_some(())
+                },
+            ));
+            prop_assert!(cleared.is_some(), "{:?} keeps an intent", player);
             let read = Transaction {
                 player: player.clone(),
                 access: Access::Owner,

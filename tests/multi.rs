@@ -14,7 +14,7 @@ use colony::{
     Access, Code, Config, Error, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, Store, Transaction, Value, Visibility,
 };
-use colony_testkit::{config_for, seed_from_env, RedisServer, Seeded};
+use colony_testkit::{config_for, seed_from_env, wait_for, RedisServer, Seeded};
 
 mod common;
 
@@ -458,15 +458,11 @@ async fn coordinators_stopped_after_any_step_are_finished_by_resolvers_in_seeded
     }
 
     // Every lease passes; then one sweep of each shard leaves no intent.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !leases_passed(&c).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "seed {seed}: leases never passed"
-        );
-        // Polling interval of a condition wait with a deadline.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let passed = wait_for(Duration::from_secs(10), || async {
+        leases_passed(&c).await.then_some(())
+    })
+    .await;
+    assert!(passed.is_some(), "seed {seed}: leases never passed");
     for shard in 0..3 {
         c.store
             .sweep_intents(
@@ -725,9 +721,9 @@ async fn many_trades_over_few_players_all_finish() {
     // roll backs were (a day's worth of abort records per conflict, before). The forgets run
     // detached: wait for them, with a deadline.
     assert!(retries > 0, "the trades did not contend");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut records = 0usize;
+    let records = std::cell::Cell::new(0usize);
+    let forgotten = wait_for(Duration::from_secs(10), || async {
+        let mut left = 0usize;
         for server in &c.servers {
             let mut conn = common::raw(server).await;
             let keys: Vec<String> = redis::cmd("KEYS")
@@ -735,18 +731,17 @@ async fn many_trades_over_few_players_all_finish() {
                 .query_async(&mut conn)
                 .await
                 .expect("keys");
-            records += keys.len();
+            left += keys.len();
         }
-        if records == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{records} decision records left after {retries} contended retries"
-        );
-        // Polling interval of a condition wait with a deadline.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        records.set(left);
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(
+        forgotten.is_some(),
+        "{} decision records left after {retries} contended retries",
+        records.get()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -763,19 +758,19 @@ async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the
     drop(attempt);
     // The primary's shard goes down: b's intent cannot be decided, so it waits.
     c.servers[0].kill().expect("kill shard 0");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let swept = loop {
+    // The lease is 100 ms; at the deadline, the last sweep is what the assertion shows.
+    let last_swept = std::cell::Cell::new(None);
+    let swept = wait_for(Duration::from_secs(10), || async {
         let swept = c
             .store
             .sweep_intents(c.store.shard_map().index(1).expect("a shard of the map"))
             .await
             .expect("shard 1 answers");
-        if swept.unresolved > 0 || tokio::time::Instant::now() > deadline {
-            break swept;
-        }
-        // Polling interval of a condition wait with a deadline (the lease is 100 ms).
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        last_swept.set(Some(swept));
+        (swept.unresolved > 0).then_some(swept)
+    })
+    .await
+    .unwrap_or_else(|| last_swept.get().expect("swept at least once"));
     assert_eq!(
         swept,
         Swept {
@@ -786,28 +781,29 @@ async fn an_intent_whose_primary_shard_is_down_waits_for_it_without_stopping_the
     // Back (empty: the plain profile keeps nothing): no decision exists, so the sweep aborts
     // the attempt and b is free again.
     c.servers[0].start_again(&[]).expect("shard 0 back");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    // Shard 0's breaker cools down first.
+    let last_swept = std::cell::RefCell::new(None);
+    let resolved = wait_for(Duration::from_secs(10), || async {
         let swept = c
             .store
             .sweep_intents(c.store.shard_map().index(1).expect("a shard of the map"))
             .await;
-        if matches!(
+        let done = matches!(
             swept,
             Ok(Swept {
                 finished: 1,
                 unresolved: 0
             })
-        ) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the intent was never resolved: {swept:?}"
         );
-        // Polling interval of a condition wait with a deadline (shard 0's breaker cools down).
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        *last_swept.borrow_mut() = Some(swept);
+        done.then_some(())
+    })
+    .await;
+    assert!(
+        resolved.is_some(),
+        "the intent was never resolved: {:?}",
+        last_swept.borrow()
+    );
     assert_eq!(state(&c.store, b).await.0, START_GOLD);
     assert!(intents_left(&c).await.is_empty());
 }
@@ -962,9 +958,9 @@ async fn a_participant_over_its_size_bound_refuses_the_whole_trade_and_nothing_a
     assert_eq!(state(&c.store, b).await, before_b);
     assert!(intents_left(&c).await.is_empty());
     // The abort record is forgotten once both roll backs were acknowledged (detached).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut records = 0;
+    let records = std::cell::Cell::new(0usize);
+    let forgotten = wait_for(Duration::from_secs(10), || async {
+        let mut left = 0usize;
         for server in &c.servers {
             let mut conn = common::raw(server).await;
             let keys: Vec<String> = redis::cmd("KEYS")
@@ -972,16 +968,15 @@ async fn a_participant_over_its_size_bound_refuses_the_whole_trade_and_nothing_a
                 .query_async(&mut conn)
                 .await
                 .expect("keys");
-            records += keys.len();
+            left += keys.len();
         }
-        if records == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{records} decision records left"
-        );
-        // Polling interval of a condition wait with a deadline.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        records.set(left);
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(
+        forgotten.is_some(),
+        "{} decision records left",
+        records.get()
+    );
 }

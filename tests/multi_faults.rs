@@ -13,14 +13,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use colony::client::{Client, ClientConfig};
 use colony::{
     Access, Config, Envelope, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, Store, Transaction, Value, Visibility,
 };
-use colony_testkit::{RedisServer, ADMIN_TOKEN};
+use colony_testkit::{wait_for, RedisServer, ADMIN_TOKEN};
 
 const LEASE_MS: u64 = 300;
 const START: i64 = 1000;
@@ -175,12 +175,14 @@ async fn a_gateway_killed_after_any_step_of_a_trade_leaves_it_whole_or_undone() 
 
         // The lease passes (by the shards' clocks); then one sweep per shard finishes what
         // the gateway left, and neither player holds an intent.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !leases_passed(&servers, [&giver, &taker]).await {
-            assert!(Instant::now() < deadline, "{step}: the lease never passed");
-            // Polling interval of a condition wait with a deadline (the lease is 300 ms).
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // The lease is 300 ms.
+        let passed = wait_for(Duration::from_secs(10), || async {
+            leases_passed(&servers, [&giver, &taker])
+                .await
+                .then_some(())
+        })
+        .await;
+        assert!(passed.is_some(), "{step}: the lease never passed");
         for shard in 0..2 {
             store
                 .sweep(store.shard_map().index(shard).expect("a shard of the map"))
@@ -409,8 +411,8 @@ async fn participant_master_fault(
         drop(attempt);
         // Once the lease has passed, sweeps finish what is left (the shard may still be
         // settling: sweep until both shards answer).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let last = std::cell::RefCell::new(String::new());
+        let settled = wait_for(Duration::from_secs(30), || async {
             let swept = [
                 store
                     .sweep(store.shard_map().index(0).expect("a shard of the map"))
@@ -428,15 +430,17 @@ async fn participant_master_fault(
                 && t.is_ok()
                 && leases_gone(&store, [&giver, &taker]).await
             {
-                break;
+                return Some(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{tag}: never settled after {step:?}: sweeps {swept:?}, giver {g:?}, taker {t:?}"
-            );
-            // Polling interval of a condition wait with a deadline.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            *last.borrow_mut() = format!("sweeps {swept:?}, giver {g:?}, taker {t:?}");
+            None
+        })
+        .await;
+        assert!(
+            settled.is_some(),
+            "{tag}: never settled after {step:?}: {}",
+            last.borrow()
+        );
         let (g, t) = (coins(&store, &giver).await, coins(&store, &taker).await);
         let gave = g == START - moved - 10;
         let took = t == START + moved + 10;
@@ -583,12 +587,12 @@ async fn stall_cluster(
 async fn stall_replicas(shard: &mut colony_testkit::SentinelShard) -> (usize, Vec<usize>) {
     let master = shard.master_index().expect("a master");
     let replicas: Vec<usize> = (0..shard.servers.len()).filter(|&i| i != master).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !caught_up(&shard.servers[master]).await {
-        assert!(Instant::now() < deadline, "the replicas never caught up");
-        // Polling interval of a condition wait with a deadline.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let master_server = &shard.servers[master];
+    wait_for(Duration::from_secs(10), || async {
+        caught_up(master_server).await.then_some(())
+    })
+    .await
+    .expect("the replicas catch up");
     for &r in &replicas {
         shard.servers[r].pause().expect("stop a replica");
     }
@@ -637,8 +641,8 @@ async fn kill_master_and_resume(
 
 /// Sweeps until both shards answer and neither player holds an intent; their coins.
 async fn settled_coins(store: &Store, giver: &PlayerId, taker: &PlayerId) -> (i64, i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let last = std::cell::RefCell::new(String::new());
+    let settled = wait_for(Duration::from_secs(30), || async {
         let swept = [
             store
                 .sweep(store.shard_map().index(0).expect("a shard of the map"))
@@ -656,15 +660,13 @@ async fn settled_coins(store: &Store, giver: &PlayerId, taker: &PlayerId) -> (i6
             && t.is_ok()
             && leases_gone(store, [giver, taker]).await
         {
-            break;
+            return Some(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "never settled: sweeps {swept:?}, giver {g:?}, taker {t:?}"
-        );
-        // Polling interval of a condition wait with a deadline.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        *last.borrow_mut() = format!("sweeps {swept:?}, giver {g:?}, taker {t:?}");
+        None
+    })
+    .await;
+    assert!(settled.is_some(), "never settled: {}", last.borrow());
     (coins(store, giver).await, coins(store, taker).await)
 }
 

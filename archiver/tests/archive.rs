@@ -12,7 +12,7 @@ use colony::{
 use colony_archiver::document::{DocState, Snapshot};
 use colony_archiver::worker::now;
 use colony_archiver::{ArchiveError, Archiver, Removal};
-use colony_testkit::{config_for, wait_until_blocking, MongoServer, RedisServer};
+use colony_testkit::{config_for, wait_for, wait_until_blocking, MongoServer, RedisServer};
 use mongodb::bson::doc;
 
 static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -653,14 +653,19 @@ async fn the_admin_endpoint_reports_moves_restores_and_the_backlog() {
     // The archiver counts a restore just after it ran, so the player may be back a moment
     // before the count: wait for it, with a deadline.
     let restored = "colony_archiver_restores_total{part=\"full\",outcome=\"restored\"} 1";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let metrics = loop {
+    // At the deadline, the last metrics read are what the assertion shows.
+    let last_metrics = std::cell::RefCell::new(String::new());
+    let metrics = wait_for(std::time::Duration::from_secs(10), || async {
         let (code, metrics) = http_get(address, "/metrics").await;
         assert_eq!(code, 200);
-        if metrics.contains(restored) || std::time::Instant::now() > deadline {
-            break metrics;
+        if metrics.contains(restored) {
+            return Some(metrics);
         }
-    };
+        *last_metrics.borrow_mut() = metrics;
+        None
+    })
+    .await
+    .unwrap_or_else(|| last_metrics.take());
     assert!(metrics.contains(restored), "{metrics}");
     assert!(
         metrics.contains("colony_archiver_archived_total 2"),
@@ -724,22 +729,24 @@ async fn cluster_node() -> RedisServer {
         .query_async(&mut conn)
         .await
         .expect("takes every slot");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let last_info = std::cell::RefCell::new(String::new());
+    let ok = wait_for(std::time::Duration::from_secs(10), || async {
+        // A clone of the multiplexed connection: the check only borrows what it shares.
+        let mut conn = conn.clone();
         let info: String = redis::cmd("CLUSTER")
             .arg("INFO")
             .query_async(&mut conn)
             .await
             .expect("cluster info");
         if info.contains("cluster_state:ok") {
-            return redis;
+            return Some(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster never ok: {info}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        *last_info.borrow_mut() = info;
+        None
+    })
+    .await;
+    assert!(ok.is_some(), "cluster never ok: {}", last_info.borrow());
+    redis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1187,17 +1194,15 @@ async fn a_player_holding_an_intent_is_never_archived_and_the_sweep_finishes_the
     assert_eq!((report.archived, report.kept), (0, 2), "{report:?}");
 
     // After the lease, the sweep applies the commit to both; then they archive.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut resolved = 0;
-    while resolved < 2 {
-        resolved += archiver.sweep_pass().await;
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweep never finished the intents"
-        );
-        // Polling interval of a condition wait with a deadline (the lease is 100 ms).
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // The lease is 100 ms; the intents resolved add up over the passes.
+    let resolved = std::cell::Cell::new(0);
+    let finished = wait_for(std::time::Duration::from_secs(10), || async {
+        let more = archiver.sweep_pass().await;
+        resolved.set(resolved.get() + more);
+        (resolved.get() >= 2).then_some(())
+    })
+    .await;
+    assert!(finished.is_some(), "the sweep never finished the intents");
     let report = archiver
         .archive_pass(now() + 1000, false)
         .await

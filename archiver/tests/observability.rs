@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use colony_testkit::{config_for, free_port, MongoServer, RedisServer, TestGateway};
+use colony_testkit::{config_for, free_port, wait_for, MongoServer, RedisServer, TestGateway};
 
 /// A plain HTTP/1.1 GET: the status and the body.
 async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
@@ -190,21 +190,15 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
         .await
         .expect("the gateway's /metrics answers");
     assert_eq!(status, 200);
-    let mut archiver_metrics = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    // Until its first pass has measured the backlog.
-    while archiver_metrics.is_none() {
-        archiver_metrics = http_get(&archiver_admin, "/metrics")
+    // Until the archiver binds its admin port and its first pass has measured the backlog.
+    let archiver_metrics = wait_for(Duration::from_secs(30), || async {
+        http_get(&archiver_admin, "/metrics")
             .await
             .filter(|(status, body)| *status == 200 && body.contains("colony_archiver_backlog{"))
-            .map(|(_, body)| body);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the archiver's /metrics never showed a finished pass"
-        );
-        // Polling interval while the archiver binds its admin port.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .map(|(_, body)| body)
+    })
+    .await
+    .expect("the archiver's /metrics shows a finished pass");
     // The gateway asks the archiver for its status with its admin token.
     let status = http_get_with(
         &gateway.admin_address.to_string(),
@@ -223,7 +217,7 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
         "{status}"
     );
     let mut exported = exported_names(&gateway_metrics);
-    exported.extend(exported_names(&archiver_metrics.unwrap_or_default()));
+    exported.extend(exported_names(&archiver_metrics));
     assert!(exported.contains("colony_requests_total"), "{exported:?}");
     assert!(exported.contains("colony_archiver_backlog"), "{exported:?}");
 

@@ -94,7 +94,7 @@ impl GatewayBinary {
         config: impl FnOnce(u16, u16) -> String,
         env: &[(&str, &str)],
     ) -> GatewayBinary {
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
         let dir = tempfile::tempdir().expect("temp dir");
         let port = colony_testkit::free_port().expect("free port");
         let admin = colony_testkit::free_port().expect("free port");
@@ -111,12 +111,11 @@ impl GatewayBinary {
             .spawn()
             .expect("the gateway starts");
         let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(address).await.is_err() {
-            assert!(Instant::now() < deadline, "the gateway never listened");
-            // Polling interval of a condition wait with a deadline.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        colony_testkit::wait_for(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(address).await.ok()
+        })
+        .await
+        .expect("the gateway listens");
         GatewayBinary {
             child,
             address,
