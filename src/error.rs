@@ -164,7 +164,7 @@ pub enum Error {
         version: u64,
     },
     /// The shard could not be reached, and nothing was sent to it.
-    #[error("{}unavailable: {reason}", on_shard(.shard))]
+    #[error("{}: {reason}", with_shard("unavailable", "", .shard))]
     Unavailable {
         /// Name of the shard, when the error was met on one (the store's errors name it; an
         /// error read from the wire, or met before any shard was chosen, does not).
@@ -173,13 +173,13 @@ pub enum Error {
         reason: String,
     },
     /// The deadline passed before the request was sent.
-    #[error("{}timed out before sending", on_shard(.shard))]
+    #[error("{}", with_shard("timed out before sending", " to", .shard))]
     Timeout {
         /// Name of the shard, when one was chosen.
         shard: Option<String>,
     },
     /// The request reached (or may have reached) the shard, but no answer came back.
-    #[error("{}outcome unknown: {reason}", on_shard(.shard))]
+    #[error("{}: {reason}", with_shard("outcome unknown", " on", .shard))]
     Unknown {
         /// Name of the shard, when the error was met on one.
         shard: Option<String>,
@@ -310,17 +310,53 @@ pub enum StartupError {
     Tls(String),
 }
 
-/// `shard <name>: ` for an error met on a shard, nothing otherwise.
-fn on_shard(shard: &Option<String>) -> String {
-    match shard {
-        Some(name) => format!("shard {name}: "),
-        None => String::new(),
+/// `what` naming the shard it happened on, if one: `unavailable` becomes `shard s0 unavailable`
+/// (`joint` empty) and `outcome unknown` becomes `outcome unknown on shard s0` (`joint` " on").
+fn with_shard(what: &str, joint: &str, shard: &Option<String>) -> String {
+    match (shard, joint) {
+        (None, _) => what.to_string(),
+        (Some(name), "") => format!("shard {name} {what}"),
+        (Some(name), joint) => format!("{what}{joint} shard {name}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_errors_name_their_shard_when_they_have_one() {
+        let on = |shard: Option<&str>| shard.map(str::to_string);
+        let unavailable = |shard| Error::Unavailable {
+            shard: on(shard),
+            reason: "down".into(),
+        };
+        let unknown = |shard| Error::Unknown {
+            shard: on(shard),
+            reason: "reset".into(),
+        };
+        assert_eq!(
+            unavailable(Some("s0")).to_string(),
+            "shard s0 unavailable: down"
+        );
+        assert_eq!(unavailable(None).to_string(), "unavailable: down");
+        assert_eq!(
+            unknown(Some("s0")).to_string(),
+            "outcome unknown on shard s0: reset"
+        );
+        assert_eq!(unknown(None).to_string(), "outcome unknown: reset");
+        assert_eq!(
+            Error::Timeout {
+                shard: on(Some("s0"))
+            }
+            .to_string(),
+            "timed out before sending to shard s0"
+        );
+        assert_eq!(
+            Error::Timeout { shard: None }.to_string(),
+            "timed out before sending"
+        );
+    }
 
     #[test]
     fn an_unknown_outcome_is_not_settled_by_an_attempt_that_was_not_sent() {

@@ -96,17 +96,20 @@ pub enum BatchForm {
     Items,
 }
 
-/// Turns a batch's entries into the model, each validated against `limits` and authorized
-/// for `role` on its own. The outer error refuses the batch as a whole (both forms at once,
+/// Turns a batch's entries into the model, each authorized for `role` on its own (and a
+/// multi-player one validated against `limits`; the store validates the others). The outer error refuses the batch as a whole (both forms at once,
 /// or more entries than `limits.max_transactions_per_batch`), before anything is decoded.
 pub fn admit_batch(
     role: Role,
     batch: pb::Batch,
     limits: &Limits,
 ) -> Result<(BatchForm, Vec<Admitted>), Error> {
+    // A transaction on one player is authorized here and validated by the store, which
+    // answers an invalid one in its place — after counting it among the request's readers, so
+    // the read budget is shared as it always was. A multi-player transaction is validated
+    // here: the store's batch never sees a refused one.
     let single = |envelope: Envelope| -> Result<Transaction, Error> {
         authorize_envelope(role, &envelope)?;
-        envelope.transaction.validate(limits)?;
         Ok(envelope.transaction)
     };
     if batch.items.is_empty() {
@@ -210,6 +213,7 @@ pub fn inspect(data: &[u8], max_frame_bytes: usize, limits: &Limits) -> Inspecti
         };
         for entry in admitted {
             match entry {
+                Admitted::Single(Ok(txn)) if txn.validate(limits).is_err() => seen.rejected += 1,
                 Admitted::Single(Ok(txn)) => {
                     let envelope = Envelope {
                         acting_player: Some(txn.player.clone()),

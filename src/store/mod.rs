@@ -1,6 +1,7 @@
 //! The player store: shared connections per shard, and transactions executed on real Redis.
 //!
-//! Layers, bottom up (each file calls only the ones below it):
+//! Layers, bottom up (each file calls only the ones below it, but for `batch` handing a mixed
+//! request's trades to `multi`, beside it):
 //!
 //! - [`connect`] (the connection code's error type), [`breaker`], [`sentinel`], `links`,
 //!   `wait`: a shard's connections, its master found through Sentinel, its breaker, and

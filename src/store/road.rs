@@ -433,7 +433,7 @@ impl Store {
                     let _ = links.invalidate(&link);
                     Err(Error::Unknown {
                         shard: Some(name.clone()),
-                        reason: format!("applied on the master but WAIT failed: {e}"),
+                        reason: format!("applied on the master, but {e}"),
                     })
                 }
             })
