@@ -389,9 +389,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "correctness: {} players checked, {} coins lost ({} players), {} applied twice ({} players), {} increments unknown; trades {} acknowledged, {} unknown, {} refused; total {}",
+            "correctness: {} players checked, {} coins lost ({} players), {} applied twice ({} players), {} increments unknown; trades {} acknowledged, {} unknown, {} refused ({} first unknown, settled by sending them again); total {}",
             c.players, c.lost, c.players_with_loss, c.applied_twice, c.players_with_double_applies, c.unknown_ops,
-            c.transfers_acknowledged, c.transfers_unknown, c.transfers_failed,
+            c.transfers_acknowledged, c.transfers_unknown, c.transfers_failed, c.transfers_settled,
             if c.conservation_gap == 0 { "conserved".to_string() } else { format!("off by {}", c.conservation_gap) }
         );
         if c.unreadable > 0 {

@@ -107,6 +107,67 @@ fn answered(code: colony::Code) -> bool {
     )
 }
 
+/// What a trade's answer says about whether it applied.
+fn transfer_outcome<T>(result: &Result<T, Error>) -> TransferOutcome {
+    match result {
+        Ok(_) => TransferOutcome::Acknowledged,
+        Err(Error::InParticipant { error, .. })
+            if matches!(**error, Error::Unknown { .. } | Error::RequestTooOld { .. }) =>
+        {
+            TransferOutcome::Unknown
+        }
+        Err(Error::Unknown { .. } | Error::RequestTooOld { .. }) => TransferOutcome::Unknown,
+        Err(_) => TransferOutcome::Failed,
+    }
+}
+
+/// A trade whose answer was UNKNOWN: the request, to send again after the run.
+struct Unsettled {
+    trade: Envelope<MultiTransaction>,
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+/// How long [`settle`] keeps sending unknown trades again.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Settles each trade whose answer was UNKNOWN the way the protocol says a client does: the
+/// same request (same idempotency key) again, through any gateway, until it answers OK (it
+/// applied, then or now: a replay) or a definite refusal (nothing of it applied). Until every
+/// such trade is settled a coordinator the client gave up on may still be running it, and
+/// players read back meanwhile could show one side of it; settled, none can still change.
+/// A trade still unknown at the deadline (or whose key fell out of the window) stays unknown.
+async fn settle(clients: &[Client], unsettled: Vec<Unsettled>, ledger: &mut Ledger) -> u64 {
+    use colony::Code;
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let mut settled = 0;
+    for trade in unsettled {
+        let mut outcome = TransferOutcome::Unknown;
+        'sending: while Instant::now() < deadline {
+            for client in clients {
+                // Each call retries within the client's own deadline, with its backoff.
+                let result = client.execute_multi(trade.trade.clone()).await;
+                match code_of(&result) {
+                    Code::Ok => outcome = TransferOutcome::Acknowledged,
+                    // Nothing of this request applied, but an earlier one may be under way
+                    // (LOCKED), or the cluster did not answer: send it again.
+                    Code::Unavailable | Code::Timeout | Code::Locked | Code::Unknown => continue,
+                    // The key left the window: whether it applied cannot be told any more.
+                    Code::RequestTooOld => break 'sending,
+                    _ => outcome = transfer_outcome(&result),
+                }
+                break 'sending;
+            }
+        }
+        if outcome != TransferOutcome::Unknown {
+            settled += 1;
+        }
+        ledger.transfer(&trade.from, &trade.to, trade.amount, outcome);
+    }
+    settled
+}
+
 fn code_of<T>(result: &Result<T, Error>) -> colony::Code {
     result
         .as_ref()
@@ -151,10 +212,11 @@ async fn session(
     measuring_from: Instant,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
-) -> anyhow::Result<(Stats, Ledger, Availability)> {
+) -> anyhow::Result<(Stats, Ledger, Availability, Vec<Unsettled>)> {
     let mut random = Random::new(scenario.seed ^ (index.wrapping_mul(0x9E37_79B9)));
     let mut stats = Stats::default();
     let mut ledger = Ledger::default();
+    let mut unsettled = Vec::new();
     let mut seen = Availability::default();
     let own: Vec<u64> = (index..scenario.players)
         .step_by(scenario.sessions as usize)
@@ -259,30 +321,23 @@ async fn session(
                         ..Participant::owner(them.clone()).with(coins(amount, None))
                     });
                 stats.transactions += 1;
-                let result = client
-                    .execute_multi(Envelope::acting_for(me.clone(), trade))
-                    .await;
+                let envelope = Envelope::acting_for(me.clone(), trade);
+                let result = client.execute_multi(envelope.clone()).await;
                 let code = code_of(&result);
                 place.request(&mut seen, code);
                 place.transaction(&mut seen, my_number, code);
                 place.transaction(&mut seen, other, code);
                 codes.push(code.as_str());
-                let outcome = match &result {
-                    Ok(_) => TransferOutcome::Acknowledged,
-                    Err(Error::InParticipant { error, .. })
-                        if matches!(
-                            **error,
-                            Error::Unknown { .. } | Error::RequestTooOld { .. }
-                        ) =>
-                    {
-                        TransferOutcome::Unknown
-                    }
-                    Err(Error::Unknown { .. } | Error::RequestTooOld { .. }) => {
-                        TransferOutcome::Unknown
-                    }
-                    Err(_) => TransferOutcome::Failed,
-                };
-                ledger.transfer(me.as_str(), them.as_str(), amount, outcome);
+                match transfer_outcome(&result) {
+                    // Settled after the run, by the same request again (see `settle`).
+                    TransferOutcome::Unknown => unsettled.push(Unsettled {
+                        trade: envelope,
+                        from: me.as_str().to_string(),
+                        to: them.as_str().to_string(),
+                        amount,
+                    }),
+                    outcome => ledger.transfer(me.as_str(), them.as_str(), amount, outcome),
+                }
             }
             Op::Currency | Op::Write => {
                 let mut batch = Vec::new();
@@ -356,7 +411,7 @@ async fn session(
             tokio::time::sleep(scenario.think).await;
         }
     }
-    Ok((stats, ledger, seen))
+    Ok((stats, ledger, seen, unsettled))
 }
 
 /// Injects the scheduled faults at their times until `stop`; returns each with the time it
@@ -518,11 +573,13 @@ pub async fn run(
     let mut stats = Stats::default();
     let mut ledger = Ledger::default();
     let mut seen = Availability::default();
+    let mut unsettled = Vec::new();
     for task in tasks {
-        let (s, l, a) = task.await??;
+        let (s, l, a, u) = task.await??;
         stats.merge(&s);
         ledger.merge(&l);
         seen.merge(&a);
+        unsettled.extend(u);
     }
     let _ = ticker.await;
     // A fault still under way is seen through (restarts included) before reading back.
@@ -531,6 +588,11 @@ pub async fn run(
         None => Vec::new(),
     };
     let faults = fault_reports(&injected, &seen, scenario.warmup, traffic_end);
+    // Trades answered UNKNOWN are settled before anything is read back: until then the
+    // coordinator a client gave up on may still be applying one, and a read-back could catch
+    // it half-way through (one side applied, the other not yet).
+    let unknown_trades = unsettled.len();
+    let settled = settle(&clients, unsettled, &mut ledger).await;
 
     // Read every checked player back (restoring archived ones) and compare. Each gateway is
     // tried in turn (each with the client's retries): after chaos one may still be down. A
@@ -553,6 +615,8 @@ pub async fn run(
             }
         }
     }
-    let findings = ledger.check(|p| stored.get(p).copied());
+    let mut findings = ledger.check(|p| stored.get(p).copied());
+    findings.transfers_settled = settled;
+    debug_assert!(settled as usize <= unknown_trades);
     Ok(Report::new(&stats, measured, findings, faults))
 }
