@@ -230,20 +230,6 @@ fn encode_call(
     }
 }
 
-/// A short tag naming a request by its idempotency key (16 hex digits of SHA-1 over the
-/// client id and the request id): every attempt id of a multi-player transaction starts
-/// with it, so a coordinator recognises attempts of the same request made by another call.
-pub fn request_tag(key: &IdempotencyKey) -> String {
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(b"request|");
-    sha.update(key.client_id().as_bytes());
-    sha.update(b"|");
-    sha.update(key.request_id().to_string().as_bytes());
-    let mut tag = sha.digest().to_string();
-    tag.truncate(16);
-    tag
-}
-
 /// The fingerprint of a multi-player transaction, by which its key is recognised in the
 /// primary's window: SHA-1 over every participant's player, access and operation arguments,
 /// length-prefixed, after a marker no transaction on its own starts with.

@@ -666,44 +666,6 @@ async fn a_commit_applied_by_resolvers_alone_is_replayed_not_applied_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_sent_again_resolves_what_its_abandoned_call_left_without_waiting_for_the_lease()
-{
-    // A lease far longer than the store's retry deadline: waiting for it would fail the call.
-    let c = cluster(60_000, 2000);
-    let players = players_per_shard(&c.store, "resent", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
-    let txn = transfer(("resent", 1), "r1", a, std::slice::from_ref(b), 100);
-
-    // A call whose client gave up after the prepares (a gateway still running it, or gone):
-    // both players hold its intent, with a minute of lease left, and no decision.
-    let mut abandoned = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
-    assert_eq!(abandoned.prepare().await, PrepareOutcome::AllStaged);
-    drop(abandoned);
-    // Another request meeting those intents waits for the lease, as it must.
-    let other = transfer(("resent", 2), "r2", a, std::slice::from_ref(b), 10);
-    assert!(
-        matches!(
-            c.store.execute_multi(other).await,
-            Err(Error::InParticipant { ref error, .. }) if matches!(**error, Error::Locked { .. })
-        ),
-        "another request must not resolve a live intent it does not own"
-    );
-    // The client sends the same request again: its call recognises the abandoned attempt as
-    // the same request's, aborts it as a resolver would (acknowledged), and applies.
-    let resent = c.store.execute_multi(txn.clone()).await.expect("applies");
-    assert!(!resent.replayed, "{resent:?}");
-    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
-    assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
-    // And once more: a replay, not a second transfer.
-    let again = c.store.execute_multi(txn).await.expect("replays");
-    assert!(again.replayed, "{again:?}");
-    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
-    assert!(intents_left(&c).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_trades_over_few_players_all_finish() {
     // Contention: 24 concurrent trades over 4 players, each locking two of them. An attempt
     // that meets another's intent aborts its own at once and retries after a jittered pause,

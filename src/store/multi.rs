@@ -111,9 +111,6 @@ pub enum PrepareOutcome {
 struct MultiCall {
     txn: MultiTransaction,
     fingerprint: String,
-    /// Names the request (its idempotency key) in every attempt id, `<tag>.<random>`: a call
-    /// that meets an intent of another call of the same request knows it.
-    request_tag: String,
     /// Per participant, in order: its slot and the shard that owns it.
     places: Vec<(Slot, ShardIndex)>,
 }
@@ -131,7 +128,6 @@ impl MultiCall {
             .collect();
         Ok(MultiCall {
             fingerprint: script::multi_fingerprint(&txn),
-            request_tag: script::request_tag(&txn.idempotency_key),
             txn,
             places,
         })
@@ -170,8 +166,8 @@ impl<'s> MultiAttempt<'s> {
         let participants = call.txn.participants.len();
         MultiAttempt {
             store,
-            id: format!("{}.{random:016x}", call.request_tag),
             call,
+            id: format!("{random:016x}"),
             staged: vec![None; participants],
             decision: None,
             readers: 1,
@@ -277,13 +273,6 @@ impl<'s> MultiAttempt<'s> {
                     // nobody else is running any more (aborted unless it committed).
                     let settled = if self.earlier.contains(&intent.attempt) {
                         store.settle_own_attempt(player, &intent).await
-                    } else if same_request(&intent.attempt, &self.call.request_tag) {
-                        // An attempt of this very request by another call: one its client gave
-                        // up on and sent again (its coordinator may still be running). It is
-                        // resolved as any resolver would — an abort acknowledged before
-                        // anything is rolled back, a commit applied — without waiting for its
-                        // lease, so the client's retry learns the outcome within its deadline.
-                        store.resolve(player, &intent, true).await
                     } else {
                         store.resolve_intent(player, &intent).await
                     };
@@ -521,14 +510,6 @@ impl<'s> MultiAttempt<'s> {
             (Decision::Commit, Err(_)) => result,
         }
     }
-}
-
-/// Whether `attempt` is an attempt of the request `request_tag` names (see
-/// [`MultiCall::request_tag`]).
-fn same_request(attempt: &str, request_tag: &str) -> bool {
-    attempt
-        .split_once('.')
-        .is_some_and(|(tag, _)| tag == request_tag)
 }
 
 fn in_participant(index: usize, error: Error) -> Error {
