@@ -97,8 +97,9 @@ pub enum BatchForm {
 }
 
 /// Turns a batch's entries into the model, each authorized for `role` on its own (and a
-/// multi-player one validated against `limits`; the store validates the others). The outer error refuses the batch as a whole (both forms at once,
-/// or more entries than `limits.max_transactions_per_batch`), before anything is decoded.
+/// multi-player one validated against `limits`; the store validates the others). The outer
+/// error refuses the batch as a whole (both forms at once, or more entries than
+/// `limits.max_transactions_per_batch`), before anything is decoded.
 pub fn admit_batch(
     role: Role,
     batch: pb::Batch,
