@@ -308,6 +308,9 @@ pub enum StartupError {
     /// A TLS certificate, key or CA could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A Redis Cluster's map could not be read from its seeds.
+    #[error("Redis Cluster: {0}")]
+    Cluster(String),
 }
 
 /// `what` naming the shard it happened on, if one: `unavailable` becomes `shard s0 unavailable`

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod backoff;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod cluster_view;
 pub mod config;
 pub mod error;
 pub mod frame;

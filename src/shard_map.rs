@@ -40,6 +40,12 @@ pub enum Endpoint {
         /// Sentinel addresses, `host:port`.
         sentinels: Vec<String>,
     },
+    /// A Redis Cluster shard (a master and its replicas): its master as the cluster's map
+    /// last said, if any master serves it. The store follows the map, not this field.
+    Cluster {
+        /// The master's address, `host:port`.
+        master: Option<String>,
+    },
 }
 
 /// A shard's identity and addresses.
@@ -141,6 +147,28 @@ impl ShardMap {
                     .map_or(usize::from(SLOT_COUNT) - 1, |len| gap + len - 1);
                 return Err(invalid(format!("slots {gap}-{end} have no shard")));
             }
+        }
+        Ok(ShardMap {
+            epoch,
+            shards,
+            owner,
+        })
+    }
+
+    /// The map of `shards` where slot `s` belongs to `shards[owner[s]]`: how a Redis
+    /// Cluster's own map is read (`cluster_view`). Every slot must have an owner.
+    pub(crate) fn from_owners(
+        epoch: u64,
+        shards: Vec<Shard>,
+        owner: Vec<u16>,
+    ) -> Result<ShardMap, ShardMapError> {
+        if shards.is_empty() || shards.len() > usize::from(SLOT_COUNT) {
+            return Err(ShardMapError(format!("{} shards", shards.len())));
+        }
+        if owner.len() != usize::from(SLOT_COUNT)
+            || owner.iter().any(|&o| usize::from(o) >= shards.len())
+        {
+            return Err(ShardMapError("a slot has no shard".into()));
         }
         Ok(ShardMap {
             epoch,

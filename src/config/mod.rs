@@ -26,7 +26,9 @@ use crate::shard_map::{Endpoint, Shard, ShardMap};
 
 pub use archive::ArchiveConfig;
 pub use gateway::{GatewayConfig, TlsConfig};
-pub use redis::{Acknowledge, RedisSettings, SentinelConfig, ShardConfig, SlotRangeConfig};
+pub use redis::{
+    Acknowledge, ClusterConfig, RedisSettings, SentinelConfig, ShardConfig, SlotRangeConfig,
+};
 
 /// Prefix of environment variables that override configuration values.
 pub const ENV_PREFIX: &str = "COLONY__";
@@ -58,12 +60,18 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The whole configuration. Every field has a default except `shards`.
+/// The whole configuration. Every field has a default except the topology: `shards` or
+/// `cluster`, exactly one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The shards, each a Redis master with its replicas. At least one.
+    /// The shards, each a Redis master with its replicas (Sentinel or fixed masters, with the
+    /// static slot map of `slots`). Either these or `cluster`.
+    #[serde(default)]
     pub shards: Vec<ShardConfig>,
+    /// A Redis Cluster, whose own map Colony follows. Either this or `shards`.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Slot ranges and the shard that owns each. When empty (the default), the 16384 slots
     /// are split evenly across `shards` in the order listed.
     #[serde(default)]
@@ -171,19 +179,48 @@ impl Config {
                 self.limits.max_transactions_per_batch,
             ));
         }
+        self.gateway.validate()?;
+        if let Some(cluster) = &self.cluster {
+            if !self.shards.is_empty() {
+                return invalid(
+                    "set either [[shards]] or [cluster], not both: a cluster's shards and slot \
+                     map come from the cluster"
+                        .into(),
+                );
+            }
+            if !self.slots.is_empty() {
+                return invalid(
+                    "[[slots]] cannot be given with [cluster]: the cluster owns its slot map"
+                        .into(),
+                );
+            }
+            cluster.validate()?;
+            // The archive's placement per shard cannot follow shards that come and go.
+            return self.archive.validate(1);
+        }
+        if self.shards.is_empty() {
+            return invalid(
+                "no topology: list the [[shards]] (at least one) or give a [cluster]".into(),
+            );
+        }
         for shard in &self.shards {
             shard.validate()?;
         }
-        self.gateway.validate()?;
         self.archive.validate(self.shards.len())?;
         // Building the map checks names, uniqueness and slot coverage.
         self.shard_map().map(|_| ())
     }
 
     /// The slot map this configuration describes: its shards, in order, and its slot ranges
-    /// (an even split when there are none).
+    /// (an even split when there are none). A `[cluster]` has no map in its configuration:
+    /// the store reads it from the cluster.
     pub fn shard_map(&self) -> Result<ShardMap, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
+        if self.cluster.is_some() {
+            return Err(invalid(
+                "a [cluster]'s slot map comes from the cluster, not the configuration".into(),
+            ));
+        }
         let mut shards = Vec::with_capacity(self.shards.len());
         for s in &self.shards {
             let endpoint = match (&s.master, &s.sentinel) {
@@ -352,7 +389,15 @@ mod tests {
             ("[[shards]]\nname = \"a\"\nmaster = \"h:0\"", "shard a: master \"h:0\" has no valid port"),
             ("[[shards]]\nname = \"a\"\nmaster = \":80\"", "shard a: master \":80\" has no valid host"),
             ("[[shards]]\nname = \"a\"\nmaster = \"h:1\"\nreplicas = [\"h:99999\"]", "shard a: replica \"h:99999\""),
-            ("shards = []", "at least one shard"),
+            ("shards = []", "no topology: list the [[shards]] (at least one) or give a [cluster]"),
+            ("", "no topology"),
+            ("[cluster]\nseeds = []", "cluster.seeds is empty"),
+            ("[cluster]\nseeds = [\"nohostport\"]", "cluster.seeds: \"nohostport\" is not host:port"),
+            ("[cluster]\nseeds = [\"h:1\"]\nrefresh_interval_ms = 5", "cluster.refresh_interval_ms = 5 is outside 100..=600000"),
+            ("[cluster]\nseeds = [\"h:1\"]\nnodes = 3", "unknown field `nodes`"),
+            ("[cluster]\nseeds = [\"h:1\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "set either [[shards]] or [cluster], not both"),
+            ("[cluster]\nseeds = [\"h:1\"]\n[[slots]]\nrange = \"0-16383\"\nshard = \"a\"", "[[slots]] cannot be given with [cluster]"),
+            ("[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\"]\n[cluster]\nseeds = [\"h:1\"]", "archive.mongodb_uris has 2 entries"),
             ("[redis]\nconnections_per_shard = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "redis.connections_per_shard = 0"),
             ("[gateway]\nlisten = \"nowhere\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway.listen \"nowhere\""),
             ("[gateway]\nmax_frame_bytes = 10\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway.max_frame_bytes = 10"),

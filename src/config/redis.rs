@@ -1,4 +1,5 @@
-//! `[redis]`, `[[shards]]` and `[[slots]]`: how Colony reaches and talks to its shards.
+//! `[redis]`, `[[shards]]`, `[[slots]]` and `[cluster]`: how Colony reaches and talks to its
+//! shards.
 
 use std::time::Duration;
 
@@ -68,6 +69,65 @@ impl ShardConfig {
                 .map_err(|e| ConfigError::Invalid(format!("shard {}: replica {e}", self.name)))?;
         }
         Ok(())
+    }
+}
+
+/// A Redis Cluster to serve instead of `[[shards]]` (`[cluster]`): a few nodes to ask first;
+/// the slot map, the masters and their replicas come from the cluster itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Nodes to ask for the cluster's map at start, `host:port`; any node will do, and the
+    /// others are learnt from it. At least one.
+    pub seeds: Vec<String>,
+    /// Redis ACL user name on every node. Default none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Redis password on every node. Default none.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How often the map is read again when no node has redirected a command meanwhile, in
+    /// milliseconds: the longest a map can be stale without a `MOVED` saying so. Default
+    /// 5000.
+    #[serde(default = "default_cluster_refresh_ms")]
+    pub refresh_interval_ms: u64,
+}
+
+fn default_cluster_refresh_ms() -> u64 {
+    5000
+}
+
+/// Most seeds a cluster configuration may list.
+const MAX_CLUSTER_SEEDS: usize = 64;
+
+impl ClusterConfig {
+    /// Checks values serde cannot: seeds given and well formed, the refresh interval sane.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.seeds.is_empty() {
+            return Err(ConfigError::Invalid(
+                "cluster.seeds is empty: name at least one node of the cluster".into(),
+            ));
+        }
+        if self.seeds.len() > MAX_CLUSTER_SEEDS {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.seeds lists {} nodes; at most {MAX_CLUSTER_SEEDS}",
+                self.seeds.len()
+            )));
+        }
+        for seed in &self.seeds {
+            parse_address(seed).map_err(|e| ConfigError::Invalid(format!("cluster.seeds: {e}")))?;
+        }
+        within(
+            "cluster.refresh_interval_ms",
+            self.refresh_interval_ms,
+            100,
+            MAX_TIMEOUT_MS,
+        )
+    }
+
+    /// `refresh_interval_ms` as a duration.
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.refresh_interval_ms)
     }
 }
 

@@ -195,6 +195,7 @@ async fn status(State(gateway): State<Gateway>) -> Response {
                     master_name,
                     sentinels,
                 } => json!({ "sentinel": { "master_name": master_name, "addresses": sentinels } }),
+                Endpoint::Cluster { master } => json!({ "cluster": { "master": master } }),
             };
             json!({
                 "name": shard.name,
@@ -218,9 +219,21 @@ async fn status(State(gateway): State<Gateway>) -> Response {
         })
         .collect();
     let metrics = gateway.metrics();
+    // For a Redis Cluster, whose map the store reads from the cluster: where it read it last,
+    // and how often it read it (each MOVED and each refresh interval) and failed to.
+    let cluster = store.cluster_view().map(|(view, reads, failed)| {
+        json!({
+            "epoch": view.epoch(),
+            "read_from": view.source(),
+            "map_reads": reads,
+            "map_read_failures": failed,
+        })
+    });
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": gateway.uptime().as_secs(),
+        "topology": if cluster.is_some() { "cluster" } else { "shards" },
+        "cluster": cluster,
         "slot_map_epoch": map.epoch(),
         "connections": metrics.connections.get(),
         "requests_in_flight": metrics.in_flight.get(),

@@ -236,6 +236,13 @@ impl Metrics {
     /// sees the first failover, retry, rollback or outage only if the series existed before
     /// it, and dashboards and rules can rely on every family being exported.
     pub fn with_shards<'a>(self, shards: impl IntoIterator<Item = &'a str>) -> Metrics {
+        self.register_shards(shards);
+        self
+    }
+
+    /// [`Metrics::with_shards`] on metrics already shared: for a Redis Cluster, whose shards
+    /// are known once its map is read.
+    pub fn register_shards<'a>(&self, shards: impl IntoIterator<Item = &'a str>) {
         for shard in shards {
             let labels = ShardLabels {
                 shard: shard.to_string(),
@@ -249,7 +256,6 @@ impl Metrics {
                 code: "UNAVAILABLE",
             });
         }
-        self
     }
 
     /// Counts one finished request.

@@ -126,11 +126,28 @@ struct GatewayInner {
 }
 
 impl Gateway {
-    /// Builds the store and everything else from a validated configuration. Opens no socket.
+    /// Builds the store and everything else from a validated configuration with
+    /// `[[shards]]`. Opens no socket. (A `[cluster]` needs [`Gateway::connect`].)
     pub fn new(config: &Config) -> Result<Gateway, StartupError> {
         let metrics =
             Arc::new(Metrics::new().with_shards(config.shards.iter().map(|s| s.name.as_str())));
         let store = Store::with_observer(config, metrics.clone())?;
+        Gateway::of(config, store, metrics)
+    }
+
+    /// [`Gateway::new`] for either topology: for a `[cluster]`, reads the cluster's map first
+    /// (see [`Store::connect`]). Opens no client socket.
+    pub async fn connect(config: &Config) -> Result<Gateway, StartupError> {
+        if config.cluster.is_none() {
+            return Gateway::new(config);
+        }
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::connect_with_observer(config, metrics.clone()).await?;
+        metrics.register_shards(store.shard_map().shards().iter().map(|s| s.name.as_str()));
+        Gateway::of(config, store, metrics)
+    }
+
+    fn of(config: &Config, store: Store, metrics: Arc<Metrics>) -> Result<Gateway, StartupError> {
         let tls = config
             .gateway
             .tls
@@ -215,13 +232,13 @@ pub async fn serve(
     config: &Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let gateway = Gateway::new(config)?;
+    let gateway = Gateway::connect(config).await?;
     let listener = bind(&config.gateway.listen).await?;
     let admin = bind(&config.gateway.admin_listen).await?;
     tracing::info!(
         listen = ?listener.local_addr().ok(),
         admin = ?admin.local_addr().ok(),
-        shards = config.shards.len(),
+        shards = gateway.store().shard_map().shards().len(),
         tokens = config.gateway.tokens.len(),
         "colony gateway started"
     );

@@ -19,7 +19,8 @@ use crate::model::{
     Access, Committed, MultiCommitted, MultiTransaction, Operation, PlayerId, Transaction,
 };
 use crate::script::{self, IntentRef, Outcome};
-use crate::shard_map::ShardIndex;
+use crate::shard_map::{ShardIndex, ShardMap};
+use crate::slot::Slot;
 
 use super::breaker::BreakerState;
 use super::intents::{Decision, Resolution};
@@ -36,10 +37,11 @@ const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 static RESTORE_REQUEST: std::sync::LazyLock<LuaScript> =
     std::sync::LazyLock::new(|| LuaScript::new(include_str!("../restore_request.lua")));
 
-/// A transaction of a call, done once for the whole call: validated, its slot and shard
-/// found, its script call encoded. Retries send the same command again.
+/// A transaction of a call, done once for the whole call: validated, its slot found, its
+/// script call encoded. Retries send the same command again, to the shard that owns the slot
+/// by the map of their round (a Redis Cluster's map changes when a slot moves).
 struct Routed {
-    shard: ShardIndex,
+    slot: Slot,
     command: Command,
 }
 
@@ -139,7 +141,7 @@ impl Store {
                         Effect::Reads
                     };
                     routed.push(Some(Routed {
-                        shard: self.inner.map.shard_for_slot(slot),
+                        slot,
                         command: Command::transaction(script::encode(txn, slot, &bounds), effect),
                     }));
                     pending.push(position);
@@ -150,14 +152,22 @@ impl Store {
                 }
             }
         }
-        let shard_of = |position: usize| routed[position].as_ref().map(|r| r.shard);
+        let shard_in = |map: &ShardMap, position: usize| {
+            routed[position]
+                .as_ref()
+                .map(|r| map.shard_for_slot(r.slot))
+        };
+        let mut map = self.shard_map();
         let mut attempt = 0u32;
         // Restore requests go out on the first ARCHIVED answer, then again only now and then
         // (in case the archiver lost one), not on every poll.
         let mut restore_requested: Option<Instant> = None;
         while !pending.is_empty() {
+            // One map per round: every transaction of the round is routed by it.
+            map = self.shard_map();
+            let shard_of = |position: usize| shard_in(&map, position);
             let mut again = Vec::new();
-            let answered = self.run_once(&txns, &routed, &pending).await;
+            let answered = self.run_once(&map, &txns, &routed, &pending).await;
             let answered = self.settle_intents(&txns, answered).await;
             for (position, outcome) in answered {
                 // No retry into an open breaker: it would fail the same way until the cooldown
@@ -172,7 +182,7 @@ impl Store {
             }
             if restore_requested.is_none_or(|at| at.elapsed() >= RESTORE_REQUEST_AGAIN)
                 && self
-                    .request_restores(&txns, &routed, &again, &results)
+                    .request_restores(&map, &txns, &routed, &again, &results)
                     .await
             {
                 restore_requested = Some(Instant::now());
@@ -201,7 +211,7 @@ impl Store {
             .enumerate()
             .map(|(position, r)| match r {
                 Some(Err(Error::Archived { version })) => Err(Error::Unavailable {
-                    shard: shard_of(position).map(|shard| self.shard_name(shard).to_string()),
+                    shard: shard_in(&map, position).map(|shard| self.shard_name(shard)),
                     reason: format!(
                         "the player is archived (version {version}) and the archiver did not \
                          restore it in time"
@@ -217,6 +227,7 @@ impl Store {
     /// owner access, the public part otherwise. Returns whether there were any.
     async fn request_restores(
         &self,
+        map: &ShardMap,
         txns: &[Transaction],
         routed: &[Option<Routed>],
         positions: &[usize],
@@ -227,7 +238,7 @@ impl Store {
             if let (Some(Err(Error::Archived { .. })), Some(routed)) = (&results[p], &routed[p]) {
                 let txn = &txns[p];
                 requests
-                    .entry(routed.shard)
+                    .entry(map.shard_for_slot(routed.slot))
                     .or_default()
                     .insert(keys::restore_request(
                         &txn.player,
@@ -265,7 +276,7 @@ impl Store {
     }
 
     fn breaker_open(&self, shard: ShardIndex) -> bool {
-        self.inner.shards[shard.get()].breaker.state() == BreakerState::Open
+        self.routes().links(shard).breaker.state() == BreakerState::Open
     }
 
     /// Counts one retry per shard in `retried` (a shard once for each transaction retried).
@@ -278,14 +289,15 @@ impl Store {
         self.inner.retries.fetch_add(total, Ordering::Relaxed);
         if let Some(observer) = &self.inner.observer {
             for (shard, count) in per_shard {
-                observer.retried(self.shard_name(shard), count);
+                observer.retried(&self.shard_name(shard), count);
             }
         }
     }
 
-    /// One attempt at `positions`: grouped by shard, shards concurrently.
+    /// One attempt at `positions`: grouped by shard (by `map`), shards concurrently.
     async fn run_once(
         &self,
+        map: &ShardMap,
         txns: &[Transaction],
         routed: &[Option<Routed>],
         positions: &[usize],
@@ -293,7 +305,9 @@ impl Store {
         let mut plan: BTreeMap<ShardIndex, Vec<(usize, &Routed)>> = BTreeMap::new();
         for &p in positions {
             if let Some(r) = &routed[p] {
-                plan.entry(r.shard).or_default().push((p, r));
+                plan.entry(map.shard_for_slot(r.slot))
+                    .or_default()
+                    .push((p, r));
             }
         }
         let runs = plan.into_iter().map(|(shard, batch)| async move {

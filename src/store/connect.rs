@@ -93,6 +93,27 @@ pub enum ConnectError {
         /// The one they name now.
         to: String,
     },
+    /// No node of a Redis Cluster could say what the cluster looks like.
+    #[error("no node of the cluster gave its map: {}", list(.answers))]
+    NoClusterMap {
+        /// Each node asked, and why it gave no map.
+        answers: Vec<(String, ConnectError)>,
+    },
+    /// A node's `CLUSTER NODES` reply could not be read.
+    #[error("cluster node {address}: {reason}")]
+    BadClusterMap {
+        /// The node that answered.
+        address: String,
+        /// What is wrong with its answer.
+        reason: String,
+    },
+    /// The cluster's map names no master that can serve a shard now: it failed and no
+    /// replica has taken over yet.
+    #[error("no master serves cluster {shard} now (it failed and no replica took over yet)")]
+    NoClusterMaster {
+        /// The shard's name.
+        shard: String,
+    },
     /// A shared `WAIT` round ended without an answer (its task was dropped).
     #[error("the WAIT round was abandoned")]
     WaitAbandoned,

@@ -113,7 +113,7 @@ impl Store {
         primary: &PlayerId,
         attempt: &str,
     ) -> Result<Option<Decision>, Error> {
-        let shard = self.inner.map.shard_for_player(primary);
+        let shard = self.shard_map().shard_for_player(primary);
         let read = Command::script(&DECIDE, Effect::Writes)
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions)
@@ -147,7 +147,7 @@ impl Store {
         participants: &[PlayerId],
         replies: &[Vec<u8>],
     ) -> Result<Decision, Error> {
-        let shard = self.inner.map.shard_for_player(primary);
+        let shard = self.shard_map().shard_for_player(primary);
         let mut listed = String::new();
         for p in participants {
             listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
@@ -186,7 +186,7 @@ impl Store {
 
     /// Whether `player` still holds the intent of `attempt`.
     pub(super) async fn holds(&self, player: &PlayerId, attempt: &str) -> Result<bool, Error> {
-        let shard = self.inner.map.shard_for_player(player);
+        let shard = self.shard_map().shard_for_player(player);
         let mut read = redis::cmd("HGET");
         read.arg(PlayerKeys::new(player).meta).arg("x");
         let held: Option<String> = self.call(shard, Command::read(read)).await?;
@@ -201,7 +201,7 @@ impl Store {
         primary: &PlayerId,
         attempt: &str,
     ) -> Result<Option<Decision>, Error> {
-        let shard = self.inner.map.shard_for_player(primary);
+        let shard = self.shard_map().shard_for_player(primary);
         let mut read = redis::cmd("HGET");
         read.arg(decision_key(primary, attempt)).arg("d");
         let value: RedisValue = self.call(shard, Command::read(read)).await?;
@@ -219,7 +219,7 @@ impl Store {
         decision: Decision,
         primary: bool,
     ) -> Result<Finished, Error> {
-        let shard = self.inner.map.shard_for_player(player);
+        let shard = self.shard_map().shard_for_player(player);
         let keys = PlayerKeys::new(player);
         let slot = SlotKeys::of_player(player);
         let window = script::Window::of(&self.inner.settings);
@@ -278,7 +278,7 @@ impl Store {
         primary: &PlayerId,
         attempt: &str,
     ) -> Result<(), Error> {
-        let shard = self.inner.map.shard_for_player(primary);
+        let shard = self.shard_map().shard_for_player(primary);
         let forget = Command::script(&FORGET, Effect::Housekeeping)
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions);

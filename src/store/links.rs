@@ -26,10 +26,11 @@ use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
 use crate::config::{RedisSettings, ShardConfig};
 use crate::error::Error;
-use crate::shard_map::{Endpoint, Shard};
+use crate::shard_map::{Endpoint, Shard, ShardIndex};
 
 use super::breaker::Breaker;
 use super::connect::{tcp_info, ConnectError};
+use super::directory::ClusterDirectory;
 use super::sentinel::{self, replies_outlast_down_after};
 use super::wait::WaitRounds;
 
@@ -74,10 +75,34 @@ pub(super) const NOREPLICAS_RECHECK: Duration = Duration::from_secs(1);
 /// Told when a shard's master changes.
 pub(super) type FailoverHook = Arc<dyn Fn(&str, Option<&str>, &str) + Send + Sync>;
 
+/// How a shard's master is found.
+enum Locator {
+    /// Always at this address.
+    Fixed(String),
+    /// Wherever the Sentinels say.
+    Sentinel {
+        master_name: String,
+        sentinels: Vec<String>,
+    },
+    /// Wherever the cluster's map says shard `group`'s master is.
+    Cluster {
+        directory: Arc<ClusterDirectory>,
+        group: ShardIndex,
+    },
+}
+
+/// Who the store is to Redis (and to Sentinel).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Credentials {
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) sentinel_password: Option<String>,
+}
+
 /// A shard's connections, master discovery and breaker.
 pub(super) struct ShardLinks {
     pub(super) name: String,
-    endpoint: Endpoint,
+    locator: Locator,
     redis_info: RedisConnectionInfo,
     sentinel_password: Option<String>,
     connection_config: AsyncConnectionConfig,
@@ -109,22 +134,66 @@ pub(super) struct ShardLinks {
 }
 
 impl ShardLinks {
+    /// The links of a shard of the configuration (`[[shards]]`).
     pub(super) fn new(shard: &Shard, config: &ShardConfig, settings: &RedisSettings) -> ShardLinks {
+        let locator = match &shard.endpoint {
+            Endpoint::Fixed(address) => Locator::Fixed(address.clone()),
+            Endpoint::Sentinel {
+                master_name,
+                sentinels,
+            } => Locator::Sentinel {
+                master_name: master_name.clone(),
+                sentinels: sentinels.clone(),
+            },
+            // A cluster's shards are made by `ShardLinks::in_cluster`; a configuration cannot
+            // name one, so this has no master to find.
+            Endpoint::Cluster { master } => Locator::Fixed(master.clone().unwrap_or_default()),
+        };
+        let credentials = Credentials {
+            username: config.username.clone(),
+            password: config.password.clone(),
+            sentinel_password: config.sentinel.as_ref().and_then(|s| s.password.clone()),
+        };
+        ShardLinks::with_locator(&shard.name, locator, credentials, settings)
+    }
+
+    /// The links of shard `group` of a Redis Cluster, whose master `directory` finds.
+    pub(super) fn in_cluster(
+        name: &str,
+        directory: Arc<ClusterDirectory>,
+        group: ShardIndex,
+        credentials: Credentials,
+        settings: &RedisSettings,
+    ) -> ShardLinks {
+        ShardLinks::with_locator(
+            name,
+            Locator::Cluster { directory, group },
+            credentials,
+            settings,
+        )
+    }
+
+    fn with_locator(
+        name: &str,
+        locator: Locator,
+        credentials: Credentials,
+        settings: &RedisSettings,
+    ) -> ShardLinks {
         let mut redis_info = RedisConnectionInfo::default();
-        if let Some(user) = &config.username {
+        if let Some(user) = &credentials.username {
             redis_info = redis_info.set_username(user);
         }
-        if let Some(password) = &config.password {
+        if let Some(password) = &credentials.password {
             redis_info = redis_info.set_password(password);
         }
         // The response timeout bounds every command and pipeline; a request that hits it after
         // being sent has an UNKNOWN outcome. WAIT may block up to its own timeout on top.
         let response_timeout = settings.command_timeout() + settings.replication_timeout();
         ShardLinks {
-            name: shard.name.clone(),
-            endpoint: shard.endpoint.clone(),
+            name: name.to_string(),
+            locator,
             redis_info,
-            sentinel_password: config.sentinel.as_ref().and_then(|s| s.password.clone()),
+            sentinel_password: credentials.sentinel_password,
             connection_config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout()))
                 .set_response_timeout(Some(response_timeout)),
@@ -153,13 +222,13 @@ impl ShardLinks {
 
     /// Starts, once, the task that listens for `+switch-master` (Sentinel shards only).
     pub(super) fn watch_sentinels(self: &Arc<Self>) {
-        if matches!(self.endpoint, Endpoint::Sentinel { .. })
+        if matches!(self.locator, Locator::Sentinel { .. })
             && !self.watching.swap(true, Ordering::SeqCst)
         {
-            let Endpoint::Sentinel {
+            let Locator::Sentinel {
                 master_name,
                 sentinels,
-            } = &self.endpoint
+            } = &self.locator
             else {
                 return;
             };
@@ -179,9 +248,10 @@ impl ShardLinks {
         }
     }
 
-    /// A Sentinel announced that the master moved to `new`.
-    fn switch_hint(&self, new: &str) {
-        tracing::info!(shard = %self.name, new_master = %new, "Sentinel announced +switch-master");
+    /// A Sentinel announced that the master moved to `new`, or the cluster's map now names
+    /// `new` as the master.
+    pub(super) fn switch_hint(&self, new: &str) {
+        tracing::info!(shard = %self.name, new_master = %new, "the master moved");
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.breaker.success();
     }
@@ -288,15 +358,18 @@ impl ShardLinks {
 
     /// Finds the master, connects to it and confirms its role.
     async fn connect_master(&self) -> Result<MultiplexedConnection, ConnectError> {
-        let address = match &self.endpoint {
-            Endpoint::Fixed(address) => address.clone(),
-            Endpoint::Sentinel {
+        let address = match &self.locator {
+            Locator::Fixed(address) => address.clone(),
+            Locator::Sentinel {
                 master_name,
                 sentinels,
             } => {
                 let agreed = self.ask_sentinels(master_name, sentinels).await?;
                 self.warn_if_replies_outlast(agreed.down_after_ms);
                 agreed.address
+            }
+            Locator::Cluster { directory, group } => {
+                directory.master_of(*group, &self.name).await?
             }
         };
         let info = tcp_info(&address, self.redis_info.clone())?;
@@ -319,10 +392,10 @@ impl ShardLinks {
         // answered replies once it wakes, possibly after a replica was promoted meanwhile.
         // Asked again now that it has replied, they have seen any failover that began while
         // it was frozen.
-        if let Endpoint::Sentinel {
+        if let Locator::Sentinel {
             master_name,
             sentinels,
-        } = &self.endpoint
+        } = &self.locator
         {
             let now = self.ask_sentinels(master_name, sentinels).await?.address;
             if now != address {

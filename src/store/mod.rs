@@ -3,9 +3,10 @@
 //! Layers, bottom up (each file calls only the ones below it, but for `batch` handing a mixed
 //! request's trades to `multi`, beside it):
 //!
-//! - [`connect`] (the connection code's error type), [`breaker`], [`sentinel`], `links`,
-//!   `wait`: a shard's connections, its master found through Sentinel, its breaker, and
-//!   `WAIT` shared by the callers of one link;
+//! - [`connect`] (the connection code's error type), [`breaker`], [`sentinel`], `directory`,
+//!   `links`, `wait`, `topology`: a shard's connections, its master found through Sentinel or
+//!   a Redis Cluster's map, its breaker, `WAIT` shared by the callers of one link, and the
+//!   routes (map and links) a call takes once;
 //! - [`road`]: the one way any command reaches a shard — one pipeline on one link, the
 //!   acknowledgement on that link, the breaker, the metrics, one Redis-error classifier;
 //! - [`intents`]: a trade's decision record, finishing a participant, the one resolver of
@@ -19,6 +20,7 @@
 pub mod batch;
 pub mod breaker;
 pub mod connect;
+mod directory;
 pub mod inspect;
 pub mod intents;
 mod links;
@@ -26,6 +28,7 @@ pub mod multi;
 pub mod road;
 pub mod sentinel;
 pub mod sweep;
+mod topology;
 mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +38,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use crate::backoff::Backoff;
+use crate::cluster_view::ClusterView;
 use crate::config::{Config, RedisSettings};
 use crate::error::{Error, StartupError};
 use crate::model::Limits;
@@ -45,6 +49,7 @@ use breaker::BreakerState;
 pub use links::ConnectionStats;
 use links::ShardLinks;
 use road::Command;
+use topology::{Routes, Topology};
 
 /// Told about what the store does with each shard, for metrics. Every method but
 /// `pipeline` has an empty default.
@@ -72,8 +77,9 @@ pub struct Store {
 }
 
 struct StoreInner {
-    map: ShardMap,
-    shards: Vec<Arc<ShardLinks>>,
+    /// The slot map and each shard's links: fixed for `[[shards]]`, following the cluster's
+    /// map for a `[cluster]`.
+    topology: Topology,
     settings: RedisSettings,
     limits: Limits,
     /// Whether writes are recorded for the archiver's checkpoints
@@ -86,7 +92,9 @@ struct StoreInner {
 }
 
 impl Store {
-    /// Prepares connections for every shard of `config`. They open lazily, on first use.
+    /// Prepares connections for every shard of `config`'s `[[shards]]`. They open lazily, on
+    /// first use. A `[cluster]` is refused: its map must be read first, by
+    /// [`Store::connect`].
     ///
     /// `config` is validated first, as [`Config::from_toml`] does: a configuration built or
     /// changed by hand cannot bring a zero limit or an overflowing timeout into the store.
@@ -94,28 +102,63 @@ impl Store {
         config
             .validate()
             .map_err(|e| StartupError::Config(e.to_string()))?;
+        if config.cluster.is_some() {
+            return Err(StartupError::Config(
+                "a [cluster] store is built by Store::connect, which reads the cluster's map"
+                    .into(),
+            ));
+        }
         let map = config
             .shard_map()
             .map_err(|e| StartupError::Config(e.to_string()))?;
         let settings = config.redis.clone();
-        let shards = map
+        let links = map
             .shards()
             .iter()
             .zip(&config.shards)
             .map(|(shard, shard_config)| Arc::new(ShardLinks::new(shard, shard_config, &settings)))
             .collect();
-        Ok(Store {
+        let routes = Routes {
+            map: Arc::new(map),
+            links,
+        };
+        Ok(Store::of(config, Topology::Fixed(Arc::new(routes))))
+    }
+
+    /// Prepares the store for `config`'s topology: [`Store::new`] for `[[shards]]`; for a
+    /// `[cluster]`, reads the cluster's map from its seeds first (failing when none of them
+    /// gives it in time). Connections open lazily, on first use.
+    pub async fn connect(config: &Config) -> Result<Store, StartupError> {
+        let Some(cluster) = &config.cluster else {
+            return Store::new(config);
+        };
+        config
+            .validate()
+            .map_err(|e| StartupError::Config(e.to_string()))?;
+        let directory = directory::ClusterDirectory::discover(cluster, &config.redis)
+            .await
+            .map_err(|e| StartupError::Cluster(e.to_string()))?;
+        let credentials = links::Credentials {
+            username: cluster.username.clone(),
+            password: cluster.password.clone(),
+            sentinel_password: None,
+        };
+        let topology = Topology::cluster(directory, credentials, &config.redis);
+        Ok(Store::of(config, topology))
+    }
+
+    fn of(config: &Config, topology: Topology) -> Store {
+        Store {
             inner: Arc::new(StoreInner {
-                map,
-                shards,
-                settings,
+                topology,
+                settings: config.redis.clone(),
                 limits: config.limits.clone(),
                 track_changes: config.archive.checkpoint_interval_secs > 0,
                 observer: None,
                 retries: AtomicU64::new(0),
                 forgetting: Arc::new(tokio::sync::Semaphore::new(intents::FORGETTING_AT_ONCE)),
             }),
-        })
+        }
     }
 
     /// Like [`Store::new`], reporting to `observer`.
@@ -123,15 +166,28 @@ impl Store {
         config: &Config,
         observer: Arc<dyn ShardObserver>,
     ) -> Result<Store, StartupError> {
-        let store = Store::new(config)?;
-        let mut inner = Arc::try_unwrap(store.inner)
+        Store::new(config).and_then(|store| store.observed_by(observer))
+    }
+
+    /// Like [`Store::connect`], reporting to `observer`.
+    pub async fn connect_with_observer(
+        config: &Config,
+        observer: Arc<dyn ShardObserver>,
+    ) -> Result<Store, StartupError> {
+        Store::connect(config)
+            .await
+            .and_then(|store| store.observed_by(observer))
+    }
+
+    fn observed_by(self, observer: Arc<dyn ShardObserver>) -> Result<Store, StartupError> {
+        let mut inner = Arc::try_unwrap(self.inner)
             .map_err(|_| StartupError::Config("store shared before it was built".into()))?;
-        for links in &inner.shards {
-            let observer = observer.clone();
-            links.set_failover_hook(Arc::new(move |shard, old, new| {
-                observer.master_changed(shard, old, new)
+        let hook = observer.clone();
+        inner
+            .topology
+            .set_failover_hook(Arc::new(move |shard, old, new| {
+                hook.master_changed(shard, old, new)
             }));
-        }
         inner.observer = Some(observer);
         Ok(Store {
             inner: Arc::new(inner),
@@ -145,16 +201,32 @@ impl Store {
 
     /// Each shard's breaker state, in shard order.
     pub fn breaker_states(&self) -> Vec<BreakerState> {
-        self.inner
-            .shards
+        self.routes()
+            .links
             .iter()
             .map(|s| s.breaker.state())
             .collect()
     }
 
-    /// The slot map this store routes by.
-    pub fn shard_map(&self) -> &ShardMap {
-        &self.inner.map
+    /// The slot map this store routes by now. For a Redis Cluster it follows the cluster's
+    /// map (read again on redirects and every `cluster.refresh_interval_ms`); an index taken
+    /// from it names the same shard in every later map.
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        self.routes().map.clone()
+    }
+
+    /// For a Redis Cluster: its map as last read (groups, masters, replicas, epoch), and how
+    /// many reads of it were made and failed. `None` for `[[shards]]`.
+    pub fn cluster_view(&self) -> Option<(Arc<ClusterView>, u64, u64)> {
+        self.inner.topology.directory().map(|directory| {
+            let (reads, failed) = directory.refresh_counts();
+            (directory.view(), reads, failed)
+        })
+    }
+
+    /// The routes a call takes once and keeps.
+    fn routes(&self) -> Arc<Routes> {
+        self.inner.topology.routes()
     }
 
     /// The Redis settings in force.
@@ -169,12 +241,13 @@ impl Store {
 
     /// Connection statistics per shard, in shard order.
     pub fn connection_stats(&self) -> Vec<ConnectionStats> {
-        self.inner.shards.iter().map(|s| s.stats()).collect()
+        self.routes().links.iter().map(|s| s.stats()).collect()
     }
 
-    /// The name of `shard`, as the configuration and the metrics call it.
-    pub fn shard_name(&self, shard: ShardIndex) -> &str {
-        &self.inner.shards[shard.get()].name
+    /// The name of `shard`, as the configuration (or the cluster's map) and the metrics call
+    /// it.
+    pub fn shard_name(&self, shard: ShardIndex) -> String {
+        self.routes().links(shard).name.clone()
     }
 
     /// The bounds a script call runs within, its reads sharing the request's read budget
@@ -195,26 +268,27 @@ impl Store {
         &self,
         shard: ShardIndex,
     ) -> Result<redis::aio::MultiplexedConnection, Error> {
-        self.inner.shards[shard.get()].dedicated().await
+        let links = self.routes().links(shard).clone();
+        links.dedicated().await
     }
 
     /// Sends `PING` to every shard's master; one result per shard, in shard order.
     pub async fn ping_shards(&self, timeout: Duration) -> Vec<Result<(), Error>> {
-        let pings =
-            self.inner
-                .map
-                .indices()
-                .zip(&self.inner.shards)
-                .map(|(shard, links)| async move {
-                    let ping = self.send(shard, vec![Command::read(redis::cmd("PING"))]);
-                    match tokio::time::timeout(timeout, ping).await {
-                        Ok(answer) => answer.into_acknowledged_reply().map(|_| ()),
-                        Err(_) => Err(Error::Unavailable {
-                            shard: Some(links.name.clone()),
-                            reason: "ping timed out".into(),
-                        }),
-                    }
-                });
+        let routes = self.routes();
+        let pings = routes
+            .map
+            .indices()
+            .zip(&routes.links)
+            .map(|(shard, links)| async move {
+                let ping = self.send(shard, vec![Command::read(redis::cmd("PING"))]);
+                match tokio::time::timeout(timeout, ping).await {
+                    Ok(answer) => answer.into_acknowledged_reply().map(|_| ()),
+                    Err(_) => Err(Error::Unavailable {
+                        shard: Some(links.name.clone()),
+                        reason: "ping timed out".into(),
+                    }),
+                }
+            });
         join_all(pings).await
     }
 }

@@ -87,8 +87,9 @@ impl Store {
         self.inner
             .retries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let (Some(observer), Some(&(_, shard))) = (&self.inner.observer, call.places.first()) {
-            observer.retried(self.shard_name(shard), 1);
+        if let (Some(observer), Some(&slot)) = (&self.inner.observer, call.slots.first()) {
+            let shard = self.shard_map().shard_for_slot(slot);
+            observer.retried(&self.shard_name(shard), 1);
         }
     }
 }
@@ -107,29 +108,27 @@ pub enum PrepareOutcome {
 }
 
 /// A multi-player transaction as every attempt of one call shares it: validated, each
-/// participant's slot and shard found, and its fingerprint taken, once.
+/// participant's slot found, and its fingerprint taken, once. (Each attempt routes the slots
+/// by the map of its start: a Redis Cluster's map changes when a slot moves.)
 struct MultiCall {
     txn: MultiTransaction,
     fingerprint: String,
-    /// Per participant, in order: its slot and the shard that owns it.
-    places: Vec<(Slot, ShardIndex)>,
+    /// Per participant, in order: its slot.
+    slots: Vec<Slot>,
 }
 
 impl MultiCall {
     fn new(store: &Store, txn: MultiTransaction) -> Result<MultiCall, Error> {
         txn.validate(&store.inner.limits)?;
-        let places = txn
+        let slots = txn
             .participants
             .iter()
-            .map(|p| {
-                let slot = keys::player_slot(&p.player);
-                (slot, store.inner.map.shard_for_slot(slot))
-            })
+            .map(|p| keys::player_slot(&p.player))
             .collect();
         Ok(MultiCall {
             fingerprint: script::multi_fingerprint(&txn),
             txn,
-            places,
+            slots,
         })
     }
 }
@@ -194,8 +193,9 @@ impl<'s> MultiAttempt<'s> {
         let primary = self.primary().clone();
         let lease_ms = store.inner.settings.intent_lease_ms;
         let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
-        for (i, &(_, shard)) in self.call.places.iter().enumerate() {
-            plan.entry(shard).or_default().push(i);
+        let map = store.shard_map();
+        for (i, &slot) in self.call.slots.iter().enumerate() {
+            plan.entry(map.shard_for_slot(slot)).or_default().push(i);
         }
         let call = &*self.call;
         let (txn, id) = (&call.txn, self.id.as_str());
@@ -218,7 +218,7 @@ impl<'s> MultiAttempt<'s> {
                         Command::transaction(
                             script::encode_prepare(
                                 &txn.participants[i],
-                                call.places[i].0,
+                                call.slots[i],
                                 &prepare,
                                 bounds,
                             ),

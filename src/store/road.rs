@@ -20,7 +20,7 @@
 //! blocking reader (the archiver's restore queue), which carries no writes that need an
 //! acknowledgement.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use redis::{ServerErrorKind, ToRedisArgs, Value as RedisValue};
 use tokio::time::Instant;
@@ -28,9 +28,11 @@ use tokio::time::Instant;
 use crate::config::Acknowledge;
 use crate::error::Error;
 use crate::script::Invocation;
-use crate::shard_map::ShardIndex;
+use crate::shard_map::{Endpoint, ShardIndex};
 
 use super::breaker::Admit;
+use super::links::ShardLinks;
+use super::topology::Routes;
 use super::Store;
 
 /// A Lua script the road can run: its source and its SHA1, reloaded when a server has lost
@@ -223,7 +225,9 @@ impl Store {
     /// [`Store::send`] for commands the caller keeps, e.g. to send them again on a retry
     /// without encoding them again.
     pub(super) async fn send_borrowed(&self, shard: ShardIndex, commands: &[&Command]) -> Answer {
-        let links = &self.inner.shards[shard.get()];
+        let routes = self.routes();
+        let links = routes.links(shard).clone();
+        self.inner.topology.watch();
         let started = Instant::now();
         let before = links.breaker.state();
         let answer = if links.breaker.admit(started) == Admit::No {
@@ -236,13 +240,20 @@ impl Store {
                 acknowledged: None,
             }
         } else {
-            let (answer, healthy) = self.send_on_link(shard, commands).await;
-            if healthy {
+            let sent = self
+                .send_on_link(&routes, &links, commands, Asking::No)
+                .await;
+            if sent.healthy {
                 links.breaker.success();
             } else if links.breaker.failure(Instant::now()) {
                 tracing::warn!(shard = %links.name, "circuit breaker opened");
             }
-            answer
+            if sent.moved {
+                // The map is stale: read it again before the caller retries, so the retry
+                // is routed by the new one (one read serves every caller meanwhile).
+                self.inner.topology.moved(started).await;
+            }
+            sent.answer
         };
         if let Some(observer) = &self.inner.observer {
             let error = answer
@@ -302,37 +313,52 @@ impl Store {
         ))
     }
 
-    /// The call on one link; also says whether the shard behaved (for the breaker).
-    async fn send_on_link(&self, shard: ShardIndex, commands: &[&Command]) -> (Answer, bool) {
-        let links = &self.inner.shards[shard.get()];
+    /// The call on one link of `links`. Commands a migrating slot's source sends on (`ASK`)
+    /// go once more, each after `ASKING` in one pipeline, on a link of the node named.
+    async fn send_on_link(
+        &self,
+        routes: &Routes,
+        links: &Arc<ShardLinks>,
+        commands: &[&Command],
+        asking: Asking,
+    ) -> Sent {
         let name = &links.name;
         links.watch_sentinels();
+        let failed_all = |e: Error| Sent {
+            answer: Answer {
+                replies: commands.iter().map(|_| Err(e.clone())).collect(),
+                acknowledged: None,
+            },
+            healthy: false,
+            moved: false,
+        };
         let link = match links.get().await {
             Ok(link) => link,
-            Err(e) => {
-                return (
-                    Answer {
-                        replies: commands.iter().map(|_| Err(e.clone())).collect(),
-                        acknowledged: None,
-                    },
-                    false,
-                )
-            }
+            Err(e) => return failed_all(e),
         };
         let mut conn = link.conn.clone();
         let mut replies: Vec<Option<Result<RedisValue, Error>>> = vec![None; commands.len()];
         let mut pending: Vec<usize> = (0..commands.len()).collect();
         let mut healthy = true;
+        let mut moved = false;
+        // Per command sent on to a migrating slot's target: the target's address.
+        let mut asked: Vec<(usize, String)> = Vec::new();
         for round in 0..2 {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &pending {
+                if asking == Asking::Yes {
+                    // Lets the target run a command for a slot it is importing; it counts
+                    // for the next command on this connection only.
+                    pipe.cmd("ASKING");
+                }
                 commands[i].add_to(&mut pipe);
             }
+            let expected = pending.len() * if asking == Asking::Yes { 2 } else { 1 };
             let answered: Result<Vec<RedisValue>, redis::RedisError> =
                 pipe.query_async(&mut conn).await;
             let answered = match answered {
-                Ok(answered) if answered.len() == pending.len() => answered,
+                Ok(answered) if answered.len() == expected => answered,
                 Ok(_) => {
                     for &i in &pending {
                         replies[i] = Some(Err(Error::Internal(format!(
@@ -354,16 +380,35 @@ impl Store {
                     break;
                 }
             };
+            let answered = answered
+                .into_iter()
+                .skip(usize::from(asking == Asking::Yes))
+                .step_by(if asking == Asking::Yes { 2 } else { 1 });
             let mut lost_script = Vec::new();
             for (&i, reply) in pending.iter().zip(answered) {
                 match reply {
                     RedisValue::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
                         lost_script.push(i)
                     }
+                    RedisValue::ServerError(e)
+                        if e.kind() == Some(ServerErrorKind::Ask) && asking == Asking::No =>
+                    {
+                        match e.details().and_then(redirect_target) {
+                            Some(target) => asked.push((i, target.to_string())),
+                            None => replies[i] = Some(Err(server_error(name, e.code(), &e))),
+                        }
+                    }
                     RedisValue::ServerError(e) => {
                         if moved_on(e.code()) {
                             links.master_may_have_moved(&link, e.code() == "NOREPLICAS");
                             healthy = false;
+                        }
+                        match e.code() {
+                            "MOVED" => moved = true,
+                            // The cluster is failing over, or lost a majority: a failure of
+                            // the shard, as far as its breaker is concerned.
+                            "CLUSTERDOWN" => healthy = false,
+                            _ => {}
                         }
                         replies[i] = Some(Err(server_error(name, e.code(), &e)));
                     }
@@ -407,17 +452,13 @@ impl Store {
                 break;
             }
         }
-        let replies: Vec<Result<RedisValue, Error>> = replies
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
-            .collect();
         // A write that answered is acknowledged by WAIT on this very link (shared with the
         // other callers of the link, see `wait.rs`): never on another.
         let wrote = commands.iter().zip(&replies).any(|(c, r)| {
-            c.effect == Effect::Writes && matches!(r, Ok(v) if *v != RedisValue::Nil)
+            c.effect == Effect::Writes && matches!(r, Some(Ok(v)) if *v != RedisValue::Nil)
         });
         let settings = &self.inner.settings;
-        let acknowledged = if !wrote || settings.acknowledge != Acknowledge::Replicated {
+        let mut acknowledged = if !wrote || settings.acknowledge != Acknowledge::Replicated {
             None
         } else {
             Some(match link.replicated().await {
@@ -438,14 +479,106 @@ impl Store {
                 }
             })
         };
-        (
-            Answer {
+        if !asked.is_empty() {
+            // Sent on to the importing node, each once; what that call wrote is acknowledged
+            // on its own link, and both acknowledgements must hold.
+            let (answers, ask_acknowledged) = self.send_asked(routes, name, commands, &asked).await;
+            for ((i, _), reply) in asked.iter().zip(answers) {
+                replies[*i] = Some(reply);
+            }
+            acknowledged = match (acknowledged, ask_acknowledged) {
+                (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
+                (None, None) => None,
+                _ => Some(Ok(())),
+            };
+        }
+        let replies: Vec<Result<RedisValue, Error>> = replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
+            .collect();
+        Sent {
+            answer: Answer {
                 replies,
                 acknowledged,
             },
             healthy,
-        )
+            moved,
+        }
     }
+
+    /// Sends each command of `asked` (its index, the node named by `ASK`) on to that node
+    /// after `ASKING`, once, the commands for one node in one call: their replies in the
+    /// order of `asked`, and the acknowledgement of what they wrote.
+    async fn send_asked(
+        &self,
+        routes: &Routes,
+        source: &str,
+        commands: &[&Command],
+        asked: &[(usize, String)],
+    ) -> (Vec<Result<RedisValue, Error>>, Option<Result<(), Error>>) {
+        let mut replies: Vec<Option<Result<RedisValue, Error>>> = vec![None; asked.len()];
+        let mut acknowledged: Option<Result<(), Error>> = None;
+        let mut targets: Vec<&str> = asked.iter().map(|(_, t)| t.as_str()).collect();
+        targets.dedup();
+        for target in targets {
+            let positions: Vec<usize> =
+                (0..asked.len()).filter(|&k| asked[k].1 == target).collect();
+            let shard = routes.map.shards().iter().position(
+                |s| matches!(&s.endpoint, Endpoint::Cluster { master: Some(m) } if m == target),
+            );
+            let Some(links) = shard.and_then(|s| routes.links.get(s)) else {
+                // A node the map does not know as a master yet: the command applied nothing;
+                // the retry finds the slot moved, or the node in the map.
+                for k in positions {
+                    replies[k] = Some(Err(Error::Unavailable {
+                        shard: Some(source.to_string()),
+                        reason: format!(
+                            "slot migrating to {target}, a node the cluster's map does not \
+                             list yet: nothing applied"
+                        ),
+                    }));
+                }
+                self.inner.topology.moved(Instant::now()).await;
+                continue;
+            };
+            let sent_on: Vec<&Command> = positions.iter().map(|&k| commands[asked[k].0]).collect();
+            let sent = Box::pin(self.send_on_link(routes, links, &sent_on, Asking::Yes)).await;
+            for (k, reply) in positions.into_iter().zip(sent.answer.replies) {
+                replies[k] = Some(reply);
+            }
+            acknowledged = match (acknowledged, sent.answer.acknowledged) {
+                (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
+                (None, None) => None,
+                _ => Some(Ok(())),
+            };
+        }
+        let replies = replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("no reply".into()))))
+            .collect();
+        (replies, acknowledged)
+    }
+}
+
+/// Whether a call is sent on to a migrating slot's target (each command after `ASKING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    No,
+    Yes,
+}
+
+/// A call's answer, and what the road learnt about the shard.
+struct Sent {
+    answer: Answer,
+    /// Whether the shard behaved (for the breaker).
+    healthy: bool,
+    /// Whether a node refused a command for a slot it does not serve (`MOVED`).
+    moved: bool,
+}
+
+/// The node a redirect's details (`<slot> <host:port>`) name.
+fn redirect_target(details: &str) -> Option<&str> {
+    details.split_ascii_whitespace().nth(1)
 }
 
 /// Error codes meaning "this server no longer takes writes for the shard".
@@ -470,9 +603,9 @@ pub(crate) fn transport_error(shard: &str, effect: Effect, e: &redis::RedisError
 }
 
 /// Classifies an error reply to one command. Redis refuses these before a script or command
-/// runs (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS, TRYAGAIN, CLUSTERDOWN, MISCONF), so
-/// nothing was applied and a retry is safe; anything else is a failure inside a script, which
-/// is a bug.
+/// runs (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS, MISCONF, and a cluster's
+/// MOVED, ASK, TRYAGAIN, CLUSTERDOWN), so nothing was applied and a retry is safe; anything
+/// else is a failure inside a script, which is a bug.
 pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -> Error {
     let refused = matches!(
         code,
@@ -485,6 +618,8 @@ pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -
             | "TRYAGAIN"
             | "CLUSTERDOWN"
             | "MISCONF"
+            | "MOVED"
+            | "ASK"
     );
     if refused {
         Error::Unavailable {
@@ -513,6 +648,8 @@ mod tests {
             "TRYAGAIN",
             "CLUSTERDOWN",
             "MISCONF",
+            "MOVED",
+            "ASK",
         ] {
             assert!(
                 matches!(server_error("s", code, &code), Error::Unavailable { .. }),

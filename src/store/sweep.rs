@@ -98,7 +98,7 @@ impl Store {
             .await?
             .saturating_sub(self.inner.settings.intent_lease_ms);
         let mut forgotten = 0;
-        for chunk in self.inner.map.slots_of(shard).chunks(512) {
+        for chunk in self.shard_map().slots_of(shard).chunks(512) {
             let records = scored_up_to(
                 self,
                 shard,
@@ -169,7 +169,7 @@ impl Store {
     pub async fn sweep_intents(&self, shard: ShardIndex) -> Result<Swept, Error> {
         let name = self.shard_name(shard).to_string();
         let now_ms = server_ms(self, shard).await?;
-        let slots = self.inner.map.slots_of(shard);
+        let slots = self.shard_map().slots_of(shard);
         let (mut finished, mut unresolved) = (0, 0);
         for chunk in slots.chunks(512) {
             let expired = scored_up_to(

@@ -63,7 +63,8 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway for `config` (whose listen addresses should use port 0).
     pub async fn start(config: &Config) -> std::io::Result<TestGateway> {
-        let gateway = colony::gateway::Gateway::new(config)
+        let gateway = colony::gateway::Gateway::connect(config)
+            .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await?;
         let admin = tokio::net::TcpListener::bind(&config.gateway.admin_listen).await?;

@@ -3,6 +3,8 @@
 //! - [`RedisServer`] and [`SentinelShard`]: `redis-server` and `redis-sentinel` on free
 //!   loopback ports, from the shipped profiles (`deploy/redis/`), killed on drop; kill,
 //!   restart as a replica, pause and resume for fault tests.
+//! - [`RedisCluster`]: a Redis Cluster of such servers, formed command by command, with a
+//!   slot moved by hand for tests of a stale map.
 //! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`).
 //! - [`TestGateway`]: the real gateway in process, on port 0, with the test tokens.
 //! - [`wait_until`] (async) and [`wait_until_blocking`]: conditions with deadlines.
@@ -12,6 +14,7 @@
 //!
 //! It is a crate of its own so that none of this is part of the library's public API.
 
+pub mod cluster;
 pub mod gateway;
 pub mod ledger;
 pub mod mongo;
@@ -21,6 +24,7 @@ pub mod sentinel;
 pub mod wait;
 pub mod writers;
 
+pub use cluster::RedisCluster;
 pub use gateway::{
     config_for, gateway_config, with_test_gateway, TestGateway, ADMIN_TOKEN, GAME_TOKEN,
 };

@@ -288,6 +288,15 @@ impl Archiver {
         if archive.mongodb_uris.is_empty() {
             return Err(ArchiveError::Config("archive.mongodb_uris is empty".into()));
         }
+        if config.cluster.is_some() {
+            // Its restore queue is one key per shard, which a cluster cannot serve; the
+            // archiver's cluster mode is the next step of docs/design/cluster.md.
+            return Err(ArchiveError::Config(
+                "the archiver does not serve a [cluster] yet: archive players of Sentinel or \
+                 fixed [[shards]] only (docs/design/cluster.md, step 5)"
+                    .into(),
+            ));
+        }
         let store = Store::new(config).map_err(|e| ArchiveError::Config(e.to_string()))?;
         let shard_names: Vec<String> = store
             .shard_map()

@@ -1,0 +1,252 @@
+//! A Redis Cluster's map as the store follows it: asked of the cluster's own nodes with
+//! `CLUSTER NODES`, read by [`crate::cluster_view`], and read again — one read at a time,
+//! shared by everyone who asks meanwhile — when a node redirects a command (`MOVED`), when a
+//! shard's connections are opened again (its master may have failed over), and every
+//! `cluster.refresh_interval_ms` otherwise.
+//!
+//! Only the map lives here; the connections per shard are `links`, and `topology` pairs the
+//! two.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
+use tokio::time::Instant;
+
+use crate::cluster_view::{parse_nodes, ClusterNode, ClusterView};
+use crate::config::{ClusterConfig, RedisSettings};
+use crate::shard_map::ShardIndex;
+
+use super::connect::{tcp_info, ConnectError};
+
+/// A read of the map asked for within this long of the last one is served by that one: a
+/// burst of redirects or reconnects makes one read, not one each.
+pub(super) const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// How many nodes are asked at once for the map.
+const ASKED_AT_ONCE: usize = 3;
+
+/// The cluster's map, and how to read it again.
+pub(super) struct ClusterDirectory {
+    seeds: Vec<String>,
+    redis_info: RedisConnectionInfo,
+    connection_config: AsyncConnectionConfig,
+    ask_timeout: Duration,
+    /// How often the map is read when nothing asked for it sooner.
+    pub(super) refresh_interval: Duration,
+    view: RwLock<Arc<ClusterView>>,
+    /// When the last read began. Held while a read runs, so concurrent callers wait for it
+    /// and are served by it.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
+}
+
+impl ClusterDirectory {
+    /// Reads the first map from the seeds of `config`.
+    pub(super) async fn discover(
+        config: &ClusterConfig,
+        settings: &RedisSettings,
+    ) -> Result<ClusterDirectory, ConnectError> {
+        let mut redis_info = RedisConnectionInfo::default();
+        if let Some(user) = &config.username {
+            redis_info = redis_info.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            redis_info = redis_info.set_password(password);
+        }
+        let ask_timeout = settings.connect_timeout() + settings.command_timeout();
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout()))
+            .set_response_timeout(Some(settings.command_timeout()));
+        let started = Instant::now();
+        let view = fetch(
+            &config.seeds,
+            &redis_info,
+            &connection_config,
+            ask_timeout,
+            None,
+        )
+        .await?;
+        tracing::info!(
+            source = %view.source(),
+            shards = view.groups().len(),
+            epoch = view.epoch(),
+            "read the cluster's map"
+        );
+        Ok(ClusterDirectory {
+            seeds: config.seeds.clone(),
+            redis_info,
+            connection_config,
+            ask_timeout,
+            refresh_interval: config.refresh_interval(),
+            view: RwLock::new(Arc::new(view)),
+            refreshing: tokio::sync::Mutex::new(Some(started)),
+            refreshes: AtomicU64::new(1),
+            refresh_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// The map as last read.
+    pub(super) fn view(&self) -> Arc<ClusterView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads of the map so far, and how many failed.
+    pub(super) fn refresh_counts(&self) -> (u64, u64) {
+        (
+            self.refreshes.load(Ordering::Relaxed),
+            self.refresh_failures.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads the map again, unless a read began at or after `since` (then that read serves:
+    /// a caller that arrives while one runs waits for it). Asks the masters of the current
+    /// map first, then the other nodes and the seeds, a few at once.
+    pub(super) async fn refresh_since(&self, since: Instant) -> Result<(), ConnectError> {
+        let mut last = self.refreshing.lock().await;
+        if last.is_some_and(|began| began >= since) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let current = self.view();
+        let mut addresses = current.addresses();
+        for seed in &self.seeds {
+            if !addresses.contains(seed) {
+                addresses.push(seed.clone());
+            }
+        }
+        match fetch(
+            &addresses,
+            &self.redis_info,
+            &self.connection_config,
+            self.ask_timeout,
+            Some(&current),
+        )
+        .await
+        {
+            Ok(view) => {
+                if view.map() != current.map() {
+                    tracing::info!(
+                        source = %view.source(),
+                        epoch = view.epoch(),
+                        was = current.epoch(),
+                        "the cluster's map changed"
+                    );
+                }
+                *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+                Ok(())
+            }
+            Err(e) => {
+                self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot read the cluster's map");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the map again unless it was read within [`REFRESH_MIN_GAP`].
+    pub(super) async fn refresh_if_old(&self) -> Result<(), ConnectError> {
+        let now = Instant::now();
+        self.refresh_since(now.checked_sub(REFRESH_MIN_GAP).unwrap_or(now))
+            .await
+    }
+
+    /// Where shard `group`'s master is, after reading the map again (unless it was read just
+    /// now): asked when the shard's connections are opened, which happens after a failure
+    /// that may mean the master changed.
+    pub(super) async fn master_of(
+        &self,
+        group: ShardIndex,
+        name: &str,
+    ) -> Result<String, ConnectError> {
+        if let Err(e) = self.refresh_if_old().await {
+            // The map as last read may still be right; connecting will tell.
+            tracing::debug!(error = %e, "using the cluster's map as last read");
+        }
+        let view = self.view();
+        match view.group(group).and_then(|g| g.master.as_ref()) {
+            Some(master) if !master.failing => Ok(master.address.clone()),
+            _ => Err(ConnectError::NoClusterMaster {
+                shard: name.to_string(),
+            }),
+        }
+    }
+}
+
+/// Asks `addresses`, [`ASKED_AT_ONCE`] at a time, until some answer; of one round's answers
+/// the one listing the highest configuration epoch wins (the newest news of the cluster).
+async fn fetch(
+    addresses: &[String],
+    redis_info: &RedisConnectionInfo,
+    connection_config: &AsyncConnectionConfig,
+    timeout: Duration,
+    previous: Option<&ClusterView>,
+) -> Result<ClusterView, ConnectError> {
+    let mut failures = Vec::new();
+    for round in addresses.chunks(ASKED_AT_ONCE) {
+        let asked = round.iter().map(|address| async move {
+            let answer =
+                tokio::time::timeout(timeout, ask(address, redis_info.clone(), connection_config))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ConnectError::Timeout {
+                            step: "CLUSTER NODES on",
+                            address: address.clone(),
+                        })
+                    });
+            (address, answer)
+        });
+        let mut best: Option<(&String, Vec<ClusterNode>)> = None;
+        for (address, answer) in join_all(asked).await {
+            match answer {
+                Ok(nodes) => {
+                    let epoch = |nodes: &[ClusterNode]| {
+                        nodes.iter().map(|n| n.config_epoch).max().unwrap_or(0)
+                    };
+                    if best.as_ref().is_none_or(|(_, b)| epoch(&nodes) > epoch(b)) {
+                        best = Some((address, nodes));
+                    }
+                }
+                Err(e) => failures.push((address.clone(), e)),
+            }
+        }
+        if let Some((address, nodes)) = best {
+            let view = match previous {
+                Some(previous) => previous.next(address, &nodes),
+                None => ClusterView::first(address, &nodes),
+            };
+            return view.map_err(|reason| ConnectError::BadClusterMap {
+                address: address.clone(),
+                reason,
+            });
+        }
+    }
+    Err(ConnectError::NoClusterMap { answers: failures })
+}
+
+/// One node's `CLUSTER NODES`, parsed.
+async fn ask(
+    address: &str,
+    redis_info: RedisConnectionInfo,
+    connection_config: &AsyncConnectionConfig,
+) -> Result<Vec<ClusterNode>, ConnectError> {
+    let failed = |e| ConnectError::redis("CLUSTER NODES on", address, e);
+    let client = redis::Client::open(tcp_info(address, redis_info)?).map_err(failed)?;
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(connection_config)
+        .await
+        .map_err(failed)?;
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .map_err(failed)?;
+    parse_nodes(&text).map_err(|e| ConnectError::BadClusterMap {
+        address: address.to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,490 @@
+//! The store on a real Redis Cluster: the map read from the cluster, transactions routed by
+//! it, a map gone stale under a slot moved by hand (`MOVED`), a slot in the middle of a move
+//! (`ASK`, `TRYAGAIN`), trades between masters, and a master killed and replaced by the
+//! cluster's own failover.
+
+mod common;
+
+use std::time::Duration;
+
+use colony::client::{Client, ClientConfig};
+use colony::{
+    keys, Envelope, Error, IdempotencyKey, Item, ItemResult, MultiTransaction, Operation,
+    Participant, PlayerId, Store, Transaction, Value, Visibility,
+};
+use colony_testkit::{
+    wait_for, with_test_gateway, Profile, RedisCluster, RedisServer, TestGateway, ADMIN_TOKEN,
+};
+use common::{key, name, pid};
+
+fn gold(delta: i64) -> Operation {
+    Operation::IncrementCounter {
+        name: name("gold"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: Visibility::Private,
+    }
+}
+
+fn gold_of(committed: &colony::Committed) -> Option<i64> {
+    committed
+        .reads
+        .iter()
+        .flat_map(|r| &r.entries)
+        .find(|e| e.name.as_str() == "gold")
+        .and_then(|e| match e.value {
+            Value::Counter(n) => Some(n),
+            _ => None,
+        })
+}
+
+fn read_gold() -> Operation {
+    Operation::Read {
+        names: vec![name("gold")],
+    }
+}
+
+async fn stored_gold(store: &Store, player: &PlayerId) -> Option<i64> {
+    let read = Transaction::owner(player.clone(), None).with(read_gold());
+    gold_of(&store.execute(read).await.expect("reads"))
+}
+
+/// A store on `cluster` whose map is read again only when a node says it is stale (the
+/// periodic read is ten minutes away), so a test sees what `MOVED` alone does.
+async fn store_on(cluster: &RedisCluster, tune: impl FnOnce(&mut colony::Config)) -> Store {
+    let mut config = cluster.config();
+    if let Some(c) = config.cluster.as_mut() {
+        c.refresh_interval_ms = 600_000;
+    }
+    tune(&mut config);
+    Store::connect(&config)
+        .await
+        .expect("reads the cluster's map")
+}
+
+/// The master (by the test's own look at the cluster) that serves `player`.
+fn owner<'c>(cluster: &'c RedisCluster, player: &PlayerId) -> &'c RedisServer {
+    cluster
+        .owner_of(keys::player_slot(player).get(), 0)
+        .expect("the slot has an owner")
+}
+
+#[tokio::test]
+async fn transactions_are_routed_by_the_clusters_own_map() {
+    let cluster = RedisCluster::start(3, 1, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |_| {}).await;
+    let (view, reads, failed) = store.cluster_view().expect("a cluster store has a view");
+    assert_eq!((view.groups().len(), failed), (3, 0), "{view:?}");
+    assert!(reads >= 1);
+    assert!(
+        view.epoch() >= 3,
+        "config epochs 1..=6 were given: {view:?}"
+    );
+    for group in view.groups() {
+        assert_eq!(group.replicas.len(), 1, "{group:?}");
+    }
+    // The store's map and the cluster agree on every slot's master.
+    let map = store.shard_map();
+    for slot in [0u16, 5460, 5461, 10922, 10923, 16383] {
+        let shard = map.shard_for_slot(colony::slot::Slot::new(slot).expect("slot"));
+        let master = view
+            .group(shard)
+            .and_then(|g| g.master.clone())
+            .expect("a master");
+        assert_eq!(
+            master.address,
+            cluster.owner_of(slot, 1).expect("owner").address(),
+            "slot {slot}"
+        );
+    }
+
+    // A batch across every master, then each player read back.
+    let players: Vec<PlayerId> = (0..120).map(|i| pid(&format!("routed-{i}"))).collect();
+    let batch: Vec<Transaction> = players
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(i as i64 + 1)))
+        .collect();
+    for result in store.execute_batch(batch).await.expect("a batch") {
+        result.expect("each commits");
+    }
+    let mut served = std::collections::BTreeSet::new();
+    for (i, p) in players.iter().enumerate() {
+        assert_eq!(stored_gold(&store, p).await, Some(i as i64 + 1), "{p:?}");
+        served.insert(owner(&cluster, p).port());
+    }
+    assert_eq!(served.len(), 3, "the players span every master");
+    // Nothing was redirected: the map was right from the start.
+    assert_eq!(store.cluster_view().expect("view").1, reads);
+}
+
+#[tokio::test]
+async fn a_slot_moved_under_a_stale_map_is_served_after_one_read_of_the_map() {
+    let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |_| {}).await;
+    let p = pid("mover");
+    let first = store
+        .execute(Transaction::owner(p.clone(), key(1)).with(gold(5)))
+        .await
+        .expect("commits");
+    assert_eq!(first.version, 1);
+    let (before, reads_before, _) = store.cluster_view().expect("view");
+
+    // The slot moves behind the store's back, keys and all.
+    let from = owner(&cluster, &p).port();
+    let to = cluster
+        .nodes()
+        .iter()
+        .take(3)
+        .find(|n| n.port() != from)
+        .expect("another master");
+    let moved = cluster
+        .move_slot(keys::player_slot(&p).get(), to)
+        .expect("the slot moves");
+    assert!(moved >= 1, "the player's keys moved");
+
+    // The stale map sends the write to the old master, which answers MOVED before running
+    // anything; the store reads the map again and the retry lands on the new owner.
+    let second = store
+        .execute(
+            Transaction::owner(p.clone(), key(2))
+                .with(gold(7))
+                .with(read_gold()),
+        )
+        .await
+        .expect("served on the new owner");
+    assert_eq!((second.version, gold_of(&second)), (2, Some(12)));
+    let (after, reads_after, _) = store.cluster_view().expect("view");
+    assert!(
+        reads_after > reads_before,
+        "MOVED made the store read the map"
+    );
+    assert!(after.epoch() > before.epoch(), "the move bumped the epoch");
+    let shard = after.map().shard_for_player(&p);
+    assert_eq!(
+        after
+            .group(shard)
+            .and_then(|g| g.master.clone())
+            .map(|m| m.address),
+        Some(to.address())
+    );
+    // The retry of the first write still replays: its idempotency record moved with it.
+    let replay = store
+        .execute(Transaction::owner(p.clone(), key(1)).with(gold(5)))
+        .await
+        .expect("replays");
+    assert!(replay.replayed);
+    assert_eq!(stored_gold(&store, &p).await, Some(12));
+}
+
+#[tokio::test]
+async fn a_write_to_a_slot_being_migrated_waits_for_the_move_and_applies_once() {
+    let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.retry_deadline_ms = 20_000;
+    })
+    .await;
+    let p = pid("migrant");
+    store
+        .execute(Transaction::owner(p.clone(), key(1)).with(gold(1)))
+        .await
+        .expect("commits");
+    let slot = keys::player_slot(&p).get();
+    let from = owner(&cluster, &p);
+    let to = cluster
+        .nodes()
+        .iter()
+        .take(3)
+        .find(|n| n.port() != from.port())
+        .expect("another master");
+    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+    // Half a move: the target imports, the source migrates, no key has moved yet. A player
+    // some of whose keys are absent is refused (TRYAGAIN or ASK) until the move ends.
+    setslot(to, slot, "IMPORTING", &from_id).await;
+    setslot(from, slot, "MIGRATING", &to_id).await;
+    // A new player of another slot of the source, a slot with no keys at all, moving too:
+    // the source sends its writes on to the target (ASK), where a script of several keys
+    // answers TRYAGAIN until the move ends. (A slot holding any player answers TRYAGAIN at
+    // the source already: some of the script's keys exist there, some do not.)
+    let newcomer = (0..1_000_000)
+        .map(|i| pid(&format!("newcomer-{i}")))
+        .find(|q| {
+            let s = keys::player_slot(q).get();
+            s != slot
+                && cluster
+                    .owner_of(s, 0)
+                    .is_ok_and(|o| o.port() == from.port())
+        })
+        .expect("a player of another slot of the source");
+    let empty_slot = keys::player_slot(&newcomer).get();
+    setslot(to, empty_slot, "IMPORTING", &from_id).await;
+    setslot(from, empty_slot, "MIGRATING", &to_id).await;
+    let asking_before = asking_calls(to).await;
+    let retries = store.retries();
+    let write = |player: &PlayerId, request: u64| {
+        let store = store.clone();
+        let txn = Transaction::owner(player.clone(), key(request))
+            .with(gold(10))
+            .with(read_gold());
+        tokio::spawn(async move { store.execute(txn).await })
+    };
+    let (old, new) = (write(&p, 2), write(&newcomer, 3));
+    // Both are refused and retried meanwhile, with nothing applied.
+    let refused = wait_for(Duration::from_secs(10), || async {
+        (store.retries() > retries + 4 && asking_calls(to).await > asking_before).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the writes were refused during the move, the newcomer's on the target after ASKING \
+         (retries {} → {}, ASKING {asking_before} → {})",
+        retries,
+        store.retries(),
+        asking_calls(to).await
+    );
+    assert!(!old.is_finished() && !new.is_finished());
+    cluster.move_slot(slot, to).expect("the move finishes");
+    assert_eq!(
+        cluster
+            .move_slot(empty_slot, to)
+            .expect("the move finishes"),
+        0
+    );
+    let done = old.await.expect("joins").expect("applies after the move");
+    assert_eq!((done.version, gold_of(&done)), (2, Some(11)));
+    let done = new.await.expect("joins").expect("applies after the move");
+    assert_eq!((done.version, gold_of(&done)), (1, Some(10)));
+    assert_eq!(stored_gold(&store, &p).await, Some(11));
+    assert_eq!(stored_gold(&store, &newcomer).await, Some(10));
+}
+
+/// How many `ASKING` commands `node` has run.
+async fn asking_calls(node: &RedisServer) -> u64 {
+    let mut conn = common::raw(node).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_asking:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn trades_between_players_on_different_masters_commit_on_both() {
+    let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |_| {}).await;
+    let map = store.shard_map();
+    let alice = pid("trader-a");
+    let bob = (0..100)
+        .map(|i| pid(&format!("trader-b-{i}")))
+        .find(|b| map.shard_for_player(b) != map.shard_for_player(&alice))
+        .expect("a player on another master");
+    for (i, p) in [&alice, &bob].into_iter().enumerate() {
+        store
+            .execute(Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(100)))
+            .await
+            .expect("funded");
+    }
+    let trade = MultiTransaction::new(IdempotencyKey::new("trade", 1).expect("key"))
+        .with(Participant::owner(alice.clone()).with(gold(-30)))
+        .with(Participant::owner(bob.clone()).with(gold(30)));
+    let committed = store.execute_multi(trade).await.expect("commits");
+    assert_eq!(committed.participants.len(), 2);
+    assert_eq!(stored_gold(&store, &alice).await, Some(70));
+    assert_eq!(stored_gold(&store, &bob).await, Some(130));
+}
+
+#[tokio::test]
+async fn a_killed_master_is_replaced_and_acknowledged_writes_survive() {
+    let mut cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+        config.redis.replicas_to_wait = 2;
+    })
+    .await;
+    let p = pid("survivor");
+    store
+        .execute(Transaction::owner(p.clone(), key(1)).with(gold(40)))
+        .await
+        .expect("acknowledged by both replicas");
+    let port = owner(&cluster, &p).port();
+    let index = cluster
+        .nodes()
+        .iter()
+        .position(|n| n.port() == port)
+        .expect("the owner is a node");
+    cluster.node_mut(index).kill().expect("killed");
+
+    // Until a replica takes over, the shard refuses; then the store follows the map to it.
+    // (Reads: the promoted master has one replica left, fewer than the store waits for, so
+    // its writes answer UNKNOWN until it has two again.)
+    let last = std::sync::Mutex::new(None);
+    let served = wait_for(Duration::from_secs(30), || {
+        let read = Transaction::owner(p.clone(), None).with(read_gold());
+        let store = store.clone();
+        let last = &last;
+        async move {
+            match store.execute(read).await {
+                Ok(committed) => Some(committed),
+                Err(e @ (Error::Unavailable { .. } | Error::Unknown { .. })) => {
+                    *last.lock().expect("lock") = Some(e);
+                    None
+                }
+                Err(e) => panic!("unexpected error while failing over: {e}"),
+            }
+        }
+    })
+    .await;
+    let served = served.unwrap_or_else(|| panic!("not served by a promoted replica: {last:?}"));
+    assert_eq!(
+        gold_of(&served),
+        Some(40),
+        "the acknowledged write survived"
+    );
+    let new_owner = owner(&cluster, &p);
+    assert_ne!(new_owner.port(), port, "a replica was promoted");
+    let (view, _, _) = store.cluster_view().expect("view");
+    let shard = view.map().shard_for_player(&p);
+    assert_eq!(
+        view.group(shard)
+            .and_then(|g| g.master.clone())
+            .map(|m| m.address),
+        Some(new_owner.address())
+    );
+    assert_eq!(
+        view.groups().len(),
+        3,
+        "the failover kept the shard: {view:?}"
+    );
+    // A write is applied but not acknowledged by two replicas: UNKNOWN, never OK.
+    let write = store
+        .execute(Transaction::owner(p.clone(), key(2)).with(gold(1)))
+        .await;
+    assert!(
+        matches!(write, Err(Error::Unknown { .. })),
+        "one replica left, two waited for: {write:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_serves_a_cluster_and_shows_its_map() {
+    let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let gw = TestGateway::start(&with_test_gateway(cluster.config()))
+        .await
+        .expect("the gateway reads the cluster's map and starts");
+    let client = Client::connect(ClientConfig::new(gw.address.to_string(), ADMIN_TOKEN))
+        .await
+        .expect("connects");
+    let players: Vec<PlayerId> = (0..30).map(|i| pid(&format!("gw-{i}"))).collect();
+    let mut items: Vec<Item> = players
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Item::from(Envelope::from(
+                Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(50)),
+            ))
+        })
+        .collect();
+    // A trade in the same batch between players the map places on different masters (their
+    // funding above runs concurrently, so the trade may meet it: retried below).
+    let map = gw.gateway.store().shard_map();
+    let other = players
+        .iter()
+        .find(|q| map.shard_for_player(q) != map.shard_for_player(&players[0]))
+        .expect("a player on another master")
+        .clone();
+    for result in client
+        .execute_items(items.drain(..))
+        .await
+        .expect("a batch")
+    {
+        assert!(matches!(result, ItemResult::Single(Ok(_))), "{result:?}");
+    }
+    let trade = MultiTransaction::new(IdempotencyKey::new("gw-trade", 1).expect("key"))
+        .with(Participant::owner(players[0].clone()).with(gold(-20)))
+        .with(Participant::owner(other.clone()).with(gold(20)));
+    let results = client
+        .execute_items(vec![Item::from(trade)])
+        .await
+        .expect("a batch");
+    assert!(
+        matches!(&results[0], ItemResult::Multi(Ok(_))),
+        "{results:?}"
+    );
+    let read = |p: &PlayerId| Transaction::owner(p.clone(), None).with(read_gold());
+    let a = client.execute(read(&players[0])).await.expect("reads");
+    let b = client.execute(read(&other)).await.expect("reads");
+    assert_eq!((gold_of(&a), gold_of(&b)), (Some(30), Some(70)));
+
+    let (status, body) = admin_get(gw.admin_address, "/admin/status").await;
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["topology"], "cluster", "{status}");
+    assert!(status["cluster"]["epoch"].as_u64() >= Some(3), "{status}");
+    let shards = status["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3, "{status}");
+    for shard in shards {
+        assert_eq!(shard["reachable"], true, "{shard}");
+        assert!(
+            shard["endpoint"]["cluster"]["master"].is_string(),
+            "{shard}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+/// A GET of the gateway's admin endpoint with the admin token: status code and body.
+async fn admin_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("answers in time")
+        .expect("reads");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+async fn node_id(node: &RedisServer) -> String {
+    let mut conn = common::raw(node).await;
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut conn)
+        .await
+        .expect("node id")
+}
+
+async fn setslot(node: &RedisServer, slot: u16, what: &str, id: &str) {
+    let mut conn = common::raw(node).await;
+    let () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg(what)
+        .arg(id)
+        .query_async(&mut conn)
+        .await
+        .expect("setslot");
+}
