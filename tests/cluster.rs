@@ -372,6 +372,52 @@ async fn a_killed_master_is_replaced_and_acknowledged_writes_survive() {
 }
 
 #[tokio::test]
+async fn a_write_waits_for_every_replica_the_map_lists_online() {
+    // Two replicas per master, one configured: the cluster's election prefers the most
+    // advanced replica but does not guarantee it, so every replica must have the write.
+    let cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+        config.redis.replicas_to_wait = 1;
+        config.redis.retry_deadline_ms = 0;
+        if let Some(c) = config.cluster.as_mut() {
+            c.refresh_interval_ms = 200;
+        }
+    })
+    .await;
+    let p = pid("careful");
+    store
+        .execute(Transaction::owner(p.clone(), key(1)).with(gold(1)))
+        .await
+        .expect("both replicas acknowledge");
+    let master = owner(&cluster, &p);
+    let stalled = cluster.replicas_of(master)[0];
+    stalled.pause().expect("paused");
+    // The stalled replica still counts until the cluster flags it failed: the write applies
+    // on the master and one replica, and is UNKNOWN, never OK.
+    let write = store
+        .execute(Transaction::owner(p.clone(), key(2)).with(gold(1)))
+        .await;
+    let e = write.expect_err("one of two replicas is not enough");
+    assert!(
+        matches!(&e, Error::Unknown { reason, .. } if reason.contains("acknowledged by 1 of 2")),
+        "{e:?}"
+    );
+    // Once the cluster flags it failed (node timeout 2 s) and the map is read again, one
+    // replica online means one waited for.
+    let mut request = 2;
+    let ok = wait_for(Duration::from_secs(30), || {
+        request += 1;
+        let txn = Transaction::owner(p.clone(), key(request)).with(gold(1));
+        let store = store.clone();
+        async move { store.execute(txn).await.ok() }
+    })
+    .await;
+    stalled.resume().expect("resumed");
+    assert!(ok.is_some(), "writes acknowledged by the one replica left");
+}
+
+#[tokio::test]
 async fn a_gateway_serves_a_cluster_and_shows_its_map() {
     let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
     let gw = TestGateway::start(&with_test_gateway(cluster.config()))

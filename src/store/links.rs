@@ -17,7 +17,7 @@
 //! shard's master as a hint: it invalidates the connections and closes the breaker, so the
 //! next request finds the new master at once instead of after its errors.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use super::breaker::Breaker;
 use super::connect::{tcp_info, ConnectError};
 use super::directory::ClusterDirectory;
 use super::sentinel::{self, replies_outlast_down_after};
-use super::wait::WaitRounds;
+use super::wait::{Acknowledged, WaitRounds};
 
 /// One multiplexed connection to a shard's master.
 #[derive(Clone)]
@@ -44,8 +44,9 @@ pub(super) struct Link {
 
 impl Link {
     /// How many replicas acknowledged every write this connection had answered before the
-    /// call: `WAIT`, shared with whoever else is waiting on the same connection.
-    pub(super) async fn replicated(&self) -> Result<i64, ConnectError> {
+    /// call, and how many were asked for: `WAIT`, shared with whoever else is waiting on the
+    /// same connection.
+    pub(super) async fn replicated(&self) -> Acknowledged {
         self.waits.wait().await
     }
 }
@@ -108,7 +109,9 @@ pub(super) struct ShardLinks {
     connection_config: AsyncConnectionConfig,
     connect_timeout: Duration,
     sentinel_timeout: Duration,
-    replicas_to_wait: u32,
+    /// How many replicas `WAIT` asks for: `redis.replicas_to_wait`, or for a Redis Cluster's
+    /// shard every replica its map lists as online, if more (see `set_replicas_to_wait`).
+    replicas_to_wait: Arc<AtomicU32>,
     replication_timeout_ms: u64,
     slots: Vec<tokio::sync::Mutex<Option<Link>>>,
     next: AtomicUsize,
@@ -199,7 +202,7 @@ impl ShardLinks {
                 .set_response_timeout(Some(response_timeout)),
             connect_timeout: settings.connect_timeout(),
             sentinel_timeout: settings.sentinel_timeout(),
-            replicas_to_wait: settings.replicas_to_wait,
+            replicas_to_wait: Arc::new(AtomicU32::new(settings.replicas_to_wait)),
             replication_timeout_ms: settings.replication_timeout_ms,
             slots: (0..settings.connections_per_shard)
                 .map(|_| tokio::sync::Mutex::new(None))
@@ -254,6 +257,16 @@ impl ShardLinks {
         tracing::info!(shard = %self.name, new_master = %new, "the master moved");
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.breaker.success();
+    }
+
+    /// Sets how many replicas `WAIT` asks for from the next round on: for a Redis Cluster's
+    /// shard, every replica the map lists as online (at least `redis.replicas_to_wait`), since
+    /// the cluster's election prefers the most advanced replica but does not guarantee it.
+    pub(super) fn set_replicas_to_wait(&self, replicas: u32) {
+        let was = self.replicas_to_wait.swap(replicas, Ordering::Relaxed);
+        if was != replicas {
+            tracing::info!(shard = %self.name, replicas, was, "replicas to wait for changed");
+        }
     }
 
     pub(super) fn set_failover_hook(&self, hook: FailoverHook) {
@@ -319,7 +332,7 @@ impl ShardLinks {
         };
         let waits = Arc::new(WaitRounds::new(
             conn.clone(),
-            self.replicas_to_wait,
+            self.replicas_to_wait.clone(),
             self.replication_timeout_ms,
         ));
         let link = Link {

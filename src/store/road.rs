@@ -462,12 +462,11 @@ impl Store {
             None
         } else {
             Some(match link.replicated().await {
-                Ok(n) if n >= i64::from(settings.replicas_to_wait) => Ok(()),
-                Ok(n) => Err(Error::Unknown {
+                Ok((n, asked)) if n >= i64::from(asked) => Ok(()),
+                Ok((n, asked)) => Err(Error::Unknown {
                     shard: Some(name.clone()),
                     reason: format!(
-                        "applied on the master but acknowledged by {n} of {} replicas in time",
-                        settings.replicas_to_wait
+                        "applied on the master but acknowledged by {n} of {asked} replicas in time"
                     ),
                 }),
                 Err(e) => {

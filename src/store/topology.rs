@@ -176,6 +176,10 @@ impl ClusterTopology {
                     Arc::new(links)
                 }
             };
+            // Every replica the map lists as online, at least the configured number: a
+            // write every replica has survives whichever the cluster elects.
+            let online = u32::try_from(group.replicas_online()).unwrap_or(u32::MAX);
+            shard.set_replicas_to_wait(online.max(self.settings.replicas_to_wait));
             links.push(shard);
         }
         let routes = Arc::new(Routes {

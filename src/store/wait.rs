@@ -1,5 +1,6 @@
 //! Replicated acknowledgements: `WAIT`, grouped per connection.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
@@ -17,20 +18,29 @@ use super::connect::ConnectError;
 /// caller that gives up cannot stall the others.
 pub(super) struct WaitRounds {
     conn: MultiplexedConnection,
-    replicas: u32,
+    /// How many replicas a round asks for, read when it starts: the shard's links change it
+    /// when a Redis Cluster's map lists another number of replicas for its master.
+    replicas: Arc<AtomicU32>,
     timeout_ms: u64,
     state: Mutex<Rounds>,
 }
 
+/// What a round's `WAIT` answered: the replicas that acknowledged, and how many it asked for.
+pub(super) type Acknowledged = Result<(i64, u32), ConnectError>;
+
 #[derive(Default)]
 struct Rounds {
-    waiting: Vec<tokio::sync::oneshot::Sender<Result<i64, ConnectError>>>,
+    waiting: Vec<tokio::sync::oneshot::Sender<Acknowledged>>,
     running: bool,
 }
 
 impl WaitRounds {
-    /// Rounds on `conn`, each a `WAIT replicas timeout_ms`.
-    pub(super) fn new(conn: MultiplexedConnection, replicas: u32, timeout_ms: u64) -> WaitRounds {
+    /// Rounds on `conn`, each a `WAIT <replicas> timeout_ms`.
+    pub(super) fn new(
+        conn: MultiplexedConnection,
+        replicas: Arc<AtomicU32>,
+        timeout_ms: u64,
+    ) -> WaitRounds {
         WaitRounds {
             conn,
             replicas,
@@ -40,8 +50,9 @@ impl WaitRounds {
     }
 
     /// Joins the next round and returns what its `WAIT` answered: how many replicas
-    /// acknowledged every write this connection had answered before the call.
-    pub(super) async fn wait(self: &Arc<Self>) -> Result<i64, ConnectError> {
+    /// acknowledged every write this connection had answered before the call, and how many
+    /// the round asked for.
+    pub(super) async fn wait(self: &Arc<Self>) -> Acknowledged {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut rounds = lock(&self.state);
@@ -67,11 +78,13 @@ impl WaitRounds {
                 std::mem::take(&mut rounds.waiting)
             };
             let mut conn = self.conn.clone();
-            let acked: Result<i64, ConnectError> = redis::cmd("WAIT")
-                .arg(self.replicas)
+            let asked = self.replicas.load(Ordering::Relaxed);
+            let acked: Acknowledged = redis::cmd("WAIT")
+                .arg(asked)
                 .arg(self.timeout_ms)
-                .query_async(&mut conn)
+                .query_async::<i64>(&mut conn)
                 .await
+                .map(|n| (n, asked))
                 .map_err(|e| ConnectError::redis("WAIT on", "the link", e));
             for waiter in round {
                 let _ = waiter.send(acked.clone());
