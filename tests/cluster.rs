@@ -484,6 +484,88 @@ async fn a_gateway_serves_a_cluster_and_shows_its_map() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn start_up_refuses_a_cluster_colony_cannot_keep_its_promises_on() {
+    let refused = |config: colony::Config| async move {
+        match Store::connect(&config).await {
+            Ok(_) => panic!("a store was built"),
+            Err(e) => e.to_string(),
+        }
+    };
+    // Redis's default: one master's failure stops every master.
+    let full = RedisCluster::start(
+        3,
+        0,
+        Profile::Plain,
+        &["--cluster-require-full-coverage", "yes"],
+    )
+    .expect("cluster starts");
+    let e = refused(full.config()).await;
+    assert!(e.contains("cluster-require-full-coverage yes"), "{e}");
+    drop(full);
+
+    // Two masters cannot elect a replacement for one.
+    let two = RedisCluster::start(2, 0, Profile::Plain, &[]).expect("cluster starts");
+    let e = refused(two.config()).await;
+    assert!(e.contains("2 master(s); at least 3"), "{e}");
+    drop(two);
+
+    // The replicated profile waits for more replicas than a master has.
+    let thin = RedisCluster::start(3, 1, Profile::Plain, &[]).expect("cluster starts");
+    let mut config = thin.config();
+    config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+    config.redis.replicas_to_wait = 2;
+    let e = refused(config).await;
+    assert!(
+        e.contains("has 1 replica(s) online") && e.contains("waits for 2"),
+        "{e}"
+    );
+    drop(thin);
+
+    // A user that may not run scripts (as a managed service's restricted user might be).
+    let locked = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    for node in locked.nodes() {
+        let mut conn = common::raw(node).await;
+        let () = redis::cmd("ACL")
+            .arg(
+                &[
+                    "SETUSER",
+                    "colony",
+                    "on",
+                    ">colony-secret-1",
+                    "~*",
+                    "&*",
+                    "+@all",
+                    "-evalsha",
+                ][..],
+            )
+            .query_async(&mut conn)
+            .await
+            .expect("user made");
+    }
+    let mut config = locked.config();
+    if let Some(c) = config.cluster.as_mut() {
+        c.username = Some("colony".into());
+        c.password = Some("colony-secret-1".into());
+    }
+    let e = refused(config.clone()).await;
+    assert!(e.contains("refuses EVALSHA, which Colony needs"), "{e}");
+    // The same user with scripts allowed is accepted.
+    for node in locked.nodes() {
+        let mut conn = common::raw(node).await;
+        let () = redis::cmd("ACL")
+            .arg(&["SETUSER", "colony", "+evalsha"][..])
+            .query_async(&mut conn)
+            .await
+            .expect("user changed");
+    }
+    let store = Store::connect(&config).await.expect("accepted");
+    store
+        .execute(Transaction::owner(pid("allowed"), key(1)).with(gold(1)))
+        .await
+        .expect("commits as that user");
+}
+
 /// A GET of the gateway's admin endpoint with the admin token: status code and body.
 async fn admin_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -177,6 +177,111 @@ impl ClusterDirectory {
     }
 }
 
+/// What Colony needs of a cluster, checked once at start ([`ClusterDirectory::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Checked {
+    /// Problems that do not stop Colony, one line each (logged).
+    pub(super) warnings: Vec<String>,
+}
+
+/// Fewest masters a cluster may have: a failover needs a majority of masters to vote.
+pub(super) const MIN_MASTERS: usize = 3;
+
+impl ClusterDirectory {
+    /// Checks, on every master of the map, what Colony relies on, and fails with one line
+    /// naming the first thing missing:
+    /// - at least [`MIN_MASTERS`] masters (fewer cannot elect a replacement);
+    /// - `cluster-require-full-coverage no` (with `yes`, one master's failure stops every
+    ///   master); a `CONFIG GET` refused (a managed service) is a warning saying what to set;
+    /// - in the replicated profile, at least `replicas_to_wait` replicas per master;
+    /// - the commands the store sends: `EVALSHA`, `WAIT`, `CLUSTER NODES` (a refusal such as
+    ///   `NOPERM` or an unknown command is an error naming the command).
+    pub(super) async fn check(
+        &self,
+        replicated: bool,
+        replicas_to_wait: u32,
+    ) -> Result<Checked, String> {
+        let view = self.view();
+        let masters: Vec<(&str, &crate::cluster_view::Group)> = view
+            .groups()
+            .iter()
+            .filter_map(|g| g.master.as_ref().map(|m| (m.address.as_str(), g)))
+            .collect();
+        if masters.len() < MIN_MASTERS {
+            return Err(format!(
+                "the cluster has {} master(s); at least {MIN_MASTERS} are needed, or no replica \
+                 can be elected when one fails",
+                masters.len()
+            ));
+        }
+        let mut warnings = Vec::new();
+        for (address, group) in masters {
+            if replicated && group.replicas_online() < replicas_to_wait as usize {
+                return Err(format!(
+                    "master {address} ({}) has {} replica(s) online; redis.acknowledge = \
+                     \"replicated\" waits for {replicas_to_wait}",
+                    group.name,
+                    group.replicas_online()
+                ));
+            }
+            let failed = |e: redis::RedisError| format!("master {address}: {e}");
+            let client = redis::Client::open(
+                tcp_info(address, self.redis_info.clone()).map_err(|e| e.to_string())?,
+            )
+            .map_err(failed)?;
+            let mut conn = tokio::time::timeout(
+                self.ask_timeout,
+                client.get_multiplexed_async_connection_with_config(&self.connection_config),
+            )
+            .await
+            .map_err(|_| format!("master {address}: no answer in time"))?
+            .map_err(failed)?;
+            // Each command Colony needs, asked so that it runs and changes nothing: a script
+            // that is not loaded answers NOSCRIPT, which means EVALSHA itself is allowed.
+            let needed = [
+                (
+                    "EVALSHA",
+                    redis::cmd("EVALSHA").arg("0".repeat(40)).arg(0).clone(),
+                ),
+                ("WAIT", redis::cmd("WAIT").arg(0).arg(1).clone()),
+                ("CLUSTER NODES", redis::cmd("CLUSTER").arg("NODES").clone()),
+            ];
+            for (name, cmd) in needed {
+                match cmd.query_async::<redis::Value>(&mut conn).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some("NOSCRIPT") => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "master {address} refuses {name}, which Colony needs: {e}"
+                        ))
+                    }
+                }
+            }
+            let coverage: Result<Vec<String>, _> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("cluster-require-full-coverage")
+                .query_async(&mut conn)
+                .await;
+            match coverage.as_deref() {
+                Ok([_, value]) if value == "no" => {}
+                Ok([_, value]) => {
+                    return Err(format!(
+                        "master {address} has cluster-require-full-coverage {value}: one \
+                         master's failure would stop every master; set it to no on every node"
+                    ))
+                }
+                Ok(_) | Err(_) => warnings.push(format!(
+                    "master {address}: CONFIG GET cluster-require-full-coverage refused (a \
+                     managed service?); make sure it is no, or one master's failure stops \
+                     every master"
+                )),
+            }
+        }
+        warnings.dedup();
+        Ok(Checked { warnings })
+    }
+}
+
 /// Asks `addresses`, [`ASKED_AT_ONCE`] at a time, until some answer; of one round's answers
 /// the one listing the highest configuration epoch wins (the newest news of the cluster).
 async fn fetch(

@@ -127,7 +127,10 @@ impl Store {
 
     /// Prepares the store for `config`'s topology: [`Store::new`] for `[[shards]]`; for a
     /// `[cluster]`, reads the cluster's map from its seeds first (failing when none of them
-    /// gives it in time). Connections open lazily, on first use.
+    /// gives it in time) and checks what Colony needs of it (at least 3 masters,
+    /// `cluster-require-full-coverage no`, enough replicas for the replicated profile, the
+    /// commands it sends), failing with one line naming what is missing. Connections open
+    /// lazily, on first use.
     pub async fn connect(config: &Config) -> Result<Store, StartupError> {
         let Some(cluster) = &config.cluster else {
             return Store::new(config);
@@ -138,6 +141,14 @@ impl Store {
         let directory = directory::ClusterDirectory::discover(cluster, &config.redis)
             .await
             .map_err(|e| StartupError::Cluster(e.to_string()))?;
+        let replicated = config.redis.acknowledge == crate::config::Acknowledge::Replicated;
+        let checked = directory
+            .check(replicated, config.redis.replicas_to_wait)
+            .await
+            .map_err(StartupError::Cluster)?;
+        for warning in checked.warnings {
+            tracing::warn!("{warning}");
+        }
         let credentials = links::Credentials {
             username: cluster.username.clone(),
             password: cluster.password.clone(),

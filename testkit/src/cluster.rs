@@ -50,6 +50,9 @@ impl RedisCluster {
                 // Failover within about 3 s of a master's death, as in `deploy/redis/`.
                 "--cluster-node-timeout",
                 "2000",
+                // One master's failure stops only that master's slots (Colony requires it).
+                "--cluster-require-full-coverage",
+                "no",
             ];
             args.extend_from_slice(extra);
             nodes.push(RedisServer::start_profile(profile, &args)?);
