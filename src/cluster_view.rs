@@ -28,6 +28,9 @@ pub struct ClusterNode {
     pub id: String,
     /// Where clients reach it, `host:port` (empty for a node that has no address yet).
     pub address: String,
+    /// The hostname it announces (`cluster-announce-hostname`), if any: redirects name it
+    /// instead of the address when the cluster prefers hostnames.
+    pub hostname: Option<String>,
     /// Whether it is a master (else a replica).
     pub master: bool,
     /// The master it replicates, for a replica.
@@ -79,6 +82,10 @@ pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
         }
         // `ip:port@cport[,hostname]`; the address clients use is `ip:port`.
         let address = fields[1].split(['@', ',']).next().unwrap_or_default();
+        let hostname = fields[1]
+            .split_once(',')
+            .map(|(_, h)| h.to_string())
+            .filter(|h| !h.is_empty());
         let flags: Vec<&str> = fields[2].split(',').collect();
         let master = flags.contains(&"master");
         let replica = flags.contains(&"slave") || flags.contains(&"replica");
@@ -124,6 +131,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
             } else {
                 String::new()
             },
+            hostname,
             master,
             replica_of,
             failing: flags.contains(&"fail"),
@@ -149,8 +157,27 @@ pub struct Member {
     pub id: String,
     /// `host:port`.
     pub address: String,
+    /// The hostname it announces, if any.
+    pub hostname: Option<String>,
     /// Flagged `fail`.
     pub failing: bool,
+}
+
+impl Member {
+    /// Whether a redirect naming `target` (`host:port`) names this node: by its address, or
+    /// by its announced hostname and its port.
+    pub fn answers_to(&self, target: &str) -> bool {
+        if self.address == target {
+            return true;
+        }
+        let port = self.address.rsplit_once(':').map(|(_, p)| p);
+        match (&self.hostname, port, target.rsplit_once(':')) {
+            (Some(host), Some(port), Some((target_host, target_port))) => {
+                host == target_host && port == target_port
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A shard of the cluster: a master and its replicas, under a name that outlives failovers.
@@ -230,6 +257,7 @@ impl ClusterView {
         let member = |n: &ClusterNode| Member {
             id: n.id.clone(),
             address: n.address.clone(),
+            hostname: n.hostname.clone(),
             failing: n.failing,
         };
         let mut groups: Vec<Group> = previous
@@ -247,38 +275,68 @@ impl ClusterView {
         let before: Vec<BTreeSet<&str>> = previous
             .map(|p| p.groups.iter().map(|g| g.ids().collect()).collect())
             .unwrap_or_default();
+        // Each master's replicas, and the group it takes. Matching runs in passes over every
+        // master, strongest evidence first, so that a weak match of one master cannot take
+        // the group another master holds by a strong one: the group this very node was
+        // master of; then one it was a replica in; then the one sharing most nodes with it.
+        let crew: Vec<Vec<&ClusterNode>> = masters
+            .iter()
+            .map(|master| {
+                nodes
+                    .iter()
+                    .filter(usable)
+                    .filter(|n| !n.master && n.replica_of.as_deref() == Some(master.id.as_str()))
+                    .collect()
+            })
+            .collect();
+        let was_master: Vec<Option<&str>> = previous
+            .map(|p| {
+                p.groups
+                    .iter()
+                    .map(|g| g.master.as_ref().map(|m| m.id.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut claimed = vec![false; groups.len()];
+        let mut taken: Vec<Option<usize>> = vec![None; masters.len()];
+        for pass in 0..3 {
+            for (k, master) in masters.iter().enumerate() {
+                if taken[k].is_some() {
+                    continue;
+                }
+                let id = master.id.as_str();
+                let ids: BTreeSet<&str> = std::iter::once(id)
+                    .chain(crew[k].iter().map(|r| r.id.as_str()))
+                    .collect();
+                let free = (0..before.len()).filter(|&i| !claimed[i]);
+                let found = match pass {
+                    0 => free.clone().find(|&i| was_master[i] == Some(id)),
+                    1 => free.clone().find(|&i| before[i].contains(id)),
+                    _ => free
+                        .map(|i| (before[i].intersection(&ids).count(), i))
+                        .filter(|&(shared, _)| shared > 0)
+                        // Most shared nodes; of equals, the lowest index.
+                        .max_by_key(|&(shared, i)| (shared, std::cmp::Reverse(i)))
+                        .map(|(_, i)| i),
+                };
+                if let Some(i) = found {
+                    claimed[i] = true;
+                    taken[k] = Some(i);
+                }
+            }
+        }
         let mut owner_of_master: Vec<(usize, &ClusterNode)> = Vec::new();
-        for master in masters {
-            let replicas: Vec<&ClusterNode> = nodes
-                .iter()
-                .filter(usable)
-                .filter(|n| !n.master && n.replica_of.as_deref() == Some(master.id.as_str()))
-                .collect();
-            let ids: BTreeSet<&str> = std::iter::once(master.id.as_str())
-                .chain(replicas.iter().map(|r| r.id.as_str()))
-                .collect();
-            let free = |i: &usize| !claimed[*i];
-            let index = (0..before.len())
-                .filter(free)
-                .find(|&i| before[i].contains(master.id.as_str()))
-                .or_else(|| {
-                    (0..before.len())
-                        .filter(free)
-                        .find(|&i| !before[i].is_disjoint(&ids))
-                })
-                .unwrap_or_else(|| {
-                    groups.push(Group {
-                        name: format!("shard-{}", groups.len()),
-                        master: None,
-                        replicas: Vec::new(),
-                    });
-                    claimed.push(false);
-                    groups.len() - 1
+        for (k, master) in masters.iter().enumerate() {
+            let index = taken[k].unwrap_or_else(|| {
+                groups.push(Group {
+                    name: format!("shard-{}", groups.len()),
+                    master: None,
+                    replicas: Vec::new(),
                 });
-            claimed[index] = true;
+                groups.len() - 1
+            });
             groups[index].master = Some(member(master));
-            groups[index].replicas = replicas.into_iter().map(member).collect();
+            groups[index].replicas = crew[k].iter().map(|r| member(r)).collect();
             owner_of_master.push((index, master));
         }
         if groups.is_empty() {
@@ -359,12 +417,29 @@ impl ClusterView {
         &self.source
     }
 
-    /// The group whose master is at `address`, if one is.
+    /// The group whose master a redirect naming `address` means (by address or announced
+    /// hostname), if one is.
     pub fn group_of_master(&self, address: &str) -> Option<ShardIndex> {
         self.groups
             .iter()
-            .position(|g| g.master.as_ref().is_some_and(|m| m.address == address))
+            .position(|g| g.master.as_ref().is_some_and(|m| m.answers_to(address)))
             .and_then(|i| self.map.index(i))
+    }
+
+    /// Every node this view's groups list as failed, `host:port`.
+    pub fn failed_addresses(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.master.iter().chain(&g.replicas))
+            .filter(|m| m.failing)
+            .map(|m| m.address.clone())
+            .collect()
+    }
+
+    /// Whether any master serves a slot in this view: a node whose cluster was reset (or
+    /// one that has not joined) lists none, and its view must not replace a real one.
+    pub fn serves_slots(&self) -> bool {
+        self.groups.iter().any(|g| g.master.is_some())
     }
 
     /// Every node's address, masters first: whom to ask for the next view.
@@ -525,6 +600,55 @@ fb777b41f10a4356a1135e692d014eb47aa332cf 127.0.0.1:7106@7206 slave 677ee9ecf266e
             .expect("view");
         assert_eq!(next.groups().len(), 3);
         assert_eq!(next.groups()[2].replicas.len(), 2);
+    }
+
+    #[test]
+    fn a_strong_match_is_not_taken_by_a_weak_one() {
+        // A node X added and given slot 0 (sorting first) while 7109, a replica of shard-0's
+        // master 7101, migrated to X: X shares a node with shard-0, but 7101 is its master.
+        let first =
+            ClusterView::first("a:1", &parse_nodes(CREATED).expect("parses")).expect("view");
+        let mut text = CREATED
+            .replace("connected 0-5460", "connected 1-5460")
+            .replace(
+                "127.0.0.1:7109@7209 slave dc878f879e2fc114124782a149dec9f111a31639",
+                "127.0.0.1:7109@7209 slave aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            );
+        text.push_str(
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 127.0.0.1:7110@7210 master - 0 0 11 connected 0\n",
+        );
+        let next = first
+            .next("a:1", &parse_nodes(&text).expect("parses"))
+            .expect("view");
+        assert_eq!(master_of(&next, 100), "127.0.0.1:7101");
+        assert_eq!(
+            next.groups()[0].master.as_ref().map(|m| m.address.as_str()),
+            Some("127.0.0.1:7101")
+        );
+        assert_eq!(
+            next.groups()[3].master.as_ref().map(|m| m.address.as_str()),
+            Some("127.0.0.1:7110")
+        );
+        assert_eq!(master_of(&next, 0), "127.0.0.1:7110");
+    }
+
+    #[test]
+    fn redirects_may_name_a_node_by_its_hostname() {
+        let text = CREATED.replace(
+            "127.0.0.1:7103@7203 master",
+            "127.0.0.1:7103@7203,node-c.example master",
+        );
+        let view = ClusterView::first("a:1", &parse_nodes(&text).expect("parses")).expect("view");
+        assert_eq!(
+            view.group_of_master("node-c.example:7103").map(|i| i.get()),
+            Some(2)
+        );
+        assert_eq!(
+            view.group_of_master("127.0.0.1:7103").map(|i| i.get()),
+            Some(2)
+        );
+        assert_eq!(view.group_of_master("node-c.example:7102"), None);
+        assert!(view.serves_slots());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 use tokio::time::Instant;
 
@@ -27,6 +27,10 @@ pub(super) const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
 
 /// How many nodes are asked at once for the map.
 const ASKED_AT_ONCE: usize = 3;
+
+/// How long the other nodes of a round are given once one has answered: a node that is down
+/// but not yet flagged must not hold every read of the map for its whole timeout.
+const ANSWER_GRACE: Duration = Duration::from_millis(50);
 
 /// The cluster's map, and how to read it again.
 pub(super) struct ClusterDirectory {
@@ -128,6 +132,26 @@ impl ClusterDirectory {
         )
         .await
         {
+            Ok(view) if !view.serves_slots() || view.epoch() < current.epoch() => {
+                // A node whose cluster was reset, one cut off in a minority with an old
+                // configuration, or one restarted from an old nodes.conf: its answer is
+                // older than what is known, and would send shards back to old masters.
+                self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    source = %view.source(),
+                    epoch = view.epoch(),
+                    known = current.epoch(),
+                    "ignored a cluster map older than the one known, or serving no slot"
+                );
+                Err(ConnectError::BadClusterMap {
+                    address: view.source().to_string(),
+                    reason: format!(
+                        "epoch {} is older than the known {}, or no master serves a slot",
+                        view.epoch(),
+                        current.epoch()
+                    ),
+                })
+            }
             Ok(view) => {
                 if view.map() != current.map() {
                     tracing::info!(
@@ -293,28 +317,43 @@ async fn fetch(
 ) -> Result<ClusterView, ConnectError> {
     let mut failures = Vec::new();
     for round in addresses.chunks(ASKED_AT_ONCE) {
-        let asked = round.iter().map(|address| async move {
-            let answer =
-                tokio::time::timeout(timeout, ask(address, redis_info.clone(), connection_config))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ConnectError::Timeout {
-                            step: "CLUSTER NODES on",
-                            address: address.clone(),
-                        })
-                    });
-            (address, answer)
-        });
+        let mut asked: FuturesUnordered<_> = round
+            .iter()
+            .map(|address| async move {
+                let answer = tokio::time::timeout(
+                    timeout,
+                    ask(address, redis_info.clone(), connection_config),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ConnectError::Timeout {
+                        step: "CLUSTER NODES on",
+                        address: address.clone(),
+                    })
+                });
+                (address, answer)
+            })
+            .collect();
+        let epoch = |nodes: &[ClusterNode]| nodes.iter().map(|n| n.config_epoch).max().unwrap_or(0);
         let mut best: Option<(&String, Vec<ClusterNode>)> = None;
-        for (address, answer) in join_all(asked).await {
+        let mut grace: Option<Instant> = None;
+        loop {
+            let next = match grace {
+                None => asked.next().await,
+                Some(until) => match tokio::time::timeout_at(until, asked.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((address, answer)) = next else {
+                break;
+            };
             match answer {
                 Ok(nodes) => {
-                    let epoch = |nodes: &[ClusterNode]| {
-                        nodes.iter().map(|n| n.config_epoch).max().unwrap_or(0)
-                    };
                     if best.as_ref().is_none_or(|(_, b)| epoch(&nodes) > epoch(b)) {
                         best = Some((address, nodes));
                     }
+                    grace.get_or_insert_with(|| Instant::now() + ANSWER_GRACE);
                 }
                 Err(e) => failures.push((address.clone(), e)),
             }

@@ -17,7 +17,7 @@
 //! shard's master as a hint: it invalidates the connections and closes the breaker, so the
 //! next request finds the new master at once instead of after its errors.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use super::breaker::Breaker;
 use super::connect::{tcp_info, ConnectError};
 use super::directory::ClusterDirectory;
 use super::sentinel::{self, replies_outlast_down_after};
-use super::wait::{Acknowledged, WaitRounds};
+use super::wait::{Acknowledged, WaitFor, WaitRounds};
 
 /// One multiplexed connection to a shard's master.
 #[derive(Clone)]
@@ -109,9 +109,9 @@ pub(super) struct ShardLinks {
     connection_config: AsyncConnectionConfig,
     connect_timeout: Duration,
     sentinel_timeout: Duration,
-    /// How many replicas `WAIT` asks for: `redis.replicas_to_wait`, or for a Redis Cluster's
-    /// shard every replica its map lists as online, if more (see `set_replicas_to_wait`).
-    replicas_to_wait: Arc<AtomicU32>,
+    /// Which replicas `WAIT` asks for (see [`WaitFor`]); a Redis Cluster's shard updates it
+    /// with each view (`set_wait_for`).
+    wait_for: Arc<Mutex<WaitFor>>,
     replication_timeout_ms: u64,
     slots: Vec<tokio::sync::Mutex<Option<Link>>>,
     next: AtomicUsize,
@@ -202,7 +202,7 @@ impl ShardLinks {
                 .set_response_timeout(Some(response_timeout)),
             connect_timeout: settings.connect_timeout(),
             sentinel_timeout: settings.sentinel_timeout(),
-            replicas_to_wait: Arc::new(AtomicU32::new(settings.replicas_to_wait)),
+            wait_for: Arc::new(Mutex::new(WaitFor::Configured(settings.replicas_to_wait))),
             replication_timeout_ms: settings.replication_timeout_ms,
             slots: (0..settings.connections_per_shard)
                 .map(|_| tokio::sync::Mutex::new(None))
@@ -259,14 +259,10 @@ impl ShardLinks {
         self.breaker.success();
     }
 
-    /// Sets how many replicas `WAIT` asks for from the next round on: for a Redis Cluster's
-    /// shard, every replica the map lists as online (at least `redis.replicas_to_wait`), since
-    /// the cluster's election prefers the most advanced replica but does not guarantee it.
-    pub(super) fn set_replicas_to_wait(&self, replicas: u32) {
-        let was = self.replicas_to_wait.swap(replicas, Ordering::Relaxed);
-        if was != replicas {
-            tracing::info!(shard = %self.name, replicas, was, "replicas to wait for changed");
-        }
+    /// Sets which replicas `WAIT` asks for from the next round on (a Redis Cluster's shard,
+    /// from each new view).
+    pub(super) fn set_wait_for(&self, wait_for: WaitFor) {
+        *lock(&self.wait_for) = wait_for;
     }
 
     pub(super) fn set_failover_hook(&self, hook: FailoverHook) {
@@ -332,7 +328,7 @@ impl ShardLinks {
         };
         let waits = Arc::new(WaitRounds::new(
             conn.clone(),
-            self.replicas_to_wait.clone(),
+            self.wait_for.clone(),
             self.replication_timeout_ms,
         ));
         let link = Link {

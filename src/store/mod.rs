@@ -121,6 +121,7 @@ impl Store {
         let routes = Routes {
             map: Arc::new(map),
             links,
+            view: None,
         };
         Ok(Store::of(config, Topology::Fixed(Arc::new(routes))))
     }

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::config::Acknowledge;
 use crate::error::Error;
 use crate::script::Invocation;
-use crate::shard_map::{Endpoint, ShardIndex};
+use crate::shard_map::ShardIndex;
 
 use super::breaker::Admit;
 use super::links::ShardLinks;
@@ -403,12 +403,11 @@ impl Store {
                             links.master_may_have_moved(&link, e.code() == "NOREPLICAS");
                             healthy = false;
                         }
-                        match e.code() {
-                            "MOVED" => moved = true,
-                            // The cluster is failing over, or lost a majority: a failure of
-                            // the shard, as far as its breaker is concerned.
-                            "CLUSTERDOWN" => healthy = false,
-                            _ => {}
+                        // CLUSTERDOWN is the cluster's state, not this shard's: it does not count
+                        // against the breaker (every shard answers it at once when the cluster
+                        // lost its majority; opened breakers would outlast the recovery).
+                        if e.code() == "MOVED" {
+                            moved = true;
                         }
                         replies[i] = Some(Err(server_error(name, e.code(), &e)));
                     }
@@ -518,14 +517,16 @@ impl Store {
         let mut replies: Vec<Option<Result<RedisValue, Error>>> = vec![None; asked.len()];
         let mut acknowledged: Option<Result<(), Error>> = None;
         let mut targets: Vec<&str> = asked.iter().map(|(_, t)| t.as_str()).collect();
+        targets.sort_unstable();
         targets.dedup();
         for target in targets {
             let positions: Vec<usize> =
                 (0..asked.len()).filter(|&k| asked[k].1 == target).collect();
-            let shard = routes.map.shards().iter().position(
-                |s| matches!(&s.endpoint, Endpoint::Cluster { master: Some(m) } if m == target),
-            );
-            let Some(links) = shard.and_then(|s| routes.links.get(s)) else {
+            let shard = routes
+                .view
+                .as_ref()
+                .and_then(|view| view.group_of_master(target));
+            let Some(links) = shard.and_then(|s| routes.links.get(s.get())) else {
                 // A node the map does not know as a master yet: the command applied nothing;
                 // the retry finds the slot moved, or the node in the map.
                 for k in positions {

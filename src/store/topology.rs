@@ -18,11 +18,14 @@ use crate::shard_map::{ShardIndex, ShardMap};
 
 use super::directory::ClusterDirectory;
 use super::links::{Credentials, FailoverHook, ShardLinks};
+use super::wait::WaitFor;
 
 /// The slot map and the links of every shard it names, in index order.
 pub(super) struct Routes {
     pub(super) map: Arc<ShardMap>,
     pub(super) links: Vec<Arc<ShardLinks>>,
+    /// For a Redis Cluster, the view the map came from (to find a redirect's node).
+    pub(super) view: Option<Arc<ClusterView>>,
 }
 
 impl Routes {
@@ -135,14 +138,17 @@ impl Topology {
 
 impl ClusterTopology {
     fn routes(&self) -> Arc<Routes> {
-        let view = self.directory.view();
+        // The view is read under the lock: views only move forward, so routes built from an
+        // older view can never replace those of a newer one.
         let mut current = lock(&self.current);
+        let view = self.directory.view();
         if let Some((built_from, routes)) = current.as_ref() {
             if Arc::ptr_eq(built_from, &view) {
                 return routes.clone();
             }
         }
         let before = current.take();
+        let failed = view.failed_addresses();
         let mut links = Vec::with_capacity(view.groups().len());
         for (i, group) in view.groups().iter().enumerate() {
             let master = group.master.as_ref().map(|m| m.address.as_str());
@@ -176,15 +182,24 @@ impl ClusterTopology {
                     Arc::new(links)
                 }
             };
-            // Every replica the map lists as online, at least the configured number: a
-            // write every replica has survives whichever the cluster elects.
-            let online = u32::try_from(group.replicas_online()).unwrap_or(u32::MAX);
-            shard.set_replicas_to_wait(online.max(self.settings.replicas_to_wait));
+            // Every replica that could be elected (see `WaitFor`): a write every one of them
+            // has survives whichever the cluster elects.
+            shard.set_wait_for(WaitFor::Cluster {
+                configured: self.settings.replicas_to_wait,
+                listed_online: group
+                    .replicas
+                    .iter()
+                    .filter(|r| !r.failing)
+                    .map(|r| r.address.clone())
+                    .collect(),
+                failed: failed.clone(),
+            });
             links.push(shard);
         }
         let routes = Arc::new(Routes {
             map: Arc::new(view.map().clone()),
             links,
+            view: Some(view.clone()),
         });
         *current = Some((view, routes.clone()));
         routes

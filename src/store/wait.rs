@@ -1,6 +1,6 @@
 //! Replicated acknowledgements: `WAIT`, grouped per connection.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
@@ -18,9 +18,9 @@ use super::connect::ConnectError;
 /// caller that gives up cannot stall the others.
 pub(super) struct WaitRounds {
     conn: MultiplexedConnection,
-    /// How many replicas a round asks for, read when it starts: the shard's links change it
-    /// when a Redis Cluster's map lists another number of replicas for its master.
-    replicas: Arc<AtomicU32>,
+    /// Which replicas a round waits for, read when it starts: the shard's links change it
+    /// with each new view of a Redis Cluster.
+    wait_for: Arc<Mutex<WaitFor>>,
     timeout_ms: u64,
     state: Mutex<Rounds>,
 }
@@ -38,12 +38,12 @@ impl WaitRounds {
     /// Rounds on `conn`, each a `WAIT <replicas> timeout_ms`.
     pub(super) fn new(
         conn: MultiplexedConnection,
-        replicas: Arc<AtomicU32>,
+        wait_for: Arc<Mutex<WaitFor>>,
         timeout_ms: u64,
     ) -> WaitRounds {
         WaitRounds {
             conn,
-            replicas,
+            wait_for,
             timeout_ms,
             state: Mutex::new(Rounds::default()),
         }
@@ -77,15 +77,7 @@ impl WaitRounds {
                 }
                 std::mem::take(&mut rounds.waiting)
             };
-            let mut conn = self.conn.clone();
-            let asked = self.replicas.load(Ordering::Relaxed);
-            let acked: Acknowledged = redis::cmd("WAIT")
-                .arg(asked)
-                .arg(self.timeout_ms)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map(|n| (n, asked))
-                .map_err(|e| ConnectError::redis("WAIT on", "the link", e));
+            let acked = self.round().await;
             for waiter in round {
                 let _ = waiter.send(acked.clone());
             }
@@ -93,7 +85,172 @@ impl WaitRounds {
     }
 }
 
+impl WaitRounds {
+    /// One `WAIT` for as many replicas as [`WaitFor::asked`] says, on the round's connection
+    /// (after `ROLE` on it, for a Redis Cluster's shard).
+    async fn round(&self) -> Acknowledged {
+        let mut conn = self.conn.clone();
+        let failed = |step| move |e| ConnectError::redis(step, "the link", e);
+        let wait_for = lock(&self.wait_for).clone();
+        let attached = match &wait_for {
+            WaitFor::Configured(_) => None,
+            WaitFor::Cluster { .. } => {
+                let role: redis::Value = redis::cmd("ROLE")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(failed("ROLE on"))?;
+                Some(attached_replicas(&role))
+            }
+        };
+        let asked = wait_for.asked(attached.as_deref());
+        redis::cmd("WAIT")
+            .arg(asked)
+            .arg(self.timeout_ms)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|n| (n, asked))
+            .map_err(failed("WAIT on"))
+    }
+}
+
+/// Which replicas a write must reach before it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum WaitFor {
+    /// `redis.replicas_to_wait` of them (Sentinel and fixed shards: Sentinel promotes the
+    /// replica with the highest offset).
+    Configured(u32),
+    /// A Redis Cluster's shard: every replica that could be elected — those the map lists
+    /// online for the master, and those attached to it now (`ROLE`) that the map does not
+    /// flag as failed (the map may lag: a replica that moved to this master, one back from a
+    /// failure) — and at least `configured`. The cluster's election prefers the most
+    /// advanced replica but does not guarantee it.
+    Cluster {
+        /// `redis.replicas_to_wait`.
+        configured: u32,
+        /// The master's replicas the map lists as online, `host:port`.
+        listed_online: Vec<String>,
+        /// Every node the map flags as failed, `host:port`.
+        failed: Vec<String>,
+    },
+}
+
+impl WaitFor {
+    /// How many replicas to ask `WAIT` for, given the replicas attached now (`host:port`;
+    /// `None` when not asked).
+    pub(super) fn asked(&self, attached: Option<&[String]>) -> u32 {
+        match self {
+            WaitFor::Configured(n) => *n,
+            WaitFor::Cluster {
+                configured,
+                listed_online,
+                failed,
+            } => {
+                let mut electable: BTreeSet<&str> =
+                    listed_online.iter().map(String::as_str).collect();
+                for replica in attached.unwrap_or_default() {
+                    if !failed.contains(replica) {
+                        electable.insert(replica);
+                    }
+                }
+                u32::try_from(electable.len())
+                    .unwrap_or(u32::MAX)
+                    .max(*configured)
+            }
+        }
+    }
+}
+
+/// The replicas a master's `ROLE` reply lists (`master`, offset, then `[ip, port, offset]`
+/// per replica), as `ip:port`.
+fn attached_replicas(role: &redis::Value) -> Vec<String> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let redis::Value::Array(items) = role else {
+        return Vec::new();
+    };
+    let Some(redis::Value::Array(replicas)) = items.get(2) else {
+        return Vec::new();
+    };
+    replicas
+        .iter()
+        .filter_map(|r| match r {
+            redis::Value::Array(fields) => {
+                let host = text(fields.first()?)?;
+                let port = text(fields.get(1)?)?;
+                // IPv6 hosts as the cluster's map writes them.
+                Some(if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain values behind this lock; a panic elsewhere cannot leave them half-written.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn attached_replicas_are_counted_from_a_masters_role() {
+        let replica = |port: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::BulkString(port.as_bytes().to_vec()),
+                Value::BulkString(b"100".to_vec()),
+            ])
+        };
+        let role = Value::Array(vec![
+            Value::BulkString(b"master".to_vec()),
+            Value::Int(100),
+            Value::Array(vec![replica("7001"), replica("7002")]),
+        ]);
+        assert_eq!(
+            attached_replicas(&role),
+            ["127.0.0.1:7001", "127.0.0.1:7002"]
+        );
+        let alone = Value::Array(vec![
+            Value::BulkString(b"master".to_vec()),
+            Value::Int(0),
+            Value::Array(vec![]),
+        ]);
+        assert!(attached_replicas(&alone).is_empty());
+        assert!(attached_replicas(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_write_waits_for_every_replica_that_could_be_elected() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let wait_for = WaitFor::Cluster {
+            configured: 1,
+            listed_online: s(&["r1:1", "r2:1"]),
+            failed: s(&["r3:1"]),
+        };
+        // The map's two, however many are attached.
+        assert_eq!(wait_for.asked(None), 2);
+        assert_eq!(wait_for.asked(Some(&s(&["r1:1"]))), 2);
+        // A replica the map has not placed here yet counts; one it flags failed does not.
+        assert_eq!(wait_for.asked(Some(&s(&["r1:1", "r2:1", "r4:1"]))), 3);
+        assert_eq!(wait_for.asked(Some(&s(&["r1:1", "r3:1"]))), 2);
+        // Never fewer than configured.
+        let lonely = WaitFor::Cluster {
+            configured: 1,
+            listed_online: Vec::new(),
+            failed: Vec::new(),
+        };
+        assert_eq!(lonely.asked(Some(&[])), 1);
+        assert_eq!(WaitFor::Configured(2).asked(Some(&s(&["a:1"]))), 2);
+    }
 }
