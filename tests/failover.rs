@@ -1,7 +1,8 @@
 //! Failover with real processes: a shard of three redis-servers (safe profile) watched by
-//! three Sentinels. The master is SIGKILLed under steady, acknowledged increments; the
-//! Sentinels promote a replica, the store finds it by itself, and no acknowledged increment
-//! is lost or applied twice.
+//! three Sentinels, or a Redis Cluster of three such shards. The master is SIGKILLed under
+//! steady, acknowledged increments; the Sentinels (or the cluster's election) promote a
+//! replica, the store finds it by itself, and no acknowledged increment is lost or applied
+//! twice.
 //!
 //! The test prints its figures: acknowledged increments, the Sentinels' promotion time and
 //! how long writes were unavailable as Colony saw it.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use colony::config::Acknowledge;
 use colony::{Access, Error, Operation, Store, Transaction, Value, Visibility};
-use colony_testkit::{wait_until, IncrementWriters, Profile, SentinelShard, Target};
+use colony_testkit::{wait_until, IncrementWriters, Profile, Rig, SentinelShard, Target, Topology};
 use common::{key, name, pid};
 
 fn increment(request: u64) -> Transaction {
@@ -26,17 +27,29 @@ fn increment(request: u64) -> Transaction {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
+    killed_master(Topology::Sentinel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_master_is_replaced_and_no_acknowledged_increment_is_lost() {
+    killed_master(Topology::Cluster).await;
+}
+
 // The figures are part of the test's output (run with --nocapture to see them).
 #[allow(clippy::print_stdout)]
-async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
-    let mut shard = SentinelShard::start("failover-a", Profile::Safe, 2).expect("shard starts");
+async fn killed_master(topology: Topology) {
+    let watched = pid("counter-0");
+    let mut shard =
+        Rig::start(topology, "failover-a", Profile::Safe, 2, &watched).expect("shard starts");
     let mut config = shard.config();
     config.redis.acknowledge = Acknowledge::Replicated;
     config.redis.connect_timeout_ms = 300;
     config.redis.command_timeout_ms = 1000;
     config.redis.retry_deadline_ms = 500;
     config.redis.breaker_cooldown_ms = 100;
-    let store = Store::new(&config).expect("store");
+    let store = Store::connect(&config).await.expect("store");
+    let watched_shard = store.shard_map().shard_for_player(&watched).get();
     let target = Target::Store(store.clone());
     let writers = IncrementWriters::start(target.clone(), 4, "counter", 4, 1);
 
@@ -47,22 +60,19 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
     let old = shard.master_index().expect("a master");
     let acked_at_kill = writers.acknowledged();
     let killed_at = Instant::now();
-    shard.servers[old].kill().expect("kill -9 the master");
+    shard.server_mut(old).kill().expect("kill -9 the master");
     writers.fault("master killed");
     assert!(
         wait_until(Duration::from_secs(30), || shard
             .master_index()
             .is_some_and(|m| m != old))
         .await,
-        "the Sentinels did not promote a replica"
+        "no replica was promoted"
     );
     let promoted_after = killed_at.elapsed();
     let new = shard.master_index().expect("a master");
-    let new_port = shard.servers[new].port().to_string();
     // The old master comes back as a replica of the new one.
-    shard.servers[old]
-        .start_again(&["--replicaof", "127.0.0.1", &new_port])
-        .expect("restarts");
+    shard.restart_as_replica(old, new).expect("restarts");
     assert!(
         wait_until(Duration::from_secs(30), || writers.acknowledged()
             >= acked_at_kill + 200)
@@ -73,14 +83,16 @@ async fn a_killed_master_is_replaced_and_no_acknowledged_increment_is_lost() {
     let history = writers.stop().await;
     let verdict = history.check_against(&target).await;
     println!(
-        "failover figures: {verdict:?}, {attempts} attempts, Sentinel promotion seen after \
+        "failover figures ({topology:?}): {verdict:?}, {attempts} attempts, promotion seen after \
          {promoted_after:?}, longest write gap after the kill {:?}, failovers seen by the store {}",
         history.longest_gap_after(killed_at),
-        store.connection_stats()[0].failovers
+        store.connection_stats()[watched_shard].failovers
     );
-    verdict.assert_exact("master killed under replicated increments");
+    verdict.assert_exact(&format!(
+        "master killed under replicated increments ({topology:?})"
+    ));
     assert!(
-        store.connection_stats()[0].failovers >= 1,
+        store.connection_stats()[watched_shard].failovers >= 1,
         "the store never saw the new master"
     );
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use colony::config::Acknowledge;
 use colony::{Access, Config, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
 use colony_testkit::{
-    wait_for, wait_until, Findings, IncrementWriters, Profile, Seeded, SentinelShard, Target,
+    wait_for, wait_until, Findings, IncrementWriters, Profile, Rig, Seeded, SentinelShard, Target,
+    Topology,
 };
 use common::{key, name, pid};
 
@@ -33,13 +34,19 @@ fn tuned(mut config: Config, acknowledge: Acknowledge) -> Config {
 /// The replica falls behind (paused while more is written than socket buffers hold), then the
 /// master dies and the stale replica is promoted.
 async fn lagging_replica_then_master_death(
+    topology: Topology,
     profile: Profile,
     acknowledge: Acknowledge,
     seed: u64,
 ) -> Findings {
     let mut random = Seeded::new(seed);
-    let mut shard = SentinelShard::start("faults-lag", profile, 1).expect("shard starts");
-    let store = Store::new(&tuned(shard.config(), acknowledge)).expect("store");
+    let watched = pid("counter-0");
+    let mut shard = Rig::start(topology, "faults-lag", profile, 1, &watched).expect("shard starts");
+    let store = Store::connect(&tuned(shard.config(), acknowledge))
+        .await
+        .expect("store");
+    let map = store.shard_map();
+    let on_watched = |p: &PlayerId| map.shard_for_player(p) == map.shard_for_player(&watched);
     let target = Target::Store(store.clone());
     let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
     let count = || writers.acknowledged();
@@ -51,14 +58,18 @@ async fn lagging_replica_then_master_death(
 
     let master = shard.master_index().expect("a master");
     let replica = 1 - master;
-    shard.servers[replica].pause().expect("pause the replica");
+    shard.server(replica).pause().expect("pause the replica");
     writers.fault("replica paused");
     // More than the kernel buffers to a stopped replica hold, so what follows never reaches it.
-    // One batch, so that in the safe profile it costs one WAIT timeout rather than 256.
+    // One batch, so that in the safe profile it costs one WAIT timeout rather than 256; all of
+    // it on the watched shard (on a cluster, the others' replicas are not stalled).
     let big = vec![b'x'; 60 * 1024];
-    let filler: Vec<Transaction> = (0..256u64)
-        .map(|i| {
-            Transaction::owner(pid(&format!("filler-{i}")), key(1)).with(Operation::SetField {
+    let filler: Vec<Transaction> = (0..)
+        .map(|i| pid(&format!("filler-{i}")))
+        .filter(|p| on_watched(p))
+        .take(256)
+        .map(|p| {
+            Transaction::owner(p, key(1)).with(Operation::SetField {
                 name: name("f"),
                 value: big.clone(),
                 visibility: Visibility::Private,
@@ -75,18 +86,17 @@ async fn lagging_replica_then_master_death(
     let _ = wait_until(Duration::from_secs(3), || count() >= after_filler + more).await;
     writers.fault("master killed");
     let killed_at = Instant::now();
-    shard.servers[master].kill().expect("kill the master");
-    shard.servers[replica].resume().expect("resume the replica");
+    shard.server_mut(master).kill().expect("kill the master");
+    shard.server(replica).resume().expect("resume the replica");
     assert!(
         wait_until(Duration::from_secs(30), || shard.master_index()
             == Some(replica))
         .await,
-        "the Sentinels did not promote the replica"
+        "the replica was not promoted"
     );
     let promoted_after = killed_at.elapsed();
-    let port = shard.servers[replica].port().to_string();
-    shard.servers[master]
-        .start_again(&["--replicaof", "127.0.0.1", &port])
+    shard
+        .restart_as_replica(master, replica)
         .expect("the old master returns as a replica");
     let at_promotion = count();
     assert!(
@@ -96,7 +106,7 @@ async fn lagging_replica_then_master_death(
     let history = writers.stop().await;
     let verdict = history.check_against(&target).await;
     eprintln!(
-        "lagging replica, {profile:?} profile, {acknowledge:?} acknowledgements, seed {seed}: {verdict:?}, \
+        "lagging replica, {topology:?}, {profile:?} profile, {acknowledge:?} acknowledgements, seed {seed}: {verdict:?}, \
          promotion after {promoted_after:?}, longest write gap after the kill {:?}",
         history.longest_gap_after(killed_at)
     );
@@ -105,21 +115,42 @@ async fn lagging_replica_then_master_death(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safe_profile_loses_nothing_when_a_lagging_replica_is_promoted() {
+    safe_profile_loses_nothing(Topology::Sentinel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_profile_loses_nothing_when_a_lagging_cluster_replica_is_promoted() {
+    safe_profile_loses_nothing(Topology::Cluster).await;
+}
+
+async fn safe_profile_loses_nothing(topology: Topology) {
     let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
     let verdict =
-        lagging_replica_then_master_death(Profile::Safe, Acknowledge::Replicated, seed).await;
-    verdict.assert_exact(&format!("seed {seed}"));
+        lagging_replica_then_master_death(topology, Profile::Safe, Acknowledge::Replicated, seed)
+            .await;
+    verdict.assert_exact(&format!("{topology:?}, seed {seed}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_profile_loss_is_caught_by_the_checker() {
+    naive_profile_loss_is_caught(Topology::Sentinel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_profile_loss_on_a_cluster_is_caught_by_the_checker() {
+    naive_profile_loss_is_caught(Topology::Cluster).await;
+}
+
+async fn naive_profile_loss_is_caught(topology: Topology) {
     let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
-    let verdict = lagging_replica_then_master_death(Profile::Naive, Acknowledge::Local, seed).await;
+    let verdict =
+        lagging_replica_then_master_death(topology, Profile::Naive, Acknowledge::Local, seed).await;
     assert!(
         verdict.lost > 0,
-        "seed {seed}: the naive profile lost nothing, so the fault was not exercised: {verdict:?}"
+        "{topology:?}, seed {seed}: the naive profile lost nothing, so the fault was not \
+         exercised: {verdict:?}"
     );
     assert_eq!(
         verdict.applied_twice, 0,
@@ -129,11 +160,24 @@ async fn naive_profile_loss_is_caught_by_the_checker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
+    paused_master(Topology::Sentinel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_paused_past_its_node_timeout_loses_nothing_when_it_wakes() {
+    paused_master(Topology::Cluster).await;
+}
+
+async fn paused_master(topology: Topology) {
     let seed = colony_testkit::seed_from_env();
     eprintln!("seed {seed}");
     let mut random = Seeded::new(seed);
-    let shard = SentinelShard::start("faults-pause", Profile::Safe, 2).expect("shard starts");
-    let store = Store::new(&tuned(shard.config(), Acknowledge::Replicated)).expect("store");
+    let watched = pid("counter-0");
+    let shard =
+        Rig::start(topology, "faults-pause", Profile::Safe, 2, &watched).expect("shard starts");
+    let store = Store::connect(&tuned(shard.config(), Acknowledge::Replicated))
+        .await
+        .expect("store");
     let target = Target::Store(store.clone());
     let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
     let count = || writers.acknowledged();
@@ -146,7 +190,7 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     let master = shard.master_index().expect("a master");
     writers.fault("master paused");
     let paused_at = Instant::now();
-    shard.servers[master].pause().expect("SIGSTOP the master");
+    shard.server(master).pause().expect("SIGSTOP the master");
     // Wake the old master the moment a replica answers as a master: the failover leader has
     // promoted it but not yet moved the other replica, which is still attached to the old
     // master, and the other Sentinels still name the old master. Woken now, it believes it is
@@ -155,16 +199,14 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     // freeze, writes there, and those writes are gone once the Sentinels demote it (this lost
     // 64 to 1,258 acknowledged increments per run before the store guarded against both).
     assert!(
-        wait_until(Duration::from_secs(30), || shard
-            .servers
-            .iter()
-            .enumerate()
-            .any(|(i, server)| i != master && server.is_master()))
+        wait_until(Duration::from_secs(30), || (0..shard.len())
+            .any(|i| i != master && shard.server(i).is_master()))
         .await,
-        "the Sentinels did not promote a replica"
+        "no replica was promoted"
     );
     let promoted_after = paused_at.elapsed();
-    shard.servers[master]
+    shard
+        .server(master)
         .resume()
         .expect("SIGCONT the old master");
     writers.fault("old master resumed");
@@ -175,11 +217,12 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     );
     // Only once the old master has been demoted is anything it took thrown away: check after.
     assert!(
-        wait_until(Duration::from_secs(30), || !shard.servers[master]
+        wait_until(Duration::from_secs(30), || !shard
+            .server(master)
             .is_master()
             && shard.master_index().is_some_and(|m| m != master))
         .await,
-        "the Sentinels did not demote the old master"
+        "the old master was not demoted"
     );
     let at_demotion = count();
     assert!(
@@ -189,11 +232,11 @@ async fn a_master_paused_past_down_after_loses_nothing_when_it_wakes() {
     let history = writers.stop().await;
     let verdict = history.check_against(&target).await;
     eprintln!(
-        "paused master, seed {seed}: {verdict:?}, promotion after {promoted_after:?}, \
-         longest write gap after the pause {:?}",
+        "paused master, {topology:?}, seed {seed}: {verdict:?}, promotion after \
+         {promoted_after:?}, longest write gap after the pause {:?}",
         history.longest_gap_after(paused_at)
     );
-    verdict.assert_exact(&format!("seed {seed}"));
+    verdict.assert_exact(&format!("{topology:?}, seed {seed}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

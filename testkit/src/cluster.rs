@@ -215,6 +215,13 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Whether the node at `port` serves any slot, as node `asked` says.
+    pub fn serves_slots(&self, port: u16, asked: usize) -> bool {
+        cluster_nodes(&self.nodes[asked])
+            .map(|text| slot_owners(&text).iter().any(|(_, _, p)| *p == port))
+            .unwrap_or(false)
+    }
+
     /// The node id of node `i`.
     pub fn id(&self, i: usize) -> std::io::Result<String> {
         node_id(&self.nodes[i])

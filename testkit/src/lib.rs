@@ -5,6 +5,8 @@
 //!   restart as a replica, pause and resume for fault tests.
 //! - [`RedisCluster`]: a Redis Cluster of such servers, formed command by command, with a
 //!   slot moved by hand for tests of a stale map.
+//! - [`Rig`]: one watched shard on either topology (Sentinel or cluster), so that a fault
+//!   test is written once and run on both.
 //! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`).
 //! - [`TestGateway`]: the real gateway in process, on port 0, with the test tokens.
 //! - [`wait_until`] (async) and [`wait_until_blocking`]: conditions with deadlines.
@@ -19,6 +21,7 @@ pub mod gateway;
 pub mod ledger;
 pub mod mongo;
 pub mod redis_server;
+pub mod rig;
 pub mod seed;
 pub mod sentinel;
 pub mod wait;
@@ -31,6 +34,7 @@ pub use gateway::{
 pub use ledger::{Findings, History, Ledger, TransferOutcome};
 pub use mongo::MongoServer;
 pub use redis_server::{free_port, Profile, RedisServer};
+pub use rig::{Rig, Topology};
 pub use seed::{seed_from_env, Seeded};
 pub use sentinel::{SentinelServer, SentinelShard};
 pub use wait::{wait_for, wait_until, wait_until_blocking};
