@@ -41,12 +41,14 @@ async fn lagging_replica_then_master_death(
 ) -> Findings {
     let mut random = Seeded::new(seed);
     let watched = pid("counter-0");
-    let mut shard = Rig::start(topology, "faults-lag", profile, 1, &watched).expect("shard starts");
+    let mut shard = Rig::start(topology, "faults-lag", profile, 1, 1).expect("shard starts");
     let store = Store::connect(&tuned(shard.config(), acknowledge))
         .await
         .expect("store");
     let map = store.shard_map();
-    let on_watched = |p: &PlayerId| map.shard_for_player(p) == map.shard_for_player(&watched);
+    // The shard of the first counter (on a cluster, one of three).
+    let g = map.shard_for_player(&watched).get();
+    let on_watched = |p: &PlayerId| map.shard_for_player(p).get() == g;
     let target = Target::Store(store.clone());
     let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
     let count = || writers.acknowledged();
@@ -56,9 +58,9 @@ async fn lagging_replica_then_master_death(
         "writes never got going"
     );
 
-    let master = shard.master_index().expect("a master");
+    let master = shard.master_index(g).expect("a master");
     let replica = 1 - master;
-    shard.server(replica).pause().expect("pause the replica");
+    shard.server(g, replica).pause().expect("pause the replica");
     writers.fault("replica paused");
     // More than the kernel buffers to a stopped replica hold, so what follows never reaches it.
     // One batch, so that in the safe profile it costs one WAIT timeout rather than 256; all of
@@ -86,17 +88,20 @@ async fn lagging_replica_then_master_death(
     let _ = wait_until(Duration::from_secs(3), || count() >= after_filler + more).await;
     writers.fault("master killed");
     let killed_at = Instant::now();
-    shard.server_mut(master).kill().expect("kill the master");
-    shard.server(replica).resume().expect("resume the replica");
+    shard.server_mut(g, master).kill().expect("kill the master");
+    shard
+        .server(g, replica)
+        .resume()
+        .expect("resume the replica");
     assert!(
-        wait_until(Duration::from_secs(30), || shard.master_index()
+        wait_until(Duration::from_secs(30), || shard.master_index(g)
             == Some(replica))
         .await,
         "the replica was not promoted"
     );
     let promoted_after = killed_at.elapsed();
     shard
-        .restart_as_replica(master, replica)
+        .restart_as_replica(g, master, replica)
         .expect("the old master returns as a replica");
     let at_promotion = count();
     assert!(
@@ -173,11 +178,12 @@ async fn paused_master(topology: Topology) {
     eprintln!("seed {seed}");
     let mut random = Seeded::new(seed);
     let watched = pid("counter-0");
-    let shard =
-        Rig::start(topology, "faults-pause", Profile::Safe, 2, &watched).expect("shard starts");
+    let shard = Rig::start(topology, "faults-pause", Profile::Safe, 2, 1).expect("shard starts");
     let store = Store::connect(&tuned(shard.config(), Acknowledge::Replicated))
         .await
         .expect("store");
+    // The shard of the first counter (on a cluster, one of three).
+    let g = store.shard_map().shard_for_player(&watched).get();
     let target = Target::Store(store.clone());
     let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
     let count = || writers.acknowledged();
@@ -187,10 +193,10 @@ async fn paused_master(topology: Topology) {
         "writes never got going"
     );
 
-    let master = shard.master_index().expect("a master");
+    let master = shard.master_index(g).expect("a master");
     writers.fault("master paused");
     let paused_at = Instant::now();
-    shard.server(master).pause().expect("SIGSTOP the master");
+    shard.server(g, master).pause().expect("SIGSTOP the master");
     // Wake the old master the moment a replica answers as a master: the failover leader has
     // promoted it but not yet moved the other replica, which is still attached to the old
     // master, and the other Sentinels still name the old master. Woken now, it believes it is
@@ -199,14 +205,14 @@ async fn paused_master(topology: Topology) {
     // freeze, writes there, and those writes are gone once the Sentinels demote it (this lost
     // 64 to 1,258 acknowledged increments per run before the store guarded against both).
     assert!(
-        wait_until(Duration::from_secs(30), || (0..shard.len())
-            .any(|i| i != master && shard.server(i).is_master()))
+        wait_until(Duration::from_secs(30), || (0..shard.len(g))
+            .any(|i| i != master && shard.server(g, i).is_master()))
         .await,
         "no replica was promoted"
     );
     let promoted_after = paused_at.elapsed();
     shard
-        .server(master)
+        .server(g, master)
         .resume()
         .expect("SIGCONT the old master");
     writers.fault("old master resumed");
@@ -218,9 +224,9 @@ async fn paused_master(topology: Topology) {
     // Only once the old master has been demoted is anything it took thrown away: check after.
     assert!(
         wait_until(Duration::from_secs(30), || !shard
-            .server(master)
+            .server(g, master)
             .is_master()
-            && shard.master_index().is_some_and(|m| m != master))
+            && shard.master_index(g).is_some_and(|m| m != master))
         .await,
         "the old master was not demoted"
     );
