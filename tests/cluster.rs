@@ -418,6 +418,52 @@ async fn a_write_waits_for_every_replica_the_map_lists_online() {
 }
 
 #[tokio::test]
+async fn one_master_down_leaves_the_other_masters_players_served() {
+    // No replicas: the dead master's slots stay unserved (cluster-require-full-coverage no).
+    let mut cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.retry_deadline_ms = 300;
+    })
+    .await;
+    let map = store.shard_map();
+    let players: Vec<PlayerId> = (0..60).map(|i| pid(&format!("alive-{i}"))).collect();
+    for (i, p) in players.iter().enumerate() {
+        store
+            .execute(Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(1)))
+            .await
+            .expect("commits");
+    }
+    let dead = cluster.nodes()[1].port();
+    // Who lives where, before the kill (a failed master's slots are listed by nobody after).
+    let doomed: Vec<bool> = players
+        .iter()
+        .map(|p| owner(&cluster, p).port() == dead)
+        .collect();
+    cluster.node_mut(1).kill().expect("killed");
+    let on_dead = |p: &PlayerId| doomed[players.iter().position(|q| q == p).expect("listed")];
+    let (mut served, mut refused) = (0, 0);
+    for (i, p) in players.iter().enumerate() {
+        let write = Transaction::owner(p.clone(), key(i as u64 + 100)).with(gold(1));
+        match store.execute(write).await {
+            Ok(_) => {
+                assert!(!on_dead(p), "{p:?} was served by a dead master");
+                served += 1;
+            }
+            Err(e @ (Error::Unavailable { .. } | Error::Unknown { .. })) => {
+                assert!(on_dead(p), "{p:?} on a live master was refused: {e}");
+                refused += 1;
+            }
+            Err(e) => panic!("{p:?}: {e}"),
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    assert_eq!(map.shards().len(), 3);
+}
+
+#[tokio::test]
 async fn a_gateway_serves_a_cluster_and_shows_its_map() {
     let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
     let gw = TestGateway::start(&with_test_gateway(cluster.config()))
