@@ -752,6 +752,10 @@ async fn cluster_node() -> RedisServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_script_runs_on_a_redis_cluster_node_without_crossing_slots() {
     let redis = cluster_node().await;
+    // Every key each script touches must be among its KEYS, too (checked at the end).
+    let watch = colony_testkit::ScriptWatch::start(&redis)
+        .await
+        .expect("MONITOR runs");
     let mongo = MongoServer::start().expect("mongodb-wire server");
     let mut config = config(&redis, &mongo);
     config.archive.batch_size = 7;
@@ -818,6 +822,15 @@ async fn every_script_runs_on_a_redis_cluster_node_without_crossing_slots() {
         .await
         .expect("rebuild");
     assert_eq!((marked, live), (39, 1));
+    let report = watch.finish().await.expect("the watch ends");
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    // The transaction script and the archiver's: checkpoint, snapshot, archive, restore,
+    // rebuild, the restore queue.
+    assert!(
+        report.scripts.len() >= 6,
+        "scripts seen: {:?}",
+        report.scripts
+    );
 }
 
 async fn common_raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {

@@ -7,6 +7,8 @@
 //!   slot moved by hand for tests of a stale map.
 //! - [`Rig`]: one watched shard on either topology (Sentinel or cluster), so that a fault
 //!   test is written once and run on both.
+//! - [`ScriptWatch`]: `MONITOR` on a server, checking that every key a script touched is
+//!   declared in its `KEYS`, all in one slot.
 //! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`).
 //! - [`TestGateway`]: the real gateway in process, on port 0, with the test tokens.
 //! - [`wait_until`] (async) and [`wait_until_blocking`]: conditions with deadlines.
@@ -22,6 +24,7 @@ pub mod ledger;
 pub mod mongo;
 pub mod redis_server;
 pub mod rig;
+pub mod script_watch;
 pub mod seed;
 pub mod sentinel;
 pub mod wait;
@@ -35,6 +38,7 @@ pub use ledger::{Findings, History, Ledger, TransferOutcome};
 pub use mongo::MongoServer;
 pub use redis_server::{free_port, Profile, RedisServer};
 pub use rig::{Rig, Topology};
+pub use script_watch::{ScriptReport, ScriptWatch};
 pub use seed::{seed_from_env, Seeded};
 pub use sentinel::{SentinelServer, SentinelShard};
 pub use wait::{wait_for, wait_until, wait_until_blocking};
