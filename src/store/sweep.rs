@@ -86,18 +86,21 @@ impl Store {
     /// the commit records older than a lease whose participants were all applied (applying
     /// any that were not). Returns how many intents it finished.
     pub async fn sweep(&self, shard: ShardIndex) -> Result<Swept, Error> {
-        let swept = self.sweep_intents(shard).await?;
-        self.sweep_decisions(shard).await?;
+        let mut swept = self.sweep_intents(shard).await?;
+        // The records' pass reads the clock again, later: an intent whose lease passed in
+        // between is finished there, and counts the same.
+        swept.finished += self.sweep_decisions(shard).await?;
         Ok(swept)
     }
 
     /// Commit records of `shard`'s primaries older than a lease: each participant still
-    /// holding the attempt's intent is applied, then the record is forgotten.
+    /// holding the attempt's intent is applied, then the record is forgotten. Returns how
+    /// many intents it finished.
     async fn sweep_decisions(&self, shard: ShardIndex) -> Result<u64, Error> {
         let old = server_ms(self, shard)
             .await?
             .saturating_sub(self.inner.settings.intent_lease_ms);
-        let mut forgotten = 0;
+        let mut finished = 0;
         for chunk in self.shard_map().slots_of(shard).chunks(512) {
             let records = scored_up_to(
                 self,
@@ -138,8 +141,10 @@ impl Store {
                             // Apply only: the record was read as a commit, and one that
                             // vanished since (forgotten by its coordinator) must not turn
                             // into an abort record for a committed attempt.
-                            if self.resolve(player, &intent, false).await.is_err() {
-                                all_applied = false;
+                            match self.resolve(player, &intent, false).await {
+                                Ok(Resolution::Finished(..)) => finished += 1,
+                                Ok(_) => {}
+                                Err(_) => all_applied = false,
                             }
                         }
                     }
@@ -150,12 +155,11 @@ impl Store {
                         self.send(shard, vec![forget])
                             .await
                             .into_acknowledged_reply()?;
-                        forgotten += 1;
                     }
                 }
             }
         }
-        Ok(forgotten)
+        Ok(finished)
     }
 
     /// Resolves every intent of `shard` whose lease has passed (by the shard's clock), slot
