@@ -132,24 +132,13 @@ impl ClusterDirectory {
         )
         .await
         {
-            Ok(view) if !view.serves_slots() || view.epoch() < current.epoch() => {
-                // A node whose cluster was reset, one cut off in a minority with an old
-                // configuration, or one restarted from an old nodes.conf: its answer is
-                // older than what is known, and would send shards back to old masters.
+            Ok(view) if !view.serves_slots() => {
+                // A node whose cluster was reset: it would send every shard nowhere.
                 self.refresh_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    source = %view.source(),
-                    epoch = view.epoch(),
-                    known = current.epoch(),
-                    "ignored a cluster map older than the one known, or serving no slot"
-                );
+                tracing::warn!(source = %view.source(), "ignored a cluster map serving no slot");
                 Err(ConnectError::BadClusterMap {
                     address: view.source().to_string(),
-                    reason: format!(
-                        "epoch {} is older than the known {}, or no master serves a slot",
-                        view.epoch(),
-                        current.epoch()
-                    ),
+                    reason: "no master serves a slot".into(),
                 })
             }
             Ok(view) => {
@@ -316,6 +305,10 @@ async fn fetch(
     previous: Option<&ClusterView>,
 ) -> Result<ClusterView, ConnectError> {
     let mut failures = Vec::new();
+    let known = previous.map_or(0, ClusterView::epoch);
+    let epoch = |nodes: &[ClusterNode]| nodes.iter().map(|n| n.config_epoch).max().unwrap_or(0);
+    // The best answer older than the known map, kept in case no node gives a newer one.
+    let mut older: Option<(&String, Vec<ClusterNode>)> = None;
     for round in addresses.chunks(ASKED_AT_ONCE) {
         let mut asked: FuturesUnordered<_> = round
             .iter()
@@ -334,7 +327,6 @@ async fn fetch(
                 (address, answer)
             })
             .collect();
-        let epoch = |nodes: &[ClusterNode]| nodes.iter().map(|n| n.config_epoch).max().unwrap_or(0);
         let mut best: Option<(&String, Vec<ClusterNode>)> = None;
         let mut grace: Option<Instant> = None;
         loop {
@@ -359,6 +351,14 @@ async fn fetch(
             }
         }
         if let Some((address, nodes)) = best {
+            if epoch(&nodes) < known {
+                // A node with an old configuration (cut off in a minority, restarted from
+                // an old nodes.conf): ask the next ones before believing it.
+                if older.as_ref().is_none_or(|(_, o)| epoch(&nodes) > epoch(o)) {
+                    older = Some((address, nodes));
+                }
+                continue;
+            }
             let view = match previous {
                 Some(previous) => previous.next(address, &nodes),
                 None => ClusterView::first(address, &nodes),
@@ -368,6 +368,23 @@ async fn fetch(
                 reason,
             });
         }
+    }
+    // Every node that answered lists an older configuration than the known one: the cluster
+    // really went back (a node forgotten, the cluster re-created). Believing it is the only
+    // way on; refusing it forever would wedge the store on a map nobody holds.
+    if let (Some((address, nodes)), Some(previous)) = (older, previous) {
+        tracing::warn!(
+            source = %address,
+            epoch = epoch(&nodes),
+            known,
+            "every node lists an older configuration than the known map; taking it"
+        );
+        return previous
+            .next(address, &nodes)
+            .map_err(|reason| ConnectError::BadClusterMap {
+                address: address.clone(),
+                reason,
+            });
     }
     Err(ConnectError::NoClusterMap { answers: failures })
 }

@@ -181,12 +181,8 @@ fn attached_replicas(role: &redis::Value) -> Vec<String> {
             redis::Value::Array(fields) => {
                 let host = text(fields.first()?)?;
                 let port = text(fields.get(1)?)?;
-                // IPv6 hosts as the cluster's map writes them.
-                Some(if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                })
+                // As the cluster's map writes addresses: `ip:port`, an IPv6 one unbracketed.
+                Some(format!("{host}:{port}"))
             }
             _ => None,
         })

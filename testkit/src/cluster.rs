@@ -222,6 +222,19 @@ impl RedisCluster {
             .unwrap_or(false)
     }
 
+    /// Whether node `asked` flags the node at `port` as failed (`fail`: the cluster agreed;
+    /// `fail?`, one node's suspicion, is not enough).
+    pub fn flagged_failed(&self, port: u16, asked: usize) -> bool {
+        cluster_nodes(&self.nodes[asked]).is_ok_and(|text| {
+            text.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 2
+                    && fields[1].starts_with(&format!("127.0.0.1:{port}@"))
+                    && fields[2].split(',').any(|flag| flag == "fail")
+            })
+        })
+    }
+
     /// The node id of node `i`.
     pub fn id(&self, i: usize) -> std::io::Result<String> {
         node_id(&self.nodes[i])
