@@ -69,6 +69,24 @@ impl Store {
             attempt.readers = readers.max(1);
             attempt.earlier = earlier.clone();
             let result = attempt.run().await;
+            // Each attempt's end, for following one trade through a failover in the logs
+            // (`COLONY_LOG=colony::store=debug`).
+            match &result {
+                Ok(done) => tracing::debug!(
+                    attempt = %attempt.id,
+                    primary = %attempt.primary().as_str(),
+                    replayed = done.replayed,
+                    decision = ?attempt.decision,
+                    "trade attempt committed"
+                ),
+                Err(e) => tracing::debug!(
+                    attempt = %attempt.id,
+                    primary = %attempt.primary().as_str(),
+                    decision = ?attempt.decision,
+                    error = %e,
+                    "trade attempt ended without committing"
+                ),
+            }
             earlier.push(attempt.id.clone());
             let result = Error::after_attempts(result, last.as_ref());
             let retry = matches!(&result, Err(e) if e.is_retryable());
@@ -271,11 +289,20 @@ impl<'s> MultiAttempt<'s> {
                     // A decided intent is finished now, so the next attempt need not wait
                     // for its lease; so is one of this key's own earlier attempts, which
                     // nobody else is running any more (aborted unless it committed).
-                    let settled = if self.earlier.contains(&intent.attempt) {
+                    let own = self.earlier.contains(&intent.attempt);
+                    let settled = if own {
                         store.settle_own_attempt(player, &intent).await
                     } else {
                         store.resolve_intent(player, &intent).await
                     };
+                    tracing::debug!(
+                        attempt = %self.id,
+                        player = %player.as_str(),
+                        met = %intent.attempt,
+                        own,
+                        settled = ?settled,
+                        "a trade's prepare met another attempt's intent"
+                    );
                     if let Err(e) = settled {
                         tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an intent");
                     }
