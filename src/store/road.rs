@@ -403,9 +403,10 @@ impl Store {
                             links.master_may_have_moved(&link, e.code() == "NOREPLICAS");
                             healthy = false;
                         }
-                        // CLUSTERDOWN is the cluster's state, not this shard's: it does not count
-                        // against the breaker (every shard answers it at once when the cluster
-                        // lost its majority; opened breakers would outlast the recovery).
+                        // MOVED: the map is stale (read again once the call is over). CLUSTERDOWN
+                        // is the cluster's state, not this shard's, so it leaves the breaker
+                        // alone (every shard answers it at once when the cluster lost its
+                        // majority; opened breakers would outlast the recovery).
                         if e.code() == "MOVED" {
                             moved = true;
                         }
