@@ -369,10 +369,12 @@ async fn fetch(
             });
         }
     }
-    // Every node that answered lists an older configuration than the known one: the cluster
-    // really went back (a node forgotten, the cluster re-created). Believing it is the only
-    // way on; refusing it forever would wedge the store on a map nobody holds.
-    if let (Some((address, nodes)), Some(previous)) = (older, previous) {
+    // Every node asked answered, each with an older configuration than the known one: the
+    // cluster really went back (a node forgotten, the cluster re-created). Believing it is
+    // the only way on; refusing it forever would wedge the store on a map nobody holds. If
+    // some node did not answer, the older answers may be a minority cut off from it: keep
+    // the known map.
+    if let (Some((address, nodes)), Some(previous), true) = (older, previous, failures.is_empty()) {
         tracing::warn!(
             source = %address,
             epoch = epoch(&nodes),
