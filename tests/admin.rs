@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{get_admin, request};
+
 use std::time::Duration;
 
 use colony_testkit::{
@@ -15,42 +17,6 @@ use tokio::net::TcpStream;
 async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     let (status, _, body) = request(address, path, None).await;
     (status, body)
-}
-
-/// A GET with the admin token.
-async fn get_admin(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let authorization = format!("Bearer {ADMIN_TOKEN}");
-    let (status, _, body) = request(address, path, Some(&authorization)).await;
-    (status, body)
-}
-
-/// A plain HTTP/1.1 GET with an optional `Authorization` value; returns the status code, the
-/// head and the body.
-async fn request(
-    address: std::net::SocketAddr,
-    path: &str,
-    authorization: Option<&str>,
-) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(address).await.expect("connects");
-    let authorization = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{authorization}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("sends");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("answers in time")
-        .expect("reads");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
 }
 
 #[tokio::test]

@@ -10,23 +10,13 @@ use std::time::Duration;
 use colony::client::{Client, ClientConfig};
 use colony::{
     keys, Envelope, Error, IdempotencyKey, Item, ItemResult, MultiTransaction, Operation,
-    Participant, PlayerId, Store, Transaction, Value, Visibility,
+    Participant, PlayerId, Store, Transaction, Value,
 };
 use colony_testkit::{
     wait_for, wait_until, with_test_gateway, Profile, RedisCluster, RedisServer, TestGateway,
     ADMIN_TOKEN,
 };
-use common::{key, name, pid};
-
-fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: name("gold"),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    }
-}
+use common::{get_admin, gold, key, name, pid};
 
 fn gold_of(committed: &colony::Committed) -> Option<i64> {
     committed
@@ -521,7 +511,7 @@ async fn a_gateway_serves_a_cluster_and_shows_its_map() {
     let b = client.execute(read(&other)).await.expect("reads");
     assert_eq!((gold_of(&a), gold_of(&b)), (Some(30), Some(70)));
 
-    let (status, body) = admin_get(gw.admin_address, "/admin/status").await;
+    let (status, body) = get_admin(gw.admin_address, "/admin/status").await;
     assert_eq!(status, 200, "{body}");
     let status: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(status["topology"], "cluster", "{status}");
@@ -618,36 +608,6 @@ async fn start_up_refuses_a_cluster_colony_cannot_keep_its_promises_on() {
         .execute(Transaction::owner(pid("allowed"), key(1)).with(gold(1)))
         .await
         .expect("commits as that user");
-}
-
-/// A GET of the gateway's admin endpoint with the admin token: status code and body.
-async fn admin_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connects");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("sends");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("answers in time")
-        .expect("reads");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
 }
 
 async fn node_id(node: &RedisServer) -> String {

@@ -18,6 +18,8 @@ use colony_testkit::{config_for, seed_from_env, wait_for, RedisServer, Seeded};
 
 mod common;
 
+use common::gold;
+
 const START_GOLD: i64 = 1000;
 
 fn name(s: &str) -> Name {
@@ -60,16 +62,6 @@ fn players_per_shard(store: &Store, prefix: &str, count: usize) -> Vec<Vec<Playe
         }
     }
     unreachable!()
-}
-
-fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: name("gold"),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    }
 }
 
 async fn create(store: &Store, player: &PlayerId) {

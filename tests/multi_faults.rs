@@ -238,26 +238,24 @@ fn sentinel_cluster_leasing(
     acknowledge: colony::config::Acknowledge,
     lease_ms: u64,
 ) -> (Vec<colony_testkit::SentinelShard>, Store) {
-    let shards: Vec<colony_testkit::SentinelShard> = (0..2)
-        .map(|i| {
-            colony_testkit::SentinelShard::start(&format!("{tag}-{i}"), profile, replicas)
-                .expect("shard starts")
-        })
-        .collect();
-    let mut text = String::new();
-    for shard in &shards {
-        let addresses: Vec<String> = shard
-            .sentinel_addresses()
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        text.push_str(&format!(
-            "[[shards]]\nname = \"{name}\"\nsentinel = {{ master_name = \"{name}\", addresses = [{}] }}\n",
-            addresses.join(", "),
-            name = shard.master_name,
-        ));
-    }
-    let mut config = Config::from_toml(&text, []).expect("valid");
+    let rig = colony_testkit::Rig::start(
+        colony_testkit::Topology::Sentinel,
+        tag,
+        profile,
+        replicas,
+        2,
+    )
+    .expect("shards start");
+    let store = Store::new(&tuned(rig.config(), acknowledge, lease_ms)).expect("store");
+    let colony_testkit::Rig::Sentinel(shards) = rig else {
+        unreachable!("a Sentinel rig")
+    };
+    (shards, store)
+}
+
+/// The trade fault tests' settings: short timeouts and retries, intents leased for
+/// `lease_ms`.
+fn tuned(mut config: Config, acknowledge: colony::config::Acknowledge, lease_ms: u64) -> Config {
     config.redis.acknowledge = acknowledge;
     config.redis.connect_timeout_ms = 300;
     // Generous: three of these clusters may share two busy cores, and a slow replica
@@ -266,12 +264,11 @@ fn sentinel_cluster_leasing(
     config.redis.retry_deadline_ms = 300;
     config.redis.breaker_cooldown_ms = 100;
     config.redis.intent_lease_ms = lease_ms;
-    let store = Store::new(&config).expect("store");
-    (shards, store)
+    config
 }
 
 /// Two watched shards of `topology` (on a cluster, two of its three masters) with a store
-/// tuned as [`sentinel_cluster_leasing`]'s.
+/// tuned as the others are ([`tuned`]).
 async fn rig_and_store(
     topology: colony_testkit::Topology,
     tag: &str,
@@ -280,16 +277,9 @@ async fn rig_and_store(
     acknowledge: colony::config::Acknowledge,
 ) -> (colony_testkit::Rig, Store) {
     let rig = colony_testkit::Rig::start(topology, tag, profile, replicas, 2).expect("starts");
-    let mut config = rig.config();
-    config.redis.acknowledge = acknowledge;
-    config.redis.connect_timeout_ms = 300;
-    // Generous: three of these clusters may share two busy cores, and a slow replica
-    // acknowledgement before the fault would make the prepare UNKNOWN.
-    config.redis.replication_timeout_ms = 1000;
-    config.redis.retry_deadline_ms = 300;
-    config.redis.breaker_cooldown_ms = 100;
-    config.redis.intent_lease_ms = LEASE_MS;
-    let store = Store::connect(&config).await.expect("store");
+    let store = Store::connect(&tuned(rig.config(), acknowledge, LEASE_MS))
+        .await
+        .expect("store");
     (rig, store)
 }
 

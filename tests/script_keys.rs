@@ -17,17 +17,7 @@ use colony::{
     Access, IdempotencyKey, MultiTransaction, Operation, Participant, Transaction, Visibility,
 };
 use colony_testkit::{wait_for, RedisServer, ScriptWatch};
-use common::{key, name, pid};
-
-fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: name("gold"),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    }
-}
+use common::{gold, key, name, pid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_a_script_touches_is_declared_and_in_the_calls_one_slot() {

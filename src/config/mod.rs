@@ -405,6 +405,16 @@ mod tests {
             ("[[gateway.tokens]]\nname = \"t\"\ntoken = \"long-enough-token-1\"\nrole = \"root\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "unknown variant `root`"),
             ("not toml at all [", "TOML parse error at line 1"),
         ];
+        // A hostile seed list: more nodes than any cluster needs to be found.
+        let seeds: Vec<String> = (1..=65).map(|p| format!("\"h:{p}\"")).collect();
+        let many = format!("[cluster]\nseeds = [{}]", seeds.join(", "));
+        let message = Config::from_toml(&many, [])
+            .expect_err("65 seeds")
+            .to_string();
+        assert!(
+            message.contains("cluster.seeds lists 65 nodes; at most 64"),
+            "{message}"
+        );
         for (text, named) in cases {
             let message = Config::from_toml(text, []).expect_err(text).to_string();
             assert!(

@@ -48,6 +48,60 @@ pub fn name(s: &str) -> Name {
     Name::new(s).expect("valid name")
 }
 
+/// A bounded increment of the private counter `gold` (never below 0): the currency of the
+/// trade and cluster tests.
+pub fn gold(delta: i64) -> colony::Operation {
+    colony::Operation::IncrementCounter {
+        name: name("gold"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: colony::Visibility::Private,
+    }
+}
+
+/// A GET of an admin endpoint with the admin token: the status code and the body.
+pub async fn get_admin(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let authorization = format!("Bearer {}", colony_testkit::ADMIN_TOKEN);
+    let (status, _, body) = request(address, path, Some(&authorization)).await;
+    (status, body)
+}
+
+/// A plain HTTP/1.1 GET with an optional `Authorization` value; returns the status code, the
+/// head and the body.
+pub async fn request(
+    address: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let authorization = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("answers in time")
+    .expect("reads");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
 pub fn key(request_id: u64) -> Option<IdempotencyKey> {
     Some(IdempotencyKey::new("test-client", request_id).expect("valid key"))
 }
