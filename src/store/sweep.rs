@@ -8,7 +8,7 @@ use crate::model::PlayerId;
 use crate::script::IntentRef;
 use crate::shard_map::ShardIndex;
 
-use super::intents::{text, unexpected, Resolution, FORGET};
+use super::intents::{text, unexpected, Finished, Resolution, FORGET};
 use super::road::{Command, Effect};
 use super::Store;
 
@@ -142,7 +142,9 @@ impl Store {
                             // vanished since (forgotten by its coordinator) must not turn
                             // into an abort record for a committed attempt.
                             match self.resolve(player, &intent, false).await {
-                                Ok(Resolution::Finished(..)) => finished += 1,
+                                // Applied now; one applied before (by the intents' pass
+                                // just above, say) was counted there.
+                                Ok(Resolution::Finished(_, Finished::Applied)) => finished += 1,
                                 Ok(_) => {}
                                 Err(_) => all_applied = false,
                             }
