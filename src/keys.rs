@@ -13,10 +13,11 @@
 //! | `colony:{<slot tag>}:dirty` (per slot)  | set  | players changed since their last checkpoint |
 //! | `colony:{<slot tag>}:intents` (per slot) | zset | players holding an intent, scored by lease expiry |
 //! | `colony:{<slot tag>}:decisions` (per slot) | zset | commit records of the slot's primaries, scored by when written |
-//! | `colony:restores` (per shard)         | zset   | restore requests for the archiver, by request time; capped, no duplicates |
+//! | `colony:{<slot tag>}:restores` (16, one per range of 1,024 slots) | zset | restore requests for the archiver of the players of its range, by request time; capped, no duplicates |
 //! | `{id}:idem:<client id>:<request id>`  | string | legacy idempotency record (read, never written) |
 //! | `colony:active`, `colony:dirty` (per shard) | zset, set | legacy bookkeeping, drained by the archiver |
-//! | `colony:restore` (per shard)          | list   | legacy restore queue, still served by the archiver |
+//! | `colony:restores` (per shard)         | zset   | legacy restore queue (before the 16 queues), still served by the archiver on `[[shards]]` |
+//! | `colony:restore` (per shard)          | list   | older legacy restore queue, still served by the archiver on `[[shards]]` |
 //!
 //! Every key a script touches lies in the player's slot: the player's own keys by their tag,
 //! the bookkeeping by its slot tag ([`slot_tag`]). So a slot's players are listed from the
@@ -40,14 +41,73 @@ pub const LEGACY_ACTIVE_SET: &str = "colony:active";
 /// the archiver drains what it still holds.
 pub const LEGACY_DIRTY_SET: &str = "colony:dirty";
 
-/// Per-shard queue of restore requests for the archiver: a sorted set of [`restore_request`]
-/// entries by request time, so a request already waiting is not queued twice and the queue's
-/// length can be capped (`redis.max_restore_requests`). The archiver takes the oldest first.
-pub const RESTORE_QUEUE: &str = "colony:restores";
+/// The per-shard sorted set of restore requests that the [`RestoreQueue`]s replaced; the
+/// archiver still serves what it holds on `[[shards]]`.
+pub const LEGACY_RESTORE_SET: &str = "colony:restores";
 
-/// The per-shard list of restore requests that [`RESTORE_QUEUE`] replaced; the archiver still
-/// serves what it holds.
+/// The per-shard list of restore requests that [`LEGACY_RESTORE_SET`] replaced; the archiver
+/// still serves what it holds on `[[shards]]`.
 pub const LEGACY_RESTORE_QUEUE: &str = "colony:restore";
+
+/// How many restore queues there are: each serves the players of one range of
+/// `SLOT_COUNT / RESTORE_QUEUES` slots.
+pub const RESTORE_QUEUES: u16 = 16;
+
+/// One of the [`RESTORE_QUEUES`] queues of restore requests for the archiver: a sorted set of
+/// [`restore_request`] entries by request time, so a request already waiting is not queued
+/// twice and the queue's length can be capped (`redis.max_restore_requests`). The archiver
+/// takes the oldest first, with a blocking pop on whichever master owns the queue's slot.
+///
+/// Why fixed queues, each in a slot of its own: a key lives in one slot, and Redis Cluster
+/// refuses a blocking pop over keys of several slots, so a queue per shard cannot exist on a
+/// cluster (its shards come and go) and a queue per player's slot cannot be waited on. A
+/// queue is an ordinary key of its slot: when the slot moves, the queue moves with it (the
+/// archiver's pop answers `MOVED` and follows), and a request pushed meanwhile is refused
+/// and sent again by the store (it re-sends every 250 ms while its caller waits). A queue's
+/// slot lies in the middle of the range it serves, so where shards own whole ranges (the
+/// even split of `[[shards]]` and of `redis-cli --cluster create`) most players' requests
+/// wait on their own shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RestoreQueue(u16);
+
+impl RestoreQueue {
+    /// Slots each queue serves.
+    const SPAN: u16 = SLOT_COUNT / RESTORE_QUEUES;
+
+    /// Every queue, in order.
+    pub fn all() -> impl Iterator<Item = RestoreQueue> {
+        (0..RESTORE_QUEUES).map(RestoreQueue)
+    }
+
+    /// The queue serving the players of `slot`.
+    pub fn for_slot(slot: Slot) -> RestoreQueue {
+        RestoreQueue(slot.get() / Self::SPAN)
+    }
+
+    /// The queue serving `player`.
+    pub fn of_player(player: &PlayerId) -> RestoreQueue {
+        RestoreQueue::for_slot(player_slot(player))
+    }
+
+    /// The queue's number, from 0.
+    pub fn index(self) -> u16 {
+        self.0
+    }
+
+    /// The slot the queue's key lives in: the middle of the range it serves.
+    pub fn slot(self) -> Slot {
+        match Slot::new(self.0 * Self::SPAN + Self::SPAN / 2) {
+            Some(slot) => slot,
+            // Every index below RESTORE_QUEUES gives a slot below SLOT_COUNT.
+            None => unreachable!("restore queue {} outside the slots", self.0),
+        }
+    }
+
+    /// The queue's key: `colony:{<slot tag>}:restores`.
+    pub fn key(self) -> String {
+        format!("colony:{{{}}}:restores", slot_tag(self.slot()))
+    }
+}
 
 /// A restore request: `f:<id>` (everything, for the owner) or `p:<id>` (the public part).
 pub fn restore_request(player: &PlayerId, full: bool) -> String {
@@ -229,6 +289,37 @@ mod tests {
         }
         assert_eq!(keys.meta, b"{alice}:meta");
         assert_eq!(legacy, b"{alice}:idem:c:1");
+    }
+
+    #[test]
+    fn restore_queues_cover_every_slot_and_live_in_their_range() {
+        let mut served = vec![0u32; usize::from(RESTORE_QUEUES)];
+        for n in 0..SLOT_COUNT {
+            let slot = Slot::new(n).expect("in range");
+            let queue = RestoreQueue::for_slot(slot);
+            served[usize::from(queue.index())] += 1;
+        }
+        assert!(served.iter().all(|&n| n == 1024), "{served:?}");
+        let keys: std::collections::BTreeSet<String> =
+            RestoreQueue::all().map(|q| q.key()).collect();
+        assert_eq!(keys.len(), usize::from(RESTORE_QUEUES), "distinct keys");
+        for queue in RestoreQueue::all() {
+            assert_eq!(key_slot(queue.key().as_bytes()), queue.slot());
+            assert_eq!(
+                RestoreQueue::for_slot(queue.slot()),
+                queue,
+                "in its own range"
+            );
+        }
+        let player = PlayerId::new("alice").expect("valid");
+        assert_eq!(
+            RestoreQueue::of_player(&player),
+            RestoreQueue::for_slot(player_slot(&player))
+        );
+        assert_eq!(
+            RestoreQueue::all().last().map(|q| q.slot().get()),
+            Some(15_872)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
--- Asks a shard's archiver for restores: adds each request to the shard's restore queue unless
--- it is already waiting there, and only while the queue is shorter than its cap.
--- KEYS[1] colony:restores  zset of restore requests (f:<id> or p:<id>) by request time ms
+-- Asks the archiver for restores: adds each request to one restore queue unless it is already
+-- waiting there, and only while the queue is shorter than its cap.
+-- KEYS[1] colony:{<slot tag>}:restores  zset of restore requests (f:<id> or p:<id>) by request time ms
 -- ARGV[1] most requests the queue may hold, ARGV[2..] the requests
 -- Reply: { added, already waiting, refused because the queue is full }
 local cap = tonumber(ARGV[1])

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
+use colony::keys::RestoreQueue;
 use colony::model::COUNTER_LIMIT;
 use colony::store::breaker::BreakerState;
 use colony::{Access, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
@@ -842,16 +843,27 @@ async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
     config.redis.max_restore_requests = 3;
     let store = Store::new(&config).expect("store");
     let mut conn = raw(&server).await;
+    // Five players whose requests wait in one queue, and one whose request waits in another.
+    let queue = RestoreQueue::of_player(&pid("r0"));
+    let same: Vec<String> = (0..)
+        .map(|n| format!("r{n}"))
+        .filter(|id| RestoreQueue::of_player(&pid(id)) == queue)
+        .take(5)
+        .collect();
+    let other = (0..)
+        .map(|n| format!("o{n}"))
+        .find(|id| RestoreQueue::of_player(&pid(id)) != queue)
+        .expect("some player waits in another queue");
     // No archiver runs: every attempt meets the marker until the deadline.
-    for player in ["r0", "r1", "r2", "r3", "r4"] {
+    for player in same.iter().chain([&other]) {
         mark_archived(&mut conn, player).await;
     }
     for _ in 0..3 {
-        let read = store.get_player(pid("r0"), Access::Owner).await;
+        let read = store.get_player(pid(&same[0]), Access::Owner).await;
         assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
     }
     let queued: Vec<String> = redis::cmd("ZRANGE")
-        .arg(colony::keys::RESTORE_QUEUE)
+        .arg(queue.key())
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
@@ -859,11 +871,12 @@ async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
         .expect("zrange");
     assert_eq!(
         queued,
-        vec!["f:r0".to_string()],
+        vec![format!("f:{}", same[0])],
         "one request, however often asked"
     );
-    let batch: Vec<Transaction> = ["r1", "r2", "r3", "r4"]
+    let batch: Vec<Transaction> = same[1..]
         .iter()
+        .chain([&other])
         .map(|p| Transaction::owner(pid(p), None).with(Operation::Read { names: vec![] }))
         .collect();
     for result in store.execute_batch(batch).await.expect("batch") {
@@ -873,11 +886,23 @@ async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
         );
     }
     let length: u64 = redis::cmd("ZCARD")
-        .arg(colony::keys::RESTORE_QUEUE)
+        .arg(queue.key())
         .query_async(&mut conn)
         .await
         .expect("zcard");
     assert_eq!(length, 3, "capped at redis.max_restore_requests");
+    let elsewhere: Vec<String> = redis::cmd("ZRANGE")
+        .arg(RestoreQueue::of_player(&pid(&other)).key())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(
+        elsewhere,
+        vec![format!("f:{other}")],
+        "each queue has its own cap"
+    );
 }
 
 #[tokio::test]

@@ -125,16 +125,12 @@ async fn main() {
     for i in 0..sample / 2 {
         let player = PlayerId::new(format!("bench-{i}")).unwrap();
         let t = Instant::now();
-        archiver
-            .restore(store.shard_map().index(0).expect("shard 0"), &player, true)
-            .await
-            .unwrap();
+        archiver.restore(&player, true).await.unwrap();
         direct.push(t.elapsed());
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let serving = archiver.clone();
-    let first = store.shard_map().index(0).expect("shard 0");
-    tokio::spawn(async move { serving.serve_restores(first, stopped).await });
+    tokio::spawn(async move { serving.serve_restore_queues(stopped).await });
     let mut login = Vec::new();
     for i in sample / 2..sample {
         let player = PlayerId::new(format!("bench-{i}")).unwrap();

@@ -56,7 +56,12 @@ pub async fn serve(
         stop.await;
         let _ = stop_tx.send(true);
     });
-    tracing::info!(shards = config.shards.len(), admin = ?admin.local_addr().ok(), "colony archiver started");
+    tracing::info!(
+        shards = archiver.store().shard_map().shards().len(),
+        cluster = archiver.store().is_cluster(),
+        admin = ?admin.local_addr().ok(),
+        "colony archiver started"
+    );
     let admin_stop = {
         let mut rx = stop_rx.clone();
         async move {

@@ -105,15 +105,11 @@ fn shard_index(archiver: &Archiver, n: usize) -> ShardIndex {
         .expect("the map has that shard")
 }
 
-/// The restore loop of shard 0, as the archiver process runs it.
+/// The restore queues' loops, as the archiver process runs them.
 fn serve_restores(archiver: &Arc<Archiver>) -> tokio::sync::watch::Sender<bool> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let archiver = archiver.clone();
-    tokio::spawn(async move {
-        archiver
-            .serve_restores(shard_index(&archiver, 0), stopped)
-            .await
-    });
+    tokio::spawn(async move { archiver.serve_restore_queues(stopped).await });
     stop
 }
 
@@ -901,8 +897,8 @@ async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_se
         .expect("pass");
     assert_eq!((report.candidates, report.archived), (2, 2), "{report:?}");
 
-    // A restore request a gateway of the previous version pushed to the legacy list is
-    // still served.
+    // Restore requests gateways of previous versions queued in the shard's own queues (the
+    // list, then the sorted set the 16 queues replaced) are still served.
     let archiver = Arc::new(archiver);
     let () = redis::cmd("LPUSH")
         .arg("colony:restore")
@@ -910,6 +906,13 @@ async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_se
         .query_async(&mut conn)
         .await
         .expect("lpush");
+    let () = redis::cmd("ZADD")
+        .arg("colony:restores")
+        .arg(1)
+        .arg("f:old-b")
+        .query_async(&mut conn)
+        .await
+        .expect("zadd");
     let stop = serve_restores(&archiver);
     let url = redis.url();
     let restored = tokio::task::spawn_blocking(move || {
@@ -918,17 +921,19 @@ async fn bookkeeping_left_in_the_legacy_per_shard_sets_is_moved_into_the_slot_se
             .get_connection()
             .expect("connects");
         wait_until_blocking(std::time::Duration::from_secs(10), || {
-            let marker: Option<String> = redis::cmd("HGET")
-                .arg("{old-a}:meta")
-                .arg("a")
-                .query(&mut conn)
-                .expect("hget");
-            marker.is_none()
+            ["{old-a}:meta", "{old-b}:meta"].iter().all(|meta| {
+                let marker: Option<String> = redis::cmd("HGET")
+                    .arg(meta)
+                    .arg("a")
+                    .query(&mut conn)
+                    .expect("hget");
+                marker.is_none()
+            })
         })
     })
     .await
     .expect("joins");
-    assert!(restored, "the legacy request was not served");
+    assert!(restored, "the legacy requests were not served");
     let _ = stop.send(true);
 }
 

@@ -200,9 +200,10 @@ pub struct RedisSettings {
     /// unreachable, outcome unknown), with capped exponential backoff and jitter, in
     /// milliseconds. 0 disables retries. Default 3000.
     pub retry_deadline_ms: u64,
-    /// Most restore requests a shard's queue holds. A request already waiting is not queued
-    /// again; past the cap new requests are not queued (their transactions keep retrying,
-    /// and end UNAVAILABLE at the retry deadline if the archiver does not catch up).
+    /// Most restore requests each of the 16 restore queues holds. A request already waiting
+    /// is not queued again; past the cap new requests are not queued (their transactions
+    /// keep retrying, and end UNAVAILABLE at the retry deadline if the archiver does not
+    /// catch up).
     /// Default 10000.
     pub max_restore_requests: usize,
     /// Consecutive failures of a shard that open its circuit breaker; while open, its players

@@ -33,7 +33,8 @@ const RESTORE_POLL: Duration = Duration::from_millis(2);
 /// How long a restore request is given before it is sent again.
 const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 
-/// Queues restore requests on a shard: no duplicates, at most `redis.max_restore_requests`.
+/// Queues restore requests in one restore queue: no duplicates, at most
+/// `redis.max_restore_requests` in each queue.
 static RESTORE_REQUEST: std::sync::LazyLock<LuaScript> =
     std::sync::LazyLock::new(|| LuaScript::new(include_str!("../restore_request.lua")));
 
@@ -233,12 +234,12 @@ impl Store {
         positions: &[usize],
         results: &[Option<Result<Committed, Error>>],
     ) -> bool {
-        let mut requests: BTreeMap<ShardIndex, BTreeSet<String>> = BTreeMap::new();
+        let mut requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>> = BTreeMap::new();
         for &p in positions {
             if let (Some(Err(Error::Archived { .. })), Some(routed)) = (&results[p], &routed[p]) {
                 let txn = &txns[p];
                 requests
-                    .entry(map.shard_for_slot(routed.slot))
+                    .entry(keys::RestoreQueue::for_slot(routed.slot))
                     .or_default()
                     .insert(keys::restore_request(
                         &txn.player,
@@ -249,21 +250,25 @@ impl Store {
         if requests.is_empty() {
             return false;
         }
-        let pushes = requests.into_iter().map(|(shard, requests)| async move {
+        let pushes = requests.into_iter().map(|(queue, requests)| async move {
+            // The queue lives on whichever shard owns its slot now, not the player's.
+            let shard = map.shard_for_slot(queue.slot());
             let name = self.shard_name(shard);
-            // A request lost in a failover is sent again (RESTORE_REQUEST_AGAIN): not waited.
+            // A request lost in a failover or refused while the queue's slot moves is sent
+            // again (RESTORE_REQUEST_AGAIN): not waited.
             let mut push = Command::script(&RESTORE_REQUEST, Effect::Housekeeping)
-                .key(keys::RESTORE_QUEUE)
+                .key(queue.key())
                 .arg(self.inner.settings.max_restore_requests);
             for request in requests {
                 push = push.arg(request);
             }
             match self.call::<(u64, u64, u64)>(shard, push).await {
                 Err(e) => {
-                    tracing::warn!(shard = %name, error = %e, "cannot request a restore")
+                    tracing::warn!(shard = %name, queue = queue.index(), error = %e, "cannot request a restore")
                 }
                 Ok((_, _, refused)) if refused > 0 => tracing::warn!(
                     shard = %name,
+                    queue = queue.index(),
                     refused,
                     cap = self.inner.settings.max_restore_requests,
                     "restore queue full; requests not queued"

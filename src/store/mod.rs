@@ -284,6 +284,19 @@ impl Store {
         links.dedicated().await
     }
 
+    /// A node answered `MOVED` on a connection of the caller's own (a blocking pop on a
+    /// [`Store::dedicated_connection`]) that was opened at `since`: for a Redis Cluster,
+    /// reads the map again unless a read began after `since` (one read serves every caller);
+    /// nothing for `[[shards]]`, whose map never changes.
+    pub async fn slot_moved(&self, since: tokio::time::Instant) {
+        self.inner.topology.moved(since).await
+    }
+
+    /// Whether the store serves a Redis Cluster (its map changes) rather than `[[shards]]`.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.topology.directory().is_some()
+    }
+
     /// Sends `PING` to every shard's master; one result per shard, in shard order.
     pub async fn ping_shards(&self, timeout: Duration) -> Vec<Result<(), Error>> {
         let routes = self.routes();

@@ -64,7 +64,9 @@ async fn run() -> anyhow::Result<()> {
             .store()
             .shard_map()
             .index_of(shard)
-            .with_context(|| format!("no shard named {shard:?} in the configuration"))?;
+            .with_context(|| {
+                format!("no shard named {shard:?} in the configuration (or the cluster's map)")
+            })?;
         let (marked, live) = archiver.rebuild(index).await?;
         tracing::info!(shard, marked, live, "rebuild done");
         return Ok(());

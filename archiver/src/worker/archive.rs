@@ -242,7 +242,7 @@ impl Archiver {
                 .map(|_| WriteOutcome::Failed(ArchiveError::MongoReply(reason.clone())))
                 .collect::<Vec<_>>()
         };
-        let collection = &self.collections[shard.get()];
+        let collection = self.collection(shard);
         let reply = collection
             .client()
             .database(collection.namespace().db.as_str())
@@ -404,13 +404,16 @@ impl Archiver {
     ) -> Result<PassReport, ArchiveError> {
         let cutoff = self.cutoff(now);
         let totals = std::sync::Mutex::new(PassReport::default());
+        // The shards of one map for the whole pass: a cluster's map may change meanwhile.
+        let shards: Vec<ShardIndex> = self.shards().collect();
         let outcomes = join_all(
-            self.shards()
-                .map(|shard| self.archive_shard(shard, cutoff, dry_run, &totals, &progress)),
+            shards
+                .iter()
+                .map(|&shard| self.archive_shard(shard, cutoff, dry_run, &totals, &progress)),
         )
         .await;
         let mut report = totals.into_inner().unwrap_or_else(|p| p.into_inner());
-        for (shard, outcome) in self.shards().zip(outcomes) {
+        for (&shard, outcome) in shards.iter().zip(outcomes) {
             if let Err(e) = outcome {
                 let name = self.shard_name(shard);
                 tracing::warn!(shard = %name, error = %e.cause(), "archive pass failed on this shard; the other shards went on");
@@ -464,7 +467,7 @@ impl Archiver {
                 return Ok(());
             }
             // The configured rate is for the whole archiver; shards run concurrently.
-            let shards = self.collections.len().max(1) as f64;
+            let shards = self.store.shard_map().shards().len().max(1) as f64;
             let mut next_slot = 0;
             // Players this pass must not pick again: kept or failed ones (they wait for the
             // next pass) and the batch in flight.

@@ -17,9 +17,11 @@ impl Archiver {
     /// one that fails is logged and counted (`colony_archiver_shard_failures_total`), and the
     /// others finish.
     pub async fn checkpoint_pass(&self) -> Result<u64, ArchiveError> {
-        let outcomes = join_all(self.shards().map(|shard| self.checkpoint_shard(shard))).await;
+        // The shards of one map for the whole pass: a cluster's map may change meanwhile.
+        let shards: Vec<ShardIndex> = self.shards().collect();
+        let outcomes = join_all(shards.iter().map(|&shard| self.checkpoint_shard(shard))).await;
         let mut copied = 0;
-        for (shard, outcome) in self.shards().zip(outcomes) {
+        for (&shard, outcome) in shards.iter().zip(outcomes) {
             match outcome {
                 Ok(n) => copied += n,
                 Err(e) => {
@@ -165,7 +167,7 @@ impl Archiver {
         async {
             use futures_util::TryStreamExt;
             let map = self.store.shard_map().clone();
-            let mut cursor = self.collections[shard.get()].find(doc! {}).await?;
+            let mut cursor = self.collection(shard).find(doc! {}).await?;
             let (mut marked, mut live) = (0, 0);
             while let Some(document) = cursor.try_next().await? {
                 let snapshot = from_document(&document)?;

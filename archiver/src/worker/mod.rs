@@ -32,15 +32,28 @@
 //!
 //! ## Restores
 //!
-//! The store queues `f:<id>` (everything, for the owner) or `p:<id>` (the public part) in the
-//! shard's `colony:restores` sorted set (by request time; a request already waiting is not
-//! queued twice, and the set holds at most `redis.max_restore_requests`) when a transaction
-//! meets an archived player, and retries the transaction. The archiver takes the oldest with
-//! `BZPOPMIN` on a connection of its own per shard (after anything left in the previous
-//! version's `colony:restore` list),
-//! reads the document and runs the restore script, which only acts on a player still marked
-//! archived at the document's version: concurrent and repeated restores are harmless.
+//! The store queues `f:<id>` (everything, for the owner) or `p:<id>` (the public part) in
+//! one of 16 restore queues (`colony:{<slot tag>}:restores`, each serving the players of a
+//! range of 1,024 slots and living in a slot of that range: [`colony::keys::RestoreQueue`]),
+//! a sorted set by request time (a request already waiting is not queued twice, and the set
+//! holds at most `redis.max_restore_requests`), when a transaction meets an archived player,
+//! and retries the transaction. The archiver takes the oldest with `BZPOPMIN` on a
+//! connection of its own per queue, on whichever master owns the queue's slot now (following
+//! `MOVED` when the slot moves), reads the document and runs the restore script on the
+//! player's own shard, which only acts on a player still marked archived at the document's
+//! version: concurrent and repeated restores are harmless. On `[[shards]]` it also serves
+//! what gateways of previous versions left in each shard's own queues (`colony:restore`,
+//! `colony:restores`).
 //!
+//! ## On a Redis Cluster
+//!
+//! Passes take the shards and their slots from the store's map as it is when the pass
+//! begins; a slot that moves meanwhile answers `MOVED` (nothing applied) and that shard's
+//! pass ends with an error, to be done again by the next pass — the move's order above
+//! keeps a player live in Redis or durable in MongoDB whichever step is refused. The slot
+//! sets move with their slots, so a later pass finds each player on its new master. The
+//! legacy per-shard sets and queues never existed on a cluster and are not read there.
+
 //! ## Worker contract
 //!
 //! On shutdown (SIGTERM, Ctrl-C) the archiver takes no new batch of candidates and no new
@@ -52,7 +65,7 @@
 //!
 //! **Shards are apart.** Archive and checkpoint passes run every shard concurrently; a shard
 //! that fails is logged by name, counted (`colony_archiver_shard_failures_total`) and named
-//! in the pass report, and the other shards finish. Each shard has its own restore loop. The
+//! in the pass report, and the other shards finish. Each restore queue has its own loop. The
 //! status page asks the shards concurrently and waits at most [`SHARD_QUESTION_TIMEOUT`] for
 //! each.
 
@@ -87,8 +100,11 @@ pub const SHARD_QUESTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most members moved from each legacy per-shard set into the slot sets per pass.
 pub const LEGACY_MOVES_PER_PASS: usize = 1000;
 
-/// Pause before reading a shard's restore queue again after it failed.
+/// Pause before reading a restore queue again after it failed.
 pub const RESTORE_QUEUE_PAUSE: Duration = Duration::from_millis(250);
+
+/// How often, on `[[shards]]`, a shard's legacy restore queues are looked at while empty.
+pub const LEGACY_RESTORE_POLL: Duration = Duration::from_secs(1);
 
 // The archiver's scripts run on the store's one road (`Store::call`): the store's links, its
 // breaker and metrics, NOSCRIPT reload, and in replicated mode `WAIT` on the link that wrote.
@@ -232,10 +248,12 @@ pub enum Restoral {
     NotArchived,
 }
 
-/// The archiver: the store's shards, and one MongoDB collection per shard.
+/// The archiver: the store's shards, and the MongoDB collections players are archived to.
 pub struct Archiver {
     store: Store,
     config: ArchiveConfig,
+    /// One per `archive.mongodb_uris` entry: one for every shard, or one per shard of
+    /// `[[shards]]` in order (see [`Archiver::collection`]).
     collections: Vec<Collection<Document>>,
     metrics: crate::metrics::ArchiverMetrics,
     /// Set on shutdown: passes take no new batch after it.
@@ -288,23 +306,15 @@ impl Archiver {
         if archive.mongodb_uris.is_empty() {
             return Err(ArchiveError::Config("archive.mongodb_uris is empty".into()));
         }
-        if config.cluster.is_some() {
-            // Its restore queue is one key per shard, which a cluster cannot serve; the
-            // archiver's cluster mode is the next step of docs/design/cluster.md.
-            return Err(ArchiveError::Config(
-                "the archiver does not serve a [cluster] yet: archive players of Sentinel or \
-                 fixed [[shards]] only (docs/design/cluster.md, step 5)"
-                    .into(),
-            ));
-        }
-        let store = Store::new(config).map_err(|e| ArchiveError::Config(e.to_string()))?;
+        let store = Store::connect(config)
+            .await
+            .map_err(|e| ArchiveError::Config(e.to_string()))?;
         let shard_names: Vec<String> = store
             .shard_map()
             .shards()
             .iter()
             .map(|s| s.name.clone())
             .collect();
-        let shards = shard_names.len();
         let mut clients = Vec::new();
         for uri in &archive.mongodb_uris {
             let mut options = mongodb::options::ClientOptions::parse(uri).await?;
@@ -314,9 +324,9 @@ impl Archiver {
             clients.push(mongodb::Client::with_options(options)?);
         }
         let write_concern = WriteConcern::majority();
-        let collections = (0..shards)
-            .map(|shard| {
-                let client = &clients[if clients.len() == 1 { 0 } else { shard }];
+        let collections = clients
+            .iter()
+            .map(|client| {
                 client
                     .database(&archive.database)
                     .collection_with_options::<Document>(
@@ -381,9 +391,18 @@ impl Archiver {
         &self.store
     }
 
-    /// Every shard of the store's map (one archive collection each).
+    /// Every shard of the store's map now (a cluster's map follows the cluster).
     pub(super) fn shards(&self) -> impl Iterator<Item = ShardIndex> + '_ {
         self.store.shard_map().indices()
+    }
+
+    /// The collection `shard`'s players are archived to: the only one, or, with one MongoDB
+    /// per shard (`[[shards]]` only: their map never changes), the shard's own.
+    pub(super) fn collection(&self, shard: ShardIndex) -> &Collection<Document> {
+        match self.collections.as_slice() {
+            [only] => only,
+            per_shard => &per_shard[shard.get() % per_shard.len()],
+        }
     }
 
     /// Names `shard` in an error (for `map_err`).
@@ -404,9 +423,7 @@ impl Archiver {
     /// Runs until `stop` turns true: every shard's restore queue, and an archive pass every
     /// `scan_interval_secs`.
     pub async fn run(&self, stop: watch::Receiver<bool>) {
-        let restores = self
-            .shards()
-            .map(|shard| self.serve_restores(shard, stop.clone()));
+        let restores = self.serve_restore_queues(stop.clone());
         let stopper = async {
             let mut stop = stop.clone();
             let _ = stop.wait_for(|stopped| *stopped).await;
@@ -449,7 +466,7 @@ impl Archiver {
                 }
             }
         };
-        tokio::join!(join_all(restores), passes, stopper);
+        tokio::join!(restores, passes, stopper);
     }
 }
 

@@ -79,7 +79,13 @@ impl Archiver {
     /// their slots' sets (activity with `ZADD GT`, so a newer score is never lowered), then
     /// removes them from the legacy set. Returns how many were moved. Gateways of the
     /// previous layout still running may add members again; the next pass moves those.
+    /// Nothing on a Redis Cluster.
     pub async fn drain_legacy_sets(&self, shard: ShardIndex) -> Result<u64, ArchiveError> {
+        if self.store.is_cluster() {
+            // Colony's cluster mode came after the slot sets: no gateway ever wrote the
+            // per-shard sets there (and a key without a tag lives on one master only).
+            return Ok(0);
+        }
         async {
             let mut range = redis::cmd("ZRANGE");
             range
