@@ -62,8 +62,10 @@ pub const RESTORE_QUEUES: u16 = 16;
 /// refuses a blocking pop over keys of several slots, so a queue per shard cannot exist on a
 /// cluster (its shards come and go) and a queue per player's slot cannot be waited on. A
 /// queue is an ordinary key of its slot: when the slot moves, the queue moves with it (the
-/// archiver's pop answers `MOVED` and follows), and a request pushed meanwhile is refused
-/// and sent again by the store (it re-sends every 250 ms while its caller waits). A queue's
+/// archiver's pop answers `MOVED` and follows); while it moves, a request pushed for a key
+/// the source no longer holds goes to the importing master (`ASK`), where the archiver
+/// takes it through the store's road until the move ends, and a request refused
+/// (`TRYAGAIN`) is sent again by the store (every 250 ms while its caller waits). A queue's
 /// slot lies in the middle of the range it serves, so where shards own whole ranges (the
 /// even split of `[[shards]]` and of `redis-cli --cluster create`) most players' requests
 /// wait on their own shard.

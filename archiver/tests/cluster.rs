@@ -11,7 +11,8 @@ use colony::{
     Visibility,
 };
 use colony_archiver::Archiver;
-use colony_testkit::{MongoServer, Profile, RedisCluster, RedisServer};
+use colony_testkit::{wait_for, MongoServer, Profile, RedisCluster, RedisServer};
+use std::time::Duration;
 
 static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -121,9 +122,53 @@ async fn the_archiver_serves_a_cluster_and_follows_slots_that_moved() {
     assert_eq!(report.archived, 30, "{report:?}");
     assert!(report.failed_shards.is_empty(), "{report:?}");
 
-    // Behind the archiver's back, one archived player's slot moves to another master (its
-    // marker with it), and so does the slot of the restore queue its requests wait in.
-    let moved = &players[0];
+    // The archiver's queues run, each blocked on the master that owns its slot.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = archiver.clone();
+    let queues = tokio::spawn(async move { serving.serve_restore_queues(stopped).await });
+    let first = &players[0];
+    let queue = RestoreQueue::of_player(first);
+    let queue_from = cluster
+        .owner_of(queue.slot().get(), 0)
+        .expect("owner")
+        .port();
+    let source = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == queue_from)
+        .expect("the queue's master");
+    let blocked = wait_for(Duration::from_secs(10), || async {
+        (blocked_pops(source) >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        blocked.is_some(),
+        "the archiver blocks on the queue's master"
+    );
+
+    // The queue's slot starts moving to another master and stays half moved: a request for
+    // `first` (whose queue it is) is pushed to the importing master (ASK), where the
+    // archiver must find it before the move ends.
+    let queue_to = other_master(&cluster, queue_from);
+    cluster
+        .start_move(queue.slot().get(), queue_to)
+        .expect("the queue's slot starts moving");
+    assert_eq!(
+        owner_gold(&store, first).await,
+        Some(1),
+        "restored mid-move"
+    );
+
+    // The move ends behind the archiver's back (its map is stale: MOVED), and an archived
+    // player of the same queue moves to another master too: it comes back whole on its new
+    // master, as do players of every other queue.
+    cluster
+        .finish_move(queue.slot().get(), queue_to)
+        .expect("the queue's slot moves");
+    let moved = players[1..]
+        .iter()
+        .find(|p| RestoreQueue::of_player(p) == queue)
+        .unwrap_or(&players[1]);
     let from = cluster
         .owner_of(keys::player_slot(moved).get(), 0)
         .expect("owner")
@@ -136,22 +181,9 @@ async fn the_archiver_serves_a_cluster_and_follows_slots_that_moved() {
             >= 1,
         "the marker moved with the slot"
     );
-    let queue = RestoreQueue::of_player(moved);
-    let queue_from = cluster
-        .owner_of(queue.slot().get(), 0)
-        .expect("owner")
-        .port();
-    let queue_to = other_master(&cluster, queue_from);
-    cluster
-        .move_slot(queue.slot().get(), queue_to)
-        .expect("the queue's slot moves");
-
-    // The archiver's queues follow the move (MOVED, a new read of the map); each player
-    // comes back whole on its owner's access, the moved one on its new master.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let serving = archiver.clone();
-    let queues = tokio::spawn(async move { serving.serve_restore_queues(stopped).await });
-    for (i, player) in players.iter().enumerate().take(6) {
+    let index = |p: &PlayerId| players.iter().position(|q| q == p).expect("a player") as i64;
+    assert_eq!(owner_gold(&store, moved).await, Some(index(moved) + 1));
+    for (i, player) in players.iter().enumerate().take(8) {
         assert_eq!(
             owner_gold(&store, player).await,
             Some(i as i64 + 1),
@@ -178,4 +210,13 @@ async fn the_archiver_serves_a_cluster_and_follows_slots_that_moved() {
     );
     let _ = stop.send(true);
     queues.await.expect("the queues stop");
+}
+
+/// Clients of `node` blocked in `BZPOPMIN` now.
+fn blocked_pops(node: &RedisServer) -> usize {
+    let text: String = redis::Client::open(node.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("CLIENT").arg("LIST").query(&mut c))
+        .unwrap_or_default();
+    text.lines().filter(|l| l.contains("cmd=bzpopmin")).count()
 }

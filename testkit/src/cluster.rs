@@ -259,23 +259,22 @@ impl RedisCluster {
     /// source migrates, every key moves with `MIGRATE`, then every master is told the new
     /// owner. Returns the keys moved.
     pub fn move_slot(&self, slot: u16, to: &RedisServer) -> std::io::Result<usize> {
+        let moved = self.start_move(slot, to)?;
+        self.finish_move(slot, to)?;
+        Ok(moved)
+    }
+
+    /// The first half of [`RedisCluster::move_slot`]: the target imports, the source
+    /// migrates, and every key moves, but the slot stays the source's (`ASK` for keys it no
+    /// longer holds) until [`RedisCluster::finish_move`]. Returns the keys moved.
+    pub fn start_move(&self, slot: u16, to: &RedisServer) -> std::io::Result<usize> {
         let from = self.owner_of(slot, 0)?;
         if from.port() == to.port() {
             return Err(std::io::Error::other("the slot is already there"));
         }
         let (from_id, to_id) = (node_id(from)?, node_id(to)?);
-        let setslot = |node: &RedisServer, what: &str, id: &str| {
-            query::<()>(
-                node,
-                redis::cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg(what)
-                    .arg(id),
-            )
-        };
-        setslot(to, "IMPORTING", &from_id)?;
-        setslot(from, "MIGRATING", &to_id)?;
+        setslot(to, slot, "IMPORTING", &from_id)?;
+        setslot(from, slot, "MIGRATING", &to_id)?;
         let mut moved = 0;
         loop {
             let keys: Vec<Vec<u8>> = query(
@@ -300,14 +299,22 @@ impl RedisCluster {
                 .arg(keys);
             query::<()>(from, &migrate)?;
         }
-        setslot(to, "NODE", &to_id)?;
-        setslot(from, "NODE", &to_id)?;
+        Ok(moved)
+    }
+
+    /// The second half of [`RedisCluster::move_slot`]: every master is told that `to` owns
+    /// `slot` (the target first, then the source, as Redis's own tool does).
+    pub fn finish_move(&self, slot: u16, to: &RedisServer) -> std::io::Result<()> {
+        let from = self.owner_of(slot, 0)?;
+        let to_id = node_id(to)?;
+        setslot(to, slot, "NODE", &to_id)?;
+        setslot(from, slot, "NODE", &to_id)?;
         for master in self.master_nodes() {
             if master.port() != to.port() && master.port() != from.port() {
-                setslot(master, "NODE", &to_id)?;
+                setslot(master, slot, "NODE", &to_id)?;
             }
         }
-        Ok(moved)
+        Ok(())
     }
 
     /// A configuration whose `[cluster]` names the first node as its only seed.
@@ -325,6 +332,17 @@ fn even_range(m: usize, masters: usize) -> (usize, usize) {
     let start = (m * 16384).div_ceil(masters);
     let end = ((m + 1) * 16384).div_ceil(masters) - 1;
     (start, end)
+}
+
+fn setslot(node: &RedisServer, slot: u16, what: &str, id: &str) -> std::io::Result<()> {
+    query::<()>(
+        node,
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(what)
+            .arg(id),
+    )
 }
 
 fn query<T: redis::FromRedisValue>(node: &RedisServer, cmd: &redis::Cmd) -> std::io::Result<T> {

@@ -466,8 +466,14 @@ impl Archiver {
                 add(&|t| t.candidates += found.ids.len() as u64);
                 return Ok(());
             }
-            // The configured rate is for the whole archiver; shards run concurrently.
-            let shards = self.store.shard_map().shards().len().max(1) as f64;
+            // The configured rate is for the whole archiver; the shards that own slots run
+            // concurrently (a cluster's map keeps a shard that was emptied, with no slots).
+            let map = self.store.shard_map();
+            let shards = map
+                .indices()
+                .filter(|&s| !map.slots_of(s).is_empty())
+                .count()
+                .max(1) as f64;
             let mut next_slot = 0;
             // Players this pass must not pick again: kept or failed ones (they wait for the
             // next pass) and the batch in flight.

@@ -47,8 +47,8 @@
 //!
 //! ## On a Redis Cluster
 //!
-//! Passes take the shards and their slots from the store's map as it is when the pass
-//! begins; a slot that moves meanwhile answers `MOVED` (nothing applied) and that shard's
+//! A pass takes its shards from the store's map when it begins, and each shard's slots
+//! when that shard's part begins; a slot that moves meanwhile answers `MOVED` (nothing applied) and that shard's
 //! pass ends with an error, to be done again by the next pass — the move's order above
 //! keeps a player live in Redis or durable in MongoDB whichever step is refused. The slot
 //! sets move with their slots, so a later pass finds each player on its new master. The
@@ -100,8 +100,12 @@ pub const SHARD_QUESTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most members moved from each legacy per-shard set into the slot sets per pass.
 pub const LEGACY_MOVES_PER_PASS: usize = 1000;
 
-/// Pause before reading a restore queue again after it failed.
+/// Pause before reading a restore queue again after it failed (the first of a backoff), and
+/// between looks at a queue whose slot is moving.
 pub const RESTORE_QUEUE_PAUSE: Duration = Duration::from_millis(250);
+
+/// The longest pause of a restore queue's backoff after failures in a row.
+pub const RESTORE_QUEUE_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// How often, on `[[shards]]`, a shard's legacy restore queues are looked at while empty.
 pub const LEGACY_RESTORE_POLL: Duration = Duration::from_secs(1);

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::doc;
 use tokio::sync::watch;
 
+use colony::backoff::Backoff;
 use colony::keys::{RestoreQueue, LEGACY_RESTORE_QUEUE, LEGACY_RESTORE_SET};
 use colony::shard_map::ShardIndex;
 use colony::PlayerId;
@@ -64,42 +65,53 @@ impl Archiver {
     }
 
     /// Serves one restore queue until `stop` turns true: a blocking pop, on a connection of
-    /// its own, on whichever shard owns the queue's slot now. When the slot moves (the pop
-    /// answers `MOVED`, or the store's map names another shard) it reads the map again and
-    /// follows; after any other failure it reconnects after [`RESTORE_QUEUE_PAUSE`].
+    /// its own, on whichever shard owns the queue's slot now.
+    ///
+    /// - The slot moved (`MOVED`, or the store's map names another shard): read the map
+    ///   again and follow it.
+    /// - The slot is moving and the queue's key is not on the source (`ASK`): requests
+    ///   pushed meanwhile wait on the importing master, so they are taken through the
+    ///   store's road (which follows `ASK`) every [`RESTORE_QUEUE_PAUSE`] until the move
+    ///   ends.
+    /// - Any other error reply (`NOREPLICAS`, `CLUSTERDOWN`, `LOADING`, ...) keeps the
+    ///   connection; only a broken connection is opened again. Failures in a row back off
+    ///   from [`RESTORE_QUEUE_PAUSE`] to [`RESTORE_QUEUE_MAX_PAUSE`], so that sixteen loops
+    ///   never storm a shard that is failing over with connections.
     pub async fn serve_restore_queue(&self, queue: RestoreQueue, mut stop: watch::Receiver<bool>) {
         let key = queue.key();
-        let mut conn: Option<(
-            ShardIndex,
-            redis::aio::MultiplexedConnection,
-            tokio::time::Instant,
-        )> = None;
+        // The pop blocks well inside the connection's response timeout, so an idle queue
+        // never looks like a dead connection.
+        let settings = self.store.settings();
+        let block = ((settings.command_timeout() + settings.replication_timeout()) / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
+            .as_secs_f64();
+        let backoff = Backoff {
+            base: RESTORE_QUEUE_PAUSE,
+            max: RESTORE_QUEUE_MAX_PAUSE,
+        };
+        let mut failures: u32 = 0;
+        let mut migrating = false;
+        let mut conn: Option<(ShardIndex, redis::aio::MultiplexedConnection)> = None;
         while !*stop.borrow() {
             let shard = self.store.shard_map().shard_for_slot(queue.slot());
-            if conn.as_ref().is_some_and(|(on, ..)| *on != shard) {
+            if conn.as_ref().is_some_and(|(on, _)| *on != shard) {
                 conn = None;
             }
-            if conn.is_none() {
-                let opened = tokio::time::Instant::now();
+            let Some((_, c)) = conn.as_mut() else {
                 match self.store.dedicated_connection(shard).await {
-                    Ok(c) => conn = Some((shard, c, opened)),
+                    Ok(c) => conn = Some((shard, c)),
                     Err(e) => {
                         tracing::warn!(shard = %self.shard_name(shard), queue = queue.index(), error = %e, "restore queue unreachable");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = stop.changed() => {}
-                        }
-                        continue;
+                        self.pause(backoff.delay(failures), &mut stop).await;
+                        failures = failures.saturating_add(1);
                     }
                 }
-            }
-            let Some((_, c, opened)) = conn.as_mut() else {
                 continue;
             };
-            let opened = *opened;
             // The oldest request first.
+            let sent = tokio::time::Instant::now();
             let mut pop = redis::cmd("BZPOPMIN");
-            pop.arg(&key).arg(1);
+            pop.arg(&key).arg(block);
             let popped: Result<Option<String>, redis::RedisError> = tokio::select! {
                 popped = pop.query_async::<Option<(String, String, f64)>>(c) => {
                     popped.map(|p| p.map(|(_, request, _)| request))
@@ -109,29 +121,68 @@ impl Archiver {
             if *stop.borrow() {
                 break;
             }
-            let request = match popped {
-                Ok(Some(request)) => request,
-                Ok(None) => continue,
+            match popped {
+                Ok(popped) => {
+                    failures = 0;
+                    migrating = false;
+                    if let Some(request) = popped {
+                        self.serve_request(&request).await;
+                    }
+                }
+                Err(e) if e.code() == Some("ASK") => {
+                    if !migrating {
+                        tracing::info!(shard = %self.shard_name(shard), queue = queue.index(), "the restore queue's slot is moving; taking its requests through the road until the move ends");
+                    }
+                    migrating = true;
+                    if !self.pop_through_road(shard, &key).await {
+                        self.pause(RESTORE_QUEUE_PAUSE, &mut stop).await;
+                    }
+                }
                 Err(e) => {
-                    // MOVED: the queue's slot moved to another master; read the map again
-                    // and follow it. NOREPLICAS (the pops write), READONLY after a failover,
-                    // a lost connection: reconnect (the master may have moved), but pause
-                    // first. Retrying at once opened a connection per attempt, thousands a
-                    // second, and the load kept the master's replicas from counting as
-                    // good: NOREPLICAS for everyone.
                     if e.code() == Some("MOVED") {
-                        self.store.slot_moved(opened).await;
+                        // Served by any read of the map begun since the pop was sent.
+                        self.store.slot_moved(sent).await;
+                        conn = None;
+                    } else if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                        conn = None;
                     }
                     tracing::warn!(shard = %self.shard_name(shard), queue = queue.index(), error = %e, "restore queue failed");
-                    conn = None;
-                    tokio::select! {
-                        _ = tokio::time::sleep(RESTORE_QUEUE_PAUSE) => {}
-                        _ = stop.changed() => {}
-                    }
-                    continue;
+                    self.pause(backoff.delay(failures), &mut stop).await;
+                    failures = failures.saturating_add(1);
                 }
-            };
-            self.serve_request(&request).await;
+            }
+        }
+    }
+
+    /// Takes one request from `key` through the store's road (following `ASK` to an
+    /// importing master) and serves it. Whether there was one.
+    async fn pop_through_road(&self, shard: ShardIndex, key: &str) -> bool {
+        let mut pop = redis::cmd("ZPOPMIN");
+        pop.arg(key).arg(1);
+        let popped: Result<Vec<String>, colony::Error> = self
+            .store
+            .call(shard, Command::plain(pop, Effect::Housekeeping))
+            .await;
+        match popped {
+            Ok(popped) => match popped.first() {
+                Some(request) => {
+                    self.serve_request(request).await;
+                    true
+                }
+                None => false,
+            },
+            Err(e) => {
+                tracing::debug!(shard = %self.shard_name(shard), error = %e, "restore queue unreadable while its slot moves");
+                false
+            }
+        }
+    }
+
+    /// Sleeps `pause`, or less if `stop` changes.
+    async fn pause(&self, pause: Duration, stop: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
         }
     }
 
@@ -165,14 +216,15 @@ impl Archiver {
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => {
+                // A shard that is down is reported by the store and by the other loops.
+                Err(e) if e.is_retryable() => {
                     tracing::debug!(shard = %self.shard_name(shard), error = %e, "legacy restore queue unreadable")
                 }
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard_name(shard), error = %e, "legacy restore queue unreadable")
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(LEGACY_RESTORE_POLL) => {}
-                _ = stop.changed() => {}
-            }
+            self.pause(LEGACY_RESTORE_POLL, &mut stop).await;
         }
     }
 
