@@ -13,6 +13,10 @@
 #   bash deploy/local/run.sh --demo   # also run a 30-second load test, print its report, stop
 #   bash deploy/local/run.sh --chaos  # a 60-second load test while masters are killed and
 #                                     # paused, a gateway is killed and MongoDB is stopped
+#   bash deploy/local/run.sh --cluster [--demo | --chaos]
+#                                     # the same on a Redis Cluster instead of Sentinel shards:
+#                                     # COLONY_LOCAL_SHARDS masters (at least 3) with their
+#                                     # replicas, failing over by the cluster's own election
 #
 # Ctrl-C (or the end of the demo) stops everything and removes the cluster's files.
 #
@@ -22,7 +26,7 @@
 #
 # Environment: COLONY_LOCAL_REPLICAS (replicas per shard, default 2), COLONY_LOCAL_BASE_PORT
 # (default 7000): shard i's Redis servers use BASE+(REPLICAS+1)*i onwards (master first), the
-# Sentinels BASE+100..BASE+102, SecantusDB BASE+300, gateway g BASE+400+10g and its admin
+# Sentinels BASE+100..BASE+102 (with --cluster: no Sentinels; node k's cluster bus BASE+200+k), SecantusDB BASE+300, gateway g BASE+400+10g and its admin
 # endpoint BASE+401+10g, the archiver's admin endpoint BASE+402, Prometheus BASE+500 (when
 # installed; COLONY_LOCAL_PROMETHEUS=0 leaves it out). COLONY_LOCAL_SHARDS
 # (default 3), COLONY_LOCAL_GATEWAYS (default 1, 2 with --chaos), COLONY_LOCAL_IDLE_SECS
@@ -34,14 +38,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-mode=${1:-up}
-case "$mode" in
-  up | --demo | --chaos) ;;
-  *)
-    echo "usage: bash deploy/local/run.sh [--demo | --chaos]" >&2
-    exit 2
-    ;;
-esac
+mode=up
+topology=sentinel
+for arg in "$@"; do
+  case "$arg" in
+    --demo | --chaos)
+      if [ "$mode" != up ]; then
+        echo "usage: bash deploy/local/run.sh [--cluster] [--demo | --chaos]" >&2
+        exit 2
+      fi
+      mode=$arg
+      ;;
+    --cluster) topology=cluster ;;
+    *)
+      echo "usage: bash deploy/local/run.sh [--cluster] [--demo | --chaos]" >&2
+      exit 2
+      ;;
+  esac
+done
 
 bash .ci/setup
 if [ -n "${COLONY_LOCAL_BIN_DIR:-}" ]; then
@@ -56,6 +70,11 @@ base=${COLONY_LOCAL_BASE_PORT:-7000}
 shards=${COLONY_LOCAL_SHARDS:-3}
 replicas=${COLONY_LOCAL_REPLICAS:-2}
 per_shard=$((replicas + 1))
+if [ "$topology" = cluster ] && [ "$shards" -lt 3 ]; then
+  # A cluster fails a master over by the vote of a majority of masters.
+  echo "a Redis Cluster needs at least 3 masters (COLONY_LOCAL_SHARDS=$shards)" >&2
+  exit 2
+fi
 if [ "$mode" = --chaos ]; then default_gateways=2; else default_gateways=1; fi
 if [ "$mode" = up ]; then default_idle=60; else default_idle=10; fi
 gateways=${COLONY_LOCAL_GATEWAYS:-$default_gateways}
@@ -159,6 +178,16 @@ start_redis() { # port role-args...
   wait_port "$port" "redis-$port"
 }
 
+# A Redis Cluster node: the safe profile plus the cluster's settings Colony requires (one
+# master's failure stops only that master's slots; a failover within about 3 s).
+start_cluster_node() { # index
+  local port=$((base + $1))
+  need_free $((base + 200 + $1))
+  start_redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf \
+    --cluster-port $((base + 200 + $1)) --cluster-node-timeout 2000 \
+    --cluster-require-full-coverage no
+}
+
 wait_synced() { # replica-port
   for _ in $(seq 1 400); do
     if redis-cli -p "$1" info replication 2>/dev/null | grep -q '^master_link_status:up'; then
@@ -206,48 +235,97 @@ launch "mongodb-$mongo_port" "$dir/secantusd.log" "$tools/secantus/bin/secantusd
   --host 127.0.0.1 --port "$mongo_port" --storage-path "$dir/mongodb" --sync-on-commit \
   --log-level WARNING
 
-for ((i = 0; i < shards; i++)); do
-  master=$((base + per_shard * i))
-  start_redis "$master"
-  listed=""
-  for ((r = 1; r <= replicas; r++)); do
-    start_redis $((master + r)) --replicaof 127.0.0.1 "$master"
-    listed+="${listed:+, }127.0.0.1:$((master + r))"
+if [ "$topology" = cluster ]; then
+  nodes=$((shards * per_shard))
+  addresses=()
+  for ((k = 0; k < nodes; k++)); do
+    start_cluster_node "$k"
+    addresses+=("127.0.0.1:$((base + k))")
   done
-  # In the safe profile a master takes writes only once a replica is in sync.
-  for ((r = 1; r <= replicas; r++)); do wait_synced $((master + r)); done
-  echo "shard-$i: master 127.0.0.1:$master, replicas $listed"
-done
-
-sentinel_addresses=""
-for ((s = 0; s < 3; s++)); do
-  port=$((base + 100 + s))
-  need_free "$port"
-  mkdir -p "$dir/sentinel-$port"
-  file="$dir/sentinel-$port/sentinel.conf"
-  render_sentinel "$port" shard-0 "$base" >"$file"
-  for ((i = 1; i < shards; i++)); do
-    render_sentinel "$port" "shard-$i" $((base + per_shard * i)) lines-only >>"$file"
+  # The first $shards nodes become masters with the slots split evenly, the others their
+  # replicas (redis-cli chooses which replica follows which master).
+  redis-cli --cluster create "${addresses[@]}" --cluster-replicas "$replicas" --cluster-yes \
+    >"$dir/cluster-create.log" 2>&1 || {
+    echo "redis-cli --cluster create failed; see $dir/cluster-create.log" >&2
+    exit 1
+  }
+  # Formed once every node says the cluster is ok and lists every replica as one (the roles
+  # travel by gossip), and every replica is in sync (the safe profile's masters take writes
+  # only then; the gateways' start-up check counts each master's replicas).
+  for ((k = 0; k < nodes; k++)); do
+    port=$((base + k))
+    formed=""
+    for _ in $(seq 1 600); do
+      if redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' &&
+        [ "$(redis-cli -p "$port" cluster nodes 2>/dev/null | grep -c slave)" -eq $((shards * replicas)) ]; then
+        formed=yes
+        break
+      fi
+      sleep 0.05
+    done
+    if [ -z "$formed" ]; then
+      echo "the cluster did not form as node $port sees it; see $dir/redis-$port/redis.log" >&2
+      exit 1
+    fi
+    if redis-cli -p "$port" role 2>/dev/null | head -1 | grep -q slave; then wait_synced "$port"; fi
   done
-  launch "sentinel-$port" "$dir/sentinel-$port/out.log" redis-sentinel "$file" \
-    --logfile "$dir/sentinel-$port/sentinel.log"
-  sentinel_addresses+="${sentinel_addresses:+, }\"127.0.0.1:$port\""
-done
-for ((s = 0; s < 3; s++)); do wait_port $((base + 100 + s)) "sentinel-$((base + 100 + s))"; done
-echo "sentinels: 127.0.0.1:$((base + 100)), 127.0.0.1:$((base + 101)), 127.0.0.1:$((base + 102))"
-
-for ((i = 0; i < shards; i++)); do
+  redis-cli -p "$base" cluster nodes | awk '
+    { sub(/@.*/, "", $2); address[$1] = $2 }
+    $3 ~ /master/ { slots[$1] = $9 }
+    $3 ~ /slave/ { replicas[$4] = replicas[$4] (replicas[$4] ? ", " : "") $2 }
+    END { for (id in slots) print "  master " address[id] " slots " slots[id] ", replicas " replicas[id] }' |
+    sort -b -k4,4n
   {
-    echo "[[shards]]"
-    echo "name = \"shard-$i\""
-    echo "sentinel = { master_name = \"shard-$i\", addresses = [$sentinel_addresses] }"
+    echo "[cluster]"
+    seeds=""
+    for address in "${addresses[@]}"; do seeds+="${seeds:+, }\"$address\""; done
+    echo "seeds = [$seeds]"
+  } >>"$config"
+  echo "Redis Cluster: $shards masters, $replicas replicas each (seeds ${addresses[*]})"
+else
+  for ((i = 0; i < shards; i++)); do
+    master=$((base + per_shard * i))
+    start_redis "$master"
     listed=""
     for ((r = 1; r <= replicas; r++)); do
-      listed+="${listed:+, }\"127.0.0.1:$((base + per_shard * i + r))\""
+      start_redis $((master + r)) --replicaof 127.0.0.1 "$master"
+      listed+="${listed:+, }127.0.0.1:$((master + r))"
     done
-    echo "replicas = [$listed]"
-  } >>"$config"
-done
+    # In the safe profile a master takes writes only once a replica is in sync.
+    for ((r = 1; r <= replicas; r++)); do wait_synced $((master + r)); done
+    echo "shard-$i: master 127.0.0.1:$master, replicas $listed"
+  done
+
+  sentinel_addresses=""
+  for ((s = 0; s < 3; s++)); do
+    port=$((base + 100 + s))
+    need_free "$port"
+    mkdir -p "$dir/sentinel-$port"
+    file="$dir/sentinel-$port/sentinel.conf"
+    render_sentinel "$port" shard-0 "$base" >"$file"
+    for ((i = 1; i < shards; i++)); do
+      render_sentinel "$port" "shard-$i" $((base + per_shard * i)) lines-only >>"$file"
+    done
+    launch "sentinel-$port" "$dir/sentinel-$port/out.log" redis-sentinel "$file" \
+      --logfile "$dir/sentinel-$port/sentinel.log"
+    sentinel_addresses+="${sentinel_addresses:+, }\"127.0.0.1:$port\""
+  done
+  for ((s = 0; s < 3; s++)); do wait_port $((base + 100 + s)) "sentinel-$((base + 100 + s))"; done
+  echo "sentinels: 127.0.0.1:$((base + 100)), 127.0.0.1:$((base + 101)), 127.0.0.1:$((base + 102))"
+
+  for ((i = 0; i < shards; i++)); do
+    {
+      echo "[[shards]]"
+      echo "name = \"shard-$i\""
+      echo "sentinel = { master_name = \"shard-$i\", addresses = [$sentinel_addresses] }"
+      listed=""
+      for ((r = 1; r <= replicas; r++)); do
+        listed+="${listed:+, }\"127.0.0.1:$((base + per_shard * i + r))\""
+      done
+      echo "replicas = [$listed]"
+    } >>"$config"
+  done
+fi
 
 gateway_list=""
 admin_targets=""

@@ -12,14 +12,20 @@
 //! The launcher owns the processes and knows how to start them; chaos mode only signals them
 //! and asks for restarts. Because every restart rewrites the pid file, the launcher stops
 //! whatever is running at the end by reading the pid files, restarted processes included.
-//! Masters are found by asking the shard's Sentinels, as Colony itself does.
+//! Masters are found by asking the shard's Sentinels, as Colony itself does; on a Redis
+//! Cluster (`[cluster]` in the configuration), by asking the nodes who serves the shard's
+//! first slot (`CLUSTER NODES`), and a killed master is started again as it was: the
+//! cluster makes it a replica of the master elected in its place.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use colony::cluster_view::{ClusterNode, ClusterView};
+use colony::config::ClusterConfig;
 use colony::shard_map::{Endpoint, ShardMap};
-use colony::store::sentinel;
+use colony::slot::Slot;
+use colony::store::{cluster_nodes, sentinel};
 use colony::{Config, PlayerId};
 use tokio::process::Command;
 
@@ -37,11 +43,25 @@ const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 /// Interval between looks at the Sentinels or a port while waiting for a recovery.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long one node may take to answer `CLUSTER NODES` (a paused node never answers).
+const CLUSTER_ASK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A local cluster's control directory.
 pub struct ControlDir {
     dir: PathBuf,
     config: Config,
     map: ShardMap,
+    /// For a Redis Cluster: how its masters are found.
+    cluster: Option<ClusterWatch>,
+}
+
+/// A Redis Cluster seen from outside: shard `i` is the group of the master serving
+/// `first_slots[i]` (slots do not move during a chaos run; masters do).
+struct ClusterWatch {
+    config: ClusterConfig,
+    first_slots: Vec<Slot>,
+    /// Every node of the cluster when the run began, and the seeds.
+    nodes: Vec<String>,
 }
 
 /// What injecting one fault did.
@@ -62,16 +82,47 @@ pub struct Injected {
 }
 
 impl ControlDir {
-    /// Opens `dir`: reads and validates its `colony.toml`.
-    pub fn open(dir: &Path) -> anyhow::Result<ControlDir> {
+    /// Opens `dir`: reads and validates its `colony.toml`; for a Redis Cluster, reads its
+    /// map from the seeds.
+    pub async fn open(dir: &Path) -> anyhow::Result<ControlDir> {
         let file = dir.join("colony.toml");
         let config = Config::load(&file, std::iter::empty::<(String, String)>())
             .with_context(|| format!("loading {}", file.display()))?;
-        let map = config.shard_map().context("the cluster's slot map")?;
+        let (map, cluster) = match &config.cluster {
+            None => (config.shard_map().context("the cluster's slot map")?, None),
+            Some(cluster) => {
+                let (source, nodes) = ask_any(&cluster.seeds, cluster, None).await?;
+                // The same grouping and order as the gateways' (shards by first slot).
+                let view = ClusterView::first(&source, &nodes).map_err(anyhow::Error::msg)?;
+                let map = view.map().clone();
+                let first_slots = map
+                    .indices()
+                    .map(|shard| {
+                        map.slots_of(shard)
+                            .first()
+                            .copied()
+                            .ok_or_else(|| anyhow!("{} serves no slot", map.shard(shard).name))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let mut addresses = cluster.seeds.clone();
+                for address in view.addresses() {
+                    if !addresses.contains(&address) {
+                        addresses.push(address);
+                    }
+                }
+                let watch = ClusterWatch {
+                    config: cluster.clone(),
+                    first_slots,
+                    nodes: addresses,
+                };
+                (map, Some(watch))
+            }
+        };
         Ok(ControlDir {
             dir: dir.to_path_buf(),
             config,
             map,
+            cluster,
         })
     }
 
@@ -121,7 +172,7 @@ impl ControlDir {
     pub fn check(&self, kinds: &[FaultKind], gateways: &[String]) -> anyhow::Result<()> {
         for kind in kinds {
             match kind {
-                FaultKind::KillMaster | FaultKind::PauseMaster => {
+                FaultKind::KillMaster | FaultKind::PauseMaster if self.cluster.is_none() => {
                     for shard in self.map.shards() {
                         if !matches!(shard.endpoint, Endpoint::Sentinel { .. }) {
                             bail!(
@@ -132,6 +183,8 @@ impl ControlDir {
                         }
                     }
                 }
+                // A cluster fails its masters over by election.
+                FaultKind::KillMaster | FaultKind::PauseMaster => {}
                 FaultKind::KillGateway => {
                     if self.gateways(gateways).is_empty() {
                         bail!(
@@ -210,8 +263,12 @@ impl ControlDir {
         Ok(())
     }
 
-    /// The master of `shard` according to the first of its Sentinels that answers.
-    async fn master(&self, shard: usize) -> anyhow::Result<String> {
+    /// The master of `shard` according to the first of its Sentinels that answers (on a
+    /// Redis Cluster: the first node other than `avoid` that answers).
+    async fn master(&self, shard: usize, avoid: Option<&str>) -> anyhow::Result<String> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.master(shard, avoid).await;
+        }
         let shard = &self.map.shards()[shard];
         let Endpoint::Sentinel {
             master_name,
@@ -236,11 +293,12 @@ impl ControlDir {
         bail!("no Sentinel of shard {} answered", shard.name)
     }
 
-    /// Polls the Sentinels until `shard`'s master is no longer `old`, for up to `limit`.
+    /// Polls the Sentinels (or the cluster's other nodes) until `shard`'s master is no
+    /// longer `old`, for up to `limit`.
     async fn promoted(&self, shard: usize, old: &str, limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Ok(master) = self.master(shard).await {
+            if let Ok(master) = self.master(shard, Some(old)).await {
                 if master != old {
                     return Some(master);
                 }
@@ -303,7 +361,12 @@ impl ControlDir {
         injected: &mut Injected,
     ) -> anyhow::Result<()> {
         let name = &self.map.shards()[shard].name;
-        let old = self.master(shard).await?;
+        let old = self.master(shard, None).await?;
+        let elected = if self.cluster.is_some() {
+            "the cluster elected"
+        } else {
+            "Sentinel promoted"
+        };
         injected.target = format!("{name} master {old}");
         let port = old
             .rsplit_once(':')
@@ -320,13 +383,18 @@ impl ControlDir {
             injected.recovered_after = Some(hit_at.elapsed());
             let (host, new_port) = new
                 .rsplit_once(':')
-                .ok_or_else(|| anyhow!("Sentinel answered {new:?}"))?;
+                .ok_or_else(|| anyhow!("the new master is {new:?}"))?;
             // Back as the new master's replica, so the shard has a replica again (the safe
-            // profile refuses writes without one).
-            self.start(&component, &["--replicaof", host, new_port])
-                .await?;
+            // profile refuses writes without one). A cluster node rejoins by itself, and the
+            // cluster makes it a replica of the master elected in its place.
+            if self.cluster.is_some() {
+                self.start(&component, &[]).await?;
+            } else {
+                self.start(&component, &["--replicaof", host, new_port])
+                    .await?;
+            }
             injected.outcome = format!(
-                "SIGKILL; Sentinel promoted {new} after {:.2} s; the old master is back as its replica",
+                "SIGKILL; {elected} {new} after {:.2} s; the old master is back as its replica",
                 hit_at.elapsed().as_secs_f64()
             );
         } else {
@@ -340,7 +408,7 @@ impl ControlDir {
             self.signal(&component, "CONT").await?;
             injected.outcome = match promoted {
                 Some(new) => format!(
-                    "SIGSTOP for {:.0} s; Sentinel promoted {new} after {:.2} s; SIGCONT",
+                    "SIGSTOP for {:.0} s; {elected} {new} after {:.2} s; SIGCONT",
                     PAUSE_HOLD.as_secs_f64(),
                     injected.recovered_after.unwrap_or_default().as_secs_f64()
                 ),
@@ -374,6 +442,43 @@ impl ControlDir {
     }
 }
 
+impl ClusterWatch {
+    /// The master serving shard `shard`'s first slot, as the first node other than `avoid`
+    /// that answers sees it: of the masters not flagged failing that claim the slot, the one
+    /// with the highest configuration epoch (the cluster's own rule).
+    async fn master(&self, shard: usize, avoid: Option<&str>) -> anyhow::Result<String> {
+        let slot = self
+            .first_slots
+            .get(shard)
+            .ok_or_else(|| anyhow!("no shard {shard}"))?
+            .get();
+        let (source, nodes) = ask_any(&self.nodes, &self.config, avoid).await?;
+        nodes
+            .iter()
+            .filter(|n| n.master && !n.failing && !n.address.is_empty())
+            .filter(|n| n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .max_by_key(|n| n.config_epoch)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| anyhow!("{source} names no master serving slot {slot}"))
+    }
+}
+
+/// `CLUSTER NODES` from the first of `addresses` (but `avoid`) that answers, in order.
+async fn ask_any(
+    addresses: &[String],
+    cluster: &ClusterConfig,
+    avoid: Option<&str>,
+) -> anyhow::Result<(String, Vec<ClusterNode>)> {
+    let mut failures = Vec::new();
+    for address in addresses.iter().filter(|a| Some(a.as_str()) != avoid) {
+        match cluster_nodes(address, cluster, CLUSTER_ASK_TIMEOUT).await {
+            Ok(nodes) => return Ok((address.clone(), nodes)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    bail!("no node of the cluster answered: {}", failures.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,17 +493,25 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn a_directory_without_a_valid_configuration_is_refused() {
-        assert!(ControlDir::open(dir_with(None).path()).is_err());
-        assert!(ControlDir::open(dir_with(Some("[[shards]]\nname = 5\n")).path()).is_err());
-        assert!(ControlDir::open(dir_with(Some(FIXED)).path()).is_ok());
+    #[tokio::test]
+    async fn a_directory_without_a_valid_configuration_is_refused() {
+        assert!(ControlDir::open(dir_with(None).path()).await.is_err());
+        let bad = dir_with(Some("[[shards]]\nname = 5\n"));
+        assert!(ControlDir::open(bad.path()).await.is_err());
+        assert!(ControlDir::open(dir_with(Some(FIXED)).path()).await.is_ok());
+        // A cluster none of whose seeds answers.
+        let unreachable = dir_with(Some("[cluster]\nseeds = [\"127.0.0.1:1\"]\n"));
+        let refused = ControlDir::open(unreachable.path())
+            .await
+            .err()
+            .expect("no map");
+        assert!(refused.to_string().contains("no node"), "{refused}");
     }
 
-    #[test]
-    fn faults_without_anything_to_act_on_are_refused_before_traffic() {
+    #[tokio::test]
+    async fn faults_without_anything_to_act_on_are_refused_before_traffic() {
         let dir = dir_with(Some(FIXED));
-        let control = ControlDir::open(dir.path()).expect("opens");
+        let control = ControlDir::open(dir.path()).await.expect("opens");
         let gateways = vec!["127.0.0.1:7400".to_string()];
         for kind in FaultKind::ALL {
             let refused = control
@@ -420,7 +533,7 @@ mod tests {
             format!("touch {}\n", marker.display()),
         )
         .expect("writes");
-        let control = ControlDir::open(dir.path()).expect("opens");
+        let control = ControlDir::open(dir.path()).await.expect("opens");
         control
             .check(&[FaultKind::StopMongo], &[])
             .expect_err("no pid file yet");

@@ -493,7 +493,7 @@ pub async fn run(
     // Chaos mode: the control directory must allow every fault before any traffic runs.
     let control = match &scenario.chaos {
         Some(chaos) => {
-            let control = ControlDir::open(&chaos.control)?;
+            let control = ControlDir::open(&chaos.control).await?;
             control.check(&chaos.faults, &scenario.gateways)?;
             Some(Arc::new(control))
         }

@@ -1,7 +1,9 @@
-//! Chaos mode end to end, through the real launcher: `deploy/local/run.sh` starts a one-shard
-//! local cluster (a master and two replicas in the safe profile, three Sentinels, SecantusDB on disk,
-//! two gateways, the archiver); the load test injects every kind of fault through the
-//! cluster's control directory while traffic runs. Every fault must be injected and
+//! Chaos mode end to end, through the real launcher, on each topology: `deploy/local/run.sh`
+//! starts a one-shard local cluster (a master and two replicas in the safe profile, three
+//! Sentinels), then with `--cluster` a Redis Cluster (three masters with two replicas each,
+//! failing over by election); each with SecantusDB on disk, two gateways and the archiver.
+//! The load test injects every kind of fault through the cluster's control directory while
+//! traffic runs. Every fault must be injected and
 //! recovered from, nothing acknowledged may be lost or applied twice, and stopping the
 //! launcher must stop every process, the ones chaos mode restarted included.
 //!
@@ -10,7 +12,8 @@
 //! `colony-archiver`: called by either name it serves as that process (the same library
 //! entry points as the real binaries). Hence `harness = false`.
 //!
-//! Re-run a schedule with `COLONY_FAULT_SEED=<seed> cargo test -p colony-loadtest --test chaos`.
+//! Re-run a schedule with `COLONY_FAULT_SEED=<seed> cargo test -p colony-loadtest --test chaos`
+//! (`COLONY_CHAOS_TOPOLOGY=sentinel` or `cluster` for one topology only).
 
 #![allow(clippy::print_stderr)]
 
@@ -36,8 +39,15 @@ fn main() {
     match called.as_str() {
         "colony-gateway" | "colony-archiver" => serve(&called),
         _ => {
-            chaos_through_the_local_cluster();
-            eprintln!("test chaos_through_the_local_cluster ... ok");
+            // COLONY_CHAOS_TOPOLOGY=sentinel or cluster runs only that one.
+            let only = std::env::var("COLONY_CHAOS_TOPOLOGY").unwrap_or_default();
+            for topology in [LocalTopology::Sentinel, LocalTopology::Cluster]
+                .into_iter()
+                .filter(|t| only.is_empty() || format!("{t:?}").eq_ignore_ascii_case(&only))
+            {
+                chaos_through_the_local_cluster(topology);
+                eprintln!("test chaos_through_the_local_cluster ({topology:?}) ... ok");
+            }
         }
     }
 }
@@ -68,22 +78,46 @@ fn serve(process: &str) {
     }
 }
 
-/// Ports the launcher uses for one shard and two gateways, from `base`.
-fn ports(base: u16) -> Vec<u16> {
-    // One shard: a master and two replicas; three Sentinels; MongoDB; two gateways and their
-    // admin ports; the archiver's admin port; Prometheus.
-    let offsets = [0, 1, 2, 100, 101, 102, 300, 400, 401, 402, 410, 411, 500];
+/// What the launcher starts Redis as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalTopology {
+    /// One Sentinel shard: a master, two replicas, three Sentinels.
+    Sentinel,
+    /// A Redis Cluster of three masters with two replicas each (`--cluster`).
+    Cluster,
+}
+
+impl LocalTopology {
+    /// Redis servers the launcher starts.
+    fn redis_servers(self) -> u16 {
+        match self {
+            LocalTopology::Sentinel => 3,
+            LocalTopology::Cluster => 9,
+        }
+    }
+}
+
+/// Ports the launcher uses for `topology` and two gateways, from `base`.
+fn ports(base: u16, topology: LocalTopology) -> Vec<u16> {
+    // Redis servers; three Sentinels or each cluster node's bus; MongoDB; two gateways and
+    // their admin ports; the archiver's admin port; Prometheus.
+    let mut offsets: Vec<u16> = (0..topology.redis_servers()).collect();
+    match topology {
+        LocalTopology::Sentinel => offsets.extend([100, 101, 102]),
+        LocalTopology::Cluster => offsets.extend((0..topology.redis_servers()).map(|k| 200 + k)),
+    }
+    offsets.extend([300, 400, 401, 402, 410, 411, 500]);
     offsets.iter().map(|o| base + o).collect()
 }
 
 /// A base whose ports are all free now.
-fn free_base(random: &mut Seeded) -> u16 {
+fn free_base(random: &mut Seeded, topology: LocalTopology) -> u16 {
     for _ in 0..100 {
         // Below the kernel's ephemeral range (32768 and up on Linux): a port there can be
         // taken at any moment by some process's outgoing connection, and a server started
         // later (Prometheus, last) would fail to bind it.
         let base = 20_000 + (random.range(0, 120) as u16) * 100;
-        if ports(base)
+        if ports(base, topology)
             .iter()
             .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
         {
@@ -100,14 +134,22 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn start(bin: &Path, base: u16) -> Launcher {
+    fn start(bin: &Path, base: u16, topology: LocalTopology) -> Launcher {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut child = Command::new("bash")
-            .arg("deploy/local/run.sh")
+        let mut command = Command::new("bash");
+        command.arg("deploy/local/run.sh");
+        if topology == LocalTopology::Cluster {
+            command.arg("--cluster");
+        }
+        let shards = match topology {
+            LocalTopology::Sentinel => "1",
+            LocalTopology::Cluster => "3",
+        };
+        let mut child = command
             .current_dir(&root)
             .env("COLONY_LOCAL_BIN_DIR", bin)
             .env("COLONY_LOCAL_BASE_PORT", base.to_string())
-            .env("COLONY_LOCAL_SHARDS", "1")
+            .env("COLONY_LOCAL_SHARDS", shards)
             .env("COLONY_LOCAL_GATEWAYS", "2")
             // Cold players idle for 3 s are archived, so that returning ones are restored.
             .env("COLONY_LOCAL_IDLE_SECS", "3")
@@ -221,17 +263,17 @@ fn alive(pid: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn chaos_through_the_local_cluster() {
+fn chaos_through_the_local_cluster(topology: LocalTopology) {
     let seed = colony_testkit::seed_from_env();
-    eprintln!("chaos: seed {seed}");
+    eprintln!("chaos: {topology:?}, seed {seed}");
     let mut random = Seeded::new(seed);
     let bin = tempfile::tempdir().expect("a directory for the process links");
     let me = std::env::current_exe().expect("this binary");
     for name in ["colony-gateway", "colony-archiver"] {
         std::os::unix::fs::symlink(&me, bin.path().join(name)).expect("links");
     }
-    let base = free_base(&mut random);
-    let mut launcher = Launcher::start(bin.path(), base);
+    let base = free_base(&mut random, topology);
+    let mut launcher = Launcher::start(bin.path(), base, topology);
     let control = launcher.control_dir();
 
     let gateways = vec![
@@ -284,7 +326,7 @@ fn chaos_through_the_local_cluster() {
         assert!(fault.unavailable_ms < 30_000.0, "{fault:?}");
     }
     // A killed master is seen: its shard answers nothing for a while (Sentinel needs its
-    // down-after, 2 s, before it even starts a failover).
+    // down-after, 2 s, and the cluster its node timeout, 2 s, before a failover starts).
     let killed = report
         .faults
         .iter()
@@ -354,11 +396,15 @@ fn chaos_through_the_local_cluster() {
                 .to_string()
         })
         .collect();
+    let redis_and_sentinels = match topology {
+        LocalTopology::Sentinel => 3 + 3,
+        LocalTopology::Cluster => 9,
+    };
     assert_eq!(
         pids.len(),
-        10 + usize::from(prometheus),
-        "3 redis (a master, two replicas), 3 sentinels, mongodb, 2 gateways, archiver, and \
-         Prometheus when installed"
+        redis_and_sentinels + 4 + usize::from(prometheus),
+        "3 redis (a master, two replicas) and 3 sentinels, or 9 cluster nodes; mongodb, 2 \
+         gateways, archiver, and Prometheus when installed"
     );
     assert!(launcher.stop(), "the launcher did not stop");
     for pid in &pids {

@@ -54,13 +54,7 @@ impl ClusterDirectory {
         config: &ClusterConfig,
         settings: &RedisSettings,
     ) -> Result<ClusterDirectory, ConnectError> {
-        let mut redis_info = RedisConnectionInfo::default();
-        if let Some(user) = &config.username {
-            redis_info = redis_info.set_username(user);
-        }
-        if let Some(password) = &config.password {
-            redis_info = redis_info.set_password(password);
-        }
+        let redis_info = credentials_of(config);
         let ask_timeout = settings.connect_timeout() + settings.command_timeout();
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout()))
@@ -389,6 +383,39 @@ async fn fetch(
             });
     }
     Err(ConnectError::NoClusterMap { answers: failures })
+}
+
+/// One node's `CLUSTER NODES` (at `address`, with `cluster`'s credentials), parsed, within
+/// `timeout`: for tools that watch a cluster from outside (the load test's chaos mode).
+pub async fn cluster_nodes(
+    address: &str,
+    cluster: &ClusterConfig,
+    timeout: Duration,
+) -> Result<Vec<ClusterNode>, ConnectError> {
+    let redis_info = credentials_of(cluster);
+    let connection_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    tokio::time::timeout(timeout, ask(address, redis_info, &connection_config))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Timeout {
+                step: "CLUSTER NODES on",
+                address: address.to_string(),
+            })
+        })
+}
+
+/// The user and password `cluster` names, for every connection to its nodes.
+fn credentials_of(cluster: &ClusterConfig) -> RedisConnectionInfo {
+    let mut redis_info = RedisConnectionInfo::default();
+    if let Some(user) = &cluster.username {
+        redis_info = redis_info.set_username(user);
+    }
+    if let Some(password) = &cluster.password {
+        redis_info = redis_info.set_password(password);
+    }
+    redis_info
 }
 
 /// One node's `CLUSTER NODES`, parsed.
