@@ -515,7 +515,18 @@ async fn a_gateway_serves_a_cluster_and_shows_its_map() {
     assert_eq!(status, 200, "{body}");
     let status: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(status["topology"], "cluster", "{status}");
-    assert!(status["cluster"]["epoch"].as_u64() >= Some(3), "{status}");
+    let epoch = status["cluster"]["epoch"].as_u64().expect("an epoch");
+    assert!(epoch >= 3, "{status}");
+    // The same epoch in the metrics, with the map's reads.
+    let (_, metrics) = get_admin(gw.admin_address, "/metrics").await;
+    assert!(
+        metrics.contains(&format!("colony_cluster_epoch {epoch}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("colony_cluster_map_reads_total "),
+        "{metrics}"
+    );
     let shards = status["shards"].as_array().expect("shards");
     assert_eq!(shards.len(), 3, "{status}");
     for shard in shards {

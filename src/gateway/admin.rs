@@ -56,6 +56,11 @@ pub async fn serve(
 }
 
 async fn metrics(State(gateway): State<Gateway>) -> Response {
+    if let Some((view, reads, failed)) = gateway.store().cluster_view() {
+        gateway
+            .metrics()
+            .observe_cluster(view.epoch(), reads, failed);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -107,6 +107,20 @@ pub struct Metrics {
     /// Answers that showed a player's version below one this gateway acknowledged (the
     /// rollback alarm), per shard.
     pub version_rollbacks: Family<ShardLabels, Counter>,
+    /// A Redis Cluster's map as the store read it; registered only for a `[cluster]`.
+    pub cluster: Option<ClusterMetrics>,
+}
+
+/// A Redis Cluster's map as the store read it, updated at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    /// The highest configuration epoch the map lists (it grows at every failover and slot
+    /// move the cluster agrees on).
+    pub epoch: Gauge,
+    /// Reads of the map (at start, after each `MOVED`, and every refresh interval).
+    pub map_reads: Counter,
+    /// Reads of the map that found no node answering with a usable map.
+    pub map_read_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -206,6 +220,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            cluster: None,
             version_rollbacks,
             shard_master,
             failovers,
@@ -238,6 +253,43 @@ impl Metrics {
     pub fn with_shards<'a>(self, shards: impl IntoIterator<Item = &'a str>) -> Metrics {
         self.register_shards(shards);
         self
+    }
+
+    /// Registers the metrics of a Redis Cluster's map (`colony_cluster_epoch`,
+    /// `colony_cluster_map_reads_total`, `colony_cluster_map_read_failures_total`).
+    pub fn with_cluster(mut self) -> Metrics {
+        let cluster = ClusterMetrics::default();
+        self.registry.register(
+            "cluster_epoch",
+            "The highest configuration epoch of the Redis Cluster's map as last read",
+            cluster.epoch.clone(),
+        );
+        self.registry.register(
+            "cluster_map_reads",
+            "Reads of the Redis Cluster's map (start, MOVED, refresh interval)",
+            cluster.map_reads.clone(),
+        );
+        self.registry.register(
+            "cluster_map_read_failures",
+            "Reads of the Redis Cluster's map that no node answered",
+            cluster.map_read_failures.clone(),
+        );
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Brings the cluster's metrics to the store's figures: the map's `epoch`, and the
+    /// `reads` and `failed` reads since start (nothing for `[[shards]]`).
+    pub fn observe_cluster(&self, epoch: u64, reads: u64, failed: u64) {
+        if let Some(cluster) = &self.cluster {
+            cluster.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+            cluster
+                .map_reads
+                .inc_by(reads.saturating_sub(cluster.map_reads.get()));
+            cluster
+                .map_read_failures
+                .inc_by(failed.saturating_sub(cluster.map_read_failures.get()));
+        }
     }
 
     /// [`Metrics::with_shards`] on metrics already shared: for a Redis Cluster, whose shards

@@ -141,7 +141,7 @@ impl Gateway {
         if config.cluster.is_none() {
             return Gateway::new(config);
         }
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_cluster());
         let store = Store::connect_with_observer(config, metrics.clone()).await?;
         metrics.register_shards(store.shard_map().shards().iter().map(|s| s.name.as_str()));
         Gateway::of(config, store, metrics)
