@@ -12,9 +12,10 @@ bash prometheus/check.sh
 bash systemd/check.sh
 if command -v docker-compose >/dev/null 2>&1; then
   docker-compose -f compose/compose.yaml config -q
-  echo "compose file: valid ($(docker-compose version --short))"
+  docker-compose -f compose/compose.cluster.yaml config -q
+  echo "compose files (Sentinel shards, Redis Cluster): valid ($(docker-compose version --short))"
 else
-  echo "compose file: not checked (docker-compose is missing)"
+  echo "compose files: not checked (docker-compose is missing)"
 fi
 /usr/bin/python3 kubernetes/check.py
 # The manifests against the Kubernetes API's own schemas (unknown fields fail), for the oldest

@@ -68,6 +68,42 @@ fn the_compose_cluster_configuration_loads_with_its_environment() {
 }
 
 #[test]
+fn the_compose_redis_cluster_configuration_loads_and_names_its_nodes() {
+    let compose = deploy("compose/compose.cluster.yaml");
+    let env = colony_env(&compose);
+    assert_eq!(env.len(), 6, "{env:?}");
+    let config = Config::from_toml(&deploy("compose/colony.cluster.toml"), env).expect("valid");
+    assert!(config.shards.is_empty());
+    let cluster = config.cluster.as_ref().expect("a [cluster]");
+    assert_eq!(
+        config.redis.acknowledge,
+        colony::config::Acknowledge::Replicated
+    );
+    assert_eq!(config.archive.mongodb_uris.len(), 1, "one MongoDB with a cluster");
+    // Every seed is a node of the compose file, and every node a seed and a cluster member
+    // with the settings Colony requires.
+    let nodes = compose.matches("    <<: *redis-node\n").count();
+    assert_eq!(cluster.seeds.len(), nodes);
+    let formed = compose
+        .lines()
+        .find(|l| l.contains("for host in"))
+        .expect("the init service's node list");
+    for seed in &cluster.seeds {
+        let host = seed.split(':').next().expect("host");
+        assert!(compose.contains(&format!("  {host}:\n")), "{host}");
+        assert!(formed.contains(&format!(" {host}")), "{host} is not formed: {formed}");
+    }
+    for setting in [
+        "\"--cluster-enabled\", \"yes\"",
+        "\"--cluster-require-full-coverage\", \"no\"",
+        "\"--min-replicas-to-write\", \"1\"",
+    ] {
+        assert!(compose.contains(setting), "{setting}");
+    }
+    assert!(compose.contains("--cluster-replicas 2"));
+}
+
+#[test]
 fn the_kubernetes_configuration_loads_with_its_secret() {
     let toml = block(&deploy("kubernetes/configmap.yaml"), "colony.toml");
     assert!(toml.contains("[[shards]]"), "{toml}");
