@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Checks every deploy file that can be checked without a cluster, with the real tools: the
 # Prometheus configuration and rules (promtool, with the rules' unit tests), the systemd units
-# (systemd-analyze verify), the compose file (docker-compose config), and the Kubernetes
-# manifests (structural checks, deploy/kubernetes/check.py, and kubernetes-validate against
-# the API's schemas). The Colony configurations inside
+# (systemd-analyze verify), the compose files (docker-compose config), and the Kubernetes
+# manifests with their Redis Cluster variant (structural checks, deploy/kubernetes/check.py,
+# and kubernetes-validate against the API's schemas). The Colony configurations inside
 # the compose and Kubernetes files are loaded by a Rust test (tests/deploy_files.rs). Part of
 # the README's test command; .ci/setup installs the tools.
 set -euo pipefail
@@ -22,6 +22,6 @@ fi
 # version the manifests are meant for and the newest the tool knows.
 validator=${COLONY_TOOLS_DIR:-$HOME/.cache/colony}/kubernetes-validate/bin/kubernetes-validate
 for version in 1.29.0 1.37.0; do
-  "$validator" --strict --quiet -k "$version" kubernetes/*.yaml
+  "$validator" --strict --quiet -k "$version" kubernetes/*.yaml kubernetes/cluster/*.yaml
 done
-echo "kubernetes manifests: valid against the API schemas of 1.29 and 1.37 ($("$validator" --version))"
+echo "kubernetes manifests (and the Redis Cluster variant): valid against the API schemas of 1.29 and 1.37 ($("$validator" --version))"

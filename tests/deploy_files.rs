@@ -79,7 +79,11 @@ fn the_compose_redis_cluster_configuration_loads_and_names_its_nodes() {
         config.redis.acknowledge,
         colony::config::Acknowledge::Replicated
     );
-    assert_eq!(config.archive.mongodb_uris.len(), 1, "one MongoDB with a cluster");
+    assert_eq!(
+        config.archive.mongodb_uris.len(),
+        1,
+        "one MongoDB with a cluster"
+    );
     // Every seed is a node of the compose file, and every node a seed and a cluster member
     // with the settings Colony requires.
     let nodes = compose.matches("    <<: *redis-node\n").count();
@@ -91,7 +95,10 @@ fn the_compose_redis_cluster_configuration_loads_and_names_its_nodes() {
     for seed in &cluster.seeds {
         let host = seed.split(':').next().expect("host");
         assert!(compose.contains(&format!("  {host}:\n")), "{host}");
-        assert!(formed.contains(&format!(" {host}")), "{host} is not formed: {formed}");
+        assert!(
+            formed.contains(&format!(" {host}")),
+            "{host} is not formed: {formed}"
+        );
     }
     for setting in [
         "\"--cluster-enabled\", \"yes\"",
@@ -115,6 +122,36 @@ fn the_kubernetes_configuration_loads_with_its_secret() {
     // The probes' port is the admin listener's.
     assert!(config.gateway.admin_listen.ends_with(":7401"));
     assert!(deploy("kubernetes/gateway.yaml").contains("containerPort: 7401"));
+}
+
+#[test]
+fn the_kubernetes_redis_cluster_configuration_names_the_statefulsets_nodes() {
+    let toml = block(&deploy("kubernetes/cluster/configmap.yaml"), "colony.toml");
+    let env = colony_env(&deploy("kubernetes/secret.yaml"));
+    let config = Config::from_toml(&toml, env).expect("valid");
+    assert!(config.shards.is_empty());
+    let seeds = &config.cluster.as_ref().expect("a [cluster]").seeds;
+    let manifest = deploy("kubernetes/cluster/redis-cluster.yaml");
+    assert!(manifest.contains("  replicas: 9\n"), "nine nodes");
+    assert_eq!(seeds.len(), 9);
+    for (i, seed) in seeds.iter().enumerate() {
+        assert_eq!(
+            seed,
+            &format!("redis-cluster-{i}.redis-cluster.data.svc.cluster.local:6379")
+        );
+        // The Job forms the very nodes the gateways are told of.
+        let host = seed.split(':').next().expect("host");
+        assert!(
+            manifest.contains(&format!(" {host}")),
+            "{host} is not formed"
+        );
+    }
+    for setting in [
+        "--cluster-require-full-coverage\n            - \"no\"",
+        "--cluster-replicas 2",
+    ] {
+        assert!(manifest.contains(setting), "{setting}");
+    }
 }
 
 #[test]

@@ -1,5 +1,7 @@
-"""Structural checks of Colony's Kubernetes manifests, with no cluster: every document is a
-well-formed object; Deployments select their own pods; Services and the PodDisruptionBudget
+"""Structural checks of Colony's Kubernetes manifests, with no cluster, for each way they are
+applied: this directory (Sentinel shards), and cluster/ with this directory's files but its
+configmap.yaml (a Redis Cluster). Every document is a well-formed object; Deployments and
+StatefulSets select their own pods; Services and the PodDisruptionBudget
 select pods that exist and name ports the containers have; every ConfigMap and Secret a pod
 uses is defined here; the gateway is ready on /readyz and alive on /healthz; every container
 runs as non-root, read-only, without privilege escalation and with all capabilities dropped,
@@ -17,9 +19,30 @@ HERE = pathlib.Path(__file__).parent
 
 
 def main() -> int:
+    top = sorted(HERE.glob("*.yaml"))
+    cluster = sorted((HERE / "cluster").glob("*.yaml"))
+    replaced = {path.name for path in cluster}
+    sets = [
+        ("Sentinel shards", top),
+        ("Redis Cluster", cluster + [p for p in top if p.name not in replaced]),
+    ]
+    failed = False
+    for name, paths in sets:
+        problems, count = check(paths)
+        for problem in problems:
+            print(f"{name}: {problem}", file=sys.stderr)
+        if problems:
+            failed = True
+        else:
+            print(f"kubernetes manifests ({name}): {count} objects checked")
+    return 1 if failed else 0
+
+
+def check(paths):
+    """The problems of the manifests in `paths`, applied together, and how many objects."""
     problems = []
     docs = []
-    for path in sorted(HERE.glob("*.yaml")):
+    for path in paths:
         for doc in yaml.safe_load_all(path.read_text()):
             if doc is None:
                 continue
@@ -33,15 +56,16 @@ def main() -> int:
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
     pods = []  # (labels, containers, volumes) of every pod template
     for file, doc in docs:
-        if doc["kind"] != "Deployment":
+        if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
         name = doc["metadata"]["name"]
         spec = doc["spec"]
         template = spec["template"]
         labels = template["metadata"].get("labels", {})
-        selector = spec["selector"]["matchLabels"]
-        if any(labels.get(k) != v for k, v in selector.items()):
-            problems.append(f"{file}: {name} selects {selector}, its pods are {labels}")
+        if doc["kind"] != "Job":
+            selector = spec["selector"]["matchLabels"]
+            if any(labels.get(k) != v for k, v in selector.items()):
+                problems.append(f"{file}: {name} selects {selector}, its pods are {labels}")
         pod = template["spec"]
         security = pod.get("securityContext", {})
         if security.get("runAsNonRoot") is not True:
@@ -98,17 +122,16 @@ def main() -> int:
             matches = selected(doc["spec"]["selector"]["matchLabels"])
             if not matches:
                 problems.append(f"{file}: PodDisruptionBudget {name} selects no pod")
-            deployments = [d for d in by_kind.get("Deployment", {}).values()
-                           if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
-                                  for k, v in doc["spec"]["selector"]["matchLabels"].items())]
-            for deployment in deployments:
-                if doc["spec"].get("minAvailable", 0) >= deployment["spec"]["replicas"]:
+            owners = [d for kind in ("Deployment", "StatefulSet")
+                      for d in by_kind.get(kind, {}).values()
+                      if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
+                             for k, v in doc["spec"]["selector"]["matchLabels"].items())]
+            for owner in owners:
+                if doc["spec"].get("minAvailable", 0) >= owner["spec"]["replicas"]:
                     problems.append(f"{file}: PodDisruptionBudget {name} allows no disruption")
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if not problems:
-        print(f"kubernetes manifests: {len(docs)} objects checked")
-    return 1 if problems else 0
+                if doc["spec"].get("maxUnavailable", 1) == 0:
+                    problems.append(f"{file}: PodDisruptionBudget {name} allows no disruption")
+    return problems, len(docs)
 
 
 if __name__ == "__main__":
