@@ -536,6 +536,21 @@ async fn a_gateway_serves_a_cluster_and_shows_its_map() {
             "{shard}"
         );
     }
+    // The console's player lookup finds a player on the master the cluster says owns it.
+    let (status, body) = get_admin(
+        gw.admin_address,
+        &format!("/admin/player?id={}", other.as_str()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let found: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(found["version"], 2, "funded, then traded: {found}");
+    assert_eq!(found["slot"], keys::player_slot(&other).get(), "{found}");
+    assert_eq!(
+        found["master"].as_str(),
+        Some(owner(&cluster, &other).address().as_str()),
+        "{found}"
+    );
     gw.shutdown().await;
 }
 
