@@ -410,6 +410,55 @@ async fn a_write_waits_for_every_replica_the_map_lists_online() {
 }
 
 #[tokio::test]
+async fn a_replica_that_moved_to_a_master_counts_before_the_map_lists_it() {
+    // One replica per master; the map is read at start only. A's replica then follows B: the
+    // store's map still lists it under A, but B's `ROLE` shows it attached, so B's writes wait
+    // for both of B's replicas — acknowledged while both have them, never while one stalls.
+    let cluster = RedisCluster::start(3, 1, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+        config.redis.replicas_to_wait = 1;
+        config.redis.replication_timeout_ms = 300;
+        config.redis.retry_deadline_ms = 0;
+    })
+    .await;
+    let p = pid("receiver");
+    let b = owner(&cluster, &p);
+    let a = cluster
+        .master_nodes()
+        .into_iter()
+        .find(|m| m.port() != b.port())
+        .expect("another master");
+    let moved = cluster.replicas_of(a)[0];
+    let b_id = node_id(b).await;
+    let mut conn = common::raw(moved).await;
+    let () = redis::cmd("CLUSTER")
+        .arg("REPLICATE")
+        .arg(&b_id)
+        .query_async(&mut conn)
+        .await
+        .expect("the replica follows B");
+    assert!(
+        wait_until(Duration::from_secs(30), || b.replicas_online() >= 2).await,
+        "B never had both replicas in sync"
+    );
+    store
+        .execute(Transaction::owner(p.clone(), key(1)).with(gold(1)))
+        .await
+        .expect("both of B's replicas acknowledge");
+    moved.pause().expect("paused");
+    let write = store
+        .execute(Transaction::owner(p.clone(), key(2)).with(gold(1)))
+        .await;
+    moved.resume().expect("resumed");
+    let e = write.expect_err("the replica the map does not list yet is waited for");
+    assert!(
+        matches!(&e, Error::Unknown { reason, .. } if reason.contains("of 2 replicas")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
 async fn one_master_down_leaves_the_other_masters_players_served() {
     // No replicas: the dead master's slots stay unserved (cluster-require-full-coverage no).
     let mut cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");

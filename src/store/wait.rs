@@ -86,30 +86,47 @@ impl WaitRounds {
 }
 
 impl WaitRounds {
-    /// One `WAIT` for as many replicas as [`WaitFor::asked`] says, on the round's connection
-    /// (after `ROLE` on it, for a Redis Cluster's shard).
+    /// One `WAIT` for as many replicas as [`WaitFor::asked`] says, on the round's connection.
+    ///
+    /// For a Redis Cluster's shard, `ROLE` (which replicas are attached now) and a `WAIT` for
+    /// the replicas the map lists go out in one pipeline on that connection: one round trip.
+    /// Only when `ROLE` shows an electable replica the map does not list yet is a second
+    /// `WAIT`, for all of them, sent on the same connection. It covers at least the same
+    /// writes (`WAIT` waits for the connection's latest write offset, which only grows), so the
+    /// answer is the same as a `ROLE`, then one `WAIT` for all — a round trip sooner.
     async fn round(&self) -> Acknowledged {
         let mut conn = self.conn.clone();
         let failed = |step| move |e| ConnectError::redis(step, "the link", e);
         let wait_for = lock(&self.wait_for).clone();
-        let attached = match &wait_for {
-            WaitFor::Configured(_) => None,
-            WaitFor::Cluster { .. } => {
-                let role: redis::Value = redis::cmd("ROLE")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(failed("ROLE on"))?;
-                Some(attached_replicas(&role))
-            }
-        };
-        let asked = wait_for.asked(attached.as_deref());
+        let listed = wait_for.asked(None);
+        if let WaitFor::Configured(_) = wait_for {
+            return self.send_wait(&mut conn, listed).await;
+        }
+        let (role, acked): (redis::Value, i64) = redis::pipe()
+            .cmd("ROLE")
+            .cmd("WAIT")
+            .arg(listed)
+            .arg(self.timeout_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(failed("ROLE and WAIT on"))?;
+        let asked = wait_for.asked(Some(&attached_replicas(&role)));
+        if asked <= listed || acked < i64::from(listed) {
+            // Everyone asked answered, or already too few did.
+            return Ok((acked, asked));
+        }
+        self.send_wait(&mut conn, asked).await
+    }
+
+    /// `WAIT <asked> timeout_ms` on `conn`: how many acknowledged, and `asked`.
+    async fn send_wait(&self, conn: &mut MultiplexedConnection, asked: u32) -> Acknowledged {
         redis::cmd("WAIT")
             .arg(asked)
             .arg(self.timeout_ms)
-            .query_async::<i64>(&mut conn)
+            .query_async::<i64>(conn)
             .await
             .map(|n| (n, asked))
-            .map_err(failed("WAIT on"))
+            .map_err(|e| ConnectError::redis("WAIT on", "the link", e))
     }
 }
 
