@@ -20,9 +20,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use colony::config::Acknowledge;
 use colony::{
@@ -45,47 +44,6 @@ fn gold(delta: i64) -> Operation {
         max: None,
         visibility: Visibility::Private,
     }
-}
-
-/// Runs `CONCURRENCY` callers of `work` for `duration`; returns completed calls per second
-/// and their latency (µs).
-async fn measure<F, Fut>(duration: Duration, work: F) -> (f64, Histogram<u64>)
-where
-    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let work = Arc::new(work);
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..CONCURRENCY)
-        .map(|task| {
-            let (work, stop, done, latencies) =
-                (work.clone(), stop.clone(), done.clone(), latencies.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                let mut mine = Histogram::<u64>::new(3).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    if work(task, i).await {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        mine.record(t.elapsed().as_micros() as u64).unwrap();
-                    }
-                    i += 1;
-                }
-                latencies.lock().unwrap().add(&mine).unwrap();
-            })
-        })
-        .collect();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.await.unwrap();
-    }
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    let latencies = latencies.lock().unwrap().clone();
-    (rate, latencies)
 }
 
 /// One topology under test: its servers (kept running) and a store per profile.
@@ -159,7 +117,7 @@ impl Bench {
     ) -> (f64, Histogram<u64>) {
         let (store, players) = (self.store(replicated), self.players.clone());
         let client = format!("single-{replicated}-{round}");
-        measure(duration, move |task, i| {
+        common::measure(CONCURRENCY, duration, move |task, i| {
             let (store, players, client) = (store.clone(), players.clone(), client.clone());
             async move {
                 let shard = &players[i as usize % players.len()];
@@ -181,7 +139,7 @@ impl Bench {
     ) -> (f64, Histogram<u64>) {
         let (store, players) = (self.store(replicated), self.players.clone());
         let client = format!("trade-{replicated}-{round}");
-        measure(duration, move |task, i| {
+        common::measure(CONCURRENCY, duration, move |task, i| {
             let (store, players, client) = (store.clone(), players.clone(), client.clone());
             async move {
                 let masters = players.len();

@@ -22,8 +22,10 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colony::{
@@ -43,47 +45,6 @@ fn gold(delta: i64) -> Operation {
         max: Some(1_000_000_000_000),
         visibility: Visibility::Private,
     }
-}
-
-/// Runs `CONCURRENCY` callers of `work` for `duration`; returns completed transactions per
-/// second and the latency histogram (µs).
-async fn measure<F, Fut>(duration: Duration, work: F) -> (f64, Histogram<u64>)
-where
-    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let work = Arc::new(work);
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..CONCURRENCY)
-        .map(|task| {
-            let (work, stop, done, latencies) =
-                (work.clone(), stop.clone(), done.clone(), latencies.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                let mut mine = Histogram::<u64>::new(3).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    if work(task, i).await {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        mine.record(t.elapsed().as_micros() as u64).unwrap();
-                    }
-                    i += 1;
-                }
-                latencies.lock().unwrap().add(&mine).unwrap();
-            })
-        })
-        .collect();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.await.unwrap();
-    }
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    let latencies = latencies.lock().unwrap().clone();
-    (rate, latencies)
 }
 
 /// Player ids, `per_shard` on each shard, as `[shard][n]`.
@@ -146,7 +107,7 @@ async fn main() {
 
     // Baseline: single-player transactions.
     let (s, a) = (store.clone(), all.clone());
-    let (single_rate, single_latency) = measure(duration, move |task, i| {
+    let (single_rate, single_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
         let (s, a) = (s.clone(), a.clone());
         async move {
             let txn = Transaction::owner(
@@ -166,7 +127,7 @@ async fn main() {
 
     for participants in [2usize, 4, 8] {
         let (s, a) = (store.clone(), all.clone());
-        let (rate, latency) = measure(duration, move |task, i| {
+        let (rate, latency) = common::measure(CONCURRENCY, duration, move |task, i| {
             let (s, a) = (s.clone(), a.clone());
             async move {
                 // One participant per shard, round robin from a shard that moves each time.
@@ -245,24 +206,28 @@ async fn main() {
         let before_memory = memory(&servers);
         let before_retries = store.retries();
         let (s, h) = (store.clone(), hot.clone());
-        let (rate, _) = measure(Duration::from_secs(contended), move |task, i| {
-            let (s, h) = (s.clone(), h.clone());
-            async move {
-                let from = &h[(task + i) as usize % h.len()];
-                let to = &h[(task + i + 1 + i / 4) as usize % h.len()];
-                let to = if to == from {
-                    &h[(task + i + 2) as usize % h.len()]
-                } else {
-                    to
-                };
-                let txn = MultiTransaction::new(
-                    IdempotencyKey::new(format!("contended-{task}"), i + 1).unwrap(),
-                )
-                .with(Participant::owner(from.clone()).with(gold(-1)))
-                .with(Participant::owner(to.clone()).with(gold(1)));
-                s.execute_multi(txn).await.is_ok()
-            }
-        })
+        let (rate, _) = common::measure(
+            CONCURRENCY,
+            Duration::from_secs(contended),
+            move |task, i| {
+                let (s, h) = (s.clone(), h.clone());
+                async move {
+                    let from = &h[(task + i) as usize % h.len()];
+                    let to = &h[(task + i + 1 + i / 4) as usize % h.len()];
+                    let to = if to == from {
+                        &h[(task + i + 2) as usize % h.len()]
+                    } else {
+                        to
+                    };
+                    let txn = MultiTransaction::new(
+                        IdempotencyKey::new(format!("contended-{task}"), i + 1).unwrap(),
+                    )
+                    .with(Participant::owner(from.clone()).with(gold(-1)))
+                    .with(Participant::owner(to.clone()).with(gold(1)));
+                    s.execute_multi(txn).await.is_ok()
+                }
+            },
+        )
         .await;
         let retries = store.retries() - before_retries;
         let settled = Instant::now();
@@ -368,20 +333,21 @@ async fn main() {
         replicated.redis.replicas_to_wait = 1;
         let store = Arc::new(Store::new(&replicated).unwrap());
         let (s, a) = (store.clone(), all.clone());
-        let (single_rate, single_latency) = measure(duration, move |task, i| {
-            let (s, a) = (s.clone(), a.clone());
-            async move {
-                let txn = Transaction::owner(
-                    player(&a, task, i as usize, i),
-                    Some(IdempotencyKey::new(format!("r-single-{task}"), i + 1).unwrap()),
-                )
-                .with(gold(1));
-                s.execute(txn).await.is_ok()
-            }
-        })
-        .await;
+        let (single_rate, single_latency) =
+            common::measure(CONCURRENCY, duration, move |task, i| {
+                let (s, a) = (s.clone(), a.clone());
+                async move {
+                    let txn = Transaction::owner(
+                        player(&a, task, i as usize, i),
+                        Some(IdempotencyKey::new(format!("r-single-{task}"), i + 1).unwrap()),
+                    )
+                    .with(gold(1));
+                    s.execute(txn).await.is_ok()
+                }
+            })
+            .await;
         let (s, a) = (store.clone(), all.clone());
-        let (trade_rate, trade_latency) = measure(duration, move |task, i| {
+        let (trade_rate, trade_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
             let (s, a) = (s.clone(), a.clone());
             async move {
                 let start = i as usize;
@@ -418,7 +384,7 @@ async fn main() {
         .unwrap(),
     );
     let (c, a) = (client.clone(), all.clone());
-    let (single_gw, single_gw_latency) = measure(duration, move |task, i| {
+    let (single_gw, single_gw_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
         let (c, a) = (c.clone(), a.clone());
         async move {
             let txn = Transaction::owner(
@@ -431,7 +397,7 @@ async fn main() {
     })
     .await;
     let (c, a) = (client.clone(), all.clone());
-    let (trade_gw, trade_gw_latency) = measure(duration, move |task, i| {
+    let (trade_gw, trade_gw_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
         let (c, a) = (c.clone(), a.clone());
         async move {
             let start = i as usize;

@@ -835,6 +835,17 @@ async fn mark_archived(conn: &mut redis::aio::MultiplexedConnection, player: &st
         .expect("marks");
 }
 
+/// The requests waiting in `queue`, oldest first.
+async fn queued(conn: &mut redis::aio::MultiplexedConnection, queue: RestoreQueue) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(queue.key())
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("zrange")
+}
+
 #[tokio::test]
 async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
     let server = RedisServer::start().expect("starts");
@@ -862,15 +873,9 @@ async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
         let read = store.get_player(pid(&same[0]), Access::Owner).await;
         assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
     }
-    let queued: Vec<String> = redis::cmd("ZRANGE")
-        .arg(queue.key())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("zrange");
+    let waiting = queued(&mut conn, queue).await;
     assert_eq!(
-        queued,
+        waiting,
         vec![format!("f:{}", same[0])],
         "one request, however often asked"
     );
@@ -891,13 +896,7 @@ async fn the_restore_queue_collapses_duplicates_and_holds_at_most_its_cap() {
         .await
         .expect("zcard");
     assert_eq!(length, 3, "capped at redis.max_restore_requests");
-    let elsewhere: Vec<String> = redis::cmd("ZRANGE")
-        .arg(RestoreQueue::of_player(&pid(&other)).key())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("zrange");
+    let elsewhere = queued(&mut conn, RestoreQueue::of_player(&pid(&other))).await;
     assert_eq!(
         elsewhere,
         vec![format!("f:{other}")],

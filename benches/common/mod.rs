@@ -1,9 +1,15 @@
 //! What the benchmarks share: the measured transaction (a bounded private counter +1 with an
-//! idempotency key) and their numeric command-line options.
+//! idempotency key), closed-loop callers measured for a while, and their numeric command-line
+//! options.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use colony::{IdempotencyKey, Name, Operation, PlayerId, Transaction, Visibility};
+use hdrhistogram::Histogram;
 
 /// `player`'s gold +1 (never below 0, at most `max`), with the key `client`/`request`.
 pub fn increment(player: &PlayerId, client: &str, request: u64, max: Option<i64>) -> Transaction {
@@ -43,4 +49,46 @@ pub fn option(flag: &str, default: u64) -> u64 {
         }
     }
     default
+}
+
+/// Runs `callers` callers of `work(caller, iteration)` for `duration`, each calling again as
+/// soon as its call returns; returns completed calls (those `work` says succeeded) per second
+/// and their latency histogram (µs).
+pub async fn measure<F, Fut>(callers: u64, duration: Duration, work: F) -> (f64, Histogram<u64>)
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..callers)
+        .map(|task| {
+            let (work, stop, done, latencies) =
+                (work.clone(), stop.clone(), done.clone(), latencies.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                let mut mine = Histogram::<u64>::new(3).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if work(task, i).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        mine.record(t.elapsed().as_micros() as u64).unwrap();
+                    }
+                    i += 1;
+                }
+                latencies.lock().unwrap().add(&mine).unwrap();
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let latencies = latencies.lock().unwrap().clone();
+    (rate, latencies)
 }
