@@ -48,12 +48,13 @@
 //! ## On a Redis Cluster
 //!
 //! A pass takes its shards from the store's map when it begins, and each shard's slots
-//! when that shard's part begins; a slot that moves meanwhile answers `MOVED` (nothing applied) and that shard's
-//! pass ends with an error, to be done again by the next pass — the move's order above
-//! keeps a player live in Redis or durable in MongoDB whichever step is refused. The slot
-//! sets move with their slots, so a later pass finds each player on its new master. The
-//! legacy per-shard sets and queues never existed on a cluster and are not read there.
-
+//! when that shard's part begins; a slot that moves meanwhile answers `MOVED` (nothing
+//! applied) and that shard's pass ends with an error, to be done again by the next pass —
+//! the move's order above keeps a player live in Redis or durable in MongoDB whichever step
+//! is refused. The slot sets move with their slots, so a later pass finds each player on its
+//! new master. The legacy per-shard sets and queues never existed on a cluster and are not
+//! read there.
+//!
 //! ## Worker contract
 //!
 //! On shutdown (SIGTERM, Ctrl-C) the archiver takes no new batch of candidates and no new
