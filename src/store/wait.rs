@@ -96,12 +96,12 @@ impl WaitRounds {
     /// answer is the same as a `ROLE`, then one `WAIT` for all — a round trip sooner.
     async fn round(&self) -> Acknowledged {
         let mut conn = self.conn.clone();
-        let failed = |step| move |e| ConnectError::redis(step, "the link", e);
         let wait_for = lock(&self.wait_for).clone();
         let listed = wait_for.asked(None);
         if let WaitFor::Configured(_) = wait_for {
-            return self.send_wait(&mut conn, listed).await;
+            return self.send_wait(&mut conn, listed, self.timeout_ms).await;
         }
+        let sent = tokio::time::Instant::now();
         let (role, acked): (redis::Value, i64) = redis::pipe()
             .cmd("ROLE")
             .cmd("WAIT")
@@ -109,25 +109,44 @@ impl WaitRounds {
             .arg(self.timeout_ms)
             .query_async(&mut conn)
             .await
-            .map_err(failed("ROLE and WAIT on"))?;
+            .map_err(|e| ConnectError::redis("ROLE and WAIT on", "the link", e))?;
         let asked = wait_for.asked(Some(&attached_replicas(&role)));
-        if asked <= listed || acked < i64::from(listed) {
-            // Everyone asked answered, or already too few did.
-            return Ok((acked, asked));
+        match after_first_wait(listed, acked, asked) {
+            Some(answer) => Ok(answer),
+            // The second WAIT gets what is left of the timeout (at least 1 ms: `WAIT n 0`
+            // would block for ever), so a round never waits much past `timeout_ms`.
+            None => {
+                let spent = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let left = self.timeout_ms.saturating_sub(spent).max(1);
+                self.send_wait(&mut conn, asked, left).await
+            }
         }
-        self.send_wait(&mut conn, asked).await
     }
 
-    /// `WAIT <asked> timeout_ms` on `conn`: how many acknowledged, and `asked`.
-    async fn send_wait(&self, conn: &mut MultiplexedConnection, asked: u32) -> Acknowledged {
+    /// `WAIT <asked> <timeout_ms>` on `conn`: how many acknowledged, and `asked`.
+    async fn send_wait(
+        &self,
+        conn: &mut MultiplexedConnection,
+        asked: u32,
+        timeout_ms: u64,
+    ) -> Acknowledged {
         redis::cmd("WAIT")
             .arg(asked)
-            .arg(self.timeout_ms)
+            .arg(timeout_ms)
             .query_async::<i64>(conn)
             .await
             .map(|n| (n, asked))
             .map_err(|e| ConnectError::redis("WAIT on", "the link", e))
     }
+}
+
+/// What a cluster round answers after its first `WAIT` (for the `listed` replicas, which
+/// `acked`), now that `ROLE` says `asked` must have the writes (`asked >= listed`): the
+/// answer when that `WAIT` settles it — enough replicas acknowledged, or already too few —
+/// or `None` when a second `WAIT`, for `asked`, must tell.
+fn after_first_wait(listed: u32, acked: i64, asked: u32) -> Option<(i64, u32)> {
+    let settled = acked >= i64::from(asked) || acked < i64::from(listed);
+    settled.then_some((acked, asked))
 }
 
 /// Which replicas a write must reach before it is acknowledged.
@@ -215,6 +234,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use redis::Value;
+
+    #[test]
+    fn a_second_wait_is_sent_only_when_the_first_cannot_tell() {
+        // The map lists one replica, ROLE shows two: one acknowledgement is not enough yet.
+        assert_eq!(after_first_wait(1, 1, 2), None);
+        // Both had it already, or not even the listed one did: settled either way.
+        assert_eq!(after_first_wait(1, 2, 2), Some((2, 2)));
+        assert_eq!(after_first_wait(1, 0, 2), Some((0, 2)));
+        // ROLE shows nothing the map does not list.
+        assert_eq!(after_first_wait(2, 2, 2), Some((2, 2)));
+        assert_eq!(after_first_wait(2, 1, 2), Some((1, 2)));
+    }
 
     #[test]
     fn attached_replicas_are_counted_from_a_masters_role() {
