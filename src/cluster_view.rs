@@ -46,6 +46,12 @@ pub struct ClusterNode {
     pub config_epoch: u64,
     /// The slots it serves (masters only), as inclusive ranges.
     pub slots: Vec<(u16, u16)>,
+    /// Slots it is moving away, with the node id they go to (`[slot->-id]`: its
+    /// `MIGRATING` state; listed only by the node itself).
+    pub migrating: Vec<(u16, String)>,
+    /// Slots it is taking in, with the node id they come from (`[slot-<-id]`: its
+    /// `IMPORTING` state; listed only by the node itself).
+    pub importing: Vec<(u16, String)>,
 }
 
 /// Why a `CLUSTER NODES` reply could not be read.
@@ -59,8 +65,9 @@ pub struct ParseError {
 }
 
 /// Parses a `CLUSTER NODES` reply. Slot-migration markers (`[slot->-id]`, `[slot-<-id]`) are
-/// the answering node's own state and are skipped: a migrating slot still belongs to its
-/// source until `CLUSTER SETSLOT ... NODE` says otherwise.
+/// the answering node's own state: kept apart (`migrating`, `importing`), never as slots
+/// served — a migrating slot still belongs to its source until `CLUSTER SETSLOT ... NODE`
+/// says otherwise.
 pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
     let mut nodes = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -104,8 +111,25 @@ pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
             .parse()
             .map_err(|_| bad(format!("config epoch {:?} is not a number", fields[6])))?;
         let mut slots = Vec::new();
+        let (mut migrating, mut importing) = (Vec::new(), Vec::new());
         for range in &fields[8..] {
-            if range.starts_with('[') {
+            if let Some(marker) = range.strip_prefix('[') {
+                let marker = marker
+                    .strip_suffix(']')
+                    .ok_or_else(|| bad(format!("migration marker {range:?} is not closed")))?;
+                let (slot, list, peer) = if let Some((slot, peer)) = marker.split_once("->-") {
+                    (slot, &mut migrating, peer)
+                } else if let Some((slot, peer)) = marker.split_once("-<-") {
+                    (slot, &mut importing, peer)
+                } else {
+                    return Err(bad(format!("migration marker {range:?} is not understood")));
+                };
+                let slot = slot
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| *n < SLOT_COUNT)
+                    .ok_or_else(|| bad(format!("migration marker {range:?}: slot out of range")))?;
+                list.push((slot, peer.to_string()));
                 continue;
             }
             let (start, end) = range.split_once('-').unwrap_or((range, range));
@@ -139,6 +163,8 @@ pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
             connected: fields[7] == "connected",
             config_epoch,
             slots,
+            migrating,
+            importing,
         });
     }
     if nodes.is_empty() {
@@ -511,6 +537,29 @@ fb777b41f10a4356a1135e692d014eb47aa332cf 127.0.0.1:7106@7206 slave 677ee9ecf266e
             "127.0.0.1:7101",
             "a migrating slot stays"
         );
+        let source = nodes
+            .iter()
+            .find(|n| n.address == "127.0.0.1:7101")
+            .expect("node");
+        assert_eq!(
+            source.migrating,
+            [(100, "677ee9ecf266ef0496dd2e370c2dca9a15f1c5d1".to_string())]
+        );
+        assert!(source.importing.is_empty());
+        let target = parse_nodes(
+            "677ee9ecf266ef0496dd2e370c2dca9a15f1c5d1 127.0.0.1:7102@7202 myself,master - 0 0 2 \
+             connected 5461-10922 [100-<-dc878f879e2fc114124782a149dec9f111a31639]",
+        )
+        .expect("parses");
+        assert_eq!(
+            target[0].importing,
+            [(100, "dc878f879e2fc114124782a149dec9f111a31639".to_string())]
+        );
+        assert_eq!(
+            target[0].slots,
+            [(5461, 10922)],
+            "an importing slot is not served yet"
+        );
         assert_eq!(master_of(&view, 5461), "127.0.0.1:7102");
         assert_eq!(master_of(&view, 16383), "127.0.0.1:7103");
         for group in view.groups() {
@@ -683,6 +732,18 @@ fb777b41f10a4356a1135e692d014eb47aa332cf 127.0.0.1:7106@7206 slave 677ee9ecf266e
             (
                 "dc878f879e2fc114124782a149dec9f111a31639 h:1@2 myself - 0 0 1 connected",
                 "neither master nor replica",
+            ),
+            (
+                "dc878f879e2fc114124782a149dec9f111a31639 h:1@2 master - 0 0 1 connected [5->-x",
+                "not closed",
+            ),
+            (
+                "dc878f879e2fc114124782a149dec9f111a31639 h:1@2 master - 0 0 1 connected [5-x]",
+                "not understood",
+            ),
+            (
+                "dc878f879e2fc114124782a149dec9f111a31639 h:1@2 master - 0 0 1 connected [99999-<-x]",
+                "slot out of range",
             ),
         ];
         for (text, expected) in cases {
