@@ -157,7 +157,12 @@ fn the_kubernetes_redis_cluster_configuration_names_the_statefulsets_nodes() {
 #[test]
 fn the_image_builds_every_binary_and_runs_unprivileged() {
     let dockerfile = deploy("docker/Dockerfile");
-    for binary in ["colony-gateway", "colony-archiver", "colony-loadtest"] {
+    for binary in [
+        "colony-gateway",
+        "colony-archiver",
+        "colony-loadtest",
+        "colony-admin",
+    ] {
         assert!(
             dockerfile.contains(&format!("target/release/{binary}")),
             "{binary}"

@@ -225,6 +225,7 @@ fn every_rust_file_opens_with_a_module_doc() {
         "tests",
         "benches",
         "examples",
+        "admin",
         "archiver",
         "loadtest",
         "testkit",

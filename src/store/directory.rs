@@ -385,8 +385,29 @@ async fn fetch(
     Err(ConnectError::NoClusterMap { answers: failures })
 }
 
+/// A connection of its own to the node at `address`, with `cluster`'s credentials, each
+/// command answered within `timeout`: for tools that operate a cluster from outside
+/// (`colony-admin`), never for the store's own calls (they take the road).
+pub async fn node_connection(
+    address: &str,
+    cluster: &ClusterConfig,
+    timeout: Duration,
+) -> Result<redis::aio::MultiplexedConnection, ConnectError> {
+    let failed = |e| ConnectError::redis("connect to", address, e);
+    let client =
+        redis::Client::open(tcp_info(address, credentials_of(cluster))?).map_err(failed)?;
+    let connection_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&connection_config)
+        .await
+        .map_err(failed)
+}
+
 /// One node's `CLUSTER NODES` (at `address`, with `cluster`'s credentials), parsed, within
-/// `timeout`: for tools that watch a cluster from outside (the load test's chaos mode).
+/// `timeout`: for tools that watch a cluster from outside (the load test's chaos mode,
+/// `colony-admin`).
 pub async fn cluster_nodes(
     address: &str,
     cluster: &ClusterConfig,

@@ -46,7 +46,7 @@ use crate::script;
 use crate::shard_map::{ShardIndex, ShardMap};
 
 use breaker::BreakerState;
-pub use directory::cluster_nodes;
+pub use directory::{cluster_nodes, node_connection};
 pub use links::ConnectionStats;
 use links::ShardLinks;
 use road::Command;
