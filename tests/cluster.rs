@@ -13,8 +13,8 @@ use colony::{
     Participant, PlayerId, Store, Transaction, Value,
 };
 use colony_testkit::{
-    wait_for, wait_until, with_test_gateway, Profile, RedisCluster, RedisServer, TestGateway,
-    ADMIN_TOKEN,
+    wait_for, wait_until, with_test_gateway, IncrementWriters, Profile, RedisCluster, RedisServer,
+    Target, TestGateway, ADMIN_TOKEN,
 };
 use common::{get_admin, gold, key, name, pid};
 
@@ -263,6 +263,71 @@ async fn asking_calls(node: &RedisServer) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_redis_clis_own_reshard_lose_nothing_and_apply_once() {
+    // A studio may move slots with `redis-cli --cluster reshard`: it migrates 10 keys at a
+    // time in GETKEYSINSLOT order, so a player's keys are split across batches and its
+    // writes meet TRYAGAIN, ASK and then MOVED. The store must retry and follow them all.
+    let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.retry_deadline_ms = 10_000;
+    })
+    .await;
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 8, "reshard", 300, 24);
+    assert!(
+        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 300).await,
+        "writes never got going"
+    );
+    let (from, to) = (&cluster.nodes()[0], &cluster.nodes()[1]);
+    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+    let seed = from.address();
+    let moved_before = writers.acknowledged();
+    let reshard = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &seed])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", "2000", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs")
+    })
+    .await
+    .expect("joins");
+    assert!(
+        reshard.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reshard.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || writers.acknowledged()
+            >= moved_before + 300)
+        .await,
+        "writes did not go on after the reshard"
+    );
+    let history = writers.stop().await;
+    history
+        .check_against(&target)
+        .await
+        .assert_exact("writes during redis-cli --cluster reshard");
+    // The moved slots were served on their new master, by a map the store read again.
+    let moved = (0..16384u16)
+        .filter(|&slot| {
+            cluster
+                .owner_of(slot, 0)
+                .is_ok_and(|o| o.port() == to.port())
+        })
+        .count();
+    assert!(moved >= 5461 + 2000, "{moved} slots on the target");
+    let players_moved = (0..300)
+        .map(|n| pid(&format!("reshard-{n}")))
+        .filter(|p| {
+            let slot = keys::player_slot(p).get();
+            (0..=5460).contains(&slot) && owner(&cluster, p).port() == to.port()
+        })
+        .count();
+    assert!(players_moved > 0, "no written player was in a moved slot");
 }
 
 #[tokio::test]
