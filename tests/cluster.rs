@@ -330,6 +330,64 @@ async fn writes_during_redis_clis_own_reshard_lose_nothing_and_apply_once() {
     assert!(players_moved > 0, "no written player was in a moved slot");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_whose_participants_slot_is_moving_waits_and_applies_once() {
+    // Alice's slot is half moved (every key already on the target, the slot not yet handed
+    // over): her steps answer TRYAGAIN on both ends. The trade waits within its deadline and
+    // commits once, on her new master, when the move ends.
+    let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
+    let store = store_on(&cluster, |config| {
+        config.redis.retry_deadline_ms = 10_000;
+    })
+    .await;
+    let map = store.shard_map();
+    let alice = pid("mover-a");
+    let bob = (0..100)
+        .map(|i| pid(&format!("mover-b-{i}")))
+        .find(|b| map.shard_for_player(b) != map.shard_for_player(&alice))
+        .expect("a player on another master");
+    for (i, p) in [&alice, &bob].into_iter().enumerate() {
+        store
+            .execute(Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(100)))
+            .await
+            .expect("funded");
+    }
+    let slot = keys::player_slot(&alice).get();
+    let from = owner(&cluster, &alice).port();
+    let bob_master = owner(&cluster, &bob).port();
+    let to = cluster
+        .master_nodes()
+        .into_iter()
+        .find(|m| m.port() != from && m.port() != bob_master)
+        .expect("a third master");
+    assert!(cluster.start_move(slot, to).expect("the move starts") >= 1);
+    let trade = MultiTransaction::new(IdempotencyKey::new("moving-trade", 1).expect("key"))
+        .with(Participant::owner(alice.clone()).with(gold(-30)))
+        .with(Participant::owner(bob.clone()).with(gold(30)));
+    let trading = {
+        let store = store.clone();
+        let trade = trade.clone();
+        tokio::spawn(async move { store.execute_multi(trade).await })
+    };
+    // The trade cannot finish while the slot is half moved.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!trading.is_finished(), "the trade finished mid-move");
+    cluster.finish_move(slot, to).expect("the move ends");
+    let committed = trading
+        .await
+        .expect("joins")
+        .expect("commits after the move");
+    assert_eq!(committed.participants.len(), 2);
+    assert_eq!(stored_gold(&store, &alice).await, Some(70));
+    assert_eq!(stored_gold(&store, &bob).await, Some(130));
+    // Sent again with its key, it is recognised, not applied twice.
+    let again = store.execute_multi(trade).await.expect("replays");
+    assert_eq!(again.participants.len(), 2);
+    assert_eq!(stored_gold(&store, &alice).await, Some(70));
+    assert_eq!(stored_gold(&store, &bob).await, Some(130));
+    assert_eq!(owner(&cluster, &alice).port(), to.port());
+}
+
 #[tokio::test]
 async fn trades_between_players_on_different_masters_commit_on_both() {
     let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
