@@ -330,6 +330,24 @@ async fn writes_during_redis_clis_own_reshard_lose_nothing_and_apply_once() {
     assert!(players_moved > 0, "no written player was in a moved slot");
 }
 
+/// Two players the store's map places on different masters (`<prefix>-a` and the first
+/// `<prefix>-b-<n>` that is elsewhere), each funded with 100 gold.
+async fn two_traders(store: &Store, prefix: &str) -> (PlayerId, PlayerId) {
+    let map = store.shard_map();
+    let alice = pid(&format!("{prefix}-a"));
+    let bob = (0..100)
+        .map(|i| pid(&format!("{prefix}-b-{i}")))
+        .find(|b| map.shard_for_player(b) != map.shard_for_player(&alice))
+        .expect("a player on another master");
+    for (i, p) in [&alice, &bob].into_iter().enumerate() {
+        store
+            .execute(Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(100)))
+            .await
+            .expect("funded");
+    }
+    (alice, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trade_whose_participants_slot_is_moving_waits_and_applies_once() {
     // Alice's slot is half moved (every key already on the target, the slot not yet handed
@@ -340,18 +358,7 @@ async fn a_trade_whose_participants_slot_is_moving_waits_and_applies_once() {
         config.redis.retry_deadline_ms = 10_000;
     })
     .await;
-    let map = store.shard_map();
-    let alice = pid("mover-a");
-    let bob = (0..100)
-        .map(|i| pid(&format!("mover-b-{i}")))
-        .find(|b| map.shard_for_player(b) != map.shard_for_player(&alice))
-        .expect("a player on another master");
-    for (i, p) in [&alice, &bob].into_iter().enumerate() {
-        store
-            .execute(Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(100)))
-            .await
-            .expect("funded");
-    }
+    let (alice, bob) = two_traders(&store, "mover").await;
     let slot = keys::player_slot(&alice).get();
     let from = owner(&cluster, &alice).port();
     let bob_master = owner(&cluster, &bob).port();
@@ -392,18 +399,7 @@ async fn a_trade_whose_participants_slot_is_moving_waits_and_applies_once() {
 async fn trades_between_players_on_different_masters_commit_on_both() {
     let cluster = RedisCluster::start(3, 0, Profile::Plain, &[]).expect("cluster starts");
     let store = store_on(&cluster, |_| {}).await;
-    let map = store.shard_map();
-    let alice = pid("trader-a");
-    let bob = (0..100)
-        .map(|i| pid(&format!("trader-b-{i}")))
-        .find(|b| map.shard_for_player(b) != map.shard_for_player(&alice))
-        .expect("a player on another master");
-    for (i, p) in [&alice, &bob].into_iter().enumerate() {
-        store
-            .execute(Transaction::owner(p.clone(), key(i as u64 + 1)).with(gold(100)))
-            .await
-            .expect("funded");
-    }
+    let (alice, bob) = two_traders(&store, "trader").await;
     let trade = MultiTransaction::new(IdempotencyKey::new("trade", 1).expect("key"))
         .with(Participant::owner(alice.clone()).with(gold(-30)))
         .with(Participant::owner(bob.clone()).with(gold(30)));
