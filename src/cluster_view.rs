@@ -28,6 +28,8 @@ pub struct ClusterNode {
     pub id: String,
     /// Where clients reach it, `host:port` (empty for a node that has no address yet).
     pub address: String,
+    /// Its cluster bus port (the `@cport` of its address), when listed.
+    pub bus_port: Option<u16>,
     /// The hostname it announces (`cluster-announce-hostname`), if any: redirects name it
     /// instead of the address when the cluster prefers hostnames.
     pub hostname: Option<String>,
@@ -93,6 +95,10 @@ pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
             .split_once(',')
             .map(|(_, h)| h.to_string())
             .filter(|h| !h.is_empty());
+        let bus_port = fields[1]
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split(',').next())
+            .and_then(|port| port.parse::<u16>().ok());
         let flags: Vec<&str> = fields[2].split(',').collect();
         let master = flags.contains(&"master");
         let replica = flags.contains(&"slave") || flags.contains(&"replica");
@@ -156,6 +162,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<ClusterNode>, ParseError> {
                 String::new()
             },
             hostname,
+            bus_port,
             master,
             replica_of,
             failing: flags.contains(&"fail"),
@@ -546,6 +553,7 @@ fb777b41f10a4356a1135e692d014eb47aa332cf 127.0.0.1:7106@7206 slave 677ee9ecf266e
             [(100, "677ee9ecf266ef0496dd2e370c2dca9a15f1c5d1".to_string())]
         );
         assert!(source.importing.is_empty());
+        assert_eq!(source.bus_port, Some(7201));
         let target = parse_nodes(
             "677ee9ecf266ef0496dd2e370c2dca9a15f1c5d1 127.0.0.1:7102@7202 myself,master - 0 0 2 \
              connected 5461-10922 [100-<-dc878f879e2fc114124782a149dec9f111a31639]",

@@ -32,6 +32,8 @@ pub struct Status {
     pub shards: Vec<ShardStatus>,
     /// Slot moves in progress, as the nodes that hold them say.
     pub moves: Vec<SlotMove>,
+    /// Masters that serve no slot yet (a node just added), by address.
+    pub empty_masters: Vec<String>,
     /// Nodes that did not answer (their own moves are unknown).
     pub unreachable: Vec<String>,
 }
@@ -115,17 +117,23 @@ pub async fn status(cluster: &ClusterConfig) -> anyhow::Result<Status> {
             players,
         });
     }
+    let empty_masters = nodes
+        .iter()
+        .filter(|n| n.master && n.slots.is_empty() && !n.failing && !n.unusable)
+        .map(|n| n.address.clone())
+        .collect();
     Ok(Status {
         epoch: view.epoch(),
         read_from: source,
         shards,
         moves,
+        empty_masters,
         unreachable,
     })
 }
 
 /// `CLUSTER NODES` from the first of `addresses` that answers.
-async fn first_answer(
+pub(crate) async fn first_answer(
     addresses: &[String],
     cluster: &ClusterConfig,
 ) -> anyhow::Result<(String, Vec<ClusterNode>)> {
@@ -253,6 +261,9 @@ impl Status {
                 if m.state == "migrating" { "to" } else { "from" },
                 m.peer
             ));
+        }
+        for node in &self.empty_masters {
+            out.push_str(&format!("  {node} is a master with no slots yet\n"));
         }
         for node in &self.unreachable {
             out.push_str(&format!("  {node} did not answer\n"));

@@ -27,6 +27,15 @@ enum Command {
     /// Masters, replicas, slots and live players per master, slot moves in progress, the
     /// configuration epoch.
     Status,
+    /// Brings a fresh node (cluster-enabled, empty, knowing no other node) into the cluster:
+    /// a master with no slots yet, or a replica of `--replica-of`.
+    AddNode {
+        /// The new node, `host:port`.
+        address: String,
+        /// A master (node id or `host:port`) for the new node to replicate.
+        #[arg(long)]
+        replica_of: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -52,6 +61,17 @@ async fn run() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render());
+            }
+        }
+        Command::AddNode {
+            address,
+            replica_of,
+        } => {
+            let added = colony_admin::add_node(cluster, &address, replica_of.as_deref()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&added)?);
+            } else {
+                println!("{} ({}) joined as {}", added.address, added.id, added.role);
             }
         }
     }
