@@ -537,7 +537,7 @@ async fn a_replica_that_moved_to_a_master_counts_before_the_map_lists_it() {
     let store = store_on(&cluster, |config| {
         config.redis.acknowledge = colony::config::Acknowledge::Replicated;
         config.redis.replicas_to_wait = 1;
-        config.redis.replication_timeout_ms = 300;
+        config.redis.replication_timeout_ms = 1000;
         config.redis.retry_deadline_ms = 0;
     })
     .await;
@@ -561,13 +561,23 @@ async fn a_replica_that_moved_to_a_master_counts_before_the_map_lists_it() {
         wait_until(Duration::from_secs(30), || b.replicas_online() >= 2).await,
         "B never had both replicas in sync"
     );
-    store
-        .execute(Transaction::owner(p.clone(), key(1)).with(gold(1)))
-        .await
-        .expect("both of B's replicas acknowledge");
+    // "Online" in B's INFO may come a moment before the new replica keeps up within the
+    // timeout on a loaded machine: the first acknowledgement by both is waited for.
+    let mut request = 0;
+    let acknowledged = wait_for(Duration::from_secs(30), || {
+        request += 1;
+        let txn = Transaction::owner(p.clone(), key(request)).with(gold(1));
+        let store = store.clone();
+        async move { store.execute(txn).await.ok() }
+    })
+    .await;
+    assert!(
+        acknowledged.is_some(),
+        "both of B's replicas never acknowledged"
+    );
     moved.pause().expect("paused");
     let write = store
-        .execute(Transaction::owner(p.clone(), key(2)).with(gold(1)))
+        .execute(Transaction::owner(p.clone(), key(request + 1)).with(gold(1)))
         .await;
     moved.resume().expect("resumed");
     let e = write.expect_err("the replica the map does not list yet is waited for");
