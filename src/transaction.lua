@@ -5,8 +5,10 @@
 --                      (names and values) and number of the player's entries, kept by every
 --                      write (absent: counted afresh by the next write); x and y = the
 --                      multi-player intent held and the last applied (apply.lua), w = until
---                      when a write on its own waits (see WRITER_WAITING); and the
---                      idempotency windows (see "The idempotency window" below)
+--                      when a write on its own waits (see WRITER_WAITING), m = a slot
+--                      move's tombstone (the player is parked: every script refuses it with
+--                      the error MOVING, nothing applied); and the idempotency windows (see
+--                      "The idempotency window" below)
 -- KEYS[2] {id}:pub    hash: public entries, f:<name> = bytes field, c:<name> = counter
 -- KEYS[3] {id}:priv   hash: private entries, same encoding
 -- KEYS[4] colony:{<slot tag>}:active  zset of the slot's player ids by last-active ms
@@ -121,11 +123,15 @@ local state_field, record_field
 local state
 if use_idem then
   state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', state_field,
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', 'm', state_field,
     record_field)
 else
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w')
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', 'm')
 end
+-- A player parked by a slot move (meta m, the move's tombstone; docs/design/resharding.md)
+-- has its keys in the move's parked copies, not here: nothing of it may be read or written
+-- until the move restores it on the slot's new owner. Refused before anything is written.
+if state[8] then return redis.error_reply('MOVING the player is being moved to another node') end
 -- How long a transaction on its own that met an intent keeps new intents off the player
 -- (meta w), in ms: longer than the store's longest pause between two attempts (500 ms) plus
 -- a replicated acknowledgement of the LOCKED answer (replication_timeout_ms, 500 by default).
@@ -184,9 +190,9 @@ end
 
 local window_state
 if use_idem then
-  window_state = state[8]
+  window_state = state[9]
   local verdict, stored = judge_request(meta, clients, client_ttl, max_clients, request,
-    window_state, state[9])
+    window_state, state[10])
   if verdict == 'CLIENTS_FULL' then
     return refusal('TOO_LARGE_CLIENTS', 0)
   elseif verdict == 'REQUEST_TOO_OLD' then

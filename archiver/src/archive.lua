@@ -12,7 +12,9 @@
 -- score: a score moved from the legacy per-shard set may be older than t. An active player
 -- gets its score corrected, so it is not picked again before it is inactive. A write that
 -- only replayed changes neither the version nor the windows' floors the document holds.
-local m = redis.call('HMGET', KEYS[1], 'v', 'a', 't', 'x')
+local m = redis.call('HMGET', KEYS[1], 'v', 'a', 't', 'x', 'm')
+-- Parked by a slot move (meta m; docs/design/resharding.md): nothing read or written.
+if m[5] then return redis.error_reply('MOVING the player is being moved to another node') end
 if m[2] then return 'ALREADY' end
 if m[4] then return 'LOCKED' end
 if tonumber(m[1] or '0') ~= tonumber(ARGV[2]) then return 'CHANGED' end

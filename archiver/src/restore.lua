@@ -5,7 +5,10 @@
 -- part. The client floors come back with everything.
 -- (write_back.lua, loaded in front, defines hset, put_back_floors and the argument bounds.)
 -- Reply: RESTORED, PUBLIC_RESTORED, NOT_ARCHIVED or VERSION_MISMATCH.
-local m = redis.call('HMGET', KEYS[1], 'a', 'p')
+local m = redis.call('HMGET', KEYS[1], 'a', 'p', 'm')
+-- Parked by a slot move (meta m; docs/design/resharding.md): restored once it is on the
+-- slot's new owner.
+if m[3] then return redis.error_reply('MOVING the player is being moved to another node') end
 if not m[1] then return 'NOT_ARCHIVED' end
 if tonumber(m[1]) ~= tonumber(ARGV[2]) then return 'VERSION_MISMATCH' end
 

@@ -2,7 +2,10 @@
 -- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] {id}:clients
 -- Reply: { version, archived-at version or -1, public hash (flat), private hash (flat),
 --          flat (client, window state) pairs of the clients with a window }
-local m = redis.call('HMGET', KEYS[1], 'v', 'a')
+local m = redis.call('HMGET', KEYS[1], 'v', 'a', 'm')
+-- Parked by a slot move (meta m; docs/design/resharding.md): its entries are not here, and
+-- an empty snapshot must never reach MongoDB.
+if m[3] then return redis.error_reply('MOVING the player is being moved to another node') end
 local windows = {}
 local clients = redis.call('ZRANGE', KEYS[4], 0, -1)
 for _, client in ipairs(clients) do

@@ -1247,3 +1247,81 @@ async fn a_player_holding_an_intent_is_never_archived_and_the_sweep_finishes_the
         "{rendered}"
     );
 }
+
+/// A player parked by a slot move (`docs/design/resharding.md`; parked here by hand) is left
+/// alone by every archiver script: no snapshot (an empty one must never reach MongoDB), no
+/// removal, no restore, no checkpoint — each refused with the retryable `MOVING`, nothing
+/// written — and it is archived and restored as usual once put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_parked_by_a_slot_move_is_left_alone_until_put_back() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    config.redis.retry_deadline_ms = 300;
+    let store = Store::new(&config).expect("store");
+    create(&store, "dana", 1).await;
+    create(&store, "erin", 1).await;
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    let shard = shard_index(&archiver, 0);
+    let cutoff = now() + 1000;
+    // erin archived, dana live (and changed since her last checkpoint).
+    let erin = archiver
+        .snapshot(shard, &pid("erin"))
+        .await
+        .expect("snapshot")
+        .expect("live");
+    write_archive(&archiver, shard, &erin)
+        .await
+        .expect("written");
+    assert_eq!(
+        archiver
+            .remove(shard, &pid("erin"), erin.version, cutoff)
+            .await
+            .expect("removes"),
+        Removal::Archived
+    );
+    let parked: Vec<_> = ["dana", "erin"]
+        .iter()
+        .map(|id| colony_testkit::park_by_hand(&redis.url(), id).expect("parked"))
+        .collect();
+    let before = digest(&redis).await;
+    let moving = |e: &dyn std::fmt::Display| e.to_string().contains("MOVING");
+
+    let e = archiver
+        .snapshot(shard, &pid("dana"))
+        .await
+        .expect_err("no snapshot of a parked player");
+    assert!(moving(&e), "{e}");
+    let e = archiver
+        .remove(shard, &pid("dana"), 1, cutoff)
+        .await
+        .expect_err("no removal");
+    assert!(moving(&e), "{e}");
+    let e = archiver
+        .restore(&pid("erin"), true)
+        .await
+        .expect_err("no restore");
+    assert!(moving(&e), "{e}");
+    let report = archiver.archive_pass(cutoff, false).await.expect("a pass");
+    assert_eq!(report.archived, 0, "{report:?}");
+    let _ = archiver.checkpoint_pass().await;
+    assert_eq!(digest(&redis).await, before, "nothing written while parked");
+
+    for p in parked {
+        p.put_back(&redis.url()).expect("put back");
+    }
+    let _restores = {
+        let archiver = Arc::new(archiver);
+        let stop = serve_restores(&archiver);
+        let report = archiver.archive_pass(cutoff, false).await.expect("a pass");
+        assert_eq!(report.archived, 1, "dana, once put back: {report:?}");
+        stop
+    };
+    for p in ["dana", "erin"] {
+        let state = store
+            .get_player(pid(p), Access::Owner)
+            .await
+            .expect("comes back whole");
+        assert_eq!(state.reads[0].entries.len(), 2, "{p}");
+    }
+}

@@ -15,13 +15,15 @@
 -- decision record), whoever runs it — the coordinator or a resolver — so a replay of the key
 -- finds it. Reply: APPLIED, ROLLED_BACK, ALREADY (this attempt was applied before: meta y),
 -- or NO_INTENT (the player holds no intent of this attempt, and none was applied; nothing
--- written).
+-- written); the error MOVING (nothing written) while a slot move has the player parked.
 
 local meta, pub, priv, intent = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local active, dirty, clients, intents, decision = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local player, attempt, action = ARGV[1], ARGV[2], ARGV[3]
 
-local marks = redis.call('HMGET', meta, 'x', 'y')
+local marks = redis.call('HMGET', meta, 'x', 'y', 'm')
+-- Parked by a slot move (docs/design/resharding.md): refused, nothing written.
+if marks[3] then return redis.error_reply('MOVING the player is being moved to another node') end
 if marks[1] ~= attempt then
   if marks[2] == attempt then
     -- Applied before, perhaps on another connection: written again as it is, so a WAIT

@@ -19,6 +19,12 @@
 -- race, a reader, a resolver) acts only on one known to be replicated.
 -- Reply: the decision the record holds afterwards (this call's, or the one written before);
 -- nil for a read ('R') that found none (nothing written).
+-- While a slot move has the primary parked (its meta holds the tombstone m), its decision
+-- records are parked with it: a record absent here proves nothing, so nothing is read or
+-- written (the error MOVING; the caller retries once the move restored the primary).
+if redis.call('HEXISTS', KEYS[3], 'm') == 1 then
+  return redis.error_reply('MOVING the player is being moved to another node')
+end
 local held = redis.call('HGET', KEYS[1], 'd')
 if held then
   redis.call('HSET', KEYS[1], 'd', held)

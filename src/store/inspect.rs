@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::look::Read;
 use super::road::Command;
 use super::Store;
 use crate::error::Error;
@@ -63,17 +64,19 @@ impl Store {
         let name = map.shard(shard).name.clone();
         let keys = PlayerKeys::new(player);
         type Hash = Vec<(Vec<u8>, Vec<u8>)>;
-        let commands = [&keys.meta, &keys.public, &keys.private]
-            .into_iter()
-            .map(|key| {
-                let mut cmd = redis::cmd("HGETALL");
-                cmd.arg(key);
-                Command::read(cmd)
-            })
-            .collect();
+        // One guarded read: a player parked by a slot move answers MOVING, not "not found".
+        let replies = self
+            .look(
+                shard,
+                &keys.meta,
+                &[&keys.meta, &keys.public, &keys.private],
+                Read::All,
+                &[],
+            )
+            .await?;
         let mut hashes = Vec::with_capacity(3);
-        for reply in self.send(shard, commands).await.replies {
-            let hash: Hash = redis::from_redis_value(reply?).map_err(|e| Error::Unavailable {
+        for reply in replies {
+            let hash: Hash = redis::from_redis_value(reply).map_err(|e| Error::Unavailable {
                 shard: Some(name.clone()),
                 reason: e.to_string(),
             })?;

@@ -14,6 +14,7 @@ use crate::keys::{decision_key, PlayerKeys, SlotKeys};
 use crate::model::PlayerId;
 use crate::script::{self, IntentRef};
 
+use super::look::Read;
 use super::road::{Command, Effect, LuaScript};
 use super::Store;
 
@@ -187,10 +188,11 @@ impl Store {
     /// Whether `player` still holds the intent of `attempt`.
     pub(super) async fn holds(&self, player: &PlayerId, attempt: &str) -> Result<bool, Error> {
         let shard = self.shard_map().shard_for_player(player);
-        let mut read = redis::cmd("HGET");
-        read.arg(PlayerKeys::new(player).meta).arg("x");
-        let held: Option<String> = self.call(shard, Command::read(read)).await?;
-        Ok(held.as_deref() == Some(attempt))
+        let meta = PlayerKeys::new(player).meta;
+        let held = self
+            .look(shard, &meta, &[&meta], Read::Field, &["x"])
+            .await?;
+        Ok(held.first().and_then(text).as_deref() == Some(attempt))
     }
 
     /// The decision of `attempt`, read without writing or waiting: for a reader, which acts
@@ -202,10 +204,16 @@ impl Store {
         attempt: &str,
     ) -> Result<Option<Decision>, Error> {
         let shard = self.shard_map().shard_for_player(primary);
-        let mut read = redis::cmd("HGET");
-        read.arg(decision_key(primary, attempt)).arg("d");
-        let value: RedisValue = self.call(shard, Command::read(read)).await?;
-        Ok(text(&value).as_deref().and_then(decision_of))
+        let meta = PlayerKeys::new(primary).meta;
+        let record = decision_key(primary, attempt);
+        let value = self
+            .look(shard, &meta, &[&record], Read::Field, &["d"])
+            .await?;
+        Ok(value
+            .first()
+            .and_then(text)
+            .as_deref()
+            .and_then(decision_of))
     }
 
     /// Applies (a commit) or rolls back (an abort) `attempt` on `player`; `primary` says
@@ -281,7 +289,8 @@ impl Store {
         let shard = self.shard_map().shard_for_player(primary);
         let forget = Command::script(&FORGET, Effect::Housekeeping)
             .key(decision_key(primary, attempt))
-            .key(SlotKeys::of_player(primary).decisions);
+            .key(SlotKeys::of_player(primary).decisions)
+            .key(PlayerKeys::new(primary).meta);
         self.send(shard, vec![forget])
             .await
             .into_acknowledged_reply()

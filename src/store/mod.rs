@@ -9,6 +9,7 @@
 //!   routes (map and links) a call takes once;
 //! - [`road`]: the one way any command reaches a shard — one pipeline on one link, the
 //!   acknowledgement on that link, the breaker, the metrics, one Redis-error classifier;
+//! - `look`: reads of a player's keys that refuse a player a slot move has parked;
 //! - [`intents`]: a trade's decision record, finishing a participant, the one resolver of
 //!   intents left behind;
 //! - [`batch`] (transactions on one player, and requests mixing them with trades),
@@ -24,6 +25,7 @@ mod directory;
 pub mod inspect;
 pub mod intents;
 mod links;
+mod look;
 pub mod multi;
 pub mod road;
 pub mod sentinel;

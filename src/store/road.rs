@@ -605,8 +605,9 @@ pub(crate) fn transport_error(shard: &str, effect: Effect, e: &redis::RedisError
 
 /// Classifies an error reply to one command. Redis refuses these before a script or command
 /// runs (READONLY, OOM, BUSY, LOADING, MASTERDOWN, NOREPLICAS, MISCONF, and a cluster's
-/// MOVED, ASK, TRYAGAIN, CLUSTERDOWN), so nothing was applied and a retry is safe; anything
-/// else is a failure inside a script, which is a bug.
+/// MOVED, ASK, TRYAGAIN, CLUSTERDOWN), or Colony's scripts refuse before writing anything
+/// (MOVING: a slot move has the player parked, `docs/design/resharding.md`), so nothing was
+/// applied and a retry is safe; anything else is a failure inside a script, which is a bug.
 pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -> Error {
     let refused = matches!(
         code,
@@ -621,6 +622,7 @@ pub(crate) fn server_error(shard: &str, code: &str, e: &dyn std::fmt::Display) -
             | "MISCONF"
             | "MOVED"
             | "ASK"
+            | "MOVING"
     );
     if refused {
         Error::Unavailable {
@@ -651,6 +653,7 @@ mod tests {
             "MISCONF",
             "MOVED",
             "ASK",
+            "MOVING",
         ] {
             assert!(
                 matches!(server_error("s", code, &code), Error::Unavailable { .. }),

@@ -2,6 +2,8 @@
 //! lease on one shard, and hands each to the resolver ([`super::intents`]). The archiver runs
 //! it on every pass (`Archiver::sweep_pass`); tests run it when they need it.
 
+use redis::Value as RedisValue;
+
 use crate::error::Error;
 use crate::keys::{PlayerKeys, SlotKeys};
 use crate::model::PlayerId;
@@ -9,6 +11,7 @@ use crate::script::IntentRef;
 use crate::shard_map::ShardIndex;
 
 use super::intents::{text, unexpected, Finished, Resolution, FORGET};
+use super::look::Read;
 use super::road::{Command, Effect};
 use super::Store;
 
@@ -113,17 +116,23 @@ impl Store {
             for (&slot, keys) in chunk.iter().zip(records) {
                 let index = SlotKeys::new(slot).decisions;
                 for key in keys {
-                    let mut read = redis::cmd("HGET");
-                    read.arg(key.as_slice()).arg("p");
-                    let value = self
-                        .send(shard, vec![Command::read(read)])
+                    // `{<primary>}:decision:<attempt>`: the primary's meta is `{<primary>}:meta`.
+                    let text_key = String::from_utf8_lossy(&key);
+                    let Some((tagged_primary, attempt)) = text_key.rsplit_once(":decision:") else {
+                        continue;
+                    };
+                    let attempt = attempt.to_string();
+                    let meta = format!("{tagged_primary}:meta").into_bytes();
+                    let value = match self
+                        .look(shard, &meta, &[key.as_slice()], Read::Field, &["p"])
                         .await
-                        .into_acknowledged_reply()?;
-                    let attempt = String::from_utf8_lossy(&key)
-                        .rsplit(":decision:")
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
+                    {
+                        Ok(mut replies) => replies.pop().unwrap_or(RedisValue::Nil),
+                        // Its primary is parked by a slot move (or the shard refuses now):
+                        // the record is looked at again by a later sweep, on its owner.
+                        Err(e) if e.is_retryable() => continue,
+                        Err(e) => return Err(e),
+                    };
                     let participants = text(&value)
                         .as_deref()
                         .map(commit_participants)
@@ -153,10 +162,18 @@ impl Store {
                     if all_applied {
                         let forget = Command::script(&FORGET, Effect::Housekeeping)
                             .key(key.as_slice())
-                            .key(&index);
-                        self.send(shard, vec![forget])
+                            .key(&index)
+                            .key(meta.as_slice());
+                        match self
+                            .send(shard, vec![forget])
                             .await
-                            .into_acknowledged_reply()?;
+                            .into_acknowledged_reply()
+                        {
+                            Ok(_) => {}
+                            // Parked meanwhile: forgotten by a later sweep.
+                            Err(e) if e.is_retryable() => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             }
@@ -190,14 +207,22 @@ impl Store {
                 let Ok(player) = PlayerId::new(String::from_utf8_lossy(&id).into_owned()) else {
                     continue;
                 };
-                let mut read = redis::cmd("HMGET");
-                read.arg(PlayerKeys::new(&player).intent)
-                    .arg("a")
-                    .arg("p")
-                    .arg("v")
-                    .arg("l");
+                let keys = PlayerKeys::new(&player);
                 type Held = (Option<String>, Option<String>, Option<u64>, Option<u64>);
-                let held = match self.call::<Held>(shard, Command::read(read)).await {
+                let looked = self
+                    .look(
+                        shard,
+                        &keys.meta,
+                        &[&keys.intent],
+                        Read::Fields,
+                        &["a", "p", "v", "l"],
+                    )
+                    .await
+                    .and_then(|mut replies| {
+                        redis::from_redis_value::<Held>(replies.pop().unwrap_or(RedisValue::Nil))
+                            .map_err(unexpected)
+                    });
+                let held = match looked {
                     Ok(held) => held,
                     Err(e) => {
                         // One unreadable intent does not stop the sweep of the others.

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod ledger;
 pub mod mongo;
+pub mod parking;
 pub mod redis_server;
 pub mod rig;
 pub mod script_watch;
@@ -36,6 +37,7 @@ pub use gateway::{
 };
 pub use ledger::{Findings, History, Ledger, TransferOutcome};
 pub use mongo::MongoServer;
+pub use parking::{park_by_hand, Parked};
 pub use redis_server::{free_port, Profile, RedisServer};
 pub use rig::{Rig, Topology};
 pub use script_watch::{ScriptReport, ScriptWatch};
