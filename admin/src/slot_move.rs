@@ -1,0 +1,911 @@
+//! The move of one slot from its master (S) to another (T), each player's keys together,
+//! nothing acknowledged ever held by one master alone: `docs/design/resharding.md` has the
+//! protocol, its invariants and why each step is there. Its steps are public functions of
+//! [`SlotMove`] so that a test can stop between any two (as a killed tool would) and run the
+//! move again: a rerun claims the journal, opens the slot again, restores every parked copy
+//! (the authority until the close) and goes on.
+//!
+//! The tool talks to S and T on connections of its own, one each for the whole run (a `WAIT`
+//! counts the writes of its own connection, and a multiplexed connection never reconnects
+//! behind the caller's back).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use colony::cluster_view::ClusterNode;
+use colony::config::ClusterConfig;
+use colony::keys::slot_tag;
+use colony::slot::Slot;
+use colony::store::{cluster_nodes, node_connection};
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+
+use crate::status::{first_answer, NODE_TIMEOUT};
+
+static CLAIM: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/claim.lua")));
+static RENEW: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/renew.lua")));
+static PARK: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/park.lua")));
+
+/// The suffixes of a player's keys after `{<id>}` (`keys::PlayerKeys`, decision records and
+/// legacy idempotency records).
+const PLAYER_SUFFIXES: [&str; 5] = [":meta", ":pub", ":priv", ":clients", ":intent"];
+const PLAYER_PREFIXES: [&str; 2] = [":decision:", ":idem:"];
+/// The slot's bookkeeping, after `colony:{<slot tag>}`.
+const BOOKKEEPING: [&str; 5] = [":active", ":dirty", ":intents", ":decisions", ":restores"];
+/// The bookkeeping key that is merged on the target rather than replaced.
+const RESTORE_QUEUE: &str = ":restores";
+
+/// How a key of a moving slot travels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyRole {
+    /// A key of the player with this id: moves with the player's other keys.
+    Player(String),
+    /// The slot's own bookkeeping: copied last, kept on S until the close.
+    Bookkeeping,
+    /// The move's journal or parked copies: never moved, gone with the slot at the close.
+    MoveState,
+    /// Neither Colony's nor the move's: the move refuses to start (S would drop it).
+    Unknown,
+}
+
+/// The role of `key`, a key of `slot`.
+pub fn key_role(slot: Slot, key: &[u8]) -> KeyRole {
+    let Ok(key) = std::str::from_utf8(key) else {
+        return KeyRole::Unknown;
+    };
+    let own = format!("colony:{{{}}}", slot_tag(slot));
+    if let Some(rest) = key.strip_prefix(own.as_str()) {
+        if BOOKKEEPING.contains(&rest) {
+            return KeyRole::Bookkeeping;
+        }
+        if rest == ":move" || rest == ":parked" {
+            return KeyRole::MoveState;
+        }
+    }
+    let Some(body) = key.strip_prefix('{') else {
+        return KeyRole::Unknown;
+    };
+    // `{<id>}<suffix>`: the id may itself hold `}:`, so each `}` is tried in turn and the
+    // first whose rest is a player's suffix wins.
+    for (i, _) in body.match_indices('}') {
+        let (id, rest) = (&body[..i], &body[i + 1..]);
+        if id.is_empty() {
+            continue;
+        }
+        if PLAYER_SUFFIXES.contains(&rest)
+            || PLAYER_PREFIXES
+                .iter()
+                .any(|p| rest.starts_with(p) && rest.len() > p.len())
+        {
+            return KeyRole::Player(id.to_string());
+        }
+    }
+    KeyRole::Unknown
+}
+
+/// The keys of one slot as S holds them, by role.
+#[derive(Debug, Default, Clone)]
+pub struct SlotKeysHeld {
+    /// Per player id, its keys.
+    pub players: BTreeMap<String, Vec<Vec<u8>>>,
+    /// The slot's bookkeeping keys.
+    pub bookkeeping: Vec<Vec<u8>>,
+    /// Keys of neither kind.
+    pub unknown: Vec<Vec<u8>>,
+}
+
+/// Settings of a move.
+#[derive(Debug, Clone)]
+pub struct MoveOptions {
+    /// Most bytes of players' entries (their meta tally `b`) parked in one batch; a bigger
+    /// player is a batch of its own.
+    pub batch_bytes: u64,
+    /// The run's lease on the journal, renewed by every step.
+    pub lease: Duration,
+    /// How long a `WAIT` for the replicas of S or T may take before the move stops.
+    pub wait_timeout: Duration,
+}
+
+impl Default for MoveOptions {
+    fn default() -> Self {
+        MoveOptions {
+            batch_bytes: 1 << 20,
+            lease: Duration::from_secs(30),
+            wait_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a finished move did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Moved {
+    /// The slot.
+    pub slot: u16,
+    /// Players parked and restored by this run (a resumed run counts what it parked).
+    pub players: u64,
+    /// Keys restored on the target by this run, parked copies restored again included.
+    pub keys_restored: u64,
+    /// Batches.
+    pub batches: u64,
+}
+
+/// One slot's move, claimed by one run.
+pub struct SlotMove {
+    cluster: ClusterConfig,
+    options: MoveOptions,
+    slot: Slot,
+    run: String,
+    generation: u64,
+    source: ClusterNode,
+    target: ClusterNode,
+    s: MultiplexedConnection,
+    t: MultiplexedConnection,
+    /// Replicas `WAIT` asks for on S and on T: every replica the map lists, not failing.
+    s_replicas: usize,
+    t_replicas: usize,
+    journal: String,
+    parked: String,
+    /// What this run did.
+    pub moved: Moved,
+}
+
+/// The cluster's map, from the first seed that answers, and each master's own view (a
+/// node lists its `MIGRATING`/`IMPORTING` slots only in its own line).
+async fn map(cluster: &ClusterConfig) -> anyhow::Result<Vec<ClusterNode>> {
+    Ok(first_answer(&cluster.seeds, cluster).await?.1)
+}
+
+fn replicas_of(nodes: &[ClusterNode], master: &ClusterNode) -> usize {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.replica_of.as_deref() == Some(master.id.as_str()) && !n.failing && !n.unusable
+        })
+        .count()
+}
+
+fn owner_of(nodes: &[ClusterNode], slot: Slot) -> Option<&ClusterNode> {
+    nodes
+        .iter()
+        .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot.get())))
+}
+
+/// A slot moving anywhere but `slot`, as the masters list in their own lines.
+async fn other_moves(
+    cluster: &ClusterConfig,
+    nodes: &[ClusterNode],
+    slot: Slot,
+) -> anyhow::Result<Option<String>> {
+    for node in nodes.iter().filter(|n| n.master && !n.failing) {
+        let own = cluster_nodes(&node.address, cluster, NODE_TIMEOUT)
+            .await
+            .with_context(|| format!("asking {} for its own moves", node.address))?;
+        let Some(me) = own.iter().find(|n| n.id == node.id) else {
+            continue;
+        };
+        let busy = me
+            .migrating
+            .iter()
+            .chain(&me.importing)
+            .find(|(s, _)| *s != slot.get());
+        if let Some((s, _)) = busy {
+            return Ok(Some(format!("slot {s} is being moved by {}", node.address)));
+        }
+    }
+    Ok(None)
+}
+
+impl SlotMove {
+    /// Step 1: claims the move of `slot` to the master `target` (node id or address) for run
+    /// `run`, or resumes a half-done move the slot's journal names. Refused, changing
+    /// nothing, when the slot is already the target's, the target is not a master, has fewer
+    /// replicas than `replicas` (the replicated profile's count) or another Redis version
+    /// than the source, another slot is moving, another run's lease is live, or the slot holds
+    /// keys that are not Colony's.
+    pub async fn claim(
+        cluster: &ClusterConfig,
+        slot: Slot,
+        target: &str,
+        run: &str,
+        replicas: usize,
+        options: MoveOptions,
+    ) -> anyhow::Result<SlotMove> {
+        let nodes = map(cluster).await?;
+        let source = owner_of(&nodes, slot)
+            .with_context(|| format!("slot {} has no owner in the cluster's map", slot.get()))?
+            .clone();
+        let wanted = nodes
+            .iter()
+            .find(|n| n.id == target || n.address == target)
+            .with_context(|| format!("{target} is not a node of the cluster"))?;
+        // A target that failed over since the journal named it: its master now.
+        let (target_node, replaced) = if wanted.master {
+            (wanted.clone(), String::new())
+        } else {
+            let master = wanted
+                .replica_of
+                .as_deref()
+                .and_then(|m| nodes.iter().find(|n| n.id == m))
+                .with_context(|| format!("{target} is a replica of no known master"))?;
+            (master.clone(), wanted.id.clone())
+        };
+        if target_node.id == source.id {
+            // A run killed during the close leaves S migrating toward T: finished here.
+            settle_closed(cluster, &nodes, slot, &target_node.id).await?;
+            bail!(
+                "slot {} is already served by {}",
+                slot.get(),
+                source.address
+            );
+        }
+        if target_node.failing || target_node.unusable {
+            bail!("{} is not a usable master", target_node.address);
+        }
+        let t_replicas = replicas_of(&nodes, &target_node);
+        if t_replicas < replicas {
+            bail!(
+                "{} has {t_replicas} replicas; the replicated profile waits for {replicas}",
+                target_node.address
+            );
+        }
+        if let Some(busy) = other_moves(cluster, &nodes, slot).await? {
+            bail!("another move is in progress: {busy}");
+        }
+        let mut s = node_connection(&source.address, cluster, NODE_TIMEOUT).await?;
+        let mut t = node_connection(&target_node.address, cluster, NODE_TIMEOUT).await?;
+        let version = |info: String| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
+                .unwrap_or_default()
+        };
+        let sv = version(redis::cmd("INFO").arg("server").query_async(&mut s).await?);
+        let tv = version(redis::cmd("INFO").arg("server").query_async(&mut t).await?);
+        if sv != tv {
+            bail!(
+                "{} runs redis {sv} and {} runs {tv}: DUMP values may not restore",
+                source.address,
+                target_node.address
+            );
+        }
+        let held = list_keys(&mut s, slot).await?;
+        if !held.unknown.is_empty() {
+            bail!(
+                "slot {} holds {} keys that are not Colony's (e.g. {:?}): the close would drop them",
+                slot.get(),
+                held.unknown.len(),
+                String::from_utf8_lossy(&held.unknown[0])
+            );
+        }
+        let tag = slot_tag(slot);
+        let journal = format!("colony:{{{tag}}}:move");
+        let parked = format!("colony:{{{tag}}}:parked");
+        let (generation, _before): (u64, String) = CLAIM
+            .key(&journal)
+            .key(&parked)
+            .arg(run)
+            .arg(&target_node.id)
+            .arg(options.lease.as_millis() as u64)
+            .arg(&replaced)
+            .invoke_async(&mut s)
+            .await
+            .with_context(|| format!("claiming slot {}'s move", slot.get()))?;
+        let mut claimed = SlotMove {
+            cluster: cluster.clone(),
+            options,
+            slot,
+            run: run.to_string(),
+            generation,
+            s_replicas: replicas_of(&nodes, &source),
+            source,
+            target: target_node,
+            s,
+            t,
+            t_replicas,
+            journal,
+            parked,
+            moved: Moved {
+                slot: slot.get(),
+                ..Moved::default()
+            },
+        };
+        claimed.wait_source().await.context("the claim")?;
+        Ok(claimed)
+    }
+
+    /// The slot.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The source's address.
+    pub fn source(&self) -> &str {
+        &self.source.address
+    }
+
+    /// The target's address.
+    pub fn target(&self) -> &str {
+        &self.target.address
+    }
+
+    /// Renews the lease (and adds `by` to the journal's `field`): every step calls it first.
+    async fn renew(&mut self, field: &str, by: u64) -> anyhow::Result<()> {
+        let _: u64 = RENEW
+            .key(&self.journal)
+            .arg(&self.run)
+            .arg(self.options.lease.as_millis() as u64)
+            .arg(field)
+            .arg(by)
+            .invoke_async(&mut self.s)
+            .await
+            .with_context(|| format!("renewing the lease on slot {}", self.slot.get()))?;
+        Ok(())
+    }
+
+    async fn wait_on(
+        conn: &mut MultiplexedConnection,
+        replicas: usize,
+        timeout: Duration,
+        node: &str,
+    ) -> anyhow::Result<()> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let acked: usize = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        if acked < replicas {
+            bail!("{node}: {acked} of {replicas} replicas acknowledged in {timeout:?}; the move stops here and resumes once they catch up");
+        }
+        Ok(())
+    }
+
+    async fn wait_source(&mut self) -> anyhow::Result<()> {
+        Self::wait_on(
+            &mut self.s,
+            self.s_replicas,
+            self.options.wait_timeout,
+            &self.source.address,
+        )
+        .await
+    }
+
+    async fn wait_target(&mut self) -> anyhow::Result<()> {
+        Self::wait_on(
+            &mut self.t,
+            self.t_replicas,
+            self.options.wait_timeout,
+            &self.target.address,
+        )
+        .await
+    }
+
+    /// Step 2: `IMPORTING` on T, so that T takes the restores (sent after `ASKING`) and,
+    /// at the close, takes the slot with a new, highest epoch. Set again by a rerun (a
+    /// failed-over T has lost it). S is not migrating yet: its unparked players are served
+    /// as usual while the others move.
+    pub async fn open(&mut self) -> anyhow::Result<()> {
+        self.renew("", 0).await?;
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(self.slot.get())
+            .arg("IMPORTING")
+            .arg(&self.source.id)
+            .query_async(&mut self.t)
+            .await
+            .with_context(|| format!("IMPORTING on {}", self.target.address))?;
+        Ok(())
+    }
+
+    /// Step 6's start: `MIGRATING` on S, once every player listed so far is on T. From here
+    /// S refuses to create a key of the slot (`TRYAGAIN`: a new player's script finds the
+    /// slot's bookkeeping but not its own keys), so nothing is written on S that the close
+    /// would drop. Set again by a rerun (a failed-over S has lost it).
+    pub async fn migrate(&mut self) -> anyhow::Result<()> {
+        self.renew("", 0).await?;
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(self.slot.get())
+            .arg("MIGRATING")
+            .arg(&self.target.id)
+            .query_async(&mut self.s)
+            .await
+            .with_context(|| format!("MIGRATING on {}", self.source.address))?;
+        Ok(())
+    }
+
+    /// What S holds of the slot now.
+    pub async fn held(&mut self) -> anyhow::Result<SlotKeysHeld> {
+        list_keys(&mut self.s, self.slot).await
+    }
+
+    /// The players S still holds unparked, in batches of about `batch_bytes`.
+    pub async fn unparked_batches(&mut self) -> anyhow::Result<Vec<Vec<(String, Vec<Vec<u8>>)>>> {
+        let held = self.held().await?;
+        let mut players = Vec::new();
+        let mut pipe = redis::pipe();
+        for (id, keys) in held.players {
+            pipe.cmd("HMGET").arg(meta_key(&id)).arg("m").arg("b");
+            players.push((id, keys));
+        }
+        let looks: Vec<(Option<String>, Option<u64>)> = if players.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.s).await?
+        };
+        let mut batches: Vec<Vec<(String, Vec<Vec<u8>>)>> = Vec::new();
+        let mut bytes = 0;
+        for ((id, keys), (tombstone, size)) in players.into_iter().zip(looks) {
+            let meta = meta_key(&id);
+            // Parked already: only its tombstoned meta is left.
+            if tombstone.is_some() && keys.iter().all(|k| *k == meta) {
+                continue;
+            }
+            let size = size.unwrap_or(0) + 64 * keys.len() as u64;
+            if batches.is_empty() || bytes + size > self.options.batch_bytes {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(batch) = batches.last_mut() {
+                batch.push((id, keys));
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Step 3: parks one batch on S (one script), then waits for S's replicas: the park is
+    /// on them before anything leaves S. Returns the keys parked now.
+    pub async fn park(&mut self, batch: &[(String, Vec<Vec<u8>>)]) -> anyhow::Result<u64> {
+        let mut invocation = PARK.key(&self.journal);
+        invocation.key(&self.parked);
+        let mut n = 0;
+        for (_, keys) in batch {
+            for key in keys {
+                invocation.key(key.as_slice());
+                n += 1;
+            }
+        }
+        for (id, keys) in batch {
+            let meta = meta_key(id);
+            if keys.contains(&meta) {
+                invocation.key(meta);
+            }
+        }
+        let parked: u64 = invocation
+            .arg(&self.run)
+            .arg(self.generation)
+            .arg(n)
+            .invoke_async(&mut self.s)
+            .await
+            .with_context(|| format!("parking a batch of slot {}", self.slot.get()))?;
+        self.wait_source().await.context("the park")?;
+        self.moved.players += batch.len() as u64;
+        Ok(parked)
+    }
+
+    /// Step 4: restores every parked key of `players` on T (`ASKING` + `RESTORE … REPLACE
+    /// ABSTTL`, metas last) and waits for T's replicas on that same connection; `None`
+    /// restores every key parked so far (a rerun: the parked copies are the authority over
+    /// whatever T holds). Returns the keys restored.
+    pub async fn restore(&mut self, players: Option<&[String]>) -> anyhow::Result<u64> {
+        self.renew("", 0).await?;
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = match players {
+            None => {
+                redis::cmd("HGETALL")
+                    .arg(&self.parked)
+                    .query_async(&mut self.s)
+                    .await?
+            }
+            Some(players) => {
+                let names: Vec<Vec<u8>> = redis::cmd("HKEYS")
+                    .arg(&self.parked)
+                    .query_async(&mut self.s)
+                    .await?;
+                let wanted: BTreeSet<&str> = players.iter().map(String::as_str).collect();
+                let names: Vec<Vec<u8>> = names
+                    .into_iter()
+                    .filter(|k| {
+                        matches!(key_role(self.slot, k), KeyRole::Player(id) if wanted.contains(id.as_str()))
+                    })
+                    .collect();
+                if names.is_empty() {
+                    Vec::new()
+                } else {
+                    let values: Vec<Vec<u8>> = redis::cmd("HMGET")
+                        .arg(&self.parked)
+                        .arg(&names)
+                        .query_async(&mut self.s)
+                        .await?;
+                    names.into_iter().zip(values).collect()
+                }
+            }
+        };
+        let mut entries: Vec<(Vec<u8>, u64, Vec<u8>)> = entries
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() != b"_")
+            .map(|(k, v)| {
+                let colon = v
+                    .iter()
+                    .position(|&b| b == b':')
+                    .ok_or_else(|| anyhow!("a parked copy without its expiry"))?;
+                let expiry: u64 = std::str::from_utf8(&v[..colon])?.parse()?;
+                Ok((k, expiry, v[colon + 1..].to_vec()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        // Metas last: a player is whole on T before its meta says it exists.
+        entries.sort_by_key(|(k, _, _)| k.ends_with(b":meta"));
+        let now = now_ms();
+        let mut restored = 0;
+        for chunk in entries.chunks(256) {
+            let mut pipe = redis::pipe();
+            for (key, expiry, dump) in chunk {
+                if *expiry != 0 && *expiry <= now {
+                    // Expired while parked: it would have expired on S too.
+                    pipe.cmd("ASKING").ignore();
+                    pipe.cmd("DEL").arg(key.as_slice()).ignore();
+                    continue;
+                }
+                pipe.cmd("ASKING").ignore();
+                pipe.cmd("RESTORE")
+                    .arg(key.as_slice())
+                    .arg(*expiry)
+                    .arg(dump.as_slice())
+                    .arg("REPLACE")
+                    .arg("ABSTTL")
+                    .ignore();
+                restored += 1;
+            }
+            let () = pipe
+                .query_async(&mut self.t)
+                .await
+                .with_context(|| format!("restoring on {}", self.target.address))?;
+        }
+        self.wait_target().await.context("the restore")?;
+        self.renew("restored", restored).await?;
+        self.moved.keys_restored += restored;
+        Ok(restored)
+    }
+
+    /// Step 6: copies the slot's bookkeeping to T (`DUMP`/`RESTORE REPLACE`, the restore
+    /// queue merged with `ZADD`), kept on S until the close, and waits for T's replicas.
+    pub async fn copy_bookkeeping(&mut self) -> anyhow::Result<()> {
+        self.renew("", 0).await?;
+        let held = self.held().await?;
+        for key in held.bookkeeping {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ASKING").ignore();
+            if key.ends_with(RESTORE_QUEUE.as_bytes()) {
+                let entries: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+                    .arg(key.as_slice())
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut self.s)
+                    .await?;
+                if entries.is_empty() {
+                    continue;
+                }
+                let zadd = pipe.cmd("ZADD").arg(key.as_slice());
+                for (member, score) in &entries {
+                    zadd.arg(*score).arg(member.as_slice());
+                }
+                zadd.ignore();
+            } else {
+                let dump: Option<Vec<u8>> = redis::cmd("DUMP")
+                    .arg(key.as_slice())
+                    .query_async(&mut self.s)
+                    .await?;
+                let Some(dump) = dump else { continue };
+                pipe.cmd("RESTORE")
+                    .arg(key.as_slice())
+                    .arg(0)
+                    .arg(dump)
+                    .arg("REPLACE")
+                    .ignore();
+            }
+            let () = pipe
+                .query_async(&mut self.t)
+                .await
+                .with_context(|| format!("copying bookkeeping to {}", self.target.address))?;
+        }
+        self.wait_target().await.context("the bookkeeping")
+    }
+
+    /// Step 7: the close. `IMPORTING` again and `NODE` on T (T's new, highest epoch), then
+    /// `NODE` on every other master but S (which learns it by gossip and drops the slot's
+    /// leftovers); confirmed when every node names T and S holds no key of the slot.
+    pub async fn close(&mut self) -> anyhow::Result<()> {
+        self.close_on_target().await?;
+        let slot = self.slot.get();
+        let nodes = map(&self.cluster).await?;
+        for node in nodes
+            .iter()
+            .filter(|n| n.master && !n.failing && n.id != self.source.id && n.id != self.target.id)
+        {
+            // Gossip carries T's claim anyway; telling every master saves the wait.
+            if let Ok(mut conn) = node_connection(&node.address, &self.cluster, NODE_TIMEOUT).await
+            {
+                let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&self.target.id)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
+        self.confirm_close().await
+    }
+
+    /// The first half of the close, on T alone: `IMPORTING` again (a failed-over T lost
+    /// it), then `NODE T`, which gives T a new, highest configuration epoch.
+    pub async fn close_on_target(&mut self) -> anyhow::Result<()> {
+        self.renew("", 0).await?;
+        let slot = self.slot.get();
+        let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&self.source.id)
+            .query_async(&mut self.t)
+            .await;
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&self.target.id)
+            .query_async(&mut self.t)
+            .await
+            .with_context(|| format!("SETSLOT NODE on {}", self.target.address))?;
+        Ok(())
+    }
+
+    /// Waits until every node of the map names T as the slot's owner and S holds no key of
+    /// it (S dropped its leftovers: tombstones, bookkeeping, journal, parked copies).
+    pub async fn confirm_close(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CLOSE_DEADLINE;
+        loop {
+            if self.closed().await.unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "slot {}: not every node names {} its owner after {CLOSE_DEADLINE:?}; run again to finish",
+                    self.slot.get(),
+                    self.target.address
+                );
+            }
+            // Gossip spreads T's claim within a few cluster-bus pings.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn closed(&mut self) -> anyhow::Result<bool> {
+        let nodes = map(&self.cluster).await?;
+        for node in nodes.iter().filter(|n| !n.failing && !n.unusable) {
+            let view = cluster_nodes(&node.address, &self.cluster, NODE_TIMEOUT).await?;
+            if owner_of(&view, self.slot).map(|n| n.id.as_str()) != Some(self.target.id.as_str()) {
+                return Ok(false);
+            }
+        }
+        let left: u64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(self.slot.get())
+            .query_async(&mut self.s)
+            .await?;
+        if left > 0 {
+            return Ok(false);
+        }
+        // S keeps its MIGRATING mark after gossip took the slot away (Redis clears it only
+        // by SETSLOT on S itself); it holds no key of the slot now, so it is cleared.
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(self.slot.get())
+            .arg("STABLE")
+            .query_async(&mut self.s)
+            .await?;
+        Ok(true)
+    }
+
+    /// Steps 2 to 7 from wherever the journal stands: open, restore every parked copy, park
+    /// and restore the players batch by batch, set S migrating, copy the bookkeeping and
+    /// look for players again until none is left unparked, close.
+    pub async fn run_to_end(mut self) -> anyhow::Result<Moved> {
+        if self.target_owns().await? {
+            self.confirm_close().await?;
+            return Ok(self.moved);
+        }
+        self.open().await?;
+        self.restore(None).await?;
+        self.move_unparked().await?;
+        self.migrate().await?;
+        loop {
+            self.copy_bookkeeping().await?;
+            // A player created on S before it was migrating (or since, if S failed over and
+            // lost it) is moved, and the bookkeeping copied again, before the close.
+            if self.move_unparked().await? == 0 {
+                break;
+            }
+        }
+        self.close().await?;
+        Ok(self.moved)
+    }
+
+    /// Parks and restores every player S holds unparked, batch by batch. Returns how many
+    /// batches that took.
+    pub async fn move_unparked(&mut self) -> anyhow::Result<u64> {
+        let batches = self.unparked_batches().await?;
+        for batch in &batches {
+            self.park(batch).await?;
+            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            self.restore(Some(&ids)).await?;
+            self.moved.batches += 1;
+        }
+        Ok(batches.len() as u64)
+    }
+
+    /// Whether T already claims the slot (a run killed during the close).
+    async fn target_owns(&mut self) -> anyhow::Result<bool> {
+        let view = cluster_nodes(&self.target.address, &self.cluster, NODE_TIMEOUT).await?;
+        Ok(owner_of(&view, self.slot).map(|n| n.id.as_str()) == Some(self.target.id.as_str()))
+    }
+}
+
+/// How long the close may take to be confirmed by every node.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Clears the `MIGRATING` mark a closed move of `slot` to `target` left on its old source
+/// (a run killed after telling T), once that node names T the owner and holds no key of the
+/// slot (gossip made it drop them).
+async fn settle_closed(
+    cluster: &ClusterConfig,
+    nodes: &[ClusterNode],
+    slot: Slot,
+    target: &str,
+) -> anyhow::Result<()> {
+    for node in nodes.iter().filter(|n| n.master && !n.failing) {
+        let deadline = Instant::now() + CLOSE_DEADLINE;
+        loop {
+            let own = cluster_nodes(&node.address, cluster, NODE_TIMEOUT).await?;
+            let Some(me) = own.iter().find(|n| n.id == node.id) else {
+                break;
+            };
+            if !me
+                .migrating
+                .iter()
+                .any(|(s, to)| *s == slot.get() && to == target)
+            {
+                break;
+            }
+            let mut conn = node_connection(&node.address, cluster, NODE_TIMEOUT).await?;
+            let left: u64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot.get())
+                .query_async(&mut conn)
+                .await?;
+            let theirs = owner_of(&own, slot).is_some_and(|o| o.id == target);
+            if left == 0 && theirs {
+                let () = redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot.get())
+                    .arg("STABLE")
+                    .query_async(&mut conn)
+                    .await?;
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} still holds {left} keys of slot {} it no longer serves",
+                    node.address,
+                    slot.get()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+fn meta_key(id: &str) -> Vec<u8> {
+    format!("{{{id}}}:meta").into_bytes()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Every key S holds of `slot`, by role.
+async fn list_keys(conn: &mut MultiplexedConnection, slot: Slot) -> anyhow::Result<SlotKeysHeld> {
+    let count: u64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot.get())
+        .query_async(conn)
+        .await?;
+    let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot.get())
+        .arg(count.max(1))
+        .query_async(conn)
+        .await?;
+    let mut held = SlotKeysHeld::default();
+    for key in keys {
+        match key_role(slot, &key) {
+            KeyRole::Player(id) => held.players.entry(id).or_default().push(key),
+            KeyRole::Bookkeeping => held.bookkeeping.push(key),
+            KeyRole::MoveState => {}
+            KeyRole::Unknown => held.unknown.push(key),
+        }
+    }
+    Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_of(key: &str) -> Slot {
+        colony::slot::key_slot(key.as_bytes())
+    }
+
+    #[test]
+    fn keys_are_told_apart_by_role() {
+        let key = "{alice}:meta";
+        let slot = slot_of(key);
+        let tag = slot_tag(slot);
+        for k in [
+            "{alice}:meta",
+            "{alice}:pub",
+            "{alice}:priv",
+            "{alice}:clients",
+            "{alice}:intent",
+            "{alice}:decision:0123abcd",
+            "{alice}:idem:client:42",
+        ] {
+            assert_eq!(
+                key_role(slot, k.as_bytes()),
+                KeyRole::Player("alice".into()),
+                "{k}"
+            );
+        }
+        for k in ["active", "dirty", "intents", "decisions", "restores"] {
+            let k = format!("colony:{{{tag}}}:{k}");
+            assert_eq!(key_role(slot, k.as_bytes()), KeyRole::Bookkeeping, "{k}");
+        }
+        for k in ["move", "parked"] {
+            let k = format!("colony:{{{tag}}}:{k}");
+            assert_eq!(key_role(slot, k.as_bytes()), KeyRole::MoveState, "{k}");
+        }
+        for k in [
+            "alice",
+            "{alice}:other",
+            "{alice}",
+            "{}:meta",
+            "{alice}:decision:",
+            "colony:{x}:active",
+        ] {
+            assert_eq!(key_role(slot, k.as_bytes()), KeyRole::Unknown, "{k}");
+        }
+    }
+
+    #[test]
+    fn an_id_holding_braces_and_colons_is_still_one_player() {
+        // Player ids may hold `}` and `:` (not first): the first split whose rest is a
+        // player's suffix names the id.
+        let slot = slot_of("{a}:pub}:meta");
+        assert_eq!(
+            key_role(slot, b"{a}:pub}:meta"),
+            KeyRole::Player("a}:pub".into())
+        );
+        assert_eq!(key_role(slot, b"{a}:pub"), KeyRole::Player("a".into()));
+    }
+}
