@@ -105,7 +105,7 @@ pub struct MoveOptions {
     /// Most bytes of players' entries (their meta tally `b`) parked in one batch; a bigger
     /// player is a batch of its own.
     pub batch_bytes: u64,
-    /// The run's lease on the journal, renewed by every step.
+    /// The run's lease on the journal, renewed by every step; at least twice `wait_timeout`.
     pub lease: Duration,
     /// How long a `WAIT` for the replicas of S or T may take before the move stops.
     pub wait_timeout: Duration,
@@ -215,6 +215,13 @@ impl SlotMove {
         replicas: usize,
         options: MoveOptions,
     ) -> anyhow::Result<SlotMove> {
+        if options.lease < options.wait_timeout * 2 {
+            bail!(
+                "the lease ({:?}) must be at least twice the replicas' wait ({:?}): a step that waits must not outlive it",
+                options.lease,
+                options.wait_timeout
+            );
+        }
         let nodes = map(cluster).await?;
         let source = owner_of(&nodes, slot)
             .with_context(|| format!("slot {} has no owner in the cluster's map", slot.get()))?
@@ -223,16 +230,17 @@ impl SlotMove {
             .iter()
             .find(|n| n.id == target || n.address == target)
             .with_context(|| format!("{target} is not a node of the cluster"))?;
-        // A target that failed over since the journal named it: its master now.
-        let (target_node, replaced) = if wanted.master {
-            (wanted.clone(), String::new())
+        // A replica named: its master (e.g. the old target, back as a replica after a
+        // failover).
+        let target_node = if wanted.master {
+            wanted.clone()
         } else {
             let master = wanted
                 .replica_of
                 .as_deref()
                 .and_then(|m| nodes.iter().find(|n| n.id == m))
                 .with_context(|| format!("{target} is a replica of no known master"))?;
-            (master.clone(), wanted.id.clone())
+            master.clone()
         };
         if target_node.id == source.id {
             // A run killed during the close leaves S migrating toward T: finished here.
@@ -256,8 +264,10 @@ impl SlotMove {
         if let Some(busy) = other_moves(cluster, &nodes, slot).await? {
             bail!("another move is in progress: {busy}");
         }
-        let mut s = node_connection(&source.address, cluster, NODE_TIMEOUT).await?;
-        let mut t = node_connection(&target_node.address, cluster, NODE_TIMEOUT).await?;
+        // A reply may take a whole WAIT: the connections' timeout leaves room for it.
+        let patience = NODE_TIMEOUT + options.wait_timeout;
+        let mut s = node_connection(&source.address, cluster, patience).await?;
+        let mut t = node_connection(&target_node.address, cluster, patience).await?;
         let version = |info: String| {
             info.lines()
                 .find_map(|l| l.strip_prefix("redis_version:").map(str::to_string))
@@ -284,6 +294,26 @@ impl SlotMove {
         let tag = slot_tag(slot);
         let journal = format!("colony:{{{tag}}}:move");
         let parked = format!("colony:{{{tag}}}:parked");
+        // A half-done move names its target: resumed to that node, or to the master that
+        // replaced it when it failed (dead, failing, or a replica now); to any other node
+        // only after an abort.
+        let recorded: Option<String> = redis::cmd("HGET")
+            .arg(&journal)
+            .arg("target")
+            .query_async(&mut s)
+            .await?;
+        let replaced = match recorded {
+            Some(id) if id != target_node.id => match nodes.iter().find(|n| n.id == id) {
+                Some(n) if n.master && !n.failing && !n.unusable => bail!(
+                    "slot {} is half moved to {} ({}): resume that move or abort it",
+                    slot.get(),
+                    n.address,
+                    n.id
+                ),
+                _ => id,
+            },
+            _ => String::new(),
+        };
         let (generation, _before): (u64, String) = CLAIM
             .key(&journal)
             .key(&parked)

@@ -129,8 +129,8 @@ fn options() -> MoveOptions {
     MoveOptions {
         // Small batches: most slots here move in several.
         batch_bytes: 64,
-        lease: Duration::from_millis(1500),
-        wait_timeout: Duration::from_secs(5),
+        lease: Duration::from_millis(2500),
+        wait_timeout: Duration::from_secs(1),
     }
 }
 
@@ -169,7 +169,34 @@ async fn slots_move_under_writers_and_trades_with_nothing_lost_or_applied_twice(
     let (from, to) = (cluster.nodes()[0].port(), cluster.nodes()[1].address());
     let slots = slots_on(&cluster, from);
     assert!(slots.len() >= 5, "only {} slots to move", slots.len());
-    let mut players_moved = 0;
+
+    // A replica that stalls before it has a step's writes stops the move at that step: the
+    // source's before the park is acknowledged, the target's before the restore is.
+    let source_replica = &cluster.replicas_of(&cluster.nodes()[0])[0];
+    let target_replica = &cluster.replicas_of(&cluster.nodes()[1])[0];
+    let mut stalled = claim(&cluster, slots[0], &to, "stalled")
+        .await
+        .expect("the slot is not the target's");
+    stalled.open().await.expect("opens");
+    let batches = stalled.unparked_batches().await.expect("lists");
+    source_replica.pause().expect("paused");
+    let e = stalled
+        .park(&batches[0])
+        .await
+        .expect_err("no acknowledgement");
+    source_replica.resume().expect("resumed");
+    assert!(format!("{e:#}").contains("replicas acknowledged"), "{e:#}");
+    let ids: Vec<String> = batches[0].iter().map(|(id, _)| id.clone()).collect();
+    target_replica.pause().expect("paused");
+    let e = stalled
+        .restore(Some(&ids))
+        .await
+        .expect_err("no acknowledgement");
+    target_replica.resume().expect("resumed");
+    assert!(format!("{e:#}").contains("replicas acknowledged"), "{e:#}");
+    drop(stalled);
+
+    let mut keys_restored = 0;
     for &slot in &slots {
         let moved = claim(&cluster, slot, &to, "test-run")
             .await
@@ -177,7 +204,7 @@ async fn slots_move_under_writers_and_trades_with_nothing_lost_or_applied_twice(
             .run_to_end()
             .await
             .unwrap_or_else(|e| panic!("slot {slot}: {e:#}"));
-        players_moved += moved.players;
+        keys_restored += moved.keys_restored;
     }
     let before = writers.acknowledged();
     assert!(
@@ -206,9 +233,11 @@ async fn slots_move_under_writers_and_trades_with_nothing_lost_or_applied_twice(
             "slot {slot}"
         );
     }
+    // Every slot holds a player at least, so each move restored a key at least (the
+    // stalled slot's rerun restored what the stalled run had parked).
     assert!(
-        players_moved >= slots.len() as u64,
-        "{players_moved} players moved"
+        keys_restored >= slots.len() as u64,
+        "{keys_restored} keys restored"
     );
 }
 
@@ -303,4 +332,159 @@ async fn stop_partway(m: &mut SlotMove, stop_after: u64) -> anyhow::Result<()> {
         return Ok(());
     }
     m.close_on_target().await
+}
+
+/// A configuration naming every node as a seed, so the tool and the store find the cluster
+/// whichever master is killed.
+fn all_seeds(cluster: &RedisCluster) -> colony::Config {
+    let mut config = cluster.config();
+    if let Some(c) = config.cluster.as_mut() {
+        c.seeds = cluster.nodes().iter().map(|n| n.address()).collect();
+    }
+    config
+}
+
+/// Waits until a live node names a master other than `killed` as `slot`'s owner.
+async fn failed_over(cluster: &RedisCluster, slot: u16, killed: u16, asked: usize) {
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster
+            .owner_of(slot, asked)
+            .is_ok_and(|o| o.port() != killed))
+        .await,
+        "slot {slot} never failed over from {killed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_move_loses_nothing_acknowledged() {
+    // Two replicas per master: a promoted replica still has one to acknowledge writes.
+    let mut cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
+    let mut config = all_seeds(&cluster);
+    config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+    config.redis.replicas_to_wait = 1;
+    config.redis.retry_deadline_ms = 20_000;
+    let store = Store::connect(&config).await.expect("reads the map");
+    let seeds = config.cluster.clone().expect("a [cluster]");
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 6, "mv", PLAYERS, 13);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trading = start_trading(store.clone(), stop.clone());
+    assert!(
+        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200).await,
+        "writes never got going"
+    );
+    let claim_on = |slot: u16, to: String, run: &'static str| {
+        let seeds = seeds.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match SlotMove::claim(
+                    &seeds,
+                    Slot::new(slot).expect("slot"),
+                    &to,
+                    run,
+                    1,
+                    options(),
+                )
+                .await
+                {
+                    Ok(m) => return m,
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        panic!("slot {slot}: never claimed: {e:#}")
+                    }
+                    // The killed run's lease, or the failover, has not passed yet.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+    };
+    let masters: Vec<(u16, String)> = cluster
+        .master_nodes()
+        .iter()
+        .map(|m| (m.port(), m.address()))
+        .collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let index_of = |port: u16| ports.iter().position(|&p| p == port).expect("a node");
+
+    // The source's master dies after a batch was parked (and waited for on its replicas),
+    // before the batch reached the target.
+    let (s_port, t_addr) = (masters[1].0, masters[2].1.clone());
+    let slot = slots_on(&cluster, s_port)[0];
+    let mut first = claim_on(slot, t_addr.clone(), "before-the-kill").await;
+    first.open().await.expect("opens");
+    let batches = first.unparked_batches().await.expect("lists");
+    let parked = first.park(&batches[0]).await.expect("parks");
+    assert!(parked > 0);
+    drop(first);
+    cluster.node_mut(index_of(s_port)).kill().expect("killed");
+    failed_over(&cluster, slot, s_port, index_of(masters[0].0)).await;
+    let moved = claim_on(slot, t_addr.clone(), "after-the-source-died")
+        .await
+        .run_to_end()
+        .await
+        .expect("the move finishes on the promoted source");
+    assert!(
+        moved.keys_restored >= parked,
+        "the parked copies were restored from the promoted source: {moved:?}"
+    );
+
+    // The target's master dies after a batch was restored (and waited for on its replicas);
+    // the move goes on to the replica that took its place.
+    let (s_port, t_port) = (masters[0].0, masters[2].0);
+    let slot = slots_on(&cluster, s_port)[0];
+    let mut first = claim_on(slot, t_addr.clone(), "before-the-kill").await;
+    first.open().await.expect("opens");
+    let batches = first.unparked_batches().await.expect("lists");
+    first.park(&batches[0]).await.expect("parks");
+    let ids: Vec<String> = batches[0].iter().map(|(id, _)| id.clone()).collect();
+    first.restore(Some(&ids)).await.expect("restores");
+    drop(first);
+    cluster.node_mut(index_of(t_port)).kill().expect("killed");
+    // The promoted replica: the new owner of a slot the dead target served.
+    let its_slot = slots_on(&cluster, t_port)
+        .first()
+        .copied()
+        .unwrap_or_else(|| {
+            (0..16384u16)
+                .find(|&s| {
+                    cluster
+                        .owner_of(s, index_of(s_port))
+                        .is_ok_and(|o| o.port() == t_port)
+                })
+                .expect("a slot of the target")
+        });
+    failed_over(&cluster, its_slot, t_port, index_of(s_port)).await;
+    let new_target = cluster
+        .owner_of(its_slot, index_of(s_port))
+        .expect("owned")
+        .address();
+    claim_on(slot, new_target.clone(), "after-the-target-died")
+        .await
+        .run_to_end()
+        .await
+        .expect("the move finishes on the promoted target");
+    assert_eq!(
+        cluster
+            .owner_of(slot, index_of(s_port))
+            .expect("owned")
+            .address(),
+        new_target
+    );
+
+    let before = writers.acknowledged();
+    assert!(
+        wait_until(Duration::from_secs(30), || writers.acknowledged()
+            >= before + 200)
+        .await,
+        "writes did not go on after the kills"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = trading.await.expect("trading ends");
+    writers
+        .stop()
+        .await
+        .check_against(&target)
+        .await
+        .assert_exact("writes while masters died mid-move");
+    assert_eq!(traders_total(&store).await, 200, "trades conserved");
 }
