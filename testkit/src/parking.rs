@@ -18,7 +18,9 @@ pub fn park_by_hand(url: &str, id: &str) -> redis::RedisResult<Parked> {
     let names: Vec<Vec<u8>> = conn.keys(format!("{{{id}}}*"))?;
     let mut keys = Vec::new();
     for name in names {
-        let dump: Vec<u8> = redis::cmd("DUMP").arg(&name).query(&mut conn)?;
+        // A key may vanish after the listing (a detached task forgetting a decision record).
+        let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&name).query(&mut conn)?;
+        let Some(dump) = dump else { continue };
         let ttl: i64 = conn.pttl(&name)?;
         let _: () = conn.del(&name)?;
         keys.push((name, dump, ttl));
