@@ -28,6 +28,13 @@ static CLAIM: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/claim.lua")));
 static RENEW: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/renew.lua")));
+/// Takes a restore queue off S in one step: its entries, and the key deleted.
+static TAKE_QUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local e = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES') \
+         redis.call('DEL', KEYS[1]) return e",
+    )
+});
 static PARK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/park.lua")));
 
@@ -70,17 +77,16 @@ pub fn key_role(slot: Slot, key: &[u8]) -> KeyRole {
     let Some(body) = key.strip_prefix('{') else {
         return KeyRole::Unknown;
     };
-    // `{<id>}<suffix>`: the id may itself hold `}:`, so each `}` is tried in turn and the
-    // first whose rest is a player's suffix wins.
-    for (i, _) in body.match_indices('}') {
-        let (id, rest) = (&body[..i], &body[i + 1..]);
-        if id.is_empty() {
-            continue;
-        }
-        if PLAYER_SUFFIXES.contains(&rest)
-            || PLAYER_PREFIXES
-                .iter()
-                .any(|p| rest.starts_with(p) && rest.len() > p.len())
+    // `{<id>}<suffix>`: the id may itself hold `}` and `:`, but no suffix holds `}` (attempt
+    // ids are hex, client ids and request ids are checked tokens), so the id ends at the
+    // last `}`.
+    if let Some(last) = body.rfind('}') {
+        let (id, rest) = (&body[..last], &body[last + 1..]);
+        if !id.is_empty()
+            && (PLAYER_SUFFIXES.contains(&rest)
+                || PLAYER_PREFIXES
+                    .iter()
+                    .any(|p| rest.starts_with(p) && rest.len() > p.len()))
         {
             return KeyRole::Player(id.to_string());
         }
@@ -150,6 +156,8 @@ pub struct SlotMove {
     t_replicas: usize,
     journal: String,
     parked: String,
+    /// Whether this run set S `MIGRATING`.
+    migrating: bool,
     /// What this run did.
     pub moved: Moved,
 }
@@ -302,6 +310,20 @@ impl SlotMove {
             .arg("target")
             .query_async(&mut s)
             .await?;
+        if recorded.is_none() {
+            let leftover: u64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot.get())
+                .query_async(&mut t)
+                .await?;
+            if leftover > 0 {
+                bail!(
+                    "{} holds {leftover} keys of slot {} it does not serve (a leftover): a new move there would bring them back",
+                    target_node.address,
+                    slot.get()
+                );
+            }
+        }
         let replaced = match recorded {
             Some(id) if id != target_node.id => match nodes.iter().find(|n| n.id == id) {
                 Some(n) if n.master && !n.failing && !n.unusable => bail!(
@@ -338,12 +360,14 @@ impl SlotMove {
             t_replicas,
             journal,
             parked,
+            migrating: false,
             moved: Moved {
                 slot: slot.get(),
                 ..Moved::default()
             },
         };
         claimed.wait_source().await.context("the claim")?;
+        claimed.fence_other_runs().await?;
         Ok(claimed)
     }
 
@@ -363,7 +387,11 @@ impl SlotMove {
     }
 
     /// Renews the lease (and adds `by` to the journal's `field`): every step calls it first.
+    ///
+    /// A renewal that took more than a third of the lease proves too little: the run stops
+    /// rather than act on a lease another run may have taken since.
     async fn renew(&mut self, field: &str, by: u64) -> anyhow::Result<()> {
+        let sent = Instant::now();
         let _: u64 = RENEW
             .key(&self.journal)
             .arg(&self.run)
@@ -373,6 +401,51 @@ impl SlotMove {
             .invoke_async(&mut self.s)
             .await
             .with_context(|| format!("renewing the lease on slot {}", self.slot.get()))?;
+        if sent.elapsed() > self.options.lease / 3 {
+            bail!(
+                "slot {}: renewing the lease took {:?}, too long to act on it",
+                self.slot.get(),
+                sent.elapsed()
+            );
+        }
+        Ok(())
+    }
+
+    /// Names this run's connections, then closes every other run's connection for this
+    /// slot on S and T: a paused or partitioned earlier run's commands, still in flight or
+    /// not yet sent, can never reach a node after this run took the move over.
+    async fn fence_other_runs(&mut self) -> anyhow::Result<()> {
+        let prefix = format!("colony-move-{}-", self.slot.get());
+        let name = format!("{prefix}{}", self.run);
+        for conn in [&mut self.s, &mut self.t] {
+            let () = redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&name)
+                .query_async(conn)
+                .await?;
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("normal")
+                .query_async(conn)
+                .await?;
+            for line in clients.lines() {
+                let field = |f: &str| {
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(f).and_then(|v| v.strip_prefix('=')))
+                };
+                if let (Some(id), Some(other)) = (field("id"), field("name")) {
+                    if other.starts_with(&prefix) && other != name {
+                        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+                            .arg("KILL")
+                            .arg("ID")
+                            .arg(id)
+                            .query_async(conn)
+                            .await;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -447,6 +520,7 @@ impl SlotMove {
             .query_async(&mut self.s)
             .await
             .with_context(|| format!("MIGRATING on {}", self.source.address))?;
+        self.migrating = true;
         Ok(())
     }
 
@@ -458,6 +532,13 @@ impl SlotMove {
     /// The players S still holds unparked, in batches of about `batch_bytes`.
     pub async fn unparked_batches(&mut self) -> anyhow::Result<Vec<Vec<(String, Vec<Vec<u8>>)>>> {
         let held = self.held().await?;
+        if let Some(key) = held.unknown.first() {
+            bail!(
+                "slot {} now holds a key that is not Colony's ({:?}): the close would drop it",
+                self.slot.get(),
+                String::from_utf8_lossy(key)
+            );
+        }
         let mut players = Vec::new();
         let mut pipe = redis::pipe();
         for (id, keys) in held.players {
@@ -503,8 +584,11 @@ impl SlotMove {
             }
         }
         for (id, keys) in batch {
+            // Every player gets a tombstone; while S is migrating, only on a meta S holds
+            // (a key of a migrating slot S lacks cannot be declared without TRYAGAIN, and
+            // Redis refuses such a player's scripts itself then).
             let meta = meta_key(id);
-            if keys.contains(&meta) {
+            if !self.migrating || keys.contains(&meta) {
                 invocation.key(meta);
             }
         }
@@ -526,62 +610,15 @@ impl SlotMove {
     /// whatever T holds). Returns the keys restored.
     pub async fn restore(&mut self, players: Option<&[String]>) -> anyhow::Result<u64> {
         self.renew("", 0).await?;
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = match players {
-            None => {
-                redis::cmd("HGETALL")
-                    .arg(&self.parked)
-                    .query_async(&mut self.s)
-                    .await?
-            }
-            Some(players) => {
-                let names: Vec<Vec<u8>> = redis::cmd("HKEYS")
-                    .arg(&self.parked)
-                    .query_async(&mut self.s)
-                    .await?;
-                let wanted: BTreeSet<&str> = players.iter().map(String::as_str).collect();
-                let names: Vec<Vec<u8>> = names
-                    .into_iter()
-                    .filter(|k| {
-                        matches!(key_role(self.slot, k), KeyRole::Player(id) if wanted.contains(id.as_str()))
-                    })
-                    .collect();
-                if names.is_empty() {
-                    Vec::new()
-                } else {
-                    let values: Vec<Vec<u8>> = redis::cmd("HMGET")
-                        .arg(&self.parked)
-                        .arg(&names)
-                        .query_async(&mut self.s)
-                        .await?;
-                    names.into_iter().zip(values).collect()
-                }
-            }
-        };
-        let mut entries: Vec<(Vec<u8>, u64, Vec<u8>)> = entries
-            .into_iter()
-            .filter(|(k, _)| k.as_slice() != b"_")
-            .map(|(k, v)| {
-                let colon = v
-                    .iter()
-                    .position(|&b| b == b':')
-                    .ok_or_else(|| anyhow!("a parked copy without its expiry"))?;
-                let expiry: u64 = std::str::from_utf8(&v[..colon])?.parse()?;
-                Ok((k, expiry, v[colon + 1..].to_vec()))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        // Metas last: a player is whole on T before its meta says it exists.
-        entries.sort_by_key(|(k, _, _)| k.ends_with(b":meta"));
-        let now = now_ms();
+        let entries = self.parked_entries(players).await?;
         let mut restored = 0;
         for chunk in entries.chunks(256) {
+            // Each pipeline to T goes under a lease renewed just before it.
+            self.renew("", 0).await?;
             let mut pipe = redis::pipe();
             for (key, expiry, dump) in chunk {
-                if *expiry != 0 && *expiry <= now {
-                    // Expired while parked: it would have expired on S too.
-                    pipe.cmd("ASKING").ignore();
-                    pipe.cmd("DEL").arg(key.as_slice()).ignore();
-                    continue;
-                }
+                // A key whose absolute expiry has passed is not created (and one T held is
+                // deleted, REPLACE): judged by T's clock, never the tool's.
                 pipe.cmd("ASKING").ignore();
                 pipe.cmd("RESTORE")
                     .arg(key.as_slice())
@@ -609,15 +646,17 @@ impl SlotMove {
         self.renew("", 0).await?;
         let held = self.held().await?;
         for key in held.bookkeeping {
+            self.renew("", 0).await?;
             let mut pipe = redis::pipe();
             pipe.cmd("ASKING").ignore();
             if key.ends_with(RESTORE_QUEUE.as_bytes()) {
-                let entries: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-                    .arg(key.as_slice())
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES")
-                    .query_async(&mut self.s)
+                // Taken off S (S is migrating: a push after this finds no queue on S and is
+                // sent to T by ASK), then merged on T, where a push may have created it
+                // already. Requests lost if the tool dies in between are asked again by
+                // the callers still waiting for them.
+                let entries: Vec<(Vec<u8>, f64)> = TAKE_QUEUE
+                    .key(key.as_slice())
+                    .invoke_async(&mut self.s)
                     .await?;
                 if entries.is_empty() {
                     continue;
@@ -771,14 +810,176 @@ impl SlotMove {
     /// Parks and restores every player S holds unparked, batch by batch. Returns how many
     /// batches that took.
     pub async fn move_unparked(&mut self) -> anyhow::Result<u64> {
-        let batches = self.unparked_batches().await?;
-        for batch in &batches {
-            self.park(batch).await?;
-            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-            self.restore(Some(&ids)).await?;
-            self.moved.batches += 1;
+        let mut moved = 0;
+        // A key that vanished between the listing and the park (an intent finished, a
+        // record expired) makes a migrating S answer TRYAGAIN: listed again.
+        for _ in 0..PARK_ATTEMPTS {
+            let batches = self.unparked_batches().await?;
+            if batches.is_empty() {
+                return Ok(moved);
+            }
+            for batch in &batches {
+                match self.park(batch).await {
+                    Ok(_) => {}
+                    Err(e) if format!("{e:#}").contains("TRYAGAIN") => break,
+                    Err(e) => return Err(e),
+                }
+                let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                self.restore(Some(&ids)).await?;
+                self.moved.batches += 1;
+                moved += 1;
+            }
         }
-        Ok(batches.len() as u64)
+        bail!(
+            "slot {}: players' keys kept changing under {PARK_ATTEMPTS} listings",
+            self.slot.get()
+        )
+    }
+
+    /// Undoes a half-done move: `STABLE` on S first (its tombstones keep refusing), every
+    /// parked copy restored on S (`REPLACE`, metas last, replacing the tombstones) and waited
+    /// for on S's replicas, then everything the move put on T deleted (after `ASKING`) and
+    /// waited for, `STABLE` on T, and the journal and parked copies deleted. Refused once T
+    /// owns the slot: that move is finished with a rerun instead. Returns the keys restored.
+    pub async fn abort(mut self) -> anyhow::Result<u64> {
+        if self.target_owns().await? {
+            bail!(
+                "slot {} is already {}'s: the move can only be finished (reshard --resume)",
+                self.slot.get(),
+                self.target.address
+            );
+        }
+        self.renew("", 0).await?;
+        let slot = self.slot.get();
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("STABLE")
+            .query_async(&mut self.s)
+            .await
+            .with_context(|| format!("STABLE on {}", self.source.address))?;
+        let entries = self.parked_entries(None).await?;
+        let mut restored = 0;
+        for chunk in entries.chunks(256) {
+            let mut pipe = redis::pipe();
+            for (key, expiry, dump) in chunk {
+                pipe.cmd("RESTORE")
+                    .arg(key.as_slice())
+                    .arg(*expiry)
+                    .arg(dump.as_slice())
+                    .arg("REPLACE")
+                    .arg("ABSTTL")
+                    .ignore();
+                restored += 1;
+            }
+            let () = pipe
+                .query_async(&mut self.s)
+                .await
+                .with_context(|| format!("restoring on {}", self.source.address))?;
+        }
+        self.wait_source().await.context("the abort's restore")?;
+        self.renew("", 0).await?;
+        let count: u64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query_async(&mut self.t)
+            .await?;
+        let on_target: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(count.max(1))
+            .query_async(&mut self.t)
+            .await?;
+        for chunk in on_target.chunks(256) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("ASKING").ignore();
+                pipe.cmd("DEL").arg(key.as_slice()).ignore();
+            }
+            let () = pipe.query_async(&mut self.t).await?;
+        }
+        self.wait_target()
+            .await
+            .context("the abort's clean-up on the target")?;
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("STABLE")
+            .query_async(&mut self.t)
+            .await
+            .with_context(|| format!("STABLE on {}", self.target.address))?;
+        let left: u64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query_async(&mut self.t)
+            .await?;
+        if left > 0 {
+            bail!(
+                "{} still holds {left} keys of slot {slot} after the abort",
+                self.target.address
+            );
+        }
+        let () = redis::cmd("DEL")
+            .arg(&self.journal)
+            .arg(&self.parked)
+            .query_async(&mut self.s)
+            .await?;
+        self.wait_source().await.context("the journal's removal")?;
+        Ok(restored)
+    }
+
+    /// The parked copies on S (all, or the keys of `players`), as (key, expiry ms or 0,
+    /// `DUMP` value), metas last.
+    async fn parked_entries(
+        &mut self,
+        players: Option<&[String]>,
+    ) -> anyhow::Result<Vec<(Vec<u8>, u64, Vec<u8>)>> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = match players {
+            None => {
+                redis::cmd("HGETALL")
+                    .arg(&self.parked)
+                    .query_async(&mut self.s)
+                    .await?
+            }
+            Some(players) => {
+                let names: Vec<Vec<u8>> = redis::cmd("HKEYS")
+                    .arg(&self.parked)
+                    .query_async(&mut self.s)
+                    .await?;
+                let wanted: BTreeSet<&str> = players.iter().map(String::as_str).collect();
+                let names: Vec<Vec<u8>> = names
+                    .into_iter()
+                    .filter(|k| {
+                        matches!(key_role(self.slot, k), KeyRole::Player(id) if wanted.contains(id.as_str()))
+                    })
+                    .collect();
+                if names.is_empty() {
+                    Vec::new()
+                } else {
+                    let values: Vec<Vec<u8>> = redis::cmd("HMGET")
+                        .arg(&self.parked)
+                        .arg(&names)
+                        .query_async(&mut self.s)
+                        .await?;
+                    names.into_iter().zip(values).collect()
+                }
+            }
+        };
+        let mut entries: Vec<(Vec<u8>, u64, Vec<u8>)> = entries
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() != b"_")
+            .map(|(k, v)| {
+                let colon = v
+                    .iter()
+                    .position(|&b| b == b':')
+                    .ok_or_else(|| anyhow!("a parked copy without its expiry"))?;
+                let expiry: u64 = std::str::from_utf8(&v[..colon])?.parse()?;
+                Ok((k, expiry, v[colon + 1..].to_vec()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        // Metas last: a player is whole before its meta says it exists.
+        entries.sort_by_key(|(k, _, _)| k.ends_with(b":meta"));
+        Ok(entries)
     }
 
     /// Whether T already claims the slot (a run killed during the close).
@@ -787,6 +988,9 @@ impl SlotMove {
         Ok(owner_of(&view, self.slot).map(|n| n.id.as_str()) == Some(self.target.id.as_str()))
     }
 }
+
+/// Listings of a slot's players a move makes before it gives up on keys that keep changing.
+const PARK_ATTEMPTS: usize = 20;
 
 /// How long the close may take to be confirmed by every node.
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
@@ -847,26 +1051,27 @@ fn meta_key(id: &str) -> Vec<u8> {
     format!("{{{id}}}:meta").into_bytes()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Every key S holds of `slot`, by role.
 async fn list_keys(conn: &mut MultiplexedConnection, slot: Slot) -> anyhow::Result<SlotKeysHeld> {
-    let count: u64 = redis::cmd("CLUSTER")
+    // Keys created between a count and the listing would push others out of a listing of
+    // exactly that count: ask for more than counted until the answer is shorter than asked.
+    let mut asked: u64 = redis::cmd("CLUSTER")
         .arg("COUNTKEYSINSLOT")
         .arg(slot.get())
         .query_async(conn)
         .await?;
-    let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-        .arg("GETKEYSINSLOT")
-        .arg(slot.get())
-        .arg(count.max(1))
-        .query_async(conn)
-        .await?;
+    let keys: Vec<Vec<u8>> = loop {
+        asked = asked + asked / 4 + 16;
+        let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot.get())
+            .arg(asked)
+            .query_async(conn)
+            .await?;
+        if (keys.len() as u64) < asked {
+            break keys;
+        }
+    };
     let mut held = SlotKeysHeld::default();
     for key in keys {
         match key_role(slot, &key) {
@@ -937,5 +1142,19 @@ mod tests {
             KeyRole::Player("a}:pub".into())
         );
         assert_eq!(key_role(slot, b"{a}:pub"), KeyRole::Player("a".into()));
+        // Another player's keys are never credited to a player whose id is a prefix.
+        let slot = slot_of("{a}:decision:z}:meta");
+        assert_eq!(
+            key_role(slot, b"{a}:decision:z}:meta"),
+            KeyRole::Player("a}:decision:z".into())
+        );
+        assert_eq!(
+            key_role(slot, b"{a}:decision:z}:decision:0f"),
+            KeyRole::Player("a}:decision:z".into())
+        );
+        assert_eq!(
+            key_role(slot, b"{a}:decision:0f"),
+            KeyRole::Player("a".into())
+        );
     }
 }

@@ -3,8 +3,8 @@
 -- each player's meta is left holding only the tombstone m, which every Colony script refuses
 -- with MOVING. The parked copies stay the authority until the move's close is confirmed.
 -- KEYS[1] colony:{<slot tag>}:move  KEYS[2] colony:{<slot tag>}:parked
--- KEYS[3 .. 2+n] the players' keys to park; KEYS[3+n ..] the metas among them (a player
---   without a meta has nothing a script could find it by, and no tombstone)
+-- KEYS[3 .. 2+n] the players' keys to park; KEYS[3+n ..] every player's {id}:meta, which
+--   takes the tombstone (written even where the player had none, unless the node refuses)
 -- ARGV[1] run id  ARGV[2] generation  ARGV[3] n
 -- Reply: keys parked now. A meta already holding a tombstone is not dumped (its real copy is
 -- parked already). Errors: FENCED (another run, or the lease passed; nothing written).
@@ -20,7 +20,9 @@ for i = 3 + n, #KEYS do
   metas[KEYS[i]] = true
   if redis.call('HEXISTS', KEYS[i], 'm') == 1 then tombstoned[KEYS[i]] = true end
 end
+-- First the copies: a failure past this point leaves the players whole on S.
 local parked = 0
+local taken = {}
 for i = 3, 2 + n do
   local key = KEYS[i]
   if not tombstoned[key] then
@@ -29,26 +31,34 @@ for i = 3, 2 + n do
       local expiry = 0
       if ttl >= 0 then expiry = now + ttl end
       redis.call('HSET', KEYS[2], key, expiry .. ':' .. redis.call('DUMP', key))
-      -- A meta is emptied in place below, never deleted: while the slot is MIGRATING, Redis
-      -- refuses a script that writes a key of the slot the node does not hold.
-      if not metas[key] then redis.call('DEL', key) end
+      taken[#taken + 1] = key
       parked = parked + 1
     end
   end
 end
+-- Then the tombstones, before anything is deleted. A meta the node does not hold cannot be
+-- written while the slot is MIGRATING ("non local key"): such a player (keys without a
+-- meta) is refused by Redis itself then (TRYAGAIN: its scripts' keys are partly here).
 for i = 3 + n, #KEYS do
   local meta = KEYS[i]
-  redis.call('HSET', meta, 'm', ARGV[2])
-  local fields = redis.call('HKEYS', meta)
-  local drop = {}
-  for _, f in ipairs(fields) do
-    if f ~= 'm' then drop[#drop + 1] = f end
-    if #drop == 1000 then
-      redis.call('HDEL', meta, unpack(drop))
-      drop = {}
+  local written = redis.pcall('HSET', meta, 'm', ARGV[2])
+  if type(written) ~= 'table' or not written.err then
+    local fields = redis.call('HKEYS', meta)
+    local drop = {}
+    for _, f in ipairs(fields) do
+      if f ~= 'm' then drop[#drop + 1] = f end
+      if #drop == 1000 then
+        redis.call('HDEL', meta, unpack(drop))
+        drop = {}
+      end
     end
+    if #drop > 0 then redis.call('HDEL', meta, unpack(drop)) end
   end
-  if #drop > 0 then redis.call('HDEL', meta, unpack(drop)) end
+end
+-- Last, the keys themselves. A meta is emptied above, never deleted: while the slot is
+-- MIGRATING, a key deleted could not be written again.
+for _, key in ipairs(taken) do
+  if not metas[key] then redis.call('DEL', key) end
 end
 redis.call('HINCRBY', KEYS[1], 'parked', parked)
 return parked
