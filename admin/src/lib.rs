@@ -7,6 +7,7 @@
 //! gateways never send.
 
 pub mod nodes;
+pub mod reshard;
 pub mod slot_move;
 pub mod status;
 

@@ -32,6 +32,9 @@ pub struct Status {
     pub shards: Vec<ShardStatus>,
     /// Slot moves in progress, as the nodes that hold them say.
     pub moves: Vec<SlotMove>,
+    /// Moves of `colony-admin` whose journal is still on a source master: stopped half-way
+    /// (or running now), with how to finish or undo them.
+    pub half_done: Vec<HalfDone>,
     /// Masters that serve no slot yet (a node just added), by address.
     pub empty_masters: Vec<String>,
     /// Nodes that did not answer (their own moves are unknown).
@@ -79,6 +82,84 @@ pub struct SlotMove {
     pub peer: String,
 }
 
+/// A move of one slot whose journal (`colony:{<slot tag>}:move`) a master holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HalfDone {
+    /// The slot.
+    pub slot: u16,
+    /// The master holding the journal (the slot's source).
+    pub source: String,
+    /// The target's node id, as the journal names it.
+    pub target_id: String,
+    /// The target's address, when the map still lists that node.
+    pub target: Option<String>,
+    /// The run that holds (or held) the move.
+    pub run: String,
+    /// Milliseconds left on that run's lease (0: passed, anyone may resume or abort).
+    pub lease_left_ms: u64,
+    /// Keys parked so far.
+    pub parked: u64,
+    /// Keys restored on the target so far (restores repeated by a rerun included).
+    pub restored: u64,
+}
+
+/// The journals of half-done moves on every master of `nodes` (a `SCAN` of each master's
+/// keys: an operator's occasional look, never on the players' path).
+pub async fn half_done_moves(
+    cluster: &ClusterConfig,
+    nodes: &[ClusterNode],
+) -> anyhow::Result<Vec<HalfDone>> {
+    let mut found = Vec::new();
+    for master in nodes
+        .iter()
+        .filter(|n| n.master && !n.failing && !n.unusable)
+    {
+        let mut conn = node_connection(&master.address, cluster, NODE_TIMEOUT)
+            .await
+            .with_context(|| format!("connecting to {}", master.address))?;
+        let (now_s, now_us): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let now = now_s * 1000 + now_us / 1000;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("colony:{*}:move")
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut conn)
+                .await?;
+            for key in keys {
+                let journal: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await?;
+                let number = |f: &str| journal.get(f).and_then(|v| v.parse::<u64>().ok());
+                let target_id = journal.get("target").cloned().unwrap_or_default();
+                found.push(HalfDone {
+                    slot: colony::slot::key_slot(key.as_bytes()).get(),
+                    source: master.address.clone(),
+                    target: nodes
+                        .iter()
+                        .find(|n| n.id == target_id)
+                        .map(|n| n.address.clone()),
+                    target_id,
+                    run: journal.get("run").cloned().unwrap_or_default(),
+                    lease_left_ms: number("lease").unwrap_or(0).saturating_sub(now),
+                    parked: number("parked").unwrap_or(0),
+                    restored: number("restored").unwrap_or(0),
+                });
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    found.sort_by_key(|h| h.slot);
+    Ok(found)
+}
+
 /// Reads the cluster's state from the nodes `cluster` names (and every node they list).
 pub async fn status(cluster: &ClusterConfig) -> anyhow::Result<Status> {
     let (source, nodes) = first_answer(&cluster.seeds, cluster).await?;
@@ -122,11 +203,13 @@ pub async fn status(cluster: &ClusterConfig) -> anyhow::Result<Status> {
         .filter(|n| n.master && n.slots.is_empty() && !n.failing && !n.unusable)
         .map(|n| n.address.clone())
         .collect();
+    let half_done = half_done_moves(cluster, &nodes).await?;
     Ok(Status {
         epoch: view.epoch(),
         read_from: source,
         shards,
         moves,
+        half_done,
         empty_masters,
         unreachable,
     })
@@ -260,6 +343,23 @@ impl Status {
                 m.node,
                 if m.state == "migrating" { "to" } else { "from" },
                 m.peer
+            ));
+        }
+        for h in &self.half_done {
+            out.push_str(&format!(
+                "  slot {} is half moved from {} to {} by run {} ({} keys parked, {} restored; {}): finish with `colony-admin reshard --resume`, undo with `colony-admin reshard --abort {}`\n",
+                h.slot,
+                h.source,
+                h.target.as_deref().unwrap_or(&h.target_id),
+                h.run,
+                h.parked,
+                h.restored,
+                if h.lease_left_ms > 0 {
+                    format!("its lease has {} ms left", h.lease_left_ms)
+                } else {
+                    "its lease has passed".to_string()
+                },
+                h.slot
             ));
         }
         for node in &self.empty_masters {
