@@ -4,8 +4,9 @@
 //! Everything is checked before anything changes: the address is not a node of the cluster
 //! already, it runs with `cluster-enabled yes`, knows no other node and holds no key, and the
 //! master named by `--replica-of` is one. Then the new node meets the node whose map was
-//! read, and the tool waits (with a deadline) until the new node knows every node, and, for a
-//! replica, until it follows its master and the node whose map was read lists it so.
+//! read, and the tool waits (with a deadline) until the new node knows every node and sees
+//! the cluster's state as ok, and, for a replica, until it follows its master and the node
+//! whose map was read lists it so.
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,21 @@ pub async fn add_node(
     })
     .await
     .with_context(|| format!("{address} did not learn the cluster within {JOIN_DEADLINE:?}"))?;
+    // Until it has learned the slots' owners, a new node answers CLUSTERDOWN to everything
+    // (a move's restores included).
+    wait_until(|| async {
+        let mut conn = node_connection(address, cluster, NODE_TIMEOUT).await.ok()?;
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        info.lines()
+            .any(|l| l.trim() == "cluster_state:ok")
+            .then_some(())
+    })
+    .await
+    .with_context(|| format!("{address} never saw the cluster's state as ok"))?;
     let role = match &master {
         None => "master".to_string(),
         Some(master) => {

@@ -4,27 +4,11 @@
 
 use std::time::Duration;
 
-use colony_testkit::{free_port, wait_until, Profile, RedisCluster, RedisServer};
+use colony_testkit::{wait_until, Profile, RedisCluster, RedisServer};
 
 /// A fresh cluster-enabled node, knowing no other.
 fn fresh_node() -> RedisServer {
-    let bus = free_port().expect("a port").to_string();
-    RedisServer::start_profile(
-        Profile::Plain,
-        &[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            &bus,
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-            "--cluster-require-full-coverage",
-            "no",
-        ],
-    )
-    .expect("a node starts")
+    RedisCluster::fresh_node(Profile::Plain).expect("a node starts")
 }
 
 /// How many nodes `node` knows (itself included).

@@ -24,6 +24,27 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// A fresh cluster-enabled node with this harness's settings, knowing no other node: what
+    /// `colony-admin add-node` takes in.
+    pub fn fresh_node(profile: Profile) -> std::io::Result<RedisServer> {
+        let bus = free_port()?.to_string();
+        RedisServer::start_profile(
+            profile,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-require-full-coverage",
+                "no",
+            ],
+        )
+    }
+
     /// Starts `masters` × (1 + `replicas`) nodes from `profile` with `extra` arguments,
     /// splits the slots evenly over the masters (in order), and waits until every node says
     /// the cluster is ok, agrees on every slot's owner and every replica is in sync.
