@@ -10,10 +10,14 @@ use anyhow::{bail, Context};
 use colony::cluster_view::ClusterNode;
 use colony::config::ClusterConfig;
 use colony::slot::{Slot, SLOT_COUNT};
-use colony::store::{cluster_nodes, node_connection};
+use colony::store::node_connection;
 use serde::Serialize;
 
-use crate::slot_move::{MoveOptions, Moved, SlotMove};
+use crate::slot_move::{confirm_closes, move_in_progress, Closing, MoveOptions, Moved, SlotMove};
+
+/// Closed moves confirmed together: a run stopped between two groups leaves at most this many
+/// `MIGRATING` marks waiting for gossip (which `reshard` and `status` recognise as closes).
+const CONFIRM_EVERY: usize = 128;
 use crate::status::{first_answer, half_done_moves, HalfDone, NODE_TIMEOUT};
 
 /// Parses `A-B[,C-D…]` (single slots allowed): every slot once, in order. Refused: an empty
@@ -139,16 +143,8 @@ async fn refuse_concurrent(cluster: &ClusterConfig, nodes: &[ClusterNode]) -> an
             h.slot
         );
     }
-    for node in nodes.iter().filter(|n| n.master && !n.failing) {
-        let own = cluster_nodes(&node.address, cluster, NODE_TIMEOUT).await?;
-        if let Some(me) = own.iter().find(|n| n.id == node.id) {
-            if let Some((slot, _)) = me.migrating.iter().chain(&me.importing).next() {
-                bail!(
-                    "slot {slot} is being moved by {} (another tool?): a second concurrent move is refused",
-                    node.address
-                );
-            }
-        }
+    if let Some(busy) = move_in_progress(cluster, nodes, None).await? {
+        bail!("{busy} (another tool?): a second concurrent move is refused");
     }
     Ok(())
 }
@@ -196,6 +192,7 @@ async fn run_moves(
     let started = Instant::now();
     let run = run_id();
     let mut report = Report::default();
+    let mut unconfirmed: Vec<Closing> = Vec::new();
     for (done, (slot, target)) in moves.iter().enumerate() {
         let slot_no = Slot::new(*slot).with_context(|| format!("slot {slot}"))?;
         let moved = SlotMove::claim(
@@ -208,13 +205,20 @@ async fn run_moves(
         )
         .await
         .with_context(|| format!("slot {slot}"))?
-        .run_to_end()
+        .run_to_close()
         .await
         .with_context(|| {
             format!(
                 "slot {slot} stopped half-way; `colony-admin status` shows it, `reshard --resume` finishes it"
             )
         })?;
+        let (moved, (_, closed)) = moved;
+        unconfirmed.push(closed);
+        // Closes are confirmed in groups: gossip takes the same time for one slot or many.
+        if unconfirmed.len() >= CONFIRM_EVERY || done + 1 == moves.len() {
+            confirm_closes(cluster, &unconfirmed).await?;
+            unconfirmed.clear();
+        }
         report.players += moved.players;
         report.keys += moved.keys_restored;
         progress.slot_moved(done + 1, moves.len(), &moved);

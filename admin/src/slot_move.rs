@@ -183,29 +183,142 @@ fn owner_of(nodes: &[ClusterNode], slot: Slot) -> Option<&ClusterNode> {
         .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot.get())))
 }
 
-/// A slot moving anywhere but `slot`, as the masters list in their own lines.
-async fn other_moves(
+/// A slot moving anywhere but `except`, as the masters list in their own lines (a node
+/// lists its `MIGRATING`/`IMPORTING` marks only there). A source's `MIGRATING` mark toward a
+/// target that names itself the slot's owner is a closed move waiting for gossip to reach
+/// the source, not a move in progress.
+pub async fn move_in_progress(
     cluster: &ClusterConfig,
     nodes: &[ClusterNode],
-    slot: Slot,
+    except: Option<u16>,
 ) -> anyhow::Result<Option<String>> {
+    let mut views = Vec::new();
     for node in nodes.iter().filter(|n| n.master && !n.failing) {
         let own = cluster_nodes(&node.address, cluster, NODE_TIMEOUT)
             .await
             .with_context(|| format!("asking {} for its own moves", node.address))?;
+        views.push((node.clone(), own));
+    }
+    let claims = |peer: &str, slot: u16| {
+        views.iter().any(|(node, own)| {
+            node.id == peer
+                && Slot::new(slot)
+                    .and_then(|s| owner_of(own, s))
+                    .is_some_and(|o| o.id == peer)
+        })
+    };
+    for (node, own) in &views {
         let Some(me) = own.iter().find(|n| n.id == node.id) else {
             continue;
         };
         let busy = me
             .migrating
             .iter()
+            .filter(|(s, peer)| !claims(peer, *s))
             .chain(&me.importing)
-            .find(|(s, _)| *s != slot.get());
+            .find(|(s, _)| Some(*s) != except);
         if let Some((s, _)) = busy {
             return Ok(Some(format!("slot {s} is being moved by {}", node.address)));
         }
     }
     Ok(None)
+}
+
+/// A move closed on the target whose confirmation is left for later: many slots' closes
+/// are then confirmed by one look at every node (gossip takes the same time for all).
+#[derive(Debug, Clone)]
+pub struct Closing {
+    /// The slot.
+    pub slot: Slot,
+    /// The source's address and node id.
+    pub source: (String, String),
+    /// The target's address and node id.
+    pub target: (String, String),
+}
+
+/// Waits until every node of the map names each closed slot's target its owner and each
+/// source holds no key of its slot (it dropped its leftovers: tombstones, bookkeeping,
+/// journal, parked copies), then clears the sources' `MIGRATING` marks (`STABLE`).
+pub async fn confirm_closes(cluster: &ClusterConfig, closing: &[Closing]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CLOSE_DEADLINE;
+    let mut pending: Vec<Closing> = closing.to_vec();
+    while !pending.is_empty() {
+        let mut missing = String::new();
+        if let Ok(nodes) = map(cluster).await {
+            let mut views = Vec::new();
+            for node in nodes.iter().filter(|n| !n.failing && !n.unusable) {
+                if let Ok(view) = cluster_nodes(&node.address, cluster, NODE_TIMEOUT).await {
+                    views.push((node.address.clone(), view));
+                }
+            }
+            let mut still = Vec::new();
+            for c in pending {
+                let named_by_all = views
+                    .iter()
+                    .all(|(_, view)| owner_of(view, c.slot).is_some_and(|o| o.id == c.target.1));
+                if !named_by_all {
+                    missing = format!(
+                        "not every node names {} the owner of slot {}",
+                        c.target.0,
+                        c.slot.get()
+                    );
+                    still.push(c);
+                    continue;
+                }
+                match settle_source(cluster, &c).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        missing =
+                            format!("{} still holds keys of slot {}", c.source.0, c.slot.get());
+                        still.push(c);
+                    }
+                    Err(e) => {
+                        missing = format!("{e:#}");
+                        still.push(c);
+                    }
+                }
+            }
+            pending = still;
+        }
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} closed moves not confirmed after {CLOSE_DEADLINE:?} ({missing}); run again to finish",
+                pending.len()
+            );
+        }
+        // Gossip spreads the targets' claims within a few cluster-bus pings.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Clears a closed move's mark on its source once it holds no key of the slot; whether it
+/// is done. A source that lost its last slot is a replica of the new owner now (Redis's
+/// `cluster-allow-replica-migration`): its keys are its master's, and Redis cleared its marks.
+async fn settle_source(cluster: &ClusterConfig, c: &Closing) -> anyhow::Result<bool> {
+    let own = cluster_nodes(&c.source.0, cluster, NODE_TIMEOUT).await?;
+    if own.iter().any(|n| n.id == c.source.1 && !n.master) {
+        return Ok(true);
+    }
+    let mut conn = node_connection(&c.source.0, cluster, NODE_TIMEOUT).await?;
+    let left: u64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(c.slot.get())
+        .query_async(&mut conn)
+        .await?;
+    if left > 0 {
+        return Ok(false);
+    }
+    let () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(c.slot.get())
+        .arg("STABLE")
+        .query_async(&mut conn)
+        .await?;
+    Ok(true)
 }
 
 impl SlotMove {
@@ -269,7 +382,7 @@ impl SlotMove {
                 target_node.address
             );
         }
-        if let Some(busy) = other_moves(cluster, &nodes, slot).await? {
+        if let Some(busy) = move_in_progress(cluster, &nodes, Some(slot.get())).await? {
             bail!("another move is in progress: {busy}");
         }
         // A reply may take a whole WAIT: the connections' timeout leaves room for it.
@@ -692,8 +805,17 @@ impl SlotMove {
     /// leftovers); confirmed when every node names T and S holds no key of the slot.
     pub async fn close(&mut self) -> anyhow::Result<()> {
         self.close_on_target().await?;
+        self.tell_masters().await;
+        self.confirm_close().await
+    }
+
+    /// `SETSLOT NODE T` on every master but S and T: gossip carries T's claim anyway; telling
+    /// every master saves the wait.
+    async fn tell_masters(&mut self) {
         let slot = self.slot.get();
-        let nodes = map(&self.cluster).await?;
+        let Ok(nodes) = map(&self.cluster).await else {
+            return;
+        };
         for node in nodes
             .iter()
             .filter(|n| n.master && !n.failing && n.id != self.source.id && n.id != self.target.id)
@@ -710,7 +832,6 @@ impl SlotMove {
                     .await;
             }
         }
-        self.confirm_close().await
     }
 
     /// The first half of the close, on T alone: `IMPORTING` again (a failed-over T lost
@@ -736,60 +857,38 @@ impl SlotMove {
         Ok(())
     }
 
-    /// Waits until every node of the map names T as the slot's owner and S holds no key of
-    /// it (S dropped its leftovers: tombstones, bookkeeping, journal, parked copies).
-    pub async fn confirm_close(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + CLOSE_DEADLINE;
-        loop {
-            if self.closed().await.unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "slot {}: not every node names {} its owner after {CLOSE_DEADLINE:?}; run again to finish",
-                    self.slot.get(),
-                    self.target.address
-                );
-            }
-            // Gossip spreads T's claim within a few cluster-bus pings.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// What confirming this move's close waits for.
+    pub fn closing(&self) -> Closing {
+        Closing {
+            slot: self.slot,
+            source: (self.source.address.clone(), self.source.id.clone()),
+            target: (self.target.address.clone(), self.target.id.clone()),
         }
     }
 
-    async fn closed(&mut self) -> anyhow::Result<bool> {
-        let nodes = map(&self.cluster).await?;
-        for node in nodes.iter().filter(|n| !n.failing && !n.unusable) {
-            let view = cluster_nodes(&node.address, &self.cluster, NODE_TIMEOUT).await?;
-            if owner_of(&view, self.slot).map(|n| n.id.as_str()) != Some(self.target.id.as_str()) {
-                return Ok(false);
-            }
-        }
-        let left: u64 = redis::cmd("CLUSTER")
-            .arg("COUNTKEYSINSLOT")
-            .arg(self.slot.get())
-            .query_async(&mut self.s)
-            .await?;
-        if left > 0 {
-            return Ok(false);
-        }
-        // S keeps its MIGRATING mark after gossip took the slot away (Redis clears it only
-        // by SETSLOT on S itself); it holds no key of the slot now, so it is cleared.
-        let () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(self.slot.get())
-            .arg("STABLE")
-            .query_async(&mut self.s)
-            .await?;
-        Ok(true)
+    /// Waits until every node names T as the slot's owner and S dropped the slot's keys,
+    /// then clears S's mark.
+    pub async fn confirm_close(&mut self) -> anyhow::Result<()> {
+        confirm_closes(&self.cluster, &[self.closing()])
+            .await
+            .with_context(|| format!("slot {}", self.slot.get()))
     }
 
     /// Steps 2 to 7 from wherever the journal stands: open, restore every parked copy, park
     /// and restore the players batch by batch, set S migrating, copy the bookkeeping and
     /// look for players again until none is left unparked, close.
-    pub async fn run_to_end(mut self) -> anyhow::Result<Moved> {
+    pub async fn run_to_end(self) -> anyhow::Result<Moved> {
+        let (moved, (cluster, closing)) = self.run_to_close().await?;
+        confirm_closes(&cluster, &[closing]).await?;
+        Ok(moved)
+    }
+
+    /// [`SlotMove::run_to_end`] up to the close sent to every master, its confirmation left
+    /// to the caller ([`confirm_closes`], for many slots at once).
+    pub async fn run_to_close(mut self) -> anyhow::Result<(Moved, (ClusterConfig, Closing))> {
+        let closing = (self.cluster.clone(), self.closing());
         if self.target_owns().await? {
-            self.confirm_close().await?;
-            return Ok(self.moved);
+            return Ok((self.moved, closing));
         }
         self.open().await?;
         self.restore(None).await?;
@@ -803,8 +902,9 @@ impl SlotMove {
                 break;
             }
         }
-        self.close().await?;
-        Ok(self.moved)
+        self.close_on_target().await?;
+        self.tell_masters().await;
+        Ok((self.moved, closing))
     }
 
     /// Parks and restores every player S holds unparked, batch by batch. Returns how many
