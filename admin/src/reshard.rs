@@ -195,13 +195,15 @@ async fn run_moves(
     let mut unconfirmed: Vec<Closing> = Vec::new();
     for (done, (slot, target)) in moves.iter().enumerate() {
         let slot_no = Slot::new(*slot).with_context(|| format!("slot {slot}"))?;
-        let moved = SlotMove::claim(
+        // The run looked for moves in progress before its first slot.
+        let moved = SlotMove::claim_checked(
             cluster,
             slot_no,
             target,
             &run,
             pace.replicas,
             pace.options.clone(),
+            done == 0,
         )
         .await
         .with_context(|| format!("slot {slot}"))?

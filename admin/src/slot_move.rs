@@ -336,6 +336,21 @@ impl SlotMove {
         replicas: usize,
         options: MoveOptions,
     ) -> anyhow::Result<SlotMove> {
+        Self::claim_checked(cluster, slot, target, run, replicas, options, true).await
+    }
+
+    /// [`SlotMove::claim`], asking every master for moves in progress only when `look` is
+    /// set: a run of many moves looks once, before its first (each slot's journal and lease
+    /// still keep two runs off one slot).
+    pub async fn claim_checked(
+        cluster: &ClusterConfig,
+        slot: Slot,
+        target: &str,
+        run: &str,
+        replicas: usize,
+        options: MoveOptions,
+        look: bool,
+    ) -> anyhow::Result<SlotMove> {
         if options.lease < options.wait_timeout * 2 {
             bail!(
                 "the lease ({:?}) must be at least twice the replicas' wait ({:?}): a step that waits must not outlive it",
@@ -382,8 +397,10 @@ impl SlotMove {
                 target_node.address
             );
         }
-        if let Some(busy) = move_in_progress(cluster, &nodes, Some(slot.get())).await? {
-            bail!("another move is in progress: {busy}");
+        if look {
+            if let Some(busy) = move_in_progress(cluster, &nodes, Some(slot.get())).await? {
+                bail!("another move is in progress: {busy}");
+            }
         }
         // A reply may take a whole WAIT: the connections' timeout leaves room for it.
         let patience = NODE_TIMEOUT + options.wait_timeout;

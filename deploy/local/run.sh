@@ -17,6 +17,11 @@
 #                                     # the same on a Redis Cluster instead of Sentinel shards:
 #                                     # COLONY_LOCAL_SHARDS masters (at least 3) with their
 #                                     # replicas, failing over by the cluster's own election
+#   bash deploy/local/run.sh --cluster --reshard
+#                                     # a load test through two gateways while colony-admin
+#                                     # adds a master (and its replicas) and moves a third of
+#                                     # the slots onto it; the move's window is shaded in the
+#                                     # report
 #
 # Ctrl-C (or the end of the demo) stops everything and removes the cluster's files.
 #
@@ -32,7 +37,8 @@
 # (default 3), COLONY_LOCAL_GATEWAYS (default 1, 2 with --chaos), COLONY_LOCAL_IDLE_SECS
 # (when players count as inactive: default 60, 10 with --demo and --chaos so that the load
 # test's returning players are archived and restored), COLONY_DEMO_SECONDS (default 30, 60 with
-# --chaos), COLONY_CHAOS_EVERY (default 10: seconds between faults), COLONY_LOCAL_BIN_DIR
+# --chaos, 300 with --reshard), COLONY_RESHARD_SHARE (with --reshard: the share of the slots
+# moved, 1/N, default 3), COLONY_CHAOS_EVERY (default 10: seconds between faults), COLONY_LOCAL_BIN_DIR
 # (use the colony-* binaries there instead of building them), COLONY_LOCAL_KEEP (keep the
 # cluster's directory, with every log, after stopping).
 set -euo pipefail
@@ -40,22 +46,27 @@ cd "$(dirname "$0")/../.."
 
 mode=up
 topology=sentinel
+usage="usage: bash deploy/local/run.sh [--cluster] [--demo | --chaos] | --cluster --reshard"
 for arg in "$@"; do
   case "$arg" in
-    --demo | --chaos)
+    --demo | --chaos | --reshard)
       if [ "$mode" != up ]; then
-        echo "usage: bash deploy/local/run.sh [--cluster] [--demo | --chaos]" >&2
+        echo "$usage" >&2
         exit 2
       fi
       mode=$arg
       ;;
     --cluster) topology=cluster ;;
     *)
-      echo "usage: bash deploy/local/run.sh [--cluster] [--demo | --chaos]" >&2
+      echo "$usage" >&2
       exit 2
       ;;
   esac
 done
+if [ "$mode" = --reshard ] && [ "$topology" != cluster ]; then
+  echo "--reshard moves slots of a Redis Cluster: give --cluster too" >&2
+  exit 2
+fi
 
 bash .ci/setup
 if [ -n "${COLONY_LOCAL_BIN_DIR:-}" ]; then
@@ -75,7 +86,7 @@ if [ "$topology" = cluster ] && [ "$shards" -lt 3 ]; then
   echo "a Redis Cluster needs at least 3 masters (COLONY_LOCAL_SHARDS=$shards)" >&2
   exit 2
 fi
-if [ "$mode" = --chaos ]; then default_gateways=2; else default_gateways=1; fi
+if [ "$mode" = --chaos ] || [ "$mode" = --reshard ]; then default_gateways=2; else default_gateways=1; fi
 if [ "$mode" = up ]; then default_idle=60; else default_idle=10; fi
 gateways=${COLONY_LOCAL_GATEWAYS:-$default_gateways}
 archiver_admin_port=$((base + 402))
@@ -282,6 +293,11 @@ if [ "$topology" = cluster ]; then
     echo "seeds = [$seeds]"
   } >>"$config"
   echo "Redis Cluster: $shards masters, $replicas replicas each (seeds ${addresses[*]})"
+  if [ "$mode" = --reshard ]; then
+    # The master (and its replicas) colony-admin adds while the load test runs: started now,
+    # members of nothing yet.
+    for ((k = nodes; k < nodes + per_shard; k++)); do start_cluster_node "$k"; done
+  fi
 else
   for ((i = 0; i < shards; i++)); do
     master=$((base + per_shard * i))
@@ -404,6 +420,43 @@ case "$mode" in
     "$bin/colony-loadtest" "${load[@]}" --duration "${COLONY_DEMO_SECONDS:-60}" \
       --chaos all --control "$control" --chaos-every "${COLONY_CHAOS_EVERY:-10}" &&
       status=0 || status=$?
+    exit "$status"
+    ;;
+  --reshard)
+    seconds=${COLONY_DEMO_SECONDS:-300}
+    share=${COLONY_RESHARD_SHARE:-3}
+    echo "Running a ${seconds}-second load test; colony-admin adds a master and moves 1/$share of the slots onto it."
+    windows=$dir/windows.tsv
+    : >"$windows"
+    "$bin/colony-loadtest" "${load[@]}" --duration "$seconds" --windows "$windows" &
+    loadtest=$!
+    # Traffic first (its warm-up and a stretch measured without a move), then the move.
+    sleep 15
+    new_master=127.0.0.1:$((base + nodes))
+    # 1/share of the slots: the top of each master's range.
+    spec=$(redis-cli -p "$base" cluster nodes | awk -v share="$share" '$3 ~ /master/ && $9 ~ /^[0-9]+-[0-9]+$/ {
+      split($9, r, "-"); n = r[2] - r[1] + 1; printf "%s%d-%d", sep, r[2] - int(n / share) + 1, r[2]; sep = "," }')
+    started=$(date +%s%3N)
+    printf 'reshard\t%s\t-\tadding %s and moving slots %s\n' "$started" "$new_master" "$spec" >"$windows"
+    moved=""
+    {
+      "$bin/colony-admin" --config "$config" add-node "$new_master" &&
+        for ((k = nodes + 1; k < nodes + per_shard; k++)); do
+          "$bin/colony-admin" --config "$config" add-node "127.0.0.1:$((base + k))" --replica-of "$new_master" || exit 1
+          wait_synced $((base + k))
+        done &&
+        "$bin/colony-admin" --config "$config" reshard --slots "$spec" --to "$new_master" \
+          --players-per-second 0
+    } >"$dir/reshard.log" 2>&1 && moved=yes
+    ended=$(date +%s%3N)
+    outcome=$(tail -1 "$dir/reshard.log")
+    printf 'reshard\t%s\t%s\t%s\n' "$started" "$ended" "${outcome:-no output}" >"$windows.new"
+    mv "$windows.new" "$windows"
+    if [ -n "$moved" ]; then verdict=done; else verdict="FAILED, see $dir/reshard.log"; fi
+    echo "colony-admin: $outcome ($verdict) in $(((ended - started) / 1000)) s"
+    "$bin/colony-admin" --config "$config" status | head -20
+    wait "$loadtest" && status=0 || status=$?
+    if [ -z "$moved" ]; then status=1; fi
     exit "$status"
     ;;
 esac

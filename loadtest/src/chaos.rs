@@ -220,11 +220,35 @@ impl Availability {
     }
 }
 
+/// One line of a windows file (see `Scenario::windows`): its label, its start and end as
+/// durations since `origin_ms` (Unix ms; `None`: still open), and what happened.
+pub fn parse_window(
+    line: &str,
+    origin_ms: u64,
+) -> Option<(String, Duration, Option<Duration>, String)> {
+    let mut fields = line.splitn(4, '\t');
+    let label = fields.next()?.trim();
+    let start: u64 = fields.next()?.trim().parse().ok()?;
+    let end = fields.next()?.trim();
+    let note = fields.next().unwrap_or("").trim().to_string();
+    if label.is_empty() {
+        return None;
+    }
+    let since = |ms: u64| Duration::from_millis(ms.saturating_sub(origin_ms));
+    let end = if end == "-" {
+        None
+    } else {
+        Some(since(end.parse().ok()?))
+    };
+    Some((label.to_string(), since(start), end, note))
+}
+
 /// One injected fault in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultReport {
-    /// The fault's name (`kill-master`, ...).
-    pub kind: &'static str,
+    /// The fault's name (`kill-master`, ...), or the label of a window another process
+    /// recorded (`reshard`).
+    pub kind: String,
     /// What it hit, e.g. `shard-1 master 127.0.0.1:7002`.
     pub target: String,
     /// Seconds after measuring began.
@@ -247,6 +271,26 @@ mod tests {
     use super::*;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn windows_parse_and_malformed_lines_are_skipped() {
+        assert_eq!(
+            parse_window("reshard\t1500\t4000\tmoved 10 slots", 1000),
+            Some((
+                "reshard".into(),
+                S(0) + Duration::from_millis(500),
+                Some(S(3)),
+                "moved 10 slots".into()
+            ))
+        );
+        assert_eq!(
+            parse_window("reshard\t900\t-\t", 1000),
+            Some(("reshard".into(), S(0), None, String::new()))
+        );
+        for bad in ["", "reshard", "reshard\tx\t1", "\t1\t2", "r\t1\tsoon"] {
+            assert_eq!(parse_window(bad, 0), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn fault_lists_parse() {

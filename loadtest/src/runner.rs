@@ -471,7 +471,7 @@ fn fault_reports(
                 _ => Scope::All,
             };
             FaultReport {
-                kind: fault.kind.name(),
+                kind: fault.kind.name().to_string(),
                 target: what.target.clone(),
                 at_s: at.as_secs_f64() - warmup.as_secs_f64(),
                 outcome: what.outcome.clone(),
@@ -479,6 +479,41 @@ fn fault_reports(
                 unavailable_ms: seen.longest_gap(scope, *at, until).as_secs_f64() * 1000.0,
                 failed: seen.failed(scope, *at, until),
                 error: what.error.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The windows another process recorded in `path` (see `Scenario::windows`), as report
+/// lines: each one's unavailability and failures counted over the whole cluster, from its
+/// start to its end (or to the end of the traffic, while still open).
+fn window_reports(
+    path: &std::path::Path,
+    started_unix_ms: u64,
+    seen: &Availability,
+    warmup: Duration,
+    traffic_end: Duration,
+) -> Vec<FaultReport> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| crate::chaos::parse_window(line, started_unix_ms))
+        .map(|(label, from, to, note)| {
+            let until = to.unwrap_or(traffic_end).max(from);
+            FaultReport {
+                kind: label,
+                target: String::new(),
+                at_s: from.as_secs_f64() - warmup.as_secs_f64(),
+                outcome: if to.is_none() {
+                    format!("still running when the traffic stopped. {note}")
+                } else {
+                    note
+                },
+                recovered_after_ms: Some((until - from).as_secs_f64() * 1000.0),
+                unavailable_ms: seen.longest_gap(Scope::All, from, until).as_secs_f64() * 1000.0,
+                failed: seen.failed(Scope::All, from, until),
+                error: None,
             }
         })
         .collect()
@@ -511,6 +546,10 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
+    // The same instant on the wall clock, for windows other processes record (Unix ms).
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let measuring_from = started + scenario.warmup;
     let tasks: Vec<_> = (0..scenario.sessions)
         .map(|s| {
@@ -587,7 +626,16 @@ pub async fn run(
         Some(task) => task.await?,
         None => Vec::new(),
     };
-    let faults = fault_reports(&injected, &seen, scenario.warmup, traffic_end);
+    let mut faults = fault_reports(&injected, &seen, scenario.warmup, traffic_end);
+    if let Some(path) = &scenario.windows {
+        faults.extend(window_reports(
+            path,
+            started_unix_ms,
+            &seen,
+            scenario.warmup,
+            traffic_end,
+        ));
+    }
     // Trades answered UNKNOWN are settled before anything is read back: until then the
     // coordinator a client gave up on may still be applying one, and a read-back could catch
     // it half-way through (one side applied, the other not yet).

@@ -183,6 +183,11 @@ pub struct Scenario {
     pub seed: u64,
     /// Faults to inject into a local cluster while the traffic runs, if any.
     pub chaos: Option<Chaos>,
+    /// A file where another process records windows of its own (e.g. `colony-admin` moving
+    /// slots, from `deploy/local/run.sh --cluster --reshard`), read when the traffic stops
+    /// and reported and shaded like faults: one line per window, `label<TAB>start
+    /// ms<TAB>end ms<TAB>what happened` (Unix milliseconds; end `-` while still open).
+    pub windows: Option<std::path::PathBuf>,
 }
 
 /// Chaos mode: faults on a seeded schedule, through a local cluster's control directory
@@ -290,6 +295,7 @@ mod tests {
             warmup: Duration::ZERO,
             seed: 1,
             chaos: None,
+            windows: None,
         };
         assert!(good.validate().is_ok());
         for bad in [

@@ -12,8 +12,14 @@
 //! `colony-archiver`: called by either name it serves as that process (the same library
 //! entry points as the real binaries). Hence `harness = false`.
 //!
+//! The same launcher's Redis Cluster then serves a load test through both gateways while
+//! `colony-admin`'s move takes the slots of the load test's players from one master to
+//! another: nothing acknowledged lost or applied twice, no player unreadable, trades
+//! conserved, the move's window in the report.
+//!
 //! Re-run a schedule with `COLONY_FAULT_SEED=<seed> cargo test -p colony-loadtest --test chaos`
-//! (`COLONY_CHAOS_TOPOLOGY=sentinel` or `cluster` for one topology only).
+//! (`COLONY_CHAOS_TOPOLOGY=sentinel` or `cluster` for one topology only, `reshard` for the
+//! move alone).
 
 #![allow(clippy::print_stderr)]
 
@@ -47,6 +53,14 @@ fn main() {
             {
                 chaos_through_the_local_cluster(topology);
                 eprintln!("test chaos_through_the_local_cluster ({topology:?}) ... ok");
+            }
+            if only.is_empty()
+                || ["cluster", "reshard"]
+                    .iter()
+                    .any(|o| only.eq_ignore_ascii_case(o))
+            {
+                slots_moved_under_the_load_test();
+                eprintln!("test slots_moved_under_the_load_test ... ok");
             }
         }
     }
@@ -303,6 +317,7 @@ fn chaos_through_the_local_cluster(topology: LocalTopology) {
             faults: FaultKind::ALL.to_vec(),
             every: Duration::from_secs(6),
         }),
+        windows: None,
     };
     assert_eq!(scenario.schedule().len(), 4);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -314,7 +329,7 @@ fn chaos_through_the_local_cluster(topology: LocalTopology) {
     eprintln!("chaos: the run took {:?}", started.elapsed());
 
     // Every fault was injected and recovered from, each kind once.
-    let mut kinds: Vec<&str> = report.faults.iter().map(|f| f.kind).collect();
+    let mut kinds: Vec<&str> = report.faults.iter().map(|f| f.kind.as_str()).collect();
     kinds.sort();
     assert_eq!(
         kinds,
@@ -411,4 +426,144 @@ fn chaos_through_the_local_cluster(topology: LocalTopology) {
         assert!(!alive(pid), "process {pid} outlived the launcher");
     }
     assert!(!control.exists(), "the cluster's files were left behind");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn slots_moved_under_the_load_test() {
+    let seed = colony_testkit::seed_from_env();
+    let mut random = Seeded::new(seed ^ 0x005e_5a4d);
+    let bin = tempfile::tempdir().expect("a directory for the process links");
+    let me = std::env::current_exe().expect("this binary");
+    for name in ["colony-gateway", "colony-archiver"] {
+        std::os::unix::fs::symlink(&me, bin.path().join(name)).expect("links");
+    }
+    let topology = LocalTopology::Cluster;
+    let base = free_base(&mut random, topology);
+    let mut launcher = Launcher::start(bin.path(), base, topology);
+    let control = launcher.control_dir();
+    let config = Config::load(&control.join("colony.toml"), std::env::vars())
+        .expect("the launcher's configuration");
+    let cluster = config.cluster.clone().expect("a [cluster]");
+    let prefix = format!("moving{seed}");
+    let (players, cold) = (200u64, 400u64);
+    // The slots of the load test's players that the first master serves, to the second.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let status = runtime
+        .block_on(colony_admin::status(&cluster))
+        .expect("status");
+    let (from, to) = (&status.shards[0], &status.shards[1]);
+    let owned = |slot: u16| from.slots.iter().any(|&(a, b)| (a..=b).contains(&slot));
+    let mut slots: Vec<u16> = (0..players + cold)
+        .map(|n| {
+            colony::keys::player_slot(&colony::PlayerId::new(format!("{prefix}-{n}")).expect("id"))
+                .get()
+        })
+        .filter(|&s| owned(s))
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert!(slots.len() >= 50, "only {} slots to move", slots.len());
+    let target = to.master.clone().expect("a master");
+    let windows = control.join("windows.tsv");
+    let scenario = Scenario {
+        gateways: vec![
+            format!("127.0.0.1:{}", base + 400),
+            format!("127.0.0.1:{}", base + 410),
+        ],
+        token: "local-game-token-0001".into(),
+        players,
+        cold_players: cold,
+        prefix,
+        sessions: 8,
+        batch: 4,
+        think: Duration::from_millis(2),
+        mix: Mix::parse("login=5,friends=30,currency=35,write=15,trade=10,idle=5,return=5")
+            .expect("valid mix"),
+        rate: None,
+        duration: Duration::from_secs(40),
+        warmup: Duration::from_secs(5),
+        seed,
+        chaos: None,
+        windows: Some(windows.clone()),
+    };
+    let (report, moved) = runtime.block_on(async {
+        let load = tokio::spawn(runner::run(scenario, |line| eprintln!("moving: {line}")));
+        // The warm-up and a few measured seconds without a move, then the move.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let started = unix_ms();
+        let pace = colony_admin::reshard::Pace {
+            options: colony_admin::slot_move::MoveOptions::default(),
+            replicas: 1,
+            players_per_second: None,
+        };
+        let moved = colony_admin::reshard::reshard(
+            &cluster,
+            &slots,
+            &target,
+            &pace,
+            &colony_admin::reshard::Quiet,
+        )
+        .await;
+        let line = match &moved {
+            Ok(r) => format!("moved {} slots, {} players", r.moved.len(), r.players),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        std::fs::write(
+            &windows,
+            format!("reshard\t{started}\t{}\t{line}\n", unix_ms()),
+        )
+        .expect("writes the window");
+        let report = load
+            .await
+            .expect("joins")
+            .unwrap_or_else(|e| panic!("the load test failed: {e:#}"));
+        (report, moved)
+    });
+    eprintln!("{}", report.table());
+    let moved = moved.unwrap_or_else(|e| panic!("the move failed: {e:#}"));
+    assert_eq!(moved.moved.len(), slots.len());
+    assert!(moved.players > 0, "{moved:?}");
+    let window = report
+        .faults
+        .iter()
+        .find(|f| f.kind == "reshard")
+        .expect("the move's window in the report");
+    assert!(
+        !window.outcome.contains("still running"),
+        "the move ended before the traffic: {window:?}"
+    );
+    let c = &report.correctness;
+    assert!(c.players > 0);
+    assert_eq!(
+        (c.lost, c.applied_twice, c.unreadable, c.conservation_gap),
+        (0, 0, 0, 0),
+        "{c:?}"
+    );
+    let after = runtime
+        .block_on(colony_admin::status(&cluster))
+        .expect("status");
+    let target_shard = after
+        .shards
+        .iter()
+        .find(|s| s.master.as_deref() == Some(target.as_str()))
+        .expect("the target's shard");
+    for slot in &slots {
+        assert!(
+            target_shard
+                .slots
+                .iter()
+                .any(|&(a, b)| (a..=b).contains(slot)),
+            "slot {slot} is not the target's"
+        );
+    }
+    assert!(
+        after.moves.is_empty() && after.half_done.is_empty(),
+        "{after:?}"
+    );
+    assert!(launcher.stop(), "the launcher did not stop");
 }

@@ -32,6 +32,7 @@ async fn a_short_run_reports_figures_and_loses_nothing() {
         warmup: Duration::from_millis(200),
         seed: 42,
         chaos: None,
+        windows: None,
     };
     let report = runner::run(scenario, |_| {}).await.expect("runs");
     for op in &report.ops {

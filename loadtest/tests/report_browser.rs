@@ -40,8 +40,8 @@ fn the_report_renders_its_charts_in_chromium() {
             stats.failed_at(second);
         }
     }
-    let fault = |kind, at_s: f64, ms: f64| FaultReport {
-        kind,
+    let fault = |kind: &str, at_s: f64, ms: f64| FaultReport {
+        kind: kind.to_string(),
         target: "shard-0 master 127.0.0.1:7000".into(),
         at_s,
         outcome: "SIGKILL".into(),

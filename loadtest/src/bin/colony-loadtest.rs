@@ -80,6 +80,11 @@ struct Args {
     /// Chaos mode: one fault in each slot of this many seconds.
     #[arg(long, default_value_t = 10)]
     chaos_every: u64,
+    /// A file where another process records windows of its own (`label<TAB>start ms<TAB>end
+    /// ms<TAB>what happened`, Unix ms, end `-` while open), reported and shaded like faults
+    /// (`deploy/local/run.sh --cluster --reshard` records its slot moves there).
+    #[arg(long)]
+    windows: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -116,6 +121,7 @@ async fn run() -> anyhow::Result<()> {
             }),
             _ => None,
         },
+        windows: args.windows,
     };
     println!(
         "colony-loadtest: {} players, {} sessions, batches of {}, seed {seed}",
