@@ -147,6 +147,21 @@ pub async fn add_node(
                     master.address
                 )
             })?;
+            // In sync, so that the master's next WAIT counts it (a move's restores wait
+            // for every replica the map lists).
+            wait_until(|| async {
+                let mut conn = node_connection(address, cluster, NODE_TIMEOUT).await.ok()?;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                info.lines()
+                    .any(|l| l.trim() == "master_link_status:up")
+                    .then_some(())
+            })
+            .await
+            .with_context(|| format!("{address} never got in sync with {}", master.address))?;
             format!("replica of {}", master.address)
         }
     };

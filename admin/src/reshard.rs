@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::slot_move::{confirm_closes, move_in_progress, Closing, MoveOptions, Moved, SlotMove};
 
-/// Closed moves confirmed together: a run stopped between two groups leaves at most this many
-/// `MIGRATING` marks waiting for gossip (which `reshard` and `status` recognise as closes).
+/// Closed moves confirmed together (and before a run that fails stops): a source's mark
+/// toward a target that owns the slot is a close waiting for gossip, which `reshard`
+/// recognises.
 const CONFIRM_EVERY: usize = 128;
 use crate::status::{first_answer, half_done_moves, HalfDone, NODE_TIMEOUT};
 
@@ -182,6 +183,14 @@ pub async fn reshard(
     run_moves(cluster, &moves, pace, progress).await
 }
 
+/// Says on stderr that confirming the closes before a failed run stopped failed too.
+fn warn_unconfirmed(e: &anyhow::Error) {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("colony-admin: the closes before the failure are not confirmed: {e:#}");
+    }
+}
+
 /// Moves each `(slot, target id)` in turn, pacing by players moved.
 async fn run_moves(
     cluster: &ClusterConfig,
@@ -206,14 +215,26 @@ async fn run_moves(
             done == 0,
         )
         .await
-        .with_context(|| format!("slot {slot}"))?
-        .run_to_close()
-        .await
-        .with_context(|| {
-            format!(
-                "slot {slot} stopped half-way; `colony-admin status` shows it, `reshard --resume` finishes it"
-            )
-        })?;
+        .with_context(|| format!("slot {slot}"));
+        let moved = match moved {
+            Ok(claimed) => claimed.run_to_close().await.with_context(|| {
+                format!(
+                    "slot {slot} stopped half-way; `colony-admin status` shows it, `reshard --resume` finishes it"
+                )
+            }),
+            Err(e) => Err(e),
+        };
+        let moved = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                // The slots closed before this one are confirmed still (their sources'
+                // marks cleared) before the run stops.
+                if let Err(confirming) = confirm_closes(cluster, &unconfirmed).await {
+                    warn_unconfirmed(&confirming);
+                }
+                return Err(e);
+            }
+        };
         let (moved, (_, closed)) = moved;
         unconfirmed.push(closed);
         // Closes are confirmed in groups: gossip takes the same time for one slot or many.
@@ -277,12 +298,14 @@ pub async fn abort(cluster: &ClusterConfig, slot: u16, pace: &Pace) -> anyhow::R
             h.target.as_deref().unwrap_or(&h.target_id)
         ),
     };
+    // No replica count is required of the target: an abort undoes a move, whatever state
+    // the target is in (its WAITs still ask every replica the map lists).
     SlotMove::claim(
         cluster,
         Slot::new(slot).with_context(|| format!("slot {slot}"))?,
         &target,
         &run_id(),
-        pace.replicas,
+        0,
         pace.options.clone(),
     )
     .await?

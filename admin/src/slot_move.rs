@@ -28,6 +28,12 @@ static CLAIM: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/claim.lua")));
 static RENEW: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/renew.lua")));
+/// Marks a move aborted once its parked copies are back on S, and drops them, in one step.
+static ABORTED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "redis.call('HSET', KEYS[1], 'aborting', '1') redis.call('DEL', KEYS[2]) return 1",
+    )
+});
 /// Takes a restore queue off S in one step: its entries, and the key deleted.
 static TAKE_QUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -156,8 +162,11 @@ pub struct SlotMove {
     t_replicas: usize,
     journal: String,
     parked: String,
-    /// Whether this run set S `MIGRATING`.
+    /// Whether S is `MIGRATING` the slot (found so at the claim, or set by this run).
     migrating: bool,
+    /// Whether an abort already put the parked copies back on S (the journal says so): the
+    /// move can only be aborted, never resumed.
+    aborting: bool,
     /// What this run did.
     pub moved: Moved,
 }
@@ -466,6 +475,17 @@ impl SlotMove {
             },
             _ => String::new(),
         };
+        // A rerun finds S migrating already (a killed run got that far): its park must not
+        // declare metas S lacks.
+        let migrating = cluster_nodes(&source.address, cluster, NODE_TIMEOUT)
+            .await?
+            .iter()
+            .any(|n| n.id == source.id && n.migrating.iter().any(|(s, _)| *s == slot.get()));
+        let aborting: Option<String> = redis::cmd("HGET")
+            .arg(&journal)
+            .arg("aborting")
+            .query_async(&mut s)
+            .await?;
         let (generation, _before): (u64, String) = CLAIM
             .key(&journal)
             .key(&parked)
@@ -490,7 +510,8 @@ impl SlotMove {
             t_replicas,
             journal,
             parked,
-            migrating: false,
+            migrating,
+            aborting: aborting.is_some(),
             moved: Moved {
                 slot: slot.get(),
                 ..Moved::default()
@@ -672,18 +693,30 @@ impl SlotMove {
         let mut players = Vec::new();
         let mut pipe = redis::pipe();
         for (id, keys) in held.players {
-            pipe.cmd("HMGET").arg(meta_key(&id)).arg("m").arg("b");
+            // Only a meta S holds: asked for one it lacks, a migrating S answers ASK.
+            let meta = meta_key(&id);
+            if keys.contains(&meta) {
+                pipe.cmd("HMGET").arg(meta).arg("m").arg("b");
+            } else {
+                pipe.cmd("ECHO").arg("").ignore();
+            }
             players.push((id, keys));
         }
-        let looks: Vec<(Option<String>, Option<u64>)> = if players.is_empty() {
+        let looked: Vec<(Option<String>, Option<u64>)> = if players.is_empty() {
             Vec::new()
         } else {
             pipe.query_async(&mut self.s).await?
         };
+        let mut looks = looked.into_iter();
         let mut batches: Vec<Vec<(String, Vec<Vec<u8>>)>> = Vec::new();
         let mut bytes = 0;
-        for ((id, keys), (tombstone, size)) in players.into_iter().zip(looks) {
+        for (id, keys) in players {
             let meta = meta_key(&id);
+            let (tombstone, size) = if keys.contains(&meta) {
+                looks.next().unwrap_or((None, None))
+            } else {
+                (None, None)
+            };
             // Parked already: only its tombstoned meta is left.
             if tombstone.is_some() && keys.iter().all(|k| *k == meta) {
                 continue;
@@ -745,20 +778,8 @@ impl SlotMove {
         for chunk in entries.chunks(256) {
             // Each pipeline to T goes under a lease renewed just before it.
             self.renew("", 0).await?;
-            let mut pipe = redis::pipe();
-            for (key, expiry, dump) in chunk {
-                // A key whose absolute expiry has passed is not created (and one T held is
-                // deleted, REPLACE): judged by T's clock, never the tool's.
-                pipe.cmd("ASKING").ignore();
-                pipe.cmd("RESTORE")
-                    .arg(key.as_slice())
-                    .arg(*expiry)
-                    .arg(dump.as_slice())
-                    .arg("REPLACE")
-                    .arg("ABSTTL")
-                    .ignore();
-                restored += 1;
-            }
+            let pipe = restores(chunk, true);
+            restored += chunk.len() as u64;
             let () = pipe
                 .query_async(&mut self.t)
                 .await
@@ -784,10 +805,17 @@ impl SlotMove {
                 // sent to T by ASK), then merged on T, where a push may have created it
                 // already. Requests lost if the tool dies in between are asked again by
                 // the callers still waiting for them.
-                let entries: Vec<(Vec<u8>, f64)> = TAKE_QUEUE
+                let entries: Vec<(Vec<u8>, f64)> = match TAKE_QUEUE
                     .key(key.as_slice())
                     .invoke_async(&mut self.s)
-                    .await?;
+                    .await
+                {
+                    Ok(entries) => entries,
+                    // Gone since the listing (the archiver took the last request): S,
+                    // migrating, sends anything about it to T.
+                    Err(e) if e.code() == Some("ASK") => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 if entries.is_empty() {
                     continue;
                 }
@@ -797,10 +825,15 @@ impl SlotMove {
                 }
                 zadd.ignore();
             } else {
-                let dump: Option<Vec<u8>> = redis::cmd("DUMP")
+                let dump: Option<Vec<u8>> = match redis::cmd("DUMP")
                     .arg(key.as_slice())
                     .query_async(&mut self.s)
-                    .await?;
+                    .await
+                {
+                    Ok(dump) => dump,
+                    Err(e) if e.code() == Some("ASK") => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let Some(dump) = dump else { continue };
                 pipe.cmd("RESTORE")
                     .arg(key.as_slice())
@@ -903,6 +936,14 @@ impl SlotMove {
     /// [`SlotMove::run_to_end`] up to the close sent to every master, its confirmation left
     /// to the caller ([`confirm_closes`], for many slots at once).
     pub async fn run_to_close(mut self) -> anyhow::Result<(Moved, (ClusterConfig, Closing))> {
+        if self.aborting {
+            bail!(
+                "slot {}: an abort already put its players back on {}: finish it with `reshard --abort {}`",
+                self.slot.get(),
+                self.source.address,
+                self.slot.get()
+            );
+        }
         let closing = (self.cluster.clone(), self.closing());
         if self.target_owns().await? {
             return Ok((self.moved, closing));
@@ -968,33 +1009,36 @@ impl SlotMove {
         }
         self.renew("", 0).await?;
         let slot = self.slot.get();
-        let () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("STABLE")
-            .query_async(&mut self.s)
-            .await
-            .with_context(|| format!("STABLE on {}", self.source.address))?;
-        let entries = self.parked_entries(None).await?;
         let mut restored = 0;
-        for chunk in entries.chunks(256) {
-            let mut pipe = redis::pipe();
-            for (key, expiry, dump) in chunk {
-                pipe.cmd("RESTORE")
-                    .arg(key.as_slice())
-                    .arg(*expiry)
-                    .arg(dump.as_slice())
-                    .arg("REPLACE")
-                    .arg("ABSTTL")
-                    .ignore();
-                restored += 1;
-            }
-            let () = pipe
+        // An abort run before got past this point: the players S serves now are newer than
+        // any copy, and the copies are gone.
+        if !self.aborting {
+            let () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("STABLE")
                 .query_async(&mut self.s)
                 .await
-                .with_context(|| format!("restoring on {}", self.source.address))?;
+                .with_context(|| format!("STABLE on {}", self.source.address))?;
+            let entries = self.parked_entries(None).await?;
+            for chunk in entries.chunks(256) {
+                let pipe = restores(chunk, false);
+                restored += chunk.len() as u64;
+                let () = pipe
+                    .query_async(&mut self.s)
+                    .await
+                    .with_context(|| format!("restoring on {}", self.source.address))?;
+            }
+            self.wait_source().await.context("the abort's restore")?;
+            // From here S serves the players: the copies must never be restored again.
+            let () = ABORTED
+                .key(&self.journal)
+                .key(&self.parked)
+                .invoke_async(&mut self.s)
+                .await?;
+            self.wait_source().await.context("the abort's mark")?;
+            self.aborting = true;
         }
-        self.wait_source().await.context("the abort's restore")?;
         self.renew("", 0).await?;
         let count: u64 = redis::cmd("CLUSTER")
             .arg("COUNTKEYSINSLOT")
@@ -1047,10 +1091,7 @@ impl SlotMove {
 
     /// The parked copies on S (all, or the keys of `players`), as (key, expiry ms or 0,
     /// `DUMP` value), metas last.
-    async fn parked_entries(
-        &mut self,
-        players: Option<&[String]>,
-    ) -> anyhow::Result<Vec<(Vec<u8>, u64, Vec<u8>)>> {
+    async fn parked_entries(&mut self, players: Option<&[String]>) -> anyhow::Result<Vec<Parked>> {
         let entries: Vec<(Vec<u8>, Vec<u8>)> = match players {
             None => {
                 redis::cmd("HGETALL")
@@ -1082,20 +1123,23 @@ impl SlotMove {
                 }
             }
         };
-        let mut entries: Vec<(Vec<u8>, u64, Vec<u8>)> = entries
+        let mut entries: Vec<Parked> = entries
             .into_iter()
             .filter(|(k, _)| k.as_slice() != b"_")
             .map(|(k, v)| {
+                if v.as_slice() == b"-" {
+                    return Ok((k, None));
+                }
                 let colon = v
                     .iter()
                     .position(|&b| b == b':')
                     .ok_or_else(|| anyhow!("a parked copy without its expiry"))?;
                 let expiry: u64 = std::str::from_utf8(&v[..colon])?.parse()?;
-                Ok((k, expiry, v[colon + 1..].to_vec()))
+                Ok((k, Some((expiry, v[colon + 1..].to_vec()))))
             })
             .collect::<anyhow::Result<_>>()?;
         // Metas last: a player is whole before its meta says it exists.
-        entries.sort_by_key(|(k, _, _)| k.ends_with(b":meta"));
+        entries.sort_by_key(|(k, _)| k.ends_with(b":meta"));
         Ok(entries)
     }
 
@@ -1162,6 +1206,36 @@ async fn settle_closed(
         }
     }
     Ok(())
+}
+
+/// One parked key: its name and its copy (absolute expiry in ms or 0, `DUMP` value), or
+/// `None` for a meta the player did not have (the park wrote the tombstone on a new key).
+type Parked = (Vec<u8>, Option<(u64, Vec<u8>)>);
+
+/// A pipeline restoring parked copies (`RESTORE … REPLACE ABSTTL`), each after `ASKING`
+/// when sent to the importing target. A key whose absolute expiry has passed is not created
+/// (and one the node held is deleted, `REPLACE`): judged by the node's clock, never the
+/// tool's.
+fn restores(entries: &[Parked], asking: bool) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for (key, copy) in entries {
+        if asking {
+            pipe.cmd("ASKING").ignore();
+        }
+        let Some((expiry, dump)) = copy else {
+            // A meta the player did not have: the tombstone's own.
+            pipe.cmd("DEL").arg(key.as_slice()).ignore();
+            continue;
+        };
+        pipe.cmd("RESTORE")
+            .arg(key.as_slice())
+            .arg(*expiry)
+            .arg(dump.as_slice())
+            .arg("REPLACE")
+            .arg("ABSTTL")
+            .ignore();
+    }
+    pipe
 }
 
 fn meta_key(id: &str) -> Vec<u8> {

@@ -43,7 +43,7 @@ fn admin(cluster: &RedisCluster, args: &[&str]) -> std::process::Output {
         .arg(&file)
         .args(args)
         .args(
-            ["--lease-ms", "3000", "--wait-ms", "1000"]
+            ["--lease-ms", "8000", "--wait-ms", "3000"]
                 .iter()
                 .filter(|_| args.contains(&"reshard")),
         )
@@ -101,8 +101,31 @@ async fn raw(node: &RedisServer) -> redis::aio::MultiplexedConnection {
 fn options() -> MoveOptions {
     MoveOptions {
         batch_bytes: 64,
-        lease: Duration::from_millis(2000),
-        wait_timeout: Duration::from_millis(900),
+        lease: Duration::from_secs(8),
+        wait_timeout: Duration::from_secs(3),
+    }
+}
+
+/// Leaves the move of `slot` to `to` as a tool killed after its first park leaves it.
+async fn leave_half_done(seeds: &colony::config::ClusterConfig, slot: u16, to: &str, run: &str) {
+    let mut half = SlotMove::claim(seeds, Slot::new(slot).expect("slot"), to, run, 1, options())
+        .await
+        .expect("claims");
+    half.open().await.expect("opens");
+    let batches = half.unparked_batches().await.expect("lists");
+    half.park(&batches[0]).await.expect("parks");
+}
+
+/// Runs the binary until it succeeds (a killed run's lease must pass first), for at most
+/// 30 s; the last output.
+async fn admin_until_done(cluster: &RedisCluster, args: &[&str]) -> std::process::Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = admin(cluster, args);
+        if output.status.success() || std::time::Instant::now() > deadline {
+            return output;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -161,20 +184,7 @@ async fn reshard_refuses_hostile_input_and_undoes_or_finishes_a_half_done_move()
 
     // A move stopped after its first batch was parked, as a killed tool leaves it.
     let seeds = config.cluster.clone().expect("a [cluster]");
-    let mut half = SlotMove::claim(
-        &seeds,
-        Slot::new(slot).expect("slot"),
-        &to,
-        "killed",
-        1,
-        options(),
-    )
-    .await
-    .expect("claims");
-    half.open().await.expect("opens");
-    let batches = half.unparked_batches().await.expect("lists");
-    half.park(&batches[0]).await.expect("parks");
-    drop(half);
+    leave_half_done(&seeds, slot, &to, "killed").await;
     let status = admin(&cluster, &["status"]);
     let shown = text(&status);
     assert!(
@@ -195,14 +205,7 @@ async fn reshard_refuses_hostile_input_and_undoes_or_finishes_a_half_done_move()
     );
 
     // Undone: the lease of the killed run passes, then its players are back on the source.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let undone = loop {
-        let output = admin(&cluster, &["reshard", "--abort", &slot_arg]);
-        if output.status.success() || std::time::Instant::now() > deadline {
-            break output;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let undone = admin_until_done(&cluster, &["reshard", "--abort", &slot_arg]).await;
     assert!(undone.status.success(), "{}", text(&undone));
     assert_eq!(cluster.owner_of(slot, 0).expect("owner").address(), from);
     for p in &players {
@@ -213,28 +216,8 @@ async fn reshard_refuses_hostile_input_and_undoes_or_finishes_a_half_done_move()
     assert!(!text(&admin(&cluster, &["status"])).contains("half moved"));
 
     // Stopped again, then finished by --resume.
-    let mut half = SlotMove::claim(
-        &seeds,
-        Slot::new(slot).expect("slot"),
-        &to,
-        "killed-again",
-        1,
-        options(),
-    )
-    .await
-    .expect("claims");
-    half.open().await.expect("opens");
-    let batches = half.unparked_batches().await.expect("lists");
-    half.park(&batches[0]).await.expect("parks");
-    drop(half);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let resumed = loop {
-        let output = admin(&cluster, &["--json", "reshard", "--resume"]);
-        if output.status.success() || std::time::Instant::now() > deadline {
-            break output;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    leave_half_done(&seeds, slot, &to, "killed-again").await;
+    let resumed = admin_until_done(&cluster, &["--json", "reshard", "--resume"]).await;
     assert!(resumed.status.success(), "{}", text(&resumed));
     let report: serde_json::Value =
         serde_json::from_slice(&resumed.stdout).expect("--json prints JSON");

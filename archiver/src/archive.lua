@@ -22,7 +22,18 @@ if m[3] and tonumber(m[3]) > tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[4], 'GT', m[3], ARGV[1])
   return 'ACTIVE'
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+-- The meta is emptied in place, never deleted: while its slot is MIGRATING, a key deleted
+-- could not be written again ("non local key"), and the script would stop half-way.
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'a', ARGV[2], 't', m[3] or '0')
+local drop = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= 'v' and f ~= 'a' and f ~= 't' then drop[#drop + 1] = f end
+  if #drop == 1000 then
+    redis.call('HDEL', KEYS[1], unpack(drop))
+    drop = {}
+  end
+end
+if #drop > 0 then redis.call('HDEL', KEYS[1], unpack(drop)) end
 redis.call('ZREM', KEYS[4], ARGV[1])
 return 'ARCHIVED'

@@ -439,7 +439,7 @@ case "$mode" in
     started=$(date +%s%3N)
     printf 'reshard\t%s\t-\tadding %s and moving slots %s\n' "$started" "$new_master" "$spec" >"$windows"
     moved=""
-    {
+    (
       "$bin/colony-admin" --config "$config" add-node "$new_master" &&
         for ((k = nodes + 1; k < nodes + per_shard; k++)); do
           "$bin/colony-admin" --config "$config" add-node "127.0.0.1:$((base + k))" --replica-of "$new_master" || exit 1
@@ -447,7 +447,7 @@ case "$mode" in
         done &&
         "$bin/colony-admin" --config "$config" reshard --slots "$spec" --to "$new_master" \
           --players-per-second 0
-    } >"$dir/reshard.log" 2>&1 && moved=yes
+    ) >"$dir/reshard.log" 2>&1 && moved=yes
     ended=$(date +%s%3N)
     outcome=$(tail -1 "$dir/reshard.log")
     printf 'reshard\t%s\t%s\t%s\n' "$started" "$ended" "${outcome:-no output}" >"$windows.new"

@@ -500,7 +500,7 @@ fn window_reports(
     text.lines()
         .filter_map(|line| crate::chaos::parse_window(line, started_unix_ms))
         .map(|(label, from, to, note)| {
-            let until = to.unwrap_or(traffic_end).max(from);
+            let until = to.unwrap_or(traffic_end).min(traffic_end).max(from);
             FaultReport {
                 kind: label,
                 target: String::new(),

@@ -467,6 +467,8 @@ fn slots_moved_under_the_load_test() {
         .collect();
     slots.sort_unstable();
     slots.dedup();
+    // As many as move well within the traffic on a loaded 2-core machine.
+    slots.truncate(80);
     assert!(slots.len() >= 50, "only {} slots to move", slots.len());
     let target = to.master.clone().expect("a master");
     let windows = control.join("windows.tsv");
@@ -496,6 +498,9 @@ fn slots_moved_under_the_load_test() {
         // The warm-up and a few measured seconds without a move, then the move.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let started = unix_ms();
+        // Open until the move ends: a move slower than the traffic shows as still running.
+        std::fs::write(&windows, format!("reshard\t{started}\t-\tmoving\n"))
+            .expect("writes the window");
         let pace = colony_admin::reshard::Pace {
             options: colony_admin::slot_move::MoveOptions::default(),
             replicas: 1,

@@ -41,8 +41,11 @@ end
 -- meta) is refused by Redis itself then (TRYAGAIN: its scripts' keys are partly here).
 for i = 3 + n, #KEYS do
   local meta = KEYS[i]
+  local had = redis.call('EXISTS', meta) == 1
   local written = redis.pcall('HSET', meta, 'm', ARGV[2])
   if type(written) ~= 'table' or not written.err then
+    -- A meta the player did not have is parked as '-': a restore or an abort deletes it.
+    if not had and not tombstoned[meta] then redis.call('HSETNX', KEYS[2], meta, '-') end
     local fields = redis.call('HKEYS', meta)
     local drop = {}
     for _, f in ipairs(fields) do
