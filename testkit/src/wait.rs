@@ -11,9 +11,9 @@ pub const POLL: Duration = Duration::from_millis(10);
 
 /// Asks `check` every [`POLL`] until it answers `Some`, for at most `deadline` (tokio's
 /// clock); returns that answer, or `None` once the deadline passed. The check runs at least
-/// once, and once more at the deadline.
+/// once, and once more at the deadline. For example (`store` and `shard` from the test):
 ///
-/// ```ignore
+/// ```text
 /// let swept = wait_for(Duration::from_secs(10), || async {
 ///     let swept = store.sweep(shard).await.ok()?;
 ///     (swept.unresolved == 0).then_some(swept)
