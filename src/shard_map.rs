@@ -115,9 +115,9 @@ impl ShardMap {
         let mut owner = vec![UNOWNED; usize::from(SLOT_COUNT)];
         if ranges.is_empty() {
             // Even split: shard i owns a contiguous block, earlier shards take the remainder.
-            let n = shards.len();
-            for (slot, o) in owner.iter_mut().enumerate() {
-                *o = (slot * n / usize::from(SLOT_COUNT)) as u16;
+            for (n, o) in (0..SLOT_COUNT).zip(owner.iter_mut()) {
+                let slot = Slot::new(n).expect("below SLOT_COUNT");
+                *o = slot.even_block(shards.len()) as u16;
             }
         } else {
             for (range, shard) in ranges {

@@ -24,6 +24,14 @@ impl Slot {
     pub fn get(self) -> u16 {
         self.0
     }
+
+    /// Which of `blocks` even contiguous blocks of the 16384 slots holds this one, in
+    /// `0..blocks` (earlier blocks take the remainder). The shard map splits slots over
+    /// `[[shards]]` this way when no `[[slots]]` are given, and the archive splits them over
+    /// its MongoDBs this way whatever the topology. `blocks` of 0 is taken as 1.
+    pub fn even_block(self, blocks: usize) -> usize {
+        usize::from(self.0) * blocks.max(1) / usize::from(SLOT_COUNT)
+    }
 }
 
 impl fmt::Display for Slot {
@@ -54,6 +62,28 @@ pub fn key_slot(key: &[u8]) -> Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn even_blocks_are_contiguous_cover_every_block_and_differ_by_at_most_one_slot() {
+        for blocks in [1usize, 2, 3, 5, 7, 16, 1000, 16384] {
+            let mut sizes = vec![0usize; blocks];
+            let mut last = 0;
+            for n in 0..SLOT_COUNT {
+                let block = Slot(n).even_block(blocks);
+                assert!(block >= last && block <= last + 1, "{blocks}: slot {n}");
+                last = block;
+                sizes[block] += 1;
+            }
+            let (min, max) = (
+                sizes.iter().min().expect("blocks"),
+                sizes.iter().max().expect("blocks"),
+            );
+            assert!(max - min <= 1, "{blocks}: sizes {min}..{max}");
+        }
+        assert_eq!(Slot(16383).even_block(0), 0);
+        assert_eq!(Slot(5461).even_block(3), 0);
+        assert_eq!(Slot(5462).even_block(3), 1);
+    }
 
     #[test]
     fn reference_values_from_the_redis_cluster_spec() {

@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod worker;
 
 pub use metrics::PassReport;
-pub use worker::{ArchiveError, Archiver, Removal, Restoral};
+pub use worker::{ArchiveError, Archiver, DrainReport, RebuildReport, Removal, Restoral};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,9 +9,11 @@ use super::{within, ConfigError};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// MongoDB URIs (`mongodb://...`, a replica set or a mongos): one per shard, in shard
-    /// order, so that the slot map decides a player's archive shard too; or a single one for
-    /// every shard. Default none (the archiver refuses to start).
+    /// MongoDB URIs (`mongodb://...`, a replica set or a mongos). A player's document lives
+    /// in the one whose even block of the 16384 slots holds the player's slot
+    /// ([`crate::slot::Slot::even_block`]): a placement that no Redis topology change or
+    /// slot move alters. The list is fixed once players are archived (grow a MongoDB behind
+    /// a mongos instead). Default none (the archiver refuses to start).
     pub mongodb_uris: Vec<String>,
     /// Database name. Default `colony`.
     pub database: String,
@@ -52,19 +54,21 @@ impl Default for ArchiveConfig {
 }
 
 impl ArchiveConfig {
-    /// Checks values serde cannot, for a cluster of `shards` shards.
-    pub(super) fn validate(&self, shards: usize) -> Result<(), ConfigError> {
+    /// Checks values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let archive = self;
-        if !archive.mongodb_uris.is_empty()
-            && archive.mongodb_uris.len() != 1
-            && archive.mongodb_uris.len() != shards
-        {
+        if archive.mongodb_uris.len() > usize::from(crate::slot::SLOT_COUNT) {
             return invalid(format!(
-                "archive.mongodb_uris has {} entries: give one, or one per shard ({})",
-                archive.mongodb_uris.len(),
-                shards
+                "archive.mongodb_uris has {} entries, more than there are slots",
+                archive.mongodb_uris.len()
             ));
+        }
+        for (i, uri) in archive.mongodb_uris.iter().enumerate() {
+            // Two blocks of slots in one MongoDB would work, but is almost surely a typo.
+            if archive.mongodb_uris[..i].contains(uri) {
+                return invalid(format!("archive.mongodb_uris lists {uri:?} twice"));
+            }
         }
         for uri in &archive.mongodb_uris {
             if !uri.starts_with("mongodb://") {

@@ -195,8 +195,7 @@ impl Config {
                 );
             }
             cluster.validate()?;
-            // The archive's placement per shard cannot follow shards that come and go.
-            return self.archive.validate(1);
+            return self.archive.validate();
         }
         if self.shards.is_empty() {
             return invalid(
@@ -206,7 +205,7 @@ impl Config {
         for shard in &self.shards {
             shard.validate()?;
         }
-        self.archive.validate(self.shards.len())?;
+        self.archive.validate()?;
         // Building the map checks names, uniqueness and slot coverage.
         self.shard_map().map(|_| ())
     }
@@ -289,6 +288,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn any_number_of_mongodbs_goes_with_either_topology() {
+        // The archive's placement is the slot's block over the list, not a shard's own.
+        for topology in [
+            "[[shards]]\nname = \"a\"\nmaster = \"h:1\"\n",
+            "[cluster]\nseeds = [\"h:1\"]\n",
+        ] {
+            let text = format!(
+                "{topology}[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\", \"mongodb://c\"]\n"
+            );
+            let config = Config::from_toml(&text, env(&[])).expect("valid");
+            assert_eq!(config.archive.mongodb_uris.len(), 3, "{topology}");
+        }
     }
 
     #[test]
@@ -384,7 +398,7 @@ mod tests {
             ("[[shards]]\nname = \"a\"\nsentinel = { master_name = \"m\", addresses = [\"nope\"] }", "shard a: sentinel \"nope\""),
             ("[redis]\nacknowledge = \"eventually\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "unknown variant `eventually`"),
             ("[archive]\nmongodb_uris = [\"mongodb+srv://x\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "archive.mongodb_uris: \"mongodb+srv://x\""),
-            ("[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "archive.mongodb_uris has 2 entries"),
+            ("[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://a\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "archive.mongodb_uris lists \"mongodb://a\" twice"),
             ("[[shards]]\nname = \"a\"\nmaster = \"nohostport\"", "shard a: master \"nohostport\""),
             ("[[shards]]\nname = \"a\"\nmaster = \"h:0\"", "shard a: master \"h:0\" has no valid port"),
             ("[[shards]]\nname = \"a\"\nmaster = \":80\"", "shard a: master \":80\" has no valid host"),
@@ -397,7 +411,6 @@ mod tests {
             ("[cluster]\nseeds = [\"h:1\"]\nnodes = 3", "unknown field `nodes`"),
             ("[cluster]\nseeds = [\"h:1\"]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "set either [[shards]] or [cluster], not both"),
             ("[cluster]\nseeds = [\"h:1\"]\n[[slots]]\nrange = \"0-16383\"\nshard = \"a\"", "[[slots]] cannot be given with [cluster]"),
-            ("[archive]\nmongodb_uris = [\"mongodb://a\", \"mongodb://b\"]\n[cluster]\nseeds = [\"h:1\"]", "archive.mongodb_uris has 2 entries"),
             ("[redis]\nconnections_per_shard = 0\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "redis.connections_per_shard = 0"),
             ("[gateway]\nlisten = \"nowhere\"\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway.listen \"nowhere\""),
             ("[gateway]\nmax_frame_bytes = 10\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"", "gateway.max_frame_bytes = 10"),

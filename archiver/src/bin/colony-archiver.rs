@@ -1,9 +1,14 @@
 //! `colony-archiver`: parses the command line, loads the configuration shared with the
 //! gateway, sets up logging, and runs the archiver until Ctrl-C or SIGTERM — or one pass with
-//! `--once`, or `rebuild --shard <name>` to refill a shard whose Redis data was lost.
+//! `--once`, or every player archived with `--once --drain` (leaving a topology), or
+//! `rebuild --shard <name>` / `rebuild --all` to refill shards from MongoDB.
+
+// The drain and the rebuild of every shard print their report as JSON on stdout, for scripts.
+#![allow(clippy::print_stdout)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -24,6 +29,11 @@ struct Args {
     /// With --once: count the players a pass would move, and move nothing.
     #[arg(long, requires = "once")]
     dry_run: bool,
+    /// With --once: archive every live player, however recent, to leave this topology
+    /// (stop the gateways first). Sweeps unfinished trades first, and fails naming the
+    /// players left if any remain. Then `rebuild --all` on the new topology.
+    #[arg(long, requires = "once", conflicts_with = "dry_run")]
+    drain: bool,
     /// Log filter, e.g. "info", "colony_archiver=debug,info".
     #[arg(long, default_value = "info", env = "COLONY_LOG")]
     log: String,
@@ -39,10 +49,17 @@ struct Args {
 enum Command {
     /// Refill a shard whose Redis data was lost from MongoDB: archived players get their
     /// markers back, checkpointed players come back live; players in Redis are left alone.
+    ///
+    /// With --all, every shard of the configuration's topology, each MongoDB read once: the
+    /// last step of moving to a new topology after `--once --drain` on the old one.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["shard", "all"])))]
     Rebuild {
         /// The shard's name, as in the configuration.
         #[arg(long)]
-        shard: String,
+        shard: Option<String>,
+        /// Every shard.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -56,10 +73,30 @@ async fn run() -> anyhow::Result<()> {
     colony::process::init_logging(&args.log, args.log_format).map_err(anyhow::Error::msg)?;
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| format!("loading {}", args.config.display()))?;
-    if let Some(Command::Rebuild { shard }) = &args.command {
+    let terminal = std::io::stderr().is_terminal();
+    if let Some(Command::Rebuild { shard, all }) = &args.command {
         let archiver = Archiver::new(&config)
             .await
             .context("starting the archiver")?;
+        if *all {
+            let report = archiver
+                .rebuild_all(|r| {
+                    if terminal {
+                        eprint!(
+                            "\r{} marked, {} live, {} already present",
+                            r.marked, r.live, r.present
+                        );
+                    }
+                })
+                .await?;
+            if terminal {
+                eprintln!();
+            }
+            tracing::info!(?report, "rebuild of every shard done");
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+        let shard = shard.as_deref().unwrap_or_default();
         let index = archiver
             .store()
             .shard_map()
@@ -71,12 +108,47 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!(shard, marked, live, "rebuild done");
         return Ok(());
     }
+    if args.drain {
+        let archiver = Archiver::new(&config)
+            .await
+            .context("starting the archiver")?;
+        // Long enough for every intent's lease to pass and the sweep to finish it.
+        let patience = Duration::from_millis(config.redis.intent_lease_ms.saturating_mul(3))
+            .max(Duration::from_secs(10));
+        let report = archiver
+            .drain(patience, |r| {
+                if terminal {
+                    eprint!("\rdraining: {} archived, {} kept", r.archived, r.kept);
+                }
+            })
+            .await?;
+        if terminal {
+            eprintln!();
+        }
+        tracing::info!(?report, "drain done");
+        println!("{}", serde_json::to_string(&report)?);
+        anyhow::ensure!(
+            report.is_complete(),
+            "the drain left live players: {}{}",
+            report
+                .left
+                .iter()
+                .map(|(shard, n)| format!("{n} on {shard}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if report.failed_shards.is_empty() {
+                String::new()
+            } else {
+                format!("; shard(s) {} failed", report.failed_shards.join(", "))
+            }
+        );
+        return Ok(());
+    }
     if args.once {
         let archiver = Archiver::new(&config)
             .await
             .context("starting the archiver")?;
         // A progress line on a terminal; logs only otherwise.
-        let terminal = std::io::stderr().is_terminal();
         let report = archiver
             .archive_pass_reporting(now(), args.dry_run, |r| {
                 if terminal {

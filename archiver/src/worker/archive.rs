@@ -155,7 +155,7 @@ impl Archiver {
         snapshots: &[Snapshot],
         state: DocState,
     ) -> Vec<Result<(), ArchiveError>> {
-        self.write_documents_unnamed(shard, snapshots, state)
+        self.write_documents_unnamed(snapshots, state)
             .await
             .into_iter()
             .map(|result| result.map_err(self.on(shard)))
@@ -164,7 +164,6 @@ impl Archiver {
 
     async fn write_documents_unnamed(
         &self,
-        shard: ShardIndex,
         snapshots: &[Snapshot],
         state: DocState,
     ) -> Vec<Result<(), ArchiveError>> {
@@ -181,7 +180,7 @@ impl Archiver {
         }
         let upserts = if state == DocState::Archived {
             let inserts: Vec<Document> = documents.iter().map(|(_, d)| d.clone()).collect();
-            let inserted = self.run_writes(shard, "insert", "documents", inserts).await;
+            let inserted = self.run_writes("insert", "documents", inserts).await;
             let mut duplicates = Vec::new();
             for ((position, document), outcome) in documents.into_iter().zip(inserted) {
                 match outcome {
@@ -214,7 +213,7 @@ impl Archiver {
                 (position, update)
             })
             .unzip();
-        let updated = self.run_writes(shard, "update", "updates", updates).await;
+        let updated = self.run_writes("update", "updates", updates).await;
         for (position, outcome) in positions.into_iter().zip(updated) {
             match outcome {
                 // The filter missed because a version at least as new is stored, and the
@@ -227,11 +226,61 @@ impl Archiver {
         results
     }
 
-    /// Runs one unordered write command (`insert` or `update`) with write concern majority
-    /// over `items` (its `field`), and says what happened to each item, in order.
+    /// Runs unordered write commands (`insert` or `update`) with write concern majority over
+    /// `items` (its `field`), one command per MongoDB the items' players are placed in, run
+    /// concurrently; says what happened to each item, in order. An item is placed by its
+    /// document's `_id` (an `update`'s `q._id`), the player id.
     async fn run_writes(
         &self,
-        shard: ShardIndex,
+        command: &str,
+        field: &str,
+        items: Vec<Document>,
+    ) -> Vec<WriteOutcome> {
+        let mut groups: Vec<(usize, Vec<usize>, Vec<Document>)> = Vec::new();
+        for (position, item) in items.into_iter().enumerate() {
+            let id = item
+                .get_str("_id")
+                .or_else(|_| item.get_document("q").and_then(|q| q.get_str("_id")))
+                .unwrap_or_default();
+            let placed = self.placement(id);
+            match groups.iter_mut().find(|(p, _, _)| *p == placed) {
+                Some((_, positions, documents)) => {
+                    positions.push(position);
+                    documents.push(item);
+                }
+                None => groups.push((placed, vec![position], vec![item])),
+            }
+        }
+        let count = groups.iter().map(|(_, p, _)| p.len()).sum();
+        let replies = join_all(groups.into_iter().map(
+            |(placed, positions, documents)| async move {
+                let outcomes = self
+                    .run_writes_on(&self.collections[placed], command, field, documents)
+                    .await;
+                (positions, outcomes)
+            },
+        ))
+        .await;
+        let mut outcomes: Vec<Option<WriteOutcome>> = (0..count).map(|_| None).collect();
+        for (positions, replies) in replies {
+            for (position, outcome) in positions.into_iter().zip(replies) {
+                outcomes[position] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    WriteOutcome::Failed(ArchiveError::MongoReply("no write result".into()))
+                })
+            })
+            .collect()
+    }
+
+    /// One unordered write command on `collection`; what happened to each item, in order.
+    async fn run_writes_on(
+        &self,
+        collection: &Collection<Document>,
         command: &str,
         field: &str,
         items: Vec<Document>,
@@ -242,7 +291,6 @@ impl Archiver {
                 .map(|_| WriteOutcome::Failed(ArchiveError::MongoReply(reason.clone())))
                 .collect::<Vec<_>>()
         };
-        let collection = self.collection(shard);
         let reply = collection
             .client()
             .database(collection.namespace().db.as_str())
@@ -402,14 +450,81 @@ impl Archiver {
         dry_run: bool,
         progress: impl Fn(&PassReport),
     ) -> Result<PassReport, ArchiveError> {
-        let cutoff = self.cutoff(now);
+        self.archive_pass_below(self.cutoff(now), dry_run, &progress)
+            .await
+    }
+
+    /// Drains every shard: every live player, however recently active, is archived, so that
+    /// the topology can be left (see "A way off a fixed topology" in the resharding design).
+    /// Gateways must be stopped first: a player restored meanwhile is counted as left.
+    ///
+    /// Each round sweeps the intents of unfinished trades (a player holding one is never
+    /// archived), then runs an archive pass with no inactivity cutoff, then counts the live
+    /// players left. It ends when none is left, or when rounds have archived nothing for
+    /// `patience` (intents whose lease has not passed, MongoDB refusing): the report then
+    /// names how many players each shard still holds. `progress` gets each pass's totals.
+    pub async fn drain(
+        &self,
+        patience: Duration,
+        progress: impl Fn(&PassReport),
+    ) -> Result<DrainReport, ArchiveError> {
+        let mut report = DrainReport::default();
+        let mut last_progress = Instant::now();
+        loop {
+            report.rounds += 1;
+            report.intents_finished += self.sweep_pass().await;
+            let pass = self.archive_pass_below(u64::MAX, false, &progress).await?;
+            report.archived += pass.archived;
+            if pass.archived > 0 {
+                last_progress = Instant::now();
+            }
+            let counts = join_all(self.shards().map(|shard| async move {
+                (
+                    self.shard_name(shard),
+                    self.count_inactive(shard, u64::MAX).await,
+                )
+            }))
+            .await;
+            report.left.clear();
+            report.failed_shards = pass.failed_shards;
+            for (name, count) in counts {
+                match count {
+                    Ok(0) => {}
+                    Ok(n) => report.left.push((name, n)),
+                    Err(e) => {
+                        tracing::warn!(shard = %name, error = %e, "could not count the players left");
+                        if !report.failed_shards.contains(&name) {
+                            report.failed_shards.push(name);
+                        }
+                    }
+                }
+            }
+            if report.is_complete() || last_progress.elapsed() >= patience {
+                return Ok(report);
+            }
+            if pass.archived == 0 {
+                // Waiting for intents' leases to pass (or MongoDB to come back): a round
+                // costs a walk over every slot, so not in a tight loop.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
+    /// An archive pass over every shard for players last active at or before `cutoff`.
+    async fn archive_pass_below(
+        &self,
+        cutoff: u64,
+        dry_run: bool,
+        progress: &impl Fn(&PassReport),
+    ) -> Result<PassReport, ArchiveError> {
+        let now = now_ms();
         let totals = std::sync::Mutex::new(PassReport::default());
         // The shards of one map for the whole pass: a cluster's map may change meanwhile.
         let shards: Vec<ShardIndex> = self.shards().collect();
         let outcomes = join_all(
             shards
                 .iter()
-                .map(|&shard| self.archive_shard(shard, cutoff, dry_run, &totals, &progress)),
+                .map(|&shard| self.archive_shard(shard, cutoff, dry_run, &totals, progress)),
         )
         .await;
         let mut report = totals.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -422,7 +537,7 @@ impl Archiver {
             }
         }
         if !dry_run {
-            self.metrics.pass(&report, now_ms() / 1000);
+            self.metrics.pass(&report, now / 1000);
         }
         Ok(report)
     }
@@ -602,5 +717,27 @@ impl Archiver {
         }
         .await
         .map_err(self.on(shard))
+    }
+}
+
+/// What a drain did ([`Archiver::drain`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DrainReport {
+    /// Rounds run (a sweep, an archive pass, a count).
+    pub rounds: u32,
+    /// Players archived.
+    pub archived: u64,
+    /// Intents of unfinished trades the sweeps finished.
+    pub intents_finished: u64,
+    /// Shards still holding live players after the last round, with how many.
+    pub left: Vec<(String, u64)>,
+    /// Shards the last round could not finish or count.
+    pub failed_shards: Vec<String>,
+}
+
+impl DrainReport {
+    /// Whether every shard is empty of live players, as counted after the last round.
+    pub fn is_complete(&self) -> bool {
+        self.left.is_empty() && self.failed_shards.is_empty()
     }
 }

@@ -164,37 +164,104 @@ impl Archiver {
     /// its marker back, every checkpointed player comes back live. Players present in Redis
     /// are left alone. Returns (marked, live).
     pub async fn rebuild(&self, shard: ShardIndex) -> Result<(u64, u64), ArchiveError> {
-        async {
-            use futures_util::TryStreamExt;
-            let map = self.store.shard_map().clone();
-            let mut cursor = self.collection(shard).find(doc! {}).await?;
-            let (mut marked, mut live) = (0, 0);
-            while let Some(document) = cursor.try_next().await? {
-                let snapshot = from_document(&document)?;
-                let state = document_state(&document)?;
-                let Ok(player) = PlayerId::new(snapshot.player.clone()) else {
-                    continue;
-                };
-                // With one MongoDB for every shard the collection holds all of them.
-                if map.shard_for_player(&player) != shard {
-                    continue;
+        let report = self.rebuild_shards(&[shard], |_| {}).await?;
+        Ok((report.marked, report.live))
+    }
+
+    /// Refills every shard of the map from MongoDB, each MongoDB read once: the last step of
+    /// leaving a topology (the drain archived every player on the old one; this gives each
+    /// its marker on the new one), or a cluster that lost everything. Players present in
+    /// Redis are left alone, so it can be run again. `progress` gets the running totals.
+    pub async fn rebuild_all(
+        &self,
+        progress: impl Fn(&RebuildReport),
+    ) -> Result<RebuildReport, ArchiveError> {
+        let shards: Vec<ShardIndex> = self.shards().collect();
+        self.rebuild_shards(&shards, progress).await
+    }
+
+    /// Refills `shards` from the MongoDBs that can hold their players: documents are read
+    /// in `batch_size` chunks and written back concurrently, each on the shard the store's
+    /// map names for its player now.
+    async fn rebuild_shards(
+        &self,
+        shards: &[ShardIndex],
+        progress: impl Fn(&RebuildReport),
+    ) -> Result<RebuildReport, ArchiveError> {
+        use futures_util::TryStreamExt;
+        let map = self.store.shard_map().clone();
+        let count = self.collections.len();
+        // Only the MongoDBs whose block of slots meets a slot of these shards.
+        let mut wanted = vec![false; count];
+        for &shard in shards {
+            for slot in map.slots_of(shard) {
+                wanted[slot.even_block(count)] = true;
+            }
+        }
+        let mut report = RebuildReport::default();
+        for (placed, collection) in self.collections.iter().enumerate() {
+            if !wanted[placed] {
+                continue;
+            }
+            let mut cursor = collection.find(doc! {}).await?;
+            let mut batch = Vec::with_capacity(self.config.batch_size);
+            loop {
+                let document = cursor.try_next().await?;
+                let end = document.is_none();
+                if let Some(document) = document {
+                    let snapshot = from_document(&document)?;
+                    let state = document_state(&document)?;
+                    let Ok(player) = PlayerId::new(snapshot.player.clone()) else {
+                        report.skipped += 1;
+                        continue;
+                    };
+                    let shard = map.shard_for_player(&player);
+                    if shards.contains(&shard) {
+                        batch.push((shard, player, snapshot, state));
+                    }
                 }
-                let mode = if state == DocState::Archived {
-                    "a"
-                } else {
-                    "c"
-                };
-                let command = write_back(&REBUILD, &player, &snapshot, mode);
-                let outcome: String = self.store.call(shard, command).await?;
-                match outcome.as_str() {
-                    "MARKED" => marked += 1,
-                    "LIVE" => live += 1,
-                    _ => {}
+                if batch.len() >= self.config.batch_size || (end && !batch.is_empty()) {
+                    let written = join_all(batch.drain(..).map(
+                        |(shard, player, snapshot, state)| async move {
+                            let mode = if state == DocState::Archived {
+                                "a"
+                            } else {
+                                "c"
+                            };
+                            let command = write_back(&REBUILD, &player, &snapshot, mode);
+                            let outcome: Result<String, ArchiveError> =
+                                self.store.call(shard, command).await.map_err(Into::into);
+                            outcome.map_err(self.on(shard))
+                        },
+                    ))
+                    .await;
+                    for outcome in written {
+                        match outcome?.as_str() {
+                            "MARKED" => report.marked += 1,
+                            "LIVE" => report.live += 1,
+                            _ => report.present += 1,
+                        }
+                    }
+                    progress(&report);
+                }
+                if end {
+                    break;
                 }
             }
-            Ok((marked, live))
         }
-        .await
-        .map_err(self.on(shard))
+        Ok(report)
     }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RebuildReport {
+    /// Archived players given their marker.
+    pub marked: u64,
+    /// Checkpointed players brought back live.
+    pub live: u64,
+    /// Players already in Redis, left alone.
+    pub present: u64,
+    /// Documents whose `_id` is not a valid player id, left alone.
+    pub skipped: u64,
 }

@@ -88,6 +88,9 @@ use crate::document::{Pairs, Snapshot};
 
 mod archive;
 mod checkpoint;
+
+pub use archive::DrainReport;
+pub use checkpoint::RebuildReport;
 mod restore;
 mod slots;
 
@@ -257,8 +260,7 @@ pub enum Restoral {
 pub struct Archiver {
     store: Store,
     config: ArchiveConfig,
-    /// One per `archive.mongodb_uris` entry: one for every shard, or one per shard of
-    /// `[[shards]]` in order (see [`Archiver::collection`]).
+    /// One per `archive.mongodb_uris` entry, in order (see [`Archiver::placement`]).
     collections: Vec<Collection<Document>>,
     metrics: crate::metrics::ArchiverMetrics,
     /// Set on shutdown: passes take no new batch after it.
@@ -401,13 +403,16 @@ impl Archiver {
         self.store.shard_map().indices()
     }
 
-    /// The collection `shard`'s players are archived to: the only one, or, with one MongoDB
-    /// per shard (`[[shards]]` only: their map never changes), the shard's own.
-    pub(super) fn collection(&self, shard: ShardIndex) -> &Collection<Document> {
-        match self.collections.as_slice() {
-            [only] => only,
-            per_shard => &per_shard[shard.get() % per_shard.len()],
-        }
+    /// Which of `archive.mongodb_uris` holds the document of the player `id`: the one whose
+    /// even block of slots holds the player's slot. Nothing of Redis enters it, so no slot
+    /// move and no change of topology moves a document.
+    pub fn placement(&self, id: &str) -> usize {
+        colony::keys::id_slot(id).even_block(self.collections.len())
+    }
+
+    /// The collection the player `id`'s document lives in ([`Archiver::placement`]).
+    pub(super) fn collection_of(&self, id: &str) -> &Collection<Document> {
+        &self.collections[self.placement(id)]
     }
 
     /// Names `shard` in an error (for `map_err`).

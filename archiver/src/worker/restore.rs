@@ -21,7 +21,7 @@ impl Archiver {
         let shard = self.store.shard_map().shard_for_player(player);
         async {
             let document = self
-                .collection(shard)
+                .collection_of(player.as_str())
                 .find_one(doc! { "_id": player.as_str() })
                 .await?
                 .ok_or_else(|| ArchiveError::MissingDocument(player.as_str().to_string()))?;
