@@ -1,5 +1,7 @@
 //! Leaving a topology through the archive, for N players (10,000 by default), going from two
-//! shards to three ("A way off a fixed topology" in docs/design/resharding.md): the downtime
+//! Sentinel shards to three — each a master and a replica in the safe profile, found through
+//! three Sentinels, writes acknowledged by the replica ("A way off a fixed topology" in
+//! docs/design/resharding.md; `--plain` for lone masters instead): the downtime
 //! (the drain on the old topology plus the marking on the new one), and the degraded window
 //! after it (every player's first access waits for its restore; the whole population
 //! logging in at once, 32 at a time). Baselines, measured in the same run on the same
@@ -13,10 +15,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use colony::Config;
 use colony::{Access, IdempotencyKey, Name, Operation, PlayerId, Store, Transaction, Visibility};
 use colony_archiver::document::{to_document, DocState, Snapshot};
 use colony_archiver::Archiver;
-use colony_testkit::{config_for, MongoServer, RedisServer};
+use colony_testkit::{config_for, MongoServer, Profile, RedisServer, SentinelShard};
 use futures_util::StreamExt;
 use mongodb::bson::DateTime;
 
@@ -44,9 +47,28 @@ async fn read_all(store: &Store, players: usize, concurrency: usize) -> (Vec<Dur
     (times, started.elapsed())
 }
 
+/// `shards` found through their Sentinels, writes waiting for one replica.
+fn sentinel_config(shards: &[SentinelShard]) -> Config {
+    let mut text = String::from("[redis]\nacknowledge = \"replicated\"\nreplicas_to_wait = 1\n");
+    for shard in shards {
+        let addresses: Vec<String> = shard
+            .sentinel_addresses()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        text.push_str(&format!(
+            "[[shards]]\nname = \"{name}\"\nsentinel = {{ master_name = \"{name}\", addresses = [{}] }}\n",
+            addresses.join(", "),
+            name = shard.master_name,
+        ));
+    }
+    Config::from_toml(&text, []).unwrap()
+}
+
 #[tokio::main]
 async fn main() {
     let mut players = 10_000usize;
+    let mut plain = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--players" {
@@ -54,27 +76,43 @@ async fn main() {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .expect("--players N");
+        } else if arg == "--plain" {
+            plain = true;
         }
     }
-    let old = [RedisServer::start().unwrap(), RedisServer::start().unwrap()];
-    let new = [
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    ];
     let mongo = MongoServer::start().unwrap();
+    // The two topologies, as configurations (the servers live until the end of the run).
+    let mut servers: Vec<RedisServer> = Vec::new();
+    let mut shards: Vec<SentinelShard> = Vec::new();
+    let (old_base, new_base, shape) = if plain {
+        servers = (0..5).map(|_| RedisServer::start().unwrap()).collect();
+        (
+            config_for(&[&servers[0], &servers[1]]),
+            config_for(&[&servers[2], &servers[3], &servers[4]]),
+            "lone masters",
+        )
+    } else {
+        shards = (0..5)
+            .map(|i| SentinelShard::start(&format!("shard-{i}"), Profile::Safe, 1).unwrap())
+            .collect();
+        (
+            sentinel_config(&shards[..2]),
+            sentinel_config(&shards[2..]),
+            "Sentinel shards of a master and a replica, safe profile, replicated acknowledgements",
+        )
+    };
     let server = std::env::var("COLONY_TEST_MONGODB_URI")
         .map(|_| "the MongoDB at COLONY_TEST_MONGODB_URI".to_string())
         .unwrap_or_else(|_| "SecantusDB secantusd-py (in-memory)".to_string());
-    let configure = |redis: &[&RedisServer]| {
-        let mut config = config_for(redis);
+    let configure = |base: &Config| {
+        let mut config = base.clone();
         config.archive.mongodb_uris = vec![mongo.uri().to_string()];
         config.archive.database = "colony_topology_bench".into();
         config.archive.batch_size = 500;
         config
     };
-    let old_config = configure(&[&old[0], &old[1]]);
-    let new_config = configure(&[&new[0], &new[1], &new[2]]);
+    let old_config = configure(&old_base);
+    let new_config = configure(&new_base);
     let store = Store::new(&old_config).unwrap();
 
     // Players of about 1 KiB, as in the archive_throughput bench, all active just now.
@@ -169,10 +207,11 @@ async fn main() {
     let (first, first_all) = read_all(&new_store, players, 32).await;
     let (second, second_all) = read_all(&new_store, players, 32).await;
     let _ = stop.send(true);
+    drop((servers, shards));
 
     let secs = |d: Duration| d.as_secs_f64();
     let downtime = drain_time + mark_time;
-    println!("leaving 2 shards for 3 through the archive: {players} players of ~1 KiB, all active, against {server}\n");
+    println!("leaving 2 shards for 3 through the archive: {players} players of ~1 KiB, all active; {shape}; against {server}\n");
     println!(
         "baseline: insert_many of the same documents        {:>8.2} s",
         secs(insert_time)

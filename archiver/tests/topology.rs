@@ -163,7 +163,10 @@ async fn leaving_two_shards_for_three_through_the_archive_loses_nothing() {
         MongoServer::start().expect("mongodb-wire server"),
     ];
     let db = database();
-    let mongo_refs: Vec<&MongoServer> = mongos.iter().collect();
+    // Two MongoDBs, unless the tests share one real MongoDB (then both would be one
+    // collection, read twice by the rebuild).
+    let two = mongos[0].uri() != mongos[1].uri();
+    let mongo_refs: Vec<&MongoServer> = mongos.iter().take(if two { 2 } else { 1 }).collect();
     let mut old_config = config(&[&old[0], &old[1]], &mongo_refs, &db);
     old_config.redis.intent_lease_ms = 100;
     let new_config = config(&[&new[0], &new[1], &new[2]], &mongo_refs, &db);
@@ -228,9 +231,9 @@ async fn leaving_two_shards_for_three_through_the_archive_loses_nothing() {
 
     // Every document is in the MongoDB its slot's block names, and both hold some.
     let placed: Vec<usize> = players.iter().map(|p| old_archiver.placement(p)).collect();
-    if mongo_refs[0].uri() != mongo_refs[1].uri() {
-        for (m, mongo) in mongos.iter().enumerate() {
-            let mut held = documents(mongo.uri(), &db).await;
+    if two {
+        for m in 0..mongos.len() {
+            let mut held = documents(&old_config.archive.mongodb_uris[m], &db).await;
             held.sort();
             let mut want: Vec<String> = players
                 .iter()
@@ -360,7 +363,9 @@ async fn a_drain_names_the_players_it_could_not_archive() {
         .expect("drains");
     assert!(!report.is_complete(), "{report:?}");
     assert_eq!(report.archived, 1, "{report:?}");
-    assert_eq!(report.left, vec![("shard-0".to_string(), 2)], "{report:?}");
+    // Two live players and their two intents (an intent alone keeps a shard from being left:
+    // a participant that never existed is live only through it).
+    assert_eq!(report.left, vec![("shard-0".to_string(), 4)], "{report:?}");
     // `max` is archived (its marker holds its version); the two holding the intent are
     // still live at the version they had (a read would wait on the intent). Their documents
     // were written before the removal was refused, as in any pass that keeps a player: so
@@ -375,6 +380,143 @@ async fn a_drain_names_the_players_it_could_not_archive() {
             .expect("hmget");
         assert_eq!((version, marker), (Some(2), archived), "{player}");
     }
+}
+
+/// A trade whose taker never existed is live only through its intent: a drain that runs
+/// while the intent's lease holds waits for the sweep to finish it, then archives the new
+/// player too, and both arrive on the new topology with the gold moved once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_a_trade_with_a_player_that_never_existed() {
+    use colony::store::intents::Decision;
+    use colony::store::multi::{MultiAttempt, PrepareOutcome};
+    use colony::{MultiTransaction, Participant};
+
+    let old = RedisServer::start().expect("redis");
+    let new = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let db = database();
+    let mut old_config = config(&[&old], &[&mongo], &db);
+    old_config.redis.intent_lease_ms = 1500;
+    let new_config = config(&[&new], &[&mongo], &db);
+    let store = Store::new(&old_config).expect("store");
+    store.execute(gold("gio", 1, 50)).await.expect("applies");
+    let gift = MultiTransaction::new(IdempotencyKey::new("gift", 1).expect("valid"))
+        .with(
+            Participant::owner(pid("gio")).with(Operation::IncrementCounter {
+                name: name("gold"),
+                delta: -20,
+                min: Some(0),
+                max: None,
+                visibility: Visibility::Private,
+            }),
+        )
+        .with(
+            Participant::owner(pid("newbie")).with(Operation::IncrementCounter {
+                name: name("gold"),
+                delta: 20,
+                min: None,
+                max: None,
+                visibility: Visibility::Private,
+            }),
+        );
+    let mut attempt = MultiAttempt::new(&store, gift).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    assert_eq!(
+        attempt.decide(true).await.expect("decides"),
+        Decision::Commit
+    );
+    drop(attempt);
+
+    let archiver = Archiver::new(&old_config).await.expect("archiver");
+    let report = archiver
+        .drain(Duration::from_secs(10), |_| {})
+        .await
+        .expect("drains");
+    assert!(report.is_complete(), "{report:?}");
+    assert!(
+        report.rounds > 1,
+        "the drain did not wait for the lease: {report:?}"
+    );
+    assert_eq!(
+        (report.archived, report.intents_finished),
+        (2, 2),
+        "{report:?}"
+    );
+
+    let new_archiver = Arc::new(Archiver::new(&new_config).await.expect("archiver"));
+    let rebuilt = new_archiver.rebuild_all(|_| {}).await.expect("rebuilds");
+    assert_eq!((rebuilt.marked, rebuilt.misplaced), (2, 0), "{rebuilt:?}");
+    let new_store = Store::new(&new_config).expect("store");
+    let stop = serve_restores(&new_archiver);
+    for (player, want) in [("gio", 30), ("newbie", 20)] {
+        let (_, entries) = owner_view(&new_store, player).await;
+        assert!(
+            entries
+                .iter()
+                .any(|(n, _, v)| n == "gold" && *v == Value::Counter(want)),
+            "{player}: {entries:?}"
+        );
+    }
+    let _ = stop.send(true);
+}
+
+/// A rebuild never marks a document that sits outside the MongoDB its slot's block names
+/// (the list of MongoDBs was changed): its player would be unavailable. It says how many,
+/// and the command exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_refuses_documents_outside_their_placement() {
+    let old = RedisServer::start().expect("redis");
+    let new = RedisServer::start().expect("redis");
+    let mongos = [
+        MongoServer::start().expect("mongodb-wire server"),
+        MongoServer::start().expect("mongodb-wire server"),
+    ];
+    if mongos[0].uri() == mongos[1].uri() {
+        // One shared real MongoDB: there is no second placement to get wrong.
+        return;
+    }
+    let db = database();
+    let old_config = config(&[&old], &[&mongos[0]], &db);
+    let store = Store::new(&old_config).expect("store");
+    let players: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    for player in &players {
+        store.execute(nick(player, 1)).await.expect("applies");
+    }
+    let archiver = Archiver::new(&old_config).await.expect("archiver");
+    let report = archiver
+        .drain(Duration::from_secs(10), |_| {})
+        .await
+        .expect("drains");
+    assert!(report.is_complete(), "{report:?}");
+
+    // The list grows to two MongoDBs: the documents of the second block are misplaced.
+    let new_config = config(&[&new], &[&mongos[0], &mongos[1]], &db);
+    let new_archiver = Archiver::new(&new_config).await.expect("archiver");
+    let moved = players
+        .iter()
+        .filter(|p| new_archiver.placement(p) == 1)
+        .count() as u64;
+    assert!(moved > 0 && moved < players.len() as u64, "{moved}");
+    let rebuilt = new_archiver.rebuild_all(|_| {}).await.expect("rebuilds");
+    assert_eq!(
+        (rebuilt.marked, rebuilt.misplaced),
+        (players.len() as u64 - moved, moved),
+        "{rebuilt:?}"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("new.toml");
+    std::fs::write(
+        &file,
+        toml_for(&[&new], &new_config.archive.mongodb_uris, &db),
+    )
+    .expect("writes");
+    let refused = run_archiver(&file, &["rebuild", "--all"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("{moved} documents are outside the MongoDB")),
+        "{stderr}"
+    );
 }
 
 /// Runs `colony-archiver` with `args` on `config_file`; waits for it to end.

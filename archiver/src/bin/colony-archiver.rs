@@ -94,6 +94,12 @@ async fn run() -> anyhow::Result<()> {
             }
             tracing::info!(?report, "rebuild of every shard done");
             println!("{}", serde_json::to_string(&report)?);
+            anyhow::ensure!(
+                report.misplaced == 0,
+                "{} documents are outside the MongoDB their slot names (was archive.mongodb_uris \
+                 changed?); they were not marked, and their players would be unavailable",
+                report.misplaced
+            );
             return Ok(());
         }
         let shard = shard.as_deref().unwrap_or_default();

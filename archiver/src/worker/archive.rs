@@ -472,17 +472,15 @@ impl Archiver {
         let mut last_progress = Instant::now();
         loop {
             report.rounds += 1;
-            report.intents_finished += self.sweep_pass().await;
+            let finished = self.sweep_pass().await;
+            report.intents_finished += finished;
             let pass = self.archive_pass_below(u64::MAX, false, &progress).await?;
             report.archived += pass.archived;
-            if pass.archived > 0 {
+            if pass.archived > 0 || finished > 0 {
                 last_progress = Instant::now();
             }
             let counts = join_all(self.shards().map(|shard| async move {
-                (
-                    self.shard_name(shard),
-                    self.count_inactive(shard, u64::MAX).await,
-                )
+                (self.shard_name(shard), self.left_after_drain(shard).await)
             }))
             .await;
             report.left.clear();
@@ -508,6 +506,66 @@ impl Archiver {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
+    }
+
+    /// What keeps `shard` from being left, as a drain's last look counts it: live players
+    /// (each member of the slots' activity sets read, so that a stale entry of an archived
+    /// player does not count), intents of unfinished trades (a participant that never
+    /// existed is live only through its intent), and members of the previous layout's
+    /// per-shard activity set not yet moved into the slot sets.
+    pub(super) async fn left_after_drain(&self, shard: ShardIndex) -> Result<u64, String> {
+        let mut left = 0;
+        if !self.store.is_cluster() {
+            let mut legacy = redis::cmd("ZCARD");
+            legacy.arg(colony::keys::LEGACY_ACTIVE_SET);
+            let legacy: u64 = self
+                .store
+                .call(shard, Command::read(legacy))
+                .await
+                .map_err(|e| e.to_string())?;
+            left += legacy;
+        }
+        for slots in self.slots_of(shard).chunks(SLOTS_PER_ROUND_TRIP) {
+            let counts = slots
+                .iter()
+                .flat_map(|&slot| {
+                    let keys = SlotKeys::new(slot);
+                    [keys.active, keys.intents].map(|key| {
+                        let mut count = redis::cmd("ZCARD");
+                        count.arg(key);
+                        Command::read(count)
+                    })
+                })
+                .collect();
+            let counts: Vec<u64> = self
+                .store
+                .call_all(shard, counts)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (&slot, pair) in slots.iter().zip(counts.chunks_exact(2)) {
+                left += pair[1];
+                if pair[0] == 0 {
+                    continue;
+                }
+                let mut members = redis::cmd("ZRANGE");
+                members.arg(SlotKeys::new(slot).active).arg(0).arg(-1);
+                let ids: Vec<String> = self
+                    .store
+                    .call(shard, Command::read(members))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for chunk in ids.chunks(self.config.batch_size) {
+                    for snapshot in self.snapshot_batch(shard, chunk).await {
+                        match snapshot {
+                            Ok(Some(_)) => left += 1,
+                            Ok(None) => {}
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(left)
     }
 
     /// An archive pass over every shard for players last active at or before `cutoff`.
@@ -729,7 +787,9 @@ pub struct DrainReport {
     pub archived: u64,
     /// Intents of unfinished trades the sweeps finished.
     pub intents_finished: u64,
-    /// Shards still holding live players after the last round, with how many.
+    /// Shards still holding live players, intents or unmoved entries of the previous
+    /// layout's activity set after the last round, with how many
+    /// ([`Archiver::left_after_drain`]).
     pub left: Vec<(String, u64)>,
     /// Shards the last round could not finish or count.
     pub failed_shards: Vec<String>,

@@ -165,6 +165,13 @@ impl Archiver {
     /// are left alone. Returns (marked, live).
     pub async fn rebuild(&self, shard: ShardIndex) -> Result<(u64, u64), ArchiveError> {
         let report = self.rebuild_shards(&[shard], |_| {}).await?;
+        if report.misplaced > 0 {
+            return Err(ArchiveError::Config(format!(
+                "{} documents are outside the MongoDB their slot names (was archive.mongodb_uris changed?); they were not marked",
+                report.misplaced
+            ))
+            .on_shard(&self.shard_name(shard)));
+        }
         Ok((report.marked, report.live))
     }
 
@@ -215,6 +222,14 @@ impl Archiver {
                         report.skipped += 1;
                         continue;
                     };
+                    // A document its slot places in another MongoDB (the list was changed,
+                    // or an older rule put it here): a restore would not look for it here,
+                    // so a marker would make its player unavailable.
+                    if self.placement(player.as_str()) != placed {
+                        tracing::warn!(player = %player.as_str(), mongodb = placed, placed_in = self.placement(player.as_str()), "document outside its placement; not marked");
+                        report.misplaced += 1;
+                        continue;
+                    }
                     let shard = map.shard_for_player(&player);
                     if shards.contains(&shard) {
                         batch.push((shard, player, snapshot, state));
@@ -264,4 +279,7 @@ pub struct RebuildReport {
     pub present: u64,
     /// Documents whose `_id` is not a valid player id, left alone.
     pub skipped: u64,
+    /// Documents in a MongoDB other than the one their slot's block names
+    /// ([`Archiver::placement`]): not marked, since a restore would not find them.
+    pub misplaced: u64,
 }
