@@ -999,7 +999,21 @@ impl SlotMove {
     /// for on S's replicas, then everything the move put on T deleted (after `ASKING`) and
     /// waited for, `STABLE` on T, and the journal and parked copies deleted. Refused once T
     /// owns the slot: that move is finished with a rerun instead. Returns the keys restored.
+    ///
+    /// Two steps a test can stop between: [`SlotMove::abort_put_back`], then
+    /// [`SlotMove::abort_clean_target`]; a run that dies between them leaves the journal
+    /// marked `aborting`, and the rerun only cleans T.
     pub async fn abort(mut self) -> anyhow::Result<u64> {
+        let restored = self.abort_put_back().await?;
+        self.abort_clean_target().await?;
+        Ok(restored)
+    }
+
+    /// The abort's first step: `STABLE` on S, every parked copy restored on S and waited
+    /// for, then the copies dropped and the journal marked `aborting` in one script and
+    /// waited for: from then on S serves the players, and no rerun restores a copy again.
+    /// Nothing to do when a run before got that far. Returns the keys restored.
+    pub async fn abort_put_back(&mut self) -> anyhow::Result<u64> {
         if self.target_owns().await? {
             bail!(
                 "slot {} is already {}'s: the move can only be finished (reshard --resume)",
@@ -1038,6 +1052,17 @@ impl SlotMove {
                 .await?;
             self.wait_source().await.context("the abort's mark")?;
             self.aborting = true;
+        }
+        Ok(restored)
+    }
+
+    /// The abort's second step, once S serves the players again: everything the move put
+    /// on T deleted (after `ASKING`) and waited for, `STABLE` on T, and the journal and
+    /// parked copies deleted.
+    pub async fn abort_clean_target(mut self) -> anyhow::Result<()> {
+        let slot = self.slot.get();
+        if !self.aborting {
+            bail!("slot {slot}: the players are not back on the source yet (abort_put_back)");
         }
         self.renew("", 0).await?;
         let count: u64 = redis::cmd("CLUSTER")
@@ -1086,7 +1111,7 @@ impl SlotMove {
             .query_async(&mut self.s)
             .await?;
         self.wait_source().await.context("the journal's removal")?;
-        Ok(restored)
+        Ok(())
     }
 
     /// The parked copies on S (all, or the keys of `players`), as (key, expiry ms or 0,

@@ -101,6 +101,9 @@ pub struct HalfDone {
     pub parked: u64,
     /// Keys restored on the target so far (restores repeated by a rerun included).
     pub restored: u64,
+    /// An abort put the players back on the source already: the move can only be aborted
+    /// (what is left is cleaning the target).
+    pub aborting: bool,
 }
 
 /// The journals of half-done moves on every master of `nodes` (a `SCAN` of each master's
@@ -148,6 +151,7 @@ pub async fn half_done_moves(
                     lease_left_ms: number("lease").unwrap_or(0).saturating_sub(now),
                     parked: number("parked").unwrap_or(0),
                     restored: number("restored").unwrap_or(0),
+                    aborting: journal.contains_key("aborting"),
                 });
             }
             if next == 0 {
@@ -346,8 +350,19 @@ impl Status {
             ));
         }
         for h in &self.half_done {
+            let next = if h.aborting {
+                format!(
+                    "half aborted, the players back on the source: finish the abort with `colony-admin reshard --abort {}`",
+                    h.slot
+                )
+            } else {
+                format!(
+                    "finish with `colony-admin reshard --resume`, undo with `colony-admin reshard --abort {}`",
+                    h.slot
+                )
+            };
             out.push_str(&format!(
-                "  slot {} is half moved from {} to {} by run {} ({} keys parked, {} restored; {}): finish with `colony-admin reshard --resume`, undo with `colony-admin reshard --abort {}`\n",
+                "  slot {} is half moved from {} to {} by run {} ({} keys parked, {} restored; {}): {next}\n",
                 h.slot,
                 h.source,
                 h.target.as_deref().unwrap_or(&h.target_id),
@@ -359,7 +374,6 @@ impl Status {
                 } else {
                     "its lease has passed".to_string()
                 },
-                h.slot
             ));
         }
         for node in &self.empty_masters {

@@ -426,3 +426,125 @@ async fn a_node_added_takes_slots_under_writers_and_is_removed_again() {
         .await
         .assert_exact("writes while a node was added, filled and removed");
 }
+
+/// An abort that dies after putting the players back on the source (the journal marked
+/// `aborting`, the parked copies dropped) and before cleaning the target: the players write
+/// on the source meanwhile, and the abort run again only cleans the target. It never
+/// restores the older copies over the newer writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_run_again_after_dying_half_way_never_restores_older_copies() {
+    let cluster = RedisCluster::start(3, 1, Profile::Plain, &[]).expect("cluster starts");
+    let mut config = cluster.config();
+    config.redis.retry_deadline_ms = 20_000;
+    let store = Store::connect(&config).await.expect("store");
+    // Three players of one slot, so that the move parks several.
+    let first = PlayerId::new("ab-0").expect("valid");
+    let slot = colony::keys::player_slot(&first);
+    let players: Vec<PlayerId> = std::iter::once(first.clone())
+        .chain(
+            (1..)
+                .map(|i| PlayerId::new(format!("ab-{i}")).expect("valid"))
+                .filter(|p| colony::keys::player_slot(p) == slot)
+                .take(2),
+        )
+        .collect();
+    for p in &players {
+        let txn = Transaction::owner(p.clone(), IdempotencyKey::new("t", 1).ok()).with(gold());
+        store.execute(txn).await.expect("creates");
+    }
+    let slot = slot.get();
+    let from = cluster.owner_of(slot, 0).expect("owner").address();
+    let to = cluster
+        .master_nodes()
+        .into_iter()
+        .find(|m| m.address() != from)
+        .expect("another master")
+        .address();
+    let seeds = config.cluster.clone().expect("a [cluster]");
+
+    // A run parks every player and restores them on the target, then dies.
+    let mut killed = SlotMove::claim(
+        &seeds,
+        Slot::new(slot).expect("slot"),
+        &to,
+        "killed",
+        1,
+        options(),
+    )
+    .await
+    .expect("claims");
+    killed.open().await.expect("opens");
+    for batch in killed.unparked_batches().await.expect("lists") {
+        killed.park(&batch).await.expect("parks");
+    }
+    assert!(killed.restore(None).await.expect("restores") > 0);
+    drop(killed);
+
+    // An abort takes over once the lease has passed, puts the players back, and dies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut aborting = loop {
+        match SlotMove::claim(
+            &seeds,
+            Slot::new(slot).expect("slot"),
+            &to,
+            "abort-1",
+            0,
+            options(),
+        )
+        .await
+        {
+            Ok(claimed) => break claimed,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the killed run's lease never passed: {e:#}"),
+        }
+    };
+    let put_back = aborting.abort_put_back().await.expect("puts back");
+    assert!(put_back >= players.len() as u64, "{put_back} keys put back");
+    drop(aborting);
+
+    // The players are served by the source again, and write.
+    for p in &players {
+        let txn = Transaction::owner(p.clone(), IdempotencyKey::new("t", 2).ok()).with(gold());
+        let committed = store.execute(txn).await.expect("served after the put-back");
+        assert_eq!(committed.version, 2, "{}", p.as_str());
+    }
+    // Status offers only the abort: a resume would move players S serves again.
+    let shown = text(&admin(&cluster, &["status"]));
+    assert!(
+        shown.contains(&format!("slot {slot} is half moved"))
+            && shown.contains("half aborted")
+            && !shown.contains("--resume"),
+        "{shown}"
+    );
+
+    // Run again, the abort cleans the target and leaves the newer writes alone.
+    let undone = admin_until_done(&cluster, &["reshard", "--abort", &slot.to_string()]).await;
+    assert!(undone.status.success(), "{}", text(&undone));
+    assert_eq!(cluster.owner_of(slot, 0).expect("owner").address(), from);
+    let mut target = raw(cluster
+        .nodes()
+        .iter()
+        .find(|n| n.address() == to)
+        .expect("the target"))
+    .await;
+    let left: u64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query_async(&mut target)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the target kept keys of the slot");
+    for p in &players {
+        let txn = Transaction::owner(p.clone(), IdempotencyKey::new("t", 3).ok()).with(gold());
+        let committed = store.execute(txn).await.expect("served after the abort");
+        assert_eq!(
+            committed.version,
+            3,
+            "{}: an older copy came back",
+            p.as_str()
+        );
+    }
+    assert!(!text(&admin(&cluster, &["status"])).contains("half moved"));
+}
