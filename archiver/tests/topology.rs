@@ -132,6 +132,28 @@ async fn documents(uri: &str, database: &str) -> Vec<String> {
         .collect()
 }
 
+/// The distinct `state`s of `uri`'s archive collection, sorted.
+async fn states(uri: &str, database: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let client = mongodb::Client::with_uri_str(uri).await.expect("mongo");
+    let found: Vec<Document> = client
+        .database(database)
+        .collection::<Document>("players")
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("documents");
+    let mut states: Vec<String> = found
+        .iter()
+        .map(|d| d.get_str("state").expect("a state").to_string())
+        .collect();
+    states.sort();
+    states.dedup();
+    states
+}
+
 fn serve_restores(archiver: &Arc<Archiver>) -> tokio::sync::watch::Sender<bool> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let archiver = archiver.clone();
@@ -208,9 +230,16 @@ async fn leaving_two_shards_for_three_through_the_archive_loses_nothing() {
     );
     drop(attempt);
 
+    // A checkpoint first: every player already has a document, so the drain's writes go
+    // through the compare-on-version upsert, grouped by placement like the inserts.
+    let old_archiver = Archiver::new(&old_config).await.expect("archiver");
+    assert_eq!(
+        old_archiver.checkpoint_pass().await.expect("checkpoints"),
+        players.len() as u64
+    );
+
     // The gateways stop; the drain archives everyone (all were active a moment ago, an
     // hour inside the inactivity period) after the sweep finished the gift.
-    let old_archiver = Archiver::new(&old_config).await.expect("archiver");
     let report = old_archiver
         .drain(Duration::from_secs(10), |_| {})
         .await
@@ -244,6 +273,12 @@ async fn leaving_two_shards_for_three_through_the_archive_loses_nothing() {
             want.sort();
             assert!(!want.is_empty(), "no player placed on MongoDB {m}");
             assert_eq!(held, want, "MongoDB {m}");
+            // Every document is the archive now, at the version the drain read.
+            assert_eq!(
+                states(&old_config.archive.mongodb_uris[m], &db).await,
+                vec!["archived".to_string()],
+                "MongoDB {m}"
+            );
         }
     }
 
