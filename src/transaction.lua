@@ -138,6 +138,8 @@ if state[8] then return redis.error_reply('MOVING the player is being moved to a
 local WRITER_WAIT_MS = 2000
 local writer_waiting = state[7]
 local version = tonumber(state[1] or '0')
+-- Never written: the player has no idempotency window, client or record of any layout.
+local new_player = version == 0
 local holder = state[6]
 
 -- An archived player (meta field a = the version archived) has its entries in MongoDB only.
@@ -192,7 +194,7 @@ local window_state
 if use_idem then
   window_state = state[9]
   local verdict, stored = judge_request(meta, clients, client_ttl, max_clients, request,
-    window_state, state[10])
+    window_state, state[10], new_player)
   if verdict == 'CLIENTS_FULL' then
     return refusal('TOO_LARGE_CLIENTS', 0)
   elseif verdict == 'REQUEST_TOO_OLD' then
@@ -216,8 +218,9 @@ if use_idem then
     if reply[1] == 'OK' then redis.call('HSET', meta, record_field, stored) end
     return reply
   end
-  -- Records of the previous layout, one key per request, are honoured until they expire.
-  local old = not preparing and redis.call('GET', legacy)
+  -- Records of the previous layout, one key per request, are honoured until they expire
+  -- (a player never written has none).
+  local old = not preparing and not new_player and redis.call('GET', legacy)
   if old then
     local reply = replay(old)
     if reply[1] == 'OK' then redis.call('SET', legacy, old, 'KEEPTTL') end
@@ -516,7 +519,9 @@ redis.call('ZADD', active, now, player)
 -- The archiver's checkpoints copy changed players to MongoDB.
 if track_changes then redis.call('SADD', dirty, player) end
 
-if use_idem and not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1 then
+-- A player never written had no other client to forget.
+if use_idem and not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1
+    and not new_player then
   forget_stale_clients(meta, clients, client_ttl, now)
 end
 return reply

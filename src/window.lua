@@ -1,11 +1,21 @@
 -- The idempotency window of a player, shared by the scripts that judge and record requests
 -- (loaded in front of them). docs/design/idempotency-window.md has the argument.
 -- Per client, the player's meta hash holds
---   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
---                         remembered request, oldest first; floor '-' when nothing was
+--   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' for
+--                         the oldest remembered request (the head) and for each request
+--                         remembered since the window last forgot (the tail); count is every
+--                         remembered request, q's included; floor '-' when nothing was
 --                         forgotten, else the largest request id forgotten
+--   q:<client>            the remembered requests between the head and the tail, oldest
+--                         first, each ' <request>:<applied ms>' (absent when none)
 --   r:<client>:<request>  the request's fingerprint (40 hex digits), then its stored reply
--- and the clients zset lists the clients with a window, scored by last write ms.
+-- and the clients zset lists the clients with a window, scored by last write ms. So the
+-- remembered requests are, oldest first: c's first entry, q's entries, c's other entries.
+-- Every write reads and rewrites c, whose tail holds at most a quarter of the window once
+-- the window has forgotten; q, as long as the window, is read and rewritten only when the
+-- window forgets: Redis's Lua hashes every byte of every string it makes, so a long string
+-- handled on every write costs more than the rest of the window. A c of the earlier
+-- layout (the whole queue, no q) reads as a head and a long tail.
 
 -- Request ids are u64 in decimal; Lua numbers are doubles, exact only below 2^53, so ids are
 -- compared by length, then as two exact halves.
@@ -27,14 +37,15 @@ local function forget_stale_clients(meta, clients, client_ttl, now)
   local stale = redis.call('ZRANGEBYSCORE', clients, '-inf', '(' .. (now - client_ttl),
     'LIMIT', 0, 2)
   for _, other in ipairs(stale) do
-    local other_state = redis.call('HGET', meta, 'c:' .. other)
+    local states = redis.call('HMGET', meta, 'c:' .. other, 'q:' .. other)
+    local other_state = states[1]
     local last = other_state and tonumber(string.match(other_state, '^%S+ (%d+)'))
     if last and last >= now - client_ttl then
       redis.call('ZADD', clients, 'XX', last, other)
     else
-      local fields = { 'c:' .. other }
-      if other_state then
-        for id in string.gmatch(other_state, ' (%d+):%d+') do
+      local fields = { 'c:' .. other, 'q:' .. other }
+      for _, part in ipairs({ other_state or '', states[2] or '' }) do
+        for id in string.gmatch(part, ' (%d+):%d+') do
           fields[#fields + 1] = 'r:' .. other .. ':' .. id
         end
       end
@@ -50,15 +61,17 @@ local function server_now()
 end
 
 -- Judges a request of `client` before anything runs, given its window state and stored
--- record (both nil when absent). Returns nil for a new request, or one of
+-- record (both nil when absent); new_player when the player was never written (version 0:
+-- it has no clients, and no record of any layout). Returns nil for a new request, or one of
 --   'CLIENTS_FULL'            the client is new and the player keeps max_clients windows
 --   'REQUEST_TOO_OLD'         not remembered, and at or below the client's floor
 --   'REPLAY', stored          remembered: the stored record (fingerprint, then reply)
 local function judge_request(meta, clients, client_ttl, max_clients, request, window_state,
-    stored)
-  -- A client new to this player takes a window only while the player has room for one.
-  -- Forgetting stale clients first is housekeeping, not part of this request.
-  if not window_state and redis.call('ZCARD', clients) >= max_clients then
+    stored, new_player)
+  -- A client new to this player takes a window only while the player has room for one
+  -- (a player never written has no window at all). Forgetting stale clients first is
+  -- housekeeping, not part of this request.
+  if not window_state and not new_player and redis.call('ZCARD', clients) >= max_clients then
     forget_stale_clients(meta, clients, client_ttl, server_now())
     if redis.call('ZCARD', clients) >= max_clients then
       return 'CLIENTS_FULL'
@@ -74,15 +87,17 @@ local function judge_request(meta, clients, client_ttl, max_clients, request, wi
   return nil
 end
 
--- Remembers an applied request of `client`: appends it to the window and forgets the oldest
+-- Remembers an applied request of `client`: appends it to the tail, and forgets the oldest
 -- together once the window holds a quarter more than its length or its head is older than
 -- its age, down to the length and the age; the floor rises to the largest id forgotten.
--- Forgetting in batches keeps most writes to one HSET. Returns the meta fields to set (the
--- record and the client's state), for the caller's own HSET of meta. The state is cut with
--- plain finds: Lua patterns over the whole queue cost more Redis time than everything else.
+-- Forgetting in batches keeps most writes to one HSET of the short c; only then is q read,
+-- the kept entries split into the new head (c) and the new middle (q). Returns the meta
+-- fields to set (the record, the client's state, and q when it changed), for the caller's
+-- own HSET of meta. The long queue is cut with plain finds at positions, never into a
+-- substring per entry.
 local function remember_request(meta, client, request, window_state, window_ms,
     window_length, now, record)
-  local floor, count, queue = '-', 0, ''
+  local floor, count, entries = '-', 0, ''
   if window_state then
     local after_floor = string.find(window_state, ' ', 1, true)
     local after_last = string.find(window_state, ' ', after_floor + 1, true)
@@ -90,34 +105,50 @@ local function remember_request(meta, client, request, window_state, window_ms,
     floor = string.sub(window_state, 1, after_floor - 1)
     if after_count then
       count = tonumber(string.sub(window_state, after_last + 1, after_count - 1))
-      queue = string.sub(window_state, after_count)
+      entries = string.sub(window_state, after_count)
     end
   end
-  queue = queue .. ' ' .. request .. ':' .. now
+  entries = entries .. ' ' .. request .. ':' .. now
   count = count + 1
   local cutoff = now - window_ms
-  -- The head entry is ' <id>:<applied ms>'.
-  local function head()
-    local colon = string.find(queue, ':', 1, true)
+  -- The entry starting at `at_space` (its ' '): id, applied ms, and where the next starts.
+  local function entry(queue, at_space)
+    local colon = string.find(queue, ':', at_space, true)
     local next_entry = string.find(queue, ' ', colon, true)
     local at = tonumber(string.sub(queue, colon + 1, (next_entry or 0) - 1))
-    return string.sub(queue, 2, colon - 1), at, next_entry
+    return string.sub(queue, at_space + 1, colon - 1), at, next_entry
   end
-  local _, head_at = head()
+  local _, head_at, after_head = entry(entries, 1)
+  local fields = { 'r:' .. client .. ':' .. request, record }
   if count > window_length + math.floor(window_length / 4) or head_at < cutoff then
+    -- The whole queue, oldest first: the head, the middle (q), the tail.
+    local middle = redis.call('HGET', meta, 'q:' .. client) or ''
+    local queue = middle .. entries
+    if after_head then
+      queue = string.sub(entries, 1, after_head - 1) .. middle .. string.sub(entries, after_head)
+    end
     local forgotten = {}
+    local at_space = 1
     while count > 1 do
-      local id, at, next_entry = head()
+      local id, at, next_entry = entry(queue, at_space)
       if count <= window_length and at >= cutoff then break end
       forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
       if floor == '-' or not id_at_most(id, floor) then floor = id end
-      queue, count = string.sub(queue, next_entry), count - 1
+      at_space, count = next_entry, count - 1
+    end
+    -- What is kept: its first entry is the new head (c), the rest the new middle (q).
+    local _, _, after_new_head = entry(queue, at_space)
+    if after_new_head then
+      entries = string.sub(queue, at_space, after_new_head - 1)
+      fields[#fields + 1] = 'q:' .. client
+      fields[#fields + 1] = string.sub(queue, after_new_head)
+    else
+      entries = string.sub(queue, at_space)
+      if middle ~= '' then forgotten[#forgotten + 1] = 'q:' .. client end
     end
     if #forgotten > 0 then redis.call('HDEL', meta, unpack(forgotten)) end
   end
-  return {
-    'r:' .. client .. ':' .. request, record,
-    'c:' .. client, floor .. ' ' .. now .. ' ' .. count .. queue,
-  }
+  fields[#fields + 1] = 'c:' .. client
+  fields[#fields + 1] = floor .. ' ' .. now .. ' ' .. count .. entries
+  return fields
 end
-

@@ -427,3 +427,70 @@ async fn a_full_player_takes_a_new_client_once_a_silent_one_is_forgotten() {
         .expect("zrange");
     assert_eq!(clients, vec!["new".to_string()]);
 }
+
+/// Once a window has forgotten, its queue is split (`src/window.lua`): a short state (`c:`,
+/// with the head and the tail) read and written on every write, and the middle (`q:`),
+/// touched only when the window forgets again. Every remembered request still replays,
+/// every forgotten one is too old, and neither writes anything.
+#[tokio::test]
+async fn a_window_keeps_its_long_queue_out_of_the_state_every_write_rewrites() {
+    const WINDOW: u64 = 16;
+    const REQUESTS: u64 = 100;
+    let server = RedisServer::start().expect("redis");
+    let store = store_with_window(&server, WINDOW as usize, 300, 3600);
+    let mut conn = raw(&server).await;
+    let state = |conn: &mut redis::aio::MultiplexedConnection, field: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let value: Option<String> = redis::cmd("HGET")
+                .arg("{gus}:meta")
+                .arg(field)
+                .query_async(&mut conn)
+                .await
+                .expect("hget");
+            value
+        }
+    };
+    for request in 1..=REQUESTS {
+        store
+            .execute(add_gold("gus", "c", request))
+            .await
+            .expect("applies");
+        let c = state(&mut conn, "c:c").await.expect("a state");
+        let entries = c.split(' ').count() - 3;
+        if request > WINDOW + WINDOW / 4 {
+            // After the first forgetting: the head and at most a quarter of a window.
+            assert!(entries <= 1 + WINDOW as usize / 4, "{request}: {c}");
+        }
+    }
+    let c = state(&mut conn, "c:c").await.expect("a state");
+    let q = state(&mut conn, "q:c")
+        .await
+        .expect("the middle of the queue");
+    let remembered: u64 = c
+        .split(' ')
+        .nth(2)
+        .expect("a count")
+        .parse()
+        .expect("a number");
+    assert_eq!(
+        (c.split(' ').count() - 3 + q.split(' ').count() - 1) as u64,
+        remembered,
+        "c: {c}, q: {q}"
+    );
+    assert!((WINDOW..=WINDOW + WINDOW / 4).contains(&remembered));
+    let before = digest(&server).await;
+    for request in 1..=REQUESTS {
+        let answer = store.execute(add_gold("gus", "c", request)).await;
+        if request > REQUESTS - remembered {
+            assert!(replayed(&answer), "{request}: {answer:?}");
+        } else {
+            assert!(
+                matches!(answer, Err(Error::RequestTooOld { .. })),
+                "{request}: {answer:?}"
+            );
+        }
+    }
+    assert_eq!(digest(&server).await, before, "a judged request wrote");
+    assert_eq!(gold(&store, "gus").await, REQUESTS as i64);
+}
