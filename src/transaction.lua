@@ -93,9 +93,11 @@
 --
 -- The idempotency window (docs/design/idempotency-window.md has the argument; window.lua, loaded in front of
 -- this script, judges and records requests). Per client, KEYS[1] holds
---   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' per
---                         remembered request, oldest first; floor '-' when nothing was
---                         forgotten, else the largest request id forgotten
+--   c:<client>            '<floor> <last write ms> <count>' then ' <request>:<applied ms>' for
+--                         the oldest remembered request and those remembered since the
+--                         window last forgot; count is every remembered request; floor '-'
+--                         when nothing was forgotten, else the largest request id forgotten
+--   q:<client>            the other remembered requests, between those, oldest first
 --   r:<client>:<request>  the request's fingerprint, then the msgpack of its first reply
 -- A request remembered is replayed; one at or below the floor is REQUEST_TOO_OLD; any other
 -- is new. Invariant: every applied request of a known client is remembered or at or below
@@ -124,10 +126,11 @@ local state
 if use_idem then
   state_field, record_field = 'c:' .. client, 'r:' .. client .. ':' .. request
   state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', 'm', state_field,
-    record_field)
+    record_field, 'y')
 else
-  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', 'm')
+  state = redis.call('HMGET', meta, 'v', 'a', 'p', 'b', 'n', 'x', 'w', 'm', 'y')
 end
+local last_applied = state[use_idem and 11 or 9]
 -- A player parked by a slot move (meta m, the move's tombstone; docs/design/resharding.md)
 -- has its keys in the move's parked copies, not here: nothing of it may be read or written
 -- until the move restores it on the slot's new owner. Refused before anything is written.
@@ -138,8 +141,10 @@ if state[8] then return redis.error_reply('MOVING the player is being moved to a
 local WRITER_WAIT_MS = 2000
 local writer_waiting = state[7]
 local version = tonumber(state[1] or '0')
--- Never written: the player has no idempotency window, client or record of any layout.
-local new_player = version == 0
+-- Never written and never a trade's participant (meta y, the last attempt applied: a
+-- trade's primary that only reads stays at version 0 but remembers the trade's key): the
+-- player has no idempotency window, client or record of any layout.
+local new_player = version == 0 and not last_applied
 local holder = state[6]
 
 -- An archived player (meta field a = the version archived) has its entries in MongoDB only.

@@ -494,3 +494,46 @@ async fn a_window_keeps_its_long_queue_out_of_the_state_every_write_rewrites() {
     assert_eq!(digest(&server).await, before, "a judged request wrote");
     assert_eq!(gold(&store, "gus").await, REQUESTS as i64);
 }
+
+/// A trade's primary that only reads stays at version 0, yet remembers each trade's key:
+/// such a player is not "never written", and it keeps windows for at most its clients too.
+#[tokio::test]
+async fn a_primary_that_only_reads_keeps_windows_for_at_most_its_clients() {
+    use colony::{MultiTransaction, Participant};
+    let server = RedisServer::start().expect("redis");
+    let mut config = config_for(&[&server]);
+    config.redis.idempotency_max_clients = 2;
+    let store = Store::new(&config).expect("store");
+    let trade = |client: &str| {
+        MultiTransaction::new(IdempotencyKey::new(client, 1).expect("valid"))
+            .with(Participant::owner(pid("watcher")).with(Operation::Read {
+                names: vec![name("gold")],
+            }))
+            .with(
+                Participant::owner(pid("earner")).with(Operation::IncrementCounter {
+                    name: name("gold"),
+                    delta: 1,
+                    min: None,
+                    max: None,
+                    visibility: colony::Visibility::Private,
+                }),
+            )
+    };
+    for client in ["a", "b"] {
+        store.execute_multi(trade(client)).await.expect("applies");
+    }
+    let before = digest(&server).await;
+    let refused = store.execute_multi(trade("c")).await;
+    assert!(
+        matches!(&refused, Err(Error::InParticipant { participant: 0, error })
+            if matches!(**error, Error::TooLarge(_))),
+        "{refused:?}"
+    );
+    assert_eq!(digest(&server).await, before, "a refused trade wrote");
+    let clients: u64 = redis::cmd("ZCARD")
+        .arg("{watcher}:clients")
+        .query_async(&mut raw(&server).await)
+        .await
+        .expect("zcard");
+    assert_eq!(clients, 2);
+}
