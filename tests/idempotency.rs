@@ -522,6 +522,8 @@ async fn a_primary_that_only_reads_keeps_windows_for_at_most_its_clients() {
     for client in ["a", "b"] {
         store.execute_multi(trade(client)).await.expect("applies");
     }
+    // The trades' other participants are applied after the answers: wait for that first.
+    store.wait_detached().await;
     let before = digest(&server).await;
     let refused = store.execute_multi(trade("c")).await;
     assert!(

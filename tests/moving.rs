@@ -41,6 +41,8 @@ async fn a_parked_player_is_refused_everywhere_with_moving_and_nothing_is_writte
         .execute_multi(trade(1, 10, &alice, &bob))
         .await
         .expect("a trade before the park");
+    // Bob is applied after the answer: wait for that before taking the digest below.
+    store.wait_detached().await;
 
     let parked = park_by_hand(&server.url(), alice.as_str()).expect("parked");
     assert!(parked.len() >= 3, "alice's keys: {}", parked.len());

@@ -290,7 +290,7 @@ async fn a_live_intent_refuses_writes_but_reads_see_the_last_committed_state() {
         Decision::Commit
     );
     assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
-    // A write to the primary finds the decision and applies it too, then goes through.
+    // The commit applied the primary with it: a write to the primary goes through.
     let write_a = Transaction::owner(a.clone(), Some(IdempotencyKey::new("w", 2).expect("valid")))
         .with(gold(1));
     c.store

@@ -202,7 +202,8 @@ async fn leaving_two_shards_for_three_through_the_archive_loses_nothing() {
             .await
             .expect("applies");
     }
-    // A gift the coordinator committed and never applied: both players hold an intent.
+    // A gift the coordinator committed (applying the giver, its primary, with the commit) and
+    // never finished: the taker holds an intent.
     let gift = MultiTransaction::new(IdempotencyKey::new("gift", 1).expect("valid"))
         .with(
             Participant::owner(pid("p1")).with(Operation::IncrementCounter {
@@ -246,7 +247,7 @@ async fn leaving_two_shards_for_three_through_the_archive_loses_nothing() {
         .expect("drains");
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.archived, players.len() as u64, "{report:?}");
-    assert!(report.intents_finished >= 2, "{report:?}");
+    assert!(report.intents_finished >= 1, "{report:?}");
     // A second drain finds nothing to do.
     let again = old_archiver
         .drain(Duration::from_secs(10), |_| {})
@@ -472,9 +473,10 @@ async fn a_drain_waits_for_a_trade_with_a_player_that_never_existed() {
         report.rounds > 1,
         "the drain did not wait for the lease: {report:?}"
     );
+    // The commit applied the primary; the other's intent is the one finished.
     assert_eq!(
         (report.archived, report.intents_finished),
-        (2, 2),
+        (2, 1),
         "{report:?}"
     );
 

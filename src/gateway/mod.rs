@@ -7,7 +7,8 @@
 //! by request id. At that many the gateway stops reading from the connection until one
 //! finishes, so a fast client is slowed down rather than buffered without bound. Every queue
 //! is bounded. On shutdown the gateway stops accepting, stops reading, lets requests in flight
-//! finish (up to `gateway.shutdown_grace_ms`), says GoAway, and closes.
+//! finish (up to `gateway.shutdown_grace_ms`), says GoAway, and closes; then it waits (up to
+//! the grace again) for the store's detached work, the last applies of trades it answered.
 //!
 //! The frame format and every message are described in `proto/PROTOCOL.md`.
 //!
@@ -336,6 +337,15 @@ pub async fn run(listener: TcpListener, gateway: Gateway, shutdown: impl Future<
     let _ = stop.send(());
     drop(done_tx);
     let _ = done_rx.recv().await;
+    // Trades answered just before: their other participants are applied before the gateway
+    // goes, within the grace (past it, whoever meets their intents applies them).
+    let detached = gateway.inner.store.wait_detached();
+    if tokio::time::timeout(gateway.inner.config.shutdown_grace(), detached)
+        .await
+        .is_err()
+    {
+        tracing::warn!("trades' last applies left to resolvers: the shutdown grace passed");
+    }
 }
 
 /// Tells a connection over a limit why it is closed, if its socket takes the few bytes at

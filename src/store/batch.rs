@@ -170,7 +170,14 @@ impl Store {
             let mut again = Vec::new();
             let answered = self.run_once(&map, &txns, &routed, &pending).await;
             let answered = self.settle_intents(&txns, answered).await;
-            for (position, outcome) in answered {
+            // Whether every retry is of a write that met an intent finished just now (most
+            // often a trade's participant applied after the trade was answered): the player
+            // is free, so the retry goes at once rather than after a backoff.
+            let mut all_freed = true;
+            for (position, outcome, freed) in answered {
+                if matches!(&outcome, Err(e) if e.is_retryable()) && !freed {
+                    all_freed = false;
+                }
                 // No retry into an open breaker: it would fail the same way until the cooldown
                 // ends, and it would hold back the rest of the batch meanwhile.
                 if matches!(&outcome, Err(e) if e.is_retryable())
@@ -193,6 +200,10 @@ impl Store {
                 break;
             }
             self.count_retries(again.iter().filter_map(|&p| shard_of(p)));
+            if all_freed {
+                pending = again;
+                continue;
+            }
             // A restore takes the archiver about a millisecond: poll for it briskly rather
             // than backing off as from a failing shard.
             let only_restores = again
@@ -361,27 +372,47 @@ impl Store {
         &self,
         txns: &[Transaction],
         answered: Vec<(usize, Result<Outcome, Error>)>,
-    ) -> Vec<(usize, Result<Committed, Error>)> {
+    ) -> Vec<(usize, Result<Committed, Error>, bool)> {
         let settled = answered.into_iter().map(|(position, outcome)| async move {
             let player = &txns[position].player;
             let locked = |intent: &IntentRef, why: &str| Error::Locked {
                 player: player.as_str().to_string(),
                 reason: format!("attempt {} (primary {:?}) {why}", intent.attempt, intent.primary),
             };
+            // Whether the intent met was finished here: the retry may go at once.
+            let mut freed = false;
             let result = match outcome {
                 Ok(Outcome::Done(committed)) => Ok(committed),
                 Err(e) => Err(e),
+                Ok(Outcome::Locked(intent))
+                    if self.wait_detached_finish(player, Some(&intent.attempt)).await =>
+                {
+                    // A trade this store answered, whose detached task just applied it.
+                    freed = true;
+                    Err(locked(&intent, "was applied by its coordinator"))
+                }
                 Ok(Outcome::Locked(intent)) => {
                     // Decided (or expired) intents are finished at once; a live undecided one
                     // is waited out by the retry.
                     match self.resolve_intent(player, &intent).await {
                         Ok(Resolution::Live) => Err(locked(&intent, "is in progress")),
-                        Ok(_) => Err(locked(&intent, "was resolved")),
+                        Ok(_) => {
+                            freed = true;
+                            Err(locked(&intent, "was resolved"))
+                        }
                         Err(e) => {
                             tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an intent");
                             Err(locked(&intent, "could not be resolved"))
                         }
                     }
+                }
+                Ok(Outcome::AnsweredWithIntent(_, intent))
+                    if self.wait_detached_finish(player, Some(&intent.attempt)).await =>
+                {
+                    // A trade this store answered, whose detached task just applied it: the
+                    // answer is judged again against the applied state.
+                    freed = true;
+                    Err(locked(&intent, "was applied by its coordinator"))
                 }
                 Ok(Outcome::AnsweredWithIntent(answer, intent)) => {
                     let primary = PlayerId::new(intent.primary.clone());
@@ -391,8 +422,12 @@ impl Store {
                     };
                     match decision {
                         Ok(Some(Decision::Commit)) => {
-                            if let Err(e) = self.resolve_intent(player, &intent).await {
-                                tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot apply a committed intent");
+                            match self.resolve_intent(player, &intent).await {
+                                Ok(Resolution::Finished(..) | Resolution::NotHeld) => freed = true,
+                                Ok(Resolution::Live) => {}
+                                Err(e) => {
+                                    tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot apply a committed intent");
+                                }
                             }
                             Err(locked(&intent, "committed and is being applied"))
                         }
@@ -424,7 +459,7 @@ impl Store {
                     }
                 }
             };
-            (position, result)
+            (position, result, freed)
         });
         join_all(settled).await
     }

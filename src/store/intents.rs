@@ -2,8 +2,8 @@
 //! trade coordinator ([`super::multi`]). It reads and writes an attempt's decision record,
 //! finishes one participant by a decision (apply or roll back), and resolves an intent left
 //! behind — the one resolver every path uses. The trade design (`docs/design/trades.md`)
-//! has the rules these functions keep; the scripts are
-//! `multi/decide.lua`, `multi/apply.lua` and `multi/forget.lua`.
+//! has the rules these functions keep; the scripts are `multi/decide.lua`, `multi/commit.lua`,
+//! `multi/apply.lua` (the last two sharing `multi/finish.lua`) and `multi/forget.lua`.
 
 use std::sync::LazyLock;
 
@@ -13,16 +13,27 @@ use crate::error::Error;
 use crate::keys::{decision_key, PlayerKeys, SlotKeys};
 use crate::model::PlayerId;
 use crate::script::{self, IntentRef};
+use crate::shard_map::ShardIndex;
 
 use super::look::Read;
 use super::road::{Command, Effect, LuaScript};
 use super::Store;
 
-/// Applies or rolls back one participant (`window.lua` in front, for the primary's window).
+/// Applies or rolls back one participant (`window.lua` in front, for the primary's window,
+/// and `finish.lua`, the finishing both this and [`COMMIT`] run).
 static APPLY: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(concat!(
         include_str!("../window.lua"),
+        include_str!("../multi/finish.lua"),
         include_str!("../multi/apply.lua")
+    ))
+});
+/// Commits an attempt on its primary and applies the primary in the same script.
+static COMMIT: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(concat!(
+        include_str!("../window.lua"),
+        include_str!("../multi/finish.lua"),
+        include_str!("../multi/commit.lua")
     ))
 });
 /// Writes an attempt's decision once, or reads it back (writing it again).
@@ -99,6 +110,28 @@ fn decision_of(value: &str) -> Option<Decision> {
     }
 }
 
+/// Participants as a decision record lists them: each `<length>:<player id>`.
+fn listed(participants: &[PlayerId]) -> String {
+    let mut listed = String::new();
+    for p in participants {
+        listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
+    }
+    listed
+}
+
+/// What the finishing script's answer says it did.
+fn finished_of(reply: &RedisValue) -> Result<Finished, Error> {
+    match text(reply).as_deref() {
+        Some("APPLIED") => Ok(Finished::Applied),
+        Some("ROLLED_BACK") => Ok(Finished::RolledBack),
+        Some("ALREADY") => Ok(Finished::AlreadyApplied),
+        Some("NO_INTENT") => Ok(Finished::NoIntent),
+        _ => Err(Error::Internal(
+            "unexpected reply from the apply script".into(),
+        )),
+    }
+}
+
 /// A reply of an unexpected shape.
 pub(super) fn unexpected(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("unexpected reply: {e}"))
@@ -149,10 +182,6 @@ impl Store {
         replies: &[Vec<u8>],
     ) -> Result<Decision, Error> {
         let shard = self.shard_map().shard_for_player(primary);
-        let mut listed = String::new();
-        for p in participants {
-            listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
-        }
         let mut decide = Command::script(&DECIDE, Effect::Writes)
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions)
@@ -164,7 +193,7 @@ impl Store {
             })
             .arg(ABORT_RECORD_MS);
         if decision == Decision::Commit {
-            decide = decide.arg(listed);
+            decide = decide.arg(listed(participants));
             for reply in replies {
                 decide = decide.arg(reply.as_slice());
             }
@@ -227,16 +256,96 @@ impl Store {
         decision: Decision,
         primary: bool,
     ) -> Result<Finished, Error> {
-        let shard = self.shard_map().shard_for_player(player);
-        let keys = PlayerKeys::new(player);
-        let slot = SlotKeys::of_player(player);
+        self.finish_on_shard(
+            self.shard_map().shard_for_player(player),
+            &[(player, primary)],
+            attempt,
+            decision,
+        )
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(Error::Internal("the apply answered nothing".into())))
+    }
+
+    /// [`Store::finish_participant`] for every participant in `players` (each with whether it
+    /// is the primary), all on `shard`: one call, so one round trip and one acknowledgement
+    /// covering every apply and roll back it carried. A participant whose answer wrote
+    /// something is `Ok` only if that acknowledgement was given.
+    pub(super) async fn finish_on_shard(
+        &self,
+        shard: ShardIndex,
+        players: &[(&PlayerId, bool)],
+        attempt: &str,
+        decision: Decision,
+    ) -> Vec<Result<Finished, Error>> {
         let window = script::Window::of(&self.inner.settings);
-        let record = if primary {
-            decision_key(player, attempt)
-        } else {
-            keys.meta.clone()
-        };
-        let apply = Command::script(&APPLY, Effect::Writes)
+        let commands = players
+            .iter()
+            .map(|&(player, primary)| {
+                let keys = PlayerKeys::new(player);
+                let slot = SlotKeys::of_player(player);
+                let record = if primary {
+                    decision_key(player, attempt)
+                } else {
+                    keys.meta.clone()
+                };
+                Command::script(&APPLY, Effect::Writes)
+                    .key(&keys.meta)
+                    .key(&keys.public)
+                    .key(&keys.private)
+                    .key(&keys.intent)
+                    .key(&slot.active)
+                    .key(&slot.dirty)
+                    .key(&keys.clients)
+                    .key(&slot.intents)
+                    .key(record)
+                    .arg(player.as_str())
+                    .arg(attempt)
+                    .arg(match decision {
+                        Decision::Commit => "c",
+                        Decision::Abort => "a",
+                    })
+                    .arg(if self.inner.track_changes { "1" } else { "0" })
+                    .arg(window.age_ms)
+                    .arg(window.length)
+                    .arg(window.client_ttl_ms)
+            })
+            .collect();
+        let answer = self.send(shard, commands).await;
+        let acknowledged = answer.acknowledgement();
+        answer
+            .replies
+            .into_iter()
+            .map(|reply| {
+                let finished = finished_of(&reply?)?;
+                // NO_INTENT wrote nothing: nothing to acknowledge.
+                if finished != Finished::NoIntent {
+                    acknowledged.clone()?;
+                }
+                Ok(finished)
+            })
+            .collect()
+    }
+
+    /// Step 2 of a commit, on the primary's shard: writes the commit of `attempt` unless a
+    /// decision exists, and applies the primary's intent in the same script (so the record
+    /// lists `participants`, and the primary's window remembers the key with `replies`, every
+    /// participant's packed reply). Returns the decision that holds and, for a commit, what
+    /// applying the primary found. A commit is answered once acknowledged (replicated mode);
+    /// an abort at once, as [`Store::decide_once`] answers the coordinator: only the
+    /// coordinator writes a commit, and it will not.
+    pub(super) async fn commit_primary(
+        &self,
+        primary: &PlayerId,
+        attempt: &str,
+        participants: &[PlayerId],
+        replies: &[Vec<u8>],
+    ) -> Result<(Decision, Option<Finished>), Error> {
+        let shard = self.shard_map().shard_for_player(primary);
+        let keys = PlayerKeys::new(primary);
+        let slot = SlotKeys::of_player(primary);
+        let window = script::Window::of(&self.inner.settings);
+        let mut commit = Command::script(&COMMIT, Effect::Writes)
             .key(&keys.meta)
             .key(&keys.public)
             .key(&keys.private)
@@ -245,36 +354,42 @@ impl Store {
             .key(&slot.dirty)
             .key(&keys.clients)
             .key(&slot.intents)
-            .key(record)
-            .arg(player.as_str())
+            .key(decision_key(primary, attempt))
+            .key(&slot.decisions)
+            .arg(primary.as_str())
             .arg(attempt)
-            .arg(match decision {
-                Decision::Commit => "c",
-                Decision::Abort => "a",
-            })
             .arg(if self.inner.track_changes { "1" } else { "0" })
             .arg(window.age_ms)
             .arg(window.length)
-            .arg(window.client_ttl_ms);
-        let mut answer = self.send(shard, vec![apply]).await;
-        let outcome = answer
+            .arg(window.client_ttl_ms)
+            .arg(ABORT_RECORD_MS)
+            .arg(listed(participants));
+        for reply in replies {
+            commit = commit.arg(reply.as_slice());
+        }
+        let mut answer = self.send(shard, vec![commit]).await;
+        let reply = answer
             .replies
             .pop()
-            .unwrap_or_else(|| Err(Error::Internal("the apply answered nothing".into())))?;
-        let finished = match text(&outcome).as_deref() {
-            Some("APPLIED") => Finished::Applied,
-            Some("ROLLED_BACK") => Finished::RolledBack,
-            Some("ALREADY") => Finished::AlreadyApplied,
-            // Nothing was written: nothing to acknowledge.
-            Some("NO_INTENT") => return Ok(Finished::NoIntent),
-            _ => {
-                return Err(Error::Internal(
-                    "unexpected reply from the apply script".into(),
-                ))
-            }
+            .unwrap_or_else(|| Err(Error::Internal("the commit answered nothing".into())))?;
+        let RedisValue::Array(parts) = reply else {
+            return Err(unexpected("the commit script answered no list"));
         };
+        let held = parts
+            .first()
+            .and_then(text)
+            .as_deref()
+            .and_then(decision_of)
+            .ok_or_else(|| unexpected("the commit script answered no decision"))?;
+        if held == Decision::Abort {
+            return Ok((Decision::Abort, None));
+        }
+        let finished = parts
+            .get(1)
+            .ok_or_else(|| unexpected("the commit script did not apply the primary"))
+            .and_then(finished_of)?;
         answer.acknowledgement()?;
-        Ok(finished)
+        Ok((Decision::Commit, Some(finished)))
     }
 
     /// Forgets the decision record of `attempt` (primary `primary`): a commit record only once
@@ -348,7 +463,15 @@ impl Store {
                 )
                 .await?
             }
-            None => return Ok(Resolution::Live),
+            // No decision and the lease runs: live — unless the intent is gone meanwhile (a
+            // commit applied and its record forgotten since the intent was seen), which
+            // tells the caller it may go on at once.
+            None => {
+                if self.holds(player, &intent.attempt).await? {
+                    return Ok(Resolution::Live);
+                }
+                return Ok(Resolution::NotHeld);
+            }
         };
         let finished = self
             .finish_participant(player, &intent.attempt, decision, player == &primary)

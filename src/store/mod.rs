@@ -92,6 +92,14 @@ struct StoreInner {
     retries: AtomicU64,
     /// Permits of the detached tasks that forget decision records (`intents.rs`).
     forgetting: Arc<tokio::sync::Semaphore>,
+    /// Permits of the detached tasks that apply a committed trade's other participants
+    /// (`multi.rs`).
+    finishing: Arc<tokio::sync::Semaphore>,
+    /// The attempts whose other participants a detached task is applying now, each with a
+    /// receiver that sees its sender dropped when the task ends: a request of this store
+    /// meeting one of those intents waits for the task (a local wait) instead of resolving
+    /// the intent through the primary's shard.
+    detached: multi::DetachedFinishes,
 }
 
 impl Store {
@@ -172,6 +180,8 @@ impl Store {
                 observer: None,
                 retries: AtomicU64::new(0),
                 forgetting: Arc::new(tokio::sync::Semaphore::new(intents::FORGETTING_AT_ONCE)),
+                finishing: Arc::new(tokio::sync::Semaphore::new(multi::FINISHING_AT_ONCE)),
+                detached: multi::DetachedFinishes::default(),
             }),
         }
     }
@@ -221,6 +231,23 @@ impl Store {
             .iter()
             .map(|s| s.breaker.state())
             .collect()
+    }
+
+    /// Waits until every detached task of this store has ended: the other participants of
+    /// the trades it answered applied, and the decision records it was forgetting forgotten.
+    /// Nothing depends on it for safety (an intent left is applied by whoever meets it); a
+    /// gateway calls it when it drains, so a stop leaves no work to resolvers, and tests
+    /// call it before comparing what Redis holds.
+    pub async fn wait_detached(&self) {
+        let inner = &self.inner;
+        let _finishing = inner
+            .finishing
+            .acquire_many(multi::FINISHING_AT_ONCE as u32)
+            .await;
+        let _forgetting = inner
+            .forgetting
+            .acquire_many(intents::FORGETTING_AT_ONCE as u32)
+            .await;
     }
 
     /// The slot map this store routes by now. For a Redis Cluster it follows the cluster's

@@ -9,7 +9,7 @@
 //! finish the work. [`Store::execute_multi`] runs attempts to the end, retrying within the
 //! store's retry deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -23,12 +23,14 @@ use crate::script::{self, Prepared};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
-use super::intents::{Decider, Decision, Finished};
+use super::intents::{Decider, Decision, Finished, Resolution};
 use super::road::{Command, Effect};
 use super::{Store, RETRY_BACKOFF};
 
-/// Stops the process at `step` (`multi:after-prepare`, `multi:after-decide`,
-/// `multi:after-first-apply`, `multi:after-finish`) when built with the `failpoints` feature
+/// Stops the process at `step` (`multi:after-prepare`; `multi:after-decide`, for a commit with
+/// the primary applied and the others not; `multi:after-finish`, every participant finished and
+/// the record not forgotten, for a commit in the detached task, so perhaps after the caller was
+/// answered) when built with the `failpoints` feature
 /// and the environment variable `COLONY_FAILPOINT` names it: how fault tests kill a
 /// coordinating gateway exactly between two steps. Without the feature it does nothing.
 fn failpoint(step: &str) {
@@ -159,6 +161,9 @@ pub struct MultiAttempt<'s> {
     /// Per participant, what its prepare answered, once it did.
     staged: Vec<Option<(Committed, Vec<u8>)>>,
     decision: Option<Decision>,
+    /// What the commit script found applying the primary, when this attempt wrote or found
+    /// a commit there.
+    primary_finished: Option<Finished>,
     /// Entries of the request that read, sharing its read budget evenly.
     readers: usize,
     /// The ids of the attempts of the same call before this one.
@@ -187,6 +192,7 @@ impl<'s> MultiAttempt<'s> {
             id: format!("{random:016x}"),
             staged: vec![None; participants],
             decision: None,
+            primary_finished: None,
             readers: 1,
             earlier: Vec::new(),
             definite: vec![false; participants],
@@ -203,17 +209,23 @@ impl<'s> MultiAttempt<'s> {
         &self.call.txn.participants[0].player
     }
 
-    /// Step 1: prepares every participant, the participants of one shard concurrently on
-    /// its connection (so in one round trip), the shards concurrently.
-    pub async fn prepare(&mut self) -> PrepareOutcome {
+    /// Sends the prepares of the participants at `positions`, the participants of one shard
+    /// in one call (one round trip, and the intents acknowledged on the link that wrote
+    /// them), the shards concurrently; answers each position's outcome.
+    async fn prepare_positions(
+        &self,
+        positions: Vec<usize>,
+    ) -> Vec<(usize, Result<Prepared, Error>)> {
         let store = self.store;
         let bounds = store.bounds(self.readers.max(1));
         let primary = self.primary().clone();
         let lease_ms = store.inner.settings.intent_lease_ms;
         let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
         let map = store.shard_map();
-        for (i, &slot) in self.call.slots.iter().enumerate() {
-            plan.entry(map.shard_for_slot(slot)).or_default().push(i);
+        for i in positions {
+            plan.entry(map.shard_for_slot(self.call.slots[i]))
+                .or_default()
+                .push(i);
         }
         let call = &*self.call;
         let (txn, id) = (&call.txn, self.id.as_str());
@@ -221,8 +233,6 @@ impl<'s> MultiAttempt<'s> {
             let bounds = &bounds;
             let primary = &primary;
             async move {
-                // The shard's participants in one call: one round trip, and the intents
-                // acknowledged on the link that wrote them.
                 let commands = positions
                     .iter()
                     .map(|&i| {
@@ -268,11 +278,74 @@ impl<'s> MultiAttempt<'s> {
                     .collect::<Vec<_>>()
             }
         });
+        join_all(runs).await.into_iter().flatten().collect()
+    }
+
+    /// Step 1: prepares every participant, the participants of one shard concurrently on
+    /// its connection (so in one round trip), the shards concurrently.
+    pub async fn prepare(&mut self) -> PrepareOutcome {
+        // A participant this store is still applying for a trade it answered (most often the
+        // caller's previous trade): waited for first, locally, rather than met as an intent.
+        for p in &self.call.txn.participants {
+            self.store.wait_detached_finish(&p.player, None).await;
+        }
+        let mut outcomes = self
+            .prepare_positions((0..self.call.slots.len()).collect())
+            .await;
+        // A participant holding another attempt's intent: a decided one is finished now (so
+        // the next attempt need not wait for its lease), and so is one of this key's own
+        // earlier attempts, which nobody else is running any more (aborted unless it
+        // committed). Most often it is the last trade's participant, applied after that
+        // trade was answered: once finished, it is prepared again at once, in this attempt,
+        // instead of the attempt failing LOCKED and waiting out a backoff.
+        let mut again = Vec::new();
+        for (i, outcome) in &outcomes {
+            let Ok(Prepared::Locked(intent)) = outcome else {
+                continue;
+            };
+            let player = &self.call.txn.participants[*i].player;
+            if self
+                .store
+                .wait_detached_finish(player, Some(&intent.attempt))
+                .await
+            {
+                again.push(*i);
+                continue;
+            }
+            let own = self.earlier.contains(&intent.attempt);
+            let settled = if own {
+                self.store.settle_own_attempt(player, intent).await
+            } else {
+                self.store.resolve_intent(player, intent).await
+            };
+            tracing::debug!(
+                attempt = %self.id,
+                player = %player.as_str(),
+                met = %intent.attempt,
+                own,
+                settled = ?settled,
+                "a trade's prepare met another attempt's intent"
+            );
+            match settled {
+                Ok(Resolution::Finished(..) | Resolution::NotHeld) => again.push(*i),
+                Ok(Resolution::Live) => {}
+                Err(e) => {
+                    tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an intent");
+                }
+            }
+        }
+        if !again.is_empty() {
+            for (i, outcome) in self.prepare_positions(again).await {
+                if let Some(slot) = outcomes.iter_mut().find(|(j, _)| *j == i) {
+                    slot.1 = outcome;
+                }
+            }
+        }
         let mut refused: Option<(usize, Error)> = None;
         let mut replayed = None;
         // Why the primary could not judge the key, if it could not.
         let mut primary_unjudged: Option<Error> = None;
-        for (i, outcome) in join_all(runs).await.into_iter().flatten() {
+        for (i, outcome) in outcomes {
             self.definite[i] = !matches!(&outcome, Err(e) if e.may_have_applied());
             match outcome {
                 Ok(Prepared::Staged { committed, packed }) => {
@@ -285,27 +358,8 @@ impl<'s> MultiAttempt<'s> {
                     })
                 }
                 Ok(Prepared::Locked(intent)) => {
+                    // Resolved above where it could be: still held, or held again.
                     let player = &self.call.txn.participants[i].player;
-                    // A decided intent is finished now, so the next attempt need not wait
-                    // for its lease; so is one of this key's own earlier attempts, which
-                    // nobody else is running any more (aborted unless it committed).
-                    let own = self.earlier.contains(&intent.attempt);
-                    let settled = if own {
-                        store.settle_own_attempt(player, &intent).await
-                    } else {
-                        store.resolve_intent(player, &intent).await
-                    };
-                    tracing::debug!(
-                        attempt = %self.id,
-                        player = %player.as_str(),
-                        met = %intent.attempt,
-                        own,
-                        settled = ?settled,
-                        "a trade's prepare met another attempt's intent"
-                    );
-                    if let Err(e) = settled {
-                        tracing::warn!(player = %player.as_str(), version = intent.version, error = %e, "cannot resolve an intent");
-                    }
                     let e = Error::Locked {
                         player: player.as_str().to_string(),
                         reason: format!(
@@ -359,13 +413,11 @@ impl<'s> MultiAttempt<'s> {
     }
 
     /// Step 2: writes the decision — commit when `commit`, else abort — unless one exists,
-    /// and returns the one that holds.
+    /// and returns the one that holds. A commit is written together with the primary's apply
+    /// (one script on the primary's slot), so once this answers `Commit` the primary is
+    /// applied; the others are applied by [`MultiAttempt::finish`] (or whoever meets their
+    /// intents).
     pub async fn decide(&mut self, commit: bool) -> Result<Decision, Error> {
-        let wanted = if commit {
-            Decision::Commit
-        } else {
-            Decision::Abort
-        };
         let players: Vec<PlayerId> = self
             .call
             .txn
@@ -374,42 +426,63 @@ impl<'s> MultiAttempt<'s> {
             .map(|p| p.player.clone())
             .collect();
         let primary = self.primary().clone();
-        let replies: Vec<Vec<u8>> = self
-            .staged
-            .iter()
-            .map(|s| {
-                s.as_ref()
-                    .map(|(_, packed)| packed.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let held = self
-            .store
-            .decide_once(
-                Decider::Coordinator,
-                &primary,
-                &self.id,
-                wanted,
-                &players,
-                &replies,
-            )
-            .await?;
+        let held = if commit {
+            let replies: Vec<Vec<u8>> = self
+                .staged
+                .iter()
+                .map(|s| {
+                    s.as_ref()
+                        .map(|(_, packed)| packed.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let (held, primary_finished) = self
+                .store
+                .commit_primary(&primary, &self.id, &players, &replies)
+                .await?;
+            self.primary_finished = primary_finished;
+            held
+        } else {
+            self.store
+                .decide_once(
+                    Decider::Coordinator,
+                    &primary,
+                    &self.id,
+                    Decision::Abort,
+                    &players,
+                    &[],
+                )
+                .await?
+        };
         self.decision = Some(held);
         Ok(held)
     }
 
-    /// Step 3: applies (a commit) or rolls back (an abort) every participant, the
-    /// participants concurrently. A commit answers the whole result; an abort answers
-    /// UNAVAILABLE (nothing applied).
+    /// Step 3: applies (a commit) or rolls back (an abort) every participant, each shard's
+    /// participants in one call, the shards concurrently (a primary the commit applied is
+    /// not sent again). A commit answers the whole result; an abort answers UNAVAILABLE
+    /// (nothing applied).
     pub async fn finish(&mut self) -> Result<MultiCommitted, Error> {
         let Some(decision) = self.decision else {
             return Err(Error::Internal("finish before a decision".into()));
         };
-        let finishes = self.call.txn.participants.iter().enumerate().map(|(i, p)| {
-            self.store
-                .finish_participant(&p.player, &self.id, decision, i == 0)
-        });
-        let finished = join_all(finishes).await;
+        let players: Vec<PlayerId> = self
+            .call
+            .txn
+            .participants
+            .iter()
+            .map(|p| p.player.clone())
+            .collect();
+        let primary_applied = decision == Decision::Commit
+            && matches!(
+                self.primary_finished,
+                Some(Finished::Applied | Finished::AlreadyApplied)
+            );
+        let skip = usize::from(primary_applied);
+        let mut finished = finish_all(self.store, &players, skip, &self.id, decision).await;
+        if primary_applied {
+            finished.insert(0, Ok(Finished::AlreadyApplied));
+        }
         if decision == Decision::Abort {
             // Every participant rolled back, acknowledged, and no prepare of this attempt can
             // still arrive: no intent of it is left for a resolver to look up, and only this
@@ -426,41 +499,60 @@ impl<'s> MultiAttempt<'s> {
                 ),
             });
         }
-        let mut participants = Vec::with_capacity(finished.len());
         for (i, outcome) in finished.into_iter().enumerate() {
-            match (outcome, &self.staged[i]) {
-                (Ok(Finished::Applied | Finished::AlreadyApplied), Some((committed, _))) => {
-                    participants.push(committed.clone())
-                }
-                (Ok(_), _) => {
-                    return Err(in_participant(
-                        i,
-                        Error::Unknown {
-                            shard: None,
-                            reason: format!(
-                                "attempt {} committed, but the participant held no intent to \
-                                 apply (lost in a failover?)",
-                                self.id
-                            ),
-                        },
-                    ))
-                }
-                (Err(e), _) => {
-                    // Committed: a resolver applies it; the outcome is only unknown to us.
-                    return Err(in_participant(
-                        i,
-                        Error::Unknown {
-                            shard: None,
-                            reason: format!("attempt {} committed; applying failed: {e}", self.id),
-                        },
-                    ));
-                }
+            if let Err(e) = applied(&self.id, outcome) {
+                return Err(in_participant(i, e));
             }
         }
+        self.result()
+    }
+
+    /// The whole result of a committed attempt, from what every participant staged.
+    fn result(&self) -> Result<MultiCommitted, Error> {
+        let participants = self
+            .staged
+            .iter()
+            .map(|s| s.as_ref().map(|(committed, _)| committed.clone()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal("a committed attempt missing a prepare".into()))?;
         Ok(MultiCommitted {
             participants,
             replayed: false,
         })
+    }
+
+    /// The rest of step 3 once the caller can be answered: the commit and the primary's
+    /// apply were acknowledged (so was every intent, in step 1), and the outcome is durable.
+    /// Applies the other participants, then forgets the commit record, in a detached task —
+    /// at most [`FINISHING_AT_ONCE`] at a time; past that, here, before answering — and
+    /// answers the whole result.
+    async fn answer_and_finish_others(&self) -> Result<MultiCommitted, Error> {
+        let result = self.result()?;
+        let players: Vec<PlayerId> = self
+            .call
+            .txn
+            .participants
+            .iter()
+            .map(|p| p.player.clone())
+            .collect();
+        let finishing = finish_others(self.store.clone(), players.clone(), self.id.clone());
+        match self.store.inner.finishing.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let others = players[1..].to_vec();
+                let ended = self.store.inner.detached.begin(&self.id, &others);
+                let store = self.store.clone();
+                let attempt = self.id.clone();
+                tokio::spawn(async move {
+                    finishing.await;
+                    store.inner.detached.end(&attempt, &others);
+                    drop(ended);
+                    drop(permit);
+                });
+            }
+            // Back-pressure: this caller waits for its own applies.
+            Err(_) => finishing.await,
+        }
+        Ok(result)
     }
 
     /// Step 4: forgets the decision record once every participant was applied (or rolled
@@ -494,6 +586,13 @@ impl<'s> MultiAttempt<'s> {
                 match self.store.multi_decision(self.primary(), &self.id).await {
                     Ok(Some(decision)) => {
                         self.decision = Some(decision);
+                        if decision == Decision::Commit {
+                            // Only this coordinator writes this attempt's commit, and only
+                            // with the commit script, which applied the primary in the same
+                            // write; the read above wrote the record again and was
+                            // acknowledged on its link, which covers that apply too.
+                            self.primary_finished = Some(Finished::AlreadyApplied);
+                        }
                         decision
                     }
                     Ok(None) if refused.is_some() => return Err(refused.unwrap_or(e)),
@@ -507,17 +606,16 @@ impl<'s> MultiAttempt<'s> {
             }
         };
         failpoint("multi:after-decide");
-        #[cfg(feature = "failpoints")]
-        if std::env::var("COLONY_FAILPOINT").is_ok_and(|named| named == "multi:after-first-apply") {
-            // Applies the primary alone, then stops: a coordinator that died half-way through
-            // the applies.
-            let first = &self.call.txn.participants[0].player;
-            let _ = self
-                .store
-                .finish_participant(first, &self.id, decided, true)
-                .await;
-            failpoint("multi:after-first-apply");
+        if decided == Decision::Commit
+            && matches!(
+                self.primary_finished,
+                Some(Finished::Applied | Finished::AlreadyApplied)
+            )
+        {
+            return self.answer_and_finish_others().await;
         }
+        // An abort, or a commit whose primary held no intent (lost in a failover): finished
+        // here, the caller waiting.
         let result = self.finish().await;
         failpoint("multi:after-finish");
         match (decided, &result) {
@@ -535,6 +633,227 @@ impl<'s> MultiAttempt<'s> {
                     .unwrap_or_else(|| Error::Internal("abort answered OK".into()))
             })),
             (Decision::Commit, Err(_)) => result,
+        }
+    }
+}
+
+/// The players this store's detached tasks are applying now, each with the attempt and a
+/// receiver that sees its sender dropped when the task ends ([`Store::wait_detached_finish`]).
+#[derive(Default)]
+pub(super) struct DetachedFinishes {
+    running: std::sync::Mutex<HashMap<String, (String, tokio::sync::watch::Receiver<()>)>>,
+}
+
+impl DetachedFinishes {
+    /// Registers `players` as being applied for `attempt`; the end is seen when the returned
+    /// sender drops.
+    fn begin(&self, attempt: &str, players: &[PlayerId]) -> tokio::sync::watch::Sender<()> {
+        let (ended, watched) = tokio::sync::watch::channel(());
+        let mut running = self.lock();
+        for p in players {
+            running.insert(
+                p.as_str().to_string(),
+                (attempt.to_string(), watched.clone()),
+            );
+        }
+        ended
+    }
+
+    /// Forgets `players`' entries of `attempt` (a later attempt's entry for a player stays).
+    fn end(&self, attempt: &str, players: &[PlayerId]) {
+        let mut running = self.lock();
+        for p in players {
+            if running.get(p.as_str()).is_some_and(|(a, _)| a == attempt) {
+                running.remove(p.as_str());
+            }
+        }
+    }
+
+    /// The end of the task applying `player`, for `attempt` when given, else for any attempt.
+    fn watch(
+        &self,
+        player: &PlayerId,
+        attempt: Option<&str>,
+    ) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.lock()
+            .get(player.as_str())
+            .filter(|(a, _)| attempt.is_none_or(|attempt| attempt == a))
+            .map(|(_, watched)| watched.clone())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, tokio::sync::watch::Receiver<()>)>>
+    {
+        // A panic while holding it cannot leave the map inconsistent (inserts and removes).
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How long a request of this store waits for its own detached task finishing an intent it
+/// met, before resolving the intent itself: a task retrying through a failover takes longer.
+const DETACHED_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Store {
+    /// When this store's own detached task is applying `player` (for `attempt`, when given:
+    /// a trade it answered a moment ago), waits for the task to end, at most [`DETACHED_WAIT`], and answers whether
+    /// it ended: the intent met is then most likely applied, so the caller goes on at once
+    /// instead of resolving it through the primary's shard. (Whatever the answer, nothing
+    /// depends on it for safety: an intent still held is met again and resolved.)
+    pub(super) async fn wait_detached_finish(
+        &self,
+        player: &PlayerId,
+        attempt: Option<&str>,
+    ) -> bool {
+        let Some(mut watched) = self.inner.detached.watch(player, attempt) else {
+            return false;
+        };
+        // The sender dropped: `changed` answers an error, which is the end we wait for.
+        tokio::time::timeout(DETACHED_WAIT, watched.changed())
+            .await
+            .is_ok()
+    }
+}
+
+/// How many committed trades may have their other participants applied by detached tasks at
+/// once; past it, the coordinator applies them before answering.
+pub(super) const FINISHING_AT_ONCE: usize = 1024;
+
+/// Finishes `players[skip..]` by `decision` for `attempt`, each shard's participants in one
+/// call, the shards concurrently. The answers are in the order of `players[skip..]`.
+async fn finish_all(
+    store: &Store,
+    players: &[PlayerId],
+    skip: usize,
+    attempt: &str,
+    decision: Decision,
+) -> Vec<Result<Finished, Error>> {
+    let positions: Vec<usize> = (skip..players.len()).collect();
+    finish_positions(store, players, &positions, attempt, decision)
+        .await
+        .into_iter()
+        .map(|(_, answer)| answer)
+        .collect()
+}
+
+/// Finishes the participants of `players` at `positions` (index 0 is the primary), each
+/// shard's in one call, the shards concurrently; answers each position's outcome, in the
+/// order of `positions`.
+async fn finish_positions(
+    store: &Store,
+    players: &[PlayerId],
+    positions: &[usize],
+    attempt: &str,
+    decision: Decision,
+) -> Vec<(usize, Result<Finished, Error>)> {
+    let map = store.shard_map();
+    let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
+    for &i in positions {
+        plan.entry(map.shard_for_player(&players[i]))
+            .or_default()
+            .push(i);
+    }
+    let runs = plan.into_iter().map(|(shard, on)| async move {
+        let on_shard: Vec<(&PlayerId, bool)> = on.iter().map(|&i| (&players[i], i == 0)).collect();
+        let answers = store
+            .finish_on_shard(shard, &on_shard, attempt, decision)
+            .await;
+        on.into_iter().zip(answers).collect::<Vec<_>>()
+    });
+    let mut answers: BTreeMap<usize, Result<Finished, Error>> =
+        join_all(runs).await.into_iter().flatten().collect();
+    positions
+        .iter()
+        .map(|&i| {
+            let answer = answers
+                .remove(&i)
+                .unwrap_or_else(|| Err(Error::Internal("a participant not finished".into())));
+            (i, answer)
+        })
+        .collect()
+}
+
+/// Whether a committed participant's finishing applied it (now or before); the error a
+/// caller waiting for it gets otherwise (UNKNOWN: the commit stands, a resolver applies it).
+fn applied(attempt: &str, outcome: Result<Finished, Error>) -> Result<(), Error> {
+    match outcome {
+        Ok(Finished::Applied | Finished::AlreadyApplied) => Ok(()),
+        Ok(_) => Err(Error::Unknown {
+            shard: None,
+            reason: format!(
+                "attempt {attempt} committed, but the participant held no intent to apply (lost \
+                 in a failover?)"
+            ),
+        }),
+        Err(e) => Err(Error::Unknown {
+            shard: None,
+            reason: format!("attempt {attempt} committed; applying failed: {e}"),
+        }),
+    }
+}
+
+/// Applies a committed attempt's participants other than the primary (which the commit
+/// applied), then forgets the commit record once every apply was acknowledged. The caller
+/// was answered already: a participant failing for a retryable reason (its shard failing
+/// over, a slot moving) is tried again with backoff within the store's retry deadline, so
+/// that readers and writers of a healthy shard do not have to reach the primary's shard to
+/// finish it; one not applied in the end keeps its intent, which whoever meets it applies
+/// from the commit record, and the sweep forgets the record later.
+async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
+    let deadline = Instant::now() + store.inner.settings.retry_deadline();
+    let mut pending: Vec<usize> = (1..players.len()).collect();
+    let mut all_applied = true;
+    let mut round = 0u32;
+    while !pending.is_empty() {
+        let answers =
+            finish_positions(&store, &players, &pending, &attempt, Decision::Commit).await;
+        if round == 0 {
+            failpoint("multi:after-finish");
+        }
+        let mut again = Vec::new();
+        for (i, outcome) in answers {
+            let player = &players[i];
+            match outcome {
+                Ok(Finished::Applied | Finished::AlreadyApplied) => {}
+                Ok(_) => {
+                    all_applied = false;
+                    // Applied by someone else who met the intent and overwritten since by a
+                    // later attempt's apply (the mark `y` holds the last attempt only) — or,
+                    // in the naive profile, an intent a failover lost. Not told apart here.
+                    tracing::debug!(
+                        attempt = %attempt,
+                        player = %player.as_str(),
+                        "a committed trade's participant held no intent to apply any more"
+                    );
+                }
+                Err(e) if e.is_retryable() && Instant::now() < deadline => again.push(i),
+                Err(e) => {
+                    all_applied = false;
+                    tracing::warn!(
+                        attempt = %attempt,
+                        player = %player.as_str(),
+                        error = %e,
+                        "a committed trade's participant is left to whoever meets its intent"
+                    );
+                }
+            }
+        }
+        if !again.is_empty() {
+            let now = Instant::now();
+            tokio::time::sleep(
+                RETRY_BACKOFF.delay_within(round, deadline.saturating_duration_since(now)),
+            )
+            .await;
+        }
+        pending = again;
+        round += 1;
+    }
+    if all_applied {
+        if let Err(e) = store.forget_decision(&players[0], &attempt).await {
+            tracing::debug!(error = %e, "the decision record stays for the sweep");
         }
     }
 }
