@@ -1,7 +1,9 @@
 //! Multi-player transactions against single-player ones, on the same local cluster in the same
 //! run: two-shard trades per second as a ratio of single-player transactions per second (both
-//! from `CONCURRENCY` callers through the library), p50/p99 of a trade, and how both change
-//! with 2, 4 and 8 participants (spread over every shard).
+//! from `CONCURRENCY` callers through the library; a trade's rate counts the time its
+//! detached last applies take after the callers stop), p50/p99 of a trade, and how both change
+//! with 2, 4 and 8 participants (spread over every shard); then the p50 of each with one
+//! caller, where latency is round trips rather than queueing.
 //!
 //! The single-player transaction: a bounded increment of a private counter with an idempotency
 //! key. A trade: every participant's counter moves (one gives, the others take), each with
@@ -106,6 +108,7 @@ async fn main() {
     };
 
     // Baseline: single-player transactions.
+    let cpu_before = common::redis_cpu_seconds(&servers);
     let (s, a) = (store.clone(), all.clone());
     let (single_rate, single_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
         let (s, a) = (s.clone(), a.clone());
@@ -119,50 +122,106 @@ async fn main() {
         }
     })
     .await;
+    // Redis CPU per call: every server's CPU over the phase, divided by the calls answered.
+    let single_cpu = (common::redis_cpu_seconds(&servers) - cpu_before) * 1e6
+        / (single_rate * duration.as_secs_f64());
     println!(
-        "single-player transactions: {single_rate:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  ({CONCURRENCY} callers, {shards} shards)",
+        "single-player transactions: {single_rate:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  Redis CPU {single_cpu:>4.0} µs  ({CONCURRENCY} callers, {shards} shards)",
         single_latency.value_at_quantile(0.5),
         single_latency.value_at_quantile(0.99)
     );
 
     for participants in [2usize, 4, 8] {
+        let cpu_before = common::redis_cpu_seconds(&servers);
         let (s, a) = (store.clone(), all.clone());
-        let (rate, latency) = common::measure(CONCURRENCY, duration, move |task, i| {
-            let (s, a) = (s.clone(), a.clone());
-            async move {
-                // One participant per shard, round robin from a shard that moves each time.
-                let mut txn = MultiTransaction::new(
-                    IdempotencyKey::new(format!("multi-{participants}-{task}"), i + 1).unwrap(),
-                );
-                let start = i as usize;
-                let mut used = Vec::new();
-                for k in 0..participants {
-                    let mut p = player(&a, task, start + k, i + (k / a.len()) as u64);
-                    let mut bump = 1;
-                    while used.contains(&p) {
-                        p = player(&a, task, start + k, i + bump);
-                        bump += 1;
+        let settled = store.clone();
+        let (rate, latency) = common::measure_settled(
+            CONCURRENCY,
+            duration,
+            move |task, i| {
+                let (s, a) = (s.clone(), a.clone());
+                async move {
+                    // One participant per shard, round robin from a shard that moves each time.
+                    let mut txn = MultiTransaction::new(
+                        IdempotencyKey::new(format!("multi-{participants}-{task}"), i + 1).unwrap(),
+                    );
+                    let start = i as usize;
+                    let mut used = Vec::new();
+                    for k in 0..participants {
+                        let mut p = player(&a, task, start + k, i + (k / a.len()) as u64);
+                        let mut bump = 1;
+                        while used.contains(&p) {
+                            p = player(&a, task, start + k, i + bump);
+                            bump += 1;
+                        }
+                        used.push(p.clone());
+                        let delta = if k == 0 {
+                            -(participants as i64 - 1)
+                        } else {
+                            1
+                        };
+                        txn = txn.with(Participant::owner(p).with(gold(delta)));
                     }
-                    used.push(p.clone());
-                    let delta = if k == 0 {
-                        -(participants as i64 - 1)
-                    } else {
-                        1
-                    };
-                    txn = txn.with(Participant::owner(p).with(gold(delta)));
+                    s.execute_multi(txn).await.is_ok()
                 }
-                s.execute_multi(txn).await.is_ok()
-            }
-        })
+            },
+            async move { settled.wait_detached().await },
+        )
         .await;
+        let cpu = (common::redis_cpu_seconds(&servers) - cpu_before) * 1e6
+            / (rate * duration.as_secs_f64());
         println!(
-            "{participants}-participant trades:        {rate:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  ({:.2}x single-player; target >= 0.25 for 2)",
+            "{participants}-participant trades:        {rate:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  Redis CPU {cpu:>4.0} µs ({:.2}x)  ({:.2}x single-player's rate, p50 {:.2}x; for 2, targets >= 0.4 and <= 2)",
             latency.value_at_quantile(0.5),
             latency.value_at_quantile(0.99),
-            rate / single_rate
+            cpu / single_cpu,
+            rate / single_rate,
+            latency.value_at_quantile(0.5) as f64 / single_latency.value_at_quantile(0.5) as f64
         );
     }
     println!("retries taken by the store: {}", store.retries());
+
+    // Unloaded: one caller, so a call's latency is its round trips and its scripts, not the
+    // queue 32 callers make on two cores (where latency follows the rate).
+    let (s, a) = (store.clone(), all.clone());
+    let (_, lone_single) = common::measure(1, duration, move |task, i| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            let txn = Transaction::owner(
+                player(&a, task, i as usize, i),
+                Some(IdempotencyKey::new(format!("lone-single-{task}"), i + 1).unwrap()),
+            )
+            .with(gold(1));
+            s.execute(txn).await.is_ok()
+        }
+    })
+    .await;
+    let (s, a) = (store.clone(), all.clone());
+    let settled = store.clone();
+    let (_, lone_trade) = common::measure_settled(
+        1,
+        duration,
+        move |task, i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let start = i as usize;
+                let txn = MultiTransaction::new(
+                    IdempotencyKey::new(format!("lone-multi-{task}"), i + 1).unwrap(),
+                )
+                .with(Participant::owner(player(&a, task, start, i)).with(gold(-1)))
+                .with(Participant::owner(player(&a, task, start + 1, i)).with(gold(1)));
+                s.execute_multi(txn).await.is_ok()
+            }
+        },
+        async move { settled.wait_detached().await },
+    )
+    .await;
+    println!(
+        "one caller: single-player p50 {} µs, 2-participant trade p50 {} µs ({:.2}x)",
+        lone_single.value_at_quantile(0.5),
+        lone_trade.value_at_quantile(0.5),
+        lone_trade.value_at_quantile(0.5) as f64 / lone_single.value_at_quantile(0.5) as f64
+    );
 
     // Contention and the decision records it leaves: every caller trades among the same four
     // players for `--contended` seconds, so attempts meet each other's intents (LOCKED, or a
@@ -347,18 +406,24 @@ async fn main() {
             })
             .await;
         let (s, a) = (store.clone(), all.clone());
-        let (trade_rate, trade_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
-            let (s, a) = (s.clone(), a.clone());
-            async move {
-                let start = i as usize;
-                let txn = MultiTransaction::new(
-                    IdempotencyKey::new(format!("r-multi-{task}"), i + 1).unwrap(),
-                )
-                .with(Participant::owner(player(&a, task, start, i)).with(gold(-1)))
-                .with(Participant::owner(player(&a, task, start + 1, i)).with(gold(1)));
-                s.execute_multi(txn).await.is_ok()
-            }
-        })
+        let settled = store.clone();
+        let (trade_rate, trade_latency) = common::measure_settled(
+            CONCURRENCY,
+            duration,
+            move |task, i| {
+                let (s, a) = (s.clone(), a.clone());
+                async move {
+                    let start = i as usize;
+                    let txn = MultiTransaction::new(
+                        IdempotencyKey::new(format!("r-multi-{task}"), i + 1).unwrap(),
+                    )
+                    .with(Participant::owner(player(&a, task, start, i)).with(gold(-1)))
+                    .with(Participant::owner(player(&a, task, start + 1, i)).with(gold(1)));
+                    s.execute_multi(txn).await.is_ok()
+                }
+            },
+            async move { settled.wait_detached().await },
+        )
         .await;
         println!(
             "replicated acknowledgements (1 replica per shard, every WAIT on the link that wrote): single-player {single_rate:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {trade_rate:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",
@@ -397,20 +462,26 @@ async fn main() {
     })
     .await;
     let (c, a) = (client.clone(), all.clone());
-    let (trade_gw, trade_gw_latency) = common::measure(CONCURRENCY, duration, move |task, i| {
-        let (c, a) = (c.clone(), a.clone());
-        async move {
-            let start = i as usize;
-            let giver = player(&a, task, start, i);
-            let taker = player(&a, task, start + 1, i);
-            let txn = MultiTransaction::new(
-                IdempotencyKey::new(format!("gw-multi-{task}"), i + 1).unwrap(),
-            )
-            .with(Participant::owner(giver).with(gold(-1)))
-            .with(Participant::owner(taker).with(gold(1)));
-            c.execute_multi(txn).await.is_ok()
-        }
-    })
+    let settled = gateway.gateway.store().clone();
+    let (trade_gw, trade_gw_latency) = common::measure_settled(
+        CONCURRENCY,
+        duration,
+        move |task, i| {
+            let (c, a) = (c.clone(), a.clone());
+            async move {
+                let start = i as usize;
+                let giver = player(&a, task, start, i);
+                let taker = player(&a, task, start + 1, i);
+                let txn = MultiTransaction::new(
+                    IdempotencyKey::new(format!("gw-multi-{task}"), i + 1).unwrap(),
+                )
+                .with(Participant::owner(giver).with(gold(-1)))
+                .with(Participant::owner(taker).with(gold(1)));
+                c.execute_multi(txn).await.is_ok()
+            }
+        },
+        async move { settled.wait_detached().await },
+    )
     .await;
     println!(
         "through the gateway: single-player {single_gw:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {trade_gw:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",

@@ -29,35 +29,15 @@ fn pid(n: u64) -> PlayerId {
     PlayerId::new(format!("scale-{n}")).unwrap()
 }
 
-fn info(server: &RedisServer, section: &str) -> String {
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    redis::cmd("INFO").arg(section).query(&mut conn).unwrap()
-}
-
-fn field(info: &str, prefix: &str) -> f64 {
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or(0.0))
-}
-
 fn used_memory(servers: &[RedisServer]) -> f64 {
     servers
         .iter()
-        .map(|s| field(&info(s, "memory"), "used_memory:"))
+        .map(|s| common::info_field(&common::info(s, "memory"), "used_memory:"))
         .sum()
 }
 
 fn cpu_seconds(servers: &[RedisServer]) -> f64 {
-    servers
-        .iter()
-        .map(|s| {
-            let cpu = info(s, "cpu");
-            field(&cpu, "used_cpu_sys:") + field(&cpu, "used_cpu_user:")
-        })
-        .sum()
+    common::redis_cpu_seconds(servers)
 }
 
 /// (calls, total µs) of EVALSHA over `servers`.
@@ -65,7 +45,7 @@ fn evalsha_stats(servers: &[RedisServer]) -> (f64, f64) {
     let mut calls = 0.0;
     let mut usec = 0.0;
     for s in servers {
-        let stats = info(s, "commandstats");
+        let stats = common::info(s, "commandstats");
         if let Some(line) = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:")) {
             for part in line["cmdstat_evalsha:".len()..].split(',') {
                 if let Some(v) = part.strip_prefix("calls=") {

@@ -59,6 +59,22 @@ where
     F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    measure_settled(callers, duration, work, async {}).await
+}
+
+/// [`measure`], the rate counting the time `settle` takes once the callers stopped: work
+/// answered before it was finished (a trade's last applies, in detached tasks) is paid for
+/// in the rate.
+pub async fn measure_settled<F, Fut>(
+    callers: u64,
+    duration: Duration,
+    work: F,
+    settle: impl std::future::Future<Output = ()>,
+) -> (f64, Histogram<u64>)
+where
+    F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let work = Arc::new(work);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -88,7 +104,36 @@ where
     for h in handles {
         h.await.unwrap();
     }
+    settle.await;
     let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     let latencies = latencies.lock().unwrap().clone();
     (rate, latencies)
+}
+
+/// `INFO <section>` of `server`, on a connection of its own.
+pub fn info(server: &colony_testkit::RedisServer, section: &str) -> String {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("INFO").arg(section).query(&mut conn).unwrap()
+}
+
+/// The number after `prefix` on a line of an `INFO` answer (0 when absent).
+pub fn info_field(info: &str, prefix: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(0.0))
+}
+
+/// CPU seconds (user and system) `servers` have used since they started: every command,
+/// the networking and the replication they do, which is what a studio's Redis bill counts.
+pub fn redis_cpu_seconds(servers: &[colony_testkit::RedisServer]) -> f64 {
+    servers
+        .iter()
+        .map(|s| {
+            let cpu = info(s, "cpu");
+            info_field(&cpu, "used_cpu_sys:") + info_field(&cpu, "used_cpu_user:")
+        })
+        .sum()
 }
