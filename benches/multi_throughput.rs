@@ -65,6 +65,58 @@ fn players(store: &Store, shards: usize, per_shard: usize) -> Vec<Vec<PlayerId>>
     unreachable!()
 }
 
+/// Single-player transactions, then two-player trades (each participant's counter moving by
+/// one), from `callers` callers for `duration` each, players picked as the main phases pick
+/// them, keys of clients named after `tag`: each one's rate and latencies. A trade's rate
+/// counts the time its detached last applies take after the callers stop.
+async fn single_then_trade(
+    store: &Arc<Store>,
+    all: &Arc<Vec<Vec<PlayerId>>>,
+    per_caller: usize,
+    callers: u64,
+    duration: Duration,
+    tag: &'static str,
+) -> ((f64, Histogram<u64>), (f64, Histogram<u64>)) {
+    let pick = move |all: &Vec<Vec<PlayerId>>, task: u64, shard: usize, n: u64| {
+        let base = task as usize * per_caller;
+        all[shard % all.len()][base + (n as usize % per_caller)].clone()
+    };
+    let (s, a) = (store.clone(), all.clone());
+    let single = common::measure(callers, duration, move |task, i| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            let txn = Transaction::owner(
+                pick(&a, task, i as usize, i),
+                Some(IdempotencyKey::new(format!("{tag}-single-{task}"), i + 1).unwrap()),
+            )
+            .with(gold(1));
+            s.execute(txn).await.is_ok()
+        }
+    })
+    .await;
+    let (s, a) = (store.clone(), all.clone());
+    let settled = store.clone();
+    let trade = common::measure_settled(
+        callers,
+        duration,
+        move |task, i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let start = i as usize;
+                let txn = MultiTransaction::new(
+                    IdempotencyKey::new(format!("{tag}-multi-{task}"), i + 1).unwrap(),
+                )
+                .with(Participant::owner(pick(&a, task, start, i)).with(gold(-1)))
+                .with(Participant::owner(pick(&a, task, start + 1, i)).with(gold(1)));
+                s.execute_multi(txn).await.is_ok()
+            }
+        },
+        async move { settled.wait_detached().await },
+    )
+    .await;
+    (single, trade)
+}
+
 #[tokio::main]
 async fn main() {
     let mut seconds = 3u64;
@@ -183,39 +235,8 @@ async fn main() {
 
     // Unloaded: one caller, so a call's latency is its round trips and its scripts, not the
     // queue 32 callers make on two cores (where latency follows the rate).
-    let (s, a) = (store.clone(), all.clone());
-    let (_, lone_single) = common::measure(1, duration, move |task, i| {
-        let (s, a) = (s.clone(), a.clone());
-        async move {
-            let txn = Transaction::owner(
-                player(&a, task, i as usize, i),
-                Some(IdempotencyKey::new(format!("lone-single-{task}"), i + 1).unwrap()),
-            )
-            .with(gold(1));
-            s.execute(txn).await.is_ok()
-        }
-    })
-    .await;
-    let (s, a) = (store.clone(), all.clone());
-    let settled = store.clone();
-    let (_, lone_trade) = common::measure_settled(
-        1,
-        duration,
-        move |task, i| {
-            let (s, a) = (s.clone(), a.clone());
-            async move {
-                let start = i as usize;
-                let txn = MultiTransaction::new(
-                    IdempotencyKey::new(format!("lone-multi-{task}"), i + 1).unwrap(),
-                )
-                .with(Participant::owner(player(&a, task, start, i)).with(gold(-1)))
-                .with(Participant::owner(player(&a, task, start + 1, i)).with(gold(1)));
-                s.execute_multi(txn).await.is_ok()
-            }
-        },
-        async move { settled.wait_detached().await },
-    )
-    .await;
+    let ((_, lone_single), (_, lone_trade)) =
+        single_then_trade(&store, &all, per_caller, 1, duration, "lone").await;
     println!(
         "one caller: single-player p50 {} µs, 2-participant trade p50 {} µs ({:.2}x)",
         lone_single.value_at_quantile(0.5),
@@ -391,40 +412,8 @@ async fn main() {
         replicated.redis.acknowledge = colony::config::Acknowledge::Replicated;
         replicated.redis.replicas_to_wait = 1;
         let store = Arc::new(Store::new(&replicated).unwrap());
-        let (s, a) = (store.clone(), all.clone());
-        let (single_rate, single_latency) =
-            common::measure(CONCURRENCY, duration, move |task, i| {
-                let (s, a) = (s.clone(), a.clone());
-                async move {
-                    let txn = Transaction::owner(
-                        player(&a, task, i as usize, i),
-                        Some(IdempotencyKey::new(format!("r-single-{task}"), i + 1).unwrap()),
-                    )
-                    .with(gold(1));
-                    s.execute(txn).await.is_ok()
-                }
-            })
-            .await;
-        let (s, a) = (store.clone(), all.clone());
-        let settled = store.clone();
-        let (trade_rate, trade_latency) = common::measure_settled(
-            CONCURRENCY,
-            duration,
-            move |task, i| {
-                let (s, a) = (s.clone(), a.clone());
-                async move {
-                    let start = i as usize;
-                    let txn = MultiTransaction::new(
-                        IdempotencyKey::new(format!("r-multi-{task}"), i + 1).unwrap(),
-                    )
-                    .with(Participant::owner(player(&a, task, start, i)).with(gold(-1)))
-                    .with(Participant::owner(player(&a, task, start + 1, i)).with(gold(1)));
-                    s.execute_multi(txn).await.is_ok()
-                }
-            },
-            async move { settled.wait_detached().await },
-        )
-        .await;
+        let ((single_rate, single_latency), (trade_rate, trade_latency)) =
+            single_then_trade(&store, &all, per_caller, CONCURRENCY, duration, "r").await;
         println!(
             "replicated acknowledgements (1 replica per shard, every WAIT on the link that wrote): single-player {single_rate:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {trade_rate:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",
             single_latency.value_at_quantile(0.5),

@@ -29,8 +29,9 @@ pub struct GatewayConfig {
     /// A connection that sends nothing for this long, with nothing in flight, is closed, in
     /// milliseconds. Default 300000 (five minutes).
     pub idle_timeout_ms: u64,
-    /// On shutdown, time allowed for requests in flight to finish, in milliseconds.
-    /// Default 10000.
+    /// On shutdown, time allowed for requests in flight to finish, in milliseconds; then as
+    /// long again, at most, for the store's detached work (the last applies of trades
+    /// answered just before). Default 10000.
     pub shutdown_grace_ms: u64,
     /// Most connections that have not yet completed their Hello (or TLS handshake); further
     /// ones are closed at once. Before Hello a connection may send one frame of at most

@@ -119,6 +119,24 @@ fn listed(participants: &[PlayerId]) -> String {
     listed
 }
 
+/// The keys `finish.lua` declares, in its order: the player's meta, public and private
+/// hashes and intent, its slot's active and dirty sets, its clients, its slot's intents, and
+/// `record` (the attempt's decision record for the primary, else the meta again).
+fn finishing_keys(command: Command, player: &PlayerId, record: Vec<u8>) -> Command {
+    let keys = PlayerKeys::new(player);
+    let slot = SlotKeys::of_player(player);
+    command
+        .key(&keys.meta)
+        .key(&keys.public)
+        .key(&keys.private)
+        .key(&keys.intent)
+        .key(&slot.active)
+        .key(&slot.dirty)
+        .key(&keys.clients)
+        .key(&slot.intents)
+        .key(record)
+}
+
 /// What the finishing script's answer says it did.
 fn finished_of(reply: &RedisValue) -> Result<Finished, Error> {
     match text(reply).as_deref() {
@@ -282,23 +300,12 @@ impl Store {
         let commands = players
             .iter()
             .map(|&(player, primary)| {
-                let keys = PlayerKeys::new(player);
-                let slot = SlotKeys::of_player(player);
                 let record = if primary {
                     decision_key(player, attempt)
                 } else {
-                    keys.meta.clone()
+                    PlayerKeys::new(player).meta
                 };
-                Command::script(&APPLY, Effect::Writes)
-                    .key(&keys.meta)
-                    .key(&keys.public)
-                    .key(&keys.private)
-                    .key(&keys.intent)
-                    .key(&slot.active)
-                    .key(&slot.dirty)
-                    .key(&keys.clients)
-                    .key(&slot.intents)
-                    .key(record)
+                finishing_keys(Command::script(&APPLY, Effect::Writes), player, record)
                     .arg(player.as_str())
                     .arg(attempt)
                     .arg(match decision {
@@ -342,28 +349,21 @@ impl Store {
         replies: &[Vec<u8>],
     ) -> Result<(Decision, Option<Finished>), Error> {
         let shard = self.shard_map().shard_for_player(primary);
-        let keys = PlayerKeys::new(primary);
-        let slot = SlotKeys::of_player(primary);
         let window = script::Window::of(&self.inner.settings);
-        let mut commit = Command::script(&COMMIT, Effect::Writes)
-            .key(&keys.meta)
-            .key(&keys.public)
-            .key(&keys.private)
-            .key(&keys.intent)
-            .key(&slot.active)
-            .key(&slot.dirty)
-            .key(&keys.clients)
-            .key(&slot.intents)
-            .key(decision_key(primary, attempt))
-            .key(&slot.decisions)
-            .arg(primary.as_str())
-            .arg(attempt)
-            .arg(if self.inner.track_changes { "1" } else { "0" })
-            .arg(window.age_ms)
-            .arg(window.length)
-            .arg(window.client_ttl_ms)
-            .arg(ABORT_RECORD_MS)
-            .arg(listed(participants));
+        let mut commit = finishing_keys(
+            Command::script(&COMMIT, Effect::Writes),
+            primary,
+            decision_key(primary, attempt),
+        )
+        .key(SlotKeys::of_player(primary).decisions)
+        .arg(primary.as_str())
+        .arg(attempt)
+        .arg(if self.inner.track_changes { "1" } else { "0" })
+        .arg(window.age_ms)
+        .arg(window.length)
+        .arg(window.client_ttl_ms)
+        .arg(ABORT_RECORD_MS)
+        .arg(listed(participants));
         for reply in replies {
             commit = commit.arg(reply.as_slice());
         }

@@ -209,6 +209,16 @@ impl<'s> MultiAttempt<'s> {
         &self.call.txn.participants[0].player
     }
 
+    /// Every participant's player, in order (the primary first).
+    fn players(&self) -> Vec<PlayerId> {
+        self.call
+            .txn
+            .participants
+            .iter()
+            .map(|p| p.player.clone())
+            .collect()
+    }
+
     /// Sends the prepares of the participants at `positions`, the participants of one shard
     /// in one call (one round trip, and the intents acknowledged on the link that wrote
     /// them), the shards concurrently; answers each position's outcome.
@@ -418,13 +428,7 @@ impl<'s> MultiAttempt<'s> {
     /// applied; the others are applied by [`MultiAttempt::finish`] (or whoever meets their
     /// intents).
     pub async fn decide(&mut self, commit: bool) -> Result<Decision, Error> {
-        let players: Vec<PlayerId> = self
-            .call
-            .txn
-            .participants
-            .iter()
-            .map(|p| p.player.clone())
-            .collect();
+        let players = self.players();
         let primary = self.primary().clone();
         let held = if commit {
             let replies: Vec<Vec<u8>> = self
@@ -466,13 +470,7 @@ impl<'s> MultiAttempt<'s> {
         let Some(decision) = self.decision else {
             return Err(Error::Internal("finish before a decision".into()));
         };
-        let players: Vec<PlayerId> = self
-            .call
-            .txn
-            .participants
-            .iter()
-            .map(|p| p.player.clone())
-            .collect();
+        let players = self.players();
         let primary_applied = decision == Decision::Commit
             && matches!(
                 self.primary_finished,
@@ -528,13 +526,7 @@ impl<'s> MultiAttempt<'s> {
     /// answers the whole result.
     async fn answer_and_finish_others(&self) -> Result<MultiCommitted, Error> {
         let result = self.result()?;
-        let players: Vec<PlayerId> = self
-            .call
-            .txn
-            .participants
-            .iter()
-            .map(|p| p.player.clone())
-            .collect();
+        let players = self.players();
         let finishing = finish_others(self.store.clone(), players.clone(), self.id.clone());
         match self.store.inner.finishing.clone().try_acquire_owned() {
             Ok(permit) => {
