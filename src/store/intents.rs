@@ -5,6 +5,7 @@
 //! has the rules these functions keep; the scripts are `multi/decide.lua`, `multi/commit.lua`,
 //! `multi/apply.lua` (the last two sharing `multi/finish.lua`) and `multi/forget.lua`.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use redis::Value as RedisValue;
@@ -50,6 +51,95 @@ pub(super) const FORGETTING_AT_ONCE: usize = 256;
 /// How long an abort record is kept: a resolver that finds none writes it again, so this
 /// only saves work.
 const ABORT_RECORD_MS: u64 = 86_400_000;
+
+/// The players this store's detached tasks are applying now, each with the attempt and a
+/// receiver that sees its sender dropped when the task ends ([`Store::wait_detached_finish`]).
+#[derive(Default)]
+pub(super) struct DetachedFinishes {
+    running: std::sync::Mutex<HashMap<String, (String, tokio::sync::watch::Receiver<()>)>>,
+}
+
+impl DetachedFinishes {
+    /// Registers `players` as being applied for `attempt`; the end is seen when the returned
+    /// sender drops.
+    pub(super) fn begin(
+        &self,
+        attempt: &str,
+        players: &[PlayerId],
+    ) -> tokio::sync::watch::Sender<()> {
+        let (ended, watched) = tokio::sync::watch::channel(());
+        let mut running = self.lock();
+        for p in players {
+            running.insert(
+                p.as_str().to_string(),
+                (attempt.to_string(), watched.clone()),
+            );
+        }
+        ended
+    }
+
+    /// Forgets `players`' entries of `attempt` (a later attempt's entry for a player stays).
+    pub(super) fn end(&self, attempt: &str, players: &[PlayerId]) {
+        let mut running = self.lock();
+        for p in players {
+            if running.get(p.as_str()).is_some_and(|(a, _)| a == attempt) {
+                running.remove(p.as_str());
+            }
+        }
+    }
+
+    /// The end of the task applying `player`, for `attempt` when given, else for any attempt.
+    fn watch(
+        &self,
+        player: &PlayerId,
+        attempt: Option<&str>,
+    ) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.lock()
+            .get(player.as_str())
+            .filter(|(a, _)| attempt.is_none_or(|attempt| attempt == a))
+            .map(|(_, watched)| watched.clone())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, tokio::sync::watch::Receiver<()>)>>
+    {
+        // A panic while holding it cannot leave the map inconsistent (inserts and removes).
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How long a request of this store waits for its own detached task finishing an intent it
+/// met, before resolving the intent itself: a task retrying through a failover takes longer.
+const DETACHED_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Store {
+    /// When this store's own detached task is applying `player` (for `attempt`, when given:
+    /// a trade it answered a moment ago), waits for the task to end, at most [`DETACHED_WAIT`], and answers whether
+    /// it ended: the intent met is then most likely applied, so the caller goes on at once
+    /// instead of resolving it through the primary's shard. (Whatever the answer, nothing
+    /// depends on it for safety: an intent still held is met again and resolved.)
+    pub(super) async fn wait_detached_finish(
+        &self,
+        player: &PlayerId,
+        attempt: Option<&str>,
+    ) -> bool {
+        let Some(mut watched) = self.inner.detached.watch(player, attempt) else {
+            return false;
+        };
+        // The sender dropped: `changed` answers an error, which is the end we wait for.
+        tokio::time::timeout(DETACHED_WAIT, watched.changed())
+            .await
+            .is_ok()
+    }
+}
+
+/// How many committed trades may have their other participants applied by detached tasks at
+/// once (`multi.rs`); past it, the coordinator applies them before answering.
+pub(super) const FINISHING_AT_ONCE: usize = 1024;
 
 /// An attempt's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

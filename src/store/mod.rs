@@ -99,7 +99,7 @@ struct StoreInner {
     /// receiver that sees its sender dropped when the task ends: a request of this store
     /// meeting one of those intents waits for the task (a local wait) instead of resolving
     /// the intent through the primary's shard.
-    detached: multi::DetachedFinishes,
+    detached: intents::DetachedFinishes,
 }
 
 impl Store {
@@ -180,8 +180,8 @@ impl Store {
                 observer: None,
                 retries: AtomicU64::new(0),
                 forgetting: Arc::new(tokio::sync::Semaphore::new(intents::FORGETTING_AT_ONCE)),
-                finishing: Arc::new(tokio::sync::Semaphore::new(multi::FINISHING_AT_ONCE)),
-                detached: multi::DetachedFinishes::default(),
+                finishing: Arc::new(tokio::sync::Semaphore::new(intents::FINISHING_AT_ONCE)),
+                detached: intents::DetachedFinishes::default(),
             }),
         }
     }
@@ -242,7 +242,7 @@ impl Store {
         let inner = &self.inner;
         let _finishing = inner
             .finishing
-            .acquire_many(multi::FINISHING_AT_ONCE as u32)
+            .acquire_many(intents::FINISHING_AT_ONCE as u32)
             .await;
         let _forgetting = inner
             .forgetting

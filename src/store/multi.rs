@@ -9,7 +9,7 @@
 //! finish the work. [`Store::execute_multi`] runs attempts to the end, retrying within the
 //! store's retry deadline.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -522,7 +522,7 @@ impl<'s> MultiAttempt<'s> {
     /// The rest of step 3 once the caller can be answered: the commit and the primary's
     /// apply were acknowledged (so was every intent, in step 1), and the outcome is durable.
     /// Applies the other participants, then forgets the commit record, in a detached task —
-    /// at most [`FINISHING_AT_ONCE`] at a time; past that, here, before answering — and
+    /// at most [`FINISHING_AT_ONCE`](super::intents::FINISHING_AT_ONCE) at a time; past that, here, before answering — and
     /// answers the whole result.
     async fn answer_and_finish_others(&self) -> Result<MultiCommitted, Error> {
         let result = self.result()?;
@@ -628,91 +628,6 @@ impl<'s> MultiAttempt<'s> {
         }
     }
 }
-
-/// The players this store's detached tasks are applying now, each with the attempt and a
-/// receiver that sees its sender dropped when the task ends ([`Store::wait_detached_finish`]).
-#[derive(Default)]
-pub(super) struct DetachedFinishes {
-    running: std::sync::Mutex<HashMap<String, (String, tokio::sync::watch::Receiver<()>)>>,
-}
-
-impl DetachedFinishes {
-    /// Registers `players` as being applied for `attempt`; the end is seen when the returned
-    /// sender drops.
-    fn begin(&self, attempt: &str, players: &[PlayerId]) -> tokio::sync::watch::Sender<()> {
-        let (ended, watched) = tokio::sync::watch::channel(());
-        let mut running = self.lock();
-        for p in players {
-            running.insert(
-                p.as_str().to_string(),
-                (attempt.to_string(), watched.clone()),
-            );
-        }
-        ended
-    }
-
-    /// Forgets `players`' entries of `attempt` (a later attempt's entry for a player stays).
-    fn end(&self, attempt: &str, players: &[PlayerId]) {
-        let mut running = self.lock();
-        for p in players {
-            if running.get(p.as_str()).is_some_and(|(a, _)| a == attempt) {
-                running.remove(p.as_str());
-            }
-        }
-    }
-
-    /// The end of the task applying `player`, for `attempt` when given, else for any attempt.
-    fn watch(
-        &self,
-        player: &PlayerId,
-        attempt: Option<&str>,
-    ) -> Option<tokio::sync::watch::Receiver<()>> {
-        self.lock()
-            .get(player.as_str())
-            .filter(|(a, _)| attempt.is_none_or(|attempt| attempt == a))
-            .map(|(_, watched)| watched.clone())
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, tokio::sync::watch::Receiver<()>)>>
-    {
-        // A panic while holding it cannot leave the map inconsistent (inserts and removes).
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// How long a request of this store waits for its own detached task finishing an intent it
-/// met, before resolving the intent itself: a task retrying through a failover takes longer.
-const DETACHED_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-
-impl Store {
-    /// When this store's own detached task is applying `player` (for `attempt`, when given:
-    /// a trade it answered a moment ago), waits for the task to end, at most [`DETACHED_WAIT`], and answers whether
-    /// it ended: the intent met is then most likely applied, so the caller goes on at once
-    /// instead of resolving it through the primary's shard. (Whatever the answer, nothing
-    /// depends on it for safety: an intent still held is met again and resolved.)
-    pub(super) async fn wait_detached_finish(
-        &self,
-        player: &PlayerId,
-        attempt: Option<&str>,
-    ) -> bool {
-        let Some(mut watched) = self.inner.detached.watch(player, attempt) else {
-            return false;
-        };
-        // The sender dropped: `changed` answers an error, which is the end we wait for.
-        tokio::time::timeout(DETACHED_WAIT, watched.changed())
-            .await
-            .is_ok()
-    }
-}
-
-/// How many committed trades may have their other participants applied by detached tasks at
-/// once; past it, the coordinator applies them before answering.
-pub(super) const FINISHING_AT_ONCE: usize = 1024;
 
 /// Finishes `players[skip..]` by `decision` for `attempt`, each shard's participants in one
 /// call, the shards concurrently. The answers are in the order of `players[skip..]`.
