@@ -87,6 +87,22 @@ local function judge_request(meta, clients, client_ttl, max_clients, request, wi
   return nil
 end
 
+-- The entry of `queue` starting at `at_space` (its ' '): id, applied ms (text), and where
+-- the next starts.
+local function window_entry(queue, at_space)
+  local colon = string.find(queue, ':', at_space, true)
+  local next_entry = string.find(queue, ' ', colon, true)
+  local at = string.sub(queue, colon + 1, (next_entry or 0) - 1)
+  return string.sub(queue, at_space + 1, colon - 1), at, next_entry
+end
+
+-- Whether an applied time (text) is older than `cutoff` (also given as text): millisecond
+-- times of one length compare as text, without a strtod of 13 digits on every write.
+local function applied_before(at, cutoff, cutoff_text)
+  if #at == #cutoff_text then return at < cutoff_text end
+  return tonumber(at) < cutoff
+end
+
 -- Remembers an applied request of `client`: appends it to the tail, and forgets the oldest
 -- together once the window holds a quarter more than its length or its head is older than
 -- its age, down to the length and the age; the floor rises to the largest id forgotten.
@@ -97,7 +113,7 @@ end
 -- substring per entry.
 local function remember_request(meta, client, request, window_state, window_ms,
     window_length, now, record)
-  local floor, count, entries = '-', 0, ''
+  local floor, count, tail = '-', 0, ''
   if window_state then
     local after_floor = string.find(window_state, ' ', 1, true)
     local after_last = string.find(window_state, ' ', after_floor + 1, true)
@@ -105,23 +121,29 @@ local function remember_request(meta, client, request, window_state, window_ms,
     floor = string.sub(window_state, 1, after_floor - 1)
     if after_count then
       count = tonumber(string.sub(window_state, after_last + 1, after_count - 1))
-      entries = string.sub(window_state, after_count)
+      tail = string.sub(window_state, after_count)
     end
   end
-  entries = entries .. ' ' .. request .. ':' .. now
+  -- Numbers become text with '%d': Lua's own conversion ('..' on a number) formats a double
+  -- with '%.14g', several times the work, on every write.
+  local now_text = string.format('%d', now)
+  local added = ' ' .. request .. ':' .. now_text
   count = count + 1
   local cutoff = now - window_ms
-  -- The entry starting at `at_space` (its ' '): id, applied ms, and where the next starts.
-  local function entry(queue, at_space)
-    local colon = string.find(queue, ':', at_space, true)
-    local next_entry = string.find(queue, ' ', colon, true)
-    local at = tonumber(string.sub(queue, colon + 1, (next_entry or 0) - 1))
-    return string.sub(queue, at_space + 1, colon - 1), at, next_entry
+  local cutoff_text = string.format('%d', cutoff)
+  -- The head's applied time: the first entry kept in c, or the one added now.
+  local head_at = now_text
+  if tail ~= '' then
+    local _, at = window_entry(tail, 1)
+    head_at = at
   end
-  local _, head_at, after_head = entry(entries, 1)
   local fields = { 'r:' .. client .. ':' .. request, record }
-  if count > window_length + math.floor(window_length / 4) or head_at < cutoff then
+  local entries
+  if count > window_length + math.floor(window_length / 4)
+      or applied_before(head_at, cutoff, cutoff_text) then
     -- The whole queue, oldest first: the head, the middle (q), the tail.
+    entries = tail .. added
+    local _, _, after_head = window_entry(entries, 1)
     local middle = redis.call('HGET', meta, 'q:' .. client) or ''
     local queue = middle .. entries
     if after_head then
@@ -130,14 +152,14 @@ local function remember_request(meta, client, request, window_state, window_ms,
     local forgotten = {}
     local at_space = 1
     while count > 1 do
-      local id, at, next_entry = entry(queue, at_space)
-      if count <= window_length and at >= cutoff then break end
+      local id, at, next_entry = window_entry(queue, at_space)
+      if count <= window_length and not applied_before(at, cutoff, cutoff_text) then break end
       forgotten[#forgotten + 1] = 'r:' .. client .. ':' .. id
       if floor == '-' or not id_at_most(id, floor) then floor = id end
       at_space, count = next_entry, count - 1
     end
     -- What is kept: its first entry is the new head (c), the rest the new middle (q).
-    local _, _, after_new_head = entry(queue, at_space)
+    local _, _, after_new_head = window_entry(queue, at_space)
     if after_new_head then
       entries = string.sub(queue, at_space, after_new_head - 1)
       fields[#fields + 1] = 'q:' .. client
@@ -147,8 +169,13 @@ local function remember_request(meta, client, request, window_state, window_ms,
       if middle ~= '' then forgotten[#forgotten + 1] = 'q:' .. client end
     end
     if #forgotten > 0 then redis.call('HDEL', meta, unpack(forgotten)) end
+    fields[#fields + 1] = 'c:' .. client
+    fields[#fields + 1] = floor .. ' ' .. now_text .. ' ' .. string.format('%d', count) .. entries
+  else
+    -- Nothing forgotten: c grows by the entry added, in one concatenation.
+    fields[#fields + 1] = 'c:' .. client
+    fields[#fields + 1] = floor .. ' ' .. now_text .. ' ' .. string.format('%d', count) .. tail
+      .. added
   end
-  fields[#fields + 1] = 'c:' .. client
-  fields[#fields + 1] = floor .. ' ' .. now .. ' ' .. count .. entries
   return fields
 end
