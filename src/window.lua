@@ -97,7 +97,9 @@ local function window_entry(queue, at_space)
 end
 
 -- Whether an applied time (text) is older than `cutoff` (also given as text): millisecond
--- times of one length compare as text, without a strtod of 13 digits on every write.
+-- times of one length compare as text, without a strtod of 13 digits on every write. Both
+-- are whole, non-negative numbers of ms below 1e14 (TIME, minus a window age of whole ms),
+-- which '%d' writes exactly and Lua's '%.14g' wrote the same.
 local function applied_before(at, cutoff, cutoff_text)
   if #at == #cutoff_text then return at < cutoff_text end
   return tonumber(at) < cutoff
