@@ -4,8 +4,9 @@
 //! | key                                   | type   | holds                                       |
 //! |---------------------------------------|--------|---------------------------------------------|
 //! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; `x` attempt of the intent held, `y` last attempt applied, `w` until when a write on its own waits for the player (no new intent before it); idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
-//! | `{id}:intent`                         | hash   | a multi-player transaction's intent on the player: `a` attempt, `p` primary, `l` lease expiry (ms, this shard's clock), `v` version, `m`/`w` staged writes, `r` prepared reply; on the primary `c`/`q`/`f` the key and fingerprint |
-//! | `{primary}:decision:<attempt>`        | hash   | the decision of one attempt of a multi-player transaction: `d` = `C` (commit) or `A` (abort), written once; for a commit `p` its participants and `r` their packed results |
+//! | `{id}:intent`                         | hash   | a multi-player transaction's intent on a participant other than the primary: `a` attempt, `p` primary, `l` lease expiry (ms, this shard's clock), `v` version, `m`/`w` staged writes, `r` prepared reply (an earlier version's primary also `c`/`q`/`f`, the key and fingerprint) |
+//! | `{primary}:decision:<attempt>`        | hash   | the decision of one attempt of a multi-player transaction: `d` = `C` (commit) or `A` (abort), written once; for a commit `p` its participants (and `r` their packed results, in records of earlier versions) |
+//! | `{primary}:lease:<attempt>`           | string | the primary's lease of one attempt: set by the reserve script with the lease as its expiry (this shard's clock); the commit is written only while it lives |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |
 //! | `{id}:priv`                           | hash   | private entries, same encoding              |
 //! | `{id}:clients`                        | zset   | clients with a window, scored by last write (ms) |
@@ -160,6 +161,12 @@ pub fn decision_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
     tagged(primary, &format!(":decision:{attempt}"))
 }
 
+/// The primary's lease of attempt `attempt` (a key that expires): the commit script writes a
+/// commit only while it lives.
+pub fn lease_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
+    tagged(primary, &format!(":lease:{attempt}"))
+}
+
 /// The legacy idempotency record of one request on one player (one string key per request,
 /// with a TTL), from before the per-player windows; honoured until it expires.
 pub fn legacy_idempotency_key(player: &PlayerId, key: &IdempotencyKey) -> Vec<u8> {
@@ -282,6 +289,7 @@ mod tests {
             &keys.intent,
             &legacy,
             &decision_key(&player, "0123abcd"),
+            &lease_key(&player, "0123abcd"),
             slot.active.as_bytes(),
             slot.dirty.as_bytes(),
             slot.intents.as_bytes(),

@@ -16,9 +16,10 @@ use crate::model::{
 };
 use crate::slot::Slot;
 
-/// Index (from 0) of the script's first operation argument; the ones before it are the
-/// player, access, idempotency key, window and bounds.
-pub const FIRST_OPERATION: usize = 16;
+/// Index (from 0) of the script's first operation argument when no packed replies come before
+/// the operations (every call but a trade's commit); the ones before it are the player,
+/// access, idempotency key, window, bounds and the trade's fields.
+pub const FIRST_OPERATION: usize = 18;
 
 /// Source of the transaction script: the idempotency window's functions (`window.lua`), then
 /// the script itself.
@@ -30,8 +31,8 @@ pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new
 /// Keys and arguments for one `EVALSHA` of the transaction script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
-    /// The nine keys the script declares.
-    pub keys: [Vec<u8>; 9],
+    /// The keys the script declares: nine, and a trade's commit three more.
+    pub keys: Vec<Vec<u8>>,
     /// The script's arguments.
     pub args: Vec<Vec<u8>>,
 }
@@ -114,7 +115,15 @@ pub fn encode(txn: &Transaction, slot: Slot, bounds: &Bounds) -> Invocation {
         );
         (key, print)
     });
-    encode_call(&txn.player, slot, txn.access, key, operations, bounds, None)
+    encode_call(
+        &txn.player,
+        slot,
+        txn.access,
+        key,
+        operations,
+        bounds,
+        Trade::Alone,
+    )
 }
 
 /// What a participant's prepare call carries besides the participant.
@@ -126,13 +135,10 @@ pub struct Prepare<'a> {
     pub primary: &'a PlayerId,
     /// How long the intent holds the player, in ms.
     pub lease_ms: u64,
-    /// The transaction's key and fingerprint: for the primary participant only, whose window
-    /// judges the key.
-    pub key: Option<(&'a IdempotencyKey, &'a str)>,
 }
 
-/// Encodes the prepare of one participant of a validated multi-player transaction; `slot`
-/// is the participant's slot, found once per call by the caller.
+/// Encodes the prepare of one participant of a validated multi-player transaction other than
+/// its primary; `slot` is the participant's slot, found once per call by the caller.
 pub fn encode_prepare(
     participant: &Participant,
     slot: Slot,
@@ -140,16 +146,78 @@ pub fn encode_prepare(
     bounds: &Bounds,
 ) -> Invocation {
     let operations = operation_args(&participant.operations);
-    let key = prepare.key.map(|(key, print)| (key, print.to_string()));
     encode_call(
         &participant.player,
         slot,
         participant.access,
-        key,
+        None,
         operations,
         bounds,
-        Some(prepare),
+        Trade::Prepare(prepare),
     )
+}
+
+/// What the primary's commit call carries besides the primary participant.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The attempt's id.
+    pub attempt: &'a str,
+    /// The transaction's key.
+    pub key: &'a IdempotencyKey,
+    /// The transaction's fingerprint ([`multi_fingerprint`]).
+    pub fingerprint: &'a str,
+    /// Every participant, in order (the primary first).
+    pub participants: &'a [PlayerId],
+    /// Every other participant's packed reply, in order, as its prepare answered it.
+    pub replies: &'a [Vec<u8>],
+}
+
+/// Encodes the commit of a validated multi-player transaction on its primary (`primary`, in
+/// `slot`): the primary's operations, the decision and the primary's apply in one call.
+pub fn encode_commit(
+    primary: &Participant,
+    slot: Slot,
+    commit: &Commit<'_>,
+    bounds: &Bounds,
+) -> Invocation {
+    let operations = operation_args(&primary.operations);
+    let mut invocation = encode_call(
+        &primary.player,
+        slot,
+        primary.access,
+        Some((commit.key, commit.fingerprint.to_string())),
+        operations,
+        bounds,
+        Trade::Commit(commit),
+    );
+    invocation
+        .keys
+        .push(keys::decision_key(&primary.player, commit.attempt));
+    invocation
+        .keys
+        .push(SlotKeys::new(slot).decisions.into_bytes());
+    invocation
+        .keys
+        .push(keys::lease_key(&primary.player, commit.attempt));
+    invocation
+}
+
+/// The part a call plays in a multi-player transaction.
+#[derive(Clone, Copy)]
+enum Trade<'a> {
+    /// A transaction on its own.
+    Alone,
+    Prepare(&'a Prepare<'a>),
+    Commit(&'a Commit<'a>),
+}
+
+/// Participants as a commit lists them: each `<length>:<player id>`.
+pub fn listed(participants: &[PlayerId]) -> String {
+    let mut listed = String::new();
+    for p in participants {
+        listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
+    }
+    listed
 }
 
 fn access_arg(access: Access) -> &'static [u8] {
@@ -166,11 +234,11 @@ fn encode_call(
     key: Option<(&IdempotencyKey, String)>,
     operations: Vec<Vec<u8>>,
     bounds: &Bounds,
-    prepare: Option<&Prepare<'_>>,
+    trade: Trade<'_>,
 ) -> Invocation {
     let keys_of = PlayerKeys::new(player);
-    let legacy_record = match key {
-        Some((key, _)) if prepare.is_none() => keys::legacy_idempotency_key(player, key),
+    let legacy_record = match (&key, trade) {
+        (Some((key, _)), Trade::Alone) => keys::legacy_idempotency_key(player, key),
         _ => keys_of.meta.clone(),
     };
     let mut args: Vec<Vec<u8>> = Vec::with_capacity(FIRST_OPERATION + operations.len());
@@ -200,22 +268,36 @@ fn encode_call(
         b"0".to_vec()
     });
     args.push(bounds.window.max_clients.to_string().into_bytes());
-    match prepare {
-        Some(prepare) => {
+    match trade {
+        Trade::Alone => {
+            args.extend([
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                b"0".to_vec(),
+            ]);
+        }
+        Trade::Prepare(prepare) => {
             args.push(prepare.attempt.as_bytes().to_vec());
+            args.push(b"P".to_vec());
             args.push(prepare.primary.as_str().as_bytes().to_vec());
             args.push(prepare.lease_ms.to_string().into_bytes());
+            args.push(b"0".to_vec());
         }
-        None => {
+        Trade::Commit(commit) => {
+            args.push(commit.attempt.as_bytes().to_vec());
+            args.push(b"C".to_vec());
+            args.push(listed(commit.participants).into_bytes());
             args.push(Vec::new());
-            args.push(Vec::new());
-            args.push(Vec::new());
+            args.push(commit.replies.len().to_string().into_bytes());
+            args.extend(commit.replies.iter().cloned());
         }
     }
     args.extend(operations);
     let slot_keys = SlotKeys::new(slot);
     Invocation {
-        keys: [
+        keys: vec![
             keys_of.meta,
             keys_of.public,
             keys_of.private,
@@ -386,17 +468,26 @@ pub enum Outcome {
     AnsweredWithIntent(Result<Committed, Error>, IntentRef),
 }
 
-/// What the script answered a participant's prepare.
+/// What a script answered a call of a trade's step on one participant: a prepare, the
+/// primary's reserve or its commit. A refusal is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Prepared {
-    /// The intent is in place: the participant's result once applied, and that result as the
-    /// script packed it (for the primary's window).
+pub enum TradeReply {
+    /// Prepared: the intent is in place, with the participant's result once applied, and
+    /// that result as the script packed it (for the primary's window).
     Staged {
         /// The result the participant will have.
         committed: Committed,
         /// The same, packed by the script.
         packed: Vec<u8>,
     },
+    /// The primary is reserved: its lease runs (`multi/reserve.lua`).
+    Reserved,
+    /// Committed, the primary applied with the commit: its result.
+    Committed(Committed),
+    /// The attempt was decided before the commit script ran: commit (`true`) or abort.
+    Decided(bool),
+    /// The primary's lease passed before the commit: nothing written.
+    LeaseGone,
     /// Another attempt's intent holds the player.
     Locked(IntentRef),
     /// The key was applied before: every participant's stored result.
@@ -515,12 +606,12 @@ pub fn decode(txn: &Transaction, reply: &RedisValue) -> Result<Outcome, Error> {
     }
 }
 
-/// Decodes the script's reply to the prepare of a participant with `operations`.
-pub fn decode_prepare(
+/// Decodes a script's reply to a trade's call on a participant with `operations`.
+pub fn decode_trade(
     operations: &[Operation],
     participants: &[Participant],
     reply: &RedisValue,
-) -> Result<Prepared, Error> {
+) -> Result<TradeReply, Error> {
     let Header {
         status,
         version,
@@ -533,7 +624,7 @@ pub fn decode_prepare(
             let [packed, reads @ ..] = rest else {
                 return Err(bad("prepared without its packed reply"));
             };
-            Ok(Prepared::Staged {
+            Ok(TradeReply::Staged {
                 committed: Committed {
                     version,
                     reads: decode_reads(operations, reads)?,
@@ -542,7 +633,23 @@ pub fn decode_prepare(
                 packed: as_bytes(packed)?.to_vec(),
             })
         }
-        b"LOCKED" => Ok(Prepared::Locked(intent_ref(rest, version)?)),
+        b"COMMITTED" => {
+            let [_packed, reads @ ..] = rest else {
+                return Err(bad("committed without its packed reply"));
+            };
+            Ok(TradeReply::Committed(Committed {
+                version,
+                reads: decode_reads(operations, reads)?,
+                replayed: false,
+            }))
+        }
+        b"RESERVED" => Ok(TradeReply::Reserved),
+        b"LEASE_GONE" => Ok(TradeReply::LeaseGone),
+        b"DECIDED" => match rest {
+            [held] => Ok(TradeReply::Decided(as_bytes(held)? == b"C")),
+            _ => Err(bad("decided without the decision")),
+        },
+        b"LOCKED" => Ok(TradeReply::Locked(intent_ref(rest, version)?)),
         b"REPLAY" => {
             if rest.len() != participants.len() {
                 return Err(bad("a replay of another number of participants"));
@@ -556,7 +663,7 @@ pub fn decode_prepare(
                     replayed: true,
                 });
             }
-            Ok(Prepared::Replay(results))
+            Ok(TradeReply::Replay(results))
         }
         status => Err(status_error(status, version, operation_index)),
     }
@@ -670,6 +777,7 @@ mod tests {
             max_player_entries: 7,
         };
         let inv = encode(&txn, keys::player_slot(&txn.player), &bounds);
+        assert_eq!(inv.keys.len(), 9);
         assert_eq!(inv.keys[5], b"{p}:clients");
         assert_eq!(inv.keys[6], b"{p}:idem:c:9");
         assert_eq!(inv.keys[7], b"{p}:intent");
@@ -694,6 +802,8 @@ mod tests {
                 b"",
                 b"",
                 b"",
+                b"",
+                b"0",
                 b"I",
                 b"gold",
                 b"r",

@@ -21,6 +21,8 @@
 --                      (meta field x names its attempt); see "Prepare" below
 -- KEYS[9] colony:{<slot tag>}:intents  zset of the slot's players holding an intent, by
 --                      lease expiry
+-- KEYS[10..12], a trade's commit only (see "Commit"): {primary}:decision:<attempt>,
+--                      colony:{<slot tag>}:decisions and {primary}:lease:<attempt>
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public
@@ -40,10 +42,16 @@
 -- ARGV[13] most clients a player keeps windows for: a new client past it is refused with
 --          TOO_LARGE (after forgetting stale clients), so client ids cannot grow a player
 -- ARGV[14] '' for a transaction on its own; else the attempt id of a multi-player
---          transaction this call prepares (see "Prepare")
--- ARGV[15] the primary participant's player id (prepare only)
--- ARGV[16] the intent's lease in ms (prepare only)
--- ARGV[17..] operations, each an opcode followed by its arguments:
+--          transaction
+-- ARGV[15] in a trade: 'P' prepare a participant other than the primary (see "Prepare"),
+--          'C' commit on the primary (see "Commit")
+-- ARGV[16] prepare: the primary participant's player id; commit: the participants, each
+--          '<length>:<player id>'
+-- ARGV[17] prepare: the intent's lease in ms
+-- ARGV[18] n, how many packed replies follow: for a commit, every other participant's, in
+--          order ('0' otherwise)
+-- ARGV[19..18+n] those replies
+-- ARGV[19+n..] operations, each an opcode followed by its arguments:
 --   R n name1..namen        read (n = 0: everything visible)
 --   S name vis value        set field (vis: 'u' public, 'r' private)
 --   D name                  delete field
@@ -74,18 +82,32 @@
 -- TOO_LARGE_CLIENTS) on such a player carries the same three fields after its header, for the
 -- same reason.
 --
--- Prepare (ARGV[14] = attempt): the operations are staged exactly as above, with writes
--- allowed under public access (the gateway's roles decide who may write whom), but instead of
--- being written they are kept as the intent (KEYS[8]: a attempt, p primary, l lease expiry by
--- this server's clock, v version, m 1 when it writes, w staged writes, r the reply the
--- transaction will have once applied; on the primary also c, q, f: the key's client, request
--- and fingerprint), meta x = attempt, and the player in KEYS[9]. The
--- answer is { 'PREPARED', version after the apply, 0, 0, packed reply, reads... }; a
--- prepare repeated for the same attempt answers the same. Another attempt's intent answers
--- LOCKED. An archived player waits for a whole restore, whatever the access. With an
--- idempotency key (the primary participant only), the key is judged in the player's window
--- first: a remembered key answers { 'REPLAY', version, 1, 0, then the stored reply of every
--- participant }.
+-- In a trade (ARGV[14] = attempt) writes are allowed under public access (the gateway's
+-- roles decide who may write whom), another attempt's intent answers LOCKED, and an archived
+-- player waits for a whole restore, whatever the access.
+--
+-- Prepare (ARGV[15] 'P', a participant other than the primary; no key): the operations are
+-- staged exactly as above, but instead of being written they are kept as the intent (KEYS[8]:
+-- a attempt, p primary, l lease expiry by this server's clock, v version, m 1 when it writes,
+-- w staged writes, r the reply the transaction will have once applied), meta x = attempt,
+-- and the player in KEYS[9]. The answer is { 'PREPARED', version after the apply, 0, 0,
+-- packed reply, reads... }; a prepare repeated for the same attempt answers the same.
+--
+-- Commit (ARGV[15] 'C', the primary, once every other participant holds its intent): the
+-- primary's prepare, the decision and the primary's apply in one script (docs/design/
+-- trades.md, step 2). A decision already written for the attempt is written again as it is
+-- and answered { 'DECIDED', version, 0, 0, 'C' or 'A' }; a lease key gone (KEYS[12], set by
+-- the reserve script in step 1 and expiring by this server's clock) answers
+-- { 'LEASE_GONE', version, 0, 0 }; both write nothing else. Then the key is judged in the
+-- primary's window (a remembered key answers { 'REPLAY', version, 1, 0, then the stored
+-- reply of every participant }), and the operations run as for a transaction on its own; a
+-- refusal writes nothing (no decision either: only this call writes a commit, so the
+-- coordinator rolls the others back without one). On success the writes apply, meta y =
+-- attempt, the key is remembered with every participant's reply (ARGV[19..]), the commit is
+-- written (d C, p the participants; indexed in KEYS[11]) and the lease key deleted; the answer
+-- is { 'COMMITTED', version, 0, 0, packed reply, reads... }. A writer's mark (meta w) keeps
+-- new intents off the player; a commit stages none, so it neither waits for the mark nor
+-- clears it.
 --
 -- Operations run in order against a staged view; Redis is written only after every operation
 -- succeeded, so a failed check writes nothing. Counters are Lua numbers (doubles) and are kept
@@ -115,8 +137,13 @@ local max_bytes, max_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
 local track_changes = ARGV[12] == '1'
 local max_clients = tonumber(ARGV[13])
 local attempt = ARGV[14]
-local preparing = attempt ~= ''
-local FIRST_OP = 17
+local in_trade = attempt ~= ''
+local preparing, committing = false, false
+if in_trade then
+  preparing, committing = ARGV[15] == 'P', ARGV[15] == 'C'
+end
+local extras = tonumber(ARGV[18])
+local FIRST_OP = 19 + extras
 local LIMIT = 9007199254740991
 -- What a read counts for one entry besides its name and value (ENTRY_OVERHEAD_BYTES).
 local ENTRY_OVERHEAD = 16
@@ -150,7 +177,7 @@ local holder = state[6]
 -- An archived player (meta field a = the version archived) has its entries in MongoDB only.
 -- Its public part may have been restored (p = 1) for public reads; anything else waits for
 -- the archiver to restore it.
-if state[2] and not (access == 'p' and not preparing and state[3] == '1') then
+if state[2] and not (access == 'p' and not in_trade and state[3] == '1') then
   return { 'ARCHIVED', version, 0, 0 }
 end
 
@@ -167,14 +194,15 @@ end
 -- refusal was judged against the last applied state.
 local function refusal(status, index)
   local reply = { status, version, 0, index }
-  if holder and not preparing then
+  if holder and not in_trade then
     local named = intent_header(status)
     reply[5], reply[6], reply[7] = named[5], named[6], named[7]
   end
   return reply
 end
-if preparing and holder then
-  if holder ~= attempt then return intent_header('LOCKED') end
+if (preparing or committing) and holder then
+  -- (A primary never holds its own attempt's intent: it is staged and applied in one call.)
+  if holder ~= attempt or committing then return intent_header('LOCKED') end
   -- A prepare repeated: the answer it had. The staged reply is written again as it is, so a
   -- WAIT after this call covers the intent, which may have gone out on another connection.
   local packed = redis.call('HGET', intent, 'r')
@@ -183,6 +211,18 @@ if preparing and holder then
   local answer = { 'PREPARED', reply[2], 0, 0, packed }
   for k = 5, #reply do answer[#answer + 1] = reply[k] end
   return answer
+end
+
+if committing then
+  -- Decided already (this call's commit sent before, or a resolver's abort): written again
+  -- as it is, so a WAIT after this call covers it.
+  local held = redis.call('HGET', KEYS[10], 'd')
+  if held then
+    redis.call('HSET', KEYS[10], 'd', held)
+    return { 'DECIDED', version, 0, 0, held }
+  end
+  -- The fence: a commit only within the lease the reserve script set, by this server's clock.
+  if redis.call('EXISTS', KEYS[12]) == 0 then return { 'LEASE_GONE', version, 0, 0 } end
 end
 
 -- Answers a request found remembered: its first reply, or a mismatch.
@@ -204,17 +244,9 @@ if use_idem then
     return refusal('TOO_LARGE_CLIENTS', 0)
   elseif verdict == 'REQUEST_TOO_OLD' then
     return refusal('REQUEST_TOO_OLD', 0)
-  elseif verdict == 'REPLAY' and preparing then
+  elseif verdict == 'REPLAY' and in_trade then
     -- A multi-player transaction applied before: every participant's stored reply.
-    if string.sub(stored, 1, 40) ~= fingerprint then
-      return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
-    end
-    redis.call('HSET', meta, record_field, stored)
-    local reply = { 'REPLAY', version, 1, 0 }
-    for _, packed in ipairs(cmsgpack.unpack(string.sub(stored, 41))) do
-      reply[#reply + 1] = cmsgpack.unpack(packed)
-    end
-    return reply
+    return replay_multi(meta, record_field, stored, fingerprint, version)
   elseif verdict == 'REPLAY' then
     local reply = replay(stored)
     -- The record is written again as it is: that is propagated to the replicas, so a WAIT
@@ -225,7 +257,7 @@ if use_idem then
   end
   -- Records of the previous layout, one key per request, are honoured until they expire
   -- (a player never written has none).
-  local old = not preparing and not new_player and redis.call('GET', legacy)
+  local old = not in_trade and not new_player and redis.call('GET', legacy)
   if old then
     local reply = replay(old)
     if reply[1] == 'OK' then redis.call('SET', legacy, old, 'KEEPTTL') end
@@ -349,7 +381,7 @@ while i <= #ARGV do
       return fail('CONFLICT')
     end
     i = i + 4
-  elseif access ~= 'o' and not preparing then
+  elseif access ~= 'o' and not in_trade then
     -- The client never sends writes with public access; refuse rather than trust it.
     return fail('INVALID')
   elseif code == 'S' or code == 'I' then
@@ -465,18 +497,14 @@ if preparing then
   local after = version
   if mutated then after = version + 1 end
   local packed = cmsgpack.pack(reply_with_reads({ 'OK', after, 0, 0 }))
-  local lease_end = now + tonumber(ARGV[16])
+  local lease_end = now + tonumber(ARGV[17])
   local staged_writes = ''
   if mutated then
     staged_writes = cmsgpack.pack({ writes[1], writes[2], writes[3], writes[4], tally[1],
       tally[2] })
   end
-  redis.call('HSET', intent, 'a', attempt, 'p', ARGV[15], 'l', lease_end, 'v', version,
+  redis.call('HSET', intent, 'a', attempt, 'p', ARGV[16], 'l', lease_end, 'v', version,
     'm', mutated and 1 or 0, 'w', staged_writes, 'r', packed)
-  if use_idem then
-    -- The primary: whoever applies it records the key in its window (apply.lua).
-    redis.call('HSET', intent, 'c', client, 'q', request, 'f', fingerprint)
-  end
   redis.call('HSET', meta, 'x', attempt)
   redis.call('ZADD', intents, lease_end, player)
   return reply_with_reads({ 'PREPARED', after, 0, 0, packed })
@@ -509,6 +537,36 @@ if holder then
 end
 
 local reply = reply_with_reads({ 'OK', version, 0, 0 })
+
+if committing then
+  -- The primary applied (above), its key remembered with every participant's reply, and the
+  -- commit written: one atomic write, replicated together.
+  local packed = cmsgpack.pack(reply)
+  local results = { packed }
+  for k = 19, 18 + extras do results[#results + 1] = ARGV[k] end
+  local meta_fields = { 'y', attempt }
+  if mutated then
+    for _, f in ipairs({ 'v', version, 't', now, 'b', tally[1], 'n', tally[2] }) do
+      meta_fields[#meta_fields + 1] = f
+    end
+    redis.call('ZADD', active, now, player)
+    if track_changes then redis.call('SADD', dirty, player) end
+  end
+  local remembered = remember_request(meta, client, request, window_state, window_ms,
+    window_length, now, fingerprint .. cmsgpack.pack(results))
+  for _, field in ipairs(remembered) do meta_fields[#meta_fields + 1] = field end
+  redis.call('HSET', meta, unpack(meta_fields))
+  if not window_state and redis.call('ZADD', clients, 'NX', now, client) == 1
+      and not new_player then
+    forget_stale_clients(meta, clients, client_ttl, now)
+  end
+  redis.call('HSET', KEYS[10], 'd', 'C', 'p', ARGV[16])
+  redis.call('ZADD', KEYS[11], now, KEYS[10])
+  redis.call('DEL', KEYS[12])
+  local answer = { 'COMMITTED', version, 0, 0, packed }
+  for k = 5, #reply do answer[#answer + 1] = reply[k] end
+  return answer
+end
 
 if not mutated then return reply end
 

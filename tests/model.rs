@@ -168,14 +168,22 @@ impl Model {
             let version = primary.version;
             return Err(in_participant(0, Error::RequestTooOld { version }));
         }
+        // The participants other than the primary are prepared first, the primary's
+        // operations run with the commit: a refusal names the first of the others that
+        // refuses, in order, else the primary.
         let mut staged = Vec::new();
-        for (i, participant) in txn.participants.iter().enumerate() {
+        let order = (1..txn.participants.len()).chain([0]);
+        for i in order {
+            let participant = &txn.participants[i];
             let player = self.players.entry(participant.player.clone()).or_default();
-            staged.push(
+            staged.push((
+                i,
                 stage(player, participant.access, &participant.operations)
                     .map_err(|e| in_participant(i, e))?,
-            );
+            ));
         }
+        staged.sort_by_key(|(i, _)| *i);
+        let staged: Vec<_> = staged.into_iter().map(|(_, s)| s).collect();
         let mut results = Vec::new();
         for (participant, (entries, mutated, reads)) in txn.participants.iter().zip(staged) {
             let player = self.players.entry(participant.player.clone()).or_default();

@@ -972,3 +972,105 @@ async fn a_participant_over_its_size_bound_refuses_the_whole_trade_and_nothing_a
         records.get()
     );
 }
+
+/// The primary's lease is a key that expires by its shard's clock: a coordinator whose commit
+/// arrives after it commits nothing (a resolver may have aborted the attempt meanwhile, and
+/// its abort record is not kept forever), applies nothing, writes no decision, and the other
+/// participant is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_after_the_primarys_lease_is_refused_and_applies_nothing() {
+    let c = cluster(150, 1000);
+    let players = players_per_shard(&c.store, "late", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    let txn = transfer(("late", 1), "l1", a, std::slice::from_ref(b), 100);
+    let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    let primary_shard = c.store.shard_map().shard_for_player(a).get();
+    let lease = colony::keys::lease_key(a, attempt.id());
+    let mut conn = common::raw(&c.servers[primary_shard]).await;
+    let exists = |conn: &redis::aio::MultiplexedConnection| {
+        let (lease, mut conn) = (lease.clone(), conn.clone());
+        async move {
+            redis::cmd("EXISTS")
+                .arg(lease)
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("exists")
+        }
+    };
+    assert_eq!(exists(&conn).await, 1, "the reserve set the lease key");
+    let gone = wait_for(Duration::from_secs(5), || {
+        let check = exists(&conn);
+        async move { (check.await == 0).then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "the lease key never expired");
+    assert_eq!(
+        attempt.decide(true).await.expect("answers"),
+        Decision::Abort
+    );
+    let finished = attempt.finish().await;
+    assert!(
+        matches!(finished, Err(Error::Unavailable { .. })),
+        "{finished:?}"
+    );
+    let record: Option<String> = redis::cmd("HGET")
+        .arg(colony::keys::decision_key(a, attempt.id()))
+        .arg("d")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(record, None, "a refused commit writes no decision");
+    assert_eq!(state(&c.store, a).await.0, START_GOLD);
+    assert_eq!(state(&c.store, b).await.0, START_GOLD);
+    assert!(intents_left(&c).await.is_empty());
+    // The key is new still: sent again, it applies once.
+    let done = c.store.execute_multi(txn).await.expect("applies");
+    assert!(!done.replayed);
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
+}
+
+/// A key applied before is answered by its replay at once, judged by the primary's reserve,
+/// even while another participant is locked by an unrelated trade that lives for a minute:
+/// the retry of an answered trade does not wait for other trades' locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_answered_while_another_participant_is_locked() {
+    let c = cluster(60_000, 300);
+    let players = players_per_shard(&c.store, "again", 2);
+    let (a, b, other) = (&players[0][0], &players[1][0], &players[0][1]);
+    for p in [a, b, other] {
+        create(&c.store, p).await;
+    }
+    let first = transfer(("again", 1), "g1", a, std::slice::from_ref(b), 100);
+    let done = c.store.execute_multi(first.clone()).await.expect("applies");
+    c.store.wait_detached().await;
+    // Another trade holds `b` (prepared, never decided; its lease is a minute).
+    let holder = transfer(("holder", 1), "h1", other, std::slice::from_ref(b), 5);
+    let mut locking = MultiAttempt::new(&c.store, holder).expect("valid");
+    assert_eq!(locking.prepare().await, PrepareOutcome::AllStaged);
+    let again = c.store.execute_multi(first).await.expect("replays");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(
+        again
+            .participants
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>(),
+        done.participants
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
+    // A new trade on the locked player is refused LOCKED within the deadline, nothing applied.
+    let blocked = transfer(("again", 2), "g2", a, std::slice::from_ref(b), 1);
+    let refused = c.store.execute_multi(blocked).await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == Code::Locked),
+        "{refused:?}"
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
+}

@@ -44,10 +44,11 @@ static TAKE_QUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
 static PARK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/park.lua")));
 
-/// The suffixes of a player's keys after `{<id>}` (`keys::PlayerKeys`, decision records and
-/// legacy idempotency records).
+/// The suffixes of a player's keys after `{<id>}` (`keys::PlayerKeys`, decision records, a
+/// trade primary's lease keys and legacy idempotency records). A lease key travels with its
+/// player, its expiry kept (a commit on the target finds it while it lives).
 const PLAYER_SUFFIXES: [&str; 5] = [":meta", ":pub", ":priv", ":clients", ":intent"];
-const PLAYER_PREFIXES: [&str; 2] = [":decision:", ":idem:"];
+const PLAYER_PREFIXES: [&str; 3] = [":decision:", ":lease:", ":idem:"];
 /// The slot's bookkeeping, after `colony:{<slot tag>}`.
 const BOOKKEEPING: [&str; 5] = [":active", ":dirty", ":intents", ":decisions", ":restores"];
 /// The bookkeeping key that is merged on the target rather than replaced.
@@ -1320,6 +1321,7 @@ mod tests {
             "{alice}:clients",
             "{alice}:intent",
             "{alice}:decision:0123abcd",
+            "{alice}:lease:0123abcd",
             "{alice}:idem:client:42",
         ] {
             assert_eq!(
@@ -1342,6 +1344,7 @@ mod tests {
             "{alice}",
             "{}:meta",
             "{alice}:decision:",
+            "{alice}:lease:",
             "colony:{x}:active",
         ] {
             assert_eq!(key_role(slot, k.as_bytes()), KeyRole::Unknown, "{k}");

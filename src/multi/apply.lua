@@ -10,5 +10,4 @@
 -- ARGV[1] player id  ARGV[2] attempt  ARGV[3] 'c' apply (committed) or 'a' roll back
 -- ARGV[4] '1' when writes are recorded in KEYS[6] for checkpoints
 -- ARGV[5] window age ms  ARGV[6] window length  ARGV[7] client TTL ms
-return finish_participant(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
-  nil)
+return finish_participant(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])

@@ -1,22 +1,21 @@
 -- Finishing one participant of a multi-player transaction: apply (a commit) or roll back (an
--- abort). Loaded behind window.lua and in front of apply.lua and commit.lua, which call it.
+-- abort). Loaded behind window.lua and in front of apply.lua, which calls it.
 -- docs/design/trades.md has the protocol.
 --
 -- keys: meta, pub, priv, intent ({id}:...), active, dirty, clients, intents (the slot's
 -- sets), and decision: the attempt's decision record when this player is the primary (same
 -- slot), else meta again.
--- replies: for the primary, every participant's packed reply, to remember with the key in
--- its window; nil to read them from the decision record (`r`, written by earlier versions;
--- an error, nothing written, when it holds none).
 --
--- Acts only while the player holds this attempt's intent (meta x). The primary's apply also
--- records the transaction's key in its window with every participant's reply, whoever runs
--- it, so a replay of the key finds it. Returns APPLIED, ROLLED_BACK, ALREADY (this attempt
+-- Acts only while the player holds this attempt's intent (meta x). A primary holds an intent
+-- only when an earlier version prepared it (this version's commit applies the primary in
+-- the commit script): its apply also records the transaction's key in its window with every
+-- participant's reply, read from the decision record (`r`; an error, nothing written, when
+-- it holds none), whoever runs it, so a replay of the key finds it. Returns APPLIED, ROLLED_BACK, ALREADY (this attempt
 -- was applied before: meta y), or NO_INTENT (the player holds no intent of this attempt, and
 -- none was applied; nothing written); the error MOVING (nothing written) while a slot move
 -- has the player parked.
 local function finish_participant(keys, player, attempt, action, track, window_ms,
-                                  window_length, client_ttl, replies)
+                                  window_length, client_ttl)
   local meta, pub, priv, intent = keys[1], keys[2], keys[3], keys[4]
   local active, dirty, clients, intents, decision = keys[5], keys[6], keys[7], keys[8], keys[9]
 
@@ -51,7 +50,8 @@ local function finish_participant(keys, player, attempt, action, track, window_m
   local staged = redis.call('HMGET', intent, 'm', 'w', 'v', 'c', 'q', 'f')
   local client = staged[4]
   local primary_key = client and decision ~= meta
-  if primary_key and not replies then
+  local replies
+  if primary_key then
     -- A primary applied apart from its commit (a record of an earlier version): the replies
     -- its window remembers come from the record. Checked before anything is written: a key
     -- remembered without them would answer every replay wrongly.

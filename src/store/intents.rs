@@ -2,8 +2,9 @@
 //! trade coordinator ([`super::multi`]). It reads and writes an attempt's decision record,
 //! finishes one participant by a decision (apply or roll back), and resolves an intent left
 //! behind — the one resolver every path uses. The trade design (`docs/design/trades.md`)
-//! has the rules these functions keep; the scripts are `multi/decide.lua`, `multi/commit.lua`,
-//! `multi/apply.lua` (the last two sharing `multi/finish.lua`) and `multi/forget.lua`.
+//! has the rules these functions keep; the scripts are `multi/decide.lua`, `multi/reserve.lua`,
+//! `multi/apply.lua` (with `multi/finish.lua`) and `multi/forget.lua`; the commit is the
+//! transaction script's commit mode (`transaction.lua`).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -11,7 +12,7 @@ use std::sync::LazyLock;
 use redis::Value as RedisValue;
 
 use crate::error::Error;
-use crate::keys::{decision_key, PlayerKeys, SlotKeys};
+use crate::keys::{decision_key, lease_key, PlayerKeys, SlotKeys};
 use crate::model::PlayerId;
 use crate::script::{self, IntentRef};
 use crate::shard_map::ShardIndex;
@@ -20,8 +21,8 @@ use super::look::Read;
 use super::road::{Command, Effect, LuaScript};
 use super::Store;
 
-/// Applies or rolls back one participant (`window.lua` in front, for the primary's window,
-/// and `finish.lua`, the finishing both this and [`COMMIT`] run).
+/// Applies or rolls back one participant (`window.lua` in front, for the window of a primary
+/// prepared by an earlier version, and `finish.lua`).
 static APPLY: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(concat!(
         include_str!("../window.lua"),
@@ -29,15 +30,15 @@ static APPLY: LazyLock<LuaScript> = LazyLock::new(|| {
         include_str!("../multi/apply.lua")
     ))
 });
-/// Commits an attempt on its primary and applies the primary in the same script.
-static COMMIT: LazyLock<LuaScript> = LazyLock::new(|| {
+/// Reserves a trade's primary: judges the key, starts its lease, or answers the intent that
+/// holds it (`window.lua` in front, for the key's floor).
+static RESERVE: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(concat!(
         include_str!("../window.lua"),
-        include_str!("../multi/finish.lua"),
-        include_str!("../multi/commit.lua")
+        include_str!("../multi/reserve.lua")
     ))
 });
-/// Writes an attempt's decision once, or reads it back (writing it again).
+/// Aborts an attempt unless it is decided, or reads its decision back (writing it again).
 static DECIDE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../multi/decide.lua")));
 /// Forgets a decision record.
@@ -200,15 +201,6 @@ fn decision_of(value: &str) -> Option<Decision> {
     }
 }
 
-/// Participants as a decision record lists them: each `<length>:<player id>`.
-fn listed(participants: &[PlayerId]) -> String {
-    let mut listed = String::new();
-    for p in participants {
-        listed.push_str(&format!("{}:{}", p.as_str().len(), p.as_str()));
-    }
-    listed
-}
-
 /// The keys `finish.lua` declares, in its order: the player's meta, public and private
 /// hashes and intent, its slot's active and dirty sets, its clients, its slot's intents, and
 /// `record` (the attempt's decision record for the primary, else the meta again).
@@ -258,9 +250,7 @@ impl Store {
         let shard = self.shard_map().shard_for_player(primary);
         let read = Command::script(&DECIDE, Effect::Writes)
             .key(decision_key(primary, attempt))
-            .key(SlotKeys::of_player(primary).decisions)
             .key(PlayerKeys::new(primary).meta)
-            .key(PlayerKeys::new(primary).intent)
             .arg("R")
             .arg(ABORT_RECORD_MS);
         let value = self
@@ -270,44 +260,27 @@ impl Store {
         Ok(text(&value).as_deref().and_then(decision_of))
     }
 
-    /// Writes `decision` for `attempt` unless one exists; returns the one that holds, once it
-    /// is acknowledged (replicated mode). A commit is written only while the primary holds
-    /// the attempt's intent, within its lease; otherwise the attempt aborts.
+    /// Writes an abort of `attempt` unless a decision exists; returns the one that holds, once
+    /// it is acknowledged (replicated mode). Only the commit script writes a commit.
     ///
-    /// The attempt's coordinator may act on an abort that is not acknowledged yet: only the
-    /// coordinator ever writes a commit, and it has decided not to, so nothing a failover does
-    /// to the record can make the attempt commit; its participants are rolled back at once
-    /// rather than kept locked while the primary's shard cannot replicate. A resolver needs
+    /// A coordinator settling its own earlier attempt may act on an abort that is not
+    /// acknowledged yet: only the coordinator ever writes a commit, and it has decided not to,
+    /// so nothing a failover does to the record can make the attempt commit. A resolver needs
     /// its abort acknowledged before it rolls anything back: a lost abort record would let a
     /// slow coordinator's commit win.
-    pub(super) async fn decide_once(
+    pub(super) async fn abort_once(
         &self,
         by: Decider,
         primary: &PlayerId,
         attempt: &str,
-        decision: Decision,
-        participants: &[PlayerId],
-        replies: &[Vec<u8>],
     ) -> Result<Decision, Error> {
         let shard = self.shard_map().shard_for_player(primary);
-        let mut decide = Command::script(&DECIDE, Effect::Writes)
+        let abort = Command::script(&DECIDE, Effect::Writes)
             .key(decision_key(primary, attempt))
-            .key(SlotKeys::of_player(primary).decisions)
             .key(PlayerKeys::new(primary).meta)
-            .key(PlayerKeys::new(primary).intent)
-            .arg(match decision {
-                Decision::Commit => "C",
-                Decision::Abort => "A",
-            })
+            .arg("A")
             .arg(ABORT_RECORD_MS);
-        if decision == Decision::Commit {
-            decide = decide.arg(listed(participants));
-            for reply in replies {
-                decide = decide.arg(reply.as_slice());
-            }
-            decide = decide.arg(attempt);
-        }
-        let mut answer = self.send(shard, vec![decide]).await;
+        let mut answer = self.send(shard, vec![abort]).await;
         let held = answer
             .replies
             .pop()
@@ -424,62 +397,34 @@ impl Store {
             .collect()
     }
 
-    /// Step 2 of a commit, on the primary's shard: writes the commit of `attempt` unless a
-    /// decision exists, and applies the primary's intent in the same script (so the record
-    /// lists `participants`, and the primary's window remembers the key with `replies`, every
-    /// participant's packed reply). Returns the decision that holds and, for a commit, what
-    /// applying the primary found. A commit is answered once acknowledged (replicated mode);
-    /// an abort at once, as [`Store::decide_once`] answers the coordinator: only the
-    /// coordinator writes a commit, and it will not.
-    pub(super) async fn commit_primary(
+    /// The reserve of `primary` for `attempt` (step 1, beside the other participants'
+    /// prepares): judges the transaction's key (`key`, with `fingerprint`) in the primary's
+    /// window, and starts its lease of `lease_ms`, by its shard's clock, within which alone
+    /// the commit can be written. A reservation answers nil, which the road takes for
+    /// nothing to acknowledge (a lost lease key only makes the commit refuse); a replay is
+    /// acknowledged.
+    pub(super) fn reserve_command(
         &self,
         primary: &PlayerId,
         attempt: &str,
-        participants: &[PlayerId],
-        replies: &[Vec<u8>],
-    ) -> Result<(Decision, Option<Finished>), Error> {
-        let shard = self.shard_map().shard_for_player(primary);
+        lease_ms: u64,
+        key: &crate::model::IdempotencyKey,
+        fingerprint: &str,
+    ) -> Command {
+        let keys = PlayerKeys::new(primary);
         let window = script::Window::of(&self.inner.settings);
-        let mut commit = finishing_keys(
-            Command::script(&COMMIT, Effect::Writes),
-            primary,
-            decision_key(primary, attempt),
-        )
-        .key(SlotKeys::of_player(primary).decisions)
-        .arg(primary.as_str())
-        .arg(attempt)
-        .arg(if self.inner.track_changes { "1" } else { "0" })
-        .arg(window.age_ms)
-        .arg(window.length)
-        .arg(window.client_ttl_ms)
-        .arg(ABORT_RECORD_MS)
-        .arg(listed(participants));
-        for reply in replies {
-            commit = commit.arg(reply.as_slice());
-        }
-        let mut answer = self.send(shard, vec![commit]).await;
-        let reply = answer
-            .replies
-            .pop()
-            .unwrap_or_else(|| Err(Error::Internal("the commit answered nothing".into())))?;
-        let RedisValue::Array(parts) = reply else {
-            return Err(unexpected("the commit script answered no list"));
-        };
-        let held = parts
-            .first()
-            .and_then(text)
-            .as_deref()
-            .and_then(decision_of)
-            .ok_or_else(|| unexpected("the commit script answered no decision"))?;
-        if held == Decision::Abort {
-            return Ok((Decision::Abort, None));
-        }
-        let finished = parts
-            .get(1)
-            .ok_or_else(|| unexpected("the commit script did not apply the primary"))
-            .and_then(finished_of)?;
-        answer.acknowledgement()?;
-        Ok((Decision::Commit, Some(finished)))
+        Command::script(&RESERVE, Effect::Writes)
+            .key(&keys.meta)
+            .key(&keys.intent)
+            .key(lease_key(primary, attempt))
+            .key(&keys.clients)
+            .arg(attempt)
+            .arg(lease_ms)
+            .arg(key.client_id())
+            .arg(key.request_id())
+            .arg(fingerprint)
+            .arg(window.client_ttl_ms)
+            .arg(window.max_clients)
     }
 
     /// Forgets the decision record of `attempt` (primary `primary`): a commit record only once
@@ -543,15 +488,8 @@ impl Store {
         let decision = match self.multi_decision(&primary, &intent.attempt).await? {
             Some(decision) => decision,
             None if may_abort => {
-                self.decide_once(
-                    Decider::Resolver,
-                    &primary,
-                    &intent.attempt,
-                    Decision::Abort,
-                    &[],
-                    &[],
-                )
-                .await?
+                self.abort_once(Decider::Resolver, &primary, &intent.attempt)
+                    .await?
             }
             // No decision and the lease runs: live — unless the intent is gone meanwhile (a
             // commit applied and its record forgotten since the intent was seen), which
@@ -583,14 +521,7 @@ impl Store {
         let primary = PlayerId::new(intent.primary.clone())
             .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
         let decision = self
-            .decide_once(
-                Decider::Coordinator,
-                &primary,
-                &intent.attempt,
-                Decision::Abort,
-                &[],
-                &[],
-            )
+            .abort_once(Decider::Coordinator, &primary, &intent.attempt)
             .await?;
         let finished = self
             .finish_participant(player, &intent.attempt, decision, player == &primary)

@@ -14,16 +14,17 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use futures_util::future::join_all;
+use redis::Value as RedisValue;
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::keys;
 use crate::model::{Committed, MultiCommitted, MultiTransaction, PlayerId};
-use crate::script::{self, Prepared};
+use crate::script::{self, IntentRef, TradeReply};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
-use super::intents::{Decider, Decision, Finished, Resolution};
+use super::intents::{Decision, Finished, Resolution};
 use super::road::{Command, Effect};
 use super::{Store, RETRY_BACKOFF};
 
@@ -114,14 +115,16 @@ impl Store {
     }
 }
 
-/// What preparing every participant found.
+/// What step 1 found: every participant other than the primary prepared, and the primary
+/// reserved — or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrepareOutcome {
-    /// Every participant holds this attempt's intent: decide next.
+    /// Every other participant holds this attempt's intent and the primary's lease runs:
+    /// commit next.
     AllStaged,
     /// The key was applied before: the stored result. The other participants may have
-    /// staged intents of this attempt meanwhile: abort next (which rolls them back), then
-    /// answer the stored result.
+    /// staged intents of this attempt meanwhile: they are rolled back, then the stored result
+    /// is the answer.
     Replayed(MultiCommitted),
     /// A participant refused or could not be reached: abort next. The error is the answer.
     Refused(Error),
@@ -158,19 +161,21 @@ pub struct MultiAttempt<'s> {
     store: &'s Store,
     call: Arc<MultiCall>,
     id: String,
-    /// Per participant, what its prepare answered, once it did.
+    /// Per participant other than the primary (index 0 unused), what its prepare answered,
+    /// once it did.
     staged: Vec<Option<(Committed, Vec<u8>)>>,
     decision: Option<Decision>,
-    /// What the commit script found applying the primary, when this attempt wrote or found
-    /// a commit there.
-    primary_finished: Option<Finished>,
+    /// The primary's result, once the commit script applied it.
+    primary_result: Option<Committed>,
+    /// Why the commit script wrote no commit, when it refused (a failed check on the
+    /// primary, its lease passed, a resolver's abort, the primary locked since step 1).
+    primary_refusal: Option<Error>,
+    /// The stored result, when the commit script found the key applied before.
+    replayed: Option<MultiCommitted>,
     /// Entries of the request that read, sharing its read budget evenly.
     readers: usize,
     /// The ids of the attempts of the same call before this one.
     earlier: Vec<String>,
-    /// Per participant, whether its prepare got a definite answer (not one that may still
-    /// run: a prepare lost on the way can stage an intent later).
-    definite: Vec<bool>,
 }
 
 impl<'s> MultiAttempt<'s> {
@@ -192,10 +197,11 @@ impl<'s> MultiAttempt<'s> {
             id: format!("{random:016x}"),
             staged: vec![None; participants],
             decision: None,
-            primary_finished: None,
+            primary_result: None,
+            primary_refusal: None,
+            replayed: None,
             readers: 1,
             earlier: Vec::new(),
-            definite: vec![false; participants],
         }
     }
 
@@ -219,13 +225,14 @@ impl<'s> MultiAttempt<'s> {
             .collect()
     }
 
-    /// Sends the prepares of the participants at `positions`, the participants of one shard
-    /// in one call (one round trip, and the intents acknowledged on the link that wrote
-    /// them), the shards concurrently; answers each position's outcome.
+    /// Sends step 1 to the participants at `positions` — the primary's reserve (position 0),
+    /// the others' prepares — the participants of one shard in one call (one round trip, and
+    /// the intents acknowledged on the link that wrote them), the shards concurrently;
+    /// answers each position's outcome.
     async fn prepare_positions(
         &self,
         positions: Vec<usize>,
-    ) -> Vec<(usize, Result<Prepared, Error>)> {
+    ) -> Vec<(usize, Result<TradeReply, Error>)> {
         let store = self.store;
         let bounds = store.bounds(self.readers.max(1));
         let primary = self.primary().clone();
@@ -246,12 +253,19 @@ impl<'s> MultiAttempt<'s> {
                 let commands = positions
                     .iter()
                     .map(|&i| {
+                        if i == 0 {
+                            return store.reserve_command(
+                                primary,
+                                id,
+                                lease_ms,
+                                &txn.idempotency_key,
+                                &call.fingerprint,
+                            );
+                        }
                         let prepare = script::Prepare {
                             attempt: id,
                             primary,
                             lease_ms,
-                            key: (i == 0)
-                                .then_some((&txn.idempotency_key, call.fingerprint.as_str())),
                         };
                         Command::transaction(
                             script::encode_prepare(
@@ -270,15 +284,17 @@ impl<'s> MultiAttempt<'s> {
                     .into_iter()
                     .zip(answer.replies)
                     .map(|(i, reply)| {
-                        let outcome = reply.and_then(|reply| {
-                            script::decode_prepare(
+                        let outcome = reply.and_then(|reply| match reply {
+                            // The primary reserved: nothing that needs acknowledging.
+                            RedisValue::Nil if i == 0 => Ok(TradeReply::Reserved),
+                            reply => script::decode_trade(
                                 &txn.participants[i].operations,
                                 &txn.participants,
                                 &reply,
-                            )
+                            ),
                         });
                         let outcome = match outcome {
-                            Ok(written @ (Prepared::Staged { .. } | Prepared::Replay(_))) => {
+                            Ok(written @ (TradeReply::Staged { .. } | TradeReply::Replay(_))) => {
                                 acknowledged.clone().map(|()| written)
                             }
                             other => other,
@@ -291,8 +307,9 @@ impl<'s> MultiAttempt<'s> {
         join_all(runs).await.into_iter().flatten().collect()
     }
 
-    /// Step 1: prepares every participant, the participants of one shard concurrently on
-    /// its connection (so in one round trip), the shards concurrently.
+    /// Step 1: prepares every participant but the primary and reserves the primary (its key
+    /// judged, its lease started), the participants of one shard in one call (so in one
+    /// round trip), the shards concurrently.
     pub async fn prepare(&mut self) -> PrepareOutcome {
         // A participant this store is still applying for a trade it answered (most often the
         // caller's previous trade): waited for first, locally, rather than met as an intent.
@@ -310,7 +327,7 @@ impl<'s> MultiAttempt<'s> {
         // instead of the attempt failing LOCKED and waiting out a backoff.
         let mut again = Vec::new();
         for (i, outcome) in &outcomes {
-            let Ok(Prepared::Locked(intent)) = outcome else {
+            let Ok(TradeReply::Locked(intent)) = outcome else {
                 continue;
             };
             let player = &self.call.txn.participants[*i].player;
@@ -355,140 +372,260 @@ impl<'s> MultiAttempt<'s> {
         let mut replayed = None;
         // Why the primary could not judge the key, if it could not.
         let mut primary_unjudged: Option<Error> = None;
+        // A refusal of the key itself (a mismatch, too old): the answer, whatever the others
+        // say.
+        let mut key_refused: Option<Error> = None;
         for (i, outcome) in outcomes {
-            self.definite[i] = !matches!(&outcome, Err(e) if e.may_have_applied());
-            match outcome {
-                Ok(Prepared::Staged { committed, packed }) => {
-                    self.staged[i] = Some((committed, packed))
+            let e = match outcome {
+                Ok(TradeReply::Staged { committed, packed }) if i > 0 => {
+                    self.staged[i] = Some((committed, packed));
+                    continue;
                 }
-                Ok(Prepared::Replay(results)) => {
+                Ok(TradeReply::Reserved) if i == 0 => continue,
+                Ok(TradeReply::Replay(results)) if i == 0 => {
                     replayed = Some(MultiCommitted {
                         participants: results,
                         replayed: true,
-                    })
+                    });
+                    continue;
                 }
-                Ok(Prepared::Locked(intent)) => {
+                Ok(TradeReply::Locked(intent)) => {
                     // Resolved above where it could be: still held, or held again.
                     let player = &self.call.txn.participants[i].player;
-                    let e = Error::Locked {
+                    Error::Locked {
                         player: player.as_str().to_string(),
                         reason: format!(
                             "by attempt {} (primary {:?})",
                             intent.attempt, intent.primary
                         ),
-                    };
-                    if i == 0 {
-                        primary_unjudged = Some(e.clone());
                     }
-                    refused.get_or_insert((i, e));
                 }
-                Err(e) => {
-                    // Refused before the key was judged (not reached, or the answer lost);
-                    // a writer waiting on the primary is met after the key was judged.
-                    if i == 0 && e.is_retryable() && !matches!(e, Error::Locked { .. }) {
-                        primary_unjudged = Some(e.clone());
-                    }
-                    let e = match e {
-                        Error::Locked { player, reason } if player.is_empty() => Error::Locked {
-                            player: self.call.txn.participants[i].player.as_str().to_string(),
-                            reason,
-                        },
-                        e => e,
-                    };
-                    // Keep the most telling refusal: one of a participant's operations over
-                    // a transport failure.
-                    let replace = match &refused {
-                        None => true,
-                        Some((_, previous)) => previous.is_retryable() && !e.is_retryable(),
-                    };
-                    if replace {
-                        refused = Some((i, e));
-                    }
+                Ok(other) => Error::Internal(format!("step 1 of a trade answered {other:?}")),
+                Err(Error::Locked { player, reason }) if player.is_empty() => Error::Locked {
+                    player: self.call.txn.participants[i].player.as_str().to_string(),
+                    reason,
+                },
+                Err(e) => e,
+            };
+            if i == 0 {
+                if e.is_retryable() {
+                    primary_unjudged = Some(e.clone());
+                } else {
+                    key_refused = Some(e.clone());
                 }
             }
+            // Keep the most telling refusal: one of a participant's operations over a
+            // transport failure or a lock; of those, the first participant's in order.
+            let replace = match &refused {
+                None => true,
+                Some((j, previous)) => {
+                    (previous.is_retryable() && !e.is_retryable())
+                        || (previous.is_retryable() == e.is_retryable() && i < *j)
+                }
+            };
+            if replace {
+                refused = Some((i, e));
+            }
         }
-        // The primary judges the key before anything else. While it could not (locked, or not
-        // reached), the key may be one applied before, whose replay is the answer whatever
-        // the other participants say now: no other refusal is final yet.
-        if let (None, Some(unjudged)) = (&replayed, primary_unjudged) {
+        // The primary judges the key before anything else: its replay or its refusal of the
+        // key is the answer. While it could not (locked, or not reached), the key may be one
+        // applied before, whose replay is the answer whatever the other participants say
+        // now: no other refusal is final yet.
+        if let Some(result) = replayed {
+            return PrepareOutcome::Replayed(result);
+        }
+        if let Some(e) = key_refused {
+            return PrepareOutcome::Refused(in_participant(0, e));
+        }
+        if let Some(unjudged) = primary_unjudged {
             if refused.as_ref().is_some_and(|(_, e)| !e.is_retryable()) {
                 refused = Some((0, unjudged));
             }
         }
-        match (replayed, refused) {
-            (Some(result), _) => PrepareOutcome::Replayed(result),
-            (None, None) => PrepareOutcome::AllStaged,
-            (None, Some((i, e))) => PrepareOutcome::Refused(in_participant(i, e)),
+        match refused {
+            None => PrepareOutcome::AllStaged,
+            Some((i, e)) => PrepareOutcome::Refused(in_participant(i, e)),
         }
     }
 
-    /// Step 2: writes the decision — commit when `commit`, else abort — unless one exists,
-    /// and returns the one that holds. A commit is written together with the primary's apply
-    /// (one script on the primary's slot), so once this answers `Commit` the primary is
-    /// applied; the others are applied by [`MultiAttempt::finish`] (or whoever meets their
-    /// intents).
+    /// Step 2, `commit`: the primary's commit script runs the primary's operations, writes
+    /// the commit and applies the primary, in one script on the primary's slot, unless it
+    /// refuses (a failed check on the primary, the key applied before, its lease passed, the
+    /// attempt aborted by a resolver); returns the decision that holds: `Commit` once the
+    /// commit (and with it the primary's apply) is acknowledged, `Abort` when the script
+    /// refused. The others are applied by [`MultiAttempt::finish`] (or whoever meets their
+    /// intents). Without `commit`, the attempt aborts: no record is written, since only this
+    /// coordinator writes a commit and it will not (a resolver that meets an intent left finds
+    /// none, and aborts it once its lease passed).
     pub async fn decide(&mut self, commit: bool) -> Result<Decision, Error> {
-        let players = self.players();
-        let primary = self.primary().clone();
-        let held = if commit {
-            let replies: Vec<Vec<u8>> = self
-                .staged
-                .iter()
-                .map(|s| {
-                    s.as_ref()
-                        .map(|(_, packed)| packed.clone())
-                        .unwrap_or_default()
-                })
-                .collect();
-            let (held, primary_finished) = self
-                .store
-                .commit_primary(&primary, &self.id, &players, &replies)
-                .await?;
-            self.primary_finished = primary_finished;
-            held
-        } else {
-            self.store
-                .decide_once(
-                    Decider::Coordinator,
-                    &primary,
-                    &self.id,
-                    Decision::Abort,
-                    &players,
-                    &[],
-                )
-                .await?
-        };
+        if !commit {
+            self.decision = Some(Decision::Abort);
+            return Ok(Decision::Abort);
+        }
+        let held = self.commit().await?;
         self.decision = Some(held);
         Ok(held)
     }
 
-    /// Step 3: applies (a commit) or rolls back (an abort) every participant, each shard's
-    /// participants in one call, the shards concurrently (a primary the commit applied is
-    /// not sent again). A commit answers the whole result; an abort answers UNAVAILABLE
-    /// (nothing applied).
+    /// The primary's commit script; see [`MultiAttempt::decide`]. Sent again once when the
+    /// primary was found locked by another attempt's intent that could be finished at once
+    /// (one this store is applying, or a decided one): a primary that is also other trades'
+    /// participant is not starved by intents staged between its reserve and its commit.
+    async fn commit(&mut self) -> Result<Decision, Error> {
+        let store = self.store;
+        let call = self.call.clone();
+        let players = self.players();
+        let replies: Vec<Vec<u8>> = self.staged[1..]
+            .iter()
+            .map(|s| s.as_ref().map(|(_, packed)| packed.clone()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Internal("a commit before every prepare".into()))?;
+        let primary = &call.txn.participants[0];
+        let shard = store.shard_map().shard_for_slot(call.slots[0]);
+        let mut round = 0;
+        loop {
+            let commit = script::Commit {
+                attempt: &self.id,
+                key: &call.txn.idempotency_key,
+                fingerprint: &call.fingerprint,
+                participants: &players,
+                replies: &replies,
+            };
+            let invocation = script::encode_commit(
+                primary,
+                call.slots[0],
+                &commit,
+                &store.bounds(self.readers.max(1)),
+            );
+            let mut answer = store
+                .send(
+                    shard,
+                    vec![Command::transaction(invocation, Effect::Writes)],
+                )
+                .await;
+            let reply = answer
+                .replies
+                .pop()
+                .unwrap_or_else(|| Err(Error::Internal("the commit answered nothing".into())));
+            let reply = match reply {
+                Ok(reply) => reply,
+                // Not sent: nothing written.
+                Err(e) if !e.may_have_applied() => {
+                    self.primary_refusal = Some(in_participant(0, e));
+                    return Ok(Decision::Abort);
+                }
+                // Sent, no answer: whether the commit was written is asked once more.
+                Err(e) => return self.decision_after_lost_answer(e).await,
+            };
+            let decoded = script::decode_trade(&primary.operations, &call.txn.participants, &reply);
+            let refusal = match decoded {
+                Ok(TradeReply::Committed(result)) => {
+                    self.primary_result = Some(result);
+                    return match answer.acknowledgement() {
+                        Ok(()) => Ok(Decision::Commit),
+                        // Written on the master, its replication not confirmed: read again
+                        // (the read writes the record again and is acknowledged).
+                        Err(e) => self.decision_after_lost_answer(e).await,
+                    };
+                }
+                // A commit found: only this attempt's own commit script writes one, so the
+                // primary was applied with it, its result unknown here (acted on once
+                // acknowledged). An abort found (a resolver's) is acted on at once: only this
+                // coordinator could write a commit, and it will not.
+                Ok(TradeReply::Decided(true)) => {
+                    answer.acknowledgement()?;
+                    return Ok(Decision::Commit);
+                }
+                Ok(TradeReply::Decided(false)) => Error::Unavailable {
+                    shard: None,
+                    reason: format!(
+                        "attempt {} was aborted by a resolver (its coordinator slower than a                          lease); nothing applied",
+                        self.id
+                    ),
+                },
+                Ok(TradeReply::Replay(participants)) => {
+                    // Applied by another attempt since the reserve judged the key.
+                    match answer.acknowledgement() {
+                        Ok(()) => {
+                            self.replayed = Some(MultiCommitted {
+                                participants,
+                                replayed: true,
+                            });
+                            return Ok(Decision::Abort);
+                        }
+                        Err(e) => e,
+                    }
+                }
+                Ok(TradeReply::LeaseGone) => Error::Unavailable {
+                    shard: None,
+                    reason: format!(
+                        "attempt {} reached the primary after its lease: nothing applied",
+                        self.id
+                    ),
+                },
+                Ok(TradeReply::Locked(intent)) => {
+                    if round == 0 && self.finish_intent_met(intent.clone()).await {
+                        round += 1;
+                        continue;
+                    }
+                    Error::Locked {
+                        player: self.primary().as_str().to_string(),
+                        reason: format!(
+                            "by attempt {} (primary {:?})",
+                            intent.attempt, intent.primary
+                        ),
+                    }
+                }
+                Ok(other) => return Err(Error::Internal(format!("the commit answered {other:?}"))),
+                // A refusal of the primary's operations or key: nothing written.
+                Err(e) => e,
+            };
+            self.primary_refusal = Some(in_participant(0, refusal));
+            return Ok(Decision::Abort);
+        }
+    }
+
+    /// Whether the primary's intent of another attempt, met by the commit, is gone now: one
+    /// this store is applying (waited for, locally), or one the resolver finished.
+    async fn finish_intent_met(&self, intent: IntentRef) -> bool {
+        let primary = self.primary();
+        if self
+            .store
+            .wait_detached_finish(primary, Some(&intent.attempt))
+            .await
+        {
+            return true;
+        }
+        matches!(
+            self.store.resolve_intent(primary, &intent).await,
+            Ok(Resolution::Finished(..) | Resolution::NotHeld)
+        )
+    }
+
+    /// The decision after the commit's answer (or its acknowledgement) was lost: read once
+    /// more, acknowledged. A commit found was written by this attempt's commit script, with
+    /// the primary's apply.
+    async fn decision_after_lost_answer(&mut self, lost: Error) -> Result<Decision, Error> {
+        match self.store.multi_decision(self.primary(), &self.id).await {
+            Ok(Some(decision)) => Ok(decision),
+            _ => Err(Error::Unknown {
+                shard: None,
+                reason: format!("the decision of attempt {} is unknown: {lost}", self.id),
+            }),
+        }
+    }
+
+    /// Step 3: applies (a commit) or rolls back (an abort) every participant but the primary
+    /// (which the commit script applied, and which holds no intent), each shard's
+    /// participants in one call, the shards concurrently. A commit answers the whole result;
+    /// an abort answers UNAVAILABLE (nothing applied).
     pub async fn finish(&mut self) -> Result<MultiCommitted, Error> {
         let Some(decision) = self.decision else {
             return Err(Error::Internal("finish before a decision".into()));
         };
         let players = self.players();
-        let primary_applied = decision == Decision::Commit
-            && matches!(
-                self.primary_finished,
-                Some(Finished::Applied | Finished::AlreadyApplied)
-            );
-        let skip = usize::from(primary_applied);
-        let mut finished = finish_all(self.store, &players, skip, &self.id, decision).await;
-        if primary_applied {
-            finished.insert(0, Ok(Finished::AlreadyApplied));
-        }
+        let finished = finish_all(self.store, &players, 1, &self.id, decision).await;
         if decision == Decision::Abort {
-            // Every participant rolled back, acknowledged, and no prepare of this attempt can
-            // still arrive: no intent of it is left for a resolver to look up, and only this
-            // coordinator could ever have written a commit, so the abort record is no longer
-            // needed. (One left behind expires.)
-            if finished.iter().all(Result::is_ok) && self.definite.iter().all(|d| *d) {
-                self.store.forget_later(self.primary(), &self.id);
-            }
             return Err(Error::Unavailable {
                 shard: None,
                 reason: format!(
@@ -499,20 +636,32 @@ impl<'s> MultiAttempt<'s> {
         }
         for (i, outcome) in finished.into_iter().enumerate() {
             if let Err(e) = applied(&self.id, outcome) {
-                return Err(in_participant(i, e));
+                return Err(in_participant(i + 1, e));
             }
         }
         self.result()
     }
 
-    /// The whole result of a committed attempt, from what every participant staged.
+    /// The whole result of a committed attempt: the primary's from its commit, the others'
+    /// from what they staged. UNKNOWN when the commit's answer was lost (a retry of the key
+    /// replays it).
     fn result(&self) -> Result<MultiCommitted, Error> {
-        let participants = self
-            .staged
+        let Some(primary) = self.primary_result.clone() else {
+            return Err(Error::Unknown {
+                shard: None,
+                reason: format!(
+                    "attempt {} committed, its answer lost: a retry of the key replays it",
+                    self.id
+                ),
+            });
+        };
+        let others = self.staged[1..]
             .iter()
             .map(|s| s.as_ref().map(|(committed, _)| committed.clone()))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Internal("a committed attempt missing a prepare".into()))?;
+        let mut participants = vec![primary];
+        participants.extend(others);
         Ok(MultiCommitted {
             participants,
             replayed: false,
@@ -547,84 +696,62 @@ impl<'s> MultiAttempt<'s> {
         Ok(result)
     }
 
-    /// Step 4: forgets the decision record once every participant was applied (or rolled
-    /// back).
+    /// Step 4: forgets the decision record once every participant was applied.
     pub async fn forget(&self) -> Result<(), Error> {
         self.store.forget_decision(self.primary(), &self.id).await
     }
 
-    /// Every step in order: prepare; a commit when every participant staged, else an abort;
-    /// apply or roll back; forget a commit record once applied everywhere.
+    /// Every step in order: prepare (and reserve the primary); the commit when every
+    /// participant staged, else an abort; apply or roll back the others; forget a commit
+    /// record once applied everywhere.
     pub async fn run(&mut self) -> Result<MultiCommitted, Error> {
         let prepared = self.prepare().await;
         failpoint("multi:after-prepare");
-        let (refused, replayed) = match prepared {
-            PrepareOutcome::Replayed(result) => (None, Some(result)),
-            PrepareOutcome::AllStaged => (None, None),
-            PrepareOutcome::Refused(e) => (Some(e), None),
+        let answer = match prepared {
+            PrepareOutcome::AllStaged => None,
+            PrepareOutcome::Replayed(result) => Some(Ok(result)),
+            PrepareOutcome::Refused(e) => Some(Err(e)),
         };
-        if let Some(result) = replayed {
-            // Nothing of this attempt may apply: abort it, rolling back what the other
-            // participants staged, and answer the first result.
-            if self.decide(false).await == Ok(Decision::Abort) {
-                let _ = self.finish().await;
-            }
-            return Ok(result);
+        if let Some(answer) = answer {
+            // Nothing of this attempt may apply: what the others staged is rolled back (no
+            // record: only this coordinator writes a commit, and it will not).
+            self.decision = Some(Decision::Abort);
+            let _ = self.finish().await;
+            return answer;
         }
-        let decided = match self.decide(refused.is_none()).await {
-            Ok(decision) => decision,
-            Err(e) => {
-                // Whether the decision was written is unknown: ask once more.
-                match self.store.multi_decision(self.primary(), &self.id).await {
-                    Ok(Some(decision)) => {
-                        self.decision = Some(decision);
-                        if decision == Decision::Commit {
-                            // Only this coordinator writes this attempt's commit, and only
-                            // with the commit script, which applied the primary in the same
-                            // write; the read above wrote the record again and was
-                            // acknowledged on its link, which covers that apply too.
-                            self.primary_finished = Some(Finished::AlreadyApplied);
-                        }
-                        decision
-                    }
-                    Ok(None) if refused.is_some() => return Err(refused.unwrap_or(e)),
-                    _ => {
-                        return Err(Error::Unknown {
-                            shard: None,
-                            reason: format!("the decision of attempt {} is unknown: {e}", self.id),
-                        })
-                    }
+        let decided = self.decide(true).await?;
+        failpoint("multi:after-decide");
+        match decided {
+            Decision::Commit if self.primary_result.is_some() => {
+                self.answer_and_finish_others().await
+            }
+            Decision::Commit => {
+                // Committed, the primary's result lost with the answer: the others are
+                // applied here, the caller waiting, and its retry of the key replays the
+                // result (UNKNOWN, below). Every apply acknowledged: the record can go.
+                let players = self.players();
+                let finished = finish_all(self.store, &players, 1, &self.id, decided).await;
+                failpoint("multi:after-finish");
+                if finished.into_iter().all(|f| applied(&self.id, f).is_ok()) {
+                    self.store.forget_later(self.primary(), &self.id);
+                }
+                self.result()
+            }
+            Decision::Abort => {
+                let _ = self.finish().await;
+                match (self.replayed.take(), self.primary_refusal.take()) {
+                    (Some(replayed), _) => Ok(replayed),
+                    (None, Some(refused)) => Err(refused),
+                    (None, None) => Err(Error::Unavailable {
+                        shard: None,
+                        reason: format!(
+                            "attempt {} of the multi-player transaction was aborted by a \
+                             resolver; nothing applied",
+                            self.id
+                        ),
+                    }),
                 }
             }
-        };
-        failpoint("multi:after-decide");
-        if decided == Decision::Commit
-            && matches!(
-                self.primary_finished,
-                Some(Finished::Applied | Finished::AlreadyApplied)
-            )
-        {
-            return self.answer_and_finish_others().await;
-        }
-        // An abort, or a commit whose primary held no intent (lost in a failover): finished
-        // here, the caller waiting.
-        let result = self.finish().await;
-        failpoint("multi:after-finish");
-        match (decided, &result) {
-            (Decision::Commit, Ok(_)) => {
-                // Every apply was acknowledged: the commit record is no longer needed.
-                // Forgetting it is housekeeping (the sweep does it otherwise): the caller
-                // does not wait for it.
-                self.store.forget_later(self.primary(), &self.id);
-                result
-            }
-            // Aborted because a participant refused: that refusal is the answer.
-            (Decision::Abort, _) => Err(refused.unwrap_or_else(|| {
-                result
-                    .err()
-                    .unwrap_or_else(|| Error::Internal("abort answered OK".into()))
-            })),
-            (Decision::Commit, Err(_)) => result,
         }
     }
 }

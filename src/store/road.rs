@@ -110,7 +110,7 @@ impl Command {
         Command {
             body: Body::Script {
                 script: &TRANSACTION,
-                keys: invocation.keys.into(),
+                keys: invocation.keys,
                 args: invocation.args,
             },
             effect,
