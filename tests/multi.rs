@@ -1074,3 +1074,87 @@ async fn a_replay_is_answered_while_another_participant_is_locked() {
     );
     assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
 }
+
+/// A rolling upgrade: a coordinator of an earlier version prepared the primary as an intent
+/// (holding the key and fingerprint) and wrote the commit record with every participant's
+/// reply (`r`), then stopped. This version's resolver, met by reads, applies the primary from
+/// the record — remembering the key in its window — and the other participant; the key then
+/// replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_prepared_by_an_earlier_version_is_applied_from_its_record_and_replays() {
+    use colony::keys::{decision_key, PlayerKeys, SlotKeys};
+    let c = cluster(60_000, 1000);
+    let players = players_per_shard(&c.store, "older", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    let txn = transfer(("older", 1), "o1", a, std::slice::from_ref(b), 100);
+    // The other participant's intent is what every version stages alike.
+    let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    let shard_of = |p: &PlayerId| c.store.shard_map().shard_for_player(p).get();
+    let packed_b: Vec<u8> = redis::cmd("HGET")
+        .arg(PlayerKeys::new(b).intent)
+        .arg("r")
+        .query_async(&mut common::raw(&c.servers[shard_of(b)]).await)
+        .await
+        .expect("b's staged reply");
+    // The primary as the earlier version left it: its intent (gold 1000 -> 900, the marker)
+    // and the commit record with both replies.
+    let earlier = r#"
+        local packed_a = cmsgpack.pack({ 'OK', 2, 0, 0 })
+        local staged = cmsgpack.pack({ { 'f:o1', '1' }, {}, { 'c:gold', '900' }, {}, 10, 2 })
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000
+        redis.call('HSET', KEYS[2], 'a', ARGV[1], 'p', ARGV[2], 'l', now + 60000, 'v', 1,
+          'm', 1, 'w', staged, 'r', packed_a, 'c', ARGV[3], 'q', ARGV[4], 'f', ARGV[5])
+        redis.call('HSET', KEYS[1], 'x', ARGV[1])
+        redis.call('ZADD', KEYS[3], now + 60000, ARGV[2])
+        redis.call('HSET', KEYS[4], 'd', 'C', 'p', ARGV[6], 'r', cmsgpack.pack({ packed_a, ARGV[7] }))
+        redis.call('ZADD', KEYS[5], now, KEYS[4])
+        return 1
+    "#;
+    let keys_a = PlayerKeys::new(a);
+    let slot_a = SlotKeys::of_player(a);
+    let _: i64 = redis::cmd("EVAL")
+        .arg(earlier)
+        .arg(5)
+        .arg(&keys_a.meta)
+        .arg(&keys_a.intent)
+        .arg(&slot_a.intents)
+        .arg(decision_key(a, attempt.id()))
+        .arg(&slot_a.decisions)
+        .arg(attempt.id())
+        .arg(a.as_str())
+        .arg(txn.idempotency_key.client_id())
+        .arg(txn.idempotency_key.request_id())
+        .arg(colony::script::multi_fingerprint(&txn))
+        .arg(colony::script::listed(&[a.clone(), b.clone()]))
+        .arg(packed_b)
+        .query_async(&mut common::raw(&c.servers[shard_of(a)]).await)
+        .await
+        .expect("the earlier version's state");
+    drop(attempt);
+    // Reads meet the intents and have the resolver apply them from the commit record.
+    assert_eq!(
+        state(&c.store, a).await,
+        (START_GOLD - 100, vec!["o1".into()], 2)
+    );
+    assert_eq!(
+        state(&c.store, b).await,
+        (START_GOLD + 100, vec!["o1".into()], 2)
+    );
+    assert!(intents_left(&c).await.is_empty());
+    // The primary's window remembers the key with both replies: the key replays.
+    let again = c.store.execute_multi(txn).await.expect("replays");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(
+        again
+            .participants
+            .iter()
+            .map(|p| p.version)
+            .collect::<Vec<_>>(),
+        vec![2, 2]
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
+}
