@@ -1158,3 +1158,39 @@ async fn a_primary_prepared_by_an_earlier_version_is_applied_from_its_record_and
     );
     assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
 }
+
+/// Between its reserve and its commit a primary holds nothing, so another trade may stage an
+/// intent on it meanwhile (the primary is that trade's other participant). The commit that
+/// meets such an intent already decided finishes it and is sent again, rather than aborting:
+/// a player busy in other players' trades still gets its own committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_meeting_a_decided_intent_on_its_primary_finishes_it_and_commits() {
+    let c = cluster(60_000, 1000);
+    let players = players_per_shard(&c.store, "busy-primary", 1);
+    let (a, b, d) = (&players[0][0], &players[1][0], &players[2][0]);
+    for p in [a, b, d] {
+        create(&c.store, p).await;
+    }
+    // `a` gives to `b`: reserved and `b` prepared.
+    let mine = transfer(("mine", 1), "m1", a, std::slice::from_ref(b), 100);
+    let mut attempt = MultiAttempt::new(&c.store, mine).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    // Meanwhile `d` gives to `a`: committed on `d`, `a`'s intent not applied yet (its
+    // coordinator stopped after the commit).
+    let theirs = transfer(("theirs", 1), "t1", d, std::slice::from_ref(a), 10);
+    let mut other = MultiAttempt::new(&c.store, theirs).expect("valid");
+    assert_eq!(other.prepare().await, PrepareOutcome::AllStaged);
+    assert_eq!(other.decide(true).await.expect("decides"), Decision::Commit);
+    drop(other);
+    // The commit on `a` meets that intent, applies it, and commits.
+    assert_eq!(
+        attempt.decide(true).await.expect("decides"),
+        Decision::Commit
+    );
+    let done = attempt.finish().await.expect("applies");
+    assert_eq!(done.participants.len(), 2);
+    assert_eq!(state(&c.store, a).await.0, START_GOLD + 10 - 100);
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
+    assert_eq!(state(&c.store, d).await.0, START_GOLD - 10);
+    assert!(intents_left(&c).await.is_empty());
+}
