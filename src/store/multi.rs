@@ -830,7 +830,9 @@ fn applied(attempt: &str, outcome: Result<Finished, Error>) -> Result<(), Error>
 }
 
 /// Applies a committed attempt's participants other than the primary (which the commit
-/// applied), then forgets the commit record once every apply was acknowledged. The caller
+/// applied), then forgets the commit record once no participant holds the attempt's intent
+/// (each applied, acknowledged, or found without it: every prepare was answered before the
+/// commit, so no intent of the attempt can appear later — the sweep's rule). The caller
 /// was answered already: a participant failing for a retryable reason (its shard failing
 /// over, a slot moving) is tried again with backoff within the store's retry deadline, so
 /// that readers and writers of a healthy shard do not have to reach the primary's shard to
@@ -839,7 +841,7 @@ fn applied(attempt: &str, outcome: Result<Finished, Error>) -> Result<(), Error>
 async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
     let deadline = Instant::now() + store.inner.settings.retry_deadline();
     let mut pending: Vec<usize> = (1..players.len()).collect();
-    let mut all_applied = true;
+    let mut none_held = true;
     let mut round = 0u32;
     while !pending.is_empty() {
         let answers =
@@ -853,10 +855,10 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
             match outcome {
                 Ok(Finished::Applied | Finished::AlreadyApplied) => {}
                 Ok(_) => {
-                    all_applied = false;
                     // Applied by someone else who met the intent and overwritten since by a
                     // later attempt's apply (the mark `y` holds the last attempt only) — or,
-                    // in the naive profile, an intent a failover lost. Not told apart here.
+                    // in the naive profile, an intent a failover lost. Not told apart here;
+                    // either way it holds no intent the record is needed for.
                     tracing::debug!(
                         attempt = %attempt,
                         player = %player.as_str(),
@@ -865,7 +867,7 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
                 }
                 Err(e) if e.is_retryable() && Instant::now() < deadline => again.push(i),
                 Err(e) => {
-                    all_applied = false;
+                    none_held = false;
                     tracing::warn!(
                         attempt = %attempt,
                         player = %player.as_str(),
@@ -885,7 +887,7 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
         pending = again;
         round += 1;
     }
-    if all_applied {
+    if none_held {
         if let Err(e) = store.forget_decision(&players[0], &attempt).await {
             tracing::debug!(error = %e, "the decision record stays for the sweep");
         }
