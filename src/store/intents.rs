@@ -45,12 +45,14 @@ static DECIDE: LazyLock<LuaScript> =
 pub(super) static FORGET: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../multi/forget.lua")));
 
-/// How many records may be waiting to be forgotten by detached tasks at once; past it, the
-/// sweep forgets them (commit records) or they expire (abort records).
+/// How many commit records may be waiting to be forgotten by detached tasks at once; past
+/// it, the sweep forgets them.
 pub(super) const FORGETTING_AT_ONCE: usize = 256;
 
-/// How long an abort record is kept: a resolver that finds none writes it again, so this
-/// only saves work.
+/// How long an abort record is kept. A resolver that finds none writes it again; what the
+/// day is for is a slow coordinator: its commit, fenced by the primary's lease (seconds), can
+/// only come while the abort record that stops it still exists (`docs/design/trades.md`,
+/// "The fence").
 const ABORT_RECORD_MS: u64 = 86_400_000;
 
 /// The players this store's detached tasks are applying now, each with the attempt and a
@@ -427,10 +429,9 @@ impl Store {
             .arg(window.max_clients)
     }
 
-    /// Forgets the decision record of `attempt` (primary `primary`): a commit record only once
-    /// every participant's apply was acknowledged, an abort record once every participant
-    /// was rolled back. Housekeeping: not waited for (a record a failover brings back is
-    /// forgotten by the sweep, or expires).
+    /// Forgets the commit record of `attempt` (primary `primary`), once no participant holds
+    /// the attempt's intent. Housekeeping: not waited for (a record a failover brings back is
+    /// forgotten by the sweep).
     pub(super) async fn forget_decision(
         &self,
         primary: &PlayerId,
@@ -447,9 +448,8 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Forgets a decision record in a detached task, so the caller does not wait for it; at
-    /// most [`FORGETTING_AT_ONCE`] at a time, past which the record is left to the sweep (a
-    /// commit) or to its expiry (an abort).
+    /// Forgets a commit record in a detached task, so the caller does not wait for it; at
+    /// most [`FORGETTING_AT_ONCE`] at a time, past which the record is left to the sweep.
     pub(super) fn forget_later(&self, primary: &PlayerId, attempt: &str) {
         let Ok(permit) = self.inner.forgetting.clone().try_acquire_owned() else {
             return;
