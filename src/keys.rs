@@ -6,7 +6,7 @@
 //! | `{id}:meta`                           | hash   | `v` version, `t` last-active (ms, server clock), `a` archived at version, `p` public part restored, `b`/`n` size tally; `x` attempt of the intent held, `y` last attempt applied, `w` until when a write on its own waits for the player (no new intent before it); idempotency windows: `c:<client>` state, `r:<client>:<request>` record |
 //! | `{id}:intent`                         | hash   | a multi-player transaction's intent on a participant other than the primary: `a` attempt, `p` primary, `l` lease expiry (ms, this shard's clock), `v` version, `m`/`w` staged writes, `r` prepared reply (an earlier version's primary also `c`/`q`/`f`, the key and fingerprint) |
 //! | `{primary}:decision:<attempt>`        | hash   | the decision of one attempt of a multi-player transaction: `d` = `C` (commit) or `A` (abort), written once; for a commit `p` its participants (and `r` their packed results, in records of earlier versions) |
-//! | `{primary}:lease:<attempt>`           | string | the primary's lease of one attempt: set by the reserve script with the lease as its expiry (this shard's clock); the commit is written only while it lives |
+//! | `{primary}:lease:<attempt>`           | string | written by earlier versions only (their reserve of a trade's primary, expiring after the lease); this version only carries one left over along with its player in a slot move |
 //! | `{id}:pub`                            | hash   | public entries: `f:<name>` bytes, `c:<name>` counter |
 //! | `{id}:priv`                           | hash   | private entries, same encoding              |
 //! | `{id}:clients`                        | zset   | clients with a window, scored by last write (ms) |
@@ -161,8 +161,9 @@ pub fn decision_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
     tagged(primary, &format!(":decision:{attempt}"))
 }
 
-/// The primary's lease of attempt `attempt` (a key that expires): the commit script writes a
-/// commit only while it lives.
+/// An earlier version's lease of a trade's primary for attempt `attempt` (a key that
+/// expires, which that version's commit required). This version writes none; a slot move
+/// still carries one left over along with its player.
 pub fn lease_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
     tagged(primary, &format!(":lease:{attempt}"))
 }

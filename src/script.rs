@@ -170,6 +170,10 @@ pub struct Commit<'a> {
     pub participants: &'a [PlayerId],
     /// Every other participant's packed reply, in order, as its prepare answered it.
     pub replies: &'a [Vec<u8>],
+    /// The commit's deadline, in ms since the Unix epoch by the coordinator's clock: the
+    /// primary refuses the commit (`TOO_LATE`) once its own clock is past it (the fence,
+    /// `docs/design/trades.md`).
+    pub deadline_ms: u64,
 }
 
 /// Encodes the commit of a validated multi-player transaction on its primary (`primary`, in
@@ -196,9 +200,6 @@ pub fn encode_commit(
     invocation
         .keys
         .push(SlotKeys::new(slot).decisions.into_bytes());
-    invocation
-        .keys
-        .push(keys::lease_key(&primary.player, commit.attempt));
     invocation
 }
 
@@ -289,7 +290,7 @@ fn encode_call(
             args.push(commit.attempt.as_bytes().to_vec());
             args.push(b"C".to_vec());
             args.push(listed(commit.participants).into_bytes());
-            args.push(Vec::new());
+            args.push(commit.deadline_ms.to_string().into_bytes());
             args.push(commit.replies.len().to_string().into_bytes());
             args.extend(commit.replies.iter().cloned());
         }
@@ -469,7 +470,7 @@ pub enum Outcome {
 }
 
 /// What a script answered a call of a trade's step on one participant: a prepare, the
-/// primary's reserve or its commit. A refusal is an error.
+/// primary's judge or its commit. A refusal is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TradeReply {
     /// Prepared: the intent is in place, with the participant's result once applied, and
@@ -480,14 +481,15 @@ pub enum TradeReply {
         /// The same, packed by the script.
         packed: Vec<u8>,
     },
-    /// The primary is reserved: its lease runs (`multi/reserve.lua`).
-    Reserved,
+    /// The primary's judge found the key new: nothing of it applied there
+    /// (`multi/judge.lua`).
+    New,
     /// Committed, the primary applied with the commit: its result.
     Committed(Committed),
     /// The attempt was decided before the commit script ran: commit (`true`) or abort.
     Decided(bool),
-    /// The primary's lease passed before the commit: nothing written.
-    LeaseGone,
+    /// The primary's clock was past the commit's deadline: nothing written.
+    TooLate,
     /// Another attempt's intent holds the player.
     Locked(IntentRef),
     /// The key was applied before: every participant's stored result.
@@ -643,8 +645,7 @@ pub fn decode_trade(
                 replayed: false,
             }))
         }
-        b"RESERVED" => Ok(TradeReply::Reserved),
-        b"LEASE_GONE" => Ok(TradeReply::LeaseGone),
+        b"TOO_LATE" => Ok(TradeReply::TooLate),
         b"DECIDED" => match rest {
             [held] => Ok(TradeReply::Decided(as_bytes(held)? == b"C")),
             _ => Err(bad("decided without the decision")),

@@ -21,8 +21,8 @@
 --                      (meta field x names its attempt); see "Prepare" below
 -- KEYS[9] colony:{<slot tag>}:intents  zset of the slot's players holding an intent, by
 --                      lease expiry
--- KEYS[10..12], a trade's commit only (see "Commit"): {primary}:decision:<attempt>,
---                      colony:{<slot tag>}:decisions and {primary}:lease:<attempt>
+-- KEYS[10..11], a trade's commit only (see "Commit"): {primary}:decision:<attempt> and
+--                      colony:{<slot tag>}:decisions
 --
 -- ARGV[1] player id
 -- ARGV[2] access: 'o' owner, 'p' public
@@ -47,7 +47,8 @@
 --          'C' commit on the primary (see "Commit")
 -- ARGV[16] prepare: the primary participant's player id; commit: the participants, each
 --          '<length>:<player id>'
--- ARGV[17] prepare: the intent's lease in ms
+-- ARGV[17] prepare: the intent's lease in ms; commit: its deadline, ms since the Unix epoch
+--          by the coordinator's clock (the fence: refused once this server's clock is past)
 -- ARGV[18] n, how many packed replies follow: for a commit, every other participant's, in
 --          order ('0' otherwise)
 -- ARGV[19..18+n] those replies
@@ -96,15 +97,15 @@
 -- Commit (ARGV[15] 'C', the primary, once every other participant holds its intent): the
 -- primary's prepare, the decision and the primary's apply in one script (docs/design/
 -- trades.md, step 2). A decision already written for the attempt is written again as it is
--- and answered { 'DECIDED', version, 0, 0, 'C' or 'A' }; a lease key gone (KEYS[12], set by
--- the reserve script in step 1 and expiring by this server's clock) answers
--- { 'LEASE_GONE', version, 0, 0 }; both write nothing else. Then the key is judged in the
--- primary's window (a remembered key answers { 'REPLAY', version, 1, 0, then the stored
--- reply of every participant }), and the operations run as for a transaction on its own; a
--- refusal writes nothing (no decision either: only this call writes a commit, so the
--- coordinator rolls the others back without one). On success the writes apply, meta y =
--- attempt, the key is remembered with every participant's reply (ARGV[19..]), the commit is
--- written (d C, p the participants; indexed in KEYS[11]) and the lease key deleted; the answer
+-- and answered { 'DECIDED', version, 0, 0, 'C' or 'A' }, writing nothing else. Then the key is
+-- judged in the primary's window (a remembered key answers { 'REPLAY', version, 1, 0, then
+-- the stored reply of every participant }), and the operations run as for a transaction on
+-- its own; a refusal writes nothing (no decision either: only this call writes a commit, so
+-- the coordinator rolls the others back without one). A commit whose deadline (ARGV[17])
+-- this server's clock has passed answers { 'TOO_LATE', version, 0, 0 } and writes nothing.
+-- On success the writes apply, meta y = attempt, the key is remembered with every
+-- participant's reply (ARGV[19..]), and the commit is written (d C, p the participants;
+-- indexed in KEYS[11]); the answer
 -- is { 'COMMITTED', version, 0, 0, packed reply, reads... }. A writer's mark (meta w) keeps
 -- new intents off the player; a commit stages none, so it neither waits for the mark nor
 -- clears it.
@@ -221,8 +222,6 @@ if committing then
     redis.call('HSET', KEYS[10], 'd', held)
     return { 'DECIDED', version, 0, 0, held }
   end
-  -- The fence: a commit only within the lease the reserve script set, by this server's clock.
-  if redis.call('EXISTS', KEYS[12]) == 0 then return { 'LEASE_GONE', version, 0, 0 } end
 end
 
 -- Answers a request found remembered: its first reply, or a mismatch.
@@ -429,6 +428,9 @@ end
 
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+-- The fence (docs/design/trades.md, step 2): no commit past its deadline, by this server's
+-- clock, so none can follow a resolver's abort record that expired. Before any write.
+if committing and now > tonumber(ARGV[17]) then return { 'TOO_LATE', version, 0, 0 } end
 
 local tally, writes
 if mutated then
@@ -562,7 +564,6 @@ if committing then
   end
   redis.call('HSET', KEYS[10], 'd', 'C', 'p', ARGV[16])
   redis.call('ZADD', KEYS[11], now, KEYS[10])
-  redis.call('DEL', KEYS[12])
   local answer = { 'COMMITTED', version, 0, 0, packed }
   for k = 5, #reply do answer[#answer + 1] = reply[k] end
   return answer

@@ -973,13 +973,13 @@ async fn a_participant_over_its_size_bound_refuses_the_whole_trade_and_nothing_a
     );
 }
 
-/// The primary's lease is a key that expires by its shard's clock: a coordinator whose commit
-/// arrives after it commits nothing (a resolver may have aborted the attempt meanwhile, and
-/// its abort record is not kept forever), applies nothing, writes no decision, and the other
-/// participant is rolled back.
+/// A commit that reaches the primary past its deadline, by the primary's clock, commits
+/// nothing (a resolver may have aborted the attempt meanwhile, and its abort record is not
+/// kept forever): it applies nothing, writes no decision, and the other participant is
+/// rolled back. The key is new still, and applies once when sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_after_the_primarys_lease_is_refused_and_applies_nothing() {
-    let c = cluster(150, 1000);
+async fn a_commit_past_its_deadline_is_refused_and_applies_nothing() {
+    let c = cluster(60_000, 1000);
     let players = players_per_shard(&c.store, "late", 1);
     let (a, b) = (&players[0][0], &players[1][0]);
     create(&c.store, a).await;
@@ -988,32 +988,20 @@ async fn a_commit_after_the_primarys_lease_is_refused_and_applies_nothing() {
     let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
     assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
     let primary_shard = c.store.shard_map().shard_for_player(a).get();
-    let lease = colony::keys::lease_key(a, attempt.id());
     let mut conn = common::raw(&c.servers[primary_shard]).await;
-    let exists = |conn: &redis::aio::MultiplexedConnection| {
-        let (lease, mut conn) = (lease.clone(), conn.clone());
-        async move {
-            redis::cmd("EXISTS")
-                .arg(lease)
-                .query_async::<i64>(&mut conn)
-                .await
-                .expect("exists")
-        }
-    };
-    assert_eq!(exists(&conn).await, 1, "the reserve set the lease key");
-    let gone = wait_for(Duration::from_secs(5), || {
-        let check = exists(&conn);
-        async move { (check.await == 0).then_some(()) }
-    })
-    .await;
-    assert!(gone.is_some(), "the lease key never expired");
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("time");
+    // A deadline the primary's clock has passed by a millisecond.
+    attempt.set_commit_deadline_ms(seconds * 1000 + micros / 1000 - 1);
     assert_eq!(
         attempt.decide(true).await.expect("answers"),
         Decision::Abort
     );
     let finished = attempt.finish().await;
     assert!(
-        matches!(finished, Err(Error::Unavailable { .. })),
+        matches!(&finished, Err(Error::Unavailable { .. })),
         "{finished:?}"
     );
     let record: Option<String> = redis::cmd("HGET")
@@ -1023,8 +1011,8 @@ async fn a_commit_after_the_primarys_lease_is_refused_and_applies_nothing() {
         .await
         .expect("hget");
     assert_eq!(record, None, "a refused commit writes no decision");
-    assert_eq!(state(&c.store, a).await.0, START_GOLD);
-    assert_eq!(state(&c.store, b).await.0, START_GOLD);
+    assert_eq!(state(&c.store, a).await, (START_GOLD, vec![], 1));
+    assert_eq!(state(&c.store, b).await, (START_GOLD, vec![], 1));
     assert!(intents_left(&c).await.is_empty());
     // The key is new still: sent again, it applies once.
     let done = c.store.execute_multi(txn).await.expect("applies");
@@ -1033,8 +1021,67 @@ async fn a_commit_after_the_primarys_lease_is_refused_and_applies_nothing() {
     assert_eq!(state(&c.store, b).await.0, START_GOLD + 100);
 }
 
-/// A key applied before is answered by its replay at once, judged by the primary's reserve,
-/// even while another participant is locked by an unrelated trade that lives for a minute:
+/// The primary is not called in step 1 while every other participant prepares; when one
+/// refuses, the primary judges the key first: the retry of a trade applied before replays
+/// even though the other participant's operations would fail now, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_wins_over_a_refusal_of_another_participant() {
+    let c = cluster(60_000, 300);
+    let players = players_per_shard(&c.store, "judged", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    // `b` gives `a` 100 (the primary takes).
+    let txn = MultiTransaction::new(IdempotencyKey::new("judged", 1).expect("valid"))
+        .with(Participant::owner(a.clone()).with(gold(100)))
+        .with(Participant::owner(b.clone()).with(gold(-100)));
+    let done = c.store.execute_multi(txn.clone()).await.expect("applies");
+    assert!(!done.replayed);
+    c.store.wait_detached().await;
+    // `b` spends the rest: the trade's own operation on `b` would fail now.
+    let spend = Transaction::owner(
+        b.clone(),
+        Some(IdempotencyKey::new("spend", 1).expect("valid")),
+    )
+    .with(gold(-(START_GOLD - 100)));
+    c.store.execute(spend).await.expect("spent");
+    assert_eq!(state(&c.store, b).await.0, 0);
+    let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
+    match attempt.prepare().await {
+        PrepareOutcome::Replayed(result) => {
+            assert!(result.replayed);
+            assert_eq!(
+                result
+                    .participants
+                    .iter()
+                    .map(|p| p.version)
+                    .collect::<Vec<_>>(),
+                done.participants
+                    .iter()
+                    .map(|p| p.version)
+                    .collect::<Vec<_>>()
+            );
+        }
+        other => panic!("expected the replay, got {other:?}"),
+    }
+    // The same through the retry loop; and a new key is refused by `b`'s bound.
+    let again = c.store.execute_multi(txn).await.expect("replays");
+    assert!(again.replayed, "{again:?}");
+    let fresh = MultiTransaction::new(IdempotencyKey::new("judged", 2).expect("valid"))
+        .with(Participant::owner(a.clone()).with(gold(100)))
+        .with(Participant::owner(b.clone()).with(gold(-100)));
+    let refused = c.store.execute_multi(fresh).await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == Code::OutOfBounds),
+        "{refused:?}"
+    );
+    assert_eq!(state(&c.store, a).await.0, START_GOLD + 100);
+    assert_eq!(state(&c.store, b).await.0, 0);
+    assert!(intents_left(&c).await.is_empty());
+}
+
+/// A key applied before is answered by its replay at once, judged by the primary once the
+/// other participant answered LOCKED, even while another participant is locked by an unrelated trade that lives for a minute:
 /// the retry of an answered trade does not wait for other trades' locks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_is_answered_while_another_participant_is_locked() {
@@ -1159,8 +1206,8 @@ async fn a_primary_prepared_by_an_earlier_version_is_applied_from_its_record_and
     assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
 }
 
-/// Between its reserve and its commit a primary holds nothing, so another trade may stage an
-/// intent on it meanwhile (the primary is that trade's other participant). The commit that
+/// Until its commit a primary holds nothing, so another trade may stage an intent on it
+/// while the others prepare (the primary is that trade's other participant). The commit that
 /// meets such an intent already decided finishes it and is sent again, rather than aborting:
 /// a player busy in other players' trades still gets its own committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1171,7 +1218,7 @@ async fn a_commit_meeting_a_decided_intent_on_its_primary_finishes_it_and_commit
     for p in [a, b, d] {
         create(&c.store, p).await;
     }
-    // `a` gives to `b`: reserved and `b` prepared.
+    // `a` gives to `b`: `b` prepared.
     let mine = transfer(("mine", 1), "m1", a, std::slice::from_ref(b), 100);
     let mut attempt = MultiAttempt::new(&c.store, mine).expect("valid");
     assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);

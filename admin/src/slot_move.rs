@@ -45,8 +45,9 @@ static PARK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/park.lua")));
 
 /// The suffixes of a player's keys after `{<id>}` (`keys::PlayerKeys`, decision records, a
-/// trade primary's lease keys and legacy idempotency records). A lease key travels with its
-/// player, its expiry kept (a commit on the target finds it while it lives).
+/// trade primary's lease keys, which earlier versions wrote, and legacy idempotency
+/// records). A lease key travels with its player, its expiry kept (an earlier version's
+/// commit on the target finds it while it lives).
 const PLAYER_SUFFIXES: [&str; 5] = [":meta", ":pub", ":priv", ":clients", ":intent"];
 const PLAYER_PREFIXES: [&str; 3] = [":decision:", ":lease:", ":idem:"];
 /// The slot's bookkeeping, after `colony:{<slot tag>}`.

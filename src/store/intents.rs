@@ -2,7 +2,7 @@
 //! trade coordinator ([`super::multi`]). It reads and writes an attempt's decision record,
 //! finishes one participant by a decision (apply or roll back), and resolves an intent left
 //! behind — the one resolver every path uses. The trade design (`docs/design/trades.md`)
-//! has the rules these functions keep; the scripts are `multi/decide.lua`, `multi/reserve.lua`,
+//! has the rules these functions keep; the scripts are `multi/decide.lua`, `multi/judge.lua`,
 //! `multi/apply.lua` (with `multi/finish.lua`) and `multi/forget.lua`; the commit is the
 //! transaction script's commit mode (`transaction.lua`).
 
@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use redis::Value as RedisValue;
 
 use crate::error::Error;
-use crate::keys::{decision_key, lease_key, PlayerKeys, SlotKeys};
+use crate::keys::{decision_key, PlayerKeys, SlotKeys};
 use crate::model::PlayerId;
 use crate::script::{self, IntentRef};
 use crate::shard_map::ShardIndex;
@@ -30,12 +30,12 @@ static APPLY: LazyLock<LuaScript> = LazyLock::new(|| {
         include_str!("../multi/apply.lua")
     ))
 });
-/// Reserves a trade's primary: judges the key, starts its lease, or answers the intent that
-/// holds it (`window.lua` in front, for the key's floor).
-static RESERVE: LazyLock<LuaScript> = LazyLock::new(|| {
+/// Judges a trade's key in its primary's window, or answers the intent that holds the
+/// primary (`window.lua` in front, for the key's floor).
+static JUDGE: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new(concat!(
         include_str!("../window.lua"),
-        include_str!("../multi/reserve.lua")
+        include_str!("../multi/judge.lua")
     ))
 });
 /// Aborts an attempt unless it is decided, or reads its decision back (writing it again).
@@ -50,10 +50,15 @@ pub(super) static FORGET: LazyLock<LuaScript> =
 pub(super) const FORGETTING_AT_ONCE: usize = 256;
 
 /// How long an abort record is kept. A resolver that finds none writes it again; what the
-/// day is for is a slow coordinator: its commit, fenced by the primary's lease (seconds), can
-/// only come while the abort record that stops it still exists (`docs/design/trades.md`,
-/// "The fence").
+/// day is for is a slow coordinator: its commit, fenced by a deadline of half that after
+/// its attempt began ([`COMMIT_DEADLINE_MS`]), can only come while the abort record that
+/// stops it still exists (`docs/design/trades.md`, "The fence").
 const ABORT_RECORD_MS: u64 = 86_400_000;
+
+/// How long after its attempt began, by the coordinator's clock, a commit may still be
+/// written, by the primary's clock: half an abort record's life, so the fence holds while
+/// the two clocks are less than 12 hours apart either way.
+pub(super) const COMMIT_DEADLINE_MS: u64 = ABORT_RECORD_MS / 2;
 
 /// The players this store's detached tasks are applying now, each with the attempt and a
 /// receiver that sees its sender dropped when the task ends ([`Store::wait_detached_finish`]).
@@ -399,29 +404,24 @@ impl Store {
             .collect()
     }
 
-    /// The reserve of `primary` for `attempt` (step 1, beside the other participants'
-    /// prepares): judges the transaction's key (`key`, with `fingerprint`) in the primary's
-    /// window, and starts its lease of `lease_ms`, by its shard's clock, within which alone
-    /// the commit can be written. A reservation answers nil, which the road takes for
-    /// nothing to acknowledge (a lost lease key only makes the commit refuse); a replay is
-    /// acknowledged.
-    pub(super) fn reserve_command(
+    /// The judge of a trade's key (`key`, with `fingerprint`) in `primary`'s window, for
+    /// `attempt` (step 1, once another participant refused): nil for a key not applied
+    /// there, which the road takes for nothing to acknowledge (nothing was written); a replay
+    /// is acknowledged.
+    pub(super) fn judge_command(
         &self,
         primary: &PlayerId,
         attempt: &str,
-        lease_ms: u64,
         key: &crate::model::IdempotencyKey,
         fingerprint: &str,
     ) -> Command {
         let keys = PlayerKeys::new(primary);
         let window = script::Window::of(&self.inner.settings);
-        Command::script(&RESERVE, Effect::Writes)
+        Command::script(&JUDGE, Effect::Writes)
             .key(&keys.meta)
             .key(&keys.intent)
-            .key(lease_key(primary, attempt))
             .key(&keys.clients)
             .arg(attempt)
-            .arg(lease_ms)
             .arg(key.client_id())
             .arg(key.request_id())
             .arg(fingerprint)

@@ -24,7 +24,7 @@ use crate::script::{self, IntentRef, TradeReply};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
-use super::intents::{Decision, Finished, Resolution};
+use super::intents::{Decision, Finished, Resolution, COMMIT_DEADLINE_MS};
 use super::road::{Command, Effect};
 use super::{Store, RETRY_BACKOFF};
 
@@ -115,12 +115,12 @@ impl Store {
     }
 }
 
-/// What step 1 found: every participant other than the primary prepared, and the primary
-/// reserved — or not.
+/// What step 1 found: every participant other than the primary prepared — or not, and then
+/// what the primary's judge of the key said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrepareOutcome {
-    /// Every other participant holds this attempt's intent and the primary's lease runs:
-    /// commit next.
+    /// Every other participant holds this attempt's intent: commit next (the commit judges
+    /// the key).
     AllStaged,
     /// The key was applied before: the stored result. The other participants may have
     /// staged intents of this attempt meanwhile: they are rolled back, then the stored result
@@ -128,6 +128,14 @@ pub enum PrepareOutcome {
     Replayed(MultiCommitted),
     /// A participant refused or could not be reached: abort next. The error is the answer.
     Refused(Error),
+}
+
+/// Now, in ms since the Unix epoch, by this machine's clock (a commit's deadline is compared
+/// with the primary's clock, not with tokio's).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A multi-player transaction as every attempt of one call shares it: validated, each
@@ -168,7 +176,7 @@ pub struct MultiAttempt<'s> {
     /// The primary's result, once the commit script applied it.
     primary_result: Option<Committed>,
     /// Why the commit script wrote no commit, when it refused (a failed check on the
-    /// primary, its lease passed, a resolver's abort, the primary locked since step 1).
+    /// primary, its deadline passed, a resolver's abort, the primary locked).
     primary_refusal: Option<Error>,
     /// The stored result, when the commit script found the key applied before.
     replayed: Option<MultiCommitted>,
@@ -176,6 +184,9 @@ pub struct MultiAttempt<'s> {
     readers: usize,
     /// The ids of the attempts of the same call before this one.
     earlier: Vec<String>,
+    /// The commit's deadline, ms since the Unix epoch by this machine's clock (the fence,
+    /// `docs/design/trades.md`).
+    deadline_ms: u64,
 }
 
 impl<'s> MultiAttempt<'s> {
@@ -202,7 +213,14 @@ impl<'s> MultiAttempt<'s> {
             replayed: None,
             readers: 1,
             earlier: Vec::new(),
+            deadline_ms: unix_ms() + COMMIT_DEADLINE_MS,
         }
+    }
+
+    /// Sets the commit's deadline, in ms since the Unix epoch (by default the attempt's start
+    /// plus 12 hours): tests set one already passed, to see the primary refuse the commit.
+    pub fn set_commit_deadline_ms(&mut self, unix_ms: u64) {
+        self.deadline_ms = unix_ms;
     }
 
     /// The attempt's id.
@@ -225,10 +243,10 @@ impl<'s> MultiAttempt<'s> {
             .collect()
     }
 
-    /// Sends step 1 to the participants at `positions` — the primary's reserve (position 0),
-    /// the others' prepares — the participants of one shard in one call (one round trip, and
-    /// the intents acknowledged on the link that wrote them), the shards concurrently;
-    /// answers each position's outcome.
+    /// Sends step 1 to the participants at `positions` — the others' prepares, and the
+    /// primary's judge of the key (position 0) — the participants of one shard in one call
+    /// (one round trip, and the intents acknowledged on the link that wrote them), the shards
+    /// concurrently; answers each position's outcome.
     async fn prepare_positions(
         &self,
         positions: Vec<usize>,
@@ -254,10 +272,9 @@ impl<'s> MultiAttempt<'s> {
                     .iter()
                     .map(|&i| {
                         if i == 0 {
-                            return store.reserve_command(
+                            return store.judge_command(
                                 primary,
                                 id,
-                                lease_ms,
                                 &txn.idempotency_key,
                                 &call.fingerprint,
                             );
@@ -285,8 +302,8 @@ impl<'s> MultiAttempt<'s> {
                     .zip(answer.replies)
                     .map(|(i, reply)| {
                         let outcome = reply.and_then(|reply| match reply {
-                            // The primary reserved: nothing that needs acknowledging.
-                            RedisValue::Nil if i == 0 => Ok(TradeReply::Reserved),
+                            // The key is new to the primary: nothing written to acknowledge.
+                            RedisValue::Nil if i == 0 => Ok(TradeReply::New),
                             reply => script::decode_trade(
                                 &txn.participants[i].operations,
                                 &txn.participants,
@@ -307,9 +324,10 @@ impl<'s> MultiAttempt<'s> {
         join_all(runs).await.into_iter().flatten().collect()
     }
 
-    /// Step 1: prepares every participant but the primary and reserves the primary (its key
-    /// judged, its lease started), the participants of one shard in one call (so in one
-    /// round trip), the shards concurrently.
+    /// Step 1: prepares every participant but the primary, the participants of one shard in
+    /// one call (so in one round trip), the shards concurrently. When one refuses (or stays
+    /// locked, or cannot be reached), the primary judges the key before that is the answer:
+    /// a key applied before replays, whatever the others said.
     pub async fn prepare(&mut self) -> PrepareOutcome {
         // A participant this store is still applying for a trade it answered (most often the
         // caller's previous trade): waited for first, locally, rather than met as an intent.
@@ -317,16 +335,32 @@ impl<'s> MultiAttempt<'s> {
             self.store.wait_detached_finish(&p.player, None).await;
         }
         let mut outcomes = self
-            .prepare_positions((0..self.call.slots.len()).collect())
+            .prepare_positions((1..self.call.slots.len()).collect())
             .await;
-        // A participant holding another attempt's intent: a decided one is finished now (so
-        // the next attempt need not wait for its lease), and so is one of this key's own
-        // earlier attempts, which nobody else is running any more (aborted unless it
-        // committed). Most often it is the last trade's participant, applied after that
-        // trade was answered: once finished, it is prepared again at once, in this attempt,
-        // instead of the attempt failing LOCKED and waiting out a backoff.
+        self.prepare_again_where_finished(&mut outcomes).await;
+        let all_staged = outcomes
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, Ok(TradeReply::Staged { .. })));
+        if !all_staged {
+            let mut judged = self.prepare_positions(vec![0]).await;
+            self.prepare_again_where_finished(&mut judged).await;
+            outcomes.extend(judged);
+        }
+        self.prepare_outcome(outcomes)
+    }
+
+    /// Of `outcomes`, those that met another attempt's intent: a decided one is finished now
+    /// (so the next attempt need not wait for its lease), and so is one of this key's own
+    /// earlier attempts, which nobody else is running any more (aborted unless it committed).
+    /// Most often it is the last trade's participant, applied after that trade was answered:
+    /// once finished, the position is sent again at once, in this attempt, instead of the
+    /// attempt failing LOCKED and waiting out a backoff.
+    async fn prepare_again_where_finished(
+        &self,
+        outcomes: &mut [(usize, Result<TradeReply, Error>)],
+    ) {
         let mut again = Vec::new();
-        for (i, outcome) in &outcomes {
+        for (i, outcome) in outcomes.iter() {
             let Ok(TradeReply::Locked(intent)) = outcome else {
                 continue;
             };
@@ -368,6 +402,14 @@ impl<'s> MultiAttempt<'s> {
                 }
             }
         }
+    }
+
+    /// What step 1's `outcomes` (the others', and the primary's judge when it was asked)
+    /// amount to.
+    fn prepare_outcome(
+        &mut self,
+        outcomes: Vec<(usize, Result<TradeReply, Error>)>,
+    ) -> PrepareOutcome {
         let mut refused: Option<(usize, Error)> = None;
         let mut replayed = None;
         // Why the primary could not judge the key, if it could not.
@@ -381,7 +423,7 @@ impl<'s> MultiAttempt<'s> {
                     self.staged[i] = Some((committed, packed));
                     continue;
                 }
-                Ok(TradeReply::Reserved) if i == 0 => continue,
+                Ok(TradeReply::New) if i == 0 => continue,
                 Ok(TradeReply::Replay(results)) if i == 0 => {
                     replayed = Some(MultiCommitted {
                         participants: results,
@@ -470,7 +512,7 @@ impl<'s> MultiAttempt<'s> {
     /// The primary's commit script; see [`MultiAttempt::decide`]. Sent again once when the
     /// primary was found locked by another attempt's intent that could be finished at once
     /// (one this store is applying, or a decided one): a primary that is also other trades'
-    /// participant is not starved by intents staged between its reserve and its commit.
+    /// participant is not starved by intents staged on it while the others prepared.
     async fn commit(&mut self) -> Result<Decision, Error> {
         let store = self.store;
         let call = self.call.clone();
@@ -490,6 +532,7 @@ impl<'s> MultiAttempt<'s> {
                 fingerprint: &call.fingerprint,
                 participants: &players,
                 replies: &replies,
+                deadline_ms: self.deadline_ms,
             };
             let invocation = script::encode_commit(
                 primary,
@@ -539,12 +582,12 @@ impl<'s> MultiAttempt<'s> {
                 Ok(TradeReply::Decided(false)) => Error::Unavailable {
                     shard: None,
                     reason: format!(
-                        "attempt {} was aborted by a resolver (its coordinator slower than a                          lease); nothing applied",
+                        "attempt {} was aborted by a resolver (its coordinator slower than a lease); nothing applied",
                         self.id
                     ),
                 },
                 Ok(TradeReply::Replay(participants)) => {
-                    // Applied by another attempt since the reserve judged the key.
+                    // The key was applied before, by another attempt: its replay.
                     match answer.acknowledgement() {
                         Ok(()) => {
                             self.replayed = Some(MultiCommitted {
@@ -556,10 +599,10 @@ impl<'s> MultiAttempt<'s> {
                         Err(e) => e,
                     }
                 }
-                Ok(TradeReply::LeaseGone) => Error::Unavailable {
+                Ok(TradeReply::TooLate) => Error::Unavailable {
                     shard: None,
                     reason: format!(
-                        "attempt {} reached the primary after its lease: nothing applied",
+                        "attempt {} reached the primary after its commit deadline: nothing applied",
                         self.id
                     ),
                 },
@@ -701,7 +744,7 @@ impl<'s> MultiAttempt<'s> {
         self.store.forget_decision(self.primary(), &self.id).await
     }
 
-    /// Every step in order: prepare (and reserve the primary); the commit when every
+    /// Every step in order: prepare (and judge the primary's key on a refusal); the commit when every
     /// participant staged, else an abort; apply or roll back the others; forget a commit
     /// record once applied everywhere.
     pub async fn run(&mut self) -> Result<MultiCommitted, Error> {

@@ -1,0 +1,44 @@
+-- Judges a trade's key in its primary's window, when another participant refused in step 1
+-- (docs/design/trades.md): a key applied before answers its replay, which wins over every
+-- other participant's refusal; the primary stages nothing and gets no lease (its operations
+-- run in the commit script, step 2, which judges the key again). Loaded behind window.lua.
+--
+-- KEYS[1] {primary}:meta  KEYS[2] {primary}:intent  KEYS[3] {primary}:clients
+-- ARGV[1] the attempt  ARGV[2] the key's client id  ARGV[3] its request id
+-- ARGV[4] the transaction's fingerprint (40 hex digits)  ARGV[5] client TTL ms
+-- ARGV[6] most clients a player keeps windows for
+--
+-- Reply, in the transaction script's shapes: nil for a key this primary has not applied
+-- (nothing written); a key remembered: { 'REPLAY', version, 1, 0, then the stored reply of
+-- every participant }, its record written again as it is (so a WAIT after this call covers
+-- it), or IDEMPOTENCY_MISMATCH; a key at or below the client's floor: REQUEST_TOO_OLD; a
+-- client new to a primary that keeps windows for ARGV[6] clients already: TOO_LARGE_CLIENTS
+-- (judged as the transaction script judges them, stale clients forgotten first); the
+-- primary holding another attempt's intent: { 'LOCKED', version, 0, 0, attempt, primary,
+-- expired (0/1) }, as a prepare answers, so the coordinator resolves it the same way (a key
+-- judged on a locked player could be applied by the intent's commit right after). While a
+-- slot move has the player parked (meta m): the error MOVING, nothing written.
+local meta, intent = KEYS[1], KEYS[2]
+local attempt, client, request = ARGV[1], ARGV[2], ARGV[3]
+local record_field = 'r:' .. client .. ':' .. request
+local state = redis.call('HMGET', meta, 'v', 'x', 'm', 'c:' .. client, record_field, 'y')
+if state[3] then
+  return redis.error_reply('MOVING the player is being moved to another node')
+end
+local version = tonumber(state[1] or '0')
+if state[2] and state[2] ~= attempt then
+  local info = redis.call('HMGET', intent, 'p', 'l')
+  local expired = 0
+  if tonumber(info[2] or '0') <= server_now() then expired = 1 end
+  return { 'LOCKED', version, 0, 0, state[2], info[1] or '', expired }
+end
+local verdict, stored = judge_request(meta, KEYS[3], tonumber(ARGV[5]), tonumber(ARGV[6]),
+  request, state[4], state[5], version == 0 and not state[6])
+if verdict == 'CLIENTS_FULL' then
+  return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
+elseif verdict == 'REQUEST_TOO_OLD' then
+  return { 'REQUEST_TOO_OLD', version, 0, 0 }
+elseif verdict == 'REPLAY' then
+  return replay_multi(meta, record_field, stored, ARGV[4], version)
+end
+return nil
