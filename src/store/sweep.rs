@@ -2,6 +2,8 @@
 //! lease on one shard, and hands each to the resolver ([`super::intents`]). The archiver runs
 //! it on every pass (`Archiver::sweep_pass`); tests run it when they need it.
 
+use std::sync::LazyLock;
+
 use redis::Value as RedisValue;
 
 use crate::error::Error;
@@ -12,8 +14,12 @@ use crate::shard_map::ShardIndex;
 
 use super::intents::{text, unexpected, Finished, Resolution, FORGET};
 use super::look::Read;
-use super::road::{Command, Effect};
+use super::road::{Command, Effect, LuaScript};
 use super::Store;
+
+/// Drops a player's entry from its slot's intents set unless it holds an intent again.
+static UNLIST: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../multi/unlist.lua")));
 
 /// What one sweep of a shard did with the intents whose lease had passed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -234,13 +240,14 @@ impl Store {
                     }
                 };
                 let (Some(attempt), Some(primary), version, lease) = held else {
-                    // The set names a player whose intent is gone: drop the stale entry.
-                    let mut drop = redis::cmd("ZREM");
-                    drop.arg(SlotKeys::of_player(&player).intents)
+                    // The set names a player whose intent is gone: drop the stale entry —
+                    // unless a new intent was staged since the look (its entry is its own).
+                    let unlist = Command::script(&UNLIST, Effect::Housekeeping)
+                        .key(&keys.meta)
+                        .key(&keys.intent)
+                        .key(SlotKeys::of_player(&player).intents)
                         .arg(player.as_str());
-                    let _ = self
-                        .send(shard, vec![Command::plain(drop, Effect::Housekeeping)])
-                        .await;
+                    let _ = self.send(shard, vec![unlist]).await;
                     continue;
                 };
                 if lease.is_some_and(|lease| lease > now_ms) {
