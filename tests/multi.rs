@@ -1080,6 +1080,45 @@ async fn a_replay_wins_over_a_refusal_of_another_participant() {
     assert!(intents_left(&c).await.is_empty());
 }
 
+/// An archived primary has no window to judge the key by (its windows went with it): when
+/// another participant refuses, the answer is the primary's ARCHIVED (retried once it is
+/// restored, when the key can be judged), never the other's refusal, which would say "not
+/// applied" of a key that may have been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_primary_keeps_another_participants_refusal_from_being_final() {
+    let c = cluster(60_000, 300);
+    let players = players_per_shard(&c.store, "shelved", 1);
+    let (a, b) = (&players[0][0], &players[1][0]);
+    create(&c.store, a).await;
+    create(&c.store, b).await;
+    // `a` as the archiver leaves a player whose entries went to MongoDB (meta a = version).
+    let shard_a = c.store.shard_map().shard_for_player(a).get();
+    let _: i64 = redis::cmd("HSET")
+        .arg(colony::keys::PlayerKeys::new(a).meta)
+        .arg("a")
+        .arg(1)
+        .query_async(&mut common::raw(&c.servers[shard_a]).await)
+        .await
+        .expect("hset");
+    // `b` gives more than it has: its own prepare refuses.
+    let txn = MultiTransaction::new(IdempotencyKey::new("shelved", 1).expect("valid"))
+        .with(Participant::owner(a.clone()).with(gold(START_GOLD * 2)))
+        .with(Participant::owner(b.clone()).with(gold(-START_GOLD * 2)));
+    let mut attempt = MultiAttempt::new(&c.store, txn).expect("valid");
+    match attempt.prepare().await {
+        PrepareOutcome::Refused(Error::InParticipant {
+            participant: 0,
+            error,
+        }) => {
+            assert!(matches!(*error, Error::Archived { .. }), "{error:?}");
+            assert!(error.is_retryable());
+        }
+        other => panic!("expected the primary's ARCHIVED, got {other:?}"),
+    }
+    assert_eq!(state(&c.store, b).await.0, START_GOLD);
+    assert!(intents_left(&c).await.is_empty());
+}
+
 /// A key applied before is answered by its replay at once, judged by the primary once the
 /// other participant answered LOCKED, even while another participant is locked by an unrelated trade that lives for a minute:
 /// the retry of an answered trade does not wait for other trades' locks.

@@ -16,16 +16,19 @@
 -- (judged as the transaction script judges them, stale clients forgotten first); the
 -- primary holding another attempt's intent: { 'LOCKED', version, 0, 0, attempt, primary,
 -- expired (0/1) }, as a prepare answers, so the coordinator resolves it the same way (a key
--- judged on a locked player could be applied by the intent's commit right after). While a
--- slot move has the player parked (meta m): the error MOVING, nothing written.
+-- judged on a locked player could be applied by the intent's commit right after); an
+-- archived primary (meta a): { 'ARCHIVED', version, 0, 0 }, as the commit answers — its
+-- windows went with it, so the key cannot be judged here until it is restored. While a slot
+-- move has the player parked (meta m): the error MOVING, nothing written.
 local meta, intent = KEYS[1], KEYS[2]
 local attempt, client, request = ARGV[1], ARGV[2], ARGV[3]
 local record_field = 'r:' .. client .. ':' .. request
-local state = redis.call('HMGET', meta, 'v', 'x', 'm', 'c:' .. client, record_field, 'y')
+local state = redis.call('HMGET', meta, 'v', 'x', 'm', 'c:' .. client, record_field, 'y', 'a')
 if state[3] then
   return redis.error_reply('MOVING the player is being moved to another node')
 end
 local version = tonumber(state[1] or '0')
+if state[7] then return { 'ARCHIVED', version, 0, 0 } end
 if state[2] and state[2] ~= attempt then
   local info = redis.call('HMGET', intent, 'p', 'l')
   local expired = 0

@@ -50,15 +50,16 @@ pub(super) static FORGET: LazyLock<LuaScript> =
 pub(super) const FORGETTING_AT_ONCE: usize = 256;
 
 /// How long an abort record is kept. A resolver that finds none writes it again; what the
-/// day is for is a slow coordinator: its commit, fenced by a deadline of half that after
-/// its attempt began ([`COMMIT_DEADLINE_MS`]), can only come while the abort record that
+/// day is for is a slow coordinator: its commit, fenced by a deadline seconds after its
+/// attempt began ([`COMMIT_CLOCK_SLACK_MS`]), can only come while the abort record that
 /// stops it still exists (`docs/design/trades.md`, "The fence").
 const ABORT_RECORD_MS: u64 = 86_400_000;
 
-/// How long after its attempt began, by the coordinator's clock, a commit may still be
-/// written, by the primary's clock: half an abort record's life, so the fence holds while
-/// the two clocks are less than 12 hours apart either way.
-pub(super) const COMMIT_DEADLINE_MS: u64 = ABORT_RECORD_MS / 2;
+/// A commit's deadline is its attempt's start plus the intents' lease plus this, by the
+/// coordinator's clock, compared with the primary's: the slack for the two clocks'
+/// difference. Larger tolerates worse clocks; smaller narrows the moment in which a lost
+/// abort record could let a late commit through (`docs/design/trades.md`, "The fence").
+pub(super) const COMMIT_CLOCK_SLACK_MS: u64 = 2_000;
 
 /// The players this store's detached tasks are applying now, each with the attempt and a
 /// receiver that sees its sender dropped when the task ends ([`Store::wait_detached_finish`]).

@@ -24,7 +24,7 @@ use crate::script::{self, IntentRef, TradeReply};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
-use super::intents::{Decision, Finished, Resolution, COMMIT_DEADLINE_MS};
+use super::intents::{Decision, Finished, Resolution, COMMIT_CLOCK_SLACK_MS};
 use super::road::{Command, Effect};
 use super::{Store, RETRY_BACKOFF};
 
@@ -213,12 +213,13 @@ impl<'s> MultiAttempt<'s> {
             replayed: None,
             readers: 1,
             earlier: Vec::new(),
-            deadline_ms: unix_ms() + COMMIT_DEADLINE_MS,
+            deadline_ms: unix_ms() + store.inner.settings.intent_lease_ms + COMMIT_CLOCK_SLACK_MS,
         }
     }
 
     /// Sets the commit's deadline, in ms since the Unix epoch (by default the attempt's start
-    /// plus 12 hours): tests set one already passed, to see the primary refuse the commit.
+    /// plus the intents' lease plus 2 s): tests set one already passed, to see the primary
+    /// refuse the commit.
     pub fn set_commit_deadline_ms(&mut self, unix_ms: u64) {
         self.deadline_ms = unix_ms;
     }
@@ -492,7 +493,7 @@ impl<'s> MultiAttempt<'s> {
 
     /// Step 2, `commit`: the primary's commit script runs the primary's operations, writes
     /// the commit and applies the primary, in one script on the primary's slot, unless it
-    /// refuses (a failed check on the primary, the key applied before, its lease passed, the
+    /// refuses (a failed check on the primary, the key applied before, its deadline passed, the
     /// attempt aborted by a resolver); returns the decision that holds: `Commit` once the
     /// commit (and with it the primary's apply) is acknowledged, `Abort` when the script
     /// refused. The others are applied by [`MultiAttempt::finish`] (or whoever meets their
@@ -599,13 +600,22 @@ impl<'s> MultiAttempt<'s> {
                         Err(e) => e,
                     }
                 }
-                Ok(TradeReply::TooLate) => Error::Unavailable {
-                    shard: None,
-                    reason: format!(
-                        "attempt {} reached the primary after its commit deadline: nothing applied",
-                        self.id
-                    ),
-                },
+                Ok(TradeReply::TooLate) => {
+                    // Slow, or this machine's clock is behind the primary's: every commit
+                    // of the latter is refused, so it is said loudly.
+                    tracing::warn!(
+                        attempt = %self.id,
+                        deadline_ms = self.deadline_ms,
+                        "a trade's commit reached its primary after its deadline by the primary's clock; if this repeats, this machine's clock is behind the Redis servers'"
+                    );
+                    Error::Unavailable {
+                        shard: None,
+                        reason: format!(
+                            "attempt {} reached the primary after its commit deadline: nothing applied",
+                            self.id
+                        ),
+                    }
+                }
                 Ok(TradeReply::Locked(intent)) => {
                     if round == 0 && self.finish_intent_met(intent.clone()).await {
                         round += 1;
