@@ -371,13 +371,19 @@ async fn a_trade_whose_participants_slot_is_moving_waits_and_applies_once() {
     let trade = MultiTransaction::new(IdempotencyKey::new("moving-trade", 1).expect("key"))
         .with(Participant::owner(alice.clone()).with(gold(-30)))
         .with(Participant::owner(bob.clone()).with(gold(30)));
+    let retried_before = store.retries();
     let trading = {
         let store = store.clone();
         let trade = trade.clone();
         tokio::spawn(async move { store.execute_multi(trade).await })
     };
-    // The trade cannot finish while the slot is half moved.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The trade cannot finish while the slot is half moved: it meets the move (TRYAGAIN) and
+    // is retried, still unfinished.
+    let met = wait_for(Duration::from_secs(10), || async {
+        (store.retries() > retried_before).then_some(())
+    })
+    .await;
+    assert!(met.is_some(), "the trade never met the move");
     assert!(!trading.is_finished(), "the trade finished mid-move");
     cluster.finish_move(slot, to).expect("the move ends");
     let committed = trading
