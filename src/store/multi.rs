@@ -677,7 +677,7 @@ impl<'s> MultiAttempt<'s> {
             return Err(Error::Internal("finish before a decision".into()));
         };
         let players = self.players();
-        let finished = finish_all(self.store, &players, 1, &self.id, decision).await;
+        let finished = finish_others_now(self.store, &players, &self.id, decision).await;
         if decision == Decision::Abort {
             return Err(Error::Unavailable {
                 shard: None,
@@ -783,7 +783,7 @@ impl<'s> MultiAttempt<'s> {
                 // applied here, the caller waiting, and its retry of the key replays the
                 // result (UNKNOWN, below). Every apply acknowledged: the record can go.
                 let players = self.players();
-                let finished = finish_all(self.store, &players, 1, &self.id, decided).await;
+                let finished = finish_others_now(self.store, &players, &self.id, decided).await;
                 failpoint("multi:after-finish");
                 if finished.into_iter().all(|f| applied(&self.id, f).is_ok()) {
                     self.store.forget_later(self.primary(), &self.id);
@@ -809,16 +809,16 @@ impl<'s> MultiAttempt<'s> {
     }
 }
 
-/// Finishes `players[skip..]` by `decision` for `attempt`, each shard's participants in one
-/// call, the shards concurrently. The answers are in the order of `players[skip..]`.
-async fn finish_all(
+/// Finishes every participant but the primary (`players[1..]`) by `decision` for `attempt`,
+/// the caller waiting, each shard's participants in one call, the shards concurrently. The
+/// answers are in the order of `players[1..]`.
+async fn finish_others_now(
     store: &Store,
     players: &[PlayerId],
-    skip: usize,
     attempt: &str,
     decision: Decision,
 ) -> Vec<Result<Finished, Error>> {
-    let positions: Vec<usize> = (skip..players.len()).collect();
+    let positions: Vec<usize> = (1..players.len()).collect();
     finish_positions(store, players, &positions, attempt, decision)
         .await
         .into_iter()
@@ -826,7 +826,8 @@ async fn finish_all(
         .collect()
 }
 
-/// Finishes the participants of `players` at `positions` (index 0 is the primary), each
+/// Finishes the participants of `players` at `positions` — never the primary (index 0),
+/// which its commit applied and which holds no intent of this version's attempts — each
 /// shard's in one call, the shards concurrently; answers each position's outcome, in the
 /// order of `positions`.
 async fn finish_positions(
@@ -844,7 +845,9 @@ async fn finish_positions(
             .push(i);
     }
     let runs = plan.into_iter().map(|(shard, on)| async move {
-        let on_shard: Vec<(&PlayerId, bool)> = on.iter().map(|&i| (&players[i], i == 0)).collect();
+        // None of them is the attempt's primary (a resolver finishing an earlier version's
+        // primary intent says so; the coordinator never does).
+        let on_shard: Vec<(&PlayerId, bool)> = on.iter().map(|&i| (&players[i], false)).collect();
         let answers = store
             .finish_on_shard(shard, &on_shard, attempt, decision)
             .await;
