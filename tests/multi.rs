@@ -73,6 +73,26 @@ async fn create(store: &Store, player: &PlayerId) {
     store.execute(txn).await.expect("created");
 }
 
+/// A cluster (leases of `lease_ms`, retries until `retry_deadline_ms`) and two players created
+/// with START_GOLD on different shards, the first on shard 0.
+async fn two_players(
+    lease_ms: u64,
+    retry_deadline_ms: u64,
+    prefix: &str,
+) -> (Cluster, PlayerId, PlayerId) {
+    let c = cluster(lease_ms, retry_deadline_ms);
+    let players = players_per_shard(&c.store, prefix, 1);
+    let (a, b) = (players[0][0].clone(), players[1][0].clone());
+    create(&c.store, &a).await;
+    create(&c.store, &b).await;
+    (c, a, b)
+}
+
+/// Each participant's version in a multi-player transaction's result.
+fn versions(result: &colony::MultiCommitted) -> Vec<u64> {
+    result.participants.iter().map(|p| p.version).collect()
+}
+
 /// The player's gold, and which marker fields it has.
 async fn state(store: &Store, player: &PlayerId) -> (i64, Vec<String>, u64) {
     let c = store
@@ -268,11 +288,8 @@ async fn a_trade_between_shards_applies_everywhere_or_nowhere_and_replays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_intent_refuses_writes_but_reads_see_the_last_committed_state() {
-    let c = cluster(60_000, 300);
-    let players = players_per_shard(&c.store, "live", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
+    let (c, a, b) = two_players(60_000, 300, "live").await;
+    let (a, b) = (&a, &b);
     let txn = transfer(("gift", 1), "g1", a, std::slice::from_ref(b), 100);
     let mut attempt = MultiAttempt::new(&c.store, txn).expect("valid");
     assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
@@ -624,11 +641,8 @@ async fn a_game_server_trades_through_the_gateway_owning_only_its_acting_player(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_applied_by_resolvers_alone_is_replayed_not_applied_again() {
-    let c = cluster(100, 2000);
-    let players = players_per_shard(&c.store, "orphan", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
+    let (c, a, b) = two_players(100, 2000, "orphan").await;
+    let (a, b) = (&a, &b);
     let txn = transfer(("orphan", 1), "o1", a, std::slice::from_ref(b), 100);
     // The coordinator commits and dies: nothing of it is applied by the coordinator.
     let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
@@ -979,11 +993,8 @@ async fn a_participant_over_its_size_bound_refuses_the_whole_trade_and_nothing_a
 /// rolled back. The key is new still, and applies once when sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_past_its_deadline_is_refused_and_applies_nothing() {
-    let c = cluster(60_000, 1000);
-    let players = players_per_shard(&c.store, "late", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
+    let (c, a, b) = two_players(60_000, 1000, "late").await;
+    let (a, b) = (&a, &b);
     let txn = transfer(("late", 1), "l1", a, std::slice::from_ref(b), 100);
     let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
     assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
@@ -1026,11 +1037,8 @@ async fn a_commit_past_its_deadline_is_refused_and_applies_nothing() {
 /// even though the other participant's operations would fail now, and nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_wins_over_a_refusal_of_another_participant() {
-    let c = cluster(60_000, 300);
-    let players = players_per_shard(&c.store, "judged", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
+    let (c, a, b) = two_players(60_000, 300, "judged").await;
+    let (a, b) = (&a, &b);
     // `b` gives `a` 100 (the primary takes).
     let txn = MultiTransaction::new(IdempotencyKey::new("judged", 1).expect("valid"))
         .with(Participant::owner(a.clone()).with(gold(100)))
@@ -1050,17 +1058,7 @@ async fn a_replay_wins_over_a_refusal_of_another_participant() {
     match attempt.prepare().await {
         PrepareOutcome::Replayed(result) => {
             assert!(result.replayed);
-            assert_eq!(
-                result
-                    .participants
-                    .iter()
-                    .map(|p| p.version)
-                    .collect::<Vec<_>>(),
-                done.participants
-                    .iter()
-                    .map(|p| p.version)
-                    .collect::<Vec<_>>()
-            );
+            assert_eq!(versions(&result), versions(&done));
         }
         other => panic!("expected the replay, got {other:?}"),
     }
@@ -1086,11 +1084,8 @@ async fn a_replay_wins_over_a_refusal_of_another_participant() {
 /// applied" of a key that may have been.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archived_primary_keeps_another_participants_refusal_from_being_final() {
-    let c = cluster(60_000, 300);
-    let players = players_per_shard(&c.store, "shelved", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
+    let (c, a, b) = two_players(60_000, 300, "shelved").await;
+    let (a, b) = (&a, &b);
     // `a` as the archiver leaves a player whose entries went to MongoDB (meta a = version).
     let shard_a = c.store.shard_map().shard_for_player(a).get();
     let _: i64 = redis::cmd("HSET")
@@ -1139,17 +1134,7 @@ async fn a_replay_is_answered_while_another_participant_is_locked() {
     assert_eq!(locking.prepare().await, PrepareOutcome::AllStaged);
     let again = c.store.execute_multi(first).await.expect("replays");
     assert!(again.replayed, "{again:?}");
-    assert_eq!(
-        again
-            .participants
-            .iter()
-            .map(|p| p.version)
-            .collect::<Vec<_>>(),
-        done.participants
-            .iter()
-            .map(|p| p.version)
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(versions(&again), versions(&done));
     assert_eq!(state(&c.store, a).await.0, START_GOLD - 100);
     // A new trade on the locked player is refused LOCKED within the deadline, nothing applied.
     let blocked = transfer(("again", 2), "g2", a, std::slice::from_ref(b), 1);
@@ -1169,11 +1154,8 @@ async fn a_replay_is_answered_while_another_participant_is_locked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_prepared_by_an_earlier_version_is_applied_from_its_record_and_replays() {
     use colony::keys::{decision_key, PlayerKeys, SlotKeys};
-    let c = cluster(60_000, 1000);
-    let players = players_per_shard(&c.store, "older", 1);
-    let (a, b) = (&players[0][0], &players[1][0]);
-    create(&c.store, a).await;
-    create(&c.store, b).await;
+    let (c, a, b) = two_players(60_000, 1000, "older").await;
+    let (a, b) = (&a, &b);
     let txn = transfer(("older", 1), "o1", a, std::slice::from_ref(b), 100);
     // The other participant's intent is what every version stages alike.
     let mut attempt = MultiAttempt::new(&c.store, txn.clone()).expect("valid");
