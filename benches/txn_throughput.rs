@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use colony::keys::{legacy_idempotency_key, PlayerKeys, SlotKeys};
-use colony::script::SCRIPT;
+use colony::script::{encode, Bounds, Window, SCRIPT};
 use colony::{IdempotencyKey, PlayerId, Store, Transaction};
 use colony_testkit::{config_for, RedisServer};
 
@@ -175,44 +175,82 @@ async fn naive_once(
     }
 }
 
-fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
-    // __rand_int__ is replaced independently per occurrence, so every call touches fresh keys
-    // the way the library run with fresh players does; the cost per call is the same script
-    // path (new player, idempotency record written).
+/// Where redis-benchmark puts a random number (each occurrence its own).
+const RANDOM: &str = "__rand_int__";
+/// The request id encoded in place of a random one.
+const REQUEST_STANDIN: u64 = 987_654_321_987;
+
+/// The call the library makes for a write of a fresh player (the batched run's), encoded by
+/// the library itself with `player` as the player and `request` as the request id: its
+/// keys, then its arguments.
+fn fresh_player_call(config: &colony::config::Config, player: &str, request: u64) -> Vec<Vec<u8>> {
+    let txn = common::increment(
+        &PlayerId::new(player).unwrap(),
+        "bench",
+        request,
+        Some(MAX_GOLD),
+    );
+    let bounds = Bounds {
+        track_changes: config.archive.checkpoint_interval_secs > 0,
+        window: Window::of(&config.redis),
+        read_budget: 2 << 20,
+        max_player_bytes: 1 << 20,
+        max_player_entries: 4096,
+    };
+    let invocation = encode(&txn, colony::keys::player_slot(&txn.player), &bounds);
+    let mut words = vec![invocation.keys.len().to_string().into_bytes()];
+    words.extend(invocation.keys);
+    words.extend(invocation.args);
+    words
+}
+
+/// `word` with every `from` replaced by `to`.
+fn replaced(word: &[u8], from: &str, to: &str) -> String {
+    String::from_utf8(word.to_vec()).unwrap().replace(from, to)
+}
+
+fn redis_benchmark(server: &RedisServer, config: &colony::config::Config, requests: u64) -> f64 {
     let sha = SCRIPT.get_hash().to_string();
-    // One slot's bookkeeping for every call: a standalone server does not check slots, and
-    // the cost per call is the same.
-    let bookkeeping = SlotKeys::new(colony::slot::Slot::new(0).unwrap());
+    // The same call as the batched library run's, each random number independent: every
+    // call touches fresh keys the way that run does with fresh players, so the cost per call
+    // is the same script path (new player, idempotency record written). A standalone server
+    // does not check that the keys share a slot.
+    let words: Vec<String> = fresh_player_call(config, RANDOM, REQUEST_STANDIN)
+        .iter()
+        .map(|w| replaced(w, &REQUEST_STANDIN.to_string(), RANDOM))
+        .collect();
+    // The call must do what the library's does: sent once with the random numbers fixed, it
+    // answers OK (a call the script refused would measure a refusal instead).
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut probe = redis::cmd("EVALSHA");
+    probe.arg(&sha);
+    for word in &words {
+        probe.arg(word.replace(RANDOM, "000000000001"));
+    }
+    let answer: Vec<redis::Value> = probe.query(&mut conn).unwrap();
+    assert!(
+        matches!(answer.first(), Some(redis::Value::BulkString(status)) if status == b"OK"),
+        "the baseline's call answers {answer:?}"
+    );
+    let keys_before = db_keys(&mut conn);
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-c", &CONCURRENCY.to_string(), "-P", &BATCH.to_string()])
         .args(["-n", &requests.to_string(), "-r", "100000000", "-q"])
-        .args(["EVALSHA", &sha, "7"])
-        .args([
-            "{__rand_int__}:meta",
-            "{__rand_int__}:pub",
-            "{__rand_int__}:priv",
-            bookkeeping.active.as_str(),
-            bookkeeping.dirty.as_str(),
-            "{__rand_int__}:clients",
-            "{__rand_int__}:idem:bench:__rand_int__",
-        ])
-        // Player, access, client, request, a fingerprint (every request is new, so it is
-        // never compared), the default window (5 min, 32 requests, one-day TTL), read budget,
-        // player bounds, checkpoints on, at most 64 clients, then the operation.
-        .args([
-            "__rand_int__",
-            "o",
-            "bench",
-            "__rand_int__",
-            &"0".repeat(40),
-        ])
-        .args([
-            "300000", "32", "86400000", "2097152", "1048576", "4096", "1", "64",
-        ])
-        .args(["I", "gold", "r", "1", "0", &MAX_GOLD.to_string()])
+        .args(["EVALSHA", &sha])
+        .args(&words)
         .output()
         .expect("redis-benchmark runs (installed with redis-tools)");
+    // Each call wrote a fresh player: most of them are new keys (random numbers repeat
+    // rarely in 10^8).
+    let written = db_keys(&mut conn) - keys_before;
+    assert!(
+        written >= requests / 2,
+        "redis-benchmark's calls wrote {written} keys for {requests} calls"
+    );
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
     let line = text
         .lines()
@@ -224,6 +262,11 @@ fn redis_benchmark(server: &RedisServer, requests: u64) -> f64 {
         .and_then(|head| head.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("cannot parse {line:?}"))
+}
+
+/// The keys in database 0.
+fn db_keys(conn: &mut redis::Connection) -> u64 {
+    redis::cmd("DBSIZE").query(conn).unwrap()
 }
 
 fn main() {
@@ -318,7 +361,7 @@ fn main() {
         })
     });
     let requests = ((batched * seconds as f64) as u64).max(100_000);
-    let ceiling = redis_benchmark(&server, requests);
+    let ceiling = redis_benchmark(&server, &config, requests);
 
     println!("Colony transaction throughput, one redis-server on loopback, {seconds} s per run");
     println!("transaction: bounded private counter +1 with an idempotency key\n");
