@@ -161,13 +161,6 @@ pub fn decision_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
     tagged(primary, &format!(":decision:{attempt}"))
 }
 
-/// An earlier version's lease of a trade's primary for attempt `attempt` (a key that
-/// expires, which that version's commit required). This version writes none; a slot move
-/// still carries one left over along with its player.
-pub fn lease_key(primary: &PlayerId, attempt: &str) -> Vec<u8> {
-    tagged(primary, &format!(":lease:{attempt}"))
-}
-
 /// The legacy idempotency record of one request on one player (one string key per request,
 /// with a TTL), from before the per-player windows; honoured until it expires.
 pub fn legacy_idempotency_key(player: &PlayerId, key: &IdempotencyKey) -> Vec<u8> {
@@ -290,7 +283,6 @@ mod tests {
             &keys.intent,
             &legacy,
             &decision_key(&player, "0123abcd"),
-            &lease_key(&player, "0123abcd"),
             slot.active.as_bytes(),
             slot.dirty.as_bytes(),
             slot.intents.as_bytes(),
