@@ -428,6 +428,19 @@ mod tests {
             message.contains("cluster.seeds lists 65 nodes; at most 64"),
             "{message}"
         );
+        // More MongoDB deployments than there are slots to spread over them.
+        let uris: Vec<String> = (0..=16384).map(|n| format!("\"mongodb://m{n}\"")).collect();
+        let many = format!(
+            "[archive]\nmongodb_uris = [{}]\n[[shards]]\nname = \"a\"\nmaster = \"h:1\"",
+            uris.join(", ")
+        );
+        let message = Config::from_toml(&many, [])
+            .expect_err("16385 MongoDB URIs")
+            .to_string();
+        assert!(
+            message.contains("archive.mongodb_uris has 16385 entries, more than there are slots"),
+            "{message}"
+        );
         for (text, named) in cases {
             let message = Config::from_toml(text, []).expect_err(text).to_string();
             assert!(
