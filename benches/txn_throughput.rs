@@ -193,9 +193,10 @@ fn fresh_player_call(config: &colony::config::Config, player: &str, request: u64
     let bounds = Bounds {
         track_changes: config.archive.checkpoint_interval_secs > 0,
         window: Window::of(&config.redis),
-        read_budget: 2 << 20,
-        max_player_bytes: 1 << 20,
-        max_player_entries: 4096,
+        // A transaction that reads has the whole answer to itself.
+        read_budget: config.limits.read_budget(1),
+        max_player_bytes: config.limits.max_player_bytes,
+        max_player_entries: config.limits.max_player_entries,
     };
     let invocation = encode(&txn, colony::keys::player_slot(&txn.player), &bounds);
     let mut words = vec![invocation.keys.len().to_string().into_bytes()];
