@@ -93,6 +93,13 @@ pub enum ConnectError {
         /// The one they name now.
         to: String,
     },
+    /// The shard's connections were made stale while this one was being opened (an error
+    /// or a failover hint since), so it may lead to a master that is no longer current.
+    #[error("the connections to {address} went stale while one was being opened")]
+    StaleWhileConnecting {
+        /// The server connected to.
+        address: String,
+    },
     /// No node of a Redis Cluster could say what the cluster looks like.
     #[error("no node of the cluster gave its map: {}", list(.answers))]
     NoClusterMap {

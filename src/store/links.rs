@@ -15,7 +15,9 @@
 //! every connection of the shard, so the next request resolves the master again. A task
 //! subscribed to one Sentinel's `+switch-master` channel treats an announcement for the
 //! shard's master as a hint: it invalidates the connections and closes the breaker, so the
-//! next request finds the new master at once instead of after its errors.
+//! next request finds the new master at once instead of after its errors. One generation of
+//! connections leads to one master: a connection that finds another master makes the others
+//! stale, and one opened while they went stale is not used ([`ShardLinks::adopt`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -320,11 +322,17 @@ impl ShardLinks {
         }
         *slot = None;
         self.connects.fetch_add(1, Ordering::Relaxed);
-        let conn = match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(self.unavailable(e)),
-            Err(_) => return Err(self.unavailable(self.connect_timed_out())),
+        let (conn, address) =
+            match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => return Err(self.unavailable(e)),
+                Err(_) => return Err(self.unavailable(self.connect_timed_out())),
+            };
+        let generation = match self.adopt(&address, generation) {
+            Some(generation) => generation,
+            None => {
+                return Err(self.unavailable(ConnectError::StaleWhileConnecting { address }));
+            }
         };
         let waits = Arc::new(WaitRounds::new(
             conn.clone(),
@@ -342,8 +350,14 @@ impl ShardLinks {
 
     /// A new connection to the master, used by one caller only (for blocking commands).
     pub(super) async fn dedicated(&self) -> Result<MultiplexedConnection, Error> {
+        let generation = self.generation.load(Ordering::SeqCst);
         match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok((conn, address))) => {
+                // Carries no acknowledged writes, so it may be used whatever the generation;
+                // a new master it found still makes the shared links of the old one stale.
+                let _ = self.adopt(&address, generation);
+                Ok(conn)
+            }
             Ok(Err(e)) => Err(self.unavailable(e)),
             Err(_) => Err(self.unavailable(self.connect_timed_out())),
         }
@@ -365,8 +379,9 @@ impl ShardLinks {
         }
     }
 
-    /// Finds the master, connects to it and confirms its role.
-    async fn connect_master(&self) -> Result<MultiplexedConnection, ConnectError> {
+    /// Finds the master, connects to it and confirms its role: the connection and the
+    /// master's address.
+    async fn connect_master(&self) -> Result<(MultiplexedConnection, String), ConnectError> {
         let address = match &self.locator {
             Locator::Fixed(address) => address.clone(),
             Locator::Sentinel {
@@ -415,8 +430,7 @@ impl ShardLinks {
                 });
             }
         }
-        self.note_master(&address);
-        Ok(conn)
+        Ok((conn, address))
     }
 
     /// Logs once if a reply may arrive later than the Sentinels' `down-after`: such a reply
@@ -453,11 +467,28 @@ impl ShardLinks {
         .await
     }
 
-    fn note_master(&self, address: &str) {
+    /// Takes a connection just opened to the master at `address`, from links of
+    /// `generation` (read before the master was looked for): the generation its link belongs
+    /// to, or `None` when it must not be used.
+    ///
+    /// One generation of links leads to one master. A process holding current links to two
+    /// servers that both answer as master — the old one woken after a failover and the
+    /// promoted one — would read in one history and act in the other (`holds`, `NO_INTENT`,
+    /// a commit record forgotten on the strength of them). So a master other than the one
+    /// noted makes every other link stale at once (a new generation, which this link belongs
+    /// to), and a connection to the noted master whose links went stale while it was being
+    /// opened (an error or a failover hint since) is refused: it is opened again, and the
+    /// master found again.
+    fn adopt(&self, address: &str, generation: u64) -> Option<u64> {
         let mut master = lock(&self.master);
         if master.as_deref() == Some(address) {
-            return;
+            return (self.generation.load(Ordering::SeqCst) == generation).then_some(generation);
         }
+        let generation = match master.as_deref() {
+            Some(_) => self.generation.fetch_add(1, Ordering::SeqCst) + 1,
+            None if self.generation.load(Ordering::SeqCst) == generation => generation,
+            None => return None,
+        };
         let old = master.replace(address.to_string());
         if let Some(old) = &old {
             self.failovers.fetch_add(1, Ordering::Relaxed);
@@ -469,6 +500,7 @@ impl ShardLinks {
         if let Some(hook) = lock(&self.on_failover).clone() {
             hook(&self.name, old.as_deref(), address);
         }
+        Some(generation)
     }
 
     pub(super) fn stats(&self) -> ConnectionStats {
@@ -495,4 +527,59 @@ impl ShardLinks {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain values behind these locks; a panic elsewhere cannot leave them half-written.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links() -> ShardLinks {
+        let shard = Shard {
+            name: "shard-0".into(),
+            endpoint: Endpoint::Fixed("127.0.0.1:1".into()),
+            replicas: Vec::new(),
+        };
+        let config = ShardConfig {
+            name: "shard-0".into(),
+            master: Some("127.0.0.1:1".into()),
+            sentinel: None,
+            replicas: Vec::new(),
+            username: None,
+            password: None,
+        };
+        ShardLinks::new(&shard, &config, &RedisSettings::default())
+    }
+
+    #[test]
+    fn one_generation_of_links_leads_to_one_master() {
+        let links = links();
+        // The first master found keeps the generation the connection started in.
+        assert_eq!(links.adopt("m1:6379", 0), Some(0));
+        assert_eq!(links.adopt("m1:6379", 0), Some(0));
+        // Another master (the promoted replica, or the old one woken) makes every link of
+        // the generation stale at once: the new connection belongs to the next one.
+        assert_eq!(links.adopt("r1:6379", 0), Some(1));
+        assert_eq!(links.stats().failovers, 1);
+        // A connection to the old master, begun before the change, is refused, and so is
+        // one to the new master begun before its links went stale.
+        assert_eq!(links.adopt("r1:6379", 0), None);
+        assert_eq!(links.adopt("r1:6379", 1), Some(1));
+        assert_eq!(links.adopt("m1:6379", 1), Some(2));
+        assert_eq!(links.adopt("r1:6379", 1), Some(3));
+        // Links made stale by an error while a connection was opened: that one is refused
+        // too, and the next one is taken.
+        let generation = links.generation.load(Ordering::SeqCst);
+        links.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(links.adopt("r1:6379", generation), None);
+        assert_eq!(links.adopt("r1:6379", generation + 1), Some(generation + 1));
+    }
+
+    #[test]
+    fn the_first_master_is_not_taken_from_a_stale_generation() {
+        let links = links();
+        links.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(links.adopt("m1:6379", 0), None);
+        assert_eq!(links.adopt("m1:6379", 1), Some(1));
+        assert_eq!(links.stats().failovers, 0);
+    }
 }
