@@ -1262,3 +1262,190 @@ async fn a_commit_meeting_a_decided_intent_on_its_primary_finishes_it_and_commit
     assert_eq!(state(&c.store, d).await.0, START_GOLD - 10);
     assert!(intents_left(&c).await.is_empty());
 }
+
+/// A participant met without the attempt's intent answers NO_INTENT from a state it did not
+/// write (someone else's apply dropped the intent, and a later trade's apply has marked the
+/// player since), perhaps on another connection and not replicated yet. The sweep and the
+/// coordinator forget a commit record on that answer, so it must not be one a failover takes
+/// back: the script writes a field again as it is, and the `WAIT` after the call covers the
+/// state it answered from. Nothing stored changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_found_without_the_intent_answers_from_a_state_a_wait_covers() {
+    let master = RedisServer::start().expect("master");
+    let port = master.port().to_string();
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).expect("replica");
+    let synced = wait_for(Duration::from_secs(15), || async {
+        (master.replicas_online() >= 1).then_some(())
+    })
+    .await;
+    assert!(synced.is_some(), "the replica did not sync");
+    let store = Store::new(&config_for(&[&master])).expect("store");
+    let (giver, taker) = (pid("seen-giver"), pid("seen-taker"));
+    create(&store, &giver).await;
+    create(&store, &taker).await;
+    // Two trades: the taker's mark `y` names the second, and neither intent is held once the
+    // detached applies landed.
+    for n in 1..=2 {
+        store
+            .execute_multi(transfer(
+                ("seen", n),
+                "t",
+                &giver,
+                std::slice::from_ref(&taker),
+                5,
+            ))
+            .await
+            .expect("the trade commits");
+    }
+    let keys = colony::keys::PlayerKeys::new(&taker);
+    let slot = colony::keys::SlotKeys::of_player(&taker);
+    let mut raw = common::raw(&master).await;
+    let applied = wait_for(Duration::from_secs(10), || {
+        let mut raw = raw.clone();
+        let meta = keys.meta.clone();
+        async move {
+            let held: Option<String> = redis::cmd("HGET")
+                .arg(&meta)
+                .arg("x")
+                .query_async(&mut raw)
+                .await
+                .ok()?;
+            held.is_none().then_some(())
+        }
+    })
+    .await;
+    assert!(applied.is_some(), "the taker still holds an intent");
+    let offset = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("master_repl_offset")
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut raw)
+        .await
+        .expect("INFO");
+    let before = (offset(info), common::digest(&master).await);
+
+    // The apply script as the store runs it, for an attempt the taker no longer holds.
+    let source = concat!(
+        include_str!("../src/window.lua"),
+        include_str!("../src/multi/finish.lua"),
+        include_str!("../src/multi/apply.lua")
+    );
+    let answer: String = redis::cmd("EVAL")
+        .arg(source)
+        .arg(9)
+        .arg(&keys.meta)
+        .arg(&keys.public)
+        .arg(&keys.private)
+        .arg(&keys.intent)
+        .arg(&slot.active)
+        .arg(&slot.dirty)
+        .arg(&keys.clients)
+        .arg(&slot.intents)
+        .arg(&keys.meta)
+        .arg(taker.as_str())
+        .arg("00000000000000aa")
+        .arg("c")
+        .arg("0")
+        .arg(300_000)
+        .arg(32)
+        .arg(86_400_000)
+        .query_async(&mut raw)
+        .await
+        .expect("the apply script runs");
+    assert_eq!(answer, "NO_INTENT");
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut raw)
+        .await
+        .expect("INFO");
+    let after = (offset(info), common::digest(&master).await);
+    assert!(
+        after.0 > before.0,
+        "NO_INTENT sent nothing to the replicas, so a WAIT after it covers nothing it saw: {before:?} {after:?}"
+    );
+    assert_eq!(after.1, before.1, "NO_INTENT changed what is stored");
+    let acknowledged: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut raw)
+        .await
+        .expect("WAIT");
+    assert_eq!(acknowledged, 1);
+}
+
+/// The sweep forgets a commit record only on answers it had acknowledged: the decision read
+/// again, and every participant's apply (or its `NO_INTENT`). An index entry whose record it
+/// cannot read is dropped only where the record is absent — the record is never deleted on
+/// the word of a server that may no longer be the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_forgets_a_commit_record_only_on_what_it_read_and_an_orphan_entry_alone() {
+    use colony::keys::{decision_key, SlotKeys};
+    let (c, a, b) = two_players(100, 1000, "swept").await;
+    let (a, b) = (&a, &b);
+    let shard_a = c.store.shard_map().shard_for_player(a);
+    let mut raw_a = common::raw(&c.servers[shard_a.get()]).await;
+    let decisions = SlotKeys::of_player(a).decisions;
+    // A committed trade finished everywhere but not forgotten (its coordinator stopped).
+    let txn = transfer(("swept", 1), "s1", a, std::slice::from_ref(b), 10);
+    let mut attempt = MultiAttempt::new(&c.store, txn).expect("valid");
+    assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
+    assert_eq!(attempt.decide(true).await, Ok(Decision::Commit));
+    attempt
+        .finish()
+        .await
+        .expect("the other participant applied");
+    let record = decision_key(a, attempt.id());
+    // An index entry whose record is gone, and the forget's entry mode against a record that
+    // exists: it leaves both.
+    let orphan = decision_key(a, "00000000000000ab");
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&decisions)
+        .arg(0)
+        .arg(&orphan)
+        .query_async(&mut raw_a)
+        .await
+        .expect("ZADD");
+    let kept: i64 = redis::cmd("EVAL")
+        .arg(include_str!("../src/multi/forget.lua"))
+        .arg(3)
+        .arg(&record)
+        .arg(&decisions)
+        .arg(colony::keys::PlayerKeys::new(a).meta)
+        .arg("entry")
+        .query_async(&mut raw_a)
+        .await
+        .expect("forget runs");
+    assert_eq!(kept, 0);
+    let indexed = |raw: &redis::aio::MultiplexedConnection| {
+        let (mut raw, decisions) = (raw.clone(), decisions.clone());
+        async move {
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                .arg(&decisions)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut raw)
+                .await
+                .expect("ZRANGE");
+            members
+        }
+    };
+    assert_eq!(indexed(&raw_a).await, vec![orphan.clone(), record.clone()]);
+    // Once the record is older than a lease, one sweep forgets it and drops the orphan entry.
+    let swept = wait_for(Duration::from_secs(10), || async {
+        c.store.sweep(shard_a).await.expect("sweeps");
+        indexed(&raw_a).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(swept.is_some(), "{:?}", indexed(&raw_a).await);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&record)
+        .query_async(&mut raw_a)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 0);
+    assert_eq!(state(&c.store, b).await.0, START_GOLD + 10);
+}

@@ -12,14 +12,15 @@
 -- participant's reply, read from the decision record (`r`; an error, nothing written, when
 -- it holds none), whoever runs it, so a replay of the key finds it. Returns APPLIED, ROLLED_BACK, ALREADY (this attempt
 -- was applied before: meta y), or NO_INTENT (the player holds no intent of this attempt, and
--- none was applied; nothing written); the error MOVING (nothing written) while a slot move
+-- none was applied; nothing of the player changes, a field is written again as it is);
+-- the error MOVING (nothing written) while a slot move
 -- has the player parked.
 local function finish_participant(keys, player, attempt, action, track, window_ms,
                                   window_length, client_ttl)
   local meta, pub, priv, intent = keys[1], keys[2], keys[3], keys[4]
   local active, dirty, clients, intents, decision = keys[5], keys[6], keys[7], keys[8], keys[9]
 
-  local marks = redis.call('HMGET', meta, 'x', 'y', 'm')
+  local marks = redis.call('HMGET', meta, 'x', 'y', 'm', 'v')
   -- Parked by a slot move (docs/design/resharding.md): refused, nothing written.
   if marks[3] then
     return redis.error_reply('MOVING the player is being moved to another node')
@@ -30,6 +31,16 @@ local function finish_participant(keys, player, attempt, action, track, window_m
       -- after this call covers the apply.
       redis.call('HSET', meta, 'y', attempt)
       return 'ALREADY'
+    end
+    -- What dropped the intent (someone else's apply, a roll back) was written before this
+    -- call, perhaps on another connection and not yet replicated: a field is written again
+    -- as it is (the last apply's mark, else the version), so that a WAIT after this call
+    -- covers it too, and whoever acts on this answer (forgetting a commit record) acts on a
+    -- state a failover keeps. A player with neither has nothing to keep.
+    if marks[2] then
+      redis.call('HSET', meta, 'y', marks[2])
+    elseif marks[4] then
+      redis.call('HSET', meta, 'v', marks[4])
     end
     return 'NO_INTENT'
   end

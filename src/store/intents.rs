@@ -396,10 +396,12 @@ impl Store {
             .into_iter()
             .map(|reply| {
                 let finished = finished_of(&reply?)?;
-                // NO_INTENT wrote nothing: nothing to acknowledge.
-                if finished != Finished::NoIntent {
-                    acknowledged.clone()?;
-                }
+                // NO_INTENT is acknowledged too: it is acted on (a commit record is forgotten
+                // once no participant holds the intent), so it must come from a master that
+                // still has its replicas, and the state it saw must be replicated (the script
+                // writes a field again for that). A master woken after a failover, cut off
+                // from its replicas, cannot acknowledge it.
+                acknowledged.clone()?;
                 Ok(finished)
             })
             .collect()
@@ -473,22 +475,11 @@ impl Store {
         player: &PlayerId,
         intent: &IntentRef,
     ) -> Result<Resolution, Error> {
-        self.resolve(player, intent, intent.expired).await
-    }
-
-    /// The resolver; it writes an abort only when `may_abort` (the lease has passed) and no
-    /// decision exists.
-    pub(super) async fn resolve(
-        &self,
-        player: &PlayerId,
-        intent: &IntentRef,
-        may_abort: bool,
-    ) -> Result<Resolution, Error> {
         let primary = PlayerId::new(intent.primary.clone())
             .map_err(|e| Error::Internal(format!("an intent names a bad primary: {e}")))?;
         let decision = match self.multi_decision(&primary, &intent.attempt).await? {
             Some(decision) => decision,
-            None if may_abort => {
+            None if intent.expired => {
                 self.abort_once(Decider::Resolver, &primary, &intent.attempt)
                     .await?
             }

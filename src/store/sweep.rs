@@ -12,7 +12,7 @@ use crate::model::PlayerId;
 use crate::script::IntentRef;
 use crate::shard_map::ShardIndex;
 
-use super::intents::{text, unexpected, Finished, Resolution, FORGET};
+use super::intents::{text, unexpected, Decision, Finished, Resolution, FORGET};
 use super::look::Read;
 use super::road::{Command, Effect, LuaScript};
 use super::Store;
@@ -143,26 +143,53 @@ impl Store {
                         .as_deref()
                         .map(commit_participants)
                         .unwrap_or_default();
-                    // A commit record names its primary first.
+                    // A commit record names its primary first. None read: the record is gone
+                    // (forgotten since it was listed, its entry with it), or a server that is
+                    // no longer the master answered: only an entry whose record is absent
+                    // where the forget runs is dropped.
+                    let Some(primary) = participants.first() else {
+                        let _ = self
+                            .send(
+                                shard,
+                                vec![Command::script(&FORGET, Effect::Housekeeping)
+                                    .key(key.as_slice())
+                                    .key(&index)
+                                    .key(meta.as_slice())
+                                    .arg("entry")],
+                            )
+                            .await;
+                        continue;
+                    };
+                    // Read again, acknowledged (the read writes the decision again): every
+                    // answer below is then from a master that holds the commit, so none is
+                    // an old master's, woken after a failover, that never saw it.
+                    match self.multi_decision(primary, &attempt).await {
+                        Ok(Some(Decision::Commit)) => {}
+                        // Gone meanwhile (forgotten by its coordinator), or not a commit:
+                        // nothing of it to finish or forget here.
+                        Ok(_) => continue,
+                        Err(e) if e.is_retryable() => continue,
+                        Err(e) => return Err(e),
+                    }
+                    // Apply only: a participant answers whether it holds the intent, and the
+                    // answer is acknowledged like a write (`NO_INTENT` writes its last apply
+                    // again), so the record is forgotten only once every apply is kept.
                     let mut all_applied = true;
-                    if let Some(primary) = participants.first() {
-                        for player in &participants {
-                            let intent = IntentRef {
-                                attempt: attempt.clone(),
-                                primary: primary.as_str().to_string(),
-                                expired: true,
-                                version: None,
-                            };
-                            // Apply only: the record was read as a commit, and one that
-                            // vanished since (forgotten by its coordinator) must not turn
-                            // into an abort record for a committed attempt.
-                            match self.resolve(player, &intent, false).await {
-                                // Applied now; one applied before (by the intents' pass
-                                // just above, say) was counted there.
-                                Ok(Resolution::Finished(_, Finished::Applied)) => finished += 1,
-                                Ok(_) => {}
-                                Err(_) => all_applied = false,
-                            }
+                    for player in &participants {
+                        match self
+                            .finish_participant(
+                                player,
+                                &attempt,
+                                Decision::Commit,
+                                player == primary,
+                            )
+                            .await
+                        {
+                            // Applied now; one applied before (by the intents' pass just
+                            // above, say) was counted there.
+                            Ok(Finished::Applied) => finished += 1,
+                            Ok(Finished::AlreadyApplied | Finished::NoIntent) => {}
+                            Ok(Finished::RolledBack) | Err(_) => all_applied = false,
                         }
                     }
                     if all_applied {
