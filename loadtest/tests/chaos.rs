@@ -19,7 +19,9 @@
 //!
 //! Re-run a schedule with `COLONY_FAULT_SEED=<seed> cargo test -p colony-loadtest --test chaos`
 //! (`COLONY_CHAOS_TOPOLOGY=sentinel` or `cluster` for one topology only, `reshard` for the
-//! move alone).
+//! move alone). A run whose check fails keeps the cluster's logs in
+//! `target/test-artifacts/chaos-<topology>-<seed>/` and prints their telling lines
+//! (`COLONY_CHAOS_EVIDENCE=1` keeps them for a passing run too).
 
 #![allow(clippy::print_stderr)]
 
@@ -73,7 +75,9 @@ fn serve(process: &str) {
         Some(i) if i + 1 < args.len() => PathBuf::from(&args[i + 1]),
         _ => panic!("{process}: --config <file> is required"),
     };
-    colony::process::init_logging("info", colony::process::LogFormat::Text).expect("logging");
+    // `COLONY_LOG` as the real binaries take it (`colony::store=debug,info` to follow trades).
+    let filter = std::env::var("COLONY_LOG").unwrap_or_else(|_| "info".to_string());
+    colony::process::init_logging(&filter, colony::process::LogFormat::Text).expect("logging");
     let config = Config::load(&config, std::env::vars()).expect("configuration");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let stop = colony::process::stop_signal();
@@ -167,6 +171,13 @@ impl Launcher {
             .env("COLONY_LOCAL_GATEWAYS", "2")
             // Cold players idle for 3 s are archived, so that returning ones are restored.
             .env("COLONY_LOCAL_IDLE_SECS", "3")
+            // Each trade attempt's end and each participant found without its intent, in the
+            // logs a failed run keeps (`keep_evidence`), unless the caller chose a filter.
+            .env(
+                "COLONY_LOG",
+                std::env::var("COLONY_LOG")
+                    .unwrap_or_else(|_| "colony::store::multi=debug,info".to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -351,6 +362,9 @@ fn chaos_through_the_local_cluster(topology: LocalTopology) {
     // Nothing acknowledged lost or applied twice, and the traffic came back after the last
     // fault.
     let c = &report.correctness;
+    if !c.is_exact() || c.unreadable > 0 || std::env::var_os("COLONY_CHAOS_EVIDENCE").is_some() {
+        keep_evidence(&control, &format!("{topology:?}-{seed}"));
+    }
     assert!(c.players > 0);
     assert_eq!(
         (c.lost, c.applied_twice, c.unreadable, c.conservation_gap),
@@ -426,6 +440,94 @@ fn chaos_through_the_local_cluster(topology: LocalTopology) {
         assert!(!alive(pid), "process {pid} outlived the launcher");
     }
     assert!(!control.exists(), "the cluster's files were left behind");
+}
+
+/// A failed run's evidence, before the launcher's clean-up deletes it: every log of the
+/// cluster copied to `target/test-artifacts/chaos-<run>/`, and the lines that tell a trade's
+/// story printed here (CI keeps only the output): warnings and errors of the gateways and the
+/// archiver, participants found without their intent, failovers each process saw, and the
+/// Sentinels' and the cluster's failover events.
+fn keep_evidence(control: &Path, run: &str) {
+    let Some(dir) = control.parent() else {
+        return;
+    };
+    let kept = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts")
+        .join(format!("chaos-{run}"));
+    let mut logs = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() && path != control {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                logs.push(path);
+            }
+        }
+    }
+    logs.sort();
+    let telling = [
+        " WARN ",
+        " ERROR ",
+        "held no intent",
+        "master changed",
+        "+switch-master",
+        "+promoted-slave",
+        "+odown",
+        "Failover election won",
+        "configEpoch set",
+    ];
+    // Every retry of a connection during a failover says so: too many to print.
+    let noise = [
+        "cannot connect to shard",
+        "circuit breaker opened",
+        "restore queue unreachable",
+    ];
+    let mut printed = 0;
+    for log in &logs {
+        let relative = log.strip_prefix(dir).unwrap_or(log);
+        let target = kept.join(relative);
+        if let Some(parent) = target.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::copy(log, &target);
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            // Without the terminal colours the text format writes.
+            let plain: String = strip_colours(line);
+            if printed < 400
+                && telling.iter().any(|t| plain.contains(t))
+                && !noise.iter().any(|n| plain.contains(n))
+            {
+                eprintln!("evidence {}: {plain}", relative.display());
+                printed += 1;
+            }
+        }
+    }
+    eprintln!(
+        "chaos: the cluster's logs are kept in {} ({printed} lines printed above)",
+        kept.display()
+    );
+}
+
+/// `line` without ANSI escape sequences.
+fn strip_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // `ESC [ ... m`
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 fn unix_ms() -> u64 {
@@ -543,6 +645,9 @@ fn slots_moved_under_the_load_test() {
         "the move ended before the traffic: {window:?}"
     );
     let c = &report.correctness;
+    if !c.is_exact() || c.unreadable > 0 || std::env::var_os("COLONY_CHAOS_EVIDENCE").is_some() {
+        keep_evidence(&control, &format!("reshard-{seed}"));
+    }
     assert!(c.players > 0);
     assert_eq!(
         (c.lost, c.applied_twice, c.unreadable, c.conservation_gap),
