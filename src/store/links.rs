@@ -42,9 +42,38 @@ pub(super) struct Link {
     pub(super) conn: MultiplexedConnection,
     generation: u64,
     waits: Arc<WaitRounds>,
+    /// When the master last answered on it, in ms since [`CLOCK_BASE`].
+    last_reply: Arc<AtomicU64>,
+}
+
+/// The origin of [`Link`]'s reply times.
+static CLOCK_BASE: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+/// Now, in ms since [`CLOCK_BASE`].
+fn clock_ms() -> u64 {
+    u64::try_from(CLOCK_BASE.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a link whose master last answered at `last_reply_ms` must have the master found
+/// again before it is used, `now_ms`, when the Sentinels replace a master unreachable for
+/// `down_after_ms` (`None`: not known, or not a Sentinel shard).
+///
+/// A master answering now was not yet replaced when it answered, and the Sentinels replace
+/// one only after it was unreachable for their `down-after`: so within that time of its
+/// last reply it is still the master (its freeze, if any, began after that reply). Past it,
+/// a link nobody used meanwhile may lead to a master frozen and replaced since and woken now,
+/// which still answers as a master, with a history the shard is leaving.
+fn idle_past_down_after(last_reply_ms: u64, now_ms: u64, down_after_ms: Option<u64>) -> bool {
+    down_after_ms.is_some_and(|down_after| now_ms.saturating_sub(last_reply_ms) >= down_after)
 }
 
 impl Link {
+    /// The master answered on this link.
+    pub(super) fn heard(&self) {
+        self.last_reply.store(clock_ms(), Ordering::Relaxed);
+    }
+
     /// How many replicas acknowledged every write this connection had answered before the
     /// call, and how many were asked for: `WAIT`, shared with whoever else is waiting on the
     /// same connection.
@@ -102,6 +131,15 @@ pub(super) struct Credentials {
     pub(super) sentinel_password: Option<String>,
 }
 
+/// The master the current generation of a shard's links leads to, and the generations of
+/// its adoption (from the one its connection began in, to the one it made).
+#[derive(Debug, Default)]
+struct Noted {
+    address: Option<String>,
+    from: u64,
+    to: u64,
+}
+
 /// A shard's connections, master discovery and breaker.
 pub(super) struct ShardLinks {
     pub(super) name: String,
@@ -119,7 +157,11 @@ pub(super) struct ShardLinks {
     next: AtomicUsize,
     /// Links from an older generation are stale; raising it invalidates them all at once.
     generation: AtomicU64,
-    master: Mutex<Option<String>>,
+    /// The master the current generation of links leads to (see [`ShardLinks::adopt`]).
+    master: Mutex<Noted>,
+    /// The Sentinels' `down-after-milliseconds` (the shortest of those that agreed), once
+    /// known; 0 until then.
+    down_after_ms: AtomicU64,
     pub(super) breaker: Breaker,
     connects: AtomicU64,
     connect_failures: AtomicU64,
@@ -211,7 +253,8 @@ impl ShardLinks {
                 .collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
-            master: Mutex::new(None),
+            master: Mutex::new(Noted::default()),
+            down_after_ms: AtomicU64::new(0),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown()),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -317,7 +360,20 @@ impl ShardLinks {
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some(link) = slot.as_ref() {
             if link.generation == generation {
-                return Ok(link.clone());
+                if !self.idle_too_long(link) {
+                    return Ok(link.clone());
+                }
+                match self.still_the_master().await {
+                    Ok(true) => {
+                        link.heard();
+                        return Ok(link.clone());
+                    }
+                    Ok(false) => {
+                        tracing::info!(shard = %self.name, "an idle connection led to a master the Sentinels no longer name: finding it again");
+                        self.invalidate(link);
+                    }
+                    Err(e) => return Err(self.unavailable(e)),
+                }
             }
         }
         *slot = None;
@@ -343,6 +399,7 @@ impl ShardLinks {
             conn,
             generation,
             waits,
+            last_reply: Arc::new(AtomicU64::new(clock_ms())),
         };
         *slot = Some(link.clone());
         Ok(link)
@@ -352,12 +409,12 @@ impl ShardLinks {
     pub(super) async fn dedicated(&self) -> Result<MultiplexedConnection, Error> {
         let generation = self.generation.load(Ordering::SeqCst);
         match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await {
-            Ok(Ok((conn, address))) => {
-                // Carries no acknowledged writes, so it may be used whatever the generation;
-                // a new master it found still makes the shared links of the old one stale.
-                let _ = self.adopt(&address, generation);
-                Ok(conn)
-            }
+            // Its blocking pops take requests off a queue: taken only from the master the
+            // shard's links lead to, like theirs.
+            Ok(Ok((conn, address))) => match self.adopt(&address, generation) {
+                Some(_) => Ok(conn),
+                None => Err(self.unavailable(ConnectError::StaleWhileConnecting { address })),
+            },
             Ok(Err(e)) => Err(self.unavailable(e)),
             Err(_) => Err(self.unavailable(self.connect_timed_out())),
         }
@@ -390,6 +447,9 @@ impl ShardLinks {
             } => {
                 let agreed = self.ask_sentinels(master_name, sentinels).await?;
                 self.warn_if_replies_outlast(agreed.down_after_ms);
+                if let Some(down_after) = agreed.down_after_ms {
+                    self.down_after_ms.store(down_after, Ordering::Relaxed);
+                }
                 agreed.address
             }
             Locator::Cluster { directory, group } => {
@@ -433,6 +493,39 @@ impl ShardLinks {
         Ok((conn, address))
     }
 
+    /// Whether `link` was idle so long that its master may have been replaced meanwhile
+    /// (Sentinel shards: see [`idle_past_down_after`]).
+    fn idle_too_long(&self, link: &Link) -> bool {
+        let down_after = match self.down_after_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        };
+        matches!(self.locator, Locator::Sentinel { .. })
+            && idle_past_down_after(
+                link.last_reply.load(Ordering::Relaxed),
+                clock_ms(),
+                down_after,
+            )
+    }
+
+    /// Whether the Sentinels still name the master the links lead to. When none answers,
+    /// nothing says it was replaced (and nothing could have replaced it but them): yes.
+    async fn still_the_master(&self) -> Result<bool, ConnectError> {
+        let Locator::Sentinel {
+            master_name,
+            sentinels,
+        } = &self.locator
+        else {
+            return Ok(true);
+        };
+        let named = match self.ask_sentinels(master_name, sentinels).await {
+            Ok(agreed) => agreed.address,
+            Err(ConnectError::NoSentinelAnswered { .. }) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        Ok(lock(&self.master).address.as_deref() == Some(named.as_str()))
+    }
+
     /// Logs once if a reply may arrive later than the Sentinels' `down-after`: such a reply
     /// can come from a master frozen long enough to have been replaced.
     fn warn_if_replies_outlast(&self, down_after_ms: Option<u64>) {
@@ -473,23 +566,35 @@ impl ShardLinks {
     ///
     /// One generation of links leads to one master. A process holding current links to two
     /// servers that both answer as master — the old one woken after a failover and the
-    /// promoted one — would read in one history and act in the other (`holds`, `NO_INTENT`,
-    /// a commit record forgotten on the strength of them). So a master other than the one
-    /// noted makes every other link stale at once (a new generation, which this link belongs
-    /// to), and a connection to the noted master whose links went stale while it was being
-    /// opened (an error or a failover hint since) is refused: it is opened again, and the
-    /// master found again.
+    /// promoted one — would read in one history and act in the other (`NO_INTENT`, a commit
+    /// record forgotten on the strength of it). So a master other than the one noted makes
+    /// every other link stale at once (a new generation, which this link belongs to) — taken
+    /// only by a connection begun in the current generation, so one begun before the links
+    /// went stale cannot bring back the master they led to. A connection to the noted master
+    /// is taken in the generation it began in, or when the only change since was the adoption
+    /// of this same master (several connections found it at once); otherwise its links went
+    /// stale while it was being opened (an error, a failover hint) and it is refused: it is
+    /// opened again, and the master found again.
     fn adopt(&self, address: &str, generation: u64) -> Option<u64> {
         let mut master = lock(&self.master);
-        if master.as_deref() == Some(address) {
-            return (self.generation.load(Ordering::SeqCst) == generation).then_some(generation);
+        let current = self.generation.load(Ordering::SeqCst);
+        if master.address.as_deref() == Some(address) {
+            let taken =
+                generation == current || (generation == master.from && current == master.to);
+            return taken.then_some(current);
         }
-        let generation = match master.as_deref() {
-            Some(_) => self.generation.fetch_add(1, Ordering::SeqCst) + 1,
-            None if self.generation.load(Ordering::SeqCst) == generation => generation,
-            None => return None,
+        if generation != current {
+            return None;
+        }
+        let adopted = if master.address.is_some() {
+            self.generation.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            current
         };
-        let old = master.replace(address.to_string());
+        master.from = generation;
+        master.to = adopted;
+        let generation = adopted;
+        let old = master.address.replace(address.to_string());
         if let Some(old) = &old {
             self.failovers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(shard = %self.name, old_master = %old, new_master = %address, "failover: the shard's master changed");
@@ -518,7 +623,7 @@ impl ShardLinks {
             configured: self.slots.len(),
             connects: self.connects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
-            master: lock(&self.master).clone(),
+            master: lock(&self.master).address.clone(),
             failovers: self.failovers.load(Ordering::Relaxed),
         }
     }
@@ -553,25 +658,38 @@ mod tests {
     #[test]
     fn one_generation_of_links_leads_to_one_master() {
         let links = links();
-        // The first master found keeps the generation the connection started in.
+        // The first master found keeps the generation the connection began in.
         assert_eq!(links.adopt("m1:6379", 0), Some(0));
         assert_eq!(links.adopt("m1:6379", 0), Some(0));
-        // Another master (the promoted replica, or the old one woken) makes every link of
-        // the generation stale at once: the new connection belongs to the next one.
+        // Another master (the promoted replica) makes every link of the generation stale at
+        // once: the new connection belongs to the next one, and so do the others that began
+        // with it and found the same master.
         assert_eq!(links.adopt("r1:6379", 0), Some(1));
         assert_eq!(links.stats().failovers, 1);
-        // A connection to the old master, begun before the change, is refused, and so is
-        // one to the new master begun before its links went stale.
-        assert_eq!(links.adopt("r1:6379", 0), None);
+        assert_eq!(links.adopt("r1:6379", 0), Some(1));
         assert_eq!(links.adopt("r1:6379", 1), Some(1));
+        // A connection begun before that change cannot bring the old master back (woken after
+        // its failover, it still answers as one); one begun since, told so by the Sentinels,
+        // can.
+        assert_eq!(links.adopt("m1:6379", 0), None);
+        assert_eq!(links.stats().master.as_deref(), Some("r1:6379"));
         assert_eq!(links.adopt("m1:6379", 1), Some(2));
-        assert_eq!(links.adopt("r1:6379", 1), Some(3));
-        // Links made stale by an error while a connection was opened: that one is refused
-        // too, and the next one is taken.
-        let generation = links.generation.load(Ordering::SeqCst);
+        assert_eq!(links.stats().failovers, 2);
+        // Links made stale by an error while a connection was being opened: that one is
+        // refused, and the next one is taken.
         links.generation.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(links.adopt("r1:6379", generation), None);
-        assert_eq!(links.adopt("r1:6379", generation + 1), Some(generation + 1));
+        assert_eq!(links.adopt("m1:6379", 2), None);
+        assert_eq!(links.adopt("m1:6379", 3), Some(3));
+    }
+
+    #[test]
+    fn a_link_idle_past_the_sentinels_down_after_finds_the_master_again() {
+        // Within down-after of the master's last reply it cannot have been replaced.
+        assert!(!idle_past_down_after(10_000, 11_999, Some(2_000)));
+        assert!(idle_past_down_after(10_000, 12_000, Some(2_000)));
+        // Not known (no Sentinel said yet), or a clock read before the reply: used as it is.
+        assert!(!idle_past_down_after(10_000, 99_000, None));
+        assert!(!idle_past_down_after(10_000, 9_000, Some(2_000)));
     }
 
     #[test]

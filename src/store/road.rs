@@ -358,7 +358,10 @@ impl Store {
             let answered: Result<Vec<RedisValue>, redis::RedisError> =
                 pipe.query_async(&mut conn).await;
             let answered = match answered {
-                Ok(answered) if answered.len() == expected => answered,
+                Ok(answered) if answered.len() == expected => {
+                    link.heard();
+                    answered
+                }
                 Ok(_) => {
                     for &i in &pending {
                         replies[i] = Some(Err(Error::Internal(format!(

@@ -168,8 +168,14 @@ impl Store {
                         // Gone meanwhile (forgotten by its coordinator), or not a commit:
                         // nothing of it to finish or forget here.
                         Ok(_) => continue,
-                        Err(e) if e.is_retryable() => continue,
-                        Err(e) => return Err(e),
+                        Err(e) => {
+                            // One record that cannot be read now must not keep the sweep
+                            // from the others: looked at again by the next pass.
+                            if !e.is_retryable() {
+                                tracing::warn!(record = %text_key, error = %e, "a commit record could not be read again");
+                            }
+                            continue;
+                        }
                     }
                     // Apply only: a participant answers whether it holds the intent, and the
                     // answer is acknowledged like a write (`NO_INTENT` writes its last apply
@@ -205,7 +211,9 @@ impl Store {
                             Ok(_) => {}
                             // Parked meanwhile: forgotten by a later sweep.
                             Err(e) if e.is_retryable() => {}
-                            Err(e) => return Err(e),
+                            Err(e) => {
+                                tracing::warn!(record = %text_key, error = %e, "a commit record could not be forgotten");
+                            }
                         }
                     }
                 }
