@@ -1315,18 +1315,26 @@ async fn a_participant_found_without_the_intent_answers_from_a_state_a_wait_cove
     })
     .await;
     assert!(applied.is_some(), "the taker still holds an intent");
-    let offset = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("master_repl_offset")
+    // Where the master's replication stream is, and what it stores.
+    let probe = raw.clone();
+    let now = || {
+        let mut raw = probe.clone();
+        let master = &master;
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut raw)
+                .await
+                .expect("INFO");
+            let offset: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("master_repl_offset");
+            (offset, common::digest(master).await)
+        }
     };
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut raw)
-        .await
-        .expect("INFO");
-    let before = (offset(info), common::digest(&master).await);
+    let before = now().await;
 
     // The apply script as the store runs it, for an attempt the taker no longer holds.
     let source = concat!(
@@ -1357,12 +1365,7 @@ async fn a_participant_found_without_the_intent_answers_from_a_state_a_wait_cove
         .await
         .expect("the apply script runs");
     assert_eq!(answer, "NO_INTENT");
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut raw)
-        .await
-        .expect("INFO");
-    let after = (offset(info), common::digest(&master).await);
+    let after = now().await;
     assert!(
         after.0 > before.0,
         "NO_INTENT sent nothing to the replicas, so a WAIT after it covers nothing it saw: {before:?} {after:?}"

@@ -96,7 +96,8 @@ pub struct Findings {
     /// Transfers that did not apply.
     pub transfers_failed: u64,
     /// Transfers first answered UNKNOWN and then settled (acknowledged or refused) by sending
-    /// the same request again after the run, as a client does; counted among the above.
+    /// the same request again, as a client does (at once, or after the run); counted among
+    /// the above.
     pub transfers_settled: u64,
     /// How far the total of the stored values lies outside what the increments allow (0:
     /// conserved; transfers never change it). Checked only when every player was read.
