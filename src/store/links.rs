@@ -42,8 +42,8 @@ pub(super) struct Link {
     pub(super) conn: MultiplexedConnection,
     generation: u64,
     waits: Arc<WaitRounds>,
-    /// When the master last answered on it, in ms since [`CLOCK_BASE`].
-    last_reply: Arc<AtomicU64>,
+    /// The master it leads to.
+    master: Arc<str>,
 }
 
 /// The origin of [`Link`]'s reply times.
@@ -55,8 +55,8 @@ fn clock_ms() -> u64 {
     u64::try_from(CLOCK_BASE.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Whether a link whose master last answered at `last_reply_ms` must have the master found
-/// again before it is used, `now_ms`, when the Sentinels replace a master unreachable for
+/// Whether links whose master last answered at `last_reply_ms` must have the master found
+/// again before they are used, `now_ms`, when the Sentinels replace a master unreachable for
 /// `down_after_ms` (`None`: not known, or not a Sentinel shard).
 ///
 /// A master answering now was not yet replaced when it answered, and the Sentinels replace
@@ -69,11 +69,6 @@ fn idle_past_down_after(last_reply_ms: u64, now_ms: u64, down_after_ms: Option<u
 }
 
 impl Link {
-    /// The master answered on this link.
-    pub(super) fn heard(&self) {
-        self.last_reply.store(clock_ms(), Ordering::Relaxed);
-    }
-
     /// How many replicas acknowledged every write this connection had answered before the
     /// call, and how many were asked for: `WAIT`, shared with whoever else is waiting on the
     /// same connection.
@@ -162,6 +157,9 @@ pub(super) struct ShardLinks {
     /// The Sentinels' `down-after-milliseconds` (the shortest of those that agreed), once
     /// known; 0 until then.
     down_after_ms: AtomicU64,
+    /// When the master of the current generation last answered, in ms since [`CLOCK_BASE`]
+    /// (one generation leads to one master, so one time serves all its links).
+    last_reply_ms: AtomicU64,
     pub(super) breaker: Breaker,
     connects: AtomicU64,
     connect_failures: AtomicU64,
@@ -255,6 +253,7 @@ impl ShardLinks {
             generation: AtomicU64::new(0),
             master: Mutex::new(Noted::default()),
             down_after_ms: AtomicU64::new(0),
+            last_reply_ms: AtomicU64::new(0),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown()),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -357,19 +356,18 @@ impl ShardLinks {
         // Callers that pick a slot being reconnected wait for that attempt instead of
         // starting their own: a dead shard sees one connect per slot, not one per request.
         let mut slot = self.slots[index].lock().await;
-        let generation = self.generation.load(Ordering::SeqCst);
         if let Some(link) = slot.as_ref() {
-            if link.generation == generation {
-                if !self.idle_too_long(link) {
+            if link.generation == self.generation.load(Ordering::SeqCst) {
+                if !self.idle_too_long() {
                     return Ok(link.clone());
                 }
-                match self.still_the_master().await {
+                match self.still_the_master(link).await {
                     Ok(true) => {
-                        link.heard();
+                        self.heard(link);
                         return Ok(link.clone());
                     }
                     Ok(false) => {
-                        tracing::info!(shard = %self.name, "an idle connection led to a master the Sentinels no longer name: finding it again");
+                        tracing::info!(shard = %self.name, master = %link.master, "the shard's connections were idle past down-after and the Sentinels name another master: finding it again");
                         self.invalidate(link);
                     }
                     Err(e) => return Err(self.unavailable(e)),
@@ -377,6 +375,8 @@ impl ShardLinks {
             }
         }
         *slot = None;
+        // Read after the check above, which may have made the links stale.
+        let generation = self.generation.load(Ordering::SeqCst);
         self.connects.fetch_add(1, Ordering::Relaxed);
         let (conn, address) =
             match tokio::time::timeout(self.connect_timeout * 2, self.connect_master()).await {
@@ -399,8 +399,10 @@ impl ShardLinks {
             conn,
             generation,
             waits,
-            last_reply: Arc::new(AtomicU64::new(clock_ms())),
+            master: address.into(),
         };
+        // It has just answered `ROLE`.
+        self.heard(&link);
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -493,24 +495,39 @@ impl ShardLinks {
         Ok((conn, address))
     }
 
-    /// Whether `link` was idle so long that its master may have been replaced meanwhile
-    /// (Sentinel shards: see [`idle_past_down_after`]).
-    fn idle_too_long(&self, link: &Link) -> bool {
+    /// The master answered on `link`: what keeps the current generation's links from being
+    /// checked with the Sentinels (see [`idle_past_down_after`]). A link of an older
+    /// generation (an answer still arriving from a master left behind) says nothing about the
+    /// current one. Stored at most every 50 ms: every caller of the shard shares it.
+    pub(super) fn heard(&self, link: &Link) {
+        if link.generation != self.generation.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = clock_ms();
+        if now.saturating_sub(self.last_reply_ms.load(Ordering::Relaxed)) >= 50 {
+            self.last_reply_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the shard's links were idle so long that their master may have been replaced
+    /// meanwhile (Sentinel shards: see [`idle_past_down_after`]).
+    fn idle_too_long(&self) -> bool {
         let down_after = match self.down_after_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(ms),
         };
         matches!(self.locator, Locator::Sentinel { .. })
             && idle_past_down_after(
-                link.last_reply.load(Ordering::Relaxed),
+                self.last_reply_ms.load(Ordering::Relaxed),
                 clock_ms(),
                 down_after,
             )
     }
 
-    /// Whether the Sentinels still name the master the links lead to. When none answers,
-    /// nothing says it was replaced (and nothing could have replaced it but them): yes.
-    async fn still_the_master(&self) -> Result<bool, ConnectError> {
+    /// Whether the Sentinels still name the master `link` leads to, and the links are still
+    /// of its generation. The Sentinels' refusals are those of a connection being opened (a
+    /// failover in progress, no Sentinel answering): the link is not used meanwhile.
+    async fn still_the_master(&self, link: &Link) -> Result<bool, ConnectError> {
         let Locator::Sentinel {
             master_name,
             sentinels,
@@ -518,12 +535,12 @@ impl ShardLinks {
         else {
             return Ok(true);
         };
-        let named = match self.ask_sentinels(master_name, sentinels).await {
-            Ok(agreed) => agreed.address,
-            Err(ConnectError::NoSentinelAnswered { .. }) => return Ok(true),
-            Err(e) => return Err(e),
-        };
-        Ok(lock(&self.master).address.as_deref() == Some(named.as_str()))
+        let agreed = self.ask_sentinels(master_name, sentinels).await?;
+        if let Some(down_after) = agreed.down_after_ms {
+            self.down_after_ms.store(down_after, Ordering::Relaxed);
+        }
+        Ok(*agreed.address == *link.master
+            && link.generation == self.generation.load(Ordering::SeqCst))
     }
 
     /// Logs once if a reply may arrive later than the Sentinels' `down-after`: such a reply

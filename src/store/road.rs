@@ -358,10 +358,7 @@ impl Store {
             let answered: Result<Vec<RedisValue>, redis::RedisError> =
                 pipe.query_async(&mut conn).await;
             let answered = match answered {
-                Ok(answered) if answered.len() == expected => {
-                    link.heard();
-                    answered
-                }
+                Ok(answered) if answered.len() == expected => answered,
                 Ok(_) => {
                     for &i in &pending {
                         replies[i] = Some(Err(Error::Internal(format!(
@@ -454,6 +451,11 @@ impl Store {
                 }
                 break;
             }
+        }
+        // The master answered as the master (no refusal that says it may have moved): its
+        // links need not ask the Sentinels again for a while.
+        if healthy {
+            links.heard(&link);
         }
         // A write that answered is acknowledged by WAIT on this very link (shared with the
         // other callers of the link, see `wait.rs`): never on another.

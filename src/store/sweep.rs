@@ -135,9 +135,14 @@ impl Store {
                     {
                         Ok(mut replies) => replies.pop().unwrap_or(RedisValue::Nil),
                         // Its primary is parked by a slot move (or the shard refuses now):
-                        // the record is looked at again by a later sweep, on its owner.
-                        Err(e) if e.is_retryable() => continue,
-                        Err(e) => return Err(e),
+                        // the record is looked at again by a later sweep, on its owner. One
+                        // that cannot be read at all must not keep the sweep from the others.
+                        Err(e) => {
+                            if !e.is_retryable() {
+                                tracing::warn!(record = %text_key, error = %e, "a commit record could not be read");
+                            }
+                            continue;
+                        }
                     };
                     let participants = text(&value)
                         .as_deref()

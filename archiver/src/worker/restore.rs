@@ -143,7 +143,13 @@ impl Archiver {
                         // Served by any read of the map begun since the pop was sent.
                         self.store.slot_moved(sent).await;
                         conn = None;
-                    } else if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    } else if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_timeout()
+                        || e.code() == Some("READONLY")
+                    {
+                        // READONLY: the server was demoted (a failover); its pops would
+                        // fail for ever on this connection, opened to it as the master.
                         conn = None;
                     }
                     tracing::warn!(shard = %self.shard_name(shard), queue = queue.index(), error = %e, "restore queue failed");
