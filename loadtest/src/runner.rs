@@ -107,16 +107,22 @@ fn answered(code: colony::Code) -> bool {
     )
 }
 
-/// What a trade's answer says about whether it applied.
+/// What a trade's answer says about whether it applied: an error that may have applied
+/// (UNKNOWN, or INTERNAL: a reply nobody understood) or whose key could no longer be judged
+/// (REQUEST_TOO_OLD) leaves it unknown; any other error says nothing of it applied. Judged by
+/// code, so an error about one participant counts as what it says.
 fn transfer_outcome<T>(result: &Result<T, Error>) -> TransferOutcome {
+    use colony::Code;
     match result {
         Ok(_) => TransferOutcome::Acknowledged,
-        Err(Error::InParticipant { error, .. })
-            if matches!(**error, Error::Unknown { .. } | Error::RequestTooOld { .. }) =>
+        Err(e)
+            if matches!(
+                e.code(),
+                Code::Unknown | Code::Internal | Code::RequestTooOld
+            ) =>
         {
             TransferOutcome::Unknown
         }
-        Err(Error::Unknown { .. } | Error::RequestTooOld { .. }) => TransferOutcome::Unknown,
         Err(_) => TransferOutcome::Failed,
     }
 }
@@ -155,7 +161,11 @@ async fn settle_one(
                 Code::Ok => return TransferOutcome::Acknowledged,
                 // Nothing of this request applied, but an earlier one may be under way
                 // (LOCKED), or the cluster did not answer: send it again.
-                Code::Unavailable | Code::Timeout | Code::Locked | Code::Unknown => continue,
+                Code::Unavailable
+                | Code::Timeout
+                | Code::Locked
+                | Code::Unknown
+                | Code::Internal => continue,
                 Code::RequestTooOld => return TransferOutcome::Unknown,
                 _ => return transfer_outcome(&result),
             }
@@ -170,16 +180,30 @@ async fn settle_one(
 /// within its own budget. Until every such trade is settled a coordinator the client gave up
 /// on may still be running it, and players read back meanwhile could show one side of it;
 /// settled, none can still change. Returns how many it settled.
-async fn settle(clients: &[Client], unsettled: Vec<Unsettled>, ledger: &mut Ledger) -> u64 {
-    let mut settled = 0;
+async fn settle(
+    clients: &[Client],
+    unsettled: Vec<Unsettled>,
+    ledger: &mut Ledger,
+) -> anyhow::Result<u64> {
+    // All at once, so the whole takes about one budget however many are left.
+    let mut sending = tokio::task::JoinSet::new();
     for trade in unsettled {
-        let outcome = settle_one(clients, &trade, SETTLE_BUDGET, || true).await;
+        let clients = clients.to_vec();
+        sending.spawn(async move {
+            let outcome = settle_one(&clients, &trade, SETTLE_BUDGET, || true).await;
+            (trade, outcome)
+        });
+    }
+    let mut settled = 0;
+    while let Some(done) = sending.join_next().await {
+        // A task that panicked lost its trade's outcome: the run's check cannot be trusted.
+        let (trade, outcome) = done?;
         if outcome != TransferOutcome::Unknown {
             settled += 1;
         }
         ledger.transfer(&trade.from, &trade.to, trade.amount, outcome);
     }
-    settled
+    Ok(settled)
 }
 
 fn code_of<T>(result: &Result<T, Error>) -> colony::Code {
@@ -218,9 +242,13 @@ impl Place {
 }
 
 /// What one session does until `stop`.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     scenario: Arc<Scenario>,
     client: Client,
+    // Every gateway's client, this session's first: where a trade answered UNKNOWN is sent
+    // again.
+    gateways: Vec<Client>,
     index: u64,
     place: Place,
     measuring_from: Instant,
@@ -253,6 +281,7 @@ async fn session(
             scheduled = Instant::now();
         }
         let mut codes: Vec<&'static str> = Vec::new();
+        let mut to_settle = None;
         match op {
             Op::Idle => {
                 tokio::time::sleep(scenario.think * 5 + Duration::from_millis(50)).await;
@@ -353,20 +382,7 @@ async fn session(
                             to: them.as_str().to_string(),
                             amount,
                         };
-                        let running = || !stop.load(Ordering::Relaxed);
-                        let outcome = settle_one(
-                            std::slice::from_ref(&client),
-                            &trade,
-                            SETTLE_BUDGET,
-                            running,
-                        )
-                        .await;
-                        if outcome == TransferOutcome::Unknown {
-                            unsettled.push(trade);
-                        } else {
-                            settled += 1;
-                            ledger.transfer(&trade.from, &trade.to, trade.amount, outcome);
-                        }
+                        to_settle = Some(trade);
                     }
                     outcome => ledger.transfer(me.as_str(), them.as_str(), amount, outcome),
                 }
@@ -438,6 +454,19 @@ async fn session(
             for code in codes {
                 stats.code(op, code);
             }
+        }
+        // A trade answered UNKNOWN, sent again now that its own latency is recorded; the
+        // time spent on it is not a request's, so a paced schedule starts again after it.
+        if let Some(trade) = to_settle.take() {
+            let running = || !stop.load(Ordering::Relaxed);
+            let outcome = settle_one(&gateways, &trade, SETTLE_BUDGET, running).await;
+            if outcome == TransferOutcome::Unknown {
+                unsettled.push(trade);
+            } else {
+                settled += 1;
+                ledger.transfer(&trade.from, &trade.to, trade.amount, outcome);
+            }
+            scheduled = Instant::now();
         }
         if !scenario.think.is_zero() {
             tokio::time::sleep(scenario.think).await;
@@ -603,9 +632,12 @@ pub async fn run(
     let tasks: Vec<_> = (0..scenario.sessions)
         .map(|s| {
             let gateway = (s as usize) % clients.len();
+            let mut gateways = clients.clone();
+            gateways.rotate_left(gateway);
             tokio::spawn(session(
                 scenario.clone(),
                 clients[gateway].clone(),
+                gateways,
                 s,
                 Place {
                     started,
@@ -690,7 +722,7 @@ pub async fn run(
     // Trades answered UNKNOWN are settled before anything is read back: until then the
     // coordinator a client gave up on may still be applying one, and a read-back could catch
     // it half-way through (one side applied, the other not yet).
-    let settled = settle(&clients, unsettled, &mut ledger).await + settled_by_sessions;
+    let settled = settle(&clients, unsettled, &mut ledger).await? + settled_by_sessions;
 
     // Read every checked player back (restoring archived ones) and compare. Each gateway is
     // tried in turn (each with the client's retries): after chaos one may still be down. A
