@@ -47,8 +47,8 @@ pub(super) struct Link {
 }
 
 /// The origin of [`Link`]'s reply times.
-static CLOCK_BASE: std::sync::LazyLock<std::time::Instant> =
-    std::sync::LazyLock::new(std::time::Instant::now);
+static CLOCK_BASE: std::sync::LazyLock<tokio::time::Instant> =
+    std::sync::LazyLock::new(tokio::time::Instant::now);
 
 /// Now, in ms since [`CLOCK_BASE`].
 fn clock_ms() -> u64 {
