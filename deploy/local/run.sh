@@ -40,7 +40,8 @@
 # --chaos, 300 with --reshard), COLONY_RESHARD_SHARE (with --reshard: the share of the slots
 # moved, 1/N, default 3), COLONY_CHAOS_EVERY (default 10: seconds between faults), COLONY_LOCAL_BIN_DIR
 # (use the colony-* binaries there instead of building them), COLONY_LOCAL_KEEP (keep the
-# cluster's directory, with every log, after stopping).
+# cluster's directory, with every log, after stopping), COLONY_LOG (the gateways' and the
+# archiver's log filter, kept when chaos mode restarts them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -154,6 +155,8 @@ launch() { # name log command...
   {
     echo '#!/usr/bin/env bash'
     echo "# Starts $name in the background; arguments are added to its command line."
+    # The log filter the cluster was started with, also when chaos mode restarts it.
+    if [ -n "${COLONY_LOG:-}" ]; then printf 'export COLONY_LOG=%q\n' "$COLONY_LOG"; fi
     printf '%q ' "$@"
     printf '"$@" >>%q 2>&1 </dev/null &\n' "$log"
     printf 'echo "$!" >%q\n' "$control/$name.pid"

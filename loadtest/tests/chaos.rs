@@ -171,12 +171,15 @@ impl Launcher {
             .env("COLONY_LOCAL_GATEWAYS", "2")
             // Cold players idle for 3 s are archived, so that returning ones are restored.
             .env("COLONY_LOCAL_IDLE_SECS", "3")
-            // Each trade attempt's end and each participant found without its intent, in the
-            // logs a failed run keeps (`keep_evidence`), unless the caller chose a filter.
+            // Each trade attempt's end, each participant found without its intent and each
+            // restore, in the logs a failed run keeps (`keep_evidence`), unless the caller
+            // chose a filter.
             .env(
                 "COLONY_LOG",
-                std::env::var("COLONY_LOG")
-                    .unwrap_or_else(|_| "colony::store::multi=debug,info".to_string()),
+                std::env::var("COLONY_LOG").unwrap_or_else(|_| {
+                    "colony::store::multi=debug,colony_archiver::worker::restore=debug,info"
+                        .to_string()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
