@@ -312,6 +312,93 @@ async fn without_an_archiver_an_archived_player_is_unavailable_never_empty() {
     }
 }
 
+/// A trade that meets archived participants asks the archiver to restore them, wholly (a
+/// trade refuses a player whose public part alone is back), as a single write does. Without
+/// an archiver it answers UNAVAILABLE saying so, nothing applied; with one, it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_with_archived_participants_has_them_restored_and_commits() {
+    use colony::keys::RestoreQueue;
+    use colony::{MultiTransaction, Participant};
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let mut impatient = config.clone();
+    impatient.redis.retry_deadline_ms = 300;
+    let impatient = Store::new(&impatient).expect("store");
+    create(&store, "hal", 1).await;
+    create(&store, "ida", 2).await;
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!(report.archived, 2, "{report:?}");
+    let gold = |delta: i64| Operation::IncrementCounter {
+        name: name("gold"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: Visibility::Private,
+    };
+    let gift = MultiTransaction::new(IdempotencyKey::new("gift", 1).expect("valid"))
+        .with(Participant::owner(pid("hal")).with(gold(-20)))
+        // A friend's trade: public access, a public entry written.
+        .with(Participant {
+            player: pid("ida"),
+            access: Access::Public,
+            operations: vec![Operation::SetField {
+                name: name("thanks"),
+                value: b"hal".to_vec(),
+                visibility: Visibility::Public,
+            }],
+        });
+
+    // No archiver serving the queues: the trade gives up, saying why, and both players are
+    // asked for, wholly, in their queues.
+    let refused = impatient.execute_multi(gift.clone()).await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == colony::Code::Unavailable
+            && e.to_string().contains("did not restore it in time")),
+        "{refused:?}"
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    for player in ["hal", "ida"] {
+        let queued: Option<f64> = redis::cmd("ZSCORE")
+            .arg(RestoreQueue::of_player(&pid(player)).key())
+            .arg(format!("f:{player}"))
+            .query_async(&mut conn)
+            .await
+            .expect("zscore");
+        assert!(queued.is_some(), "no whole restore of {player} requested");
+    }
+
+    // With the archiver serving them, the same trade commits, once.
+    let _restores = serve_restores(&archiver);
+    let done = store.execute_multi(gift).await.expect("commits");
+    assert!(!done.replayed);
+    let entry = |view: &(u64, Vec<(String, Visibility, Value)>), wanted: &str| {
+        view.1
+            .iter()
+            .find(|(n, _, _)| n == wanted)
+            .map(|(_, _, v)| v.clone())
+    };
+    let hal = owner_view(&store, "hal").await;
+    assert_eq!((hal.0, entry(&hal, "gold")), (2, Some(Value::Counter(30))));
+    let ida = owner_view(&store, "ida").await;
+    assert_eq!(ida.0, 2);
+    assert_eq!(
+        entry(&ida, "gold"),
+        Some(Value::Counter(50)),
+        "private part kept"
+    );
+    assert_eq!(entry(&ida, "thanks"), Some(Value::Bytes(b"hal".to_vec())));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_version_never_overwrites_a_newer_document() {
     let redis = RedisServer::start().expect("redis");

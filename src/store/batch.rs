@@ -31,7 +31,7 @@ use super::{Store, RETRY_BACKOFF};
 const RESTORE_POLL: Duration = Duration::from_millis(2);
 
 /// How long a restore request is given before it is sent again.
-const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
+pub(super) const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 
 /// Queues restore requests in one restore queue: no duplicates, at most
 /// `redis.max_restore_requests` in each queue.
@@ -261,6 +261,18 @@ impl Store {
         if requests.is_empty() {
             return false;
         }
+        self.push_restore_requests(map, requests).await;
+        true
+    }
+
+    /// Queues `requests` (by restore queue) for the archiver, each queue on the shard that
+    /// owns its slot by `map`. Failures are logged, not returned: the caller asks again
+    /// ([`RESTORE_REQUEST_AGAIN`]) while it waits for the restore.
+    pub(super) async fn push_restore_requests(
+        &self,
+        map: &ShardMap,
+        requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>>,
+    ) {
         let pushes = requests.into_iter().map(|(queue, requests)| async move {
             // The queue lives on whichever shard owns its slot now, not the player's.
             let shard = map.shard_for_slot(queue.slot());
@@ -288,7 +300,6 @@ impl Store {
             }
         });
         join_all(pushes).await;
-        true
     }
 
     fn breaker_open(&self, shard: ShardIndex) -> bool {

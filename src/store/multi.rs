@@ -9,7 +9,7 @@
 //! finish the work. [`Store::execute_multi`] runs attempts to the end, retrying within the
 //! store's retry deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -24,9 +24,15 @@ use crate::script::{self, IntentRef, TradeReply};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
+use super::batch::RESTORE_REQUEST_AGAIN;
 use super::intents::{Decision, Finished, Resolution, COMMIT_CLOCK_SLACK_MS};
 use super::road::{Command, Effect};
 use super::{Store, RETRY_BACKOFF};
+
+/// How often a trade waiting for an archived participant's restore is tried again. Less
+/// briskly than a single write polls: each attempt stages the others' intents and rolls
+/// them back.
+const TRADE_RESTORE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Stops the process at `step` (`multi:after-prepare`; `multi:after-decide`, for a commit with
 /// the primary applied and the others not; `multi:after-finish`, every participant finished and
@@ -67,6 +73,9 @@ impl Store {
         let mut attempt_number = 0u32;
         let mut last: Option<Result<MultiCommitted, Error>> = None;
         let mut earlier = Vec::new();
+        // Restores go out on the first ARCHIVED answer, then again only now and then (in case
+        // the archiver lost one), as for single writes.
+        let mut restore_requested: Option<Instant> = None;
         loop {
             let mut attempt = MultiAttempt::of(self, call.clone());
             attempt.readers = readers.max(1);
@@ -93,15 +102,48 @@ impl Store {
             earlier.push(attempt.id.clone());
             let result = Error::after_attempts(result, last.as_ref());
             let retry = matches!(&result, Err(e) if e.is_retryable());
+            let archived = std::mem::take(&mut attempt.archived);
+            if retry
+                && !archived.is_empty()
+                && restore_requested.is_none_or(|at| at.elapsed() >= RESTORE_REQUEST_AGAIN)
+            {
+                self.request_trade_restores(&call, &archived).await;
+                restore_requested = Some(Instant::now());
+            }
             let now = Instant::now();
             if !retry || now >= deadline {
-                return result;
+                return result.map_err(not_restored_in_time);
             }
             last = Some(result);
             self.count_multi_retry(&call);
-            tokio::time::sleep(RETRY_BACKOFF.delay_within(attempt_number, deadline - now)).await;
+            // A restore takes the archiver a few milliseconds: polled for, not backed off
+            // from as from a failing shard.
+            let pause = if archived.is_empty() {
+                RETRY_BACKOFF.delay_within(attempt_number, deadline - now)
+            } else {
+                TRADE_RESTORE_POLL.min(deadline - now)
+            };
+            tokio::time::sleep(pause).await;
             attempt_number += 1;
         }
+    }
+
+    /// Asks the archiver to restore the participants of `call` at `positions`, wholly: a
+    /// trade's scripts refuse a player whose public part alone is back.
+    async fn request_trade_restores(&self, call: &MultiCall, positions: &[usize]) {
+        let mut requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>> = BTreeMap::new();
+        for &i in positions {
+            if let (Some(&slot), Some(participant)) =
+                (call.slots.get(i), call.txn.participants.get(i))
+            {
+                requests
+                    .entry(keys::RestoreQueue::for_slot(slot))
+                    .or_default()
+                    .insert(keys::restore_request(&participant.player, true));
+            }
+        }
+        self.push_restore_requests(&self.shard_map(), requests)
+            .await;
     }
 
     fn count_multi_retry(&self, call: &MultiCall) {
@@ -184,6 +226,9 @@ pub struct MultiAttempt<'s> {
     readers: usize,
     /// The ids of the attempts of the same call before this one.
     earlier: Vec<String>,
+    /// The participants (by position) this attempt found archived: the retry loop asks the
+    /// archiver to restore them.
+    archived: Vec<usize>,
     /// The commit's deadline, ms since the Unix epoch by this machine's clock (the fence,
     /// `docs/design/trades.md`).
     deadline_ms: u64,
@@ -213,6 +258,7 @@ impl<'s> MultiAttempt<'s> {
             replayed: None,
             readers: 1,
             earlier: Vec::new(),
+            archived: Vec::new(),
             deadline_ms: unix_ms() + store.inner.settings.intent_lease_ms + COMMIT_CLOCK_SLACK_MS,
         }
     }
@@ -450,6 +496,9 @@ impl<'s> MultiAttempt<'s> {
                 },
                 Err(e) => e,
             };
+            if matches!(e, Error::Archived { .. }) {
+                self.archived.push(i);
+            }
             if i == 0 {
                 if e.is_retryable() {
                     primary_unjudged = Some(e.clone());
@@ -630,8 +679,14 @@ impl<'s> MultiAttempt<'s> {
                     }
                 }
                 Ok(other) => return Err(Error::Internal(format!("the commit answered {other:?}"))),
-                // A refusal of the primary's operations or key: nothing written.
-                Err(e) => e,
+                // A refusal of the primary's operations or key: nothing written. An archived
+                // primary (archived while the others prepared) is restored for the retry.
+                Err(e) => {
+                    if matches!(e, Error::Archived { .. }) {
+                        self.archived.push(0);
+                    }
+                    e
+                }
             };
             self.primary_refusal = Some(in_participant(0, refusal));
             return Ok(Decision::Abort);
@@ -947,6 +1002,30 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
         if let Err(e) = store.forget_decision(&players[0], &attempt).await {
             tracing::debug!(error = %e, "the decision record stays for the sweep");
         }
+    }
+}
+
+/// A participant still archived when the trade's deadline passed: UNAVAILABLE, saying so
+/// (as a single write says it), rather than "restore requested" as if it were still waited.
+fn not_restored_in_time(error: Error) -> Error {
+    match error {
+        Error::InParticipant { participant, error } => match *error {
+            Error::Archived { version } => Error::InParticipant {
+                participant,
+                error: Box::new(Error::Unavailable {
+                    shard: None,
+                    reason: format!(
+                        "the player is archived (version {version}) and the archiver did not \
+                         restore it in time"
+                    ),
+                }),
+            },
+            error => Error::InParticipant {
+                participant,
+                error: Box::new(error),
+            },
+        },
+        error => error,
     }
 }
 
