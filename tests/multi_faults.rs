@@ -235,29 +235,6 @@ async fn a_gateway_killed_after_any_step_of_a_trade_leaves_it_whole_or_undone() 
     }
 }
 
-/// Two Sentinel shards with a store whose intents are leased for `lease_ms`.
-fn sentinel_cluster_leasing(
-    tag: &str,
-    profile: colony_testkit::Profile,
-    replicas: usize,
-    acknowledge: colony::config::Acknowledge,
-    lease_ms: u64,
-) -> (Vec<colony_testkit::SentinelShard>, Store) {
-    let rig = colony_testkit::Rig::start(
-        colony_testkit::Topology::Sentinel,
-        tag,
-        profile,
-        replicas,
-        2,
-    )
-    .expect("shards start");
-    let store = Store::new(&tuned(rig.config(), acknowledge, lease_ms)).expect("store");
-    let colony_testkit::Rig::Sentinel(shards) = rig else {
-        unreachable!("a Sentinel rig")
-    };
-    (shards, store)
-}
-
 /// The trade fault tests' settings: short timeouts and retries, intents leased for
 /// `lease_ms`.
 fn tuned(mut config: Config, acknowledge: colony::config::Acknowledge, lease_ms: u64) -> Config {
@@ -574,10 +551,32 @@ async fn stall_cluster(
     PlayerId,
     PlayerId,
 ) {
+    let (shards, _, store, giver, taker) =
+        stall_cluster_of(tag, lease_ms, colony_testkit::Profile::Safe).await;
+    (shards, store, giver, taker)
+}
+
+/// [`stall_cluster`] with servers of `profile`, also returning the store's configuration
+/// (for a second store: another gateway).
+async fn stall_cluster_of(
+    tag: &str,
+    lease_ms: u64,
+    profile: colony_testkit::Profile,
+) -> (
+    Vec<colony_testkit::SentinelShard>,
+    Config,
+    Store,
+    PlayerId,
+    PlayerId,
+) {
     use colony::config::Acknowledge;
-    use colony_testkit::Profile;
-    let (shards, store) =
-        sentinel_cluster_leasing(tag, Profile::Safe, 2, Acknowledge::Replicated, lease_ms);
+    let rig = colony_testkit::Rig::start(colony_testkit::Topology::Sentinel, tag, profile, 2, 2)
+        .expect("shards start");
+    let config = tuned(rig.config(), Acknowledge::Replicated, lease_ms);
+    let store = Store::new(&config).expect("store");
+    let colony_testkit::Rig::Sentinel(shards) = rig else {
+        unreachable!("a Sentinel rig")
+    };
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
@@ -603,7 +602,7 @@ async fn stall_cluster(
                 .expect("reads");
         }
     }
-    (shards, store, giver, taker)
+    (shards, config, store, giver, taker)
 }
 
 /// Stops (SIGSTOP) every replica of `shard` once they have acknowledged everything (no
@@ -786,4 +785,139 @@ async fn an_unreplicated_commit_record_is_acted_on_by_nobody() {
     eprintln!("decided {decided:?}, resolver {resolved:?}; giver {g}, taker {t}");
     assert_eq!(g + t, 2 * START, "one-sided: giver {g}, taker {t}");
     assert!(g == START || g == START - 10, "giver {g}");
+}
+
+/// A commit record is forgotten only on its participants' acknowledged answers, struck
+/// before replication caught up: another gateway applies a committed trade to the taker,
+/// and a second trade then applies the taker again, both after the taker's replicas
+/// stopped, so the taker answers the sweep NO_INTENT from a state its master alone holds.
+/// The sweep must keep the record. Then that master dies: the promoted replica still holds
+/// the first trade's intent, and the record kept applies it. (With NO_INTENT taken
+/// unacknowledged, as before, the sweep forgot the record here, checked.) The state it
+/// answered from was written on another connection: Redis documents `WAIT` as covering the
+/// connection's own writes, hence the field `finish.lua` writes again on NO_INTENT — though
+/// Debian's Redis 7.0 records the master's offset on any command, so there the `WAIT`
+/// covers the other connection's writes without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_state() {
+    use colony::store::intents::Decision;
+    use colony::store::multi::{MultiAttempt, PrepareOutcome};
+    // Plain servers (no `min-replicas-to-write`): the stalled master takes every write.
+    let (mut shards, config, sweeper, giver, taker) =
+        stall_cluster_of("denied", LEASE_MS, colony_testkit::Profile::Plain).await;
+    // A third player, on the taker's shard: the second trade's other participant, so that
+    // nothing of that trade is on the giver's shard, which the sweep walks.
+    let friend = (0..)
+        .map(|i| PlayerId::new(format!("denied-q{i}")).expect("valid"))
+        .find(|p| sweeper.shard_map().shard_for_player(p).get() == 1)
+        .expect("a player on shard 1");
+    let setup = Transaction::owner(
+        friend.clone(),
+        Some(IdempotencyKey::new("setup", 1).expect("valid")),
+    )
+    .with(gold(START));
+    sweeper.execute(setup).await.expect("created");
+    // Another gateway, with connections of its own, waiting briefly for replicas: none of
+    // its unacknowledged writes is on a connection the sweep uses.
+    let mut quick = config.clone();
+    quick.redis.replication_timeout_ms = 200;
+    let gateway = Store::new(&quick).expect("store");
+    let trade = |n: u64, from: &PlayerId, to: &PlayerId, amount: i64| {
+        MultiTransaction::new(IdempotencyKey::new("denied", n).expect("valid"))
+            .with(Participant::owner(from.clone()).with(gold(-amount)))
+            .with(Participant::owner(to.clone()).with(gold(amount)))
+    };
+    let mut first = MultiAttempt::new(&gateway, trade(1, &giver, &taker, 10)).expect("valid");
+    assert_eq!(first.prepare().await, PrepareOutcome::AllStaged);
+    assert_eq!(first.decide(true).await, Ok(Decision::Commit));
+    // The second trade's other participant prepares now, replicated; its commit on the
+    // taker, after the stall, must not be refused for a deadline the stall outlasted.
+    let mut second = MultiAttempt::new(&gateway, trade(2, &taker, &friend, 5)).expect("valid");
+    second.set_commit_deadline_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+            + 60_000,
+    );
+    assert_eq!(second.prepare().await, PrepareOutcome::AllStaged);
+
+    // The taker's replicas stop. The first trade's apply, then the second's commit (which
+    // applies its primary, the taker), reach the taker's master alone.
+    let (master, replicas) = stall_replicas(&mut shards[1]).await;
+    let applied = first.finish().await;
+    assert!(
+        applied.is_err(),
+        "an apply the replicas never saw was acknowledged: {applied:?}"
+    );
+    let decided = second.decide(true).await;
+    assert!(
+        decided != Ok(Decision::Commit),
+        "a commit the replicas never saw was taken as decided"
+    );
+    let mut taker_master = raw(&shards[1].servers[master]).await;
+    let mark: Option<String> = redis::cmd("HGET")
+        .arg(colony::keys::PlayerKeys::new(&taker).meta)
+        .arg("y")
+        .query_async(&mut taker_master)
+        .await
+        .expect("hget");
+    assert_eq!(
+        mark.as_deref(),
+        Some(second.id()),
+        "the test needs the second trade applied on the taker's master"
+    );
+
+    // The first record, once older than a lease by its shard's clock, is swept: the taker
+    // answers NO_INTENT, which its replicas cannot acknowledge. The record stays.
+    let shard_0 = sweeper.shard_map().index(0).expect("a shard of the map");
+    let giver_master = shards[0].master_index().expect("a master");
+    let mut giver_master = raw(&shards[0].servers[giver_master]).await;
+    let record = colony::keys::decision_key(&giver, first.id());
+    let decisions = colony::keys::SlotKeys::of_player(&giver).decisions;
+    let old_enough = wait_for(Duration::from_secs(10), || {
+        let (mut conn, decisions, record) =
+            (giver_master.clone(), decisions.clone(), record.clone());
+        async move {
+            let written: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&decisions)
+                .arg(&record)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let (secs, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut conn).await.ok()?;
+            let now = (secs * 1000 + micros / 1000) as f64;
+            (now - written? > LEASE_MS as f64).then_some(())
+        }
+    })
+    .await;
+    assert!(old_enough.is_some(), "the commit record is not indexed");
+    sweeper.sweep(shard_0).await.expect("the sweep runs");
+    let kept: (i64, Option<f64>) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(&record)
+        .cmd("ZSCORE")
+        .arg(&decisions)
+        .arg(&record)
+        .query_async(&mut giver_master)
+        .await
+        .expect("read");
+    assert!(
+        kept.0 == 1 && kept.1.is_some(),
+        "a commit record was forgotten on an answer its taker's replicas never acknowledged"
+    );
+
+    // The taker's master dies with everything its replicas lacked: the promoted replica
+    // holds the first trade's intent, which the kept record applies; the second trade's
+    // commit is lost, and its friend's intent is rolled back.
+    drop((first, second));
+    kill_master_and_resume(&mut shards[1], master, &replicas).await;
+    let (g, t) = settled_coins(&sweeper, &giver, &taker).await;
+    assert_eq!(
+        (g, t),
+        (START - 10, START + 10),
+        "the first trade is not whole"
+    );
+    assert_eq!(coins(&sweeper, &friend).await, START);
 }
