@@ -921,3 +921,55 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
     );
     assert_eq!(coins(&sweeper, &friend).await, START);
 }
+
+/// The primary's judge of the key lets another participant's refusal be the final answer
+/// (the key was not applied before), so its "new" is acknowledged like a write, struck
+/// before replication caught up: with the primary's replicas stopped, a trade the taker
+/// refuses gets no definite refusal (a master woken after its failover could judge a key it
+/// never saw as new, and the client would take a trade that applied for one that did not).
+/// Once the replicas are back, the same trade is refused definitely again. (Where the judge
+/// answered nil, unacknowledged, the stalled primary's answer was the definite refusal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_final_only_once_the_primarys_judge_is_acknowledged() {
+    let (mut shards, store, giver, taker) = stall_cluster("judged", LEASE_MS).await;
+    // The taker cannot pay: its prepare refuses, so the primary judges the key.
+    let trade = MultiTransaction::new(IdempotencyKey::new("judged", 1).expect("valid"))
+        .with(Participant::owner(giver.clone()).with(gold(10)))
+        .with(Participant::owner(taker.clone()).with(gold(-(START + 1))));
+    let definite = |answer: &Result<colony::MultiCommitted, colony::Error>| {
+        answer
+            .as_ref()
+            .is_err_and(|e| !e.is_retryable() && !e.may_have_applied())
+    };
+    let refused = store.execute_multi(trade.clone()).await;
+    assert!(definite(&refused), "{refused:?}");
+
+    let (master, replicas) = stall_replicas(&mut shards[0]).await;
+    let unjudged = store.execute_multi(trade.clone()).await;
+    assert!(
+        !definite(&unjudged),
+        "a refusal was final on a judge the primary's replicas never acknowledged: {unjudged:?}"
+    );
+
+    for &r in &replicas {
+        shards[0].servers[r].resume().expect("resume a replica");
+    }
+    let master_server = &shards[0].servers[master];
+    wait_for(Duration::from_secs(20), || async {
+        caught_up(master_server).await.then_some(())
+    })
+    .await
+    .expect("the replicas catch up");
+    let again = wait_for(Duration::from_secs(10), || async {
+        let answer = store.execute_multi(trade.clone()).await;
+        definite(&answer).then_some(answer)
+    })
+    .await;
+    assert!(
+        again.is_some_and(|answer| answer.as_ref().err().map(|e| e.code())
+            == refused.as_ref().err().map(|e| e.code())),
+        "the refusal did not come back once the replicas did"
+    );
+    assert_eq!(coins(&store, &giver).await, START);
+    assert_eq!(coins(&store, &taker).await, START);
+}

@@ -8,8 +8,11 @@
 -- ARGV[4] the transaction's fingerprint (40 hex digits)  ARGV[5] client TTL ms
 -- ARGV[6] most clients a player keeps windows for
 --
--- Reply, in the transaction script's shapes: nil for a key this primary has not applied
--- (nothing written); a key remembered: { 'REPLAY', version, 1, 0, then the stored reply of
+-- Reply, in the transaction script's shapes: 'NEW' for a key this primary has not applied,
+-- its version (else its last trade's mark) written again as it is, so that a WAIT after this
+-- call covers the window it was judged by: the answer lets another participant's refusal be
+-- final, so it must come from a master whose state its replicas hold (a master woken after
+-- its failover cannot acknowledge it); a key remembered: { 'REPLAY', version, 1, 0, then the stored reply of
 -- every participant }, its record written again as it is (so a WAIT after this call covers
 -- it), or IDEMPOTENCY_MISMATCH; a key at or below the client's floor: REQUEST_TOO_OLD; a
 -- client new to a primary that keeps windows for ARGV[6] clients already: TOO_LARGE_CLIENTS
@@ -44,4 +47,10 @@ elseif verdict == 'REQUEST_TOO_OLD' then
 elseif verdict == 'REPLAY' then
   return replay_multi(meta, record_field, stored, ARGV[4], version)
 end
-return nil
+-- A player with neither was never written: a WAIT still covers what the master had.
+if state[1] then
+  redis.call('HSET', meta, 'v', state[1])
+elseif state[6] then
+  redis.call('HSET', meta, 'y', state[6])
+end
+return 'NEW'

@@ -408,9 +408,8 @@ impl Store {
     }
 
     /// The judge of a trade's key (`key`, with `fingerprint`) in `primary`'s window, for
-    /// `attempt` (step 1, once another participant refused): nil for a key not applied
-    /// there, which the road takes for nothing to acknowledge (nothing was written); a replay
-    /// is acknowledged.
+    /// `attempt` (step 1, once another participant refused): `NEW` for a key not applied
+    /// there, and a replay, are both acknowledged: either decides the answer.
     pub(super) fn judge_command(
         &self,
         primary: &PlayerId,

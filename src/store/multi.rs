@@ -349,18 +349,24 @@ impl<'s> MultiAttempt<'s> {
                     .zip(answer.replies)
                     .map(|(i, reply)| {
                         let outcome = reply.and_then(|reply| match reply {
-                            // The key is new to the primary: nothing written to acknowledge.
-                            RedisValue::Nil if i == 0 => Ok(TradeReply::New),
+                            RedisValue::BulkString(s) if i == 0 && s == b"NEW" => {
+                                Ok(TradeReply::New)
+                            }
                             reply => script::decode_trade(
                                 &txn.participants[i].operations,
                                 &txn.participants,
                                 &reply,
                             ),
                         });
+                        // Acted on, so acknowledged: a staged intent, a replay, and the
+                        // judge's "new", which lets another participant's refusal be final
+                        // (one from a master woken after its failover could be wrong).
                         let outcome = match outcome {
-                            Ok(written @ (TradeReply::Staged { .. } | TradeReply::Replay(_))) => {
-                                acknowledged.clone().map(|()| written)
-                            }
+                            Ok(
+                                answer @ (TradeReply::Staged { .. }
+                                | TradeReply::Replay(_)
+                                | TradeReply::New),
+                            ) => acknowledged.clone().map(|()| answer),
                             other => other,
                         };
                         (i, outcome)
