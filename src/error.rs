@@ -269,6 +269,33 @@ impl Error {
         self.retry() == Retry::SameRequest
     }
 
+    /// A definite refusal read from a write call (nothing applied, and not worth sending
+    /// again), given whether the call's replicas acknowledged it. Unacknowledged, the master
+    /// may have judged the request by a state its replicas do not hold (a master woken after
+    /// its failover, whose window misses a key the shard applied), so the refusal is not
+    /// final: UNAVAILABLE, which says this call applied nothing and lets a retry (or an
+    /// earlier attempt's UNKNOWN) decide. Any other error, or an acknowledged call, stays.
+    pub fn unless_unacknowledged(self, acknowledged: &Result<(), Error>) -> Error {
+        match acknowledged {
+            Err(unacknowledged) if !self.is_retryable() && !self.may_have_applied() => {
+                let shard = match unacknowledged {
+                    Error::Unavailable { shard, .. }
+                    | Error::Timeout { shard }
+                    | Error::Unknown { shard, .. } => shard.clone(),
+                    _ => None,
+                };
+                Error::Unavailable {
+                    shard,
+                    reason: format!(
+                        "the shard answered \"{self}\", but not as a master its replicas \
+                         follow: {unacknowledged}"
+                    ),
+                }
+            }
+            _ => self,
+        }
+    }
+
     /// The outcome of a retried request, from what the latest attempt answered and what the
     /// earlier ones did. Once an attempt was sent without an answer (UNKNOWN), a later
     /// attempt that was not sent or did not run (UNAVAILABLE, TIMEOUT, still archived), or

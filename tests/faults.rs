@@ -555,3 +555,77 @@ async fn a_write_whose_answer_was_lost_stays_unknown_when_retries_cannot_connect
     assert!(settled.replayed);
     assert_eq!(counter().await, Value::Counter(2));
 }
+
+/// A write's refusal is final only once its call is acknowledged, as its success is: a
+/// master cut off from its replicas (stood in for by a paused replica, with the master
+/// ahead of it) may judge a retry by a window that misses the key's first apply, and the
+/// client would take a write that applied for one refused. So while the replica lags, the
+/// refusal is UNAVAILABLE (this call applied nothing), and once it is back, the refusal
+/// again. (Refusals used to be final unacknowledged: CONFLICT here while the replica lagged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_refusal_is_final_only_once_its_replicas_acknowledge_it() {
+    let master = colony_testkit::RedisServer::start().expect("starts");
+    let port = master.port().to_string();
+    let replica = colony_testkit::RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])
+        .expect("starts");
+    assert!(
+        wait_until(Duration::from_secs(10), || master.replicas_online() == 1).await,
+        "the replica did not connect"
+    );
+    let mut config = colony_testkit::config_for(&[&master]);
+    config.redis.acknowledge = Acknowledge::Replicated;
+    config.redis.replication_timeout_ms = 300;
+    config.redis.retry_deadline_ms = 500;
+    let store = Store::new(&config).expect("store");
+    let player = pid("refused-unconfirmed");
+    let increment = Operation::IncrementCounter {
+        name: name("n"),
+        delta: 1,
+        min: None,
+        max: None,
+        visibility: Visibility::Private,
+    };
+    store
+        .execute(Transaction::owner(player.clone(), key(1)).with(increment.clone()))
+        .await
+        .expect("created at version 1");
+    let stale = Transaction::owner(player.clone(), key(2))
+        .with(Operation::CheckVersion { expected: 7 })
+        .with(increment);
+    let definite = |answer: &Result<colony::Committed, Error>| {
+        answer
+            .as_ref()
+            .is_err_and(|e| !e.is_retryable() && !e.may_have_applied())
+    };
+    let refused = store.execute(stale.clone()).await;
+    assert!(
+        matches!(&refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
+
+    replica.pause().expect("pauses");
+    // Another connection's write the replica lacks: the master is ahead of its replica.
+    let mut raw = common::raw(&master).await;
+    let _: () = redis::cmd("SET")
+        .arg("elsewhere")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    let unconfirmed = store.execute(stale.clone()).await;
+    assert!(
+        matches!(&unconfirmed, Err(e) if e.code() == colony::Code::Unavailable),
+        "a refusal the replica never acknowledged was final: {unconfirmed:?}"
+    );
+
+    replica.resume().expect("resumes");
+    let again = wait_for(Duration::from_secs(10), || async {
+        let answer = store.execute(stale.clone()).await;
+        definite(&answer).then_some(answer)
+    })
+    .await;
+    assert!(
+        matches!(&again, Some(Err(Error::Conflict { .. }))),
+        "{again:?}"
+    );
+}

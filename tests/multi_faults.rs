@@ -922,34 +922,48 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
     assert_eq!(coins(&sweeper, &friend).await, START);
 }
 
-/// The primary's judge of the key lets another participant's refusal be the final answer
-/// (the key was not applied before), so its "new" is acknowledged like a write, struck
-/// before replication caught up: with the primary's replicas stopped, a trade the taker
-/// refuses gets no definite refusal (a master woken after its failover could judge a key it
-/// never saw as new, and the client would take a trade that applied for one that did not).
-/// Once the replicas are back, the same trade is refused definitely again. (Where the judge
-/// answered nil, unacknowledged, the stalled primary's answer was the definite refusal.)
+/// A trade's refusal is final only once the primary's answer is acknowledged, struck before
+/// replication caught up: the primary's judge of the key (when the taker refuses; its "new"
+/// lets that refusal be final) and the commit script's own refusal (when the primary's
+/// operations fail) each come from the primary's window, and a master woken after its
+/// failover could find new a key the shard applied; the client would take a trade that
+/// applied for one that did not. With the primary's replicas stopped, neither refusal is
+/// definite; once they are back, both are again. (Where the judge answered nil and the
+/// commit's refusal went unchecked, both were definite while the replicas were stopped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_is_final_only_once_the_primarys_judge_is_acknowledged() {
+async fn a_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
     let (mut shards, store, giver, taker) = stall_cluster("judged", LEASE_MS).await;
-    // The taker cannot pay: its prepare refuses, so the primary judges the key.
-    let trade = MultiTransaction::new(IdempotencyKey::new("judged", 1).expect("valid"))
-        .with(Participant::owner(giver.clone()).with(gold(10)))
-        .with(Participant::owner(taker.clone()).with(gold(-(START + 1))));
+    // The taker cannot pay: its prepare refuses, so the primary judges the key. Then the
+    // primary cannot pay: the others prepared, and the commit script refuses.
+    let trades = [
+        MultiTransaction::new(IdempotencyKey::new("judged", 1).expect("valid"))
+            .with(Participant::owner(giver.clone()).with(gold(10)))
+            .with(Participant::owner(taker.clone()).with(gold(-(START + 1)))),
+        MultiTransaction::new(IdempotencyKey::new("judged", 2).expect("valid"))
+            .with(Participant::owner(giver.clone()).with(gold(-(START + 1))))
+            .with(Participant::owner(taker.clone()).with(gold(10))),
+    ];
     let definite = |answer: &Result<colony::MultiCommitted, colony::Error>| {
         answer
             .as_ref()
             .is_err_and(|e| !e.is_retryable() && !e.may_have_applied())
     };
-    let refused = store.execute_multi(trade.clone()).await;
-    assert!(definite(&refused), "{refused:?}");
+    let mut refused = Vec::new();
+    for trade in &trades {
+        let answer = store.execute_multi(trade.clone()).await;
+        assert!(definite(&answer), "{answer:?}");
+        refused.push(answer);
+    }
 
     let (master, replicas) = stall_replicas(&mut shards[0]).await;
-    let unjudged = store.execute_multi(trade.clone()).await;
-    assert!(
-        !definite(&unjudged),
-        "a refusal was final on a judge the primary's replicas never acknowledged: {unjudged:?}"
-    );
+    for trade in &trades {
+        let unconfirmed = store.execute_multi(trade.clone()).await;
+        assert!(
+            !definite(&unconfirmed),
+            "a refusal was final on an answer the primary's replicas never acknowledged: \
+             {unconfirmed:?}"
+        );
+    }
 
     for &r in &replicas {
         shards[0].servers[r].resume().expect("resume a replica");
@@ -960,16 +974,18 @@ async fn a_refusal_is_final_only_once_the_primarys_judge_is_acknowledged() {
     })
     .await
     .expect("the replicas catch up");
-    let again = wait_for(Duration::from_secs(10), || async {
-        let answer = store.execute_multi(trade.clone()).await;
-        definite(&answer).then_some(answer)
-    })
-    .await;
-    assert!(
-        again.is_some_and(|answer| answer.as_ref().err().map(|e| e.code())
-            == refused.as_ref().err().map(|e| e.code())),
-        "the refusal did not come back once the replicas did"
-    );
+    for (trade, refused) in trades.iter().zip(&refused) {
+        let again = wait_for(Duration::from_secs(10), || async {
+            let answer = store.execute_multi(trade.clone()).await;
+            definite(&answer).then_some(answer)
+        })
+        .await;
+        assert!(
+            again.is_some_and(|answer| answer.as_ref().err().map(|e| e.code())
+                == refused.as_ref().err().map(|e| e.code())),
+            "the refusal did not come back once the replicas did"
+        );
+    }
     assert_eq!(coins(&store, &giver).await, START);
     assert_eq!(coins(&store, &taker).await, START);
 }

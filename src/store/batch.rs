@@ -362,7 +362,14 @@ impl Store {
             .zip(answer.replies)
             .map(|(&(p, _), reply)| {
                 let txn = &txns[p];
-                let outcome = script::decode(txn, &reply?)?;
+                // A write's refusal is final only once acknowledged, as its success is.
+                let outcome = script::decode(txn, &reply?).map_err(|e| {
+                    if txn.is_write() {
+                        e.unless_unacknowledged(&acknowledged)
+                    } else {
+                        e
+                    }
+                })?;
                 match outcome {
                     Outcome::Done(committed) if txn.is_write() => {
                         acknowledged.clone().map(|()| Outcome::Done(committed))

@@ -100,6 +100,10 @@ impl Store {
                 ),
             }
             earlier.push(attempt.id.clone());
+            // Polled for only when the attempt's answer is the archived player: another
+            // refusal (a participant locked, a shard down) backs off as usual.
+            let restoring = matches!(&result, Err(Error::InParticipant { error, .. })
+                if matches!(**error, Error::Archived { .. }));
             let result = Error::after_attempts(result, last.as_ref());
             let retry = matches!(&result, Err(e) if e.is_retryable());
             let archived = std::mem::take(&mut attempt.archived);
@@ -118,10 +122,10 @@ impl Store {
             self.count_multi_retry(&call);
             // A restore takes the archiver a few milliseconds: polled for, not backed off
             // from as from a failing shard.
-            let pause = if archived.is_empty() {
-                RETRY_BACKOFF.delay_within(attempt_number, deadline - now)
-            } else {
+            let pause = if restoring {
                 TRADE_RESTORE_POLL.min(deadline - now)
+            } else {
+                RETRY_BACKOFF.delay_within(attempt_number, deadline - now)
             };
             tokio::time::sleep(pause).await;
             attempt_number += 1;
@@ -367,6 +371,9 @@ impl<'s> MultiAttempt<'s> {
                                 | TradeReply::Replay(_)
                                 | TradeReply::New),
                             ) => acknowledged.clone().map(|()| answer),
+                            // The primary's refusal of the key (too old, a mismatch, no room
+                            // for its client) is final whatever the others say: likewise.
+                            Err(e) if i == 0 => Err(e.unless_unacknowledged(&acknowledged)),
                             other => other,
                         };
                         (i, outcome)
@@ -685,13 +692,14 @@ impl<'s> MultiAttempt<'s> {
                     }
                 }
                 Ok(other) => return Err(Error::Internal(format!("the commit answered {other:?}"))),
-                // A refusal of the primary's operations or key: nothing written. An archived
-                // primary (archived while the others prepared) is restored for the retry.
+                // A refusal of the primary's operations or key: nothing written, and final
+                // once acknowledged. An archived primary (archived while the others
+                // prepared) is restored for the retry.
                 Err(e) => {
                     if matches!(e, Error::Archived { .. }) {
                         self.archived.push(0);
                     }
-                    e
+                    e.unless_unacknowledged(&answer.acknowledgement())
                 }
             };
             self.primary_refusal = Some(in_participant(0, refusal));
