@@ -366,11 +366,22 @@ impl<'s> MultiAttempt<'s> {
                         // judge's "new", which lets another participant's refusal be final
                         // (one from a master woken after its failover could be wrong).
                         let outcome = match outcome {
-                            Ok(
-                                answer @ (TradeReply::Staged { .. }
-                                | TradeReply::Replay(_)
-                                | TradeReply::New),
-                            ) => acknowledged.clone().map(|()| answer),
+                            Ok(answer @ (TradeReply::Staged { .. } | TradeReply::Replay(_))) => {
+                                acknowledged.clone().map(|()| answer)
+                            }
+                            // The judge wrote nothing of the trade: unacknowledged, the key
+                            // is merely not judged (UNAVAILABLE; an earlier attempt's UNKNOWN
+                            // still stands), not an outcome unknown.
+                            Ok(TradeReply::New) => match &acknowledged {
+                                Ok(()) => Ok(TradeReply::New),
+                                Err(e) => Err(Error::Unavailable {
+                                    shard: store.shard_name(shard).to_string().into(),
+                                    reason: format!(
+                                        "the primary found the key new, but not as a master \
+                                         its replicas follow: {e}"
+                                    ),
+                                }),
+                            },
                             // The primary's refusal of the key (too old, a mismatch, no room
                             // for its client) is final whatever the others say: likewise.
                             Err(e) if i == 0 => Err(e.unless_unacknowledged(&acknowledged)),
