@@ -25,13 +25,11 @@ use crate::slot::Slot;
 use super::breaker::BreakerState;
 use super::intents::{Decision, Resolution};
 use super::road::{Command, Effect, LuaScript};
-use super::{Store, RETRY_BACKOFF};
+use super::{Store, RESTORE_REQUEST_AGAIN, RETRY_BACKOFF};
 
 /// How often a transaction waiting for a restore is tried again.
 const RESTORE_POLL: Duration = Duration::from_millis(2);
 
-/// How long a restore request is given before it is sent again.
-pub(super) const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);
 
 /// Queues restore requests in one restore queue: no duplicates, at most
 /// `redis.max_restore_requests` in each queue.

@@ -354,3 +354,7 @@ const RETRY_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(10),
     max: Duration::from_millis(500),
 };
+
+/// How long a restore request is given before a caller still waiting for the player sends
+/// it again (in case the archiver lost it): single writes and trades alike.
+const RESTORE_REQUEST_AGAIN: Duration = Duration::from_millis(250);

@@ -24,10 +24,9 @@ use crate::script::{self, IntentRef, TradeReply};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
-use super::batch::RESTORE_REQUEST_AGAIN;
 use super::intents::{Decision, Finished, Resolution, COMMIT_CLOCK_SLACK_MS};
 use super::road::{Command, Effect};
-use super::{Store, RETRY_BACKOFF};
+use super::{Store, RESTORE_REQUEST_AGAIN, RETRY_BACKOFF};
 
 /// How often a trade waiting for an archived participant's restore is tried again. Less
 /// briskly than a single write polls: each attempt stages the others' intents and rolls
