@@ -172,7 +172,13 @@ impl Store {
             // often a trade's participant applied after the trade was answered): the player
             // is free, so the retry goes at once rather than after a backoff.
             let mut all_freed = true;
+            // Found archived this round: taken from the answers themselves, since an earlier
+            // attempt's UNKNOWN stands in `results` over a later ARCHIVED.
+            let mut archived = Vec::new();
             for (position, outcome, freed) in answered {
+                if matches!(&outcome, Err(Error::Archived { .. })) {
+                    archived.push(position);
+                }
                 if matches!(&outcome, Err(e) if e.is_retryable()) && !freed {
                     all_freed = false;
                 }
@@ -188,7 +194,7 @@ impl Store {
             }
             if restore_requested.is_none_or(|at| at.elapsed() >= RESTORE_REQUEST_AGAIN)
                 && self
-                    .request_restores(&map, &txns, &routed, &again, &results)
+                    .request_restores(&map, &txns, &routed, &archived)
                     .await
             {
                 restore_requested = Some(Instant::now());
@@ -204,9 +210,7 @@ impl Store {
             }
             // A restore takes the archiver about a millisecond: poll for it briskly rather
             // than backing off as from a failing shard.
-            let only_restores = again
-                .iter()
-                .all(|&p| matches!(results[p], Some(Err(Error::Archived { .. }))));
+            let only_restores = again.iter().all(|p| archived.contains(p));
             let pause = if only_restores {
                 RESTORE_POLL
             } else {
@@ -233,19 +237,18 @@ impl Store {
             .collect()
     }
 
-    /// Asks the archiver to restore the archived players among `positions`: everything for
-    /// owner access, the public part otherwise. Returns whether there were any.
+    /// Asks the archiver to restore the players at `archived` (found archived): everything
+    /// for owner access, the public part otherwise. Returns whether there were any.
     async fn request_restores(
         &self,
         map: &ShardMap,
         txns: &[Transaction],
         routed: &[Option<Routed>],
-        positions: &[usize],
-        results: &[Option<Result<Committed, Error>>],
+        archived: &[usize],
     ) -> bool {
         let mut requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>> = BTreeMap::new();
-        for &p in positions {
-            if let (Some(Err(Error::Archived { .. })), Some(routed)) = (&results[p], &routed[p]) {
+        for &p in archived {
+            if let Some(routed) = &routed[p] {
                 let txn = &txns[p];
                 requests
                     .entry(keys::RestoreQueue::for_slot(routed.slot))
