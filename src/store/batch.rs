@@ -30,7 +30,6 @@ use super::{Store, RESTORE_REQUEST_AGAIN, RETRY_BACKOFF};
 /// How often a transaction waiting for a restore is tried again.
 const RESTORE_POLL: Duration = Duration::from_millis(2);
 
-
 /// Queues restore requests in one restore queue: no duplicates, at most
 /// `redis.max_restore_requests` in each queue.
 static RESTORE_REQUEST: std::sync::LazyLock<LuaScript> =
@@ -193,9 +192,7 @@ impl Store {
                     Some(Error::after_attempts(outcome, results[position].as_ref()));
             }
             if restore_requested.is_none_or(|at| at.elapsed() >= RESTORE_REQUEST_AGAIN)
-                && self
-                    .request_restores(&map, &txns, &routed, &archived)
-                    .await
+                && self.request_restores(&map, &txns, &routed, &archived).await
             {
                 restore_requested = Some(Instant::now());
             }
