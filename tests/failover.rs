@@ -272,3 +272,110 @@ async fn the_rollback_alarm_fires_when_a_failover_loses_acknowledged_writes_and_
     assert!(safe.after_failover >= safe.acknowledged, "{safe:?}");
     assert_eq!(safe.alarms, 0, "{safe:?}");
 }
+
+/// A shard's links that heard nothing from their master for the Sentinels' `down-after` ask
+/// the Sentinels again before they are used (a master frozen that long may have been
+/// replaced, and wake still answering as a master). Tested without a failover, whose
+/// `+switch-master` announcement would make the links stale anyway: the Sentinels are
+/// pointed at another master by hand (`SENTINEL REMOVE` and `MONITOR` announce no switch),
+/// while the old one still answers as a master. The wait is the rule under test: the links
+/// must stay idle for `down-after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_idle_past_down_after_find_the_master_the_sentinels_name_now() {
+    let shard = SentinelShard::start("idle", Profile::Plain, 1).expect("the shard starts");
+    // One link, so that no link opened later asks the Sentinels on its own.
+    let mut config = shard.config();
+    config.redis.connections_per_shard = 1;
+    let store = Store::new(&config).expect("store");
+    let write = |request: u64| {
+        Transaction::owner(pid(&format!("idle-{request}")), key(request)).with(
+            Operation::IncrementCounter {
+                name: name("n"),
+                delta: 1,
+                min: None,
+                max: None,
+                visibility: Visibility::Private,
+            },
+        )
+    };
+    store.execute(write(1)).await.expect("written");
+    let (old, new) = (&shard.servers[0], &shard.servers[1]);
+    let holds = |server: &colony_testkit::RedisServer, request: u64| {
+        let url = server.url();
+        async move {
+            let mut conn = redis::Client::open(url)
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connects");
+            let version: Option<u64> = redis::cmd("HGET")
+                .arg(format!("{{idle-{request}}}:meta"))
+                .arg("v")
+                .query_async(&mut conn)
+                .await
+                .expect("HGET");
+            version.is_some()
+        }
+    };
+    assert!(holds(old, 1).await);
+
+    // The replica becomes a master of its own, and the Sentinels name it, unannounced.
+    let mut conn = redis::Client::open(new.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut conn)
+        .await
+        .expect("REPLICAOF NO ONE");
+    for sentinel in &shard.sentinels {
+        let mut conn = redis::Client::open(format!("redis://{}", sentinel.address()))
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        let _: () = redis::cmd("SENTINEL")
+            .arg("REMOVE")
+            .arg("idle")
+            .query_async(&mut conn)
+            .await
+            .expect("SENTINEL REMOVE");
+        let _: () = redis::cmd("SENTINEL")
+            .arg("MONITOR")
+            .arg("idle")
+            .arg("127.0.0.1")
+            .arg(new.port())
+            .arg(2)
+            .query_async(&mut conn)
+            .await
+            .expect("SENTINEL MONITOR");
+        let _: () = redis::cmd("SENTINEL")
+            .arg("SET")
+            .arg("idle")
+            .arg("down-after-milliseconds")
+            .arg(2000)
+            .query_async(&mut conn)
+            .await
+            .expect("SENTINEL SET");
+    }
+    assert_eq!(
+        shard.master_index(),
+        Some(1),
+        "the Sentinels name the new master"
+    );
+
+    // Used within down-after, the links still lead to the old master (nothing told them).
+    store.execute(write(2)).await.expect("written");
+    let (on_old, on_new) = (holds(old, 2).await, holds(new, 2).await);
+    assert!(on_old && !on_new, "old {on_old}, new {on_new}");
+    // Idle past down-after (the Sentinels' 2 s), they ask the Sentinels first.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    store.execute(write(3)).await.expect("written");
+    assert!(
+        holds(new, 3).await && !holds(old, 3).await,
+        "an idle link went on to the master it had, not the one the Sentinels name"
+    );
+}
