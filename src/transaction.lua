@@ -194,6 +194,18 @@ end
 -- OK_INTENT does), so the caller can tell whether a commit waits to be applied first: the
 -- refusal was judged against the last applied state.
 local function refusal(status, index)
+  -- A request with a key is judged by the player's state and its window: they are written
+  -- again as they are (the version, else the last trade's mark), so that the WAIT after this
+  -- call covers what the refusal was judged by, and it is final only from a master whose
+  -- replicas hold that (since Redis 7.2 a WAIT counts only writes the connection itself
+  -- propagated). Nothing stored changes.
+  if use_idem then
+    if state[1] then
+      redis.call('HSET', meta, 'v', state[1])
+    elseif last_applied then
+      redis.call('HSET', meta, 'y', last_applied)
+    end
+  end
   local reply = { status, version, 0, index }
   if holder and not in_trade then
     local named = intent_header(status)

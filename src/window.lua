@@ -90,12 +90,13 @@ end
 -- Answers a multi-player transaction's key found remembered on its primary (`stored`, the
 -- record of `record_field`): every participant's stored reply, { 'REPLAY', version, 1, 0,
 -- reply... }, or IDEMPOTENCY_MISMATCH for another fingerprint. The record is written again as
--- it is, so a WAIT after the call covers it (it may have gone out on another connection).
+-- it is, either way, so a WAIT after the call covers it (it may have gone out on another
+-- connection): both answers are final.
 local function replay_multi(meta, record_field, stored, fingerprint, version)
+  redis.call('HSET', meta, record_field, stored)
   if string.sub(stored, 1, 40) ~= fingerprint then
     return { 'IDEMPOTENCY_MISMATCH', version, 0, 0 }
   end
-  redis.call('HSET', meta, record_field, stored)
   local reply = { 'REPLAY', version, 1, 0 }
   for _, packed in ipairs(cmsgpack.unpack(string.sub(stored, 41))) do
     reply[#reply + 1] = cmsgpack.unpack(packed)

@@ -331,7 +331,18 @@ async fn links_idle_past_down_after_find_the_master_the_sentinels_name_now() {
         .query_async(&mut conn)
         .await
         .expect("REPLICAOF NO ONE");
+    // The Sentinels' down-after, as the store learnt it when it connected.
+    let down_after_ms: u64 = include_str!("../deploy/redis/sentinel.conf")
+        .lines()
+        .find_map(|l| l.strip_prefix("sentinel down-after-milliseconds {{MASTER_NAME}} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the Sentinels' template sets down-after-milliseconds");
+    // Each step is followed by a write, so that the link never idles for down-after while
+    // the Sentinels are being reconfigured (each step saves their configuration to disk).
+    let mut keepalive = 100;
     for sentinel in &shard.sentinels {
+        keepalive += 1;
+        store.execute(write(keepalive)).await.expect("written");
         let mut conn = redis::Client::open(format!("redis://{}", sentinel.address()))
             .expect("client")
             .get_multiplexed_async_connection()
@@ -356,7 +367,7 @@ async fn links_idle_past_down_after_find_the_master_the_sentinels_name_now() {
             .arg("SET")
             .arg("idle")
             .arg("down-after-milliseconds")
-            .arg(2000)
+            .arg(down_after_ms)
             .query_async(&mut conn)
             .await
             .expect("SENTINEL SET");
@@ -371,8 +382,8 @@ async fn links_idle_past_down_after_find_the_master_the_sentinels_name_now() {
     store.execute(write(2)).await.expect("written");
     let (on_old, on_new) = (holds(old, 2).await, holds(new, 2).await);
     assert!(on_old && !on_new, "old {on_old}, new {on_new}");
-    // Idle past down-after (the Sentinels' 2 s), they ask the Sentinels first.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Idle past down-after, they ask the Sentinels first.
+    tokio::time::sleep(Duration::from_millis(down_after_ms + 500)).await;
     store.execute(write(3)).await.expect("written");
     assert!(
         holds(new, 3).await && !holds(old, 3).await,

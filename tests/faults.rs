@@ -562,6 +562,8 @@ async fn a_write_whose_answer_was_lost_stays_unknown_when_retries_cannot_connect
 /// client would take a write that applied for one refused. So while the replica lags, the
 /// refusal is UNAVAILABLE (this call applied nothing), and once it is back, the refusal
 /// again. (Refusals used to be final unacknowledged: CONFLICT here while the replica lagged.)
+/// The refusal writes the version again as it is, so that the `WAIT` covers what it judged
+/// by on every Redis: checked first, by what the replica receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writes_refusal_is_final_only_once_its_replicas_acknowledge_it() {
     let master = colony_testkit::RedisServer::start().expect("starts");
@@ -597,15 +599,46 @@ async fn a_writes_refusal_is_final_only_once_its_replicas_acknowledge_it() {
             .as_ref()
             .is_err_and(|e| !e.is_retryable() && !e.may_have_applied())
     };
+    // The refusal writes what it judged by again, unchanged: the replica receives a write
+    // (so a WAIT after it covers that state, also on servers that count only a connection's
+    // own propagated writes, 7.2 and later), and nothing stored changes. Counted on the
+    // replica: the master's offset also moves for WAIT's own acknowledgement requests.
+    let mut raw = common::raw(&master).await;
+    let replica_raw = common::raw(&replica).await;
+    let hsets_replicated = || {
+        let mut conn = replica_raw.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            info.lines()
+                .find_map(|l| l.strip_prefix("cmdstat_hset:calls="))
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let before = (hsets_replicated().await, common::digest(&master).await);
     let refused = store.execute(stale.clone()).await;
     assert!(
         matches!(&refused, Err(Error::Conflict { .. })),
         "{refused:?}"
     );
+    let propagated = wait_for(Duration::from_secs(5), || async {
+        (hsets_replicated().await > before.0).then_some(())
+    })
+    .await;
+    assert!(propagated.is_some(), "the refusal sent the replica nothing");
+    assert_eq!(
+        common::digest(&master).await,
+        before.1,
+        "the refusal changed what is stored"
+    );
 
     replica.pause().expect("pauses");
     // Another connection's write the replica lacks: the master is ahead of its replica.
-    let mut raw = common::raw(&master).await;
     let _: () = redis::cmd("SET")
         .arg("elsewhere")
         .arg("1")

@@ -12,7 +12,7 @@
 -- its version (else its last trade's mark) written again as it is, so that a WAIT after this
 -- call covers the window it was judged by: the answer lets another participant's refusal be
 -- final, so it must come from a master whose state its replicas hold (a master woken after
--- its failover cannot acknowledge it); a key remembered: { 'REPLAY', version, 1, 0, then the stored reply of
+-- its failover cannot acknowledge it; the refusals below write the same); a key remembered: { 'REPLAY', version, 1, 0, then the stored reply of
 -- every participant }, its record written again as it is (so a WAIT after this call covers
 -- it), or IDEMPOTENCY_MISMATCH; a key at or below the client's floor: REQUEST_TOO_OLD; a
 -- client new to a primary that keeps windows for ARGV[6] clients already: TOO_LARGE_CLIENTS
@@ -40,17 +40,25 @@ if state[2] and state[2] ~= attempt then
 end
 local verdict, stored = judge_request(meta, KEYS[3], tonumber(ARGV[5]), tonumber(ARGV[6]),
   request, state[4], state[5], version == 0 and not state[6])
+-- Every answer but a replay or a mismatch (whose record replay_multi writes again) is judged
+-- by the window and decides the trade's answer: the version (else the last trade's mark) is
+-- written again as it is, so that the WAIT after this call covers what it was judged by. A
+-- player with neither was never written and has no window.
+local function judged_by_what_replicas_hold()
+  if state[1] then
+    redis.call('HSET', meta, 'v', state[1])
+  elseif state[6] then
+    redis.call('HSET', meta, 'y', state[6])
+  end
+end
 if verdict == 'CLIENTS_FULL' then
+  judged_by_what_replicas_hold()
   return { 'TOO_LARGE_CLIENTS', version, 0, 0 }
 elseif verdict == 'REQUEST_TOO_OLD' then
+  judged_by_what_replicas_hold()
   return { 'REQUEST_TOO_OLD', version, 0, 0 }
 elseif verdict == 'REPLAY' then
   return replay_multi(meta, record_field, stored, ARGV[4], version)
 end
--- A player with neither was never written: a WAIT still covers what the master had.
-if state[1] then
-  redis.call('HSET', meta, 'v', state[1])
-elseif state[6] then
-  redis.call('HSET', meta, 'y', state[6])
-end
+judged_by_what_replicas_hold()
 return 'NEW'

@@ -372,6 +372,13 @@ impl Store {
                     Outcome::Done(committed) if txn.is_write() => {
                         acknowledged.clone().map(|()| Outcome::Done(committed))
                     }
+                    // A refusal on a player holding an intent: final on the same condition.
+                    Outcome::AnsweredWithIntent(Err(e), intent) if txn.is_write() => {
+                        Ok(Outcome::AnsweredWithIntent(
+                            Err(e.unless_unacknowledged(&acknowledged)),
+                            intent,
+                        ))
+                    }
                     other => Ok(other),
                 }
             })
