@@ -12,9 +12,10 @@
 -- its version (else its last trade's mark) written again as it is, so that a WAIT after this
 -- call covers the window it was judged by: the answer lets another participant's refusal be
 -- final, so it must come from a master whose state its replicas hold (a master woken after
--- its failover cannot acknowledge it; the refusals below write the same); a key remembered: { 'REPLAY', version, 1, 0, then the stored reply of
--- every participant }, its record written again as it is (so a WAIT after this call covers
--- it), or IDEMPOTENCY_MISMATCH; a key at or below the client's floor: REQUEST_TOO_OLD; a
+-- its failover cannot acknowledge it; the refusals below write the same); a key remembered:
+-- { 'REPLAY', version, 1, 0, then the stored reply of every participant }, or
+-- IDEMPOTENCY_MISMATCH, its record written again as it is either way (so a WAIT after this
+-- call covers it); a key at or below the client's floor: REQUEST_TOO_OLD; a
 -- client new to a primary that keeps windows for ARGV[6] clients already: TOO_LARGE_CLIENTS
 -- (judged as the transaction script judges them, stale clients forgotten first); the
 -- primary holding another attempt's intent: { 'LOCKED', version, 0, 0, attempt, primary,
