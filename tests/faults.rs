@@ -576,8 +576,10 @@ async fn a_writes_refusal_is_final_only_once_its_replicas_acknowledge_it() {
     );
     let mut config = colony_testkit::config_for(&[&master]);
     config.redis.acknowledge = Acknowledge::Replicated;
-    config.redis.replication_timeout_ms = 300;
-    config.redis.retry_deadline_ms = 500;
+    // Generous: the healthy replica must acknowledge in time on a loaded machine; while it
+    // is paused, each call waits this long before its refusal is not final.
+    config.redis.replication_timeout_ms = 1000;
+    config.redis.retry_deadline_ms = 1500;
     let store = Store::new(&config).expect("store");
     let player = pid("refused-unconfirmed");
     let increment = Operation::IncrementCounter {
@@ -587,10 +589,16 @@ async fn a_writes_refusal_is_final_only_once_its_replicas_acknowledge_it() {
         max: None,
         visibility: Visibility::Private,
     };
-    store
-        .execute(Transaction::owner(player.clone(), key(1)).with(increment.clone()))
-        .await
-        .expect("created at version 1");
+    // Sent again with its key until acknowledged (a retry replays it): a slow replica must
+    // not fail the setting up.
+    let created = wait_for(Duration::from_secs(20), || async {
+        store
+            .execute(Transaction::owner(player.clone(), key(1)).with(increment.clone()))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(created.is_some(), "the player was not created");
     let stale = Transaction::owner(player.clone(), key(2))
         .with(Operation::CheckVersion { expected: 7 })
         .with(increment);
@@ -621,9 +629,15 @@ async fn a_writes_refusal_is_final_only_once_its_replicas_acknowledge_it() {
         }
     };
     let before = (hsets_replicated().await, common::digest(&master).await);
-    let refused = store.execute(stale.clone()).await;
+    // With the replica healthy the refusal is final (sent again while a slow replica leaves
+    // it unacknowledged).
+    let refused = wait_for(Duration::from_secs(20), || async {
+        let answer = store.execute(stale.clone()).await;
+        definite(&answer).then_some(answer)
+    })
+    .await;
     assert!(
-        matches!(&refused, Err(Error::Conflict { .. })),
+        matches!(&refused, Some(Err(Error::Conflict { .. }))),
         "{refused:?}"
     );
     let propagated = wait_for(Duration::from_secs(5), || async {
