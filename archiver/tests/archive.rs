@@ -39,6 +39,17 @@ fn name(s: &str) -> Name {
     Name::new(s).expect("valid name")
 }
 
+/// A bounded change of the private counter `gold`.
+fn gold(delta: i64) -> Operation {
+    Operation::IncrementCounter {
+        name: name("gold"),
+        delta,
+        min: Some(0),
+        max: None,
+        visibility: Visibility::Private,
+    }
+}
+
 async fn create(store: &Store, player: &str, request: u64) {
     let txn = Transaction::owner(pid(player), IdempotencyKey::new("t", request).ok())
         .with(Operation::SetField {
@@ -334,13 +345,6 @@ async fn a_trade_with_archived_participants_has_them_restored_and_commits() {
         .await
         .expect("pass");
     assert_eq!(report.archived, 2, "{report:?}");
-    let gold = |delta: i64| Operation::IncrementCounter {
-        name: name("gold"),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    };
     let gift = MultiTransaction::new(IdempotencyKey::new("gift", 1).expect("valid"))
         .with(Participant::owner(pid("hal")).with(gold(-20)))
         // A friend's trade: public access, a public entry written.
@@ -1273,13 +1277,6 @@ async fn a_player_holding_an_intent_is_never_archived_and_the_sweep_finishes_the
     let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
     create(&store, "giver", 1).await;
     create(&store, "taker", 2).await;
-    let gold = |delta: i64| Operation::IncrementCounter {
-        name: name("gold"),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    };
     let gift = MultiTransaction::new(IdempotencyKey::new("gift", 1).expect("valid"))
         .with(Participant::owner(pid("giver")).with(gold(-20)))
         .with(Participant::owner(pid("taker")).with(gold(20)));

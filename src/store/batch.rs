@@ -243,35 +243,37 @@ impl Store {
         routed: &[Option<Routed>],
         archived: &[usize],
     ) -> bool {
-        let mut requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>> = BTreeMap::new();
-        for &p in archived {
-            if let Some(routed) = &routed[p] {
-                let txn = &txns[p];
-                requests
-                    .entry(keys::RestoreQueue::for_slot(routed.slot))
-                    .or_default()
-                    .insert(keys::restore_request(
-                        &txn.player,
-                        txn.access == Access::Owner,
-                    ));
-            }
-        }
-        if requests.is_empty() {
-            return false;
-        }
-        self.push_restore_requests(map, requests).await;
-        true
+        let requests = archived.iter().filter_map(|&p| {
+            let txn = &txns[p];
+            routed[p].as_ref().map(|routed| {
+                let request = keys::restore_request(&txn.player, txn.access == Access::Owner);
+                (routed.slot, request)
+            })
+        });
+        self.push_restore_requests(map, requests).await
     }
 
-    /// Queues `requests` (by restore queue) for the archiver, each queue on the shard that
-    /// owns its slot by `map`. Failures are logged, not returned: the caller asks again
-    /// ([`RESTORE_REQUEST_AGAIN`]) while it waits for the restore.
+    /// Queues restore `requests` (each a player's slot and its request) for the archiver,
+    /// those of one restore queue in one call, on the shard that owns the queue's slot by
+    /// `map`. Failures are logged, not returned: the caller asks again
+    /// ([`RESTORE_REQUEST_AGAIN`]) while it waits for the restore. Returns whether there were
+    /// any.
     pub(super) async fn push_restore_requests(
         &self,
         map: &ShardMap,
-        requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>>,
-    ) {
-        let pushes = requests.into_iter().map(|(queue, requests)| async move {
+        requests: impl IntoIterator<Item = (Slot, String)>,
+    ) -> bool {
+        let mut queued: BTreeMap<keys::RestoreQueue, BTreeSet<String>> = BTreeMap::new();
+        for (slot, request) in requests {
+            queued
+                .entry(keys::RestoreQueue::for_slot(slot))
+                .or_default()
+                .insert(request);
+        }
+        if queued.is_empty() {
+            return false;
+        }
+        let pushes = queued.into_iter().map(|(queue, requests)| async move {
             // The queue lives on whichever shard owns its slot now, not the player's.
             let shard = map.shard_for_slot(queue.slot());
             let name = self.shard_name(shard);
@@ -298,6 +300,7 @@ impl Store {
             }
         });
         join_all(pushes).await;
+        true
     }
 
     fn breaker_open(&self, shard: ShardIndex) -> bool {

@@ -9,7 +9,7 @@
 //! finish the work. [`Store::execute_multi`] runs attempts to the end, retrying within the
 //! store's retry deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -134,17 +134,11 @@ impl Store {
     /// Asks the archiver to restore the participants of `call` at `positions`, wholly: a
     /// trade's scripts refuse a player whose public part alone is back.
     async fn request_trade_restores(&self, call: &MultiCall, positions: &[usize]) {
-        let mut requests: BTreeMap<keys::RestoreQueue, BTreeSet<String>> = BTreeMap::new();
-        for &i in positions {
-            if let (Some(&slot), Some(participant)) =
-                (call.slots.get(i), call.txn.participants.get(i))
-            {
-                requests
-                    .entry(keys::RestoreQueue::for_slot(slot))
-                    .or_default()
-                    .insert(keys::restore_request(&participant.player, true));
-            }
-        }
+        let requests = positions.iter().filter_map(|&i| {
+            let participant = call.txn.participants.get(i)?;
+            let request = keys::restore_request(&participant.player, true);
+            Some((*call.slots.get(i)?, request))
+        });
         self.push_restore_requests(&self.shard_map(), requests)
             .await;
     }
