@@ -19,8 +19,12 @@
 //! Then every caller trading among the same four players for `--contended` seconds: the
 //! decision records left behind and the servers' memory growth.
 //!
-//! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N --contended N]`
-//! (defaults 3, 4, 5).
+//! Then the two ratios the targets are about again, from `--pairs` pairs of a single-player
+//! phase and a 2-participant phase run alternately, with 32 callers and with one: each pair's
+//! ratios, and their median, the figure to compare between runs.
+//!
+//! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N --contended N
+//! --pairs N]` (defaults 3, 4, 5, 3).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -65,25 +69,42 @@ fn players(store: &Store, shards: usize, per_shard: usize) -> Vec<Vec<PlayerId>>
     unreachable!()
 }
 
+/// One phase's figures: calls answered per second, their latencies, and the Redis CPU of
+/// `servers` per call answered (µs).
+struct Phase {
+    rate: f64,
+    latency: Histogram<u64>,
+    cpu_us: f64,
+}
+
+impl Phase {
+    fn p50(&self) -> u64 {
+        self.latency.value_at_quantile(0.5)
+    }
+}
+
 /// Single-player transactions, then two-player trades (each participant's counter moving by
 /// one), from `callers` callers for `duration` each, players picked as the main phases pick
-/// them, keys of clients named after `tag`: each one's rate and latencies. A trade's rate
-/// counts the time its detached last applies take after the callers stop.
+/// them, keys of clients named after `tag`: each one's figures, the Redis CPU of `servers`.
+/// A trade's rate counts the time its detached last applies take after the callers stop.
 async fn single_then_trade(
     store: &Arc<Store>,
+    servers: &[RedisServer],
     all: &Arc<Vec<Vec<PlayerId>>>,
     per_caller: usize,
     callers: u64,
     duration: Duration,
-    tag: &'static str,
-) -> ((f64, Histogram<u64>), (f64, Histogram<u64>)) {
+    tag: &str,
+) -> (Phase, Phase) {
+    let tag: Arc<str> = tag.into();
     let pick = move |all: &Vec<Vec<PlayerId>>, task: u64, shard: usize, n: u64| {
         let base = task as usize * per_caller;
         all[shard % all.len()][base + (n as usize % per_caller)].clone()
     };
-    let (s, a) = (store.clone(), all.clone());
-    let single = common::measure(callers, duration, move |task, i| {
-        let (s, a) = (s.clone(), a.clone());
+    let cpu_before = common::redis_cpu_seconds(servers);
+    let (s, a, t) = (store.clone(), all.clone(), tag.clone());
+    let (rate, latency) = common::measure(callers, duration, move |task, i| {
+        let (s, a, tag) = (s.clone(), a.clone(), t.clone());
         async move {
             let txn = Transaction::owner(
                 pick(&a, task, i as usize, i),
@@ -94,13 +115,19 @@ async fn single_then_trade(
         }
     })
     .await;
-    let (s, a) = (store.clone(), all.clone());
+    let single = Phase {
+        cpu_us: per_call_us(servers, cpu_before, rate, duration),
+        rate,
+        latency,
+    };
+    let cpu_before = common::redis_cpu_seconds(servers);
+    let (s, a, t) = (store.clone(), all.clone(), tag.clone());
     let settled = store.clone();
-    let trade = common::measure_settled(
+    let (rate, latency) = common::measure_settled(
         callers,
         duration,
         move |task, i| {
-            let (s, a) = (s.clone(), a.clone());
+            let (s, a, tag) = (s.clone(), a.clone(), t.clone());
             async move {
                 let start = i as usize;
                 let txn = MultiTransaction::new(
@@ -114,7 +141,33 @@ async fn single_then_trade(
         async move { settled.wait_detached().await },
     )
     .await;
+    let trade = Phase {
+        cpu_us: per_call_us(servers, cpu_before, rate, duration),
+        rate,
+        latency,
+    };
     (single, trade)
+}
+
+/// The Redis CPU of `servers` since `cpu_before` (seconds), in µs per call answered.
+fn per_call_us(servers: &[RedisServer], cpu_before: f64, rate: f64, duration: Duration) -> f64 {
+    (common::redis_cpu_seconds(servers) - cpu_before) * 1e6 / (rate * duration.as_secs_f64())
+}
+
+/// The median of `values` (the lower middle one of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[(sorted.len() - 1) / 2]
+}
+
+/// `values` as a list for a line of output, each with two decimals.
+fn listed(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[tokio::main]
@@ -122,12 +175,14 @@ async fn main() {
     let mut seconds = 3u64;
     let mut shards = 4usize;
     let mut contended = 5u64;
+    let mut pairs = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap(),
             "--shards" => shards = args.next().and_then(|s| s.parse().ok()).unwrap(),
             "--contended" => contended = args.next().and_then(|s| s.parse().ok()).unwrap(),
+            "--pairs" => pairs = args.next().and_then(|s| s.parse().ok()).unwrap(),
             _ => {}
         }
     }
@@ -235,14 +290,42 @@ async fn main() {
 
     // Unloaded: one caller, so a call's latency is its round trips and its scripts, not the
     // queue 32 callers make on two cores (where latency follows the rate).
-    let ((_, lone_single), (_, lone_trade)) =
-        single_then_trade(&store, &all, per_caller, 1, duration, "lone").await;
+    let (lone_single, lone_trade) =
+        single_then_trade(&store, &servers, &all, per_caller, 1, duration, "lone").await;
     println!(
         "one caller: single-player p50 {} µs, 2-participant trade p50 {} µs ({:.2}x)",
-        lone_single.value_at_quantile(0.5),
-        lone_trade.value_at_quantile(0.5),
-        lone_trade.value_at_quantile(0.5) as f64 / lone_single.value_at_quantile(0.5) as f64
+        lone_single.p50(),
+        lone_trade.p50(),
+        lone_trade.p50() as f64 / lone_single.p50() as f64
     );
+
+    // The two ratios the targets are about, from `--pairs` pairs of phases run alternately
+    // (single, then trades), each ratio within its own pair: on a shared machine the rate
+    // drifts between phases by more than a step of the work changes it, and a ratio of
+    // neighbouring phases with its median over pairs is what stays put between runs.
+    if pairs > 0 {
+        for callers in [CONCURRENCY, 1] {
+            let (mut rates, mut p50s, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+            for pair in 0..pairs {
+                let tag = format!("pair-{callers}-{pair}");
+                let (single, trade) =
+                    single_then_trade(&store, &servers, &all, per_caller, callers, duration, &tag)
+                        .await;
+                rates.push(trade.rate / single.rate);
+                p50s.push(trade.p50() as f64 / single.p50() as f64);
+                cpus.push(trade.cpu_us / single.cpu_us);
+            }
+            println!(
+                "{pairs} alternating pairs, {callers} caller(s): 2-participant trades ÷ single-player: rate {} (median {:.2}, target >= 0.4); p50 {} (median {:.2}, target <= 2); Redis CPU {} (median {:.2})",
+                listed(&rates),
+                median(&rates),
+                listed(&p50s),
+                median(&p50s),
+                listed(&cpus),
+                median(&cpus),
+            );
+        }
+    }
 
     // Contention and the decision records it leaves: every caller trades among the same four
     // players for `--contended` seconds, so attempts meet each other's intents (LOCKED, or a
@@ -412,15 +495,25 @@ async fn main() {
         replicated.redis.acknowledge = colony::config::Acknowledge::Replicated;
         replicated.redis.replicas_to_wait = 1;
         let store = Arc::new(Store::new(&replicated).unwrap());
-        let ((single_rate, single_latency), (trade_rate, trade_latency)) =
-            single_then_trade(&store, &all, per_caller, CONCURRENCY, duration, "r").await;
+        let (single, trade) = single_then_trade(
+            &store,
+            &servers,
+            &all,
+            per_caller,
+            CONCURRENCY,
+            duration,
+            "r",
+        )
+        .await;
         println!(
-            "replicated acknowledgements (1 replica per shard, every WAIT on the link that wrote): single-player {single_rate:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {trade_rate:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",
-            single_latency.value_at_quantile(0.5),
-            single_latency.value_at_quantile(0.99),
-            trade_latency.value_at_quantile(0.5),
-            trade_latency.value_at_quantile(0.99),
-            trade_rate / single_rate
+            "replicated acknowledgements (1 replica per shard, every WAIT on the link that wrote): single-player {:>8.0}/s (p50 {} µs, p99 {} µs); 2-participant trades {:>8.0}/s (p50 {} µs, p99 {} µs): {:.2}x",
+            single.rate,
+            single.p50(),
+            single.latency.value_at_quantile(0.99),
+            trade.rate,
+            trade.p50(),
+            trade.latency.value_at_quantile(0.99),
+            trade.rate / single.rate
         );
         drop(replicas);
     }
