@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use colony::config::Acknowledge;
 use colony::{
-    IdempotencyKey, MultiTransaction, Name, Operation, Participant, PlayerId, Store, Transaction,
-    Visibility,
+    IdempotencyKey, MultiTransaction, Operation, Participant, PlayerId, Store, Transaction,
 };
 use colony_testkit::{Profile, Rig, Topology};
 use hdrhistogram::Histogram;
@@ -37,13 +36,7 @@ const PER_CALLER: usize = 8;
 
 /// The player's private gold moved by `delta`, never below 0.
 fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    }
+    common::gold(delta, None)
 }
 
 /// One topology under test: its servers (kept running) and a store per profile.

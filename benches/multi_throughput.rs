@@ -35,8 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colony::{
-    IdempotencyKey, MultiTransaction, Name, Operation, Participant, PlayerId, Store, Transaction,
-    Visibility,
+    IdempotencyKey, MultiTransaction, Operation, Participant, PlayerId, Store, Transaction,
 };
 use colony_testkit::{config_for, RedisServer};
 use hdrhistogram::Histogram;
@@ -44,13 +43,7 @@ use hdrhistogram::Histogram;
 const CONCURRENCY: u64 = 32;
 
 fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta,
-        min: Some(0),
-        max: Some(1_000_000_000_000),
-        visibility: Visibility::Private,
-    }
+    common::gold(delta, Some(1_000_000_000_000))
 }
 
 /// Player ids, `per_shard` on each shard, as `[shard][n]`.
@@ -195,18 +188,7 @@ async fn main() {
     let per_caller = 8usize;
     let all = players(&store, shards, CONCURRENCY as usize * per_caller);
     for shard in &all {
-        for chunk in shard.chunks(256) {
-            let batch: Vec<Transaction> = chunk
-                .iter()
-                .map(|p| {
-                    Transaction::owner(p.clone(), Some(IdempotencyKey::new("setup", 1).unwrap()))
-                        .with(gold(1_000_000))
-                })
-                .collect();
-            for r in store.execute_batch(batch).await.unwrap() {
-                r.unwrap();
-            }
-        }
+        common::endow(&store, shard, 1_000_000).await;
     }
     let all = Arc::new(all);
     let player = move |all: &Vec<Vec<PlayerId>>, task: u64, shard: usize, n: u64| {

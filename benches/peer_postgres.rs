@@ -536,13 +536,7 @@ fn pid(n: u64) -> PlayerId {
 }
 
 fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta,
-        min: Some(0),
-        max: None,
-        visibility: Visibility::Private,
-    }
+    common::gold(delta, None)
 }
 
 async fn fill_colony(store: &Store, players: u64) {

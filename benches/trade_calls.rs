@@ -30,8 +30,7 @@ mod common;
 
 use colony::store::multi::{MultiAttempt, PrepareOutcome};
 use colony::{
-    IdempotencyKey, MultiTransaction, Name, Operation, Participant, PlayerId, Store, Transaction,
-    Visibility,
+    IdempotencyKey, MultiTransaction, Operation, Participant, PlayerId, Store, Transaction,
 };
 use colony_testkit::{config_for, RedisServer};
 use futures_util::future::join_all;
@@ -43,13 +42,7 @@ const PRIMARIES: usize = 200;
 const IN_FLIGHT: usize = 64;
 
 fn gold(delta: i64) -> Operation {
-    Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta,
-        min: Some(0),
-        max: Some(1_000_000_000_000),
-        visibility: Visibility::Private,
-    }
+    common::gold(delta, Some(1_000_000_000_000))
 }
 
 fn primary(i: usize) -> PlayerId {
@@ -173,18 +166,7 @@ async fn main() {
     for r in 0..=rounds_measured {
         players.extend((0..trades).map(|i| taker(r, i)));
     }
-    for chunk in players.chunks(256) {
-        let batch = chunk
-            .iter()
-            .map(|p| {
-                Transaction::owner(p.clone(), Some(IdempotencyKey::new("setup", 1).unwrap()))
-                    .with(gold(1_000_000))
-            })
-            .collect();
-        for r in store.execute_batch(batch).await.unwrap() {
-            r.unwrap();
-        }
-    }
+    common::endow(&store, &players, 1_000_000).await;
 
     round(&store, 0, trades, None).await;
     let mut rounds = Vec::new();

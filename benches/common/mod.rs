@@ -11,19 +11,41 @@ use std::time::{Duration, Instant};
 use colony::{IdempotencyKey, Name, Operation, PlayerId, Transaction, Visibility};
 use hdrhistogram::Histogram;
 
+/// The private counter `gold` moved by `delta`, never below 0 and at most `max`.
+pub fn gold(delta: i64, max: Option<i64>) -> Operation {
+    Operation::IncrementCounter {
+        name: Name::new("gold").unwrap(),
+        delta,
+        min: Some(0),
+        max,
+        visibility: Visibility::Private,
+    }
+}
+
+/// Gives every one of `players` `amount` gold, with one keyed write each (client `setup`,
+/// request 1), 256 to a batch.
+pub async fn endow(store: &colony::Store, players: &[PlayerId], amount: i64) {
+    for chunk in players.chunks(256) {
+        let batch = chunk
+            .iter()
+            .map(|p| {
+                Transaction::owner(p.clone(), Some(IdempotencyKey::new("setup", 1).unwrap()))
+                    .with(gold(amount, None))
+            })
+            .collect();
+        for r in store.execute_batch(batch).await.unwrap() {
+            r.unwrap();
+        }
+    }
+}
+
 /// `player`'s gold +1 (never below 0, at most `max`), with the key `client`/`request`.
 pub fn increment(player: &PlayerId, client: &str, request: u64, max: Option<i64>) -> Transaction {
     Transaction::owner(
         player.clone(),
         Some(IdempotencyKey::new(client, request).unwrap()),
     )
-    .with(Operation::IncrementCounter {
-        name: Name::new("gold").unwrap(),
-        delta: 1,
-        min: Some(0),
-        max,
-        visibility: Visibility::Private,
-    })
+    .with(gold(1, max))
 }
 
 /// [`increment`] of `player-<n>`, without an upper bound.
