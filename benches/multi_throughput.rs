@@ -147,13 +147,6 @@ fn per_call_us(servers: &[RedisServer], cpu_before: f64, rate: f64, duration: Du
     (common::redis_cpu_seconds(servers) - cpu_before) * 1e6 / (rate * duration.as_secs_f64())
 }
 
-/// The median of `values` (the lower middle one of an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[(sorted.len() - 1) / 2]
-}
-
 /// `values` as a list for a line of output, each with two decimals.
 fn listed(values: &[f64]) -> String {
     values
@@ -300,11 +293,11 @@ async fn main() {
             println!(
                 "{pairs} alternating pairs, {callers} caller(s): 2-participant trades ÷ single-player: rate {} (median {:.2}, target >= 0.4); p50 {} (median {:.2}, target <= 2); Redis CPU {} (median {:.2})",
                 listed(&rates),
-                median(&rates),
+                common::median(&rates),
                 listed(&p50s),
-                median(&p50s),
+                common::median(&p50s),
                 listed(&cpus),
-                median(&cpus),
+                common::median(&cpus),
             );
         }
     }

@@ -159,3 +159,10 @@ pub fn redis_cpu_seconds(servers: &[colony_testkit::RedisServer]) -> f64 {
         })
         .sum()
 }
+
+/// The median of `values` (the lower middle one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[(sorted.len() - 1) / 2]
+}
