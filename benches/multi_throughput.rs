@@ -68,6 +68,8 @@ struct Phase {
     rate: f64,
     latency: Histogram<u64>,
     cpu_us: f64,
+    /// This process's CPU per call answered (µs): the callers, the store, the runtime.
+    own_cpu_us: f64,
 }
 
 impl Phase {
@@ -95,6 +97,7 @@ async fn single_then_trade(
         all[shard % all.len()][base + (n as usize % per_caller)].clone()
     };
     let cpu_before = common::redis_cpu_seconds(servers);
+    let own_before = common::own_cpu_seconds();
     let (s, a, t) = (store.clone(), all.clone(), tag.clone());
     let (rate, latency) = common::measure(callers, duration, move |task, i| {
         let (s, a, tag) = (s.clone(), a.clone(), t.clone());
@@ -110,10 +113,12 @@ async fn single_then_trade(
     .await;
     let single = Phase {
         cpu_us: per_call_us(servers, cpu_before, rate, duration),
+        own_cpu_us: own_per_call_us(own_before, rate, duration),
         rate,
         latency,
     };
     let cpu_before = common::redis_cpu_seconds(servers);
+    let own_before = common::own_cpu_seconds();
     let (s, a, t) = (store.clone(), all.clone(), tag.clone());
     let settled = store.clone();
     let (rate, latency) = common::measure_settled(
@@ -136,6 +141,7 @@ async fn single_then_trade(
     .await;
     let trade = Phase {
         cpu_us: per_call_us(servers, cpu_before, rate, duration),
+        own_cpu_us: own_per_call_us(own_before, rate, duration),
         rate,
         latency,
     };
@@ -145,6 +151,11 @@ async fn single_then_trade(
 /// The Redis CPU of `servers` since `cpu_before` (seconds), in µs per call answered.
 fn per_call_us(servers: &[RedisServer], cpu_before: f64, rate: f64, duration: Duration) -> f64 {
     (common::redis_cpu_seconds(servers) - cpu_before) * 1e6 / (rate * duration.as_secs_f64())
+}
+
+/// This process's CPU since `own_before` (seconds), in µs per call answered.
+fn own_per_call_us(own_before: f64, rate: f64, duration: Duration) -> f64 {
+    (common::own_cpu_seconds() - own_before) * 1e6 / (rate * duration.as_secs_f64())
 }
 
 /// `values` as a list for a line of output, each with two decimals.
@@ -281,6 +292,7 @@ async fn main() {
     if pairs > 0 {
         for callers in [CONCURRENCY, 1] {
             let (mut rates, mut p50s, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+            let mut own = Vec::new();
             for pair in 0..pairs {
                 let tag = format!("pair-{callers}-{pair}");
                 let (single, trade) =
@@ -289,6 +301,7 @@ async fn main() {
                 rates.push(trade.rate / single.rate);
                 p50s.push(trade.p50() as f64 / single.p50() as f64);
                 cpus.push(trade.cpu_us / single.cpu_us);
+                own.push((single.own_cpu_us, trade.own_cpu_us));
             }
             println!(
                 "{pairs} alternating pairs, {callers} caller(s): 2-participant trades ÷ single-player: rate {} (median {:.2}, target >= 0.4); p50 {} (median {:.2}, target <= 2); Redis CPU {} (median {:.2})",
@@ -298,6 +311,14 @@ async fn main() {
                 common::median(&p50s),
                 listed(&cpus),
                 common::median(&cpus),
+            );
+            let singles: Vec<f64> = own.iter().map(|o| o.0).collect();
+            let trades: Vec<f64> = own.iter().map(|o| o.1).collect();
+            println!(
+                "    this process's CPU per call: single-player {:.0} µs, 2-participant trade {:.0} µs (medians; {:.2}x)",
+                common::median(&singles),
+                common::median(&trades),
+                common::median(&own.iter().map(|o| o.1 / o.0).collect::<Vec<_>>()),
             );
         }
     }

@@ -160,6 +160,23 @@ pub fn redis_cpu_seconds(servers: &[colony_testkit::RedisServer]) -> f64 {
         .sum()
 }
 
+/// CPU seconds (user and system) this process has used: on a machine whose cores the
+/// callers share with the servers, the client's own work is part of what a call costs.
+pub fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces): utime and
+    // stime are the 12th and 13th of them, in clock ticks of 1/100 s on Linux.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The median of `values` (the lower middle one of an even count).
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
