@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use colony::keys::RestoreQueue;
 use colony::model::COUNTER_LIMIT;
 use colony::store::breaker::BreakerState;
+use colony::store::road::{Command, Effect};
 use colony::{Access, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
 use colony_testkit::{config_for, free_port, RedisServer};
 use common::{digest, key, name, pid, raw};
@@ -951,4 +952,141 @@ fn a_hand_built_configuration_is_validated_by_the_store() {
         }
     }
     assert!(Store::new(&good).is_ok());
+}
+
+/// Counts the calls (pipelines) the store reports.
+#[derive(Default)]
+struct CallCounter(std::sync::atomic::AtomicUsize);
+
+impl colony::store::ShardObserver for CallCounter {
+    fn pipeline(&self, _shard: &str, _elapsed: std::time::Duration, _error: Option<&Error>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `INCRBY <key> <by>`, a write.
+fn incr_by(key: &str, by: i64) -> Command {
+    Command::plain(
+        redis::cmd("INCRBY").arg(key).arg(by).clone(),
+        Effect::Writes,
+    )
+}
+
+#[tokio::test]
+async fn coalesced_calls_share_pipelines_and_each_caller_gets_its_own_replies() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let calls = std::sync::Arc::new(CallCounter::default());
+    let store = Store::with_observer(&config_for(&refs), calls.clone()).expect("store builds");
+    let shard = store.shard_map().shard_for_player(&pid("anyone"));
+    // 100 callers, caller i sending (i mod 3) + 1 commands: 199 commands in all, so at least
+    // four calls of at most 64 commands, and one call per caller without coalescing.
+    let jobs = (0..100i64).map(|i| {
+        let commands = (0..=(i % 3)).map(|_| incr_by(&format!("coalesced:{i}"), i + 1));
+        store.send_coalesced(shard, commands.collect())
+    });
+    let answers = futures_util::future::join_all(jobs).await;
+    for (i, answer) in (0..100i64).zip(answers) {
+        assert_eq!(
+            answer.acknowledged, None,
+            "local acknowledgements ask for none"
+        );
+        let replies: Vec<i64> = answer
+            .replies
+            .into_iter()
+            .map(|r| redis::from_redis_value(r.expect("answered")).expect("a number"))
+            .collect();
+        let expected: Vec<i64> = (1..=(i % 3) + 1).map(|k| k * (i + 1)).collect();
+        assert_eq!(replies, expected, "caller {i} got another caller's replies");
+    }
+    let calls = calls.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (4..=20).contains(&calls),
+        "100 callers' 199 commands took {calls} calls"
+    );
+}
+
+#[tokio::test]
+async fn a_coalesced_call_acknowledges_only_the_callers_that_wrote() {
+    let servers = common::servers(1);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut config = config_for(&refs);
+    // The server has no replica, so a write's acknowledgement must fail, quickly.
+    config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+    config.redis.replication_timeout_ms = 50;
+    let store = Store::new(&config).expect("store builds");
+    let shard = store.shard_map().shard_for_player(&pid("anyone"));
+    let read = || Command::read(redis::cmd("GET").arg("acknowledged:w").clone());
+    let (writer, reader) = tokio::join!(
+        store.send_coalesced(shard, vec![incr_by("acknowledged:w", 1)]),
+        store.send_coalesced(shard, vec![read()]),
+    );
+    assert!(
+        matches!(writer.acknowledged, Some(Err(Error::Unknown { .. }))),
+        "a write without its replica is not acknowledged: {writer:?}"
+    );
+    assert_eq!(reader.acknowledged, None, "a read needs no acknowledgement");
+    assert!(reader.replies[0].is_ok(), "{reader:?}");
+    // Alone, the write is answered the same: coalescing changes no caller's answer.
+    let alone = store
+        .send_coalesced(shard, vec![incr_by("acknowledged:w", 1)])
+        .await;
+    assert!(matches!(
+        alone.acknowledged,
+        Some(Err(Error::Unknown { .. }))
+    ));
+    assert_eq!(
+        redis::from_redis_value::<i64>(alone.replies[0].clone().expect("answered"))
+            .expect("a number"),
+        2
+    );
+}
+
+#[test]
+fn a_lane_whose_call_died_with_its_runtime_takes_calls_again() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let shard = store.shard_map().shard_for_player(&pid("anyone"));
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    };
+    // The lane's call blocks on an empty list for 5 s; its runtime is dropped meanwhile,
+    // and the call with it.
+    let first = runtime();
+    let waited = first.block_on(async {
+        let blocked = Command::read(redis::cmd("BLPOP").arg("lane:empty").arg(5).clone());
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.send_coalesced(shard, vec![blocked]),
+        )
+        .await
+    });
+    assert!(waited.is_err(), "the blocked call answered: {waited:?}");
+    drop(first);
+    // On another runtime, the shard's lane sends again: a lane still marked busy by the
+    // dropped call would queue this forever. (The first answers may fail: the links died
+    // with their runtime too; the store reconnects.)
+    let second = runtime();
+    second.block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let ping = Command::read(redis::cmd("PING").clone());
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                store.send_coalesced(shard, vec![ping]),
+            )
+            .await
+            .expect("the lane sent the call");
+            if answer.replies[0].is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer: {answer:?}"
+            );
+        }
+    });
 }

@@ -150,6 +150,15 @@ impl Store {
 /// once (`multi.rs`); past it, the coordinator applies them before answering.
 pub(super) const FINISHING_AT_ONCE: usize = 1024;
 
+/// Whether a finishing call is waited for by a caller (sent at once, on a call of its own)
+/// or runs in a detached task (coalesced with other detached calls to its shard, see
+/// `road::Lanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waited {
+    Now,
+    Detached,
+}
+
 /// An attempt's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -350,6 +359,7 @@ impl Store {
             &[(player, primary)],
             attempt,
             decision,
+            Waited::Now,
         )
         .await
         .pop()
@@ -366,6 +376,7 @@ impl Store {
         players: &[(&PlayerId, bool)],
         attempt: &str,
         decision: Decision,
+        waited: Waited,
     ) -> Vec<Result<Finished, Error>> {
         let window = script::Window::of(&self.inner.settings);
         let commands = players
@@ -389,7 +400,10 @@ impl Store {
                     .arg(window.client_ttl_ms)
             })
             .collect();
-        let answer = self.send(shard, commands).await;
+        let answer = match waited {
+            Waited::Now => self.send(shard, commands).await,
+            Waited::Detached => self.send_coalesced(shard, commands).await,
+        };
         let acknowledged = answer.acknowledgement();
         answer
             .replies
@@ -438,16 +452,18 @@ impl Store {
         &self,
         primary: &PlayerId,
         attempt: &str,
+        waited: Waited,
     ) -> Result<(), Error> {
         let shard = self.shard_map().shard_for_player(primary);
         let forget = Command::script(&FORGET, Effect::Housekeeping)
             .key(decision_key(primary, attempt))
             .key(SlotKeys::of_player(primary).decisions)
             .key(PlayerKeys::new(primary).meta);
-        self.send(shard, vec![forget])
-            .await
-            .into_acknowledged_reply()
-            .map(|_| ())
+        let answer = match waited {
+            Waited::Now => self.send(shard, vec![forget]).await,
+            Waited::Detached => self.send_coalesced(shard, vec![forget]).await,
+        };
+        answer.into_acknowledged_reply().map(|_| ())
     }
 
     /// Forgets a commit record in a detached task, so the caller does not wait for it; at
@@ -458,7 +474,10 @@ impl Store {
         };
         let (store, primary, attempt) = (self.clone(), primary.clone(), attempt.to_string());
         tokio::spawn(async move {
-            if let Err(e) = store.forget_decision(&primary, &attempt).await {
+            if let Err(e) = store
+                .forget_decision(&primary, &attempt, Waited::Detached)
+                .await
+            {
                 tracing::debug!(error = %e, "the decision record stays for the sweep");
             }
             drop(permit);

@@ -9,6 +9,7 @@
 //!   routes (map and links) a call takes once;
 //! - [`road`]: the one way any command reaches a shard — one pipeline on one link, the
 //!   acknowledgement on that link, the breaker, the metrics, one Redis-error classifier;
+//!   the calls nobody waits on coalesced per shard;
 //! - `look`: reads of a player's keys that refuse a player a slot move has parked;
 //! - [`intents`]: a trade's decision record, finishing a participant, the one resolver of
 //!   intents left behind;
@@ -100,6 +101,8 @@ struct StoreInner {
     /// meeting one of those intents waits for the task (a local wait) instead of resolving
     /// the intent through the primary's shard.
     detached: intents::DetachedFinishes,
+    /// The detached calls, coalesced per shard (`road.rs`).
+    lanes: road::Lanes,
 }
 
 impl Store {
@@ -182,6 +185,7 @@ impl Store {
                 forgetting: Arc::new(tokio::sync::Semaphore::new(intents::FORGETTING_AT_ONCE)),
                 finishing: Arc::new(tokio::sync::Semaphore::new(intents::FINISHING_AT_ONCE)),
                 detached: intents::DetachedFinishes::default(),
+                lanes: road::Lanes::default(),
             }),
         }
     }

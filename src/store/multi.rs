@@ -24,7 +24,7 @@ use crate::script::{self, IntentRef, TradeReply};
 use crate::shard_map::ShardIndex;
 use crate::slot::Slot;
 
-use super::intents::{Decision, Finished, Resolution, COMMIT_CLOCK_SLACK_MS};
+use super::intents::{Decision, Finished, Resolution, Waited, COMMIT_CLOCK_SLACK_MS};
 use super::road::{Command, Effect};
 use super::{Store, RESTORE_REQUEST_AGAIN, RETRY_BACKOFF};
 
@@ -824,7 +824,9 @@ impl<'s> MultiAttempt<'s> {
 
     /// Step 4: forgets the decision record once every participant was applied.
     pub async fn forget(&self) -> Result<(), Error> {
-        self.store.forget_decision(self.primary(), &self.id).await
+        self.store
+            .forget_decision(self.primary(), &self.id, Waited::Now)
+            .await
     }
 
     /// Every step in order: prepare (and judge the primary's key on a refusal); the commit when every
@@ -892,7 +894,7 @@ async fn finish_others_now(
     decision: Decision,
 ) -> Vec<Result<Finished, Error>> {
     let positions: Vec<usize> = (1..players.len()).collect();
-    finish_positions(store, players, &positions, attempt, decision)
+    finish_positions(store, players, &positions, attempt, decision, Waited::Now)
         .await
         .into_iter()
         .map(|(_, answer)| answer)
@@ -909,6 +911,7 @@ async fn finish_positions(
     positions: &[usize],
     attempt: &str,
     decision: Decision,
+    waited: Waited,
 ) -> Vec<(usize, Result<Finished, Error>)> {
     let map = store.shard_map();
     let mut plan: BTreeMap<ShardIndex, Vec<usize>> = BTreeMap::new();
@@ -922,7 +925,7 @@ async fn finish_positions(
         // primary intent says so; the coordinator never does).
         let on_shard: Vec<(&PlayerId, bool)> = on.iter().map(|&i| (&players[i], false)).collect();
         let answers = store
-            .finish_on_shard(shard, &on_shard, attempt, decision)
+            .finish_on_shard(shard, &on_shard, attempt, decision, waited)
             .await;
         on.into_iter().zip(answers).collect::<Vec<_>>()
     });
@@ -973,8 +976,15 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
     let mut none_held = true;
     let mut round = 0u32;
     while !pending.is_empty() {
-        let answers =
-            finish_positions(&store, &players, &pending, &attempt, Decision::Commit).await;
+        let answers = finish_positions(
+            &store,
+            &players,
+            &pending,
+            &attempt,
+            Decision::Commit,
+            Waited::Detached,
+        )
+        .await;
         if round == 0 {
             failpoint("multi:after-finish");
         }
@@ -1017,7 +1027,10 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
         round += 1;
     }
     if none_held {
-        if let Err(e) = store.forget_decision(&players[0], &attempt).await {
+        if let Err(e) = store
+            .forget_decision(&players[0], &attempt, Waited::Detached)
+            .await
+        {
             tracing::debug!(error = %e, "the decision record stays for the sweep");
         }
     }

@@ -16,6 +16,12 @@
 //!   a master that is merely short of replicas, so a stalled shard does not see a connect per
 //!   retry).
 //!
+//! - **Calls nobody waits on are coalesced per shard** ([`Store::send_coalesced`]: a
+//!   committed trade's detached applies and its forget): while one such call to a shard is
+//!   out, the next ones queue and go out together as one call once it is back, each caller
+//!   answered its own replies and the call's acknowledgement (if its commands write). A
+//!   coalesced call is a call like any other: one link, its `WAIT` on that link.
+//!
 //! The only exception is [`Store::dedicated_connection`], a connection of its own for one
 //! blocking reader (the archiver's restore queue), which carries no writes that need an
 //! acknowledgement.
@@ -571,6 +577,139 @@ impl Store {
 enum Asking {
     No,
     Yes,
+}
+
+/// The calls nobody is waiting on (a committed trade's detached applies and its forget),
+/// coalesced per shard: while one of a shard's coalesced calls is out, the next ones queue,
+/// and go out together as one call once it is back. Under load a detached apply then costs
+/// the store and Redis a share of one call (one pipeline, one `WAIT`) instead of a call of
+/// its own; alone, it goes out at once, as before.
+#[derive(Default)]
+pub(super) struct Lanes {
+    lanes: std::sync::Mutex<std::collections::HashMap<ShardIndex, Lane>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: std::collections::VecDeque<Job>,
+    /// Whether a task is sending this lane's calls (it stops when the queue is empty).
+    running: bool,
+}
+
+/// One caller's commands in a coalesced call, and where its part of the answer goes.
+struct Job {
+    commands: Vec<Command>,
+    answer: tokio::sync::oneshot::Sender<Answer>,
+}
+
+/// At most this many commands in one coalesced call; more wait for the next.
+const COALESCED_COMMANDS: usize = 64;
+
+/// Resets a lane whose sending task ended without emptying it (its runtime shut down):
+/// the queued callers are answered by their dropped senders, and the next caller starts a
+/// task again.
+struct LaneReset<'a> {
+    lanes: &'a Lanes,
+    shard: ShardIndex,
+    armed: bool,
+}
+
+impl Drop for LaneReset<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut lanes = self.lanes.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(lane) = lanes.get_mut(&self.shard) {
+                lane.queue.clear();
+                lane.running = false;
+            }
+        }
+    }
+}
+
+impl Store {
+    /// [`Store::send`] for work nobody is waiting on: the commands may go out in one call with
+    /// other callers' (see [`Lanes`]). Each caller's answer holds its own commands' replies;
+    /// the acknowledgement is the call's, which covers every write it carried, and is given
+    /// only to callers whose commands write (as [`Store::send`] gives it).
+    pub async fn send_coalesced(&self, shard: ShardIndex, commands: Vec<Command>) -> Answer {
+        let count = commands.len();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut lanes = self
+                .inner
+                .lanes
+                .lanes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let lane = lanes.entry(shard).or_default();
+            lane.queue.push_back(Job { commands, answer });
+            !std::mem::replace(&mut lane.running, true)
+        };
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move { store.run_lane(shard).await });
+        }
+        answered.await.unwrap_or_else(|_| {
+            let e = Error::Unknown {
+                shard: Some(self.shard_name(shard)),
+                reason: "the call carrying these commands was dropped".into(),
+            };
+            Answer {
+                replies: (0..count).map(|_| Err(e.clone())).collect(),
+                acknowledged: None,
+            }
+        })
+    }
+
+    /// Sends the queue of `shard`'s lane, a call at a time, until it is empty.
+    async fn run_lane(&self, shard: ShardIndex) {
+        let lanes = &self.inner.lanes;
+        let mut reset = LaneReset {
+            lanes,
+            shard,
+            armed: true,
+        };
+        loop {
+            let jobs: Vec<Job> = {
+                let mut all = lanes.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                let lane = all.entry(shard).or_default();
+                if lane.queue.is_empty() {
+                    lane.running = false;
+                    reset.armed = false;
+                    return;
+                }
+                let mut jobs = Vec::new();
+                let mut commands = 0;
+                while let Some(job) = lane.queue.front() {
+                    if !jobs.is_empty() && commands + job.commands.len() > COALESCED_COMMANDS {
+                        break;
+                    }
+                    commands += job.commands.len();
+                    jobs.extend(lane.queue.pop_front());
+                }
+                jobs
+            };
+            let mut parts = Vec::with_capacity(jobs.len());
+            let mut commands = Vec::new();
+            for job in jobs {
+                let writes = job.commands.iter().any(|c| c.effect == Effect::Writes);
+                parts.push((job.commands.len(), writes, job.answer));
+                commands.extend(job.commands);
+            }
+            let answer = self.send(shard, commands).await;
+            let mut replies = answer.replies.into_iter();
+            for (count, writes, sender) in parts {
+                let _ = sender.send(Answer {
+                    replies: replies.by_ref().take(count).collect(),
+                    acknowledged: if writes {
+                        answer.acknowledged.clone()
+                    } else {
+                        None
+                    },
+                });
+            }
+        }
+    }
 }
 
 /// A call's answer, and what the road learnt about the shard.
