@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::future::Future;
 
 use colony::keys::RestoreQueue;
 use colony::model::COUNTER_LIMIT;
@@ -1042,35 +1043,19 @@ async fn a_coalesced_call_acknowledges_only_the_callers_that_wrote() {
     );
 }
 
-#[test]
-fn a_lane_whose_call_died_with_its_runtime_takes_calls_again() {
-    let servers = common::servers(1);
-    let store = common::store(&servers);
-    let shard = store.shard_map().shard_for_player(&pid("anyone"));
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    };
-    // The lane's call blocks on an empty list for 5 s; its runtime is dropped meanwhile,
-    // and the call with it.
-    let first = runtime();
-    let waited = first.block_on(async {
-        let blocked = Command::read(redis::cmd("BLPOP").arg("lane:empty").arg(5).clone());
-        tokio::time::timeout(
-            std::time::Duration::from_millis(200),
-            store.send_coalesced(shard, vec![blocked]),
-        )
-        .await
-    });
-    assert!(waited.is_err(), "the blocked call answered: {waited:?}");
-    drop(first);
-    // On another runtime, the shard's lane sends again: a lane still marked busy by the
-    // dropped call would queue this forever. (The first answers may fail: the links died
-    // with their runtime too; the store reconnects.)
-    let second = runtime();
-    second.block_on(async {
+/// A fresh runtime of one thread.
+fn one_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Whether `shard`'s lane sends calls again, on a runtime of its own: a lane still counting
+/// a task that died would queue the call forever. (The first answers may fail: the links
+/// died with the earlier runtime too; the store reconnects.)
+fn lane_answers(store: &Store, shard: colony::shard_map::ShardIndex) {
+    one_thread_runtime().block_on(async {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let ping = Command::read(redis::cmd("PING").clone());
@@ -1089,4 +1074,37 @@ fn a_lane_whose_call_died_with_its_runtime_takes_calls_again() {
             );
         }
     });
+}
+
+#[test]
+fn a_lane_whose_task_died_with_its_runtime_takes_calls_again() {
+    let servers = common::servers(1);
+    let store = common::store(&servers);
+    let shard = store.shard_map().shard_for_player(&pid("anyone"));
+    // The lane's call blocks on an empty list for 5 s; its runtime is dropped meanwhile,
+    // and the task sending it with it.
+    let first = one_thread_runtime();
+    let waited = first.block_on(async {
+        let blocked = Command::read(redis::cmd("BLPOP").arg("lane:empty").arg(5).clone());
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.send_coalesced(shard, vec![blocked]),
+        )
+        .await
+    });
+    assert!(waited.is_err(), "the blocked call answered: {waited:?}");
+    drop(first);
+    lane_answers(&store, shard);
+    // A lane task dropped before it ever ran: the call is queued and its task spawned, and
+    // the runtime goes before it schedules the task.
+    let second = one_thread_runtime();
+    {
+        let _entered = second.enter();
+        let ping = Command::read(redis::cmd("PING").clone());
+        let mut call = Box::pin(store.send_coalesced(shard, vec![ping]));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(call.as_mut().poll(&mut cx).is_pending(), "answered at once");
+    }
+    drop(second);
+    lane_answers(&store, shard);
 }

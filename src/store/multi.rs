@@ -802,9 +802,14 @@ impl<'s> MultiAttempt<'s> {
     async fn answer_and_finish_others(&self) -> Result<MultiCommitted, Error> {
         let result = self.result()?;
         let players = self.players();
-        let finishing = finish_others(self.store.clone(), players.clone(), self.id.clone());
         match self.store.inner.finishing.clone().try_acquire_owned() {
             Ok(permit) => {
+                let finishing = finish_others(
+                    self.store.clone(),
+                    players.clone(),
+                    self.id.clone(),
+                    Waited::Detached,
+                );
                 let others = players[1..].to_vec();
                 let ended = self.store.inner.detached.begin(&self.id, &others);
                 let store = self.store.clone();
@@ -816,8 +821,11 @@ impl<'s> MultiAttempt<'s> {
                     drop(permit);
                 });
             }
-            // Back-pressure: this caller waits for its own applies.
-            Err(_) => finishing.await,
+            // Back-pressure: this caller waits for its own applies, on calls of their own
+            // (not queued behind the detached ones it is waiting out).
+            Err(_) => {
+                finish_others(self.store.clone(), players, self.id.clone(), Waited::Now).await
+            }
         }
         Ok(result)
     }
@@ -969,8 +977,10 @@ fn applied(attempt: &str, outcome: Result<Finished, Error>) -> Result<(), Error>
 /// over, a slot moving) is tried again with backoff within the store's retry deadline, so
 /// that readers and writers of a healthy shard do not have to reach the primary's shard to
 /// finish it; one not applied in the end keeps its intent, which whoever meets it applies
-/// from the commit record, and the sweep forgets the record later.
-async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
+/// from the commit record, and the sweep forgets the record later. `waited` is `Detached`
+/// in the detached task (its calls coalesced with the other detached calls), `Now` when the
+/// caller waits for it (back-pressure).
+async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String, waited: Waited) {
     let deadline = Instant::now() + store.inner.settings.retry_deadline();
     let mut pending: Vec<usize> = (1..players.len()).collect();
     let mut none_held = true;
@@ -982,7 +992,7 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
             &pending,
             &attempt,
             Decision::Commit,
-            Waited::Detached,
+            waited,
         )
         .await;
         if round == 0 {
@@ -1027,10 +1037,7 @@ async fn finish_others(store: Store, players: Vec<PlayerId>, attempt: String) {
         round += 1;
     }
     if none_held {
-        if let Err(e) = store
-            .forget_decision(&players[0], &attempt, Waited::Detached)
-            .await
-        {
+        if let Err(e) = store.forget_decision(&players[0], &attempt, waited).await {
             tracing::debug!(error = %e, "the decision record stays for the sweep");
         }
     }

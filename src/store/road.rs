@@ -583,7 +583,10 @@ enum Asking {
 /// coalesced per shard: while one of a shard's coalesced calls is out, the next ones queue,
 /// and go out together as one call once it is back. Under load a detached apply then costs
 /// the store and Redis a share of one call (one pipeline, one `WAIT`) instead of a call of
-/// its own; alone, it goes out at once, as before.
+/// its own; alone, it goes out at once, as before. A queue longer than one call carries
+/// gets another call out beside the first, up to [`LANE_CALLS`]: a shard whose calls are
+/// slow (a `WAIT` timing out while replicas are short) is then not limited to one call's
+/// worth of commands per round trip.
 #[derive(Default)]
 pub(super) struct Lanes {
     lanes: std::sync::Mutex<std::collections::HashMap<ShardIndex, Lane>>,
@@ -592,8 +595,10 @@ pub(super) struct Lanes {
 #[derive(Default)]
 struct Lane {
     queue: std::collections::VecDeque<Job>,
-    /// Whether a task is sending this lane's calls (it stops when the queue is empty).
-    running: bool,
+    /// The commands in `queue`.
+    queued: usize,
+    /// The tasks sending this lane's calls (each stops when it finds the queue empty).
+    running: usize,
 }
 
 /// One caller's commands in a coalesced call, and where its part of the answer goes.
@@ -605,22 +610,35 @@ struct Job {
 /// At most this many commands in one coalesced call; more wait for the next.
 const COALESCED_COMMANDS: usize = 64;
 
-/// Resets a lane whose sending task ended without emptying it (its runtime shut down):
-/// the queued callers are answered by their dropped senders, and the next caller starts a
-/// task again.
-struct LaneReset<'a> {
-    lanes: &'a Lanes,
+/// At most this many coalesced calls out to one shard at once.
+const LANE_CALLS: usize = 8;
+
+/// A task sending a lane's calls, counted in its `running` from before it is spawned: if it
+/// ends other than by finding the queue empty — its runtime shut down, before or after it
+/// first ran — it counts itself out, and the last one out drops the queued callers, whose
+/// dropped senders answer them UNKNOWN; the next caller starts a task again.
+struct LaneTask {
+    store: Store,
     shard: ShardIndex,
-    armed: bool,
+    counted: bool,
 }
 
-impl Drop for LaneReset<'_> {
+impl Drop for LaneTask {
     fn drop(&mut self) {
-        if self.armed {
-            let mut lanes = self.lanes.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if self.counted {
+            let mut lanes = self
+                .store
+                .inner
+                .lanes
+                .lanes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(lane) = lanes.get_mut(&self.shard) {
-                lane.queue.clear();
-                lane.running = false;
+                lane.running = lane.running.saturating_sub(1);
+                if lane.running == 0 {
+                    lane.queue.clear();
+                    lane.queued = 0;
+                }
             }
         }
     }
@@ -630,7 +648,8 @@ impl Store {
     /// [`Store::send`] for work nobody is waiting on: the commands may go out in one call with
     /// other callers' (see [`Lanes`]). Each caller's answer holds its own commands' replies;
     /// the acknowledgement is the call's, which covers every write it carried, and is given
-    /// only to callers whose commands write (as [`Store::send`] gives it).
+    /// only to callers whose commands write (as [`Store::send`] gives it). Only for commands
+    /// that answer at once: a blocking one would hold every caller queued behind it.
     pub async fn send_coalesced(&self, shard: ShardIndex, commands: Vec<Command>) -> Answer {
         let count = commands.len();
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -643,11 +662,21 @@ impl Store {
                 .unwrap_or_else(|e| e.into_inner());
             let lane = lanes.entry(shard).or_default();
             lane.queue.push_back(Job { commands, answer });
-            !std::mem::replace(&mut lane.running, true)
+            lane.queued += count;
+            let start = lane.running == 0
+                || (lane.queued > COALESCED_COMMANDS && lane.running < LANE_CALLS);
+            if start {
+                lane.running += 1;
+            }
+            start
         };
         if start {
-            let store = self.clone();
-            tokio::spawn(async move { store.run_lane(shard).await });
+            let task = LaneTask {
+                store: self.clone(),
+                shard,
+                counted: true,
+            };
+            tokio::spawn(task.run());
         }
         answered.await.unwrap_or_else(|_| {
             let e = Error::Unknown {
@@ -660,22 +689,24 @@ impl Store {
             }
         })
     }
+}
 
-    /// Sends the queue of `shard`'s lane, a call at a time, until it is empty.
-    async fn run_lane(&self, shard: ShardIndex) {
-        let lanes = &self.inner.lanes;
-        let mut reset = LaneReset {
-            lanes,
-            shard,
-            armed: true,
-        };
+impl LaneTask {
+    /// Sends the queue of the lane, a call at a time, until it finds it empty.
+    async fn run(mut self) {
         loop {
             let jobs: Vec<Job> = {
-                let mut all = lanes.lanes.lock().unwrap_or_else(|e| e.into_inner());
-                let lane = all.entry(shard).or_default();
+                let mut all = self
+                    .store
+                    .inner
+                    .lanes
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let lane = all.entry(self.shard).or_default();
                 if lane.queue.is_empty() {
-                    lane.running = false;
-                    reset.armed = false;
+                    lane.running = lane.running.saturating_sub(1);
+                    self.counted = false;
                     return;
                 }
                 let mut jobs = Vec::new();
@@ -687,6 +718,7 @@ impl Store {
                     commands += job.commands.len();
                     jobs.extend(lane.queue.pop_front());
                 }
+                lane.queued -= commands;
                 jobs
             };
             let mut parts = Vec::with_capacity(jobs.len());
@@ -696,7 +728,7 @@ impl Store {
                 parts.push((job.commands.len(), writes, job.answer));
                 commands.extend(job.commands);
             }
-            let answer = self.send(shard, commands).await;
+            let answer = self.store.send(self.shard, commands).await;
             let mut replies = answer.replies.into_iter();
             for (count, writes, sender) in parts {
                 let _ = sender.send(Answer {
