@@ -592,6 +592,14 @@ pub(super) struct Lanes {
     lanes: std::sync::Mutex<std::collections::HashMap<ShardIndex, Lane>>,
 }
 
+impl Lanes {
+    /// The lanes, locked (never across an await). A panic while they were locked left them
+    /// consistent: every change is a push, a pop or a count, each whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ShardIndex, Lane>> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[derive(Default)]
 struct Lane {
     queue: std::collections::VecDeque<Job>,
@@ -626,13 +634,7 @@ struct LaneTask {
 impl Drop for LaneTask {
     fn drop(&mut self) {
         if self.counted {
-            let mut lanes = self
-                .store
-                .inner
-                .lanes
-                .lanes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut lanes = self.store.inner.lanes.lock();
             if let Some(lane) = lanes.get_mut(&self.shard) {
                 lane.running = lane.running.saturating_sub(1);
                 if lane.running == 0 {
@@ -654,12 +656,7 @@ impl Store {
         let count = commands.len();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let start = {
-            let mut lanes = self
-                .inner
-                .lanes
-                .lanes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut lanes = self.inner.lanes.lock();
             let lane = lanes.entry(shard).or_default();
             lane.queue.push_back(Job { commands, answer });
             lane.queued += count;
@@ -696,13 +693,7 @@ impl LaneTask {
     async fn run(mut self) {
         loop {
             let jobs: Vec<Job> = {
-                let mut all = self
-                    .store
-                    .inner
-                    .lanes
-                    .lanes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut all = self.store.inner.lanes.lock();
                 let lane = all.entry(self.shard).or_default();
                 if lane.queue.is_empty() {
                     lane.running = lane.running.saturating_sub(1);
