@@ -21,7 +21,9 @@
 //!
 //! Then the two ratios the targets are about again, from `--pairs` pairs of a single-player
 //! phase and a 2-participant phase run alternately, with 32 callers and with one: each pair's
-//! ratios, and their median, the figure to compare between runs.
+//! ratios, and their median, the figure to compare between runs; and this process's own CPU
+//! per call in each kind of phase (the callers and the store share the cores with the
+//! servers here, so their work is part of what a call costs).
 //!
 //! Run: `cargo bench --bench multi_throughput [-- --seconds N --shards N --contended N
 //! --pairs N]` (defaults 3, 4, 5, 3).
