@@ -1015,12 +1015,18 @@ async fn a_coalesced_call_acknowledges_only_the_callers_that_wrote() {
     // The server has no replica, so a write's acknowledgement must fail, quickly.
     config.redis.acknowledge = colony::config::Acknowledge::Replicated;
     config.redis.replication_timeout_ms = 50;
-    let store = Store::new(&config).expect("store builds");
+    let calls = std::sync::Arc::new(CallCounter::default());
+    let store = Store::with_observer(&config, calls.clone()).expect("store builds");
     let shard = store.shard_map().shard_for_player(&pid("anyone"));
     let read = || Command::read(redis::cmd("GET").arg("acknowledged:w").clone());
     let (writer, reader) = tokio::join!(
         store.send_coalesced(shard, vec![incr_by("acknowledged:w", 1)]),
         store.send_coalesced(shard, vec![read()]),
+    );
+    assert_eq!(
+        calls.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the write and the read went out in one call"
     );
     assert!(
         matches!(writer.acknowledged, Some(Err(Error::Unknown { .. }))),
