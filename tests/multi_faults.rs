@@ -16,6 +16,7 @@ mod common;
 use std::time::Duration;
 
 use colony::client::{Client, ClientConfig};
+use colony::store::road::Command;
 use colony::{
     Access, Config, Envelope, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, Store, Transaction, Value, Visibility,
@@ -994,4 +995,77 @@ async fn a_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
     }
     assert_eq!(coins(&store, &giver).await, START);
     assert_eq!(coins(&store, &taker).await, START);
+}
+
+/// The taker's apply, detached after the trade was answered OK, waits in its shard's lane of
+/// coalesced calls behind a call the test holds (a `BLPOP`); meanwhile the taker's replicas
+/// are stopped, so the apply then exists on the master alone. A fault that strikes *before*
+/// replication caught up, on the coalesced path: the apply must not count as acknowledged,
+/// so the commit record is kept; then the master is killed, and the promoted replica's
+/// intent is applied from that record. (On a build whose coalesced call gave its writers no
+/// acknowledgement, the record was forgotten and the intent aborted: giver 990, taker 1000.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_apply_that_only_the_master_took_keeps_its_commit_record() {
+    let (mut shards, store, giver, taker) = stall_cluster("lane", LEASE_MS).await;
+    let taker_shard = store.shard_map().shard_for_player(&taker);
+    // Hold the taker's shard's lane: its one call blocks until the test pushes.
+    let master_url = shards[1].servers[shards[1].master_index().expect("a master")].url();
+    let holder = {
+        let store = store.clone();
+        let hold = Command::read(redis::cmd("BLPOP").arg("lane:hold").arg(20).clone());
+        tokio::spawn(async move { store.send_coalesced(taker_shard, vec![hold]).await })
+    };
+    let mut master = redis::Client::open(master_url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let blocked = wait_for(Duration::from_secs(10), || {
+        let mut master = master.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("clients")
+                .query_async(&mut master)
+                .await
+                .ok()?;
+            info.contains("blocked_clients:1").then_some(())
+        }
+    })
+    .await;
+    assert!(blocked.is_some(), "the lane's call never blocked");
+    let trade = MultiTransaction::new(IdempotencyKey::new("lane", 1).expect("valid"))
+        .with(Participant::owner(giver.clone()).with(gold(-10)))
+        .with(Participant::owner(taker.clone()).with(gold(10)));
+    store
+        .execute_multi(trade)
+        .await
+        .expect("the trade is answered OK");
+    let (stopped_master, replicas) = stall_replicas(&mut shards[1]).await;
+    // Release the lane: the queued apply goes out now, to the master alone.
+    let _: i64 = redis::cmd("LPUSH")
+        .arg("lane:hold")
+        .arg("go")
+        .query_async(&mut master)
+        .await
+        .expect("pushed");
+    holder.await.expect("the holder ends");
+    store.wait_detached().await;
+    let records: i64 = redis::cmd("ZCARD")
+        .arg(colony::keys::SlotKeys::of_player(&giver).decisions)
+        .query_async(
+            &mut raw(&shards[0].servers[shards[0].master_index().expect("a master")]).await,
+        )
+        .await
+        .expect("counted");
+    assert_eq!(
+        records, 1,
+        "the commit record was forgotten on an unacknowledged apply"
+    );
+    kill_master_and_resume(&mut shards[1], stopped_master, &replicas).await;
+    let (g, t) = settled_coins(&store, &giver, &taker).await;
+    assert_eq!(
+        (g, t),
+        (START - 10, START + 10),
+        "a trade answered OK is not whole"
+    );
 }
