@@ -7,9 +7,16 @@
 //! and the client's retry with the same key settles the outcome without applying it twice.
 //!
 //! A participant's master killed or paused mid-trade (the taker's after the prepare and after
-//! the apply, the primary's after the decide), with Sentinels promoting a replica: in the safe
-//! profile nothing is applied on one side only and the currency is conserved; the naive
-//! profile's damage is reported.
+//! the apply, the primary's after the decide), with Sentinels (or a cluster's election)
+//! promoting a replica: in the safe profile nothing is applied on one side only and the
+//! currency is conserved; the naive profile's damage is reported.
+//!
+//! Faults that strike *before* replication caught up (RELIABILITY.md scenario 15), each on
+//! Sentinel shards and on a Redis Cluster, whose acknowledgements are counted differently
+//! (every electable replica, from the cluster's map and `ROLE`): a shard's replicas are
+//! stopped and their link filled, so a trade's prepare, commit, refusal, detached apply or a
+//! participant's answer to the sweep exists on the master alone; nothing may be acted on as
+//! if it were durable, and after the master is killed nothing is one-sided.
 
 mod common;
 
@@ -21,7 +28,7 @@ use colony::{
     Access, Config, Envelope, IdempotencyKey, MultiTransaction, Name, Operation, Participant,
     PlayerId, Store, Transaction, Value, Visibility,
 };
-use colony_testkit::{wait_for, RedisServer, ADMIN_TOKEN};
+use colony_testkit::{wait_for, RedisServer, Rig, Topology, ADMIN_TOKEN};
 
 const LEASE_MS: u64 = 300;
 const START: i64 = 1000;
@@ -253,13 +260,13 @@ fn tuned(mut config: Config, acknowledge: colony::config::Acknowledge, lease_ms:
 /// Two watched shards of `topology` (on a cluster, two of its three masters) with a store
 /// tuned as the others are ([`tuned`]).
 async fn rig_and_store(
-    topology: colony_testkit::Topology,
+    topology: Topology,
     tag: &str,
     profile: colony_testkit::Profile,
     replicas: usize,
     acknowledge: colony::config::Acknowledge,
-) -> (colony_testkit::Rig, Store) {
-    let rig = colony_testkit::Rig::start(topology, tag, profile, replicas, 2).expect("starts");
+) -> (Rig, Store) {
+    let rig = Rig::start(topology, tag, profile, replicas, 2).expect("starts");
     let store = Store::connect(&tuned(rig.config(), acknowledge, LEASE_MS))
         .await
         .expect("store");
@@ -305,7 +312,7 @@ enum FaultAfter {
 /// non-primary's after the answer (its apply not sent yet) — lets the
 /// Sentinels promote a replica and the coordinator go on, then resolves and checks.
 async fn participant_master_fault(
-    topology: colony_testkit::Topology,
+    topology: Topology,
     tag: &str,
     fault: MasterFault,
     profile: colony_testkit::Profile,
@@ -462,7 +469,7 @@ async fn leases_gone(store: &Store, players: [&PlayerId; 2]) -> bool {
 /// The fault in the safe profile (replicated acknowledgements, two replicas: the promoted
 /// master keeps one), asserted to break nothing; then in the naive profile (local
 /// acknowledgements), where the checker reports what the failover did.
-async fn safe_then_naive(topology: colony_testkit::Topology, tag: &str, fault: MasterFault) {
+async fn safe_then_naive(topology: Topology, tag: &str, fault: MasterFault) {
     use colony::config::Acknowledge;
     use colony_testkit::Profile;
     let safe = participant_master_fault(
@@ -494,12 +501,12 @@ async fn safe_then_naive(topology: colony_testkit::Topology, tag: &str, fault: M
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_master_killed_mid_trade_breaks_nothing_in_the_safe_profile() {
-    safe_then_naive(colony_testkit::Topology::Sentinel, "mf", MasterFault::Kill).await;
+    safe_then_naive(Topology::Sentinel, "mf", MasterFault::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_participant_master_killed_mid_trade_breaks_nothing_in_the_safe_profile() {
-    safe_then_naive(colony_testkit::Topology::Cluster, "mcf", MasterFault::Kill).await;
+    safe_then_naive(Topology::Cluster, "mcf", MasterFault::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,12 +514,12 @@ async fn a_participant_master_paused_mid_trade_breaks_nothing_in_the_safe_profil
     // A paused master is the harder case: it wakes up still a master, with the coordinator's
     // connections open, until the Sentinels demote it. In the safe profile it has no replica
     // left to acknowledge a write, so nothing it takes after the promotion is acknowledged.
-    safe_then_naive(colony_testkit::Topology::Sentinel, "mp", MasterFault::Pause).await;
+    safe_then_naive(Topology::Sentinel, "mp", MasterFault::Pause).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_participant_master_paused_mid_trade_breaks_nothing_in_the_safe_profile() {
-    safe_then_naive(colony_testkit::Topology::Cluster, "mcp", MasterFault::Pause).await;
+    safe_then_naive(Topology::Cluster, "mcp", MasterFault::Pause).await;
 }
 
 /// Whether every replica of `master` has acknowledged its whole replication stream.
@@ -540,48 +547,37 @@ async fn caught_up(master: &RedisServer) -> bool {
     !acked.is_empty() && acked.iter().all(|a| a.is_some() && *a == offset)
 }
 
-/// Two safe-profile shards (two replicas each) with a player created on each: (shards,
-/// store, giver on shard 0 and the trades' primary, taker on shard 1). Every connection is
-/// warmed, so a trade's steps open none.
+/// Two safe-profile shards of `topology` (two replicas each; on a cluster, two of its three
+/// masters) with a player created on each: (shards, store, giver on shard 0 and the trades'
+/// primary, taker on shard 1). Every connection is warmed, so a trade's steps open none.
 async fn stall_cluster(
+    topology: Topology,
     tag: &str,
     lease_ms: u64,
-) -> (
-    Vec<colony_testkit::SentinelShard>,
-    Store,
-    PlayerId,
-    PlayerId,
-) {
-    let (shards, _, store, giver, taker) =
-        stall_cluster_of(tag, lease_ms, colony_testkit::Profile::Safe).await;
-    (shards, store, giver, taker)
+) -> (Rig, Store, PlayerId, PlayerId) {
+    let (rig, _, store, giver, taker) =
+        stall_cluster_of(topology, tag, lease_ms, colony_testkit::Profile::Safe).await;
+    (rig, store, giver, taker)
 }
 
 /// [`stall_cluster`] with servers of `profile`, also returning the store's configuration
 /// (for a second store: another gateway).
 async fn stall_cluster_of(
+    topology: Topology,
     tag: &str,
     lease_ms: u64,
     profile: colony_testkit::Profile,
-) -> (
-    Vec<colony_testkit::SentinelShard>,
-    Config,
-    Store,
-    PlayerId,
-    PlayerId,
-) {
+) -> (Rig, Config, Store, PlayerId, PlayerId) {
     use colony::config::Acknowledge;
-    let rig = colony_testkit::Rig::start(colony_testkit::Topology::Sentinel, tag, profile, 2, 2)
-        .expect("shards start");
+    let rig = Rig::start(topology, tag, profile, 2, 2).expect("shards start");
     let config = tuned(rig.config(), Acknowledge::Replicated, lease_ms);
-    let store = Store::new(&config).expect("store");
-    let colony_testkit::Rig::Sentinel(shards) = rig else {
-        unreachable!("a Sentinel rig")
-    };
+    let store = Store::connect(&config).await.expect("store");
     let mut on: Vec<Option<PlayerId>> = vec![None, None];
     for i in 0.. {
         let p = PlayerId::new(format!("{tag}-p{i}")).expect("valid");
-        on[store.shard_map().shard_for_player(&p).get()].get_or_insert(p);
+        if let Some(slot) = on.get_mut(store.shard_map().shard_for_player(&p).get()) {
+            slot.get_or_insert(p);
+        }
         if on.iter().all(Option::is_some) {
             break;
         }
@@ -603,26 +599,37 @@ async fn stall_cluster_of(
                 .expect("reads");
         }
     }
-    (shards, config, store, giver, taker)
+    (rig, config, store, giver, taker)
 }
 
-/// Stops (SIGSTOP) every replica of `shard` once they have acknowledged everything (no
-/// connection has a write they lack, as on a quiet shard), then fills the replication link:
-/// 32 MiB more than the stopped replicas' socket buffers hold, so what the master takes next
-/// stays in its output buffers. Returns the master's index and the replicas'.
-async fn stall_replicas(shard: &mut colony_testkit::SentinelShard) -> (usize, Vec<usize>) {
-    let master = shard.master_index().expect("a master");
-    let replicas: Vec<usize> = (0..shard.servers.len()).filter(|&i| i != master).collect();
-    let master_server = &shard.servers[master];
+/// Shard `g`'s master now.
+fn master_of(rig: &Rig, g: usize) -> &RedisServer {
+    rig.server(g, rig.master_index(g).expect("a master"))
+}
+
+/// A key in `player`'s slot, so that on a cluster it lives on the player's master.
+fn key_beside(player: &PlayerId, name: &str) -> String {
+    format!("{{{}}}:{name}", player.as_str())
+}
+
+/// Stops (SIGSTOP) every replica of shard `g` (the shard of `player`) once they have
+/// acknowledged everything (no connection has a write they lack, as on a quiet shard), then
+/// fills the replication link: 32 MiB more than the stopped replicas' socket buffers hold,
+/// written in `player`'s slot, so what the master takes next stays in its output buffers.
+/// Returns the master's index and the replicas'.
+async fn stall_replicas(rig: &Rig, g: usize, player: &PlayerId) -> (usize, Vec<usize>) {
+    let master = rig.master_index(g).expect("a master");
+    let replicas: Vec<usize> = (0..rig.len(g)).filter(|&i| i != master).collect();
+    let master_server = rig.server(g, master);
     wait_for(Duration::from_secs(10), || async {
         caught_up(master_server).await.then_some(())
     })
     .await
     .expect("the replicas catch up");
     for &r in &replicas {
-        shard.servers[r].pause().expect("stop a replica");
+        rig.server(g, r).pause().expect("stop a replica");
     }
-    let mut conn = redis::Client::open(shard.servers[master].url())
+    let mut conn = redis::Client::open(master_server.url())
         .expect("client")
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()
@@ -632,7 +639,7 @@ async fn stall_replicas(shard: &mut colony_testkit::SentinelShard) -> (usize, Ve
         .expect("connects");
     let ballast = vec![b'x'; 32 << 20];
     let _: () = redis::cmd("SET")
-        .arg("ballast")
+        .arg(key_beside(player, "ballast"))
         .arg(ballast)
         .query_async(&mut conn)
         .await
@@ -640,28 +647,22 @@ async fn stall_replicas(shard: &mut colony_testkit::SentinelShard) -> (usize, Ve
     (master, replicas)
 }
 
-/// Kills the stalled shard's master, resumes its replicas, waits for the Sentinels to promote
-/// one, and starts the old master again as its replica.
-async fn kill_master_and_resume(
-    shard: &mut colony_testkit::SentinelShard,
-    master: usize,
-    replicas: &[usize],
-) {
-    shard.servers[master].kill().expect("kill the master");
+/// Kills shard `g`'s stalled master, resumes its replicas, waits for the Sentinels (or the
+/// cluster's election) to promote one, and starts the old master again as its replica.
+async fn kill_master_and_resume(rig: &mut Rig, g: usize, master: usize, replicas: &[usize]) {
+    rig.server_mut(g, master).kill().expect("kill the master");
     for &r in replicas {
-        shard.servers[r].resume().expect("resume a replica");
+        rig.server(g, r).resume().expect("resume a replica");
     }
     assert!(
-        colony_testkit::wait_until(Duration::from_secs(30), || shard
-            .master_index()
+        colony_testkit::wait_until(Duration::from_secs(30), || rig
+            .master_index(g)
             .is_some_and(|m| m != master))
         .await,
         "no promotion"
     );
-    let new = shard.master_index().expect("a master");
-    let port = shard.servers[new].port().to_string();
-    shard.servers[master]
-        .start_again(&["--replicaof", "127.0.0.1", &port])
+    let new = rig.master_index(g).expect("a master");
+    rig.restart_as_replica(g, master, new)
         .expect("the old master rejoins");
 }
 
@@ -705,9 +706,18 @@ async fn settled_coins(store: &Store, giver: &PlayerId, taker: &PlayerId) -> (i6
 /// ended one-sided: giver 990, taker 1000.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_sided() {
-    let (mut shards, store, giver, taker) = stall_cluster("stall", LEASE_MS).await;
-    let (master, replicas) = stall_replicas(&mut shards[1]).await;
-    let trade = MultiTransaction::new(IdempotencyKey::new("stall", 1).expect("valid"))
+    trade_with_stalled_replicas(Topology::Sentinel, "stall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_sided() {
+    trade_with_stalled_replicas(Topology::Cluster, "cstall").await;
+}
+
+async fn trade_with_stalled_replicas(topology: Topology, tag: &str) {
+    let (mut rig, store, giver, taker) = stall_cluster(topology, tag, LEASE_MS).await;
+    let (master, replicas) = stall_replicas(&rig, 1, &taker).await;
+    let trade = MultiTransaction::new(IdempotencyKey::new(tag, 1).expect("valid"))
         .with(Participant::owner(giver.clone()).with(gold(-10)))
         .with(Participant::owner(taker.clone()).with(gold(10)));
     let connects = store.connection_stats()[1].connects;
@@ -727,9 +737,9 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
         opened <= 2,
         "{opened} connections opened to the stalled shard"
     );
-    kill_master_and_resume(&mut shards[1], master, &replicas).await;
+    kill_master_and_resume(&mut rig, 1, master, &replicas).await;
     let (g, t) = settled_coins(&store, &giver, &taker).await;
-    eprintln!("answer {answer:?}; giver {g}, taker {t}");
+    eprintln!("{topology:?}: answer {answer:?}; giver {g}, taker {t}");
     assert_eq!(g + t, 2 * START, "one-sided: giver {g}, taker {t}");
 }
 
@@ -740,24 +750,33 @@ async fn a_trade_whose_replicas_are_stalled_is_not_acknowledged_and_never_one_si
 /// attempt aborts, nothing one-sided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreplicated_commit_record_is_acted_on_by_nobody() {
+    unreplicated_commit_record(Topology::Sentinel, "undecided").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreplicated_cluster_commit_record_is_acted_on_by_nobody() {
+    unreplicated_commit_record(Topology::Cluster, "cundecided").await;
+}
+
+async fn unreplicated_commit_record(topology: Topology, tag: &str) {
     use colony::script::IntentRef;
     use colony::store::intents::{Decision, Resolution};
     use colony::store::multi::{MultiAttempt, PrepareOutcome};
     // A lease long enough that the commit is not refused for a passed lease meanwhile.
-    let (mut shards, store, giver, taker) = stall_cluster("undecided", 10_000).await;
-    let trade = MultiTransaction::new(IdempotencyKey::new("undecided", 1).expect("valid"))
+    let (mut rig, store, giver, taker) = stall_cluster(topology, tag, 10_000).await;
+    let trade = MultiTransaction::new(IdempotencyKey::new(tag, 1).expect("valid"))
         .with(Participant::owner(giver.clone()).with(gold(-10)))
         .with(Participant::owner(taker.clone()).with(gold(10)));
     let mut attempt = MultiAttempt::new(&store, trade).expect("valid");
     assert_eq!(attempt.prepare().await, PrepareOutcome::AllStaged);
-    let (master, replicas) = stall_replicas(&mut shards[0]).await;
+    let (master, replicas) = stall_replicas(&rig, 0, &giver).await;
     let decided = attempt.decide(true).await;
     assert!(
         decided != Ok(Decision::Commit),
         "a commit the replicas never saw was taken as decided"
     );
     // The commit is on the primary's master, unreplicated.
-    let mut conn = raw(&shards[0].servers[master]).await;
+    let mut conn = raw(rig.server(0, master)).await;
     let record: Option<String> = redis::cmd("HGET")
         .arg(colony::keys::decision_key(&giver, attempt.id()))
         .arg("d")
@@ -781,9 +800,9 @@ async fn an_unreplicated_commit_record_is_acted_on_by_nobody() {
         "a resolver applied an unreplicated commit: {resolved:?}"
     );
     drop(attempt);
-    kill_master_and_resume(&mut shards[0], master, &replicas).await;
+    kill_master_and_resume(&mut rig, 0, master, &replicas).await;
     let (g, t) = settled_coins(&store, &giver, &taker).await;
-    eprintln!("decided {decided:?}, resolver {resolved:?}; giver {g}, taker {t}");
+    eprintln!("{topology:?}: decided {decided:?}, resolver {resolved:?}; giver {g}, taker {t}");
     assert_eq!(g + t, 2 * START, "one-sided: giver {g}, taker {t}");
     assert!(g == START || g == START - 10, "giver {g}");
 }
@@ -801,15 +820,24 @@ async fn an_unreplicated_commit_record_is_acted_on_by_nobody() {
 /// covers the other connection's writes without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_state() {
+    sweep_keeps_a_denied_record(Topology::Sentinel, "denied").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_state() {
+    sweep_keeps_a_denied_record(Topology::Cluster, "cdenied").await;
+}
+
+async fn sweep_keeps_a_denied_record(topology: Topology, tag: &str) {
     use colony::store::intents::Decision;
     use colony::store::multi::{MultiAttempt, PrepareOutcome};
     // Plain servers (no `min-replicas-to-write`): the stalled master takes every write.
-    let (mut shards, config, sweeper, giver, taker) =
-        stall_cluster_of("denied", LEASE_MS, colony_testkit::Profile::Plain).await;
+    let (mut rig, config, sweeper, giver, taker) =
+        stall_cluster_of(topology, tag, LEASE_MS, colony_testkit::Profile::Plain).await;
     // A third player, on the taker's shard: the second trade's other participant, so that
     // nothing of that trade is on the giver's shard, which the sweep walks.
     let friend = (0..)
-        .map(|i| PlayerId::new(format!("denied-q{i}")).expect("valid"))
+        .map(|i| PlayerId::new(format!("{tag}-q{i}")).expect("valid"))
         .find(|p| sweeper.shard_map().shard_for_player(p).get() == 1)
         .expect("a player on shard 1");
     let setup = Transaction::owner(
@@ -822,9 +850,9 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
     // its unacknowledged writes is on a connection the sweep uses.
     let mut quick = config.clone();
     quick.redis.replication_timeout_ms = 200;
-    let gateway = Store::new(&quick).expect("store");
+    let gateway = Store::connect(&quick).await.expect("store");
     let trade = |n: u64, from: &PlayerId, to: &PlayerId, amount: i64| {
-        MultiTransaction::new(IdempotencyKey::new("denied", n).expect("valid"))
+        MultiTransaction::new(IdempotencyKey::new(tag, n).expect("valid"))
             .with(Participant::owner(from.clone()).with(gold(-amount)))
             .with(Participant::owner(to.clone()).with(gold(amount)))
     };
@@ -845,7 +873,7 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
 
     // The taker's replicas stop. The first trade's apply, then the second's commit (which
     // applies its primary, the taker), reach the taker's master alone.
-    let (master, replicas) = stall_replicas(&mut shards[1]).await;
+    let (master, replicas) = stall_replicas(&rig, 1, &taker).await;
     let applied = first.finish().await;
     assert!(
         applied.is_err(),
@@ -856,7 +884,7 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
         decided != Ok(Decision::Commit),
         "a commit the replicas never saw was taken as decided"
     );
-    let mut taker_master = raw(&shards[1].servers[master]).await;
+    let mut taker_master = raw(rig.server(1, master)).await;
     let mark: Option<String> = redis::cmd("HGET")
         .arg(colony::keys::PlayerKeys::new(&taker).meta)
         .arg("y")
@@ -872,8 +900,7 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
     // The first record, once older than a lease by its shard's clock, is swept: the taker
     // answers NO_INTENT, which its replicas cannot acknowledge. The record stays.
     let shard_0 = sweeper.shard_map().index(0).expect("a shard of the map");
-    let giver_master = shards[0].master_index().expect("a master");
-    let mut giver_master = raw(&shards[0].servers[giver_master]).await;
+    let mut giver_master = raw(master_of(&rig, 0)).await;
     let record = colony::keys::decision_key(&giver, first.id());
     let decisions = colony::keys::SlotKeys::of_player(&giver).decisions;
     let old_enough = wait_for(Duration::from_secs(10), || {
@@ -913,7 +940,7 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
     // holds the first trade's intent, which the kept record applies; the second trade's
     // commit is lost, and its friend's intent is rolled back.
     drop((first, second));
-    kill_master_and_resume(&mut shards[1], master, &replicas).await;
+    kill_master_and_resume(&mut rig, 1, master, &replicas).await;
     let (g, t) = settled_coins(&sweeper, &giver, &taker).await;
     assert_eq!(
         (g, t),
@@ -933,14 +960,23 @@ async fn a_sweep_keeps_a_commit_record_its_taker_denies_from_an_unreplicated_sta
 /// commit's refusal went unchecked, both were definite while the replicas were stopped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
-    let (mut shards, store, giver, taker) = stall_cluster("judged", LEASE_MS).await;
+    refusal_final_once_acknowledged(Topology::Sentinel, "judged").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
+    refusal_final_once_acknowledged(Topology::Cluster, "cjudged").await;
+}
+
+async fn refusal_final_once_acknowledged(topology: Topology, tag: &str) {
+    let (rig, store, giver, taker) = stall_cluster(topology, tag, LEASE_MS).await;
     // The taker cannot pay: its prepare refuses, so the primary judges the key. Then the
     // primary cannot pay: the others prepared, and the commit script refuses.
     let trades = [
-        MultiTransaction::new(IdempotencyKey::new("judged", 1).expect("valid"))
+        MultiTransaction::new(IdempotencyKey::new(tag, 1).expect("valid"))
             .with(Participant::owner(giver.clone()).with(gold(10)))
             .with(Participant::owner(taker.clone()).with(gold(-(START + 1)))),
-        MultiTransaction::new(IdempotencyKey::new("judged", 2).expect("valid"))
+        MultiTransaction::new(IdempotencyKey::new(tag, 2).expect("valid"))
             .with(Participant::owner(giver.clone()).with(gold(-(START + 1))))
             .with(Participant::owner(taker.clone()).with(gold(10))),
     ];
@@ -962,7 +998,7 @@ async fn a_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
         refused.extend(answer);
     }
 
-    let (master, replicas) = stall_replicas(&mut shards[0]).await;
+    let (master, replicas) = stall_replicas(&rig, 0, &giver).await;
     for trade in &trades {
         let unconfirmed = store.execute_multi(trade.clone()).await;
         assert!(
@@ -973,9 +1009,9 @@ async fn a_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
     }
 
     for &r in &replicas {
-        shards[0].servers[r].resume().expect("resume a replica");
+        rig.server(0, r).resume().expect("resume a replica");
     }
-    let master_server = &shards[0].servers[master];
+    let master_server = rig.server(0, master);
     wait_for(Duration::from_secs(20), || async {
         caught_up(master_server).await.then_some(())
     })
@@ -1006,13 +1042,24 @@ async fn a_trades_refusal_is_final_only_once_the_primary_acknowledges_it() {
 /// acknowledgement, the record was forgotten and the intent aborted: giver 990, taker 1000.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_apply_that_only_the_master_took_keeps_its_commit_record() {
-    let (mut shards, store, giver, taker) = stall_cluster("lane", LEASE_MS).await;
+    detached_apply_on_the_master_alone(Topology::Sentinel, "lane").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_detached_apply_that_only_the_master_took_keeps_its_commit_record() {
+    detached_apply_on_the_master_alone(Topology::Cluster, "clane").await;
+}
+
+async fn detached_apply_on_the_master_alone(topology: Topology, tag: &str) {
+    let (mut rig, store, giver, taker) = stall_cluster(topology, tag, LEASE_MS).await;
     let taker_shard = store.shard_map().shard_for_player(&taker);
-    // Hold the taker's shard's lane: its one call blocks until the test pushes.
-    let master_url = shards[1].servers[shards[1].master_index().expect("a master")].url();
+    // Hold the taker's shard's lane: its one call blocks until the test pushes (a key in the
+    // taker's slot, so that on a cluster it is the taker's master that blocks).
+    let master_url = master_of(&rig, 1).url();
+    let hold_key = key_beside(&taker, "lane:hold");
     let holder = {
         let store = store.clone();
-        let hold = Command::read(redis::cmd("BLPOP").arg("lane:hold").arg(20).clone());
+        let hold = Command::read(redis::cmd("BLPOP").arg(&hold_key).arg(20).clone());
         tokio::spawn(async move { store.send_coalesced(taker_shard, vec![hold]).await })
     };
     let mut master = redis::Client::open(master_url)
@@ -1033,17 +1080,17 @@ async fn a_detached_apply_that_only_the_master_took_keeps_its_commit_record() {
     })
     .await;
     assert!(blocked.is_some(), "the lane's call never blocked");
-    let trade = MultiTransaction::new(IdempotencyKey::new("lane", 1).expect("valid"))
+    let trade = MultiTransaction::new(IdempotencyKey::new(tag, 1).expect("valid"))
         .with(Participant::owner(giver.clone()).with(gold(-10)))
         .with(Participant::owner(taker.clone()).with(gold(10)));
     store
         .execute_multi(trade)
         .await
         .expect("the trade is answered OK");
-    let (stopped_master, replicas) = stall_replicas(&mut shards[1]).await;
+    let (stopped_master, replicas) = stall_replicas(&rig, 1, &taker).await;
     // Release the lane: the queued apply goes out now, to the master alone.
     let _: i64 = redis::cmd("LPUSH")
-        .arg("lane:hold")
+        .arg(&hold_key)
         .arg("go")
         .query_async(&mut master)
         .await
@@ -1052,16 +1099,14 @@ async fn a_detached_apply_that_only_the_master_took_keeps_its_commit_record() {
     store.wait_detached().await;
     let records: i64 = redis::cmd("ZCARD")
         .arg(colony::keys::SlotKeys::of_player(&giver).decisions)
-        .query_async(
-            &mut raw(&shards[0].servers[shards[0].master_index().expect("a master")]).await,
-        )
+        .query_async(&mut raw(master_of(&rig, 0)).await)
         .await
         .expect("counted");
     assert_eq!(
         records, 1,
         "the commit record was forgotten on an unacknowledged apply"
     );
-    kill_master_and_resume(&mut shards[1], stopped_master, &replicas).await;
+    kill_master_and_resume(&mut rig, 1, stopped_master, &replicas).await;
     let (g, t) = settled_coins(&store, &giver, &taker).await;
     assert_eq!(
         (g, t),
