@@ -522,31 +522,6 @@ async fn a_cluster_participant_master_paused_mid_trade_breaks_nothing_in_the_saf
     safe_then_naive(Topology::Cluster, "mcp", MasterFault::Pause).await;
 }
 
-/// Whether every replica of `master` has acknowledged its whole replication stream.
-async fn caught_up(master: &RedisServer) -> bool {
-    let mut conn = raw(master).await;
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut conn)
-        .await
-        .expect("info");
-    let field = |line: &str, name: &str| -> Option<u64> {
-        line.split([',', ':'])
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let mut offset = None;
-    let mut acked = Vec::new();
-    for line in info.lines() {
-        if let Some(v) = line.strip_prefix("master_repl_offset:") {
-            offset = v.trim().parse::<u64>().ok();
-        } else if line.starts_with("slave") && line.contains("ip=") {
-            acked.push(field(line, "offset"));
-        }
-    }
-    !acked.is_empty() && acked.iter().all(|a| a.is_some() && *a == offset)
-}
-
 /// Two safe-profile shards of `topology` (two replicas each; on a cluster, two of its three
 /// masters) with a player created on each: (shards, store, giver on shard 0 and the trades'
 /// primary, taker on shard 1). Every connection is warmed, so a trade's steps open none.
@@ -622,7 +597,7 @@ async fn stall_replicas(rig: &Rig, g: usize, player: &PlayerId) -> (usize, Vec<u
     let replicas: Vec<usize> = (0..rig.len(g)).filter(|&i| i != master).collect();
     let master_server = rig.server(g, master);
     wait_for(Duration::from_secs(10), || async {
-        caught_up(master_server).await.then_some(())
+        master_server.replicas_caught_up().then_some(())
     })
     .await
     .expect("the replicas catch up");
@@ -1013,7 +988,7 @@ async fn refusal_final_once_acknowledged(topology: Topology, tag: &str) {
     }
     let master_server = rig.server(0, master);
     wait_for(Duration::from_secs(20), || async {
-        caught_up(master_server).await.then_some(())
+        master_server.replicas_caught_up().then_some(())
     })
     .await
     .expect("the replicas catch up");

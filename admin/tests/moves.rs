@@ -3,7 +3,8 @@
 //! acknowledged write is there exactly once afterwards, trades are conserved, and each moved
 //! slot is served by its new master alone. A move stopped after any step (as a killed tool
 //! stops) is finished by running it again, and a master killed mid-move loses nothing
-//! acknowledged.
+//! acknowledged: after a step reached its replicas, and before (the step's `WAIT` falls
+//! short, the run stops, and the rerun finishes from what the promoted replica holds).
 
 use std::time::Duration;
 
@@ -490,5 +491,213 @@ async fn a_master_killed_mid_move_loses_nothing_acknowledged() {
         .check_against(&target)
         .await
         .assert_exact("writes while masters died mid-move");
+    assert_eq!(traders_total(&store).await, 200, "trades conserved");
+}
+
+/// Stops (SIGSTOP) every replica of `master`, then writes 32 MiB more than their socket
+/// buffers hold on it (in a slot it serves other than `moving`), so what the master takes
+/// next reaches it alone. (Writers keep writing, so the replicas are never quite caught up
+/// when they stop; what was acknowledged before is on them.) Returns their ports.
+async fn stall_replicas(
+    cluster: &RedisCluster,
+    master: &colony_testkit::RedisServer,
+    moving: u16,
+) -> Vec<u16> {
+    let replicas: Vec<u16> = cluster
+        .replicas_of(master)
+        .iter()
+        .map(|r| r.port())
+        .collect();
+    assert!(!replicas.is_empty(), "{} has no replica", master.address());
+    for r in cluster
+        .nodes()
+        .iter()
+        .filter(|n| replicas.contains(&n.port()))
+    {
+        r.pause().expect("stop a replica");
+    }
+    let beside = (0..)
+        .map(|i| pid(&format!("ballast-{i}")))
+        .find(|p| {
+            let slot = keys::player_slot(p).get();
+            slot != moving
+                && cluster
+                    .owner_of(slot, 0)
+                    .is_ok_and(|o| o.port() == master.port())
+        })
+        .expect("a slot of the master");
+    let mut conn = redis::Client::open(master.url())
+        .expect("client")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{}}}:ballast", beside.as_str()))
+        .arg(vec![b'x'; 32 << 20])
+        .query_async(&mut conn)
+        .await
+        .expect("ballast written");
+    replicas
+}
+
+/// Resumes the replicas stopped by [`stall_replicas`].
+fn resume(cluster: &RedisCluster, replicas: &[u16]) {
+    for r in cluster
+        .nodes()
+        .iter()
+        .filter(|n| replicas.contains(&n.port()))
+    {
+        r.resume().expect("resume a replica");
+    }
+}
+
+/// A master killed after a step of a move reached it but *before* its replicas had it: the
+/// source's park (its tombstones and parked copies on S's master alone), then the target's
+/// restore (the copies on T's master alone). Each step's `WAIT` falls short, so the run
+/// stops there; the master dies with what its replicas lacked, and a rerun on the promoted
+/// replica finishes the move from what the replicas held. Every acknowledged write is there
+/// exactly once afterwards and trades are conserved. (A tool that went on after a park its
+/// replicas never saw would restore copies of players the promoted source then serves and
+/// writes, and the close would replace those writes with the older copies.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_before_a_step_reached_its_replicas_loses_nothing_acknowledged() {
+    let mut cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
+    let mut config = all_seeds(&cluster);
+    config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+    config.redis.replicas_to_wait = 1;
+    config.redis.retry_deadline_ms = 20_000;
+    let store = Store::connect(&config).await.expect("reads the map");
+    let seeds = config.cluster.clone().expect("a [cluster]");
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 6, "mv", PLAYERS, 17);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trading = start_trading(store.clone(), stop.clone());
+    assert!(
+        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200).await,
+        "writes never got going"
+    );
+    let claim_on = |slot: u16, to: String, run: &'static str| {
+        let seeds = seeds.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match SlotMove::claim(
+                    &seeds,
+                    Slot::new(slot).expect("slot"),
+                    &to,
+                    run,
+                    1,
+                    options(),
+                )
+                .await
+                {
+                    Ok(m) => return m,
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        panic!("slot {slot}: never claimed: {e:#}")
+                    }
+                    // The stopped run's lease, or the failover, has not passed yet.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+    };
+    let masters: Vec<(u16, String)> = cluster
+        .master_nodes()
+        .iter()
+        .map(|m| (m.port(), m.address()))
+        .collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let index_of = |port: u16| ports.iter().position(|&p| p == port).expect("a node");
+
+    // The source's park reaches its master alone; the master dies.
+    let (s_port, t_addr) = (masters[1].0, masters[2].1.clone());
+    let slot = slots_on(&cluster, s_port)[0];
+    let mut first = claim_on(slot, t_addr.clone(), "park-unreplicated").await;
+    first.open().await.expect("opens");
+    let batches = first.unparked_batches().await.expect("lists");
+    let stalled = stall_replicas(&cluster, &cluster.nodes()[index_of(s_port)], slot).await;
+    let e = first
+        .park(&batches[0])
+        .await
+        .expect_err("a park the replicas never saw is not acknowledged");
+    assert!(format!("{e:#}").contains("replicas acknowledged"), "{e:#}");
+    drop(first);
+    cluster.node_mut(index_of(s_port)).kill().expect("killed");
+    resume(&cluster, &stalled);
+    failed_over(&cluster, slot, s_port, index_of(masters[0].0)).await;
+    claim_on(slot, t_addr.clone(), "after-the-source-died")
+        .await
+        .run_to_end()
+        .await
+        .expect("the move finishes on the promoted source");
+    assert_eq!(
+        cluster
+            .owner_of(slot, index_of(masters[0].0))
+            .expect("owned")
+            .address(),
+        t_addr
+    );
+
+    // The target's restore reaches its master alone; the master dies.
+    let (s_port, t_port) = (masters[0].0, masters[2].0);
+    let slot = slots_on(&cluster, s_port)[0];
+    let mut first = claim_on(slot, t_addr.clone(), "restore-unreplicated").await;
+    first.open().await.expect("opens");
+    let batches = first.unparked_batches().await.expect("lists");
+    first.park(&batches[0]).await.expect("parks");
+    let ids: Vec<String> = batches[0].iter().map(|(id, _)| id.clone()).collect();
+    let stalled = stall_replicas(&cluster, &cluster.nodes()[index_of(t_port)], slot).await;
+    let e = first
+        .restore(Some(&ids))
+        .await
+        .expect_err("a restore the replicas never saw is not acknowledged");
+    assert!(format!("{e:#}").contains("replicas acknowledged"), "{e:#}");
+    drop(first);
+    cluster.node_mut(index_of(t_port)).kill().expect("killed");
+    resume(&cluster, &stalled);
+    // The promoted replica: the new owner of a slot the dead target served.
+    let its_slot = (0..16384u16)
+        .find(|&s| {
+            cluster
+                .owner_of(s, index_of(s_port))
+                .is_ok_and(|o| o.port() == t_port)
+        })
+        .expect("a slot of the target");
+    failed_over(&cluster, its_slot, t_port, index_of(s_port)).await;
+    let new_target = cluster
+        .owner_of(its_slot, index_of(s_port))
+        .expect("owned")
+        .address();
+    claim_on(slot, new_target.clone(), "after-the-target-died")
+        .await
+        .run_to_end()
+        .await
+        .expect("the move finishes on the promoted target");
+    assert_eq!(
+        cluster
+            .owner_of(slot, index_of(s_port))
+            .expect("owned")
+            .address(),
+        new_target
+    );
+
+    let before = writers.acknowledged();
+    assert!(
+        wait_until(Duration::from_secs(30), || writers.acknowledged()
+            >= before + 200)
+        .await,
+        "writes did not go on after the kills"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = trading.await.expect("trading ends");
+    writers
+        .stop()
+        .await
+        .check_against(&target)
+        .await
+        .assert_exact("writes while masters died before a move's step reached their replicas");
     assert_eq!(traders_total(&store).await, 200, "trades conserved");
 }

@@ -153,6 +153,29 @@ impl RedisServer {
         })
     }
 
+    /// Whether replicas are attached and every one has acknowledged this master's whole
+    /// replication stream (false when it is unreachable).
+    pub fn replicas_caught_up(&self) -> bool {
+        let Some(info) = self.replication_info() else {
+            return false;
+        };
+        let field = |line: &str, name: &str| -> Option<u64> {
+            line.split([',', ':'])
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let mut offset = None;
+        let mut acked = Vec::new();
+        for line in info.lines() {
+            if let Some(v) = line.strip_prefix("master_repl_offset:") {
+                offset = v.trim().parse::<u64>().ok();
+            } else if line.starts_with("slave") && line.contains("ip=") {
+                acked.push(field(line, "offset"));
+            }
+        }
+        offset.is_some() && !acked.is_empty() && acked.iter().all(|a| *a == offset)
+    }
+
     /// Whether the server answers as a master (false when it is unreachable).
     pub fn is_master(&self) -> bool {
         self.replication_info()
