@@ -137,6 +137,146 @@ async fn safe_profile_loses_nothing(topology: Topology) {
     verdict.assert_exact(&format!("{topology:?}, seed {seed}"));
 }
 
+/// One of a shard's two replicas falls behind (stopped while more is written than socket
+/// buffers hold) while writes go on, acknowledged by the other one alone
+/// (`redis.replicas_to_wait` = 1); then the master dies before the lagging replica caught
+/// up. Waiting for fewer replicas than the shard has relies on Sentinel promoting the replica
+/// with the most of the master's stream (it ranks candidates by replication offset): the
+/// promoted one must be the replica that acknowledged, and nothing acknowledged may be lost.
+/// (A Redis Cluster's election only prefers the most advanced replica, so there Colony waits
+/// for every replica that could be elected: `tests/cluster.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_acknowledged_by_one_of_two_replicas_survive_when_the_other_lags() {
+    let seed = colony_testkit::seed_from_env();
+    eprintln!("seed {seed}");
+    let (verdict, promoted_lagging) = one_of_two_replicas_lags(seed, false).await;
+    verdict.assert_exact(&format!("seed {seed}"));
+    assert!(
+        !promoted_lagging,
+        "seed {seed}: the Sentinels promoted the replica that lagged"
+    );
+}
+
+/// The control: the same schedule with the replica that acknowledged made unpromotable
+/// (`replica-priority 0`), so the Sentinels must promote the lagging one. The checker must
+/// find the writes only the other replica had, or the schedule did not put acknowledged
+/// writes on one replica alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_the_lagging_replica_instead_loses_what_the_other_acknowledged() {
+    let seed = colony_testkit::seed_from_env();
+    eprintln!("seed {seed}");
+    let (verdict, promoted_lagging) = one_of_two_replicas_lags(seed, true).await;
+    assert!(
+        promoted_lagging,
+        "seed {seed}: the control needs the lagging replica promoted"
+    );
+    assert!(
+        verdict.lost > 0,
+        "seed {seed}: promoting the lagging replica lost nothing, so the acknowledged writes \
+         were not on one replica alone: {verdict:?}"
+    );
+}
+
+/// [`writes_acknowledged_by_one_of_two_replicas_survive_when_the_other_lags`]'s schedule;
+/// with `control`, the replica that keeps up is made unpromotable first. Returns the
+/// checker's findings and whether the lagging replica was promoted.
+async fn one_of_two_replicas_lags(seed: u64, control: bool) -> (Findings, bool) {
+    let mut random = Seeded::new(seed);
+    let mut shard = Rig::start(Topology::Sentinel, "faults-one-lags", Profile::Safe, 2, 1)
+        .expect("shard starts");
+    let mut config = tuned(shard.config(), Acknowledge::Replicated);
+    config.redis.replicas_to_wait = 1;
+    let store = Store::connect(&config).await.expect("store");
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 1, "counter", COUNTERS, seed);
+    let count = || writers.acknowledged();
+    let warm_up = random.range(100, 300);
+    assert!(
+        wait_until(Duration::from_secs(20), || count() >= warm_up).await,
+        "writes never got going"
+    );
+
+    let master = shard.master_index(0).expect("a master");
+    let lagging = (0..shard.len(0)).find(|&i| i != master).expect("a replica");
+    if control {
+        let keeping_up = (0..shard.len(0))
+            .find(|&i| i != master && i != lagging)
+            .expect("a second replica");
+        let mut conn = redis::Client::open(shard.server(0, keeping_up).url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("replica-priority")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .expect("config set");
+    }
+    shard.server(0, lagging).pause().expect("pause a replica");
+    writers.fault("one replica paused");
+    let big = vec![b'x'; 60 * 1024];
+    let filler: Vec<Transaction> = (0..256)
+        .map(|i| {
+            Transaction::owner(pid(&format!("filler-{i}")), key(1)).with(Operation::SetField {
+                name: name("f"),
+                value: big.clone(),
+                visibility: Visibility::Private,
+            })
+        })
+        .collect();
+    let _ = store
+        .execute_batch(filler)
+        .await
+        .expect("the filler batch is well-formed");
+    // Acknowledged by the other replica alone: these are what the lagging one lacks.
+    let after_filler = count();
+    let more = random.range(20, 60);
+    assert!(
+        wait_until(Duration::from_secs(10), || count() >= after_filler + more).await,
+        "writes were not acknowledged while one replica of two was behind"
+    );
+    writers.fault("master killed");
+    let killed_at = Instant::now();
+    shard.server_mut(0, master).kill().expect("kill the master");
+    shard
+        .server(0, lagging)
+        .resume()
+        .expect("resume the replica");
+    assert!(
+        wait_until(Duration::from_secs(30), || shard
+            .master_index(0)
+            .is_some_and(|m| m != master))
+        .await,
+        "no replica was promoted"
+    );
+    let promoted = shard.master_index(0).expect("a master");
+    let promoted_after = killed_at.elapsed();
+    shard
+        .restart_as_replica(0, master, promoted)
+        .expect("the old master returns as a replica");
+    let at_promotion = count();
+    assert!(
+        wait_until(Duration::from_secs(30), || count() >= at_promotion + 100).await,
+        "writes did not resume"
+    );
+    let history = writers.stop().await;
+    let verdict = history.check_against(&target).await;
+    eprintln!(
+        "one of two replicas lagging (control: {control}), seed {seed}: {verdict:?}, promoted {} after \
+         {promoted_after:?}, longest write gap after the kill {:?}",
+        if promoted == lagging {
+            "the lagging replica"
+        } else {
+            "the replica that acknowledged"
+        },
+        history.longest_gap_after(killed_at)
+    );
+    (verdict, promoted == lagging)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_profile_loss_is_caught_by_the_checker() {
     naive_profile_loss_is_caught(Topology::Sentinel).await;
