@@ -192,7 +192,11 @@ pub struct RedisSettings {
     /// `WAIT` saw `replicas_to_wait` replicas acknowledge it within
     /// `replication_timeout_ms`; otherwise the write is reported UNKNOWN). Default `local`.
     pub acknowledge: Acknowledge,
-    /// Replicas `WAIT` asks for in `replicated` mode. Default 1.
+    /// The fewest replicas `WAIT` asks for in `replicated` mode. A write waits for every
+    /// replica that could be promoted, and at least this many: on a Redis Cluster those the
+    /// map lists online or the master has attached, on Sentinel shards those the Sentinels
+    /// list that are not flagged down, have a priority other than 0 and are linked to the
+    /// master (read with the master and every second). Default 1.
     pub replicas_to_wait: u32,
     /// How long `WAIT` may block, in milliseconds. Default 500.
     pub replication_timeout_ms: u64,

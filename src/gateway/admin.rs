@@ -213,6 +213,7 @@ async fn status(State(gateway): State<Gateway>) -> Response {
                 "reachable": pings[i].is_ok(),
                 "replicas_connected": replication[i].as_ref().ok().map(|r| r.connected),
                 "replicas_in_sync": replication[i].as_ref().ok().map(|r| r.in_sync),
+                "replicas_waited_for": conn.replicas_waited_for,
                 "error": pings[i].as_ref().err().map(ToString::to_string),
                 "connections": {
                     "open": conn.open,

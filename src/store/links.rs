@@ -92,12 +92,21 @@ pub struct ConnectionStats {
     pub master: Option<String>,
     /// Times the resolved master changed (failovers seen).
     pub failovers: u64,
+    /// How many replicas a replicated write waits for now: every one that could be promoted,
+    /// at least `redis.replicas_to_wait` (a Redis Cluster's shard: those its map lists
+    /// online, before `ROLE` adds any it does not list yet).
+    pub replicas_waited_for: u32,
 }
 
 /// How long a master that answers NOREPLICAS keeps its links before they are dropped to find
 /// the master again: a master short of replicas is usually still the master, and dropping
 /// its links on every refusal opened a connection per retry while a shard was stalled.
 pub(super) const NOREPLICAS_RECHECK: Duration = Duration::from_secs(1);
+
+/// How often a replicated Sentinel shard asks its Sentinels which replicas they could
+/// promote, besides each time it finds its master: a replica they flag down stops being
+/// waited for within this of their flag, one they list anew starts being waited for.
+pub(super) const ELECTABLE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Told when a shard's master changes.
 pub(super) type FailoverHook = Arc<dyn Fn(&str, Option<&str>, &str) + Send + Sync>;
@@ -145,8 +154,15 @@ pub(super) struct ShardLinks {
     connect_timeout: Duration,
     sentinel_timeout: Duration,
     /// Which replicas `WAIT` asks for (see [`WaitFor`]); a Redis Cluster's shard updates it
-    /// with each view (`set_wait_for`).
+    /// with each view (`set_wait_for`), a Sentinel shard with each answer of its Sentinels
+    /// (`ask_sentinels`).
     wait_for: Arc<Mutex<WaitFor>>,
+    /// `redis.replicas_to_wait`.
+    replicas_to_wait: u32,
+    /// Whether writes are acknowledged by replicas (`redis.acknowledge = "replicated"`): a
+    /// Sentinel shard then reads which replicas could be promoted every
+    /// [`ELECTABLE_REFRESH`].
+    replicated: bool,
     replication_timeout_ms: u64,
     slots: Vec<tokio::sync::Mutex<Option<Link>>>,
     next: AtomicUsize,
@@ -245,6 +261,8 @@ impl ShardLinks {
             connect_timeout: settings.connect_timeout(),
             sentinel_timeout: settings.sentinel_timeout(),
             wait_for: Arc::new(Mutex::new(WaitFor::Configured(settings.replicas_to_wait))),
+            replicas_to_wait: settings.replicas_to_wait,
+            replicated: settings.acknowledge == crate::config::Acknowledge::Replicated,
             replication_timeout_ms: settings.replication_timeout_ms,
             slots: (0..settings.connections_per_shard)
                 .map(|_| tokio::sync::Mutex::new(None))
@@ -267,7 +285,9 @@ impl ShardLinks {
         }
     }
 
-    /// Starts, once, the task that listens for `+switch-master` (Sentinel shards only).
+    /// Starts, once, the task that listens for `+switch-master` and, when writes are
+    /// replicated, the one that reads which replicas could be promoted every
+    /// [`ELECTABLE_REFRESH`] (Sentinel shards only).
     pub(super) fn watch_sentinels(self: &Arc<Self>) {
         if matches!(self.locator, Locator::Sentinel { .. })
             && !self.watching.swap(true, Ordering::SeqCst)
@@ -279,6 +299,12 @@ impl ShardLinks {
             else {
                 return;
             };
+            if self.replicated {
+                tokio::spawn(refresh_electable(
+                    Arc::downgrade(self),
+                    self.alive.subscribe(),
+                ));
+            }
             let links = Arc::downgrade(self);
             tokio::spawn(sentinel::watch_switch_master(
                 master_name.clone(),
@@ -568,13 +594,20 @@ impl ShardLinks {
         master_name: &str,
         sentinels: &[String],
     ) -> Result<sentinel::Agreed, ConnectError> {
-        sentinel::ask_all(
+        let agreed = sentinel::ask_all(
             master_name,
             sentinels,
             self.sentinel_timeout,
             self.sentinel_password.as_deref(),
         )
-        .await
+        .await?;
+        // Every answer says which replicas could be promoted now; one that failed (no
+        // Sentinel answering, a failover in progress) keeps the last count.
+        self.set_wait_for(WaitFor::Sentinel {
+            configured: self.replicas_to_wait,
+            electable: u32::try_from(agreed.electable.len()).unwrap_or(u32::MAX),
+        });
+        Ok(agreed)
     }
 
     /// Takes a connection just opened to the master at `address`, from links of
@@ -642,6 +675,32 @@ impl ShardLinks {
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             master: lock(&self.master).address.clone(),
             failovers: self.failovers.load(Ordering::Relaxed),
+            replicas_waited_for: lock(&self.wait_for).asked(None),
+        }
+    }
+}
+
+/// Asks the shard's Sentinels every [`ELECTABLE_REFRESH`] (which sets the replicas `WAIT`
+/// asks for, [`ShardLinks::ask_sentinels`]) until the links are dropped.
+async fn refresh_electable(
+    links: std::sync::Weak<ShardLinks>,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ELECTABLE_REFRESH) => {}
+            _ = stopped.changed() => return,
+        }
+        let Some(links) = links.upgrade() else { return };
+        let Locator::Sentinel {
+            master_name,
+            sentinels,
+        } = &links.locator
+        else {
+            return;
+        };
+        if let Err(e) = links.ask_sentinels(master_name, sentinels).await {
+            tracing::debug!(shard = %links.name, error = %e, "the replicas to wait for were not read again");
         }
     }
 }

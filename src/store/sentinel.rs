@@ -8,6 +8,10 @@
 //!
 //! [`watch_switch_master`] follows the `+switch-master` announcements that let the store
 //! find a new master before its requests fail.
+//!
+//! With the master, each Sentinel is asked which replicas it lists for it
+//! (`SENTINEL REPLICAS`): a replicated write waits for every one the Sentinels could promote
+//! ([`ReplicaView::electable`], [`Agreed::electable`]; ARCHITECTURE.md, "Answers and retries").
 
 use std::time::Duration;
 
@@ -52,11 +56,16 @@ pub async fn ask(
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(failed)?;
-        let (address, details): (Option<Vec<String>>, Vec<String>) = master_query(master_name)
-            .query_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        SentinelView::from_replies(address.as_deref(), &details)
+        let mut query = master_query(master_name);
+        query.cmd("SENTINEL").arg("REPLICAS").arg(master_name);
+        let (address, details, replicas): (Option<Vec<String>>, Vec<String>, Vec<Vec<String>>) =
+            query.query_async(&mut conn).await.map_err(failed)?;
+        let mut view = SentinelView::from_replies(address.as_deref(), &details)?;
+        view.replicas = replicas
+            .iter()
+            .map(|r| ReplicaView::from_reply(r))
+            .collect();
+        Ok(view)
     };
     tokio::time::timeout(timeout, asking)
         .await
@@ -173,6 +182,67 @@ pub struct SentinelView {
     pub config_epoch: u64,
     /// How long the master may be silent before this Sentinel deems it down.
     pub down_after_ms: Option<u64>,
+    /// The replicas the Sentinel lists for the master it monitors (`SENTINEL REPLICAS`;
+    /// empty when not asked).
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// What one Sentinel says of one replica of a master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// `host:port`.
+    pub address: String,
+    /// Its flags (`slave`, `s_down`, `o_down`, `disconnected`, `promoted`, ...).
+    pub flags: Vec<String>,
+    /// Whether its link to the master is up (`master-link-status ok`); `None` if not said.
+    pub link_ok: Option<bool>,
+    /// Its `replica-priority` (0: never promoted); `None` if not said.
+    pub priority: Option<u64>,
+}
+
+impl ReplicaView {
+    /// Reads one entry of `SENTINEL REPLICAS` (a flat list of field names and values).
+    /// Missing or malformed fields fall back to counting the replica: waiting for a
+    /// replica that cannot be promoted costs availability, not waiting for one that can
+    /// costs acknowledged writes.
+    pub fn from_reply(fields: &[String]) -> ReplicaView {
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+        };
+        let address = match (field("ip"), field("port")) {
+            (Some(host), Some(port)) => host_port(host, port),
+            _ => field("name").cloned().unwrap_or_default(),
+        };
+        ReplicaView {
+            address,
+            flags: field("flags")
+                .map(|flags| flags.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+            link_ok: field("master-link-status").map(|status| status == "ok"),
+            priority: field("slave-priority")
+                .or_else(|| field("replica-priority"))
+                .and_then(|p| p.parse().ok()),
+        }
+    }
+
+    /// Whether the Sentinels could promote it, so a replicated write must reach it: not
+    /// flagged down (`s_down`, `o_down`), a priority other than 0, and its link to the master
+    /// up — or flagged `promoted`, the replica a failover leader is promoting. A replica
+    /// flagged `disconnected` still counts: Sentinel's own link to it drops for a moment
+    /// while it is promoted (seen in a `SENTINEL FAILOVER`), and a dead one is flagged
+    /// `s_down` after `down-after`. A replica whose link to the master is down (a full sync,
+    /// or the old master just turned into a replica) does not: waiting for it would stop the
+    /// master's writes for the whole sync.
+    pub fn electable(&self) -> bool {
+        let flagged = |name: &str| self.flags.iter().any(|f| f == name);
+        if flagged("s_down") || flagged("o_down") || self.priority == Some(0) {
+            return false;
+        }
+        self.link_ok != Some(false) || flagged("promoted")
+    }
 }
 
 impl SentinelView {
@@ -211,6 +281,7 @@ impl SentinelView {
             flags,
             config_epoch,
             down_after_ms,
+            replicas: Vec::new(),
         })
     }
 }
@@ -221,6 +292,11 @@ pub(super) struct Agreed {
     pub(super) address: String,
     /// The shortest `down-after-milliseconds` among the Sentinels that agreed.
     pub(super) down_after_ms: Option<u64>,
+    /// Every replica of the master that one of the Sentinels that agreed could promote
+    /// ([`ReplicaView::electable`]), by address, the master itself left out: a write
+    /// acknowledged by fewer may be thrown away by a failover that promotes one of the
+    /// others while the master still serves.
+    pub(super) electable: std::collections::BTreeSet<String>,
 }
 
 /// Whether a reply may take as long as the Sentinels' `down-after`, after which the master
@@ -305,6 +381,14 @@ fn agreed_master(
             .iter()
             .filter_map(|(_, view)| view.down_after_ms)
             .min(),
+        // Every Sentinel's list counts: one that has not yet seen a replica attach, or that
+        // flags it down sooner, must not shrink what the others would promote.
+        electable: current
+            .iter()
+            .flat_map(|(_, view)| view.replicas.iter())
+            .filter(|r| r.electable() && &r.address != address)
+            .map(|r| r.address.clone())
+            .collect(),
     })
 }
 
@@ -327,6 +411,7 @@ mod tests {
             flags: flags.split(',').map(str::to_string).collect(),
             config_epoch,
             down_after_ms: Some(2000),
+            replicas: Vec::new(),
         })
     }
 
@@ -342,6 +427,7 @@ mod tests {
             flags: vec!["master".into(), "failover_in_progress".into()],
             config_epoch,
             down_after_ms: Some(2000),
+            replicas: Vec::new(),
         })
     }
 
@@ -357,6 +443,7 @@ mod tests {
         Agreed {
             address: address.to_string(),
             down_after_ms: Some(2000),
+            electable: Default::default(),
         }
     }
 
@@ -546,6 +633,7 @@ mod tests {
                 flags: strings(&["master", "o_down"]),
                 config_epoch: 7,
                 down_after_ms: Some(2000),
+                replicas: Vec::new(),
             })
         );
         let ipv6 = SentinelView::from_replies(Some(&strings(&["::1", "6379"])), &[]);
@@ -593,5 +681,112 @@ mod tests {
         let view = SentinelView::from_replies(Some(&strings(&["h", "1"])), &long)
             .expect("the address is enough");
         assert_eq!(view.flags, strings(&["master"]));
+    }
+
+    fn replica(address: &str, flags: &str, link: &str, priority: &str) -> ReplicaView {
+        let (ip, port) = address.rsplit_once(':').expect("host:port");
+        ReplicaView::from_reply(&strings(&[
+            "name",
+            address,
+            "ip",
+            ip,
+            "port",
+            port,
+            "flags",
+            flags,
+            "master-link-status",
+            link,
+            "slave-priority",
+            priority,
+        ]))
+    }
+
+    #[test]
+    fn a_replica_is_electable_unless_down_unpromotable_or_cut_from_its_master() {
+        assert!(replica("10.0.0.2:6379", "slave", "ok", "100").electable());
+        // Sentinel's own link to it drops for a moment while a failover promotes it.
+        assert!(replica("10.0.0.2:6379", "slave,disconnected", "ok", "100").electable());
+        assert!(replica("10.0.0.2:6379", "slave,disconnected,promoted", "ok", "100").electable());
+        assert!(replica("10.0.0.2:6379", "slave,promoted", "err", "100").electable());
+        assert!(!replica("10.0.0.2:6379", "slave,s_down", "ok", "100").electable());
+        assert!(!replica("10.0.0.2:6379", "slave,s_down,o_down", "ok", "100").electable());
+        assert!(!replica("10.0.0.2:6379", "slave", "ok", "0").electable());
+        // A full sync (the old master turned into a replica after a failover).
+        assert!(!replica("10.0.0.1:6379", "slave", "err", "100").electable());
+    }
+
+    #[test]
+    fn a_malformed_replica_entry_is_waited_for() {
+        let bare = ReplicaView::from_reply(&strings(&["name", "10.0.0.2:6379"]));
+        assert_eq!(bare.address, "10.0.0.2:6379");
+        assert!(bare.electable(), "nothing says it cannot be promoted");
+        let odd = ReplicaView::from_reply(&strings(&[
+            "ip",
+            "::1",
+            "port",
+            "6380",
+            "slave-priority",
+            "high",
+            "master-link-status",
+        ]));
+        assert_eq!(odd.address, "[::1]:6380");
+        assert_eq!(odd.priority, None);
+        assert!(odd.electable());
+    }
+
+    #[test]
+    fn every_replica_an_agreeing_sentinel_could_promote_is_counted() {
+        let with = |view: Result<SentinelView, ConnectError>, replicas: Vec<ReplicaView>| {
+            view.map(|mut v| {
+                v.replicas = replicas;
+                v
+            })
+        };
+        let all = answers(vec![
+            // The leader of a manual failover: the promoted replica and the other.
+            with(
+                view("10.0.0.1:6379", "master"),
+                vec![
+                    replica("10.0.0.2:6379", "slave,promoted", "ok", "100"),
+                    replica("10.0.0.3:6379", "slave", "ok", "100"),
+                ],
+            ),
+            // Another Sentinel, whose link to the promoted replica dropped for a moment,
+            // and which has not seen a third replica attach yet.
+            with(
+                view("10.0.0.1:6379", "master"),
+                vec![replica("10.0.0.2:6379", "slave,disconnected", "ok", "100")],
+            ),
+            // One that flags a fourth down, and lists the master among the replicas (the
+            // old master turned replica, after a failover the others have not heard of).
+            with(
+                view("10.0.0.1:6379", "master"),
+                vec![
+                    replica("10.0.0.4:6379", "slave,s_down", "ok", "100"),
+                    replica("10.0.0.1:6379", "slave", "ok", "100"),
+                ],
+            ),
+        ]);
+        let agreed = agreed_master("m", &all).expect("they agree");
+        assert_eq!(
+            agreed.electable.into_iter().collect::<Vec<_>>(),
+            strings(&["10.0.0.2:6379", "10.0.0.3:6379"])
+        );
+        // A Sentinel at an older epoch does not count, its replicas neither.
+        let stale = answers(vec![
+            with(
+                at_epoch("10.0.0.1:6379", "master", 3),
+                vec![replica("10.0.0.5:6379", "slave", "ok", "100")],
+            ),
+            with(
+                at_epoch("10.0.0.2:6379", "master", 4),
+                vec![replica("10.0.0.3:6379", "slave", "ok", "100")],
+            ),
+        ]);
+        let agreed = agreed_master("m", &stale).expect("the newest wins");
+        assert_eq!(
+            agreed.electable.into_iter().collect::<Vec<_>>(),
+            strings(&["10.0.0.3:6379"])
+        );
     }
 }

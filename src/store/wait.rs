@@ -98,7 +98,7 @@ impl WaitRounds {
         let mut conn = self.conn.clone();
         let wait_for = lock(&self.wait_for).clone();
         let listed = wait_for.asked(None);
-        if let WaitFor::Configured(_) = wait_for {
+        if !matches!(wait_for, WaitFor::Cluster { .. }) {
             return self.send_wait(&mut conn, listed, self.timeout_ms).await;
         }
         let sent = tokio::time::Instant::now();
@@ -152,9 +152,21 @@ fn after_first_wait(listed: u32, acked: i64, asked: u32) -> Option<(i64, u32)> {
 /// Which replicas a write must reach before it is acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum WaitFor {
-    /// `redis.replicas_to_wait` of them (Sentinel and fixed shards: Sentinel promotes the
-    /// replica with the highest offset).
+    /// `redis.replicas_to_wait` of them (fixed shards, and a Sentinel shard until the
+    /// Sentinels have said which replicas they could promote).
     Configured(u32),
+    /// A Sentinel shard: every replica the Sentinels could promote (counted by
+    /// `sentinel::Agreed::electable`), and at least `configured`. Sentinel prefers the
+    /// replica with the highest offset, which keeps a write fewer replicas acknowledged only
+    /// if the master stopped taking writes before the choice; a replica promoted while the
+    /// master still serves (a `SENTINEL FAILOVER`) leaves the others acknowledging writes
+    /// the failover throws away.
+    Sentinel {
+        /// `redis.replicas_to_wait`.
+        configured: u32,
+        /// The replicas the Sentinels could promote.
+        electable: u32,
+    },
     /// A Redis Cluster's shard: every replica that could be elected — those the map lists
     /// online for the master, and those attached to it now (`ROLE`) that the map does not
     /// flag as failed (the map may lag: a replica that moved to this master, one back from a
@@ -176,6 +188,10 @@ impl WaitFor {
     pub(super) fn asked(&self, attached: Option<&[String]>) -> u32 {
         match self {
             WaitFor::Configured(n) => *n,
+            WaitFor::Sentinel {
+                configured,
+                electable,
+            } => (*configured).max(*electable),
             WaitFor::Cluster {
                 configured,
                 listed_online,
@@ -296,5 +312,20 @@ mod tests {
         };
         assert_eq!(lonely.asked(Some(&[])), 1);
         assert_eq!(WaitFor::Configured(2).asked(Some(&s(&["a:1"]))), 2);
+    }
+
+    #[test]
+    fn a_sentinel_write_waits_for_every_replica_that_could_be_promoted() {
+        let both = WaitFor::Sentinel {
+            configured: 1,
+            electable: 2,
+        };
+        assert_eq!(both.asked(None), 2);
+        // One flagged down: the configured floor still holds.
+        let none = WaitFor::Sentinel {
+            configured: 1,
+            electable: 0,
+        };
+        assert_eq!(none.asked(None), 1);
     }
 }
