@@ -390,3 +390,45 @@ async fn links_idle_past_down_after_find_the_master_the_sentinels_name_now() {
         "an idle link went on to the master it had, not the one the Sentinels name"
     );
 }
+
+/// Which replicas a write waits for comes from the Sentinels (`SENTINEL REPLICAS`, asked
+/// with the master): two replicas, both waited for, though `redis.replicas_to_wait` is 1.
+/// Sentinels that refuse that command (an ACL that does not allow it, as some operators
+/// give the clients of their Sentinels) still name the master: the shard is served, and
+/// writes wait for the configured count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_the_replicas_the_sentinels_list_and_a_refusal_to_list_them_is_no_outage() {
+    let shard = SentinelShard::start("failover-listed", Profile::Safe, 2).expect("shard starts");
+    let mut config = shard.config();
+    config.redis.acknowledge = Acknowledge::Replicated;
+    config.redis.replicas_to_wait = 1;
+    let listed = Store::connect(&config).await.expect("store");
+    listed.execute(increment(1)).await.expect("a write");
+    assert_eq!(listed.connection_stats()[0].replicas_waited_for, Some(2));
+
+    for address in shard.sentinel_addresses() {
+        let mut sentinel = redis::Client::open(format!("redis://{address}"))
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("-sentinel|replicas")
+            .query_async(&mut sentinel)
+            .await
+            .expect("ACL SETUSER");
+    }
+    let refused = Store::connect(&config).await.expect("store");
+    refused
+        .execute(increment(2))
+        .await
+        .expect("a write, with the master found though the replicas were not listed");
+    assert_eq!(refused.connection_stats()[0].replicas_waited_for, Some(1));
+    let mut local = config.clone();
+    local.redis.acknowledge = Acknowledge::Local;
+    let local = Store::connect(&local).await.expect("store");
+    local.execute(increment(3)).await.expect("a write");
+    assert_eq!(local.connection_stats()[0].replicas_waited_for, None);
+}

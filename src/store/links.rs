@@ -92,10 +92,10 @@ pub struct ConnectionStats {
     pub master: Option<String>,
     /// Times the resolved master changed (failovers seen).
     pub failovers: u64,
-    /// How many replicas a replicated write waits for now: every one that could be promoted,
-    /// at least `redis.replicas_to_wait` (a Redis Cluster's shard: those its map lists
-    /// online, before `ROLE` adds any it does not list yet).
-    pub replicas_waited_for: u32,
+    /// How many replicas a write waits for now, in replicated mode (`None` otherwise): every
+    /// one that could be promoted, at least `redis.replicas_to_wait` (a Redis Cluster's
+    /// shard: those its map lists online, before `ROLE` adds any it does not list yet).
+    pub replicas_waited_for: Option<u32>,
 }
 
 /// How long a master that answers NOREPLICAS keeps its links before they are dropped to find
@@ -599,14 +599,29 @@ impl ShardLinks {
             sentinels,
             self.sentinel_timeout,
             self.sentinel_password.as_deref(),
+            self.replicated,
         )
         .await?;
-        // Every answer says which replicas could be promoted now; one that failed (no
-        // Sentinel answering, a failover in progress) keeps the last count.
-        self.set_wait_for(WaitFor::Sentinel {
-            configured: self.replicas_to_wait,
-            electable: u32::try_from(agreed.electable.len()).unwrap_or(u32::MAX),
-        });
+        // Every answer that lists replicas says which could be promoted now; one that failed
+        // (no Sentinel answering, a failover in progress) or listed none keeps the last count.
+        if let Some(electable) = &agreed.electable {
+            let counted = u32::try_from(electable.len()).unwrap_or(u32::MAX);
+            // The Sentinels name another master than the links lead to: a failover the links
+            // have not followed yet. Until they do, their master's writes keep waiting for at
+            // least as many replicas as before; the new master's count applies once they
+            // lead there. (Read before `wait_for` is locked: never both locks at once.)
+            let noted = lock(&self.master).address.clone();
+            let moving = noted.is_some_and(|noted| noted != agreed.address);
+            let mut wait_for = lock(&self.wait_for);
+            let before = match *wait_for {
+                WaitFor::Sentinel { electable, .. } => electable,
+                _ => 0,
+            };
+            *wait_for = WaitFor::Sentinel {
+                configured: self.replicas_to_wait,
+                electable: if moving { counted.max(before) } else { counted },
+            };
+        }
         Ok(agreed)
     }
 
@@ -660,6 +675,9 @@ impl ShardLinks {
 
     pub(super) fn stats(&self) -> ConnectionStats {
         let generation = self.generation.load(Ordering::SeqCst);
+        // One lock at a time (each guard dropped at the end of its statement).
+        let master = lock(&self.master).address.clone();
+        let replicas_waited_for = self.replicated.then(|| lock(&self.wait_for).asked(None));
         ConnectionStats {
             open: self
                 .slots
@@ -673,9 +691,9 @@ impl ShardLinks {
             configured: self.slots.len(),
             connects: self.connects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
-            master: lock(&self.master).address.clone(),
+            master,
             failovers: self.failovers.load(Ordering::Relaxed),
-            replicas_waited_for: lock(&self.wait_for).asked(None),
+            replicas_waited_for,
         }
     }
 }

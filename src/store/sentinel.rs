@@ -42,6 +42,19 @@ pub async fn ask(
     timeout: Duration,
     password: Option<&str>,
 ) -> Result<SentinelView, ConnectError> {
+    ask_about(sentinel, master_name, timeout, password, false).await
+}
+
+/// [`ask`], and with `replicas` also `SENTINEL REPLICAS` in the same round trip. A refusal
+/// of that command (a Sentinel older than 5.0, an ACL that does not allow it) leaves the
+/// view's replicas unknown, not the master.
+async fn ask_about(
+    sentinel: &str,
+    master_name: &str,
+    timeout: Duration,
+    password: Option<&str>,
+    replicas: bool,
+) -> Result<SentinelView, ConnectError> {
     let mut redis = RedisConnectionInfo::default();
     if let Some(password) = password {
         redis = redis.set_password(password);
@@ -57,14 +70,23 @@ pub async fn ask(
             .await
             .map_err(failed)?;
         let mut query = master_query(master_name);
-        query.cmd("SENTINEL").arg("REPLICAS").arg(master_name);
-        let (address, details, replicas): (Option<Vec<String>>, Vec<String>, Vec<Vec<String>>) =
-            query.query_async(&mut conn).await.map_err(failed)?;
+        if replicas {
+            query.cmd("SENTINEL").arg("REPLICAS").arg(master_name);
+            query.ignore_errors();
+        }
+        let mut replies: Vec<redis::Value> = query.query_async(&mut conn).await.map_err(failed)?;
+        let listed = if replicas { replies.pop() } else { None };
+        let mut replies = replies.into_iter();
+        let (Some(address), Some(details)) = (replies.next(), replies.next()) else {
+            return Err(ConnectError::UnknownMaster);
+        };
+        let parsed = |e: redis::ParsingError| failed(redis::RedisError::from(e));
+        let address: Option<Vec<String>> = redis::from_redis_value(address).map_err(parsed)?;
+        let details: Vec<String> = redis::from_redis_value(details).map_err(parsed)?;
         let mut view = SentinelView::from_replies(address.as_deref(), &details)?;
-        view.replicas = replicas
-            .iter()
-            .map(|r| ReplicaView::from_reply(r))
-            .collect();
+        view.replicas = listed
+            .and_then(|listed| redis::from_redis_value::<Vec<Vec<String>>>(listed).ok())
+            .map(|listed| listed.iter().map(|r| ReplicaView::from_reply(r)).collect());
         Ok(view)
     };
     tokio::time::timeout(timeout, asking)
@@ -77,16 +99,17 @@ pub async fn ask(
         })
 }
 
-/// Asks every Sentinel at once; those that answer within `timeout` decide (see
-/// [`agreed_master`]).
+/// Asks every Sentinel at once (with `replicas`, which replicas each lists too); those that
+/// answer within `timeout` decide (see [`agreed_master`]).
 pub(super) async fn ask_all(
     master_name: &str,
     sentinels: &[String],
     timeout: Duration,
     password: Option<&str>,
+    replicas: bool,
 ) -> Result<Agreed, ConnectError> {
     let asked = sentinels.iter().map(|sentinel| async move {
-        let view = ask(sentinel, master_name, timeout, password).await;
+        let view = ask_about(sentinel, master_name, timeout, password, replicas).await;
         (sentinel.clone(), view)
     });
     let answers = futures_util::future::join_all(asked).await;
@@ -182,9 +205,9 @@ pub struct SentinelView {
     pub config_epoch: u64,
     /// How long the master may be silent before this Sentinel deems it down.
     pub down_after_ms: Option<u64>,
-    /// The replicas the Sentinel lists for the master it monitors (`SENTINEL REPLICAS`;
-    /// empty when not asked).
-    pub replicas: Vec<ReplicaView>,
+    /// The replicas the Sentinel lists for the master it monitors (`SENTINEL REPLICAS`);
+    /// `None` when not asked, or when the Sentinel refused the command.
+    pub replicas: Option<Vec<ReplicaView>>,
 }
 
 /// What one Sentinel says of one replica of a master.
@@ -192,6 +215,9 @@ pub struct SentinelView {
 pub struct ReplicaView {
     /// `host:port`.
     pub address: String,
+    /// Its run id, once the Sentinel has read it (empty before): the same replica listed
+    /// under two addresses (NAT, a host with several) is one replica.
+    pub run_id: String,
     /// Its flags (`slave`, `s_down`, `o_down`, `disconnected`, `promoted`, ...).
     pub flags: Vec<String>,
     /// Whether its link to the master is up (`master-link-status ok`); `None` if not said.
@@ -218,6 +244,7 @@ impl ReplicaView {
         };
         ReplicaView {
             address,
+            run_id: field("runid").cloned().unwrap_or_default(),
             flags: field("flags")
                 .map(|flags| flags.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -281,7 +308,7 @@ impl SentinelView {
             flags,
             config_epoch,
             down_after_ms,
-            replicas: Vec::new(),
+            replicas: None,
         })
     }
 }
@@ -292,11 +319,12 @@ pub(super) struct Agreed {
     pub(super) address: String,
     /// The shortest `down-after-milliseconds` among the Sentinels that agreed.
     pub(super) down_after_ms: Option<u64>,
-    /// Every replica of the master that one of the Sentinels that agreed could promote
-    /// ([`ReplicaView::electable`]), by address, the master itself left out: a write
-    /// acknowledged by fewer may be thrown away by a failover that promotes one of the
+    /// Every replica that one of the Sentinels that agreed lists as one it could promote
+    /// ([`ReplicaView::electable`]), each once (by run id, else address), the master each
+    /// Sentinel monitors left out; `None` when none of them said (not asked, or refused). A
+    /// write acknowledged by fewer may be thrown away by a failover that promotes one of the
     /// others while the master still serves.
-    pub(super) electable: std::collections::BTreeSet<String>,
+    pub(super) electable: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Whether a reply may take as long as the Sentinels' `down-after`, after which the master
@@ -382,13 +410,31 @@ fn agreed_master(
             .filter_map(|(_, view)| view.down_after_ms)
             .min(),
         // Every Sentinel's list counts: one that has not yet seen a replica attach, or that
-        // flags it down sooner, must not shrink what the others would promote.
+        // flags it down sooner, must not shrink what the others would promote. Each list
+        // belongs to the master that Sentinel monitors, not to the address agreed on: while
+        // the failover leader moves the other replicas it names the promoted one, and still
+        // lists it among the old master's replicas, where writes must still wait for it.
         electable: current
             .iter()
-            .flat_map(|(_, view)| view.replicas.iter())
-            .filter(|r| r.electable() && &r.address != address)
-            .map(|r| r.address.clone())
-            .collect(),
+            .any(|(_, view)| view.replicas.is_some())
+            .then(|| {
+                current
+                    .iter()
+                    .flat_map(|(_, view)| {
+                        view.replicas
+                            .iter()
+                            .flatten()
+                            .filter(|r| r.electable() && r.address != view.monitored)
+                    })
+                    .map(|r| {
+                        if r.run_id.is_empty() {
+                            r.address.clone()
+                        } else {
+                            r.run_id.clone()
+                        }
+                    })
+                    .collect()
+            }),
     })
 }
 
@@ -411,7 +457,7 @@ mod tests {
             flags: flags.split(',').map(str::to_string).collect(),
             config_epoch,
             down_after_ms: Some(2000),
-            replicas: Vec::new(),
+            replicas: None,
         })
     }
 
@@ -427,7 +473,7 @@ mod tests {
             flags: vec!["master".into(), "failover_in_progress".into()],
             config_epoch,
             down_after_ms: Some(2000),
-            replicas: Vec::new(),
+            replicas: None,
         })
     }
 
@@ -443,7 +489,7 @@ mod tests {
         Agreed {
             address: address.to_string(),
             down_after_ms: Some(2000),
-            electable: Default::default(),
+            electable: None,
         }
     }
 
@@ -633,7 +679,7 @@ mod tests {
                 flags: strings(&["master", "o_down"]),
                 config_epoch: 7,
                 down_after_ms: Some(2000),
-                replicas: Vec::new(),
+                replicas: None,
             })
         );
         let ipv6 = SentinelView::from_replies(Some(&strings(&["::1", "6379"])), &[]);
@@ -738,7 +784,7 @@ mod tests {
     fn every_replica_an_agreeing_sentinel_could_promote_is_counted() {
         let with = |view: Result<SentinelView, ConnectError>, replicas: Vec<ReplicaView>| {
             view.map(|mut v| {
-                v.replicas = replicas;
+                v.replicas = Some(replicas);
                 v
             })
         };
@@ -769,7 +815,7 @@ mod tests {
         ]);
         let agreed = agreed_master("m", &all).expect("they agree");
         assert_eq!(
-            agreed.electable.into_iter().collect::<Vec<_>>(),
+            agreed.electable.into_iter().flatten().collect::<Vec<_>>(),
             strings(&["10.0.0.2:6379", "10.0.0.3:6379"])
         );
         // A Sentinel at an older epoch does not count, its replicas neither.
@@ -785,8 +831,78 @@ mod tests {
         ]);
         let agreed = agreed_master("m", &stale).expect("the newest wins");
         assert_eq!(
-            agreed.electable.into_iter().collect::<Vec<_>>(),
+            agreed.electable.into_iter().flatten().collect::<Vec<_>>(),
             strings(&["10.0.0.3:6379"])
+        );
+    }
+
+    #[test]
+    fn the_promoted_replica_is_waited_for_while_the_leader_moves_the_others() {
+        // The leader names the promoted replica at the new epoch and still lists it among
+        // the old master's replicas: links still on the old master must wait for it, or the
+        // other replica alone acknowledges writes the failover throws away.
+        let leader = reconfiguring("10.0.0.2:6379", "10.0.0.1:6379", 4).map(|mut v| {
+            v.replicas = Some(vec![
+                replica("10.0.0.2:6379", "slave,promoted", "ok", "100"),
+                replica("10.0.0.3:6379", "slave", "ok", "100"),
+            ]);
+            v
+        });
+        let agreed = agreed_master("m", &answers(vec![leader])).expect("the promoted one");
+        assert_eq!(agreed.address, "10.0.0.2:6379");
+        assert_eq!(agreed.electable.map(|e| e.len()), Some(2));
+    }
+
+    #[test]
+    fn a_replica_listed_under_two_addresses_is_waited_for_once() {
+        let with_run_id = |address: &str, run_id: &str| {
+            let mut r = replica(address, "slave", "ok", "100");
+            r.run_id = run_id.to_string();
+            r
+        };
+        let listed = view("10.0.0.1:6379", "master").map(|mut v| {
+            v.replicas = Some(vec![
+                with_run_id("10.0.0.2:6379", "r2"),
+                with_run_id("192.168.0.2:6379", "r2"),
+                with_run_id("10.0.0.3:6379", "r3"),
+            ]);
+            v
+        });
+        let agreed = agreed_master("m", &answers(vec![listed])).expect("agreed");
+        assert_eq!(agreed.electable.map(|e| e.len()), Some(2));
+    }
+
+    #[test]
+    fn sentinels_that_list_no_replicas_leave_the_count_unknown() {
+        // Not asked, or refused: nothing is known, so the last count is kept.
+        let silent = answers(vec![view("10.0.0.1:6379", "master")]);
+        assert_eq!(agreed_master("m", &silent).expect("agreed").electable, None);
+        // One that listed them is enough; the silent one adds nothing.
+        let one = answers(vec![
+            view("10.0.0.1:6379", "master"),
+            view("10.0.0.1:6379", "master").map(|mut v| {
+                v.replicas = Some(vec![replica("10.0.0.2:6379", "slave", "ok", "100")]);
+                v
+            }),
+        ]);
+        assert_eq!(
+            agreed_master("m", &one)
+                .expect("agreed")
+                .electable
+                .map(|e| e.len()),
+            Some(1)
+        );
+        // Listed, and none could be promoted: known, and zero.
+        let none = answers(vec![view("10.0.0.1:6379", "master").map(|mut v| {
+            v.replicas = Some(vec![replica("10.0.0.2:6379", "slave,s_down", "ok", "100")]);
+            v
+        })]);
+        assert_eq!(
+            agreed_master("m", &none)
+                .expect("agreed")
+                .electable
+                .map(|e| e.len()),
+            Some(0)
         );
     }
 }
