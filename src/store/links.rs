@@ -416,8 +416,10 @@ impl ShardLinks {
                 return Err(self.unavailable(ConnectError::StaleWhileConnecting { address }));
             }
         };
+        let master: Arc<str> = address.into();
         let waits = Arc::new(WaitRounds::new(
             conn.clone(),
+            master.clone(),
             self.wait_for.clone(),
             self.replication_timeout_ms,
         ));
@@ -425,7 +427,7 @@ impl ShardLinks {
             conn,
             generation,
             waits,
-            master: address.into(),
+            master,
         };
         // It has just answered `ROLE`.
         self.heard(&link);
@@ -605,21 +607,28 @@ impl ShardLinks {
         // Every answer that lists replicas says which could be promoted now; one that failed
         // (no Sentinel answering, a failover in progress) or listed none keeps the last count.
         if let Some(electable) = &agreed.electable {
-            let counted = u32::try_from(electable.len()).unwrap_or(u32::MAX);
             // The Sentinels name another master than the links lead to: a failover the links
-            // have not followed yet. Until they do, their master's writes keep waiting for at
-            // least as many replicas as before; the new master's count applies once they
-            // lead there. (Read before `wait_for` is locked: never both locks at once.)
+            // have not followed yet. Until they do, the replicas listed before are still
+            // waited for too (the Sentinels that answered may list only the new master's,
+            // while a replica the leader has not moved yet still follows the old one); the
+            // new list alone applies once the links lead to the new master. (Read before
+            // `wait_for` is locked: never both locks at once.)
             let noted = lock(&self.master).address.clone();
             let moving = noted.is_some_and(|noted| noted != agreed.address);
             let mut wait_for = lock(&self.wait_for);
-            let before = match *wait_for {
-                WaitFor::Sentinel { electable, .. } => electable,
-                _ => 0,
-            };
+            let mut listed = electable.clone();
+            if moving {
+                if let WaitFor::Sentinel { electable, .. } = &*wait_for {
+                    for before in electable {
+                        if !listed.iter().any(|now| !now.is_disjoint(before)) {
+                            listed.push(before.clone());
+                        }
+                    }
+                }
+            }
             *wait_for = WaitFor::Sentinel {
                 configured: self.replicas_to_wait,
-                electable: if moving { counted.max(before) } else { counted },
+                electable: listed,
             };
         }
         Ok(agreed)
@@ -677,7 +686,13 @@ impl ShardLinks {
         let generation = self.generation.load(Ordering::SeqCst);
         // One lock at a time (each guard dropped at the end of its statement).
         let master = lock(&self.master).address.clone();
-        let replicas_waited_for = self.replicated.then(|| lock(&self.wait_for).asked(None));
+        let replicas_waited_for = self.replicated.then(|| {
+            let wait_for = lock(&self.wait_for);
+            match &master {
+                Some(master) => wait_for.for_master(master).asked(None),
+                None => wait_for.asked(None),
+            }
+        });
         ConnectionStats {
             open: self
                 .slots

@@ -324,7 +324,7 @@ pub(super) struct Agreed {
     /// Sentinel monitors left out; `None` when none of them said (not asked, or refused). A
     /// write acknowledged by fewer may be thrown away by a failover that promotes one of the
     /// others while the master still serves.
-    pub(super) electable: Option<std::collections::BTreeSet<String>>,
+    pub(super) electable: Option<Vec<std::collections::BTreeSet<String>>>,
 }
 
 /// Whether a reply may take as long as the Sentinels' `down-after`, after which the master
@@ -418,29 +418,61 @@ fn agreed_master(
             .iter()
             .any(|(_, view)| view.replicas.is_some())
             .then(|| {
-                current
-                    .iter()
-                    .flat_map(|(_, view)| {
-                        view.replicas
-                            .iter()
-                            .flatten()
-                            .filter(|r| r.electable() && r.address != view.monitored)
-                    })
-                    .map(|r| {
-                        if r.run_id.is_empty() {
-                            r.address.clone()
-                        } else {
-                            r.run_id.clone()
-                        }
-                    })
-                    .collect()
+                distinct_replicas(current.iter().flat_map(|(_, view)| {
+                    view.replicas
+                        .iter()
+                        .flatten()
+                        .filter(|r| r.electable() && r.address != view.monitored)
+                }))
             }),
     })
+}
+
+/// The replicas among `listed` (entries of several Sentinels' lists), each once, as the
+/// addresses it is listed under: two entries are one replica when they share an address
+/// (Sentinels that have read its run id and one that has not yet, or one restarted with a
+/// new run id) or a run id (one replica under two addresses: NAT, a host with several).
+fn distinct_replicas<'a>(
+    listed: impl Iterator<Item = &'a ReplicaView>,
+) -> Vec<std::collections::BTreeSet<String>> {
+    use std::collections::BTreeSet;
+    let mut groups: Vec<(BTreeSet<&str>, BTreeSet<&str>)> = Vec::new();
+    for replica in listed {
+        let mut group = (BTreeSet::from([replica.address.as_str()]), BTreeSet::new());
+        if !replica.run_id.is_empty() {
+            group.1.insert(replica.run_id.as_str());
+        }
+        // Every group this entry joins becomes one with it.
+        let (joined, apart): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(addresses, ids)| {
+            !addresses.is_disjoint(&group.0) || !ids.is_disjoint(&group.1)
+        });
+        for (addresses, ids) in joined {
+            group.0.extend(addresses);
+            group.1.extend(ids);
+        }
+        groups = apart;
+        groups.push(group);
+    }
+    let mut replicas: Vec<BTreeSet<String>> = groups
+        .into_iter()
+        .map(|(addresses, _)| addresses.into_iter().map(str::to_string).collect())
+        .collect();
+    replicas.sort();
+    replicas
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each counted replica by its first address.
+    fn firsts(electable: Option<Vec<std::collections::BTreeSet<String>>>) -> Vec<String> {
+        electable
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.into_iter().next())
+            .collect()
+    }
 
     fn view(address: &str, flags: &str) -> Result<SentinelView, ConnectError> {
         at_epoch(address, flags, 1)
@@ -815,7 +847,7 @@ mod tests {
         ]);
         let agreed = agreed_master("m", &all).expect("they agree");
         assert_eq!(
-            agreed.electable.into_iter().flatten().collect::<Vec<_>>(),
+            firsts(agreed.electable),
             strings(&["10.0.0.2:6379", "10.0.0.3:6379"])
         );
         // A Sentinel at an older epoch does not count, its replicas neither.
@@ -830,10 +862,7 @@ mod tests {
             ),
         ]);
         let agreed = agreed_master("m", &stale).expect("the newest wins");
-        assert_eq!(
-            agreed.electable.into_iter().flatten().collect::<Vec<_>>(),
-            strings(&["10.0.0.3:6379"])
-        );
+        assert_eq!(firsts(agreed.electable), strings(&["10.0.0.3:6379"]));
     }
 
     #[test]
@@ -870,6 +899,28 @@ mod tests {
         });
         let agreed = agreed_master("m", &answers(vec![listed])).expect("agreed");
         assert_eq!(agreed.electable.map(|e| e.len()), Some(2));
+        // One Sentinel has read a replica's run id, another not yet (or read the one it had
+        // before a restart): the same address is the same replica.
+        let fresh = view("10.0.0.1:6379", "master").map(|mut v| {
+            v.replicas = Some(vec![
+                with_run_id("10.0.0.2:6379", "r2"),
+                with_run_id("10.0.0.3:6379", "r3-before-restart"),
+            ]);
+            v
+        });
+        let behind = view("10.0.0.1:6379", "master").map(|mut v| {
+            v.replicas = Some(vec![
+                with_run_id("10.0.0.2:6379", ""),
+                with_run_id("10.0.0.3:6379", "r3"),
+                with_run_id("192.168.0.3:6379", "r3"),
+            ]);
+            v
+        });
+        let agreed = agreed_master("m", &answers(vec![fresh, behind])).expect("agreed");
+        assert_eq!(
+            firsts(agreed.electable),
+            strings(&["10.0.0.2:6379", "10.0.0.3:6379"])
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@ use super::connect::ConnectError;
 /// caller that gives up cannot stall the others.
 pub(super) struct WaitRounds {
     conn: MultiplexedConnection,
+    /// The master `conn` leads to (`host:port`): on a Sentinel shard, the replicas a round
+    /// waits for are the others the Sentinels could promote.
+    master: Arc<str>,
     /// Which replicas a round waits for, read when it starts: the shard's links change it
     /// with each new view of a Redis Cluster.
     wait_for: Arc<Mutex<WaitFor>>,
@@ -38,11 +41,13 @@ impl WaitRounds {
     /// Rounds on `conn`, each a `WAIT <replicas> timeout_ms`.
     pub(super) fn new(
         conn: MultiplexedConnection,
+        master: Arc<str>,
         wait_for: Arc<Mutex<WaitFor>>,
         timeout_ms: u64,
     ) -> WaitRounds {
         WaitRounds {
             conn,
+            master,
             wait_for,
             timeout_ms,
             state: Mutex::new(Rounds::default()),
@@ -96,7 +101,7 @@ impl WaitRounds {
     /// answer is the same as a `ROLE`, then one `WAIT` for all — a round trip sooner.
     async fn round(&self) -> Acknowledged {
         let mut conn = self.conn.clone();
-        let wait_for = lock(&self.wait_for).clone();
+        let wait_for = lock(&self.wait_for).for_master(&self.master);
         let listed = wait_for.asked(None);
         if !matches!(wait_for, WaitFor::Cluster { .. }) {
             return self.send_wait(&mut conn, listed, self.timeout_ms).await;
@@ -155,17 +160,20 @@ pub(super) enum WaitFor {
     /// `redis.replicas_to_wait` of them (fixed shards, and a Sentinel shard until the
     /// Sentinels have said which replicas they could promote).
     Configured(u32),
-    /// A Sentinel shard: every replica the Sentinels could promote (counted by
-    /// `sentinel::Agreed::electable`), and at least `configured`. Sentinel prefers the
-    /// replica with the highest offset, which keeps a write fewer replicas acknowledged only
-    /// if the master stopped taking writes before the choice; a replica promoted while the
-    /// master still serves (a `SENTINEL FAILOVER`) leaves the others acknowledging writes
-    /// the failover throws away.
+    /// A Sentinel shard: every replica the Sentinels could promote
+    /// (`sentinel::Agreed::electable`) other than the master a link leads to, and at least
+    /// `configured`. Sentinel ranks candidates by priority, then offset, which keeps a write
+    /// fewer replicas acknowledged only if the master stopped taking writes before the
+    /// choice; a replica promoted while the master still serves (a `SENTINEL FAILOVER`)
+    /// leaves the others acknowledging writes the failover throws away.
     Sentinel {
         /// `redis.replicas_to_wait`.
         configured: u32,
-        /// The replicas the Sentinels could promote.
-        electable: u32,
+        /// The replicas the Sentinels could promote, each as the addresses it is listed
+        /// under. During a failover the list may name the new master (the old one's
+        /// promoted replica) or the old one (listed as the new one's replica): each link
+        /// leaves out the master it leads to.
+        electable: Vec<BTreeSet<String>>,
     },
     /// A Redis Cluster's shard: every replica that could be elected — those the map lists
     /// online for the master, and those attached to it now (`ROLE`) that the map does not
@@ -183,15 +191,33 @@ pub(super) enum WaitFor {
 }
 
 impl WaitFor {
+    /// What a link to `master` (`host:port`) waits for: a Sentinel shard's replicas that
+    /// could be promoted, the master itself left out, as a count; the others as they are.
+    pub(super) fn for_master(&self, master: &str) -> WaitFor {
+        match self {
+            WaitFor::Sentinel {
+                configured,
+                electable,
+            } => {
+                let others = electable.iter().filter(|r| !r.contains(master)).count();
+                WaitFor::Configured(u32::try_from(others).unwrap_or(u32::MAX).max(*configured))
+            }
+            other => other.clone(),
+        }
+    }
+
     /// How many replicas to ask `WAIT` for, given the replicas attached now (`host:port`;
-    /// `None` when not asked).
+    /// `None` when not asked); a Sentinel shard's with no master left out (see
+    /// [`WaitFor::for_master`]).
     pub(super) fn asked(&self, attached: Option<&[String]>) -> u32 {
         match self {
             WaitFor::Configured(n) => *n,
             WaitFor::Sentinel {
                 configured,
                 electable,
-            } => (*configured).max(*electable),
+            } => u32::try_from(electable.len())
+                .unwrap_or(u32::MAX)
+                .max(*configured),
             WaitFor::Cluster {
                 configured,
                 listed_online,
@@ -316,16 +342,31 @@ mod tests {
 
     #[test]
     fn a_sentinel_write_waits_for_every_replica_that_could_be_promoted() {
-        let both = WaitFor::Sentinel {
-            configured: 1,
-            electable: 2,
+        let replica = |addresses: &[&str]| -> BTreeSet<String> {
+            addresses.iter().map(|a| a.to_string()).collect()
         };
-        assert_eq!(both.asked(None), 2);
-        // One flagged down: the configured floor still holds.
+        // Mid-failover: the old master's replicas (the promoted one among them), and the
+        // old master listed as the new one's replica.
+        let listed = WaitFor::Sentinel {
+            configured: 1,
+            electable: vec![
+                replica(&["new:1"]),
+                replica(&["other:1", "other-nat:1"]),
+                replica(&["old:1"]),
+            ],
+        };
+        // A link to the old master waits for the promoted replica too: it left, so no
+        // write there is acknowledged.
+        assert_eq!(listed.for_master("old:1").asked(None), 2);
+        // A link to the new one does not wait for itself.
+        assert_eq!(listed.for_master("new:1").asked(None), 2);
+        assert_eq!(listed.for_master("other-nat:1").asked(None), 2);
+        assert_eq!(listed.asked(None), 3);
+        // None could be promoted: the configured floor still holds.
         let none = WaitFor::Sentinel {
             configured: 1,
-            electable: 0,
+            electable: Vec::new(),
         };
-        assert_eq!(none.asked(None), 1);
+        assert_eq!(none.for_master("m:1").asked(None), 1);
     }
 }
