@@ -832,6 +832,15 @@ async fn a_manual_failover_loses_nothing_acknowledged() {
     manual_failover(Topology::Sentinel, None).await;
 }
 
+/// The same, with the replica that is not promoted set `replica-priority 0` first: the
+/// Sentinels do not list it as one they could promote, yet it answers `WAIT` like any
+/// replica. Waiting for the promotable ones alone, it stood in for the promoted one, which
+/// had stopped following the master: writes it acknowledged were thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_beside_an_unpromotable_replica_loses_nothing_acknowledged() {
+    manual_failover(Topology::Sentinel, Some("unpromotable")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_cluster_failover_loses_nothing_acknowledged() {
     manual_failover(Topology::Cluster, None).await;
@@ -862,6 +871,70 @@ async fn manual_failover(topology: Topology, option: Option<&str>) {
         "writes never got going"
     );
     let master = shard.master_index(g).expect("a master");
+    if option == Some("unpromotable") {
+        let Rig::Sentinel(shards) = &shard else {
+            unreachable!("a Sentinel option")
+        };
+        let unpromotable = (0..shard.len(g))
+            .rfind(|&i| i != master)
+            .expect("a replica");
+        let address = shard.server(g, unpromotable).address();
+        let mut replica = redis::Client::open(shard.server(g, unpromotable).url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("replica-priority")
+            .arg(0)
+            .query_async(&mut replica)
+            .await
+            .expect("config set");
+        // The Sentinels read a replica's priority from its INFO, every 10 s.
+        let sentinels = shards[g].sentinel_addresses();
+        let name = shards[g].master_name.clone();
+        let listed = colony_testkit::wait_for(Duration::from_secs(30), || {
+            let (sentinels, name, address) = (sentinels.clone(), name.clone(), address.clone());
+            async move {
+                for sentinel in sentinels {
+                    let mut conn = redis::Client::open(format!("redis://{sentinel}"))
+                        .ok()?
+                        .get_multiplexed_async_connection()
+                        .await
+                        .ok()?;
+                    let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(&name)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    let zero = replicas.iter().any(|r| {
+                        r.chunks(2)
+                            .any(|kv| kv[0] == "name" && kv.get(1) == Some(&address))
+                            && r.chunks(2).any(|kv| {
+                                kv[0] == "slave-priority"
+                                    && kv.get(1).map(String::as_str) == Some("0")
+                            })
+                    });
+                    if !zero {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+        assert!(listed.is_some(), "the Sentinels never listed the priority");
+        // And the store has read them since.
+        assert!(
+            wait_until(Duration::from_secs(5), || store.connection_stats()[g]
+                .replicas_waited_for
+                == Some(1))
+            .await,
+            "the store still counts the unpromotable replica among the promotable"
+        );
+    }
     let (mut conn, command) = match &shard {
         Rig::Sentinel(shards) => {
             let address = shards[g].sentinel_addresses()[0].clone();

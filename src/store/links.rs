@@ -339,6 +339,12 @@ impl ShardLinks {
         *lock(&self.on_failover) = Some(hook);
     }
 
+    /// Whether `link` is of the current generation (no failure, hint or new master has made
+    /// the shard's links stale since it was opened).
+    pub(super) fn is_current(&self, link: &Link) -> bool {
+        link.generation == self.generation.load(Ordering::SeqCst)
+    }
+
     /// Makes every connection of the shard stale: the master may have moved. Says whether
     /// this call did it (not someone before it for the same generation).
     pub(super) fn invalidate(&self, link: &Link) -> bool {
@@ -629,6 +635,7 @@ impl ShardLinks {
             *wait_for = WaitFor::Sentinel {
                 configured: self.replicas_to_wait,
                 electable: listed,
+                down: agreed.down.clone(),
             };
         }
         Ok(agreed)
@@ -732,8 +739,20 @@ async fn refresh_electable(
         else {
             return;
         };
-        if let Err(e) = links.ask_sentinels(master_name, sentinels).await {
-            tracing::debug!(shard = %links.name, error = %e, "the replicas to wait for were not read again");
+        match links.ask_sentinels(master_name, sentinels).await {
+            // The Sentinels agree on another master than the links lead to: a failover they
+            // have not followed, perhaps because its `+switch-master` was missed (a
+            // subscription on a half-open connection). The links are made stale, as that
+            // announcement would have made them, so the next request finds the new master.
+            Ok(agreed) => {
+                let noted = lock(&links.master).address.clone();
+                if noted.is_some_and(|noted| noted != agreed.address) {
+                    links.switch_hint(&agreed.address);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(shard = %links.name, error = %e, "the replicas to wait for were not read again");
+            }
         }
     }
 }

@@ -473,6 +473,19 @@ impl Store {
             None
         } else {
             Some(match link.replicated().await {
+                // Counted for the master this link leads to: if the shard's links have moved
+                // on meanwhile (a failover followed, the master may have changed), the count
+                // it was asked for may be the new master's, which a replica still following
+                // the old one could satisfy. Not taken as acknowledged: the write is UNKNOWN,
+                // and its retry (same key) is judged and acknowledged on a current link.
+                Ok((n, asked)) if n >= i64::from(asked) && !links.is_current(&link) => {
+                    Err(Error::Unknown {
+                        shard: Some(name.clone()),
+                        reason: "applied on the master, acknowledged while the shard's \
+                                 connections moved on (the master may have changed)"
+                            .into(),
+                    })
+                }
                 Ok((n, asked)) if n >= i64::from(asked) => Ok(()),
                 Ok((n, asked)) => Err(Error::Unknown {
                     shard: Some(name.clone()),

@@ -93,17 +93,19 @@ impl WaitRounds {
 impl WaitRounds {
     /// One `WAIT` for as many replicas as [`WaitFor::asked`] says, on the round's connection.
     ///
-    /// For a Redis Cluster's shard, `ROLE` (which replicas are attached now) and a `WAIT` for
-    /// the replicas the map lists go out in one pipeline on that connection: one round trip.
-    /// Only when `ROLE` shows an electable replica the map does not list yet is a second
-    /// `WAIT`, for all of them, sent on the same connection. It covers at least the same
+    /// For a Redis Cluster's shard or a Sentinel shard, `ROLE` (which replicas are attached
+    /// now) and a `WAIT` for the replicas the map (or the Sentinels) list go out in one
+    /// pipeline on that connection: one round trip. Only when `ROLE` shows a replica they do
+    /// not list (one not discovered yet; on a Sentinel shard also one they cannot promote:
+    /// any replica may answer `WAIT`, so each attached one must be counted for the listed
+    /// ones to be covered) is a second `WAIT`, for all of them, sent on the same connection. It covers at least the same
     /// writes (`WAIT` waits for the connection's latest write offset, which only grows), so the
     /// answer is the same as a `ROLE`, then one `WAIT` for all — a round trip sooner.
     async fn round(&self) -> Acknowledged {
         let mut conn = self.conn.clone();
         let wait_for = lock(&self.wait_for).for_master(&self.master);
         let listed = wait_for.asked(None);
-        if !matches!(wait_for, WaitFor::Cluster { .. }) {
+        if let WaitFor::Configured(_) = wait_for {
             return self.send_wait(&mut conn, listed, self.timeout_ms).await;
         }
         let sent = tokio::time::Instant::now();
@@ -174,6 +176,22 @@ pub(super) enum WaitFor {
         /// promoted replica) or the old one (listed as the new one's replica): each link
         /// leaves out the master it leads to.
         electable: Vec<BTreeSet<String>>,
+        /// The replicas the Sentinels flag down, by address.
+        down: BTreeSet<String>,
+    },
+    /// [`WaitFor::Sentinel`] as one link to a master sees it ([`WaitFor::for_master`]): the
+    /// other replicas that could be promoted, and every replica attached to the master that
+    /// is none of them and not flagged down (`WAIT n` counts any `n` replicas: one that
+    /// cannot be promoted, or that the Sentinels do not list, could otherwise stand in for
+    /// one that can).
+    Promotable {
+        /// `redis.replicas_to_wait`.
+        configured: u32,
+        /// The replicas that could be promoted, each as the addresses it is listed under.
+        others: Vec<BTreeSet<String>>,
+        /// The replicas the Sentinels flag down, by address: one stopped stays attached
+        /// until the master's `repl-timeout`, and must not hold writes that long.
+        down: BTreeSet<String>,
     },
     /// A Redis Cluster's shard: every replica that could be elected — those the map lists
     /// online for the master, and those attached to it now (`ROLE`) that the map does not
@@ -192,16 +210,23 @@ pub(super) enum WaitFor {
 
 impl WaitFor {
     /// What a link to `master` (`host:port`) waits for: a Sentinel shard's replicas that
-    /// could be promoted, the master itself left out, as a count; the others as they are.
+    /// could be promoted, the master itself left out ([`WaitFor::Promotable`]); the others
+    /// as they are.
     pub(super) fn for_master(&self, master: &str) -> WaitFor {
         match self {
             WaitFor::Sentinel {
                 configured,
                 electable,
-            } => {
-                let others = electable.iter().filter(|r| !r.contains(master)).count();
-                WaitFor::Configured(u32::try_from(others).unwrap_or(u32::MAX).max(*configured))
-            }
+                down,
+            } => WaitFor::Promotable {
+                configured: *configured,
+                others: electable
+                    .iter()
+                    .filter(|r| !r.contains(master))
+                    .cloned()
+                    .collect(),
+                down: down.clone(),
+            },
             other => other.clone(),
         }
     }
@@ -215,9 +240,24 @@ impl WaitFor {
             WaitFor::Sentinel {
                 configured,
                 electable,
+                ..
             } => u32::try_from(electable.len())
                 .unwrap_or(u32::MAX)
                 .max(*configured),
+            WaitFor::Promotable {
+                configured,
+                others,
+                down,
+            } => {
+                let unlisted = attached
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|a| !down.contains(*a) && !others.iter().any(|r| r.contains(*a)))
+                    .count();
+                u32::try_from(others.len() + unlisted)
+                    .unwrap_or(u32::MAX)
+                    .max(*configured)
+            }
             WaitFor::Cluster {
                 configured,
                 listed_online,
@@ -354,6 +394,7 @@ mod tests {
                 replica(&["other:1", "other-nat:1"]),
                 replica(&["old:1"]),
             ],
+            down: replica(&["stopped:1"]),
         };
         // A link to the old master waits for the promoted replica too: it left, so no
         // write there is acknowledged.
@@ -362,10 +403,24 @@ mod tests {
         assert_eq!(listed.for_master("new:1").asked(None), 2);
         assert_eq!(listed.for_master("other-nat:1").asked(None), 2);
         assert_eq!(listed.asked(None), 3);
+        // Attached replicas the Sentinels do not list as promotable (priority 0, hidden,
+        // not discovered yet) are counted too: any of them could answer `WAIT` in place of
+        // one that could be promoted. One listed under another address is not counted twice.
+        let attached = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let old = listed.for_master("old:1");
+        assert_eq!(
+            old.asked(Some(&attached(&["other:1", "priority-zero:1"]))),
+            3
+        );
+        assert_eq!(old.asked(Some(&attached(&["other-nat:1"]))), 2);
+        // A replica the Sentinels flag down is not waited for, though still attached (a
+        // stopped one stays attached until the master's repl-timeout).
+        assert_eq!(old.asked(Some(&attached(&["stopped:1"]))), 2);
         // None could be promoted: the configured floor still holds.
         let none = WaitFor::Sentinel {
             configured: 1,
             electable: Vec::new(),
+            down: BTreeSet::new(),
         };
         assert_eq!(none.for_master("m:1").asked(None), 1);
     }
