@@ -31,6 +31,45 @@ fn tuned(mut config: Config, acknowledge: Acknowledge) -> Config {
     config
 }
 
+/// Writes more than the kernel buffers to a stopped replica hold, on players `on_shard`
+/// accepts, so what follows never reaches that replica. One batch, so that in the safe profile
+/// it costs one `WAIT` timeout rather than 256; its outcome does not matter.
+async fn fill_replication_link(store: &Store, on_shard: impl Fn(&PlayerId) -> bool) {
+    let big = vec![b'x'; 60 * 1024];
+    let filler: Vec<Transaction> = (0..)
+        .map(|i| pid(&format!("filler-{i}")))
+        .filter(|p| on_shard(p))
+        .take(256)
+        .map(|p| {
+            Transaction::owner(p, key(1)).with(Operation::SetField {
+                name: name("f"),
+                value: big.clone(),
+                visibility: Visibility::Private,
+            })
+        })
+        .collect();
+    let _ = store
+        .execute_batch(filler)
+        .await
+        .expect("the filler batch is well-formed");
+}
+
+/// Sets `server`'s `replica-priority` to 0: the Sentinels never promote it.
+async fn make_unpromotable(server: &colony_testkit::RedisServer) {
+    let mut conn = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-priority")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+}
+
 /// The replica falls behind (paused while more is written than socket buffers hold), then the
 /// master dies and the stale replica is promoted.
 async fn lagging_replica_then_master_death(
@@ -62,26 +101,8 @@ async fn lagging_replica_then_master_death(
     let replica = 1 - master;
     shard.server(g, replica).pause().expect("pause the replica");
     writers.fault("replica paused");
-    // More than the kernel buffers to a stopped replica hold, so what follows never reaches it.
-    // One batch, so that in the safe profile it costs one WAIT timeout rather than 256; all of
-    // it on the watched shard (on a cluster, the others' replicas are not stalled).
-    let big = vec![b'x'; 60 * 1024];
-    let filler: Vec<Transaction> = (0..)
-        .map(|i| pid(&format!("filler-{i}")))
-        .filter(|p| on_watched(p))
-        .take(256)
-        .map(|p| {
-            Transaction::owner(p, key(1)).with(Operation::SetField {
-                name: name("f"),
-                value: big.clone(),
-                visibility: Visibility::Private,
-            })
-        })
-        .collect();
-    let _ = store
-        .execute_batch(filler)
-        .await
-        .expect("the filler batch is well-formed");
+    // All of it on the watched shard (on a cluster, the others' replicas are not stalled).
+    fill_replication_link(&store, on_watched).await;
     let after_filler = count();
     let more = random.range(20, 60);
     // In the naive profile writes keep being acknowledged; in the safe one they cannot be.
@@ -202,35 +223,11 @@ async fn one_of_two_replicas_lags(seed: u64, control: bool) -> (Findings, bool) 
         let keeping_up = (0..shard.len(0))
             .find(|&i| i != master && i != lagging)
             .expect("a second replica");
-        let mut conn = redis::Client::open(shard.server(0, keeping_up).url())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connects");
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("replica-priority")
-            .arg(0)
-            .query_async(&mut conn)
-            .await
-            .expect("config set");
+        make_unpromotable(shard.server(0, keeping_up)).await;
     }
     shard.server(0, lagging).pause().expect("pause a replica");
     writers.fault("one replica paused");
-    let big = vec![b'x'; 60 * 1024];
-    let filler: Vec<Transaction> = (0..256)
-        .map(|i| {
-            Transaction::owner(pid(&format!("filler-{i}")), key(1)).with(Operation::SetField {
-                name: name("f"),
-                value: big.clone(),
-                visibility: Visibility::Private,
-            })
-        })
-        .collect();
-    let _ = store
-        .execute_batch(filler)
-        .await
-        .expect("the filler batch is well-formed");
+    fill_replication_link(&store, |_| true).await;
     // Acknowledged by the other replica alone (once the Sentinels flag the stopped one
     // down): these are what the lagging one lacks.
     let after_filler = count();
@@ -879,18 +876,7 @@ async fn manual_failover(topology: Topology, option: Option<&str>) {
             .rfind(|&i| i != master)
             .expect("a replica");
         let address = shard.server(g, unpromotable).address();
-        let mut replica = redis::Client::open(shard.server(g, unpromotable).url())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connects");
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("replica-priority")
-            .arg(0)
-            .query_async(&mut replica)
-            .await
-            .expect("config set");
+        make_unpromotable(shard.server(g, unpromotable)).await;
         // The Sentinels read a replica's priority from its INFO, every 10 s.
         let sentinels = shards[g].sentinel_addresses();
         let name = shards[g].master_name.clone();

@@ -360,70 +360,131 @@ async fn failed_over(cluster: &RedisCluster, slot: u16, killed: u16, asked: usiz
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_killed_mid_move_loses_nothing_acknowledged() {
-    // Two replicas per master: a promoted replica still has one to acknowledge writes.
-    let mut cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
-    let mut config = all_seeds(&cluster);
-    config.redis.acknowledge = colony::config::Acknowledge::Replicated;
-    config.redis.replicas_to_wait = 1;
-    config.redis.retry_deadline_ms = 20_000;
-    let store = Store::connect(&config).await.expect("reads the map");
-    let seeds = config.cluster.clone().expect("a [cluster]");
-    let target = Target::Store(store.clone());
-    let writers = IncrementWriters::start(target.clone(), 6, "mv", PLAYERS, 13);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trading = start_trading(store.clone(), stop.clone());
-    assert!(
-        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200).await,
-        "writes never got going"
-    );
-    let claim_on = |slot: u16, to: String, run: &'static str| {
-        let seeds = seeds.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                match SlotMove::claim(
-                    &seeds,
-                    Slot::new(slot).expect("slot"),
-                    &to,
-                    run,
-                    1,
-                    options(),
-                )
-                .await
-                {
-                    Ok(m) => return m,
-                    Err(e) if std::time::Instant::now() > deadline => {
-                        panic!("slot {slot}: never claimed: {e:#}")
-                    }
-                    // The killed run's lease, or the failover, has not passed yet.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+/// A cluster of three masters with two replicas each (a promoted replica still has one to
+/// acknowledge writes), every node a seed, with six writers and a trading pair running
+/// through a store in the safe profile: what the tests that kill masters mid-move share.
+struct KillRig {
+    cluster: RedisCluster,
+    seeds: colony::config::ClusterConfig,
+    store: Store,
+    target: Target,
+    writers: IncrementWriters,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    trading: tokio::task::JoinHandle<(u64, u64)>,
+    /// The masters as formed, `(port, address)`.
+    masters: Vec<(u16, String)>,
+    /// Every node's port, by index.
+    ports: Vec<u16>,
+}
+
+impl KillRig {
+    async fn start(seed: u64) -> KillRig {
+        let cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
+        let mut config = all_seeds(&cluster);
+        config.redis.acknowledge = colony::config::Acknowledge::Replicated;
+        config.redis.replicas_to_wait = 1;
+        config.redis.retry_deadline_ms = 20_000;
+        let store = Store::connect(&config).await.expect("reads the map");
+        let seeds = config.cluster.clone().expect("a [cluster]");
+        let target = Target::Store(store.clone());
+        let writers = IncrementWriters::start(target.clone(), 6, "mv", PLAYERS, seed);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trading = start_trading(store.clone(), stop.clone());
+        assert!(
+            wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200).await,
+            "writes never got going"
+        );
+        let masters = cluster
+            .master_nodes()
+            .iter()
+            .map(|m| (m.port(), m.address()))
+            .collect();
+        let ports = cluster.nodes().iter().map(|n| n.port()).collect();
+        KillRig {
+            cluster,
+            seeds,
+            store,
+            target,
+            writers,
+            stop,
+            trading,
+            masters,
+            ports,
+        }
+    }
+
+    /// The index of the node at `port`.
+    fn index_of(&self, port: u16) -> usize {
+        self.ports.iter().position(|&p| p == port).expect("a node")
+    }
+
+    /// Claims the move of `slot` to `to` for `run`, waiting out a stopped run's lease or a
+    /// failover.
+    async fn claim(&self, slot: u16, to: &str, run: &str) -> SlotMove {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match SlotMove::claim(
+                &self.seeds,
+                Slot::new(slot).expect("slot"),
+                to,
+                run,
+                1,
+                options(),
+            )
+            .await
+            {
+                Ok(m) => return m,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("slot {slot}: never claimed: {e:#}")
                 }
+                // The stopped run's lease, or the failover, has not passed yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
-    };
-    let masters: Vec<(u16, String)> = cluster
-        .master_nodes()
-        .iter()
-        .map(|m| (m.port(), m.address()))
-        .collect();
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
-    let index_of = |port: u16| ports.iter().position(|&p| p == port).expect("a node");
+    }
+
+    /// Lets the writers go on, stops them and the traders, and checks that every
+    /// acknowledged write is there once and the trades are conserved.
+    async fn check(self, what: &str) {
+        let before = self.writers.acknowledged();
+        assert!(
+            wait_until(Duration::from_secs(30), || self.writers.acknowledged()
+                >= before + 200)
+            .await,
+            "writes did not go on after the kills"
+        );
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.trading.await.expect("trading ends");
+        self.writers
+            .stop()
+            .await
+            .check_against(&self.target)
+            .await
+            .assert_exact(what);
+        assert_eq!(traders_total(&self.store).await, 200, "trades conserved");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_move_loses_nothing_acknowledged() {
+    let mut rig = KillRig::start(13).await;
+    let masters = rig.masters.clone();
 
     // The source's master dies after a batch was parked (and waited for on its replicas),
     // before the batch reached the target.
     let (s_port, t_addr) = (masters[1].0, masters[2].1.clone());
-    let slot = slots_on(&cluster, s_port)[0];
-    let mut first = claim_on(slot, t_addr.clone(), "before-the-kill").await;
+    let slot = slots_on(&rig.cluster, s_port)[0];
+    let mut first = rig.claim(slot, &t_addr, "before-the-kill").await;
     first.open().await.expect("opens");
     let batches = first.unparked_batches().await.expect("lists");
     let parked = first.park(&batches[0]).await.expect("parks");
     assert!(parked > 0);
     drop(first);
-    cluster.node_mut(index_of(s_port)).kill().expect("killed");
-    failed_over(&cluster, slot, s_port, index_of(masters[0].0)).await;
-    let moved = claim_on(slot, t_addr.clone(), "after-the-source-died")
+    let (source, asked) = (rig.index_of(s_port), rig.index_of(masters[0].0));
+    rig.cluster.node_mut(source).kill().expect("killed");
+    failed_over(&rig.cluster, slot, s_port, asked).await;
+    let moved = rig
+        .claim(slot, &t_addr, "after-the-source-died")
         .await
         .run_to_end()
         .await
@@ -436,62 +497,47 @@ async fn a_master_killed_mid_move_loses_nothing_acknowledged() {
     // The target's master dies after a batch was restored (and waited for on its replicas);
     // the move goes on to the replica that took its place.
     let (s_port, t_port) = (masters[0].0, masters[2].0);
-    let slot = slots_on(&cluster, s_port)[0];
-    let mut first = claim_on(slot, t_addr.clone(), "before-the-kill").await;
+    let slot = slots_on(&rig.cluster, s_port)[0];
+    let mut first = rig.claim(slot, &t_addr, "before-the-kill").await;
     first.open().await.expect("opens");
     let batches = first.unparked_batches().await.expect("lists");
     first.park(&batches[0]).await.expect("parks");
     let ids: Vec<String> = batches[0].iter().map(|(id, _)| id.clone()).collect();
     first.restore(Some(&ids)).await.expect("restores");
     drop(first);
-    cluster.node_mut(index_of(t_port)).kill().expect("killed");
-    // The promoted replica: the new owner of a slot the dead target served.
-    let its_slot = slots_on(&cluster, t_port)
-        .first()
-        .copied()
-        .unwrap_or_else(|| {
-            (0..16384u16)
-                .find(|&s| {
-                    cluster
-                        .owner_of(s, index_of(s_port))
-                        .is_ok_and(|o| o.port() == t_port)
-                })
-                .expect("a slot of the target")
-        });
-    failed_over(&cluster, its_slot, t_port, index_of(s_port)).await;
-    let new_target = cluster
-        .owner_of(its_slot, index_of(s_port))
-        .expect("owned")
-        .address();
-    claim_on(slot, new_target.clone(), "after-the-target-died")
+    let new_target = kill_target(&mut rig, t_port, s_port, &[]).await;
+    rig.claim(slot, &new_target, "after-the-target-died")
         .await
         .run_to_end()
         .await
         .expect("the move finishes on the promoted target");
+    let asked = rig.index_of(s_port);
     assert_eq!(
-        cluster
-            .owner_of(slot, index_of(s_port))
-            .expect("owned")
-            .address(),
+        rig.cluster.owner_of(slot, asked).expect("owned").address(),
         new_target
     );
+    rig.check("writes while masters died mid-move").await;
+}
 
-    let before = writers.acknowledged();
-    assert!(
-        wait_until(Duration::from_secs(30), || writers.acknowledged()
-            >= before + 200)
-        .await,
-        "writes did not go on after the kills"
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = trading.await.expect("trading ends");
-    writers
-        .stop()
-        .await
-        .check_against(&target)
-        .await
-        .assert_exact("writes while masters died mid-move");
-    assert_eq!(traders_total(&store).await, 200, "trades conserved");
+/// Kills the target master at `t_port`, resumes the `stalled` replicas, and waits for a
+/// replica to take its slots (as the master at `s_port` says): its address.
+async fn kill_target(rig: &mut KillRig, t_port: u16, s_port: u16, stalled: &[u16]) -> String {
+    let (target, asked) = (rig.index_of(t_port), rig.index_of(s_port));
+    // A slot the target serves, to find the replica promoted in its place.
+    let its_slot = (0..16384u16)
+        .find(|&s| {
+            rig.cluster
+                .owner_of(s, asked)
+                .is_ok_and(|o| o.port() == t_port)
+        })
+        .expect("a slot of the target");
+    rig.cluster.node_mut(target).kill().expect("killed");
+    resume(&rig.cluster, stalled);
+    failed_over(&rig.cluster, its_slot, t_port, asked).await;
+    rig.cluster
+        .owner_of(its_slot, asked)
+        .expect("owned")
+        .address()
 }
 
 /// Stops (SIGSTOP) every replica of `master`, then writes 32 MiB more than their socket
@@ -564,140 +610,63 @@ fn resume(cluster: &RedisCluster, replicas: &[u16]) {
 /// writes, and the close would replace those writes with the older copies.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_before_a_step_reached_its_replicas_loses_nothing_acknowledged() {
-    let mut cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
-    let mut config = all_seeds(&cluster);
-    config.redis.acknowledge = colony::config::Acknowledge::Replicated;
-    config.redis.replicas_to_wait = 1;
-    config.redis.retry_deadline_ms = 20_000;
-    let store = Store::connect(&config).await.expect("reads the map");
-    let seeds = config.cluster.clone().expect("a [cluster]");
-    let target = Target::Store(store.clone());
-    let writers = IncrementWriters::start(target.clone(), 6, "mv", PLAYERS, 17);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trading = start_trading(store.clone(), stop.clone());
-    assert!(
-        wait_until(Duration::from_secs(20), || writers.acknowledged() >= 200).await,
-        "writes never got going"
-    );
-    let claim_on = |slot: u16, to: String, run: &'static str| {
-        let seeds = seeds.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                match SlotMove::claim(
-                    &seeds,
-                    Slot::new(slot).expect("slot"),
-                    &to,
-                    run,
-                    1,
-                    options(),
-                )
-                .await
-                {
-                    Ok(m) => return m,
-                    Err(e) if std::time::Instant::now() > deadline => {
-                        panic!("slot {slot}: never claimed: {e:#}")
-                    }
-                    // The stopped run's lease, or the failover, has not passed yet.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        }
-    };
-    let masters: Vec<(u16, String)> = cluster
-        .master_nodes()
-        .iter()
-        .map(|m| (m.port(), m.address()))
-        .collect();
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
-    let index_of = |port: u16| ports.iter().position(|&p| p == port).expect("a node");
+    let mut rig = KillRig::start(17).await;
+    let masters = rig.masters.clone();
 
     // The source's park reaches its master alone; the master dies.
     let (s_port, t_addr) = (masters[1].0, masters[2].1.clone());
-    let slot = slots_on(&cluster, s_port)[0];
-    let mut first = claim_on(slot, t_addr.clone(), "park-unreplicated").await;
+    let slot = slots_on(&rig.cluster, s_port)[0];
+    let mut first = rig.claim(slot, &t_addr, "park-unreplicated").await;
     first.open().await.expect("opens");
     let batches = first.unparked_batches().await.expect("lists");
-    let stalled = stall_replicas(&cluster, &cluster.nodes()[index_of(s_port)], slot).await;
+    let (source, asked) = (rig.index_of(s_port), rig.index_of(masters[0].0));
+    let stalled = stall_replicas(&rig.cluster, &rig.cluster.nodes()[source], slot).await;
     let e = first
         .park(&batches[0])
         .await
         .expect_err("a park the replicas never saw is not acknowledged");
     assert!(format!("{e:#}").contains("replicas acknowledged"), "{e:#}");
     drop(first);
-    cluster.node_mut(index_of(s_port)).kill().expect("killed");
-    resume(&cluster, &stalled);
-    failed_over(&cluster, slot, s_port, index_of(masters[0].0)).await;
-    claim_on(slot, t_addr.clone(), "after-the-source-died")
+    rig.cluster.node_mut(source).kill().expect("killed");
+    resume(&rig.cluster, &stalled);
+    failed_over(&rig.cluster, slot, s_port, asked).await;
+    rig.claim(slot, &t_addr, "after-the-source-died")
         .await
         .run_to_end()
         .await
         .expect("the move finishes on the promoted source");
     assert_eq!(
-        cluster
-            .owner_of(slot, index_of(masters[0].0))
-            .expect("owned")
-            .address(),
+        rig.cluster.owner_of(slot, asked).expect("owned").address(),
         t_addr
     );
 
     // The target's restore reaches its master alone; the master dies.
     let (s_port, t_port) = (masters[0].0, masters[2].0);
-    let slot = slots_on(&cluster, s_port)[0];
-    let mut first = claim_on(slot, t_addr.clone(), "restore-unreplicated").await;
+    let slot = slots_on(&rig.cluster, s_port)[0];
+    let mut first = rig.claim(slot, &t_addr, "restore-unreplicated").await;
     first.open().await.expect("opens");
     let batches = first.unparked_batches().await.expect("lists");
     first.park(&batches[0]).await.expect("parks");
     let ids: Vec<String> = batches[0].iter().map(|(id, _)| id.clone()).collect();
-    let stalled = stall_replicas(&cluster, &cluster.nodes()[index_of(t_port)], slot).await;
+    let target = rig.index_of(t_port);
+    let stalled = stall_replicas(&rig.cluster, &rig.cluster.nodes()[target], slot).await;
     let e = first
         .restore(Some(&ids))
         .await
         .expect_err("a restore the replicas never saw is not acknowledged");
     assert!(format!("{e:#}").contains("replicas acknowledged"), "{e:#}");
     drop(first);
-    cluster.node_mut(index_of(t_port)).kill().expect("killed");
-    resume(&cluster, &stalled);
-    // The promoted replica: the new owner of a slot the dead target served.
-    let its_slot = (0..16384u16)
-        .find(|&s| {
-            cluster
-                .owner_of(s, index_of(s_port))
-                .is_ok_and(|o| o.port() == t_port)
-        })
-        .expect("a slot of the target");
-    failed_over(&cluster, its_slot, t_port, index_of(s_port)).await;
-    let new_target = cluster
-        .owner_of(its_slot, index_of(s_port))
-        .expect("owned")
-        .address();
-    claim_on(slot, new_target.clone(), "after-the-target-died")
+    let new_target = kill_target(&mut rig, t_port, s_port, &stalled).await;
+    rig.claim(slot, &new_target, "after-the-target-died")
         .await
         .run_to_end()
         .await
         .expect("the move finishes on the promoted target");
+    let asked = rig.index_of(s_port);
     assert_eq!(
-        cluster
-            .owner_of(slot, index_of(s_port))
-            .expect("owned")
-            .address(),
+        rig.cluster.owner_of(slot, asked).expect("owned").address(),
         new_target
     );
-
-    let before = writers.acknowledged();
-    assert!(
-        wait_until(Duration::from_secs(30), || writers.acknowledged()
-            >= before + 200)
-        .await,
-        "writes did not go on after the kills"
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = trading.await.expect("trading ends");
-    writers
-        .stop()
-        .await
-        .check_against(&target)
-        .await
-        .assert_exact("writes while masters died before a move's step reached their replicas");
-    assert_eq!(traders_total(&store).await, 200, "trades conserved");
+    rig.check("writes while masters died before a move's step reached their replicas")
+        .await;
 }

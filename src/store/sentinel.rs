@@ -320,10 +320,11 @@ pub(super) struct Agreed {
     /// The shortest `down-after-milliseconds` among the Sentinels that agreed.
     pub(super) down_after_ms: Option<u64>,
     /// Every replica that one of the Sentinels that agreed lists as one it could promote
-    /// ([`ReplicaView::electable`]), each once (by run id, else address), the master each
-    /// Sentinel monitors left out; `None` when none of them said (not asked, or refused). A
-    /// write acknowledged by fewer may be thrown away by a failover that promotes one of the
-    /// others while the master still serves.
+    /// ([`ReplicaView::electable`]), each once as the addresses it is listed under (entries
+    /// sharing an address or a run id are one replica: [`distinct_replicas`]), the master
+    /// each Sentinel monitors left out; `None` when none of them said (not asked, or
+    /// refused). A write acknowledged by fewer may be thrown away by a failover that
+    /// promotes one of the others while the master still serves.
     pub(super) electable: Option<Vec<std::collections::BTreeSet<String>>>,
     /// The addresses of the replicas one of those Sentinels flags down (`s_down`, `o_down`):
     /// a replica still attached to the master but flagged down is not waited for (a stopped
