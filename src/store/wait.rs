@@ -249,10 +249,14 @@ impl WaitFor {
                 others,
                 down,
             } => {
+                let listed = |a: &str| {
+                    down.iter().any(|d| same_address(d, a))
+                        || others.iter().any(|r| r.iter().any(|o| same_address(o, a)))
+                };
                 let unlisted = attached
                     .unwrap_or_default()
                     .iter()
-                    .filter(|a| !down.contains(*a) && !others.iter().any(|r| r.contains(*a)))
+                    .filter(|a| !listed(a))
                     .count();
                 u32::try_from(others.len() + unlisted)
                     .unwrap_or(u32::MAX)
@@ -276,6 +280,13 @@ impl WaitFor {
             }
         }
     }
+}
+
+/// Whether two `host:port` addresses name the same place: the Sentinels write an IPv6 host
+/// in brackets, `ROLE`'s replicas are read without (see [`attached_replicas`]).
+fn same_address(a: &str, b: &str) -> bool {
+    let bare = |s: &str| s.replace(['[', ']'], "");
+    a == b || bare(a) == bare(b)
 }
 
 /// The replicas a master's `ROLE` reply lists (`master`, offset, then `[ip, port, offset]`
@@ -416,6 +427,14 @@ mod tests {
         // A replica the Sentinels flag down is not waited for, though still attached (a
         // stopped one stays attached until the master's repl-timeout).
         assert_eq!(old.asked(Some(&attached(&["stopped:1"]))), 2);
+        // An IPv6 replica: listed in brackets by the Sentinels, read without from ROLE.
+        let six = WaitFor::Sentinel {
+            configured: 1,
+            electable: vec![replica(&["[::1]:6380"])],
+            down: replica(&["[::1]:6381"]),
+        }
+        .for_master("[::1]:6379");
+        assert_eq!(six.asked(Some(&attached(&["::1:6380", "::1:6381"]))), 1);
         // None could be promoted: the configured floor still holds.
         let none = WaitFor::Sentinel {
             configured: 1,
