@@ -413,6 +413,20 @@ impl KillRig {
         }
     }
 
+    /// Waits until the node at `target` knows the master that serves `slot` now (as node
+    /// `asked` says) as a master serving slots.
+    async fn target_knows_the_new_source(&self, slot: u16, asked: usize, target: u16) {
+        let source = self.cluster.owner_of(slot, asked).expect("owned").port();
+        let target = self.index_of(target);
+        assert!(
+            wait_until(Duration::from_secs(30), || self
+                .cluster
+                .serves_slots(source, target))
+            .await,
+            "the target never learnt of the promoted source {source}"
+        );
+    }
+
     /// The index of the node at `port`.
     fn index_of(&self, port: u16) -> usize {
         self.ports.iter().position(|&p| p == port).expect("a node")
@@ -483,6 +497,10 @@ async fn a_master_killed_mid_move_loses_nothing_acknowledged() {
     let (source, asked) = (rig.index_of(s_port), rig.index_of(masters[0].0));
     rig.cluster.node_mut(source).kill().expect("killed");
     failed_over(&rig.cluster, slot, s_port, asked).await;
+    // The target too must know the promoted source as a master before the rerun's `SETSLOT
+    // IMPORTING` names it ("Target node is not a master" otherwise, while gossip spreads).
+    rig.target_knows_the_new_source(slot, asked, masters[2].0)
+        .await;
     let moved = rig
         .claim(slot, &t_addr, "after-the-source-died")
         .await
@@ -630,6 +648,10 @@ async fn a_master_killed_before_a_step_reached_its_replicas_loses_nothing_acknow
     rig.cluster.node_mut(source).kill().expect("killed");
     resume(&rig.cluster, &stalled);
     failed_over(&rig.cluster, slot, s_port, asked).await;
+    // The target too must know the promoted source as a master before the rerun's `SETSLOT
+    // IMPORTING` names it ("Target node is not a master" otherwise, while gossip spreads).
+    rig.target_knows_the_new_source(slot, asked, masters[2].0)
+        .await;
     rig.claim(slot, &t_addr, "after-the-source-died")
         .await
         .run_to_end()
