@@ -7,6 +7,8 @@
 //!   slot moved by hand for tests of a stale map.
 //! - [`Rig`]: one watched shard on either topology (Sentinel or cluster), so that a fault
 //!   test is written once and run on both.
+//! - [`PartitionableShard`] and [`LinkProxy`]: a Sentinel shard whose links a test cuts and
+//!   heals, for partitions.
 //! - [`ScriptWatch`]: `MONITOR` on a server, checking that every key a script touched is
 //!   declared in its `KEYS`, all in one slot.
 //! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`).
@@ -23,6 +25,8 @@ pub mod gateway;
 pub mod ledger;
 pub mod mongo;
 pub mod parking;
+pub mod partition;
+pub mod proxy;
 pub mod redis_server;
 pub mod rig;
 pub mod script_watch;
@@ -38,6 +42,8 @@ pub use gateway::{
 pub use ledger::{Findings, History, Ledger, TransferOutcome};
 pub use mongo::MongoServer;
 pub use parking::{park_by_hand, Parked};
+pub use partition::PartitionableShard;
+pub use proxy::LinkProxy;
 pub use redis_server::{free_port, Profile, RedisServer};
 pub use rig::{Rig, Topology};
 pub use script_watch::{ScriptReport, ScriptWatch};

@@ -135,14 +135,31 @@ impl SentinelShard {
         profile: Profile,
         replicas: usize,
     ) -> std::io::Result<SentinelShard> {
-        let master = RedisServer::start_profile(profile, &[])?;
+        SentinelShard::start_with(master_name, profile, replicas, |_| Vec::new())
+    }
+
+    /// [`SentinelShard::start`], with `extra(i)` as more arguments of server `i` (0 is the
+    /// first master).
+    pub fn start_with(
+        master_name: &str,
+        profile: Profile,
+        replicas: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> std::io::Result<SentinelShard> {
+        let args = |i: usize, more: &[&str]| {
+            let mut args = extra(i);
+            args.extend(more.iter().map(|s| s.to_string()));
+            args
+        };
+        let start = |args: Vec<String>| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            RedisServer::start_profile(profile, &args)
+        };
+        let master = start(args(0, &[]))?;
         let port = master.port().to_string();
         let mut servers = vec![master];
-        for _ in 0..replicas {
-            servers.push(RedisServer::start_profile(
-                profile,
-                &["--replicaof", "127.0.0.1", &port],
-            )?);
+        for i in 1..=replicas {
+            servers.push(start(args(i, &["--replicaof", "127.0.0.1", &port]))?);
         }
         let shard = SentinelShard {
             master_name: master_name.to_string(),
