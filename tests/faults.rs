@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use colony::config::Acknowledge;
 use colony::{Access, Config, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
 use colony_testkit::{
-    wait_for, wait_until, Findings, IncrementWriters, Profile, Rig, Seeded, SentinelShard, Target,
-    Topology,
+    wait_for, wait_until, Findings, IncrementWriters, PartitionableShard, Profile, Rig, Seeded,
+    SentinelShard, Target, Topology,
 };
 use common::{key, name, pid};
 
@@ -970,4 +970,158 @@ async fn manual_failover(topology: Topology, option: Option<&str>) {
         history.longest_gap_after(at)
     );
     verdict.assert_exact(&format!("{topology:?} {option:?}, seed {seed}"));
+}
+
+/// Who ends up beside the old master when a shard is partitioned (RELIABILITY.md scenario 4).
+/// The Sentinels and the replicas not named are always on the other side, where the
+/// Sentinels promote one of those replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// The old master and the store, cut off from the Sentinels and both replicas: the
+    /// store keeps writing to the old master and cannot hear of the new one.
+    MasterWithTheStore,
+    /// The old master, one of its replicas and the store: the old master keeps a replica to
+    /// acknowledge its writes while the Sentinels promote the other.
+    MasterAndAReplicaWithTheStore,
+}
+
+/// Partitions a Sentinel shard of a master and two replicas under writes as `split` says,
+/// keeps it split past the promotion on the Sentinels' side, then heals it, and checks every
+/// counter. Returns the findings and the increments acknowledged while split.
+async fn partitioned_shard(
+    split: Split,
+    profile: Profile,
+    acknowledge: Acknowledge,
+    seed: u64,
+) -> (Findings, u64) {
+    let mut random = Seeded::new(seed);
+    let shard = PartitionableShard::start("faults-split", profile, 2).expect("the shard starts");
+    let store = Store::connect(&tuned(shard.config(), acknowledge))
+        .await
+        .expect("store");
+    let target = Target::Store(store.clone());
+    let writers = IncrementWriters::start(target.clone(), 2, "counter", COUNTERS, seed);
+    let count = || writers.acknowledged();
+    let warm_up = random.range(100, 300);
+    assert!(
+        wait_until(Duration::from_secs(20), || count() >= warm_up).await,
+        "writes never got going"
+    );
+    let master = shard.shard.master_index().expect("a master");
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != master).collect();
+    let kept = match split {
+        Split::MasterWithTheStore => None,
+        _ => Some(replicas[random.range(0, 2) as usize]),
+    };
+
+    writers.fault(format!("partitioned: {split:?}"));
+    let split_at = Instant::now();
+    let at_split = count();
+    shard.cut_store_from_sentinels(true);
+    let beside_the_master: Vec<usize> = std::iter::once(master).chain(kept).collect();
+    for &i in &beside_the_master {
+        shard
+            .cut_from_sentinels(i, true)
+            .expect("cut from the Sentinels");
+    }
+    for &r in replicas.iter().filter(|r| Some(**r) != kept) {
+        shard
+            .cut_replica(master, r, true)
+            .expect("cut from the master");
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || shard
+            .shard
+            .master_index()
+            .is_some_and(|m| !beside_the_master.contains(&m)))
+        .await,
+        "the Sentinels promoted no replica on their side"
+    );
+    let promoted_after = split_at.elapsed();
+    // Two masters now. Stay split a while: whatever the old master takes from here is
+    // thrown away when it is demoted.
+    let at_promotion = count();
+    let more = random.range(50, 150);
+    let _ = wait_until(Duration::from_secs(3), || count() >= at_promotion + more).await;
+    let acknowledged_while_split = count() - at_split;
+
+    writers.fault("healed");
+    let healed_at = Instant::now();
+    for &r in replicas.iter().filter(|r| Some(**r) != kept) {
+        shard.cut_replica(master, r, false).expect("heal");
+    }
+    for &i in &beside_the_master {
+        shard.cut_from_sentinels(i, false).expect("heal");
+    }
+    shard.cut_store_from_sentinels(false);
+    assert!(
+        wait_until(Duration::from_secs(30), || shard.role(master).as_deref()
+            == Some("slave"))
+        .await,
+        "the Sentinels did not demote the old master"
+    );
+    let two_masters_for = promoted_after.abs_diff(split_at.elapsed());
+    let at_demotion = count();
+    assert!(
+        wait_until(Duration::from_secs(30), || count() >= at_demotion + 100).await,
+        "writes did not go on after the old master was demoted"
+    );
+    let history = writers.stop().await;
+    let verdict = history.check_against(&target).await;
+    eprintln!(
+        "partition {split:?}, {profile:?} profile, {acknowledge:?} acknowledgements, seed {seed}: \
+         {verdict:?}, {acknowledged_while_split} acknowledged while split, promotion after \
+         {promoted_after:?}, two masters for {two_masters_for:?}, longest write gap after the \
+         split {:?}, after the heal {:?}",
+        history.longest_gap_after(split_at),
+        history.longest_gap_after(healed_at),
+    );
+    (verdict, acknowledged_while_split)
+}
+
+async fn partition_loses_nothing(split: Split) {
+    let seed = colony_testkit::seed_from_env();
+    eprintln!("seed {seed}");
+    let (verdict, _) = partitioned_shard(split, Profile::Safe, Acknowledge::Replicated, seed).await;
+    verdict.assert_exact(&format!("{split:?}, seed {seed}"));
+}
+
+/// RELIABILITY.md scenario 4: the old master and a gateway on one side, the Sentinels and
+/// the replicas on the other, then healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_partitioned_with_the_store_loses_nothing_acknowledged() {
+    partition_loses_nothing(Split::MasterWithTheStore).await;
+}
+
+/// The old master keeps one replica on its side, so it goes on taking writes
+/// (`min-replicas-to-write` is met) and that replica acknowledges them: only waiting for the
+/// replica the Sentinels promote keeps them from being answered OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_partitioned_with_a_replica_and_the_store_loses_nothing_acknowledged() {
+    partition_loses_nothing(Split::MasterAndAReplicaWithTheStore).await;
+}
+
+/// The control: the same partition as scenario 4 in the naive profile. The old master
+/// acknowledges writes alone until the store hears of the new one, so the checker must find
+/// them lost, or the partition was not exercised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_profile_loss_in_a_partition_is_caught_by_the_checker() {
+    let seed = colony_testkit::seed_from_env();
+    eprintln!("seed {seed}");
+    let (verdict, acknowledged_while_split) = partitioned_shard(
+        Split::MasterWithTheStore,
+        Profile::Naive,
+        Acknowledge::Local,
+        seed,
+    )
+    .await;
+    assert!(
+        verdict.lost > 0,
+        "seed {seed}: the naive profile lost nothing in a partition ({acknowledged_while_split} \
+         acknowledged while split), so it was not exercised: {verdict:?}"
+    );
+    assert_eq!(
+        verdict.applied_twice, 0,
+        "seed {seed}: increments applied twice: {verdict:?}"
+    );
 }
