@@ -983,6 +983,12 @@ enum Split {
     /// The old master, one of its replicas and the store: the old master keeps a replica to
     /// acknowledge its writes while the Sentinels promote the other.
     MasterAndAReplicaWithTheStore,
+    /// The old master and one of its replicas, cut off from the Sentinels and the other
+    /// replica, while the store still reaches both sides (a partition that is not
+    /// transitive, as between two zones that a third one reaches). The kept replica loses the
+    /// Sentinels first, and the store hears them flag it down before the rest is cut: it
+    /// still acknowledges the old master's writes, and is not the replica they promote.
+    ReplicaFlaggedDownFirstStoreReachingBoth,
 }
 
 /// Partitions a Sentinel shard of a master and two replicas under writes as `split` says,
@@ -1017,7 +1023,22 @@ async fn partitioned_shard(
     writers.fault(format!("partitioned: {split:?}"));
     let split_at = Instant::now();
     let at_split = count();
-    shard.cut_store_from_sentinels(true);
+    if split == Split::ReplicaFlaggedDownFirstStoreReachingBoth {
+        let kept = kept.expect("a replica beside the master");
+        shard
+            .cut_from_sentinels(kept, true)
+            .expect("cut from the Sentinels");
+        // Writes wait for the other replica alone once the Sentinels flag this one down.
+        assert!(
+            wait_until(Duration::from_secs(30), || store.connection_stats()[0]
+                .replicas_waited_for
+                == Some(1))
+            .await,
+            "the store did not hear the Sentinels flag the replica down"
+        );
+    } else {
+        shard.cut_store_from_sentinels(true);
+    }
     let beside_the_master: Vec<usize> = std::iter::once(master).chain(kept).collect();
     for &i in &beside_the_master {
         shard
@@ -1099,6 +1120,14 @@ async fn a_master_partitioned_with_the_store_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_partitioned_with_a_replica_and_the_store_loses_nothing_acknowledged() {
     partition_loses_nothing(Split::MasterAndAReplicaWithTheStore).await;
+}
+
+/// The same, with the store hearing the Sentinels throughout, and the kept replica cut off
+/// from them first: they flag it down, yet it still acknowledges the old master's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_flagged_down_beside_a_partitioned_master_does_not_acknowledge_for_the_promoted_one(
+) {
+    partition_loses_nothing(Split::ReplicaFlaggedDownFirstStoreReachingBoth).await;
 }
 
 /// The control: the same partition as scenario 4 in the naive profile. The old master

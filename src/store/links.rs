@@ -94,7 +94,8 @@ pub struct ConnectionStats {
     pub failovers: u64,
     /// How many replicas a write waits for now, in replicated mode (`None` otherwise): every
     /// one that could be promoted, at least `redis.replicas_to_wait` (a Redis Cluster's
-    /// shard: those its map lists online, before `ROLE` adds any it does not list yet).
+    /// shard: those its map lists online, before each round adds the attached replicas it
+    /// does not list).
     pub replicas_waited_for: Option<u32>,
 }
 
