@@ -459,16 +459,6 @@ impl ClusterView {
             .and_then(|i| self.map.index(i))
     }
 
-    /// Every node this view's groups list as failed, `host:port`.
-    pub fn failed_addresses(&self) -> Vec<String> {
-        self.groups
-            .iter()
-            .flat_map(|g| g.master.iter().chain(&g.replicas))
-            .filter(|m| m.failing)
-            .map(|m| m.address.clone())
-            .collect()
-    }
-
     /// Whether any master serves a slot in this view: a node whose cluster was reset (or
     /// one that has not joined) lists none, and its view must not replace a real one.
     pub fn serves_slots(&self) -> bool {

@@ -490,8 +490,16 @@ async fn a_killed_master_is_replaced_and_acknowledged_writes_survive() {
 #[tokio::test]
 async fn a_write_waits_for_every_replica_the_map_lists_online() {
     // Two replicas per master, one configured: the cluster's election prefers the most
-    // advanced replica but does not guarantee it, so every replica must have the write.
-    let cluster = RedisCluster::start(3, 2, Profile::Plain, &[]).expect("cluster starts");
+    // advanced replica but does not guarantee it, so every replica must have the write. A
+    // stopped replica is dropped by its master after `repl-timeout`, as the safe profile
+    // sets it.
+    let cluster = RedisCluster::start(
+        3,
+        2,
+        Profile::Plain,
+        &["--repl-timeout", "5", "--repl-ping-replica-period", "1"],
+    )
+    .expect("cluster starts");
     let store = store_on(&cluster, |config| {
         config.redis.acknowledge = colony::config::Acknowledge::Replicated;
         config.redis.replicas_to_wait = 1;
@@ -520,8 +528,9 @@ async fn a_write_waits_for_every_replica_the_map_lists_online() {
         matches!(&e, Error::Unknown { reason, .. } if reason.contains("of 2 replicas")),
         "{e:?}"
     );
-    // Once the cluster flags it failed (node timeout 2 s) and the map is read again, one
-    // replica online means one waited for.
+    // Once the cluster flags it failed (node timeout 2 s) and the map is read again, and its
+    // master drops it (repl-timeout 5 s: until then it could answer `WAIT` in place of the
+    // other), one replica online means one waited for.
     let mut request = 2;
     let ok = wait_for(Duration::from_secs(30), || {
         request += 1;

@@ -636,7 +636,6 @@ impl ShardLinks {
             *wait_for = WaitFor::Sentinel {
                 configured: self.replicas_to_wait,
                 electable: listed,
-                down: agreed.down.clone(),
             };
         }
         Ok(agreed)

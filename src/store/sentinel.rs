@@ -326,10 +326,6 @@ pub(super) struct Agreed {
     /// refused). A write acknowledged by fewer may be thrown away by a failover that
     /// promotes one of the others while the master still serves.
     pub(super) electable: Option<Vec<std::collections::BTreeSet<String>>>,
-    /// The addresses of the replicas one of those Sentinels flags down (`s_down`, `o_down`):
-    /// a replica still attached to the master but flagged down is not waited for (a stopped
-    /// one stays attached until the master's `repl-timeout`).
-    pub(super) down: std::collections::BTreeSet<String>,
 }
 
 /// Whether a reply may take as long as the Sentinels' `down-after`, after which the master
@@ -430,12 +426,6 @@ fn agreed_master(
                         .filter(|r| r.electable() && r.address != view.monitored)
                 }))
             }),
-        down: current
-            .iter()
-            .flat_map(|(_, view)| view.replicas.iter().flatten())
-            .filter(|r| r.flags.iter().any(|f| f == "s_down" || f == "o_down"))
-            .map(|r| r.address.clone())
-            .collect(),
     })
 }
 
@@ -533,7 +523,6 @@ mod tests {
             address: address.to_string(),
             down_after_ms: Some(2000),
             electable: None,
-            down: Default::default(),
         }
     }
 
@@ -858,10 +847,6 @@ mod tests {
             ),
         ]);
         let agreed = agreed_master("m", &all).expect("they agree");
-        assert_eq!(
-            agreed.down.iter().cloned().collect::<Vec<_>>(),
-            strings(&["10.0.0.4:6379"])
-        );
         assert_eq!(
             firsts(agreed.electable),
             strings(&["10.0.0.2:6379", "10.0.0.3:6379"])

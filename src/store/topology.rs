@@ -148,7 +148,6 @@ impl ClusterTopology {
             }
         }
         let before = current.take();
-        let failed = view.failed_addresses();
         let mut links = Vec::with_capacity(view.groups().len());
         for (i, group) in view.groups().iter().enumerate() {
             let master = group.master.as_ref().map(|m| m.address.as_str());
@@ -192,7 +191,6 @@ impl ClusterTopology {
                     .filter(|r| !r.failing)
                     .map(|r| r.address.clone())
                     .collect(),
-                failed: failed.clone(),
             });
             links.push(shard);
         }
