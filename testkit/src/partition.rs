@@ -12,12 +12,15 @@
 //!   connections. What a Sentinel sees is a server that answers every command with
 //!   `NOAUTH`: not a valid reply, so it is flagged down after `down-after`, as an
 //!   unreachable one is;
-//! - **a replica and its master**: replica `i` follows its master as the user `link-<i>`,
-//!   known on every server, so the cut turns that user off on the master and closes its
-//!   connection. The replica retries and is refused until healed, and the master counts it
-//!   gone, as it counts a replica it cannot reach.
+//! - **a replica and its first master**: each replica follows the first master through a
+//!   [`LinkProxy`] of its own, which a cut turns into a black hole. Both ends keep the link
+//!   and hear nothing, as in a real partition: the master keeps the replica attached and the
+//!   replica keeps its link up until `repl-timeout` (no reset tells either side at once).
+//!   Replica `i` logs in as the user `link-<i>`, known on every server, so that cutting a
+//!   server off from the Sentinels leaves its replication alone.
 //!
 //! The store logs in as `colony` and the test's own checks do too, so no cut touches them.
+//! Once the Sentinels move a replica to another master it follows that one directly.
 
 use std::time::Duration;
 
@@ -45,6 +48,8 @@ pub struct PartitionableShard {
     pub shard: SentinelShard,
     /// One proxy per Sentinel, in the same order: the store's way to them.
     proxies: Vec<LinkProxy>,
+    /// Each replica's way to the first master, by server index.
+    replica_links: Vec<(usize, LinkProxy)>,
 }
 
 impl PartitionableShard {
@@ -56,7 +61,9 @@ impl PartitionableShard {
         replicas: usize,
     ) -> std::io::Result<PartitionableShard> {
         let servers = 1 + replicas;
-        let shard = SentinelShard::start_with(master_name, profile, replicas, |i| {
+        let replica_links = std::cell::RefCell::new(Vec::new());
+        let link_error = std::cell::RefCell::new(None);
+        let shard = SentinelShard::start_with(master_name, profile, replicas, |i, master_port| {
             let mut args: Vec<String> = Vec::new();
             let mut user = |name: &str, password: &str| {
                 args.extend(
@@ -79,14 +86,32 @@ impl PartitionableShard {
             args.extend(
                 ["--masteruser", &link_user(i), "--masterauth", LINK_PASSWORD].map(String::from),
             );
+            if i > 0 {
+                match LinkProxy::start(&format!("127.0.0.1:{master_port}")) {
+                    Ok(link) => {
+                        let port = link.address().rsplit_once(':').map(|(_, p)| p.to_string());
+                        args.extend(["--replicaof".into(), "127.0.0.1".into()]);
+                        args.extend(port);
+                        replica_links.borrow_mut().push((i, link));
+                    }
+                    Err(e) => *link_error.borrow_mut() = Some(e),
+                }
+            }
             args
         })?;
+        if let Some(e) = link_error.into_inner() {
+            return Err(e);
+        }
         let proxies = shard
             .sentinel_addresses()
             .iter()
             .map(|a| LinkProxy::start(a))
             .collect::<std::io::Result<_>>()?;
-        Ok(PartitionableShard { shard, proxies })
+        Ok(PartitionableShard {
+            shard,
+            proxies,
+            replica_links: replica_links.into_inner(),
+        })
     }
 
     /// A configuration with this shard found through the proxies to its Sentinels, logging
@@ -142,10 +167,15 @@ impl PartitionableShard {
         self.switch_user(i, "default", !cut)
     }
 
-    /// Cuts replica `replica` off from server `master` (or joins it back): `master` refuses
-    /// its replication user.
-    pub fn cut_replica(&self, master: usize, replica: usize, cut: bool) -> redis::RedisResult<()> {
-        self.switch_user(master, &link_user(replica), !cut)
+    /// Cuts replica `replica` off from the first master, server 0 (or joins it back).
+    pub fn cut_replica(&self, replica: usize, cut: bool) {
+        for (_, link) in self.replica_links.iter().filter(|(i, _)| *i == replica) {
+            if cut {
+                link.cut();
+            } else {
+                link.heal();
+            }
+        }
     }
 
     /// Cuts the store off from every Sentinel (or joins it back).
@@ -167,6 +197,18 @@ impl PartitionableShard {
         match role.first()? {
             redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
             redis::Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    /// Server `i`'s replication offset as `ROLE` gives it: a master's own, a replica's
+    /// processed one; `None` when it does not answer.
+    pub fn offset(&self, i: usize) -> Option<i64> {
+        let mut conn = self.connection(i).ok()?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn).ok()?;
+        let at = if self.role(i)? == "master" { 1 } else { 4 };
+        match role.get(at)? {
+            redis::Value::Int(n) => Some(*n),
             _ => None,
         }
     }

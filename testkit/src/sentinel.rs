@@ -135,31 +135,37 @@ impl SentinelShard {
         profile: Profile,
         replicas: usize,
     ) -> std::io::Result<SentinelShard> {
-        SentinelShard::start_with(master_name, profile, replicas, |_| Vec::new())
+        SentinelShard::start_with(master_name, profile, replicas, |_, _| Vec::new())
     }
 
-    /// [`SentinelShard::start`], with `extra(i)` as more arguments of server `i` (0 is the
-    /// first master).
+    /// [`SentinelShard::start`], with `extra(i, master_port)` as more arguments of server `i`
+    /// (0 is the first master), after the shard's own: Redis reads its arguments as
+    /// configuration lines in order, so a later `--replicaof` overrides the one given.
     pub fn start_with(
         master_name: &str,
         profile: Profile,
         replicas: usize,
-        extra: impl Fn(usize) -> Vec<String>,
+        extra: impl Fn(usize, u16) -> Vec<String>,
     ) -> std::io::Result<SentinelShard> {
-        let args = |i: usize, more: &[&str]| {
-            let mut args = extra(i);
-            args.extend(more.iter().map(|s| s.to_string()));
+        let args = |i: usize, master_port: u16, own: &[&str]| {
+            let mut args: Vec<String> = own.iter().map(|s| s.to_string()).collect();
+            args.extend(extra(i, master_port));
             args
         };
         let start = |args: Vec<String>| {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             RedisServer::start_profile(profile, &args)
         };
-        let master = start(args(0, &[]))?;
-        let port = master.port().to_string();
+        let master = start(args(0, 0, &[]))?;
+        let master_port = master.port();
+        let port = master_port.to_string();
         let mut servers = vec![master];
         for i in 1..=replicas {
-            servers.push(start(args(i, &["--replicaof", "127.0.0.1", &port]))?);
+            servers.push(start(args(
+                i,
+                master_port,
+                &["--replicaof", "127.0.0.1", &port],
+            ))?);
         }
         let shard = SentinelShard {
             master_name: master_name.to_string(),
