@@ -196,7 +196,9 @@ pub struct RedisSettings {
     /// replica that could be promoted, and at least this many: on a Redis Cluster those the
     /// map lists online or the master has attached, on Sentinel shards those the Sentinels
     /// list that are not flagged down, have a priority other than 0 and are linked to the
-    /// master (read with the master and every second). Default 1.
+    /// master (read with the master and every second), and every other replica the master
+    /// has attached (any of them could answer `WAIT` in place of one of those; a dead one
+    /// until the master drops it, `repl-timeout`). Default 1.
     pub replicas_to_wait: u32,
     /// How long `WAIT` may block, in milliseconds. Default 500.
     pub replication_timeout_ms: u64,
