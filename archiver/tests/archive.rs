@@ -12,7 +12,9 @@ use colony::{
 use colony_archiver::document::{DocState, Snapshot};
 use colony_archiver::worker::now;
 use colony_archiver::{ArchiveError, Archiver, Removal};
-use colony_testkit::{config_for, wait_for, wait_until_blocking, MongoServer, RedisServer};
+use colony_testkit::{
+    config_for, wait_for, wait_until_blocking, MongoServer, RedisServer, WriteConcernFault,
+};
 use mongodb::bson::doc;
 
 static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -278,6 +280,66 @@ async fn with_mongodb_down_nothing_leaves_redis() {
         before,
         "Redis changed although MongoDB never acknowledged"
     );
+}
+
+/// RELIABILITY.md: Redis is cleared only after MongoDB acknowledged with majority. Every
+/// archive write asks for `w: majority`, and one that reached MongoDB's primary but not a
+/// majority (a replica set answers it with `writeConcernError`) counts as not written: the
+/// players stay in Redis untouched, and a later pass archives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_a_majority_did_not_confirm_leaves_the_players_in_redis() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let upstream = mongo
+        .uri()
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .expect("host:port")
+        .to_string();
+    let fault = WriteConcernFault::start(&upstream).expect("proxy");
+    let mut config = config(&redis, &mongo);
+    config.archive.mongodb_uris = vec![fault.uri()];
+    let store = Store::new(&config).expect("store");
+    create(&store, "fay", 1).await;
+    create(&store, "gus", 2).await;
+    let archiver = Archiver::new(&config).await.expect("archiver");
+
+    fault.fail(true);
+    let before = digest(&redis).await;
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("the pass itself runs");
+    assert_eq!((report.archived, report.failed), (0, 2), "{report:?}");
+    assert!(
+        fault.failed() > 0,
+        "no write was answered short of a majority"
+    );
+    assert_eq!(
+        digest(&redis).await,
+        before,
+        "Redis changed although a majority never acknowledged"
+    );
+    let writes = fault.writes();
+    assert!(!writes.is_empty(), "the archiver wrote nothing");
+    for (command, concern) in &writes {
+        assert_eq!(
+            concern.as_ref().and_then(|c| c.get_str("w").ok()),
+            Some("majority"),
+            "{command} asked for {concern:?}"
+        );
+    }
+
+    // The primary has the documents already; once a majority confirms, the next pass
+    // archives both, over what the short write left.
+    fault.fail(false);
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("pass");
+    assert_eq!((report.archived, report.failed), (2, 0), "{report:?}");
+    assert!(!exists(&redis, "{fay}:priv").await && !exists(&redis, "{gus}:priv").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@
 //!   heals, for partitions.
 //! - [`ScriptWatch`]: `MONITOR` on a server, checking that every key a script touched is
 //!   declared in its `KEYS`, all in one slot.
-//! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`).
+//! - [`MongoServer`]: the MongoDB-wire server (or `COLONY_TEST_MONGODB_URI`); and
+//!   [`WriteConcernFault`], a proxy in front of it that answers writes as a replica set
+//!   whose majority did not confirm them.
 //! - [`TestGateway`]: the real gateway in process, on port 0, with the test tokens.
 //! - [`wait_until`] (async) and [`wait_until_blocking`]: conditions with deadlines.
 //! - [`Ledger`] and [`History`]: the one record of acknowledged, unknown and failed
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod ledger;
 pub mod mongo;
+pub mod mongo_fault;
 pub mod parking;
 pub mod partition;
 pub mod proxy;
@@ -41,6 +44,7 @@ pub use gateway::{
 };
 pub use ledger::{Findings, History, Ledger, TransferOutcome};
 pub use mongo::MongoServer;
+pub use mongo_fault::WriteConcernFault;
 pub use parking::{park_by_hand, Parked};
 pub use partition::PartitionableShard;
 pub use proxy::LinkProxy;
