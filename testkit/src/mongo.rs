@@ -90,6 +90,17 @@ impl MongoServer {
         &self.uri
     }
 
+    /// `host:port` of the server: the first host its URI names.
+    pub fn address(&self) -> String {
+        let rest = self
+            .uri
+            .split_once("://")
+            .map_or(self.uri.as_str(), |(_, r)| r);
+        let hosts = rest.split(['/', '?']).next().unwrap_or_default();
+        let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, h)| h);
+        hosts.split(',').next().unwrap_or_default().to_string()
+    }
+
     /// Kills the server (SIGKILL): MongoDB is down from now on.
     pub fn kill(&mut self) -> std::io::Result<()> {
         if let Some(child) = self.child.as_mut() {

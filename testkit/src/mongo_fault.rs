@@ -10,10 +10,12 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+
+use crate::proxy::Listening;
 
 /// `OP_MSG`'s op code.
 const OP_MSG: i32 = 2013;
@@ -32,58 +34,43 @@ struct Seen {
 
 /// A proxy to one MongoDB-wire server; see the module's documentation.
 pub struct WriteConcernFault {
-    port: u16,
+    listening: Listening,
     fail: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
-    sockets: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl WriteConcernFault {
     /// Starts the proxy on a free loopback port, forwarding to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> std::io::Result<WriteConcernFault> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let fail = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let sockets = Arc::new(Mutex::new(Vec::new()));
-        let (upstream, f, s, k) = (
-            upstream.to_string(),
-            fail.clone(),
-            seen.clone(),
-            sockets.clone(),
-        );
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let (Ok(client_in), Ok(server_in)) = (client.try_clone(), server.try_clone())
-                else {
-                    continue;
-                };
-                {
-                    let mut kept = k.lock().unwrap_or_else(|p| p.into_inner());
-                    if let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) {
-                        kept.extend([a, b]);
-                    }
-                }
-                let (s1, s2, f2) = (s.clone(), s.clone(), f.clone());
-                thread::spawn(move || requests(client_in, server, &s1));
-                thread::spawn(move || replies(server_in, client, &s2, &f2));
-            }
-        });
+        let (upstream, f, k) = (upstream.to_string(), fail.clone(), seen.clone());
+        let listening = Listening::start(move |client, sockets| {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            };
+            sockets.keep(&server);
+            let (Ok(client_in), Ok(server_in)) = (client.try_clone(), server.try_clone()) else {
+                return;
+            };
+            let (back, fail) = (k.clone(), f.clone());
+            thread::spawn(move || replies(server_in, client, &back, &fail));
+            requests(client_in, server, &k);
+        })?;
         Ok(WriteConcernFault {
-            port,
+            listening,
             fail,
             seen,
-            sockets,
         })
     }
 
     /// A `mongodb://` URI to this proxy.
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true",
+            self.listening.port()
+        )
     }
 
     /// Whether write replies get a `writeConcernError` from now on.
@@ -103,19 +90,6 @@ impl WriteConcernFault {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for WriteConcernFault {
-    fn drop(&mut self) {
-        for socket in self
-            .sockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
     }
 }
 

@@ -13,8 +13,83 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+
+/// The sockets a proxy's threads opened or accepted, shut down when the proxy is dropped.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    closing: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl Sockets {
+    /// Keeps a handle on `socket`, to shut it down with the proxy.
+    pub(crate) fn keep(&self, socket: &TcpStream) {
+        if let Ok(copy) = socket.try_clone() {
+            self.open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(copy);
+        }
+    }
+}
+
+/// A listener on a free loopback port whose thread hands each accepted connection to a
+/// handler; dropping it shuts every kept socket down and ends the accepting thread.
+pub(crate) struct Listening {
+    port: u16,
+    sockets: Arc<Sockets>,
+}
+
+impl Listening {
+    /// Listens, and runs `handle` on a thread of its own for each connection accepted (kept
+    /// in the sockets it is given).
+    pub(crate) fn start(
+        handle: impl Fn(TcpStream, Arc<Sockets>) + Send + Sync + 'static,
+    ) -> std::io::Result<Listening> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let sockets = Arc::new(Sockets::default());
+        let accepting = sockets.clone();
+        let handle = Arc::new(handle);
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if accepting.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                accepting.keep(&client);
+                let (handle, sockets) = (handle.clone(), accepting.clone());
+                thread::spawn(move || handle(client, sockets));
+            }
+        });
+        Ok(Listening { port, sockets })
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.sockets.closing.store(true, Ordering::SeqCst);
+        for socket in self
+            .sockets
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        // Wakes the accepting thread so that it sees `closing` and returns.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
 
 /// What the proxy's threads share.
 #[derive(Default)]
@@ -23,8 +98,6 @@ struct Link {
     state: Mutex<LinkState>,
     /// Notified when either changes.
     changed: Condvar,
-    /// Every socket the proxy opened or accepted, to shut down on drop.
-    sockets: Mutex<Vec<TcpStream>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -47,47 +120,29 @@ impl Link {
         change(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
         self.changed.notify_all();
     }
-
-    fn keep(&self, socket: &TcpStream) {
-        if let Ok(copy) = socket.try_clone() {
-            self.sockets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(copy);
-        }
-    }
 }
 
 /// A cuttable TCP proxy to one upstream address; closes every link it carries on drop.
 pub struct LinkProxy {
-    port: u16,
     link: Arc<Link>,
+    // Dropped after `drop` below has woken the threads waiting on `link`.
+    listening: Listening,
 }
 
 impl LinkProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> std::io::Result<LinkProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let link = Arc::new(Link::default());
         let upstream = upstream.to_string();
-        let accepting = link.clone();
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if accepting.state.lock().map_or(true, |s| s.closing) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let (link, upstream) = (accepting.clone(), upstream.clone());
-                thread::spawn(move || carry(link, client, &upstream));
-            }
-        });
-        Ok(LinkProxy { port, link })
+        let carried = link.clone();
+        let listening =
+            Listening::start(move |client, sockets| carry(&carried, &sockets, client, &upstream))?;
+        Ok(LinkProxy { link, listening })
     }
 
     /// `127.0.0.1:port`, the address to give the client instead of the upstream's.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.listening.port())
     }
 
     /// Stops every byte in both directions, on open links and new ones, until [`heal`].
@@ -105,25 +160,14 @@ impl LinkProxy {
 
 impl Drop for LinkProxy {
     fn drop(&mut self) {
+        // Connections held by a cut give up; `listening` then shuts every socket down.
         self.link.set(|s| s.closing = true);
-        for socket in self
-            .link
-            .sockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        // Wakes the accepting thread so that it sees `closing` and returns.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
 /// One accepted client: its upstream connection is opened once the link is open, then each
 /// direction is pumped by a thread of its own.
-fn carry(link: Arc<Link>, client: TcpStream, upstream: &str) {
-    link.keep(&client);
+fn carry(link: &Arc<Link>, sockets: &Sockets, client: TcpStream, upstream: &str) {
     if !link.wait_open() {
         return;
     }
@@ -131,13 +175,13 @@ fn carry(link: Arc<Link>, client: TcpStream, upstream: &str) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    link.keep(&server);
+    sockets.keep(&server);
     let (Ok(client_in), Ok(server_in)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
     let back = link.clone();
     thread::spawn(move || pump(&back, server_in, client));
-    pump(&link, client_in, server);
+    pump(link, client_in, server);
 }
 
 /// Copies `from` to `to` while the link is open, holding what it read while it is cut; on
