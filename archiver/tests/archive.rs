@@ -1462,3 +1462,155 @@ async fn a_player_parked_by_a_slot_move_is_left_alone_until_put_back() {
         assert_eq!(state.reads[0].entries.len(), 2, "{p}");
     }
 }
+
+/// Scenario 10 struck before replication caught up. A checkpoint must never put into MongoDB
+/// a state that a failover then takes back: the shard's replica is stopped and its link
+/// filled, a write reaches the master alone (answered UNKNOWN), a checkpoint pass runs, the
+/// master dies and the replica, without that write, is promoted. A document newer than what
+/// the shard kept would outrank it for good: the player, archived later at the kept version,
+/// would find a document of another version and never be restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
+    use colony::config::Acknowledge;
+    use colony::keys::PlayerKeys;
+    use colony_testkit::{wait_until, Profile, SentinelShard};
+    use std::time::Duration;
+
+    let mut shard = SentinelShard::start("archive-lag", Profile::Safe, 1).expect("shard starts");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = shard.config();
+    config.archive.mongodb_uris = vec![mongo.uri().to_string()];
+    config.archive.database = format!(
+        "colony_test_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    config.archive.inactive_after_secs = 0;
+    config.redis.acknowledge = Acknowledge::Replicated;
+    config.redis.connect_timeout_ms = 300;
+    config.redis.command_timeout_ms = 1000;
+    config.redis.replication_timeout_ms = 200;
+    config.redis.retry_deadline_ms = 300;
+    let store = Store::connect(&config).await.expect("store");
+    let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+
+    // Version 1, then 2, both on the replica.
+    create(&store, "kept", 1).await;
+    store
+        .execute(Transaction::owner(pid("kept"), IdempotencyKey::new("t", 2).ok()).with(gold(1)))
+        .await
+        .expect("version 2");
+
+    // The replica stops; more than its socket buffers hold is written, so nothing after
+    // reaches it.
+    let (master, replica) = (0, 1);
+    assert_eq!(shard.master_index(), Some(master));
+    shard.servers[replica].pause().expect("SIGSTOP the replica");
+    let big = vec![b'x'; 60 * 1024];
+    let filler: Vec<Transaction> = (0..256)
+        .map(|i| {
+            Transaction::owner(
+                pid(&format!("filler-{i}")),
+                IdempotencyKey::new("fill", i + 1).ok(),
+            )
+            .with(Operation::SetField {
+                name: name("f"),
+                value: big.clone(),
+                visibility: Visibility::Private,
+            })
+        })
+        .collect();
+    // Its outcome does not matter (each write is UNKNOWN, its replica stopped).
+    let _ = store
+        .execute_batch(filler)
+        .await
+        .expect("the filler batch is well-formed");
+    // Version 3 on the master alone: not acknowledged.
+    let unacknowledged = store
+        .execute(Transaction::owner(pid("kept"), IdempotencyKey::new("t", 3).ok()).with(gold(5)))
+        .await;
+    assert!(
+        matches!(unacknowledged, Err(Error::Unknown { .. })),
+        "a write its replica cannot acknowledge: {unacknowledged:?}"
+    );
+    let meta = PlayerKeys::new(&pid("kept")).meta;
+    let mut on_master = redis::Client::open(shard.servers[master].url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let version: u64 = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("v")
+        .query_async(&mut on_master)
+        .await
+        .expect("reads");
+    assert_eq!(version, 3, "the master took the write");
+
+    // The checkpoint runs while the replica lags; whether it stores anything is the
+    // question below.
+    let _ = archiver.checkpoint_pass().await;
+
+    shard.servers[master].kill().expect("kill the master");
+    shard.servers[replica].resume().expect("resume the replica");
+    assert!(
+        wait_until(Duration::from_secs(30), || shard.master_index()
+            == Some(replica))
+        .await,
+        "the replica was not promoted"
+    );
+    let port = shard.servers[replica].port().to_string();
+    shard.servers[master]
+        .start_again(&["--replicaof", "127.0.0.1", &port])
+        .expect("the old master returns as a replica");
+
+    let collection = mongodb::Client::with_uri_str(mongo.uri())
+        .await
+        .expect("client")
+        .database(&config.archive.database)
+        .collection::<mongodb::bson::Document>(&config.archive.collection);
+    let stored = collection
+        .find_one(doc! { "_id": "kept" })
+        .await
+        .expect("find")
+        .map(|d| d.get_i64("v").expect("a version"));
+    assert!(
+        stored.is_none_or(|v| v <= 2),
+        "MongoDB holds version {stored:?}, which the promoted replica never had"
+    );
+
+    // The player goes on from what the shard kept: it is checkpointed, archived and
+    // restored at version 2.
+    let checkpointed = wait_for(Duration::from_secs(20), || async {
+        archiver.checkpoint_pass().await.ok()
+    })
+    .await;
+    assert!(checkpointed.is_some(), "no checkpoint after the failover");
+    let promoted = shard.servers[replica].url();
+    let archived = wait_for(Duration::from_secs(20), || async {
+        let _ = archiver.archive_pass(now() + 1000, false).await;
+        let mut conn = redis::Client::open(promoted.as_str())
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        let marker: Option<u64> = redis::cmd("HGET")
+            .arg(&meta)
+            .arg("a")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        marker
+    })
+    .await;
+    assert_eq!(archived, Some(2), "archived at the version the shard kept");
+    let _restores = serve_restores(&archiver);
+    let (version, entries) = owner_view(&store, "kept").await;
+    assert_eq!(version, 2, "restored at the version the shard kept");
+    assert!(
+        entries
+            .iter()
+            .any(|(n, _, v)| n == "gold" && *v == Value::Counter(51)),
+        "{entries:?}"
+    );
+}

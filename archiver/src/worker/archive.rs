@@ -41,7 +41,9 @@ enum WriteOutcome {
 }
 
 impl Archiver {
-    /// Reads a player from Redis; `None` when it is already archived or does not exist.
+    /// Reads a player from Redis; `None` when it is already archived or does not exist. The
+    /// call is acknowledged like a write (`snapshot.lua`): a snapshot whose state the replicas
+    /// did not acknowledge is an error (UNKNOWN), never handed to MongoDB.
     pub async fn snapshot(
         &self,
         shard: ShardIndex,
@@ -49,7 +51,8 @@ impl Archiver {
     ) -> Result<Option<Snapshot>, ArchiveError> {
         async {
             let keys = PlayerKeys::new(player);
-            let snapshot = Command::script(&SNAPSHOT, Effect::Reads)
+            // A write, acknowledged: see snapshot.lua.
+            let snapshot = Command::script(&SNAPSHOT, Effect::Writes)
                 .key(&keys.meta)
                 .key(&keys.public)
                 .key(&keys.private)

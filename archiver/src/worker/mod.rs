@@ -5,7 +5,9 @@
 //!
 //! 1. Take the inactive players of a shard from its slots' `colony:{<slot tag>}:active` sets
 //!    (score below the cutoff), walking the shard's slots in order.
-//! 2. Snapshot each (a read-only script: version and both hashes).
+//! 2. Snapshot each (version, both hashes, the windows' floors), acknowledged as a write: the
+//!    script writes the version again as it is, so in `replicated` mode what MongoDB is given
+//!    is on the replicas a failover could promote (`snapshot.lua` says why).
 //! 3. Write the document to MongoDB with write concern `majority`: inserted when the player
 //!    has no document, else as an upsert that only replaces an older version
 //!    (`v <= version`); a duplicate-key error of that upsert means a version at least as
