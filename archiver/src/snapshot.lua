@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Reads a player for archiving or a checkpoint, and writes its version again as it is.
 -- KEYS[1] {id}:meta, KEYS[2] {id}:pub, KEYS[3] {id}:priv, KEYS[4] {id}:clients
 -- Reply: { version, archived-at version or -1, public hash (flat), private hash (flat),
@@ -13,7 +14,10 @@ if m[3] then return redis.error_reply('MOVING the player is being moved to anoth
 -- promote. Without it, a snapshot could hand MongoDB a write only the master took; a
 -- failover takes that write back, and the document, newer than the player the shard kept,
 -- would outrank it for good (archived later at the kept version, the player would never be
--- restored: the versions differ).
+-- restored: the versions differ). `allow-oom` (the first line): the value is the one there,
+-- so it grows nothing, and a shard at `maxmemory` must still be archived, which is what
+-- frees it. Redis still refuses the script on a replica and without its replicas
+-- (`min-replicas-to-write`), before it runs.
 if m[1] and not m[2] then redis.call('HSET', KEYS[1], 'v', m[1]) end
 local windows = {}
 local clients = redis.call('ZRANGE', KEYS[4], 0, -1)

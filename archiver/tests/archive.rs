@@ -1614,3 +1614,43 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
         "{entries:?}"
     );
 }
+
+/// The archiver is what frees a shard's memory, so it must work when the shard is full: at
+/// `maxmemory` with `noeviction`, every write that could grow memory is refused (OOM), but a
+/// pass still snapshots, stores and removes inactive players. Its snapshot writes the
+/// version again as it is, which grows nothing (`allow-oom`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_at_its_memory_limit_is_still_archived() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    create(&store, "full-a", 1).await;
+    create(&store, "full-b", 2).await;
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    // The shard is full: a write is refused.
+    let refused = store
+        .execute(Transaction::owner(pid("full-c"), IdempotencyKey::new("t", 3).ok()).with(gold(1)))
+        .await;
+    assert!(refused.is_err(), "a write at maxmemory: {refused:?}");
+
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("the pass runs");
+    assert_eq!(report.archived, 2, "{report:?}");
+    assert!(!exists(&redis, "{full-a}:pub").await);
+    assert!(!exists(&redis, "{full-b}:priv").await);
+}
