@@ -471,9 +471,16 @@ async fn an_older_version_never_overwrites_a_newer_document() {
     write_archive(&archiver, shard, &snapshot(2, b"new"))
         .await
         .expect("newer");
-    write_archive(&archiver, shard, &snapshot(1, b"old"))
-        .await
-        .expect("stale write is not an error");
+    // An older version meeting a newer document is refused: the player must stay in Redis.
+    let stale = write_archive(&archiver, shard, &snapshot(1, b"old")).await;
+    assert!(
+        matches!(
+            stale,
+            Err(ArchiveError::OnShard { ref source, .. })
+                if matches!(**source, ArchiveError::NewerDocument { version: 1, .. })
+        ),
+        "{stale:?}"
+    );
     write_archive(&archiver, shard, &snapshot(2, b"new"))
         .await
         .expect("same version again");
@@ -501,7 +508,7 @@ async fn an_older_version_never_overwrites_a_newer_document() {
     assert_eq!(stored("hal").await, snapshot(2, b"new"));
 
     // One batch mixing a new player (inserted), a newer version of a stored one (inserted,
-    // collides, upserted) and a stale one (collides, left alone).
+    // collides, upserted) and a stale one (collides, left alone, refused).
     let other = Snapshot {
         player: "ivy".into(),
         ..snapshot(1, b"ivy")
@@ -513,7 +520,8 @@ async fn an_older_version_never_overwrites_a_newer_document() {
             DocState::Archived,
         )
         .await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(results[2].is_err(), "{results:?}");
     assert_eq!(stored("ivy").await, other);
     assert_eq!(stored("hal").await, snapshot(3, b"newest"));
 }
@@ -1653,4 +1661,68 @@ async fn a_shard_at_its_memory_limit_is_still_archived() {
     assert_eq!(report.archived, 2, "{report:?}");
     assert!(!exists(&redis, "{full-a}:pub").await);
     assert!(!exists(&redis, "{full-b}:priv").await);
+}
+
+/// A shard that lost writes MongoDB has (restored from an old backup, or failed over in
+/// `local` mode after a checkpoint) holds a player older than its document. Archiving it
+/// there would leave a marker no document matches: the player would never be restored. So
+/// the pass leaves it in Redis, served as it is, and counts it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_older_than_its_document_stays_in_redis() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let config = config(&redis, &mongo);
+    let store = Store::new(&config).expect("store");
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    create(&store, "behind", 1).await;
+    let shard = shard_index(&archiver, 0);
+    let mut newer = archiver
+        .snapshot(shard, &pid("behind"))
+        .await
+        .expect("snapshot")
+        .expect("a player");
+    newer.version += 1;
+    let written = archiver
+        .write_documents(shard, &[newer], DocState::Checkpoint)
+        .await;
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    let before = digest(&redis).await;
+
+    let report = archiver
+        .archive_pass(now() + 1000, false)
+        .await
+        .expect("the pass runs");
+    assert_eq!((report.archived, report.failed), (0, 1), "{report:?}");
+    assert_eq!(digest(&redis).await, before, "Redis was changed");
+    let (version, entries) = owner_view(&store, "behind").await;
+    assert_eq!((version, entries.len()), (1, 2));
+}
+
+/// A checkpoint goes on past a player it cannot read now (here one parked by a slot move):
+/// the others of the batch are copied, and that one stays dirty until a later pass copies
+/// it. Before, one such player failed the shard's whole pass, every pass, for as long as it
+/// could not be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_goes_on_past_a_player_it_cannot_read() {
+    let redis = RedisServer::start().expect("redis");
+    let mongo = MongoServer::start().expect("mongodb-wire server");
+    let mut config = config(&redis, &mongo);
+    config.redis.retry_deadline_ms = 300;
+    let store = Store::new(&config).expect("store");
+    create(&store, "flo", 1).await;
+    create(&store, "gus", 1).await;
+    let archiver = Archiver::new(&config).await.expect("archiver");
+    let parked = colony_testkit::park_by_hand(&redis.url(), "flo").expect("parked");
+    assert_eq!(
+        archiver.checkpoint_pass().await.expect("the pass goes on"),
+        1,
+        "gus is copied"
+    );
+    parked.put_back(&redis.url()).expect("put back");
+    assert_eq!(
+        archiver.checkpoint_pass().await.expect("a pass"),
+        1,
+        "flo stayed dirty and is copied now"
+    );
+    assert_eq!(archiver.checkpoint_pass().await.expect("a pass"), 0);
 }

@@ -144,7 +144,9 @@ impl Archiver {
 
     /// Writes many snapshots to MongoDB (write concern majority, unordered), never over a
     /// newer version: an archive also rewrites the same version (same content, now marked
-    /// archived), a checkpoint only replaces older ones. One result per snapshot, in order.
+    /// archived), a checkpoint only replaces older ones. One result per snapshot, in order;
+    /// an archive that meets a newer version is [`ArchiveError::NewerDocument`] (the player
+    /// must stay in Redis), a checkpoint that does is done.
     ///
     /// An archive first inserts the whole batch (`insert`), which is all a player archived
     /// for the first time needs; only the players that already have a document (a duplicate
@@ -219,10 +221,20 @@ impl Archiver {
         let updated = self.run_writes("update", "updates", updates).await;
         for (position, outcome) in positions.into_iter().zip(updated) {
             match outcome {
-                // The filter missed because a version at least as new is stored, and the
-                // upsert's insert then collided with it: the archive already has this state
-                // or a later one.
-                WriteOutcome::Written | WriteOutcome::Duplicate => {}
+                WriteOutcome::Written => {}
+                // The filter missed because a newer version is stored (an archive's `$lte`
+                // matches the same version), and the upsert's insert then collided with it.
+                // A checkpoint: the archive has this state or a later one. An archive: the
+                // shard holds an older player than MongoDB, so it lost writes MongoDB has;
+                // removing it would leave a marker no document matches, a player never
+                // restored. It stays in Redis.
+                WriteOutcome::Duplicate if state == DocState::Archived => {
+                    results[position] = Err(ArchiveError::NewerDocument {
+                        player: snapshots[position].player.clone(),
+                        version: snapshots[position].version,
+                    });
+                }
+                WriteOutcome::Duplicate => {}
                 WriteOutcome::Failed(e) => results[position] = Err(e),
             }
         }

@@ -106,11 +106,26 @@ impl Archiver {
         }
         let taken = join_all(players.iter().map(|p| self.snapshot(shard, p))).await;
         let mut snapshots = Vec::with_capacity(players.len());
+        // A player whose snapshot failed stays dirty and the batch goes on: one player that
+        // cannot be read now (parked by a slot move, its snapshot not acknowledged) must not
+        // hold back the rest of the shard, pass after pass. When every snapshot failed, the
+        // shard itself is failing, and the batch fails with the first error.
+        let (mut failed, mut first_error) = (0, None);
         for (player, taken) in players.iter().zip(taken) {
-            match taken? {
-                Some(snapshot) => snapshots.push(snapshot),
+            match taken {
+                Ok(Some(snapshot)) => snapshots.push(snapshot),
                 // Archived since (its archive is newer than any checkpoint) or gone.
-                None => gone.push(player.as_str().to_string()),
+                Ok(None) => gone.push(player.as_str().to_string()),
+                Err(e) => {
+                    tracing::warn!(player = %player.as_str(), error = %e, "checkpoint snapshot failed; it stays dirty");
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if failed == players.len() {
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
         let written = self

@@ -9,9 +9,11 @@
 //!    script writes the version again as it is, so in `replicated` mode what MongoDB is given
 //!    is on the replicas a failover could promote (`snapshot.lua` says why).
 //! 3. Write the document to MongoDB with write concern `majority`: inserted when the player
-//!    has no document, else as an upsert that only replaces an older version
-//!    (`v <= version`); a duplicate-key error of that upsert means a version at least as
-//!    new is already stored, which is success.
+//!    has no document, else as an upsert that replaces the same or an older version
+//!    (`v <= version`); a duplicate-key error of that upsert means a newer version is
+//!    stored: the shard lost writes MongoDB has, and the player stays in Redis
+//!    ([`ArchiveError::NewerDocument`]; removing it would leave a marker that no document
+//!    matches, a player never restored).
 //! 4. Only then, a script removes the player from Redis — if its version is still the one
 //!    written and it has not become active again (by `{id}:meta` `t`, whatever the set's
 //!    score says) — and leaves the marker `a = version`.
@@ -173,6 +175,19 @@ pub enum ArchiveError {
     /// A stored document cannot be read.
     #[error(transparent)]
     Document(#[from] crate::document::DocumentError),
+    /// An archive met a document of the player newer than its version in Redis: the shard
+    /// lost writes that MongoDB has (a restore from an old backup, a failover in `local`
+    /// mode), so the player stays in Redis, served from there, for an operator to look at.
+    #[error(
+        "player {player:?}: MongoDB holds a version newer than {version}, the one in Redis; \
+         it stays in Redis (the shard lost writes that MongoDB has)"
+    )]
+    NewerDocument {
+        /// The player.
+        player: String,
+        /// Its version in Redis, the one the archive tried to store.
+        version: u64,
+    },
     /// The player is marked archived but no document exists.
     #[error("player {0:?} is marked archived but has no document")]
     MissingDocument(String),
@@ -199,6 +214,7 @@ impl ArchiveError {
             | ArchiveError::UnexpectedReply(_)
             | ArchiveError::BadPlayerId(_)
             | ArchiveError::Document(_)
+            | ArchiveError::NewerDocument { .. }
             | ArchiveError::MissingDocument(_) => false,
             ArchiveError::OnShard { source, .. } => source.is_retryable(),
         }
