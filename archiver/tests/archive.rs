@@ -1479,14 +1479,23 @@ async fn a_player_parked_by_a_slot_move_is_left_alone_until_put_back() {
 /// would find a document of another version and never be restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
+    checkpoint_beside_a_lagging_replica(colony_testkit::Topology::Sentinel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_checkpoint_never_stores_a_state_that_only_the_master_took() {
+    checkpoint_beside_a_lagging_replica(colony_testkit::Topology::Cluster).await;
+}
+
+async fn checkpoint_beside_a_lagging_replica(topology: colony_testkit::Topology) {
     use colony::config::Acknowledge;
     use colony::keys::PlayerKeys;
-    use colony_testkit::{wait_until, Profile, SentinelShard};
+    use colony_testkit::{wait_until, Profile, Rig};
     use std::time::Duration;
 
-    let mut shard = SentinelShard::start("archive-lag", Profile::Safe, 1).expect("shard starts");
+    let mut rig = Rig::start(topology, "archive-lag", Profile::Safe, 1, 1).expect("shard starts");
     let mongo = MongoServer::start().expect("mongodb-wire server");
-    let mut config = shard.config();
+    let mut config = rig.config();
     config.archive.mongodb_uris = vec![mongo.uri().to_string()];
     config.archive.database = format!(
         "colony_test_{}_{}",
@@ -1501,6 +1510,9 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
     config.redis.retry_deadline_ms = 300;
     let store = Store::connect(&config).await.expect("store");
     let archiver = Arc::new(Archiver::new(&config).await.expect("archiver"));
+    let map = store.shard_map();
+    // The shard of the player watched (on a cluster, one of three masters).
+    let g = map.shard_for_player(&pid("kept")).get();
 
     // Version 1, then 2, both on the replica.
     create(&store, "kept", 1).await;
@@ -1511,21 +1523,23 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
 
     // The replica stops; more than its socket buffers hold is written, so nothing after
     // reaches it.
-    let (master, replica) = (0, 1);
-    assert_eq!(shard.master_index(), Some(master));
-    shard.servers[replica].pause().expect("SIGSTOP the replica");
+    let master = rig.master_index(g).expect("a master");
+    let replica = 1 - master;
+    rig.server(g, replica).pause().expect("SIGSTOP the replica");
     let big = vec![b'x'; 60 * 1024];
-    let filler: Vec<Transaction> = (0..256)
-        .map(|i| {
-            Transaction::owner(
-                pid(&format!("filler-{i}")),
-                IdempotencyKey::new("fill", i + 1).ok(),
+    let filler: Vec<Transaction> = (0..)
+        .map(|i| pid(&format!("filler-{i}")))
+        .filter(|p| map.shard_for_player(p).get() == g)
+        .take(256)
+        .enumerate()
+        .map(|(i, p)| {
+            Transaction::owner(p, IdempotencyKey::new("fill", i as u64 + 1).ok()).with(
+                Operation::SetField {
+                    name: name("f"),
+                    value: big.clone(),
+                    visibility: Visibility::Private,
+                },
             )
-            .with(Operation::SetField {
-                name: name("f"),
-                value: big.clone(),
-                visibility: Visibility::Private,
-            })
         })
         .collect();
     // Its outcome does not matter (each write is UNKNOWN, its replica stopped).
@@ -1542,7 +1556,7 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
         "a write its replica cannot acknowledge: {unacknowledged:?}"
     );
     let meta = PlayerKeys::new(&pid("kept")).meta;
-    let mut on_master = redis::Client::open(shard.servers[master].url())
+    let mut on_master = redis::Client::open(rig.server(g, master).url())
         .expect("client")
         .get_multiplexed_async_connection()
         .await
@@ -1559,17 +1573,16 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
     // question below.
     let _ = archiver.checkpoint_pass().await;
 
-    shard.servers[master].kill().expect("kill the master");
-    shard.servers[replica].resume().expect("resume the replica");
+    rig.server_mut(g, master).kill().expect("kill the master");
+    rig.server(g, replica).resume().expect("resume the replica");
     assert!(
-        wait_until(Duration::from_secs(30), || shard.master_index()
-            == Some(replica))
+        wait_until(Duration::from_secs(30), || rig
+            .server(g, replica)
+            .is_master())
         .await,
         "the replica was not promoted"
     );
-    let port = shard.servers[replica].port().to_string();
-    shard.servers[master]
-        .start_again(&["--replicaof", "127.0.0.1", &port])
+    rig.restart_as_replica(g, master, replica)
         .expect("the old master returns as a replica");
 
     let collection = mongodb::Client::with_uri_str(mongo.uri())
@@ -1584,7 +1597,7 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
         .map(|d| d.get_i64("v").expect("a version"));
     assert!(
         stored.is_none_or(|v| v <= 2),
-        "MongoDB holds version {stored:?}, which the promoted replica never had"
+        "{topology:?}: MongoDB holds version {stored:?}, which the promoted replica never had"
     );
 
     // The player goes on from what the shard kept: it is checkpointed, archived and
@@ -1594,7 +1607,7 @@ async fn a_checkpoint_never_stores_a_state_that_only_the_master_took() {
     })
     .await;
     assert!(checkpointed.is_some(), "no checkpoint after the failover");
-    let promoted = shard.servers[replica].url();
+    let promoted = rig.server(g, replica).url();
     let archived = wait_for(Duration::from_secs(20), || async {
         let _ = archiver.archive_pass(now() + 1000, false).await;
         let mut conn = redis::Client::open(promoted.as_str())
