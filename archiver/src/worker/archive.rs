@@ -32,6 +32,10 @@ pub(super) struct Written {
     removals: Vec<(usize, u64)>,
 }
 
+/// A player's meta as a drain's count looks at it: version, archived-at version, and the
+/// slot move's tombstone.
+type MetaLook = (Option<u64>, Option<u64>, Option<Vec<u8>>);
+
 /// What one write of a write command did.
 enum WriteOutcome {
     Written,
@@ -569,12 +573,34 @@ impl Archiver {
                     .call(shard, Command::read(members))
                     .await
                     .map_err(|e| e.to_string())?;
+                // A look at each one's meta, not a snapshot: the snapshot is a write that
+                // waits for the replicas, and a count needs neither.
                 for chunk in ids.chunks(self.config.batch_size) {
-                    for snapshot in self.snapshot_batch(shard, chunk).await {
-                        match snapshot {
-                            Ok(Some(_)) => left += 1,
-                            Ok(None) => {}
-                            Err(e) => return Err(e.to_string()),
+                    let mut looks = Vec::with_capacity(chunk.len());
+                    for id in chunk {
+                        let player = PlayerId::new(id.clone()).map_err(|e| {
+                            ArchiveError::BadPlayerId(e.to_string())
+                                .on_shard(&self.shard_name(shard))
+                                .to_string()
+                        })?;
+                        let mut look = redis::cmd("HMGET");
+                        look.arg(PlayerKeys::new(&player).meta)
+                            .arg("v")
+                            .arg("a")
+                            .arg("m");
+                        looks.push(Command::read(look));
+                    }
+                    let looks: Vec<MetaLook> = self
+                        .store
+                        .call_all(shard, looks)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for (id, (version, archived, parked)) in chunk.iter().zip(looks) {
+                        if parked.is_some() {
+                            return Err(format!("player {id:?} is being moved to another node"));
+                        }
+                        if version.unwrap_or(0) > 0 && archived.is_none() {
+                            left += 1;
                         }
                     }
                 }
