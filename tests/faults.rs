@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use colony::config::Acknowledge;
 use colony::{Access, Config, Error, Operation, PlayerId, Store, Transaction, Value, Visibility};
 use colony_testkit::{
-    wait_for, wait_until, Findings, IncrementWriters, PartitionableShard, Profile, Rig, Seeded,
-    SentinelShard, Target, Topology,
+    fill_replication_link, wait_for, wait_until, Findings, IncrementWriters, PartitionableShard,
+    Profile, Rig, Seeded, SentinelShard, Target, Topology,
 };
 use common::{key, name, pid};
 
@@ -29,29 +29,6 @@ fn tuned(mut config: Config, acknowledge: Acknowledge) -> Config {
     config.redis.retry_deadline_ms = 300;
     config.redis.breaker_cooldown_ms = 100;
     config
-}
-
-/// Writes more than the kernel buffers to a stopped replica hold, on players `on_shard`
-/// accepts, so what follows never reaches that replica. One batch, so that in the safe profile
-/// it costs one `WAIT` timeout rather than 256; its outcome does not matter.
-async fn fill_replication_link(store: &Store, on_shard: impl Fn(&PlayerId) -> bool) {
-    let big = vec![b'x'; 60 * 1024];
-    let filler: Vec<Transaction> = (0..)
-        .map(|i| pid(&format!("filler-{i}")))
-        .filter(|p| on_shard(p))
-        .take(256)
-        .map(|p| {
-            Transaction::owner(p, key(1)).with(Operation::SetField {
-                name: name("f"),
-                value: big.clone(),
-                visibility: Visibility::Private,
-            })
-        })
-        .collect();
-    let _ = store
-        .execute_batch(filler)
-        .await
-        .expect("the filler batch is well-formed");
 }
 
 /// Sets `server`'s `replica-priority` to 0: the Sentinels never promote it.

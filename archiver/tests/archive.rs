@@ -1526,27 +1526,7 @@ async fn checkpoint_beside_a_lagging_replica(topology: colony_testkit::Topology)
     let master = rig.master_index(g).expect("a master");
     let replica = 1 - master;
     rig.server(g, replica).pause().expect("SIGSTOP the replica");
-    let big = vec![b'x'; 60 * 1024];
-    let filler: Vec<Transaction> = (0..)
-        .map(|i| pid(&format!("filler-{i}")))
-        .filter(|p| map.shard_for_player(p).get() == g)
-        .take(256)
-        .enumerate()
-        .map(|(i, p)| {
-            Transaction::owner(p, IdempotencyKey::new("fill", i as u64 + 1).ok()).with(
-                Operation::SetField {
-                    name: name("f"),
-                    value: big.clone(),
-                    visibility: Visibility::Private,
-                },
-            )
-        })
-        .collect();
-    // Its outcome does not matter (each write is UNKNOWN, its replica stopped).
-    let _ = store
-        .execute_batch(filler)
-        .await
-        .expect("the filler batch is well-formed");
+    colony_testkit::fill_replication_link(&store, |p| map.shard_for_player(p).get() == g).await;
     // Version 3 on the master alone: not acknowledged.
     let unacknowledged = store
         .execute(Transaction::owner(pid("kept"), IdempotencyKey::new("t", 3).ok()).with(gold(5)))

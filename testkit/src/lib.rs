@@ -18,7 +18,8 @@
 //! - [`wait_until`] (async) and [`wait_until_blocking`]: conditions with deadlines.
 //! - [`Ledger`] and [`History`]: the one record of acknowledged, unknown and failed
 //!   increments and the check against stored values, shared with the load test;
-//!   [`IncrementWriters`] produce one under faults.
+//!   [`IncrementWriters`] produce one under faults, and [`fill_replication_link`] puts
+//!   writes on a master alone.
 //!
 //! It is a crate of its own so that none of this is part of the library's public API.
 
@@ -54,4 +55,4 @@ pub use script_watch::{ScriptReport, ScriptWatch};
 pub use seed::{seed_from_env, Seeded};
 pub use sentinel::{SentinelServer, SentinelShard};
 pub use wait::{wait_for, wait_until, wait_until_blocking};
-pub use writers::{final_counters, IncrementWriters, Target};
+pub use writers::{fill_replication_link, final_counters, IncrementWriters, Target};

@@ -198,3 +198,36 @@ impl History {
         self.check(|c| values.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v))
     }
 }
+
+/// Writes more than the kernel buffers to a stopped replica hold, on players `on_shard`
+/// accepts, so that what follows never reaches that replica: the way a test puts a write on
+/// a master alone (a stopped replica still takes bytes into its socket buffer and applies
+/// them once resumed). One batch of 256 × 60 KiB, so that in `replicated` mode it costs one
+/// `WAIT` timeout rather than 256; its outcome does not matter.
+pub async fn fill_replication_link(
+    store: &colony::store::Store,
+    on_shard: impl Fn(&colony::model::PlayerId) -> bool,
+) {
+    let big = vec![b'x'; 60 * 1024];
+    let filler: Vec<colony::model::Transaction> = (0u64..)
+        .filter_map(|i| colony::model::PlayerId::new(format!("filler-{i}")).ok())
+        .filter(|p| on_shard(p))
+        .take(256)
+        .enumerate()
+        .map(|(n, p)| {
+            colony::model::Transaction::owner(
+                p,
+                colony::model::IdempotencyKey::new("filler", n as u64 + 1).ok(),
+            )
+            .with(colony::model::Operation::SetField {
+                name: colony::model::Name::new("f").expect("a valid name"),
+                value: big.clone(),
+                visibility: colony::model::Visibility::Private,
+            })
+        })
+        .collect();
+    let _ = store
+        .execute_batch(filler)
+        .await
+        .expect("the filler batch is well-formed");
+}
