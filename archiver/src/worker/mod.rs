@@ -177,10 +177,13 @@ pub enum ArchiveError {
     Document(#[from] crate::document::DocumentError),
     /// An archive met a document of the player newer than its version in Redis: the shard
     /// lost writes that MongoDB has (a restore from an old backup, a failover in `local`
-    /// mode), so the player stays in Redis, served from there, for an operator to look at.
+    /// mode), or another archiver's checkpoint stored a newer version meanwhile (a one-off
+    /// pass beside the daemon). Either way the player stays in Redis, served from there; the
+    /// first is for an operator to look at, the second passes with the next pass.
     #[error(
         "player {player:?}: MongoDB holds a version newer than {version}, the one in Redis; \
-         it stays in Redis (the shard lost writes that MongoDB has)"
+         it stays in Redis (the shard lost writes that MongoDB has, or another pass stored a \
+         newer version meanwhile)"
     )]
     NewerDocument {
         /// The player.
