@@ -32,18 +32,9 @@ fn tuned(mut config: Config, acknowledge: Acknowledge) -> Config {
 }
 
 /// Sets `server`'s `replica-priority` to 0: the Sentinels never promote it.
-async fn make_unpromotable(server: &colony_testkit::RedisServer) {
-    let mut conn = redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("replica-priority")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
+fn make_unpromotable(server: &colony_testkit::RedisServer) {
+    server
+        .config_set("replica-priority", "0")
         .expect("config set");
 }
 
@@ -252,7 +243,7 @@ async fn one_of_two_replicas_lags(seed: u64, control: bool) -> (Findings, bool) 
         let keeping_up = (0..shard.len(0))
             .find(|&i| i != master && i != lagging)
             .expect("a second replica");
-        make_unpromotable(shard.server(0, keeping_up)).await;
+        make_unpromotable(shard.server(0, keeping_up));
     }
     shard.server(0, lagging).pause().expect("pause a replica");
     writers.fault("one replica paused");
@@ -951,7 +942,7 @@ async fn manual_failover(topology: Topology, option: Option<&str>) {
             .rfind(|&i| i != master)
             .expect("a replica");
         let address = shard.server(g, unpromotable).address();
-        make_unpromotable(shard.server(g, unpromotable)).await;
+        make_unpromotable(shard.server(g, unpromotable));
         // The Sentinels read a replica's priority from its INFO, every 10 s.
         let sentinels = shards[g].sentinel_addresses();
         let name = shards[g].master_name.clone();

@@ -1629,18 +1629,7 @@ async fn a_shard_at_its_memory_limit_is_still_archived() {
     let archiver = Archiver::new(&config).await.expect("archiver");
     create(&store, "full-a", 1).await;
     create(&store, "full-b", 2).await;
-    let mut conn = redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
+    redis.config_set("maxmemory", "1").expect("config set");
     // The shard is full: a write is refused.
     let refused = store
         .execute(Transaction::owner(pid("full-c"), IdempotencyKey::new("t", 3).ok()).with(gold(1)))

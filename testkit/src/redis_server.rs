@@ -136,6 +136,17 @@ impl RedisServer {
         }
     }
 
+    /// `CONFIG SET name value` on the running server (a setting a test changes mid-run).
+    pub fn config_set(&self, name: &str, value: &str) -> redis::RedisResult<()> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut conn)
+    }
+
     /// `INFO replication`, or `None` when the server does not answer within a second.
     fn replication_info(&self) -> Option<String> {
         redis::Client::open(self.url())
